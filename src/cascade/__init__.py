@@ -1,0 +1,87 @@
+"""cascade-engine: run each LLM request through tiers of models, cheap to expensive, and pay
+for a bigger model only when validators reject the cheaper answer.
+
+>>> from cascade import Cascade
+>>> async def main():  # doctest: +SKIP
+...     async with Cascade.from_config("cascade.toml") as cascade:
+...         result = await cascade.run(messages=[{"role": "user", "content": "Hi"}])
+...     print(result.text, result.tier, result.cost_usd)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._config import Config, ProviderConfig, TierConfig, load_config
+from ._engine import Cascade
+from ._errors import (
+    AllProvidersFailed,
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    ConfigError,
+    DeadlineExceeded,
+    InputError,
+    MalformedResponse,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderStatusError,
+    ProviderTimeout,
+    RateLimited,
+    RunError,
+)
+from ._types import (
+    Attempt,
+    Chunk,
+    Completion,
+    Message,
+    Outcome,
+    RequestOptions,
+    Result,
+    Usage,
+    Verdict,
+)
+from .providers import Provider, register_provider_kind
+from .validators import ValidationContext, Validator, validator
+
+try:
+    __version__ = version("cascade-engine")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AllProvidersFailed",
+    "Attempt",
+    "BudgetExceeded",
+    "Cascade",
+    "CascadeError",
+    "CascadeExhausted",
+    "Chunk",
+    "Completion",
+    "Config",
+    "ConfigError",
+    "DeadlineExceeded",
+    "InputError",
+    "MalformedResponse",
+    "Message",
+    "Outcome",
+    "Provider",
+    "ProviderConfig",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderStatusError",
+    "ProviderTimeout",
+    "RateLimited",
+    "RequestOptions",
+    "Result",
+    "RunError",
+    "TierConfig",
+    "Usage",
+    "ValidationContext",
+    "Validator",
+    "Verdict",
+    "__version__",
+    "load_config",
+    "register_provider_kind",
+    "validator",
+]

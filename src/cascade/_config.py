@@ -1,0 +1,141 @@
+"""Configuration: TOML (or a mapping) into frozen Structs; errors name the bad field's path."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from ._errors import ConfigError
+
+__all__ = ["Config", "ProviderConfig", "TierConfig", "load_config"]
+
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PosFloat = Annotated[float, Meta(gt=0)]
+Name = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One deployment of one model behind one API.
+
+    ``kind`` picks the wire format (``openai`` for any OpenAI-compatible server,
+    ``anthropic`` for the Messages API). The API key is read from the environment variable
+    named by ``api_key_env`` when the cascade is built; it is never stored in config.
+    """
+
+    name: Name
+    kind: Name
+    base_url: Annotated[str, Meta(pattern=r"^https?://")]
+    model: Name
+    api_key_env: str | None = None
+    input_cost_per_mtok: NonNegFloat = 0.0
+    output_cost_per_mtok: NonNegFloat = 0.0
+    timeout_s: PosFloat = 60.0
+    connect_timeout_s: PosFloat = 10.0
+    stream: bool = False
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    headers: dict[str, str] = {}
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """Price of one call, from the per-million-token prices."""
+        return (
+            input_tokens * self.input_cost_per_mtok + output_tokens * self.output_cost_per_mtok
+        ) / 1_000_000
+
+    def __repr__(self) -> str:
+        return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, model={self.model!r})"
+
+
+class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tier: providers tried in order on failure, and the validators its answers face.
+
+    Each validator entry is ``{name = "...", <parameters>...}``; the parameters go to the
+    validator registered under that name.
+    """
+
+    name: Name
+    providers: Annotated[list[ProviderConfig], Meta(min_length=1)]
+    validators: list[dict[str, Any]] = []
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The whole cascade: tiers cheap to expensive, and what to do when all reject."""
+
+    tiers: Annotated[list[TierConfig], Meta(min_length=1)]
+    on_exhausted: Literal["best", "error"] = "best"
+    deadline_s: PosFloat | None = None
+    max_cost_usd: NonNegFloat | None = None
+    estimate_output_tokens: Annotated[int, Meta(ge=0)] = 256
+    max_connections: Annotated[int, Meta(ge=1)] = 512
+
+    def __post_init__(self) -> None:
+        seen_tiers: set[str] = set()
+        seen_providers: set[str] = set()
+        for t, tier in enumerate(self.tiers):
+            if tier.name in seen_tiers:
+                raise ConfigError(f"duplicate tier name {tier.name!r}", path=f"tiers[{t}].name")
+            seen_tiers.add(tier.name)
+            for p, prov in enumerate(tier.providers):
+                if prov.name in seen_providers:
+                    raise ConfigError(
+                        f"duplicate provider name {prov.name!r}",
+                        path=f"tiers[{t}].providers[{p}].name",
+                    )
+                seen_providers.add(prov.name)
+            for v, spec in enumerate(tier.validators):
+                if not isinstance(spec.get("name"), str) or not spec["name"]:
+                    raise ConfigError(
+                        "expected a validator name (str)", path=f"tiers[{t}].validators[{v}].name"
+                    )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Config:
+        """Build a Config from a mapping (parsed TOML, JSON, or Python literals)."""
+        try:
+            return msgspec.convert(data, type=cls)
+        except msgspec.ValidationError as exc:
+            raise _config_error(exc) from None
+
+    @classmethod
+    def from_toml(cls, text: str | bytes, *, source: str = "<string>") -> Config:
+        """Parse TOML text into a Config."""
+        try:
+            return msgspec.toml.decode(text, type=cls)
+        except msgspec.ValidationError as exc:
+            raise _config_error(exc, source=source) from None
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+
+
+_AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _config_error(exc: msgspec.ValidationError, *, source: str | None = None) -> ConfigError:
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ConfigError):  # raised from __post_init__, already has its path
+        return cause
+    m = _AT_PATH.match(str(exc))
+    assert m is not None  # the pattern matches any string
+    path = (m.group("path") or "").lstrip(".")
+    msg = m.group("msg")
+    unknown = re.search(r"unknown field `([^`]*)`", msg)
+    if unknown:  # point at the offending key itself, not only its parent
+        path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+    if source:
+        msg = f"{msg} (in {source})"
+    return ConfigError(msg, path=path)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read a TOML config file; raise ConfigError naming the bad field."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
+    return Config.from_toml(data, source=str(p))

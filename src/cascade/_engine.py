@@ -1,0 +1,449 @@
+"""The engine: policy over providers. Tiers in order, failover within a tier, validators,
+escalation, budget and deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from contextlib import aclosing
+from pathlib import Path
+from time import perf_counter
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+
+from ._config import Config, load_config
+from ._errors import (
+    AllProvidersFailed,
+    BudgetExceeded,
+    CascadeExhausted,
+    ConfigError,
+    DeadlineExceeded,
+    InputError,
+    ProviderError,
+)
+from ._types import (
+    Attempt,
+    Completion,
+    Message,
+    RequestOptions,
+    Result,
+    Usage,
+    Verdict,
+    coerce_messages,
+)
+from .providers import Provider, build_provider, provider_kinds
+from .validators import ValidationContext, Validator, build_validator
+
+__all__ = ["Cascade"]
+
+_DEFAULT_OPTIONS = RequestOptions()
+
+
+class _Tier:
+    __slots__ = ("index", "name", "providers", "validators")
+
+    def __init__(self, index: int, name: str, validators: tuple[Validator, ...]) -> None:
+        self.index = index  # 1-based, as users count tiers
+        self.name = name
+        self.validators = validators
+        self.providers: tuple[Provider, ...] = ()
+
+
+class _Run:
+    """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
+
+    __slots__ = ("attempts", "in_flight", "last_error", "spent", "t0")
+
+    def __init__(self, t0: float) -> None:
+        self.t0 = t0
+        self.attempts: list[Attempt] = []
+        self.spent = 0.0
+        self.last_error: ProviderError | None = None
+        self.in_flight: tuple[_Tier, Provider, float] | None = None
+
+
+class Cascade:
+    """Runs each request through tiers of models, cheap to expensive.
+
+    >>> async with Cascade.from_config("cascade.toml") as cascade:  # doctest: +SKIP
+    ...     result = await cascade.run(messages=[{"role": "user", "content": "Hi"}])
+    ...     print(result.text, result.tier, result.cost_usd)
+
+    Everything that can be checked is checked when the Cascade is built: provider kinds,
+    API key variables, validator names and parameters (a bad JSON Schema included). The
+    aiohttp session (one connection pool for every provider) opens on ``async with`` or the
+    first ``run`` and closes with ``aclose``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        kinds = provider_kinds()
+        self.config = config
+        self._tiers: list[_Tier] = []
+        self._keys: dict[str, str | None] = {}
+        for t, tier_cfg in enumerate(config.tiers):
+            for p, prov in enumerate(tier_cfg.providers):
+                where = f"tiers[{t}].providers[{p}]"
+                if prov.kind not in kinds:
+                    raise ConfigError(
+                        f"unknown provider kind {prov.kind!r} (known: {', '.join(kinds)})",
+                        path=f"{where}.kind",
+                    )
+                key = None
+                if prov.api_key_env:
+                    key = env.get(prov.api_key_env)
+                    if not key:
+                        raise ConfigError(
+                            f"environment variable {prov.api_key_env!r} is not set",
+                            path=f"{where}.api_key_env",
+                        )
+                self._keys[prov.name] = key
+            validators = tuple(
+                build_validator(spec, path=f"tiers[{t}].validators[{v}]")
+                for v, spec in enumerate(tier_cfg.validators)
+            )
+            self._tiers.append(_Tier(t + 1, tier_cfg.name, validators))
+        self._session = session
+        self._owns_session = session is None
+        self._open = False
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self:
+        """Build from a TOML file (see :class:`~cascade.Config` for its shape)."""
+        return cls(load_config(Path(path)), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **kwargs: Any) -> Self:
+        """Build from a mapping of the same shape as the TOML file."""
+        return cls(Config.from_dict(data), **kwargs)
+
+    def __repr__(self) -> str:
+        tiers = ", ".join(f"{t.name}({len(t.providers) or '-'})" for t in self._tiers)
+        state = "closed" if self._closed else "open" if self._open else "idle"
+        return f"<Cascade [{tiers}] {state}>"
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """Tier names, cheapest first."""
+        return tuple(t.name for t in self._tiers)
+
+    async def open(self) -> None:
+        """Create the connection pool and the providers (``async with`` does this)."""
+        if self._closed:
+            raise RuntimeError("this Cascade is closed")
+        if self._open:
+            return
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.config.max_connections),
+                raise_for_status=False,
+            )
+        for tier, tier_cfg in zip(self._tiers, self.config.tiers, strict=True):
+            tier.providers = tuple(
+                build_provider(p, session=self._session, api_key=self._keys[p.name])
+                for p in tier_cfg.providers
+            )
+        self._open = True
+
+    async def aclose(self) -> None:
+        """Close every provider and the connection pool (if this Cascade created it)."""
+        if self._closed:
+            return
+        self._closed = True
+        for tier in self._tiers:
+            for provider in tier.providers:
+                await provider.aclose()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        messages: Sequence[Message | Mapping[str, Any]],
+        options: RequestOptions | None = None,
+        start_tier: int | str | None = None,
+        max_tier: int | str | None = None,
+        max_cost_usd: float | None = None,
+        deadline_s: float | None = None,
+    ) -> Result:
+        """Run one request through the tiers and return the first accepted answer.
+
+        ``start_tier`` / ``max_tier`` (1-based index or tier name) bound the tiers tried.
+        ``max_cost_usd`` skips a tier whose estimated cost exceeds what is left.
+        ``deadline_s`` bounds the whole run, every tier included.
+
+        Raises :class:`~cascade.InputError` for bad input, and a
+        :class:`~cascade.RunError` subclass (carrying ``attempts``) when no answer can be
+        returned.
+        """
+        msgs = coerce_messages(messages)
+        opts = _DEFAULT_OPTIONS if options is None else options
+        first = self._tier_index(start_tier, "start_tier", 0)
+        last = self._tier_index(max_tier, "max_tier", len(self._tiers) - 1)
+        if first > last:
+            raise InputError("start_tier is above max_tier", path="start_tier")
+        budget = self.config.max_cost_usd if max_cost_usd is None else max_cost_usd
+        if budget is not None and not budget >= 0:
+            raise InputError("expected a cost >= 0", path="max_cost_usd")
+        deadline = self.config.deadline_s if deadline_s is None else deadline_s
+        if deadline is not None and not deadline > 0:
+            raise InputError("expected a deadline > 0 seconds", path="deadline_s")
+        if not self._open:
+            await self.open()
+
+        run = _Run(perf_counter())
+        tiers = self._tiers[first : last + 1]
+        if deadline is None:
+            result = await self._run_tiers(run, tiers, msgs, opts, budget)
+        else:
+            try:
+                async with asyncio.timeout(deadline):
+                    result = await self._run_tiers(run, tiers, msgs, opts, budget)
+            except TimeoutError:
+                result = self._deadline_exceeded(run, deadline)
+        return result
+
+    def _tier_index(self, value: int | str | None, field: str, default: int) -> int:
+        if value is None:
+            return default
+        if isinstance(value, str):
+            for tier in self._tiers:
+                if tier.name == value:
+                    return tier.index - 1
+            raise InputError(f"no tier named {value!r}", path=field)
+        if isinstance(value, bool) or not 1 <= value <= len(self._tiers):
+            raise InputError(f"expected a tier from 1 to {len(self._tiers)}", path=field)
+        return value - 1
+
+    async def _run_tiers(
+        self,
+        run: _Run,
+        tiers: list[_Tier],
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        budget: float | None,
+    ) -> Result:
+        attempts = run.attempts
+        for tier in tiers:
+            if budget is not None:
+                skip = self._over_budget(tier, msgs, opts, budget - run.spent)
+                if skip is not None:
+                    attempts.append(skip)
+                    continue
+            for provider in tier.providers:
+                t0 = perf_counter()
+                run.in_flight = (tier, provider, t0)
+                try:
+                    completion = await _complete(provider, msgs, opts, t0)
+                except ProviderError as exc:
+                    run.in_flight = None
+                    run.last_error = exc
+                    attempts.append(_failed(tier, provider, t0, exc))
+                    continue  # fail over to the tier's next provider
+                verdicts: tuple[Verdict, ...] = ()
+                if tier.validators:
+                    ctx = ValidationContext(
+                        messages=msgs, options=opts, tier=tier.index, tier_name=tier.name
+                    )
+                    verdicts = await _validate(tier.validators, completion, ctx)
+                run.in_flight = None
+                cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+                run.spent += cost
+                passed = all(v.passed for v in verdicts)
+                attempt = Attempt(
+                    tier=tier.index,
+                    tier_name=tier.name,
+                    provider=provider.name,
+                    model=provider.model,
+                    outcome="accepted" if passed else "rejected",
+                    verdicts=verdicts,
+                    cost_usd=cost,
+                    input_tokens=completion.input_tokens,
+                    output_tokens=completion.output_tokens,
+                    latency_s=completion.latency_s,
+                    ttft_s=completion.ttft_s,
+                    completion=completion,
+                )
+                attempts.append(attempt)
+                if passed:
+                    return _result(run, attempt, validated=True)
+                break  # rejected by a validator: escalate to the next tier
+        return self._exhausted(run)
+
+    def _over_budget(
+        self, tier: _Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
+    ) -> Attempt | None:
+        provider = tier.providers[0]
+        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        out_tokens = opts.max_tokens or self.config.estimate_output_tokens
+        estimate = provider.config.cost_usd(in_tokens, out_tokens)
+        if estimate <= left:
+            return None
+        return Attempt(
+            tier=tier.index,
+            tier_name=tier.name,
+            provider=provider.name,
+            model=provider.model,
+            outcome="skipped",
+            error_type="BudgetExceeded",
+            error=f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left",
+        )
+
+    def _exhausted(self, run: _Run) -> Result:
+        best = _best(run.attempts)
+        if best is not None:
+            if self.config.on_exhausted == "best":
+                return _result(run, best, validated=False)
+            raise CascadeExhausted(
+                f"no answer passed validation in {len(run.attempts)} attempts",
+                attempts=run.attempts,
+            )
+        if any(a.outcome == "skipped" for a in run.attempts):
+            raise BudgetExceeded(
+                "no affordable tier produced an answer within max_cost_usd", attempts=run.attempts
+            )
+        raise AllProvidersFailed(
+            f"every provider failed ({len(run.attempts)} attempts); last: {run.last_error}",
+            attempts=run.attempts,
+        ) from run.last_error
+
+    def _deadline_exceeded(self, run: _Run, deadline: float) -> Result:
+        if run.in_flight is not None:
+            tier, provider, t0 = run.in_flight
+            exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
+            run.attempts.append(_failed(tier, provider, t0, exc))
+        best = _best(run.attempts)
+        if best is not None and self.config.on_exhausted == "best":
+            return _result(run, best, validated=False)
+        raise DeadlineExceeded(
+            f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
+            attempts=run.attempts,
+        )
+
+
+async def _complete(
+    provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions, t0: float
+) -> Completion:
+    parts: list[str] = []
+    ttft: float | None = None
+    finish: str | None = None
+    in_tokens: int | None = None
+    out_tokens: int | None = None
+    model: str | None = None
+    async with aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
+        async for chunk in chunks:
+            if chunk.text:
+                if ttft is None:
+                    ttft = perf_counter() - t0
+                parts.append(chunk.text)
+            if chunk.finish_reason is not None:
+                finish = chunk.finish_reason
+            if chunk.input_tokens is not None:
+                in_tokens = chunk.input_tokens
+            if chunk.output_tokens is not None:
+                out_tokens = chunk.output_tokens
+            if chunk.model:
+                model = chunk.model
+    text = parts[0] if len(parts) == 1 else "".join(parts)
+    if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
+        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+    if out_tokens is None:
+        out_tokens = max(1, len(text) // 4) if text else 0
+    return Completion(
+        text=text,
+        provider=provider.name,
+        model=model or provider.model,
+        finish_reason=finish,
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
+        latency_s=perf_counter() - t0,
+        ttft_s=ttft,
+    )
+
+
+async def _validate(
+    validators: tuple[Validator, ...], completion: Completion, ctx: ValidationContext
+) -> tuple[Verdict, ...]:
+    if len(validators) == 1:
+        return (await validators[0].validate(completion, ctx),)
+    return tuple([await v.validate(completion, ctx) for v in validators])
+
+
+def _failed(tier: _Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:
+    return Attempt(
+        tier=tier.index,
+        tier_name=tier.name,
+        provider=provider.name,
+        model=provider.model,
+        outcome="failed",
+        error_type=type(exc).__name__,
+        error=str(exc),
+        latency_s=perf_counter() - t0,
+    )
+
+
+def _best(attempts: list[Attempt]) -> Attempt | None:
+    """The rejected attempt to fall back on: highest validator score, then highest tier."""
+    best: Attempt | None = None
+    for a in attempts:
+        if a.completion is not None and (
+            best is None or (a.score, a.tier) >= (best.score, best.tier)
+        ):
+            best = a
+    return best
+
+
+def _result(run: _Run, attempt: Attempt, *, validated: bool) -> Result:
+    completion = attempt.completion
+    assert completion is not None
+    attempts = run.attempts
+    if len(attempts) == 1:
+        usage = Usage(input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens)
+    else:
+        usage = Usage(
+            input_tokens=sum(a.input_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts),
+        )
+    parsed = None
+    for verdict in attempt.verdicts:
+        if verdict.passed and verdict.parsed is not None:
+            parsed = verdict.parsed
+            break
+    return Result(
+        text=completion.text,
+        parsed=parsed,
+        tier=attempt.tier,
+        tier_name=attempt.tier_name,
+        provider=attempt.provider,
+        model=attempt.model,
+        cost_usd=run.spent,
+        usage=usage,
+        latency_s=perf_counter() - run.t0,
+        attempts=tuple(attempts),
+        validated=validated,
+        finish_reason=completion.finish_reason,
+    )

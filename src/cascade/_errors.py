@@ -1,0 +1,147 @@
+"""The one error tree of cascade.
+
+Users never need to catch aiohttp, msgspec or jsonschema exceptions: every third-party
+failure is translated at the boundary into one of these::
+
+    CascadeError
+    ├── ConfigError                 bad configuration; names the path of the bad field
+    ├── InputError                  bad request input (messages, options)
+    ├── ProviderError               one provider call failed (carries provider, model)
+    │   ├── ProviderStatusError     the provider answered with an HTTP error status
+    │   │   └── RateLimited         429 (or 529 overloaded); carries retry_after
+    │   ├── ProviderTimeout         connect / read / total timeout of one call
+    │   ├── ProviderConnectionError refused, reset, dropped mid-body
+    │   └── MalformedResponse       the body or stream is not the wire format
+    └── RunError                    a whole run failed; carries every attempt made
+        ├── CascadeExhausted        every tier ran, no answer passed its validators
+        ├── AllProvidersFailed      no provider produced an answer at all
+        ├── BudgetExceeded          max_cost_usd left no tier affordable
+        └── DeadlineExceeded        deadline_s ran out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._types import Attempt
+
+__all__ = [
+    "AllProvidersFailed",
+    "BudgetExceeded",
+    "CascadeError",
+    "CascadeExhausted",
+    "ConfigError",
+    "DeadlineExceeded",
+    "InputError",
+    "MalformedResponse",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderStatusError",
+    "ProviderTimeout",
+    "RateLimited",
+    "RunError",
+]
+
+
+class CascadeError(Exception):
+    """Base of every error cascade raises."""
+
+
+class ConfigError(CascadeError):
+    """The configuration is invalid.
+
+    ``path`` names the bad field (``tiers[0].providers[1].model``), ``message`` what was
+    expected.
+    """
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class InputError(CascadeError):
+    """The request itself is invalid (empty messages, unknown role, bad option)."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ProviderError(CascadeError):
+    """One call to one provider failed. The message never contains credentials."""
+
+    def __init__(self, message: str, *, provider: str, model: str) -> None:
+        self.provider = provider
+        self.model = model
+        super().__init__(f"{provider} ({model}): {message}")
+
+
+class ProviderStatusError(ProviderError):
+    """The provider answered with an HTTP error status."""
+
+    def __init__(
+        self, message: str, *, provider: str, model: str, status: int, body: str = ""
+    ) -> None:
+        self.status = status
+        self.body = body
+        super().__init__(f"HTTP {status}: {message}", provider=provider, model=model)
+
+
+class RateLimited(ProviderStatusError):
+    """The provider refused for capacity (429, or Anthropic's 529 overloaded).
+
+    ``retry_after`` is the provider's hint in seconds, when it gave one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        model: str,
+        status: int = 429,
+        body: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, provider=provider, model=model, status=status, body=body)
+
+
+class ProviderTimeout(ProviderError):
+    """A call to the provider timed out (connect, first byte, idle or total)."""
+
+
+class ProviderConnectionError(ProviderError):
+    """The connection failed: refused, reset, or closed in the middle of the body."""
+
+
+class MalformedResponse(ProviderError):
+    """The provider's body or stream does not follow its wire format."""
+
+
+class RunError(CascadeError):
+    """A whole ``Cascade.run`` failed. ``attempts`` holds every attempt, in order."""
+
+    def __init__(self, message: str, *, attempts: Sequence[Attempt]) -> None:
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        super().__init__(message)
+
+
+class CascadeExhausted(RunError):
+    """Every tier ran and no answer passed its validators (``on_exhausted = "error"``)."""
+
+
+class AllProvidersFailed(RunError):
+    """No provider returned an answer; the last provider error is the ``__cause__``."""
+
+
+class BudgetExceeded(RunError):
+    """``max_cost_usd`` left no tier whose estimated cost fits."""
+
+
+class DeadlineExceeded(RunError):
+    """``deadline_s`` ran out before an answer was accepted."""

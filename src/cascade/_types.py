@@ -1,0 +1,195 @@
+"""Wire types: what goes into a run and what comes out, as frozen msgspec Structs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from ._errors import InputError
+
+__all__ = [
+    "Attempt",
+    "Chunk",
+    "Completion",
+    "Message",
+    "Outcome",
+    "RequestOptions",
+    "Result",
+    "Usage",
+    "Verdict",
+]
+
+Role = Literal["system", "user", "assistant"]
+Outcome = Literal["accepted", "rejected", "failed", "skipped"]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One chat message. Plain ``{"role": ..., "content": ...}`` dicts are accepted too."""
+
+    role: Role
+    content: str
+
+
+class RequestOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """Sampling options sent to every provider the request reaches.
+
+    ``metadata`` is never sent upstream: it tags the run for logs and traces.
+    ``response_format`` is the OpenAI-style object (``{"type": "json_object"}``); providers
+    without such a field ignore it.
+    """
+
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    max_tokens: Annotated[int, Meta(ge=1)] | None = None
+    n: Annotated[int, Meta(ge=1, le=128)] | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
+    response_format: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+
+
+class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One piece of a provider's answer stream.
+
+    Text deltas carry ``text``; the last chunk usually carries ``finish_reason`` and the
+    token usage the provider reported.
+    """
+
+    text: str = ""
+    finish_reason: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    model: str | None = None
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """One provider's whole answer to one request."""
+
+    text: str
+    provider: str
+    model: str
+    finish_reason: str | None = None
+    input_tokens: NonNegInt = 0
+    output_tokens: NonNegInt = 0
+    latency_s: NonNegFloat = 0.0
+    ttft_s: NonNegFloat | None = None
+
+
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """What one validator said of one completion.
+
+    ``score`` is in [0, 1] (1.0 for a plain pass); ``parsed`` carries a value the validator
+    extracted (the JSON object for ``json_schema``), which fills ``Result.parsed``.
+    """
+
+    validator: str
+    passed: bool
+    score: Annotated[float, Meta(ge=0, le=1)] = 1.0
+    reason: str = ""
+    parsed: Any = None
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    """One call to one provider within a run (or a tier skipped for budget).
+
+    ``outcome``: ``accepted`` (every validator passed), ``rejected`` (a validator failed:
+    see ``verdicts``), ``failed`` (transport or provider error: see ``error_type``), or
+    ``skipped`` (the tier was not tried: see ``error``).
+    """
+
+    tier: int
+    tier_name: str
+    provider: str
+    model: str
+    outcome: Outcome
+    verdicts: tuple[Verdict, ...] = ()
+    error_type: str | None = None
+    error: str | None = None
+    cost_usd: NonNegFloat = 0.0
+    input_tokens: NonNegInt = 0
+    output_tokens: NonNegInt = 0
+    latency_s: NonNegFloat = 0.0
+    ttft_s: NonNegFloat | None = None
+    completion: Completion | None = None
+
+    @property
+    def score(self) -> float:
+        """Mean validator score; 0.0 for an attempt with no completion."""
+        if self.completion is None:
+            return 0.0
+        if not self.verdicts:
+            return 1.0
+        return sum(v.score for v in self.verdicts) / len(self.verdicts)
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens summed over every attempt of a run."""
+
+    input_tokens: NonNegInt = 0
+    output_tokens: NonNegInt = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer of a run, with what it cost and the whole escalation path.
+
+    ``validated`` is False only when ``on_exhausted = "best"`` returned the best rejected
+    answer. ``cost_usd``, ``usage`` and ``latency_s`` cover every attempt, not only the
+    accepted one.
+    """
+
+    text: str
+    parsed: Any
+    tier: int
+    tier_name: str
+    provider: str
+    model: str
+    cost_usd: float
+    usage: Usage
+    latency_s: float
+    attempts: tuple[Attempt, ...]
+    validated: bool
+    finish_reason: str | None = None
+
+    @property
+    def escalations(self) -> int:
+        """How many tiers were left behind before the answering one."""
+        return len({a.tier for a in self.attempts if a.tier != self.tier})
+
+
+def coerce_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
+    """Turn user input into Messages, or raise InputError naming the bad item."""
+    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+        raise InputError("expected a list of messages", path="messages")
+    if not messages:
+        raise InputError("expected at least one message", path="messages")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        if isinstance(m, Message):
+            out.append(m)
+            continue
+        if not isinstance(m, Mapping):
+            raise InputError(
+                f"expected a message object, got {type(m).__name__}", path=f"messages[{i}]"
+            )
+        role = m.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise InputError(
+                f"expected 'system', 'user' or 'assistant', got {role!r}",
+                path=f"messages[{i}].role",
+            )
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise InputError(
+                f"expected a string, got {type(content).__name__}",
+                path=f"messages[{i}].content",
+            )
+        out.append(Message(role=role, content=content))
+    return tuple(out)

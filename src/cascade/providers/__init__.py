@@ -1,0 +1,25 @@
+"""Providers: the mechanism that sends one request to one deployment and streams chunks back.
+
+A provider is anything with the :class:`Provider` shape. Built-in kinds: ``openai`` (any
+OpenAI-compatible ``/v1/chat/completions`` server) and ``anthropic`` (the Messages API).
+New kinds register with :func:`register_provider_kind`.
+"""
+
+from __future__ import annotations
+
+from ._base import Provider, ProviderFactory, build_provider, provider_kinds, register_provider_kind
+from .anthropic import AnthropicProvider
+from .openai import OpenAIProvider
+
+register_provider_kind("openai", OpenAIProvider)
+register_provider_kind("anthropic", AnthropicProvider)
+
+__all__ = [
+    "AnthropicProvider",
+    "OpenAIProvider",
+    "Provider",
+    "ProviderFactory",
+    "build_provider",
+    "provider_kinds",
+    "register_provider_kind",
+]

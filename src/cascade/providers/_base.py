@@ -1,0 +1,64 @@
+"""The Provider protocol and the registry of provider kinds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol, runtime_checkable
+
+import aiohttp
+
+from .._config import ProviderConfig
+from .._types import Chunk, Message, RequestOptions
+
+__all__ = [
+    "Provider",
+    "ProviderFactory",
+    "build_provider",
+    "provider_kinds",
+    "register_provider_kind",
+]
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One deployment of one model.
+
+    ``stream`` sends one request and yields the answer as :class:`~cascade.Chunk` s as
+    they arrive (a non-streaming call yields one chunk). It raises only
+    :class:`~cascade.ProviderError` subclasses. Closing the iterator early (``aclose``)
+    must close the upstream response at once.
+    """
+
+    name: str
+    model: str
+    config: ProviderConfig
+
+    def stream(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncIterator[Chunk]: ...
+
+    async def aclose(self) -> None: ...
+
+
+ProviderFactory = Callable[..., Provider]
+"""``factory(config, *, session, api_key) -> Provider``."""
+
+_KINDS: dict[str, ProviderFactory] = {}
+
+
+def register_provider_kind(kind: str, factory: ProviderFactory, *, replace: bool = False) -> None:
+    """Make ``kind = "<kind>"`` usable in config."""
+    if kind in _KINDS and not replace:
+        raise ValueError(f"provider kind {kind!r} is already registered")
+    _KINDS[kind] = factory
+
+
+def provider_kinds() -> tuple[str, ...]:
+    return tuple(sorted(_KINDS))
+
+
+def build_provider(
+    config: ProviderConfig, *, session: aiohttp.ClientSession, api_key: str | None
+) -> Provider:
+    """Instantiate the provider for ``config.kind`` (the caller checked the kind exists)."""
+    return _KINDS[config.kind](config, session=session, api_key=api_key)

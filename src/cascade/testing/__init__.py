@@ -1,0 +1,32 @@
+"""Fake OpenAI-compatible and Anthropic servers for testing code that calls LLMs.
+
+The servers speak the real wire formats (JSON and SSE streaming) over loopback
+HTTP, answer per model from a script or a function, record what they receive,
+and inject faults: error statuses, latency, dropped connections, malformed
+payloads, hangs.
+
+Example::
+
+    from cascade.testing import FakeOpenAIServer, Reply
+
+    async with FakeOpenAIServer() as server:
+        server.script("small", Reply(status=429, retry_after_s=1), "42")
+        # point your client at server.url, e.g. AsyncOpenAI(base_url=server.url)
+        ...
+        assert server.request_count == 2
+
+From a shell, ``python -m cascade.testing openai --port 8000`` serves one
+fixed answer for every model until interrupted.
+"""
+
+from cascade.testing._anthropic import FakeAnthropicServer
+from cascade.testing._openai import FakeOpenAIServer
+from cascade.testing._reply import FakeRequest, Reply, Responder
+
+__all__ = [
+    "FakeAnthropicServer",
+    "FakeOpenAIServer",
+    "FakeRequest",
+    "Reply",
+    "Responder",
+]

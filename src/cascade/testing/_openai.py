@@ -1,0 +1,165 @@
+"""A fake OpenAI-compatible server: ``POST /v1/chat/completions``, JSON and SSE."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from cascade.testing._reply import Reply
+from cascade.testing._server import FakeServer
+from cascade.testing._wire import Call, SSEEvents, encode_json
+
+__all__ = ["FakeOpenAIServer"]
+
+_DONE = b"data: [DONE]\n\n"
+
+_ERROR_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    429: "rate_limit_error",
+}
+
+
+def _error_type(status: int) -> str:
+    if status >= 500:
+        return "server_error"
+    return _ERROR_TYPES.get(status, "invalid_request_error")
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + encode_json(payload) + b"\n\n"
+
+
+class FakeOpenAIServer(FakeServer):
+    """A scriptable OpenAI-compatible chat completions server on loopback.
+
+    Serves ``POST /v1/chat/completions`` (JSON, or SSE with ``"stream": true``,
+    honouring ``stream_options.include_usage``) and ``GET /v1/models``.
+    `url` ends in ``/v1``, as OpenAI clients expect for ``base_url``.
+
+    Example::
+
+        async with FakeOpenAIServer() as server:
+            server.script("tier1", "first answer", Reply(status=503), "then this")
+            server.respond("tier2", lambda request: request.messages[-1]["content"])
+            client = AsyncOpenAI(base_url=server.url, api_key="sk-test")
+            ...
+            assert server.request_count == 1
+    """
+
+    _url_path: ClassVar[str] = "/v1"
+    _chat_path: ClassVar[str] = "/v1/chat/completions"
+    _request_id_header: ClassVar[str] = "x-request-id"
+    _unknown_model: ClassVar[str] = (
+        "The model `{model}` does not exist or you do not have access to it."
+    )
+
+    def _parse(
+        self, body: Any, headers: dict[str, str]
+    ) -> tuple[str, list[dict[str, Any]], bool] | str:
+        if not isinstance(body, dict):
+            return "request body must be a JSON object"
+        model = body.get("model")
+        if not isinstance(model, str):
+            return "'model' is a required property and must be a string"
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return "'messages' must be a non-empty array"
+        if not all(isinstance(message, dict) for message in messages):
+            return "each of 'messages' must be an object"
+        return model, messages, body.get("stream") is True
+
+    def _error_body(self, status: int, message: str, *, code: str | None = None) -> bytes:
+        return encode_json(
+            {
+                "error": {
+                    "message": message,
+                    "type": _error_type(status),
+                    "param": None,
+                    "code": code,
+                }
+            }
+        )
+
+    def _usage(self, call: Call) -> dict[str, int]:
+        return {
+            "prompt_tokens": call.input_tokens,
+            "completion_tokens": call.output_tokens,
+            "total_tokens": call.input_tokens + call.output_tokens,
+        }
+
+    def _json_body(self, call: Call, reply: Reply) -> bytes:
+        return encode_json(
+            {
+                "id": f"chatcmpl-{call.n}",
+                "object": "chat.completion",
+                "created": call.created,
+                "model": call.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.text},
+                        "logprobs": None,
+                        "finish_reason": reply.finish_reason,
+                    }
+                ],
+                "usage": self._usage(call),
+            }
+        )
+
+    def _chunk(self, call: Call, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+        return _event(
+            {
+                "id": f"chatcmpl-{call.n}",
+                "object": "chat.completion.chunk",
+                "created": call.created,
+                "model": call.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "logprobs": None,
+                        "finish_reason": finish_reason,
+                    }
+                ],
+            }
+        )
+
+    def _sse_events(self, call: Call, reply: Reply) -> SSEEvents:
+        text, size = reply.text, reply.chunk_chars
+        head = [self._chunk(call, {"role": "assistant", "content": ""})]
+        deltas = [
+            self._chunk(call, {"content": text[i : i + size]}) for i in range(0, len(text), size)
+        ]
+        tail = [self._chunk(call, {}, reply.finish_reason)]
+        options = call.body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            tail.append(
+                _event(
+                    {
+                        "id": f"chatcmpl-{call.n}",
+                        "object": "chat.completion.chunk",
+                        "created": call.created,
+                        "model": call.model,
+                        "choices": [],
+                        "usage": self._usage(call),
+                    }
+                )
+            )
+        tail.append(_DONE)
+        return SSEEvents(head, deltas, tail)
+
+    def _malformed_event(self, call: Call) -> bytes:
+        # An object cut off mid-array: what a proxy that truncates a line sends.
+        cut = f'{{"id": "chatcmpl-{call.n}", "object": "chat.completion.chunk", "choices": [{{'
+        return b"data: " + cut.encode() + b"\n\n"
+
+    def _models_body(self, models: list[str]) -> bytes:
+        return encode_json(
+            {
+                "object": "list",
+                "data": [
+                    {"id": model, "object": "model", "created": 0, "owned_by": "cascade-testing"}
+                    for model in models
+                ],
+            }
+        )

@@ -1,0 +1,100 @@
+"""What a fake server answers (`Reply`) and what it saw (`FakeRequest`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+from msgspec import Meta
+
+__all__ = ["FakeRequest", "Reply", "Responder"]
+
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One scripted answer of a fake server, success or failure.
+
+    A non-200 ``status`` sends an error body in the wire format of the API;
+    a ``fault`` takes precedence over ``status`` and breaks the transport or
+    the payload instead.
+
+    Example::
+
+        Reply(text="Paris", latency_s=0.05)
+        Reply(status=429, retry_after_s=1.5)          # rate limited
+        Reply(text="half an answer", fault="drop")    # connection lost mid-body
+    """
+
+    text: str = ""
+    #: HTTP status; anything but 200 sends an error body.
+    status: Annotated[int, Meta(ge=200, le=599)] = 200
+    #: Delay before the response starts (before the headers).
+    latency_s: NonNegative = 0.0
+    #: SSE: characters of content per delta event.
+    chunk_chars: Annotated[int, Meta(ge=1)] = 8
+    #: SSE: delay between delta events.
+    chunk_delay_s: NonNegative = 0.0
+    #: Sets ``Retry-After`` (whole seconds, rounded up) and ``retry-after-ms``.
+    retry_after_s: NonNegative | None = None
+    #: Extra response headers, e.g. rate-limit headers.
+    headers: dict[str, str] = {}
+    fault: Literal["drop", "malformed", "hang"] | None = None
+    finish_reason: Literal["stop", "length"] = "stop"
+    #: Default: ``max(1, total characters of all message contents // 4)``.
+    input_tokens: Annotated[int, Meta(ge=0)] | None = None
+    #: Default: ``max(1, len(text) // 4)``.
+    output_tokens: Annotated[int, Meta(ge=0)] | None = None
+    error_message: str = "simulated error"
+
+    def __post_init__(self) -> None:
+        # Meta bounds are only checked when decoding; direct construction is
+        # how tests build replies, so check them here as well.
+        if not 200 <= self.status <= 599:
+            raise ValueError(f"status must be within 200..599, got {self.status}")
+        if self.chunk_chars < 1:
+            raise ValueError(f"chunk_chars must be >= 1, got {self.chunk_chars}")
+        for name in (
+            "latency_s",
+            "chunk_delay_s",
+            "retry_after_s",
+            "input_tokens",
+            "output_tokens",
+        ):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+class FakeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A chat request as a fake server received it.
+
+    ``messages`` are as sent; for Anthropic a top-level ``system`` prompt is
+    prepended as ``{"role": "system", "content": system}``. ``headers`` have
+    lower-cased names.
+
+    Example::
+
+        assert server.requests[-1].model == "tier1"
+        assert server.requests[-1].headers["authorization"] == "Bearer sk-test"
+    """
+
+    model: str
+    messages: list[dict[str, Any]]
+    stream: bool
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+Responder: TypeAlias = Callable[[FakeRequest], Reply | str | Awaitable[Reply | str]]
+"""Decides the answer per request; a plain ``str`` means ``Reply(text=...)``."""
+
+
+def as_reply(value: Reply | str) -> Reply:
+    """Turn a scripted value into a `Reply` (a string is the reply's text)."""
+    if isinstance(value, Reply):
+        return value
+    if isinstance(value, str):
+        return Reply(text=value)
+    raise TypeError(f"expected Reply or str, got {type(value).__name__}")

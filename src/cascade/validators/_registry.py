@@ -1,0 +1,99 @@
+"""The Validator protocol and the name -> factory registry behind ``@cascade.validator``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+import msgspec
+
+from .._errors import ConfigError
+from .._types import Completion, Message, RequestOptions, Verdict
+
+__all__ = [
+    "ValidationContext",
+    "Validator",
+    "ValidatorFactory",
+    "build_validator",
+    "registered_validators",
+    "validator",
+]
+
+
+class ValidationContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What a validator may know besides the answer: the request and where it ran."""
+
+    messages: tuple[Message, ...]
+    options: RequestOptions
+    tier: int
+    tier_name: str
+
+
+@runtime_checkable
+class Validator(Protocol):
+    """Checks one completion and returns a :class:`~cascade.Verdict`.
+
+    ``validate`` must not raise for a bad answer: a bad answer is a failed verdict with a
+    reason. It is called concurrently for different requests, so keep it free of
+    per-request state.
+    """
+
+    name: str
+
+    async def validate(self, completion: Completion, context: ValidationContext) -> Verdict: ...
+
+
+ValidatorFactory = Callable[..., Validator]
+"""Called with the config entry's parameters as keyword arguments; returns a Validator."""
+
+F = TypeVar("F", bound=ValidatorFactory)
+
+_REGISTRY: dict[str, ValidatorFactory] = {}
+
+
+def validator(name: str, *, replace: bool = False) -> Callable[[F], F]:
+    """Register a validator factory (a class or a function) under ``name``.
+
+    The factory receives the config entry's parameters (every key but ``name``) as keyword
+    arguments; raising ``ValueError`` or ``TypeError`` there becomes a ConfigError naming the
+    entry, so a bad parameter fails when the cascade is built, not mid-request.
+    """
+    if not name or not isinstance(name, str):
+        raise ValueError("a validator needs a non-empty name")
+
+    def register(factory: F) -> F:
+        if name in _REGISTRY and _REGISTRY[name] is not factory and not replace:
+            raise ValueError(
+                f"validator {name!r} is already registered; pass replace=True to override it"
+            )
+        _REGISTRY[name] = factory
+        return factory
+
+    return register
+
+
+def registered_validators() -> tuple[str, ...]:
+    """Names usable in config, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def build_validator(spec: Mapping[str, Any], *, path: str) -> Validator:
+    """Instantiate the validator a config entry names; ConfigError (at ``path``) if it can't."""
+    name = spec.get("name")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        known = ", ".join(registered_validators()) or "none"
+        raise ConfigError(f"unknown validator {name!r} (registered: {known})", path=f"{path}.name")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    try:
+        instance = _REGISTRY[name](**params)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"validator {name!r}: {exc}", path=path) from None
+    if not isinstance(instance, Validator):
+        raise ConfigError(
+            f"validator {name!r} factory returned {type(instance).__name__}, "
+            "which has no `name` and async `validate(completion, context)`",
+            path=path,
+        )
+    return instance

@@ -1,0 +1,102 @@
+"""``json_schema``: the answer must contain JSON that validates against a JSON Schema."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jsonschema
+import msgspec
+from jsonschema.exceptions import best_match
+
+from .._errors import ConfigError
+from .._types import Completion, Verdict
+from ._registry import ValidationContext, validator
+
+__all__ = ["JsonSchemaValidator", "extract_json"]
+
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\r?\n(.*?)```", re.S)
+_decode = msgspec.json.decode
+_NOT_FOUND = object()
+
+
+def extract_json(text: str) -> Any:
+    """Find the JSON value in an answer: the whole text, a fenced block, or the outermost
+    ``{...}`` / ``[...]`` span. Raises ValueError when there is none.
+
+    >>> extract_json('Sure! ```json\\n{"a": 1}\\n``` done')
+    {'a': 1}
+    """
+    stripped = text.strip()
+    if stripped:
+        found = _try(stripped)
+        if found is not _NOT_FOUND:
+            return found
+    for m in _FENCE.finditer(text):
+        found = _try(m.group(1).strip())
+        if found is not _NOT_FOUND:
+            return found
+    for open_, close in (("{", "}"), ("[", "]")):
+        start, end = text.find(open_), text.rfind(close)
+        if 0 <= start < end:
+            found = _try(text[start : end + 1])
+            if found is not _NOT_FOUND:
+                return found
+    raise ValueError("no JSON value found in the answer")
+
+
+def _try(candidate: str) -> Any:
+    if candidate[:1] not in "{[\"-0123456789tfn":
+        return _NOT_FOUND
+    try:
+        return _decode(candidate)
+    except msgspec.DecodeError:
+        return _NOT_FOUND
+
+
+@validator("json_schema")
+class JsonSchemaValidator:
+    """Accepts an answer whose JSON validates against ``schema`` (Draft 2020-12 unless the
+    schema's ``$schema`` names another draft). The parsed value fills ``Result.parsed``; a
+    rejection's reason names the failing path.
+
+    A bad schema raises ConfigError when the validator is built.
+    """
+
+    def __init__(self, *, schema: dict[str, Any], name: str = "json_schema") -> None:
+        if not isinstance(schema, dict):
+            raise ConfigError(f"expected a JSON Schema object, got {type(schema).__name__}",
+                              path="schema")
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        try:
+            cls.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path)
+            raise ConfigError(
+                f"invalid JSON Schema{' at ' + where if where else ''}: {exc.message}",
+                path="schema",
+            ) from None
+        self.name = name
+        self.schema = schema
+        self._validator = cls(schema)
+
+    def __repr__(self) -> str:
+        return f"<JsonSchemaValidator {self.name!r}>"
+
+    async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
+        try:
+            value = extract_json(completion.text)
+        except ValueError as exc:
+            return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
+        if self._validator.is_valid(value):
+            return Verdict(validator=self.name, passed=True, parsed=value)
+        error = best_match(self._validator.iter_errors(value))
+        where = error.json_path if error is not None else "$"
+        message = error.message if error is not None else "invalid"
+        return Verdict(
+            validator=self.name,
+            passed=False,
+            score=0.0,
+            reason=f"at {where}: {message}"[:500],
+            parsed=value,
+        )
