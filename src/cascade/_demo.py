@@ -221,7 +221,9 @@ class _Progress:
         self.out.flush()
 
 
-def demo_config(small_url: str, small_b_url: str, medium_url: str, large_url: str) -> dict[str, Any]:
+def demo_config(
+    small_url: str, small_b_url: str, medium_url: str, large_url: str
+) -> dict[str, Any]:
     validators: list[dict[str, Any]] = [
         {"name": "json_schema", "schema": RECEIPT_SCHEMA},
         {"name": "receipt_total"},
@@ -275,15 +277,20 @@ async def run_demo(
     ):
         small.respond("small", _responder("small", FLEET["small"], seed))
         # The sibling deployment of the small model: same model, no outages.
-        small_b.respond("small", _responder("small", msgspec.structs.replace(FLEET["small"], fail_5xx=0.0), seed))
+        small_b.respond(
+            "small",
+            _responder("small", msgspec.structs.replace(FLEET["small"], fail_5xx=0.0), seed),
+        )
         medium.respond("medium", _responder("medium", FLEET["medium"], seed))
         large.respond("large", _responder("large", FLEET["large"], seed))
         config = demo_config(small.url, small_b.url, medium.url, large.url)
         async with Cascade.from_dict(config) as cascade:
-            cascaded = await _run_all(cascade, tasks, concurrency, None, _Progress(
-                requests, progress), "cascade")
-            baseline = await _run_all(cascade, tasks, concurrency, "large", _Progress(
-                requests, progress), "baseline")
+            cascaded = await _run_all(
+                cascade, tasks, concurrency, None, _Progress(requests, progress), "cascade"
+            )
+            baseline = await _run_all(
+                cascade, tasks, concurrency, "large", _Progress(requests, progress), "baseline"
+            )
     return _summarise(tasks, cascaded, baseline, cascade.tiers, time.perf_counter() - started)
 
 
@@ -386,9 +393,7 @@ def format_summary(s: DemoSummary) -> str:
 
 def main_demo(*, requests: int, concurrency: int, seed: int, as_json: bool) -> int:
     summary = anyio.run(
-        lambda: run_demo(
-            requests=requests, concurrency=concurrency, seed=seed, progress=sys.stderr
-        )
+        lambda: run_demo(requests=requests, concurrency=concurrency, seed=seed, progress=sys.stderr)
     )
     if as_json:
         sys.stdout.write(msgspec.json.encode(summary).decode() + "\n")

@@ -166,7 +166,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
 
 def coerce_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
     """Turn user input into Messages, or raise InputError naming the bad item."""
-    if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+    raw: object = messages  # callers without type checking pass anything
+    if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
         raise InputError("expected a list of messages", path="messages")
     if not messages:
         raise InputError("expected at least one message", path="messages")

@@ -217,5 +217,3 @@ class AnthropicProvider:
         if status in (429, 529):
             return RateLimited(message, provider=self.name, model=self.model, status=status)
         return ProviderStatusError(message, provider=self.name, model=self.model, status=status)
-
-

@@ -46,7 +46,7 @@ def extract_json(text: str) -> Any:
 
 
 def _try(candidate: str) -> Any:
-    if candidate[:1] not in "{[\"-0123456789tfn":
+    if candidate[:1] not in '{["-0123456789tfn':
         return _NOT_FOUND
     try:
         return _decode(candidate)
@@ -65,8 +65,9 @@ class JsonSchemaValidator:
 
     def __init__(self, *, schema: dict[str, Any], name: str = "json_schema") -> None:
         if not isinstance(schema, dict):
-            raise ConfigError(f"expected a JSON Schema object, got {type(schema).__name__}",
-                              path="schema")
+            raise ConfigError(
+                f"expected a JSON Schema object, got {type(schema).__name__}", path="schema"
+            )
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         try:
             cls.check_schema(schema)

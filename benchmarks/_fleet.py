@@ -1,0 +1,129 @@
+"""Benchmark plumbing: the fake server in its own process, a loopback-only network guard,
+and the two load phases (sequential latency, concurrent throughput)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import select
+import statistics
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+Call = Callable[[], Awaitable[object]]
+
+_START_TIMEOUT_S = 20.0
+_STOP_TIMEOUT_S = 5.0
+
+
+@contextmanager
+def fake_openai_server(text: str) -> Iterator[str]:
+    """Run ``python -m cascade.testing openai`` in a child process; yield its ``/v1`` URL.
+
+    The child is terminated on exit, error or interrupt included.
+    """
+    cmd = [sys.executable, "-m", "cascade.testing", "openai", "--port", "0", "--text", text]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], _START_TIMEOUT_S)
+        line = proc.stdout.readline().strip() if ready else ""
+        prefix = "listening on "
+        if not line.startswith(prefix):
+            raise RuntimeError(f"fake server did not start (exit {proc.poll()}): {line!r}")
+        yield line.removeprefix(prefix)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _is_loopback(host: Any) -> bool:
+    if host in (None, "localhost", b"localhost"):
+        return True
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def install_loopback_guard() -> list[str]:
+    """Refuse every non-loopback connect, sendto and DNS lookup in this process.
+
+    Returns the (live) list of refused attempts, so a report can show them. Audit hooks
+    cannot be removed: call this only from a benchmark's ``main``.
+    """
+    refused: list[str] = []
+
+    def hook(event: str, args: tuple[Any, ...]) -> None:
+        if event == "socket.getaddrinfo":
+            host = args[0]
+        elif event in ("socket.connect", "socket.sendto"):
+            address = args[1]
+            if not isinstance(address, tuple):  # AF_UNIX path
+                return
+            host = address[0]
+        else:
+            return
+        if not _is_loopback(host):
+            refused.append(f"{event} {host}")
+            raise PermissionError(f"benchmark is loopback-only: {event} to {host!r} refused")
+
+    sys.addaudithook(hook)
+    return refused
+
+
+@dataclass(frozen=True)
+class Latency:
+    p50_ms: float
+    p99_ms: float
+    count: int
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Latency:
+        if len(samples) < 2:
+            raise RuntimeError("too few latency samples: raise the time limit")
+        p99 = statistics.quantiles(samples, n=100, method="inclusive")[98]
+        return cls(statistics.median(samples) * 1e3, p99 * 1e3, len(samples))
+
+
+async def sequential(call: Call, *, count: int, into: list[float]) -> None:
+    """Time ``count`` calls one after the other (concurrency 1), appending seconds to ``into``."""
+    for _ in range(count):
+        t0 = perf_counter()
+        await call()
+        into.append(perf_counter() - t0)
+
+
+async def throughput(call: Call, *, count: int, concurrency: int, time_limit_s: float) -> float:
+    """Requests per second: ``concurrency`` workers share ``count`` calls (or the time limit).
+
+    The window runs from the first start to the last completion, ramp-up and drain included;
+    with ``count`` many times ``concurrency`` those edges are a small share of it.
+    """
+    left = count
+    done = 0
+    t0 = perf_counter()
+    stop = t0 + time_limit_s
+
+    async def worker() -> None:
+        nonlocal left, done
+        while left > 0 and perf_counter() < stop:
+            left -= 1
+            await call()
+            done += 1
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrency):
+            tg.create_task(worker())
+    return done / (perf_counter() - t0)

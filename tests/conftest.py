@@ -1,0 +1,35 @@
+"""Shared fixtures: real fake servers on loopback, and a config builder."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from cascade.testing import FakeAnthropicServer, FakeOpenAIServer
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    # An unclosed aiohttp session warns from __del__; collecting here makes that warning
+    # (an error under filterwarnings=error) land on the test that leaked it.
+    yield
+    gc.collect()
+
+
+@pytest.fixture
+async def openai_server() -> AsyncIterator[FakeOpenAIServer]:
+    async with FakeOpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+async def anthropic_server() -> AsyncIterator[FakeAnthropicServer]:
+    async with FakeAnthropicServer() as server:
+        yield server

@@ -1,0 +1,338 @@
+"""The engine over real loopback HTTP: every escalation path, failover, budget, deadline."""
+
+from __future__ import annotations
+
+import pytest
+
+import cascade
+from cascade import (
+    AllProvidersFailed,
+    BudgetExceeded,
+    Cascade,
+    CascadeExhausted,
+    DeadlineExceeded,
+    InputError,
+    RequestOptions,
+)
+from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+
+from .helpers import JSON_SCHEMA, USER, provider, tier
+
+pytestmark = pytest.mark.anyio
+
+
+def three_tiers(url: str, **config: object) -> dict[str, object]:
+    return {
+        "tiers": [
+            tier("small", provider("small-a", url, "m1"), validators=[JSON_SCHEMA]),
+            tier("medium", provider("medium-a", url, "m2"), validators=[JSON_SCHEMA]),
+            tier("large", provider("large-a", url, "m3"), validators=[JSON_SCHEMA]),
+        ],
+        **config,
+    }
+
+
+async def test_tier_one_accepts(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(text='{"answer": 42}', input_tokens=1000, output_tokens=500))
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        result = await c.run(messages=USER)
+    assert result.validated
+    assert (result.tier, result.tier_name, result.provider, result.model) == (
+        1,
+        "small",
+        "small-a",
+        "m1",
+    )
+    assert result.parsed == {"answer": 42}
+    assert result.text == '{"answer": 42}'
+    # 1000 input tokens at $1/M + 500 output tokens at $2/M
+    assert result.cost_usd == pytest.approx(0.002)
+    assert (result.usage.input_tokens, result.usage.output_tokens) == (1000, 500)
+    assert [a.outcome for a in result.attempts] == ["accepted"]
+    assert result.attempts[0].verdicts[0].passed
+    assert result.escalations == 0
+    assert openai_server.request_count == 1
+
+
+async def test_rejection_escalates_and_records_verdicts(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(text="forty-two", input_tokens=10, output_tokens=10))
+    openai_server.script("m2", Reply(text='{"answer": "x"}', input_tokens=10, output_tokens=10))
+    openai_server.script("m3", Reply(text='```json\n{"answer": 42}\n```', input_tokens=10,
+                                     output_tokens=10))  # fmt: skip
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        result = await c.run(messages=USER)
+    assert result.validated and result.tier == 3 and result.parsed == {"answer": 42}
+    assert [a.outcome for a in result.attempts] == ["rejected", "rejected", "accepted"]
+    assert "no JSON" in result.attempts[0].verdicts[0].reason
+    assert result.attempts[1].verdicts[0].reason.startswith("at $.answer")
+    # every attempt is paid for: 3 x (10 in at $1/M + 10 out at $2/M)
+    assert result.cost_usd == pytest.approx(3 * 30e-6)
+    assert result.usage.input_tokens == 30
+    assert result.escalations == 2
+
+
+async def test_exhausted_best_returns_best_unvalidated(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", "no")
+    openai_server.script("m2", "still no")
+    openai_server.script("m3", "nope")
+    async with Cascade.from_dict(three_tiers(openai_server.url, on_exhausted="best")) as c:
+        result = await c.run(messages=USER)
+    assert not result.validated
+    assert result.parsed is None
+    # equal scores: the highest tier's answer wins
+    assert result.tier == 3 and result.text == "nope"
+    assert [a.outcome for a in result.attempts] == ["rejected"] * 3
+
+
+async def test_exhausted_best_prefers_higher_score() -> None:
+    @cascade.validator("test_score_by_length", replace=True)
+    class ByLength:
+        def __init__(self) -> None:
+            self.name = "by_length"
+
+        async def validate(
+            self, completion: cascade.Completion, context: cascade.ValidationContext
+        ) -> cascade.Verdict:
+            return cascade.Verdict(
+                validator=self.name, passed=False, score=min(1.0, len(completion.text) / 10)
+            )
+
+    async with FakeOpenAIServer() as server:
+        server.script("m1", "aaaaaaaa")
+        server.script("m2", "bb")
+        cfg = {
+            "tiers": [
+                tier("a", provider("a1", server.url, "m1"), validators=[{"name": "test_score_by_length"}]),
+                tier("b", provider("b1", server.url, "m2"), validators=[{"name": "test_score_by_length"}]),
+            ]
+        }  # fmt: skip
+        async with Cascade.from_dict(cfg) as c:
+            result = await c.run(messages=USER)
+    assert result.tier == 1 and result.text == "aaaaaaaa" and not result.validated
+
+
+async def test_exhausted_error_raises_with_attempts(openai_server: FakeOpenAIServer) -> None:
+    openai_server.default = Reply(text="not json")
+    async with Cascade.from_dict(three_tiers(openai_server.url, on_exhausted="error")) as c:
+        with pytest.raises(CascadeExhausted) as info:
+            await c.run(messages=USER)
+    assert [a.outcome for a in info.value.attempts] == ["rejected"] * 3
+    assert isinstance(info.value, cascade.RunError)
+
+
+async def test_failover_within_tier(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("a", Reply(status=503))
+    openai_server.script("b", Reply(status=429, retry_after_s=3))
+    openai_server.script("c", '{"answer": 1}')
+    cfg = {
+        "tiers": [
+            tier(
+                "small",
+                provider("p-a", openai_server.url, "a"),
+                provider("p-b", openai_server.url, "b"),
+                provider("p-c", openai_server.url, "c"),
+                validators=[JSON_SCHEMA],
+            ),
+            tier("large", provider("p-d", openai_server.url, "d")),
+        ]
+    }
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER)
+    assert result.tier == 1 and result.provider == "p-c"
+    failed = result.attempts[:2]
+    assert [a.outcome for a in failed] == ["failed", "failed"]
+    assert [a.error_type for a in failed] == ["ProviderStatusError", "RateLimited"]
+    assert all(a.cost_usd == 0 for a in failed)
+
+
+async def test_failed_tier_escalates_to_next(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(fault="drop", text='{"answer": 1, "pad": "xxxxxxxxxxxx"}'))
+    openai_server.script("m2", Reply(fault="malformed"))
+    openai_server.script("m3", '{"answer": 3}')
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        result = await c.run(messages=USER)
+    assert result.tier == 3
+    assert [a.error_type for a in result.attempts[:2]] == [
+        "ProviderConnectionError",
+        "MalformedResponse",
+    ]
+
+
+async def test_all_providers_failed_is_typed_and_carries_attempts(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.default = Reply(status=500, error_message="boom")
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        with pytest.raises(AllProvidersFailed) as info:
+            await c.run(messages=USER)
+    err = info.value
+    assert len(err.attempts) == 3
+    assert {a.error_type for a in err.attempts} == {"ProviderStatusError"}
+    assert isinstance(err.__cause__, cascade.ProviderStatusError)
+    assert err.__cause__.status == 500
+    assert "boom" in str(err.__cause__)
+
+
+async def test_budget_skips_tiers_it_cannot_afford(openai_server: FakeOpenAIServer) -> None:
+    url = openai_server.url
+    openai_server.script("m1", "bad")
+    openai_server.script("m2", '{"answer": 2}')
+    cfg = {
+        "tiers": [
+            tier("small", provider("s", url, "m1"), validators=[JSON_SCHEMA]),
+            tier("huge", provider("h", url, "m9", input_cost_per_mtok=1e6,
+                                  output_cost_per_mtok=1e6), validators=[JSON_SCHEMA]),
+            tier("medium", provider("m", url, "m2"), validators=[JSON_SCHEMA]),
+        ]
+    }  # fmt: skip
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER, max_cost_usd=0.01)
+    assert result.tier_name == "medium"
+    assert [a.outcome for a in result.attempts] == ["rejected", "skipped", "accepted"]
+    assert result.attempts[1].error_type == "BudgetExceeded"
+    assert openai_server.request_count == 2  # the huge tier was never called
+    async with Cascade.from_dict(cfg) as c:
+        with pytest.raises(BudgetExceeded) as info:
+            await c.run(messages=USER, max_cost_usd=0.0)
+    assert [a.outcome for a in info.value.attempts] == ["skipped"] * 3
+
+
+async def test_deadline_raises_with_in_flight_attempt(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(fault="hang"))
+    async with Cascade.from_dict(three_tiers(openai_server.url, on_exhausted="error")) as c:
+        with pytest.raises(DeadlineExceeded) as info:
+            await c.run(messages=USER, deadline_s=0.2)
+    (attempt,) = info.value.attempts
+    assert attempt.outcome == "failed" and attempt.error_type == "DeadlineExceeded"
+    assert attempt.latency_s >= 0.15
+
+
+async def test_deadline_carries_across_tiers(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(text="wrong", latency_s=0.05))
+    openai_server.script("m2", Reply(fault="hang"))
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        # on_exhausted = "best": the deadline returns the rejected answer it already has
+        result = await c.run(messages=USER, deadline_s=0.3)
+    assert not result.validated and result.text == "wrong"
+    assert [a.outcome for a in result.attempts] == ["rejected", "failed"]
+    assert result.attempts[1].error_type == "DeadlineExceeded"
+
+
+async def test_start_and_max_tier(openai_server: FakeOpenAIServer) -> None:
+    openai_server.default = Reply(text="nope")
+    openai_server.script("m2", '{"answer": 2}')
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        r = await c.run(messages=USER, start_tier=2)
+        assert r.tier == 2 and len(r.attempts) == 1
+        r = await c.run(messages=USER, start_tier="large")
+        assert r.tier == 3 and not r.validated
+        r = await c.run(messages=USER, max_tier=1)
+        assert r.tier == 1 and not r.validated and len(r.attempts) == 1
+        for kwargs in ({"start_tier": 4}, {"start_tier": "nope"}, {"start_tier": 3, "max_tier": 1},
+                       {"max_tier": 0}):  # fmt: skip
+            with pytest.raises(InputError):
+                await c.run(messages=USER, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("messages", "path"),
+    [
+        ([], "messages"),
+        ("hello", "messages"),
+        ([{"role": "robot", "content": "x"}], "messages[0].role"),
+        ([{"role": "user", "content": "x"}, {"role": "user", "content": 3}], "messages[1].content"),
+        ([3], "messages[0]"),
+    ],
+)
+async def test_bad_input_names_the_field(
+    openai_server: FakeOpenAIServer, messages: object, path: str
+) -> None:
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        with pytest.raises(InputError) as info:
+            await c.run(messages=messages)  # type: ignore[arg-type]
+    assert info.value.path == path
+    assert openai_server.request_count == 0
+
+
+async def test_bad_budget_and_deadline_are_input_errors(openai_server: FakeOpenAIServer) -> None:
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        with pytest.raises(InputError, match="deadline"):
+            await c.run(messages=USER, deadline_s=0)
+        with pytest.raises(InputError, match="cost"):
+            await c.run(messages=USER, max_cost_usd=-1)
+
+
+async def test_options_reach_the_wire(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", '{"answer": 1}')
+    opts = RequestOptions(temperature=0.2, max_tokens=50, stop=("\n\n",), seed=3,
+                          response_format={"type": "json_object"}, metadata={"task": "t1"})  # fmt: skip
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        await c.run(messages=USER, options=opts)
+    body = openai_server.requests[0].body
+    assert body["temperature"] == 0.2 and body["max_tokens"] == 50 and body["seed"] == 3
+    assert body["stop"] == ["\n\n"] and body["response_format"] == {"type": "json_object"}
+    assert "metadata" not in body  # metadata tags the run; it is never sent upstream
+
+
+async def test_mixed_openai_and_anthropic_tiers(
+    openai_server: FakeOpenAIServer, anthropic_server: FakeAnthropicServer
+) -> None:
+    openai_server.script("m1", "nope")
+    anthropic_server.script("claude", Reply(text='{"answer": 42}', chunk_chars=3))
+    cfg = {
+        "tiers": [
+            tier("small", provider("s", openai_server.url, "m1", stream=True),
+                 validators=[JSON_SCHEMA]),
+            tier("large", provider("c", anthropic_server.url, "claude", kind="anthropic",
+                                   stream=True), validators=[JSON_SCHEMA]),
+        ]
+    }  # fmt: skip
+    messages = [{"role": "system", "content": "Be terse."}, *USER]
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=messages)
+    assert result.tier_name == "large" and result.parsed == {"answer": 42}
+    assert result.attempts[1].ttft_s is not None
+    sent = anthropic_server.requests[0].body
+    assert sent["system"] == "Be terse."
+    assert [m["role"] for m in sent["messages"]] == ["user"]
+
+
+async def test_session_is_closed_and_reusable_flow(openai_server: FakeOpenAIServer) -> None:
+    openai_server.default = Reply(text='{"answer": 1}')
+    c = Cascade.from_dict(three_tiers(openai_server.url))
+    assert "idle" in repr(c)
+    result = await c.run(messages=USER)  # opens lazily
+    assert result.validated and "open" in repr(c)
+    session = c._session
+    await c.aclose()
+    assert session is not None and session.closed
+    assert "closed" in repr(c)
+    with pytest.raises(RuntimeError):
+        await c.open()
+
+
+async def test_external_session_is_not_closed(openai_server: FakeOpenAIServer) -> None:
+    import aiohttp
+
+    openai_server.default = Reply(text='{"answer": 1}')
+    async with aiohttp.ClientSession() as session:
+        async with Cascade.from_dict(three_tiers(openai_server.url), session=session) as c:
+            await c.run(messages=USER)
+        assert not session.closed
+
+
+async def test_concurrent_runs_share_one_pool(openai_server: FakeOpenAIServer) -> None:
+    import anyio
+
+    openai_server.default = Reply(text='{"answer": 1}', latency_s=0.01)
+    results = []
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+
+        async def one() -> None:
+            results.append(await c.run(messages=USER))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(50):
+                tg.start_soon(one)
+    assert len(results) == 50 and all(r.validated for r in results)
+    assert openai_server.active_connections <= 50
