@@ -336,3 +336,48 @@ async def test_concurrent_runs_share_one_pool(openai_server: FakeOpenAIServer) -
                 tg.start_soon(one)
     assert len(results) == 50 and all(r.validated for r in results)
     assert openai_server.active_connections <= 50
+
+
+async def test_crashing_validator_rejects_instead_of_losing_the_request() -> None:
+    @cascade.validator("test_crashes", replace=True)
+    class Crashes:
+        name = "crashes"
+
+        async def validate(
+            self, completion: cascade.Completion, context: cascade.ValidationContext
+        ) -> cascade.Verdict:
+            raise KeyError("oops")
+
+    async with FakeOpenAIServer() as server:
+        server.script("m1", "a")
+        server.script("m2", "b")
+        cfg = {
+            "tiers": [
+                tier("a", provider("a", server.url, "m1"), validators=[{"name": "test_crashes"}]),
+                tier("b", provider("b", server.url, "m2")),
+            ]
+        }
+        async with Cascade.from_dict(cfg) as c:
+            result = await c.run(messages=USER)
+    assert result.tier == 2 and result.validated
+    (verdict,) = result.attempts[0].verdicts
+    assert not verdict.passed and "KeyError" in verdict.reason
+
+
+async def test_caller_cancellation_closes_the_upstream_connection(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    import anyio
+
+    openai_server.script("m1", Reply(fault="hang"))
+    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+        with anyio.move_on_after(0.2) as scope:
+            await c.run(messages=USER)
+        assert scope.cancelled_caught
+        session = c._session
+        assert session is not None and session.connector is not None
+        assert len(session.connector._acquired) == 0  # the pool holds no in-use connection
+        with anyio.fail_after(5):  # the server sees the client go away
+            while openai_server.active_connections:
+                await anyio.sleep(0.01)
+    assert openai_server.request_count == 1

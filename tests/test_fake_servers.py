@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -490,25 +491,32 @@ async def test_malformed_stream(server: FakeServer, session: aiohttp.ClientSessi
         msgspec.json.decode(bad)
 
 
-async def test_hang_times_out_and_close_is_prompt(session: aiohttp.ClientSession) -> None:
+async def test_hang_times_out_and_close_is_prompt(
+    session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+) -> None:
     server = FakeOpenAIServer()
     await server.start()
     server.script("m", "warm")
     server.script("stuck", Reply(fault="hang"))
+    server.script("slow", Reply(latency_s=30))
+    server.script("dribble", Reply(text="abcdef", chunk_chars=1, chunk_delay_s=30))
     assert await answer_text(session, server, "m") == "warm"  # leaves a keep-alive
     with pytest.raises(TimeoutError):
-        async with post(session, server, "stuck", timeout=0.2) as response:
-            await response.read()
+        await read_stream(session, server, [], model="stuck", timeout=0.2)
 
-    pending = asyncio.ensure_future(answer_text(session, server, "stuck"))
-    while server.request_count < 3:
+    pending = [
+        asyncio.ensure_future(read_stream(session, server, [], model=model, stream=True))
+        for model in ("stuck", "slow", "dribble")
+    ]
+    while server.request_count < 5:
         await asyncio.sleep(0.01)
     started = time.monotonic()
     await server.aclose()
     assert time.monotonic() - started < 0.5
-    with pytest.raises(aiohttp.ServerDisconnectedError):
-        await pending
+    results = await asyncio.gather(*pending, return_exceptions=True)
+    assert all(isinstance(result, aiohttp.ClientError) for result in results), results
     assert server.active_connections == 0
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
 
 
 async def test_latency_and_chunk_delay(
@@ -567,3 +575,18 @@ def test_cli_refuses_non_loopback_host(capsys: pytest.CaptureFixture[str]) -> No
         cli_main(["openai", "--host", "0.0.0.0"])
     assert exit_info.value.code == 2
     assert "loopback" in capsys.readouterr().err
+
+
+async def test_default_is_settable() -> None:
+    async with FakeOpenAIServer() as server, aiohttp.ClientSession() as session:
+        body = {"model": "anything", "messages": [{"role": "user", "content": "hi"}]}
+        url = server.url + "/chat/completions"
+        async with session.post(url, json=body) as resp:
+            assert resp.status == 404
+        server.default = "fallback"
+        assert server.default == Reply(text="fallback")
+        async with session.post(url, json=body) as resp:
+            assert (await resp.json())["choices"][0]["message"]["content"] == "fallback"
+        server.default = None
+        async with session.post(url, json=body) as resp:
+            assert resp.status == 404

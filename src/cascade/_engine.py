@@ -389,8 +389,22 @@ async def _validate(
     validators: tuple[Validator, ...], completion: Completion, ctx: ValidationContext
 ) -> tuple[Verdict, ...]:
     if len(validators) == 1:
-        return (await validators[0].validate(completion, ctx),)
-    return tuple([await v.validate(completion, ctx) for v in validators])
+        return (await _verdict(validators[0], completion, ctx),)
+    return tuple([await _verdict(v, completion, ctx) for v in validators])
+
+
+async def _verdict(validator: Validator, completion: Completion, ctx: ValidationContext) -> Verdict:
+    try:
+        return await validator.validate(completion, ctx)
+    except Exception as exc:
+        # A validator that crashes has not approved the answer: reject (and escalate)
+        # with the crash as the reason rather than lose the request.
+        return Verdict(
+            validator=getattr(validator, "name", type(validator).__name__),
+            passed=False,
+            score=0.0,
+            reason=f"validator raised {type(exc).__name__}: {exc}"[:500],
+        )
 
 
 def _failed(tier: _Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cascade.testing._reply import Reply
@@ -64,7 +65,7 @@ class FakeAnthropicServer(FakeServer):
     _unknown_model: ClassVar[str] = "model: {model}"
 
     def _parse(
-        self, body: Any, headers: dict[str, str]
+        self, body: Any, headers: Mapping[str, str]
     ) -> tuple[str, list[dict[str, Any]], bool] | str:
         if "anthropic-version" not in headers:
             return "anthropic-version: header is required"

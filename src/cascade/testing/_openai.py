@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cascade.testing._reply import Reply
@@ -54,7 +55,7 @@ class FakeOpenAIServer(FakeServer):
     )
 
     def _parse(
-        self, body: Any, headers: dict[str, str]
+        self, body: Any, headers: Mapping[str, str]
     ) -> tuple[str, list[dict[str, Any]], bool] | str:
         if not isinstance(body, dict):
             return "request body must be a JSON object"

@@ -33,6 +33,14 @@ class Playbook:
         self._responders[model] = responder
         self._scripts.pop(model, None)
 
+    @property
+    def default(self) -> Reply | None:
+        return self._default
+
+    @default.setter
+    def default(self, value: Reply | str | None) -> None:
+        self._default = None if value is None else as_reply(value)
+
     def clear(self) -> None:
         self._scripts.clear()
         self._responders.clear()

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -45,7 +46,12 @@ def _host_in_url(host: str) -> str:
 
 
 class FakeServer(ABC):
-    """Base of the fake provider servers; see `FakeOpenAIServer` for usage."""
+    """Base of the fake provider servers; see `FakeOpenAIServer` for an example.
+
+    ``default`` answers models with no script or responder (without it they
+    get a 404 in the API's error format); ``record=False`` keeps `requests`
+    empty, for long benchmark runs. ``port=0`` binds any free port.
+    """
 
     #: Appended to ``http://host:port`` to make `url`.
     _url_path: ClassVar[str]
@@ -165,6 +171,18 @@ class FakeServer(ABC):
 
     # -- scripting ---------------------------------------------------------
 
+    @property
+    def default(self) -> Reply | None:
+        """The reply for a model with no script or responder (None: answer 404).
+
+        Settable: ``server.default = Reply(status=500)`` makes every unscripted model fail.
+        """
+        return self._playbook.default
+
+    @default.setter
+    def default(self, value: Reply | str | None) -> None:
+        self._playbook.default = value
+
     def script(self, model: str, *replies: Reply | str) -> None:
         """Queue answers for ``model``, first in first out.
 
@@ -188,9 +206,12 @@ class FakeServer(ABC):
 
     @abstractmethod
     def _parse(
-        self, body: Any, headers: dict[str, str]
+        self, body: Any, headers: Mapping[str, str]
     ) -> tuple[str, list[dict[str, Any]], bool] | str:
-        """Return ``(model, messages, stream)``, or why the request is invalid."""
+        """Return ``(model, messages, stream)``, or why the request is invalid.
+
+        ``headers`` is case-insensitive.
+        """
 
     @abstractmethod
     def _error_body(self, status: int, message: str, *, code: str | None = None) -> bytes:
@@ -230,8 +251,7 @@ class FakeServer(ABC):
             body = decode_json(await request.read())
         except msgspec.DecodeError as exc:
             return self._error(400, f"request body is not valid JSON: {exc}", n)
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        parsed = self._parse(body, headers)
+        parsed = self._parse(body, request.headers)
         if isinstance(parsed, str):
             return self._error(400, parsed, n)
         model, messages, stream = parsed
@@ -239,7 +259,11 @@ class FakeServer(ABC):
         fake: FakeRequest | None = None
         if self._record or self._playbook.has_responder(model):
             fake = FakeRequest(
-                model=model, messages=messages, stream=stream, body=body, headers=headers
+                model=model,
+                messages=messages,
+                stream=stream,
+                body=body,
+                headers={name.lower(): value for name, value in request.headers.items()},
             )
             if self._record:
                 self._requests.append(fake)
