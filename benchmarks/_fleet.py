@@ -12,10 +12,25 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from time import perf_counter
+from time import perf_counter, process_time
 from typing import Any
 
 Call = Callable[[], Awaitable[object]]
+
+
+async def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Client:
+    """One client under test: ``call`` makes one request and returns the answer text;
+    ``settle`` waits for work the client deferred (LiteLLM's logging queue), so that work
+    is charged to its own turn and not to the next client's."""
+
+    call: Call
+    settle: Callable[[], Awaitable[None]] = _nothing
+
 
 _START_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 5.0
@@ -97,22 +112,51 @@ class Latency:
         return cls(statistics.median(samples) * 1e3, p99 * 1e3, len(samples))
 
 
-async def sequential(call: Call, *, count: int, into: list[float]) -> None:
-    """Time ``count`` calls one after the other (concurrency 1), appending seconds to ``into``."""
+async def sequential(client: Client, *, count: int, into: list[float]) -> None:
+    """Time ``count`` calls one after the other (concurrency 1), appending seconds to ``into``;
+    then settle, untimed."""
+    call = client.call
     for _ in range(count):
         t0 = perf_counter()
         await call()
         into.append(perf_counter() - t0)
+    await client.settle()
 
 
-async def throughput(call: Call, *, count: int, concurrency: int, time_limit_s: float) -> float:
-    """Requests per second: ``concurrency`` workers share ``count`` calls (or the time limit).
+@dataclass(frozen=True)
+class Throughput:
+    count: int
+    elapsed_s: float
+    cpu_s: float  # this process's CPU time: the client's own cost
 
-    The window runs from the first start to the last completion, ramp-up and drain included;
-    with ``count`` many times ``concurrency`` those edges are a small share of it.
+    @property
+    def rps(self) -> float:
+        return self.count / self.elapsed_s
+
+    @property
+    def cpu_us(self) -> float:
+        """Client CPU per request, microseconds."""
+        return self.cpu_s / self.count * 1e6
+
+    def __add__(self, other: Throughput) -> Throughput:
+        return Throughput(
+            self.count + other.count, self.elapsed_s + other.elapsed_s, self.cpu_s + other.cpu_s
+        )
+
+
+async def throughput(
+    client: Client, *, count: int, concurrency: int, time_limit_s: float
+) -> Throughput:
+    """``concurrency`` workers share ``count`` calls, stopping early at the time limit.
+
+    The window runs from the first start to the last completion and the client settled,
+    ramp-up and drain included: give each worker several calls so those edges stay a small
+    share of it.
     """
+    call = client.call
     left = count
     done = 0
+    cpu0 = process_time()
     t0 = perf_counter()
     stop = t0 + time_limit_s
 
@@ -126,4 +170,5 @@ async def throughput(call: Call, *, count: int, concurrency: int, time_limit_s: 
     async with asyncio.TaskGroup() as tg:
         for _ in range(concurrency):
             tg.create_task(worker())
-    return done / (perf_counter() - t0)
+    await client.settle()
+    return Throughput(done, perf_counter() - t0, process_time() - cpu0)
