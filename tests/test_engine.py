@@ -14,7 +14,7 @@ from cascade import (
     InputError,
     RequestOptions,
 )
-from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, FakeRequest, Reply
 
 from .helpers import JSON_SCHEMA, USER, provider, tier
 
@@ -321,21 +321,31 @@ async def test_external_session_is_not_closed(openai_server: FakeOpenAIServer) -
         assert not session.closed
 
 
-async def test_concurrent_runs_share_one_pool(openai_server: FakeOpenAIServer) -> None:
+async def test_concurrent_runs_share_one_bounded_pool(openai_server: FakeOpenAIServer) -> None:
     import anyio
 
-    openai_server.default = Reply(text='{"answer": 1}', latency_s=0.01)
+    in_flight = peak = 0
+
+    async def respond(request: FakeRequest) -> Reply:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await anyio.sleep(0.01)
+        in_flight -= 1
+        return Reply(text='{"answer": 1}')
+
+    openai_server.respond("m1", respond)
     results = []
-    async with Cascade.from_dict(three_tiers(openai_server.url)) as c:
+    async with Cascade.from_dict(three_tiers(openai_server.url, max_connections=4)) as c:
 
         async def one() -> None:
             results.append(await c.run(messages=USER))
 
         async with anyio.create_task_group() as tg:
-            for _ in range(50):
+            for _ in range(40):
                 tg.start_soon(one)
-    assert len(results) == 50 and all(r.validated for r in results)
-    assert openai_server.active_connections <= 50
+    assert len(results) == 40 and all(r.validated for r in results)
+    assert peak == 4  # 40 concurrent runs, never more than the pool's 4 connections
 
 
 async def test_crashing_validator_rejects_instead_of_losing_the_request() -> None:
@@ -381,3 +391,52 @@ async def test_caller_cancellation_closes_the_upstream_connection(
             while openai_server.active_connections:
                 await anyio.sleep(0.01)
     assert openai_server.request_count == 1
+
+
+async def test_deadline_during_validation_keeps_the_paid_answer(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    import anyio
+
+    @cascade.validator("test_slow", replace=True)
+    class Slow:
+        name = "slow"
+
+        async def validate(
+            self, completion: cascade.Completion, context: cascade.ValidationContext
+        ) -> cascade.Verdict:
+            await anyio.sleep(10)
+            raise AssertionError("unreachable")
+
+    openai_server.script("m1", Reply(text="answer", input_tokens=1_000_000, output_tokens=0))
+    cfg = {"tiers": [tier("a", provider("a", openai_server.url, "m1"),
+                          validators=[{"name": "test_slow"}])]}  # fmt: skip
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER, deadline_s=0.2)
+    assert not result.validated and result.text == "answer"
+    (attempt,) = result.attempts
+    assert attempt.outcome == "rejected" and attempt.error_type == "DeadlineExceeded"
+    assert result.cost_usd == pytest.approx(1.0)  # 1M input tokens at $1/M: paid, and counted
+
+
+async def test_run_after_close_is_refused(openai_server: FakeOpenAIServer) -> None:
+    c = Cascade.from_dict(three_tiers(openai_server.url))
+    async with c:
+        pass
+    with pytest.raises(RuntimeError, match="closed"):
+        await c.run(messages=USER)
+
+
+def test_api_key_with_a_newline_is_a_config_error() -> None:
+    cfg = {"tiers": [tier("a", provider("a", "http://127.0.0.1:9/v1", "m", api_key_env="K"))]}
+    with pytest.raises(cascade.ConfigError) as info:
+        Cascade.from_dict(cfg, environ={"K": "sk-abc\r"})
+    assert info.value.path == "tiers[0].providers[0].api_key_env"
+    assert "sk-abc" not in str(info.value)
+
+
+def test_http_kinds_need_a_base_url() -> None:
+    cfg = {"tiers": [{"name": "a", "providers": [{"name": "p", "kind": "openai", "model": "m"}]}]}
+    with pytest.raises(cascade.ConfigError) as info:
+        Cascade.from_dict(cfg)
+    assert info.value.path == "tiers[0].providers[0].base_url"

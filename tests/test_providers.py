@@ -191,6 +191,7 @@ async def test_closing_the_stream_early_releases_the_connection(
     assert session.connector is not None
     # the half-read response was closed, not returned to the pool as reusable
     assert len(session.connector._acquired) == 0
+    assert not any(session.connector._conns.values())
 
 
 def test_retry_after_forms() -> None:
@@ -200,3 +201,185 @@ def test_retry_after_forms() -> None:
     assert retry_after_s({"retry-after": "soon"}) is None
     later = retry_after_s({"retry-after": "Wed, 21 Oct 2065 07:28:00 GMT"})
     assert later is not None and later > 0
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (500, ProviderStatusError),
+        (400, ProviderStatusError),
+        (429, RateLimited),
+        (529, RateLimited),
+    ],
+)
+async def test_error_event_inside_a_stream(
+    server: FakeOpenAIServer | FakeAnthropicServer,
+    session: aiohttp.ClientSession,
+    status: int,
+    error: type[ProviderStatusError],
+) -> None:
+    server.script("m", Reply(fault="error_event", status=status, text="partial answer " * 4,
+                             error_message="upstream broke"))  # fmt: skip
+    with pytest.raises(error) as info:
+        await collect(make(kind_of(server), server.url, session, stream=True))
+    assert info.value.status == status and "upstream broke" in str(info.value)
+
+
+def test_request_options_bounds_are_input_errors() -> None:
+    from cascade import InputError
+
+    with pytest.raises(InputError) as info:
+        RequestOptions(max_tokens=0)
+    assert info.value.path == "max_tokens"
+    with pytest.raises(InputError):
+        RequestOptions(temperature=9)
+    with pytest.raises(InputError):
+        RequestOptions(n=0)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return seen
+
+
+# -- raw servers: responses the fake servers do not produce --------------------------
+
+
+@pytest.fixture
+async def raw() -> AsyncIterator[tuple[str, dict[str, object]]]:
+    """An aiohttp app whose one handler the test sets: (base url, {"handler": fn})."""
+    from aiohttp import web
+
+    slot: dict[str, object] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        handler = slot["handler"]
+        return await handler(request)  # type: ignore[operator,no-any-return]
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1", slot  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_null_content_is_malformed(
+    raw: tuple[str, dict[str, object]], session: aiohttp.ClientSession
+) -> None:
+    from aiohttp import web
+
+    url, slot = raw
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"choices": [{"index": 0, "finish_reason": "content_filter",
+                                               "message": {"role": "assistant", "content": None}}]})  # fmt: skip
+
+    slot["handler"] = handler
+    with pytest.raises(MalformedResponse, match="content_filter"):
+        await collect(make("openai", url, session, stream=False))
+
+
+async def test_redirects_are_not_followed(
+    raw: tuple[str, dict[str, object]], session: aiohttp.ClientSession
+) -> None:
+    from aiohttp import web
+
+    url, slot = raw
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if request.path.startswith("/elsewhere"):
+            return web.json_response({"choices": [{"message": {"content": "stolen"}}]})
+        raise web.HTTPTemporaryRedirect(location="/elsewhere")
+
+    slot["handler"] = handler
+    with pytest.raises(ProviderStatusError) as info:
+        await collect(make("anthropic", url, session, stream=False))
+    assert info.value.status == 307
+    assert seen == ["/v1/messages"]  # the key never travelled to the redirect target
+
+
+async def test_error_body_split_across_writes_is_read_whole(
+    raw: tuple[str, dict[str, object]], session: aiohttp.ClientSession
+) -> None:
+    import anyio
+    from aiohttp import web
+
+    url, slot = raw
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(status=429, headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"error": {"message": ')
+        await anyio.sleep(0.05)
+        await resp.write(b'"slow down please"}}')
+        await resp.write_eof()
+        return resp
+
+    slot["handler"] = handler
+    with pytest.raises(RateLimited) as info:
+        await collect(make("openai", url, session, stream=False))
+    assert "slow down please" in str(info.value)
+
+
+async def test_broken_http_is_malformed_and_keeps_no_key_in_the_chain(
+    session: aiohttp.ClientSession,
+) -> None:
+    import asyncio
+
+    async def bad_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nBad Header Without Colon\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(bad_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ProviderError) as info:
+            await collect(make("openai", f"http://127.0.0.1:{port}/v1", session, stream=False))
+    finally:
+        server.close()
+        await server.wait_closed()
+    for exc in _chain(info.value):
+        assert KEY not in repr(exc) and KEY not in str(exc)
+        assert KEY not in repr(vars(exc))  # e.g. an aiohttp request_info with the headers
+    assert info.value.__context__ is None or info.value.__suppress_context__
+
+
+async def test_stream_drains_so_the_connection_is_reused(
+    raw: tuple[str, dict[str, object]],
+) -> None:
+    import anyio
+    from aiohttp import web
+
+    url, slot = raw
+    peers: set[int] = set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername")[1])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n')
+        await resp.write(b"data: [DONE]\n\n")
+        await anyio.sleep(0.02)  # the chunked terminator comes a moment after [DONE]
+        await resp.write_eof()
+        return resp
+
+    slot["handler"] = handler
+    async with aiohttp.ClientSession() as session:
+        provider = make("openai", url, session, stream=True)
+        for _ in range(5):
+            assert "".join(c.text for c in await collect(provider)) == "hi"
+    assert len(peers) == 1  # one connection, reused five times

@@ -19,12 +19,14 @@ STREAM = (
     b"data: [DONE]\n\n"
 )
 EXPECTED = [
-    SSEEvent("message_start", '{"a": 1}'),
-    SSEEvent("message", "line one\nline two"),
-    SSEEvent("message", "no-space"),
-    SSEEvent("ping", ""),
-    SSEEvent("message", "café €"),
-    SSEEvent("message", "[DONE]"),
+    SSEEvent("message_start", b'{"a": 1}'),
+    SSEEvent("message", b"line one\nline two"),
+    SSEEvent("message", b"no-space"),
+    # `data:` with an empty value still fills the data buffer: the event is dispatched
+    # with empty data (WHATWG: only an event with no data line at all is dropped)
+    SSEEvent("ping", b""),
+    SSEEvent("message", "café €".encode()),
+    SSEEvent("message", b"[DONE]"),
 ]
 
 
@@ -75,7 +77,7 @@ def test_generated_streams_round_trip(
     cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(raw)), max_size=20))
     bounds = [0, *sorted(cuts), len(raw)]
     pieces = [raw[a:b] for a, b in pairwise(bounds)]
-    expected = [SSEEvent(name or "message", "\n".join(lines)) for name, lines in events]
+    expected = [SSEEvent(name or "message", "\n".join(lines).encode()) for name, lines in events]
     assert decode(pieces) == expected
 
 
@@ -85,5 +87,22 @@ def test_unfinished_event_is_pending_not_emitted() -> None:
     assert decoder.pending
     assert decoder.feed(b"\n") == []
     assert decoder.pending
-    assert decoder.feed(b"\n") == [SSEEvent("message", "half")]
+    assert decoder.feed(b"\n") == [SSEEvent("message", b"half")]
     assert not decoder.pending
+
+
+def test_event_with_no_data_line_is_not_dispatched() -> None:
+    assert SSEDecoder().feed(b"event: ping\n\n: comment\n\n") == []
+
+
+def test_byte_order_mark_is_skipped_even_when_split() -> None:
+    stream = b"\xef\xbb\xbfdata: first\n\n"
+    assert decode([stream]) == [SSEEvent("message", b"first")]
+    assert decode([stream[:1], stream[1:2], stream[2:]]) == [SSEEvent("message", b"first")]
+
+
+def test_flush_returns_an_unterminated_event() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: [DONE]") == []
+    assert decoder.flush() == SSEEvent("message", b"[DONE]")
+    assert decoder.flush() is None

@@ -119,10 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.system:
         messages.append({"role": "system", "content": args.system})
     messages.append({"role": "user", "content": args.prompt})
-    try:
-        options = RequestOptions(max_tokens=args.max_tokens, temperature=args.temperature)
-    except msgspec.ValidationError as exc:
-        raise InputError(str(exc)) from None
+    options = RequestOptions(max_tokens=args.max_tokens, temperature=args.temperature)
 
     async def go() -> Result:
         async with cascade:

@@ -24,13 +24,14 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """One deployment of one model behind one API.
 
     ``kind`` picks the wire format (``openai`` for any OpenAI-compatible server,
-    ``anthropic`` for the Messages API). The API key is read from the environment variable
-    named by ``api_key_env`` when the cascade is built; it is never stored in config.
+    ``anthropic`` for the Messages API); both need ``base_url``. The API key is read from the
+    environment variable named by ``api_key_env`` when the cascade is built; it is never
+    stored in config.
     """
 
     name: Name
     kind: Name
-    base_url: Annotated[str, Meta(pattern=r"^https?://")]
+    base_url: Annotated[str, Meta(pattern=r"^https?://")] | None = None
     model: Name
     api_key_env: str | None = None
     input_cost_per_mtok: NonNegFloat = 0.0

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import aiohttp
+import msgspec
 
 from ._config import Config, load_config
 from ._errors import (
@@ -34,7 +35,7 @@ from ._types import (
     Verdict,
     coerce_messages,
 )
-from .providers import Provider, build_provider, provider_kinds
+from .providers import Provider, build_provider, check_provider_config, provider_kinds
 from .validators import ValidationContext, Validator, build_validator
 
 __all__ = ["Cascade"]
@@ -52,6 +53,19 @@ class _Tier:
         self.providers: tuple[Provider, ...] = ()
 
 
+class _InFlight:
+    """The attempt under way: what the deadline records if it strikes now."""
+
+    __slots__ = ("completion", "cost", "provider", "t0", "tier")
+
+    def __init__(self, tier: _Tier, provider: Provider, t0: float) -> None:
+        self.tier = tier
+        self.provider = provider
+        self.t0 = t0
+        self.completion: Completion | None = None
+        self.cost = 0.0
+
+
 class _Run:
     """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
 
@@ -62,7 +76,7 @@ class _Run:
         self.attempts: list[Attempt] = []
         self.spent = 0.0
         self.last_error: ProviderError | None = None
-        self.in_flight: tuple[_Tier, Provider, float] | None = None
+        self.in_flight: _InFlight | None = None
 
 
 class Cascade:
@@ -98,12 +112,23 @@ class Cascade:
                         f"unknown provider kind {prov.kind!r} (known: {', '.join(kinds)})",
                         path=f"{where}.kind",
                     )
+                try:
+                    check_provider_config(prov)
+                except ConfigError as exc:
+                    raise ConfigError(exc.message, path=f"{where}.{exc.path}") from None
                 key = None
                 if prov.api_key_env:
                     key = env.get(prov.api_key_env)
                     if not key:
                         raise ConfigError(
                             f"environment variable {prov.api_key_env!r} is not set",
+                            path=f"{where}.api_key_env",
+                        )
+                    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
+                        # a key read from a CRLF .env file: aiohttp would refuse the header
+                        raise ConfigError(
+                            f"environment variable {prov.api_key_env!r} holds whitespace or "
+                            "control characters around or inside the key",
                             path=f"{where}.api_key_env",
                         )
                 self._keys[prov.name] = key
@@ -160,6 +185,7 @@ class Cascade:
         if self._closed:
             return
         self._closed = True
+        self._open = False
         for tier in self._tiers:
             for provider in tier.providers:
                 await provider.aclose()
@@ -213,19 +239,22 @@ class Cascade:
         if deadline is not None and not deadline > 0:
             raise InputError("expected a deadline > 0 seconds", path="deadline_s")
         if not self._open:
+            if self._closed:
+                raise RuntimeError("cannot run: this Cascade is closed")
             await self.open()
 
         run = _Run(perf_counter())
         tiers = self._tiers[first : last + 1]
         if deadline is None:
-            result = await self._run_tiers(run, tiers, msgs, opts, budget)
-        else:
-            try:
-                async with asyncio.timeout(deadline):
-                    result = await self._run_tiers(run, tiers, msgs, opts, budget)
-            except TimeoutError:
-                result = self._deadline_exceeded(run, deadline)
-        return result
+            return await self._run_tiers(run, tiers, msgs, opts, budget)
+        timeout = asyncio.timeout(deadline)
+        try:
+            async with timeout:
+                return await self._run_tiers(run, tiers, msgs, opts, budget)
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # not our deadline: a bug in a provider or validator, not a timeout
+            return self._deadline_exceeded(run, deadline)
 
     def _tier_index(self, value: int | str | None, field: str, default: int) -> int:
         if value is None:
@@ -256,7 +285,7 @@ class Cascade:
                     continue
             for provider in tier.providers:
                 t0 = perf_counter()
-                run.in_flight = (tier, provider, t0)
+                run.in_flight = in_flight = _InFlight(tier, provider, t0)
                 try:
                     completion = await _complete(provider, msgs, opts, t0)
                 except ProviderError as exc:
@@ -264,6 +293,11 @@ class Cascade:
                     run.last_error = exc
                     attempts.append(_failed(tier, provider, t0, exc))
                     continue  # fail over to the tier's next provider
+                # Paid for from here on, whatever happens during validation.
+                cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+                run.spent += cost
+                in_flight.completion = completion
+                in_flight.cost = cost
                 verdicts: tuple[Verdict, ...] = ()
                 if tier.validators:
                     ctx = ValidationContext(
@@ -271,8 +305,6 @@ class Cascade:
                     )
                     verdicts = await _validate(tier.validators, completion, ctx)
                 run.in_flight = None
-                cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
-                run.spent += cost
                 passed = all(v.passed for v in verdicts)
                 attempt = Attempt(
                     tier=tier.index,
@@ -299,7 +331,9 @@ class Cascade:
     ) -> Attempt | None:
         provider = tier.providers[0]
         in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
-        out_tokens = opts.max_tokens or self.config.estimate_output_tokens
+        out_tokens = (
+            opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
+        )
         estimate = provider.config.cost_usd(in_tokens, out_tokens)
         if estimate <= left:
             return None
@@ -332,10 +366,23 @@ class Cascade:
         ) from run.last_error
 
     def _deadline_exceeded(self, run: _Run, deadline: float) -> Result:
-        if run.in_flight is not None:
-            tier, provider, t0 = run.in_flight
+        flight = run.in_flight
+        if flight is not None:
             exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
-            run.attempts.append(_failed(tier, provider, t0, exc))
+            attempt = _failed(flight.tier, flight.provider, flight.t0, exc)
+            completion = flight.completion
+            if completion is not None:
+                # The answer arrived (and was paid for); validation had not finished.
+                attempt = msgspec.structs.replace(
+                    attempt,
+                    outcome="rejected",
+                    cost_usd=flight.cost,
+                    input_tokens=completion.input_tokens,
+                    output_tokens=completion.output_tokens,
+                    ttft_s=completion.ttft_s,
+                    completion=completion,
+                )
+            run.attempts.append(attempt)
         best = _best(run.attempts)
         if best is not None and self.config.on_exhausted == "best":
             return _result(run, best, validated=False)

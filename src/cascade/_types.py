@@ -28,14 +28,16 @@ NonNegFloat = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 
 
-class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=True):
     """One chat message. Plain ``{"role": ..., "content": ...}`` dicts are accepted too."""
 
     role: Role
     content: str
 
 
-class RequestOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class RequestOptions(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, forbid_unknown_fields=True
+):
     """Sampling options sent to every provider the request reaches.
 
     ``metadata`` is never sent upstream: it tags the run for logs and traces.
@@ -50,6 +52,16 @@ class RequestOptions(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=Tr
     seed: int | None = None
     response_format: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        # Meta bounds are checked when decoding; a Struct built in Python needs this.
+        t, m, n = self.temperature, self.max_tokens, self.n
+        if t is not None and not 0 <= t <= 2:
+            raise InputError(f"expected 0 <= temperature <= 2, got {t}", path="temperature")
+        if m is not None and m < 1:
+            raise InputError(f"expected max_tokens >= 1, got {m}", path="max_tokens")
+        if n is not None and not 1 <= n <= 128:
+            raise InputError(f"expected 1 <= n <= 128, got {n}", path="n")
 
 
 class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):

@@ -7,7 +7,14 @@ New kinds register with :func:`register_provider_kind`.
 
 from __future__ import annotations
 
-from ._base import Provider, ProviderFactory, build_provider, provider_kinds, register_provider_kind
+from ._base import (
+    Provider,
+    ProviderFactory,
+    build_provider,
+    check_provider_config,
+    provider_kinds,
+    register_provider_kind,
+)
 from .anthropic import AnthropicProvider
 from .openai import OpenAIProvider
 
@@ -20,6 +27,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "build_provider",
+    "check_provider_config",
     "provider_kinds",
     "register_provider_kind",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "build_provider",
+    "check_provider_config",
     "provider_kinds",
     "register_provider_kind",
 ]
@@ -41,7 +42,11 @@ class Provider(Protocol):
 
 
 ProviderFactory = Callable[..., Provider]
-"""``factory(config, *, session, api_key) -> Provider``."""
+"""``factory(config, *, session, api_key) -> Provider``.
+
+A factory may also have ``check_config(config)``, called when the Cascade is built, which
+raises :class:`~cascade.ConfigError` (its ``path`` relative to the provider entry).
+"""
 
 _KINDS: dict[str, ProviderFactory] = {}
 
@@ -55,6 +60,13 @@ def register_provider_kind(kind: str, factory: ProviderFactory, *, replace: bool
 
 def provider_kinds() -> tuple[str, ...]:
     return tuple(sorted(_KINDS))
+
+
+def check_provider_config(config: ProviderConfig) -> None:
+    """Run the kind's own config checks (the caller checked the kind exists)."""
+    check = getattr(_KINDS[config.kind], "check_config", None)
+    if check is not None:
+        check(config)
 
 
 def build_provider(

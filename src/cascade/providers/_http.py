@@ -1,27 +1,47 @@
-"""Shared HTTP mechanics: translate aiohttp/msgspec failures into the CascadeError tree."""
+"""Shared HTTP mechanism of the built-in providers.
+
+:class:`HTTPProvider` does one POST per call and turns the response into chunks: a JSON
+body parsed whole, or SSE events parsed as they come off the socket. Subclasses supply the
+wire format (URL, headers, body, parsing). Every third-party failure is translated here
+into the CascadeError tree, and the translated error carries no reference to aiohttp's
+objects (whose ``request_info`` holds the request headers, and so the API key).
+"""
 
 from __future__ import annotations
 
 import email.utils
+import re
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
 
 import aiohttp
 import msgspec
 
+from .._config import ProviderConfig
 from .._errors import (
     CascadeError,
+    ConfigError,
+    InputError,
     MalformedResponse,
     ProviderConnectionError,
+    ProviderError,
     ProviderStatusError,
     ProviderTimeout,
     RateLimited,
 )
+from .._sse import SSEDecoder, SSEEvent
+from .._types import Chunk, Message, RequestOptions
 
-__all__ = ["map_exceptions", "redact", "retry_after_s", "status_error"]
+__all__ = ["DONE", "HTTPProvider", "redact", "retry_after_s", "status_error"]
 
-_MAX_ERROR_BODY = 8192
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_ERROR_BODY = 16384
+_MAX_DRAIN = 65536
+_encode = msgspec.json.Encoder().encode
+
+DONE = Chunk(finish_reason="__done__")
+"""Returned by ``_event`` for the stream's terminal event."""
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -31,31 +51,29 @@ def redact(text: str, secret: str | None) -> str:
     return text
 
 
-@contextmanager
-def map_exceptions(provider: str, model: str, secret: str | None) -> Iterator[None]:
-    """Translate third-party exceptions raised inside the block (httpcore's pattern)."""
-    try:
-        yield
-    except CascadeError:
-        raise
-    except TimeoutError:
-        raise ProviderTimeout("timed out", provider=provider, model=model) from None
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-        raise ProviderConnectionError(
-            f"connection closed mid-response ({type(exc).__name__})", provider=provider, model=model
-        ) from None
-    except aiohttp.ClientConnectionError as exc:
-        raise ProviderConnectionError(
-            redact(f"{type(exc).__name__}: {exc}", secret), provider=provider, model=model
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise ProviderConnectionError(
-            redact(f"{type(exc).__name__}: {exc}", secret), provider=provider, model=model
-        ) from None
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise MalformedResponse(
-            redact(f"bad body: {exc}", secret), provider=provider, model=model
-        ) from None
+def translate(exc: Exception, *, provider: str, model: str, secret: str | None) -> ProviderError:
+    """The ProviderError for a third-party exception (httpcore's ``map_exceptions``)."""
+    name = type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return ProviderTimeout("timed out", provider=provider, model=model)
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+        return ProviderConnectionError(
+            f"connection closed mid-response ({name})", provider=provider, model=model
+        )
+    if isinstance(exc, aiohttp.ClientResponseError):
+        # A bad status line or header, too many redirects: the server broke HTTP.
+        return MalformedResponse(
+            redact(f"{name}: {exc.message}", secret), provider=provider, model=model
+        )
+    if isinstance(exc, aiohttp.ClientError):
+        return ProviderConnectionError(
+            redact(f"{name}: {exc}", secret), provider=provider, model=model
+        )
+    if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError | UnicodeDecodeError):
+        return MalformedResponse(redact(f"bad body: {exc}", secret), provider=provider, model=model)
+    return ProviderConnectionError(
+        redact(f"unexpected {name}: {exc}", secret), provider=provider, model=model
+    )
 
 
 def retry_after_s(headers: Mapping[str, str]) -> float | None:
@@ -96,10 +114,15 @@ async def status_error(
     resp: aiohttp.ClientResponse, *, provider: str, model: str, secret: str | None
 ) -> ProviderStatusError:
     """Build the error for a non-2xx response (OpenAI and Anthropic error bodies alike)."""
+    raw = b""
     try:
-        raw = await resp.content.read(_MAX_ERROR_BODY)
+        while len(raw) < _MAX_ERROR_BODY:
+            piece = await resp.content.read(_MAX_ERROR_BODY - len(raw))
+            if not piece:
+                break
+            raw += piece
     except (aiohttp.ClientError, TimeoutError):
-        raw = b""
+        pass  # the status says enough; a broken error body must not hide it
     body = redact(raw.decode("utf-8", "replace"), secret)
     message = resp.reason or "error"
     try:
@@ -122,3 +145,123 @@ async def status_error(
             retry_after=retry_after_s(resp.headers),
         )
     return ProviderStatusError(message, provider=provider, model=model, status=status, body=body)
+
+
+class HTTPProvider:
+    """Base of the HTTP providers: one POST, JSON or SSE, errors translated.
+
+    Subclasses set ``_url`` and ``_headers`` in ``__init__`` and implement ``_body``,
+    ``_whole`` (a JSON body into one chunk) and ``_event`` (an SSE event into a chunk,
+    None to skip it, or ``DONE``).
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(
+        self, config: ProviderConfig, *, session: aiohttp.ClientSession, api_key: str | None
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.model = config.model
+        self._session = session
+        self._secret = api_key
+        self._stream = config.stream
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.timeout_s, sock_connect=config.connect_timeout_s
+        )
+        self._url = ""
+        self._headers: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={self._url!r}>"
+
+    @classmethod
+    def check_config(cls, config: ProviderConfig) -> None:
+        if not config.base_url:
+            raise ConfigError(f"kind {config.kind!r} needs a base_url", path="base_url")
+        for name, value in config.headers.items():
+            if _CONTROL.search(name) or _CONTROL.search(value):
+                raise ConfigError("control characters in a header", path=f"headers.{name}")
+
+    async def aclose(self) -> None:
+        """Nothing to release: the session belongs to the Cascade."""
+
+    def _body(
+        self, messages: tuple[Message, ...], options: RequestOptions, *, stream: bool
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _whole(self, raw: bytes) -> Chunk:
+        raise NotImplementedError
+
+    def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
+        raise NotImplementedError
+
+    def _error(self, message: str, cls: type[ProviderError] = MalformedResponse) -> ProviderError:
+        return cls(redact(message, self._secret), provider=self.name, model=self.model)
+
+    def _status_error(self, message: str, status: int) -> ProviderStatusError:
+        """An error the provider reported inside a 200 stream, with the status it means."""
+        message = redact(message, self._secret)
+        if status in (429, 529):
+            return RateLimited(message, provider=self.name, model=self.model, status=status)
+        return ProviderStatusError(message, provider=self.name, model=self.model, status=status)
+
+    async def stream(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncIterator[Chunk]:
+        stream = self._stream
+        try:
+            data = _encode(self._body(messages, options, stream=stream))
+        except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
+            raise InputError(f"cannot encode the request: {exc}") from None
+        try:
+            async with self._session.post(
+                self._url,
+                data=data,
+                headers=self._headers,
+                timeout=self._timeout,
+                allow_redirects=False,  # a redirect must not carry the key to another host
+                raise_for_status=False,
+            ) as resp:
+                if resp.status >= 300:
+                    raise await status_error(
+                        resp, provider=self.name, model=self.model, secret=self._secret
+                    )
+                if not stream:
+                    yield self._whole(await resp.read())
+                    return
+                decoder = SSEDecoder()
+                state: dict[str, Any] = {}
+                async for raw in resp.content.iter_any():
+                    for event in decoder.feed(raw):
+                        chunk = self._event(event, state)
+                        if chunk is DONE:
+                            await _drain(resp)
+                            return
+                        if chunk is not None:
+                            yield chunk
+                last = decoder.flush()
+                if last is not None and self._event(last, state) is DONE:
+                    return
+                raise self._error("stream ended before its terminal event", ProviderConnectionError)
+        except CascadeError:
+            raise
+        except Exception as exc:
+            error = translate(exc, provider=self.name, model=self.model, secret=self._secret)
+        # Raised outside the except block: no __context__ chains back to aiohttp objects.
+        raise error
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows the terminal event (the chunked terminator, usually) so the
+    connection goes back to the pool instead of being closed."""
+    seen = 0
+    try:
+        while seen < _MAX_DRAIN:
+            piece = await resp.content.readany()
+            if not piece:
+                return
+            seen += len(piece)
+    except (aiohttp.ClientError, TimeoutError):
+        pass  # the answer is complete; the connection is simply not reused

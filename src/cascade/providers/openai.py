@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import msgspec
 
 from .._config import ProviderConfig
-from .._errors import MalformedResponse, ProviderConnectionError
-from .._sse import SSEDecoder
+from .._sse import SSEEvent
 from .._types import Chunk, Message, RequestOptions
-from ._http import map_exceptions, status_error
+from ._http import DONE, HTTPProvider
 
 __all__ = ["OpenAIProvider"]
 
 
 class _Message(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
 
 
 class _Choice(msgspec.Struct):
@@ -42,44 +41,29 @@ class _Delta(msgspec.Struct):
 
 
 class _StreamChoice(msgspec.Struct):
+    index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+
+
+class _StreamError(msgspec.Struct):
+    message: str = ""
+    code: int | str | None = None
 
 
 class _StreamChunk(msgspec.Struct):
     choices: list[_StreamChoice] = []
     usage: _Usage | None = None
     model: str | None = None
+    error: _StreamError | None = None  # vLLM and OpenAI report mid-stream errors so
+    object: str | None = None
 
 
-_encode = msgspec.json.Encoder().encode
 _decode_response = msgspec.json.Decoder(_Response).decode
 _decode_chunk = msgspec.json.Decoder(_StreamChunk).decode
 
 
-def request_body(
-    model: str, messages: tuple[Message, ...], options: RequestOptions, *, stream: bool
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model, "messages": messages}
-    if options.temperature is not None:
-        body["temperature"] = options.temperature
-    if options.max_tokens is not None:
-        body["max_tokens"] = options.max_tokens
-    if options.n is not None:
-        body["n"] = options.n
-    if options.stop is not None:
-        body["stop"] = options.stop
-    if options.seed is not None:
-        body["seed"] = options.seed
-    if options.response_format is not None:
-        body["response_format"] = options.response_format
-    if stream:
-        body["stream"] = True
-        body["stream_options"] = {"include_usage": True}
-    return body
-
-
-class OpenAIProvider:
+class OpenAIProvider(HTTPProvider):
     """A deployment behind an OpenAI-compatible chat completions endpoint.
 
     ``config.base_url`` is the API root including ``/v1`` (``https://api.openai.com/v1``,
@@ -87,94 +71,87 @@ class OpenAIProvider:
     SSE, event by event off the socket; otherwise as one JSON body.
     """
 
+    kind = "openai"
+
     def __init__(
         self, config: ProviderConfig, *, session: aiohttp.ClientSession, api_key: str | None
     ) -> None:
-        self.config = config
-        self.name = config.name
-        self.model = config.model
-        self._session = session
-        self._secret = api_key
-        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        super().__init__(config, session=session, api_key=api_key)
+        self._url = (config.base_url or "").rstrip("/") + "/chat/completions"
         headers = {"Content-Type": "application/json", **config.headers}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         self._headers = headers
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.timeout_s, sock_connect=config.connect_timeout_s
-        )
         self._max_tokens = config.max_tokens
 
-    def __repr__(self) -> str:
-        return f"<OpenAIProvider {self.name!r} model={self.model!r} url={self._url!r}>"
-
-    async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the Cascade."""
-
-    async def stream(
-        self, messages: tuple[Message, ...], options: RequestOptions
-    ) -> AsyncIterator[Chunk]:
-        if options.max_tokens is None and self._max_tokens is not None:
-            options = msgspec.structs.replace(options, max_tokens=self._max_tokens)
-        stream = self.config.stream
-        data = _encode(request_body(self.model, messages, options, stream=stream))
-        with map_exceptions(self.name, self.model, self._secret):
-            async with self._session.post(
-                self._url, data=data, headers=self._headers, timeout=self._timeout
-            ) as resp:
-                if resp.status >= 300:
-                    raise await status_error(
-                        resp, provider=self.name, model=self.model, secret=self._secret
-                    )
-                if not stream:
-                    yield self._whole(await resp.read())
-                    return
-                async for chunk in self._sse(resp):
-                    yield chunk
+    def _body(
+        self, messages: tuple[Message, ...], options: RequestOptions, *, stream: bool
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        max_tokens = options.max_tokens or self._max_tokens
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        if options.temperature is not None:
+            body["temperature"] = options.temperature
+        if options.n is not None:
+            body["n"] = options.n
+        if options.stop is not None:
+            body["stop"] = options.stop
+        if options.seed is not None:
+            body["seed"] = options.seed
+        if options.response_format is not None:
+            body["response_format"] = options.response_format
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
 
     def _whole(self, raw: bytes) -> Chunk:
         body = _decode_response(raw)
         if not body.choices:
-            raise MalformedResponse("no choices in response", provider=self.name, model=self.model)
+            raise self._error("no choices in the response")
         choice = body.choices[0]
+        if choice.message.content is None:
+            # A refusal, a content filter, a tool call: no text answer to validate.
+            why = choice.message.refusal or f"finish_reason={choice.finish_reason}"
+            raise self._error(f"no content in the answer ({why})")
         usage = body.usage
         return Chunk(
-            text=choice.message.content or "",
+            text=choice.message.content,
             finish_reason=choice.finish_reason,
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             model=body.model,
         )
 
-    async def _sse(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Chunk]:
-        decoder = SSEDecoder()
-        async for raw in resp.content.iter_any():
-            for event in decoder.feed(raw):
-                if event.data == "[DONE]":
-                    return
-                if event.event == "error":
-                    raise MalformedResponse(
-                        f"error event in stream: {event.data[:200]}",
-                        provider=self.name,
-                        model=self.model,
-                    )
-                chunk = _decode_chunk(event.data)
-                text = ""
-                finish = None
-                if chunk.choices:
-                    choice = chunk.choices[0]
-                    if choice.delta is not None and choice.delta.content:
-                        text = choice.delta.content
-                    finish = choice.finish_reason
-                usage = chunk.usage
-                if text or finish or usage:
-                    yield Chunk(
-                        text=text,
-                        finish_reason=finish,
-                        input_tokens=usage.prompt_tokens if usage else None,
-                        output_tokens=usage.completion_tokens if usage else None,
-                        model=chunk.model,
-                    )
-        raise ProviderConnectionError(
-            "stream ended before [DONE]", provider=self.name, model=self.model
+    def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
+        data = event.data
+        if data == b"[DONE]":
+            return DONE
+        if not data:
+            return None  # an empty keep-alive event
+        if event.event == "error":
+            raise self._error(f"error event in stream: {data[:200].decode('utf-8', 'replace')}")
+        chunk = _decode_chunk(data)
+        if chunk.error is not None or chunk.object == "error":
+            err = chunk.error or _StreamError()
+            code = err.code if isinstance(err.code, int) and 400 <= err.code < 600 else 500
+            raise self._status_error(err.message or "error in stream", code)
+        text = ""
+        finish = None
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue  # with n > 1 only the first choice is the answer
+            if choice.delta is not None and choice.delta.content:
+                text = choice.delta.content
+            finish = choice.finish_reason
+        usage = chunk.usage
+        if not (text or finish or usage):
+            return None
+        return Chunk(
+            text=text,
+            finish_reason=finish,
+            input_tokens=usage.prompt_tokens if usage else None,
+            output_tokens=usage.completion_tokens if usage else None,
+            model=chunk.model,
         )

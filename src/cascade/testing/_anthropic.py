@@ -93,6 +93,9 @@ class FakeAnthropicServer(FakeServer):
         kind = _ERROR_TYPES.get(status, "api_error")
         return encode_json({"type": "error", "error": {"type": kind, "message": message}})
 
+    def _error_event(self, status: int, message: str) -> bytes:
+        return b"event: error\ndata: " + self._error_body(status, message) + b"\n\n"
+
     def _json_body(self, call: Call, reply: Reply) -> bytes:
         return encode_json(
             {

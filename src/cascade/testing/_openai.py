@@ -81,6 +81,11 @@ class FakeOpenAIServer(FakeServer):
             }
         )
 
+    def _error_event(self, status: int, message: str) -> bytes:
+        # vLLM's form: an error object as a chunk, then the usual terminator.
+        error = {"message": message, "type": _error_type(status), "param": None, "code": status}
+        return b"data: " + encode_json({"error": error}) + b"\n\ndata: [DONE]\n\n"
+
     def _usage(self, call: Call) -> dict[str, int]:
         return {
             "prompt_tokens": call.input_tokens,

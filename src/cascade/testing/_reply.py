@@ -40,7 +40,10 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     retry_after_s: NonNegative | None = None
     #: Extra response headers, e.g. rate-limit headers.
     headers: dict[str, str] = {}
-    fault: Literal["drop", "malformed", "hang"] | None = None
+    #: ``drop``: connection closed mid-body; ``malformed``: invalid JSON; ``hang``: never
+    #: answers; ``error_event``: streaming, an in-stream error event carrying ``status``
+    #: after the first delta (non-streaming: the same as an error status).
+    fault: Literal["drop", "malformed", "hang", "error_event"] | None = None
     finish_reason: Literal["stop", "length"] = "stop"
     #: Default: ``max(1, total characters of all message contents // 4)``.
     input_tokens: Annotated[int, Meta(ge=0)] | None = None

@@ -230,6 +230,10 @@ class FakeServer(ABC):
         """An SSE event whose ``data:`` payload is not valid JSON."""
 
     @abstractmethod
+    def _error_event(self, status: int, message: str) -> bytes:
+        """What the API sends when an error interrupts a stream it already started."""
+
+    @abstractmethod
     def _models_body(self, models: list[str]) -> bytes:
         """The body of ``GET /v1/models``."""
 
@@ -276,6 +280,9 @@ class FakeServer(ABC):
         if reply.fault == "hang":
             await self._closing.wait()
             raise _Closing
+        if reply.fault == "error_event" and not stream:
+            return self._error(reply.status if reply.status != 200 else 500,
+                               reply.error_message, n, reply)  # fmt: skip
         if reply.status != 200 and reply.fault is None:
             return self._error(reply.status, reply.error_message, n, reply)
 
@@ -337,5 +344,11 @@ class FakeServer(ABC):
         headers["Cache-Control"] = "no-cache"
         events = self._sse_events(call, reply)
         return await send_sse(
-            request, headers, events, reply, self._malformed_event(call), self._pause
+            request,
+            headers,
+            events,
+            reply,
+            self._malformed_event(call),
+            self._error_event(reply.status if reply.status != 200 else 500, reply.error_message),
+            self._pause,
         )

@@ -102,6 +102,7 @@ async def send_sse(
     events: SSEEvents,
     reply: Reply,
     malformed: bytes,
+    error_event: bytes,
     pause: Callable[[float], Awaitable[None]],
 ) -> web.StreamResponse:
     """Stream ``events`` as ``reply`` asks: paced, cut short, or with a bad event."""
@@ -115,6 +116,8 @@ async def send_sse(
         _cut(request)
     elif reply.fault == "malformed":
         await response.write(b"".join([*first, malformed]))
+    elif reply.fault == "error_event":
+        await response.write(b"".join([*first, error_event]))
     elif reply.chunk_delay_s <= 0 or len(events.deltas) < 2:
         # One write: most of the cost of a fast stream is per write.
         await response.write(b"".join(events.head + events.deltas + events.tail))
