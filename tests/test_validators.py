@@ -192,3 +192,24 @@ async def test_all_validators_run_and_all_must_pass() -> None:
     first = result.attempts[0]
     assert [v.passed for v in first.verdicts] == [True, False] and first.outcome == "rejected"
     assert result.tier == 2 and result.parsed == {"answer": 2}
+
+
+def test_prose_with_braces_before_the_json() -> None:
+    text = 'Using the template {name}, the result is {"answer": 1} as asked.'
+    assert extract_json(text) == {"answer": 1}
+
+
+def test_unresolvable_ref_fails_at_construction() -> None:
+    with pytest.raises(ConfigError, match="resolves to nothing"):
+        JsonSchemaValidator(schema={"$ref": "#/$defs/missing"})
+    ok = JsonSchemaValidator(
+        schema={"$defs": {"n": {"type": "number"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}
+    )
+    assert ok._validator.is_valid({"a": 1}) and not ok._validator.is_valid({"a": "x"})
+
+
+def test_schema_names_an_older_draft() -> None:
+    # Draft 4 reads exclusiveMaximum as a boolean modifier; 2020-12 would reject the schema
+    v = JsonSchemaValidator(schema={"$schema": "http://json-schema.org/draft-04/schema#",
+                                    "type": "number", "maximum": 5, "exclusiveMaximum": True})  # fmt: skip
+    assert v._validator.is_valid(4) and not v._validator.is_valid(5)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import jsonschema
 import msgspec
+import referencing.exceptions
 from jsonschema.exceptions import best_match
 
 from .._errors import ConfigError
@@ -17,6 +19,9 @@ __all__ = ["JsonSchemaValidator", "extract_json"]
 
 _FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\r?\n(.*?)```", re.S)
 _decode = msgspec.json.decode
+_raw_decode = json.JSONDecoder().raw_decode
+_OPENERS = re.compile(r"[{\[]")
+_MAX_SCANS = 64
 _NOT_FOUND = object()
 
 
@@ -42,7 +47,31 @@ def extract_json(text: str) -> Any:
             found = _try(text[start : end + 1])
             if found is not _NOT_FOUND:
                 return found
+    # Prose with braces of its own ("the template {name} gives {...}"): try each opening
+    # bracket in turn, and take the first complete JSON value that starts there.
+    tried = 0
+    for m in _OPENERS.finditer(text):
+        tried += 1
+        if tried > _MAX_SCANS:
+            break
+        try:
+            value, _ = _raw_decode(text, m.start())
+        except ValueError:
+            continue
+        return value
     raise ValueError("no JSON value found in the answer")
+
+
+def _refs(node: Any) -> list[str]:
+    """Every ``$ref`` string in a schema, depth first."""
+    if isinstance(node, dict):
+        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        for value in node.values():
+            found.extend(_refs(value))
+        return found
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    return []
 
 
 def _try(candidate: str) -> Any:
@@ -80,6 +109,15 @@ class JsonSchemaValidator:
         self.name = name
         self.schema = schema
         self._validator = cls(schema)
+        for ref in _refs(schema):
+            try:
+                self._validator._resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable:
+                raise ConfigError(
+                    f"invalid JSON Schema: $ref {ref!r} resolves to nothing "
+                    "(remote references are not fetched)",
+                    path="schema",
+                ) from None
 
     def __repr__(self) -> str:
         return f"<JsonSchemaValidator {self.name!r}>"
