@@ -13,7 +13,7 @@ from msgspec import Meta
 
 from ._errors import ConfigError
 
-__all__ = ["Config", "ProviderConfig", "TierConfig", "load_config"]
+__all__ = ["Config", "ProviderConfig", "TierConfig", "Variant", "load_config"]
 
 NonNegFloat = Annotated[float, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
@@ -41,6 +41,12 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     stream: bool = False
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     headers: dict[str, str] = {}
+    dataset: str | None = None
+    """``replay`` only: the JSONL (or .jsonl.gz) file of recorded answers."""
+    variant: str | None = None
+    """``replay`` only: the recorded variant served when a request names none."""
+    prompt_overhead_tokens: Annotated[int, Meta(ge=0)] = 0
+    """``replay`` only: prompt tokens added to each recorded question (few-shot examples)."""
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         """Price of one call, from the per-million-token prices."""
@@ -52,16 +58,34 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, model={self.model!r})"
 
 
+class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One prompt representation of a request (chain of thought, program of thought...).
+
+    ``system`` is added as a system message, ``suffix`` appended to the last user message;
+    ``name`` travels with the request (``RequestOptions.variant``).
+    """
+
+    name: Name
+    system: str | None = None
+    suffix: str | None = None
+
+
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tier: providers tried in order on failure, and the validators its answers face.
 
-    Each validator entry is ``{name = "...", <parameters>...}``; the parameters go to the
-    validator registered under that name.
+    Each validator entry is ``{name = "...", <parameters>..., weight = 1.0}``; the
+    parameters go to the validator registered under that name. ``mode = "all"``: every
+    validator must pass; ``"scored"``: the weighted mean of their scores must reach
+    ``threshold``. ``variants``: the tier's first request uses the first variant; further
+    samples (``self_consistency``) take the next ones in turn.
     """
 
     name: Name
     providers: Annotated[list[ProviderConfig], Meta(min_length=1)]
     validators: list[dict[str, Any]] = []
+    mode: Literal["all", "scored"] = "all"
+    threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    variants: list[Variant] = []
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,6 +97,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_cost_usd: NonNegFloat | None = None
     estimate_output_tokens: Annotated[int, Meta(ge=0)] = 256
     max_connections: Annotated[int, Meta(ge=1)] = 512
+    validator_paths: list[str] = []
+    """Folders whose ``*.py`` files are imported at build, registering their validators."""
 
     def __post_init__(self) -> None:
         seen_tiers: set[str] = set()

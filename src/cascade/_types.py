@@ -40,7 +40,10 @@ class RequestOptions(
 ):
     """Sampling options sent to every provider the request reaches.
 
-    ``metadata`` is never sent upstream: it tags the run for logs and traces.
+    ``metadata`` is never sent upstream: it tags the run for logs and traces. ``variant``
+    names the prompt variant the request was built with (set by the engine from the tier's
+    ``variants``; a replay provider serves the recorded answer of that variant).
+    ``logprobs`` asks OpenAI-compatible servers for token log-probabilities.
     ``response_format`` is the OpenAI-style object (``{"type": "json_object"}``); providers
     without such a field ignore it.
     """
@@ -51,6 +54,8 @@ class RequestOptions(
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    variant: str | None = None
     metadata: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
@@ -76,6 +81,8 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     input_tokens: int | None = None
     output_tokens: int | None = None
     model: str | None = None
+    logprobs: tuple[float, ...] | None = None
+    answer: str | None = None
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -89,6 +96,11 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     output_tokens: NonNegInt = 0
     latency_s: NonNegFloat = 0.0
     ttft_s: NonNegFloat | None = None
+    variant: str | None = None
+    logprobs: tuple[float, ...] | None = None
+    """Token log-probabilities, when the provider returned them."""
+    answer: str | None = None
+    """A final answer the provider reported apart from the text (a replay's recorded one)."""
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +115,10 @@ class Verdict(msgspec.Struct, frozen=True, kw_only=True):
     score: Annotated[float, Meta(ge=0, le=1)] = 1.0
     reason: str = ""
     parsed: Any = None
+    completion: Completion | None = None
+    """The answer this validator stands behind, when it is not the attempt's first one
+    (``self_consistency``: a sample carrying the majority value). An accepted attempt's
+    result text comes from it."""
 
 
 class Attempt(msgspec.Struct, frozen=True, kw_only=True):
@@ -127,6 +143,9 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     latency_s: NonNegFloat = 0.0
     ttft_s: NonNegFloat | None = None
     completion: Completion | None = None
+    samples: tuple[Completion, ...] = ()
+    """Extra answers drawn from the same provider for validation (self-consistency); their
+    cost and tokens are included above."""
 
     @property
     def score(self) -> float:

@@ -1,0 +1,156 @@
+"""Final-answer extractors and normalisers (used by ``self_consistency`` and ``cascade eval``).
+
+An extractor takes a completion and returns its final answer as a string, or None when it
+finds none. Built-ins, named in config:
+
+- ``"json:FIELD"`` (dotted path into the answer's JSON, ``json:result.total``);
+- ``"last_number"``: the last number in the text;
+- ``"regex:PATTERN"``: group 1 of the last match (the whole match if no group);
+- ``"hashes"``: GSM8K's ``#### 42`` convention;
+- ``"answer_is"``: "The answer is X" / "Final answer: X";
+- ``"recorded"``: the answer a replay provider recorded apart from the text;
+- ``"auto"``: recorded, else ``####``, else "the answer is", else the last number.
+
+``normalize`` makes equal answers compare equal: numbers lose ``$``, ``,``, ``%``, units and
+float noise (``"$1,000.00"``, ``"1000"`` and ``"999.9999999999"`` agree); other text is
+whitespace-collapsed and case-folded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .._types import Completion
+
+__all__ = ["Extractor", "get_extractor", "normalize"]
+
+Extractor = Callable[[Completion], str | None]
+
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_HASHES = re.compile(r"####\s*([^\n]+)")
+_ANSWER_IS = re.compile(
+    r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=])\s*:?\s*([^\n]+)",
+    re.IGNORECASE,
+)
+
+
+_MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
+
+
+def _numbers(text: str) -> list[str]:
+    return _NUMBER.findall(text)
+
+
+def last_number(completion: Completion) -> str | None:
+    found = _numbers(completion.text)
+    return found[-1] if found else None
+
+
+def hashes(completion: Completion) -> str | None:
+    found = _HASHES.findall(completion.text)
+    return found[-1].strip() if found else None
+
+
+def answer_is(completion: Completion) -> str | None:
+    found = _ANSWER_IS.findall(completion.text)
+    return found[-1].strip().rstrip(".") if found else None
+
+
+def recorded(completion: Completion) -> str | None:
+    return completion.answer
+
+
+def auto(completion: Completion) -> str | None:
+    for extract in (recorded, hashes, answer_is, last_number):
+        value = extract(completion)
+        if value is not None and value.strip():
+            return value
+    return None
+
+
+def _json_field(path: str) -> Extractor:
+    from .json_schema import extract_json  # json_schema imports the registry; avoid a cycle
+
+    keys = [k for k in path.split(".") if k]
+
+    def extract(completion: Completion) -> str | None:
+        try:
+            value: Any = extract_json(completion.text)
+        except ValueError:
+            return None
+        for key in keys:
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+                value = value[int(key)]
+            else:
+                return None
+        return None if value is None else str(value)
+
+    return extract
+
+
+def _regex(pattern: str) -> Extractor:
+    compiled = re.compile(pattern)
+
+    def extract(completion: Completion) -> str | None:
+        matches = list(compiled.finditer(completion.text))
+        if not matches:
+            return None
+        m = matches[-1]
+        return m.group(1) if compiled.groups else m.group(0)
+
+    return extract
+
+
+_BUILTIN: dict[str, Extractor] = {
+    "auto": auto,
+    "last_number": last_number,
+    "hashes": hashes,
+    "answer_is": answer_is,
+    "recorded": recorded,
+}
+
+
+def get_extractor(spec: str | Extractor) -> Extractor:
+    """The extractor a config string names, or ``spec`` itself when it is a callable.
+
+    Raises ValueError for an unknown name or a bad regular expression.
+    """
+    if callable(spec):
+        return spec
+    if not isinstance(spec, str):
+        raise ValueError(f"expected an extractor name or a callable, got {type(spec).__name__}")
+    if spec in _BUILTIN:
+        return _BUILTIN[spec]
+    kind, sep, arg = spec.partition(":")
+    if sep and kind == "json" and arg:
+        return _json_field(arg)
+    if sep and kind == "regex" and arg:
+        try:
+            return _regex(arg)
+        except re.error as exc:
+            raise ValueError(f"bad extractor regex {arg!r}: {exc}") from None
+    known = ", ".join([*_BUILTIN, "json:FIELD", "regex:PATTERN"])
+    raise ValueError(f"unknown extractor {spec!r} (known: {known})")
+
+
+def normalize(value: str | None) -> str | None:
+    """A canonical form for comparing answers; None for a missing or empty answer."""
+    if value is None:
+        return None
+    text = " ".join(str(value).split())
+    if not text or text.casefold() in _MISSING:
+        return None
+    numbers = _numbers(text)
+    if numbers:
+        # The first number is the answer in "18 dollars", "$1,000.00", "60%"; a sign
+        # written apart ("- 5") is not one.
+        number = float(numbers[0].replace(",", ""))
+        number = round(number, 6)
+        if number == int(number):
+            return str(int(number))
+        return repr(number)
+    return text.casefold().rstrip(".")
