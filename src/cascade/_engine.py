@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import aclosing
 from pathlib import Path
 from time import perf_counter
 from types import TracebackType
@@ -15,6 +14,7 @@ from typing import Any, Self
 import aiohttp
 import msgspec
 
+from ._attempt import InFlight, Sampler, Tier, chosen, complete, judge
 from ._config import Config, load_config
 from ._errors import (
     AllProvidersFailed,
@@ -36,34 +36,11 @@ from ._types import (
     coerce_messages,
 )
 from .providers import Provider, build_provider, check_provider_config, provider_kinds
-from .validators import ValidationContext, Validator, build_validator
+from .validators import ValidationContext, build_validator
 
 __all__ = ["Cascade"]
 
 _DEFAULT_OPTIONS = RequestOptions()
-
-
-class _Tier:
-    __slots__ = ("index", "name", "providers", "validators")
-
-    def __init__(self, index: int, name: str, validators: tuple[Validator, ...]) -> None:
-        self.index = index  # 1-based, as users count tiers
-        self.name = name
-        self.validators = validators
-        self.providers: tuple[Provider, ...] = ()
-
-
-class _InFlight:
-    """The attempt under way: what the deadline records if it strikes now."""
-
-    __slots__ = ("completion", "cost", "provider", "t0", "tier")
-
-    def __init__(self, tier: _Tier, provider: Provider, t0: float) -> None:
-        self.tier = tier
-        self.provider = provider
-        self.t0 = t0
-        self.completion: Completion | None = None
-        self.cost = 0.0
 
 
 class _Run:
@@ -76,7 +53,10 @@ class _Run:
         self.attempts: list[Attempt] = []
         self.spent = 0.0
         self.last_error: ProviderError | None = None
-        self.in_flight: _InFlight | None = None
+        self.in_flight: InFlight | None = None
+
+    def spend(self, cost: float) -> None:
+        self.spent += cost
 
 
 class Cascade:
@@ -102,7 +82,7 @@ class Cascade:
         env = os.environ if environ is None else environ
         kinds = provider_kinds()
         self.config = config
-        self._tiers: list[_Tier] = []
+        self._tiers: list[Tier] = []
         self._keys: dict[str, str | None] = {}
         for t, tier_cfg in enumerate(config.tiers):
             for p, prov in enumerate(tier_cfg.providers):
@@ -133,10 +113,19 @@ class Cascade:
                         )
                 self._keys[prov.name] = key
             validators = tuple(
-                build_validator(spec, path=f"tiers[{t}].validators[{v}]")
+                build_validator(_without_weight(spec), path=f"tiers[{t}].validators[{v}]")
                 for v, spec in enumerate(tier_cfg.validators)
             )
-            self._tiers.append(_Tier(t + 1, tier_cfg.name, validators))
+            weights = tuple(
+                _weight(spec, path=f"tiers[{t}].validators[{v}].weight")
+                for v, spec in enumerate(tier_cfg.validators)
+            )
+            if tier_cfg.mode == "scored" and not sum(weights) > 0:
+                raise ConfigError(
+                    "scored mode needs validators with a positive total weight",
+                    path=f"tiers[{t}].validators",
+                )
+            self._tiers.append(Tier(t + 1, tier_cfg, validators, weights))
         self._session = session
         self._owns_session = session is None
         self._open = False
@@ -271,7 +260,7 @@ class Cascade:
     async def _run_tiers(
         self,
         run: _Run,
-        tiers: list[_Tier],
+        tiers: list[Tier],
         msgs: tuple[Message, ...],
         opts: RequestOptions,
         budget: float | None,
@@ -285,9 +274,24 @@ class Cascade:
                     continue
             for provider in tier.providers:
                 t0 = perf_counter()
-                run.in_flight = in_flight = _InFlight(tier, provider, t0)
+                run.in_flight = flight = InFlight(tier, provider, t0)
+                tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+                ctx = None
+                if tier.validators:
+                    ctx = ValidationContext(
+                        messages=tier_msgs,
+                        options=tier_opts,
+                        tier=tier.index,
+                        tier_name=tier.name,
+                        sample=Sampler(flight, msgs, opts, run.spend),
+                    )
                 try:
-                    completion = await _complete(provider, msgs, opts, t0)
+                    if tier.partial and provider.config.stream:
+                        completion, early = await complete(
+                            provider, tier_msgs, tier_opts, t0, partial=tier.partial, ctx=ctx
+                        )
+                    else:
+                        completion, early = await complete(provider, tier_msgs, tier_opts, t0)
                 except ProviderError as exc:
                     run.in_flight = None
                     run.last_error = exc
@@ -296,30 +300,17 @@ class Cascade:
                 # Paid for from here on, whatever happens during validation.
                 cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
                 run.spent += cost
-                in_flight.completion = completion
-                in_flight.cost = cost
-                verdicts: tuple[Verdict, ...] = ()
-                if tier.validators:
-                    ctx = ValidationContext(
-                        messages=msgs, options=opts, tier=tier.index, tier_name=tier.name
-                    )
-                    verdicts = await _validate(tier.validators, completion, ctx)
+                flight.completion = completion
+                flight.cost += cost
+                if early is not None:
+                    verdicts: tuple[Verdict, ...] = (early,)
+                    passed = False
+                elif ctx is not None:
+                    verdicts, passed = await judge(tier, completion, ctx)
+                else:
+                    verdicts, passed = (), True
                 run.in_flight = None
-                passed = all(v.passed for v in verdicts)
-                attempt = Attempt(
-                    tier=tier.index,
-                    tier_name=tier.name,
-                    provider=provider.name,
-                    model=provider.model,
-                    outcome="accepted" if passed else "rejected",
-                    verdicts=verdicts,
-                    cost_usd=cost,
-                    input_tokens=completion.input_tokens,
-                    output_tokens=completion.output_tokens,
-                    latency_s=completion.latency_s,
-                    ttft_s=completion.ttft_s,
-                    completion=completion,
-                )
+                attempt = _attempt(flight, completion, verdicts, passed)
                 attempts.append(attempt)
                 if passed:
                     return _result(run, attempt, validated=True)
@@ -327,7 +318,7 @@ class Cascade:
         return self._exhausted(run)
 
     def _over_budget(
-        self, tier: _Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
+        self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
     ) -> Attempt | None:
         provider = tier.providers[0]
         in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
@@ -369,18 +360,15 @@ class Cascade:
         flight = run.in_flight
         if flight is not None:
             exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
-            attempt = _failed(flight.tier, flight.provider, flight.t0, exc)
             completion = flight.completion
-            if completion is not None:
+            if completion is None:
+                attempt = _failed(flight.tier, flight.provider, flight.t0, exc)
+            else:
                 # The answer arrived (and was paid for); validation had not finished.
                 attempt = msgspec.structs.replace(
-                    attempt,
-                    outcome="rejected",
-                    cost_usd=flight.cost,
-                    input_tokens=completion.input_tokens,
-                    output_tokens=completion.output_tokens,
-                    ttft_s=completion.ttft_s,
-                    completion=completion,
+                    _attempt(flight, completion, (), passed=False),
+                    error_type=type(exc).__name__,
+                    error=str(exc),
                 )
             run.attempts.append(attempt)
         best = _best(run.attempts)
@@ -392,69 +380,43 @@ class Cascade:
         )
 
 
-async def _complete(
-    provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions, t0: float
-) -> Completion:
-    parts: list[str] = []
-    ttft: float | None = None
-    finish: str | None = None
-    in_tokens: int | None = None
-    out_tokens: int | None = None
-    model: str | None = None
-    async with aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
-        async for chunk in chunks:
-            if chunk.text:
-                if ttft is None:
-                    ttft = perf_counter() - t0
-                parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                finish = chunk.finish_reason
-            if chunk.input_tokens is not None:
-                in_tokens = chunk.input_tokens
-            if chunk.output_tokens is not None:
-                out_tokens = chunk.output_tokens
-            if chunk.model:
-                model = chunk.model
-    text = parts[0] if len(parts) == 1 else "".join(parts)
-    if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
-        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
-    if out_tokens is None:
-        out_tokens = max(1, len(text) // 4) if text else 0
-    return Completion(
-        text=text,
-        provider=provider.name,
-        model=model or provider.model,
-        finish_reason=finish,
+def _without_weight(spec: Mapping[str, Any]) -> Mapping[str, Any]:
+    return {k: v for k, v in spec.items() if k != "weight"} if "weight" in spec else spec
+
+
+def _weight(spec: Mapping[str, Any], *, path: str) -> float:
+    weight = spec.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+        raise ConfigError(f"expected a number >= 0, got {weight!r}", path=path)
+    return float(weight)
+
+
+def _attempt(
+    flight: InFlight, completion: Completion, verdicts: tuple[Verdict, ...], passed: bool
+) -> Attempt:
+    samples = tuple(flight.samples)
+    in_tokens, out_tokens = completion.input_tokens, completion.output_tokens
+    for sample in samples:
+        in_tokens += sample.input_tokens
+        out_tokens += sample.output_tokens
+    return Attempt(
+        tier=flight.tier.index,
+        tier_name=flight.tier.name,
+        provider=flight.provider.name,
+        model=flight.provider.model,
+        outcome="accepted" if passed else "rejected",
+        verdicts=verdicts,
+        cost_usd=flight.cost,
         input_tokens=in_tokens,
         output_tokens=out_tokens,
-        latency_s=perf_counter() - t0,
-        ttft_s=ttft,
+        latency_s=perf_counter() - flight.t0,
+        ttft_s=completion.ttft_s,
+        completion=completion,
+        samples=samples,
     )
 
 
-async def _validate(
-    validators: tuple[Validator, ...], completion: Completion, ctx: ValidationContext
-) -> tuple[Verdict, ...]:
-    if len(validators) == 1:
-        return (await _verdict(validators[0], completion, ctx),)
-    return tuple([await _verdict(v, completion, ctx) for v in validators])
-
-
-async def _verdict(validator: Validator, completion: Completion, ctx: ValidationContext) -> Verdict:
-    try:
-        return await validator.validate(completion, ctx)
-    except Exception as exc:
-        # A validator that crashes has not approved the answer: reject (and escalate)
-        # with the crash as the reason rather than lose the request.
-        return Verdict(
-            validator=getattr(validator, "name", type(validator).__name__),
-            passed=False,
-            score=0.0,
-            reason=f"validator raised {type(exc).__name__}: {exc}"[:500],
-        )
-
-
-def _failed(tier: _Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:
+def _failed(tier: Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:
     return Attempt(
         tier=tier.index,
         tier_name=tier.name,
@@ -479,8 +441,8 @@ def _best(attempts: list[Attempt]) -> Attempt | None:
 
 
 def _result(run: _Run, attempt: Attempt, *, validated: bool) -> Result:
-    completion = attempt.completion
-    assert completion is not None
+    assert attempt.completion is not None
+    completion = chosen(attempt.verdicts, attempt.completion)
     attempts = run.attempts
     if len(attempts) == 1:
         usage = Usage(input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens)
@@ -507,4 +469,6 @@ def _result(run: _Run, attempt: Attempt, *, validated: bool) -> Result:
         attempts=tuple(attempts),
         validated=validated,
         finish_reason=completion.finish_reason,
+        variant=completion.variant,
+        answer=completion.answer,
     )

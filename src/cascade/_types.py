@@ -188,6 +188,10 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     attempts: tuple[Attempt, ...]
     validated: bool
     finish_reason: str | None = None
+    variant: str | None = None
+    """The prompt variant of the answer returned."""
+    answer: str | None = None
+    """The final answer a provider reported apart from the text (replay), if any."""
 
     @property
     def escalations(self) -> int:

@@ -20,6 +20,7 @@ and is then named in config: ``validators = [{ name = "min_words", words = 5 }]`
 
 from __future__ import annotations
 
+from ._extract import get_extractor, normalize
 from ._registry import (
     ValidationContext,
     Validator,
@@ -28,15 +29,19 @@ from ._registry import (
     registered_validators,
     validator,
 )
+from .consistency import SelfConsistencyValidator
 from .json_schema import JsonSchemaValidator, extract_json
 
 __all__ = [
     "JsonSchemaValidator",
+    "SelfConsistencyValidator",
     "ValidationContext",
     "Validator",
     "ValidatorFactory",
     "build_validator",
     "extract_json",
+    "get_extractor",
+    "normalize",
     "registered_validators",
     "validator",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -21,12 +21,18 @@ __all__ = [
 
 
 class ValidationContext(msgspec.Struct, frozen=True, kw_only=True):
-    """What a validator may know besides the answer: the request and where it ran."""
+    """What a validator may know besides the answer: the request and where it ran.
+
+    ``sample(count)`` draws ``count`` more answers from the provider that gave this one
+    (each under the tier's next prompt variant, each costed into the run); it is None when
+    no provider is at hand (a validator called outside a run).
+    """
 
     messages: tuple[Message, ...]
     options: RequestOptions
     tier: int
     tier_name: str
+    sample: Callable[[int], Awaitable[list[Completion]]] | None = None
 
 
 @runtime_checkable

@@ -90,9 +90,15 @@ class JsonSchemaValidator:
     rejection's reason names the failing path.
 
     A bad schema raises ConfigError when the validator is built.
+
+    ``early_reject = true`` asserts that the answer is JSON from its first character (or a
+    ```json fence): a streaming answer that starts otherwise is rejected at once and its
+    upstream request cancelled, instead of paying for the rest of it.
     """
 
-    def __init__(self, *, schema: dict[str, Any], name: str = "json_schema") -> None:
+    def __init__(
+        self, *, schema: dict[str, Any], name: str = "json_schema", early_reject: bool = False
+    ) -> None:
         if not isinstance(schema, dict):
             raise ConfigError(
                 f"expected a JSON Schema object, got {type(schema).__name__}", path="schema"
@@ -108,6 +114,8 @@ class JsonSchemaValidator:
             ) from None
         self.name = name
         self.schema = schema
+        self.early_reject = early_reject
+        self._opener = {"object": "{", "array": "["}.get(str(schema.get("type")), "{[")
         self._validator = cls(schema)
         for ref in _refs(schema):
             try:
@@ -138,4 +146,35 @@ class JsonSchemaValidator:
             score=0.0,
             reason=f"at {where}: {message}"[:500],
             parsed=value,
+        )
+
+    def check_partial(self, text: str, context: ValidationContext) -> Verdict | None:
+        """With ``early_reject``: reject a partial answer that can no longer be JSON-only."""
+        head = text.lstrip()
+        if not head:
+            return None
+        if head.startswith("`"):
+            if len(head) < 3:
+                return None if "```".startswith(head) else self._early("a stray backtick")
+            if not head.startswith("```"):
+                return self._early("a stray backtick")
+            newline = head.find("\n")
+            if newline < 0:
+                return None  # the fence's language tag is not complete yet
+            tag = head[3:newline].strip().lower()
+            if tag not in ("", "json", "json5"):
+                return self._early(f"a ```{tag} fence")
+            head = head[newline + 1 :].lstrip()
+            if not head:
+                return None
+        if head[0] not in self._opener:
+            return self._early(f"{head[:20]!r}")
+        return None
+
+    def _early(self, what: str) -> Verdict:
+        return Verdict(
+            validator=self.name,
+            passed=False,
+            score=0.0,
+            reason=f"rejected while streaming: the answer starts with {what}, not JSON",
         )

@@ -1,0 +1,285 @@
+"""One attempt at one tier: the provider call, extra samples, and the validators' judgement.
+
+The engine (``_engine.py``) decides which tier and provider to try; this module holds the
+mechanics of trying one: collecting the stream into a Completion (with early rejection by
+validators that can judge a partial answer), drawing further samples for validators that
+ask for them, and composing the validators' verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextlib import aclosing
+from time import perf_counter
+from typing import Protocol
+
+import msgspec
+
+from ._config import TierConfig, Variant
+from ._types import Completion, Message, RequestOptions, Verdict
+from .providers import Provider
+from .validators import ValidationContext, Validator
+
+__all__ = ["InFlight", "PartialCheck", "Sampler", "Tier", "complete", "judge"]
+
+
+class PartialCheck(Protocol):
+    """A validator that can reject an answer before it is complete."""
+
+    name: str
+
+    def check_partial(self, text: str, context: ValidationContext) -> Verdict | None: ...
+
+
+class Tier:
+    """A tier as the engine runs it: its providers, validators and variants."""
+
+    __slots__ = (
+        "index",
+        "mode",
+        "name",
+        "partial",
+        "providers",
+        "threshold",
+        "validators",
+        "variants",
+        "weights",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        config: TierConfig,
+        validators: tuple[Validator, ...],
+        weights: tuple[float, ...],
+    ) -> None:
+        self.index = index  # 1-based, as users count tiers
+        self.name = config.name
+        self.mode = config.mode
+        self.threshold = config.threshold
+        self.validators = validators
+        self.weights = weights
+        self.variants: tuple[Variant, ...] = tuple(config.variants)
+        self.partial: tuple[PartialCheck, ...] = tuple(
+            v  # type: ignore[misc]
+            for v in validators
+            if callable(getattr(v, "check_partial", None)) and getattr(v, "early_reject", True)
+        )
+        self.providers: tuple[Provider, ...] = ()
+
+    def request(
+        self, msgs: tuple[Message, ...], opts: RequestOptions, sample: int
+    ) -> tuple[tuple[Message, ...], RequestOptions]:
+        """The messages and options of this tier's ``sample``-th request (0 = the first)."""
+        if not self.variants:
+            return msgs, opts
+        return apply_variant(msgs, opts, self.variants[sample % len(self.variants)])
+
+
+def apply_variant(
+    msgs: tuple[Message, ...], opts: RequestOptions, variant: Variant
+) -> tuple[tuple[Message, ...], RequestOptions]:
+    """Rewrite a request into one prompt variant: its system text, its suffix, its name."""
+    out = list(msgs)
+    if variant.suffix:
+        for i in range(len(out) - 1, -1, -1):
+            if out[i].role == "user":
+                out[i] = Message(role="user", content=f"{out[i].content}\n\n{variant.suffix}")
+                break
+    if variant.system:
+        out.insert(0, Message(role="system", content=variant.system))
+    return tuple(out), msgspec.structs.replace(opts, variant=variant.name)
+
+
+class InFlight:
+    """The attempt under way: what it has cost so far, and what a deadline records."""
+
+    __slots__ = ("completion", "cost", "provider", "samples", "t0", "tier")
+
+    def __init__(self, tier: Tier, provider: Provider, t0: float) -> None:
+        self.tier = tier
+        self.provider = provider
+        self.t0 = t0
+        self.completion: Completion | None = None
+        self.cost = 0.0
+        self.samples: list[Completion] = []
+
+
+async def complete(
+    provider: Provider,
+    msgs: tuple[Message, ...],
+    opts: RequestOptions,
+    t0: float,
+    *,
+    partial: tuple[PartialCheck, ...] = (),
+    ctx: ValidationContext | None = None,
+) -> tuple[Completion, Verdict | None]:
+    """Collect a provider's stream into one Completion.
+
+    With ``partial`` checks, each text chunk is shown to them; the first failed verdict
+    stops reading (closing the stream cancels the upstream request) and is returned with
+    the partial answer, whose output tokens are then estimated from its length.
+    """
+    parts: list[str] = []
+    text_so_far = ""
+    early: Verdict | None = None
+    ttft: float | None = None
+    finish: str | None = None
+    in_tokens: int | None = None
+    out_tokens: int | None = None
+    model: str | None = None
+    answer: str | None = None
+    logprobs: list[float] | None = None
+    async with aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
+        async for chunk in chunks:
+            if chunk.text:
+                if ttft is None:
+                    ttft = perf_counter() - t0
+                parts.append(chunk.text)
+                if partial:
+                    text_so_far += chunk.text
+                    early = _first_failure(partial, text_so_far, ctx)
+                    if early is not None:
+                        finish = "rejected_early"
+                        out_tokens = None  # nothing reported yet for what was received
+                        break
+            if chunk.finish_reason is not None:
+                finish = chunk.finish_reason
+            if chunk.input_tokens is not None:
+                in_tokens = chunk.input_tokens
+            if chunk.output_tokens is not None:
+                out_tokens = chunk.output_tokens
+            if chunk.model:
+                model = chunk.model
+            if chunk.answer is not None:
+                answer = chunk.answer
+            if chunk.logprobs:
+                if logprobs is None:
+                    logprobs = []
+                logprobs.extend(chunk.logprobs)
+    text = parts[0] if len(parts) == 1 else "".join(parts)
+    if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
+        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+    if out_tokens is None:
+        out_tokens = max(1, len(text) // 4) if text else 0
+    completion = Completion(
+        text=text,
+        provider=provider.name,
+        model=model or provider.model,
+        finish_reason=finish,
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
+        latency_s=perf_counter() - t0,
+        ttft_s=ttft,
+        variant=opts.variant,
+        logprobs=tuple(logprobs) if logprobs is not None else None,
+        answer=answer,
+    )
+    return completion, early
+
+
+def _first_failure(
+    checks: tuple[PartialCheck, ...], text: str, ctx: ValidationContext | None
+) -> Verdict | None:
+    assert ctx is not None
+    for check in checks:
+        try:
+            verdict = check.check_partial(text, ctx)
+        except Exception:
+            verdict = None  # a crashing check must not kill an answer: the full check decides
+        if verdict is not None and not verdict.passed:
+            return verdict
+    return None
+
+
+class Sampler:
+    """Draws further answers from the provider that gave the attempt's first one.
+
+    Validators reach it as ``context.sample(count)``. Sample ``k`` of the attempt uses the
+    tier's ``k``-th variant (in turn); every sample is costed into the run as it arrives.
+    """
+
+    __slots__ = ("_flight", "_msgs", "_next", "_opts", "_spend")
+
+    def __init__(
+        self,
+        flight: InFlight,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        spend: _Spend,
+    ) -> None:
+        self._flight = flight
+        self._msgs = msgs
+        self._opts = opts
+        self._spend = spend
+        self._next = 1  # the attempt's first answer was sample 0
+
+    async def __call__(self, count: int) -> list[Completion]:
+        if count < 1:
+            return []
+        first = self._next
+        self._next += count
+        results: list[Completion | None] = [None] * count
+        error: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(count):
+                    tg.create_task(self._one(first + i, results, i))
+        except BaseExceptionGroup as group:
+            error = group.exceptions[0]
+        if error is not None:
+            raise error
+        return [r for r in results if r is not None]
+
+    async def _one(self, sample: int, results: list[Completion | None], slot: int) -> None:
+        flight = self._flight
+        msgs, opts = flight.tier.request(self._msgs, self._opts, sample)
+        completion, _ = await complete(flight.provider, msgs, opts, perf_counter())
+        cost = flight.provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+        flight.cost += cost
+        flight.samples.append(completion)
+        self._spend(cost)
+        results[slot] = completion
+
+
+class _Spend(Protocol):
+    def __call__(self, cost: float) -> None: ...
+
+
+async def judge(
+    tier: Tier, completion: Completion, ctx: ValidationContext
+) -> tuple[tuple[Verdict, ...], bool]:
+    """Every validator's verdict on ``completion``, and whether the tier accepts it."""
+    validators = tier.validators
+    if len(validators) == 1:
+        verdicts: tuple[Verdict, ...] = (await _verdict(validators[0], completion, ctx),)
+    else:
+        verdicts = tuple([await _verdict(v, completion, ctx) for v in validators])
+    if tier.mode == "all":
+        return verdicts, all(v.passed for v in verdicts)
+    total = sum(tier.weights)
+    score = sum(w * v.score for w, v in zip(tier.weights, verdicts, strict=True)) / total
+    return verdicts, score >= tier.threshold
+
+
+async def _verdict(validator: Validator, completion: Completion, ctx: ValidationContext) -> Verdict:
+    try:
+        return await validator.validate(completion, ctx)
+    except Exception as exc:
+        # A validator that crashes has not approved the answer: reject (and escalate)
+        # with the crash as the reason rather than lose the request.
+        return Verdict(
+            validator=getattr(validator, "name", type(validator).__name__),
+            passed=False,
+            score=0.0,
+            reason=f"validator raised {type(exc).__name__}: {exc}"[:500],
+        )
+
+
+def chosen(verdicts: Sequence[Verdict], completion: Completion) -> Completion:
+    """The answer the verdicts stand behind (a validator's pick, else the first answer)."""
+    for verdict in verdicts:
+        if verdict.completion is not None:
+            return verdict.completion
+    return completion

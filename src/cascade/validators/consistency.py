@@ -1,0 +1,150 @@
+"""``self_consistency``: draw several answers and accept the value most of them agree on.
+
+With tier ``variants`` the samples are drawn under different prompt representations
+(chain of thought, program of thought, ...): the mixture-of-thought idea, where agreement
+across representations is stronger evidence than agreement within one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+from .._errors import ConfigError, ProviderError
+from .._types import Completion, Verdict
+from ._extract import Extractor, get_extractor, normalize
+from ._registry import ValidationContext, validator
+
+__all__ = ["SelfConsistencyValidator", "next_batch", "votes_needed"]
+
+
+def votes_needed(samples: int, min_agreement: float) -> int:
+    """Votes the majority value needs out of ``samples`` to reach ``min_agreement``."""
+    return max(1, math.ceil(min_agreement * samples - 1e-9))
+
+
+def next_batch(top: int, drawn: int, samples: int, needed: int) -> int:
+    """How many samples to draw next; 0 once the outcome is decided.
+
+    Decided: the leading value has ``needed`` votes (agreement), or it could not get them
+    even if every remaining sample agreed with it (no longer reachable; a value that trails
+    it could not either). Otherwise draw as many as agreement still needs, but no more than
+    the outcome can afford to see disagree: after ``slack`` disagreeing samples it is
+    decided, so a larger batch could only buy samples the decision no longer needs.
+    """
+    remaining = samples - drawn
+    if top >= needed or top + remaining < needed:
+        return 0
+    slack = top + remaining - needed  # disagreeing samples that still leave agreement open
+    return min(needed - top, slack + 1, remaining)
+
+
+@validator("self_consistency")
+class SelfConsistencyValidator:
+    """Accepts the majority answer when at least ``min_agreement`` of ``samples`` agree.
+
+    The attempt's answer is the first sample; the rest are drawn from the same provider as
+    needed (``context.sample``), each under the tier's next variant, and stop as soon as the
+    outcome is decided. Each sample's final value comes from ``extractor`` (see
+    ``cascade.validators._extract``: ``auto``, ``json:FIELD``, ``last_number``,
+    ``regex:PATTERN``, ``hashes``, ``answer_is``, ``recorded``, or a callable) and is
+    normalised (numbers, whitespace, case) unless ``normalize = false``.
+
+    The verdict's ``parsed`` is the majority value, its ``completion`` the first sample that
+    carries it (the result text), its ``score`` the majority's share of the samples drawn.
+
+    ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote.
+    """
+
+    def __init__(
+        self,
+        *,
+        samples: int,
+        min_agreement: float = 0.5,
+        extractor: Any = "auto",
+        normalize: bool = True,
+        name: str = "self_consistency",
+    ) -> None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 64:
+            raise ConfigError(f"expected 1 <= samples <= 64, got {samples!r}", path="samples")
+        if isinstance(min_agreement, bool) or not 0 < min_agreement <= 1:
+            raise ConfigError(
+                f"expected 0 < min_agreement <= 1, got {min_agreement!r}", path="min_agreement"
+            )
+        try:
+            self._extract: Extractor = get_extractor(extractor)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path="extractor") from None
+        self.name = name
+        self.samples = samples
+        self.min_agreement = float(min_agreement)
+        self.needed = votes_needed(samples, self.min_agreement)
+        self._normalize = normalize
+
+    def __repr__(self) -> str:
+        return f"<SelfConsistencyValidator {self.needed} of {self.samples}>"
+
+    def value(self, completion: Completion) -> str | None:
+        raw = self._extract(completion)
+        return normalize(raw) if self._normalize else raw
+
+    async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
+        answers = [completion]
+        values = [self.value(completion)]
+        counts = Counter(v for v in values if v is not None)
+        note = ""
+        while True:
+            top = max(counts.values(), default=0)
+            batch = next_batch(top, len(values), self.samples, self.needed)
+            if batch == 0:
+                break
+            if context.sample is None:
+                note = "; no provider to draw samples from"
+                break
+            try:
+                drawn = await context.sample(batch)
+            except ProviderError as exc:
+                note = f"; sampling failed: {type(exc).__name__}"
+                break
+            for sample in drawn:
+                answers.append(sample)
+                value = self.value(sample)
+                values.append(value)
+                if value is not None:
+                    counts[value] += 1
+        return self._verdict(answers, values, counts, note)
+
+    def _verdict(
+        self,
+        answers: list[Completion],
+        values: list[str | None],
+        counts: Counter[str],
+        note: str,
+    ) -> Verdict:
+        drawn = len(values)
+        if not counts:
+            return Verdict(
+                validator=self.name,
+                passed=False,
+                score=0.0,
+                reason=f"no final answer found in {drawn} samples{note}",
+            )
+        top = max(counts.values())
+        # Ties go to the value that reached the top count first (the earliest sample).
+        majority = next(v for v in values if v is not None and counts[v] == top)
+        carrier = answers[values.index(majority)]
+        passed = top >= self.needed
+        tally = ", ".join(f"{v!r}: {n}" for v, n in counts.most_common(4))
+        reason = (
+            f"{top} of {drawn} samples agree on {majority!r} "
+            f"(needs {self.needed} of {self.samples}; {tally}){note}"
+        )
+        return Verdict(
+            validator=self.name,
+            passed=passed,
+            score=top / drawn,
+            reason=reason[:500],
+            parsed=majority if passed else None,
+            completion=carrier,
+        )

@@ -1,0 +1,358 @@
+"""self_consistency over loopback HTTP, its early-stop arithmetic, extractors, scored mode,
+and early rejection on the stream."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cascade
+from cascade import Cascade, Completion, ConfigError
+from cascade.testing import FakeOpenAIServer, FakeRequest, Reply, Responder
+from cascade.validators import get_extractor, normalize
+from cascade.validators.consistency import next_batch, votes_needed
+
+from .helpers import USER, provider, tier
+
+pytestmark = pytest.mark.anyio
+
+# -- the early-stop arithmetic ------------------------------------------------------------
+
+
+def _sequential(votes: list[str | None], samples: int, needed: int) -> tuple[int, bool]:
+    """One sample at a time, stopping at the first decided point: the reference."""
+    counts: Counter[str] = Counter()
+    for drawn, vote in enumerate(votes[:samples], 1):
+        if vote is not None:
+            counts[vote] += 1
+        top = max(counts.values(), default=0)
+        if top >= needed or top + samples - drawn < needed:
+            return drawn, top >= needed
+    return samples, max(counts.values(), default=0) >= needed
+
+
+def _batched(votes: list[str | None], samples: int, needed: int) -> tuple[int, bool]:
+    counts: Counter[str] = Counter()
+    drawn = 0
+    while True:
+        top = max(counts.values(), default=0)
+        batch = next_batch(top, drawn, samples, needed)
+        if batch == 0:
+            return drawn, top >= needed
+        for vote in votes[drawn : drawn + batch]:
+            if vote is not None:
+                counts[vote] += 1
+        drawn += batch
+
+
+@given(
+    st.integers(min_value=1, max_value=9).flatmap(
+        lambda n: st.tuples(
+            st.just(n),
+            st.integers(min_value=1, max_value=n),
+            st.lists(st.sampled_from(["a", "b", "c", None]), min_size=n, max_size=n),
+        )
+    )
+)
+def test_batches_draw_exactly_what_one_at_a_time_draws(
+    case: tuple[int, int, list[str | None]],
+) -> None:
+    samples, needed, votes = case
+    assert _batched(votes, samples, needed) == _sequential(votes, samples, needed)
+
+
+def test_votes_needed() -> None:
+    assert votes_needed(5, 0.6) == 3  # a 3-of-5 vote
+    assert votes_needed(4, 0.75) == 3
+    assert votes_needed(2, 1.0) == 2
+    assert votes_needed(3, 0.5) == 2
+    assert votes_needed(5, 0.01) == 1
+
+
+def test_next_batch_examples() -> None:
+    assert next_batch(top=1, drawn=1, samples=5, needed=3) == 2  # two more could settle it
+    assert next_batch(top=1, drawn=2, samples=4, needed=3) == 1  # one miss decides it: one
+    assert next_batch(top=3, drawn=3, samples=5, needed=3) == 0  # agreement reached
+    assert next_batch(top=1, drawn=3, samples=4, needed=3) == 0  # no longer reachable
+
+
+# -- extractors and normalisation ---------------------------------------------------------
+
+
+def c(text: str, answer: str | None = None) -> Completion:
+    return Completion(text=text, provider="p", model="m", answer=answer)
+
+
+@given(st.integers(min_value=-(10**9), max_value=10**9))
+def test_numbers_normalise_whatever_their_dress(n: int) -> None:
+    plain = normalize(str(n))
+    assert plain == str(n)
+    assert normalize(f"{n:,}") == plain
+    assert normalize(f"{n}.00") == plain
+    assert normalize(f"{n} dollars") == plain
+    if n >= 0:
+        assert normalize(f"${n:,}") == plain
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False).map(lambda f: round(f, 3)))
+def test_float_noise_is_ignored(f: float) -> None:
+    assert normalize(repr(f + 1e-10)) == normalize(repr(f))
+
+
+@given(st.text(alphabet="abcXYZ \t\n", min_size=1, max_size=20))
+def test_text_normalisation_is_idempotent_and_case_blind(s: str) -> None:
+    once = normalize(s)
+    assert normalize(once) == once
+    assert normalize(s.upper()) == normalize(s.lower())
+
+
+def test_missing_markers() -> None:
+    assert normalize(None) is None
+    assert normalize("  ") is None
+    assert normalize("[invalid]") is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "text", "answer", "value"),
+    [
+        ("auto", "so 9*2 = 18\n#### 18", None, "18"),
+        ("auto", "Thus the answer is $1,200.", None, "$1,200"),
+        ("auto", "whatever 7", "$18", "$18"),
+        ("auto", "It is 3, then 4, finally 5.", None, "5"),
+        ("hashes", "#### 42", None, "42"),
+        ("answer_is", "The final answer is Paris.", None, "Paris"),
+        ("last_number", "a 1 b 2.5 c", None, "2.5"),
+        ("json:result.total", 'ok {"result": {"total": 12.5}}', None, "12.5"),
+        ("json:items.1", '{"items": ["a", "b"]}', None, "b"),
+        ("regex:ANS=(\\w+)", "ANS=x then ANS=y", None, "y"),
+        ("recorded", "text", None, None),
+    ],
+)
+def test_extractors(spec: str, text: str, answer: str | None, value: str | None) -> None:
+    assert get_extractor(spec)(c(text, answer)) == value
+
+
+def test_bad_extractors() -> None:
+    with pytest.raises(ValueError, match="unknown extractor"):
+        get_extractor("nope")
+    with pytest.raises(ValueError, match="bad extractor regex"):
+        get_extractor("regex:(")
+    assert get_extractor(lambda comp: "x")(c("y")) == "x"
+
+
+# -- end to end over loopback -------------------------------------------------------------
+
+VARIANTS = [{"name": n, "system": f"variant {n}"} for n in ("A", "B", "C", "D", "E")]
+
+
+def by_variant(answers: dict[str, str]) -> Responder:
+    def respond(request: FakeRequest) -> Reply:
+        system = next(m["content"] for m in request.messages if m["role"] == "system")
+        variant = system.removeprefix("variant ")
+        return Reply(text=f"Reasoning... The answer is {answers[variant]}.",
+                     input_tokens=100, output_tokens=10)  # fmt: skip
+
+    return respond
+
+
+def sc_config(url: str, *, samples: int, agreement: float, **extra: object) -> dict[str, object]:
+    small = tier("small", provider("s", url, "small"),
+                 validators=[{"name": "self_consistency", "samples": samples,
+                              "min_agreement": agreement, **extra}])  # fmt: skip
+    small["variants"] = VARIANTS
+    return {"tiers": [small, tier("large", provider("l", url, "large"))]}
+
+
+async def test_agreement_stops_early_and_costs_every_sample(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.respond(
+        "small", by_variant({"A": "$1,000", "B": "1000.0", "C": "7", "D": "7", "E": "7"})
+    )
+    async with Cascade.from_dict(sc_config(openai_server.url, samples=5, agreement=0.4)) as cc:
+        result = await cc.run(messages=USER)
+    # 2 of 5 needed: A and B agree (after normalisation) -> no third sample drawn
+    assert openai_server.request_count == 2
+    assert result.tier == 1 and result.validated and result.parsed == "1000"
+    (attempt,) = result.attempts
+    assert len(attempt.samples) == 1 and attempt.samples[0].variant == "B"
+    assert result.variant == "A" and "$1,000" in result.text
+    # 2 calls x (100 input at $1/M + 10 output at $2/M)
+    assert result.cost_usd == pytest.approx(2 * 120e-6)
+    assert attempt.cost_usd == pytest.approx(result.cost_usd)
+    assert result.usage.input_tokens == 200
+    (verdict,) = attempt.verdicts
+    assert verdict.score == 1.0 and "2 of 2 samples agree on '1000'" in verdict.reason
+
+
+async def test_majority_among_variants(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant({"A": "3", "B": "5", "C": "5", "D": "5", "E": "9"}))
+    async with Cascade.from_dict(sc_config(openai_server.url, samples=5, agreement=0.6)) as cc:
+        result = await cc.run(messages=USER)
+    assert result.validated and result.parsed == "5"
+    assert result.variant == "B"  # the result text is the first sample carrying the majority
+    assert openai_server.request_count == 4  # A, then B+C together, then D settles it
+
+
+async def test_unreachable_agreement_stops_and_escalates(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant({"A": "1", "B": "2", "C": "3", "D": "4", "E": "5"}))
+    openai_server.script("large", "The answer is 42.")
+    async with Cascade.from_dict(sc_config(openai_server.url, samples=5, agreement=0.8)) as cc:
+        result = await cc.run(messages=USER)
+    # 4 of 5 needed: after A, B and C all differ it is out of reach (D and E are not drawn)
+    assert [a.tier for a in result.attempts] == [1, 2]
+    first = result.attempts[0]
+    assert first.outcome == "rejected" and len(first.samples) == 2
+    assert "needs 4 of 5" in first.verdicts[0].reason
+    assert result.tier == 2 and result.cost_usd == pytest.approx(
+        3 * 120e-6 + result.attempts[1].cost_usd
+    )
+
+
+async def test_best_falls_back_to_the_plurality_sample(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant({"A": "1", "B": "2", "C": "2", "D": "4", "E": "5"}))
+    cfg = sc_config(openai_server.url, samples=5, agreement=1.0)
+    cfg["tiers"] = cfg["tiers"][:1]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert not result.validated and result.variant == "A" and result.parsed is None
+
+
+async def test_sampling_without_variants_repeats_the_request(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("small", "The answer is 4.", "The answer is 5.", "The answer is 4.")
+    cfg = sc_config(openai_server.url, samples=3, agreement=0.6)
+    del cfg["tiers"][0]["variants"]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert result.validated and result.parsed == "4" and openai_server.request_count == 3
+
+
+async def test_sampling_failure_rejects_with_the_reason(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("small", "The answer is 4.", Reply(status=500))
+    openai_server.script("large", "The answer is 4.")
+    cfg = sc_config(openai_server.url, samples=3, agreement=0.6)
+    del cfg["tiers"][0]["variants"]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert result.tier == 2
+    assert "sampling failed: ProviderStatusError" in result.attempts[0].verdicts[0].reason
+
+
+@pytest.mark.parametrize(
+    ("params", "path"),
+    [
+        ({"samples": 0}, "tiers[0].validators[0].samples"),
+        ({"samples": 3, "min_agreement": 0}, "tiers[0].validators[0].min_agreement"),
+        ({"samples": 3, "extractor": "nope"}, "tiers[0].validators[0].extractor"),
+    ],
+)
+def test_bad_parameters(params: dict[str, object], path: str) -> None:
+    cfg = {"tiers": [tier("a", provider("a", "http://127.0.0.1:9/v1", "m"),
+                          validators=[{"name": "self_consistency", **params}])]}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        Cascade.from_dict(cfg)
+    assert info.value.path == path
+
+
+# -- scored mode ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def scored_validators() -> None:
+    @cascade.validator("test_fixed", replace=True)
+    class Fixed:
+        def __init__(self, *, score: float) -> None:
+            self.name = f"fixed-{score}"
+            self.score = score
+
+        async def validate(
+            self, completion: Completion, context: cascade.ValidationContext
+        ) -> cascade.Verdict:
+            return cascade.Verdict(validator=self.name, passed=self.score >= 0.5, score=self.score)
+
+
+@pytest.mark.usefixtures("scored_validators")
+@pytest.mark.parametrize(("threshold", "tier_hit"), [(0.7, 1), (0.8, 2)])
+async def test_scored_mode_weighs_scores(
+    openai_server: FakeOpenAIServer, threshold: float, tier_hit: int
+) -> None:
+    openai_server.default = Reply(text="x")
+    first = tier("a", provider("a", openai_server.url, "m1"), validators=[
+        {"name": "test_fixed", "score": 1.0, "weight": 3},
+        {"name": "test_fixed", "score": 0.0, "weight": 1},
+    ])  # fmt: skip
+    first.update(mode="scored", threshold=threshold)
+    cfg = {"tiers": [first, tier("b", provider("b", openai_server.url, "m2"))]}
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    # weighted score (3 * 1.0 + 1 * 0.0) / 4 = 0.75: passes 0.7, fails 0.8,
+    # although one validator failed outright
+    assert result.tier == tier_hit
+    assert [v.passed for v in result.attempts[0].verdicts] == [True, False]
+
+
+def test_bad_weight() -> None:
+    cfg = {"tiers": [tier("a", provider("a", "http://127.0.0.1:9/v1", "m"),
+                          validators=[{"name": "json_schema", "schema": {}, "weight": -1}])]}  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        Cascade.from_dict(cfg)
+    assert info.value.path == "tiers[0].validators[0].weight"
+
+
+# -- early rejection on the stream ------------------------------------------------------------
+
+
+async def test_early_rejection_cancels_the_upstream_stream(openai_server: FakeOpenAIServer) -> None:
+    prose = "Let me think about this carefully. " * 40
+    openai_server.script("m1", Reply(text=prose, chunk_chars=8, chunk_delay_s=0.005,
+                                     output_tokens=len(prose) // 4))  # fmt: skip
+    openai_server.script("m2", '{"answer": 42}')
+    schema = {"type": "object", "required": ["answer"]}
+    cfg = {
+        "tiers": [
+            tier("a", provider("a", openai_server.url, "m1", stream=True),
+                 validators=[{"name": "json_schema", "schema": schema, "early_reject": True}]),
+            tier("b", provider("b", openai_server.url, "m2"),
+                 validators=[{"name": "json_schema", "schema": schema}]),
+        ]
+    }  # fmt: skip
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+        assert openai_server.active_connections <= 1  # the stream's connection was closed
+    first = result.attempts[0]
+    assert first.outcome == "rejected" and "rejected while streaming" in first.verdicts[0].reason
+    assert first.completion is not None and first.completion.finish_reason == "rejected_early"
+    # billed for what arrived (one chunk), not for the whole answer it would have streamed
+    assert first.output_tokens <= 3 < len(prose) // 4
+    assert result.tier == 2 and result.parsed == {"answer": 42}
+
+
+@pytest.mark.parametrize(
+    ("partial", "rejected"),
+    [
+        ("  ", False),
+        ("{", False),
+        ("``", False),
+        ("```js", False),
+        ("```json\n", False),
+        ("```json\n{", False),
+        ("```python\n", True),
+        ("Sure", True),
+        ("```json\nHere", True),
+        ("`x", True),
+    ],
+)
+def test_json_partial_rules(partial: str, rejected: bool) -> None:
+    from cascade.validators import JsonSchemaValidator
+
+    v = JsonSchemaValidator(schema={"type": "object"}, early_reject=True)
+    ctx = cascade.ValidationContext(
+        messages=(), options=cascade.RequestOptions(), tier=1, tier_name="t"
+    )
+    verdict = v.check_partial(partial, ctx)
+    assert (verdict is not None) is rejected
