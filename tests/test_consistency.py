@@ -356,3 +356,25 @@ def test_json_partial_rules(partial: str, rejected: bool) -> None:
     )
     verdict = v.check_partial(partial, ctx)
     assert (verdict is not None) is rejected
+
+
+async def test_weighted_variants(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant({"A": "7", "B": "5", "C": "5", "D": "5", "E": "5"}))
+    cfg = sc_config(openai_server.url, samples=4, agreement=0.6)
+    weights = {"A": 0.5, "B": 1, "C": 1, "D": 1, "E": 1}
+    cfg["tiers"][0]["variants"] = [dict(v, weight=weights[v["name"]]) for v in VARIANTS]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    # planned weight 0.5 + 1 + 1 + 1 = 3.5; 0.6 of it is 2.1: B and C (2.0) are not enough,
+    # D makes 3.0
+    assert result.validated and result.parsed == "5" and openai_server.request_count == 4
+    assert "weighing 3" in result.attempts[0].verdicts[0].reason
+    weights["A"] = 3
+    cfg["tiers"][0]["variants"] = [dict(v, weight=weights[v["name"]]) for v in VARIANTS]  # type: ignore[index]
+    openai_server.reset()
+    openai_server.respond("small", by_variant({"A": "7", "B": "5", "C": "5", "D": "5", "E": "5"}))
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    # planned 6, needs 3.6: a heavy dissenter (A weighs 3) blocks B, C and D (3.0 together)
+    assert result.attempts[0].outcome == "rejected" and result.parsed is None
+    assert len(result.attempts[0].samples) == 3

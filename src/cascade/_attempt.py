@@ -45,6 +45,7 @@ class Tier:
         "validators",
         "variants",
         "weights",
+        "weights_of_variants",
     )
 
     def __init__(
@@ -61,6 +62,8 @@ class Tier:
         self.validators = validators
         self.weights = weights
         self.variants: tuple[Variant, ...] = tuple(config.variants)
+        weights = tuple(v.weight for v in self.variants)
+        self.weights_of_variants = weights if any(w != 1.0 for w in weights) else ()
         self.partial: tuple[PartialCheck, ...] = tuple(
             v  # type: ignore[misc]
             for v in validators

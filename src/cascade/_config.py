@@ -68,6 +68,8 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     name: Name
     system: str | None = None
     suffix: str | None = None
+    weight: Annotated[float, Meta(ge=0)] = 1.0
+    """The weight of this variant's vote in ``self_consistency``."""
 
 
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -37,6 +37,7 @@ from ._types import (
 )
 from .providers import Provider, build_provider, check_provider_config, provider_kinds
 from .validators import ValidationContext, build_validator
+from .validators._plugins import load_validator_folder
 
 __all__ = ["Cascade"]
 
@@ -67,7 +68,10 @@ class Cascade:
     ...     print(result.text, result.tier, result.cost_usd)
 
     Everything that can be checked is checked when the Cascade is built: provider kinds,
-    API key variables, validator names and parameters (a bad JSON Schema included). The
+    API key variables, validator names and parameters (a bad JSON Schema included).
+    ``validator_paths`` folders are imported first (relative to ``base_dir``, else the
+    working directory), and validators named nowhere else are looked up in the
+    ``cascade.validators`` entry-point group. The
     aiohttp session (one connection pool for every provider) opens on ``async with`` or the
     first ``run`` and closes with ``aclose``.
     """
@@ -78,8 +82,15 @@ class Cascade:
         *,
         session: aiohttp.ClientSession | None = None,
         environ: Mapping[str, str] | None = None,
+        base_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        for i, folder in enumerate(config.validator_paths):
+            load_validator_folder(
+                folder,
+                base_dir=None if base_dir is None else Path(base_dir),
+                config_path=f"validator_paths[{i}]",
+            )
         kinds = provider_kinds()
         self.config = config
         self._tiers: list[Tier] = []
@@ -133,7 +144,9 @@ class Cascade:
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self:
-        """Build from a TOML file (see :class:`~cascade.Config` for its shape)."""
+        """Build from a TOML file (see :class:`~cascade.Config` for its shape); relative
+        ``validator_paths`` resolve against the file's folder."""
+        kwargs.setdefault("base_dir", Path(path).parent)
         return cls(load_config(Path(path)), **kwargs)
 
     @classmethod
@@ -284,6 +297,7 @@ class Cascade:
                         tier=tier.index,
                         tier_name=tier.name,
                         sample=Sampler(flight, msgs, opts, run.spend),
+                        weights=tier.weights_of_variants,
                     )
                 try:
                     if tier.partial and provider.config.stream:

@@ -33,6 +33,8 @@ class ValidationContext(msgspec.Struct, frozen=True, kw_only=True):
     tier: int
     tier_name: str
     sample: Callable[[int], Awaitable[list[Completion]]] | None = None
+    weights: tuple[float, ...] = ()
+    """Vote weight of each sample (the tier's variant weights, in turn); empty: all 1."""
 
 
 @runtime_checkable
@@ -86,6 +88,10 @@ def registered_validators() -> tuple[str, ...]:
 def build_validator(spec: Mapping[str, Any], *, path: str) -> Validator:
     """Instantiate the validator a config entry names; ConfigError (at ``path``) if it can't."""
     name = spec.get("name")
+    if isinstance(name, str) and name not in _REGISTRY:
+        from ._plugins import load_entry_point_validators  # late: _plugins imports this module
+
+        load_entry_point_validators()
     if not isinstance(name, str) or name not in _REGISTRY:
         known = ", ".join(registered_validators()) or "none"
         raise ConfigError(f"unknown validator {name!r} (registered: {known})", path=f"{path}.name")

@@ -90,61 +90,78 @@ class SelfConsistencyValidator:
         return normalize(raw) if self._normalize else raw
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
+        weights = context.weights
+        plan = [weights[k % len(weights)] if weights else 1.0 for k in range(self.samples)]
+        needed = self.min_agreement * sum(plan) - 1e-9 if weights else float(self.needed)
         answers = [completion]
         values = [self.value(completion)]
-        counts = Counter(v for v in values if v is not None)
+        tally: dict[str, float] = {}
+        if values[0] is not None:
+            tally[values[0]] = plan[0]
         note = ""
         while True:
-            top = max(counts.values(), default=0)
-            batch = next_batch(top, len(values), self.samples, self.needed)
+            drawn = len(values)
+            top = max(tally.values(), default=0.0)
+            if weights:  # unequal votes: one at a time, deciding after each
+                decided = top >= needed or top + sum(plan[drawn:]) < needed
+                batch = 0 if decided else 1
+            else:
+                batch = next_batch(int(top), drawn, self.samples, self.needed)
             if batch == 0:
                 break
             if context.sample is None:
                 note = "; no provider to draw samples from"
                 break
             try:
-                drawn = await context.sample(batch)
+                new = await context.sample(batch)
             except ProviderError as exc:
                 note = f"; sampling failed: {type(exc).__name__}"
                 break
-            for sample in drawn:
+            for sample in new:
                 answers.append(sample)
                 value = self.value(sample)
-                values.append(value)
                 if value is not None:
-                    counts[value] += 1
-        return self._verdict(answers, values, counts, note)
+                    tally[value] = tally.get(value, 0.0) + plan[len(values)]
+                values.append(value)
+        return self._verdict(answers, values, tally, needed, note, weighted=bool(weights))
 
     def _verdict(
         self,
         answers: list[Completion],
         values: list[str | None],
-        counts: Counter[str],
+        tally: dict[str, float],
+        needed: float,
         note: str,
+        *,
+        weighted: bool,
     ) -> Verdict:
         drawn = len(values)
-        if not counts:
+        if not tally:
             return Verdict(
                 validator=self.name,
                 passed=False,
                 score=0.0,
                 reason=f"no final answer found in {drawn} samples{note}",
             )
-        top = max(counts.values())
-        # Ties go to the value that reached the top count first (the earliest sample).
-        majority = next(v for v in values if v is not None and counts[v] == top)
+        top = max(tally.values())
+        # Ties go to the value that reached the top first (the earliest sample).
+        majority = next(v for v in values if v is not None and tally[v] == top)
         carrier = answers[values.index(majority)]
-        passed = top >= self.needed
-        tally = ", ".join(f"{v!r}: {n}" for v, n in counts.most_common(4))
-        reason = (
-            f"{top} of {drawn} samples agree on {majority!r} "
-            f"(needs {self.needed} of {self.samples}; {tally}){note}"
-        )
+        passed = top >= needed
+        counts = Counter(v for v in values if v is not None)
+        shown = ", ".join(f"{v!r}: {n}" for v, n in counts.most_common(4))
+        if weighted:
+            agree = f"votes weighing {top:g} of the {drawn} samples drawn agree on {majority!r}"
+            need = f"needs {needed:.3g} of {self.min_agreement:g} x the planned weight"
+        else:
+            agree = f"{top:g} of {drawn} samples agree on {majority!r}"
+            need = f"needs {self.needed} of {self.samples}"
+        drawn_weight = sum(tally.values()) or 1.0
         return Verdict(
             validator=self.name,
             passed=passed,
-            score=top / drawn,
-            reason=reason[:500],
+            score=min(1.0, top / drawn_weight) if weighted else top / drawn,
+            reason=f"{agree} ({need}; {shown}){note}"[:500],
             parsed=majority if passed else None,
             completion=carrier,
         )
