@@ -1,16 +1,23 @@
-"""The ``cascade`` command: ``demo``, ``check FILE``, ``run --config FILE PROMPT``."""
+"""The ``cascade`` command: ``demo``, ``check FILE``, ``run --config FILE PROMPT``, and
+``eval`` / ``calibrate`` over a recorded dataset.
+
+Config files read here resolve a replay provider's relative ``dataset`` path against the
+config file's folder (not the current directory).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
 
 from . import __version__
-from ._config import Config, load_config
+from ._config import load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._types import RequestOptions, Result
@@ -47,7 +54,50 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-cost-usd", type=float)
     run.add_argument("--deadline-s", type=float)
     run.add_argument("prompt")
+
+    ev = sub.add_parser(
+        "eval",
+        help="run a dataset through the cascade; accuracy and cost against the top tier alone",
+    )
+    _dataset_args(ev)
+    ev.add_argument(
+        "--sweep",
+        metavar="NAME=V1,V2,...",
+        help="vary a validator parameter, e.g. "
+        "tiers.1.validators.self_consistency.min_agreement=0.5,0.75,1",
+    )
+    ev.add_argument("--plot", metavar="OUT.png", help="draw cost share vs accuracy (matplotlib)")
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="sweep a validator parameter and pick the value meeting a target or a budget",
+    )
+    _dataset_args(cal)
+    cal.add_argument("--param", required=True, help="tiers.<tier>.validators.<validator>.<param>")
+    cal.add_argument("--values", required=True, help="comma-separated TOML values")
+    goal = cal.add_mutually_exclusive_group(required=True)
+    goal.add_argument(
+        "--target-accuracy", type=float, help="pick the cheapest value reaching it (0-1)"
+    )
+    goal.add_argument(
+        "--budget-usd",
+        type=float,
+        help="pick the most accurate value whose whole run (eval's cost_usd) costs at most B",
+    )
     return parser
+
+
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="TOML config file")
+    p.add_argument("--dataset", required=True, help="JSONL (or .jsonl.gz) of questions")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
+    p.add_argument("--limit", type=int, help="only the first N records")
+    p.add_argument(
+        "--extractor",
+        default="auto",
+        help="final answer of a result with no recorded answer (default auto)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "check":
             return _check(args.file)
+        if args.command in ("eval", "calibrate"):
+            return _eval(args)
         return _run(args)
     except (ConfigError, InputError) as exc:
         print(f"cascade: error: {exc}", file=sys.stderr)
@@ -81,15 +133,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _check(path: str) -> int:
-    config: Config = load_config(path)
-    Cascade(config)  # provider kinds, API key variables, validators: all checked here
+    # Building checks kinds, API key variables and validators, and resolves relative paths.
+    config = Cascade.from_config(path).config
     print(f"{path}: OK, {len(config.tiers)} tiers, on_exhausted = {config.on_exhausted!r}")
     for i, tier in enumerate(config.tiers, 1):
         names = ", ".join(str(v["name"]) for v in tier.validators) or "none"
         print(f"tier {i} {tier.name!r}: validators: {names}")
         for p in tier.providers:
             print(
-                f"  {p.name}: {p.kind} {p.model} at {p.base_url} "
+                f"  {p.name}: {p.kind} {p.model} at {p.base_url or p.dataset} "
                 f"(${p.input_cost_per_mtok:g}/${p.output_cost_per_mtok:g} per Mtok in/out, "
                 f"timeout {p.timeout_s:g}s{', stream' if p.stream else ''})"
             )
@@ -114,7 +166,7 @@ def _attempt_line(a: object) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cascade = Cascade.from_config(args.config)
+    cascade = Cascade(load_config(args.config), base_dir=Path(args.config).parent)
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -147,6 +199,79 @@ def _run(args: argparse.Namespace) -> int:
     for a in result.attempts:
         print(f"   {_attempt_line(a)}", file=sys.stderr)
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ._calibrate import (
+        Param,
+        check_plot_available,
+        format_sweep,
+        parse_param,
+        parse_values,
+        plot_frontier,
+        report_calibration,
+        run_report,
+    )
+    from ._eval import format_summary, load_records
+    from .validators._extract import get_extractor
+
+    if args.concurrency < 1 or (args.limit is not None and args.limit < 1):
+        raise InputError("--concurrency and --limit must be >= 1")
+    try:
+        extract = get_extractor(args.extractor)
+    except ValueError as exc:
+        raise InputError(str(exc), path="--extractor") from None
+    param: Param | None = None
+    values: list[Any] = []
+    if args.command == "calibrate":
+        param, values = parse_param(args.param), parse_values(args.values)
+        if args.target_accuracy is not None and not 0 <= args.target_accuracy <= 1:
+            raise InputError("expected 0 <= accuracy <= 1", path="--target-accuracy")
+        if args.budget_usd is not None and not args.budget_usd >= 0:
+            raise InputError("expected a cost >= 0", path="--budget-usd")
+    elif args.sweep:
+        name, sep, text = args.sweep.partition("=")
+        if not sep:
+            raise InputError("expected NAME=V1,V2,...", path="--sweep")
+        param, values = parse_param(name.strip()), parse_values(text)
+    if args.command == "eval" and args.plot:
+        check_plot_available()
+    config = load_config(args.config)
+    if param is not None:
+        param.locate(config)  # a bad name fails before anything runs
+    records = load_records(args.dataset, limit=args.limit)
+    report = run_report(
+        config,
+        records,
+        extract=extract,
+        param=param,
+        values=values,
+        concurrency=args.concurrency,
+        progress=sys.stderr,
+        as_written=args.command == "eval",
+        base_dir=Path(args.config).parent,
+    )
+    if args.command == "eval":
+        if args.plot:
+            plot_frontier(report, args.plot)
+        if args.json:
+            sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
+        else:
+            print(format_summary(report))
+            if report.sweep is not None:
+                print("\n" + format_sweep(args.sweep.partition("=")[0], report.sweep))
+        return 0
+
+    assert param is not None
+    return report_calibration(
+        report,
+        config,
+        param,
+        target_accuracy=args.target_accuracy,
+        budget_usd=args.budget_usd,
+        source=args.config,
+        as_json=args.json,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,6 +36,7 @@ from ._types import (
     coerce_messages,
 )
 from .providers import Provider, build_provider, check_provider_config, provider_kinds
+from .providers.replay import resolve_datasets
 from .validators import ValidationContext, build_validator
 from .validators._plugins import load_validator_folder
 
@@ -85,6 +86,8 @@ class Cascade:
         base_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        if base_dir is not None:
+            config = resolve_datasets(config, base_dir)  # relative to the config file
         for i, folder in enumerate(config.validator_paths):
             load_validator_folder(
                 folder,

@@ -1,7 +1,8 @@
 """Providers: the mechanism that sends one request to one deployment and streams chunks back.
 
 A provider is anything with the :class:`Provider` shape. Built-in kinds: ``openai`` (any
-OpenAI-compatible ``/v1/chat/completions`` server) and ``anthropic`` (the Messages API).
+OpenAI-compatible ``/v1/chat/completions`` server), ``anthropic`` (the Messages API) and
+``replay`` (recorded answers from a dataset, for offline evaluation).
 New kinds register with :func:`register_provider_kind`.
 """
 
@@ -17,15 +18,18 @@ from ._base import (
 )
 from .anthropic import AnthropicProvider
 from .openai import OpenAIProvider
+from .replay import ReplayProvider
 
 register_provider_kind("openai", OpenAIProvider)
 register_provider_kind("anthropic", AnthropicProvider)
+register_provider_kind("replay", ReplayProvider)
 
 __all__ = [
     "AnthropicProvider",
     "OpenAIProvider",
     "Provider",
     "ProviderFactory",
+    "ReplayProvider",
     "build_provider",
     "check_provider_config",
     "provider_kinds",
