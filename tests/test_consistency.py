@@ -378,3 +378,12 @@ async def test_weighted_variants(openai_server: FakeOpenAIServer) -> None:
     # planned 6, needs 3.6: a heavy dissenter (A weighs 3) blocks B, C and D (3.0 together)
     assert result.attempts[0].outcome == "rejected" and result.parsed is None
     assert len(result.attempts[0].samples) == 3
+
+
+async def test_without_early_stop_every_sample_is_drawn(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant({"A": "5", "B": "5", "C": "5", "D": "7", "E": "5"}))
+    cfg = sc_config(openai_server.url, samples=5, agreement=0.6, early_stop=False)
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert result.parsed == "5" and openai_server.request_count == 5
+    assert "4 of 5 samples agree" in result.attempts[0].verdicts[0].reason

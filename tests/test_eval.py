@@ -140,6 +140,7 @@ def test_eval_json_figures_are_exact(
     assert s["cost_share"] == pytest.approx(COST_AT_1 / BASELINE, rel=1e-12)
     assert s["escalation_rate"] == {"small": 4 / 7, "big": 0.0}
     assert s["answered_by"] == {"small": 3, "big": 4}
+    assert s["calls_per_request"] == {"small": 2.0, "big": 1.0}  # 2-of-2: both samples drawn
     assert (s["unvalidated"], s["errors"]) == (0, 0)
     assert "sweep" not in s
 

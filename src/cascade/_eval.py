@@ -67,6 +67,8 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     escalation_rate: dict[str, float]
     """Per tier: the share of the requests that reached it which went on to a later tier."""
     answered_by: dict[str, int]
+    calls_per_request: dict[str, float] = {}
+    """Per tier: provider calls (first answers and validation samples) per request reaching it."""
     unvalidated: int
     """Answers no validator accepted (``on_exhausted = "best"`` fallbacks)."""
     errors: int
@@ -216,8 +218,12 @@ def summarise(
     reached = dict.fromkeys(tiers, 0)
     escalated = dict.fromkeys(tiers, 0)
     answered = dict.fromkeys(tiers, 0)
+    calls = dict.fromkeys(tiers, 0)
     unvalidated = errors = 0
     for result, attempts in outcomes:
+        for a in attempts:
+            if a.outcome != "skipped":
+                calls[a.tier_name] += 1 + len(a.samples)
         for tier, name in {(a.tier, a.tier_name) for a in attempts if a.outcome != "skipped"}:
             reached[name] += 1
             escalated[name] += any(a.tier > tier for a in attempts)
@@ -237,6 +243,7 @@ def summarise(
         cost_share=cost / baseline_cost if baseline_cost else 0.0,
         escalation_rate={k: escalated[k] / reached[k] if reached[k] else 0.0 for k in tiers},
         answered_by=answered,
+        calls_per_request={k: calls[k] / reached[k] if reached[k] else 0.0 for k in tiers},
         unvalidated=unvalidated,
         errors=errors,
     )
@@ -301,6 +308,8 @@ def format_summary(s: EvalSummary) -> str:
             + ", ".join(f"{k} {v} ({v / s.requests:.0%})" for k, v in s.answered_by.items()),
             "escalation rate     "
             + ", ".join(f"{k} {v:.1%}" for k, v in s.escalation_rate.items()),
+            "calls per request   "
+            + ", ".join(f"{k} {v:.2f}" for k, v in s.calls_per_request.items()),
             f"unvalidated         {s.unvalidated} (best rejected answer returned)",
             f"errors              {s.errors} (no answer; their attempts' cost counts)",
         ]

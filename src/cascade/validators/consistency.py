@@ -54,7 +54,8 @@ class SelfConsistencyValidator:
     The verdict's ``parsed`` is the majority value, its ``completion`` the first sample that
     carries it (the result text), its ``score`` the majority's share of the samples drawn.
 
-    ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote.
+    ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
+    every sample whatever the first ones say (a naive vote, to compare against).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class SelfConsistencyValidator:
         min_agreement: float = 0.5,
         extractor: Any = "auto",
         normalize: bool = True,
+        early_stop: bool = True,
         name: str = "self_consistency",
     ) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 64:
@@ -81,6 +83,7 @@ class SelfConsistencyValidator:
         self.min_agreement = float(min_agreement)
         self.needed = votes_needed(samples, self.min_agreement)
         self._normalize = normalize
+        self.early_stop = early_stop
 
     def __repr__(self) -> str:
         return f"<SelfConsistencyValidator {self.needed} of {self.samples}>"
@@ -102,7 +105,9 @@ class SelfConsistencyValidator:
         while True:
             drawn = len(values)
             top = max(tally.values(), default=0.0)
-            if weights:  # unequal votes: one at a time, deciding after each
+            if not self.early_stop:  # draw every sample, then count (for comparison)
+                batch = self.samples - drawn
+            elif weights:  # unequal votes: one at a time, deciding after each
                 decided = top >= needed or top + sum(plan[drawn:]) < needed
                 batch = 0 if decided else 1
             else:
