@@ -20,9 +20,18 @@ class _Message(msgspec.Struct):
     refusal: str | None = None
 
 
+class _TokenLogprob(msgspec.Struct):
+    logprob: float | None = None  # some servers send null for a token they cannot score
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[_TokenLogprob] | None = None
+
+
 class _Choice(msgspec.Struct):
     message: _Message
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _Usage(msgspec.Struct):
@@ -44,6 +53,7 @@ class _StreamChoice(msgspec.Struct):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
 
 
 class _StreamError(msgspec.Struct):
@@ -57,6 +67,13 @@ class _StreamChunk(msgspec.Struct):
     model: str | None = None
     error: _StreamError | None = None  # vLLM and OpenAI report mid-stream errors so
     object: str | None = None
+
+
+def _token_logprobs(logprobs: _Logprobs | None) -> tuple[float, ...] | None:
+    """``choices[i].logprobs.content[].logprob``; None when the server sent none."""
+    if logprobs is None or not logprobs.content:
+        return None
+    return tuple(t.logprob for t in logprobs.content if t.logprob is not None) or None
 
 
 _decode_response = msgspec.json.Decoder(_Response).decode
@@ -101,6 +118,8 @@ class OpenAIProvider(HTTPProvider):
             body["seed"] = options.seed
         if options.response_format is not None:
             body["response_format"] = options.response_format
+        if options.logprobs:
+            body["logprobs"] = True
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -122,6 +141,7 @@ class OpenAIProvider(HTTPProvider):
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             model=body.model,
+            logprobs=_token_logprobs(choice.logprobs),
         )
 
     def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
@@ -139,14 +159,16 @@ class OpenAIProvider(HTTPProvider):
             raise self._status_error(err.message or "error in stream", code)
         text = ""
         finish = None
+        logprobs = None
         for choice in chunk.choices:
             if choice.index != 0:
                 continue  # with n > 1 only the first choice is the answer
             if choice.delta is not None and choice.delta.content:
                 text = choice.delta.content
             finish = choice.finish_reason
+            logprobs = _token_logprobs(choice.logprobs)
         usage = chunk.usage
-        if not (text or finish or usage):
+        if not (text or finish or usage or logprobs):
             return None
         return Chunk(
             text=text,
@@ -154,4 +176,5 @@ class OpenAIProvider(HTTPProvider):
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
             model=chunk.model,
+            logprobs=logprobs,
         )

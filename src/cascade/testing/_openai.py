@@ -30,11 +30,39 @@ def _event(payload: dict[str, Any]) -> bytes:
     return b"data: " + encode_json(payload) + b"\n\n"
 
 
+def _logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": entries, "refusal": None}
+
+
+def _tokens(call: Call, reply: Reply) -> list[tuple[int, dict[str, Any]]] | None:
+    """The reply's logprobs as OpenAI token entries, each with its offset in the text.
+
+    None unless the request asked ``logprobs: true`` and the reply has some. The text is
+    cut into as many tokens as there are logprobs, of near-equal length.
+    """
+    if reply.logprobs is None or call.body.get("logprobs") is not True:
+        return None
+    text, count = reply.text, len(reply.logprobs)
+    bounds = [i * len(text) // count for i in range(count)] + [len(text)]
+    tokens: list[tuple[int, dict[str, Any]]] = []
+    for i, logprob in enumerate(reply.logprobs):
+        token = text[bounds[i] : bounds[i + 1]]
+        entry = {
+            "token": token,
+            "logprob": logprob,
+            "bytes": list(token.encode()),
+            "top_logprobs": [],
+        }
+        tokens.append((bounds[i], entry))
+    return tokens
+
+
 class FakeOpenAIServer(FakeServer):
     """A scriptable OpenAI-compatible chat completions server on loopback.
 
     Serves ``POST /v1/chat/completions`` (JSON, or SSE with ``"stream": true``,
-    honouring ``stream_options.include_usage``) and ``GET /v1/models``.
+    honouring ``stream_options.include_usage``) and ``GET /v1/models``. A reply's
+    ``logprobs`` go out as ``choices[0].logprobs.content`` when the request asks for them.
     `url` ends in ``/v1``, as OpenAI clients expect for ``base_url``.
 
     Example::
@@ -94,6 +122,7 @@ class FakeOpenAIServer(FakeServer):
         }
 
     def _json_body(self, call: Call, reply: Reply) -> bytes:
+        tokens = _tokens(call, reply)
         return encode_json(
             {
                 "id": f"chatcmpl-{call.n}",
@@ -104,7 +133,7 @@ class FakeOpenAIServer(FakeServer):
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": reply.text},
-                        "logprobs": None,
+                        "logprobs": None if tokens is None else _logprobs([t for _, t in tokens]),
                         "finish_reason": reply.finish_reason,
                     }
                 ],
@@ -112,7 +141,13 @@ class FakeOpenAIServer(FakeServer):
             }
         )
 
-    def _chunk(self, call: Call, delta: dict[str, str], finish_reason: str | None = None) -> bytes:
+    def _chunk(
+        self,
+        call: Call,
+        delta: dict[str, str],
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> bytes:
         return _event(
             {
                 "id": f"chatcmpl-{call.n}",
@@ -123,7 +158,7 @@ class FakeOpenAIServer(FakeServer):
                     {
                         "index": 0,
                         "delta": delta,
-                        "logprobs": None,
+                        "logprobs": logprobs,
                         "finish_reason": finish_reason,
                     }
                 ],
@@ -133,10 +168,24 @@ class FakeOpenAIServer(FakeServer):
     def _sse_events(self, call: Call, reply: Reply) -> SSEEvents:
         text, size = reply.text, reply.chunk_chars
         head = [self._chunk(call, {"role": "assistant", "content": ""})]
+        tokens = _tokens(call, reply)
+        # Each token travels with the delta that holds its first character (with an empty
+        # text, on the finish chunk).
+        per_delta: list[list[dict[str, Any]]] = [[] for _ in range(0, len(text), size)]
+        late: list[dict[str, Any]] = []
+        for start, token in tokens or ():
+            (per_delta[start // size] if per_delta else late).append(token)
         deltas = [
-            self._chunk(call, {"content": text[i : i + size]}) for i in range(0, len(text), size)
+            self._chunk(
+                call,
+                {"content": text[i : i + size]},
+                logprobs=_logprobs(per_delta[n]) if tokens is not None else None,
+            )
+            for n, i in enumerate(range(0, len(text), size))
         ]
-        tail = [self._chunk(call, {}, reply.finish_reason)]
+        tail = [
+            self._chunk(call, {}, reply.finish_reason, logprobs=_logprobs(late) if late else None)
+        ]
         options = call.body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
             tail.append(

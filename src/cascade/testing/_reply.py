@@ -50,6 +50,9 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: Default: ``max(1, len(text) // 4)``.
     output_tokens: Annotated[int, Meta(ge=0)] | None = None
     error_message: str = "simulated error"
+    #: Token log-probabilities, sent (OpenAI format) when the request asks ``logprobs``;
+    #: the text is split into as many tokens, spread over the SSE deltas with the text.
+    logprobs: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         # Meta bounds are only checked when decoding; direct construction is
@@ -68,6 +71,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.logprobs is not None and any(not lp <= 0 for lp in self.logprobs):
+            raise ValueError("logprobs must all be <= 0")
 
 
 class FakeRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

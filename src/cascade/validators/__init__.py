@@ -29,10 +29,14 @@ from ._registry import (
     registered_validators,
     validator,
 )
+from .code import CodeCompilesValidator
+from .confidence import ConfidenceValidator, parse_confidence
 from .consistency import SelfConsistencyValidator
 from .json_schema import JsonSchemaValidator, extract_json
 
 __all__ = [
+    "CodeCompilesValidator",
+    "ConfidenceValidator",
     "JsonSchemaValidator",
     "SelfConsistencyValidator",
     "ValidationContext",
@@ -42,6 +46,7 @@ __all__ = [
     "extract_json",
     "get_extractor",
     "normalize",
+    "parse_confidence",
     "registered_validators",
     "validator",
 ]

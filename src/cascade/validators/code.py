@@ -1,0 +1,356 @@
+"""``code_compiles``: the answer's code must compile in its language; it is never executed.
+
+Python goes through :func:`compile` in-process; other languages through a syntax-only
+command (``node --check``, ``gcc -fsyntax-only``, ``bash -n``, your own) in a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shutil
+import signal
+import tempfile
+import textwrap
+import threading
+import warnings
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import anyio.to_thread
+
+from .._errors import ConfigError
+from .._types import Completion, Verdict
+from ._registry import ValidationContext, validator
+
+__all__ = ["CodeCompilesValidator"]
+
+
+# language -> (syntax-check command, file suffix); no command: Python's compile()
+_PRESETS: dict[str, tuple[tuple[str, ...] | None, str]] = {
+    "python": (None, ".py"),
+    "javascript": (("node", "--check", "{file}"), ".js"),
+    "c": (("gcc", "-fsyntax-only", "-x", "c", "{file}"), ".c"),
+    "cpp": (("g++", "-fsyntax-only", "-x", "c++", "{file}"), ".cpp"),
+    "bash": (("bash", "-n", "{file}"), ".sh"),
+}
+# Fence tags per language, the canonical name first. Languages beyond the presets are here
+# so that ``check_partial`` knows a fence of another language when it sees one.
+_LANGUAGE_TAGS = (
+    "python py python3 py3; javascript js node mjs cjs; c h; cpp c++ cxx cc hpp; "
+    "bash sh shell zsh console; powershell ps1; typescript ts tsx; java; go golang; rust rs; "
+    "ruby rb; php; csharp cs c#; kotlin kt; swift; scala; perl pl; lua; haskell hs; r; dart; "
+    "julia; elixir; zig"
+)
+_LANGUAGES = [group.split() for group in _LANGUAGE_TAGS.split(";")]
+# Shell blocks ("pip install x", "npm i x") often come before the code an answer is about.
+_SHELLS = frozenset({"bash", "powershell"})
+_ALIAS = {tag: group[0] for group in _LANGUAGES for tag in group}
+_TAGS = {group[0]: frozenset(group) for group in _LANGUAGES}
+
+# A fence line: up to any indentation, three or more backticks, the info string, and the
+# line end (absent while a streaming answer has not finished the line).
+_OPEN = re.compile(r"^[ \t]*(`{3,})([^`\r\n]*)(\r?\n|\Z)", re.M)
+_CLOSE = re.compile(r"^[ \t]*(`{3,})[ \t]*(?:\r?\n|\Z)", re.M)
+_NODE_NOISE = re.compile(r"^(?:\s+at .*|Node\.js v[\d.]+)$", re.M)
+
+_THREAD_CHARS = 4096  # about a millisecond of compile(); longer sources go to a thread
+_MAX_OUTPUT = 64 * 1024  # compiler output kept for the reason; the rest is drained
+_MAX_REASON = 1000
+# warnings.catch_warnings swaps process-global state: never from two threads at once.
+_WARNINGS_LOCK = threading.Lock()
+
+
+class _Fence(NamedTuple):
+    tag: str | None  # lower-cased first word of the info string; None: line not finished
+    start: int  # where the body starts
+    end: int  # where the body ends (the closing fence, or the end of the text)
+
+
+def _fences(text: str) -> Iterator[_Fence]:
+    pos = 0
+    while (m := _OPEN.search(text, pos)) is not None:
+        if not m.group(3):
+            yield _Fence(None, m.end(), m.end())
+            return
+        info = m.group(2).split(maxsplit=1)
+        tag = info[0].strip("{}.").lower() if info else ""
+        ticks = len(m.group(1))
+        close = _CLOSE.search(text, m.end())
+        while close is not None and len(close.group(1)) < ticks:
+            close = _CLOSE.search(text, close.end())
+        end = close.start() if close is not None else len(text)
+        yield _Fence(tag, m.end(), end)
+        if close is None:
+            return
+        pos = close.end()
+
+
+@validator("code_compiles")
+class CodeCompilesValidator:
+    """Accepts an answer whose code compiles in ``language``; it is never executed.
+
+    The code: the answer's fenced blocks of that language (```` ```python ````, ```` ```py ````
+    or a tag in ``fence``), else its untagged fenced blocks, else, when the answer has no
+    fence at all, the whole answer; ``require_fence = true`` takes tagged blocks only.
+    Several blocks are checked as one file, prose blanked out so that a reason's line
+    numbers are the answer's. The verdict's ``parsed`` is that code.
+
+    ``language``: ``python`` (:func:`compile`, in-process), ``javascript`` (``node --check``),
+    ``c`` (``gcc -fsyntax-only``), ``cpp`` (``g++ -fsyntax-only``), ``bash`` (``bash -n``),
+    or any name with ``command = ["tool", "--check", "{file}"]`` and ``suffix``. A compiler
+    runs without a shell or stdin, with an environment holding only ``PATH`` (as it was
+    when the validator was built, so a compiler driver finds its helpers; no API keys, no
+    ``HOME``), in a fresh temporary directory, ``max_concurrency`` at a time, for at most
+    ``timeout_s`` (then its process group is killed and the answer rejected). Its output,
+    the file shown as ``<answer>``, is the reason. A compiler not on PATH is a ConfigError.
+
+    ``early_reject`` (default true): a streaming answer whose first tagged fence opens
+    another language (```` ```javascript ```` when Python is wanted; shell blocks such as
+    ``pip install`` do not count) is rejected as it arrives.
+
+    Example::
+
+        validators = [{ name = "code_compiles", language = "c", timeout_s = 5 }]
+    """
+
+    def __init__(
+        self,
+        *,
+        language: str,
+        command: list[str] | None = None,
+        suffix: str | None = None,
+        fence: list[str] | None = None,
+        timeout_s: float = 10.0,
+        max_concurrency: int = 4,
+        require_fence: bool = False,
+        early_reject: bool = True,
+        name: str = "code_compiles",
+    ) -> None:
+        if not isinstance(language, str) or not language.strip():
+            raise ConfigError("expected a language name", path="language")
+        lang = _ALIAS.get(language.strip().lower(), language.strip().lower())
+        preset = _PRESETS.get(lang)
+        if command is not None:
+            if not _strings(command) or not command or not all(command):
+                raise ConfigError("expected a list of non-empty strings", path="command")
+            if not any("{file}" in arg for arg in command):
+                raise ConfigError("the command needs a {file} placeholder", path="command")
+            preset = (tuple(command), preset[1] if preset else "")
+        elif preset is None:
+            raise ConfigError(
+                f"no syntax check built in for {language!r} (built in: "
+                f"{', '.join(_PRESETS)}); give `command`",
+                path="language",
+            )
+        argv = preset[0]
+        suffix = preset[1] if suffix is None else suffix
+        if not isinstance(suffix, str) or "/" in suffix or "\\" in suffix:
+            raise ConfigError(f"expected a suffix such as '.js', got {suffix!r}", path="suffix")
+        if fence is not None and not _strings(fence):
+            raise ConfigError("expected a list of fence tags", path="fence")
+        if type(timeout_s) not in (int, float) or not timeout_s > 0:
+            raise ConfigError(f"expected a number > 0, got {timeout_s!r}", path="timeout_s")
+        if type(max_concurrency) is not int or max_concurrency < 1:
+            raise ConfigError(
+                f"expected an integer >= 1, got {max_concurrency!r}", path="max_concurrency"
+            )
+        self.name = name
+        self.language = lang
+        self.suffix = suffix
+        self.timeout_s = float(timeout_s)
+        self.max_concurrency = max_concurrency
+        self.require_fence = bool(require_fence)
+        self.early_reject = bool(early_reject)
+        self.tags = _TAGS.get(lang, frozenset({lang})) | {t.strip().lower() for t in fence or ()}
+        self._env = {"PATH": os.environ.get("PATH", os.defpath)}
+        self.command: tuple[str, ...] | None = None
+        if argv is not None:
+            found = shutil.which(argv[0], path=self._env["PATH"])
+            if found is None:
+                where = "command" if command is not None else "language"
+                raise ConfigError(f"compiler {argv[0]!r} not found on PATH", path=where)
+            self.command = (found, *argv[1:])
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._running = 0
+
+    def __repr__(self) -> str:
+        how = "compile()" if self.command is None else " ".join(self.command)
+        return (
+            f"<CodeCompilesValidator {self.name!r} {self.language}: {how}, "
+            f"running {self._running}/{self.max_concurrency}>"
+        )
+
+    async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
+        code, problem = self._code(completion.text)
+        if code is None:
+            return self._verdict(False, problem)
+        if self.command is None:
+            # Small sources compile on the loop; large ones, or any while another thread
+            # holds the warnings lock, in a worker thread.
+            if len(code) <= _THREAD_CHARS and _WARNINGS_LOCK.acquire(blocking=False):
+                try:
+                    error = _compile_locked(code)
+                finally:
+                    _WARNINGS_LOCK.release()
+            else:
+                error = await anyio.to_thread.run_sync(_compile_python, code)
+        else:
+            async with self._slots:
+                self._running += 1
+                try:
+                    error = await self._run_compiler(self.command, code)
+                finally:
+                    self._running -= 1
+        return self._verdict(error is None, error or "", code)
+
+    def check_partial(self, text: str, context: ValidationContext) -> Verdict | None:
+        """Reject a partial answer whose first tagged fence opens another language."""
+        for fence in _fences(text):
+            if fence.tag is None or fence.tag in self.tags:
+                return None  # the tag is not complete yet, or the wanted language is there
+            other = _ALIAS.get(fence.tag)
+            if other is not None and (other not in _SHELLS or self.language in _SHELLS):
+                return self._verdict(
+                    False,
+                    f"rejected while streaming: a ```{fence.tag} block, not {self.language}",
+                )
+        return None
+
+    # -- finding the code ------------------------------------------------------------------
+
+    def _code(self, text: str) -> tuple[str | None, str]:
+        fences = list(_fences(text))
+        chosen = [f for f in fences if f.tag in self.tags]
+        if not chosen and not self.require_fence:
+            chosen = [f for f in fences if f.tag == ""]
+            if not fences:
+                chosen = [_Fence("", 0, len(text))]
+        if not chosen:
+            seen = sorted({f"```{f.tag}" for f in fences if f.tag})
+            also = f" (found {', '.join(seen)})" if seen else ""
+            return None, f"no ```{self.language} block in the answer{also}"
+        code = _layout(text, chosen)
+        if not code.strip():
+            return None, f"the {self.language} code is empty"
+        return code, ""
+
+    # -- compiling -------------------------------------------------------------------------
+
+    async def _run_compiler(self, command: tuple[str, ...], code: str) -> str | None:
+        # A few microseconds of local file I/O, kept on the loop so that a cancelled run
+        # (its deadline) can never leak the directory.
+        tmp = tempfile.mkdtemp(prefix="cascade-code-")
+        try:
+            path = os.path.join(tmp, "answer" + self.suffix)
+            _write(path, code)
+            proc = await asyncio.create_subprocess_exec(
+                *(arg.replace("{file}", path) for arg in command),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=tmp,
+                env=self._env,
+                start_new_session=True,  # its own process group, killed as one on timeout
+            )
+            try:
+                async with asyncio.timeout(self.timeout_s) as limit:
+                    out, err = await asyncio.gather(_read(proc.stdout), _read(proc.stderr))
+                    status = await proc.wait()
+            except TimeoutError:
+                if not limit.expired():
+                    raise
+                return f"compiler timed out after {self.timeout_s:g}s"
+            finally:
+                if proc.returncode is None:  # timed out, or the run was cancelled
+                    _kill_group(proc.pid)
+                    await proc.wait()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if status == 0:
+            return None
+        output = (err or out).decode("utf-8", "replace").replace(path, "<answer>")
+        output = _NODE_NOISE.sub("", output).strip()
+        if not output:
+            how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+            output = f"compiler {how}"
+        return output if len(output) <= _MAX_REASON else output[:_MAX_REASON] + " ..."
+
+    def _verdict(self, passed: bool, reason: str, code: str | None = None) -> Verdict:
+        return Verdict(
+            validator=self.name,
+            passed=passed,
+            score=1.0 if passed else 0.0,
+            reason=reason,
+            parsed=code if passed else None,
+        )
+
+
+def _layout(text: str, fences: list[_Fence]) -> str:
+    """The fences' bodies at their lines of ``text``, every other line left blank (so a
+    compiler's line numbers are the answer's)."""
+    parts: list[str] = []
+    emitted = 0  # newlines written so far
+    line = 0  # newlines of the answer before the current fence's body
+    pos = 0
+    for f in fences:
+        line += text.count("\n", pos, f.start)
+        pos = f.start
+        body = textwrap.dedent(text[f.start : f.end])
+        parts.append("\n" * (line - emitted))
+        parts.append(body)
+        emitted = line + body.count("\n")
+    return "".join(parts)
+
+
+def _compile_python(source: str) -> str | None:
+    with _WARNINGS_LOCK:
+        return _compile_locked(source)
+
+
+def _compile_locked(source: str) -> str | None:
+    """None when ``source`` compiles, else why not (``_WARNINGS_LOCK`` held). The bytecode
+    is discarded, never run."""
+    try:
+        # Warnings (invalid escape sequences, `is` with a literal) must neither print nor,
+        # under an "error" filter, turn into SyntaxErrors: an answer compiles or it doesn't.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(source, "<answer>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        where = f" at line {exc.lineno}" if exc.lineno else ""
+        snippet = (exc.text or "").strip()
+        shown = f": {snippet[:80]!r}" if snippet else ""
+        return f"{type(exc).__name__}{where}: {exc.msg}{shown}"
+    except ValueError as exc:  # null bytes, on older Pythons
+        return f"does not compile: {exc}"
+    except (RecursionError, MemoryError):
+        return "does not compile: nested too deeply"
+    return None
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+
+
+def _write(path: str, code: str) -> None:
+    with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(code)
+
+
+async def _read(stream: asyncio.StreamReader | None) -> bytes:
+    """Everything ``stream`` sends, keeping the first ``_MAX_OUTPUT`` bytes."""
+    if stream is None:
+        return b""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < _MAX_OUTPUT:
+            kept += chunk[: _MAX_OUTPUT - len(kept)]
+    return bytes(kept)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
+        os.killpg(pid, signal.SIGKILL)
