@@ -387,3 +387,28 @@ async def test_without_early_stop_every_sample_is_drawn(openai_server: FakeOpenA
         result = await cc.run(messages=USER)
     assert result.parsed == "5" and openai_server.request_count == 5
     assert "4 of 5 samples agree" in result.attempts[0].verdicts[0].reason
+
+
+async def test_samples_without_variants_come_from_one_request_with_n(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script(
+        "small",
+        Reply(text="The answer is 4.", input_tokens=100, output_tokens=10),
+        Reply(text="It is 4.", input_tokens=100, output_tokens=10),
+        Reply(text="The answer is 4.", output_tokens=10),
+    )
+    cfg = sc_config(openai_server.url, samples=5, agreement=0.6)
+    del cfg["tiers"][0]["variants"]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    # 3 of 5 needed: the first answer, then one request with n = 2 for the two that could
+    # settle it, which do
+    assert openai_server.request_count == 2
+    assert openai_server.requests[1].body["n"] == 2
+    assert result.validated and result.parsed == "4"
+    (attempt,) = result.attempts
+    assert [s.text for s in attempt.samples] == ["It is 4.", "The answer is 4."]
+    # the prompt is billed once per request (100 + 100); completions 10 + (10 + 10)
+    assert attempt.input_tokens == 200 and attempt.output_tokens == 30
+    assert result.cost_usd == pytest.approx((200 * 1 + 30 * 2) / 1e6)

@@ -12,12 +12,12 @@ import asyncio
 from collections.abc import Sequence
 from contextlib import aclosing
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from ._config import TierConfig, Variant
-from ._types import Completion, Message, RequestOptions, Verdict
+from ._types import Chunk, Completion, Message, RequestOptions, Verdict
 from .providers import Provider
 from .validators import ValidationContext, Validator
 
@@ -223,6 +223,10 @@ class Sampler:
             return []
         first = self._next
         self._next += count
+        flight = self._flight
+        many = getattr(flight.provider, "complete_n", None)
+        if count > 1 and not flight.tier.variants and many is not None:
+            return await self._in_one_request(many, count)
         results: list[Completion | None] = [None] * count
         error: BaseException | None = None
         try:
@@ -234,6 +238,32 @@ class Sampler:
         if error is not None:
             raise error
         return [r for r in results if r is not None]
+
+    async def _in_one_request(self, many: Any, count: int) -> list[Completion]:
+        """All samples from one request with ``n`` (the provider supports it)."""
+        flight = self._flight
+        provider = flight.provider
+        t0 = perf_counter()
+        chunks: list[Chunk] = await many(self._msgs, self._opts, count)
+        latency = perf_counter() - t0
+        out = []
+        for chunk in chunks:
+            completion = Completion(
+                text=chunk.text,
+                provider=provider.name,
+                model=chunk.model or provider.model,
+                finish_reason=chunk.finish_reason,
+                input_tokens=chunk.input_tokens or 0,
+                output_tokens=chunk.output_tokens or 0,
+                latency_s=latency,
+                variant=self._opts.variant,
+            )
+            cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+            flight.cost += cost
+            flight.samples.append(completion)
+            self._spend(cost)
+            out.append(completion)
+        return out
 
     async def _one(self, sample: int, results: list[Completion | None], slot: int) -> None:
         flight = self._flight

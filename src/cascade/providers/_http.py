@@ -12,8 +12,8 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import aiohttp
 import msgspec
@@ -33,12 +33,14 @@ from .._errors import (
 from .._sse import SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
 
-__all__ = ["DONE", "HTTPProvider", "redact", "retry_after_s", "status_error"]
+__all__ = ["DONE", "HTTPProvider", "post_whole", "redact", "retry_after_s", "status_error"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_ERROR_BODY = 16384
 _MAX_DRAIN = 65536
 _encode = msgspec.json.Encoder().encode
+
+T = TypeVar("T")
 
 DONE = Chunk(finish_reason="__done__")
 """Returned by ``_event`` for the stream's terminal event."""
@@ -251,6 +253,38 @@ class HTTPProvider:
             error = translate(exc, provider=self.name, model=self.model, secret=self._secret)
         # Raised outside the except block: no __context__ chains back to aiohttp objects.
         raise error
+
+
+async def post_whole(
+    provider: HTTPProvider, body: dict[str, Any], parse: Callable[[bytes], T]
+) -> T:
+    """One non-streaming POST, its body parsed by ``parse``; errors translated as in
+    ``HTTPProvider.stream``."""
+    try:
+        data = _encode(body)
+    except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
+        raise InputError(f"cannot encode the request: {exc}") from None
+    try:
+        async with provider._session.post(
+            provider._url,
+            data=data,
+            headers=provider._headers,
+            timeout=provider._timeout,
+            allow_redirects=False,
+            raise_for_status=False,
+        ) as resp:
+            if resp.status >= 300:
+                raise await status_error(
+                    resp, provider=provider.name, model=provider.model, secret=provider._secret
+                )
+            return parse(await resp.read())
+    except CascadeError:
+        raise
+    except Exception as exc:
+        error = translate(
+            exc, provider=provider.name, model=provider.model, secret=provider._secret
+        )
+    raise error
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

@@ -10,7 +10,7 @@ import msgspec
 from .._config import ProviderConfig
 from .._sse import SSEEvent
 from .._types import Chunk, Message, RequestOptions
-from ._http import DONE, HTTPProvider
+from ._http import DONE, HTTPProvider, post_whole
 
 __all__ = ["OpenAIProvider"]
 
@@ -143,6 +143,39 @@ class OpenAIProvider(HTTPProvider):
             model=body.model,
             logprobs=_token_logprobs(choice.logprobs),
         )
+
+    async def complete_n(
+        self, messages: tuple[Message, ...], options: RequestOptions, n: int
+    ) -> list[Chunk]:
+        """``n`` answers from one request (the API's ``n``), one chunk per choice.
+
+        The prompt is billed once: its tokens go to the first answer. The completion tokens
+        the server reports for all choices are shared out by each answer's length.
+        """
+        body = self._body(messages, msgspec.structs.replace(options, n=n), stream=False)
+        return await post_whole(self, body, self._choices)
+
+    def _choices(self, raw: bytes) -> list[Chunk]:
+        body = _decode_response(raw)
+        texts = [c.message.content for c in body.choices if c.message.content is not None]
+        if not texts:
+            raise self._error("no content in any choice")
+        usage = body.usage
+        total = usage.completion_tokens if usage else sum(max(1, len(t) // 4) for t in texts)
+        chars = sum(len(t) for t in texts) or 1
+        shares = [total * len(t) // chars for t in texts]
+        shares[0] += total - sum(shares)  # rounding: the sum stays what the server billed
+        choices = [c for c in body.choices if c.message.content is not None]
+        return [
+            Chunk(
+                text=text,
+                finish_reason=choice.finish_reason,
+                input_tokens=(usage.prompt_tokens if usage else None) if i == 0 else 0,
+                output_tokens=share,
+                model=body.model,
+            )
+            for i, (text, choice, share) in enumerate(zip(texts, choices, shares, strict=True))
+        ]
 
     def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
         data = event.data

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 from cascade.testing._reply import Reply
 from cascade.testing._server import FakeServer
-from cascade.testing._wire import Call, SSEEvents, encode_json
+from cascade.testing._wire import Call, SSEEvents, encode_json, extra_output_tokens
 
 __all__ = ["FakeOpenAIServer"]
 
@@ -114,11 +114,17 @@ class FakeOpenAIServer(FakeServer):
         error = {"message": message, "type": _error_type(status), "param": None, "code": status}
         return b"data: " + encode_json({"error": error}) + b"\n\ndata: [DONE]\n\n"
 
+    def _choices(self, body: dict[str, Any]) -> int:
+        n = body.get("n")
+        return n if isinstance(n, int) and 1 <= n <= 128 else 1
+
     def _usage(self, call: Call) -> dict[str, int]:
+        # The prompt is billed once however many choices; completions add up.
+        output = call.output_tokens + sum(extra_output_tokens(r) for r in call.extra)
         return {
             "prompt_tokens": call.input_tokens,
-            "completion_tokens": call.output_tokens,
-            "total_tokens": call.input_tokens + call.output_tokens,
+            "completion_tokens": output,
+            "total_tokens": call.input_tokens + output,
         }
 
     def _json_body(self, call: Call, reply: Reply) -> bytes:
@@ -135,7 +141,16 @@ class FakeOpenAIServer(FakeServer):
                         "message": {"role": "assistant", "content": reply.text},
                         "logprobs": None if tokens is None else _logprobs([t for _, t in tokens]),
                         "finish_reason": reply.finish_reason,
-                    }
+                    },
+                    *(
+                        {
+                            "index": i,
+                            "message": {"role": "assistant", "content": extra.text},
+                            "logprobs": None,
+                            "finish_reason": extra.finish_reason,
+                        }
+                        for i, extra in enumerate(call.extra, 1)
+                    ),
                 ],
                 "usage": self._usage(call),
             }

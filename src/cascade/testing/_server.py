@@ -229,6 +229,10 @@ class FakeServer(ABC):
     def _malformed_event(self, call: Call) -> bytes:
         """An SSE event whose ``data:`` payload is not valid JSON."""
 
+    def _choices(self, body: dict[str, Any]) -> int:
+        """How many answers the request asks for (``n`` in the OpenAI API)."""
+        return 1
+
     @abstractmethod
     def _error_event(self, status: int, message: str) -> bytes:
         """What the API sends when an error interrupts a stream it already started."""
@@ -287,6 +291,10 @@ class FakeServer(ABC):
             return self._error(reply.status, reply.error_message, n, reply)
 
         call = make_call(n, model, messages, stream, body, reply)
+        choices = self._choices(body) if not stream and reply.fault is None else 1
+        if choices > 1:  # one more reply from the script or responder per extra choice
+            extra = [await self._playbook.choose(model, fake) for _ in range(choices - 1)]
+            call = call._replace(extra=tuple(r for r in extra if r is not None))
         if stream:
             return await self._stream(request, call, reply)
         payload = self._json_body(call, reply)

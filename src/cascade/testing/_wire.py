@@ -42,6 +42,8 @@ class Call(NamedTuple):
     created: int
     input_tokens: int
     output_tokens: int
+    extra: tuple[Reply, ...] = ()
+    """Further choices of a non-streaming request with ``n`` > 1 (OpenAI)."""
 
 
 class SSEEvents(NamedTuple):
@@ -81,6 +83,10 @@ def make_call(
     if output_tokens is None:
         output_tokens = max(1, len(reply.text) // 4)
     return Call(n, model, messages, stream, body, int(time.time()), input_tokens, output_tokens)
+
+
+def extra_output_tokens(reply: Reply) -> int:
+    return reply.output_tokens if reply.output_tokens is not None else max(1, len(reply.text) // 4)
 
 
 async def send_cut_json(
