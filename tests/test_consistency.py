@@ -412,3 +412,80 @@ async def test_samples_without_variants_come_from_one_request_with_n(
     # the prompt is billed once per request (100 + 100); completions 10 + (10 + 10)
     assert attempt.input_tokens == 200 and attempt.output_tokens == 30
     assert result.cost_usd == pytest.approx((200 * 1 + 30 * 2) / 1e6)
+
+
+# -- review fixes -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("5 * 3 = 15", "15"),
+        ("So the answer is 20 - 5 = 15", "15"),
+        ("9 eggs make $18", "18"),
+        ("She pays 45-30", "30"),
+        ("12345678901234567891", "12345678901234567891"),
+        ("12345678901234567890", "12345678901234567890"),
+    ],
+)
+def test_normalise_takes_the_result(raw: str, value: str) -> None:
+    assert normalize(raw) == value
+
+
+def test_normalise_survives_huge_exponents() -> None:
+    assert normalize("1e999") == "1e999"  # kept as text, no OverflowError
+
+
+async def test_all_mode_stops_at_the_first_failure(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant({"A": "1", "B": "1", "C": "1", "D": "1", "E": "1"}))
+    openai_server.script("large", "ok")
+    cfg = sc_config(openai_server.url, samples=3, agreement=1.0)
+    cfg["tiers"][0]["validators"].insert(0, {"name": "json_schema", "schema": {"type": "object"}})  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    first = result.attempts[0]
+    # the answer is not JSON: self_consistency never ran, so no sample was paid for
+    assert [v.validator for v in first.verdicts] == ["json_schema"]
+    assert first.samples == () and openai_server.request_count == 2
+
+
+async def test_weighted_score_counts_answerless_samples(openai_server: FakeOpenAIServer) -> None:
+    def respond(request: FakeRequest) -> Reply:
+        system = next(m["content"] for m in request.messages if m["role"] == "system")
+        return Reply(text="The answer is 42." if system.endswith("A") else "I am not sure.")
+
+    openai_server.respond("small", respond)
+    cfg = sc_config(openai_server.url, samples=5, agreement=0.6)
+    cfg["tiers"][0]["variants"] = [dict(v, weight=2 if v["name"] == "A" else 1) for v in VARIANTS]  # type: ignore[index]
+    cfg["tiers"] = cfg["tiers"][:1]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    (verdict,) = result.attempts[0].verdicts
+    # planned weight 6, needs 3.6: after A (2) and three answerless samples (1 each) it is
+    # out of reach; the score is 2 of the 5 drawn, not 2 of the 2 that answered
+    assert not verdict.passed and verdict.score == pytest.approx(2 / 5)
+
+
+async def test_a_failed_sample_keeps_the_paid_ones(openai_server: FakeOpenAIServer) -> None:
+    def respond(request: FakeRequest) -> Reply:
+        system = next(m["content"] for m in request.messages if m["role"] == "system")
+        if system.endswith("C"):
+            return Reply(status=500)
+        return Reply(text="The answer is 7.", input_tokens=100, output_tokens=10)
+
+    openai_server.respond("small", respond)
+    async with Cascade.from_dict(sc_config(openai_server.url, samples=5, agreement=0.6)) as cc:
+        result = await cc.run(messages=USER)
+    first = result.attempts[0]
+    # A, then B and C together (C fails), then D: 3 answers agree on 7
+    assert result.validated and result.parsed == "7"
+    assert [s.variant for s in first.samples] == ["B", "D"]
+    assert first.cost_usd == pytest.approx(3 * 120e-6)
+
+
+def test_variant_weights_must_not_all_be_zero() -> None:
+    cfg = sc_config("http://127.0.0.1:9/v1", samples=3, agreement=0.5)
+    cfg["tiers"][0]["variants"] = [dict(v, weight=0) for v in VARIANTS]  # type: ignore[index]
+    with pytest.raises(ConfigError) as info:
+        Cascade.from_dict(cfg)
+    assert info.value.path == "tiers[0].variants"

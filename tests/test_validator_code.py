@@ -380,3 +380,33 @@ async def test_wrong_fence_is_rejected_while_streaming(openai_server: FakeOpenAI
     assert "```javascript" in first.verdicts[0].reason
     assert first.output_tokens < len(text) // 4
     assert result.tier == 2 and result.validated and result.parsed.strip() == "print(1)"
+
+
+async def test_included_files_are_not_quoted_in_the_reason() -> None:
+    from cascade import Completion
+    from cascade.validators import ValidationContext
+    from cascade.validators.code import CodeCompilesValidator
+
+    v = CodeCompilesValidator(language="c")
+    ctx = ValidationContext(messages=(), options=cascade.RequestOptions(), tier=1, tier_name="t")
+    verdict = await v.validate(
+        Completion(
+            text='```c\n#include "/etc/passwd"\nint main(void){return 0;}\n```',
+            provider="p",
+            model="m",
+        ),  # fmt: skip
+        ctx,
+    )
+    assert not verdict.passed
+    assert "root:x:0:0" not in verdict.reason
+
+
+async def test_oversized_source_is_rejected_without_compiling() -> None:
+    from cascade import Completion
+    from cascade.validators import ValidationContext
+    from cascade.validators.code import CodeCompilesValidator
+
+    v = CodeCompilesValidator(language="python")
+    ctx = ValidationContext(messages=(), options=cascade.RequestOptions(), tier=1, tier_name="t")
+    verdict = await v.validate(Completion(text="x = 1\n" * 100_000, provider="p", model="m"), ctx)
+    assert not verdict.passed and "too long" in verdict.reason

@@ -24,6 +24,11 @@ from .validators import ValidationContext, Validator
 __all__ = ["InFlight", "PartialCheck", "Sampler", "Tier", "complete", "judge"]
 
 
+_PARTIAL_WINDOW = 4096
+"""Partial checks see the answer's first 4 KB: what they judge (how it starts, its first
+fence) is settled by then, and re-reading a long answer on every chunk would be quadratic."""
+
+
 class PartialCheck(Protocol):
     """A validator that can reject an answer before it is complete."""
 
@@ -140,7 +145,7 @@ async def complete(
                 if ttft is None:
                     ttft = perf_counter() - t0
                 parts.append(chunk.text)
-                if partial:
+                if partial and len(text_so_far) < _PARTIAL_WINDOW:
                     text_so_far += chunk.text
                     early = _first_failure(partial, text_so_far, ctx)
                     if early is not None:
@@ -228,16 +233,17 @@ class Sampler:
         if count > 1 and not flight.tier.variants and many is not None:
             return await self._in_one_request(many, count)
         results: list[Completion | None] = [None] * count
-        error: BaseException | None = None
-        try:
-            async with asyncio.TaskGroup() as tg:
-                for i in range(count):
-                    tg.create_task(self._one(first + i, results, i))
-        except BaseExceptionGroup as group:
-            error = group.exceptions[0]
-        if error is not None:
-            raise error
-        return [r for r in results if r is not None]
+        outcomes = await asyncio.gather(
+            *(self._one(first + i, results, i) for i in range(count)), return_exceptions=True
+        )
+        done = [r for r in results if r is not None]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for error in errors:
+            if not isinstance(error, Exception):
+                raise error  # cancellation and the like go up as they are
+        if errors and not done:
+            raise errors[0]
+        return done  # a failed sample is skipped; the paid ones still count
 
     async def _in_one_request(self, many: Any, count: int) -> list[Completion]:
         """All samples from one request with ``n`` (the provider supports it)."""
@@ -253,7 +259,11 @@ class Sampler:
                 provider=provider.name,
                 model=chunk.model or provider.model,
                 finish_reason=chunk.finish_reason,
-                input_tokens=chunk.input_tokens or 0,
+                input_tokens=(
+                    chunk.input_tokens
+                    if chunk.input_tokens is not None
+                    else sum(len(m.content) for m in self._msgs) // 4 + 4 * len(self._msgs)
+                ),
                 output_tokens=chunk.output_tokens or 0,
                 latency_s=latency,
                 variant=self._opts.variant,
@@ -287,10 +297,18 @@ async def judge(
     validators = tier.validators
     if len(validators) == 1:
         verdicts: tuple[Verdict, ...] = (await _verdict(validators[0], completion, ctx),)
+        if tier.mode == "all":
+            return verdicts, verdicts[0].passed
+    elif tier.mode == "all":
+        # The first failure settles it: later validators (paid sampling included) don't run.
+        found: list[Verdict] = []
+        for v in validators:
+            found.append(await _verdict(v, completion, ctx))
+            if not found[-1].passed:
+                return tuple(found), False
+        return tuple(found), True
     else:
         verdicts = tuple([await _verdict(v, completion, ctx) for v in validators])
-    if tier.mode == "all":
-        return verdicts, all(v.passed for v in verdicts)
     total = sum(tier.weights)
     score = sum(w * v.score for w, v in zip(tier.weights, verdicts, strict=True)) / total
     return verdicts, score >= tier.threshold

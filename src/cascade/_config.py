@@ -109,6 +109,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             if tier.name in seen_tiers:
                 raise ConfigError(f"duplicate tier name {tier.name!r}", path=f"tiers[{t}].name")
             seen_tiers.add(tier.name)
+            if tier.variants and not sum(v.weight for v in tier.variants) > 0:
+                raise ConfigError(
+                    "the variants' weights add up to 0: no vote could ever count",
+                    path=f"tiers[{t}].variants",
+                )
             for p, prov in enumerate(tier.providers):
                 if prov.name in seen_providers:
                     raise ConfigError(

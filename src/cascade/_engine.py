@@ -364,6 +364,11 @@ class Cascade:
                 f"no answer passed validation in {len(run.attempts)} attempts",
                 attempts=run.attempts,
             )
+        if any(a.outcome == "rejected" for a in run.attempts):
+            raise CascadeExhausted(  # only early-rejected fragments: nothing to fall back on
+                f"no answer passed validation in {len(run.attempts)} attempts",
+                attempts=run.attempts,
+            )
         if any(a.outcome == "skipped" for a in run.attempts):
             raise BudgetExceeded(
                 "no affordable tier produced an answer within max_cost_usd", attempts=run.attempts
@@ -450,9 +455,9 @@ def _best(attempts: list[Attempt]) -> Attempt | None:
     """The rejected attempt to fall back on: highest validator score, then highest tier."""
     best: Attempt | None = None
     for a in attempts:
-        if a.completion is not None and (
-            best is None or (a.score, a.tier) >= (best.score, best.tier)
-        ):
+        if a.completion is None or a.completion.finish_reason == "rejected_early":
+            continue  # nothing, or a fragment cut off by an early rejection
+        if best is None or (a.score, a.tier) >= (best.score, best.tier):
             best = a
     return best
 

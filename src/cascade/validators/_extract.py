@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from .._types import Completion
@@ -28,7 +29,9 @@ __all__ = ["Extractor", "get_extractor", "normalize"]
 
 Extractor = Callable[[Completion], str | None]
 
-_NUMBER = re.compile(r"-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?")
+_NUMBER = re.compile(
+    r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
+)
 _HASHES = re.compile(r"####\s*([^\n]+)")
 _ANSWER_IS = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=])\s*:?\s*([^\n]+)",
@@ -36,6 +39,7 @@ _ANSWER_IS = re.compile(
 )
 
 
+_MICRO = Decimal("0.000001")
 _MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
 
 
@@ -144,13 +148,26 @@ def normalize(value: str | None) -> str | None:
     text = " ".join(str(value).split())
     if not text or text.casefold() in _MISSING:
         return None
-    numbers = _numbers(text)
+    # "5 * 3 = 15": the result follows the last "="; otherwise the last number is the
+    # answer ("18 dollars", "$1,000.00", "60%", "9 eggs make $18").
+    tail = text.rsplit("=", 1)[-1]
+    numbers = _numbers(tail) or _numbers(text)
     if numbers:
-        # The first number is the answer in "18 dollars", "$1,000.00", "60%"; a sign
-        # written apart ("- 5") is not one.
-        number = float(numbers[0].replace(",", ""))
-        number = round(number, 6)
-        if number == int(number):
-            return str(int(number))
-        return repr(number)
+        number = _canonical(numbers[-1])
+        if number is not None:
+            return number
     return text.casefold().rstrip(".")
+
+
+def _canonical(token: str) -> str | None:
+    """``"1,000.50"`` -> ``"1000.5"``; float noise below 1e-6 dropped; exact for big ints."""
+    try:
+        number = Decimal(token.replace(",", ""))
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or abs(number.adjusted()) > 30:
+        return None
+    number = number.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import re
+import resource
 import shutil
 import signal
 import tempfile
@@ -32,8 +34,12 @@ __all__ = ["CodeCompilesValidator"]
 _PRESETS: dict[str, tuple[tuple[str, ...] | None, str]] = {
     "python": (None, ".py"),
     "javascript": (("node", "--check", "{file}"), ".js"),
-    "c": (("gcc", "-fsyntax-only", "-x", "c", "{file}"), ".c"),
-    "cpp": (("g++", "-fsyntax-only", "-x", "c++", "{file}"), ".cpp"),
+    # No caret lines: a diagnostic must not quote what an `#include "/etc/..."` pulled in.
+    "c": (("gcc", "-fsyntax-only", "-fno-diagnostics-show-caret", "-x", "c", "{file}"), ".c"),
+    "cpp": (
+        ("g++", "-fsyntax-only", "-fno-diagnostics-show-caret", "-x", "c++", "{file}"),
+        ".cpp",
+    ),
     "bash": (("bash", "-n", "{file}"), ".sh"),
 }
 # Fence tags per language, the canonical name first. Languages beyond the presets are here
@@ -57,6 +63,9 @@ _CLOSE = re.compile(r"^[ \t]*(`{3,})[ \t]*(?:\r?\n|\Z)", re.M)
 _NODE_NOISE = re.compile(r"^(?:\s+at .*|Node\.js v[\d.]+)$", re.M)
 
 _THREAD_CHARS = 4096  # about a millisecond of compile(); longer sources go to a thread
+_MAX_SOURCE = 200_000  # characters: compile() holds the GIL, so no thread keeps it short
+_MEMORY_LIMIT = 1 << 30  # bytes of address space for a compiler (`#include "/dev/zero"`)
+_FILE_LIMIT = 16 << 20  # bytes a compiler may write
 _MAX_OUTPUT = 64 * 1024  # compiler output kept for the reason; the rest is drained
 _MAX_REASON = 1000
 # warnings.catch_warnings swaps process-global state: never from two threads at once.
@@ -183,10 +192,19 @@ class CodeCompilesValidator:
             f"running {self._running}/{self.max_concurrency}>"
         )
 
+    def _limits(self) -> None:
+        """In the child, before exec: bound memory, CPU time and output file size."""
+        cpu = max(1, math.ceil(self.timeout_s)) + 1
+        resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_LIMIT, _FILE_LIMIT))
+
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         code, problem = self._code(completion.text)
         if code is None:
             return self._verdict(False, problem)
+        if len(code) > _MAX_SOURCE:
+            return self._verdict(False, f"code too long to check ({len(code)} characters)")
         if self.command is None:
             # Small sources compile on the loop; large ones, or any while another thread
             # holds the warnings lock, in a worker thread.
@@ -254,6 +272,7 @@ class CodeCompilesValidator:
                 cwd=tmp,
                 env=self._env,
                 start_new_session=True,  # its own process group, killed as one on timeout
+                preexec_fn=self._limits,
             )
             try:
                 async with asyncio.timeout(self.timeout_s) as limit:

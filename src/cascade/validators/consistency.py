@@ -128,7 +128,10 @@ class SelfConsistencyValidator:
                 if value is not None:
                     tally[value] = tally.get(value, 0.0) + plan[len(values)]
                 values.append(value)
-        return self._verdict(answers, values, tally, needed, note, weighted=bool(weights))
+        drawn_weight = sum(plan[: len(values)])
+        return self._verdict(
+            answers, values, tally, needed, note, weighted=bool(weights), drawn_weight=drawn_weight
+        )
 
     def _verdict(
         self,
@@ -139,6 +142,7 @@ class SelfConsistencyValidator:
         note: str,
         *,
         weighted: bool,
+        drawn_weight: float,
     ) -> Verdict:
         drawn = len(values)
         if not tally:
@@ -161,11 +165,11 @@ class SelfConsistencyValidator:
         else:
             agree = f"{top:g} of {drawn} samples agree on {majority!r}"
             need = f"needs {self.needed} of {self.samples}"
-        drawn_weight = sum(tally.values()) or 1.0
         return Verdict(
             validator=self.name,
             passed=passed,
-            score=min(1.0, top / drawn_weight) if weighted else top / drawn,
+            # of everything drawn, answerless samples included
+            score=min(1.0, top / drawn_weight) if weighted and drawn_weight else top / drawn,
             reason=f"{agree} ({need}; {shown}){note}"[:500],
             parsed=majority if passed else None,
             completion=carrier,

@@ -1,0 +1,31 @@
+"""Resilience around provider calls: circuit breakers and retries.
+
+A breaker (one per provider) decides whether a provider is called at all; retries decide
+whether a failed call is tried again before the engine fails over to the next provider.
+"""
+
+from __future__ import annotations
+
+from .breaker import (
+    AsyncBreaker,
+    BreakerListener,
+    BreakerState,
+    CircuitOpen,
+    Permit,
+    counts_as_failure,
+)
+from .retry import OnRetry, RetryPolicy, backoff_s, call_with_retries, retryable
+
+__all__ = [
+    "AsyncBreaker",
+    "BreakerListener",
+    "BreakerState",
+    "CircuitOpen",
+    "OnRetry",
+    "Permit",
+    "RetryPolicy",
+    "backoff_s",
+    "call_with_retries",
+    "counts_as_failure",
+    "retryable",
+]

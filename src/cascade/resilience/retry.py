@@ -1,0 +1,126 @@
+"""Retrying one provider call: which errors, how long to wait, and never past the deadline.
+
+Backoff is exponential with full jitter (AWS architecture blog, "Exponential Backoff And
+Jitter"; stamina does the same): the wait before retry ``k`` (0-based) is drawn uniformly
+from ``[0, min(max_s, base_s * 2**k)]``, so clients that failed together do not retry
+together.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import msgspec
+from msgspec import Meta
+
+from .._clock import Clock
+from .._errors import (
+    ConfigError,
+    ProviderConnectionError,
+    ProviderStatusError,
+    ProviderTimeout,
+    RateLimited,
+)
+
+__all__ = ["OnRetry", "RetryPolicy", "backoff_s", "call_with_retries", "retryable"]
+
+T = TypeVar("T")
+
+OnRetry = Callable[[int, Exception, float], None]
+"""``on_retry(attempt_no, exc, wait_s)``: try ``attempt_no`` (1-based) failed with ``exc``
+and is retried after ``wait_s`` seconds."""
+
+_MAX_EXPONENT = 64  # 2**64 * any sane base_s is far beyond max_s; avoids float overflow
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How to retry one provider before failing over to the next.
+
+    ``attempts`` counts every try, the first included (1 = never retry). ``base_s`` and
+    ``max_s`` bound the full-jitter backoff. With ``honour_retry_after``, a 429's
+    Retry-After is waited out when it fits within ``max_s``; a longer one is not retried at
+    all (another provider is a better bet than a refusal we already know of).
+    """
+
+    attempts: Annotated[int, Meta(ge=1)] = 2
+    base_s: Annotated[float, Meta(ge=0)] = 0.1
+    max_s: Annotated[float, Meta(ge=0)] = 5.0
+    honour_retry_after: bool = True
+
+    def __post_init__(self) -> None:
+        # Meta bounds are checked when decoding; these also guard direct construction.
+        if self.attempts < 1:
+            raise ConfigError("expected at least 1 attempt", path="attempts")
+        if not self.base_s >= 0:
+            raise ConfigError("expected seconds >= 0", path="base_s")
+        if not self.max_s >= self.base_s:
+            raise ConfigError("expected max_s >= base_s", path="max_s")
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether trying the same provider again may succeed.
+
+    Timeouts, connection errors, 5xx and :class:`~cascade.RateLimited` (429/529) are
+    transient. Other 4xx will fail the same way again. :class:`~cascade.MalformedResponse`
+    is not retried either: a body that breaks the wire format is usually the model or the
+    endpoint, not luck, and a stream cut mid-body is a ``ProviderConnectionError``. Errors
+    that are not provider errors (a breaker's ``CircuitOpen`` included) are never retried.
+    """
+    if isinstance(exc, RateLimited):
+        return True
+    if isinstance(exc, ProviderStatusError):
+        return exc.status >= 500
+    return isinstance(exc, ProviderTimeout | ProviderConnectionError)
+
+
+def backoff_s(
+    policy: RetryPolicy, attempt: int, *, rng: random.Random, retry_after: float | None
+) -> float:
+    """Seconds to wait before retry number ``attempt`` (0 for the first retry).
+
+    Full jitter: uniform in ``[0, min(max_s, base_s * 2**attempt)]``. With
+    ``policy.honour_retry_after`` and a ``retry_after`` hint, the wait is at least the
+    hint, capped at ``max_s`` (so the result never exceeds ``max_s``).
+    """
+    cap = min(policy.max_s, policy.base_s * 2.0 ** min(max(attempt, 0), _MAX_EXPONENT))
+    wait = rng.uniform(0.0, cap)
+    if policy.honour_retry_after and retry_after is not None and retry_after > 0:
+        wait = max(wait, min(retry_after, policy.max_s))
+    return wait
+
+
+async def call_with_retries(
+    fn: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    clock: Clock,
+    deadline: float | None,
+    rng: random.Random,
+    on_retry: OnRetry | None = None,
+) -> T:
+    """Await ``fn()`` up to ``policy.attempts`` times while its errors are :func:`retryable`.
+
+    ``deadline`` is an absolute time on ``clock`` (``clock.monotonic() + seconds_left``):
+    a retry whose wait would end past it is not made, and the last error is raised at once.
+    ``on_retry(attempt_no, exc, wait_s)`` is called for every failed try that will be
+    retried, before the wait; the final failure is raised, not reported.
+    """
+    attempt_no = 1
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            if attempt_no >= policy.attempts or not retryable(exc):
+                raise
+            hint = exc.retry_after if isinstance(exc, RateLimited) else None
+            if policy.honour_retry_after and hint is not None and hint > policy.max_s:
+                raise
+            wait = backoff_s(policy, attempt_no - 1, rng=rng, retry_after=hint)
+            if deadline is not None and clock.monotonic() + wait > deadline:
+                raise
+            if on_retry is not None:
+                on_retry(attempt_no, exc, wait)
+        await clock.sleep(wait)
+        attempt_no += 1
