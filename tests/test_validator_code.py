@@ -394,7 +394,7 @@ async def test_included_files_are_not_quoted_in_the_reason() -> None:
             text='```c\n#include "/etc/passwd"\nint main(void){return 0;}\n```',
             provider="p",
             model="m",
-        ),  # fmt: skip
+        ),
         ctx,
     )
     assert not verdict.passed
