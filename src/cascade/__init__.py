@@ -12,7 +12,16 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._config import Config, ProviderConfig, TierConfig, load_config
+from ._clock import Clock, SystemClock
+from ._config import (
+    BreakerConfig,
+    Config,
+    ProviderConfig,
+    RetryConfig,
+    TierConfig,
+    Variant,
+    load_config,
+)
 from ._engine import Cascade
 from ._errors import (
     AllProvidersFailed,
@@ -42,6 +51,7 @@ from ._types import (
     Verdict,
 )
 from .providers import Provider, register_provider_kind
+from .resilience import AsyncBreaker, CircuitOpen
 from .validators import ValidationContext, Validator, validator
 
 try:
@@ -51,12 +61,16 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AllProvidersFailed",
+    "AsyncBreaker",
     "Attempt",
+    "BreakerConfig",
     "BudgetExceeded",
     "Cascade",
     "CascadeError",
     "CascadeExhausted",
     "Chunk",
+    "CircuitOpen",
+    "Clock",
     "Completion",
     "Config",
     "ConfigError",
@@ -74,11 +88,14 @@ __all__ = [
     "RateLimited",
     "RequestOptions",
     "Result",
+    "RetryConfig",
     "RunError",
+    "SystemClock",
     "TierConfig",
     "Usage",
     "ValidationContext",
     "Validator",
+    "Variant",
     "Verdict",
     "__version__",
     "load_config",

@@ -13,11 +13,41 @@ from msgspec import Meta
 
 from ._errors import ConfigError
 
-__all__ = ["Config", "ProviderConfig", "TierConfig", "Variant", "load_config"]
+__all__ = [
+    "BreakerConfig",
+    "Config",
+    "ProviderConfig",
+    "RetryConfig",
+    "TierConfig",
+    "Variant",
+    "load_config",
+]
 
 NonNegFloat = Annotated[float, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A provider's circuit breaker: opens after ``fail_max`` consecutive outages
+    (connection errors, timeouts, 5xx, malformed bodies; 429 only with
+    ``count_rate_limits``), fails over at once while open, and lets one probe through
+    after ``reset_timeout_s``."""
+
+    fail_max: Annotated[int, Meta(ge=1)] = 5
+    reset_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
+    count_rate_limits: bool = False
+
+
+class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Retries of one provider before failing over: ``attempts`` counts every try (1 = no
+    retry); full-jitter exponential backoff between ``base_s`` and ``max_s``; a 429's
+    Retry-After is waited out when it fits in ``max_s``. Never past the run's deadline."""
+
+    attempts: Annotated[int, Meta(ge=1)] = 1
+    base_s: Annotated[float, Meta(ge=0)] = 0.1
+    max_s: Annotated[float, Meta(ge=0)] = 5.0
+    honour_retry_after: bool = True
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +77,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """``replay`` only: the recorded variant served when a request names none."""
     prompt_overhead_tokens: Annotated[int, Meta(ge=0)] = 0
     """``replay`` only: prompt tokens added to each recorded question (few-shot examples)."""
+    breaker: BreakerConfig = BreakerConfig()
+    retry: RetryConfig = RetryConfig()
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         """Price of one call, from the per-million-token prices."""

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import perf_counter
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Self
 
 import aiohttp
 import msgspec
 
-from ._attempt import InFlight, Sampler, Tier, chosen, complete, judge
+from ._attempt import InFlight, PartialCheck, Sampler, Tier, chosen, complete, judge
+from ._clock import Clock, SystemClock
 from ._config import Config, load_config
 from ._errors import (
     AllProvidersFailed,
@@ -37,6 +39,7 @@ from ._types import (
 )
 from .providers import Provider, build_provider, check_provider_config, provider_kinds
 from .providers.replay import resolve_datasets
+from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
 from .validators import ValidationContext, build_validator
 from .validators._plugins import load_validator_folder
 
@@ -48,10 +51,11 @@ _DEFAULT_OPTIONS = RequestOptions()
 class _Run:
     """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
 
-    __slots__ = ("attempts", "in_flight", "last_error", "spent", "t0")
+    __slots__ = ("attempts", "deadline_at", "in_flight", "last_error", "spent", "t0")
 
-    def __init__(self, t0: float) -> None:
+    def __init__(self, t0: float, deadline_at: float | None) -> None:
         self.t0 = t0
+        self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
         self.attempts: list[Attempt] = []
         self.spent = 0.0
         self.last_error: ProviderError | None = None
@@ -84,6 +88,8 @@ class Cascade:
         session: aiohttp.ClientSession | None = None,
         environ: Mapping[str, str] | None = None,
         base_dir: str | os.PathLike[str] | None = None,
+        clock: Clock | None = None,
+        breaker_listeners: Sequence[BreakerListener] = (),
     ) -> None:
         env = os.environ if environ is None else environ
         if base_dir is not None:
@@ -140,6 +146,32 @@ class Cascade:
                     path=f"tiers[{t}].validators",
                 )
             self._tiers.append(Tier(t + 1, tier_cfg, validators, weights))
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = random.Random()
+        self._breakers: dict[str, AsyncBreaker] = {}
+        self._retries: dict[str, RetryPolicy | None] = {}
+        for tier_cfg in config.tiers:
+            for prov in tier_cfg.providers:
+                b = prov.breaker
+                self._breakers[prov.name] = AsyncBreaker(
+                    prov.name,
+                    fail_max=b.fail_max,
+                    reset_timeout_s=b.reset_timeout_s,
+                    count_rate_limits=b.count_rate_limits,
+                    clock=self._clock,
+                    listeners=breaker_listeners,
+                )
+                r = prov.retry
+                self._retries[prov.name] = (
+                    None
+                    if r.attempts == 1
+                    else RetryPolicy(
+                        attempts=r.attempts,
+                        base_s=r.base_s,
+                        max_s=r.max_s,
+                        honour_retry_after=r.honour_retry_after,
+                    )
+                )
         self._session = session
         self._owns_session = session is None
         self._open = False
@@ -248,7 +280,7 @@ class Cascade:
                 raise RuntimeError("cannot run: this Cascade is closed")
             await self.open()
 
-        run = _Run(perf_counter())
+        run = _Run(perf_counter(), None if deadline is None else self._clock.monotonic() + deadline)
         tiers = self._tiers[first : last + 1]
         if deadline is None:
             return await self._run_tiers(run, tiers, msgs, opts, budget)
@@ -302,13 +334,18 @@ class Cascade:
                         sample=Sampler(flight, msgs, opts, run.spend),
                         weights=tier.weights_of_variants,
                     )
+                partial = tier.partial if provider.config.stream else ()
                 try:
-                    if tier.partial and provider.config.stream:
-                        completion, early = await complete(
-                            provider, tier_msgs, tier_opts, t0, partial=tier.partial, ctx=ctx
-                        )
+                    policy = self._retries[provider.name]
+                    if policy is None:
+                        with self._breakers[provider.name].admit():
+                            completion, early = await complete(
+                                provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx
+                            )
                     else:
-                        completion, early = await complete(provider, tier_msgs, tier_opts, t0)
+                        completion, early = await self._with_retries(
+                            run, tier, provider, policy, tier_msgs, tier_opts, partial, ctx
+                        )
                 except ProviderError as exc:
                     run.in_flight = None
                     run.last_error = exc
@@ -333,6 +370,44 @@ class Cascade:
                     return _result(run, attempt, validated=True)
                 break  # rejected by a validator: escalate to the next tier
         return self._exhausted(run)
+
+    async def _with_retries(
+        self,
+        run: _Run,
+        tier: Tier,
+        provider: Provider,
+        policy: RetryPolicy,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        partial: tuple[PartialCheck, ...],
+        ctx: ValidationContext | None,
+    ) -> tuple[Completion, Verdict | None]:
+        """``complete`` with retries; each failed try is recorded as an attempt."""
+        breaker = self._breakers[provider.name]
+        started = [perf_counter()]
+
+        async def once() -> tuple[Completion, Verdict | None]:
+            started[0] = t0 = perf_counter()
+            with breaker.admit():
+                return await complete(provider, msgs, opts, t0, partial=partial, ctx=ctx)
+
+        def on_retry(_: int, exc: Exception, wait_s: float) -> None:
+            assert isinstance(exc, ProviderError)  # only provider errors are retryable
+            run.attempts.append(_failed(tier, provider, started[0], exc))
+
+        return await call_with_retries(
+            once,
+            policy=policy,
+            clock=self._clock,
+            deadline=run.deadline_at,
+            rng=self._rng,
+            on_retry=on_retry,
+        )
+
+    @property
+    def breakers(self) -> Mapping[str, AsyncBreaker]:
+        """Each provider's circuit breaker, by provider name (state, counts, ``repr``)."""
+        return MappingProxyType(self._breakers)
 
     def _over_budget(
         self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float

@@ -299,6 +299,18 @@ class Permit:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    def __enter__(self) -> Permit:
+        # Usable as a plain ``with`` around an ``await``: reporting needs no await.
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if exc is None:
             self.success()
         elif counts_as_failure(exc, count_rate_limits=self._breaker.count_rate_limits):

@@ -19,12 +19,14 @@ From a shell, ``python -m cascade.testing openai --port 8000`` serves one
 fixed answer for every model until interrupted.
 """
 
+from cascade._clock import FakeClock
 from cascade.testing._anthropic import FakeAnthropicServer
 from cascade.testing._openai import FakeOpenAIServer
 from cascade.testing._reply import FakeRequest, Reply, Responder
 
 __all__ = [
     "FakeAnthropicServer",
+    "FakeClock",
     "FakeOpenAIServer",
     "FakeRequest",
     "Reply",

@@ -1,0 +1,112 @@
+"""Breakers and retries inside the engine, over loopback HTTP, on a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+import cascade
+from cascade import Cascade
+from cascade.testing import FakeClock, FakeOpenAIServer, Reply
+
+from .helpers import JSON_SCHEMA, USER, provider, tier
+
+pytestmark = pytest.mark.anyio
+
+
+def two_providers(url: str, **first: object) -> dict[str, object]:
+    first.setdefault("breaker", {"fail_max": 2, "reset_timeout_s": 30})
+    return {
+        "tiers": [
+            tier(
+                "small",
+                provider("a", url, "ma", **first),
+                provider("b", url, "mb"),
+                validators=[JSON_SCHEMA],
+            ),
+        ]
+    }
+
+
+async def test_open_breaker_fails_over_at_once_and_recovers_through_one_probe(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    clock = FakeClock()
+    changes: list[tuple[str, str, str]] = []
+    openai_server.script("ma", Reply(status=503))
+    openai_server.script("mb", '{"answer": 1}')
+    cfg = two_providers(openai_server.url)
+    async with Cascade.from_dict(
+        cfg, clock=clock, breaker_listeners=[lambda n, o, s: changes.append((n, o, s))]
+    ) as c:
+        for _ in range(2):  # two outages open a's breaker (fail_max = 2)
+            result = await c.run(messages=USER)
+            assert result.provider == "b"
+        assert c.breakers["a"].state == "open"
+        assert "open" in repr(c.breakers["a"])
+        calls = openai_server.request_count
+        result = await c.run(messages=USER)
+        first = result.attempts[0]
+        assert (first.provider, first.error_type) == ("a", "CircuitOpen")
+        assert openai_server.request_count == calls + 1  # a was not called at all
+        # half-open after the reset timeout: one probe, which now succeeds
+        openai_server.reset()
+        openai_server.script("ma", '{"answer": 2}')
+        clock.advance(30)
+        result = await c.run(messages=USER)
+        assert result.provider == "a" and c.breakers["a"].state == "closed"
+    assert changes == [
+        ("a", "closed", "open"),
+        ("a", "open", "half_open"),
+        ("a", "half_open", "closed"),
+    ]
+
+
+async def test_rejections_and_rate_limits_do_not_open_the_breaker(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("ma", "not json", Reply(status=429), "not json", Reply(status=429))
+    openai_server.script("mb", '{"answer": 1}')
+    async with Cascade.from_dict(two_providers(openai_server.url), clock=FakeClock()) as c:
+        for _ in range(4):
+            await c.run(messages=USER)
+        assert c.breakers["a"].state == "closed"
+
+
+async def test_retries_are_recorded_and_never_sleep_for_real(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    clock = FakeClock(autojump=True)
+    openai_server.script("ma", Reply(status=503), Reply(status=500), '{"answer": 3}')
+    cfg = two_providers(
+        openai_server.url, retry={"attempts": 3, "base_s": 1, "max_s": 60}, breaker={}
+    )
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        result = await c.run(messages=USER)
+    assert result.provider == "a" and result.parsed == {"answer": 3}
+    assert [(a.provider, a.outcome) for a in result.attempts] == [
+        ("a", "failed"),
+        ("a", "failed"),
+        ("a", "accepted"),
+    ]
+    assert 0 <= clock.monotonic() <= 1 + 2  # full jitter: at most base * 2**0 + base * 2**1
+
+
+async def test_retries_stop_at_the_deadline(openai_server: FakeOpenAIServer) -> None:
+    clock = FakeClock(autojump=True)
+    openai_server.script("ma", Reply(status=503))
+    openai_server.script("mb", '{"answer": 1}')
+    cfg = two_providers(openai_server.url, retry={"attempts": 5, "base_s": 100, "max_s": 100})
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        # a backoff of up to 100 s cannot fit in a 5 s deadline on the fake clock, unless
+        # the jitter draws below 5 s: either way the deadline is never passed
+        result = await c.run(messages=USER, deadline_s=5)
+    assert result.provider == "b"
+    assert clock.monotonic() <= 5
+
+
+def test_breaker_config_errors_name_the_path() -> None:
+    cfg = two_providers("http://127.0.0.1:9/v1")
+    cfg["tiers"][0]["providers"][0]["breaker"] = {"fail_max": 0}  # type: ignore[index]
+    with pytest.raises(cascade.ConfigError) as info:
+        Cascade.from_dict(cfg)
+    assert info.value.path == "tiers[0].providers[0].breaker.fail_max"
