@@ -17,7 +17,6 @@ from ._config import (
     BreakerConfig,
     Config,
     ProviderConfig,
-    RetryConfig,
     TierConfig,
     Variant,
     load_config,
@@ -51,7 +50,7 @@ from ._types import (
     Verdict,
 )
 from .providers import Provider, register_provider_kind
-from .resilience import AsyncBreaker, CircuitOpen
+from .resilience import AsyncBreaker, CircuitOpen, RetryPolicy
 from .validators import ValidationContext, Validator, validator
 
 try:
@@ -88,7 +87,7 @@ __all__ = [
     "RateLimited",
     "RequestOptions",
     "Result",
-    "RetryConfig",
+    "RetryPolicy",
     "RunError",
     "SystemClock",
     "TierConfig",

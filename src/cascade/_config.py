@@ -12,12 +12,12 @@ import msgspec
 from msgspec import Meta
 
 from ._errors import ConfigError
+from .resilience.retry import RetryPolicy
 
 __all__ = [
     "BreakerConfig",
     "Config",
     "ProviderConfig",
-    "RetryConfig",
     "TierConfig",
     "Variant",
     "load_config",
@@ -37,17 +37,6 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     fail_max: Annotated[int, Meta(ge=1)] = 5
     reset_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
     count_rate_limits: bool = False
-
-
-class RetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Retries of one provider before failing over: ``attempts`` counts every try (1 = no
-    retry); full-jitter exponential backoff between ``base_s`` and ``max_s``; a 429's
-    Retry-After is waited out when it fits in ``max_s``. Never past the run's deadline."""
-
-    attempts: Annotated[int, Meta(ge=1)] = 1
-    base_s: Annotated[float, Meta(ge=0)] = 0.1
-    max_s: Annotated[float, Meta(ge=0)] = 5.0
-    honour_retry_after: bool = True
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -78,7 +67,8 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     prompt_overhead_tokens: Annotated[int, Meta(ge=0)] = 0
     """``replay`` only: prompt tokens added to each recorded question (few-shot examples)."""
     breaker: BreakerConfig = BreakerConfig()
-    retry: RetryConfig = RetryConfig()
+    retry: RetryPolicy = RetryPolicy(attempts=1)
+    """Retries of this provider before failing over (1 attempt: none)."""
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
         """Price of one call, from the per-million-token prices."""

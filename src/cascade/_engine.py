@@ -15,32 +15,32 @@ from typing import Any, Self
 import aiohttp
 import msgspec
 
-from ._attempt import InFlight, PartialCheck, Sampler, Tier, chosen, complete, judge
+from ._attempt import InFlight, PartialCheck, Sampler, Tier, complete, judge
+from ._build import build_tiers, provider_keys
 from ._clock import Clock, SystemClock
 from ._config import Config, load_config
 from ._errors import (
     AllProvidersFailed,
     BudgetExceeded,
     CascadeExhausted,
-    ConfigError,
     DeadlineExceeded,
     InputError,
     ProviderError,
 )
+from ._records import attempt_record, best_attempt, failed_record, result_of
 from ._types import (
     Attempt,
     Completion,
     Message,
     RequestOptions,
     Result,
-    Usage,
     Verdict,
     coerce_messages,
 )
-from .providers import Provider, build_provider, check_provider_config, provider_kinds
+from .providers import Provider, build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
-from .validators import ValidationContext, build_validator
+from .validators import ValidationContext
 from .validators._plugins import load_validator_folder
 
 __all__ = ["Cascade"]
@@ -63,6 +63,9 @@ class _Run:
 
     def spend(self, cost: float) -> None:
         self.spent += cost
+
+    def result(self, attempt: Attempt, *, validated: bool) -> Result:
+        return result_of(self.attempts, attempt, spent=self.spent, t0=self.t0, validated=validated)
 
 
 class Cascade:
@@ -100,78 +103,28 @@ class Cascade:
                 base_dir=None if base_dir is None else Path(base_dir),
                 config_path=f"validator_paths[{i}]",
             )
-        kinds = provider_kinds()
         self.config = config
-        self._tiers: list[Tier] = []
-        self._keys: dict[str, str | None] = {}
-        for t, tier_cfg in enumerate(config.tiers):
-            for p, prov in enumerate(tier_cfg.providers):
-                where = f"tiers[{t}].providers[{p}]"
-                if prov.kind not in kinds:
-                    raise ConfigError(
-                        f"unknown provider kind {prov.kind!r} (known: {', '.join(kinds)})",
-                        path=f"{where}.kind",
-                    )
-                try:
-                    check_provider_config(prov)
-                except ConfigError as exc:
-                    raise ConfigError(exc.message, path=f"{where}.{exc.path}") from None
-                key = None
-                if prov.api_key_env:
-                    key = env.get(prov.api_key_env)
-                    if not key:
-                        raise ConfigError(
-                            f"environment variable {prov.api_key_env!r} is not set",
-                            path=f"{where}.api_key_env",
-                        )
-                    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
-                        # a key read from a CRLF .env file: aiohttp would refuse the header
-                        raise ConfigError(
-                            f"environment variable {prov.api_key_env!r} holds whitespace or "
-                            "control characters around or inside the key",
-                            path=f"{where}.api_key_env",
-                        )
-                self._keys[prov.name] = key
-            validators = tuple(
-                build_validator(_without_weight(spec), path=f"tiers[{t}].validators[{v}]")
-                for v, spec in enumerate(tier_cfg.validators)
-            )
-            weights = tuple(
-                _weight(spec, path=f"tiers[{t}].validators[{v}].weight")
-                for v, spec in enumerate(tier_cfg.validators)
-            )
-            if tier_cfg.mode == "scored" and not sum(weights) > 0:
-                raise ConfigError(
-                    "scored mode needs validators with a positive total weight",
-                    path=f"tiers[{t}].validators",
-                )
-            self._tiers.append(Tier(t + 1, tier_cfg, validators, weights))
+        self._keys = provider_keys(config, env)
+        self._tiers = build_tiers(config)
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._rng = random.Random()
-        self._breakers: dict[str, AsyncBreaker] = {}
-        self._retries: dict[str, RetryPolicy | None] = {}
-        for tier_cfg in config.tiers:
-            for prov in tier_cfg.providers:
-                b = prov.breaker
-                self._breakers[prov.name] = AsyncBreaker(
-                    prov.name,
-                    fail_max=b.fail_max,
-                    reset_timeout_s=b.reset_timeout_s,
-                    count_rate_limits=b.count_rate_limits,
-                    clock=self._clock,
-                    listeners=breaker_listeners,
-                )
-                r = prov.retry
-                self._retries[prov.name] = (
-                    None
-                    if r.attempts == 1
-                    else RetryPolicy(
-                        attempts=r.attempts,
-                        base_s=r.base_s,
-                        max_s=r.max_s,
-                        honour_retry_after=r.honour_retry_after,
-                    )
-                )
+        self._breakers = {
+            p.name: AsyncBreaker(
+                p.name,
+                fail_max=p.breaker.fail_max,
+                reset_timeout_s=p.breaker.reset_timeout_s,
+                count_rate_limits=p.breaker.count_rate_limits,
+                clock=self._clock,
+                listeners=breaker_listeners,
+            )
+            for t in config.tiers
+            for p in t.providers
+        }
+        self._retries = {
+            p.name: None if p.retry.attempts == 1 else p.retry
+            for t in config.tiers
+            for p in t.providers
+        }
         self._session = session
         self._owns_session = session is None
         self._open = False
@@ -349,7 +302,7 @@ class Cascade:
                 except ProviderError as exc:
                     run.in_flight = None
                     run.last_error = exc
-                    attempts.append(_failed(tier, provider, t0, exc))
+                    attempts.append(failed_record(tier, provider, t0, exc))
                     continue  # fail over to the tier's next provider
                 # Paid for from here on, whatever happens during validation.
                 cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
@@ -364,10 +317,12 @@ class Cascade:
                 else:
                     verdicts, passed = (), True
                 run.in_flight = None
-                attempt = _attempt(flight, completion, verdicts, passed)
+                attempt = attempt_record(flight, completion, verdicts, passed)
                 attempts.append(attempt)
                 if passed:
-                    return _result(run, attempt, validated=True)
+                    return result_of(
+                        run.attempts, attempt, spent=run.spent, t0=run.t0, validated=True
+                    )
                 break  # rejected by a validator: escalate to the next tier
         return self._exhausted(run)
 
@@ -393,7 +348,7 @@ class Cascade:
 
         def on_retry(_: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
-            run.attempts.append(_failed(tier, provider, started[0], exc))
+            run.attempts.append(failed_record(tier, provider, started[0], exc))
 
         return await call_with_retries(
             once,
@@ -431,10 +386,10 @@ class Cascade:
         )
 
     def _exhausted(self, run: _Run) -> Result:
-        best = _best(run.attempts)
+        best = best_attempt(run.attempts)
         if best is not None:
             if self.config.on_exhausted == "best":
-                return _result(run, best, validated=False)
+                return run.result(best, validated=False)
             raise CascadeExhausted(
                 f"no answer passed validation in {len(run.attempts)} attempts",
                 attempts=run.attempts,
@@ -459,113 +414,19 @@ class Cascade:
             exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
             completion = flight.completion
             if completion is None:
-                attempt = _failed(flight.tier, flight.provider, flight.t0, exc)
+                attempt = failed_record(flight.tier, flight.provider, flight.t0, exc)
             else:
                 # The answer arrived (and was paid for); validation had not finished.
                 attempt = msgspec.structs.replace(
-                    _attempt(flight, completion, (), passed=False),
+                    attempt_record(flight, completion, (), passed=False),
                     error_type=type(exc).__name__,
                     error=str(exc),
                 )
             run.attempts.append(attempt)
-        best = _best(run.attempts)
+        best = best_attempt(run.attempts)
         if best is not None and self.config.on_exhausted == "best":
-            return _result(run, best, validated=False)
+            return run.result(best, validated=False)
         raise DeadlineExceeded(
             f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
             attempts=run.attempts,
         )
-
-
-def _without_weight(spec: Mapping[str, Any]) -> Mapping[str, Any]:
-    return {k: v for k, v in spec.items() if k != "weight"} if "weight" in spec else spec
-
-
-def _weight(spec: Mapping[str, Any], *, path: str) -> float:
-    weight = spec.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-        raise ConfigError(f"expected a number >= 0, got {weight!r}", path=path)
-    return float(weight)
-
-
-def _attempt(
-    flight: InFlight, completion: Completion, verdicts: tuple[Verdict, ...], passed: bool
-) -> Attempt:
-    samples = tuple(flight.samples)
-    in_tokens, out_tokens = completion.input_tokens, completion.output_tokens
-    for sample in samples:
-        in_tokens += sample.input_tokens
-        out_tokens += sample.output_tokens
-    return Attempt(
-        tier=flight.tier.index,
-        tier_name=flight.tier.name,
-        provider=flight.provider.name,
-        model=flight.provider.model,
-        outcome="accepted" if passed else "rejected",
-        verdicts=verdicts,
-        cost_usd=flight.cost,
-        input_tokens=in_tokens,
-        output_tokens=out_tokens,
-        latency_s=perf_counter() - flight.t0,
-        ttft_s=completion.ttft_s,
-        completion=completion,
-        samples=samples,
-    )
-
-
-def _failed(tier: Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:
-    return Attempt(
-        tier=tier.index,
-        tier_name=tier.name,
-        provider=provider.name,
-        model=provider.model,
-        outcome="failed",
-        error_type=type(exc).__name__,
-        error=str(exc),
-        latency_s=perf_counter() - t0,
-    )
-
-
-def _best(attempts: list[Attempt]) -> Attempt | None:
-    """The rejected attempt to fall back on: highest validator score, then highest tier."""
-    best: Attempt | None = None
-    for a in attempts:
-        if a.completion is None or a.completion.finish_reason == "rejected_early":
-            continue  # nothing, or a fragment cut off by an early rejection
-        if best is None or (a.score, a.tier) >= (best.score, best.tier):
-            best = a
-    return best
-
-
-def _result(run: _Run, attempt: Attempt, *, validated: bool) -> Result:
-    assert attempt.completion is not None
-    completion = chosen(attempt.verdicts, attempt.completion)
-    attempts = run.attempts
-    if len(attempts) == 1:
-        usage = Usage(input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens)
-    else:
-        usage = Usage(
-            input_tokens=sum(a.input_tokens for a in attempts),
-            output_tokens=sum(a.output_tokens for a in attempts),
-        )
-    parsed = None
-    for verdict in attempt.verdicts:
-        if verdict.passed and verdict.parsed is not None:
-            parsed = verdict.parsed
-            break
-    return Result(
-        text=completion.text,
-        parsed=parsed,
-        tier=attempt.tier,
-        tier_name=attempt.tier_name,
-        provider=attempt.provider,
-        model=attempt.model,
-        cost_usd=run.spent,
-        usage=usage,
-        latency_s=perf_counter() - run.t0,
-        attempts=tuple(attempts),
-        validated=validated,
-        finish_reason=completion.finish_reason,
-        variant=completion.variant,
-        answer=completion.answer,
-    )

@@ -199,6 +199,17 @@ class HTTPProvider:
     def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
         raise NotImplementedError
 
+    def _post(self, data: bytes) -> Any:
+        """The one POST every call makes (an aiohttp request context manager)."""
+        return self._session.post(
+            self._url,
+            data=data,
+            headers=self._headers,
+            timeout=self._timeout,
+            allow_redirects=False,  # a redirect must not carry the key to another host
+            raise_for_status=False,
+        )
+
     def _error(self, message: str, cls: type[ProviderError] = MalformedResponse) -> ProviderError:
         return cls(redact(message, self._secret), provider=self.name, model=self.model)
 
@@ -218,14 +229,7 @@ class HTTPProvider:
         except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
             raise InputError(f"cannot encode the request: {exc}") from None
         try:
-            async with self._session.post(
-                self._url,
-                data=data,
-                headers=self._headers,
-                timeout=self._timeout,
-                allow_redirects=False,  # a redirect must not carry the key to another host
-                raise_for_status=False,
-            ) as resp:
+            async with self._post(data) as resp:
                 if resp.status >= 300:
                     raise await status_error(
                         resp, provider=self.name, model=self.model, secret=self._secret
@@ -265,14 +269,7 @@ async def post_whole(
     except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
         raise InputError(f"cannot encode the request: {exc}") from None
     try:
-        async with provider._session.post(
-            provider._url,
-            data=data,
-            headers=provider._headers,
-            timeout=provider._timeout,
-            allow_redirects=False,
-            raise_for_status=False,
-        ) as resp:
+        async with provider._post(data) as resp:
             if resp.status >= 300:
                 raise await status_error(
                     resp, provider=provider.name, model=provider.model, secret=provider._secret

@@ -1,0 +1,100 @@
+"""What a run records: an attempt per provider call (or skipped tier), and the result.
+
+Pure functions of what the engine observed; the engine (``_engine.py``) decides when
+each is written.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from ._attempt import InFlight, Tier, chosen
+from ._types import Attempt, Completion, Result, Usage, Verdict
+from .providers import Provider
+
+__all__ = ["attempt_record", "best_attempt", "failed_record", "result_of"]
+
+
+def attempt_record(
+    flight: InFlight, completion: Completion, verdicts: tuple[Verdict, ...], passed: bool
+) -> Attempt:
+    samples = tuple(flight.samples)
+    in_tokens, out_tokens = completion.input_tokens, completion.output_tokens
+    for sample in samples:
+        in_tokens += sample.input_tokens
+        out_tokens += sample.output_tokens
+    return Attempt(
+        tier=flight.tier.index,
+        tier_name=flight.tier.name,
+        provider=flight.provider.name,
+        model=flight.provider.model,
+        outcome="accepted" if passed else "rejected",
+        verdicts=verdicts,
+        cost_usd=flight.cost,
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
+        latency_s=perf_counter() - flight.t0,
+        ttft_s=completion.ttft_s,
+        completion=completion,
+        samples=samples,
+    )
+
+
+def failed_record(tier: Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:
+    return Attempt(
+        tier=tier.index,
+        tier_name=tier.name,
+        provider=provider.name,
+        model=provider.model,
+        outcome="failed",
+        error_type=type(exc).__name__,
+        error=str(exc),
+        latency_s=perf_counter() - t0,
+    )
+
+
+def best_attempt(attempts: list[Attempt]) -> Attempt | None:
+    """The rejected attempt to fall back on: highest validator score, then highest tier."""
+    found: Attempt | None = None
+    for a in attempts:
+        if a.completion is None or a.completion.finish_reason == "rejected_early":
+            continue  # nothing, or a fragment cut off by an early rejection
+        if found is None or (a.score, a.tier) >= (found.score, found.tier):
+            found = a
+    return found
+
+
+def result_of(
+    attempts: list[Attempt], attempt: Attempt, *, spent: float, t0: float, validated: bool
+) -> Result:
+    """The Result returning ``attempt``'s answer; cost and usage cover every attempt."""
+    assert attempt.completion is not None
+    completion = chosen(attempt.verdicts, attempt.completion)
+    if len(attempts) == 1:
+        usage = Usage(input_tokens=attempt.input_tokens, output_tokens=attempt.output_tokens)
+    else:
+        usage = Usage(
+            input_tokens=sum(a.input_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts),
+        )
+    parsed = None
+    for verdict in attempt.verdicts:
+        if verdict.passed and verdict.parsed is not None:
+            parsed = verdict.parsed
+            break
+    return Result(
+        text=completion.text,
+        parsed=parsed,
+        tier=attempt.tier,
+        tier_name=attempt.tier_name,
+        provider=attempt.provider,
+        model=attempt.model,
+        cost_usd=spent,
+        usage=usage,
+        latency_s=perf_counter() - t0,
+        attempts=tuple(attempts),
+        validated=validated,
+        finish_reason=completion.finish_reason,
+        variant=completion.variant,
+        answer=completion.answer,
+    )
