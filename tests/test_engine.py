@@ -440,3 +440,23 @@ def test_http_kinds_need_a_base_url() -> None:
     with pytest.raises(cascade.ConfigError) as info:
         Cascade.from_dict(cfg)
     assert info.value.path == "tiers[0].providers[0].base_url"
+
+
+async def test_a_stream_broken_mid_answer_is_costed_for_what_arrived(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("m1", Reply(fault="drop", text="x" * 400, chunk_chars=40))
+    openai_server.script("m2", '{"answer": 2}')
+    cfg = {
+        "tiers": [
+            tier("a", provider("a", openai_server.url, "m1", stream=True)),
+            tier("b", provider("b", openai_server.url, "m2"), validators=[JSON_SCHEMA]),
+        ]
+    }
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER)
+    broken = result.attempts[0]
+    assert broken.outcome == "failed" and broken.error_type == "ProviderConnectionError"
+    # the first 40 characters arrived before the connection dropped: ~10 tokens billed
+    assert broken.output_tokens == 10 and broken.cost_usd > 0
+    assert result.cost_usd == pytest.approx(broken.cost_usd + result.attempts[1].cost_usd)

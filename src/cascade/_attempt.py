@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ._config import TierConfig, Variant
+from ._errors import ProviderError
 from ._types import Chunk, Completion, Message, RequestOptions, Verdict
 from .providers import Provider
 from .validators import ValidationContext, Validator
@@ -139,33 +140,40 @@ async def complete(
     model: str | None = None
     answer: str | None = None
     logprobs: list[float] | None = None
-    async with aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
-        async for chunk in chunks:
-            if chunk.text:
-                if ttft is None:
-                    ttft = perf_counter() - t0
-                parts.append(chunk.text)
-                if partial and len(text_so_far) < _PARTIAL_WINDOW:
-                    text_so_far += chunk.text
-                    early = _first_failure(partial, text_so_far, ctx)
-                    if early is not None:
-                        finish = "rejected_early"
-                        out_tokens = None  # nothing reported yet for what was received
-                        break
-            if chunk.finish_reason is not None:
-                finish = chunk.finish_reason
-            if chunk.input_tokens is not None:
-                in_tokens = chunk.input_tokens
-            if chunk.output_tokens is not None:
-                out_tokens = chunk.output_tokens
-            if chunk.model:
-                model = chunk.model
-            if chunk.answer is not None:
-                answer = chunk.answer
-            if chunk.logprobs:
-                if logprobs is None:
-                    logprobs = []
-                logprobs.extend(chunk.logprobs)
+    try:
+        async with aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
+            async for chunk in chunks:
+                if chunk.text:
+                    if ttft is None:
+                        ttft = perf_counter() - t0
+                    parts.append(chunk.text)
+                    if partial and len(text_so_far) < _PARTIAL_WINDOW:
+                        text_so_far += chunk.text
+                        early = _first_failure(partial, text_so_far, ctx)
+                        if early is not None:
+                            finish = "rejected_early"
+                            out_tokens = None  # nothing reported yet for what was received
+                            break
+                if chunk.finish_reason is not None:
+                    finish = chunk.finish_reason
+                if chunk.input_tokens is not None:
+                    in_tokens = chunk.input_tokens
+                if chunk.output_tokens is not None:
+                    out_tokens = chunk.output_tokens
+                if chunk.model:
+                    model = chunk.model
+                if chunk.answer is not None:
+                    answer = chunk.answer
+                if chunk.logprobs:
+                    if logprobs is None:
+                        logprobs = []
+                    logprobs.extend(chunk.logprobs)
+    except ProviderError as exc:
+        if parts:
+            # A stream that broke after text arrived was still generated, and billed:
+            # the engine costs what arrived (about 4 characters a token).
+            exc.received_chars = sum(len(p) for p in parts)
+        raise
     text = parts[0] if len(parts) == 1 else "".join(parts)
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
         in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)

@@ -302,7 +302,7 @@ class Cascade:
                 except ProviderError as exc:
                     run.in_flight = None
                     run.last_error = exc
-                    attempts.append(failed_record(tier, provider, t0, exc))
+                    attempts.append(self._failure(run, tier, provider, t0, exc, tier_msgs))
                     continue  # fail over to the tier's next provider
                 # Paid for from here on, whatever happens during validation.
                 cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
@@ -348,7 +348,7 @@ class Cascade:
 
         def on_retry(_: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
-            run.attempts.append(failed_record(tier, provider, started[0], exc))
+            run.attempts.append(self._failure(run, tier, provider, started[0], exc, msgs))
 
         return await call_with_retries(
             once,
@@ -357,6 +357,26 @@ class Cascade:
             deadline=run.deadline_at,
             rng=self._rng,
             on_retry=on_retry,
+        )
+
+    def _failure(
+        self,
+        run: _Run,
+        tier: Tier,
+        provider: Provider,
+        t0: float,
+        exc: ProviderError,
+        msgs: tuple[Message, ...],
+    ) -> Attempt:
+        """The failed attempt; a stream that broke after text arrived is costed for it."""
+        if not exc.received_chars:
+            return failed_record(tier, provider, t0, exc)
+        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        out_tokens = max(1, exc.received_chars // 4)
+        cost = provider.config.cost_usd(in_tokens, out_tokens)
+        run.spent += cost
+        return failed_record(
+            tier, provider, t0, exc, in_tokens=in_tokens, out_tokens=out_tokens, cost=cost
         )
 
     @property

@@ -77,6 +77,8 @@ class ProviderError(CascadeError):
     def __init__(self, message: str, *, provider: str, model: str) -> None:
         self.provider = provider
         self.model = model
+        self.received_chars = 0
+        """Characters of answer that had arrived when the call failed (a broken stream)."""
         super().__init__(f"{provider} ({model}): {message}")
 
 

@@ -40,7 +40,16 @@ def attempt_record(
     )
 
 
-def failed_record(tier: Tier, provider: Provider, t0: float, exc: Exception) -> Attempt:
+def failed_record(
+    tier: Tier,
+    provider: Provider,
+    t0: float,
+    exc: Exception,
+    *,
+    in_tokens: int = 0,
+    out_tokens: int = 0,
+    cost: float = 0.0,
+) -> Attempt:
     return Attempt(
         tier=tier.index,
         tier_name=tier.name,
@@ -50,6 +59,9 @@ def failed_record(tier: Tier, provider: Provider, t0: float, exc: Exception) -> 
         error_type=type(exc).__name__,
         error=str(exc),
         latency_s=perf_counter() - t0,
+        cost_usd=cost,
+        input_tokens=in_tokens,
+        output_tokens=out_tokens,
     )
 
 
