@@ -1,0 +1,547 @@
+"""A capacity-aware rate limiter for one provider: requests, tokens and concurrency.
+
+Each budget is a token bucket refilling continuously at its per-minute rate, holding at most
+``burst_s`` seconds' worth (a full minute by default, as providers' own buckets do):
+
+- :meth:`RateLimiter.try_acquire` never waits: it reserves one request, the caller's token
+  estimate and a concurrency slot, or returns ``None`` so the engine can try a sibling.
+- :meth:`RateLimiter.acquire` queues in FIFO order. The head of the queue sleeps on the
+  :class:`~cascade._clock.Clock` for exactly as long as the buckets say (no polling), and
+  a caller whose turn would come after its ``deadline`` gets :class:`LimiterTimeout` at once.
+- :meth:`RateLimiter.observe` lowers the buckets to what the provider reports as remaining
+  (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``) and, on a 429, blocks
+  the limiter for the ``retry-after`` the provider asked for.
+
+A request larger than a whole bucket is let through once that bucket is full, leaving it in
+debt; so over any window of ``w`` seconds at most ``rate * (w + burst_s)`` plus one request's
+excess is granted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Mapping
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+
+import msgspec
+
+from .._clock import Clock, SystemClock
+from .._errors import ProviderError
+
+__all__ = ["Headroom", "Lease", "LimiterTimeout", "RateLimiter"]
+
+_EPS = 1e-9  # float slack, so a sleeper woken at its exact refill time is granted
+
+
+class LimiterTimeout(ProviderError):
+    """The limiter could not admit a call before its deadline.
+
+    ``retry_in_s`` is how long until the call's turn would come, as far as the buckets tell
+    (0 when the wait is for a concurrency slot, which no clock can predict).
+    """
+
+    def __init__(self, *, provider: str, model: str = "", retry_in_s: float) -> None:
+        self.retry_in_s = retry_in_s
+        message = f"rate limited locally, headroom in {retry_in_s:.3g}s"
+        super().__init__(message, provider=provider, model=model)
+        if not model:
+            self.args = (f"{provider}: {message}",)
+
+
+class Headroom(msgspec.Struct, frozen=True, kw_only=True):
+    """What a limiter would admit now; ``None`` for a budget that is not limited."""
+
+    requests: float | None
+    tokens: float | None
+    slots: int | None
+    blocked_until: float | None
+
+
+class _Bucket:
+    """A continuously refilling bucket. ``level`` may go negative (debt) after an overage.
+
+    After a provider reports a reset time, the bucket refills at ``boost_rate`` so that it
+    is full exactly then, and at ``rate`` afterwards.
+    """
+
+    __slots__ = ("boost_rate", "boost_until", "capacity", "level", "rate", "stamp")
+
+    def __init__(self, per_minute: float, burst_s: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute * burst_s / 60.0  # exact for the default full minute
+        self.level = self.capacity
+        self.stamp = now
+        self.boost_rate = 0.0
+        self.boost_until = now
+
+    def copy(self) -> _Bucket:
+        other = _Bucket.__new__(_Bucket)
+        for name in _Bucket.__slots__:
+            setattr(other, name, getattr(self, name))
+        return other
+
+    def sync(self, now: float) -> None:
+        if now <= self.stamp:
+            return
+        gain = 0.0
+        boosted = min(now, self.boost_until) - self.stamp
+        if boosted > 0:
+            gain += boosted * self.boost_rate
+        gain += (now - self.stamp - max(boosted, 0.0)) * self.rate
+        self.level = min(self.capacity, self.level + gain)
+        self.stamp = now
+
+    def need(self, cost: float) -> float:
+        # An oversized request waits for a full bucket, then runs it into debt.
+        return min(cost, self.capacity)
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds from ``now`` until ``cost`` fits (the bucket is synced to ``now``)."""
+        self.sync(now)
+        deficit = self.need(cost) - self.level
+        if deficit <= _EPS * max(1.0, cost):
+            return 0.0
+        waited = 0.0
+        if self.boost_until > now and self.boost_rate > 0:
+            span = self.boost_until - now
+            if deficit <= span * self.boost_rate:
+                return deficit / self.boost_rate
+            deficit -= span * self.boost_rate
+            waited = span
+        return waited + deficit / self.rate
+
+    def cap(self, remaining: float, now: float, reset_at: float | None) -> None:
+        self.sync(now)
+        self.level = min(self.level, remaining)
+        if reset_at is not None and reset_at > now and self.level < self.capacity:
+            self.boost_until = reset_at
+            self.boost_rate = max(0.0, self.capacity - self.level) / (reset_at - now)
+
+
+class _Waiter:
+    __slots__ = ("tokens", "wake")
+
+    def __init__(self, tokens: int) -> None:
+        self.tokens = tokens
+        self.wake: asyncio.Future[None] | None = None
+
+
+class RateLimiter:
+    """Requests-per-minute, tokens-per-minute and concurrency budgets for one provider.
+
+    >>> limiter = RateLimiter("openai", requests_per_minute=500, tokens_per_minute=90_000)
+    >>> lease = limiter.try_acquire(tokens=1_200)  # None: try a sibling provider
+    >>> async def call():  # doctest: +SKIP
+    ...     with await limiter.acquire(tokens=1_200, deadline=clock.monotonic() + 5) as lease:
+    ...         response = await provider_call()
+    ...         limiter.observe(response.headers, status=response.status)
+    ...         lease.release(used_tokens=response.usage.total_tokens)
+    """
+
+    __slots__ = (
+        "_blocked_until",
+        "_clock",
+        "_in_use",
+        "_requests",
+        "_tokens",
+        "_waiters",
+        "max_concurrency",
+        "name",
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_concurrency: int | None = None,
+        burst_s: float = 60.0,
+        clock: Clock | None = None,
+    ) -> None:
+        for label, rate in (
+            ("requests_per_minute", requests_per_minute),
+            ("tokens_per_minute", tokens_per_minute),
+        ):
+            if rate is not None and not (rate > 0 and math.isfinite(rate)):
+                raise ValueError(f"{label} must be a positive number")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        if not (burst_s >= 0 and math.isfinite(burst_s)):
+            raise ValueError("burst_s must be >= 0")
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        now = self._clock.monotonic()
+        self._requests = (
+            None if requests_per_minute is None else _Bucket(requests_per_minute, burst_s, now)
+        )
+        self._tokens = (
+            None if tokens_per_minute is None else _Bucket(tokens_per_minute, burst_s, now)
+        )
+        self._in_use = 0
+        self._blocked_until = -math.inf
+        self._waiters: deque[_Waiter] = deque()
+
+    # -- admission -------------------------------------------------------------------------
+
+    def try_acquire(self, *, tokens: int) -> Lease | None:
+        """A lease if every budget has headroom now (and nobody is queued), else ``None``.
+
+        ``tokens`` is the caller's estimate (input estimate + ``max_tokens``). Refusing
+        reserves nothing.
+        """
+        if self._waiters or not self._ready(tokens):
+            return None
+        return self._grant(tokens)
+
+    async def acquire(self, *, tokens: int, deadline: float | None) -> Lease:
+        """Wait in FIFO order for headroom and return a lease.
+
+        ``deadline`` is an absolute time on the limiter's clock. If the buckets say this
+        caller's turn comes after it, :class:`LimiterTimeout` is raised at once; a wait for
+        a concurrency slot ends with :class:`LimiterTimeout` at the deadline.
+        """
+        if not self._waiters and self._ready(tokens):
+            return self._grant(tokens)
+        now = self._clock.monotonic()
+        eta = self._eta([*(w.tokens for w in self._waiters), tokens], now)
+        if deadline is not None and eta > deadline:
+            raise LimiterTimeout(provider=self.name, retry_in_s=eta - now)
+        waiter = _Waiter(tokens)
+        self._waiters.append(waiter)
+        try:
+            while True:
+                now = self._clock.monotonic()
+                sleep_s: float | None = None
+                if self._waiters[0] is waiter:
+                    if self._ready(tokens):
+                        return self._grant(tokens)
+                    wait = self._eta([tokens], now) - now
+                    if deadline is not None and now + wait > deadline:
+                        raise LimiterTimeout(provider=self.name, retry_in_s=wait)
+                    if wait > 0:
+                        sleep_s = wait
+                    # wait == 0: only a slot is missing; a release wakes us
+                if deadline is not None:
+                    if now >= deadline:
+                        raise LimiterTimeout(provider=self.name, retry_in_s=0.0)
+                    sleep_s = deadline - now if sleep_s is None else min(sleep_s, deadline - now)
+                await self._park(waiter, sleep_s)
+        finally:
+            was_head = bool(self._waiters) and self._waiters[0] is waiter
+            self._waiters.remove(waiter)
+            if was_head:
+                self._wake_head()
+
+    async def _park(self, waiter: _Waiter, sleep_s: float | None) -> None:
+        """Until woken (a release, a new head) or until ``sleep_s`` passes on the clock."""
+        wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter.wake = wake
+        if sleep_s is None:
+            try:
+                await wake
+            finally:
+                waiter.wake = None
+            return
+        sleeper = asyncio.ensure_future(self._clock.sleep(sleep_s))
+        try:
+            await asyncio.wait((wake, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.wake = None
+            sleeper.cancel()
+
+    def _wake_head(self) -> None:
+        if self._waiters:
+            wake = self._waiters[0].wake
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+    def _ready(self, tokens: int) -> bool:
+        now = self._clock.monotonic()
+        if now < self._blocked_until:
+            return False
+        if self.max_concurrency is not None and self._in_use >= self.max_concurrency:
+            return False
+        return all(
+            bucket is None or bucket.wait(cost, now) == 0.0
+            for bucket, cost in ((self._requests, 1), (self._tokens, tokens))
+        )
+
+    def _eta(self, queue: list[int], now: float) -> float:
+        """When the last of ``queue`` would be admitted, by the buckets and the block alone."""
+        requests = None if self._requests is None else self._requests.copy()
+        tokens_ = None if self._tokens is None else self._tokens.copy()
+        t = max(now, self._blocked_until)
+        for cost in queue:
+            waits = [0.0]
+            if requests is not None:
+                waits.append(requests.wait(1, t))
+            if tokens_ is not None:
+                waits.append(tokens_.wait(cost, t))
+            t += max(waits)
+            for bucket, amount in ((requests, 1), (tokens_, cost)):
+                if bucket is not None:
+                    bucket.sync(t)
+                    bucket.level -= amount
+        return t
+
+    def _grant(self, tokens: int) -> Lease:
+        if self._requests is not None:
+            self._requests.level -= 1
+        if self._tokens is not None:
+            self._tokens.level -= tokens
+        self._in_use += 1
+        return Lease(self, tokens)
+
+    def _release(self, reserved: int, used: int | None) -> None:
+        self._in_use -= 1
+        if used is not None and self._tokens is not None and used != reserved:
+            self._tokens.sync(self._clock.monotonic())
+            # A refund never fills the bucket past its capacity; an overage may run a debt.
+            self._tokens.level = min(self._tokens.capacity, self._tokens.level + reserved - used)
+        self._wake_head()
+
+    # -- learning from the provider --------------------------------------------------------
+
+    def observe(self, headers: Mapping[str, str], *, status: int | None = None) -> None:
+        """Learn from a response's rate-limit headers; unparseable values are ignored.
+
+        Remaining counts lower the local buckets (never raise them); a reset time makes the
+        bucket full at that time. With ``status=429``, ``retry-after-ms`` / ``retry-after``
+        blocks the limiter until then.
+        """
+        try:
+            h = {str(k).lower(): v for k, v in headers.items() if isinstance(v, str)}
+        except Exception:
+            return
+        now = self._clock.monotonic()
+        # Reset times are the server's: measure them from its Date header when it sent one.
+        server_now = _http_date(h.get("date"))
+        wall = time.time() if server_now is None else server_now
+        if self._requests is not None:
+            self._learn(
+                self._requests,
+                now,
+                [
+                    (
+                        h.get("x-ratelimit-remaining-requests"),
+                        _duration(h.get("x-ratelimit-reset-requests")),
+                    ),
+                    (
+                        h.get("anthropic-ratelimit-requests-remaining"),
+                        _until(h.get("anthropic-ratelimit-requests-reset"), wall),
+                    ),
+                ],
+            )
+        if self._tokens is not None:
+            families = ["tokens", "input-tokens", "output-tokens"]
+            self._learn(
+                self._tokens,
+                now,
+                [
+                    (
+                        h.get("x-ratelimit-remaining-tokens"),
+                        _duration(h.get("x-ratelimit-reset-tokens")),
+                    ),
+                    *(
+                        (
+                            h.get(f"anthropic-ratelimit-{f}-remaining"),
+                            _until(h.get(f"anthropic-ratelimit-{f}-reset"), wall),
+                        )
+                        for f in families
+                    ),
+                ],
+            )
+        if status == 429:
+            retry = _number(h.get("retry-after-ms"))
+            delay = retry / 1000.0 if retry is not None else None
+            if delay is None:
+                delay = _number(h.get("retry-after"))
+            if delay is None:
+                delay = _until(h.get("retry-after"), wall)
+            if delay is not None and delay > 0:
+                self._blocked_until = max(self._blocked_until, now + delay)
+        # A head that sleeps recomputes its wait when woken: never too early to be granted.
+        self._wake_head()
+
+    @staticmethod
+    def _learn(bucket: _Bucket, now: float, reports: list[tuple[str | None, float | None]]) -> None:
+        # Several families (Anthropic's input/output tokens) fold into one bucket: the
+        # scarcest one binds.
+        best: tuple[float, float | None] | None = None
+        for raw, reset_in in reports:
+            remaining = _number(raw)
+            if remaining is not None and (best is None or remaining < best[0]):
+                best = (remaining, reset_in)
+        if best is not None:
+            remaining, reset_in = best
+            bucket.cap(remaining, now, None if reset_in is None else now + reset_in)
+
+    # -- inspection ------------------------------------------------------------------------
+
+    @property
+    def headroom(self) -> Headroom:
+        """What is available now (levels in requests and tokens; ``None`` if unlimited)."""
+        now = self._clock.monotonic()
+        levels: list[float | None] = []
+        for bucket in (self._requests, self._tokens):
+            if bucket is None:
+                levels.append(None)
+            else:
+                bucket.sync(now)
+                levels.append(max(0.0, bucket.level))
+        return Headroom(
+            requests=levels[0],
+            tokens=levels[1],
+            slots=None if self.max_concurrency is None else self.max_concurrency - self._in_use,
+            blocked_until=self._blocked_until if self._blocked_until > now else None,
+        )
+
+    @property
+    def waiters(self) -> int:
+        """How many ``acquire`` calls are queued."""
+        return len(self._waiters)
+
+    def __repr__(self) -> str:
+        room = self.headroom
+        parts = [f"<RateLimiter {self.name!r}"]
+        if self._requests is not None and room.requests is not None:
+            parts.append(f"requests={room.requests:.4g}/{self._requests.capacity:.4g}")
+        if self._tokens is not None and room.tokens is not None:
+            parts.append(f"tokens={room.tokens:.6g}/{self._tokens.capacity:.6g}")
+        if self.max_concurrency is not None:
+            parts.append(f"slots={room.slots}/{self.max_concurrency}")
+        if room.blocked_until is not None:
+            parts.append(f"blocked_for={room.blocked_until - self._clock.monotonic():.3g}s")
+        parts.append(f"waiters={len(self._waiters)}")
+        return " ".join(parts) + ">"
+
+
+class Lease:
+    """One admitted call's reservation: a concurrency slot and a token estimate.
+
+    ``release(used_tokens=...)`` frees the slot and settles the estimate against the real
+    usage (refunding the rest, or charging the excess); without ``used_tokens`` the
+    estimate stands. Later releases are ignored. As a context manager it releases on exit.
+    """
+
+    __slots__ = ("_limiter", "_released", "tokens")
+
+    def __init__(self, limiter: RateLimiter, tokens: int) -> None:
+        self._limiter = limiter
+        self._released = False
+        self.tokens = tokens
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self, *, used_tokens: int | None = None) -> None:
+        if not self._released:
+            self._released = True
+            self._limiter._release(self.tokens, used_tokens)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Lease:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = " released" if self._released else ""
+        return f"<Lease {self.tokens} tokens on {self._limiter.name!r}{state}>"
+
+
+# -- header parsing: never raises, ``None`` for anything unusable -------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_S = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def _number(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _duration(raw: str | None) -> float | None:
+    """OpenAI's Go-style durations ("1s", "6m0s", "20ms", "1h2m3.5s"); bare seconds too."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    plain = _number(text)
+    if plain is not None:
+        return plain
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_S[match.group(2)]
+        pos = match.end()
+    return total if pos == len(text) and pos > 0 and math.isfinite(total) else None
+
+
+def _until(raw: str | None, wall: float) -> float | None:
+    """Seconds from ``wall`` to an RFC 3339 timestamp or HTTP date (0 if already past)."""
+    if raw is None:
+        return None
+    at = _rfc3339(raw) or _http_date(raw)
+    return None if at is None else max(0.0, at - wall)
+
+
+def _rfc3339(raw: str) -> float | None:
+    try:
+        stamp = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        return None
+    return stamp.timestamp()
+
+
+def _http_date(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    try:
+        stamp = parsedate_to_datetime(raw.strip())
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if stamp.tzinfo is None:
+        return None
+    return stamp.timestamp()
