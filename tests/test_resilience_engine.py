@@ -110,3 +110,71 @@ def test_breaker_config_errors_name_the_path() -> None:
     with pytest.raises(cascade.ConfigError) as info:
         Cascade.from_dict(cfg)
     assert info.value.path == "tiers[0].providers[0].breaker.fail_max"
+
+
+# -- rate limits -------------------------------------------------------------------------
+
+
+def limited(url: str, limits: dict[str, object], *, sibling: bool = True) -> dict[str, object]:
+    providers = [provider("a", url, "ma", limits=limits)]
+    if sibling:
+        providers.append(provider("b", url, "mb"))
+    return {"tiers": [tier("small", *providers, validators=[JSON_SCHEMA])]}
+
+
+async def test_a_busy_provider_is_passed_over_for_a_sibling(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    import anyio
+
+    openai_server.script("ma", Reply(text='{"answer": 1}', latency_s=0.2))
+    openai_server.script("mb", '{"answer": 2}')
+    results: list[cascade.Result] = []
+    async with Cascade.from_dict(limited(openai_server.url, {"max_concurrency": 1})) as c:
+
+        async def one() -> None:
+            results.append(await c.run(messages=USER))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            await anyio.sleep(0.05)  # the first call holds a's only slot
+            tg.start_soon(one)
+    assert sorted(r.provider for r in results) == ["a", "b"]
+    assert sum(r.model == "ma" for r in openai_server.requests) == 1
+
+
+async def test_with_no_headroom_anywhere_a_request_waits_its_turn(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    clock = FakeClock(autojump=True)
+    openai_server.script("ma", '{"answer": 1}')
+    cfg = limited(openai_server.url, {"requests_per_minute": 1, "burst_s": 0}, sibling=False)
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        first = await c.run(messages=USER)
+        second = await c.run(messages=USER)  # waits a minute of fake time for its turn
+    assert first.validated and second.validated
+    assert clock.monotonic() >= 59
+
+
+async def test_waiting_never_passes_the_deadline(openai_server: FakeOpenAIServer) -> None:
+    clock = FakeClock(autojump=True)
+    openai_server.script("ma", '{"answer": 1}')
+    cfg = limited(openai_server.url, {"requests_per_minute": 1, "burst_s": 0}, sibling=False)
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        await c.run(messages=USER)
+        with pytest.raises(cascade.AllProvidersFailed) as info:
+            await c.run(messages=USER, deadline_s=5)
+    (attempt,) = info.value.attempts
+    assert attempt.error_type == "LimiterTimeout"
+    assert clock.monotonic() < 5  # it did not sleep towards a turn it could not have
+
+
+async def test_rate_limit_headers_steer_to_the_sibling(openai_server: FakeOpenAIServer) -> None:
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}
+    openai_server.script("ma", Reply(text='{"answer": 1}', headers=headers))
+    openai_server.script("mb", '{"answer": 2}')
+    cfg = limited(openai_server.url, {"requests_per_minute": 600})
+    async with Cascade.from_dict(cfg, clock=FakeClock()) as c:
+        assert (await c.run(messages=USER)).provider == "a"
+        # a said it has no requests left for 30 s: the next request goes to b
+        assert (await c.run(messages=USER)).provider == "b"

@@ -16,6 +16,7 @@ from ._clock import Clock, SystemClock
 from ._config import (
     BreakerConfig,
     Config,
+    LimitsConfig,
     ProviderConfig,
     TierConfig,
     Variant,
@@ -51,6 +52,7 @@ from ._types import (
 )
 from .providers import Provider, register_provider_kind
 from .resilience import AsyncBreaker, CircuitOpen, RetryPolicy
+from .resilience.limiter import LimiterTimeout, RateLimiter
 from .validators import ValidationContext, Validator, validator
 
 try:
@@ -75,6 +77,8 @@ __all__ = [
     "ConfigError",
     "DeadlineExceeded",
     "InputError",
+    "LimiterTimeout",
+    "LimitsConfig",
     "MalformedResponse",
     "Message",
     "Outcome",
@@ -85,6 +89,7 @@ __all__ = [
     "ProviderStatusError",
     "ProviderTimeout",
     "RateLimited",
+    "RateLimiter",
     "RequestOptions",
     "Result",
     "RetryPolicy",

@@ -17,6 +17,7 @@ from .resilience.retry import RetryPolicy
 __all__ = [
     "BreakerConfig",
     "Config",
+    "LimitsConfig",
     "ProviderConfig",
     "TierConfig",
     "Variant",
@@ -37,6 +38,28 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     fail_max: Annotated[int, Meta(ge=1)] = 5
     reset_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
     count_rate_limits: bool = False
+
+
+class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A provider's capacity: requests and tokens per minute (token buckets holding
+    ``burst_s`` seconds of refill) and concurrent calls. A provider with no headroom is
+    passed over for a sibling that has some; only when none has does a request wait, in
+    fair order and never past its deadline. The limits also learn from the provider's
+    rate-limit headers (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``,
+    ``retry-after`` on 429). No limit set: no limiter."""
+
+    requests_per_minute: Annotated[float, Meta(gt=0)] | None = None
+    tokens_per_minute: Annotated[float, Meta(gt=0)] | None = None
+    max_concurrency: Annotated[int, Meta(ge=1)] | None = None
+    burst_s: Annotated[float, Meta(ge=0)] = 60.0
+
+    @property
+    def configured(self) -> bool:
+        return (
+            self.requests_per_minute is not None
+            or self.tokens_per_minute is not None
+            or self.max_concurrency is not None
+        )
 
 
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,6 +90,7 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     prompt_overhead_tokens: Annotated[int, Meta(ge=0)] = 0
     """``replay`` only: prompt tokens added to each recorded question (few-shot examples)."""
     breaker: BreakerConfig = BreakerConfig()
+    limits: LimitsConfig = LimitsConfig()
     retry: RetryPolicy = RetryPolicy(attempts=1)
     """Retries of this provider before failing over (1 attempt: none)."""
 

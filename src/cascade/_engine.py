@@ -40,6 +40,7 @@ from ._types import (
 from .providers import Provider, build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
+from .resilience.limiter import Lease, LimiterTimeout, RateLimiter
 from .validators import ValidationContext
 from .validators._plugins import load_validator_folder
 
@@ -120,6 +121,19 @@ class Cascade:
             for t in config.tiers
             for p in t.providers
         }
+        self._limiters = {
+            p.name: RateLimiter(
+                p.name,
+                requests_per_minute=p.limits.requests_per_minute,
+                tokens_per_minute=p.limits.tokens_per_minute,
+                max_concurrency=p.limits.max_concurrency,
+                burst_s=p.limits.burst_s,
+                clock=self._clock,
+            )
+            for t in config.tiers
+            for p in t.providers
+            if p.limits.configured
+        }
         self._retries = {
             p.name: None if p.retry.attempts == 1 else p.retry
             for t in config.tiers
@@ -168,6 +182,10 @@ class Cascade:
                 build_provider(p, session=self._session, api_key=self._keys[p.name])
                 for p in tier_cfg.providers
             )
+            for provider in tier.providers:
+                limiter = self._limiters.get(provider.name)
+                if limiter is not None and hasattr(provider, "observe"):
+                    provider.observe = limiter.observe  # learn from rate-limit headers
         self._open = True
 
     async def aclose(self) -> None:
@@ -273,58 +291,113 @@ class Cascade:
                 if skip is not None:
                     attempts.append(skip)
                     continue
+            attempt = None
+            busy: list[Provider] = []  # no headroom in their rate limits right now
             for provider in tier.providers:
+                lease = None
+                limiter = self._limiters.get(provider.name)
+                if limiter is not None:
+                    lease = limiter.try_acquire(tokens=self._token_estimate(provider, msgs, opts))
+                    if lease is None:
+                        busy.append(provider)  # a sibling with headroom goes first
+                        continue
+                attempt = await self._try(run, tier, provider, msgs, opts, lease)
+                if attempt is not None:
+                    break
+            if attempt is None and busy:
+                # Every provider with headroom failed or none had any: wait, in fair
+                # order and never past the deadline, for the first busy one.
+                provider = busy[0]
+                limiter = self._limiters[provider.name]
                 t0 = perf_counter()
-                run.in_flight = flight = InFlight(tier, provider, t0)
-                tier_msgs, tier_opts = tier.request(msgs, opts, 0)
-                ctx = None
-                if tier.validators:
-                    ctx = ValidationContext(
-                        messages=tier_msgs,
-                        options=tier_opts,
-                        tier=tier.index,
-                        tier_name=tier.name,
-                        sample=Sampler(flight, msgs, opts, run.spend),
-                        weights=tier.weights_of_variants,
-                    )
-                partial = tier.partial if provider.config.stream else ()
                 try:
-                    policy = self._retries[provider.name]
-                    if policy is None:
-                        with self._breakers[provider.name].admit():
-                            completion, early = await complete(
-                                provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx
-                            )
-                    else:
-                        completion, early = await self._with_retries(
-                            run, tier, provider, policy, tier_msgs, tier_opts, partial, ctx
-                        )
-                except ProviderError as exc:
-                    run.in_flight = None
-                    run.last_error = exc
-                    attempts.append(self._failure(run, tier, provider, t0, exc, tier_msgs))
-                    continue  # fail over to the tier's next provider
-                # Paid for from here on, whatever happens during validation.
-                cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
-                run.spent += cost
-                flight.completion = completion
-                flight.cost += cost
-                if early is not None:
-                    verdicts: tuple[Verdict, ...] = (early,)
-                    passed = False
-                elif ctx is not None:
-                    verdicts, passed = await judge(tier, completion, ctx)
-                else:
-                    verdicts, passed = (), True
-                run.in_flight = None
-                attempt = attempt_record(flight, completion, verdicts, passed)
-                attempts.append(attempt)
-                if passed:
-                    return result_of(
-                        run.attempts, attempt, spent=run.spent, t0=run.t0, validated=True
+                    lease = await limiter.acquire(
+                        tokens=self._token_estimate(provider, msgs, opts),
+                        deadline=run.deadline_at,
                     )
-                break  # rejected by a validator: escalate to the next tier
+                except LimiterTimeout as exc:
+                    run.last_error = exc
+                    attempts.append(failed_record(tier, provider, t0, exc))
+                else:
+                    attempt = await self._try(run, tier, provider, msgs, opts, lease)
+            if attempt is not None and attempt.outcome == "accepted":
+                return run.result(attempt, validated=True)
+            # rejected by a validator, or every provider failed: escalate to the next tier
         return self._exhausted(run)
+
+    async def _try(
+        self,
+        run: _Run,
+        tier: Tier,
+        provider: Provider,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        lease: Lease | None,
+    ) -> Attempt | None:
+        """One provider's attempt at the tier: the Attempt (accepted or rejected), or None
+        when the call failed (recorded; the caller fails over)."""
+        attempts = run.attempts
+        t0 = perf_counter()
+        run.in_flight = flight = InFlight(tier, provider, t0)
+        tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+        ctx = None
+        if tier.validators:
+            ctx = ValidationContext(
+                messages=tier_msgs,
+                options=tier_opts,
+                tier=tier.index,
+                tier_name=tier.name,
+                sample=Sampler(flight, msgs, opts, run.spend),
+                weights=tier.weights_of_variants,
+            )
+        partial = tier.partial if provider.config.stream else ()
+        try:
+            policy = self._retries[provider.name]
+            if policy is None:
+                with self._breakers[provider.name].admit():
+                    completion, early = await complete(
+                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx
+                    )
+            else:
+                completion, early = await self._with_retries(
+                    run, tier, provider, policy, tier_msgs, tier_opts, partial, ctx
+                )
+        except ProviderError as exc:
+            if lease is not None:
+                lease.release()
+            run.in_flight = None
+            run.last_error = exc
+            attempts.append(self._failure(run, tier, provider, t0, exc, tier_msgs))
+            return None
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if lease is not None:
+            lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
+        # Paid for from here on, whatever happens during validation.
+        cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+        run.spent += cost
+        flight.completion = completion
+        flight.cost += cost
+        if early is not None:
+            verdicts: tuple[Verdict, ...] = (early,)
+            passed = False
+        elif ctx is not None:
+            verdicts, passed = await judge(tier, completion, ctx)
+        else:
+            verdicts, passed = (), True
+        run.in_flight = None
+        attempt = attempt_record(flight, completion, verdicts, passed)
+        attempts.append(attempt)
+        return attempt
+
+    def _token_estimate(
+        self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
+    ) -> int:
+        """Tokens to reserve in a rate limit: the prompt's estimate plus the output cap."""
+        out = opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
+        return sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs) + out
 
     async def _with_retries(
         self,

@@ -11,7 +11,9 @@ failure is translated at the boundary into one of these::
     │   │   └── RateLimited         429 (or 529 overloaded); carries retry_after
     │   ├── ProviderTimeout         connect / read / total timeout of one call
     │   ├── ProviderConnectionError refused, reset, dropped mid-body
-    │   └── MalformedResponse       the body or stream is not the wire format
+    │   ├── MalformedResponse       the body or stream is not the wire format
+    │   ├── CircuitOpen             (resilience.breaker) the provider's breaker is open
+    │   └── LimiterTimeout          (resilience.limiter) no rate-limit headroom in time
     └── RunError                    a whole run failed; carries every attempt made
         ├── CascadeExhausted        every tier ran, no answer passed its validators
         ├── AllProvidersFailed      no provider produced an answer at all

@@ -173,6 +173,8 @@ class HTTPProvider:
         )
         self._url = ""
         self._headers: dict[str, str] = {}
+        self.observe: Callable[..., None] | None = None
+        """Called with each response's headers (and ``status=``): a rate limiter learns."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={self._url!r}>"
@@ -230,6 +232,8 @@ class HTTPProvider:
             raise InputError(f"cannot encode the request: {exc}") from None
         try:
             async with self._post(data) as resp:
+                if self.observe is not None:
+                    self.observe(resp.headers, status=resp.status)
                 if resp.status >= 300:
                     raise await status_error(
                         resp, provider=self.name, model=self.model, secret=self._secret
@@ -270,6 +274,8 @@ async def post_whole(
         raise InputError(f"cannot encode the request: {exc}") from None
     try:
         async with provider._post(data) as resp:
+            if provider.observe is not None:
+                provider.observe(resp.headers, status=resp.status)
             if resp.status >= 300:
                 raise await status_error(
                     resp, provider=provider.name, model=provider.model, secret=provider._secret
