@@ -25,6 +25,7 @@ import msgspec
 
 from ._engine import Cascade
 from ._errors import RunError
+from ._progress import Progress
 from ._types import Completion, Result, Verdict
 from .testing import FakeAnthropicServer, FakeOpenAIServer, FakeRequest, Reply
 from .validators import ValidationContext, extract_json, validator
@@ -201,26 +202,6 @@ def _correct(task: Task, result: Result | None) -> bool:
     return items == list(task.items) and total == task.total_cents
 
 
-class _Progress:
-    def __init__(self, total: int, out: TextIO | None) -> None:
-        self.total, self.done, self.out = total, 0, out
-        self._tty = bool(out is not None and out.isatty())
-        self._last = -1
-
-    def step(self, label: str) -> None:
-        self.done += 1
-        if self.out is None:
-            return
-        pct = self.done * 100 // self.total
-        if not self._tty and pct // 10 == self._last // 10 and self.done != self.total:
-            return
-        self._last = pct
-        bar = "#" * (pct * 30 // 100)
-        end = "\r" if self._tty and self.done != self.total else "\n"
-        self.out.write(f"{label:<9} [{bar:<30}] {self.done}/{self.total}{end}")
-        self.out.flush()
-
-
 def demo_config(
     small_url: str, small_b_url: str, medium_url: str, large_url: str
 ) -> dict[str, Any]:
@@ -286,10 +267,10 @@ async def run_demo(
         config = demo_config(small.url, small_b.url, medium.url, large.url)
         async with Cascade.from_dict(config) as cascade:
             cascaded = await _run_all(
-                cascade, tasks, concurrency, None, _Progress(requests, progress), "cascade"
+                cascade, tasks, concurrency, None, Progress(requests, "cascade  ", progress)
             )
             baseline = await _run_all(
-                cascade, tasks, concurrency, "large", _Progress(requests, progress), "baseline"
+                cascade, tasks, concurrency, "large", Progress(requests, "baseline ", progress)
             )
     return _summarise(tasks, cascaded, baseline, cascade.tiers, time.perf_counter() - started)
 
@@ -302,8 +283,7 @@ async def _run_all(
     tasks: list[Task],
     concurrency: int,
     only_tier: str | None,
-    progress: _Progress,
-    label: str,
+    progress: Progress,
 ) -> list[_Outcome]:
     out: list[_Outcome] = [(None, 0.0)] * len(tasks)
     limit = anyio.Semaphore(concurrency)
@@ -321,7 +301,7 @@ async def _run_all(
             except RunError:
                 result = None
             out[i] = (result, time.perf_counter() - t0)
-            progress.step(label)
+            progress.step()
 
     async with anyio.create_task_group() as tg:
         for i, task in enumerate(tasks):

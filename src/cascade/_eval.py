@@ -20,6 +20,7 @@ import msgspec
 from ._config import Config
 from ._engine import Cascade
 from ._errors import ConfigError, InputError, RunError
+from ._progress import Progress
 from ._types import Attempt, Completion, Result
 from .providers.replay import read_lines
 from .validators._extract import Extractor, normalize
@@ -146,28 +147,6 @@ def baseline_config(config: Config) -> Config:
 
 
 # -- running -----------------------------------------------------------------------------
-
-
-class Progress:
-    """A progress bar on a stream: redrawn in place on a terminal, every 10% otherwise."""
-
-    def __init__(self, total: int, label: str, out: TextIO | None) -> None:
-        self.total, self.label, self.out, self.done = total, label, out, 0
-        self._tty = bool(out is not None and out.isatty())
-        self._last = -1
-
-    def step(self) -> None:
-        self.done += 1
-        if self.out is None:
-            return
-        pct = self.done * 100 // self.total
-        if not self._tty and pct // 10 == self._last // 10 and self.done != self.total:
-            return
-        self._last = pct
-        end = "\r" if self._tty and self.done != self.total else "\n"
-        bar = "#" * (pct * 30 // 100)
-        self.out.write(f"{self.label} [{bar:<30}] {self.done}/{self.total}{end}")
-        self.out.flush()
 
 
 _Outcome = tuple[Result | None, tuple[Attempt, ...]]

@@ -225,9 +225,11 @@ class HTTPProvider:
     async def stream(
         self, messages: tuple[Message, ...], options: RequestOptions
     ) -> AsyncIterator[Chunk]:
-        stream = self._stream
+        if not self._stream:
+            yield await post_whole(self, self._body(messages, options, stream=False), self._whole)
+            return
         try:
-            data = _encode(self._body(messages, options, stream=stream))
+            data = _encode(self._body(messages, options, stream=True))
         except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
             raise InputError(f"cannot encode the request: {exc}") from None
         try:
@@ -238,9 +240,6 @@ class HTTPProvider:
                     raise await status_error(
                         resp, provider=self.name, model=self.model, secret=self._secret
                     )
-                if not stream:
-                    yield self._whole(await resp.read())
-                    return
                 decoder = SSEDecoder()
                 state: dict[str, Any] = {}
                 async for raw in resp.content.iter_any():
