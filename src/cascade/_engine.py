@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import perf_counter
@@ -15,9 +14,10 @@ from typing import Any, Self
 import aiohttp
 import msgspec
 
-from ._attempt import InFlight, PartialCheck, Sampler, Tier, complete, judge
+from ._attempt import Tier
 from ._build import build_tiers, provider_keys
-from ._clock import Clock, SystemClock
+from ._calls import ProviderCalls
+from ._clock import Clock
 from ._config import Config, load_config
 from ._errors import (
     AllProvidersFailed,
@@ -25,48 +25,24 @@ from ._errors import (
     CascadeExhausted,
     DeadlineExceeded,
     InputError,
-    ProviderError,
 )
-from ._records import attempt_record, best_attempt, failed_record, result_of
+from ._records import RunState, attempt_record, best_attempt, failed_record
 from ._types import (
     Attempt,
-    Completion,
     Message,
     RequestOptions,
     Result,
-    Verdict,
     coerce_messages,
 )
 from .providers import Provider, build_provider
 from .providers.replay import resolve_datasets
-from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
-from .resilience.limiter import Lease, LimiterTimeout, RateLimiter
-from .validators import ValidationContext
+from .resilience import AsyncBreaker, BreakerListener
+from .resilience.limiter import LimiterTimeout
 from .validators._plugins import load_validator_folder
 
 __all__ = ["Cascade"]
 
 _DEFAULT_OPTIONS = RequestOptions()
-
-
-class _Run:
-    """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
-
-    __slots__ = ("attempts", "deadline_at", "in_flight", "last_error", "spent", "t0")
-
-    def __init__(self, t0: float, deadline_at: float | None) -> None:
-        self.t0 = t0
-        self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
-        self.attempts: list[Attempt] = []
-        self.spent = 0.0
-        self.last_error: ProviderError | None = None
-        self.in_flight: InFlight | None = None
-
-    def spend(self, cost: float) -> None:
-        self.spent += cost
-
-    def result(self, attempt: Attempt, *, validated: bool) -> Result:
-        return result_of(self.attempts, attempt, spent=self.spent, t0=self.t0, validated=validated)
 
 
 class Cascade:
@@ -107,38 +83,7 @@ class Cascade:
         self.config = config
         self._keys = provider_keys(config, env)
         self._tiers = build_tiers(config)
-        self._clock: Clock = clock if clock is not None else SystemClock()
-        self._rng = random.Random()
-        self._breakers = {
-            p.name: AsyncBreaker(
-                p.name,
-                fail_max=p.breaker.fail_max,
-                reset_timeout_s=p.breaker.reset_timeout_s,
-                count_rate_limits=p.breaker.count_rate_limits,
-                clock=self._clock,
-                listeners=breaker_listeners,
-            )
-            for t in config.tiers
-            for p in t.providers
-        }
-        self._limiters = {
-            p.name: RateLimiter(
-                p.name,
-                requests_per_minute=p.limits.requests_per_minute,
-                tokens_per_minute=p.limits.tokens_per_minute,
-                max_concurrency=p.limits.max_concurrency,
-                burst_s=p.limits.burst_s,
-                clock=self._clock,
-            )
-            for t in config.tiers
-            for p in t.providers
-            if p.limits.configured
-        }
-        self._retries = {
-            p.name: None if p.retry.attempts == 1 else p.retry
-            for t in config.tiers
-            for p in t.providers
-        }
+        self._calls = ProviderCalls(config, clock=clock, breaker_listeners=breaker_listeners)
         self._session = session
         self._owns_session = session is None
         self._open = False
@@ -183,7 +128,7 @@ class Cascade:
                 for p in tier_cfg.providers
             )
             for provider in tier.providers:
-                limiter = self._limiters.get(provider.name)
+                limiter = self._calls.limiters.get(provider.name)
                 if limiter is not None and hasattr(provider, "observe"):
                     provider.observe = limiter.observe  # learn from rate-limit headers
         self._open = True
@@ -251,7 +196,9 @@ class Cascade:
                 raise RuntimeError("cannot run: this Cascade is closed")
             await self.open()
 
-        run = _Run(perf_counter(), None if deadline is None else self._clock.monotonic() + deadline)
+        run = RunState(
+            perf_counter(), None if deadline is None else self._calls.clock.monotonic() + deadline
+        )
         tiers = self._tiers[first : last + 1]
         if deadline is None:
             return await self._run_tiers(run, tiers, msgs, opts, budget)
@@ -278,7 +225,7 @@ class Cascade:
 
     async def _run_tiers(
         self,
-        run: _Run,
+        run: RunState,
         tiers: list[Tier],
         msgs: tuple[Message, ...],
         opts: RequestOptions,
@@ -295,167 +242,42 @@ class Cascade:
             busy: list[Provider] = []  # no headroom in their rate limits right now
             for provider in tier.providers:
                 lease = None
-                limiter = self._limiters.get(provider.name)
+                limiter = self._calls.limiters.get(provider.name)
                 if limiter is not None:
-                    lease = limiter.try_acquire(tokens=self._token_estimate(provider, msgs, opts))
+                    lease = limiter.try_acquire(
+                        tokens=self._calls.token_estimate(provider, msgs, opts)
+                    )
                     if lease is None:
                         busy.append(provider)  # a sibling with headroom goes first
                         continue
-                attempt = await self._try(run, tier, provider, msgs, opts, lease)
+                attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
                 if attempt is not None:
                     break
             if attempt is None and busy:
                 # Every provider with headroom failed or none had any: wait, in fair
                 # order and never past the deadline, for the first busy one.
                 provider = busy[0]
-                limiter = self._limiters[provider.name]
+                limiter = self._calls.limiters[provider.name]
                 t0 = perf_counter()
                 try:
                     lease = await limiter.acquire(
-                        tokens=self._token_estimate(provider, msgs, opts),
+                        tokens=self._calls.token_estimate(provider, msgs, opts),
                         deadline=run.deadline_at,
                     )
                 except LimiterTimeout as exc:
                     run.last_error = exc
                     attempts.append(failed_record(tier, provider, t0, exc))
                 else:
-                    attempt = await self._try(run, tier, provider, msgs, opts, lease)
+                    attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
             if attempt is not None and attempt.outcome == "accepted":
                 return run.result(attempt, validated=True)
             # rejected by a validator, or every provider failed: escalate to the next tier
         return self._exhausted(run)
 
-    async def _try(
-        self,
-        run: _Run,
-        tier: Tier,
-        provider: Provider,
-        msgs: tuple[Message, ...],
-        opts: RequestOptions,
-        lease: Lease | None,
-    ) -> Attempt | None:
-        """One provider's attempt at the tier: the Attempt (accepted or rejected), or None
-        when the call failed (recorded; the caller fails over)."""
-        attempts = run.attempts
-        t0 = perf_counter()
-        run.in_flight = flight = InFlight(tier, provider, t0)
-        tier_msgs, tier_opts = tier.request(msgs, opts, 0)
-        ctx = None
-        if tier.validators:
-            ctx = ValidationContext(
-                messages=tier_msgs,
-                options=tier_opts,
-                tier=tier.index,
-                tier_name=tier.name,
-                sample=Sampler(flight, msgs, opts, run.spend),
-                weights=tier.weights_of_variants,
-            )
-        partial = tier.partial if provider.config.stream else ()
-        try:
-            policy = self._retries[provider.name]
-            if policy is None:
-                with self._breakers[provider.name].admit():
-                    completion, early = await complete(
-                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx
-                    )
-            else:
-                completion, early = await self._with_retries(
-                    run, tier, provider, policy, tier_msgs, tier_opts, partial, ctx
-                )
-        except ProviderError as exc:
-            if lease is not None:
-                lease.release()
-            run.in_flight = None
-            run.last_error = exc
-            attempts.append(self._failure(run, tier, provider, t0, exc, tier_msgs))
-            return None
-        except BaseException:
-            if lease is not None:
-                lease.release()
-            raise
-        if lease is not None:
-            lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
-        # Paid for from here on, whatever happens during validation.
-        cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
-        run.spent += cost
-        flight.completion = completion
-        flight.cost += cost
-        if early is not None:
-            verdicts: tuple[Verdict, ...] = (early,)
-            passed = False
-        elif ctx is not None:
-            verdicts, passed = await judge(tier, completion, ctx)
-        else:
-            verdicts, passed = (), True
-        run.in_flight = None
-        attempt = attempt_record(flight, completion, verdicts, passed)
-        attempts.append(attempt)
-        return attempt
-
-    def _token_estimate(
-        self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
-    ) -> int:
-        """Tokens to reserve in a rate limit: the prompt's estimate plus the output cap."""
-        out = opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
-        return sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs) + out
-
-    async def _with_retries(
-        self,
-        run: _Run,
-        tier: Tier,
-        provider: Provider,
-        policy: RetryPolicy,
-        msgs: tuple[Message, ...],
-        opts: RequestOptions,
-        partial: tuple[PartialCheck, ...],
-        ctx: ValidationContext | None,
-    ) -> tuple[Completion, Verdict | None]:
-        """``complete`` with retries; each failed try is recorded as an attempt."""
-        breaker = self._breakers[provider.name]
-        started = [perf_counter()]
-
-        async def once() -> tuple[Completion, Verdict | None]:
-            started[0] = t0 = perf_counter()
-            with breaker.admit():
-                return await complete(provider, msgs, opts, t0, partial=partial, ctx=ctx)
-
-        def on_retry(_: int, exc: Exception, wait_s: float) -> None:
-            assert isinstance(exc, ProviderError)  # only provider errors are retryable
-            run.attempts.append(self._failure(run, tier, provider, started[0], exc, msgs))
-
-        return await call_with_retries(
-            once,
-            policy=policy,
-            clock=self._clock,
-            deadline=run.deadline_at,
-            rng=self._rng,
-            on_retry=on_retry,
-        )
-
-    def _failure(
-        self,
-        run: _Run,
-        tier: Tier,
-        provider: Provider,
-        t0: float,
-        exc: ProviderError,
-        msgs: tuple[Message, ...],
-    ) -> Attempt:
-        """The failed attempt; a stream that broke after text arrived is costed for it."""
-        if not exc.received_chars:
-            return failed_record(tier, provider, t0, exc)
-        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
-        out_tokens = max(1, exc.received_chars // 4)
-        cost = provider.config.cost_usd(in_tokens, out_tokens)
-        run.spent += cost
-        return failed_record(
-            tier, provider, t0, exc, in_tokens=in_tokens, out_tokens=out_tokens, cost=cost
-        )
-
     @property
     def breakers(self) -> Mapping[str, AsyncBreaker]:
         """Each provider's circuit breaker, by provider name (state, counts, ``repr``)."""
-        return MappingProxyType(self._breakers)
+        return MappingProxyType(self._calls.breakers)
 
     def _over_budget(
         self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
@@ -478,7 +300,7 @@ class Cascade:
             error=f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left",
         )
 
-    def _exhausted(self, run: _Run) -> Result:
+    def _exhausted(self, run: RunState) -> Result:
         best = best_attempt(run.attempts)
         if best is not None:
             if self.config.on_exhausted == "best":
@@ -501,7 +323,7 @@ class Cascade:
             attempts=run.attempts,
         ) from run.last_error
 
-    def _deadline_exceeded(self, run: _Run, deadline: float) -> Result:
+    def _deadline_exceeded(self, run: RunState, deadline: float) -> Result:
         flight = run.in_flight
         if flight is not None:
             exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())

@@ -9,10 +9,11 @@ from __future__ import annotations
 from time import perf_counter
 
 from ._attempt import InFlight, Tier, chosen
+from ._errors import ProviderError
 from ._types import Attempt, Completion, Result, Usage, Verdict
 from .providers import Provider
 
-__all__ = ["attempt_record", "best_attempt", "failed_record", "result_of"]
+__all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
 
 
 def attempt_record(
@@ -110,3 +111,23 @@ def result_of(
         variant=completion.variant,
         answer=completion.answer,
     )
+
+
+class RunState:
+    """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
+
+    __slots__ = ("attempts", "deadline_at", "in_flight", "last_error", "spent", "t0")
+
+    def __init__(self, t0: float, deadline_at: float | None) -> None:
+        self.t0 = t0
+        self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
+        self.attempts: list[Attempt] = []
+        self.spent = 0.0
+        self.last_error: ProviderError | None = None
+        self.in_flight: InFlight | None = None
+
+    def spend(self, cost: float) -> None:
+        self.spent += cost
+
+    def result(self, attempt: Attempt, *, validated: bool) -> Result:
+        return result_of(self.attempts, attempt, spent=self.spent, t0=self.t0, validated=validated)

@@ -9,10 +9,8 @@ objects (whose ``request_info`` holds the request headers, and so the API key).
 
 from __future__ import annotations
 
-import email.utils
 import re
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -30,6 +28,7 @@ from .._errors import (
     ProviderTimeout,
     RateLimited,
 )
+from .._headers import retry_after_s
 from .._sse import SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
 
@@ -43,6 +42,16 @@ _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 
 DONE = Chunk(finish_reason="__done__")
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The request body as JSON; input that cannot be encoded is the caller's error."""
+    try:
+        return _encode(body)
+    except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
+        raise InputError(f"cannot encode the request: {exc}") from None
+
+
 """Returned by ``_event`` for the stream's terminal event."""
 
 
@@ -76,28 +85,6 @@ def translate(exc: Exception, *, provider: str, model: str, secret: str | None) 
     return ProviderConnectionError(
         redact(f"unexpected {name}: {exc}", secret), provider=provider, model=model
     )
-
-
-def retry_after_s(headers: Mapping[str, str]) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 class _ErrorDetail(msgspec.Struct):
@@ -212,6 +199,15 @@ class HTTPProvider:
             raise_for_status=False,
         )
 
+    async def _check(self, resp: aiohttp.ClientResponse) -> None:
+        """Show the response to the rate limiter, and raise for an error status."""
+        if self.observe is not None:
+            self.observe(resp.headers, status=resp.status)
+        if resp.status >= 300:
+            raise await status_error(
+                resp, provider=self.name, model=self.model, secret=self._secret
+            )
+
     def _error(self, message: str, cls: type[ProviderError] = MalformedResponse) -> ProviderError:
         return cls(redact(message, self._secret), provider=self.name, model=self.model)
 
@@ -228,18 +224,10 @@ class HTTPProvider:
         if not self._stream:
             yield await post_whole(self, self._body(messages, options, stream=False), self._whole)
             return
-        try:
-            data = _encode(self._body(messages, options, stream=True))
-        except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
-            raise InputError(f"cannot encode the request: {exc}") from None
+        data = encode_body(self._body(messages, options, stream=True))
         try:
             async with self._post(data) as resp:
-                if self.observe is not None:
-                    self.observe(resp.headers, status=resp.status)
-                if resp.status >= 300:
-                    raise await status_error(
-                        resp, provider=self.name, model=self.model, secret=self._secret
-                    )
+                await self._check(resp)
                 decoder = SSEDecoder()
                 state: dict[str, Any] = {}
                 async for raw in resp.content.iter_any():
@@ -267,18 +255,10 @@ async def post_whole(
 ) -> T:
     """One non-streaming POST, its body parsed by ``parse``; errors translated as in
     ``HTTPProvider.stream``."""
-    try:
-        data = _encode(body)
-    except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
-        raise InputError(f"cannot encode the request: {exc}") from None
+    data = encode_body(body)
     try:
         async with provider._post(data) as resp:
-            if provider.observe is not None:
-                provider.observe(resp.headers, status=resp.status)
-            if resp.status >= 300:
-                raise await status_error(
-                    resp, provider=provider.name, model=provider.model, secret=provider._secret
-                )
+            await provider._check(resp)
             return parse(await resp.read())
     except CascadeError:
         raise

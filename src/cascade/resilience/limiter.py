@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Mapping
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 
 import msgspec
 
 from .._clock import Clock, SystemClock
 from .._errors import ProviderError
+from .._headers import duration_s, http_date, number, retry_after_s, until_s
 
 __all__ = ["Headroom", "Lease", "LimiterTimeout", "RateLimiter"]
 
@@ -323,7 +321,7 @@ class RateLimiter:
             return
         now = self._clock.monotonic()
         # Reset times are the server's: measure them from its Date header when it sent one.
-        server_now = _http_date(h.get("date"))
+        server_now = http_date(h.get("date"))
         wall = time.time() if server_now is None else server_now
         if self._requests is not None:
             self._learn(
@@ -332,11 +330,11 @@ class RateLimiter:
                 [
                     (
                         h.get("x-ratelimit-remaining-requests"),
-                        _duration(h.get("x-ratelimit-reset-requests")),
+                        duration_s(h.get("x-ratelimit-reset-requests")),
                     ),
                     (
                         h.get("anthropic-ratelimit-requests-remaining"),
-                        _until(h.get("anthropic-ratelimit-requests-reset"), wall),
+                        until_s(h.get("anthropic-ratelimit-requests-reset"), wall),
                     ),
                 ],
             )
@@ -348,24 +346,19 @@ class RateLimiter:
                 [
                     (
                         h.get("x-ratelimit-remaining-tokens"),
-                        _duration(h.get("x-ratelimit-reset-tokens")),
+                        duration_s(h.get("x-ratelimit-reset-tokens")),
                     ),
                     *(
                         (
                             h.get(f"anthropic-ratelimit-{f}-remaining"),
-                            _until(h.get(f"anthropic-ratelimit-{f}-reset"), wall),
+                            until_s(h.get(f"anthropic-ratelimit-{f}-reset"), wall),
                         )
                         for f in families
                     ),
                 ],
             )
         if status == 429:
-            retry = _number(h.get("retry-after-ms"))
-            delay = retry / 1000.0 if retry is not None else None
-            if delay is None:
-                delay = _number(h.get("retry-after"))
-            if delay is None:
-                delay = _until(h.get("retry-after"), wall)
+            delay = retry_after_s(h, wall=wall)
             if delay is not None and delay > 0:
                 self._blocked_until = max(self._blocked_until, now + delay)
         # A head that sleeps recomputes its wait when woken: never too early to be granted.
@@ -377,7 +370,7 @@ class RateLimiter:
         # scarcest one binds.
         best: tuple[float, float | None] | None = None
         for raw, reset_in in reports:
-            remaining = _number(raw)
+            remaining = number(raw)
             if remaining is not None and (best is None or remaining < best[0]):
                 best = (remaining, reset_in)
         if best is not None:
@@ -476,72 +469,3 @@ class Lease:
 
 
 # -- header parsing: never raises, ``None`` for anything unusable -------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_S = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def _number(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value >= 0 else None
-
-
-def _duration(raw: str | None) -> float | None:
-    """OpenAI's Go-style durations ("1s", "6m0s", "20ms", "1h2m3.5s"); bare seconds too."""
-    if raw is None:
-        return None
-    text = raw.strip()
-    plain = _number(text)
-    if plain is not None:
-        return plain
-    pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
-            return None
-        total += float(match.group(1)) * _UNIT_S[match.group(2)]
-        pos = match.end()
-    return total if pos == len(text) and pos > 0 and math.isfinite(total) else None
-
-
-def _until(raw: str | None, wall: float) -> float | None:
-    """Seconds from ``wall`` to an RFC 3339 timestamp or HTTP date (0 if already past)."""
-    if raw is None:
-        return None
-    at = _rfc3339(raw) or _http_date(raw)
-    return None if at is None else max(0.0, at - wall)
-
-
-def _rfc3339(raw: str) -> float | None:
-    try:
-        stamp = datetime.fromisoformat(raw.strip())
-    except ValueError:
-        return None
-    if stamp.tzinfo is None:
-        return None
-    return stamp.timestamp()
-
-
-def _http_date(raw: str | None) -> float | None:
-    if raw is None:
-        return None
-    try:
-        stamp = parsedate_to_datetime(raw.strip())
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if stamp.tzinfo is None:
-        return None
-    return stamp.timestamp()

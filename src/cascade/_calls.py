@@ -1,0 +1,193 @@
+"""How one provider is called: its circuit breaker, its rate limit, its retries, and the
+Attempt the call leaves behind. The engine (``_engine.py``) picks providers; this calls them."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from time import perf_counter
+
+from ._attempt import InFlight, PartialCheck, Sampler, Tier, complete, judge
+from ._clock import Clock, SystemClock
+from ._config import Config
+from ._errors import ProviderError
+from ._records import RunState, attempt_record, failed_record
+from ._types import Attempt, Completion, Message, RequestOptions, Verdict
+from .providers import Provider
+from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
+from .resilience.limiter import Lease, RateLimiter
+from .validators import ValidationContext
+
+__all__ = ["ProviderCalls"]
+
+
+class ProviderCalls:
+    """Each provider's breaker, limiter (where limits are set) and retry policy."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None,
+        breaker_listeners: Sequence[BreakerListener],
+    ) -> None:
+        self._estimate_output_tokens = config.estimate_output_tokens
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self._rng = random.Random()
+        self.breakers: dict[str, AsyncBreaker] = {
+            p.name: AsyncBreaker(
+                p.name,
+                fail_max=p.breaker.fail_max,
+                reset_timeout_s=p.breaker.reset_timeout_s,
+                count_rate_limits=p.breaker.count_rate_limits,
+                clock=self.clock,
+                listeners=breaker_listeners,
+            )
+            for t in config.tiers
+            for p in t.providers
+        }
+        self.limiters: dict[str, RateLimiter] = {
+            p.name: RateLimiter(
+                p.name,
+                requests_per_minute=p.limits.requests_per_minute,
+                tokens_per_minute=p.limits.tokens_per_minute,
+                max_concurrency=p.limits.max_concurrency,
+                burst_s=p.limits.burst_s,
+                clock=self.clock,
+            )
+            for t in config.tiers
+            for p in t.providers
+            if p.limits.configured
+        }
+        self.retries: dict[str, RetryPolicy | None] = {
+            p.name: None if p.retry.attempts == 1 else p.retry
+            for t in config.tiers
+            for p in t.providers
+        }
+
+    async def attempt(
+        self,
+        run: RunState,
+        tier: Tier,
+        provider: Provider,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        lease: Lease | None,
+    ) -> Attempt | None:
+        """One provider's attempt at the tier: the Attempt (accepted or rejected), or None
+        when the call failed (recorded; the caller fails over)."""
+        attempts = run.attempts
+        t0 = perf_counter()
+        run.in_flight = flight = InFlight(tier, provider, t0)
+        tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+        ctx = None
+        if tier.validators:
+            ctx = ValidationContext(
+                messages=tier_msgs,
+                options=tier_opts,
+                tier=tier.index,
+                tier_name=tier.name,
+                sample=Sampler(flight, msgs, opts, run.spend),
+                weights=tier.weights_of_variants,
+            )
+        partial = tier.partial if provider.config.stream else ()
+        try:
+            policy = self.retries[provider.name]
+            if policy is None:
+                with self.breakers[provider.name].admit():
+                    completion, early = await complete(
+                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx
+                    )
+            else:
+                completion, early = await self._with_retries(
+                    run, tier, provider, policy, tier_msgs, tier_opts, partial, ctx
+                )
+        except ProviderError as exc:
+            if lease is not None:
+                lease.release()
+            run.in_flight = None
+            run.last_error = exc
+            attempts.append(self._failure(run, tier, provider, t0, exc, tier_msgs))
+            return None
+        except BaseException:
+            if lease is not None:
+                lease.release()
+            raise
+        if lease is not None:
+            lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
+        # Paid for from here on, whatever happens during validation.
+        cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+        run.spent += cost
+        flight.completion = completion
+        flight.cost += cost
+        if early is not None:
+            verdicts: tuple[Verdict, ...] = (early,)
+            passed = False
+        elif ctx is not None:
+            verdicts, passed = await judge(tier, completion, ctx)
+        else:
+            verdicts, passed = (), True
+        run.in_flight = None
+        attempt = attempt_record(flight, completion, verdicts, passed)
+        attempts.append(attempt)
+        return attempt
+
+    def token_estimate(
+        self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
+    ) -> int:
+        """Tokens to reserve in a rate limit: the prompt's estimate plus the output cap."""
+        out = opts.max_tokens or provider.config.max_tokens or self._estimate_output_tokens
+        return sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs) + out
+
+    async def _with_retries(
+        self,
+        run: RunState,
+        tier: Tier,
+        provider: Provider,
+        policy: RetryPolicy,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        partial: tuple[PartialCheck, ...],
+        ctx: ValidationContext | None,
+    ) -> tuple[Completion, Verdict | None]:
+        """``complete`` with retries; each failed try is recorded as an attempt."""
+        breaker = self.breakers[provider.name]
+        started = [perf_counter()]
+
+        async def once() -> tuple[Completion, Verdict | None]:
+            started[0] = t0 = perf_counter()
+            with breaker.admit():
+                return await complete(provider, msgs, opts, t0, partial=partial, ctx=ctx)
+
+        def on_retry(_: int, exc: Exception, wait_s: float) -> None:
+            assert isinstance(exc, ProviderError)  # only provider errors are retryable
+            run.attempts.append(self._failure(run, tier, provider, started[0], exc, msgs))
+
+        return await call_with_retries(
+            once,
+            policy=policy,
+            clock=self.clock,
+            deadline=run.deadline_at,
+            rng=self._rng,
+            on_retry=on_retry,
+        )
+
+    def _failure(
+        self,
+        run: RunState,
+        tier: Tier,
+        provider: Provider,
+        t0: float,
+        exc: ProviderError,
+        msgs: tuple[Message, ...],
+    ) -> Attempt:
+        """The failed attempt; a stream that broke after text arrived is costed for it."""
+        if not exc.received_chars:
+            return failed_record(tier, provider, t0, exc)
+        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        out_tokens = max(1, exc.received_chars // 4)
+        cost = provider.config.cost_usd(in_tokens, out_tokens)
+        run.spent += cost
+        return failed_record(
+            tier, provider, t0, exc, in_tokens=in_tokens, out_tokens=out_tokens, cost=cost
+        )
