@@ -244,7 +244,7 @@ class Cascade:
                 lease = None
                 limiter = self._calls.limiters.get(provider.name)
                 if limiter is not None:
-                    lease = limiter.try_acquire(
+                    lease = await limiter.reserve(
                         tokens=self._calls.token_estimate(provider, msgs, opts)
                     )
                     if lease is None:

@@ -199,6 +199,14 @@ class RateLimiter:
             return None
         return self._grant(tokens)
 
+    async def reserve(self, *, tokens: int) -> Lease | None:
+        """:meth:`try_acquire` for callers on the event loop: never waits for headroom.
+
+        With shared state (Redis) this also reserves from the shared budget; in memory it
+        is ``try_acquire``.
+        """
+        return self.try_acquire(tokens=tokens)
+
     async def acquire(self, *, tokens: int, deadline: float | None) -> Lease:
         """Wait in FIFO order for headroom and return a lease.
 
