@@ -16,6 +16,7 @@ from ._clock import Clock, SystemClock
 from ._config import (
     BreakerConfig,
     Config,
+    HedgeConfig,
     LimitsConfig,
     ProviderConfig,
     TierConfig,
@@ -76,6 +77,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DeadlineExceeded",
+    "HedgeConfig",
     "InputError",
     "LimiterTimeout",
     "LimitsConfig",

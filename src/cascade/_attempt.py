@@ -9,7 +9,7 @@ ask for them, and composing the validators' verdicts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from time import perf_counter
 from typing import Any, Protocol
@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import msgspec
 
 from ._config import TierConfig, Variant
-from ._errors import ProviderError
+from ._errors import ProviderError, ProviderTimeout
 from ._types import Chunk, Completion, Message, RequestOptions, Verdict
 from .providers import Provider
 from .validators import ValidationContext, Validator
@@ -42,6 +42,7 @@ class Tier:
     """A tier as the engine runs it: its providers, validators and variants."""
 
     __slots__ = (
+        "hedge",
         "index",
         "mode",
         "name",
@@ -75,6 +76,7 @@ class Tier:
             for v in validators
             if callable(getattr(v, "check_partial", None)) and getattr(v, "early_reject", True)
         )
+        self.hedge = config.hedge
         self.providers: tuple[Provider, ...] = ()
 
     def request(
@@ -104,14 +106,16 @@ def apply_variant(
 class InFlight:
     """The attempt under way: what it has cost so far, and what a deadline records."""
 
-    __slots__ = ("completion", "cost", "provider", "samples", "t0", "tier")
+    __slots__ = ("completion", "cost", "hedge", "provider", "received", "samples", "t0", "tier")
 
-    def __init__(self, tier: Tier, provider: Provider, t0: float) -> None:
+    def __init__(self, tier: Tier, provider: Provider, t0: float, *, hedge: bool = False) -> None:
         self.tier = tier
         self.provider = provider
         self.t0 = t0
+        self.hedge = hedge
         self.completion: Completion | None = None
         self.cost = 0.0
+        self.received = 0  # characters of answer so far (tracked for hedged calls)
         self.samples: list[Completion] = []
 
 
@@ -123,12 +127,17 @@ async def complete(
     *,
     partial: tuple[PartialCheck, ...] = (),
     ctx: ValidationContext | None = None,
+    on_text: Callable[[int], None] | None = None,
 ) -> tuple[Completion, Verdict | None]:
     """Collect a provider's stream into one Completion.
 
     With ``partial`` checks, each text chunk is shown to them; the first failed verdict
     stops reading (closing the stream cancels the upstream request) and is returned with
     the partial answer, whose output tokens are then estimated from its length.
+
+    The provider's ``first_token_timeout_s`` and ``idle_timeout_s`` are enforced here, on
+    chunks rather than socket reads (so keep-alive comments do not count as progress), for
+    every kind of provider. ``on_text`` is called with the length of each text chunk.
     """
     parts: list[str] = []
     text_so_far = ""
@@ -140,13 +149,30 @@ async def complete(
     model: str | None = None
     answer: str | None = None
     logprobs: list[float] | None = None
+    config = provider.config
+    first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
+    watch = first_s is not None or idle_s is not None
+    loop = asyncio.get_running_loop()
+    first_at = None if first_s is None else loop.time() + first_s
+    phase = "first_token"  # idle_timeout_s starts counting at the first chunk
+    watchdog = asyncio.timeout_at(first_at)
     try:
-        async with aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
+        async with watchdog, aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
+                if watch:
+                    if chunk.text and first_at is not None:
+                        first_at = None  # the first token came: from now on, only idle
+                    at = None if idle_s is None else loop.time() + idle_s
+                    phase = "idle"
+                    if first_at is not None and (at is None or first_at <= at):
+                        at, phase = first_at, "first_token"
+                    watchdog.reschedule(at)
                 if chunk.text:
                     if ttft is None:
                         ttft = perf_counter() - t0
                     parts.append(chunk.text)
+                    if on_text is not None:
+                        on_text(len(chunk.text))
                     if partial and len(text_so_far) < _PARTIAL_WINDOW:
                         text_so_far += chunk.text
                         early = _first_failure(partial, text_so_far, ctx)
@@ -174,6 +200,19 @@ async def complete(
             # the engine costs what arrived (about 4 characters a token).
             exc.received_chars = sum(len(p) for p in parts)
         raise
+    except TimeoutError:
+        if not watchdog.expired():
+            raise
+        limit = first_s if phase == "first_token" else idle_s
+        what = "no first token" if phase == "first_token" else "no chunk"
+        error = ProviderTimeout(
+            f"{what} within {limit}s ({phase}_timeout_s)",
+            provider=provider.name,
+            model=provider.model,
+            phase=phase,
+        )
+        error.received_chars = sum(len(p) for p in parts)
+        raise error from None
     text = parts[0] if len(parts) == 1 else "".join(parts)
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
         in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)

@@ -4,7 +4,8 @@ Attempt the call leaves behind. The engine (``_engine.py``) picks providers; thi
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from time import perf_counter
 
 from ._attempt import InFlight, PartialCheck, Sampler, Tier, complete, judge
@@ -19,6 +20,8 @@ from .resilience.limiter import Lease, RateLimiter
 from .validators import ValidationContext
 
 __all__ = ["ProviderCalls"]
+
+_TTFT_WINDOW = 200
 
 
 class ProviderCalls:
@@ -59,6 +62,13 @@ class ProviderCalls:
             for p in t.providers
             if p.limits.configured
         }
+        self.ttft_windows: dict[str, deque[float]] = {
+            p.name: deque(maxlen=_TTFT_WINDOW)
+            for t in config.tiers
+            if t.hedge is not None and t.hedge.percentile is not None
+            for p in t.providers
+        }
+        """Recent times to first token of providers whose tier hedges on a percentile."""
         self.retries: dict[str, RetryPolicy | None] = {
             p.name: None if p.retry.attempts == 1 else p.retry
             for t in config.tiers
@@ -73,12 +83,22 @@ class ProviderCalls:
         msgs: tuple[Message, ...],
         opts: RequestOptions,
         lease: Lease | None,
+        *,
+        flight: InFlight | None = None,
+        on_text: Callable[[int], None] | None = None,
     ) -> Attempt | None:
         """One provider's attempt at the tier: the Attempt (accepted or rejected), or None
-        when the call failed (recorded; the caller fails over)."""
+        when the call failed (recorded; the caller fails over).
+
+        ``flight`` is the caller's record of the call (a hedge race keeps its own);
+        ``on_text`` sees the length of each text chunk. A cancelled call leaves its flight
+        in ``run.flights`` for whoever cancelled it to record.
+        """
         attempts = run.attempts
-        t0 = perf_counter()
-        run.in_flight = flight = InFlight(tier, provider, t0)
+        if flight is None:
+            flight = InFlight(tier, provider, perf_counter())
+        t0 = flight.t0
+        run.flights.append(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
         ctx = None
         if tier.validators:
@@ -96,18 +116,19 @@ class ProviderCalls:
             if policy is None:
                 with self.breakers[provider.name].admit():
                     completion, early = await complete(
-                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx
-                    )
+                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx,
+                        on_text=on_text,
+                    )  # fmt: skip
             else:
                 completion, early = await self._with_retries(
-                    run, tier, provider, policy, tier_msgs, tier_opts, partial, ctx
+                    run, flight, policy, tier_msgs, tier_opts, partial, ctx, on_text
                 )
         except ProviderError as exc:
             if lease is not None:
                 lease.release()
-            run.in_flight = None
+            run.flights.remove(flight)
             run.last_error = exc
-            attempts.append(self._failure(run, tier, provider, t0, exc, tier_msgs))
+            attempts.append(self._failure(run, flight, t0, exc, tier_msgs))
             return None
         except BaseException:
             if lease is not None:
@@ -115,6 +136,9 @@ class ProviderCalls:
             raise
         if lease is not None:
             lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
+        window = self.ttft_windows.get(provider.name)
+        if window is not None and completion.ttft_s is not None:
+            window.append(completion.ttft_s)
         # Paid for from here on, whatever happens during validation.
         cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
         run.spent += cost
@@ -127,7 +151,7 @@ class ProviderCalls:
             verdicts, passed = await judge(tier, completion, ctx)
         else:
             verdicts, passed = (), True
-        run.in_flight = None
+        run.flights.remove(flight)
         attempt = attempt_record(flight, completion, verdicts, passed)
         attempts.append(attempt)
         return attempt
@@ -142,26 +166,29 @@ class ProviderCalls:
     async def _with_retries(
         self,
         run: RunState,
-        tier: Tier,
-        provider: Provider,
+        flight: InFlight,
         policy: RetryPolicy,
         msgs: tuple[Message, ...],
         opts: RequestOptions,
         partial: tuple[PartialCheck, ...],
         ctx: ValidationContext | None,
+        on_text: Callable[[int], None] | None,
     ) -> tuple[Completion, Verdict | None]:
         """``complete`` with retries; each failed try is recorded as an attempt."""
+        provider = flight.provider
         breaker = self.breakers[provider.name]
         started = [perf_counter()]
 
         async def once() -> tuple[Completion, Verdict | None]:
             started[0] = t0 = perf_counter()
             with breaker.admit():
-                return await complete(provider, msgs, opts, t0, partial=partial, ctx=ctx)
+                return await complete(
+                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text
+                )
 
         def on_retry(_: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
-            run.attempts.append(self._failure(run, tier, provider, started[0], exc, msgs))
+            run.attempts.append(self._failure(run, flight, started[0], exc, msgs))
 
         return await call_with_retries(
             once,
@@ -175,19 +202,26 @@ class ProviderCalls:
     def _failure(
         self,
         run: RunState,
-        tier: Tier,
-        provider: Provider,
+        flight: InFlight,
         t0: float,
         exc: ProviderError,
         msgs: tuple[Message, ...],
     ) -> Attempt:
         """The failed attempt; a stream that broke after text arrived is costed for it."""
+        tier, provider = flight.tier, flight.provider
         if not exc.received_chars:
-            return failed_record(tier, provider, t0, exc)
+            return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
         in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
         out_tokens = max(1, exc.received_chars // 4)
         cost = provider.config.cost_usd(in_tokens, out_tokens)
         run.spent += cost
         return failed_record(
-            tier, provider, t0, exc, in_tokens=in_tokens, out_tokens=out_tokens, cost=cost
+            tier,
+            provider,
+            t0,
+            exc,
+            in_tokens=in_tokens,
+            out_tokens=out_tokens,
+            cost=cost,
+            hedge=flight.hedge,
         )

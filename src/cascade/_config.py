@@ -17,6 +17,7 @@ from .resilience.retry import RetryPolicy
 __all__ = [
     "BreakerConfig",
     "Config",
+    "HedgeConfig",
     "LimitsConfig",
     "ProviderConfig",
     "TierConfig",
@@ -79,7 +80,14 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     input_cost_per_mtok: NonNegFloat = 0.0
     output_cost_per_mtok: NonNegFloat = 0.0
     timeout_s: PosFloat = 60.0
+    """The whole call, from connecting to the last byte."""
     connect_timeout_s: PosFloat = 10.0
+    first_token_timeout_s: PosFloat | None = None
+    """From the call's start to the first text of the answer (for a call that does not
+    stream, the whole answer); a slow queue or a cold model fails over instead of waiting
+    for ``timeout_s``."""
+    idle_timeout_s: PosFloat | None = None
+    """Longest silence between two chunks of a stream, once the first has arrived."""
     stream: bool = False
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     headers: dict[str, str] = {}
@@ -118,6 +126,21 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     """The weight of this variant's vote in ``self_consistency``."""
 
 
+class HedgeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Hedged requests in a tier (off unless the tier has a ``[tiers.hedge]`` table).
+
+    When the provider called has produced no first token after ``after_s`` seconds (or,
+    with ``percentile``, after that percentile of its recent times to first token, once
+    ``min_samples`` have been seen), the tier's next provider with headroom starts on the
+    same request. The first of the two to produce a token is kept; the other is cancelled,
+    and costed for its prompt and whatever it had sent.
+    """
+
+    after_s: PosFloat = 1.0
+    percentile: Annotated[float, Meta(gt=0, lt=100)] | None = None
+    min_samples: Annotated[int, Meta(ge=1)] = 20
+
+
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tier: providers tried in order on failure, and the validators its answers face.
 
@@ -134,6 +157,7 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     mode: Literal["all", "scored"] = "all"
     threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     variants: list[Variant] = []
+    hedge: HedgeConfig | None = None
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -26,6 +26,7 @@ from ._errors import (
     DeadlineExceeded,
     InputError,
 )
+from ._hedge import race
 from ._records import RunState, attempt_record, best_attempt, failed_record
 from ._types import (
     Attempt,
@@ -240,7 +241,10 @@ class Cascade:
                     continue
             attempt = None
             busy: list[Provider] = []  # no headroom in their rate limits right now
+            tried: set[str] = set()  # taken as hedges
             for provider in tier.providers:
+                if provider.name in tried:
+                    continue
                 lease = None
                 limiter = self._calls.limiters.get(provider.name)
                 if limiter is not None:
@@ -250,9 +254,15 @@ class Cascade:
                     if lease is None:
                         busy.append(provider)  # a sibling with headroom goes first
                         continue
-                attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
+                if tier.hedge is None:
+                    attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
+                else:
+                    tried.add(provider.name)
+                    attempt = await race(self._calls, run, tier, provider, lease, msgs, opts, tried)
                 if attempt is not None:
                     break
+            if tried:
+                busy = [p for p in busy if p.name not in tried]
             if attempt is None and busy:
                 # Every provider with headroom failed or none had any: wait, in fair
                 # order and never past the deadline, for the first busy one.
@@ -324,12 +334,13 @@ class Cascade:
         ) from run.last_error
 
     def _deadline_exceeded(self, run: RunState, deadline: float) -> Result:
-        flight = run.in_flight
-        if flight is not None:
+        for flight in run.flights:
             exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
             completion = flight.completion
             if completion is None:
-                attempt = failed_record(flight.tier, flight.provider, flight.t0, exc)
+                attempt = failed_record(
+                    flight.tier, flight.provider, flight.t0, exc, hedge=flight.hedge
+                )
             else:
                 # The answer arrived (and was paid for); validation had not finished.
                 attempt = msgspec.structs.replace(
@@ -338,6 +349,7 @@ class Cascade:
                     error=str(exc),
                 )
             run.attempts.append(attempt)
+        run.flights.clear()
         best = best_attempt(run.attempts)
         if best is not None and self.config.on_exhausted == "best":
             return run.result(best, validated=False)

@@ -9,7 +9,7 @@ failure is translated at the boundary into one of these::
     ├── ProviderError               one provider call failed (carries provider, model)
     │   ├── ProviderStatusError     the provider answered with an HTTP error status
     │   │   └── RateLimited         429 (or 529 overloaded); carries retry_after
-    │   ├── ProviderTimeout         connect / read / total timeout of one call
+    │   ├── ProviderTimeout         connect / first token / idle / total timeout of a call
     │   ├── ProviderConnectionError refused, reset, dropped mid-body
     │   ├── MalformedResponse       the body or stream is not the wire format
     │   ├── CircuitOpen             (resilience.breaker) the provider's breaker is open
@@ -116,7 +116,16 @@ class RateLimited(ProviderStatusError):
 
 
 class ProviderTimeout(ProviderError):
-    """A call to the provider timed out (connect, first byte, idle or total)."""
+    """A call to the provider timed out.
+
+    ``phase`` says which limit: ``connect`` (``connect_timeout_s``), ``first_token``
+    (``first_token_timeout_s``), ``idle`` (``idle_timeout_s``, between chunks) or
+    ``total`` (``timeout_s``).
+    """
+
+    def __init__(self, message: str, *, provider: str, model: str, phase: str = "total") -> None:
+        self.phase = phase
+        super().__init__(message, provider=provider, model=model)
 
 
 class ProviderConnectionError(ProviderError):

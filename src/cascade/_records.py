@@ -7,6 +7,7 @@ each is written.
 from __future__ import annotations
 
 from time import perf_counter
+from typing import Literal
 
 from ._attempt import InFlight, Tier, chosen
 from ._errors import ProviderError
@@ -38,6 +39,7 @@ def attempt_record(
         ttft_s=completion.ttft_s,
         completion=completion,
         samples=samples,
+        hedge=flight.hedge,
     )
 
 
@@ -50,19 +52,22 @@ def failed_record(
     in_tokens: int = 0,
     out_tokens: int = 0,
     cost: float = 0.0,
+    outcome: Literal["failed", "cancelled"] = "failed",
+    hedge: bool = False,
 ) -> Attempt:
     return Attempt(
         tier=tier.index,
         tier_name=tier.name,
         provider=provider.name,
         model=provider.model,
-        outcome="failed",
+        outcome=outcome,
         error_type=type(exc).__name__,
         error=str(exc),
         latency_s=perf_counter() - t0,
         cost_usd=cost,
         input_tokens=in_tokens,
         output_tokens=out_tokens,
+        hedge=hedge,
     )
 
 
@@ -116,7 +121,7 @@ def result_of(
 class RunState:
     """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
 
-    __slots__ = ("attempts", "deadline_at", "in_flight", "last_error", "spent", "t0")
+    __slots__ = ("attempts", "deadline_at", "flights", "last_error", "spent", "t0")
 
     def __init__(self, t0: float, deadline_at: float | None) -> None:
         self.t0 = t0
@@ -124,7 +129,8 @@ class RunState:
         self.attempts: list[Attempt] = []
         self.spent = 0.0
         self.last_error: ProviderError | None = None
-        self.in_flight: InFlight | None = None
+        self.flights: list[InFlight] = []
+        """Attempts under way (two while a hedge races); a deadline records them."""
 
     def spend(self, cost: float) -> None:
         self.spent += cost

@@ -23,7 +23,7 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant"]
-Outcome = Literal["accepted", "rejected", "failed", "skipped"]
+Outcome = Literal["accepted", "rejected", "failed", "skipped", "cancelled"]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 
@@ -125,8 +125,9 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     """One call to one provider within a run (or a tier skipped for budget).
 
     ``outcome``: ``accepted`` (every validator passed), ``rejected`` (a validator failed:
-    see ``verdicts``), ``failed`` (transport or provider error: see ``error_type``), or
-    ``skipped`` (the tier was not tried: see ``error``).
+    see ``verdicts``), ``failed`` (transport or provider error: see ``error_type``),
+    ``skipped`` (the tier was not tried: see ``error``), or ``cancelled`` (the engine
+    stopped it: a hedged call that lost its race, see ``error``).
     """
 
     tier: int
@@ -146,6 +147,8 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     samples: tuple[Completion, ...] = ()
     """Extra answers drawn from the same provider for validation (self-consistency); their
     cost and tokens are included above."""
+    hedge: bool = False
+    """This call was started as a hedge: its sibling had no first token in time."""
 
     @property
     def score(self) -> float:

@@ -65,8 +65,10 @@ def redact(text: str, secret: str | None) -> str:
 def translate(exc: Exception, *, provider: str, model: str, secret: str | None) -> ProviderError:
     """The ProviderError for a third-party exception (httpcore's ``map_exceptions``)."""
     name = type(exc).__name__
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return ProviderTimeout("connect timed out", provider=provider, model=model, phase="connect")
     if isinstance(exc, TimeoutError):
-        return ProviderTimeout("timed out", provider=provider, model=model)
+        return ProviderTimeout("timed out (timeout_s)", provider=provider, model=model)
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
         return ProviderConnectionError(
             f"connection closed mid-response ({name})", provider=provider, model=model

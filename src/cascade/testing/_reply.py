@@ -42,8 +42,10 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     headers: dict[str, str] = {}
     #: ``drop``: connection closed mid-body; ``malformed``: invalid JSON; ``hang``: never
     #: answers; ``error_event``: streaming, an in-stream error event carrying ``status``
-    #: after the first delta (non-streaming: the same as an error status).
-    fault: Literal["drop", "malformed", "hang", "error_event"] | None = None
+    #: after the first delta (non-streaming: the same as an error status); ``stall``:
+    #: streaming, the first delta and then only SSE keep-alive comments (every
+    #: ``chunk_delay_s``, default 0.05 s) until the client leaves (non-streaming: ``hang``).
+    fault: Literal["drop", "malformed", "hang", "error_event", "stall"] | None = None
     finish_reason: Literal["stop", "length"] = "stop"
     #: Default: ``max(1, total characters of all message contents // 4)``.
     input_tokens: Annotated[int, Meta(ge=0)] | None = None

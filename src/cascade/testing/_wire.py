@@ -124,6 +124,11 @@ async def send_sse(
         await response.write(b"".join([*first, malformed]))
     elif reply.fault == "error_event":
         await response.write(b"".join([*first, error_event]))
+    elif reply.fault == "stall":
+        await response.write(b"".join(first))
+        while True:  # until the client disconnects or the server closes (_Closing)
+            await pause(reply.chunk_delay_s or 0.05)
+            await response.write(b": keep-alive\n\n")
     elif reply.chunk_delay_s <= 0 or len(events.deltas) < 2:
         # One write: most of the cost of a fast stream is per write.
         await response.write(b"".join(events.head + events.deltas + events.tail))

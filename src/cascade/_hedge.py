@@ -1,0 +1,187 @@
+"""Hedged requests: when a tier's provider is slow to its first token, race a sibling.
+
+The engine (``_engine.py``) calls :func:`race` instead of a plain attempt in a tier with a
+``hedge`` table. The first call starts at once; if it has produced no text after the
+hedge delay, the tier's next provider with headroom starts on the same request. The first
+of the two to produce text is kept (its validation runs as usual); the other is cancelled,
+which closes its connection, and is recorded as a ``cancelled`` attempt costed for its
+prompt and whatever text it had sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from time import perf_counter
+from typing import Any
+
+from ._attempt import InFlight, Tier
+from ._calls import ProviderCalls
+from ._config import HedgeConfig
+from ._records import RunState
+from ._types import Attempt, Message, RequestOptions
+from .providers import Provider
+from .resilience.limiter import Lease
+
+__all__ = ["hedge_delay", "race"]
+
+
+def hedge_delay(policy: HedgeConfig, recent_ttfts: Sequence[float] | None) -> float:
+    """Seconds to wait for a first token before hedging: the configured percentile of
+    recent times to first token once there are enough of them, else ``after_s``."""
+    if policy.percentile is None or recent_ttfts is None or len(recent_ttfts) < policy.min_samples:
+        return policy.after_s
+    ordered = sorted(recent_ttfts)
+    rank = math.ceil(policy.percentile / 100 * len(ordered)) - 1  # nearest-rank percentile
+    return ordered[max(rank, 0)]
+
+
+async def race(
+    calls: ProviderCalls,
+    run: RunState,
+    tier: Tier,
+    provider: Provider,
+    lease: Lease | None,
+    msgs: tuple[Message, ...],
+    opts: RequestOptions,
+    tried: set[str],
+) -> Attempt | None:
+    """``provider``'s attempt, hedged with a sibling if it is slow to its first token.
+
+    A sibling taken as the hedge is added to ``tried`` (the tier does not call it again).
+    Returns the kept call's Attempt, or None when every call it started failed.
+    """
+    policy = tier.hedge
+    assert policy is not None
+    first: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    flights: list[InFlight] = []
+    tasks: list[asyncio.Task[Attempt | None]] = []
+
+    def start(p: Provider, p_lease: Lease | None, *, hedge: bool) -> None:
+        flight = InFlight(tier, p, perf_counter(), hedge=hedge)
+        index = len(flights)
+
+        def seen(chars: int) -> None:
+            flight.received += chars
+            if not first.done():
+                first.set_result(index)
+
+        flights.append(flight)
+        tasks.append(
+            asyncio.create_task(
+                calls.attempt(run, tier, p, msgs, opts, p_lease, flight=flight, on_text=seen)
+            )
+        )
+
+    start(provider, lease, hedge=False)
+    try:
+        delay = hedge_delay(policy, calls.ttft_windows.get(provider.name))
+        done, _ = await asyncio.wait((tasks[0], first), timeout=delay)
+        if not done:
+            sibling = await _sibling(calls, tier, msgs, opts, tried)
+            if sibling is not None:
+                tried.add(sibling[0].name)
+                start(*sibling, hedge=True)
+        winner = await _winner(tasks, first)
+    except BaseException:
+        # Cancelled from outside (the run's deadline, the caller): stop every call and
+        # leave their flights in run.flights for the deadline to record.
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
+        raise
+    for task, flight in zip(tasks, flights, strict=True):
+        if task is not winner and not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+            if task.cancelled():
+                _record_loser(calls, run, flight, msgs, winner_of(flights, tasks, winner))
+    return None if winner is None else await winner
+
+
+async def _winner(
+    tasks: list[asyncio.Task[Attempt | None]], first: asyncio.Future[int]
+) -> asyncio.Task[Attempt | None] | None:
+    """The call to keep: the first to produce text or to finish with an answer; a call
+    that fails leaves the race to the other."""
+    live = list(tasks)
+    while len(live) > 1:
+        waiting: list[asyncio.Future[Any]] = [*live, first]
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if first.done():
+            return tasks[first.result()]
+        for task in [t for t in live if t.done()]:
+            live.remove(task)
+            if task.result() is not None:
+                return task  # an answer without text
+    return live[0] if live else None
+
+
+def winner_of(
+    flights: list[InFlight],
+    tasks: list[asyncio.Task[Attempt | None]],
+    winner: asyncio.Task[Attempt | None] | None,
+) -> str:
+    for flight, task in zip(flights, tasks, strict=True):
+        if task is winner:
+            return flight.provider.name
+    return "another call"
+
+
+async def _sibling(
+    calls: ProviderCalls,
+    tier: Tier,
+    msgs: tuple[Message, ...],
+    opts: RequestOptions,
+    tried: set[str],
+) -> tuple[Provider, Lease | None] | None:
+    """The tier's next provider with a closed breaker and rate-limit headroom, leased."""
+    for p in tier.providers:
+        if p.name in tried or calls.breakers[p.name].state == "open":
+            continue
+        limiter = calls.limiters.get(p.name)
+        if limiter is None:
+            return p, None
+        lease = await limiter.reserve(tokens=calls.token_estimate(p, msgs, opts))
+        if lease is not None:
+            return p, lease
+    return None
+
+
+def _record_loser(
+    calls: ProviderCalls,
+    run: RunState,
+    flight: InFlight,
+    msgs: tuple[Message, ...],
+    winner: str,
+) -> None:
+    """The cancelled call, costed for its prompt (sent, so billable) and the text it sent."""
+    run.flights.remove(flight)
+    provider = flight.provider
+    if flight.completion is not None:  # its answer had come (and was costed): validating
+        in_tokens = flight.completion.input_tokens
+        out_tokens = flight.completion.output_tokens
+        cost = flight.cost
+    else:
+        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        out_tokens = (flight.received + 3) // 4
+        estimate = provider.config.cost_usd(in_tokens, out_tokens)
+        run.spent += estimate
+        cost = estimate + flight.cost  # flight.cost: samples, costed as they came
+    run.attempts.append(
+        Attempt(
+            tier=flight.tier.index,
+            tier_name=flight.tier.name,
+            provider=provider.name,
+            model=provider.model,
+            outcome="cancelled",
+            error_type="HedgeLost",
+            error=f"cancelled: {winner} produced the first token (hedged request)",
+            cost_usd=cost,
+            input_tokens=in_tokens,
+            output_tokens=out_tokens,
+            latency_s=perf_counter() - flight.t0,
+            hedge=flight.hedge,
+        )
+    )
