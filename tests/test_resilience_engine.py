@@ -178,3 +178,24 @@ async def test_rate_limit_headers_steer_to_the_sibling(openai_server: FakeOpenAI
         assert (await c.run(messages=USER)).provider == "a"
         # a said it has no requests left for 30 s: the next request goes to b
         assert (await c.run(messages=USER)).provider == "b"
+
+
+@pytest.mark.parametrize("on_outage", ["next_tier", "error"])
+async def test_an_outage_of_a_whole_tier_escalates_only_when_configured(
+    openai_server: FakeOpenAIServer, on_outage: str
+) -> None:
+    openai_server.script("ma", Reply(status=503))
+    openai_server.script("mb", Reply(status=503))
+    openai_server.script("big", '{"answer": 3}')
+    cfg = two_providers(openai_server.url)
+    cfg["tiers"].append(tier("large", provider("c", openai_server.url, "big")))  # type: ignore[attr-defined]
+    cfg["on_outage"] = on_outage
+    async with Cascade.from_dict(cfg) as c:
+        if on_outage == "next_tier":
+            result = await c.run(messages=USER)
+            assert (result.tier_name, result.provider) == ("large", "c")
+        else:
+            with pytest.raises(cascade.AllProvidersFailed) as info:
+                await c.run(messages=USER)
+            assert [a.provider for a in info.value.attempts] == ["a", "b"]
+            assert not any(r.model == "big" for r in openai_server.requests)

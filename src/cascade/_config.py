@@ -165,6 +165,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     tiers: Annotated[list[TierConfig], Meta(min_length=1)]
     on_exhausted: Literal["best", "error"] = "best"
+    on_outage: Literal["next_tier", "error"] = "next_tier"
+    """When every provider of a tier fails (errors, open breakers, no headroom in time):
+    ``next_tier`` escalates; ``error`` stops there (``AllProvidersFailed``, or the best
+    answer so far under ``on_exhausted = "best"``), so a cheap tier's outage never sends
+    all its traffic to the expensive tier."""
     deadline_s: PosFloat | None = None
     max_cost_usd: NonNegFloat | None = None
     estimate_output_tokens: Annotated[int, Meta(ge=0)] = 256

@@ -281,6 +281,8 @@ class Cascade:
                     attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
             if attempt is not None and attempt.outcome == "accepted":
                 return run.result(attempt, validated=True)
+            if attempt is None and self.config.on_outage == "error":
+                break  # every provider failed: an outage, which must not escalate the bill
             # rejected by a validator, or every provider failed: escalate to the next tier
         return self._exhausted(run)
 
