@@ -80,7 +80,10 @@ async def race(
         done, _ = await asyncio.wait((tasks[0], first), timeout=delay)
         if not done:
             sibling = await _sibling(calls, tier, msgs, opts, tried)
-            if sibling is not None:
+            if sibling is not None and (first.done() or tasks[0].done()):
+                if sibling[1] is not None:  # the first call answered meanwhile
+                    sibling[1].release()
+            elif sibling is not None:
                 tried.add(sibling[0].name)
                 start(*sibling, hedge=True)
         winner = await _winner(tasks, first)
