@@ -13,6 +13,7 @@ import cascade
 from cascade import Cascade, Completion, ConfigError
 from cascade.testing import FakeOpenAIServer, FakeRequest, Reply, Responder
 from cascade.validators import get_extractor, normalize
+from cascade.validators._extract import single_number
 from cascade.validators.consistency import next_batch, votes_needed
 
 from .helpers import USER, provider, tier
@@ -135,6 +136,40 @@ def test_extractors(spec: str, text: str, answer: str | None, value: str | None)
     assert get_extractor(spec)(c(text, answer)) == value
 
 
+@pytest.mark.parametrize(
+    ("raw", "kept"),
+    [
+        ("$1,200", True),
+        ("18 eggs", True),
+        ("-3.5", True),
+        ("5 * 3 = 15", True),  # the result follows the last "="
+        ("$765 / 3 months = $255 per month", True),
+        ("(86, 42)", False),  # a pair
+        ("86 glasses and 42 plates", False),
+        ("40.0 + 60/speed_beach", False),  # an expression
+        ("3/4", False),
+        ("2:00", False),  # a time
+        ("x = 2 * 3", False),
+        ("[invalid]", False),  # no number at all
+        ("", False),
+    ],
+)
+def test_single_number(raw: str, kept: bool) -> None:
+    assert single_number(raw) == (raw if kept else None)
+
+
+def test_single_number_of_nothing() -> None:
+    assert single_number(None) is None
+
+
+@given(st.integers(min_value=-(10**9), max_value=10**9), st.integers(0, 10**6))
+def test_single_number_keeps_numbers_and_drops_pairs(n: int, m: int) -> None:
+    for dressed in (str(n), f"{n:,}", f"{n} dollars", f"{m} + {m} = {n}"):
+        assert normalize(single_number(dressed)) == str(n)
+    assert single_number(f"({n}, {m})") is None
+    assert single_number(f"{n} apples and {m} pears") is None
+
+
 def test_bad_extractors() -> None:
     with pytest.raises(ValueError, match="unknown extractor"):
         get_extractor("nope")
@@ -241,6 +276,42 @@ async def test_sampling_failure_rejects_with_the_reason(openai_server: FakeOpenA
         result = await cc.run(messages=USER)
     assert result.tier == 2
     assert "sampling failed: ProviderStatusError" in result.attempts[0].verdicts[0].reason
+
+
+@pytest.mark.parametrize("single", [False, True])
+async def test_single_number_answers_cast_no_stray_votes(
+    openai_server: FakeOpenAIServer, single: bool
+) -> None:
+    openai_server.respond(
+        "small", by_variant({"A": "86 glasses and 42 plates", "B": "42", "C": "128"})
+    )
+    openai_server.script("large", "The answer is 128.")
+    cfg = sc_config(openai_server.url, samples=3, agreement=0.6, single_number=single)
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    first = result.attempts[0]
+    if not single:  # A's last number agrees with B by accident
+        assert result.tier == 1 and result.parsed == "42" and len(first.samples) == 1
+    else:  # A casts no vote; B and C disagree: out of reach, so the question escalates
+        assert result.tier == 2 and len(first.samples) == 2
+        assert "'42': 1, '128': 1" in first.verdicts[0].reason
+
+
+@pytest.mark.parametrize(
+    ("first", "requests", "variant", "parsed"),
+    [("26", 1, "A", "26"), ("[invalid]", 2, "B", "7"), ("(86, 42)", 2, "B", "7")],
+)
+async def test_first_single_number_is_accepted(
+    openai_server: FakeOpenAIServer, first: str, requests: int, variant: str, parsed: str
+) -> None:
+    openai_server.respond("small", by_variant({"A": first, "B": "7"}))
+    cfg = sc_config(openai_server.url, samples=2, agreement=0.5, single_number=True)
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    # a second variant is asked only when the first answer is not one number
+    assert openai_server.request_count == requests
+    assert result.tier == 1 and result.validated
+    assert (result.variant, result.parsed) == (variant, parsed)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,9 @@ finds none. Built-ins, named in config:
 ``normalize`` makes equal answers compare equal: numbers lose ``$``, ``,``, ``%``, units and
 float noise (``"$1,000.00"``, ``"1000"`` and ``"999.9999999999"`` agree); other text is
 whitespace-collapsed and case-folded.
+
+``single_number`` tells an answer that is one number from one that only contains numbers:
+``self_consistency`` with ``single_number = true`` counts no vote for the others.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 
 from .._types import Completion
 
-__all__ = ["Extractor", "get_extractor", "normalize"]
+__all__ = ["Extractor", "get_extractor", "normalize", "single_number"]
 
 Extractor = Callable[[Completion], str | None]
 
@@ -157,6 +160,23 @@ def normalize(value: str | None) -> str | None:
         if number is not None:
             return number
     return text.casefold().rstrip(".")
+
+
+def single_number(value: str | None) -> str | None:
+    """``value`` when it states one number as its result, else None.
+
+    The result is what follows the last ``=`` (the whole value if there is none), and it
+    must hold exactly one number: ``"$1,200"``, ``"18 eggs"``, ``"5 * 3 = 15"`` and
+    ``"= $255 per month"`` do; an expression (``"40 + 60/speed"``, ``"3/4"``), a pair
+    (``"(86, 42)"``, ``"86 glasses and 42 plates"``), a time (``"2:00"``), a sentence with
+    several numbers, or no number at all do not. For numeric tasks, such an answer is a
+    parse failure of the model's output, not a claim of one value: reading its last number
+    as one would make unrelated answers agree by accident.
+    """
+    if value is None:
+        return None
+    result = str(value).rsplit("=", 1)[-1]
+    return value if len(_numbers(result)) == 1 else None
 
 
 def _canonical(token: str) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import ConfigError, ProviderError
 from .._types import Completion, Verdict
-from ._extract import Extractor, get_extractor, normalize
+from ._extract import Extractor, get_extractor, normalize, single_number
 from ._registry import ValidationContext, validator
 
 __all__ = ["SelfConsistencyValidator", "next_batch", "votes_needed"]
@@ -49,13 +49,20 @@ class SelfConsistencyValidator:
     outcome is decided. Each sample's final value comes from ``extractor`` (see
     ``cascade.validators._extract``: ``auto``, ``json:FIELD``, ``last_number``,
     ``regex:PATTERN``, ``hashes``, ``answer_is``, ``recorded``, or a callable) and is
-    normalised (numbers, whitespace, case) unless ``normalize = false``.
+    normalised (numbers, whitespace, case) unless ``normalize = false``. With
+    ``single_number = true`` (for numeric answers) a sample whose final answer is not one
+    number (``"(86, 42)"``, ``"40 + 60/x"``, ``"[invalid]"``; see
+    ``cascade.validators._extract.single_number``) casts no vote, as if it had no answer:
+    its stray numbers cannot make it agree with anything, and a sample that is nothing but
+    a parse failure is replaced by the next variant's.
 
     The verdict's ``parsed`` is the majority value, its ``completion`` the first sample that
     carries it (the result text), its ``score`` the majority's share of the samples drawn.
 
     ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
     every sample whatever the first ones say (a naive vote, to compare against).
+    ``samples = 2, min_agreement = 0.5, single_number = true`` accepts the first answer
+    that is one number, and draws a second (under the next variant) only when it is not.
     """
 
     def __init__(
@@ -65,6 +72,7 @@ class SelfConsistencyValidator:
         min_agreement: float = 0.5,
         extractor: Any = "auto",
         normalize: bool = True,
+        single_number: bool = False,
         early_stop: bool = True,
         name: str = "self_consistency",
     ) -> None:
@@ -83,6 +91,7 @@ class SelfConsistencyValidator:
         self.min_agreement = float(min_agreement)
         self.needed = votes_needed(samples, self.min_agreement)
         self._normalize = normalize
+        self._single_number = single_number
         self.early_stop = early_stop
 
     def __repr__(self) -> str:
@@ -90,6 +99,8 @@ class SelfConsistencyValidator:
 
     def value(self, completion: Completion) -> str | None:
         raw = self._extract(completion)
+        if self._single_number:
+            raw = single_number(raw)
         return normalize(raw) if self._normalize else raw
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
