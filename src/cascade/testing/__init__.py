@@ -3,7 +3,7 @@
 The servers speak the real wire formats (JSON and SSE streaming) over loopback
 HTTP, answer per model from a script or a function, record what they receive,
 and inject faults: error statuses, latency, dropped connections, malformed
-payloads, hangs.
+payloads, hangs; `Chaos` injects them at random into a share of the calls.
 
 Example::
 
@@ -21,14 +21,17 @@ fixed answer for every model until interrupted.
 
 from cascade._clock import FakeClock
 from cascade.testing._anthropic import FakeAnthropicServer
+from cascade.testing._chaos import Chaos, Fault
 from cascade.testing._openai import FakeOpenAIServer
 from cascade.testing._reply import FakeRequest, Reply, Responder
 
 __all__ = [
+    "Chaos",
     "FakeAnthropicServer",
     "FakeClock",
     "FakeOpenAIServer",
     "FakeRequest",
+    "Fault",
     "Reply",
     "Responder",
 ]

@@ -74,6 +74,8 @@ class FakeServer(ABC):
         self._record = record
         self._requests: list[FakeRequest] = []
         self._request_count = 0
+        self._active_requests = 0
+        self._disconnects = 0
         self._ids = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
@@ -161,6 +163,20 @@ class FakeServer(ABC):
         server = self._runner.server if self._runner is not None else None
         return 0 if server is None else len(server.connections)
 
+    @property
+    def active_requests(self) -> int:
+        """Chat requests being answered right now (a hung or paced one included)."""
+        return self._active_requests
+
+    @property
+    def disconnects(self) -> int:
+        """Chat requests whose client went away before the answer was written.
+
+        The handler is cancelled when the connection drops; a leak test waits for
+        `active_requests` to fall and this to rise.
+        """
+        return self._disconnects
+
     def __repr__(self) -> str:
         where = self.url if self._runner is not None else "not started"
         models = self._playbook.models()
@@ -200,6 +216,7 @@ class FakeServer(ABC):
         self._playbook.clear()
         self._requests.clear()
         self._request_count = 0
+        self._disconnects = 0
         self._ids = itertools.count(1)
 
     # -- wire format, supplied by subclasses --------------------------------
@@ -245,6 +262,7 @@ class FakeServer(ABC):
 
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         self._request_count += 1
+        self._active_requests += 1
         n = next(self._ids)
         try:
             return await self._serve(request, n)
@@ -253,6 +271,19 @@ class FakeServer(ABC):
                 request.transport.abort()
             # Nothing reaches the client: the transport is already closing.
             return web.Response(status=503)
+        except asyncio.CancelledError:
+            # handler_cancellation: the client closed the connection mid-answer.
+            self._disconnects += 1
+            raise
+        except ConnectionResetError:
+            # The client left just before a write, before aiohttp cancelled the handler:
+            # a disconnect too, not a server error worth a logged traceback.
+            self._disconnects += 1
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=503)
+        finally:
+            self._active_requests -= 1
 
     async def _serve(self, request: web.Request, n: int) -> web.StreamResponse:
         try:
@@ -281,7 +312,7 @@ class FakeServer(ABC):
             return self._error(404, message, n, code="model_not_found")
 
         await self._pause(reply.latency_s)
-        if reply.fault == "hang":
+        if reply.fault == "hang" or (reply.fault == "stall" and not stream):
             await self._closing.wait()
             raise _Closing
         if reply.fault == "error_event" and not stream:

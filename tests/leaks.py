@@ -1,0 +1,71 @@
+"""Counting what a run leaves behind: tasks, pooled connections, server connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+
+import aiohttp
+
+from cascade import Cascade
+from cascade.testing import FakeAnthropicServer, FakeOpenAIServer
+
+Server = FakeOpenAIServer | FakeAnthropicServer
+
+
+async def eventually(
+    check: Callable[[], bool],
+    what: str,
+    *,
+    within_s: float = 5.0,
+    extra: Callable[[], object] = lambda: "",
+) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` after ``within_s`` seconds.
+
+    Cleanup on the far side of a socket takes a loop turn or two: a bounded poll, never a
+    fixed sleep.
+    """
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + within_s
+    while not check():
+        if loop.time() > stop:
+            raise AssertionError(f"still not true after {within_s} s: {what}; {extra()}")
+        await asyncio.sleep(0.005)
+
+
+def other_tasks(baseline: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
+    """Tasks alive now that were not at ``baseline`` (the current one aside)."""
+    return asyncio.all_tasks() - baseline - {asyncio.current_task()}
+
+
+def in_use(cascade: Cascade) -> int:
+    """Connections the Cascade's pool has handed out and not got back."""
+    session = cascade._session
+    if session is None or session.closed:
+        return 0
+    connector = session.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    return len(connector._acquired)
+
+
+def pooled(cascade: Cascade) -> int:
+    """Idle keep-alive connections in the Cascade's pool."""
+    session = cascade._session
+    if session is None or session.closed:
+        return 0
+    connector = session.connector
+    assert isinstance(connector, aiohttp.TCPConnector)
+    return sum(len(conns) for conns in connector._conns.values())
+
+
+def open_on(servers: Iterable[Server]) -> int:
+    """Connections open and chat requests in progress, counted by the servers."""
+    return sum(s.active_connections + s.active_requests for s in servers)
+
+
+async def nothing_left(
+    baseline: set[asyncio.Task[object]], *servers: Server, within_s: float = 5.0
+) -> None:
+    """No connection open on ``servers`` and no task beyond ``baseline``."""
+    await eventually(lambda: open_on(servers) == 0, "server connections closed", within_s=within_s)
+    await eventually(lambda: not other_tasks(baseline), "tasks finished", within_s=within_s)
