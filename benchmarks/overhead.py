@@ -1,6 +1,7 @@
 """The engine's overhead against raw aiohttp and LiteLLM's Router, on one fake server.
 
     python benchmarks/overhead.py [--requests N] [--json] [--quick]
+    python benchmarks/overhead.py --tracing [--requests N] [--json] [--quick]
 
 The fake OpenAI-compatible server runs in its own process; every client runs in this one,
 on the same (default asyncio) event loop. Each round measures every client at concurrency
@@ -8,6 +9,14 @@ on the same (default asyncio) event loop. Each round measures every client at co
 turns (blocks of 100 calls at c=1, bursts of 1000 at c=64; LiteLLM a tenth of that), in an
 order rotated per round, so machine drift hits them alike. Absolute figures are medians over
 rounds; the figures against raw aiohttp are medians of per-turn differences (or ratios).
+
+``--tracing`` measures what OpenTelemetry costs instead, at concurrency 64 only, in two
+phases. First cascade built without instrumentation (``CASCADE_TELEMETRY=off``) against
+cascade with it but no SDK configured, alone; then, against no SDK, the SDK's
+TracerProvider with a BatchSpanProcessor exporting nowhere (every trace, then 10% sampled),
+the metrics SDK alone, and traces and metrics over OTLP/HTTP to a loopback sink in a child
+process. A traced client's turn ends with a flush of its exporters, so its export work is
+charged to it. Figures are medians of per-turn ratios.
 """
 
 from __future__ import annotations
@@ -101,10 +110,11 @@ def cascade_config(url: str, *, validate: bool) -> dict[str, Any]:
     return {"tiers": tiers}
 
 
-def cascade_client(*, validate: bool) -> Factory:
+def cascade_client(*, validate: bool, **engine_kwargs: Any) -> Factory:
     @asynccontextmanager
     async def factory(url: str) -> AsyncIterator[Client]:
-        async with cascade.Cascade.from_dict(cascade_config(url, validate=validate)) as engine:
+        config = cascade_config(url, validate=validate)
+        async with cascade.Cascade.from_dict(config, **engine_kwargs) as engine:
             messages = [{"role": "user", "content": PROMPT}]
 
             async def call() -> str:
@@ -114,6 +124,223 @@ def cascade_client(*, validate: bool) -> Factory:
             yield Client(call)
 
     return factory
+
+
+# -- tracing cost (--tracing) ------------------------------------------------------------
+
+TRACING_BURST = 500  # c=64 calls per client per turn
+TARGET_NO_SDK = 0.98  # no SDK configured: within 2% of a build without instrumentation
+TARGET_SDK = 0.85  # SDK and a batch span processor: within 15% of no SDK
+TRACING_LABELS = {
+    "uninstrumented": "CASCADE_TELEMETRY=off",
+    "no_sdk": "no SDK configured",
+    "sdk_batch": "traces: batch, all sampled",
+    "sdk_batch_10pct": "traces: batch, 10% sampled",
+    "sdk_metrics": "metrics SDK only (OTLP)",
+    "sdk_otlp": "traces + metrics over OTLP",
+}
+
+
+def traced_client(kind: str, sink: str) -> Factory:
+    """cascade.run with the OpenTelemetry SDK set up one way (passed to the Cascade: the
+    global providers stay unset, so the ``no_sdk`` client really has none)."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        SpanExporter,
+        SpanExportResult,
+    )
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    @asynccontextmanager
+    async def factory(url: str) -> AsyncIterator[Client]:
+        tracer_provider = None
+        if kind != "sdk_metrics":
+            sampler = ParentBased(TraceIdRatioBased(0.1)) if kind.endswith("10pct") else None
+            tracer_provider = TracerProvider(sampler=sampler)
+            exporter = Drop() if kind != "sdk_otlp" else OTLPSpanExporter(f"{sink}/v1/traces")
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        meter_provider = None
+        if kind in ("sdk_metrics", "sdk_otlp"):
+            # Exported at the end of each of this client's turns (settle), not on a timer
+            # that would fire during another client's turn.
+            reader = PeriodicExportingMetricReader(
+                OTLPMetricExporter(f"{sink}/v1/metrics"), export_interval_millis=600_000
+            )
+            meter_provider = MeterProvider(metric_readers=[reader])
+
+        def flush() -> None:
+            if tracer_provider is not None:
+                tracer_provider.force_flush()
+            if meter_provider is not None:
+                meter_provider.force_flush()
+
+        async def settle() -> None:
+            # The batch processor exports on its own thread: charge what is still queued
+            # to this client's turn.
+            await asyncio.to_thread(flush)
+
+        try:
+            async with cascade_client(
+                validate=False, tracer_provider=tracer_provider, meter_provider=meter_provider
+            )(url) as client:
+                yield Client(client.call, settle=settle)
+        finally:
+            if tracer_provider is not None:
+                tracer_provider.shutdown()
+            if meter_provider is not None:
+                meter_provider.shutdown()
+
+    return factory
+
+
+PHASES = {
+    # (baseline, clients): the no-SDK comparison runs alone, so the SDK clients' heaps and
+    # export threads cannot tilt a 2% difference.
+    "instrumentation": ("uninstrumented", ("uninstrumented", "no_sdk")),
+    "sdk": ("no_sdk", ("no_sdk", "sdk_batch", "sdk_batch_10pct", "sdk_metrics", "sdk_otlp")),
+}
+
+
+def tracing_factory(name: str, sink: str) -> Factory:
+    if name == "uninstrumented":
+        return cascade_client(validate=False, environ={"CASCADE_TELEMETRY": "off"})
+    if name == "no_sdk":
+        return cascade_client(validate=False)
+    return traced_client(name, sink)
+
+
+async def measure_tracing(
+    url: str, sink: str, *, requests: int, rounds: int
+) -> dict[str, dict[str, list[Throughput]]]:
+    """Per phase, c=64 bursts, the clients taking turns in an order rotated per round."""
+    burst = functools.partial(throughput, concurrency=CONCURRENCY, time_limit_s=PHASE_LIMIT_S)
+    bursts = max(1, requests // TRACING_BURST)
+    t_start = perf_counter()
+    out: dict[str, dict[str, list[Throughput]]] = {}
+    for phase, (_, names) in PHASES.items():
+        turns: dict[str, list[Throughput]] = {n: [] for n in names}
+        # Two clients only: twice the turns, for the resolution a 2% target needs.
+        phase_bursts = 2 * bursts if phase == "instrumentation" else bursts
+        async with AsyncExitStack() as stack:
+            clients = {
+                n: await stack.enter_async_context(tracing_factory(n, sink)(url)) for n in names
+            }
+            for name, client in clients.items():
+                await warm_up(name, client, count=2 * CONCURRENCY)
+            for r in range(rounds):
+                order = list(names[r % len(names) :] + names[: r % len(names)])
+                for name in order:
+                    await burst(clients[name], count=CONCURRENCY)
+                gc.collect()
+                for _ in range(phase_bursts):
+                    for name in order:
+                        turns[name].append(await burst(clients[name], count=TRACING_BURST))
+                print(
+                    f"{phase}: round {r + 1}/{rounds} done at {perf_counter() - t_start:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        out[phase] = turns
+    return out
+
+
+def summarize_tracing(phases: dict[str, dict[str, list[Throughput]]]) -> dict[str, Any]:
+    med = statistics.median
+    clients: dict[str, dict[str, Any]] = {}
+    for phase, turns in phases.items():
+        base = turns[PHASES[phase][0]]
+        for name, ts in turns.items():
+            clients[f"{phase}/{name}"] = {
+                "baseline": PHASES[phase][0],
+                "rps_c64": med(t.rps for t in ts),
+                "cpu_us_c64": med(t.cpu_us for t in ts),
+                "vs_baseline": med(x.rps / b.rps for x, b in zip(ts, base, strict=True)),
+                "cpu_vs_baseline": med(x.cpu_us / b.cpu_us for x, b in zip(ts, base, strict=True)),
+                "requests": sum(t.count for t in ts),
+            }
+    no_sdk = clients["instrumentation/no_sdk"]["vs_baseline"]
+    sdk = clients["sdk/sdk_batch"]["vs_baseline"]
+    sampled = clients["sdk/sdk_batch_10pct"]["vs_baseline"]
+    return {
+        "clients": clients,
+        "targets": [
+            {"name": "no SDK vs uninstrumented", "target": f">= {TARGET_NO_SDK}x",
+             "value": round(no_sdk, 3), "pass": no_sdk >= TARGET_NO_SDK},
+            {"name": "SDK + batch processor (every trace) vs no SDK",
+             "target": f">= {TARGET_SDK}x", "value": round(sdk, 3), "pass": sdk >= TARGET_SDK},
+            {"name": "SDK + batch processor (10% of traces) vs no SDK",
+             "target": f">= {TARGET_SDK}x", "value": round(sampled, 3),
+             "pass": sampled >= TARGET_SDK},
+        ],
+    }  # fmt: skip
+
+
+def print_tracing(report: dict[str, Any]) -> None:
+    print(", ".join(f"{k} {v}" for k, v in report["versions"].items()))
+    print(
+        f"{report['rounds']} rounds x {report['requests']} requests per client per phase at "
+        f"c=64, turns of {TRACING_BURST}; medians over turns"
+    )
+    phase = None
+    for key, c in report["clients"].items():
+        if key.split("/", 1)[0] != phase:
+            phase = key.split("/", 1)[0]
+            print(
+                f"\n{phase + ' phase':<28} {'req/s c=64':>11} {'x base':>7} {'CPU us/req':>11} "
+                f"{'CPU x base':>11}"
+            )
+        label = TRACING_LABELS[key.split("/", 1)[1]]
+        if key.endswith("/" + c["baseline"]):
+            label += " (base)"
+        print(
+            f"{label:<28} {c['rps_c64']:>11.0f} {c['vs_baseline']:>7.3f} "
+            f"{c['cpu_us_c64']:>11.0f} {c['cpu_vs_baseline']:>11.3f}"
+        )
+    print("\ntargets (throughput at c=64):")
+    for t in report["targets"]:
+        verdict = "PASS" if t["pass"] else "FAIL"
+        print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")
+    if report["refused_network"]:
+        print(f"\nloopback guard refused: {', '.join(report['refused_network'])}")
+
+
+def main_tracing(*, requests: int, rounds: int, as_json: bool) -> int:
+    from _otlp_sink import otlp_sink
+
+    refused = install_loopback_guard()
+    with fake_openai_server(ANSWER) as url, otlp_sink() as sink:
+        turns = asyncio.run(measure_tracing(url, sink, requests=requests, rounds=rounds))
+    report = {
+        "versions": {
+            "cascade-engine": cascade.__version__,
+            "opentelemetry-sdk": importlib.metadata.version("opentelemetry-sdk"),
+            "Python": platform.python_version(),
+        },
+        "concurrency": CONCURRENCY,
+        "rounds": rounds,
+        "requests": requests,
+        **summarize_tracing(turns),
+        "refused_network": refused,
+        "per_turn_rps": {
+            f"{phase}/{n}": [round(t.rps) for t in ts]
+            for phase, turns_ in turns.items()
+            for n, ts in turns_.items()
+        },
+    }
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_tracing(report)
+    return 0
 
 
 def litellm_version() -> str | None:
@@ -311,7 +538,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, help="calls per client per phase per round")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument(
+        "--tracing", action="store_true", help="the cost of OpenTelemetry instead (c=64)"
+    )
     args = parser.parse_args(argv)
+    if args.tracing:
+        requests = args.requests or (1000 if args.quick else 5000)
+        rounds = 3 if args.quick else ROUNDS
+        return main_tracing(requests=requests, rounds=rounds, as_json=args.json)
     requests = args.requests or (400 if args.quick else 3000)
     rounds = 3 if args.quick else ROUNDS
     if requests < 10 * LITELLM_SHARE:

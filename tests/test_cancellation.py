@@ -203,12 +203,6 @@ async def test_cancel_while_waiting_for_the_limiter(openai_server: FakeOpenAISer
     await nothing_left(baseline, openai_server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a caller's own asyncio.timeout that fires in the same loop turn as "
-    "a provider's timeout_s is swallowed (aiohttp's re-entered TimerContext uncancels "
-    "twice); the run fails over and the caller waits for the next provider's timeout",
-)
 async def test_a_caller_timeout_tied_with_a_provider_timeout_still_cancels(
     openai_server: FakeOpenAIServer,
 ) -> None:

@@ -206,12 +206,6 @@ async def test_under_chaos_every_run_ends_in_time_typed_and_leaves_nothing(
         assert outcomes["AllProvidersFailed"] > 0  # no healthy provider: failures show
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a provider timeout that fires in the same loop turn as the run's "
-    "deadline swallows the deadline (aiohttp's re-entered TimerContext uncancels twice); "
-    "the run fails over and goes on until the next provider's own timeout",
-)
 async def test_a_provider_timeout_tied_with_the_deadline_still_ends_the_run(
     openai_server: FakeOpenAIServer,
 ) -> None:
@@ -380,12 +374,6 @@ async def test_limiter_admits_waiting_requests_one_refill_at_a_time(
     assert openai_server.request_count == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: retries of a rate-limited provider bypass its limiter (one lease "
-    "per attempt in _calls.py, however many tries), so the server sees more requests "
-    "than requests_per_minute allows",
-)
 async def test_retries_count_against_the_providers_quota(
     openai_server: FakeOpenAIServer,
 ) -> None:

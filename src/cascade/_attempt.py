@@ -18,6 +18,7 @@ import msgspec
 
 from ._config import TierConfig, Variant
 from ._errors import ProviderError, ProviderTimeout
+from ._telemetry import NOOP_ATTEMPT, AttemptTrace
 from ._types import Chunk, Completion, Message, RequestOptions, Verdict
 from .providers import Provider
 from .validators import ValidationContext, Validator
@@ -106,7 +107,17 @@ def apply_variant(
 class InFlight:
     """The attempt under way: what it has cost so far, and what a deadline records."""
 
-    __slots__ = ("completion", "cost", "hedge", "provider", "received", "samples", "t0", "tier")
+    __slots__ = (
+        "completion",
+        "cost",
+        "hedge",
+        "provider",
+        "received",
+        "samples",
+        "t0",
+        "tier",
+        "trace",
+    )
 
     def __init__(self, tier: Tier, provider: Provider, t0: float, *, hedge: bool = False) -> None:
         self.tier = tier
@@ -117,6 +128,7 @@ class InFlight:
         self.cost = 0.0
         self.received = 0  # characters of answer so far (tracked for hedged calls)
         self.samples: list[Completion] = []
+        self.trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
 
 
 async def complete(
@@ -153,18 +165,25 @@ async def complete(
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
     loop = asyncio.get_running_loop()
-    first_at = None if first_s is None else loop.time() + first_s
-    phase = "first_token"  # idle_timeout_s starts counting at the first chunk
-    watchdog = asyncio.timeout_at(first_at)
+    now = loop.time()
+    # timeout_s is enforced here too, not by aiohttp: aiohttp's timer un-cancels its task
+    # twice, which swallows a deadline (the run's, or the caller's) firing in the same turn.
+    total_at = now + config.timeout_s
+    first_at = None if first_s is None else now + first_s
+    at, phase = total_at, "total"
+    if first_at is not None and first_at < total_at:
+        at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
+    watchdog = asyncio.timeout_at(at)
     try:
         async with watchdog, aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
             async for chunk in chunks:
                 if watch:
                     if chunk.text and first_at is not None:
                         first_at = None  # the first token came: from now on, only idle
-                    at = None if idle_s is None else loop.time() + idle_s
-                    phase = "idle"
-                    if first_at is not None and (at is None or first_at <= at):
+                    at, phase = total_at, "total"
+                    if idle_s is not None and loop.time() + idle_s < at:
+                        at, phase = loop.time() + idle_s, "idle"
+                    if first_at is not None and first_at <= at:
                         at, phase = first_at, "first_token"
                     watchdog.reschedule(at)
                 if chunk.text:
@@ -203,10 +222,11 @@ async def complete(
     except TimeoutError:
         if not watchdog.expired():
             raise
-        limit = first_s if phase == "first_token" else idle_s
-        what = "no first token" if phase == "first_token" else "no chunk"
+        limit = {"first_token": first_s, "idle": idle_s}.get(phase, config.timeout_s)
+        what = {"first_token": "no first token", "idle": "no chunk"}.get(phase, "not done")
+        field = "timeout_s" if phase == "total" else f"{phase}_timeout_s"
         error = ProviderTimeout(
-            f"{what} within {limit}s ({phase}_timeout_s)",
+            f"{what} within {limit}s ({field})",
             provider=provider.name,
             model=provider.model,
             phase=phase,
@@ -297,7 +317,12 @@ class Sampler:
         flight = self._flight
         provider = flight.provider
         t0 = perf_counter()
-        chunks: list[Chunk] = await many(self._msgs, self._opts, count)
+        trace = flight.trace.samples(self._next - count, count, self._msgs, self._opts)
+        try:
+            chunks: list[Chunk] = await many(self._msgs, self._opts, count)
+        except BaseException as exc:
+            trace.failed(exc)
+            raise
         latency = perf_counter() - t0
         out = []
         for chunk in chunks:
@@ -320,12 +345,24 @@ class Sampler:
             flight.samples.append(completion)
             self._spend(cost)
             out.append(completion)
+        if out:
+            trace.completed(*out)
+        trace.end()
         return out
 
     async def _one(self, sample: int, results: list[Completion | None], slot: int) -> None:
         flight = self._flight
         msgs, opts = flight.tier.request(self._msgs, self._opts, sample)
-        completion, _ = await complete(flight.provider, msgs, opts, perf_counter())
+        # A sibling span of the other samples, under the attempt's (gather copied the
+        # context: this task attaches and detaches its own span).
+        trace = flight.trace.sample(sample, msgs, opts)
+        try:
+            completion, _ = await complete(flight.provider, msgs, opts, perf_counter())
+        except BaseException as exc:
+            trace.failed(exc)
+            raise
+        trace.completed(completion)
+        trace.end()
         cost = flight.provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
         flight.cost += cost
         flight.samples.append(completion)

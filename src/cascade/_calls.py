@@ -17,6 +17,7 @@ from ._types import Attempt, Completion, Message, RequestOptions, Verdict
 from .providers import Provider
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
 from .resilience.limiter import Lease, RateLimiter
+from .resilience.shared import SharedState
 from .validators import ValidationContext
 
 __all__ = ["ProviderCalls"]
@@ -25,7 +26,9 @@ _TTFT_WINDOW = 200
 
 
 class ProviderCalls:
-    """Each provider's breaker, limiter (where limits are set) and retry policy."""
+    """Each provider's breaker, limiter (where limits are set) and retry policy; with a
+    ``[shared]`` table, the Redis state the breakers and limiters share (``shared``, opened
+    and closed by the Cascade)."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class ProviderCalls:
         self._estimate_output_tokens = config.estimate_output_tokens
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._rng = random.Random()
+        self.shared = None if config.shared is None else SharedState.from_config(config.shared)
         self.breakers: dict[str, AsyncBreaker] = {
             p.name: AsyncBreaker(
                 p.name,
@@ -45,6 +49,7 @@ class ProviderCalls:
                 count_rate_limits=p.breaker.count_rate_limits,
                 clock=self.clock,
                 listeners=breaker_listeners,
+                shared=self.shared,
             )
             for t in config.tiers
             for p in t.providers
@@ -57,6 +62,7 @@ class ProviderCalls:
                 max_concurrency=p.limits.max_concurrency,
                 burst_s=p.limits.burst_s,
                 clock=self.clock,
+                shared=self.shared,
             )
             for t in config.tiers
             for p in t.providers
@@ -100,6 +106,8 @@ class ProviderCalls:
         t0 = flight.t0
         run.flights.append(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+        # The span of the call (one per try: a retry replaces it), current until judged.
+        flight.trace = run.tier_trace.attempt(provider, tier_msgs, tier_opts, hedge=flight.hedge)
         ctx = None
         if tier.validators:
             ctx = ValidationContext(
@@ -120,20 +128,27 @@ class ProviderCalls:
                         on_text=on_text,
                     )  # fmt: skip
             else:
-                completion, early = await self._with_retries(
-                    run, flight, policy, tier_msgs, tier_opts, partial, ctx, on_text
-                )
+                held = [lease]  # each retry takes a lease of its own
+                try:
+                    completion, early = await self._with_retries(
+                        run, flight, policy, tier_msgs, tier_opts, partial, ctx, on_text, held
+                    )
+                finally:
+                    lease = held[0]
         except ProviderError as exc:
+            flight.trace.failed(exc)
             if lease is not None:
                 lease.release()
             run.flights.remove(flight)
             run.last_error = exc
             attempts.append(self._failure(run, flight, t0, exc, tier_msgs))
             return None
-        except BaseException:
+        except BaseException as exc:
+            flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost
             if lease is not None:
                 lease.release()
             raise
+        flight.trace.completed(completion)
         if lease is not None:
             lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
         window = self.ttft_windows.get(provider.name)
@@ -148,9 +163,14 @@ class ProviderCalls:
             verdicts: tuple[Verdict, ...] = (early,)
             passed = False
         elif ctx is not None:
-            verdicts, passed = await judge(tier, completion, ctx)
+            try:
+                verdicts, passed = await judge(tier, completion, ctx)
+            except BaseException as exc:
+                flight.trace.failed(exc)
+                raise
         else:
             verdicts, passed = (), True
+        flight.trace.judged(verdicts, passed)
         run.flights.remove(flight)
         attempt = attempt_record(flight, completion, verdicts, passed)
         attempts.append(attempt)
@@ -173,21 +193,42 @@ class ProviderCalls:
         partial: tuple[PartialCheck, ...],
         ctx: ValidationContext | None,
         on_text: Callable[[int], None] | None,
+        held: list[Lease | None],
     ) -> tuple[Completion, Verdict | None]:
-        """``complete`` with retries; each failed try is recorded as an attempt."""
+        """``complete`` with retries; each failed try is recorded as an attempt.
+
+        ``held[0]`` is the rate-limit lease of the try under way: a failed try's lease is
+        spent (the provider counted the request), and a retry waits for a new one, in fair
+        order and within the deadline, like any request."""
         provider = flight.provider
         breaker = self.breakers[provider.name]
+        limiter = self.limiters.get(provider.name)
         started = [perf_counter()]
+        retries = [0]
 
         async def once() -> tuple[Completion, Verdict | None]:
             started[0] = t0 = perf_counter()
+            if retries[0]:  # the first try's span was started by the caller
+                flight.trace = run.tier_trace.attempt(
+                    provider, msgs, opts, retry=retries[0], hedge=flight.hedge
+                )
+            retries[0] += 1
+            if limiter is not None and held[0] is None:
+                held[0] = await limiter.acquire(
+                    tokens=self.token_estimate(provider, msgs, opts), deadline=run.deadline_at
+                )
             with breaker.admit():
                 return await complete(
                     provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text
                 )
 
-        def on_retry(_: int, exc: Exception, wait_s: float) -> None:
+        def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
+            flight.trace.failed(exc)
+            if held[0] is not None:
+                held[0].release()  # no refund: the failed request counted against the quota
+                held[0] = None
+            run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
             run.attempts.append(self._failure(run, flight, started[0], exc, msgs))
 
         return await call_with_retries(

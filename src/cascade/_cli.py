@@ -2,7 +2,8 @@
 ``eval`` / ``calibrate`` over a recorded dataset.
 
 Config files read here resolve a replay provider's relative ``dataset`` path against the
-config file's folder (not the current directory).
+config file's folder (not the current directory). The standard ``OTEL_*`` environment
+variables set up trace and metric export (``_otel.py``); nothing is exported without them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import __version__
 from ._config import load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
+from ._otel import SDK, configure_from_env
 from ._types import RequestOptions, Result
 
 __all__ = ["main"]
@@ -102,7 +104,10 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    sdk: SDK | None = None
     try:
+        if args.command != "check":
+            sdk = configure_from_env()  # traces and metrics, when OTEL_* variables ask
         if args.command == "demo":
             if args.requests < 1 or args.concurrency < 1:
                 raise InputError("--requests and --concurrency must be >= 1")
@@ -130,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CascadeError as exc:
         print(f"cascade: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if sdk is not None:
+            sdk.shutdown()  # flush what is still batched
 
 
 def _check(path: str) -> int:

@@ -20,6 +20,7 @@ __all__ = [
     "HedgeConfig",
     "LimitsConfig",
     "ProviderConfig",
+    "SharedConfig",
     "TierConfig",
     "Variant",
     "load_config",
@@ -28,6 +29,7 @@ __all__ = [
 NonNegFloat = Annotated[float, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
+KeyPrefix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s{}]+$")]
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -160,6 +162,30 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     hedge: HedgeConfig | None = None
 
 
+class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Breaker state and rate-limit budgets shared through Redis by every process with the
+    same ``redis_url`` and ``key_prefix`` (the ``[shared]`` table; needs the ``redis``
+    extra). Redis answers within ``timeout_s`` or is treated as down: the limits are then
+    local, loudly, until it is back. Breakers poll the shared state every
+    ``sync_interval_s``."""
+
+    redis_url: Annotated[str, Meta(pattern=r"^(redis|rediss|unix)://")]
+    """``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS) or
+    ``unix:///path/to/socket``; the password never appears in logs or ``repr``."""
+    key_prefix: KeyPrefix = "cascade"
+    timeout_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    sync_interval_s: Annotated[float, Meta(gt=0, le=60)] = 0.5
+
+    def __repr__(self) -> str:
+        from .resilience.shared import redact_url
+
+        return (
+            f"SharedConfig(redis_url={redact_url(self.redis_url)!r}, "
+            f"key_prefix={self.key_prefix!r}, timeout_s={self.timeout_s!r}, "
+            f"sync_interval_s={self.sync_interval_s!r})"
+        )
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole cascade: tiers cheap to expensive, and what to do when all reject."""
 
@@ -176,6 +202,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_connections: Annotated[int, Meta(ge=1)] = 512
     validator_paths: list[str] = []
     """Folders whose ``*.py`` files are imported at build, registering their validators."""
+    shared: SharedConfig | None = None
+    """Share breakers and rate limits across processes through Redis (default: in memory)."""
 
     def __post_init__(self) -> None:
         seen_tiers: set[str] = set()

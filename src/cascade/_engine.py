@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from time import perf_counter
 from types import MappingProxyType, TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 import msgspec
@@ -28,6 +28,7 @@ from ._errors import (
 )
 from ._hedge import race
 from ._records import RunState, attempt_record, best_attempt, failed_record
+from ._telemetry import Telemetry
 from ._types import (
     Attempt,
     Message,
@@ -40,6 +41,10 @@ from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
 from .resilience.limiter import LimiterTimeout
 from .validators._plugins import load_validator_folder
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
 
 __all__ = ["Cascade"]
 
@@ -60,6 +65,12 @@ class Cascade:
     ``cascade.validators`` entry-point group. The
     aiohttp session (one connection pool for every provider) opens on ``async with`` or the
     first ``run`` and closes with ``aclose``.
+
+    Every run is traced and measured through the OpenTelemetry API (``tracer_provider`` /
+    ``meter_provider``, the global ones by default: nothing is recorded until the
+    application configures the SDK). ``capture_content=True`` (or
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``) adds prompts and answers
+    to the spans; ``CASCADE_TELEMETRY=off`` in the environment turns telemetry off.
     """
 
     def __init__(
@@ -71,6 +82,9 @@ class Cascade:
         base_dir: str | os.PathLike[str] | None = None,
         clock: Clock | None = None,
         breaker_listeners: Sequence[BreakerListener] = (),
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        capture_content: bool | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         if base_dir is not None:
@@ -84,7 +98,18 @@ class Cascade:
         self.config = config
         self._keys = provider_keys(config, env)
         self._tiers = build_tiers(config)
-        self._calls = ProviderCalls(config, clock=clock, breaker_listeners=breaker_listeners)
+        self._telemetry = Telemetry(
+            tracer_provider=tracer_provider,
+            meter_provider=meter_provider,
+            capture_content=capture_content,
+            environ=env,
+        )
+        self._calls = ProviderCalls(
+            config,
+            clock=clock,
+            breaker_listeners=(*breaker_listeners, self._telemetry.on_breaker_change),
+        )
+        self._telemetry.watch_breakers(self._calls.breakers)
         self._session = session
         self._owns_session = session is None
         self._open = False
@@ -113,7 +138,8 @@ class Cascade:
         return tuple(t.name for t in self._tiers)
 
     async def open(self) -> None:
-        """Create the connection pool and the providers (``async with`` does this)."""
+        """Create the connection pool and the providers, and connect the ``[shared]`` Redis
+        state if any (``async with`` does this)."""
         if self._closed:
             raise RuntimeError("this Cascade is closed")
         if self._open:
@@ -133,9 +159,12 @@ class Cascade:
                 if limiter is not None and hasattr(provider, "observe"):
                     provider.observe = limiter.observe  # learn from rate-limit headers
         self._open = True
+        if self._calls.shared is not None:
+            await self._calls.shared.open()  # after _open: a concurrent run() builds nothing twice
 
     async def aclose(self) -> None:
-        """Close every provider and the connection pool (if this Cascade created it)."""
+        """Close every provider, the connection pool (if this Cascade created it) and the
+        shared state."""
         if self._closed:
             return
         self._closed = True
@@ -145,6 +174,8 @@ class Cascade:
                 await provider.aclose()
         if self._owns_session and self._session is not None:
             await self._session.close()
+        if self._calls.shared is not None:
+            await self._calls.shared.aclose()
 
     async def __aenter__(self) -> Self:
         await self.open()
@@ -201,6 +232,24 @@ class Cascade:
             perf_counter(), None if deadline is None else self._calls.clock.monotonic() + deadline
         )
         tiers = self._tiers[first : last + 1]
+        # The run's span (a child of the caller's), ended with its routing record.
+        with self._telemetry.run(
+            run.attempts, opts, max_cost_usd=budget, deadline_s=deadline
+        ) as run.trace:
+            result = await self._run_within(run, tiers, msgs, opts, budget, deadline)
+            run.trace.done(result)
+        return result
+
+    async def _run_within(
+        self,
+        run: RunState,
+        tiers: list[Tier],
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        budget: float | None,
+        deadline: float | None,
+    ) -> Result:
+        """The tiers, within the run's deadline."""
         if deadline is None:
             return await self._run_tiers(run, tiers, msgs, opts, budget)
         timeout = asyncio.timeout(deadline)
@@ -234,56 +283,67 @@ class Cascade:
     ) -> Result:
         attempts = run.attempts
         for tier in tiers:
-            if budget is not None:
-                skip = self._over_budget(tier, msgs, opts, budget - run.spent)
-                if skip is not None:
-                    attempts.append(skip)
-                    continue
-            attempt = None
-            busy: list[Provider] = []  # no headroom in their rate limits right now
-            tried: set[str] = set()  # taken as hedges
-            for provider in tier.providers:
-                if provider.name in tried:
-                    continue
-                lease = None
-                limiter = self._calls.limiters.get(provider.name)
-                if limiter is not None:
-                    lease = await limiter.reserve(
-                        tokens=self._calls.token_estimate(provider, msgs, opts)
-                    )
-                    if lease is None:
-                        busy.append(provider)  # a sibling with headroom goes first
+            # The tier's span; its outcome, and the escalation, come from its attempts.
+            with run.trace.tier(tier) as run.tier_trace:
+                if budget is not None:
+                    skip = self._over_budget(tier, msgs, opts, budget - run.spent)
+                    if skip is not None:
+                        attempts.append(skip)
                         continue
-                if tier.hedge is None:
-                    attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
-                else:
-                    tried.add(provider.name)
-                    attempt = await race(self._calls, run, tier, provider, lease, msgs, opts, tried)
-                if attempt is not None:
-                    break
-            if tried:
-                busy = [p for p in busy if p.name not in tried]
-            if attempt is None and busy:
-                # Every provider with headroom failed or none had any: wait, in fair
-                # order and never past the deadline, for the first busy one.
-                provider = busy[0]
-                limiter = self._calls.limiters[provider.name]
-                t0 = perf_counter()
-                try:
-                    lease = await limiter.acquire(
-                        tokens=self._calls.token_estimate(provider, msgs, opts),
-                        deadline=run.deadline_at,
-                    )
-                except LimiterTimeout as exc:
-                    run.last_error = exc
-                    attempts.append(failed_record(tier, provider, t0, exc))
-                else:
-                    attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
-            if attempt is not None and attempt.outcome == "accepted":
-                return run.result(attempt, validated=True)
-            if attempt is None and self.config.on_outage == "error":
-                break  # every provider failed: an outage, which must not escalate the bill
-            # rejected by a validator, or every provider failed: escalate to the next tier
+                attempt = None
+                busy: list[Provider] = []  # no headroom in their rate limits right now
+                tried: set[str] = set()  # taken as hedges
+                for provider in tier.providers:
+                    if provider.name in tried:
+                        continue
+                    lease = None
+                    limiter = self._calls.limiters.get(provider.name)
+                    if limiter is not None:
+                        lease = await limiter.reserve(
+                            tokens=self._calls.token_estimate(provider, msgs, opts)
+                        )
+                        if lease is None:
+                            busy.append(provider)  # a sibling with headroom goes first
+                            run.tier_trace.limiter_busy(provider.name)
+                            continue
+                    if tier.hedge is None:
+                        attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
+                    else:
+                        tried.add(provider.name)
+                        attempt = await race(
+                            self._calls, run, tier, provider, lease, msgs, opts, tried
+                        )
+                    if attempt is not None:
+                        break
+                if tried:
+                    busy = [p for p in busy if p.name not in tried]
+                if attempt is None and busy:
+                    # Every provider with headroom failed or none had any: wait, in fair
+                    # order and never past the deadline, for the first busy one.
+                    provider = busy[0]
+                    limiter = self._calls.limiters[provider.name]
+                    t0 = perf_counter()
+                    try:
+                        lease = await limiter.acquire(
+                            tokens=self._calls.token_estimate(provider, msgs, opts),
+                            deadline=run.deadline_at,
+                        )
+                    except LimiterTimeout as exc:
+                        run.tier_trace.limiter_wait(
+                            provider.name, perf_counter() - t0, acquired=False
+                        )
+                        run.last_error = exc
+                        attempts.append(failed_record(tier, provider, t0, exc))
+                    else:
+                        run.tier_trace.limiter_wait(
+                            provider.name, perf_counter() - t0, acquired=True
+                        )
+                        attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
+                if attempt is not None and attempt.outcome == "accepted":
+                    return run.result(attempt, validated=True)
+                if attempt is None and self.config.on_outage == "error":
+                    break  # every provider failed: an outage, which must not escalate the bill
+                # rejected by a validator, or every provider failed: escalate to the next tier
         return self._exhausted(run)
 
     @property

@@ -85,6 +85,7 @@ async def race(
                     sibling[1].release()
             elif sibling is not None:
                 tried.add(sibling[0].name)
+                run.tier_trace.hedge(sibling[0].name, delay)
                 start(*sibling, hedge=True)
         winner = await _winner(tasks, first)
     except BaseException:
@@ -96,10 +97,12 @@ async def race(
         raise
     for task, flight in zip(tasks, flights, strict=True):
         if task is not winner and not task.done():
+            name = winner_of(flights, tasks, winner)
+            flight.trace.lost(name)  # its span ends, cancelled, in its own task
             task.cancel()
             await asyncio.wait((task,))
             if task.cancelled():
-                _record_loser(calls, run, flight, msgs, winner_of(flights, tasks, winner))
+                _record_loser(calls, run, flight, msgs, name)
     return None if winner is None else await winner
 
 

@@ -11,6 +11,7 @@ from typing import Literal
 
 from ._attempt import InFlight, Tier, chosen
 from ._errors import ProviderError
+from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
 from ._types import Attempt, Completion, Result, Usage, Verdict
 from .providers import Provider
 
@@ -121,7 +122,16 @@ def result_of(
 class RunState:
     """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
 
-    __slots__ = ("attempts", "deadline_at", "flights", "last_error", "spent", "t0")
+    __slots__ = (
+        "attempts",
+        "deadline_at",
+        "flights",
+        "last_error",
+        "spent",
+        "t0",
+        "tier_trace",
+        "trace",
+    )
 
     def __init__(self, t0: float, deadline_at: float | None) -> None:
         self.t0 = t0
@@ -131,6 +141,9 @@ class RunState:
         self.last_error: ProviderError | None = None
         self.flights: list[InFlight] = []
         """Attempts under way (two while a hedge races); a deadline records them."""
+        self.trace: RunTrace = NOOP_RUN
+        self.tier_trace: TierTrace = NOOP_TIER
+        """The run's span and the span of the tier under way (``_telemetry``)."""
 
     def spend(self, cost: float) -> None:
         self.spent += cost

@@ -35,3 +35,29 @@ async def use() -> None:
         attempts: tuple[cascade.Attempt, ...] = exc.attempts
         del attempts
     del text, cost, outcomes
+
+
+def traced(config: cascade.Config) -> Cascade:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+
+    return Cascade(
+        config,
+        tracer_provider=TracerProvider(),
+        meter_provider=MeterProvider(),
+        capture_content=False,
+    )
+
+
+async def shared_state() -> None:
+    from cascade.resilience.shared import SharedState
+
+    config = cascade.SharedConfig(redis_url="redis://127.0.0.1:6379/0", timeout_s=0.05)
+    async with SharedState.from_config(config) as state:
+        breaker = cascade.AsyncBreaker("a", fail_max=3, shared=state)
+        limiter = cascade.RateLimiter("a", requests_per_minute=60, shared=state)
+        lease: cascade.resilience.limiter.Lease | None = await limiter.reserve(tokens=10)
+        up: bool = state.available
+        breaker.force_open(5.0)
+        breaker.force_close()
+        del lease, up

@@ -9,6 +9,7 @@ objects (whose ``request_info`` holds the request headers, and so the API key).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, TypeVar
@@ -37,6 +38,7 @@ __all__ = ["DONE", "HTTPProvider", "post_whole", "redact", "retry_after_s", "sta
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_ERROR_BODY = 16384
 _MAX_DRAIN = 65536
+_BACKSTOP_S = 1.0
 _encode = msgspec.json.Encoder().encode
 
 T = TypeVar("T")
@@ -157,8 +159,12 @@ class HTTPProvider:
         self._session = session
         self._secret = api_key
         self._stream = config.stream
+        # timeout_s is enforced with asyncio.timeout (by the engine's cascade._attempt.complete
+        # for streams, by post_whole otherwise): aiohttp's own timer un-cancels its task twice
+        # and so can swallow a deadline that fires in the same loop turn. aiohttp keeps a
+        # backstop a second later, for a stream read without the engine.
         self._timeout = aiohttp.ClientTimeout(
-            total=config.timeout_s, sock_connect=config.connect_timeout_s
+            total=config.timeout_s + _BACKSTOP_S, sock_connect=config.connect_timeout_s
         )
         self._url = ""
         self._headers: dict[str, str] = {}
@@ -259,7 +265,7 @@ async def post_whole(
     ``HTTPProvider.stream``."""
     data = encode_body(body)
     try:
-        async with provider._post(data) as resp:
+        async with asyncio.timeout(provider.config.timeout_s), provider._post(data) as resp:
             await provider._check(resp)
             return parse(await resp.read())
     except CascadeError:

@@ -11,6 +11,9 @@ counters (``CircuitMemoryStorage``) and the transitions (``open``, ``half_open``
 - The reset timeout is measured on an injectable :class:`~cascade._clock.Clock`, not on
   pybreaker's wall-clock ``datetime``, so tests move OPEN to HALF_OPEN by advancing a
   :class:`~cascade._clock.FakeClock`.
+- With ``shared=`` (a :class:`~cascade.resilience.shared.SharedState`) outcomes are also
+  reported to Redis in the background, and a breaker opened or closed by another replica
+  is opened or closed here (:meth:`AsyncBreaker.force_open`, :meth:`AsyncBreaker.force_close`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import pybreaker
 import structlog
@@ -32,6 +35,9 @@ from .._errors import (
     ProviderTimeout,
     RateLimited,
 )
+
+if TYPE_CHECKING:
+    from .shared import SharedBreaker, SharedState
 
 __all__ = [
     "AsyncBreaker",
@@ -151,7 +157,16 @@ class AsyncBreaker:
     ...         return await provider_call()
     """
 
-    __slots__ = ("_cb", "_clock", "_probe_out", "_relay", "_storage", "count_rate_limits", "name")
+    __slots__ = (
+        "_cb",
+        "_clock",
+        "_probe_out",
+        "_relay",
+        "_shared",
+        "_storage",
+        "count_rate_limits",
+        "name",
+    )
 
     def __init__(
         self,
@@ -162,6 +177,7 @@ class AsyncBreaker:
         count_rate_limits: bool = False,
         clock: Clock | None = None,
         listeners: Sequence[BreakerListener] = (),
+        shared: SharedState | None = None,
     ) -> None:
         if fail_max < 1:
             raise ValueError("fail_max must be at least 1")
@@ -180,6 +196,7 @@ class AsyncBreaker:
             name=name,
         )
         self._probe_out = False
+        self._shared: SharedBreaker | None = None if shared is None else shared.breaker_link(self)
 
     @property
     def state(self) -> BreakerState:
@@ -243,6 +260,22 @@ class AsyncBreaker:
             storage.reset_counter()
             if permit.probe:
                 self._cb.close()
+        if self._shared is not None:
+            self._shared.outcome(failed=failed, probe=permit.probe, opened=self.state == "open")
+
+    def force_open(self, retry_in_s: float) -> None:
+        """Open now and let a probe through after ``retry_in_s`` (instead of
+        ``reset_timeout_s``): another replica saw the outage. Listeners see the
+        transition; calls admitted before it no longer count."""
+        if self.state != "open":
+            self._cb.open()
+        wait = max(0.0, retry_in_s)
+        self._storage.opened_mono = self._clock.monotonic() + wait - self._cb.reset_timeout
+
+    def force_close(self) -> None:
+        """Close now: another replica's probe succeeded."""
+        if self.state != "closed":
+            self._cb.close()
 
     def _release(self, permit: Permit) -> None:
         if permit.probe:

@@ -15,6 +15,13 @@ Each budget is a token bucket refilling continuously at its per-minute rate, hol
 A request larger than a whole bucket is let through once that bucket is full, leaving it in
 debt; so over any window of ``w`` seconds at most ``rate * (w + burst_s)`` plus one request's
 excess is granted.
+
+With ``shared=`` (a :class:`~cascade.resilience.shared.SharedState`) the requests and
+tokens budgets are also kept in Redis for every process: :meth:`RateLimiter.reserve` and
+:meth:`RateLimiter.acquire` need headroom in both (local first), a settled lease refunds or
+charges the shared budget too, and a 429's ``retry-after`` blocks every replica.
+:meth:`RateLimiter.try_acquire` (synchronous), the concurrency limit and the levels learned
+from headers stay local. While Redis is down the local budgets alone apply.
 """
 
 from __future__ import annotations
@@ -25,12 +32,16 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from .._clock import Clock, SystemClock
 from .._errors import ProviderError
 from .._headers import duration_s, http_date, number, retry_after_s, until_s
+
+if TYPE_CHECKING:
+    from .shared import SharedLimit, SharedState
 
 __all__ = ["Headroom", "Lease", "LimiterTimeout", "RateLimiter"]
 
@@ -147,6 +158,8 @@ class RateLimiter:
         "_clock",
         "_in_use",
         "_requests",
+        "_shared",
+        "_shared_until",
         "_tokens",
         "_waiters",
         "max_concurrency",
@@ -162,6 +175,7 @@ class RateLimiter:
         max_concurrency: int | None = None,
         burst_s: float = 60.0,
         clock: Clock | None = None,
+        shared: SharedState | None = None,
     ) -> None:
         for label, rate in (
             ("requests_per_minute", requests_per_minute),
@@ -186,6 +200,15 @@ class RateLimiter:
         self._in_use = 0
         self._blocked_until = -math.inf
         self._waiters: deque[_Waiter] = deque()
+        self._shared: SharedLimit | None = None
+        self._shared_until = -math.inf  # the shared budget said: no headroom before then
+        if shared is not None:
+            self._shared = shared.limit_link(
+                name,
+                requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute,
+                burst_s=burst_s,
+            )
 
     # -- admission -------------------------------------------------------------------------
 
@@ -202,20 +225,28 @@ class RateLimiter:
     async def reserve(self, *, tokens: int) -> Lease | None:
         """:meth:`try_acquire` for callers on the event loop: never waits for headroom.
 
-        With shared state (Redis) this also reserves from the shared budget; in memory it
-        is ``try_acquire``.
+        With shared state (Redis) this also reserves from the shared budget, waiting at
+        most the state's ``timeout_s`` for Redis; in memory it is ``try_acquire``.
         """
-        return self.try_acquire(tokens=tokens)
+        if self._shared is None:
+            return self.try_acquire(tokens=tokens)
+        if self._waiters or not self._ready(tokens):
+            return None
+        return await self._take(tokens)
 
     async def acquire(self, *, tokens: int, deadline: float | None) -> Lease:
         """Wait in FIFO order for headroom and return a lease.
 
         ``deadline`` is an absolute time on the limiter's clock. If the buckets say this
         caller's turn comes after it, :class:`LimiterTimeout` is raised at once; a wait for
-        a concurrency slot ends with :class:`LimiterTimeout` at the deadline.
+        a concurrency slot ends with :class:`LimiterTimeout` at the deadline. With shared
+        state the order is fair within this process; across processes, whoever asks first
+        after the shared budget refills goes first.
         """
         if not self._waiters and self._ready(tokens):
-            return self._grant(tokens)
+            lease = await self._take(tokens)
+            if lease is not None:
+                return lease
         now = self._clock.monotonic()
         eta = self._eta([*(w.tokens for w in self._waiters), tokens], now)
         if deadline is not None and eta > deadline:
@@ -228,7 +259,10 @@ class RateLimiter:
                 sleep_s: float | None = None
                 if self._waiters[0] is waiter:
                     if self._ready(tokens):
-                        return self._grant(tokens)
+                        lease = await self._take(tokens)
+                        if lease is not None:
+                            return lease
+                        continue  # the shared budget has none yet: _shared_until says when
                     wait = self._eta([tokens], now) - now
                     if deadline is not None and now + wait > deadline:
                         raise LimiterTimeout(provider=self.name, retry_in_s=wait)
@@ -271,7 +305,7 @@ class RateLimiter:
 
     def _ready(self, tokens: int) -> bool:
         now = self._clock.monotonic()
-        if now < self._blocked_until:
+        if now < self._blocked_until or now < self._shared_until:
             return False
         if self.max_concurrency is not None and self._in_use >= self.max_concurrency:
             return False
@@ -284,7 +318,7 @@ class RateLimiter:
         """When the last of ``queue`` would be admitted, by the buckets and the block alone."""
         requests = None if self._requests is None else self._requests.copy()
         tokens_ = None if self._tokens is None else self._tokens.copy()
-        t = max(now, self._blocked_until)
+        t = max(now, self._blocked_until, self._shared_until)
         for cost in queue:
             waits = [0.0]
             if requests is not None:
@@ -306,12 +340,44 @@ class RateLimiter:
         self._in_use += 1
         return Lease(self, tokens)
 
-    def _release(self, reserved: int, used: int | None) -> None:
+    async def _take(self, tokens: int) -> Lease | None:
+        """Grant locally, then from the shared budget (if any); undo the local grant and
+        return ``None`` when the shared budget has no headroom."""
+        lease = self._grant(tokens)
+        if self._shared is None:
+            return lease
+        try:
+            wait = await self._shared.take(tokens)
+        except BaseException:
+            self._ungrant(lease)
+            raise
+        if wait is None:  # Redis is down: the local budgets alone apply
+            return lease
+        if wait > 0:
+            self._ungrant(lease)
+            self._shared_until = max(self._shared_until, self._clock.monotonic() + wait)
+            return None
+        lease._shared = True
+        return lease
+
+    def _ungrant(self, lease: Lease) -> None:
+        lease._released = True
+        self._in_use -= 1
+        now = self._clock.monotonic()
+        for bucket, amount in ((self._requests, 1), (self._tokens, lease.tokens)):
+            if bucket is not None:
+                bucket.sync(now)
+                bucket.level = min(bucket.capacity, bucket.level + amount)
+        self._wake_head()
+
+    def _release(self, reserved: int, used: int | None, *, shared: bool = False) -> None:
         self._in_use -= 1
         if used is not None and self._tokens is not None and used != reserved:
             self._tokens.sync(self._clock.monotonic())
             # A refund never fills the bucket past its capacity; an overage may run a debt.
             self._tokens.level = min(self._tokens.capacity, self._tokens.level + reserved - used)
+            if shared and self._shared is not None:
+                self._shared.adjust(tokens=used - reserved)
         self._wake_head()
 
     # -- learning from the provider --------------------------------------------------------
@@ -369,6 +435,8 @@ class RateLimiter:
             delay = retry_after_s(h, wall=wall)
             if delay is not None and delay > 0:
                 self._blocked_until = max(self._blocked_until, now + delay)
+                if self._shared is not None:
+                    self._shared.block(delay)
         # A head that sleeps recomputes its wait when woken: never too early to be granted.
         self._wake_head()
 
@@ -422,6 +490,8 @@ class RateLimiter:
         if room.blocked_until is not None:
             parts.append(f"blocked_for={room.blocked_until - self._clock.monotonic():.3g}s")
         parts.append(f"waiters={len(self._waiters)}")
+        if self._shared is not None:
+            parts.append(f"shared={'up' if self._shared.available else 'down'}")
         return " ".join(parts) + ">"
 
 
@@ -433,11 +503,12 @@ class Lease:
     estimate stands. Later releases are ignored. As a context manager it releases on exit.
     """
 
-    __slots__ = ("_limiter", "_released", "tokens")
+    __slots__ = ("_limiter", "_released", "_shared", "tokens")
 
     def __init__(self, limiter: RateLimiter, tokens: int) -> None:
         self._limiter = limiter
         self._released = False
+        self._shared = False  # charged to a shared budget too: settle it there as well
         self.tokens = tokens
 
     @property
@@ -447,7 +518,7 @@ class Lease:
     def release(self, *, used_tokens: int | None = None) -> None:
         if not self._released:
             self._released = True
-            self._limiter._release(self.tokens, used_tokens)
+            self._limiter._release(self.tokens, used_tokens, shared=self._shared)
 
     def __enter__(self) -> Lease:
         return self

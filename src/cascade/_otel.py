@@ -1,0 +1,183 @@
+"""OpenTelemetry SDK set-up for the ``cascade`` command, from the standard ``OTEL_*``
+environment variables. The library never does this; applications configure their own SDK.
+
+Nothing is set up unless asked for: ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``
+(``otlp``, ``console``, ``none``), or an OTLP endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``,
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``), which
+implies ``otlp``. ``OTEL_SDK_DISABLED=true`` wins over everything.
+``OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL`` picks ``http/protobuf`` (the default) or
+``grpc``. The exporters read their own variables (endpoint, headers, timeout,
+compression), the batch span processor ``OTEL_BSP_*``, the metric reader
+``OTEL_METRIC_EXPORT_INTERVAL``, and the resource ``OTEL_SERVICE_NAME`` and
+``OTEL_RESOURCE_ATTRIBUTES`` (service name ``cascade`` when neither names one).
+
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 cascade demo --requests 20
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+)
+
+from ._errors import ConfigError
+
+__all__ = ["SDK", "configure_from_env", "sdk_from_env"]
+
+_PROTOCOLS = ("http/protobuf", "grpc")
+_INSTALL = "OTLP export needs the exporters: pip install 'cascade-engine[otlp]'"
+
+
+class SDK:
+    """The providers set up from the environment; ``shutdown`` flushes and stops them."""
+
+    def __init__(
+        self,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        *,
+        span_exporters: Sequence[SpanExporter] = (),
+        metric_exporters: Sequence[MetricExporter] = (),
+    ) -> None:
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.span_exporters = tuple(span_exporters)
+        self.metric_exporters = tuple(metric_exporters)
+
+    def __repr__(self) -> str:
+        parts = [
+            n for n, p in (("traces", self.tracer_provider), ("metrics", self.meter_provider)) if p
+        ]
+        return f"<SDK {' + '.join(parts)}>"
+
+    def shutdown(self) -> None:
+        if self.tracer_provider is not None:
+            self.tracer_provider.shutdown()  # flushes the batch processor first
+        if self.meter_provider is not None:
+            self.meter_provider.shutdown()  # one last collection and export
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _exporters(env: Mapping[str, str], signal: str) -> list[str]:
+    """The exporter names asked for ``signal`` (``TRACES`` / ``METRICS``)."""
+    raw = env.get(f"OTEL_{signal}_EXPORTER")
+    if raw is None:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+            f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"
+        )
+        return ["otlp"] if endpoint else []
+    names = [n.strip().lower() for n in raw.split(",") if n.strip()]
+    for name in names:
+        if name not in ("otlp", "console", "none"):
+            raise ConfigError(
+                f"unsupported exporter {name!r} (otlp, console or none)",
+                path=f"OTEL_{signal}_EXPORTER",
+            )
+    return [n for n in names if n != "none"]
+
+
+def _protocol(env: Mapping[str, str], signal: str) -> str:
+    var = f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL"
+    if var not in env:
+        var = "OTEL_EXPORTER_OTLP_PROTOCOL"
+    protocol = env.get(var, "http/protobuf").strip().lower()
+    if protocol not in _PROTOCOLS:
+        raise ConfigError(
+            f"unsupported OTLP protocol {protocol!r} (http/protobuf or grpc)", path=var
+        )
+    return protocol
+
+
+def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
+    if name == "console":
+        return ConsoleSpanExporter()
+    try:
+        if _protocol(env, "TRACES") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+                OTLPSpanExporter,
+            )
+    except ImportError:
+        raise ConfigError(_INSTALL) from None
+    return OTLPSpanExporter()
+
+
+def _metric_exporter(name: str, env: Mapping[str, str]) -> MetricExporter:
+    if name == "console":
+        return ConsoleMetricExporter()
+    try:
+        if _protocol(env, "METRICS") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
+                OTLPMetricExporter,
+            )
+    except ImportError:
+        raise ConfigError(_INSTALL) from None
+    return OTLPMetricExporter()
+
+
+def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
+    """Build the providers the environment asks for (None: it asks for none).
+
+    Exporters read their settings from ``os.environ``; ``environ`` only decides which
+    exporters are made (tests pass their own).
+    """
+    env = os.environ if environ is None else environ
+    if _truthy(env.get("OTEL_SDK_DISABLED")):
+        return None
+    span_exporters = [_span_exporter(n, env) for n in _exporters(env, "TRACES")]
+    metric_exporters = [_metric_exporter(n, env) for n in _exporters(env, "METRICS")]
+    if not span_exporters and not metric_exporters:
+        return None
+    attrs: dict[str, Any] = {}
+    if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
+    ):
+        attrs["service.name"] = "cascade"
+    resource = Resource.create(attrs)
+    tracer_provider = None
+    if span_exporters:
+        tracer_provider = TracerProvider(resource=resource)
+        for exporter in span_exporters:
+            tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+    meter_provider = None
+    if metric_exporters:
+        readers = [PeriodicExportingMetricReader(e) for e in metric_exporters]
+        meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    return SDK(
+        tracer_provider,
+        meter_provider,
+        span_exporters=span_exporters,
+        metric_exporters=metric_exporters,
+    )
+
+
+def configure_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
+    """:func:`sdk_from_env`, installed as the global providers (once per process)."""
+    sdk = sdk_from_env(environ)
+    if sdk is not None:
+        if sdk.tracer_provider is not None:
+            trace.set_tracer_provider(sdk.tracer_provider)
+        if sdk.meter_provider is not None:
+            metrics.set_meter_provider(sdk.meter_provider)
+    return sdk

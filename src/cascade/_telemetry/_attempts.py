@@ -1,0 +1,363 @@
+"""One provider call's span (``chat {model}``, CLIENT) and metrics.
+
+What every call of a provider carries (attribute sets for spans and metrics) is computed
+once per provider and reused, so a call that is not traced allocates nothing for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from contextvars import Token
+from time import perf_counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
+
+import msgspec
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from ..resilience.breaker import CircuitOpen
+from . import _semconv as sc
+
+if TYPE_CHECKING:
+    from .._config import ProviderConfig
+    from .._types import Completion, Message, RequestOptions, Verdict
+    from ._spans import Telemetry
+
+__all__ = ["NOOP_ATTEMPT", "AttemptTrace", "ProviderInfo", "error_type", "start_attempt"]
+
+MAX_TEXT = 500  # reasons and error messages on spans are cut here
+_encode = msgspec.json.Encoder().encode
+
+
+class TierLike(Protocol):
+    @property
+    def index(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+
+
+class ProviderLike(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def config(self) -> ProviderConfig: ...
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type`` of an exception: its class name (``cancelled`` for cancellation)."""
+    return "cancelled" if isinstance(exc, asyncio.CancelledError) else type(exc).__name__
+
+
+class ProviderInfo:
+    """What one provider's spans and metrics always carry, computed once."""
+
+    __slots__ = (
+        "_base",
+        "by_model",
+        "config",
+        "cost_attrs",
+        "cost_key",
+        "name",
+        "span_attrs",
+        "span_name",
+    )
+
+    def __init__(self, tier: TierLike, provider: ProviderLike) -> None:
+        config = provider.config
+        self.name = provider.name
+        self.config = config
+        self.span_name = f"{sc.OPERATION_CHAT} {provider.model}"
+        base: dict[str, Any] = {
+            sc.GEN_AI_OPERATION_NAME: sc.OPERATION_CHAT,
+            sc.GEN_AI_PROVIDER_NAME: config.kind,
+            sc.GEN_AI_REQUEST_MODEL: provider.model,
+        }
+        if config.base_url:
+            # Host and port only: a URL's user info or query may hold a credential.
+            url = urlsplit(config.base_url)
+            if url.hostname:
+                base[sc.SERVER_ADDRESS] = url.hostname
+                try:
+                    port = url.port
+                except ValueError:
+                    port = None
+                base[sc.SERVER_PORT] = port or (443 if url.scheme == "https" else 80)
+        self.span_attrs: dict[str, Any] = {
+            **base,
+            sc.CASCADE_PROVIDER: provider.name,
+            sc.CASCADE_TIER_NAME: tier.name,
+            sc.CASCADE_TIER_INDEX: tier.index,
+        }
+        self.cost_key = (tier.name, provider.name, provider.model)
+        self.cost_attrs = {
+            sc.CASCADE_TIER_NAME: tier.name,
+            sc.CASCADE_PROVIDER: provider.name,
+            sc.GEN_AI_REQUEST_MODEL: provider.model,
+        }
+        self._base = base
+        self.by_model: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+
+    def metric_attrs(
+        self, response_model: str
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """The (operation, input-token, output-token) attribute sets, reused across calls."""
+        found = self.by_model.get(response_model)
+        if found is None:
+            op = {**self._base, sc.GEN_AI_RESPONSE_MODEL: response_model}
+            found = (
+                op,
+                {**op, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_TYPE_INPUT},
+                {**op, sc.GEN_AI_TOKEN_TYPE: sc.TOKEN_TYPE_OUTPUT},
+            )
+            if len(self.by_model) < 64:  # a server naming every answer differently
+                self.by_model[response_model] = found
+        return found
+
+    def error_attrs(self, error_type: str) -> dict[str, Any]:
+        return {**self._base, sc.ERROR_TYPE: error_type}
+
+
+def start_attempt(
+    tel: Telemetry,
+    info: ProviderInfo,
+    messages: Sequence[Message],
+    options: RequestOptions,
+    parent: Span | None,
+    number: int,
+    retry: int,
+    sample: int | None,
+    *,
+    hedge: bool = False,
+    choices: int | None = None,
+) -> AttemptTrace:
+    """Start a call's span under ``parent`` (None: the run is not traced, metrics only)."""
+    if parent is None:
+        return AttemptTrace(tel, info, None, None)
+    attrs = dict(info.span_attrs)
+    if number:
+        attrs[sc.CASCADE_ATTEMPT_NUMBER] = number
+    if retry:
+        attrs[sc.CASCADE_RETRY_COUNT] = retry
+    if sample is not None:
+        attrs[sc.CASCADE_SAMPLE] = sample
+    if hedge:
+        attrs[sc.CASCADE_HEDGE] = True
+    if choices is not None:
+        attrs[sc.GEN_AI_REQUEST_CHOICE_COUNT] = choices
+    max_tokens = options.max_tokens or info.config.max_tokens
+    if max_tokens is not None:
+        attrs[sc.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
+    if options.temperature is not None:
+        attrs[sc.GEN_AI_REQUEST_TEMPERATURE] = options.temperature
+    if options.seed is not None:
+        attrs[sc.GEN_AI_REQUEST_SEED] = options.seed
+    if options.n is not None and options.n > 1:
+        attrs[sc.GEN_AI_REQUEST_CHOICE_COUNT] = options.n
+    if options.variant is not None:
+        attrs[sc.CASCADE_VARIANT] = options.variant
+    if tel.capture_content:
+        attrs[sc.GEN_AI_INPUT_MESSAGES] = _input_messages(messages)
+    span = tel.tracer.start_span(info.span_name, kind=SpanKind.CLIENT, attributes=attrs)
+    # Current while it lasts, so samples drawn during validation (and any instrumented
+    # HTTP client) nest under it.
+    token = otel_context.attach(trace.set_span_in_context(span))
+    return AttemptTrace(tel, info, span, token)
+
+
+def _input_messages(messages: Sequence[Message]) -> str:
+    return _encode(
+        [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in messages]
+    ).decode()
+
+
+def _output_messages(completions: Sequence[Completion]) -> str:
+    messages = []
+    for c in completions:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": c.text}],
+        }
+        if c.finish_reason is not None:
+            message["finish_reason"] = c.finish_reason
+        messages.append(message)
+    return _encode(messages).decode()
+
+
+class AttemptTrace:
+    """One provider call's ``chat {model}`` span (CLIENT) and its metrics.
+
+    ``completed`` records the answer (and ends nothing: validation follows under the same
+    span); ``judged`` adds the verdicts and ends it; ``failed`` records an error and ends
+    it; ``end`` ends it as it stands. Every ending after the first is ignored. The span is
+    the current one from start to end: end it in the task that started it.
+    """
+
+    __slots__ = ("_done", "_ending", "_info", "_lost", "_t0", "_tel", "_token", "span")
+
+    def __init__(
+        self,
+        tel: Telemetry | None,
+        info: ProviderInfo | None,
+        span: Span | None,
+        token: Token[Context] | None,
+    ) -> None:
+        self._tel = tel
+        self._info = info
+        self.span = span
+        self._token = token
+        self._t0 = perf_counter()
+        self._done = tel is None
+        self._lost = False
+        self._ending: dict[str, Any] | None = None  # set on the span in one call, at its end
+
+    def __enter__(self) -> AttemptTrace:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            self.failed(exc)
+        else:
+            self.end()
+
+    def sample(
+        self, number: int, messages: Sequence[Message], options: RequestOptions
+    ) -> AttemptTrace:
+        """A span for extra sample ``number`` of this attempt (a child of its span)."""
+        tel, info = self._tel, self._info
+        if tel is None or info is None:
+            return NOOP_ATTEMPT
+        return start_attempt(tel, info, messages, options, self.span, 0, 0, number)
+
+    def samples(
+        self, first: int, count: int, messages: Sequence[Message], options: RequestOptions
+    ) -> AttemptTrace:
+        """A span for ``count`` samples drawn in one request (``n``), from ``first`` on."""
+        tel, info = self._tel, self._info
+        if tel is None or info is None:
+            return NOOP_ATTEMPT
+        return start_attempt(tel, info, messages, options, self.span, 0, 0, first, choices=count)
+
+    def completed(self, completion: Completion, *more: Completion) -> None:
+        """The call returned ``completion`` (and ``more`` choices of the same request):
+        duration, tokens, time to first chunk, cost."""
+        tel, info = self._tel, self._info
+        if tel is None or info is None or self._done:
+            return
+        instruments = tel.instruments
+        assert instruments is not None
+        in_tokens, out_tokens = completion.input_tokens, completion.output_tokens
+        cost = info.config.cost_usd(in_tokens, out_tokens)
+        for c in more:
+            in_tokens += c.input_tokens
+            out_tokens += c.output_tokens
+            cost += info.config.cost_usd(c.input_tokens, c.output_tokens)
+        found = info.by_model.get(completion.model)
+        op, tokens_in, tokens_out = info.metric_attrs(completion.model) if found is None else found
+        instruments.duration.record(completion.latency_s, op)
+        instruments.tokens.record(in_tokens, tokens_in)
+        instruments.tokens.record(out_tokens, tokens_out)
+        # A whole JSON body's "first chunk" is the whole answer: no TTFT without a stream.
+        ttft = completion.ttft_s if info.config.stream else None
+        if ttft is not None:
+            instruments.ttft.record(ttft, op)
+        if cost:
+            instruments.add_cost(info.cost_key, info.cost_attrs, cost)
+        span = self.span
+        if span is not None:
+            attrs: dict[str, Any] = {
+                sc.GEN_AI_RESPONSE_MODEL: completion.model,
+                sc.GEN_AI_USAGE_INPUT_TOKENS: in_tokens,
+                sc.GEN_AI_USAGE_OUTPUT_TOKENS: out_tokens,
+                sc.CASCADE_COST_USD: cost,
+            }
+            reasons = [c.finish_reason for c in (completion, *more) if c.finish_reason]
+            if reasons:
+                attrs[sc.GEN_AI_RESPONSE_FINISH_REASONS] = reasons
+            if ttft is not None:
+                attrs[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
+            if tel.capture_content:
+                attrs[sc.GEN_AI_OUTPUT_MESSAGES] = _output_messages((completion, *more))
+            self._ending = attrs
+
+    def judged(self, verdicts: Sequence[Verdict], passed: bool) -> None:
+        """The validators' verdicts (an event each); ends the span."""
+        span = self.span
+        if span is not None and not self._done:
+            for v in verdicts:
+                span.add_event(
+                    sc.EVENT_VALIDATION,
+                    {
+                        sc.CASCADE_VALIDATION_VALIDATOR: v.validator,
+                        sc.CASCADE_VALIDATION_PASSED: v.passed,
+                        sc.CASCADE_VALIDATION_SCORE: v.score,
+                        sc.CASCADE_VALIDATION_REASON: v.reason[:MAX_TEXT],
+                    },
+                )
+            ending = self._ending
+            if ending is None:
+                ending = self._ending = {}
+            ending[sc.CASCADE_VALIDATED] = passed
+            ending[sc.CASCADE_OUTCOME] = "accepted" if passed else "rejected"
+        self.end()
+
+    def failed(self, exc: BaseException) -> None:
+        """The call failed with ``exc`` (cancellation included); ends the span. A call
+        marked :meth:`lost` ends as cancelled, not as an error."""
+        tel, info = self._tel, self._info
+        if tel is None or info is None or self._done:
+            return
+        kind = error_type(exc)
+        if not isinstance(exc, CircuitOpen):  # an open breaker sent nothing: no duration
+            assert tel.instruments is not None
+            tel.instruments.duration.record(perf_counter() - self._t0, info.error_attrs(kind))
+        span = self.span
+        if span is not None and not self._lost:
+            ending = self._ending
+            if ending is None:
+                ending = self._ending = {}
+            ending[sc.ERROR_TYPE] = kind
+            ending[sc.CASCADE_OUTCOME] = "failed"
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:MAX_TEXT]))
+        self.end()
+
+    def lost(self, winner: str) -> None:
+        """This call lost a hedge race to ``winner`` and is about to be cancelled.
+
+        Safe from another task (it ends nothing): the cancelled task's own ``failed``
+        ends the span.
+        """
+        span = self.span
+        if self._done:
+            return
+        self._lost = True
+        if span is not None:
+            span.add_event(sc.EVENT_HEDGE_LOST, {sc.CASCADE_HEDGE_WINNER: winner})
+            span.set_attributes({sc.CASCADE_HEDGE_CANCELLED: True, sc.CASCADE_OUTCOME: "cancelled"})
+
+    def end(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        span = self.span
+        if span is not None:
+            if self._ending:
+                span.set_attributes(self._ending)
+            if self._token is not None:
+                otel_context.detach(self._token)
+                self._token = None
+            span.end()
+
+
+NOOP_ATTEMPT = AttemptTrace(None, None, None, None)

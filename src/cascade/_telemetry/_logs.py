@@ -1,0 +1,106 @@
+"""The routing-decision record: one structlog event per run, carrying its trace ids.
+
+The library never configures structlog. Unconfigured, structlog prints every event to
+standard output, which a library must not do once per request: the record is written only
+when the application has configured structlog (``structlog.is_configured()``, true under
+``structlog.testing.capture_logs`` too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+if TYPE_CHECKING:
+    from .._types import Attempt, RequestOptions, Result
+
+__all__ = ["ROUTE_EVENT", "add_trace_ids", "route_record", "trace_ids"]
+
+log = structlog.get_logger("cascade")
+
+ROUTE_EVENT = "cascade.route"
+
+
+def trace_ids(span: Span | None) -> dict[str, str]:
+    """``trace_id`` and ``span_id`` of ``span`` in hex (W3C form), or nothing."""
+    if span is None:
+        return {}
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return {}
+    return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
+
+
+def add_trace_ids(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A structlog processor adding the current span's ``trace_id`` / ``span_id``.
+
+    For applications to put in their own ``structlog.configure(processors=[...])``; the
+    routing record carries the ids of its run span whether or not it is used.
+    """
+    if "trace_id" not in event_dict:
+        event_dict.update(trace_ids(trace.get_current_span()))
+    return event_dict
+
+
+def route_record(
+    result: Result | None,
+    exc: BaseException | None,
+    attempts: Sequence[Attempt],
+    *,
+    options: RequestOptions | None,
+    escalations: list[str],
+    latency_s: float,
+    span: Span | None,
+) -> None:
+    """Log the run's routing decision: the tiers it went through and what it cost (the
+    caller checks ``structlog.is_configured()`` first)."""
+    metadata = options.metadata if options is not None and options.metadata else {}
+    if result is not None:
+        attempts = result.attempts
+    elif exc is not None:
+        attempts = getattr(exc, "attempts", None) or attempts
+    path: list[str] = []
+    for a in attempts:
+        if not path or path[-1] != a.tier_name:
+            path.append(a.tier_name)
+    fields: dict[str, Any] = {
+        "task_id": metadata.get("task_id"),
+        "tier_path": path,
+        "escalations": escalations,
+        "attempts": len(attempts),
+        "latency_s": round(latency_s, 6),
+    }
+    if metadata:
+        fields["metadata"] = dict(metadata)
+    fields.update(trace_ids(span))
+    if result is not None:
+        log.info(
+            ROUTE_EVENT,
+            outcome="accepted" if result.validated else "best",
+            tier=result.tier,
+            tier_name=result.tier_name,
+            provider=result.provider,
+            model=result.model,
+            input_tokens=result.usage.input_tokens,
+            output_tokens=result.usage.output_tokens,
+            cost_usd=result.cost_usd,
+            validated=result.validated,
+            **fields,
+        )
+    else:
+        log.warning(
+            ROUTE_EVENT,
+            outcome="error",
+            error_type=type(exc).__name__ if exc is not None else None,
+            error=str(exc)[:500] if exc is not None else None,
+            input_tokens=sum(a.input_tokens for a in attempts),
+            output_tokens=sum(a.output_tokens for a in attempts),
+            cost_usd=sum(a.cost_usd for a in attempts),
+            **fields,
+        )

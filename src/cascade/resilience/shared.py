@@ -1,0 +1,360 @@
+"""Breaker state and rate-limit budgets shared by every process that uses one Redis.
+
+One :class:`SharedState` per :class:`~cascade.Cascade` (the ``[shared]`` config table)
+holds one ``redis.asyncio`` client. N replicas of a service then respect one provider
+quota, and one outage opens every replica's breaker:
+
+- **Rate limits.** A provider's requests-per-minute and tokens-per-minute budgets live in
+  the hash ``{prefix}:limit:{provider}`` as GCRA arrival times, checked and charged
+  together by one Lua script (see ``_redis_scripts.py``) on Redis's own clock. The
+  limiter's local buckets are still charged as well, so they are ready when Redis is not.
+  A lease's settlement (``release(used_tokens=...)``) and a 429's ``retry-after`` are
+  sent to Redis in the background. The concurrency limit and the limits learned from
+  response headers stay per process.
+- **Breakers.** ``admit()`` stays synchronous and local. Outcomes are reported to Redis in
+  the background: failures count towards ``fail_max`` across every replica (a success
+  anywhere starts the count again), and a breaker that opens anywhere publishes "open
+  until" there. Every replica polls its breakers' records each ``sync_interval_s`` and
+  opens its own breaker until that time; a successful probe anywhere publishes "closed",
+  which closes the others.
+
+Redis is never on a request's critical path for longer than ``timeout_s``. On any Redis
+error or timeout the state goes *down*: one warning is logged, every operation returns at
+once and the limiters use their local budgets only (so N replicas may then use up to N
+times a quota), while a background task retries Redis with a backoff and logs when it is
+back. ``redis`` is imported only here, and only when a SharedState is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import structlog
+
+from .._errors import ConfigError
+from ._redis_scripts import BREAKER_LUA, LIMIT_LUA
+from ._shared_links import SharedBreaker, SharedLimit
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.commands.core import AsyncScript
+
+    from .._config import SharedConfig
+    from .breaker import AsyncBreaker
+
+__all__ = ["SharedBreaker", "SharedLimit", "SharedState", "redact_url"]
+
+log = structlog.get_logger("cascade")
+
+_T = TypeVar("_T")
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user = userinfo.split(":", 1)[0]
+            netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+        query = parts.query
+        if "password" in query.lower():
+            pairs = parse_qsl(query, keep_blank_values=True)
+            redacted = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
+            query = urlencode(redacted, safe="*")
+        if (netloc, query) == (parts.netloc, parts.query):
+            return url
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<redis url>"
+
+
+def _reraise_swallowed_cancel(task: asyncio.Task[Any] | None, cancels: int) -> None:
+    """Raise the cancellation a Redis call swallowed: on Python 3.11, ``asyncio.wait_for``
+    (redis-py waits for its socket writes with it) drops a cancel that arrives as the write
+    completes, which would otherwise keep a cancelled request, or a deadline, running."""
+    if task is not None and task.cancelling() > cancels:
+        raise asyncio.CancelledError
+
+
+class SharedState:
+    """A Redis connection sharing breakers and rate limits across processes.
+
+    Pass it to :class:`~cascade.AsyncBreaker` and :class:`~cascade.RateLimiter`
+    (``shared=``); a :class:`~cascade.Cascade` with a ``[shared]`` table does so itself.
+
+    >>> state = SharedState(redis_url="redis://127.0.0.1:6379/0")  # doctest: +SKIP
+    >>> limiter = RateLimiter("openai", requests_per_minute=500, shared=state)  # doctest: +SKIP
+    >>> async with state:  # doctest: +SKIP
+    ...     lease = await limiter.reserve(tokens=1_200)  # charged to the shared budget too
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        key_prefix: str = "cascade",
+        timeout_s: float = 0.1,
+        sync_interval_s: float = 0.5,
+    ) -> None:
+        try:
+            import redis.asyncio  # noqa: F401  (checked here, used in open)
+        except ImportError:
+            raise ConfigError(
+                "shared state needs the redis client: pip install 'cascade-engine[redis]'",
+                path="shared.redis_url",
+            ) from None
+        if not (timeout_s > 0 and math.isfinite(timeout_s)):
+            raise ValueError("timeout_s must be a positive number")
+        if not (sync_interval_s > 0 and math.isfinite(sync_interval_s)):
+            raise ValueError("sync_interval_s must be a positive number")
+        self._url = redis_url
+        self.url = redact_url(redis_url)
+        self.key_prefix = key_prefix
+        self.timeout_s = timeout_s
+        self.sync_interval_s = sync_interval_s
+        self._client: Redis | None = None
+        self._limit_script: AsyncScript | None = None
+        self._breaker_script: AsyncScript | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+        self._up = True  # until Redis says otherwise; the first failure is logged
+        self._closed = False
+        self._sync_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._breakers: list[SharedBreaker] = []
+        self._limits: list[SharedLimit] = []
+
+    @classmethod
+    def from_config(cls, config: SharedConfig) -> SharedState:
+        """The state for a ``[shared]`` config table."""
+        return cls(
+            redis_url=config.redis_url,
+            key_prefix=config.key_prefix,
+            timeout_s=config.timeout_s,
+            sync_interval_s=config.sync_interval_s,
+        )
+
+    @property
+    def available(self) -> bool:
+        """Whether Redis answered last time (``False`` before ``open``: local limits only)."""
+        return self._client is not None and self._up and not self._closed
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, and start syncing breakers. An unreachable Redis is logged, not raised:
+        the limits stay local until it answers."""
+        if self._closed:
+            raise RuntimeError("this SharedState is closed")
+        if self._client is not None:
+            return
+        import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError, TimeoutError)
+        self._client = aioredis.Redis.from_url(
+            self._url,
+            socket_timeout=self.timeout_s,
+            socket_connect_timeout=self.timeout_s,
+            retry=Retry(NoBackoff(), 0),  # our own fallback replaces redis-py's retries
+            decode_responses=True,
+        )
+        self._limit_script = self._client.register_script(LIMIT_LUA)
+        self._breaker_script = self._client.register_script(BREAKER_LUA)
+        await self._reconnect()
+        self._sync_task = asyncio.get_running_loop().create_task(
+            self._sync_loop(), name="cascade-shared-sync"
+        )
+
+    async def aclose(self) -> None:
+        """Stop syncing, let background writes finish (within ``timeout_s``), disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            await asyncio.gather(self._sync_task, return_exceptions=True)
+        await self.flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def flush(self) -> None:
+        """Wait for the background writes under way (each is bounded by ``timeout_s``)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=2 * self.timeout_s + 0.05)
+
+    async def __aenter__(self) -> SharedState:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- links: what breakers and limiters hold ----------------------------------------
+
+    def breaker_link(self, breaker: AsyncBreaker) -> SharedBreaker:
+        """Share ``breaker`` under its name (``AsyncBreaker(shared=...)`` calls this)."""
+        link = SharedBreaker(self, breaker)
+        self._breakers.append(link)
+        return link
+
+    def limit_link(
+        self,
+        name: str,
+        *,
+        requests_per_minute: float | None,
+        tokens_per_minute: float | None,
+        burst_s: float,
+    ) -> SharedLimit:
+        """The shared budgets of provider ``name`` (``RateLimiter(shared=...)`` calls this)."""
+        link = SharedLimit(
+            self,
+            name,
+            requests_per_minute=requests_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            burst_s=burst_s,
+        )
+        self._limits.append(link)
+        return link
+
+    def key(self, kind: str, name: str) -> str:
+        return f"{self.key_prefix}:{kind}:{name}"
+
+    # -- running operations ----------------------------------------------------------------
+
+    async def run(self, op: Callable[[Redis], Awaitable[_T]]) -> _T | None:
+        """``op``'s result, or ``None`` at once when Redis is down, or within ``timeout_s``
+        when it fails now (the state then goes down)."""
+        client = self._client
+        if client is None or not self._up or self._closed:
+            return None
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result = await op(client)
+        except self._errors as exc:
+            _reraise_swallowed_cancel(task, cancels)
+            self._mark_down(exc)
+            return None
+        _reraise_swallowed_cancel(task, cancels)
+        return result
+
+    async def script(self, which: str, key: str, *args: str | float) -> Any:
+        """Run one of the Lua scripts (EVALSHA, loading it on NOSCRIPT); ``None`` if down."""
+        script = self._limit_script if which == "limit" else self._breaker_script
+        if script is None:
+            return None
+        return await self.run(lambda client: script(keys=[key], args=list(args), client=client))
+
+    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``make()`` in the background, tracked (``aclose`` waits for it); skipped
+        when Redis is down or there is no running loop."""
+        if not self.available:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(make())
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("shared state update failed", exc_info=task.exception())
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._up and not self._closed:
+            self._up = False
+            log.warning(
+                "shared state unavailable, using local limits",
+                redis=self.url,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    def _mark_up(self) -> None:
+        if not self._up:
+            self._up = True
+            log.info("shared state available again", redis=self.url)
+
+    async def _reconnect(self) -> None:
+        client = self._client
+        assert client is not None
+        task = asyncio.current_task()
+        cancels = 0 if task is None else task.cancelling()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if not self._up:
+                    # Sockets to a Redis that went away are dead even if it is back: a
+                    # pooled one would fail the first call after the recovery.
+                    await client.connection_pool.disconnect()
+                await client.ping()
+        except self._errors as exc:
+            _reraise_swallowed_cancel(task, cancels)
+            self._mark_down(exc)
+        else:
+            _reraise_swallowed_cancel(task, cancels)
+            self._mark_up()
+
+    async def _sync_loop(self) -> None:
+        misses = 0
+        while not self._closed:
+            if not self._up:
+                await self._reconnect()
+            if self._up:
+                await self._poll()
+            if self._up:
+                misses = 0
+                delay = self.sync_interval_s
+            else:
+                misses += 1
+                delay = min(self.sync_interval_s * 2 ** (misses - 1), 10 * self.sync_interval_s)
+            await asyncio.sleep(delay)
+
+    async def _poll(self) -> None:
+        """Read every shared breaker's record in one round trip and apply what changed."""
+        links = list(self._breakers)
+
+        async def op(client: Redis) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            pipe.time()
+            for link in links:
+                pipe.hmget(link.key, ["state", "open_until", "epoch", "failures"])
+            return list(await pipe.execute())
+
+        replies = await self.run(op)
+        if replies is None:
+            return
+        seconds, micros = replies[0]
+        now = float(seconds) + float(micros) / 1e6
+        for link, (state, open_until, epoch, failures) in zip(links, replies[1:], strict=True):
+            link.apply(
+                state,
+                int(epoch or 0),
+                float(open_until or 0) - now,
+                int(failures or 0),
+            )
+
+    def __repr__(self) -> str:
+        if self._closed:
+            status = "closed"
+        elif self._client is None:
+            status = "idle"
+        else:
+            status = "up" if self._up else "down (local limits)"
+        return (
+            f"<SharedState {self.url} {status} breakers={len(self._breakers)} "
+            f"limits={len(self._limits)} pending={len(self._tasks)}>"
+        )

@@ -1,0 +1,57 @@
+"""otel-collector.yaml and the Jaeger example: they parse, and every name a pipeline uses
+is defined (the checks the Collector makes when it starts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).parent.parent
+COLLECTOR = ROOT / "otel-collector.yaml"
+COMPOSE = ROOT / "examples" / "jaeger" / "compose.yaml"
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def test_pipelines_reference_defined_components() -> None:
+    config = load(COLLECTOR)
+    service = config["service"]
+    pipelines = service["pipelines"]
+    assert {"traces", "metrics"} <= set(pipelines)
+    for name, pipeline in pipelines.items():
+        assert pipeline["receivers"] and pipeline["exporters"], name
+        for kind in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(kind, []):
+                assert component in config[kind], f"{name}: {kind} {component!r} is not defined"
+    for extension in service.get("extensions", []):
+        assert extension in config["extensions"]
+
+
+def test_otlp_in_on_both_ports_and_traces_out_to_jaeger() -> None:
+    config = load(COLLECTOR)
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"].endswith(":4317")
+    assert protocols["http"]["endpoint"].endswith(":4318")
+    traces = config["service"]["pipelines"]["traces"]
+    assert "batch" in traces["processors"]
+    assert {"otlp/jaeger", "debug"} <= set(traces["exporters"])
+    assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+
+
+def test_compose_starts_the_collector_with_this_file_and_jaeger() -> None:
+    compose = load(COMPOSE)
+    services = compose["services"]
+    assert "jaeger" in services["jaeger"]["image"]
+    collector = services["otel-collector"]
+    assert "opentelemetry-collector" in collector["image"]
+    mounts = [v.split(":")[0] for v in collector["volumes"]]
+    assert any((COMPOSE.parent / m).resolve() == COLLECTOR.resolve() for m in mounts)
+    ports = {p.split(":")[0] for p in collector["ports"]}
+    assert {"4317", "4318"} <= ports
+    assert any(p.startswith("16686:") for p in services["jaeger"]["ports"])
