@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -25,6 +25,8 @@ from .validators import ValidationContext, Validator
 
 __all__ = ["InFlight", "PartialCheck", "Sampler", "Tier", "complete", "judge"]
 
+
+_UNWATCHED = nullcontext()
 
 _PARTIAL_WINDOW = 4096
 """Partial checks see the answer's first 4 KB: what they judge (how it starts, its first
@@ -166,18 +168,22 @@ async def complete(
     watch = first_s is not None or idle_s is not None
     loop = asyncio.get_running_loop()
     now = loop.time()
-    # timeout_s is enforced here too, not by aiohttp: aiohttp's timer un-cancels its task
-    # twice, which swallows a deadline (the run's, or the caller's) firing in the same turn.
+    # timeout_s is enforced with asyncio.timeout, not by aiohttp: aiohttp's timer un-cancels
+    # its task twice, which swallows a deadline (the run's, or the caller's) firing in the
+    # same turn. Here for streams; a whole-body call bounds itself (providers' post_whole).
     total_at = now + config.timeout_s
     first_at = None if first_s is None else now + first_s
     at, phase = total_at, "total"
     if first_at is not None and first_at < total_at:
         at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
-    watchdog = asyncio.timeout_at(at)
+    watchdog = asyncio.timeout_at(at) if config.stream or watch else None
     try:
-        async with watchdog, aclosing(provider.stream(msgs, opts)) as chunks:  # type: ignore[type-var]
+        async with (
+            watchdog or _UNWATCHED,
+            aclosing(provider.stream(msgs, opts)) as chunks,  # type: ignore[type-var]
+        ):
             async for chunk in chunks:
-                if watch:
+                if watchdog is not None and watch:
                     if chunk.text and first_at is not None:
                         first_at = None  # the first token came: from now on, only idle
                     at, phase = total_at, "total"
@@ -220,7 +226,7 @@ async def complete(
             exc.received_chars = sum(len(p) for p in parts)
         raise
     except TimeoutError:
-        if not watchdog.expired():
+        if watchdog is None or not watchdog.expired():
             raise
         limit = {"first_token": first_s, "idle": idle_s}.get(phase, config.timeout_s)
         what = {"first_token": "no first token", "idle": "no chunk"}.get(phase, "not done")

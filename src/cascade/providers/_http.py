@@ -166,6 +166,9 @@ class HTTPProvider:
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout_s + _BACKSTOP_S, sock_connect=config.connect_timeout_s
         )
+        self._whole_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=config.connect_timeout_s
+        )
         self._url = ""
         self._headers: dict[str, str] = {}
         self.observe: Callable[..., None] | None = None
@@ -196,13 +199,14 @@ class HTTPProvider:
     def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
         raise NotImplementedError
 
-    def _post(self, data: bytes) -> Any:
-        """The one POST every call makes (an aiohttp request context manager)."""
+    def _post(self, data: bytes, *, whole: bool = False) -> Any:
+        """The one POST every call makes (an aiohttp request context manager); ``whole``:
+        the caller bounds the call itself (``post_whole``), so aiohttp keeps no timer."""
         return self._session.post(
             self._url,
             data=data,
             headers=self._headers,
-            timeout=self._timeout,
+            timeout=self._whole_timeout if whole else self._timeout,
             allow_redirects=False,  # a redirect must not carry the key to another host
             raise_for_status=False,
         )
@@ -265,7 +269,10 @@ async def post_whole(
     ``HTTPProvider.stream``."""
     data = encode_body(body)
     try:
-        async with asyncio.timeout(provider.config.timeout_s), provider._post(data) as resp:
+        async with (
+            asyncio.timeout(provider.config.timeout_s),
+            provider._post(data, whole=True) as resp,
+        ):
             await provider._check(resp)
             return parse(await resp.read())
     except CascadeError:
