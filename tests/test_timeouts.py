@@ -148,3 +148,28 @@ def test_timeouts_must_be_positive(field: str) -> None:
     with pytest.raises(ConfigError) as info:
         Cascade.from_dict(cfg)
     assert info.value.path == f"tiers[0].providers[0].{field}"
+
+
+async def test_a_stream_cut_by_the_deadline_is_costed_for_what_arrived(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("m", Reply(text="x" * 400, chunk_chars=8, chunk_delay_s=0.02))
+    cfg = one_tier(provider("a", openai_server.url, "m", stream=True))
+    cfg["on_exhausted"] = "error"
+    async with Cascade.from_dict(cfg) as c:
+        with pytest.raises(cascade.DeadlineExceeded) as info:
+            await c.run(messages=USER, deadline_s=0.2)
+    (cut,) = info.value.attempts
+    assert cut.error_type == "DeadlineExceeded"
+    assert cut.input_tokens > 0 and 0 < cut.output_tokens < 100  # some of the 400 chars
+    assert cut.cost_usd == pytest.approx(cut.input_tokens * 1e-6 + cut.output_tokens * 2e-6)
+
+
+async def test_a_deadline_before_any_text_costs_nothing(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m", Reply(text="late", latency_s=5))
+    cfg = one_tier(provider("a", openai_server.url, "m", stream=True))
+    cfg["on_exhausted"] = "error"
+    async with Cascade.from_dict(cfg) as c:
+        with pytest.raises(cascade.DeadlineExceeded) as info:
+            await c.run(messages=USER, deadline_s=0.1)
+    assert info.value.attempts[0].cost_usd == 0

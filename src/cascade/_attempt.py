@@ -128,9 +128,13 @@ class InFlight:
         self.hedge = hedge
         self.completion: Completion | None = None
         self.cost = 0.0
-        self.received = 0  # characters of answer so far (tracked for hedged calls)
+        self.received = 0  # characters of answer so far (costed if the call is cut off)
         self.samples: list[Completion] = []
         self.trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
+
+    def seen(self, chars: int) -> None:
+        """Count text as it arrives (``complete``'s ``on_text``)."""
+        self.received += chars
 
 
 async def complete(

@@ -104,6 +104,8 @@ class ProviderCalls:
         if flight is None:
             flight = InFlight(tier, provider, perf_counter())
         t0 = flight.t0
+        if on_text is None:
+            on_text = flight.seen  # what a deadline cuts off is costed from this
         run.flights.append(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
         # The span of the call (one per try: a retry replaces it), current until judged.

@@ -259,7 +259,7 @@ class Cascade:
         except TimeoutError:
             if not timeout.expired():
                 raise  # not our deadline: a bug in a provider or validator, not a timeout
-            return self._deadline_exceeded(run, deadline)
+            return self._deadline_exceeded(run, deadline, msgs)
 
     def _tier_index(self, value: int | str | None, field: str, default: int) -> int:
         if value is None:
@@ -395,13 +395,30 @@ class Cascade:
             attempts=run.attempts,
         ) from run.last_error
 
-    def _deadline_exceeded(self, run: RunState, deadline: float) -> Result:
+    def _deadline_exceeded(
+        self, run: RunState, deadline: float, msgs: tuple[Message, ...]
+    ) -> Result:
         for flight in run.flights:
             exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
             completion = flight.completion
             if completion is None:
+                in_tokens = out_tokens = 0
+                cost = flight.cost  # samples drawn so far
+                if flight.received:  # a stream cut off after text came: prompt and text billed
+                    in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+                    out_tokens = max(1, flight.received // 4)
+                    estimate = flight.provider.config.cost_usd(in_tokens, out_tokens)
+                    run.spent += estimate
+                    cost += estimate
                 attempt = failed_record(
-                    flight.tier, flight.provider, flight.t0, exc, hedge=flight.hedge
+                    flight.tier,
+                    flight.provider,
+                    flight.t0,
+                    exc,
+                    in_tokens=in_tokens,
+                    out_tokens=out_tokens,
+                    cost=cost,
+                    hedge=flight.hedge,
                 )
             else:
                 # The answer arrived (and was paid for); validation had not finished.
