@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, ClassVar
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import cascade
-from cascade import Cascade, ConfigError, HedgeConfig
+from cascade import Cascade, Chunk, ConfigError, HedgeConfig, ProviderConnectionError
 from cascade._hedge import hedge_delay
+from cascade.providers import register_provider_kind
 from cascade.testing import FakeOpenAIServer, Reply
 
 from .helpers import JSON_SCHEMA, USER, provider, tier
@@ -185,3 +189,94 @@ def test_hedge_config_errors_name_the_field(hedge: dict[str, Any], path: str) ->
     with pytest.raises(ConfigError) as info:
         Cascade.from_dict(hedged("http://127.0.0.1:9/v1", hedge=hedge))
     assert info.value.path == path
+
+
+class _Scripted:
+    """A provider whose streams are written by the test (plug-in path)."""
+
+    streams: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: Any, *, session: Any, api_key: str | None) -> None:
+        self.config, self.name, self.model = config, config.name, config.model
+
+    def stream(self, messages: Any, options: Any) -> Any:
+        return self.streams[self.name]()
+
+    async def aclose(self) -> None:
+        pass
+
+
+register_provider_kind("hedge-scripted", _Scripted, replace=True)
+
+
+def scripted(*names: str, **extra: Any) -> dict[str, Any]:
+    providers = [
+        {"name": n, "kind": "hedge-scripted", "model": n, "stream": True,
+         "input_cost_per_mtok": 1, "output_cost_per_mtok": 1}
+        for n in names
+    ]  # fmt: skip
+    return {"tiers": [{"name": "t", "hedge": {"after_s": 0.05}, "providers": providers}], **extra}
+
+
+async def test_a_kept_call_that_breaks_gives_the_cancelled_one_another_turn() -> None:
+    async def healthy_but_slow() -> AsyncIterator[Chunk]:
+        await asyncio.sleep(0.2)
+        yield Chunk(text="42", finish_reason="stop", input_tokens=10, output_tokens=1)
+
+    async def fast_then_broken() -> AsyncIterator[Chunk]:
+        yield Chunk(text="4")
+        await asyncio.sleep(0.01)
+        raise ProviderConnectionError("dropped", provider="b", model="b")
+
+    _Scripted.streams = {"a": healthy_but_slow, "b": fast_then_broken}
+    async with Cascade.from_dict(scripted("a", "b", on_outage="error")) as c:
+        result = await c.run(messages=USER)
+    assert (result.provider, result.text) == ("a", "42")
+    assert [(a.provider, a.outcome) for a in result.attempts] == [
+        ("a", "cancelled"),
+        ("b", "failed"),
+        ("a", "accepted"),
+    ]
+
+
+async def test_no_call_outlives_a_race_cut_by_the_deadline() -> None:
+    async def slow_to_close() -> AsyncIterator[Chunk]:
+        try:
+            await asyncio.sleep(30)
+            yield Chunk(text="never")
+        finally:
+            await asyncio.sleep(0.2)  # closing the upstream takes a while
+
+    async def slow_body() -> AsyncIterator[Chunk]:
+        yield Chunk(text='{"answer"')
+        await asyncio.sleep(0.5)
+        yield Chunk(text=": 42}", finish_reason="stop", input_tokens=10, output_tokens=5)
+
+    _Scripted.streams = {"a": slow_to_close, "b": slow_body}
+    before = asyncio.all_tasks()
+    async with Cascade.from_dict(scripted("a", "b", on_exhausted="error")) as c:
+        with pytest.raises(cascade.DeadlineExceeded) as info:
+            await c.run(messages=USER, deadline_s=0.15)
+    assert asyncio.all_tasks() == before  # the kept call was cancelled with the run
+    hedge = next(a for a in info.value.attempts if a.provider == "b")
+    assert hedge.error_type == "DeadlineExceeded" and hedge.cost_usd > 0  # its text was paid
+
+
+async def test_the_cost_metric_counts_the_hedge_that_lost(openai_server: FakeOpenAIServer) -> None:
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    openai_server.script("ma", Reply(text=ANSWER, latency_s=30))
+    openai_server.script("mb", ANSWER)
+    async with Cascade.from_dict(hedged(openai_server.url), meter_provider=meters) as c:
+        result = await c.run(messages=USER)
+    costs = {
+        dict(point.attributes or {})["cascade.provider"]: point.value
+        for rm in reader.get_metrics_data().resource_metrics  # type: ignore[union-attr]
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "cascade.cost"
+        for point in metric.data.data_points  # type: ignore[union-attr]
+    }
+    assert set(costs) == {"a", "b"}
+    assert sum(costs.values()) == pytest.approx(result.cost_usd)
+    meters.shutdown()

@@ -75,6 +75,7 @@ def test_a_shared_table_without_the_redis_client_is_a_config_error(
 ) -> None:
     monkeypatch.setitem(sys.modules, "redis", None)
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio.connection", None)
     with pytest.raises(cascade.ConfigError) as info:
         Cascade.from_dict(cfg({"redis_url": "redis://:s3cret@127.0.0.1:6379/0"}))
     assert info.value.path == "shared.redis_url"
@@ -96,3 +97,13 @@ def test_a_shared_table_without_the_redis_client_is_a_config_error(
 )
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://:s3cret@localhost:notaport/0", "redis://localhost:6379/0?socket_timeout=abc"]
+)
+def test_a_malformed_redis_url_fails_at_build_naming_the_path(url: str) -> None:
+    with pytest.raises(cascade.ConfigError) as info:
+        Cascade.from_dict(cfg({"redis_url": url}))
+    assert info.value.path == "shared.redis_url"
+    assert "s3cret" not in str(info.value)

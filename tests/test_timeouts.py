@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
 import cascade
-from cascade import Cascade, ConfigError, ProviderTimeout
+from cascade import Cascade, Chunk, ConfigError, ProviderTimeout
+from cascade.providers import register_provider_kind
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
 from .helpers import USER, provider, tier
@@ -173,3 +176,26 @@ async def test_a_deadline_before_any_text_costs_nothing(openai_server: FakeOpenA
         with pytest.raises(cascade.DeadlineExceeded) as info:
             await c.run(messages=USER, deadline_s=0.1)
     assert info.value.attempts[0].cost_usd == 0
+
+
+class _Sleepy:
+    """A plug-in provider that does not stream and never answers."""
+
+    def __init__(self, config: Any, *, session: Any, api_key: str | None) -> None:
+        self.config, self.name, self.model = config, config.name, config.model
+
+    async def stream(self, messages: Any, options: Any) -> AsyncIterator[Chunk]:
+        await asyncio.sleep(30)
+        yield Chunk(text="late")
+
+    async def aclose(self) -> None:
+        pass
+
+
+register_provider_kind("timeouts-sleepy", _Sleepy, replace=True)
+
+
+async def test_timeout_s_bounds_a_plug_in_provider_that_does_not_stream() -> None:
+    cfg = one_tier({"name": "a", "kind": "timeouts-sleepy", "model": "m", "timeout_s": 0.1})
+    error = await failed(cfg)
+    assert error.phase == "total"

@@ -428,3 +428,17 @@ async def test_limiter_wait_is_visible(otel: OTel, openai_server: FakeOpenAIServ
     assert wait[sc.CASCADE_LIMITER_OUTCOME] == "acquired" and wait[sc.CASCADE_LIMITER_WAIT_S] > 0
     (point,) = otel.points(sc.METRIC_LIMITER_WAIT)
     assert point.count == 1 and point.attributes[sc.CASCADE_PROVIDER] == "a"
+
+
+def test_a_hedge_that_lost_is_not_the_tiers_escalation_reason() -> None:
+    from cascade import Attempt
+    from cascade._telemetry._spans import _tier_outcome
+
+    common: dict[str, Any] = {"tier": 1, "tier_name": "t", "model": "m"}
+    attempts = [
+        Attempt(provider="a", outcome="cancelled", error_type="HedgeLost", error="lost", **common),
+        Attempt(
+            provider="b", outcome="failed", error_type="ProviderTimeout", error="slow", **common
+        ),
+    ]
+    assert _tier_outcome(attempts, 0) == ("failed", "slow")

@@ -174,13 +174,15 @@ async def complete(
     now = loop.time()
     # timeout_s is enforced with asyncio.timeout, not by aiohttp: aiohttp's timer un-cancels
     # its task twice, which swallows a deadline (the run's, or the caller's) firing in the
-    # same turn. Here for streams; a whole-body call bounds itself (providers' post_whole).
+    # same turn. Here for every call but a whole-body call of a provider that bounds those
+    # itself (the HTTP providers' post_whole), which would otherwise run two timers.
     total_at = now + config.timeout_s
     first_at = None if first_s is None else now + first_s
     at, phase = total_at, "total"
     if first_at is not None and first_at < total_at:
         at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
-    watchdog = asyncio.timeout_at(at) if config.stream or watch else None
+    own = not config.stream and not watch and getattr(provider, "bounds_whole_calls", False)
+    watchdog = None if own else asyncio.timeout_at(at)
     try:
         async with (
             watchdog or _UNWATCHED,

@@ -258,6 +258,7 @@ class ProviderCalls:
         out_tokens = max(1, exc.received_chars // 4)
         cost = provider.config.cost_usd(in_tokens, out_tokens)
         run.spent += cost
+        flight.trace.charged(cost)
         return failed_record(
             tier,
             provider,

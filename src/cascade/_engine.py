@@ -409,6 +409,7 @@ class Cascade:
                     out_tokens = max(1, flight.received // 4)
                     estimate = flight.provider.config.cost_usd(in_tokens, out_tokens)
                     run.spent += estimate
+                    flight.trace.charged(estimate)
                     cost += estimate
                 attempt = failed_record(
                     flight.tier,

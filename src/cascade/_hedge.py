@@ -88,22 +88,39 @@ async def race(
                 run.tier_trace.hedge(sibling[0].name, delay)
                 start(*sibling, hedge=True)
         winner = await _winner(tasks, first)
-    except BaseException:
-        # Cancelled from outside (the run's deadline, the caller): stop every call and
-        # leave their flights in run.flights for the deadline to record.
-        for task in tasks:
+        losers: list[Provider] = []
+        for task, flight in zip(tasks, flights, strict=True):
+            if task is not winner and not task.done():
+                name = winner_of(flights, tasks, winner)
+                flight.trace.lost(name)  # its span ends, cancelled, in its own task
+                task.cancel()
+                await asyncio.wait((task,))
+                if task.cancelled():
+                    _record_loser(calls, run, flight, msgs, name)
+                    losers.append(flight.provider)
+        result = None if winner is None else await winner
+        for loser in losers:
+            if result is not None:
+                break
+            # The kept call failed after its first token: the call given up for it is
+            # the tier's best chance left, so it gets a turn of its own.
+            limiter = calls.limiters.get(loser.name)
+            again = None
+            if limiter is not None:
+                again = await limiter.reserve(tokens=calls.token_estimate(loser, msgs, opts))
+                if again is None:
+                    continue
+            result = await calls.attempt(run, tier, loser, msgs, opts, again)
+        return result
+    finally:
+        # Cancelled from outside (the run's deadline, the caller) or done: no call may
+        # outlive the race. A cancelled call's flight stays in run.flights for the
+        # deadline to record.
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
             task.cancel()
-        await asyncio.wait(tasks)
-        raise
-    for task, flight in zip(tasks, flights, strict=True):
-        if task is not winner and not task.done():
-            name = winner_of(flights, tasks, winner)
-            flight.trace.lost(name)  # its span ends, cancelled, in its own task
-            task.cancel()
-            await asyncio.wait((task,))
-            if task.cancelled():
-                _record_loser(calls, run, flight, msgs, name)
-    return None if winner is None else await winner
+        if pending:
+            await asyncio.wait(pending)
 
 
 async def _winner(
@@ -174,6 +191,7 @@ def _record_loser(
         out_tokens = (flight.received + 3) // 4
         estimate = provider.config.cost_usd(in_tokens, out_tokens)
         run.spent += estimate
+        flight.trace.charged(estimate)
         cost = estimate + flight.cost  # flight.cost: samples, costed as they came
     run.attempts.append(
         Attempt(

@@ -249,6 +249,17 @@ class AttemptTrace:
             return NOOP_ATTEMPT
         return start_attempt(tel, info, messages, options, self.span, 0, 0, first, choices=count)
 
+    def charged(self, cost: float) -> None:
+        """The estimated cost of a call that ended without an answer (a stream that broke
+        or was cut off, a hedge that lost): counted in the cost metric. Works after the
+        span has ended."""
+        tel, info = self._tel, self._info
+        if tel is None or info is None or not cost > 0:
+            return
+        instruments = tel.instruments
+        assert instruments is not None
+        instruments.add_cost(info.cost_key, info.cost_attrs, cost)
+
     def completed(self, completion: Completion, *more: Completion) -> None:
         """The call returned ``completion`` (and ``more`` choices of the same request):
         duration, tokens, time to first chunk, cost."""

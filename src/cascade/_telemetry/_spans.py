@@ -455,6 +455,8 @@ def _tier_outcome(attempts: list[Attempt], first: int) -> tuple[str, str]:
     found = "none"
     detail = ""
     for a in attempts[first:]:
+        if a.outcome == "cancelled":
+            continue  # a hedge that lost: not why the tier escalated
         if a.outcome == "accepted":
             return "accepted", ""
         if a.outcome == "rejected":

@@ -149,6 +149,9 @@ class HTTPProvider:
     """
 
     kind: ClassVar[str]
+    bounds_whole_calls: ClassVar[bool] = True
+    """A call that does not stream enforces ``timeout_s`` itself (``post_whole``), so the
+    engine keeps no second timer for it."""
 
     def __init__(
         self, config: ProviderConfig, *, session: aiohttp.ClientSession, api_key: str | None

@@ -103,11 +103,21 @@ class SharedState:
         sync_interval_s: float = 0.5,
     ) -> None:
         try:
-            import redis.asyncio  # noqa: F401  (checked here, used in open)
+            from redis.asyncio.connection import parse_url
         except ImportError:
             raise ConfigError(
                 "shared state needs the redis client: pip install 'cascade-engine[redis]'",
                 path="shared.redis_url",
+            ) from None
+        try:
+            parse_url(redis_url)  # fail at build, not at the first run
+        except ValueError as exc:
+            message = str(exc)
+            secret = urlsplit(redis_url).password
+            if secret:
+                message = message.replace(secret, "***")
+            raise ConfigError(
+                f"invalid Redis URL {redact_url(redis_url)!r}: {message}", path="shared.redis_url"
             ) from None
         if not (timeout_s > 0 and math.isfinite(timeout_s)):
             raise ValueError("timeout_s must be a positive number")
