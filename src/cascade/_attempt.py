@@ -19,7 +19,7 @@ import msgspec
 from ._config import TierConfig, Variant
 from ._errors import ProviderError, ProviderTimeout
 from ._telemetry import NOOP_ATTEMPT, AttemptTrace
-from ._types import Chunk, Completion, Message, RequestOptions, Verdict
+from ._types import Chunk, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
 from .providers import Provider
 from .validators import ValidationContext, Validator
 
@@ -247,7 +247,7 @@ async def complete(
         raise error from None
     text = parts[0] if len(parts) == 1 else "".join(parts)
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
-        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        in_tokens = estimate_prompt_tokens(msgs)
     if out_tokens is None:
         out_tokens = max(1, len(text) // 4) if text else 0
     completion = Completion(
@@ -346,7 +346,7 @@ class Sampler:
                 input_tokens=(
                     chunk.input_tokens
                     if chunk.input_tokens is not None
-                    else sum(len(m.content) for m in self._msgs) // 4 + 4 * len(self._msgs)
+                    else estimate_prompt_tokens(self._msgs)
                 ),
                 output_tokens=chunk.output_tokens or 0,
                 latency_s=latency,

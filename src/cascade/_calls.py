@@ -13,7 +13,7 @@ from ._clock import Clock, SystemClock
 from ._config import Config
 from ._errors import ProviderError
 from ._records import RunState, attempt_record, failed_record
-from ._types import Attempt, Completion, Message, RequestOptions, Verdict
+from ._types import Attempt, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
 from .providers import Provider
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
 from .resilience.limiter import Lease, RateLimiter
@@ -183,7 +183,7 @@ class ProviderCalls:
     ) -> int:
         """Tokens to reserve in a rate limit: the prompt's estimate plus the output cap."""
         out = opts.max_tokens or provider.config.max_tokens or self._estimate_output_tokens
-        return sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs) + out
+        return estimate_prompt_tokens(msgs) + out
 
     async def _with_retries(
         self,
@@ -254,7 +254,7 @@ class ProviderCalls:
         tier, provider = flight.tier, flight.provider
         if not exc.received_chars:
             return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
-        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        in_tokens = estimate_prompt_tokens(msgs)
         out_tokens = max(1, exc.received_chars // 4)
         cost = provider.config.cost_usd(in_tokens, out_tokens)
         run.spent += cost

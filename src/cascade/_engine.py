@@ -35,6 +35,7 @@ from ._types import (
     RequestOptions,
     Result,
     coerce_messages,
+    estimate_prompt_tokens,
 )
 from .providers import Provider, build_provider
 from .providers.replay import resolve_datasets
@@ -355,7 +356,7 @@ class Cascade:
         self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
     ) -> Attempt | None:
         provider = tier.providers[0]
-        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        in_tokens = estimate_prompt_tokens(msgs)
         out_tokens = (
             opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
         )
@@ -405,7 +406,7 @@ class Cascade:
                 in_tokens = out_tokens = 0
                 cost = flight.cost  # samples drawn so far
                 if flight.received:  # a stream cut off after text came: prompt and text billed
-                    in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+                    in_tokens = estimate_prompt_tokens(msgs)
                     out_tokens = max(1, flight.received // 4)
                     estimate = flight.provider.config.cost_usd(in_tokens, out_tokens)
                     run.spent += estimate

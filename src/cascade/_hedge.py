@@ -20,7 +20,7 @@ from ._attempt import InFlight, Tier
 from ._calls import ProviderCalls
 from ._config import HedgeConfig
 from ._records import RunState
-from ._types import Attempt, Message, RequestOptions
+from ._types import Attempt, Message, RequestOptions, estimate_prompt_tokens
 from .providers import Provider
 from .resilience.limiter import Lease
 
@@ -187,7 +187,7 @@ def _record_loser(
         out_tokens = flight.completion.output_tokens
         cost = flight.cost
     else:
-        in_tokens = sum(len(m.content) for m in msgs) // 4 + 4 * len(msgs)
+        in_tokens = estimate_prompt_tokens(msgs)
         out_tokens = (flight.received + 3) // 4
         estimate = provider.config.cost_usd(in_tokens, out_tokens)
         run.spent += estimate
