@@ -8,11 +8,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from time import perf_counter
 
-from ._attempt import InFlight, PartialCheck, Sampler, Tier, complete, judge
+from ._attempt import InFlight, PartialCheck, Tier, complete, judge
 from ._clock import Clock, SystemClock
 from ._config import Config
 from ._errors import ProviderError
 from ._records import RunState, attempt_record, failed_record
+from ._sampler import Sampler
 from ._types import Attempt, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
 from .providers import Provider
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
@@ -254,11 +255,7 @@ class ProviderCalls:
         tier, provider = flight.tier, flight.provider
         if not exc.received_chars:
             return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
-        in_tokens = estimate_prompt_tokens(msgs)
-        out_tokens = max(1, exc.received_chars // 4)
-        cost = provider.config.cost_usd(in_tokens, out_tokens)
-        run.spent += cost
-        flight.trace.charged(cost)
+        in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, exc.received_chars)
         return failed_record(
             tier,
             provider,

@@ -404,14 +404,11 @@ class Cascade:
             completion = flight.completion
             if completion is None:
                 in_tokens = out_tokens = 0
-                cost = flight.cost  # samples drawn so far
+                cost = 0.0
                 if flight.received:  # a stream cut off after text came: prompt and text billed
-                    in_tokens = estimate_prompt_tokens(msgs)
-                    out_tokens = max(1, flight.received // 4)
-                    estimate = flight.provider.config.cost_usd(in_tokens, out_tokens)
-                    run.spent += estimate
-                    flight.trace.charged(estimate)
-                    cost += estimate
+                    in_tokens, out_tokens, cost = run.charge_unanswered(
+                        flight, msgs, flight.received
+                    )
                 attempt = failed_record(
                     flight.tier,
                     flight.provider,

@@ -19,8 +19,8 @@ from typing import Any
 from ._attempt import InFlight, Tier
 from ._calls import ProviderCalls
 from ._config import HedgeConfig
-from ._records import RunState
-from ._types import Attempt, Message, RequestOptions, estimate_prompt_tokens
+from ._records import RunState, failed_record
+from ._types import Attempt, Message, RequestOptions
 from .providers import Provider
 from .resilience.limiter import Lease
 
@@ -96,7 +96,7 @@ async def race(
                 task.cancel()
                 await asyncio.wait((task,))
                 if task.cancelled():
-                    _record_loser(calls, run, flight, msgs, name)
+                    _record_loser(run, flight, msgs, name)
                     losers.append(flight.provider)
         result = None if winner is None else await winner
         for loser in losers:
@@ -173,7 +173,6 @@ async def _sibling(
 
 
 def _record_loser(
-    calls: ProviderCalls,
     run: RunState,
     flight: InFlight,
     msgs: tuple[Message, ...],
@@ -181,31 +180,27 @@ def _record_loser(
 ) -> None:
     """The cancelled call, costed for its prompt (sent, so billable) and the text it sent."""
     run.flights.remove(flight)
-    provider = flight.provider
     if flight.completion is not None:  # its answer had come (and was costed): validating
         in_tokens = flight.completion.input_tokens
         out_tokens = flight.completion.output_tokens
         cost = flight.cost
     else:
-        in_tokens = estimate_prompt_tokens(msgs)
-        out_tokens = (flight.received + 3) // 4
-        estimate = provider.config.cost_usd(in_tokens, out_tokens)
-        run.spent += estimate
-        flight.trace.charged(estimate)
-        cost = estimate + flight.cost  # flight.cost: samples, costed as they came
+        in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, flight.received)
+    lost = HedgeLost(f"cancelled: {winner} produced the first token (hedged request)")
     run.attempts.append(
-        Attempt(
-            tier=flight.tier.index,
-            tier_name=flight.tier.name,
-            provider=provider.name,
-            model=provider.model,
+        failed_record(
+            flight.tier,
+            flight.provider,
+            flight.t0,
+            lost,
+            in_tokens=in_tokens,
+            out_tokens=out_tokens,
+            cost=cost,
             outcome="cancelled",
-            error_type="HedgeLost",
-            error=f"cancelled: {winner} produced the first token (hedged request)",
-            cost_usd=cost,
-            input_tokens=in_tokens,
-            output_tokens=out_tokens,
-            latency_s=perf_counter() - flight.t0,
             hedge=flight.hedge,
         )
     )
+
+
+class HedgeLost(Exception):
+    """Why a hedged call was cancelled (its attempt's ``error_type``); never raised."""

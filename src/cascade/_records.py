@@ -12,7 +12,7 @@ from typing import Literal
 from ._attempt import InFlight, Tier, chosen
 from ._errors import ProviderError
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
-from ._types import Attempt, Completion, Result, Usage, Verdict
+from ._types import Attempt, Completion, Message, Result, Usage, Verdict, estimate_prompt_tokens
 from .providers import Provider
 
 __all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
@@ -147,6 +147,19 @@ class RunState:
 
     def spend(self, cost: float) -> None:
         self.spent += cost
+
+    def charge_unanswered(
+        self, flight: InFlight, msgs: tuple[Message, ...], received_chars: int
+    ) -> tuple[int, int, float]:
+        """Charge a call that ended without an answer after its prompt was sent (a stream
+        that broke or was cut off, a hedge that lost): the prompt's estimate and about 4
+        characters a token of the text that arrived. Returns (input, output, cost)."""
+        in_tokens = estimate_prompt_tokens(msgs)
+        out_tokens = max(1, received_chars // 4) if received_chars else 0
+        cost = flight.provider.config.cost_usd(in_tokens, out_tokens)
+        self.spent += cost
+        flight.trace.charged(cost)
+        return in_tokens, out_tokens, cost
 
     def result(self, attempt: Attempt, *, validated: bool) -> Result:
         return result_of(self.attempts, attempt, spent=self.spent, t0=self.t0, validated=validated)
