@@ -136,6 +136,7 @@ TRACING_LABELS = {
     "no_sdk": "no SDK configured",
     "sdk_batch": "traces: batch, all sampled",
     "sdk_batch_10pct": "traces: batch, 10% sampled",
+    "sdk_floor": "3 bare SDK spans (floor)",
     "sdk_metrics": "metrics SDK only (OTLP)",
     "sdk_otlp": "traces + metrics over OTLP",
 }
@@ -155,6 +156,7 @@ def traced_client(kind: str, sink: str) -> Factory:
         SpanExportResult,
     )
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.trace import SpanKind
 
     class Drop(SpanExporter):
         def export(self, spans: Any) -> SpanExportResult:
@@ -189,6 +191,20 @@ def traced_client(kind: str, sink: str) -> Factory:
             await asyncio.to_thread(flush)
 
         try:
+            if kind == "sdk_floor":
+                # The least any instrumentation with the issue's span tree (run > tier >
+                # call) costs: three bare spans, no attributes, around a run that itself
+                # has no SDK (the no_sdk client plus the spans).
+                assert tracer_provider is not None
+                start = tracer_provider.get_tracer("floor").start_as_current_span
+                async with cascade_client(validate=False)(url) as client:
+
+                    async def call() -> str:
+                        with start("run"), start("tier"), start("chat", kind=SpanKind.CLIENT):
+                            return await client.call()
+
+                    yield Client(call, settle=settle)
+                return
             async with cascade_client(
                 validate=False, tracer_provider=tracer_provider, meter_provider=meter_provider
             )(url) as client:
@@ -206,7 +222,10 @@ PHASES = {
     # (baseline, clients): the no-SDK comparison runs alone, so the SDK clients' heaps and
     # export threads cannot tilt a 2% difference.
     "instrumentation": ("uninstrumented", ("uninstrumented", "no_sdk")),
-    "sdk": ("no_sdk", ("no_sdk", "sdk_batch", "sdk_batch_10pct", "sdk_metrics", "sdk_otlp")),
+    "sdk": (
+        "no_sdk",
+        ("no_sdk", "sdk_batch", "sdk_floor", "sdk_batch_10pct", "sdk_metrics", "sdk_otlp"),
+    ),
 }
 
 
@@ -270,6 +289,7 @@ def summarize_tracing(phases: dict[str, dict[str, list[Throughput]]]) -> dict[st
     no_sdk = clients["instrumentation/no_sdk"]["vs_baseline"]
     sdk = clients["sdk/sdk_batch"]["vs_baseline"]
     sampled = clients["sdk/sdk_batch_10pct"]["vs_baseline"]
+    floor = clients["sdk/sdk_floor"]["vs_baseline"]
     return {
         "clients": clients,
         "targets": [
@@ -280,6 +300,9 @@ def summarize_tracing(phases: dict[str, dict[str, list[Throughput]]]) -> dict[st
             {"name": "SDK + batch processor (10% of traces) vs no SDK",
              "target": f">= {TARGET_SDK}x", "value": round(sampled, 3),
              "pass": sampled >= TARGET_SDK},
+            {"name": "floor: 3 bare SDK spans around the no-SDK run, vs no SDK",
+             "target": f">= {TARGET_SDK}x", "value": round(floor, 3),
+             "pass": floor >= TARGET_SDK},
         ],
     }  # fmt: skip
 

@@ -1,7 +1,8 @@
 """An OTLP/HTTP receiver for the tests: an aiohttp server on loopback, in its own thread.
 
-It decodes ``POST /v1/traces`` (``ExportTraceServiceRequest``) and ``POST /v1/metrics``
-(``ExportMetricsServiceRequest``) with opentelemetry-proto, as a Collector would. It runs
+It decodes ``POST /v1/traces`` (``ExportTraceServiceRequest``), ``POST /v1/metrics``
+(``ExportMetricsServiceRequest``) and ``POST /v1/logs`` (``ExportLogsServiceRequest``) with
+opentelemetry-proto, as a Collector would. It runs
 on a thread of its own so that an exporter flushing synchronously (``force_flush`` from
 the test's event loop, or the CLI in a subprocess) never waits on the loop it blocks.
 """
@@ -18,6 +19,10 @@ from typing import Any, Self
 
 from aiohttp import web
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
+    ExportLogsServiceRequest,
+    ExportLogsServiceResponse,
+)
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -27,6 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 PROTOBUF = "application/x-protobuf"
@@ -53,6 +59,7 @@ class OTLPReceiver:
     def __init__(self) -> None:
         self.traces: list[ExportTraceServiceRequest] = []
         self.metrics: list[ExportMetricsServiceRequest] = []
+        self.logs: list[ExportLogsServiceRequest] = []
         self.headers: list[dict[str, str]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -76,6 +83,18 @@ class OTLPReceiver:
             for rs in request.resource_spans
             for ss in rs.scope_spans
             for span in ss.spans
+        ]
+
+    def log_records(self) -> list[LogRecord]:
+        """Every log record received."""
+        with self._lock:
+            requests = list(self.logs)
+        return [
+            record
+            for request in requests
+            for rl in request.resource_logs
+            for sl in rl.scope_logs
+            for record in sl.log_records
         ]
 
     def metric_names(self) -> set[str]:
@@ -105,6 +124,10 @@ class OTLPReceiver:
         message = ExportMetricsServiceRequest()
         return await self._decode(request, message, self.metrics, ExportMetricsServiceResponse())
 
+    async def _logs(self, request: web.Request) -> web.Response:
+        message = ExportLogsServiceRequest()
+        return await self._decode(request, message, self.logs, ExportLogsServiceResponse())
+
     async def _decode(
         self, request: web.Request, message: Any, into: list[Any], reply: Any
     ) -> web.Response:
@@ -128,6 +151,7 @@ class OTLPReceiver:
         app = web.Application()
         app.router.add_post("/v1/traces", self._traces)
         app.router.add_post("/v1/metrics", self._metrics)
+        app.router.add_post("/v1/logs", self._logs)
         runner = web.AppRunner(app)
         self._runner = runner
         loop.run_until_complete(runner.setup())

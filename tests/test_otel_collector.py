@@ -42,6 +42,11 @@ def test_otlp_in_on_both_ports_and_traces_out_to_jaeger() -> None:
     assert "batch" in traces["processors"]
     assert {"otlp/jaeger", "debug"} <= set(traces["exporters"])
     assert config["exporters"]["otlp/jaeger"]["endpoint"] == "jaeger:4317"
+    # Every signal the CLI can export has a pipeline taking OTLP in (else the Collector
+    # refuses it and the exporter logs an error per batch).
+    assert set(config["service"]["pipelines"]) == {"traces", "metrics", "logs"}
+    for pipeline in config["service"]["pipelines"].values():
+        assert pipeline["receivers"] == ["otlp"]
 
 
 def test_compose_starts_the_collector_with_this_file_and_jaeger() -> None:

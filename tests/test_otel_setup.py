@@ -22,14 +22,19 @@ OTEL_VARS = (
     "OTEL_SDK_DISABLED",
     "OTEL_TRACES_EXPORTER",
     "OTEL_METRICS_EXPORTER",
+    "OTEL_LOGS_EXPORTER",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
     "OTEL_EXPORTER_OTLP_PROTOCOL",
     "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
     "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
 )
 
 
@@ -69,22 +74,42 @@ def metric_exporters(sdk: SDK) -> list[Any]:
 def test_nothing_is_set_up_unless_asked() -> None:
     assert sdk_from_env({}) is None
     assert sdk_from_env({"OTEL_SERVICE_NAME": "x"}) is None
-    assert sdk_from_env({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}) is None
+    off = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    assert sdk_from_env(off) is None
+    assert sdk_from_env({**off, "OTEL_LOGS_EXPORTER": "none"}) is None
     disabled = {"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://x:4318"}
     assert sdk_from_env(disabled) is None
 
 
 def test_an_endpoint_means_otlp_over_http(sdks: list[SDK], monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
     sdk = build(sdks, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}, monkeypatch)
     (spans,) = span_exporters(sdk)
     (metrics,) = metric_exporters(sdk)
+    (logs,) = sdk.log_exporters
     assert isinstance(spans, OTLPSpanExporter) and isinstance(metrics, OTLPMetricExporter)
-    assert sdk.tracer_provider is not None
+    assert isinstance(logs, OTLPLogExporter)
+    assert sdk.tracer_provider is not None and sdk.logger_provider is not None
     assert sdk.tracer_provider.resource.attributes["service.name"] == "cascade"
-    assert repr(sdk) == "<SDK traces + metrics>"
+    assert sdk.logger_provider.resource.attributes["service.name"] == "cascade"
+    assert repr(sdk) == "<SDK traces + metrics + logs>"
+
+
+def test_one_signal_alone(sdks: list[SDK], monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+
+    env = {
+        "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://127.0.0.1:9",
+        "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "grpc",
+    }
+    sdk = build(sdks, env, monkeypatch)
+    (logs,) = sdk.log_exporters
+    assert isinstance(logs, OTLPLogExporter)
+    assert sdk.tracer_provider is None and sdk.meter_provider is None
+    assert repr(sdk) == "<SDK logs>"
 
 
 def test_grpc_protocol_and_console(sdks: list[SDK], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,6 +135,11 @@ def test_grpc_protocol_and_console(sdks: list[SDK], monkeypatch: pytest.MonkeyPa
     ("env", "path"),
     [
         ({"OTEL_TRACES_EXPORTER": "zipkin"}, "OTEL_TRACES_EXPORTER"),
+        ({"OTEL_LOGS_EXPORTER": "otlp,syslog"}, "OTEL_LOGS_EXPORTER"),
+        (
+            {"OTEL_LOGS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL": "thrift"},
+            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+        ),
         (
             {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
             "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -224,3 +254,76 @@ def test_export_over_otlp_grpc(sdks: list[SDK], monkeypatch: pytest.MonkeyPatch)
     assert sorted(s.name for s in spans) == sorted(
         ["cascade.run", "cascade.tier cheap", "chat m-small", "cascade.tier big", "chat m-large"]
     )
+
+
+def test_logs_carry_the_run_span_ids(
+    sdks: list[SDK], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With logs asked for, the command routes structlog to the logs SDK: the routing
+    record arrives as a log record in the run span's trace, and nothing is printed."""
+    import structlog
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (
+        InMemoryLogRecordExporter,
+        SimpleLogRecordProcessor,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cascade._otel_logs import configure_structlog
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    logs = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    configure_structlog(logger_provider)
+    try:
+        one_run(Telemetry(tracer_provider=tracer_provider, environ={}))
+        with tracer_provider.get_tracer("app").start_as_current_span("handler") as handler:
+            structlog.get_logger("app").warning("app.event", user="u1", tags=("a", None))
+    finally:
+        structlog.reset_defaults()
+        tracer_provider.shutdown()
+        logger_provider.shutdown()
+    assert capsys.readouterr().out == ""
+    (run,) = [s for s in spans.get_finished_spans() if s.name == "cascade.run"]
+    route, app = (r.log_record for r in logs.get_finished_logs())
+    assert route.body == "cascade.route"
+    # one_run ends without a Result: the record of a run that did not answer is a warning
+    assert route.severity_text == "WARNING" and route.severity_number is not None
+    assert route.severity_number.name == "WARN"
+    assert run.context is not None
+    assert (route.trace_id, route.span_id) == (run.context.trace_id, run.context.span_id)
+    attrs = dict(route.attributes or {})
+    assert attrs["tier_path"] == ("cheap", "big") and attrs["attempts"] == 2
+    assert attrs["escalations"] == ("cheap: rejected (json_schema: not JSON)",)
+    assert "trace_id" not in attrs and "event" not in attrs and "task_id" not in attrs
+    # Any other event takes the current span's ids (the add_trace_ids processor).
+    assert app.body == "app.event" and app.severity_text == "WARNING"
+    assert app.trace_id == handler.get_span_context().trace_id
+    assert dict(app.attributes or {}) == {"user": "u1", "tags": ("a",)}
+
+
+def test_the_sampler_is_read_from_the_environment(
+    sdks: list[SDK], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OTEL_TRACES_SAMPLER applies (the SDK's own variable): how a busy gateway keeps
+    tracing cheap."""
+    with OTLPReceiver() as receiver:
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0",
+        }
+        sdk = build(sdks, env, monkeypatch)
+        tel = Telemetry(
+            tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider, environ={}
+        )
+        one_run(tel)
+        sdk.shutdown()
+        receiver.wait_for(lambda: bool(receiver.metrics))
+    assert receiver.spans() == []  # sampled out; the metrics still count the run
+    assert sc.METRIC_ESCALATIONS in receiver.metric_names()

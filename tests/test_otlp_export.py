@@ -1,6 +1,7 @@
 """End to end over OTLP/HTTP: an escalated run's spans reach a receiver in the test, which
 decodes ``ExportTraceServiceRequest`` as a Collector would; then the same from the
-``cascade`` command, configured by OTEL_* variables alone."""
+``cascade`` command, configured by OTEL_* variables alone, its routing record exported as
+a log record in the run's trace."""
 
 from __future__ import annotations
 
@@ -139,6 +140,7 @@ name = "s"
 kind = "openai"
 base_url = "{openai_server.url}"
 model = "ms"
+api_key_env = "CASCADE_TEST_KEY"
 
 [[tiers]]
 name = "large"
@@ -147,6 +149,7 @@ name = "l"
 kind = "openai"
 base_url = "{openai_server.url}"
 model = "ml"
+api_key_env = "CASCADE_TEST_KEY"
 """
     )
     with OTLPReceiver() as receiver:
@@ -156,6 +159,7 @@ model = "ml"
             OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
             OTEL_SERVICE_NAME="cascade-cli-test",
             OTEL_METRIC_EXPORT_INTERVAL="60000",
+            CASCADE_TEST_KEY=CANARY,
         )
         # The fake server runs on this event loop: wait for the command without blocking it.
         done = await anyio.run_process(
@@ -165,6 +169,26 @@ model = "ml"
         )
         assert done.returncode == 0, done.stderr.decode()
         assert ANSWER in done.stdout.decode()
-        receiver.wait_for(lambda: len(receiver.spans()) == 5 and bool(receiver.metrics))
+        receiver.wait_for(
+            lambda: (
+                len(receiver.spans()) == 5
+                and bool(receiver.metrics)
+                and bool(receiver.log_records())
+            )
+        )
     check_escalated_tree([s for s, _ in receiver.spans()])
     assert {r["service.name"] for _, r in receiver.spans()} == {"cascade-cli-test"}
+    # The routing record, as an OpenTelemetry log record in the run span's trace.
+    (route,) = receiver.log_records()
+    run = next(s for s, _ in receiver.spans() if s.name == "cascade.run")
+    assert route.body.string_value == "cascade.route"
+    assert (route.trace_id, route.span_id) == (run.trace_id, run.span_id)
+    fields = attributes(route)
+    assert fields["tier_path"] == ("small", "large") and fields["model"] == "ml"
+    assert fields["outcome"] == "accepted" and fields["cost_usd"] >= 0
+    assert "cascade.route" not in done.stdout.decode()  # exported, not printed
+    wire = b"".join(
+        r.SerializeToString() for r in receiver.traces + receiver.metrics + receiver.logs
+    )
+    assert CANARY.encode() not in wire
+    assert openai_server.requests[-1].headers["authorization"] == f"Bearer {CANARY}"

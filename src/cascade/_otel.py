@@ -2,11 +2,12 @@
 environment variables. The library never does this; applications configure their own SDK.
 
 Nothing is set up unless asked for: ``OTEL_TRACES_EXPORTER`` / ``OTEL_METRICS_EXPORTER``
-(``otlp``, ``console``, ``none``), or an OTLP endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``,
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT``), which
-implies ``otlp``. ``OTEL_SDK_DISABLED=true`` wins over everything.
-``OTEL_EXPORTER_OTLP[_TRACES|_METRICS]_PROTOCOL`` picks ``http/protobuf`` (the default) or
-``grpc``. The exporters read their own variables (endpoint, headers, timeout,
+/ ``OTEL_LOGS_EXPORTER`` (``otlp``, ``console``, ``none``), or an OTLP endpoint
+(``OTEL_EXPORTER_OTLP_ENDPOINT``, or the signal's own ``OTEL_EXPORTER_OTLP_{signal}_ENDPOINT``),
+which implies ``otlp``. ``OTEL_SDK_DISABLED=true`` wins over everything.
+``OTEL_EXPORTER_OTLP[_TRACES|_METRICS|_LOGS]_PROTOCOL`` picks ``http/protobuf`` (the
+default) or ``grpc``. Logs are structlog's events, the routing record of every run among
+them (``_otel_logs.py``). The exporters read their own variables (endpoint, headers, timeout,
 compression), the batch span processor ``OTEL_BSP_*``, the metric reader
 ``OTEL_METRIC_EXPORT_INTERVAL``, and the resource ``OTEL_SERVICE_NAME`` and
 ``OTEL_RESOURCE_ATTRIBUTES`` (service name ``cascade`` when neither names one).
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -37,10 +38,17 @@ from opentelemetry.sdk.trace.export import (
 
 from ._errors import ConfigError
 
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+
 __all__ = ["SDK", "configure_from_env", "sdk_from_env"]
 
 _PROTOCOLS = ("http/protobuf", "grpc")
 _INSTALL = "OTLP export needs the exporters: pip install 'cascade-engine[otlp]'"
+_LOGS_TOO_OLD = (
+    "log export needs an opentelemetry-sdk with LogRecordExporter: pip install -U opentelemetry-sdk"
+)
 
 
 class SDK:
@@ -50,26 +58,34 @@ class SDK:
         self,
         tracer_provider: TracerProvider | None,
         meter_provider: MeterProvider | None,
+        logger_provider: LoggerProvider | None = None,
         *,
         span_exporters: Sequence[SpanExporter] = (),
         metric_exporters: Sequence[MetricExporter] = (),
+        log_exporters: Sequence[LogRecordExporter] = (),
     ) -> None:
         self.tracer_provider = tracer_provider
         self.meter_provider = meter_provider
+        self.logger_provider = logger_provider
         self.span_exporters = tuple(span_exporters)
         self.metric_exporters = tuple(metric_exporters)
+        self.log_exporters = tuple(log_exporters)
 
     def __repr__(self) -> str:
-        parts = [
-            n for n, p in (("traces", self.tracer_provider), ("metrics", self.meter_provider)) if p
-        ]
-        return f"<SDK {' + '.join(parts)}>"
+        providers = (
+            ("traces", self.tracer_provider),
+            ("metrics", self.meter_provider),
+            ("logs", self.logger_provider),
+        )
+        return f"<SDK {' + '.join(n for n, p in providers if p)}>"
 
     def shutdown(self) -> None:
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the batch processor first
         if self.meter_provider is not None:
             self.meter_provider.shutdown()  # one last collection and export
+        if self.logger_provider is not None:
+            self.logger_provider.shutdown()
 
 
 def _truthy(value: str | None) -> bool:
@@ -136,6 +152,25 @@ def _metric_exporter(name: str, env: Mapping[str, str]) -> MetricExporter:
     return OTLPMetricExporter()
 
 
+def _log_exporter(name: str, env: Mapping[str, str]) -> LogRecordExporter:
+    try:
+        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
+    except ImportError:  # pragma: no cover - an SDK from before the logs rename
+        raise ConfigError(_LOGS_TOO_OLD, path="OTEL_LOGS_EXPORTER") from None
+    if name == "console":
+        return ConsoleLogRecordExporter()
+    try:
+        if _protocol(env, "LOGS") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[assignment]
+                OTLPLogExporter,
+            )
+    except ImportError:
+        raise ConfigError(_INSTALL) from None
+    return OTLPLogExporter()
+
+
 def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
     """Build the providers the environment asks for (None: it asks for none).
 
@@ -147,7 +182,8 @@ def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
         return None
     span_exporters = [_span_exporter(n, env) for n in _exporters(env, "TRACES")]
     metric_exporters = [_metric_exporter(n, env) for n in _exporters(env, "METRICS")]
-    if not span_exporters and not metric_exporters:
+    log_exporters = [_log_exporter(n, env) for n in _exporters(env, "LOGS")]
+    if not span_exporters and not metric_exporters and not log_exporters:
         return None
     attrs: dict[str, Any] = {}
     if not env.get("OTEL_SERVICE_NAME") and "service.name=" not in env.get(
@@ -164,20 +200,35 @@ def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
     if metric_exporters:
         readers = [PeriodicExportingMetricReader(e) for e in metric_exporters]
         meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+    log_provider = None
+    if log_exporters:
+        from ._otel_logs import logger_provider
+
+        log_provider = logger_provider(resource, log_exporters)
     return SDK(
         tracer_provider,
         meter_provider,
+        log_provider,
         span_exporters=span_exporters,
         metric_exporters=metric_exporters,
+        log_exporters=log_exporters,
     )
 
 
 def configure_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
-    """:func:`sdk_from_env`, installed as the global providers (once per process)."""
+    """:func:`sdk_from_env`, installed as the global providers (once per process); with
+    logs asked for, structlog is configured to send its events there."""
     sdk = sdk_from_env(environ)
     if sdk is not None:
         if sdk.tracer_provider is not None:
             trace.set_tracer_provider(sdk.tracer_provider)
         if sdk.meter_provider is not None:
             metrics.set_meter_provider(sdk.meter_provider)
+        if sdk.logger_provider is not None:
+            from opentelemetry._logs import set_logger_provider
+
+            from ._otel_logs import configure_structlog
+
+            set_logger_provider(sdk.logger_provider)
+            configure_structlog(sdk.logger_provider)
     return sdk

@@ -1,0 +1,123 @@
+"""OpenTelemetry log export for the ``cascade`` command: structlog events, the routing
+record among them, as OpenTelemetry log records.
+
+``OTEL_LOGS_EXPORTER`` (``otlp``, ``console``, ``none``; an OTLP endpoint implies
+``otlp``) asks for it. The command then configures structlog (the library never does) so
+that every event goes to a :class:`~opentelemetry.sdk._logs.LoggerProvider` instead of
+standard output: the event name is the record's body, its other fields the record's
+attributes, its level the severity, and its ``trace_id`` / ``span_id`` (which the routing
+record carries, and a processor adds from the current span to every other event) the
+record's trace context, so a backend shows each run's record beside its trace.
+
+The OpenTelemetry logs SDK is not yet stable; this needs a release with
+``LogRecordExporter`` (built against opentelemetry-sdk 1.45).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from opentelemetry import trace
+from opentelemetry._logs import LogRecord, SeverityNumber
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+from ._telemetry import add_trace_ids
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import LogRecordExporter
+    from opentelemetry.sdk.resources import Resource
+
+__all__ = ["StructlogToOTel", "configure_structlog", "logger_provider"]
+
+_SEVERITY = {
+    "debug": SeverityNumber.DEBUG,
+    "info": SeverityNumber.INFO,
+    "msg": SeverityNumber.INFO,
+    "warn": SeverityNumber.WARN,
+    "warning": SeverityNumber.WARN,
+    "error": SeverityNumber.ERROR,
+    "exception": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+    "fatal": SeverityNumber.FATAL,
+}
+_NOT_ATTRIBUTES = frozenset({"event", "level", "trace_id", "span_id", "timestamp"})
+
+
+def _value(value: Any) -> Any:
+    """A structlog field as an OpenTelemetry attribute value (maps and lists kept)."""
+    if value is None or isinstance(value, str | bool | int | float | bytes):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _value(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_value(v) for v in value if v is not None]
+    return str(value)
+
+
+def _context(event: Mapping[str, Any]) -> Context | None:
+    """The trace context the event names (hex ``trace_id`` / ``span_id``), if any."""
+    trace_id, span_id = event.get("trace_id"), event.get("span_id")
+    if not (isinstance(trace_id, str) and isinstance(span_id, str)):
+        return None
+    try:
+        ids = int(trace_id, 16), int(span_id, 16)
+    except ValueError:
+        return None
+    if not all(ids):
+        return None
+    span = NonRecordingSpan(SpanContext(*ids, False, TraceFlags(TraceFlags.SAMPLED)))
+    return trace.set_span_in_context(span)
+
+
+class StructlogToOTel:
+    """The last structlog processor: emit the event as a log record of ``provider``'s
+    logger ``cascade``, then drop it (nothing is printed)."""
+
+    def __init__(self, provider: LoggerProvider) -> None:
+        self._logger = provider.get_logger("cascade")
+
+    def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
+        severity = _SEVERITY.get(method_name, SeverityNumber.INFO)
+        body = event_dict.get("event")
+        attributes = {
+            k: _value(v)
+            for k, v in event_dict.items()
+            if k not in _NOT_ATTRIBUTES and v is not None
+        }
+        self._logger.emit(
+            LogRecord(
+                context=_context(event_dict),
+                severity_number=severity,
+                severity_text=method_name.upper(),
+                body=body if isinstance(body, str) else _value(body),
+                attributes=attributes,
+            )
+        )
+        raise structlog.DropEvent
+
+
+def configure_structlog(provider: LoggerProvider) -> None:
+    """Route every structlog event to ``provider`` (the command's own set-up)."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            add_trace_ids,
+            StructlogToOTel(provider),
+        ],
+        cache_logger_on_first_use=True,
+    )
+
+
+def logger_provider(resource: Resource, exporters: list[LogRecordExporter]) -> LoggerProvider:
+    """A provider exporting through ``exporters``, each behind a batch processor."""
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    provider = LoggerProvider(resource=resource)
+    for exporter in exporters:
+        provider.add_log_record_processor(BatchLogRecordProcessor(exporter))
+    return provider
