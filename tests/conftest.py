@@ -6,6 +6,7 @@ import gc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer
 
@@ -21,6 +22,16 @@ def _collect_garbage() -> Iterator[None]:
     # (an error under filterwarnings=error) land on the test that leaked it.
     yield
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_found() -> Iterator[None]:
+    # structlog.testing.capture_logs restores the processors with configure(), which leaves
+    # structlog "configured": later tests would then get a routing record printed per run.
+    configured = structlog.is_configured()
+    yield
+    if not configured:
+        structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -108,7 +108,6 @@ def configure_structlog(provider: LoggerProvider) -> None:
             add_trace_ids,
             StructlogToOTel(provider),
         ],
-        cache_logger_on_first_use=True,
     )
 
 
