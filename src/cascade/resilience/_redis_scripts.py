@@ -16,7 +16,7 @@ __all__ = ["BREAKER_LUA", "LIMIT_LUA"]
 # ``rate`` units per second holding ``burst_s`` seconds of refill has emission interval
 # T = 1 / rate and tolerance tau = burst_s; its level is (tau - (TAT - now)) / T units.
 # A cost ``c`` fits when TAT + min(c * T, tau) - tau <= now (an oversized request waits
-# for a full bucket, then runs it into debt, exactly as the in-memory _Bucket does).
+# for a full bucket, then runs it into debt, exactly as the in-memory Bucket does).
 #
 # KEYS[1]  the provider's hash {prefix}:limit:{provider}; fields requests, tokens (TATs)
 #          and blocked (a 429's retry-after, shared by every replica)

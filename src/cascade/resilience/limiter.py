@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -38,14 +37,12 @@ import msgspec
 
 from .._clock import Clock, SystemClock
 from .._errors import ProviderError
-from .._headers import duration_s, http_date, number, retry_after_s, until_s
+from ._buckets import Bucket, eta, learn_from_headers
 
 if TYPE_CHECKING:
     from .shared import SharedLimit, SharedState
 
 __all__ = ["Headroom", "Lease", "LimiterTimeout", "RateLimiter"]
-
-_EPS = 1e-9  # float slack, so a sleeper woken at its exact refill time is granted
 
 
 class LimiterTimeout(ProviderError):
@@ -70,67 +67,6 @@ class Headroom(msgspec.Struct, frozen=True, kw_only=True):
     tokens: float | None
     slots: int | None
     blocked_until: float | None
-
-
-class _Bucket:
-    """A continuously refilling bucket. ``level`` may go negative (debt) after an overage.
-
-    After a provider reports a reset time, the bucket refills at ``boost_rate`` so that it
-    is full exactly then, and at ``rate`` afterwards.
-    """
-
-    __slots__ = ("boost_rate", "boost_until", "capacity", "level", "rate", "stamp")
-
-    def __init__(self, per_minute: float, burst_s: float, now: float) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = per_minute * burst_s / 60.0  # exact for the default full minute
-        self.level = self.capacity
-        self.stamp = now
-        self.boost_rate = 0.0
-        self.boost_until = now
-
-    def copy(self) -> _Bucket:
-        other = _Bucket.__new__(_Bucket)
-        for name in _Bucket.__slots__:
-            setattr(other, name, getattr(self, name))
-        return other
-
-    def sync(self, now: float) -> None:
-        if now <= self.stamp:
-            return
-        gain = 0.0
-        boosted = min(now, self.boost_until) - self.stamp
-        if boosted > 0:
-            gain += boosted * self.boost_rate
-        gain += (now - self.stamp - max(boosted, 0.0)) * self.rate
-        self.level = min(self.capacity, self.level + gain)
-        self.stamp = now
-
-    def need(self, cost: float) -> float:
-        # An oversized request waits for a full bucket, then runs it into debt.
-        return min(cost, self.capacity)
-
-    def wait(self, cost: float, now: float) -> float:
-        """Seconds from ``now`` until ``cost`` fits (the bucket is synced to ``now``)."""
-        self.sync(now)
-        deficit = self.need(cost) - self.level
-        if deficit <= _EPS * max(1.0, cost):
-            return 0.0
-        waited = 0.0
-        if self.boost_until > now and self.boost_rate > 0:
-            span = self.boost_until - now
-            if deficit <= span * self.boost_rate:
-                return deficit / self.boost_rate
-            deficit -= span * self.boost_rate
-            waited = span
-        return waited + deficit / self.rate
-
-    def cap(self, remaining: float, now: float, reset_at: float | None) -> None:
-        self.sync(now)
-        self.level = min(self.level, remaining)
-        if reset_at is not None and reset_at > now and self.level < self.capacity:
-            self.boost_until = reset_at
-            self.boost_rate = max(0.0, self.capacity - self.level) / (reset_at - now)
 
 
 class _Waiter:
@@ -192,10 +128,10 @@ class RateLimiter:
         self._clock: Clock = clock if clock is not None else SystemClock()
         now = self._clock.monotonic()
         self._requests = (
-            None if requests_per_minute is None else _Bucket(requests_per_minute, burst_s, now)
+            None if requests_per_minute is None else Bucket(requests_per_minute, burst_s, now)
         )
         self._tokens = (
-            None if tokens_per_minute is None else _Bucket(tokens_per_minute, burst_s, now)
+            None if tokens_per_minute is None else Bucket(tokens_per_minute, burst_s, now)
         )
         self._in_use = 0
         self._blocked_until = -math.inf
@@ -316,21 +252,8 @@ class RateLimiter:
 
     def _eta(self, queue: list[int], now: float) -> float:
         """When the last of ``queue`` would be admitted, by the buckets and the block alone."""
-        requests = None if self._requests is None else self._requests.copy()
-        tokens_ = None if self._tokens is None else self._tokens.copy()
-        t = max(now, self._blocked_until, self._shared_until)
-        for cost in queue:
-            waits = [0.0]
-            if requests is not None:
-                waits.append(requests.wait(1, t))
-            if tokens_ is not None:
-                waits.append(tokens_.wait(cost, t))
-            t += max(waits)
-            for bucket, amount in ((requests, 1), (tokens_, cost)):
-                if bucket is not None:
-                    bucket.sync(t)
-                    bucket.level -= amount
-        return t
+        start = max(now, self._blocked_until, self._shared_until)
+        return eta(self._requests, self._tokens, queue, start)
 
     def _grant(self, tokens: int) -> Lease:
         if self._requests is not None:
@@ -394,64 +317,15 @@ class RateLimiter:
         except Exception:
             return
         now = self._clock.monotonic()
-        # Reset times are the server's: measure them from its Date header when it sent one.
-        server_now = http_date(h.get("date"))
-        wall = time.time() if server_now is None else server_now
-        if self._requests is not None:
-            self._learn(
-                self._requests,
-                now,
-                [
-                    (
-                        h.get("x-ratelimit-remaining-requests"),
-                        duration_s(h.get("x-ratelimit-reset-requests")),
-                    ),
-                    (
-                        h.get("anthropic-ratelimit-requests-remaining"),
-                        until_s(h.get("anthropic-ratelimit-requests-reset"), wall),
-                    ),
-                ],
-            )
-        if self._tokens is not None:
-            families = ["tokens", "input-tokens", "output-tokens"]
-            self._learn(
-                self._tokens,
-                now,
-                [
-                    (
-                        h.get("x-ratelimit-remaining-tokens"),
-                        duration_s(h.get("x-ratelimit-reset-tokens")),
-                    ),
-                    *(
-                        (
-                            h.get(f"anthropic-ratelimit-{f}-remaining"),
-                            until_s(h.get(f"anthropic-ratelimit-{f}-reset"), wall),
-                        )
-                        for f in families
-                    ),
-                ],
-            )
-        if status == 429:
-            delay = retry_after_s(h, wall=wall)
-            if delay is not None and delay > 0:
-                self._blocked_until = max(self._blocked_until, now + delay)
-                if self._shared is not None:
-                    self._shared.block(delay)
+        delay = learn_from_headers(
+            h, status=status, now=now, requests=self._requests, tokens=self._tokens
+        )
+        if delay is not None and delay > 0:
+            self._blocked_until = max(self._blocked_until, now + delay)
+            if self._shared is not None:
+                self._shared.block(delay)
         # A head that sleeps recomputes its wait when woken: never too early to be granted.
         self._wake_head()
-
-    @staticmethod
-    def _learn(bucket: _Bucket, now: float, reports: list[tuple[str | None, float | None]]) -> None:
-        # Several families (Anthropic's input/output tokens) fold into one bucket: the
-        # scarcest one binds.
-        best: tuple[float, float | None] | None = None
-        for raw, reset_in in reports:
-            remaining = number(raw)
-            if remaining is not None and (best is None or remaining < best[0]):
-                best = (remaining, reset_in)
-        if best is not None:
-            remaining, reset_in = best
-            bucket.cap(remaining, now, None if reset_in is None else now + reset_in)
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -545,6 +419,3 @@ class Lease:
     def __repr__(self) -> str:
         state = " released" if self._released else ""
         return f"<Lease {self.tokens} tokens on {self._limiter.name!r}{state}>"
-
-
-# -- header parsing: never raises, ``None`` for anything unusable -------------------------

@@ -1,0 +1,171 @@
+"""The budgets behind a :class:`~cascade.resilience.limiter.RateLimiter`: token buckets.
+
+A :class:`Bucket` refills continuously at its per-minute rate up to its capacity, and may
+run into debt after an oversized request. This module holds everything that moves a
+bucket's level and nothing about who is admitted: the refill arithmetic, when a queue of
+requests would be served (:func:`eta`), and the levels a provider's rate-limit headers
+report (:func:`learn_from_headers`). The limiter owns the queue, the concurrency slots,
+the leases and the shared budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from .._headers import duration_s, http_date, number, retry_after_s, until_s
+
+__all__ = ["Bucket", "eta", "learn_from_headers"]
+
+_EPS = 1e-9  # float slack, so a sleeper woken at its exact refill time is granted
+
+
+class Bucket:
+    """A continuously refilling bucket. ``level`` may go negative (debt) after an overage.
+
+    After a provider reports a reset time, the bucket refills at ``boost_rate`` so that it
+    is full exactly then, and at ``rate`` afterwards.
+    """
+
+    __slots__ = ("boost_rate", "boost_until", "capacity", "level", "rate", "stamp")
+
+    def __init__(self, per_minute: float, burst_s: float, now: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute * burst_s / 60.0  # exact for the default full minute
+        self.level = self.capacity
+        self.stamp = now
+        self.boost_rate = 0.0
+        self.boost_until = now
+
+    def copy(self) -> Bucket:
+        other = Bucket.__new__(Bucket)
+        for name in Bucket.__slots__:
+            setattr(other, name, getattr(self, name))
+        return other
+
+    def sync(self, now: float) -> None:
+        if now <= self.stamp:
+            return
+        gain = 0.0
+        boosted = min(now, self.boost_until) - self.stamp
+        if boosted > 0:
+            gain += boosted * self.boost_rate
+        gain += (now - self.stamp - max(boosted, 0.0)) * self.rate
+        self.level = min(self.capacity, self.level + gain)
+        self.stamp = now
+
+    def need(self, cost: float) -> float:
+        # An oversized request waits for a full bucket, then runs it into debt.
+        return min(cost, self.capacity)
+
+    def wait(self, cost: float, now: float) -> float:
+        """Seconds from ``now`` until ``cost`` fits (the bucket is synced to ``now``)."""
+        self.sync(now)
+        deficit = self.need(cost) - self.level
+        if deficit <= _EPS * max(1.0, cost):
+            return 0.0
+        waited = 0.0
+        if self.boost_until > now and self.boost_rate > 0:
+            span = self.boost_until - now
+            if deficit <= span * self.boost_rate:
+                return deficit / self.boost_rate
+            deficit -= span * self.boost_rate
+            waited = span
+        return waited + deficit / self.rate
+
+    def cap(self, remaining: float, now: float, reset_at: float | None) -> None:
+        self.sync(now)
+        self.level = min(self.level, remaining)
+        if reset_at is not None and reset_at > now and self.level < self.capacity:
+            self.boost_until = reset_at
+            self.boost_rate = max(0.0, self.capacity - self.level) / (reset_at - now)
+
+
+def eta(requests: Bucket | None, tokens: Bucket | None, queue: list[int], t: float) -> float:
+    """When the last of ``queue`` (token costs, one request each) would be granted, by the
+    buckets alone, counting from ``t``. The buckets themselves are left untouched."""
+    requests = None if requests is None else requests.copy()
+    tokens = None if tokens is None else tokens.copy()
+    for cost in queue:
+        waits = [0.0]
+        if requests is not None:
+            waits.append(requests.wait(1, t))
+        if tokens is not None:
+            waits.append(tokens.wait(cost, t))
+        t += max(waits)
+        for bucket, amount in ((requests, 1), (tokens, cost)):
+            if bucket is not None:
+                bucket.sync(t)
+                bucket.level -= amount
+    return t
+
+
+# -- header parsing: never raises, ``None`` for anything unusable -------------------------
+
+
+def learn_from_headers(
+    h: Mapping[str, str],
+    *,
+    status: int | None,
+    now: float,
+    requests: Bucket | None,
+    tokens: Bucket | None,
+) -> float | None:
+    """Lower the buckets to what a response's rate-limit headers report remaining.
+
+    ``h`` has lower-case names. A reset time makes the bucket full at that time. Returns
+    the delay a 429 asked for (``retry-after-ms`` / ``retry-after``), else ``None``.
+    """
+    # Reset times are the server's: measure them from its Date header when it sent one.
+    server_now = http_date(h.get("date"))
+    wall = time.time() if server_now is None else server_now
+    if requests is not None:
+        _learn(
+            requests,
+            now,
+            [
+                (
+                    h.get("x-ratelimit-remaining-requests"),
+                    duration_s(h.get("x-ratelimit-reset-requests")),
+                ),
+                (
+                    h.get("anthropic-ratelimit-requests-remaining"),
+                    until_s(h.get("anthropic-ratelimit-requests-reset"), wall),
+                ),
+            ],
+        )
+    if tokens is not None:
+        families = ["tokens", "input-tokens", "output-tokens"]
+        _learn(
+            tokens,
+            now,
+            [
+                (
+                    h.get("x-ratelimit-remaining-tokens"),
+                    duration_s(h.get("x-ratelimit-reset-tokens")),
+                ),
+                *(
+                    (
+                        h.get(f"anthropic-ratelimit-{f}-remaining"),
+                        until_s(h.get(f"anthropic-ratelimit-{f}-reset"), wall),
+                    )
+                    for f in families
+                ),
+            ],
+        )
+    if status == 429:
+        return retry_after_s(h, wall=wall)
+    return None
+
+
+def _learn(bucket: Bucket, now: float, reports: list[tuple[str | None, float | None]]) -> None:
+    # Several families (Anthropic's input/output tokens) fold into one bucket: the
+    # scarcest one binds.
+    best: tuple[float, float | None] | None = None
+    for raw, reset_in in reports:
+        remaining = number(raw)
+        if remaining is not None and (best is None or remaining < best[0]):
+            best = (remaining, reset_in)
+    if best is not None:
+        remaining, reset_in = best
+        bucket.cap(remaining, now, None if reset_in is None else now + reset_in)
