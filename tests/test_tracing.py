@@ -9,14 +9,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode
 from structlog.testing import capture_logs
 
+import cascade
 from cascade import AllProvidersFailed, Cascade, CascadeExhausted, DeadlineExceeded
 from cascade._telemetry import _semconv as sc
 from cascade.testing import FakeOpenAIServer, Reply
@@ -442,3 +445,52 @@ def test_a_hedge_that_lost_is_not_the_tiers_escalation_reason() -> None:
         ),
     ]
     assert _tier_outcome(attempts, 0) == ("failed", "slow")
+
+
+_CURRENT: list[Any] = []
+
+
+@cascade.validator("test_current_span", replace=True)
+class CurrentSpan:
+    """Passes everything; records the span current while it validates."""
+
+    def __init__(self) -> None:
+        self.name = "current_span"
+
+    async def validate(
+        self, completion: cascade.Completion, context: cascade.ValidationContext
+    ) -> cascade.Verdict:
+        _CURRENT.append(trace.get_current_span().get_span_context())
+        return cascade.Verdict(validator=self.name, passed=True)
+
+
+@pytest.mark.parametrize("metrics", [False, True], ids=["nothing-else", "metrics-on"])
+async def test_a_run_the_sampler_drops(
+    otel: OTel, openai_server: FakeOpenAIServer, metrics: bool
+) -> None:
+    """No span is exported, but the run's unsampled span is current under it (so an
+    instrumented HTTP client inherits the decision), the caller's trace continues, and the
+    metrics still count the call."""
+    openai_server.default = ANSWER
+    provider_ = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
+    provider_.add_span_processor(SimpleSpanProcessor(otel.exporter))
+    config = {"tiers": [tier("t", provider("s", openai_server.url, "m"))]}
+    config["tiers"][0]["validators"] = [{"name": "test_current_span"}]
+    _CURRENT.clear()
+    async with Cascade.from_dict(
+        config,
+        tracer_provider=provider_,
+        meter_provider=otel.meter_provider if metrics else None,
+        environ={},
+    ) as c:
+        await c.run(messages=USER)
+        assert trace.get_current_span() is trace.INVALID_SPAN  # detached again
+        caller = NonRecordingSpan(SpanContext(0xABC, 0xDEF, is_remote=True))
+        with trace.use_span(caller):
+            await c.run(messages=USER)
+    provider_.shutdown()
+    assert otel.spans() == []
+    first, second = _CURRENT
+    assert first.is_valid and not first.trace_flags.sampled
+    assert second.trace_id == 0xABC and second.span_id != 0xDEF  # the run's, in the caller's
+    assert len(otel.points(sc.GEN_AI_CLIENT_OPERATION_DURATION)) == (1 if metrics else 0)

@@ -160,13 +160,20 @@ class Telemetry:
         # a non-recording span and the proxy instruments would drop every value: with
         # neither set (the variables the proxies themselves check; an API without them
         # counts as set) and structlog unconfigured, there is nothing to do for this run.
-        if not (self._via_global and getattr(trace, "_TRACER_PROVIDER", self) is None):
-            span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
-        elif (
+        # The same holds for a run the sampler drops, but its span stays current, so that
+        # whatever is traced under the run (an instrumented HTTP client) inherits the
+        # decision instead of starting traces of its own.
+        idle = (
             self._meter_via_global
             and getattr(_metrics_api, "_METER_PROVIDER", self) is None
             and not structlog.is_configured()
-        ):
+        )
+        if not (self._via_global and getattr(trace, "_TRACER_PROVIDER", self) is None):
+            span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
+            if idle and not span.is_recording():
+                token = otel_context.attach(trace.set_span_in_context(span))
+                return RunTrace(None, None, token, [], None)
+        elif idle:
             return NOOP_RUN
         if span is not None and span.is_recording():
             attrs: dict[str, Any] = {}
@@ -180,7 +187,8 @@ class Telemetry:
             if attrs:
                 span.set_attributes(attrs)
             token = otel_context.attach(trace.set_span_in_context(span))
-        else:
+        elif span is not None:  # not sampled: current, as above, and metrics only
+            token = otel_context.attach(trace.set_span_in_context(span))
             span = None
         return RunTrace(self, span, token, attempts, options)
 
@@ -271,11 +279,14 @@ class RunTrace:
     def finish(self, exc: BaseException | None = None) -> None:
         tel = self._tel
         if tel is None:
+            self._detach()  # a run the sampler dropped, with nothing else to record
             return
         self._tel = None  # once
         result = self._result
         span = self.span
-        if span is not None:
+        if span is None:
+            self._detach()
+        else:
             if result is not None:
                 span.set_attributes(
                     {
@@ -303,9 +314,7 @@ class RunTrace:
                     }
                 )
                 span.set_status(Status(StatusCode.ERROR, str(exc)[:MAX_TEXT]))
-            if self._token is not None:
-                otel_context.detach(self._token)
-                self._token = None
+            self._detach()
             span.end()
         if not structlog.is_configured():
             return  # unconfigured structlog prints to stdout: see _logs.py
@@ -318,6 +327,11 @@ class RunTrace:
             latency_s=perf_counter() - self._t0,
             span=span,
         )
+
+    def _detach(self) -> None:
+        if self._token is not None:
+            otel_context.detach(self._token)
+            self._token = None
 
 
 def _tier_path(attempts: Sequence[Attempt]) -> list[str]:
