@@ -37,12 +37,15 @@ _STOP_TIMEOUT_S = 5.0
 
 
 @contextmanager
-def fake_openai_server(text: str) -> Iterator[str]:
+def fake_openai_server(text: str, *, latency_s: float = 0.0) -> Iterator[str]:
     """Run ``python -m cascade.testing openai`` in a child process; yield its ``/v1`` URL.
 
-    The child is terminated on exit, error or interrupt included.
+    ``latency_s`` delays every response. The child is terminated on exit, error or
+    interrupt included.
     """
     cmd = [sys.executable, "-m", "cascade.testing", "openai", "--port", "0", "--text", text]
+    if latency_s:
+        cmd += ["--latency-s", str(latency_s)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
