@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import structlog
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -372,6 +373,30 @@ async def test_routing_record_per_run(otel: OTel, openai_server: FakeOpenAIServe
     (reason,) = entry["escalations"]
     assert reason.startswith("small: rejected (json_schema: ")
     assert attrs(run)["cascade.metadata.task_id"] == "q-17"
+
+
+async def test_a_broken_logging_setup_does_not_fail_the_run(
+    otel: OTel,
+    openai_server: FakeOpenAIServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cascade._telemetry import _spans
+
+    def broken(logger: Any, method: str, event: Any) -> Any:
+        raise RuntimeError("log sink down")
+
+    monkeypatch.setattr(_spans, "_RECORD_FAILED", [])
+    openai_server.default = ANSWER
+    structlog.configure(processors=[broken])
+    async with otel.cascade(two_tiers(openai_server.url)) as c:
+        with caplog.at_level(logging.WARNING, logger="cascade"):
+            first = await c.run(messages=USER)
+            second = await c.run(messages=USER)
+    assert first.text == second.text == ANSWER
+    (warning,) = [r for r in caplog.records if r.name == "cascade"]  # said once
+    assert "routing record" in warning.getMessage() and warning.exc_info is not None
+    assert len([s for s in otel.spans() if s.name == "cascade.run"]) == 2  # ended
 
 
 async def test_telemetry_off(otel: OTel, openai_server: FakeOpenAIServer) -> None:

@@ -12,6 +12,7 @@ metric instruments are the API's proxies, which drop each value after one check.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import Token
@@ -318,20 +319,37 @@ class RunTrace:
             span.end()
         if not structlog.is_configured():
             return  # unconfigured structlog prints to stdout: see _logs.py
-        route_record(
-            result,
-            exc,
-            self.attempts,
-            options=self.options,
-            escalations=self._escalations,
-            latency_s=perf_counter() - self._t0,
-            span=span,
-        )
+        try:
+            route_record(
+                result,
+                exc,
+                self.attempts,
+                options=self.options,
+                escalations=self._escalations,
+                latency_s=perf_counter() - self._t0,
+                span=span,
+            )
+        except Exception:  # a broken logging set-up must not fail a run that answered
+            _record_failed()
 
     def _detach(self) -> None:
         if self._token is not None:
             otel_context.detach(self._token)
             self._token = None
+
+
+_RECORD_FAILED: list[bool] = []
+
+
+def _record_failed() -> None:
+    """Say once per process, through the standard library, that a record was lost."""
+    if not _RECORD_FAILED:
+        _RECORD_FAILED.append(True)
+        logging.getLogger("cascade").warning(
+            "the routing record could not be written (structlog raised); runs go on without "
+            "it, and this is said once",
+            exc_info=True,
+        )
 
 
 def _tier_path(attempts: Sequence[Attempt]) -> list[str]:
