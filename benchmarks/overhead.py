@@ -36,7 +36,12 @@ import platform
 import statistics
 import sys
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import (
+    AbstractAsyncContextManager,
+    AsyncExitStack,
+    asynccontextmanager,
+    nullcontext,
+)
 from time import perf_counter
 from typing import Any
 
@@ -303,16 +308,20 @@ def summarize_tracing(phases: dict[str, dict[str, list[Throughput]]]) -> dict[st
         ("instrumentation/no_sdk", "no SDK vs uninstrumented", TARGET_NO_SDK),
         ("sdk/sdk_batch", "SDK + batch processor (every trace) vs no SDK", TARGET_SDK),
         ("sdk/sdk_batch_10pct", "SDK + batch processor (10% of traces) vs no SDK", TARGET_SDK),
-        ("sdk/sdk_floor", "floor: 3 bare SDK spans around the no-SDK run, vs no SDK", TARGET_SDK),
-        ("slow_server/sdk_batch", f"SDK + batch (every trace), {slow}vs no SDK", TARGET_SDK),
+        # For reference, not targets: what any instrumentation with cascade's span tree
+        # costs (three bare spans), and the same SDK when throughput is the provider's.
+        ("sdk/sdk_floor", "reference: 3 bare SDK spans around the no-SDK run", None),
+        ("slow_server/sdk_batch", f"reference: every trace, {slow}vs no SDK", None),
     ]
     targets = []
     for key, name, target in wanted:
         if key in clients:  # the phases run (--phase)
-            value = clients[key]["vs_baseline"]
+            c = clients[key]
             targets.append(
-                {"name": name, "target": f">= {target}x", "value": round(value, 3),
-                 "pass": value >= target}
+                {"name": name, "target": None if target is None else f">= {target}x",
+                 "value": round(c["vs_baseline"], 3),
+                 "cpu_vs_baseline": round(c["cpu_vs_baseline"], 3),
+                 "pass": None if target is None else c["vs_baseline"] >= target}
             )  # fmt: skip
     return {"clients": clients, "targets": targets}
 
@@ -340,6 +349,9 @@ def print_tracing(report: dict[str, Any]) -> None:
         )
     print("\ntargets (throughput at c=64):")
     for t in report["targets"]:
+        if t["pass"] is None:
+            print(f"  INFO  {t['name']}: {t['value']} (CPU per request {t['cpu_vs_baseline']}x)")
+            continue
         verdict = "PASS" if t["pass"] else "FAIL"
         print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")
     if report["refused_network"]:
@@ -352,7 +364,9 @@ def main_tracing(*, requests: int, rounds: int, as_json: bool, phases: list[str]
     refused = install_loopback_guard()
     with (
         fake_openai_server(ANSWER) as url,
-        fake_openai_server(ANSWER, latency_s=SLOW_SERVER_S) as slow_url,
+        fake_openai_server(ANSWER, latency_s=SLOW_SERVER_S)
+        if "slow_server" in phases
+        else nullcontext(url) as slow_url,
         otlp_sink() as sink,
     ):
         turns = asyncio.run(
@@ -587,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         help="with --tracing: only this phase (repeatable; default all)",
     )
     args = parser.parse_args(argv)
+    if args.phase and not args.tracing:
+        parser.error("--phase goes with --tracing")
     if args.tracing:
         requests = args.requests or (1000 if args.quick else 5000)
         rounds = 3 if args.quick else ROUNDS

@@ -304,7 +304,66 @@ def test_logs_carry_the_run_span_ids(
     # Any other event takes the current span's ids (the add_trace_ids processor).
     assert app.body == "app.event" and app.severity_text == "WARNING"
     assert app.trace_id == handler.get_span_context().trace_id
+    assert app.trace_flags == handler.get_span_context().trace_flags  # as they are
     assert dict(app.attributes or {}) == {"user": "u1", "tags": ("a",)}
+    assert route.timestamp and app.timestamp
+
+
+def test_log_bridge_exceptions_unsampled_spans_and_bad_values(
+    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    import structlog
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import (
+        InMemoryLogRecordExporter,
+        SimpleLogRecordProcessor,
+    )
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+
+    from cascade._otel_logs import configure_structlog
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    logs = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    configure_structlog(logger_provider)
+    log = structlog.get_logger("app")
+    try:
+        try:
+            raise ValueError("bad input")
+        except ValueError:
+            log.exception("app.failed")
+        log.error("app.task_failed", exc_info=KeyError("k"))
+        dropped = TracerProvider(sampler=ALWAYS_OFF).get_tracer("app")
+        with dropped.start_as_current_span("sampled out"):
+            log.info("app.unsampled")
+        with caplog.at_level(logging.WARNING, logger="cascade"):
+            log.info("app.bad", value=Unprintable())  # lost, without raising
+            log.info("app.bad", value=Unprintable())
+    finally:
+        structlog.reset_defaults()
+        logger_provider.shutdown()
+    assert capsys.readouterr().out == ""
+    failed, task_failed, unsampled = (r.log_record for r in logs.get_finished_logs())
+    a = dict(failed.attributes or {})
+    assert failed.severity_text == "ERROR" and a["exception.type"] == "ValueError"
+    assert a["exception.message"] == "bad input" and "raise ValueError" in str(
+        a["exception.stacktrace"]
+    )
+    assert "exc_info" not in a
+    b = dict(task_failed.attributes or {})
+    assert b["exception.type"] == "KeyError" and task_failed.severity_text == "ERROR"
+    # The current (dropped) span's context, flagged as not sampled, as the SDK does it.
+    assert unsampled.trace_flags is not None and not unsampled.trace_flags.sampled
+    assert "trace_id" not in dict(unsampled.attributes or {})
+    (warning,) = [r for r in caplog.records if r.name == "cascade"]  # said once
+    assert "could not be exported" in warning.getMessage()
 
 
 def test_the_sampler_is_read_from_the_environment(

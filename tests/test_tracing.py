@@ -491,11 +491,21 @@ class CurrentSpan:
 
 @pytest.mark.parametrize("metrics", [False, True], ids=["nothing-else", "metrics-on"])
 async def test_a_run_the_sampler_drops(
-    otel: OTel, openai_server: FakeOpenAIServer, metrics: bool
+    otel: OTel, openai_server: FakeOpenAIServer, metrics: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No span is exported, but the run's unsampled span is current under it (so an
     instrumented HTTP client inherits the decision), the caller's trace continues, and the
     metrics still count the call."""
+    from cascade._telemetry import Telemetry
+
+    made = []
+    real_provider_info = Telemetry.provider_info
+
+    def provider_info(self: Telemetry, tier: Any, provider: Any) -> Any:
+        made.append(provider.name)
+        return real_provider_info(self, tier, provider)
+
+    monkeypatch.setattr(Telemetry, "provider_info", provider_info)
     openai_server.default = ANSWER
     provider_ = TracerProvider(sampler=ParentBased(ALWAYS_OFF))
     provider_.add_span_processor(SimpleSpanProcessor(otel.exporter))
@@ -519,3 +529,5 @@ async def test_a_run_the_sampler_drops(
     assert first.is_valid and not first.trace_flags.sampled
     assert second.trace_id == 0xABC and second.span_id != 0xDEF  # the run's, in the caller's
     assert len(otel.points(sc.GEN_AI_CLIENT_OPERATION_DURATION)) == (1 if metrics else 0)
+    # With nothing to record, the run skipped the metrics bookkeeping altogether.
+    assert made == (["s"] if metrics else [])

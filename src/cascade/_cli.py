@@ -3,7 +3,8 @@
 
 Config files read here resolve a replay provider's relative ``dataset`` path against the
 config file's folder (not the current directory). The standard ``OTEL_*`` environment
-variables set up trace and metric export (``_otel.py``); nothing is exported without them.
+variables set up trace, metric and log export (``_otel.py``); nothing is exported without
+them.
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sdk: SDK | None = None
     try:
         if args.command != "check":
-            sdk = configure_from_env()  # traces and metrics, when OTEL_* variables ask
+            sdk = configure_from_env()  # traces, metrics, logs: when OTEL_* variables ask
         if args.command == "demo":
             if args.requests < 1 or args.concurrency < 1:
                 raise InputError("--requests and --concurrency must be >= 1")

@@ -46,9 +46,6 @@ __all__ = ["SDK", "configure_from_env", "sdk_from_env"]
 
 _PROTOCOLS = ("http/protobuf", "grpc")
 _INSTALL = "OTLP export needs the exporters: pip install 'cascade-engine[otlp]'"
-_LOGS_TOO_OLD = (
-    "log export needs an opentelemetry-sdk with LogRecordExporter: pip install -U opentelemetry-sdk"
-)
 
 
 class SDK:
@@ -70,6 +67,7 @@ class SDK:
         self.span_exporters = tuple(span_exporters)
         self.metric_exporters = tuple(metric_exporters)
         self.log_exporters = tuple(log_exporters)
+        self._closed = False
 
     def __repr__(self) -> str:
         providers = (
@@ -80,6 +78,10 @@ class SDK:
         return f"<SDK {' + '.join(n for n, p in providers if p)}>"
 
     def shutdown(self) -> None:
+        """Flush and stop every provider (once: a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.tracer_provider is not None:
             self.tracer_provider.shutdown()  # flushes the batch processor first
         if self.meter_provider is not None:
@@ -93,7 +95,7 @@ def _truthy(value: str | None) -> bool:
 
 
 def _exporters(env: Mapping[str, str], signal: str) -> list[str]:
-    """The exporter names asked for ``signal`` (``TRACES`` / ``METRICS``)."""
+    """The exporter names asked for ``signal`` (``TRACES`` / ``METRICS`` / ``LOGS``)."""
     raw = env.get(f"OTEL_{signal}_EXPORTER")
     if raw is None:
         endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
@@ -153,10 +155,8 @@ def _metric_exporter(name: str, env: Mapping[str, str]) -> MetricExporter:
 
 
 def _log_exporter(name: str, env: Mapping[str, str]) -> LogRecordExporter:
-    try:
-        from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter
-    except ImportError:  # pragma: no cover - an SDK from before the logs rename
-        raise ConfigError(_LOGS_TOO_OLD, path="OTEL_LOGS_EXPORTER") from None
+    from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter  # SDK 1.39 on
+
     if name == "console":
         return ConsoleLogRecordExporter()
     try:

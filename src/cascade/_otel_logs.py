@@ -9,12 +9,17 @@ attributes, its level the severity, and its ``trace_id`` / ``span_id`` (which th
 record carries, and a processor adds from the current span to every other event) the
 record's trace context, so a backend shows each run's record beside its trace.
 
-The OpenTelemetry logs SDK is not yet stable; this needs a release with
-``LogRecordExporter`` (built against opentelemetry-sdk 1.45).
+``exc_info`` becomes the ``exception.type`` / ``exception.message`` /
+``exception.stacktrace`` attributes. The OpenTelemetry logs SDK is not stable yet; this
+uses its 1.39 names (``LogRecordExporter``).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+import traceback
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +49,7 @@ _SEVERITY = {
     "critical": SeverityNumber.FATAL,
     "fatal": SeverityNumber.FATAL,
 }
-_NOT_ATTRIBUTES = frozenset({"event", "level", "trace_id", "span_id", "timestamp"})
+_NOT_ATTRIBUTES = frozenset({"event", "level", "trace_id", "span_id", "timestamp", "exc_info"})
 
 
 def _value(value: Any) -> Any:
@@ -59,7 +64,9 @@ def _value(value: Any) -> Any:
 
 
 def _context(event: Mapping[str, Any]) -> Context | None:
-    """The trace context the event names (hex ``trace_id`` / ``span_id``), if any."""
+    """The trace context the event names (hex ``trace_id`` / ``span_id``), if any: the
+    current span's when it is that span (its flags as they are), else a sampled one (ids
+    are only added for sampled spans; see ``trace_ids``)."""
     trace_id, span_id = event.get("trace_id"), event.get("span_id")
     if not (isinstance(trace_id, str) and isinstance(span_id, str)):
         return None
@@ -69,35 +76,71 @@ def _context(event: Mapping[str, Any]) -> Context | None:
         return None
     if not all(ids):
         return None
+    current = trace.get_current_span().get_span_context()
+    if (current.trace_id, current.span_id) == ids:
+        return None  # the record's default: the current context
     span = NonRecordingSpan(SpanContext(*ids, False, TraceFlags(TraceFlags.SAMPLED)))
     return trace.set_span_in_context(span)
 
 
+def _exception(exc_info: Any) -> dict[str, str]:
+    """``exc_info`` (True, an exception or a ``sys.exc_info()`` triple) as the semantic
+    conventions' ``exception.*`` attributes."""
+    if exc_info is True:
+        exc_info = sys.exc_info()
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    if not (isinstance(exc_info, tuple) and len(exc_info) == 3 and exc_info[1] is not None):
+        return {}
+    kind, exc, tb = exc_info
+    return {
+        "exception.type": kind.__qualname__,
+        "exception.message": str(exc),
+        "exception.stacktrace": "".join(traceback.format_exception(kind, exc, tb)),
+    }
+
+
 class StructlogToOTel:
     """The last structlog processor: emit the event as a log record of ``provider``'s
-    logger ``cascade``, then drop it (nothing is printed)."""
+    logger ``cascade``, then drop it (nothing is printed). It never raises: a record it
+    cannot make is lost, said once through the standard library's logging."""
 
     def __init__(self, provider: LoggerProvider) -> None:
-        self._logger = provider.get_logger("cascade")
+        from . import __version__
+
+        self._logger = provider.get_logger("cascade", __version__)
+        self._failed = False
 
     def __call__(self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> Any:
-        severity = _SEVERITY.get(method_name, SeverityNumber.INFO)
+        try:
+            self._emit(method_name, event_dict)
+        except Exception:
+            if not self._failed:
+                self._failed = True
+                logging.getLogger("cascade").warning(
+                    "a log record could not be exported; said once", exc_info=True
+                )
+        raise structlog.DropEvent
+
+    def _emit(self, method_name: str, event_dict: MutableMapping[str, Any]) -> None:
         body = event_dict.get("event")
         attributes = {
             k: _value(v)
             for k, v in event_dict.items()
             if k not in _NOT_ATTRIBUTES and v is not None
         }
+        if "exc_info" in event_dict:
+            attributes.update(_exception(event_dict["exc_info"]))
         self._logger.emit(
             LogRecord(
+                timestamp=time.time_ns(),
                 context=_context(event_dict),
-                severity_number=severity,
+                severity_number=_SEVERITY.get(method_name, SeverityNumber.INFO),
                 severity_text=method_name.upper(),
                 body=body if isinstance(body, str) else _value(body),
                 attributes=attributes,
             )
         )
-        raise structlog.DropEvent
 
 
 def configure_structlog(provider: LoggerProvider) -> None:

@@ -26,11 +26,12 @@ ROUTE_EVENT = "cascade.route"
 
 
 def trace_ids(span: Span | None) -> dict[str, str]:
-    """``trace_id`` and ``span_id`` of ``span`` in hex (W3C form), or nothing."""
+    """``trace_id`` and ``span_id`` of ``span`` in hex (W3C form); nothing for a span the
+    sampler dropped (its trace is never exported: the ids would point nowhere)."""
     if span is None:
         return {}
     ctx = span.get_span_context()
-    if not ctx.is_valid:
+    if not ctx.is_valid or not ctx.trace_flags.sampled:
         return {}
     return {"trace_id": format(ctx.trace_id, "032x"), "span_id": format(ctx.span_id, "016x")}
 
