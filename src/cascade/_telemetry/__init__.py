@@ -6,9 +6,10 @@ Only the OpenTelemetry API is used; the application (or the ``cascade`` CLI, see
 
 from __future__ import annotations
 
+from ._core import Telemetry
 from ._logs import ROUTE_EVENT, add_trace_ids, trace_ids
 from ._metrics import Instruments
-from ._spans import NOOP_ATTEMPT, NOOP_RUN, NOOP_TIER, AttemptTrace, RunTrace, Telemetry, TierTrace
+from ._spans import NOOP_ATTEMPT, NOOP_RUN, NOOP_TIER, AttemptTrace, RunTrace, TierTrace
 
 __all__ = [
     "NOOP_ATTEMPT",

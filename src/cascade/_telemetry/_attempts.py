@@ -26,7 +26,7 @@ from . import _semconv as sc
 if TYPE_CHECKING:
     from .._config import ProviderConfig
     from .._types import Completion, Message, RequestOptions, Verdict
-    from ._spans import Telemetry
+    from ._core import Telemetry
 
 __all__ = ["NOOP_ATTEMPT", "AttemptTrace", "ProviderInfo", "error_type", "start_attempt"]
 

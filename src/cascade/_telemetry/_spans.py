@@ -1,53 +1,42 @@
 """Spans of a run: ``cascade.run`` > ``cascade.tier {name}`` > ``chat {model}``.
 
-The engine holds one :class:`Telemetry` per Cascade and asks it for a :class:`RunTrace` per
-run, a :class:`TierTrace` per tier tried and an :class:`AttemptTrace` per provider call
-(each retry try, each extra sample). Metrics are recorded from the same objects.
-
-Cost when nothing is configured: the run span comes from the global API's proxy tracer, a
-non-recording span; every child span, attribute dict and event is then skipped, and the
-metric instruments are the API's proxies, which drop each value after one check.
-``CASCADE_TELEMETRY=off`` replaces the whole thing with shared no-op objects.
+The engine holds one :class:`~._core.Telemetry` per Cascade and asks it for a
+:class:`RunTrace` per run; the run gives a :class:`TierTrace` per tier tried, and the tier
+an :class:`~._attempts.AttemptTrace` per provider call (each retry try, each extra sample).
+Metrics are recorded from the same objects. A run that is not traced (no SDK, or dropped
+by the sampler) has no span: its tiers and calls record metrics only.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, TracerProvider
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import _semconv as sc
 from ._attempts import (
     MAX_TEXT,
     NOOP_ATTEMPT,
     AttemptTrace,
-    ProviderInfo,
     ProviderLike,
     TierLike,
     error_type,
     start_attempt,
 )
 from ._logs import route_record
-from ._metrics import Instruments, instruments_for
-
-try:  # where the metrics API keeps the global provider (see Telemetry.run)
-    from opentelemetry.metrics import _internal as _metrics_api
-except ImportError:  # pragma: no cover - another API layout: always measure
-    _metrics_api = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from .._types import Attempt, Message, RequestOptions, Result
+    from ._core import Telemetry
 
 __all__ = [
     "NOOP_ATTEMPT",
@@ -55,143 +44,8 @@ __all__ = [
     "NOOP_TIER",
     "AttemptTrace",
     "RunTrace",
-    "Telemetry",
     "TierTrace",
 ]
-
-_OFF = frozenset({"off", "0", "false", "no", "none"})
-_ON = frozenset({"1", "true", "yes", "on", "span_only", "span_and_event"})
-
-
-class Telemetry:
-    """A Cascade's tracer, instruments and options.
-
-    ``tracer_provider`` / ``meter_provider`` default to the global API's (so an application
-    that configures the SDK after building the Cascade is still traced). ``capture_content``
-    puts prompts and answers on the attempt spans (``gen_ai.input.messages`` /
-    ``gen_ai.output.messages``); None reads
-    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``. ``CASCADE_TELEMETRY=off`` in
-    ``environ`` turns every span, metric and routing record off.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "_breakers",
-        "_meter_via_global",
-        "_providers",
-        "_via_global",
-        "capture_content",
-        "enabled",
-        "instruments",
-        "tracer",
-    )
-
-    def __init__(
-        self,
-        *,
-        tracer_provider: TracerProvider | None = None,
-        meter_provider: MeterProvider | None = None,
-        capture_content: bool | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        from .. import __version__
-
-        env = os.environ if environ is None else environ
-        self.enabled = env.get(sc.ENV_TELEMETRY, "").strip().lower() not in _OFF
-        if capture_content is None:
-            capture_content = env.get(sc.ENV_CAPTURE_CONTENT, "").strip().lower() in _ON
-        self.capture_content = capture_content
-        self.tracer = trace.get_tracer("cascade", __version__, tracer_provider)
-        self._via_global = tracer_provider is None
-        self._meter_via_global = meter_provider is None
-        self.instruments: Instruments | None = None
-        if self.enabled:
-            self.instruments = instruments_for(meter_provider, __version__)
-            self.instruments.watch(self)
-        self._providers: dict[str, ProviderInfo] = {}
-        self._breakers: Callable[[], Mapping[str, Any]] = dict
-
-    def __repr__(self) -> str:
-        state = "on" if self.enabled else "off"
-        content = ", content captured" if self.capture_content else ""
-        return f"<Telemetry {state}{content}>"
-
-    def watch_breakers(self, breakers: Mapping[str, Any]) -> None:
-        """Report these breakers' states on the ``cascade.breaker.state`` gauge."""
-        self._breakers = lambda: breakers
-
-    def breakers(self) -> Mapping[str, Any]:
-        return self._breakers()
-
-    def on_breaker_change(self, name: str, old: str, new: str) -> None:
-        """A breaker listener: the transition as an event on the span under way."""
-        if not self.enabled:
-            return
-        span = trace.get_current_span()
-        if span.is_recording():
-            span.add_event(
-                sc.EVENT_BREAKER,
-                {
-                    sc.CASCADE_PROVIDER: name,
-                    sc.CASCADE_BREAKER_FROM: old,
-                    sc.CASCADE_BREAKER_TO: new,
-                },
-            )
-
-    def provider_info(self, tier: TierLike, provider: ProviderLike) -> ProviderInfo:
-        info = self._providers.get(provider.name)
-        if info is None:
-            info = self._providers[provider.name] = ProviderInfo(tier, provider)
-        return info
-
-    def run(
-        self,
-        attempts: list[Attempt],
-        options: RequestOptions,
-        *,
-        max_cost_usd: float | None = None,
-        deadline_s: float | None = None,
-    ) -> RunTrace:
-        """Start the ``cascade.run`` span (a child of the caller's current span)."""
-        if not self.enabled:
-            return NOOP_RUN
-        span: Span | None = None
-        token = None
-        # Through the global API with no provider set yet, the proxy tracer would hand out
-        # a non-recording span and the proxy instruments would drop every value: with
-        # neither set (the variables the proxies themselves check; an API without them
-        # counts as set) and structlog unconfigured, there is nothing to do for this run.
-        # The same holds for a run the sampler drops, but its span stays current, so that
-        # whatever is traced under the run (an instrumented HTTP client) inherits the
-        # decision instead of starting traces of its own.
-        idle = (
-            self._meter_via_global
-            and getattr(_metrics_api, "_METER_PROVIDER", self) is None
-            and not structlog.is_configured()
-        )
-        if not (self._via_global and getattr(trace, "_TRACER_PROVIDER", self) is None):
-            span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
-            if idle and not span.is_recording():
-                token = otel_context.attach(trace.set_span_in_context(span))
-                return RunTrace(None, None, token, [], None)
-        elif idle:
-            return NOOP_RUN
-        if span is not None and span.is_recording():
-            attrs: dict[str, Any] = {}
-            if max_cost_usd is not None:
-                attrs[sc.CASCADE_MAX_COST_USD] = max_cost_usd
-            if deadline_s is not None:
-                attrs[sc.CASCADE_DEADLINE_S] = deadline_s
-            if options.metadata:
-                for key, value in options.metadata.items():
-                    attrs[sc.CASCADE_METADATA_PREFIX + key] = value
-            if attrs:
-                span.set_attributes(attrs)
-            token = otel_context.attach(trace.set_span_in_context(span))
-        elif span is not None:  # not sampled: current, as above, and metrics only
-            token = otel_context.attach(trace.set_span_in_context(span))
-            span = None
-        return RunTrace(self, span, token, attempts, options)
 
 
 class RunTrace:
