@@ -102,6 +102,10 @@ output_cost_per_mtok = 10
         proc = await _run([sys.executable, "-m", "cascade._cli", "run", "--config", str(cfg), "hi"])
         assert proc.returncode == 1
         assert "AllProvidersFailed" in proc.stderr and "cheap-a" in proc.stderr
+        # The failed run's routing record is a warning: on standard error, never stdout.
+        assert proc.stdout == ""
+        (record,) = [line for line in proc.stderr.splitlines() if "cascade.route" in line]
+        assert "[warning" in record and "outcome=error" in record
 
 
 async def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:

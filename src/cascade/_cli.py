@@ -10,6 +10,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import structlog
 
 from . import __version__
 from ._config import load_config
@@ -90,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warnings_to_stderr() -> None:
+    """Without log export, the library's warnings (a failed run's routing record, Redis
+    lost and found again) go to standard error, never into the command's output; its
+    info events (every run's routing record) are not written."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def _dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="TOML config file")
     p.add_argument("--dataset", required=True, help="JSONL (or .jsonl.gz) of questions")
@@ -109,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command != "check":
             sdk = configure_from_env()  # traces, metrics, logs: when OTEL_* variables ask
+            if sdk is None or sdk.logger_provider is None:
+                _warnings_to_stderr()
         if args.command == "demo":
             if args.requests < 1 or args.concurrency < 1:
                 raise InputError("--requests and --concurrency must be >= 1")
