@@ -41,6 +41,7 @@ from ._errors import (
     RateLimited,
     RunError,
 )
+from ._telemetry import add_trace_ids
 from ._types import (
     Attempt,
     Chunk,
@@ -106,6 +107,7 @@ __all__ = [
     "Variant",
     "Verdict",
     "__version__",
+    "add_trace_ids",
     "load_config",
     "register_provider_kind",
     "validator",

@@ -39,10 +39,12 @@ def trace_ids(span: Span | None) -> dict[str, str]:
 def add_trace_ids(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
-    """A structlog processor adding the current span's ``trace_id`` / ``span_id``.
+    """A structlog processor adding the current span's ``trace_id`` / ``span_id`` (hex,
+    as trace backends show them) to every event, when that span is sampled.
 
-    For applications to put in their own ``structlog.configure(processors=[...])``; the
-    routing record carries the ids of its run span whether or not it is used.
+    For applications to put in their own ``structlog.configure(processors=[...])``, so
+    their own events line up with cascade's spans; the routing record carries the ids of
+    its run span whether or not it is used. Exported as ``cascade.add_trace_ids``.
     """
     if "trace_id" not in event_dict:
         event_dict.update(trace_ids(trace.get_current_span()))
