@@ -11,23 +11,11 @@ from pathlib import Path
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def test_quickstart_runs() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "answer: {'total': 12.5} from tier 2 (medium-b)" in proc.stdout
-    assert "rejected" in proc.stdout and "HTTP 503" in proc.stdout
-
-
-def test_tracing_example_shows_the_escalation_in_one_trace() -> None:
+def run_example(name: str) -> str:
+    """Run ``examples/{name}`` as a user does (no OTEL_* variables); its standard output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "tracing.py")],
+        [sys.executable, str(EXAMPLES / name)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -35,7 +23,18 @@ def test_tracing_example_shows_the_escalation_in_one_trace() -> None:
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    records = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return proc.stdout
+
+
+def test_quickstart_runs() -> None:
+    out = run_example("quickstart.py")
+    assert "answer: {'total': 12.5} from tier 2 (medium-b)" in out
+    assert "rejected" in out and "HTTP 503" in out
+
+
+def test_tracing_example_shows_the_escalation_in_one_trace() -> None:
+    out = run_example("tracing.py")
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [r["event"] for r in records] == [
         "request received",
         "cascade.route",
@@ -45,10 +44,10 @@ def test_tracing_example_shows_the_escalation_in_one_trace() -> None:
     assert route["tier_path"] == ["small", "large"] and route["task_id"] == "receipt-1"
     assert route["escalations"][0].startswith("small: rejected (json_schema:")
     # The application's events and cascade's record sit in one trace, the one printed.
-    (trace_line,) = [line for line in proc.stdout.splitlines() if line.startswith("trace ")]
+    (trace_line,) = [line for line in out.splitlines() if line.startswith("trace ")]
     assert {r["trace_id"] for r in records} == {trace_line.split()[1]}
     assert route["span_id"] != records[0]["span_id"]  # the run's own span, under the app's
-    tree = [line.split(" [")[0] for line in proc.stdout.split(trace_line)[1].splitlines()[1:]]
+    tree = [line.split(" [")[0] for line in out.split(trace_line)[1].splitlines()[1:]]
     names = [t for t in tree if not t.lstrip().startswith("*")]
     assert names == [
         "POST /receipts",
@@ -58,4 +57,4 @@ def test_tracing_example_shows_the_escalation_in_one_trace() -> None:
         "    cascade.tier large",
         "      chat large",
     ]
-    assert "* cascade.escalation:" in proc.stdout and "cascade.validated=False" in proc.stdout
+    assert "* cascade.escalation:" in out and "cascade.validated=False" in out

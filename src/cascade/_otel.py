@@ -17,6 +17,7 @@ compression), the batch span processor ``OTEL_BSP_*``, the metric reader
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -124,51 +125,38 @@ def _protocol(env: Mapping[str, str], signal: str) -> str:
     return protocol
 
 
-def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
-    if name == "console":
-        return ConsoleSpanExporter()
+# signal -> (module under opentelemetry.exporter.otlp.proto.{http,grpc}, exporter class)
+_OTLP = {
+    "TRACES": ("trace_exporter", "OTLPSpanExporter"),
+    "METRICS": ("metric_exporter", "OTLPMetricExporter"),
+    "LOGS": ("_log_exporter", "OTLPLogExporter"),
+}
+
+
+def _otlp_exporter(signal: str, env: Mapping[str, str]) -> Any:
+    """The OTLP exporter of ``signal`` over the protocol the environment picks; it reads
+    its endpoint, headers, timeout and compression from the environment itself."""
+    transport = "grpc" if _protocol(env, signal) == "grpc" else "http"
+    module, cls = _OTLP[signal]
     try:
-        if _protocol(env, "TRACES") == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
-                OTLPSpanExporter,
-            )
+        found = importlib.import_module(f"opentelemetry.exporter.otlp.proto.{transport}.{module}")
     except ImportError:
         raise ConfigError(_INSTALL) from None
-    return OTLPSpanExporter()
+    return getattr(found, cls)()
+
+
+def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
+    return ConsoleSpanExporter() if name == "console" else _otlp_exporter("TRACES", env)
 
 
 def _metric_exporter(name: str, env: Mapping[str, str]) -> MetricExporter:
-    if name == "console":
-        return ConsoleMetricExporter()
-    try:
-        if _protocol(env, "METRICS") == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (  # type: ignore[assignment]
-                OTLPMetricExporter,
-            )
-    except ImportError:
-        raise ConfigError(_INSTALL) from None
-    return OTLPMetricExporter()
+    return ConsoleMetricExporter() if name == "console" else _otlp_exporter("METRICS", env)
 
 
 def _log_exporter(name: str, env: Mapping[str, str]) -> LogRecordExporter:
     from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter  # SDK 1.39 on
 
-    if name == "console":
-        return ConsoleLogRecordExporter()
-    try:
-        if _protocol(env, "LOGS") == "grpc":
-            from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
-        else:
-            from opentelemetry.exporter.otlp.proto.http._log_exporter import (  # type: ignore[assignment]
-                OTLPLogExporter,
-            )
-    except ImportError:
-        raise ConfigError(_INSTALL) from None
-    return OTLPLogExporter()
+    return ConsoleLogRecordExporter() if name == "console" else _otlp_exporter("LOGS", env)
 
 
 def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
