@@ -3,6 +3,7 @@ is defined (the checks the Collector makes when it starts)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,23 @@ def test_compose_starts_the_collector_with_this_file_and_jaeger() -> None:
     ports = {p.split(":")[0] for p in collector["ports"]}
     assert {"4317", "4318"} <= ports
     assert any(p.startswith("16686:") for p in services["jaeger"]["ports"])
+
+
+def test_the_walkthroughs_name_only_real_attributes_and_events() -> None:
+    """Every span, attribute, event and metric name the Jaeger walkthrough and the README
+    mention is one cascade emits (a renamed attribute must not leave stale docs)."""
+    from cascade._telemetry import ROUTE_EVENT
+    from cascade._telemetry import _semconv as sc
+
+    known = {v for k, v in vars(sc).items() if k.isupper() and isinstance(v, str)}
+    known |= {ROUTE_EVENT, sc.CASCADE_METADATA_PREFIX.rstrip(".")}
+    modules = {"cascade.add_trace_ids", "cascade.testing", "cascade.validators"}
+    for doc in (ROOT / "examples" / "jaeger" / "README.md", ROOT / "README.md"):
+        text = doc.read_text()
+        names = set(re.findall(r"`((?:cascade|gen_ai|server|error)\.[a-z_.]*[a-z_])", text))
+        names |= set(re.findall(r"\b((?:cascade|gen_ai)\.[a-z_]+(?:\.[a-z_]+)*) =", text))
+        unknown = {
+            n for n in names - known - modules if not n.startswith(sc.CASCADE_METADATA_PREFIX)
+        }
+        assert not unknown, f"{doc.name} names what cascade never emits: {sorted(unknown)}"
+        assert len(names & known) > 5  # the check saw the names
