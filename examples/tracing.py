@@ -2,17 +2,17 @@
 with `python examples/tracing.py` (fake servers on loopback, no API keys).
 
 The application configures the SDK (cascade never does), opens its own span for the
-request it serves, and configures structlog with `cascade.add_trace_ids`, so its events and
-cascade's routing record carry the trace's ids. The cheap tier answers in prose where JSON
-was asked for; the validator rejects it and the run escalates. At the end the spans are
-printed as a tree, the way a trace backend shows them. With OTEL_EXPORTER_OTLP_ENDPOINT set
-(and `pip install -e '.[otlp]'`), they are also sent there: see examples/jaeger/.
+request it serves, and configures structlog with `cascade.add_trace_ids`, so that its own
+events carry the trace's ids, as cascade's routing record does by itself. The cheap tier
+answers in prose where JSON was asked for; the validator rejects it and the run escalates.
+At the end the spans are printed as a tree, the way a trace backend shows them. With
+OTEL_EXPORTER_OTLP_ENDPOINT set (and `pip install -e '.[otlp]'`), they are also sent there
+(OTEL_EXPORTER_OTLP_PROTOCOL=grpc for gRPC): see examples/jaeger/.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 import anyio
 import structlog
@@ -39,11 +39,16 @@ SHOWN = (  # the attributes printed per span (each span carries more)
 
 def set_up_telemetry() -> tuple[TracerProvider, InMemorySpanExporter]:
     provider = TracerProvider(resource=Resource.create({"service.name": "tracing-example"}))
-    spans = InMemorySpanExporter()  # for the tree printed at the end
+    # For this demo only: keeps every span in memory, for the tree printed at the end.
+    spans = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(spans))
-    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+    if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # what a service does: batch, export
+        if os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        else:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[assignment]
+                OTLPSpanExporter,
+            )
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     structlog.configure(
@@ -109,11 +114,11 @@ async def main() -> None:
                     options=cascade.RequestOptions(metadata={"task_id": "receipt-1"}),
                 )
                 log.info("request answered", tier=result.tier, cost_usd=result.cost_usd)
+    finished = spans.get_finished_spans()
     provider.shutdown()  # flushes the OTLP exporter, if any
     print()
-    print_tree(spans.get_finished_spans())
+    print_tree(finished)
 
 
 if __name__ == "__main__":
     anyio.run(main)
-    sys.stdout.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -127,6 +128,8 @@ def test_grpc_protocol_and_console(sdks: list[SDK], monkeypatch: pytest.MonkeyPa
     assert isinstance(grpc, OTLPSpanExporter) and isinstance(console, ConsoleSpanExporter)
     (metrics,) = metric_exporters(sdk)
     assert isinstance(metrics, ConsoleMetricExporter)
+    # Console output goes to stderr: stdout is the command's own (cascade demo --json).
+    assert console.out is sys.stderr and metrics.out is sys.stderr
     assert sdk.tracer_provider is not None
     assert sdk.tracer_provider.resource.attributes["service.name"] == "my-gateway"
 
@@ -386,3 +389,11 @@ def test_the_sampler_is_read_from_the_environment(
         receiver.wait_for(lambda: bool(receiver.metrics))
     assert receiver.spans() == []  # sampled out; the metrics still count the run
     assert sc.METRIC_ESCALATIONS in receiver.metric_names()
+
+
+def test_missing_exporters_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As if the `otlp` extra's gRPC exporter were not installed.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.grpc.trace_exporter", None)
+    env = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    with pytest.raises(ConfigError, match=r"pip install 'cascade-engine\[otlp\]'"):
+        sdk_from_env(env)

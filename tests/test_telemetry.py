@@ -158,6 +158,7 @@ def test_one_tier_accepted_span_tree(otel: OTel) -> None:
     assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == 10 and a[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == 5
     assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
     assert a[sc.GEN_AI_REQUEST_MAX_TOKENS] == 64 and a[sc.GEN_AI_REQUEST_TEMPERATURE] == 0.2
+    assert sc.GEN_AI_REQUEST_STOP_SEQUENCES not in a and sc.GEN_AI_REQUEST_SEED not in a
     assert a[sc.SERVER_ADDRESS] == "127.0.0.1" and a[sc.SERVER_PORT] == 8080
     assert a[sc.CASCADE_TIER_NAME] == "cheap" and a[sc.CASCADE_TIER_INDEX] == 1
     assert a[sc.CASCADE_ATTEMPT_NUMBER] == 1 and a[sc.CASCADE_PROVIDER] == "small"
@@ -177,6 +178,16 @@ def test_one_tier_accepted_span_tree(otel: OTel) -> None:
     r = dict(run_span.attributes or {})
     assert r[sc.CASCADE_MAX_COST_USD] == 0.5 and r["cascade.metadata.task_id"] == "t-1"
     assert run_span.status.status_code is StatusCode.UNSET
+
+
+def test_stop_sequences_and_seed_when_set(otel: OTel) -> None:
+    tel = otel.telemetry()
+    opts = RequestOptions(stop=("\n\n", "END"), seed=7)
+    with tel.run([], opts) as run, run.tier(FakeTier(1, "cheap")) as tt:
+        tt.attempt(provider("small", "gpt-mini"), MSGS, opts).end()
+    a = by_name(otel.finished())["chat gpt-mini"].attributes or {}
+    assert a[sc.GEN_AI_REQUEST_STOP_SEQUENCES] == ("\n\n", "END")
+    assert a[sc.GEN_AI_REQUEST_SEED] == 7
 
 
 def test_metrics_of_a_call(otel: OTel) -> None:

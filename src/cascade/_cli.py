@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from ._config import load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._otel import SDK, configure_from_env
+from ._telemetry import ROUTE_EVENT
 from ._types import RequestOptions, Result
 
 __all__ = ["main"]
@@ -93,11 +94,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _warnings_to_stderr() -> None:
-    """Without log export, the library's warnings (a failed run's routing record, Redis
-    lost and found again) go to standard error, never into the command's output; its
-    info events (every run's routing record) are not written."""
+    """Without log export, the library's warnings (Redis lost, a breaker listener that
+    failed) go to standard error, never into the command's output. Routing records are not
+    written: the command reports its runs itself (``run`` prints a failure's attempts,
+    ``eval`` counts errors), and a record per failed run would bury its progress bar."""
     structlog.configure(
         processors=[
+            _drop_routing_records,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
             structlog.dev.ConsoleRenderer(colors=False),
@@ -105,6 +108,14 @@ def _warnings_to_stderr() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
     )
+
+
+def _drop_routing_records(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    if event_dict.get("event") == ROUTE_EVENT:
+        raise structlog.DropEvent
+    return event_dict
 
 
 def _dataset_args(p: argparse.ArgumentParser) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -133,9 +134,12 @@ _OTLP = {
 }
 
 
-def _otlp_exporter(signal: str, env: Mapping[str, str]) -> Any:
-    """The OTLP exporter of ``signal`` over the protocol the environment picks; it reads
-    its endpoint, headers, timeout and compression from the environment itself."""
+def _exporter(signal: str, name: str, env: Mapping[str, str], console: Any) -> Any:
+    """Exporter ``name`` of ``signal``: ``console`` (to standard error: standard output is
+    the command's own, ``--json`` included) or OTLP over the protocol the environment
+    picks, which reads its endpoint, headers, timeout and compression from it itself."""
+    if name == "console":
+        return console(out=sys.stderr)
     transport = "grpc" if _protocol(env, signal) == "grpc" else "http"
     module, cls = _OTLP[signal]
     try:
@@ -143,20 +147,6 @@ def _otlp_exporter(signal: str, env: Mapping[str, str]) -> Any:
     except ImportError:
         raise ConfigError(_INSTALL) from None
     return getattr(found, cls)()
-
-
-def _span_exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
-    return ConsoleSpanExporter() if name == "console" else _otlp_exporter("TRACES", env)
-
-
-def _metric_exporter(name: str, env: Mapping[str, str]) -> MetricExporter:
-    return ConsoleMetricExporter() if name == "console" else _otlp_exporter("METRICS", env)
-
-
-def _log_exporter(name: str, env: Mapping[str, str]) -> LogRecordExporter:
-    from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter  # SDK 1.39 on
-
-    return ConsoleLogRecordExporter() if name == "console" else _otlp_exporter("LOGS", env)
 
 
 def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
@@ -168,9 +158,17 @@ def sdk_from_env(environ: Mapping[str, str] | None = None) -> SDK | None:
     env = os.environ if environ is None else environ
     if _truthy(env.get("OTEL_SDK_DISABLED")):
         return None
-    span_exporters = [_span_exporter(n, env) for n in _exporters(env, "TRACES")]
-    metric_exporters = [_metric_exporter(n, env) for n in _exporters(env, "METRICS")]
-    log_exporters = [_log_exporter(n, env) for n in _exporters(env, "LOGS")]
+    from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter  # SDK 1.39 on
+
+    span_exporters: list[SpanExporter] = [
+        _exporter("TRACES", n, env, ConsoleSpanExporter) for n in _exporters(env, "TRACES")
+    ]
+    metric_exporters: list[MetricExporter] = [
+        _exporter("METRICS", n, env, ConsoleMetricExporter) for n in _exporters(env, "METRICS")
+    ]
+    log_exporters: list[LogRecordExporter] = [
+        _exporter("LOGS", n, env, ConsoleLogRecordExporter) for n in _exporters(env, "LOGS")
+    ]
     if not span_exporters and not metric_exporters and not log_exporters:
         return None
     attrs: dict[str, Any] = {}

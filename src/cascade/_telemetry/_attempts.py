@@ -158,6 +158,8 @@ def start_attempt(
         attrs[sc.GEN_AI_REQUEST_TEMPERATURE] = options.temperature
     if options.seed is not None:
         attrs[sc.GEN_AI_REQUEST_SEED] = options.seed
+    if options.stop:
+        attrs[sc.GEN_AI_REQUEST_STOP_SEQUENCES] = list(options.stop)
     if options.n is not None and options.n > 1:
         attrs[sc.GEN_AI_REQUEST_CHOICE_COUNT] = options.n
     if options.variant is not None:
