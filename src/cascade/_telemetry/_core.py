@@ -120,6 +120,14 @@ class Telemetry:
             info = self._providers[provider.name] = ProviderInfo(tier, provider)
         return info
 
+    def _idle(self) -> bool:
+        """No meter provider to record to and structlog unconfigured (see :meth:`run`)."""
+        return (
+            self._meter_via_global
+            and getattr(_metrics_api, "_METER_PROVIDER", self) is None
+            and not structlog.is_configured()
+        )
+
     def run(
         self,
         attempts: list[Attempt],
@@ -140,17 +148,12 @@ class Telemetry:
         # The same holds for a run the sampler drops, but its span stays current, so that
         # whatever is traced under the run (an instrumented HTTP client) inherits the
         # decision instead of starting traces of its own.
-        idle = (
-            self._meter_via_global
-            and getattr(_metrics_api, "_METER_PROVIDER", self) is None
-            and not structlog.is_configured()
-        )
         if not (self._via_global and getattr(trace, "_TRACER_PROVIDER", self) is None):
             span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
-            if idle and not span.is_recording():
+            if not span.is_recording() and self._idle():
                 token = otel_context.attach(trace.set_span_in_context(span))
                 return RunTrace(None, None, token, [], None)
-        elif idle:
+        elif self._idle():
             return NOOP_RUN
         if span is not None and span.is_recording():
             attrs: dict[str, Any] = {}
