@@ -16,7 +16,7 @@ import pytest
 
 from cascade import Config, Result, Usage
 from cascade._cli import main
-from cascade._eval import Record, baseline_config, score
+from cascade._eval import Record, Scoring, baseline_config
 from cascade.validators._extract import get_extractor
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "gsm8k"
@@ -347,6 +347,14 @@ def result(
         text=text, parsed=None, tier=1, tier_name="t", provider="p", model=model, cost_usd=0.0,
         usage=Usage(), latency_s=0.0, attempts=(), validated=True, variant=variant, answer=answer,
     )  # fmt: skip
+
+
+def score(record: Record, res: Result | None, extract: Any, answer_type: str | None = None) -> bool:
+    return Scoring(extract=extract, answer_type=answer_type).judge(record, res)[0]
+
+
+def exact(record: Record, res: Result | None, answer_type: str | None = None) -> bool:
+    return Scoring(extract=get_extractor("auto"), answer_type=answer_type).judge(record, res)[1]
 
 
 def test_score_normalises_numbers_and_falls_back_to_exact_text() -> None:

@@ -222,7 +222,7 @@ def test_dataset_is_parsed_once_and_again_when_it_changes(tmp_path: Path) -> Non
         (b"", {}, "dataset", "holds no records"),
         (b'{"question": "q", "question_tokens": 1, "responses": {}}\n{oops\n', {}, "dataset",
          ":2: not a replay record"),
-        (b'{"question": "q", "responses": {}}\n', {}, "dataset", "question_tokens"),
+        (b'{"question": "q", "responses": {"m": [{"variant": "v"}]}}\n', {}, "dataset", "text"),
         (b'{"question": "q", "question_tokens": -1, "responses": {}}\n', {}, "dataset", ">= 0"),
         (b'{"question": "q", "question_tokens": 1, "responses": {}}\n' * 2, {}, "dataset",
          ":2: duplicate question"),

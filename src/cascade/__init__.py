@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._answers import AnswerKey, AnswerType, AnswerTypeError, answer_type
 from ._clock import Clock, SystemClock
 from ._config import (
     BreakerConfig,
@@ -53,7 +54,7 @@ from ._types import (
     Usage,
     Verdict,
 )
-from .providers import Provider, register_provider_kind
+from .providers import Provider, SupportsN, register_provider_kind
 from .resilience import AsyncBreaker, CircuitOpen, RetryPolicy
 from .resilience.limiter import LimiterTimeout, RateLimiter
 from .validators import ValidationContext, Validator, validator
@@ -65,6 +66,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "AllProvidersFailed",
+    "AnswerKey",
+    "AnswerType",
+    "AnswerTypeError",
     "AsyncBreaker",
     "Attempt",
     "BreakerConfig",
@@ -99,6 +103,7 @@ __all__ = [
     "RetryPolicy",
     "RunError",
     "SharedConfig",
+    "SupportsN",
     "SystemClock",
     "TierConfig",
     "Usage",
@@ -108,6 +113,7 @@ __all__ = [
     "Verdict",
     "__version__",
     "add_trace_ids",
+    "answer_type",
     "load_config",
     "register_provider_kind",
     "validator",

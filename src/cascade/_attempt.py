@@ -19,7 +19,14 @@ import msgspec
 from ._config import TierConfig, Variant
 from ._errors import ProviderError, ProviderTimeout
 from ._telemetry import NOOP_ATTEMPT, AttemptTrace
-from ._types import Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
+from ._types import (
+    Completion,
+    Message,
+    RequestOptions,
+    Verdict,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 from .providers import Provider
 from .validators import ValidationContext, Validator
 
@@ -249,7 +256,7 @@ async def complete(
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
         in_tokens = estimate_prompt_tokens(msgs)
     if out_tokens is None:
-        out_tokens = max(1, len(text) // 4) if text else 0
+        out_tokens = estimate_text_tokens(text)
     completion = Completion(
         text=text,
         provider=provider.name,

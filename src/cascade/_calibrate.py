@@ -21,8 +21,7 @@ import msgspec
 
 from ._config import Config
 from ._errors import InputError
-from ._eval import EvalSummary, Record, evaluate
-from .validators._extract import Extractor
+from ._eval import EvalSummary, Record, Scoring, evaluate
 
 __all__ = [
     "Param",
@@ -112,6 +111,7 @@ class SweepRow(msgspec.Struct, kw_only=True):
 
     value: Any
     accuracy: float
+    exact_accuracy: float
     cost_usd: float
     cost_share: float
     escalation_rate: dict[str, float]
@@ -131,7 +131,7 @@ def run_report(
     config: Config,
     records: Sequence[Record],
     *,
-    extract: Extractor,
+    scoring: Scoring,
     param: Param | None = None,
     values: Sequence[Any] = (),
     concurrency: int = 32,
@@ -150,7 +150,7 @@ def run_report(
     summaries = evaluate(
         configs,
         records,
-        extract=extract,
+        scoring=scoring,
         concurrency=concurrency,
         progress=progress,
         base_dir=base_dir,
@@ -163,6 +163,7 @@ def run_report(
             SweepRow(
                 value=value,
                 accuracy=s.accuracy,
+                exact_accuracy=s.exact_accuracy,
                 cost_usd=s.cost_usd,
                 cost_share=s.cost_share,
                 escalation_rate=s.escalation_rate,
@@ -242,12 +243,13 @@ def format_sweep(param: str, rows: Sequence[SweepRow], mark: int | None = None) 
     """The frontier as a table (``mark``: the row to star)."""
     name = param.rpartition(".")[2]
     width = max(len(name), *(len(str(row.value)) for row in rows))
-    lines = [f"  {name:<{width}}  accuracy  cost_usd     cost share  answered by"]
+    lines = [f"  {name:<{width}}  accuracy     exact  cost_usd     cost share  answered by"]
     for i, row in enumerate(rows):
         answered = ", ".join(f"{k} {v}" for k, v in row.answered_by.items())
         lines.append(
             f"{'*' if i == mark else ' '} {row.value!s:<{width}}  {row.accuracy:>8.1%}  "
-            f"${row.cost_usd:<11.4f} {row.cost_share:>10.1%}  {answered}"
+            f"{row.exact_accuracy:>8.1%}  ${row.cost_usd:<11.4f} {row.cost_share:>10.1%}  "
+            f"{answered}"
         )
     return "\n".join(lines)
 
@@ -325,6 +327,7 @@ def plot_frontier(report: Report, out: str) -> None:
         SweepRow(
             value="config",
             accuracy=report.accuracy,
+            exact_accuracy=report.exact_accuracy,
             cost_usd=report.cost_usd,
             cost_share=report.cost_share,
             escalation_rate=report.escalation_rate,

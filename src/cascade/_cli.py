@@ -21,6 +21,7 @@ import msgspec
 import structlog
 
 from . import __version__
+from ._answers import ANSWER_TYPES
 from ._config import load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
@@ -129,6 +130,19 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         help="final answer of a result with no recorded answer (default auto)",
     )
+    p.add_argument(
+        "--answer-type",
+        choices=ANSWER_TYPES,
+        help="how answers are compared with `expected` (default: each record's answer_type "
+        "field, else auto); exact-match accuracy is reported beside it",
+    )
+    p.add_argument(
+        "--date-order",
+        default="mdy",
+        help="numeric dates: mdy (05/01 = May 1st, default), dmy (January 5th), or strict "
+        "(an ambiguous one is no answer)",
+    )
+    p.add_argument("--split", help="only the records whose `split` field is this (train, test)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -251,7 +265,7 @@ def _eval(args: argparse.Namespace) -> int:
         report_calibration,
         run_report,
     )
-    from ._eval import format_summary, load_records
+    from ._eval import Scoring, format_summary, load_records
     from .validators._extract import get_extractor
 
     if args.concurrency < 1 or (args.limit is not None and args.limit < 1):
@@ -260,6 +274,7 @@ def _eval(args: argparse.Namespace) -> int:
         extract = get_extractor(args.extractor)
     except ValueError as exc:
         raise InputError(str(exc), path="--extractor") from None
+    scoring = Scoring(extract=extract, answer_type=args.answer_type, date_order=args.date_order)
     param: Param | None = None
     values: list[Any] = []
     if args.command == "calibrate":
@@ -278,11 +293,11 @@ def _eval(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if param is not None:
         param.locate(config)  # a bad name fails before anything runs
-    records = load_records(args.dataset, limit=args.limit)
+    records = load_records(args.dataset, limit=args.limit, split=args.split)
     report = run_report(
         config,
         records,
-        extract=extract,
+        scoring=scoring,
         param=param,
         values=values,
         concurrency=args.concurrency,

@@ -99,6 +99,10 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """``replay`` only: the recorded variant served when a request names none."""
     prompt_overhead_tokens: Annotated[int, Meta(ge=0)] = 0
     """``replay`` only: prompt tokens added to each recorded question (few-shot examples)."""
+    batch_samples: bool = True
+    """Draw a validator's further samples of one prompt in one request with ``n`` (the
+    prompt billed once) where the kind supports it (``openai``, ``replay``); false for a
+    server that ignores ``n``."""
     breaker: BreakerConfig = BreakerConfig()
     limits: LimitsConfig = LimitsConfig()
     retry: RetryPolicy = RetryPolicy(attempts=1)

@@ -2,7 +2,10 @@
 answers and compared with always calling the top tier.
 
 The engine sees only each record's ``question`` (as the one user message); ``expected`` is
-read by :func:`score` alone, after the runs. Sweeps of a validator parameter (the
+read by :class:`Scoring` alone, after the runs. Every figure is given twice: typed (the
+answer and ``expected`` compared under the record's answer type, see ``_answers.py``) and
+exact (the answer as returned equals ``expected``, stripped), so a type that is too lenient
+for the task shows as a gap between the two. Sweeps of a validator parameter (the
 cost-accuracy frontier) and ``cascade calibrate`` build on :func:`evaluate`, in
 ``_calibrate.py``.
 """
@@ -17,22 +20,23 @@ from typing import TextIO
 import anyio
 import msgspec
 
+from ._answers import ANSWER_TYPES, AnswerType, AnswerTypeError, answer_type
 from ._config import Config
 from ._engine import Cascade
 from ._errors import ConfigError, InputError, RunError
 from ._progress import Progress
 from ._types import Attempt, Completion, Result
-from .providers.replay import read_lines
-from .validators._extract import Extractor, normalize
+from .providers.replay import ReplayProvider, read_lines
+from .validators._extract import Extractor
 
 __all__ = [
     "EvalSummary",
     "Record",
+    "Scoring",
     "baseline_config",
     "evaluate",
     "format_summary",
     "load_records",
-    "score",
 ]
 
 
@@ -50,6 +54,10 @@ class Record(msgspec.Struct):
     id: str | None = None
     expected: str | int | float | None = None
     responses: dict[str, list[_Recorded]] = {}
+    answer_type: str | None = None
+    """How this record's answer is compared (``number``, ``date``, ...), unless the command
+    names one."""
+    split: str | None = None
 
 
 _decode_record = msgspec.json.Decoder(Record).decode
@@ -60,9 +68,15 @@ class EvalSummary(msgspec.Struct, kw_only=True):
 
     requests: int
     accuracy: float
+    """Right under the answer type (``answer_type``)."""
+    exact_accuracy: float
+    """Right as written: the answer, stripped, equals ``expected``, stripped."""
+    answer_type: str
+    """The answer type scored with: one name, or per record (``"boolean 2636, text 816"``)."""
     cost_usd: float
     baseline_cost_usd: float
     baseline_accuracy: float
+    baseline_exact_accuracy: float
     cost_share: float
     """``cost_usd / baseline_cost_usd``."""
     escalation_rate: dict[str, float]
@@ -74,65 +88,124 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     """Answers no validator accepted (``on_exhausted = "best"`` fallbacks)."""
     errors: int
     """Runs that returned no answer at all (their attempts' cost still counts)."""
+    estimated_calls: int = 0
+    """Replayed calls priced on estimated tokens (the dataset recorded no token counts)."""
 
 
 # -- dataset -----------------------------------------------------------------------------
 
 
-def load_records(path: str | os.PathLike[str], *, limit: int | None = None) -> list[Record]:
-    """The first ``limit`` records of a JSONL (or .jsonl.gz) dataset."""
+def load_records(
+    path: str | os.PathLike[str], *, limit: int | None = None, split: str | None = None
+) -> list[Record]:
+    """The first ``limit`` records of a JSONL (or .jsonl.gz) dataset, only those whose
+    ``split`` field is ``split`` when one is given.
+
+    Raises InputError naming the line of a line that is not a record, or whose
+    ``answer_type`` is not one."""
     records: list[Record] = []
     try:
         for lineno, line in read_lines(path):
             if limit is not None and len(records) >= limit:
                 break
             try:
-                records.append(_decode_record(line))
+                record = _decode_record(line)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 raise InputError(
                     f"{path}:{lineno}: not a dataset record: {exc}", path="--dataset"
                 ) from None
+            if record.answer_type is not None and record.answer_type not in ANSWER_TYPES:
+                raise InputError(
+                    f"{path}:{lineno}: answer_type: unknown answer type "
+                    f"{record.answer_type!r} (known: {', '.join(ANSWER_TYPES)})",
+                    path="--dataset",
+                )
+            if split is None or record.split == split:
+                records.append(record)
     except (OSError, EOFError) as exc:
         why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise InputError(f"cannot read {str(path)!r}: {why}", path="--dataset") from None
     if not records:
-        raise InputError(f"{str(path)!r} holds no records", path="--dataset")
+        which = f" with split {split!r}" if split is not None else ""
+        raise InputError(f"{str(path)!r} holds no records{which}", path="--dataset")
     return records
 
 
 # -- scoring -----------------------------------------------------------------------------
 
 
-def score(record: Record, result: Result | None, extract: Extractor) -> bool:
-    """Whether ``result`` answers ``record`` correctly: the only reader of ``expected``.
+class Scoring:
+    """How ``cascade eval`` scores a result: the only reader of ``expected``.
 
     The final answer is the one the provider recorded (``Result.answer``), else what
-    ``extract`` finds in the text. Answers and ``expected`` are compared after
-    :func:`normalize` (numbers: ``"$1,000.00"`` equals ``1000``), else as exact strings.
-    A chosen response recorded with a ``judged_correct`` label and no answer (GSM8K's
-    ``plain`` variants) is scored by that label. A record without ``expected`` scores
-    only such labels.
+    ``extract`` finds in the text. It is right (typed) when the answer type says it is the
+    same answer as ``expected``: ``answer_type`` when given, else the record's own
+    ``answer_type`` field, else ``"auto"``. It is right as written (exact) when the answer,
+    stripped, equals ``expected``, stripped. A chosen response recorded with a
+    ``judged_correct`` label and no answer (GSM8K's ``plain`` variants) is scored by that
+    label, both ways. A record without ``expected`` scores only such labels.
     """
-    if result is None:
-        return False
-    if result.answer is None:
-        for recorded in record.responses.get(result.model, ()):
-            if recorded.text == result.text and result.variant in (None, recorded.variant):
-                if recorded.answer is None and recorded.judged_correct is not None:
-                    return recorded.judged_correct
-                break
-    answer = result.answer
-    if answer is None:
-        answer = extract(
-            Completion(text=result.text, provider=result.provider, model=result.model, answer=None)
-        )
-    if answer is None or record.expected is None:
-        return False
-    want = str(record.expected)
-    got, norm_want = normalize(answer), normalize(want)
-    if got is not None and norm_want is not None:
-        return got == norm_want
-    return answer.strip() == want.strip()
+
+    __slots__ = ("_default", "_types", "answer_type", "extract")
+
+    def __init__(
+        self,
+        *,
+        extract: Extractor,
+        answer_type: str | AnswerType | None = None,
+        date_order: str = "mdy",
+    ) -> None:
+        self.extract = extract
+        self.answer_type = answer_type
+        try:
+            self._types = {name: _build(name, date_order) for name in ANSWER_TYPES}
+            self._default = (
+                self._types["auto"] if answer_type is None else _build(answer_type, date_order)
+            )
+        except AnswerTypeError as exc:
+            raise InputError(str(exc), path=f"--{exc.field.replace('_', '-')}") from None
+
+    def type_of(self, record: Record) -> AnswerType:
+        if self.answer_type is None and record.answer_type is not None:
+            return self._types[record.answer_type]
+        return self._default
+
+    def describe(self, records: Sequence[Record]) -> str:
+        """The answer type(s) used on ``records``: ``"number"`` or ``"boolean 2, text 1"``."""
+        counts: dict[str, int] = {}
+        for record in records:
+            name = self.type_of(record).name
+            counts[name] = counts.get(name, 0) + 1
+        if len(counts) == 1:
+            return next(iter(counts))
+        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def judge(self, record: Record, result: Result | None) -> tuple[bool, bool]:
+        """(typed, exact): whether ``result`` answers ``record`` correctly."""
+        if result is None:
+            return False, False
+        if result.answer is None:
+            for recorded in record.responses.get(result.model, ()):
+                if recorded.text == result.text and result.variant in (None, recorded.variant):
+                    if recorded.answer is None and recorded.judged_correct is not None:
+                        return recorded.judged_correct, recorded.judged_correct
+                    break
+        answer = result.answer
+        if answer is None:
+            answer = self.extract(
+                Completion(
+                    text=result.text, provider=result.provider, model=result.model, answer=None
+                )
+            )
+        if answer is None or record.expected is None:
+            return False, False
+        want = str(record.expected)
+        exact = answer.strip() == want.strip()
+        return exact or self.type_of(record).same(answer, want), exact
+
+
+def _build(spec: str | AnswerType, date_order: str) -> AnswerType:
+    return answer_type(spec, date_order=date_order)
 
 
 # -- configs -----------------------------------------------------------------------------
@@ -181,17 +254,26 @@ def _cost(outcome: _Outcome) -> float:
     return result.cost_usd if result is not None else math.fsum(a.cost_usd for a in attempts)
 
 
-def _accuracy(records: Sequence[Record], outcomes: Sequence[_Outcome], extract: Extractor) -> float:
-    right = sum(score(rec, res, extract) for rec, (res, _) in zip(records, outcomes, strict=True))
-    return right / len(records)
+def _accuracy(
+    records: Sequence[Record], outcomes: Sequence[_Outcome], scoring: Scoring
+) -> tuple[float, float]:
+    """(typed, exact) accuracy."""
+    typed = exact = 0
+    for record, (result, _) in zip(records, outcomes, strict=True):
+        t, e = scoring.judge(record, result)
+        typed += t
+        exact += e
+    return typed / len(records), exact / len(records)
 
 
 def summarise(
     records: Sequence[Record],
     outcomes: Sequence[_Outcome],
     tiers: Sequence[str],
-    extract: Extractor,
+    scoring: Scoring,
     baseline: Sequence[_Outcome],
+    *,
+    estimated_calls: int = 0,
 ) -> EvalSummary:
     """The figures of one run over ``records`` against the baseline's run."""
     reached = dict.fromkeys(tiers, 0)
@@ -213,18 +295,24 @@ def summarise(
             unvalidated += not result.validated
     cost = math.fsum(_cost(o) for o in outcomes)
     baseline_cost = math.fsum(_cost(o) for o in baseline)
+    typed, exact = _accuracy(records, outcomes, scoring)
+    baseline_typed, baseline_exact = _accuracy(records, baseline, scoring)
     return EvalSummary(
         requests=len(records),
-        accuracy=_accuracy(records, outcomes, extract),
+        accuracy=typed,
+        exact_accuracy=exact,
+        answer_type=scoring.describe(records),
         cost_usd=cost,
         baseline_cost_usd=baseline_cost,
-        baseline_accuracy=_accuracy(records, baseline, extract),
+        baseline_accuracy=baseline_typed,
+        baseline_exact_accuracy=baseline_exact,
         cost_share=cost / baseline_cost if baseline_cost else 0.0,
         escalation_rate={k: escalated[k] / reached[k] if reached[k] else 0.0 for k in tiers},
         answered_by=answered,
         calls_per_request={k: calls[k] / reached[k] if reached[k] else 0.0 for k in tiers},
         unvalidated=unvalidated,
         errors=errors,
+        estimated_calls=estimated_calls,
     )
 
 
@@ -232,7 +320,7 @@ def evaluate(
     configs: Sequence[tuple[str, Config]],
     records: Sequence[Record],
     *,
-    extract: Extractor,
+    scoring: Scoring,
     concurrency: int = 32,
     progress: TextIO | None = None,
     base_dir: str | os.PathLike[str] | None = None,
@@ -270,26 +358,63 @@ def evaluate(
 
     *runs, top = anyio.run(go)
     return [
-        summarise(records, run, cascade.tiers, extract, top)
+        summarise(
+            records,
+            run,
+            cascade.tiers,
+            scoring,
+            top,
+            estimated_calls=estimated_calls(cascade) + estimated_calls(labelled[-1][1]),
+        )
         for (_, cascade), run in zip(labelled, runs, strict=False)
     ]
 
 
+def estimated_calls(cascade: Cascade) -> int:
+    """Calls of ``cascade``'s replay providers priced on estimated token counts."""
+    return sum(
+        p.estimated
+        for tier in cascade._tiers  # the package's own engine: no public need for this
+        for p in tier.providers
+        if isinstance(p, ReplayProvider)
+    )
+
+
+GAP_POINTS = 1.0
+"""Typed and exact accuracy further apart than this many points are pointed out."""
+
+
 def format_summary(s: EvalSummary) -> str:
     top = list(s.answered_by)[-1]
-    return "\n".join(
-        [
-            f"requests            {s.requests}",
-            f"accuracy            {s.accuracy:.1%}   (always-{top}: {s.baseline_accuracy:.1%})",
-            f"cost                ${s.cost_usd:.4f}   (always-{top}: "
-            f"${s.baseline_cost_usd:.4f}, {s.cost_share:.1%} of it)",
-            "answered by tier    "
-            + ", ".join(f"{k} {v} ({v / s.requests:.0%})" for k, v in s.answered_by.items()),
-            "escalation rate     "
-            + ", ".join(f"{k} {v:.1%}" for k, v in s.escalation_rate.items()),
-            "calls per request   "
-            + ", ".join(f"{k} {v:.2f}" for k, v in s.calls_per_request.items()),
-            f"unvalidated         {s.unvalidated} (best rejected answer returned)",
-            f"errors              {s.errors} (no answer; their attempts' cost counts)",
-        ]
-    )
+    lines = [
+        f"requests            {s.requests}",
+        f"accuracy            {s.accuracy:.1%}   (always-{top}: {s.baseline_accuracy:.1%})"
+        f"   answer type: {s.answer_type}",
+        f"exact match         {s.exact_accuracy:.1%}   (always-{top}: "
+        f"{s.baseline_exact_accuracy:.1%})",
+    ]
+    gap = (s.accuracy - s.exact_accuracy) * 100
+    if abs(gap) > GAP_POINTS:
+        lines.append(
+            f"  NOTE: typed and exact accuracy differ by {gap:.1f} points: that many answers "
+            "are right only under the answer type (\"$18\" = \"18\", \"(B)\" = \"B\"); "
+            "check that it fits the task (--answer-type)"
+        )
+    lines += [
+        f"cost                ${s.cost_usd:.4f}   (always-{top}: "
+        f"${s.baseline_cost_usd:.4f}, {s.cost_share:.1%} of it)",
+        "answered by tier    "
+        + ", ".join(f"{k} {v} ({v / s.requests:.0%})" for k, v in s.answered_by.items()),
+        "escalation rate     " + ", ".join(f"{k} {v:.1%}" for k, v in s.escalation_rate.items()),
+        "calls per request   "
+        + ", ".join(f"{k} {v:.2f}" for k, v in s.calls_per_request.items()),
+        f"unvalidated         {s.unvalidated} (best rejected answer returned)",
+        f"errors              {s.errors} (no answer; their attempts' cost counts)",
+    ]
+    if s.estimated_calls:
+        lines.append(
+            f"estimated tokens    {s.estimated_calls} replayed calls priced on estimated "
+            "tokens (the dataset records no question_tokens / output_tokens): costs are "
+            "approximate"
+        )
+    return "\n".join(lines)

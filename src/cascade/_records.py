@@ -12,7 +12,16 @@ from typing import Literal
 from ._attempt import InFlight, Tier, chosen
 from ._errors import ProviderError
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
-from ._types import Attempt, Completion, Message, Result, Usage, Verdict, estimate_prompt_tokens
+from ._types import (
+    Attempt,
+    Completion,
+    Message,
+    Result,
+    Usage,
+    Verdict,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 from .providers import Provider
 
 __all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
@@ -155,7 +164,7 @@ class RunState:
         that broke or was cut off, a hedge that lost): the prompt's estimate and about 4
         characters a token of the text that arrived. Returns (input, output, cost)."""
         in_tokens = estimate_prompt_tokens(msgs)
-        out_tokens = max(1, received_chars // 4) if received_chars else 0
+        out_tokens = estimate_text_tokens(received_chars)
         cost = flight.provider.config.cost_usd(in_tokens, out_tokens)
         self.spent += cost
         flight.trace.charged(cost)

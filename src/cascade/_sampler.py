@@ -1,18 +1,21 @@
 """Further samples of an attempt, for validators that ask for them (self-consistency).
 
 Validators reach a :class:`Sampler` as ``context.sample(count)``; it draws from the
-provider that gave the attempt's first answer, in one request with ``n`` where the provider
-supports it, else in concurrent requests, and costs every sample as it arrives.
+provider that gave the attempt's first answer. Samples that share a prompt variant go in
+one request with ``n`` where the provider supports it (:class:`~cascade.SupportsN`), so
+their prompt is paid once; the others go in concurrent requests. Every sample is costed as
+it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Protocol
 
 from ._attempt import InFlight, complete
-from ._types import Chunk, Completion, Message, RequestOptions, estimate_prompt_tokens
+from ._types import Completion, Message, RequestOptions, estimate_prompt_tokens
+from .providers import SupportsN
 
 __all__ = ["Sampler"]
 
@@ -21,7 +24,11 @@ class Sampler:
     """Draws further answers from the provider that gave the attempt's first one.
 
     Validators reach it as ``context.sample(count)``. Sample ``k`` of the attempt uses the
-    tier's ``k``-th variant (in turn); every sample is costed into the run as it arrives.
+    tier's ``k``-th variant (in turn); samples of one variant in the same call are one
+    request with ``n`` when the provider supports it and its config allows it
+    (``batch_samples``). Every sample is costed into the run as it arrives. The answers
+    come back in sample order; a failed request's samples are left out (the paid ones
+    still count), and only when nothing came back is its error raised.
     """
 
     __slots__ = ("_flight", "_msgs", "_next", "_opts", "_spend")
@@ -45,61 +52,79 @@ class Sampler:
         first = self._next
         self._next += count
         flight = self._flight
-        many = getattr(flight.provider, "complete_n", None)
-        if count > 1 and not flight.tier.variants and many is not None:
-            return await self._in_one_request(many, count)
-        results: list[Completion | None] = [None] * count
-        outcomes = await asyncio.gather(
-            *(self._one(first + i, results, i) for i in range(count)), return_exceptions=True
-        )
-        done = [r for r in results if r is not None]
+        tier = flight.tier
+        # Samples of the same prompt (variant) go together: sample k uses variant k mod V.
+        groups: dict[int, list[int]] = {}
+        for sample in range(first, first + count):
+            groups.setdefault(sample % len(tier.variants) if tier.variants else 0, []).append(
+                sample
+            )
+        provider = flight.provider
+        many = provider if isinstance(provider, SupportsN) else None
+        if not provider.config.batch_samples:
+            many = None
+        results: dict[int, Completion] = {}
+        calls = []
+        for samples in groups.values():
+            if many is not None and len(samples) > 1:
+                calls.append(self._many(many, samples, results))
+            else:
+                calls.extend(self._one(sample, results) for sample in samples)
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         for error in errors:
             if not isinstance(error, Exception):
                 raise error  # cancellation and the like go up as they are
-        if errors and not done:
+        if errors and not results:
             raise errors[0]
-        return done  # a failed sample is skipped; the paid ones still count
+        return [results[k] for k in sorted(results)]
 
-    async def _in_one_request(self, many: Any, count: int) -> list[Completion]:
-        """All samples from one request with ``n`` (the provider supports it)."""
+    def _paid(self, completion: Completion, sample: int, results: dict[int, Completion]) -> None:
         flight = self._flight
-        provider = flight.provider
+        cost = flight.provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+        flight.cost += cost
+        flight.samples.append(completion)
+        self._spend(cost)
+        results[sample] = completion
+
+    async def _many(
+        self, provider: SupportsN, samples: list[int], results: dict[int, Completion]
+    ) -> None:
+        """``samples`` (all of one variant) from one request with ``n``."""
+        flight = self._flight
+        msgs, opts = flight.tier.request(self._msgs, self._opts, samples[0])
         t0 = perf_counter()
-        trace = flight.trace.samples(self._next - count, count, self._msgs, self._opts)
+        trace = flight.trace.samples(samples[0], len(samples), msgs, opts)
         try:
-            chunks: list[Chunk] = await many(self._msgs, self._opts, count)
+            chunks = await provider.complete_n(msgs, opts, len(samples))
         except BaseException as exc:
             trace.failed(exc)
             raise
         latency = perf_counter() - t0
         out = []
-        for chunk in chunks:
+        for sample, chunk in zip(samples, chunks, strict=False):  # a server may send fewer
             completion = Completion(
                 text=chunk.text,
-                provider=provider.name,
-                model=chunk.model or provider.model,
+                provider=flight.provider.name,
+                model=chunk.model or flight.provider.model,
                 finish_reason=chunk.finish_reason,
                 input_tokens=(
                     chunk.input_tokens
                     if chunk.input_tokens is not None
-                    else estimate_prompt_tokens(self._msgs)
+                    else estimate_prompt_tokens(msgs)
                 ),
                 output_tokens=chunk.output_tokens or 0,
                 latency_s=latency,
-                variant=self._opts.variant,
+                variant=opts.variant,
+                answer=chunk.answer,
             )
-            cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
-            flight.cost += cost
-            flight.samples.append(completion)
-            self._spend(cost)
+            self._paid(completion, sample, results)
             out.append(completion)
         if out:
             trace.completed(*out)
         trace.end()
-        return out
 
-    async def _one(self, sample: int, results: list[Completion | None], slot: int) -> None:
+    async def _one(self, sample: int, results: dict[int, Completion]) -> None:
         flight = self._flight
         msgs, opts = flight.tier.request(self._msgs, self._opts, sample)
         # A sibling span of the other samples, under the attempt's (gather copied the
@@ -112,11 +137,7 @@ class Sampler:
             raise
         trace.completed(completion)
         trace.end()
-        cost = flight.provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
-        flight.cost += cost
-        flight.samples.append(completion)
-        self._spend(cost)
-        results[slot] = completion
+        self._paid(completion, sample, results)
 
 
 class _Spend(Protocol):

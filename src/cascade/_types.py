@@ -238,3 +238,10 @@ def estimate_prompt_tokens(messages: Sequence[Message]) -> int:
     """A prompt's tokens when the provider reports none: ~4 characters a token, plus a few
     per message for its framing."""
     return sum(len(m.content) for m in messages) // 4 + 4 * len(messages)
+
+
+def estimate_text_tokens(chars: str | int) -> int:
+    """An answer's tokens when the provider reports none: ~4 characters a token, at least
+    one for any text (``chars``: the text or its length)."""
+    n = chars if isinstance(chars, int) else len(chars)
+    return max(1, n // 4) if n else 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._base import (
     Provider,
     ProviderFactory,
+    SupportsN,
     build_provider,
     check_provider_config,
     provider_kinds,
@@ -30,6 +31,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "ReplayProvider",
+    "SupportsN",
     "build_provider",
     "check_provider_config",
     "provider_kinds",

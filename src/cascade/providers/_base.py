@@ -12,6 +12,7 @@ from .._types import Chunk, Message, RequestOptions
 
 __all__ = [
     "Provider",
+    "SupportsN",
     "ProviderFactory",
     "build_provider",
     "check_provider_config",
@@ -39,6 +40,23 @@ class Provider(Protocol):
     ) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsN(Protocol):
+    """A provider that can answer one request with several answers (the API's ``n``).
+
+    ``complete_n`` returns up to ``n`` answers to one prompt as chunks, each a whole
+    answer, billed as the provider bills ``n``: the prompt's tokens once (on the first
+    chunk; 0 on the others), the output tokens per answer. Fewer than ``n`` answers (a
+    server that ignores ``n``) is allowed. The engine uses it to draw a validator's
+    samples of one prompt variant (self-consistency) in one request, unless the provider's
+    config sets ``batch_samples = false``.
+    """
+
+    async def complete_n(
+        self, messages: tuple[Message, ...], options: RequestOptions, n: int
+    ) -> list[Chunk]: ...
 
 
 ProviderFactory = Callable[..., Provider]

@@ -9,7 +9,7 @@ import msgspec
 
 from .._config import ProviderConfig
 from .._sse import SSEEvent
-from .._types import Chunk, Message, RequestOptions
+from .._types import Chunk, Message, RequestOptions, estimate_text_tokens
 from ._http import DONE, HTTPProvider, post_whole
 
 __all__ = ["OpenAIProvider"]
@@ -161,7 +161,7 @@ class OpenAIProvider(HTTPProvider):
         if not texts:
             raise self._error("no content in any choice")
         usage = body.usage
-        total = usage.completion_tokens if usage else sum(max(1, len(t) // 4) for t in texts)
+        total = usage.completion_tokens if usage else sum(estimate_text_tokens(t) for t in texts)
         chars = sum(len(t) for t in texts) or 1
         shares = [total * len(t) // chars for t in texts]
         shares[0] += total - sum(shares)  # rounding: the sum stays what the server billed

@@ -32,7 +32,13 @@ from msgspec import Meta
 
 from .._config import Config, ProviderConfig
 from .._errors import ConfigError, MalformedResponse, ProviderStatusError
-from .._types import Chunk, Message, RequestOptions
+from .._types import (
+    Chunk,
+    Message,
+    RequestOptions,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 
 __all__ = ["ReplayDataset", "ReplayProvider", "load_dataset", "resolve_datasets"]
 
@@ -43,14 +49,14 @@ Tokens = Annotated[int, Meta(ge=0)]
 class _Response(msgspec.Struct):
     variant: str
     text: str
-    output_tokens: Tokens
+    output_tokens: Tokens | None = None
     answer: str | int | float | None = None
 
 
 class _Record(msgspec.Struct):
     question: str
-    question_tokens: Tokens
     responses: dict[str, list[_Response]]
+    question_tokens: Tokens | None = None
 
 
 _decode_record = msgspec.json.Decoder(_Record).decode
@@ -180,7 +186,14 @@ class ReplayProvider:
     Tokens, and so cost: input = the record's ``question_tokens`` +
     ``config.prompt_overhead_tokens`` (the few-shot prompt the recording used, which the
     dataset does not count; any other message text is not counted); output = the recorded
-    ``output_tokens``. The engine prices them at the provider's per-million prices.
+    ``output_tokens``. The engine prices them at the provider's per-million prices. A
+    dataset without ``question_tokens`` (or a response without ``output_tokens``) is priced
+    on the engine's own estimates (``estimate_prompt_tokens`` of the messages, about four
+    characters a token of the text); ``estimated`` counts the calls priced so.
+
+    ``complete_n`` serves ``n`` responses in turn from one request, billed as an
+    OpenAI-compatible API bills ``n``: the prompt once (on the first answer), the output
+    per answer.
 
     The recorded final answer, when there is one, travels as ``Chunk.answer`` (the
     ``recorded`` extractor reads it). Other sampling options are ignored. The dataset is
@@ -206,6 +219,8 @@ class ReplayProvider:
         self._lock = anyio.Lock()
         self._turns: dict[tuple[str, str | None], int] = {}
         self.served = 0
+        self.estimated = 0
+        """Calls priced on estimated tokens (the dataset recorded none for them)."""
 
     @classmethod
     def check_config(cls, config: ProviderConfig) -> None:
@@ -252,6 +267,22 @@ class ReplayProvider:
         self, messages: tuple[Message, ...], options: RequestOptions
     ) -> AsyncIterator[Chunk]:
         dataset = self._dataset or await self._load()
+        (chunk,) = self._serve(dataset, messages, options, 1)
+        await anyio.lowlevel.checkpoint()  # a real await: cancellable, and fair to others
+        yield chunk
+
+    async def complete_n(
+        self, messages: tuple[Message, ...], options: RequestOptions, n: int
+    ) -> list[Chunk]:
+        """``n`` recorded answers from one request: the prompt billed once."""
+        dataset = self._dataset or await self._load()
+        chunks = self._serve(dataset, messages, options, n)
+        await anyio.lowlevel.checkpoint()
+        return chunks
+
+    def _serve(
+        self, dataset: ReplayDataset, messages: tuple[Message, ...], options: RequestOptions, n: int
+    ) -> list[Chunk]:
         question = next((m.content for m in reversed(messages) if m.role == "user"), "")
         record = dataset.questions.get(question.strip())
         if record is None:
@@ -266,18 +297,31 @@ class ReplayProvider:
                 raise self._missing(f"variant {variant!r} is not recorded for this question")
         key = (record.question, variant)
         turn = self._turns.get(key, 0)
-        self._turns[key] = turn + 1
-        response = responses[turn % len(responses)]
+        self._turns[key] = turn + n
+        prompt = record.question_tokens
+        estimated = prompt is None
+        if prompt is None:
+            prompt = estimate_prompt_tokens(messages)
+        chunks = []
+        for i in range(n):
+            response = responses[(turn + i) % len(responses)]
+            output = response.output_tokens
+            if output is None:
+                output = estimate_text_tokens(response.text)
+                estimated = True
+            chunks.append(
+                Chunk(
+                    text=response.text,
+                    answer=None if response.answer is None else str(response.answer),
+                    input_tokens=prompt + self.config.prompt_overhead_tokens if i == 0 else 0,
+                    output_tokens=output,
+                    finish_reason="stop",
+                    model=self.model,
+                )
+            )
         self.served += 1
-        await anyio.lowlevel.checkpoint()  # a real await: cancellable, and fair to others
-        yield Chunk(
-            text=response.text,
-            answer=None if response.answer is None else str(response.answer),
-            input_tokens=record.question_tokens + self.config.prompt_overhead_tokens,
-            output_tokens=response.output_tokens,
-            finish_reason="stop",
-            model=self.model,
-        )
+        self.estimated += estimated
+        return chunks
 
     def _missing(self, message: str) -> ProviderStatusError:
         return ProviderStatusError(message, provider=self.name, model=self.model, status=404)

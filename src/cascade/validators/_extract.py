@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from .._answers import canonical_number
 from .._types import Completion
 
 __all__ = ["Extractor", "get_extractor", "normalize", "single_number"]
@@ -41,8 +41,6 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 
-
-_MICRO = Decimal("0.000001")
 _MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
 
 
@@ -181,13 +179,4 @@ def single_number(value: str | None) -> str | None:
 
 def _canonical(token: str) -> str | None:
     """``"1,000.50"`` -> ``"1000.5"``; float noise below 1e-6 dropped; exact for big ints."""
-    try:
-        number = Decimal(token.replace(",", ""))
-    except InvalidOperation:
-        return None
-    if not number.is_finite() or abs(number.adjusted()) > 30:
-        return None
-    number = number.quantize(_MICRO, rounding=ROUND_HALF_EVEN)
-    if number == number.to_integral_value():
-        return str(int(number))
-    return format(number.normalize(), "f")
+    return canonical_number(token)

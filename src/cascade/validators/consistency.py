@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Hashable
 from typing import Any
 
+from .._answers import AnswerKey, AnswerType, AnswerTypeError, answer_type
 from .._errors import ConfigError, ProviderError
 from .._types import Completion, Verdict
-from ._extract import Extractor, get_extractor, normalize, single_number
+from ._extract import Extractor, get_extractor
 from ._registry import ValidationContext, validator
 
 __all__ = ["SelfConsistencyValidator", "next_batch", "votes_needed"]
@@ -46,22 +48,28 @@ class SelfConsistencyValidator:
 
     The attempt's answer is the first sample; the rest are drawn from the same provider as
     needed (``context.sample``), each under the tier's next variant, and stop as soon as the
-    outcome is decided. Each sample's final value comes from ``extractor`` (see
+    outcome is decided. Each sample's final answer comes from ``extractor`` (see
     ``cascade.validators._extract``: ``auto``, ``json:FIELD``, ``last_number``,
-    ``regex:PATTERN``, ``hashes``, ``answer_is``, ``recorded``, or a callable) and is
-    normalised (numbers, whitespace, case) unless ``normalize = false``. With
-    ``single_number = true`` (for numeric answers) a sample whose final answer is not one
-    number (``"(86, 42)"``, ``"40 + 60/x"``, ``"[invalid]"``; see
-    ``cascade.validators._extract.single_number``) casts no vote, as if it had no answer:
-    its stray numbers cannot make it agree with anything, and a sample that is nothing but
-    a parse failure is replaced by the next variant's.
+    ``regex:PATTERN``, ``hashes``, ``answer_is``, ``recorded``, or a callable), and two
+    samples agree when ``answer_type`` says they are the same answer (see
+    :func:`cascade.answer_type`): ``"auto"`` (the default; never makes two different
+    dates, letters, times or words agree), ``"number"``, ``"date"`` (with ``date_order``
+    ``"mdy"``, ``"dmy"`` or ``"strict"``, and extra strptime ``date_formats``),
+    ``"choice"``, ``"boolean"``, ``"text"``, ``"json"``, or a callable ``key(answer)``.
+    A sample whose answer the type cannot read (under ``"number"``: ``"(86, 42)"``,
+    ``"40 + 60/x"``, ``"[invalid]"``) casts no vote, as if it had no answer: its stray
+    numbers cannot make it agree with anything, and a sample that is nothing but a parse
+    failure is replaced by the next variant's. ``single_number = true`` is the older
+    spelling of ``answer_type = "number"``; ``normalize = false`` compares answers exactly
+    as extracted.
 
-    The verdict's ``parsed`` is the majority value, its ``completion`` the first sample that
-    carries it (the result text), its ``score`` the majority's share of the samples drawn.
+    The verdict's ``parsed`` is the majority value (the canonical form: ``"1000"``,
+    ``"2021-05-01"``, ``"B"``), its ``completion`` the first sample that carries it (the
+    result text), its ``score`` the majority's share of the samples drawn.
 
     ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
     every sample whatever the first ones say (a naive vote, to compare against).
-    ``samples = 2, min_agreement = 0.5, single_number = true`` accepts the first answer
+    ``samples = 2, min_agreement = 0.5, answer_type = "number"`` accepts the first answer
     that is one number, and draws a second (under the next variant) only when it is not.
     """
 
@@ -71,6 +79,9 @@ class SelfConsistencyValidator:
         samples: int,
         min_agreement: float = 0.5,
         extractor: Any = "auto",
+        answer_type: Any = None,
+        date_order: str = "mdy",
+        date_formats: Any = (),
         normalize: bool = True,
         single_number: bool = False,
         early_stop: bool = True,
@@ -90,18 +101,24 @@ class SelfConsistencyValidator:
         self.samples = samples
         self.min_agreement = float(min_agreement)
         self.needed = votes_needed(samples, self.min_agreement)
-        self._normalize = normalize
-        self._single_number = single_number
+        self.answer_type: AnswerType | None = _answer_type(
+            answer_type,
+            date_order=date_order,
+            date_formats=date_formats,
+            normalize=normalize,
+            single_number=single_number,
+        )
         self.early_stop = early_stop
 
     def __repr__(self) -> str:
         return f"<SelfConsistencyValidator {self.needed} of {self.samples}>"
 
-    def value(self, completion: Completion) -> str | None:
+    def value(self, completion: Completion) -> Hashable | None:
+        """The sample's vote: its answer's key under the answer type (None: no vote)."""
         raw = self._extract(completion)
-        if self._single_number:
-            raw = single_number(raw)
-        return normalize(raw) if self._normalize else raw
+        if self.answer_type is None:
+            return raw if raw else None
+        return self.answer_type.key(raw)
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         weights = context.weights
@@ -109,7 +126,7 @@ class SelfConsistencyValidator:
         needed = self.min_agreement * sum(plan) - 1e-9 if weights else float(self.needed)
         answers = [completion]
         values = [self.value(completion)]
-        tally: dict[str, float] = {}
+        tally: dict[Hashable, float] = {}
         if values[0] is not None:
             tally[values[0]] = plan[0]
         note = ""
@@ -147,8 +164,8 @@ class SelfConsistencyValidator:
     def _verdict(
         self,
         answers: list[Completion],
-        values: list[str | None],
-        tally: dict[str, float],
+        values: list[Hashable | None],
+        tally: dict[Hashable, float],
         needed: float,
         note: str,
         *,
@@ -169,12 +186,13 @@ class SelfConsistencyValidator:
         carrier = answers[values.index(majority)]
         passed = top >= needed
         counts = Counter(v for v in values if v is not None)
-        shown = ", ".join(f"{v!r}: {n}" for v, n in counts.most_common(4))
+        shown = ", ".join(f"{_shown(v)!r}: {n}" for v, n in counts.most_common(4))
+        value = _shown(majority)
         if weighted:
-            agree = f"votes weighing {top:g} of the {drawn} samples drawn agree on {majority!r}"
+            agree = f"votes weighing {top:g} of the {drawn} samples drawn agree on {value!r}"
             need = f"needs {needed:.3g} of {self.min_agreement:g} x the planned weight"
         else:
-            agree = f"{top:g} of {drawn} samples agree on {majority!r}"
+            agree = f"{top:g} of {drawn} samples agree on {value!r}"
             need = f"needs {self.needed} of {self.samples}"
         return Verdict(
             validator=self.name,
@@ -182,6 +200,38 @@ class SelfConsistencyValidator:
             # of everything drawn, answerless samples included
             score=min(1.0, top / drawn_weight) if weighted and drawn_weight else top / drawn,
             reason=f"{agree} ({need}; {shown}){note}"[:500],
-            parsed=majority if passed else None,
+            parsed=value if passed else None,
             completion=carrier,
         )
+
+
+def _shown(key: Hashable) -> Any:
+    """What a vote reports: the canonical value of a built-in type's key."""
+    return key.value if isinstance(key, AnswerKey) else key
+
+
+def _answer_type(
+    spec: Any, *, date_order: str, date_formats: Any, normalize: bool, single_number: bool
+) -> AnswerType | None:
+    """The validator's answer type from its options; None: compare exactly as extracted."""
+    if not normalize:
+        if spec is not None or single_number:
+            raise ConfigError(
+                "normalize = false compares answers as written; it cannot be combined with "
+                "answer_type or single_number",
+                path="normalize",
+            )
+        return None
+    if single_number:
+        if spec not in (None, "number"):
+            raise ConfigError(
+                f"single_number = true means answer_type = 'number', not {spec!r}",
+                path="single_number",
+            )
+        spec = "number"
+    try:
+        return answer_type(
+            "auto" if spec is None else spec, date_order=date_order, date_formats=date_formats
+        )
+    except AnswerTypeError as exc:
+        raise ConfigError(str(exc), path=exc.field) from None

@@ -1,0 +1,515 @@
+"""When two answers are the same answer: typed answer equivalence.
+
+Self-consistency votes and ``cascade eval`` both ask whether two final answers agree. The
+answer type says how to tell; each type maps an answer to a key, and two answers are the
+same exactly when their keys are equal (so votes are counted with a dict)::
+
+    number   one number, canonical: "$1,000.00" = "1000" = "1,000" = "1e3"; "60%" = "60".
+             The answer must state ONE number (its result: what follows its last "=");
+             "(86, 42)", "3:30", "1/2" or "86 glasses and 42 plates" state none.
+    date     one calendar date, by value: "05/01/2021" = "2021-05-01" = "May 1, 2021" =
+             "1 May 2021". Day/month order of numeric dates is ``date_order``: "mdy"
+             (default, US: 05/01 is May 1st), "dmy" (05/01 is January 5th), or "strict"
+             (a numeric date whose day and month could be swapped is no answer at all).
+             ISO dates (2021-05-01) and month names are never ambiguous. Extra formats:
+             ``date_formats`` (strptime directives, tried on the whole answer first).
+    choice   an option letter A-J in its common spellings: "B", "(B)", "B)", "B.",
+             "[B]", "Option B", "the answer is (b)", "(B) 05/01/2021".
+    boolean  yes / no / true / false ("the answer is yes", "Yes, because ...").
+    text     case, whitespace and trailing punctuation insensitive, otherwise exact.
+    json     canonical JSON: key order, whitespace and number formatting do not matter
+             ({"a": 1.0, "b": 2} = {"b":2,"a":1}).
+    auto     per answer, the first of json, boolean, choice, date, number that the WHOLE
+             answer is (nothing but that value), else text. The key keeps the type, so
+             two answers are the same only when both are that type and agree by its rule:
+             "(A)" = "A", "05/01/2021" = "2021-05-01", "$18" = "18"; but "05/01/2021"
+             and "05/02/2021", "3:30" and "2:30", "1.2.3" and "1.2.4" never are.
+
+A user's own rule is a callable ``key(answer: str) -> Hashable | None``: answers with
+equal keys agree; None means the answer holds no final answer (it casts no vote).
+
+Every parse here is linear in the answer's length (answers longer than
+:data:`MAX_TYPED_CHARS` are compared as text only), and JSON nesting is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Hashable, Sequence
+from datetime import date, datetime
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+from typing import Any, Final, Literal, NamedTuple, get_args
+
+__all__ = [
+    "ANSWER_TYPES",
+    "AnswerKey",
+    "AnswerType",
+    "AnswerTypeError",
+    "AnswerTypeName",
+    "DateOrder",
+    "answer_type",
+]
+
+AnswerTypeName = Literal["auto", "number", "date", "choice", "boolean", "text", "json"]
+DateOrder = Literal["mdy", "dmy", "strict"]
+ANSWER_TYPES: Final[tuple[str, ...]] = get_args(AnswerTypeName)
+_DATE_ORDERS: Final[tuple[str, ...]] = get_args(DateOrder)
+
+MAX_TYPED_CHARS: Final = 100_000
+"""Longer answers are compared as text: no type parses them (a bound on work per answer)."""
+_MAX_JSON_DEPTH: Final = 64
+
+
+class AnswerTypeError(ValueError):
+    """A bad answer type option; ``field`` names it (``answer_type``, ``date_order``,
+    ``date_formats[1]``)."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class AnswerKey(NamedTuple):
+    """What an answer means under an answer type: equal keys, same answer.
+
+    ``kind`` is the type that read it (``"number"``, ``"date"``, ...); ``value`` its
+    canonical form (``"1000"``, ``"2021-05-01"``, ``"B"``, ``"yes"``): what a vote reports.
+    """
+
+    kind: str
+    value: str
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# -- shared pieces -------------------------------------------------------------------------
+
+_NUMBER = re.compile(
+    r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
+)
+_MICRO = Decimal("0.000001")
+_EXACT = Context(prec=64)  # 30 digits before the point and 6 after always fit
+_MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
+_TRAILING = ".!?,;: \t\n"
+_WRAPPERS = (("**", "**"), ("`", "`"), ('"', '"'), ("'", "'"), ("*", "*"))
+
+
+def _collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _clean(text: str) -> str:
+    """Whitespace collapsed, trailing punctuation and wrapping quotes or bold removed."""
+    s = _collapse(text).rstrip(_TRAILING)
+    for _ in range(3):  # "**`B`**": a few layers at most
+        for left, right in _WRAPPERS:
+            if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
+                s = s[len(left) : -len(right)].strip().rstrip(_TRAILING)
+                break
+        else:
+            break
+    return s
+
+
+def canonical_number(token: str) -> str | None:
+    """``"1,000.50"`` -> ``"1000.5"``; float noise below 1e-6 dropped; exact for big ints."""
+    try:
+        number = Decimal(token.replace(",", ""))
+    except InvalidOperation:
+        return None
+    if not number.is_finite() or abs(number.adjusted()) > 30:
+        return None
+    number = number.quantize(_MICRO, rounding=ROUND_HALF_EVEN, context=_EXACT)
+    if number == number.to_integral_value():
+        return str(int(number))
+    return format(number.normalize(), "f")
+
+
+# -- number ----------------------------------------------------------------------------------
+
+
+def number_value(text: str) -> str | None:
+    """The canonical number an answer states, when its result states exactly one."""
+    result = text.rsplit("=", 1)[-1]
+    found = _NUMBER.findall(result)
+    return canonical_number(found[0]) if len(found) == 1 else None
+
+
+_WHOLE_NUMBER = re.compile(
+    r"[=\s]*([-+])?\s*[$€£¥]?\s*(-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:[eE][-+]?\d+)?)\s*%?"
+)
+
+
+def _whole_number(text: str) -> str | None:
+    m = _WHOLE_NUMBER.fullmatch(text)
+    if m is None:
+        return None
+    sign, token = m.groups()
+    if sign == "-":
+        if token.startswith("-"):
+            return None
+        token = "-" + token
+    return canonical_number(token)
+
+
+# -- boolean ---------------------------------------------------------------------------------
+
+_BOOLEANS = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
+_ANSWER_IS = re.compile(
+    r"(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is|\s*[:=])\s*:?\s*",
+    re.IGNORECASE,
+)
+
+
+def _after_answer_is(text: str) -> str | None:
+    """What follows a leading "the answer is" / "answer:", if the text starts so."""
+    m = _ANSWER_IS.match(text)
+    return text[m.end() :].strip() if m else None
+
+
+_LEADING_BOOL = re.compile(r"(yes|no|true|false)\b[\s,.;:!-]", re.IGNORECASE)
+
+
+def _boolean(text: str, *, strict: bool) -> str | None:
+    s = _clean(text)
+    tail = _after_answer_is(s)
+    if tail is not None:
+        s = _clean(tail)
+    value = _BOOLEANS.get(s.casefold())
+    if value is not None or strict:
+        return value
+    m = _LEADING_BOOL.match(s + " ")
+    return _BOOLEANS[m.group(1).casefold()] if m else None
+
+
+# -- choice ----------------------------------------------------------------------------------
+
+_LETTER_ONLY = re.compile(r"\(([A-Ja-j])\)|\[([A-Ja-j])\]|([A-Ja-j])\)?")
+_OPTION_WORD = re.compile(r"(?:option|choice)\s+\(?([A-J])\)?", re.IGNORECASE)
+_MARKED_LETTER = re.compile(r"(?:\(([A-Ja-j])\)|\[([A-Ja-j])\]|([A-J])[).:]|([a-j])\))\s*\S")
+
+
+def _choice(text: str, *, strict: bool) -> str | None:
+    s = _clean(text)
+    tail = _after_answer_is(s)
+    if tail is not None:
+        s = _clean(tail)
+    m = _LETTER_ONLY.fullmatch(s) or _OPTION_WORD.fullmatch(s)
+    if m is not None:
+        return next(g for g in m.groups() if g).upper()
+    if strict:
+        return None
+    # "(B) 05/01/2021", "B) 6(√3 + √2)": an option marker followed by the option's text
+    m = _MARKED_LETTER.match(s)
+    return next(g for g in m.groups() if g).upper() if m else None
+
+
+# -- date ------------------------------------------------------------------------------------
+
+_MONTHS = {
+    name: i
+    for i, names in enumerate(
+        (
+            ("january", "jan"),
+            ("february", "feb"),
+            ("march", "mar"),
+            ("april", "apr"),
+            ("may",),
+            ("june", "jun"),
+            ("july", "jul"),
+            ("august", "aug"),
+            ("september", "sep", "sept"),
+            ("october", "oct"),
+            ("november", "nov"),
+            ("december", "dec"),
+        ),
+        1,
+    )
+    for name in names
+}
+_MONTH = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_ISO = re.compile(r"(?<![\d/.-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![\d/.-])")
+_NUMERIC = re.compile(r"(?<![\d/.-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4})(?![\d/.-])")
+_MONTH_FIRST = re.compile(r"\b" + _MONTH + r"\s+" + _DAY + r",?\s+(\d{4})\b", re.IGNORECASE)
+_DAY_FIRST = re.compile(
+    r"\b" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+(\d{4})\b", re.IGNORECASE
+)
+
+
+def _date_of(y: int, m: int, d: int) -> str | None:
+    try:
+        return date(y, m, d).isoformat()
+    except ValueError:
+        return None
+
+
+def _iso(m: re.Match[str], order: str) -> str | None:
+    return _date_of(int(m[1]), int(m[3]), int(m[4]))
+
+
+def _numeric(m: re.Match[str], order: str) -> str | None:
+    a, b, year = int(m[1]), int(m[3]), int(m[4])
+    if order == "strict":
+        if a != b and a <= 12 and b <= 12:
+            return None  # either could be the month
+        order = "dmy" if a > 12 else "mdy"  # the only reading there is
+    month, day = (b, a) if order == "dmy" else (a, b)
+    return _date_of(year, month, day)
+
+
+def _month_first(m: re.Match[str], order: str) -> str | None:
+    return _date_of(int(m[3]), _MONTHS[m[1].casefold()], int(m[2]))
+
+
+def _day_first(m: re.Match[str], order: str) -> str | None:
+    return _date_of(int(m[3]), _MONTHS[m[2].casefold()], int(m[1]))
+
+
+_DATE_FORMS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], str], str | None]], ...] = (
+    (_ISO, _iso),
+    (_NUMERIC, _numeric),
+    (_MONTH_FIRST, _month_first),
+    (_DAY_FIRST, _day_first),
+)
+
+
+class _Dates:
+    """Date parsing under one day/month order and a user's extra formats."""
+
+    __slots__ = ("formats", "order")
+
+    def __init__(self, order: str, formats: Sequence[str]) -> None:
+        self.order = order
+        self.formats = tuple(formats)
+
+    def value(self, text: str, *, strict: bool) -> str | None:
+        s = _clean(text)
+        for fmt in self.formats:
+            try:
+                return datetime.strptime(s, fmt).date().isoformat()  # noqa: DTZ007
+            except ValueError:
+                continue
+        tail = _after_answer_is(s)
+        if tail is not None:
+            s = _clean(tail)
+        if strict:
+            for form, read in _DATE_FORMS:
+                m = form.fullmatch(s)
+                if m is not None:
+                    return read(m, self.order)
+            return None
+        values = {read(m, self.order) for form, read in _DATE_FORMS for m in form.finditer(s)}
+        values.discard(None)
+        return values.pop() if len(values) == 1 else None  # one date, however often written
+
+
+def check_date_format(fmt: object) -> None:
+    """Raise ValueError unless ``fmt`` is a strptime format that reads back a date."""
+    if not isinstance(fmt, str) or not fmt.strip():
+        raise ValueError("expected a strptime format such as '%d.%m.%Y'")
+    day = date(2021, 5, 17)
+    try:
+        shown = day.strftime(fmt)
+        back = datetime.strptime(shown, fmt).date()  # noqa: DTZ007
+    except ValueError as exc:
+        raise ValueError(f"date format {fmt!r} cannot be parsed: {exc}") from None
+    if back != day:
+        raise ValueError(
+            f"date format {fmt!r} does not name a whole date (day, month and year): "
+            f"{day.isoformat()} reads back as {back.isoformat()}"
+        )
+
+
+# -- json ------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"```[a-zA-Z]*\n?(.*?)\n?```", re.DOTALL)
+
+
+def _json_canonical(value: Any, depth: int = 0) -> str:
+    if depth > _MAX_JSON_DEPTH:
+        raise ValueError("nested too deep")
+    if isinstance(value, dict):
+        items = sorted(value.items())
+        inner = ",".join(
+            f"{json.dumps(k, ensure_ascii=False)}:{_json_canonical(v, depth + 1)}"
+            for k, v in items
+        )
+        return "{" + inner + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_json_canonical(v, depth + 1) for v in value) + "]"
+    if isinstance(value, Decimal):
+        number = canonical_number(str(value))
+        if number is None:
+            raise ValueError("number out of range")
+        return number
+    return json.dumps(value, ensure_ascii=False)  # str, bool, None
+
+
+def _json(text: str, *, strict: bool) -> str | None:
+    s = text.strip()
+    if s.startswith("```") and s.endswith("```"):
+        m = _FENCE.fullmatch(s)
+        if m is not None:
+            s = m.group(1).strip()
+    if strict and not s.startswith(("{", "[")):
+        return None
+    try:
+        value = json.loads(s, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_nan)
+        return _json_canonical(value)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _no_nan(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def _text(text: str) -> str | None:
+    return _collapse(text).casefold().rstrip(_TRAILING) or None
+
+
+# -- the types -------------------------------------------------------------------------------
+
+KeyFunction = Callable[[str], Hashable | None]
+
+
+class AnswerType:
+    """One rule for when two answers are the same (see the module docstring).
+
+    Build it with :func:`answer_type`. ``key(answer)`` is the answer's key (an
+    :class:`AnswerKey` for the built-in types; whatever a user's callable returns) or None
+    when the answer holds none; ``same(a, b)`` compares two answers. Immutable and safe to
+    share between concurrent runs.
+
+    >>> t = answer_type("auto")
+    >>> t.same("(A)", "A"), t.same("05/01/2021", "05/02/2021"), t.same("$1,000", "1000.0")
+    (True, False, True)
+    """
+
+    __slots__ = ("_key", "date_order", "name")
+
+    def __init__(self, name: str, key: KeyFunction, *, date_order: str = "mdy") -> None:
+        self.name = name
+        self.date_order = date_order
+        self._key = key
+
+    def __repr__(self) -> str:
+        if self.name in ("auto", "date"):
+            return f"<AnswerType {self.name} date_order={self.date_order}>"
+        return f"<AnswerType {self.name}>"
+
+    def key(self, answer: str | None) -> Hashable | None:
+        """The answer's key; None for a missing, empty or (under this type) unreadable one."""
+        if answer is None:
+            return None
+        text = str(answer)
+        if not text.strip():
+            return None
+        return self._key(text)
+
+    def same(self, a: str | None, b: str | None) -> bool:
+        """Whether ``a`` and ``b`` are the same answer (two missing answers are not)."""
+        ka = self.key(a)
+        return ka is not None and ka == self.key(b)
+
+
+def _typed(kind: str, read: Callable[[str], str | None]) -> KeyFunction:
+    def key(text: str) -> AnswerKey | None:
+        if len(text) > MAX_TYPED_CHARS:
+            return None
+        value = read(text)
+        return None if value is None else AnswerKey(kind, value)
+
+    return key
+
+
+def _text_key(text: str) -> AnswerKey | None:
+    value = _text(text)
+    return None if value is None else AnswerKey("text", value)
+
+
+def _auto(dates: _Dates) -> KeyFunction:
+    def key(text: str) -> AnswerKey | None:
+        cleaned = _clean(text)
+        if not cleaned or cleaned.casefold() in _MISSING:
+            return None
+        if len(text) > MAX_TYPED_CHARS:
+            return _text_key(text)
+        if cleaned.startswith(("{", "[", "```")):
+            value = _json(text, strict=True)
+            if value is not None:
+                return AnswerKey("json", value)
+        value = _boolean(cleaned, strict=True)
+        if value is not None:
+            return AnswerKey("boolean", value)
+        value = _choice(cleaned, strict=True)
+        if value is not None:
+            return AnswerKey("choice", value)
+        value = dates.value(cleaned, strict=True)
+        if value is not None:
+            return AnswerKey("date", value)
+        value = _whole_number(cleaned)
+        if value is not None:
+            return AnswerKey("number", value)
+        return _text_key(text)
+
+    return key
+
+
+def answer_type(
+    spec: str | KeyFunction | AnswerType = "auto",
+    *,
+    date_order: str = "mdy",
+    date_formats: Sequence[str] = (),
+) -> AnswerType:
+    """The :class:`AnswerType` a config names, or a user's key function wrapped as one.
+
+    ``spec``: one of ``"auto"``, ``"number"``, ``"date"``, ``"choice"``, ``"boolean"``,
+    ``"text"``, ``"json"``, or a callable ``key(answer) -> Hashable | None``. Raises
+    :class:`AnswerTypeError` (a ValueError naming the ``field``) for an unknown name, an
+    unknown ``date_order`` or a ``date_formats`` entry that cannot read back a date.
+    """
+    if isinstance(spec, AnswerType):
+        return spec
+    if date_order not in _DATE_ORDERS:
+        raise AnswerTypeError(
+            f"unknown date_order {date_order!r} (known: {', '.join(_DATE_ORDERS)}): "
+            "mdy reads 05/01/2021 as May 1st, dmy as January 5th, strict as no answer",
+            field="date_order",
+        )
+    if isinstance(date_formats, str) or not isinstance(date_formats, Sequence):
+        raise AnswerTypeError(
+            "expected a list of strptime formats such as ['%d.%m.%Y']", field="date_formats"
+        )
+    for i, fmt in enumerate(date_formats):
+        try:
+            check_date_format(fmt)
+        except ValueError as exc:
+            raise AnswerTypeError(str(exc), field=f"date_formats[{i}]") from None
+    if callable(spec):
+        name = getattr(spec, "__name__", type(spec).__name__)
+        return AnswerType(name, spec, date_order=date_order)
+    if not isinstance(spec, str) or spec not in ANSWER_TYPES:
+        raise AnswerTypeError(
+            f"unknown answer type {spec!r} (known: {', '.join(ANSWER_TYPES)}, "
+            "or a callable key(answer))",
+            field="answer_type",
+        )
+    dates = _Dates(date_order, date_formats)
+    readers: dict[str, KeyFunction] = {
+        "auto": _auto(dates),
+        "number": _typed("number", number_value),
+        "date": _typed("date", lambda t: dates.value(t, strict=False)),
+        "choice": _typed("choice", lambda t: _choice(t, strict=False)),
+        "boolean": _typed("boolean", lambda t: _boolean(t, strict=False)),
+        "text": _text_key,
+        "json": _typed("json", lambda t: _json(t, strict=False)),
+    }
+    return AnswerType(spec, readers[spec], date_order=date_order)
