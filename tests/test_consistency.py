@@ -564,3 +564,76 @@ def test_variant_weights_must_not_all_be_zero() -> None:
     with pytest.raises(ConfigError) as info:
         Cascade.from_dict(cfg)
     assert info.value.path == "tiers[0].variants"
+
+
+# -- answers that are not numbers ------------------------------------------------------------
+
+
+def by_variant_plain(answers: dict[str, str]) -> Responder:
+    def respond(request: FakeRequest) -> Reply:
+        system = next(m["content"] for m in request.messages if m["role"] == "system")
+        return Reply(text=answers[system.removeprefix("variant ")], input_tokens=100,
+                     output_tokens=10)  # fmt: skip
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "agree", "parsed"),
+    [
+        ("05/01/2021", "05/02/2021", False, None),  # used to agree on "2021"
+        ("3:30", "2:30", False, None),  # used to agree on "30"
+        ("1.2.3", "1.2.4", False, None),
+        ("(A)", "A", True, "A"),
+        ("05/01/2021", "May 1, 2021", True, "2021-05-01"),
+        ("$1,000", "1000.0", True, "1000"),
+    ],
+)
+async def test_samples_agree_only_on_the_same_answer(
+    openai_server: FakeOpenAIServer, a: str, b: str, agree: bool, parsed: str | None
+) -> None:
+    openai_server.respond("small", by_variant_plain({"A": a, "B": b}))
+    openai_server.script("large", "The answer is 42.")
+    cfg = sc_config(openai_server.url, samples=2, agreement=1.0, extractor="answer_is")
+    cfg["tiers"][0]["validators"][0]["extractor"] = lambda c: c.text  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert (result.tier == 1) is agree
+    if agree:
+        assert result.parsed == parsed and result.text == a
+
+
+async def test_date_order_decides_which_dates_agree(openai_server: FakeOpenAIServer) -> None:
+    openai_server.respond("small", by_variant_plain({"A": "05/01/2021", "B": "5 January 2021"}))
+    openai_server.script("large", "The answer is 42.")
+    for order, tier_no in (("mdy", 2), ("dmy", 1), ("strict", 2)):
+        cfg = sc_config(openai_server.url, samples=2, agreement=1.0, answer_type="date",
+                        date_order=order)  # fmt: skip
+        cfg["tiers"][0]["validators"][0]["extractor"] = lambda c: c.text  # type: ignore[index]
+        async with Cascade.from_dict(cfg) as cc:
+            result = await cc.run(messages=USER)
+        assert result.tier == tier_no, order
+
+
+async def test_samples_of_one_variant_share_a_request_with_n(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # Two variants, six samples without early stopping: samples 1-5 are B, A, B, A, B, so
+    # they go as two requests, n = 3 (B) and n = 2 (A), each billing its prompt once.
+    openai_server.respond("small", by_variant({"A": "4", "B": "4"}))
+    cfg = sc_config(openai_server.url, samples=6, agreement=0.5, early_stop=False)
+    cfg["tiers"][0]["variants"] = VARIANTS[:2]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert openai_server.request_count == 3
+    ns = sorted(r.body.get("n", 1) for r in openai_server.requests)
+    assert ns == [1, 2, 3]
+    (attempt,) = result.attempts
+    assert [s.variant for s in attempt.samples] == ["B", "A", "B", "A", "B"]
+    assert attempt.input_tokens == 3 * 100  # one prompt per request
+    # with batching off, every sample is its own request
+    cfg["tiers"][0]["providers"][0]["batch_samples"] = False  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert openai_server.request_count == 3 + 6
+    assert result.attempts[0].input_tokens == 6 * 100

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from cascade import (
@@ -269,3 +270,50 @@ def test_cli_resolves_dataset_against_the_config_folder(
     assert str(tmp_path / "data" / "d.jsonl.gz") in capsys.readouterr().out
     assert main(["run", "--config", str(config), Q1]) == 0
     assert capsys.readouterr().out == "legs = 3 * 2\n"
+
+
+# -- n: several answers from one request, billed as the API bills them -----------------------
+
+
+async def test_complete_n_bills_the_prompt_once(dataset: Path) -> None:
+    config = msgspec.convert(replay(dataset, prompt_overhead_tokens=100), ProviderConfig)
+    provider = ReplayProvider(config)
+    messages = (Message(role="user", content=Q1),)
+    chunks = await provider.complete_n(messages, RequestOptions(), 3)
+    # the three recorded answers in turn; the prompt (10 + 100 tokens) on the first only
+    assert [c.text for c in chunks] == ["2 legs each: 6", "legs = 3 * 2", "Six. #### 6"]
+    assert [c.input_tokens for c in chunks] == [110, 0, 0]
+    assert [c.output_tokens for c in chunks] == [7, 11, 5]
+    assert [c.answer for c in chunks] == ["$6", "6", None]
+    # the turn goes on where n left it
+    (again,) = await provider.complete_n(messages, RequestOptions(), 1)
+    assert again.text == "2 legs each: 6" and provider.served == 2 and provider.estimated == 0
+
+
+@pytest.mark.parametrize("batch", [True, False])
+async def test_self_consistency_samples_with_and_without_n(dataset: Path, batch: bool) -> None:
+    validator = {"name": "self_consistency", "samples": 3, "min_agreement": 1.0,
+                 "extractor": "recorded", "early_stop": False}  # fmt: skip
+    cfg = {"tiers": [{"name": "t", "validators": [validator], "providers": [
+        replay(dataset, prompt_overhead_tokens=100, batch_samples=batch)]}]}  # fmt: skip
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=ask(Q1))
+    # "$6", 6 and an answerless one: two of three agree, not all three
+    (attempt,) = result.attempts
+    assert attempt.outcome == "rejected" and len(attempt.samples) == 2
+    prompts = 2 if batch else 3  # the first call, then one request with n = 2 (or two)
+    assert result.usage.input_tokens == prompts * 110
+    assert result.usage.output_tokens == 7 + 11 + 5
+    assert result.cost_usd == pytest.approx((prompts * 110 + 2 * 23) / 1e6, rel=1e-12)
+
+
+async def test_a_dataset_without_token_counts_is_priced_on_estimates(tmp_path: Path) -> None:
+    record = {"question": Q1, "responses": {"small": [{"variant": "COT", "text": "x" * 40}]}}
+    path = write_dataset(tmp_path / "bare.jsonl", [record])
+    async with Cascade.from_dict(one_tier(path, prompt_overhead_tokens=100)) as c:
+        result = await c.run(messages=ask(Q1))
+        (provider,) = c._tiers[0].providers
+    # the engine's own estimates: the prompt's characters / 4 + 4 a message; 40 chars / 4
+    assert result.usage.input_tokens == len(Q1) // 4 + 4 + 100
+    assert result.usage.output_tokens == 10
+    assert isinstance(provider, ReplayProvider) and provider.estimated == 1

@@ -235,9 +235,7 @@ _DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
 _ISO = re.compile(r"(?<![\d/.-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![\d/.-])")
 _NUMERIC = re.compile(r"(?<![\d/.-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4})(?![\d/.-])")
 _MONTH_FIRST = re.compile(r"\b" + _MONTH + r"\s+" + _DAY + r",?\s+(\d{4})\b", re.IGNORECASE)
-_DAY_FIRST = re.compile(
-    r"\b" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+(\d{4})\b", re.IGNORECASE
-)
+_DAY_FIRST = re.compile(r"\b" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+(\d{4})\b", re.IGNORECASE)
 
 
 def _date_of(y: int, m: int, d: int) -> str | None:
@@ -290,7 +288,7 @@ class _Dates:
         s = _clean(text)
         for fmt in self.formats:
             try:
-                return datetime.strptime(s, fmt).date().isoformat()  # noqa: DTZ007
+                return datetime.strptime(s, fmt).date().isoformat()
             except ValueError:
                 continue
         tail = _after_answer_is(s)
@@ -314,7 +312,7 @@ def check_date_format(fmt: object) -> None:
     day = date(2021, 5, 17)
     try:
         shown = day.strftime(fmt)
-        back = datetime.strptime(shown, fmt).date()  # noqa: DTZ007
+        back = datetime.strptime(shown, fmt).date()
     except ValueError as exc:
         raise ValueError(f"date format {fmt!r} cannot be parsed: {exc}") from None
     if back != day:
@@ -335,8 +333,7 @@ def _json_canonical(value: Any, depth: int = 0) -> str:
     if isinstance(value, dict):
         items = sorted(value.items())
         inner = ",".join(
-            f"{json.dumps(k, ensure_ascii=False)}:{_json_canonical(v, depth + 1)}"
-            for k, v in items
+            f"{json.dumps(k, ensure_ascii=False)}:{_json_canonical(v, depth + 1)}" for k, v in items
         )
         return "{" + inner + "}"
     if isinstance(value, list):

@@ -88,7 +88,7 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     """Answers no validator accepted (``on_exhausted = "best"`` fallbacks)."""
     errors: int
     """Runs that returned no answer at all (their attempts' cost still counts)."""
-    estimated_calls: int = 0
+    estimated_calls: int
     """Replayed calls priced on estimated tokens (the dataset recorded no token counts)."""
 
 
@@ -273,7 +273,7 @@ def summarise(
     scoring: Scoring,
     baseline: Sequence[_Outcome],
     *,
-    estimated_calls: int = 0,
+    estimated_calls: int,
 ) -> EvalSummary:
     """The figures of one run over ``records`` against the baseline's run."""
     reached = dict.fromkeys(tiers, 0)
@@ -397,7 +397,7 @@ def format_summary(s: EvalSummary) -> str:
     if abs(gap) > GAP_POINTS:
         lines.append(
             f"  NOTE: typed and exact accuracy differ by {gap:.1f} points: that many answers "
-            "are right only under the answer type (\"$18\" = \"18\", \"(B)\" = \"B\"); "
+            'are right only under the answer type ("$18" = "18", "(B)" = "B"); '
             "check that it fits the task (--answer-type)"
         )
     lines += [
@@ -406,8 +406,7 @@ def format_summary(s: EvalSummary) -> str:
         "answered by tier    "
         + ", ".join(f"{k} {v} ({v / s.requests:.0%})" for k, v in s.answered_by.items()),
         "escalation rate     " + ", ".join(f"{k} {v:.1%}" for k, v in s.escalation_rate.items()),
-        "calls per request   "
-        + ", ".join(f"{k} {v:.2f}" for k, v in s.calls_per_request.items()),
+        "calls per request   " + ", ".join(f"{k} {v:.2f}" for k, v in s.calls_per_request.items()),
         f"unvalidated         {s.unvalidated} (best rejected answer returned)",
         f"errors              {s.errors} (no answer; their attempts' cost counts)",
     ]

@@ -70,14 +70,17 @@ class Sampler:
                 calls.append(self._many(many, samples, results))
             else:
                 calls.extend(self._one(sample, results) for sample in samples)
+        start = len(flight.samples)
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        drawn = [results[k] for k in sorted(results)]
+        flight.samples[start:] = drawn  # in sample order, whatever order they arrived in
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         for error in errors:
             if not isinstance(error, Exception):
                 raise error  # cancellation and the like go up as they are
         if errors and not results:
             raise errors[0]
-        return [results[k] for k in sorted(results)]
+        return drawn
 
     def _paid(self, completion: Completion, sample: int, results: dict[int, Completion]) -> None:
         flight = self._flight

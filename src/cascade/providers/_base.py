@@ -12,8 +12,8 @@ from .._types import Chunk, Message, RequestOptions
 
 __all__ = [
     "Provider",
-    "SupportsN",
     "ProviderFactory",
+    "SupportsN",
     "build_provider",
     "check_provider_config",
     "provider_kinds",
