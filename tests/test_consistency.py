@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import anyio
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -637,3 +638,43 @@ async def test_samples_of_one_variant_share_a_request_with_n(
         result = await cc.run(messages=USER)
     assert openai_server.request_count == 3 + 6
     assert result.attempts[0].input_tokens == 6 * 100
+
+
+class _NProvider:
+    """A provider whose ``complete_n`` answers with nothing, or never."""
+
+    def __init__(self, config: cascade.ProviderConfig, *, session: object, api_key: object) -> None:
+        self.name, self.model, self.config = config.name, config.model, config
+        self.calls = 0
+
+    async def stream(self, messages: object, options: object):  # type: ignore[no-untyped-def]
+        yield cascade.Chunk(text="4", input_tokens=1, output_tokens=1)
+
+    async def complete_n(self, messages: object, options: object, n: int) -> list[cascade.Chunk]:
+        self.calls += 1
+        if self.model == "hang":
+            await anyio.sleep(3600)
+        return []
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("model", ["empty", "hang"])
+async def test_a_batch_with_no_answers_or_no_end_stops_the_vote(model: str) -> None:
+    cascade.register_provider_kind("n-test", _NProvider, replace=True)
+    validator = {
+        "name": "self_consistency",
+        "samples": 3,
+        "min_agreement": 1.0,
+        "early_stop": False,
+    }
+    cfg = {"tiers": [{"name": "t", "validators": [validator], "providers": [
+        {"name": "p", "kind": "n-test", "model": model, "timeout_s": 0.05}]}]}  # fmt: skip
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+        (provider,) = cc._tiers[0].providers
+    assert isinstance(provider, _NProvider) and provider.calls == 1
+    reason = result.attempts[0].verdicts[0].reason
+    failure = "MalformedResponse" if model == "empty" else "ProviderTimeout"
+    assert f"sampling failed: {failure}" in reason and not result.validated

@@ -6,7 +6,10 @@ same exactly when their keys are equal (so votes are counted with a dict)::
 
     number   one number, canonical: "$1,000.00" = "1000" = "1,000" = "1e3"; "60%" = "60".
              The answer must state ONE number (its result: what follows its last "=");
-             "(86, 42)", "3:30", "1/2" or "86 glasses and 42 plates" state none.
+             "(86, 42)", "3:30", "1/2" or "86 glasses and 42 plates" state none, and a
+             number running on into a longer token ("1.2.3", "0x1F", "1_000", "10²") is
+             none. Values are rounded to 6 decimal places (float noise: "0.1 + 0.2"
+             answers agree), so numbers below 1e-6 are not told apart.
     date     one calendar date, by value: "05/01/2021" = "2021-05-01" = "May 1, 2021" =
              "1 May 2021". Day/month order of numeric dates is ``date_order``: "mdy"
              (default, US: 05/01 is May 1st), "dmy" (05/01 is January 5th), or "strict"
@@ -23,7 +26,10 @@ same exactly when their keys are equal (so votes are counted with a dict)::
              answer is (nothing but that value), else text. The key keeps the type, so
              two answers are the same only when both are that type and agree by its rule:
              "(A)" = "A", "05/01/2021" = "2021-05-01", "$18" = "18"; but "05/01/2021"
-             and "05/02/2021", "3:30" and "2:30", "1.2.3" and "1.2.4" never are.
+             and "05/02/2021", "3:30" and "2:30", "1.2.3" and "1.2.4", "007" and
+             "7" never are. Caveats: a number's trailing zeros are formatting ("3.10" =
+             "3.1", "18.0" = "18"); under "strict" an ambiguous "05/01/2021" is not a date
+             for auto, and is compared as text.
 
 A user's own rule is a callable ``key(answer: str) -> Hashable | None``: answers with
 equal keys agree; None means the answer holds no final answer (it casts no vote).
@@ -87,12 +93,15 @@ class AnswerKey(NamedTuple):
 # -- shared pieces -------------------------------------------------------------------------
 
 _NUMBER = re.compile(
-    r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
+    r"(?<![\w.,])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
+    # not the start of a longer token: "1.2.3", "192.168.1.1", "1_000", "0x1F", "10²"
+    r"(?![.,_]?\d|[xX][0-9a-fA-F]|[\u00b2\u00b3\u00b9\u2070-\u2079])"
 )
 _MICRO = Decimal("0.000001")
 _EXACT = Context(prec=64)  # 30 digits before the point and 6 after always fit
 _MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
 _TRAILING = ".!?,;: \t\n"
+_CLEAN_TRAILING = ".,;: \t\n"  # "3!" (a factorial) and "yes?" keep their mark
 _WRAPPERS = (("**", "**"), ("`", "`"), ('"', '"'), ("'", "'"), ("*", "*"))
 
 
@@ -102,11 +111,11 @@ def _collapse(text: str) -> str:
 
 def _clean(text: str) -> str:
     """Whitespace collapsed, trailing punctuation and wrapping quotes or bold removed."""
-    s = _collapse(text).rstrip(_TRAILING)
+    s = _collapse(text).rstrip(_CLEAN_TRAILING)
     for _ in range(3):  # "**`B`**": a few layers at most
         for left, right in _WRAPPERS:
             if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
-                s = s[len(left) : -len(right)].strip().rstrip(_TRAILING)
+                s = s[len(left) : -len(right)].strip().rstrip(_CLEAN_TRAILING)
                 break
         else:
             break
@@ -132,7 +141,7 @@ def canonical_number(token: str) -> str | None:
 
 def number_value(text: str) -> str | None:
     """The canonical number an answer states, when its result states exactly one."""
-    result = text.rsplit("=", 1)[-1]
+    result = text.rsplit("=", 1)[-1].replace("\u2212", "-")  # the typographic minus
     found = _NUMBER.findall(result)
     return canonical_number(found[0]) if len(found) == 1 else None
 
@@ -148,6 +157,8 @@ def _whole_number(text: str) -> str | None:
     if m is None:
         return None
     sign, token = m.groups()
+    if re.match(r"-?0\d", token):
+        return None  # "007", "02134": an ID or a code, not a number
     if sign == "-":
         if token.startswith("-"):
             return None
@@ -260,11 +271,11 @@ def _numeric(m: re.Match[str], order: str) -> str | None:
 
 
 def _month_first(m: re.Match[str], order: str) -> str | None:
-    return _date_of(int(m[3]), _MONTHS[m[1].casefold()], int(m[2]))
+    return _date_of(int(m[3]), _MONTHS.get(m[1].lower(), 0), int(m[2]))
 
 
 def _day_first(m: re.Match[str], order: str) -> str | None:
-    return _date_of(int(m[3]), _MONTHS[m[2].casefold()], int(m[1]))
+    return _date_of(int(m[3]), _MONTHS.get(m[2].lower(), 0), int(m[1]))
 
 
 _DATE_FORMS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], str], str | None]], ...] = (
@@ -286,14 +297,14 @@ class _Dates:
 
     def value(self, text: str, *, strict: bool) -> str | None:
         s = _clean(text)
+        tail = _after_answer_is(s)
+        if tail is not None:
+            s = _clean(tail)
         for fmt in self.formats:
             try:
                 return datetime.strptime(s, fmt).date().isoformat()
             except ValueError:
                 continue
-        tail = _after_answer_is(s)
-        if tail is not None:
-            s = _clean(tail)
         if strict:
             for form, read in _DATE_FORMS:
                 m = form.fullmatch(s)
@@ -313,7 +324,7 @@ def check_date_format(fmt: object) -> None:
     try:
         shown = day.strftime(fmt)
         back = datetime.strptime(shown, fmt).date()
-    except ValueError as exc:
+    except (ValueError, re.error) as exc:
         raise ValueError(f"date format {fmt!r} cannot be parsed: {exc}") from None
     if back != day:
         raise ValueError(
@@ -357,7 +368,7 @@ def _json(text: str, *, strict: bool) -> str | None:
     try:
         value = json.loads(s, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_nan)
         return _json_canonical(value)
-    except (ValueError, RecursionError):
+    except (ValueError, ArithmeticError, RecursionError):
         return None
 
 
@@ -421,10 +432,19 @@ def _typed(kind: str, read: Callable[[str], str | None]) -> KeyFunction:
     def key(text: str) -> AnswerKey | None:
         if len(text) > MAX_TYPED_CHARS:
             return None
-        value = read(text)
+        value = _safely(read, text)
         return None if value is None else AnswerKey(kind, value)
 
     return key
+
+
+def _safely(read: Callable[[str], str | None], text: str) -> str | None:
+    """A reader's value; an answer a reader cannot read (whatever the reason) is no value.
+    Nothing an answer holds may raise out of a vote or a score."""
+    try:
+        return read(text)
+    except (ValueError, ArithmeticError, LookupError, RecursionError, OverflowError):
+        return None
 
 
 def _text_key(text: str) -> AnswerKey | None:
@@ -439,22 +459,20 @@ def _auto(dates: _Dates) -> KeyFunction:
             return None
         if len(text) > MAX_TYPED_CHARS:
             return _text_key(text)
-        if cleaned.startswith(("{", "[", "```")):
-            value = _json(text, strict=True)
+        if text.lstrip().startswith(("{", "[", "```")):
+            value = _safely(lambda t: _json(t, strict=True), text)
             if value is not None:
                 return AnswerKey("json", value)
-        value = _boolean(cleaned, strict=True)
-        if value is not None:
-            return AnswerKey("boolean", value)
-        value = _choice(cleaned, strict=True)
-        if value is not None:
-            return AnswerKey("choice", value)
-        value = dates.value(cleaned, strict=True)
-        if value is not None:
-            return AnswerKey("date", value)
-        value = _whole_number(cleaned)
-        if value is not None:
-            return AnswerKey("number", value)
+        readers: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+            ("boolean", lambda t: _boolean(t, strict=True)),
+            ("choice", lambda t: _choice(t, strict=True)),
+            ("date", lambda t: dates.value(t, strict=True)),
+            ("number", _whole_number),
+        )
+        for kind, read in readers:
+            value = _safely(read, cleaned)
+            if value is not None:
+                return AnswerKey(kind, value)
         return _text_key(text)
 
     return key

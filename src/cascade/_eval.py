@@ -393,11 +393,11 @@ def format_summary(s: EvalSummary) -> str:
         f"exact match         {s.exact_accuracy:.1%}   (always-{top}: "
         f"{s.baseline_exact_accuracy:.1%})",
     ]
-    gap = (s.accuracy - s.exact_accuracy) * 100
+    gap = round((s.accuracy - s.exact_accuracy) * 100, 9)  # 52 vs 51 of 100 is 1 point
     if abs(gap) > GAP_POINTS:
         lines.append(
-            f"  NOTE: typed and exact accuracy differ by {gap:.1f} points: that many answers "
-            'are right only under the answer type ("$18" = "18", "(B)" = "B"); '
+            f"  NOTE: typed and exact accuracy differ by {gap:.1f} points: that share "
+            'of the answers is right only under the answer type ("$18" = "18", "(B)" = "B"); '
             "check that it fits the task (--answer-type)"
         )
     lines += [

@@ -14,7 +14,14 @@ from time import perf_counter
 from typing import Protocol
 
 from ._attempt import InFlight, complete
-from ._types import Completion, Message, RequestOptions, estimate_prompt_tokens
+from ._errors import MalformedResponse, ProviderTimeout
+from ._types import (
+    Completion,
+    Message,
+    RequestOptions,
+    estimate_prompt_tokens,
+    estimate_text_tokens,
+)
 from .providers import SupportsN
 
 __all__ = ["Sampler"]
@@ -80,6 +87,10 @@ class Sampler:
                 raise error  # cancellation and the like go up as they are
         if errors and not results:
             raise errors[0]
+        if not results:  # a server that answered with no choices at all
+            raise MalformedResponse(
+                "no answers in the response", provider=provider.name, model=provider.model
+            )
         return drawn
 
     def _paid(self, completion: Completion, sample: int, results: dict[int, Completion]) -> None:
@@ -98,25 +109,35 @@ class Sampler:
         msgs, opts = flight.tier.request(self._msgs, self._opts, samples[0])
         t0 = perf_counter()
         trace = flight.trace.samples(samples[0], len(samples), msgs, opts)
+        config = flight.provider.config
         try:
-            chunks = await provider.complete_n(msgs, opts, len(samples))
+            async with asyncio.timeout(config.timeout_s):  # the whole call, as for one answer
+                chunks = await provider.complete_n(msgs, opts, len(samples))
+        except TimeoutError as exc:
+            error = ProviderTimeout(
+                "timed out (timeout_s)", provider=config.name, model=flight.provider.model
+            )
+            trace.failed(error)
+            raise error from exc
         except BaseException as exc:
             trace.failed(exc)
             raise
         latency = perf_counter() - t0
         out = []
-        for sample, chunk in zip(samples, chunks, strict=False):  # a server may send fewer
+        for i, (sample, chunk) in enumerate(zip(samples, chunks, strict=False)):  # or fewer
+            prompt = chunk.input_tokens
+            if prompt is None:  # no usage reported: the prompt once, on the first answer
+                prompt = estimate_prompt_tokens(msgs) if i == 0 else 0
+            output = chunk.output_tokens
+            if output is None:
+                output = estimate_text_tokens(chunk.text)
             completion = Completion(
                 text=chunk.text,
                 provider=flight.provider.name,
                 model=chunk.model or flight.provider.model,
                 finish_reason=chunk.finish_reason,
-                input_tokens=(
-                    chunk.input_tokens
-                    if chunk.input_tokens is not None
-                    else estimate_prompt_tokens(msgs)
-                ),
-                output_tokens=chunk.output_tokens or 0,
+                input_tokens=prompt,
+                output_tokens=output,
                 latency_s=latency,
                 variant=opts.variant,
                 answer=chunk.answer,

@@ -214,6 +214,9 @@ def _answer_type(
     spec: Any, *, date_order: str, date_formats: Any, normalize: bool, single_number: bool
 ) -> AnswerType | None:
     """The validator's answer type from its options; None: compare exactly as extracted."""
+    for name, flag in (("normalize", normalize), ("single_number", single_number)):
+        if not isinstance(flag, bool):
+            raise ConfigError(f"expected true or false, got {flag!r}", path=name)
     if not normalize:
         if spec is not None or single_number:
             raise ConfigError(
