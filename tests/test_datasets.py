@@ -23,18 +23,20 @@ def evaluate(capsys: pytest.CaptureFixture[str], config: Path, *argv: str) -> di
     return out
 
 
+def _present(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"the shared dataset {path.name} is not here")
+    return path
+
+
 @pytest.fixture
 def gsm8k() -> Path:
-    if not GSM8K.exists():
-        pytest.skip("the shared GSM8K replay dataset is not here")
-    return GSM8K
+    return _present(GSM8K)
 
 
 @pytest.fixture
 def mixed() -> Path:
-    if not MIXED.exists():
-        pytest.skip("the shared mixed replay dataset is not here")
-    return MIXED
+    return _present(MIXED)
 
 
 def test_gsm8k_mixture_meets_gpt4_at_a_third_of_its_cost(

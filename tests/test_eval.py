@@ -19,6 +19,8 @@ from cascade._cli import main
 from cascade._eval import Record, Scoring, baseline_config
 from cascade.validators._extract import get_extractor
 
+from .helpers import replay_eval_config
+
 EXAMPLES = Path(__file__).parents[1] / "examples" / "gsm8k"
 GSM8K = Path(__file__).parents[2] / "shared" / "data" / "gsm8k-replay" / "gsm8k_replay.jsonl.gz"
 OVERHEAD = 100
@@ -73,36 +75,7 @@ COST_AT_HALF = math.fsum(  # one sample each, all accepted
 )
 BASELINE = math.fsum(big(r["question_tokens"], 100) for r in RECORDS)
 
-CONFIG = """
-on_exhausted = "best"
-
-[[tiers]]
-name = "small"
-variants = [{ name = "A" }, { name = "B" }]
-validators = [{ name = "self_consistency", samples = 2, min_agreement = 1.0, extractor = "recorded" }]
-
-[[tiers.providers]]
-name = "small"
-kind = "replay"
-model = "small"
-dataset = "../data/dataset.jsonl"
-prompt_overhead_tokens = 100
-input_cost_per_mtok = 1.0
-output_cost_per_mtok = 2.0
-
-[[tiers]]
-name = "big"
-
-[[tiers.providers]]
-name = "big"
-kind = "replay"
-model = "big"
-variant = "X"
-dataset = "../data/dataset.jsonl"
-prompt_overhead_tokens = 100
-input_cost_per_mtok = 10.0
-output_cost_per_mtok = 40.0
-"""
+CONFIG = replay_eval_config("../data/dataset.jsonl")
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]]) -> Path:

@@ -12,36 +12,9 @@ import pytest
 
 from cascade._cli import main
 
-CONFIG = """
-on_exhausted = "best"
+from .helpers import replay_eval_config
 
-[[tiers]]
-name = "small"
-variants = [{ name = "A" }, { name = "B" }]
-validators = [{ name = "self_consistency", samples = 2, min_agreement = 1.0, extractor = "recorded" }]
-
-[[tiers.providers]]
-name = "small"
-kind = "replay"
-model = "small"
-dataset = "dataset.jsonl"
-prompt_overhead_tokens = 100
-input_cost_per_mtok = 1.0
-output_cost_per_mtok = 2.0
-
-[[tiers]]
-name = "big"
-
-[[tiers.providers]]
-name = "big"
-kind = "replay"
-model = "big"
-variant = "X"
-dataset = "dataset.jsonl"
-prompt_overhead_tokens = 100
-input_cost_per_mtok = 10.0
-output_cost_per_mtok = 40.0
-"""
+CONFIG = replay_eval_config("dataset.jsonl")
 
 
 def rec(

@@ -43,24 +43,25 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Hashable, Sequence
-from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from typing import Any, Final, Literal, NamedTuple, get_args
 
+from ._answer_dates import DATE_ORDERS, DateOrder, DateReader, check_date_format
+
 __all__ = [
     "ANSWER_TYPES",
+    "MISSING_ANSWERS",
     "AnswerKey",
     "AnswerType",
     "AnswerTypeError",
     "AnswerTypeName",
     "DateOrder",
     "answer_type",
+    "canonical_number",
 ]
 
 AnswerTypeName = Literal["auto", "number", "date", "choice", "boolean", "text", "json"]
-DateOrder = Literal["mdy", "dmy", "strict"]
 ANSWER_TYPES: Final[tuple[str, ...]] = get_args(AnswerTypeName)
-_DATE_ORDERS: Final[tuple[str, ...]] = get_args(DateOrder)
 
 MAX_TYPED_CHARS: Final = 100_000
 """Longer answers are compared as text: no type parses them (a bound on work per answer)."""
@@ -99,7 +100,8 @@ _NUMBER = re.compile(
 )
 _MICRO = Decimal("0.000001")
 _EXACT = Context(prec=64)  # 30 digits before the point and 6 after always fit
-_MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
+MISSING_ANSWERS = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
+"""Answers that say there is none (``auto`` reads them as no answer)."""
 _TRAILING = ".!?,;: \t\n"
 _CLEAN_TRAILING = ".,;: \t\n"  # "3!" (a factorial) and "yes?" keep their mark
 _WRAPPERS = (("**", "**"), ("`", "`"), ('"', '"'), ("'", "'"), ("*", "*"))
@@ -175,20 +177,19 @@ _ANSWER_IS = re.compile(
 )
 
 
-def _after_answer_is(text: str) -> str | None:
-    """What follows a leading "the answer is" / "answer:", if the text starts so."""
-    m = _ANSWER_IS.match(text)
-    return text[m.end() :].strip() if m else None
+def _answer_part(text: str) -> str:
+    """The answer proper: cleaned, and what follows a leading "the answer is" / "answer:"
+    when it starts so."""
+    s = _clean(text)
+    m = _ANSWER_IS.match(s)
+    return _clean(s[m.end() :]) if m else s
 
 
 _LEADING_BOOL = re.compile(r"(yes|no|true|false)\b[\s,.;:!-]", re.IGNORECASE)
 
 
 def _boolean(text: str, *, strict: bool) -> str | None:
-    s = _clean(text)
-    tail = _after_answer_is(s)
-    if tail is not None:
-        s = _clean(tail)
+    s = _answer_part(text)
     value = _BOOLEANS.get(s.casefold())
     if value is not None or strict:
         return value
@@ -204,10 +205,7 @@ _MARKED_LETTER = re.compile(r"(?:\(([A-Ja-j])\)|\[([A-Ja-j])\]|([A-J])[).:]|([a-
 
 
 def _choice(text: str, *, strict: bool) -> str | None:
-    s = _clean(text)
-    tail = _after_answer_is(s)
-    if tail is not None:
-        s = _clean(tail)
+    s = _answer_part(text)
     m = _LETTER_ONLY.fullmatch(s) or _OPTION_WORD.fullmatch(s)
     if m is not None:
         return next(g for g in m.groups() if g).upper()
@@ -216,121 +214,6 @@ def _choice(text: str, *, strict: bool) -> str | None:
     # "(B) 05/01/2021", "B) 6(√3 + √2)": an option marker followed by the option's text
     m = _MARKED_LETTER.match(s)
     return next(g for g in m.groups() if g).upper() if m else None
-
-
-# -- date ------------------------------------------------------------------------------------
-
-_MONTHS = {
-    name: i
-    for i, names in enumerate(
-        (
-            ("january", "jan"),
-            ("february", "feb"),
-            ("march", "mar"),
-            ("april", "apr"),
-            ("may",),
-            ("june", "jun"),
-            ("july", "jul"),
-            ("august", "aug"),
-            ("september", "sep", "sept"),
-            ("october", "oct"),
-            ("november", "nov"),
-            ("december", "dec"),
-        ),
-        1,
-    )
-    for name in names
-}
-_MONTH = r"(" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
-_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
-_ISO = re.compile(r"(?<![\d/.-])(\d{4})([-/.])(\d{1,2})\2(\d{1,2})(?![\d/.-])")
-_NUMERIC = re.compile(r"(?<![\d/.-])(\d{1,2})([-/.])(\d{1,2})\2(\d{4})(?![\d/.-])")
-_MONTH_FIRST = re.compile(r"\b" + _MONTH + r"\s+" + _DAY + r",?\s+(\d{4})\b", re.IGNORECASE)
-_DAY_FIRST = re.compile(r"\b" + _DAY + r"\s+(?:of\s+)?" + _MONTH + r",?\s+(\d{4})\b", re.IGNORECASE)
-
-
-def _date_of(y: int, m: int, d: int) -> str | None:
-    try:
-        return date(y, m, d).isoformat()
-    except ValueError:
-        return None
-
-
-def _iso(m: re.Match[str], order: str) -> str | None:
-    return _date_of(int(m[1]), int(m[3]), int(m[4]))
-
-
-def _numeric(m: re.Match[str], order: str) -> str | None:
-    a, b, year = int(m[1]), int(m[3]), int(m[4])
-    if order == "strict":
-        if a != b and a <= 12 and b <= 12:
-            return None  # either could be the month
-        order = "dmy" if a > 12 else "mdy"  # the only reading there is
-    month, day = (b, a) if order == "dmy" else (a, b)
-    return _date_of(year, month, day)
-
-
-def _month_first(m: re.Match[str], order: str) -> str | None:
-    return _date_of(int(m[3]), _MONTHS.get(m[1].lower(), 0), int(m[2]))
-
-
-def _day_first(m: re.Match[str], order: str) -> str | None:
-    return _date_of(int(m[3]), _MONTHS.get(m[2].lower(), 0), int(m[1]))
-
-
-_DATE_FORMS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str], str], str | None]], ...] = (
-    (_ISO, _iso),
-    (_NUMERIC, _numeric),
-    (_MONTH_FIRST, _month_first),
-    (_DAY_FIRST, _day_first),
-)
-
-
-class _Dates:
-    """Date parsing under one day/month order and a user's extra formats."""
-
-    __slots__ = ("formats", "order")
-
-    def __init__(self, order: str, formats: Sequence[str]) -> None:
-        self.order = order
-        self.formats = tuple(formats)
-
-    def value(self, text: str, *, strict: bool) -> str | None:
-        s = _clean(text)
-        tail = _after_answer_is(s)
-        if tail is not None:
-            s = _clean(tail)
-        for fmt in self.formats:
-            try:
-                return datetime.strptime(s, fmt).date().isoformat()
-            except ValueError:
-                continue
-        if strict:
-            for form, read in _DATE_FORMS:
-                m = form.fullmatch(s)
-                if m is not None:
-                    return read(m, self.order)
-            return None
-        values = {read(m, self.order) for form, read in _DATE_FORMS for m in form.finditer(s)}
-        values.discard(None)
-        return values.pop() if len(values) == 1 else None  # one date, however often written
-
-
-def check_date_format(fmt: object) -> None:
-    """Raise ValueError unless ``fmt`` is a strptime format that reads back a date."""
-    if not isinstance(fmt, str) or not fmt.strip():
-        raise ValueError("expected a strptime format such as '%d.%m.%Y'")
-    day = date(2021, 5, 17)
-    try:
-        shown = day.strftime(fmt)
-        back = datetime.strptime(shown, fmt).date()
-    except (ValueError, re.error) as exc:
-        raise ValueError(f"date format {fmt!r} cannot be parsed: {exc}") from None
-    if back != day:
-        raise ValueError(
-            f"date format {fmt!r} does not name a whole date (day, month and year): "
-            f"{day.isoformat()} reads back as {back.isoformat()}"
-        )
 
 
 # -- json ------------------------------------------------------------------------------------
@@ -452,10 +335,18 @@ def _text_key(text: str) -> AnswerKey | None:
     return None if value is None else AnswerKey("text", value)
 
 
-def _auto(dates: _Dates) -> KeyFunction:
+def _auto(dates: DateReader) -> KeyFunction:
+    # whole-answer readers, in order (json is tried first, on the raw text)
+    readers: tuple[tuple[str, Callable[[str], str | None]], ...] = (
+        ("boolean", lambda t: _boolean(t, strict=True)),
+        ("choice", lambda t: _choice(t, strict=True)),
+        ("date", lambda t: dates.value(_answer_part(t), strict=True)),
+        ("number", _whole_number),
+    )
+
     def key(text: str) -> AnswerKey | None:
         cleaned = _clean(text)
-        if not cleaned or cleaned.casefold() in _MISSING:
+        if not cleaned or cleaned.casefold() in MISSING_ANSWERS:
             return None
         if len(text) > MAX_TYPED_CHARS:
             return _text_key(text)
@@ -463,12 +354,6 @@ def _auto(dates: _Dates) -> KeyFunction:
             value = _safely(lambda t: _json(t, strict=True), text)
             if value is not None:
                 return AnswerKey("json", value)
-        readers: tuple[tuple[str, Callable[[str], str | None]], ...] = (
-            ("boolean", lambda t: _boolean(t, strict=True)),
-            ("choice", lambda t: _choice(t, strict=True)),
-            ("date", lambda t: dates.value(t, strict=True)),
-            ("number", _whole_number),
-        )
         for kind, read in readers:
             value = _safely(read, cleaned)
             if value is not None:
@@ -493,9 +378,9 @@ def answer_type(
     """
     if isinstance(spec, AnswerType):
         return spec
-    if date_order not in _DATE_ORDERS:
+    if date_order not in DATE_ORDERS:
         raise AnswerTypeError(
-            f"unknown date_order {date_order!r} (known: {', '.join(_DATE_ORDERS)}): "
+            f"unknown date_order {date_order!r} (known: {', '.join(DATE_ORDERS)}): "
             "mdy reads 05/01/2021 as May 1st, dmy as January 5th, strict as no answer",
             field="date_order",
         )
@@ -517,11 +402,11 @@ def answer_type(
             "or a callable key(answer))",
             field="answer_type",
         )
-    dates = _Dates(date_order, date_formats)
+    dates = DateReader(date_order, date_formats)
     readers: dict[str, KeyFunction] = {
         "auto": _auto(dates),
         "number": _typed("number", number_value),
-        "date": _typed("date", lambda t: dates.value(t, strict=False)),
+        "date": _typed("date", lambda t: dates.value(_answer_part(t), strict=False)),
         "choice": _typed("choice", lambda t: _choice(t, strict=False)),
         "boolean": _typed("boolean", lambda t: _boolean(t, strict=False)),
         "text": _text_key,

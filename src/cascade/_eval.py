@@ -2,12 +2,10 @@
 answers and compared with always calling the top tier.
 
 The engine sees only each record's ``question`` (as the one user message); ``expected`` is
-read by :class:`Scoring` alone, after the runs. Every figure is given twice: typed (the
-answer and ``expected`` compared under the record's answer type, see ``_answers.py``) and
-exact (the answer as returned equals ``expected``, stripped), so a type that is too lenient
-for the task shows as a gap between the two. Sweeps of a validator parameter (the
-cost-accuracy frontier) and ``cascade calibrate`` build on :func:`evaluate`, in
-``_calibrate.py``.
+read by :class:`Scoring` alone (``_scoring.py``), after the runs. Every figure is given
+twice, typed and exact, so a type that is too lenient for the task shows as a gap. Sweeps
+of a validator parameter (the cost-accuracy frontier) and ``cascade calibrate`` build on
+:func:`evaluate`, in ``_calibrate.py``.
 """
 
 from __future__ import annotations
@@ -20,14 +18,13 @@ from typing import TextIO
 import anyio
 import msgspec
 
-from ._answers import ANSWER_TYPES, AnswerType, AnswerTypeError, answer_type
 from ._config import Config
 from ._engine import Cascade
-from ._errors import ConfigError, InputError, RunError
+from ._errors import ConfigError, RunError
 from ._progress import Progress
-from ._types import Attempt, Completion, Result
-from .providers.replay import ReplayProvider, read_lines
-from .validators._extract import Extractor
+from ._scoring import Record, Scoring, load_records
+from ._types import Attempt, Result
+from .providers.replay import ReplayProvider
 
 __all__ = [
     "EvalSummary",
@@ -38,29 +35,6 @@ __all__ = [
     "format_summary",
     "load_records",
 ]
-
-
-class _Recorded(msgspec.Struct):
-    variant: str = ""
-    text: str = ""
-    answer: str | int | float | None = None
-    judged_correct: bool | None = None
-
-
-class Record(msgspec.Struct):
-    """One dataset line as eval reads it (other fields are ignored)."""
-
-    question: str
-    id: str | None = None
-    expected: str | int | float | None = None
-    responses: dict[str, list[_Recorded]] = {}
-    answer_type: str | None = None
-    """How this record's answer is compared (``number``, ``date``, ...), unless the command
-    names one."""
-    split: str | None = None
-
-
-_decode_record = msgspec.json.Decoder(Record).decode
 
 
 class EvalSummary(msgspec.Struct, kw_only=True):
@@ -90,122 +64,6 @@ class EvalSummary(msgspec.Struct, kw_only=True):
     """Runs that returned no answer at all (their attempts' cost still counts)."""
     estimated_calls: int
     """Replayed calls priced on estimated tokens (the dataset recorded no token counts)."""
-
-
-# -- dataset -----------------------------------------------------------------------------
-
-
-def load_records(
-    path: str | os.PathLike[str], *, limit: int | None = None, split: str | None = None
-) -> list[Record]:
-    """The first ``limit`` records of a JSONL (or .jsonl.gz) dataset, only those whose
-    ``split`` field is ``split`` when one is given.
-
-    Raises InputError naming the line of a line that is not a record, or whose
-    ``answer_type`` is not one."""
-    records: list[Record] = []
-    try:
-        for lineno, line in read_lines(path):
-            if limit is not None and len(records) >= limit:
-                break
-            try:
-                record = _decode_record(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                raise InputError(
-                    f"{path}:{lineno}: not a dataset record: {exc}", path="--dataset"
-                ) from None
-            if record.answer_type is not None and record.answer_type not in ANSWER_TYPES:
-                raise InputError(
-                    f"{path}:{lineno}: answer_type: unknown answer type "
-                    f"{record.answer_type!r} (known: {', '.join(ANSWER_TYPES)})",
-                    path="--dataset",
-                )
-            if split is None or record.split == split:
-                records.append(record)
-    except (OSError, EOFError) as exc:
-        why = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise InputError(f"cannot read {str(path)!r}: {why}", path="--dataset") from None
-    if not records:
-        which = f" with split {split!r}" if split is not None else ""
-        raise InputError(f"{str(path)!r} holds no records{which}", path="--dataset")
-    return records
-
-
-# -- scoring -----------------------------------------------------------------------------
-
-
-class Scoring:
-    """How ``cascade eval`` scores a result: the only reader of ``expected``.
-
-    The final answer is the one the provider recorded (``Result.answer``), else what
-    ``extract`` finds in the text. It is right (typed) when the answer type says it is the
-    same answer as ``expected``: ``answer_type`` when given, else the record's own
-    ``answer_type`` field, else ``"auto"``. It is right as written (exact) when the answer,
-    stripped, equals ``expected``, stripped. A chosen response recorded with a
-    ``judged_correct`` label and no answer (GSM8K's ``plain`` variants) is scored by that
-    label, both ways. A record without ``expected`` scores only such labels.
-    """
-
-    __slots__ = ("_default", "_types", "answer_type", "extract")
-
-    def __init__(
-        self,
-        *,
-        extract: Extractor,
-        answer_type: str | AnswerType | None = None,
-        date_order: str = "mdy",
-    ) -> None:
-        self.extract = extract
-        self.answer_type = answer_type
-        try:
-            self._types = {name: _build(name, date_order) for name in ANSWER_TYPES}
-            self._default = (
-                self._types["auto"] if answer_type is None else _build(answer_type, date_order)
-            )
-        except AnswerTypeError as exc:
-            raise InputError(str(exc), path=f"--{exc.field.replace('_', '-')}") from None
-
-    def type_of(self, record: Record) -> AnswerType:
-        if self.answer_type is None and record.answer_type is not None:
-            return self._types[record.answer_type]
-        return self._default
-
-    def describe(self, records: Sequence[Record]) -> str:
-        """The answer type(s) used on ``records``: ``"number"`` or ``"boolean 2, text 1"``."""
-        counts: dict[str, int] = {}
-        for record in records:
-            name = self.type_of(record).name
-            counts[name] = counts.get(name, 0) + 1
-        if len(counts) == 1:
-            return next(iter(counts))
-        return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-    def judge(self, record: Record, result: Result | None) -> tuple[bool, bool]:
-        """(typed, exact): whether ``result`` answers ``record`` correctly."""
-        if result is None:
-            return False, False
-        if result.answer is None:
-            for recorded in record.responses.get(result.model, ()):
-                if recorded.text == result.text and result.variant in (None, recorded.variant):
-                    if recorded.answer is None and recorded.judged_correct is not None:
-                        return recorded.judged_correct, recorded.judged_correct
-                    break
-        answer = result.answer
-        if answer is None:
-            answer = self.extract(
-                Completion(
-                    text=result.text, provider=result.provider, model=result.model, answer=None
-                )
-            )
-        if answer is None or record.expected is None:
-            return False, False
-        want = str(record.expected)
-        exact = answer.strip() == want.strip()
-        return exact or self.type_of(record).same(answer, want), exact
-
-
-def _build(spec: str | AnswerType, date_order: str) -> AnswerType:
-    return answer_type(spec, date_order=date_order)
 
 
 # -- configs -----------------------------------------------------------------------------

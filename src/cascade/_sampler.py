@@ -10,6 +10,7 @@ it arrives.
 from __future__ import annotations
 
 import asyncio
+from contextlib import nullcontext
 from time import perf_counter
 from typing import Protocol
 
@@ -63,13 +64,11 @@ class Sampler:
         # Samples of the same prompt (variant) go together: sample k uses variant k mod V.
         groups: dict[int, list[int]] = {}
         for sample in range(first, first + count):
-            groups.setdefault(sample % len(tier.variants) if tier.variants else 0, []).append(
-                sample
-            )
+            variant = sample % len(tier.variants) if tier.variants else 0
+            groups.setdefault(variant, []).append(sample)
         provider = flight.provider
-        many = provider if isinstance(provider, SupportsN) else None
-        if not provider.config.batch_samples:
-            many = None
+        batch = provider.config.batch_samples
+        many = provider if batch and isinstance(provider, SupportsN) else None
         results: dict[int, Completion] = {}
         calls = []
         for samples in groups.values():
@@ -110,15 +109,24 @@ class Sampler:
         t0 = perf_counter()
         trace = flight.trace.samples(samples[0], len(samples), msgs, opts)
         config = flight.provider.config
+        # timeout_s bounds the whole call, as complete() does for one answer, unless the
+        # provider bounds its whole-body calls itself (post_whole): one timer, not two.
+        own = getattr(flight.provider, "bounds_whole_calls", False)
+        watchdog = None if own else asyncio.timeout(config.timeout_s)
         try:
-            async with asyncio.timeout(config.timeout_s):  # the whole call, as for one answer
+            async with watchdog or nullcontext():
                 chunks = await provider.complete_n(msgs, opts, len(samples))
         except TimeoutError as exc:
+            if watchdog is None or not watchdog.expired():
+                trace.failed(exc)
+                raise
             error = ProviderTimeout(
-                "timed out (timeout_s)", provider=config.name, model=flight.provider.model
+                f"not done within {config.timeout_s}s (timeout_s)",
+                provider=config.name,
+                model=flight.provider.model,
             )
             trace.failed(error)
-            raise error from exc
+            raise error from None
         except BaseException as exc:
             trace.failed(exc)
             raise

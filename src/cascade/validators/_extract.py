@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .._answers import canonical_number
+from .._answers import MISSING_ANSWERS, canonical_number
 from .._types import Completion
 
 __all__ = ["Extractor", "get_extractor", "normalize", "single_number"]
@@ -40,8 +40,6 @@ _ANSWER_IS = re.compile(
     r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=])\s*:?\s*([^\n]+)",
     re.IGNORECASE,
 )
-
-_MISSING = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
 
 
 def _numbers(text: str) -> list[str]:
@@ -147,14 +145,14 @@ def normalize(value: str | None) -> str | None:
     if value is None:
         return None
     text = " ".join(str(value).split())
-    if not text or text.casefold() in _MISSING:
+    if not text or text.casefold() in MISSING_ANSWERS:
         return None
     # "5 * 3 = 15": the result follows the last "="; otherwise the last number is the
     # answer ("18 dollars", "$1,000.00", "60%", "9 eggs make $18").
     tail = text.rsplit("=", 1)[-1]
     numbers = _numbers(tail) or _numbers(text)
     if numbers:
-        number = _canonical(numbers[-1])
+        number = canonical_number(numbers[-1])
         if number is not None:
             return number
     return text.casefold().rstrip(".")
@@ -175,8 +173,3 @@ def single_number(value: str | None) -> str | None:
         return None
     result = str(value).rsplit("=", 1)[-1]
     return value if len(_numbers(result)) == 1 else None
-
-
-def _canonical(token: str) -> str | None:
-    """``"1,000.50"`` -> ``"1000.5"``; float noise below 1e-6 dropped; exact for big ints."""
-    return canonical_number(token)
