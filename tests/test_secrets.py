@@ -1,9 +1,11 @@
-"""A canary API key must appear in no output a failing run produces: errors and their
-chains, reprs, attempt records, the CLI's output. (Logs and spans come with tracing.)"""
+"""A canary API key must appear in no output a run produces: errors and their chains,
+reprs, attempt records, results, spans, the CLI's output; nor any piece of it that a cut
+of an echo leaves (8 characters or more)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,13 @@ from pathlib import Path
 import anyio
 import msgspec
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cascade import Cascade, RunError
+from cascade.providers._http import _MAX_ERROR_BODY
+from cascade.providers._redact import redact
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
 pytestmark = pytest.mark.anyio
@@ -78,7 +85,7 @@ async def test_no_output_of_a_failing_run_contains_the_key(
                 "hi",
             ],
             check=False,
-            env={"CANARY_KEY": CANARY, "PATH": "/usr/bin:/bin"},
+            env=_env(CANARY_KEY=CANARY),
         )
         proc = subprocess.CompletedProcess(
             done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
@@ -94,6 +101,14 @@ async def test_no_output_of_a_failing_run_contains_the_key(
         assert CANARY not in text
 
 
+def _env(**values: str) -> dict[str, str]:
+    """A bare environment for the CLI, keeping PYTHONPATH (the code under test)."""
+    env = {"PATH": "/usr/bin:/bin", **values}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    return env
+
+
 def _toml(cfg: dict[str, object]) -> str:
     lines = []
     for tier in cfg["tiers"]:  # type: ignore[attr-defined]
@@ -102,3 +117,103 @@ def _toml(cfg: dict[str, object]) -> str:
             lines.append("[[tiers.providers]]")
             lines += [f"{k} = {json.dumps(v)}" for k, v in p.items()]
     return "\n".join(lines) + "\n"
+
+
+# --- pieces of the key left by a cut, and keys echoed in what a success carries -------------
+
+
+def _pieces(text: str) -> list[str]:
+    """Every piece of the canary of 8 characters or more that ``text`` holds."""
+    return [CANARY[i : i + 8] for i in range(len(CANARY) - 7) if CANARY[i : i + 8] in text]
+
+
+@pytest.mark.parametrize("cut", range(len(CANARY) + 1))
+def test_redact_leaves_no_piece_of_the_key_at_a_cut(cut: int) -> None:
+    text = "x" * 50 + CANARY + " and again " + CANARY + "y" * 50
+    head, tail = text[: 50 + cut], text[50 + cut :]
+    for part in (head, tail, text, head + "z" + tail):
+        shown = redact(part, CANARY)
+        assert _pieces(shown) == []
+    assert redact("sk-can and 7f3a9c1", CANARY) == "sk-can and 7f3a9c1"  # 6 and 7: kept
+    assert redact(f"a{CANARY}b", CANARY) == "a***b"
+    assert redact(f"{CANARY[:20]}|{CANARY[10:]}", CANARY) == "***|***"
+
+
+@pytest.mark.parametrize("shown_chars", [8, 15, 28])
+async def test_an_error_event_cut_after_redaction(
+    openai_server: FakeOpenAIServer, shown_chars: int
+) -> None:
+    """The report's case: an SSE error event cut to 200 characters before redaction showed
+    28 of the key's 30 characters."""
+    message = "e" * (200 - shown_chars) + CANARY + " tail"
+    openai_server.script("m1", Reply(text="x" * 20, fault="error_event",
+                                     named_error_event=True, error_message=message))  # fmt: skip
+    cfg = {"tiers": [{"name": "t", "providers": [
+        {"name": "p", "kind": "openai", "base_url": openai_server.url, "model": "m1",
+         "stream": True, "api_key_env": "CANARY_KEY"}]}]}  # fmt: skip
+    async with Cascade.from_dict(cfg, environ={"CANARY_KEY": CANARY}) as c:
+        with pytest.raises(RunError) as info:
+            await c.run(messages=[{"role": "user", "content": "hi"}])
+    outputs = [str(e) for e in _chain(info.value)]
+    outputs.append(msgspec.json.encode(info.value.attempts).decode())
+    assert "error event in stream: eee" in outputs[0]  # the event is reported...
+    for text in outputs:
+        assert _pieces(text) == []  # ... with no piece of the key
+
+
+@pytest.mark.parametrize("shown_chars", [8, 15, 29])
+async def test_an_error_body_cut_at_its_limit_shows_no_piece_of_the_key(
+    openai_server: FakeOpenAIServer, shown_chars: int
+) -> None:
+    prefix = len(b'{"error":{"message":"')  # how the fake server's error body starts
+    message = "e" * (_MAX_ERROR_BODY - prefix - shown_chars) + CANARY + "tail"
+    openai_server.script("m1", Reply(status=500, error_message=message))
+    cfg = {"tiers": [{"name": "t", "providers": [
+        {"name": "p", "kind": "openai", "base_url": openai_server.url, "model": "m1",
+         "api_key_env": "CANARY_KEY"}]}]}  # fmt: skip
+    async with Cascade.from_dict(cfg, environ={"CANARY_KEY": CANARY}) as c:
+        with pytest.raises(RunError) as info:
+            await c.run(messages=[{"role": "user", "content": "hi"}])
+    outputs = [f"{e} {vars(e)!r}" for e in _chain(info.value)]
+    assert "HTTP 500" in outputs[0]
+    for text in outputs:
+        assert _pieces(text) == []
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_key_echoed_in_the_response_model_is_redacted_everywhere(
+    kind: str, stream: bool, tmp_path: Path
+) -> None:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server = FakeOpenAIServer() if kind == "openai" else FakeAnthropicServer()
+    async with server:
+        server.default = Reply(text="Paris", model=f"model-{CANARY}-echo")
+        prov = {"name": "p", "kind": kind, "base_url": server.url, "model": "m1",
+                "stream": stream, "api_key_env": "CANARY_KEY"}  # fmt: skip
+        cfg = {"tiers": [{"name": "t", "providers": [prov]}]}
+        async with Cascade.from_dict(
+            cfg, environ={"CANARY_KEY": CANARY}, tracer_provider=tracer_provider
+        ) as c:
+            result = await c.run(messages=[{"role": "user", "content": "hi"}])
+        (tmp_path / "c.toml").write_text(_toml(cfg))
+        done = await anyio.run_process(
+            [sys.executable, "-m", "cascade._cli", "run", "--json",
+             "--config", str(tmp_path / "c.toml"), "hi"],
+            check=False,
+            env=_env(CANARY_KEY=CANARY),
+        )  # fmt: skip
+    tracer_provider.shutdown()
+    assert done.returncode == 0, done.stderr.decode()
+    completion = result.attempts[0].completion
+    assert completion is not None
+    assert completion.model == "model-***-echo"  # redacted, not dropped
+    attributes = [dict(s.attributes or {}) for s in exporter.get_finished_spans()]
+    assert any(a.get("gen_ai.response.model") == "model-***-echo" for a in attributes)
+    outputs = [msgspec.json.encode(result).decode(), repr(attributes), done.stdout.decode()]
+    outputs.append(done.stderr.decode())
+    assert "model-***-echo" in outputs[-2]  # the CLI's --json
+    for text in outputs:
+        assert _pieces(text) == []

@@ -30,7 +30,7 @@ from ._types import (
 from .providers import Provider
 from .validators import ValidationContext, Validator
 
-__all__ = ["InFlight", "PartialCheck", "Tier", "complete", "judge"]
+__all__ = ["InFlight", "PartialCheck", "Tier", "complete", "judge", "refused"]
 
 
 _UNWATCHED = nullcontext()
@@ -52,6 +52,7 @@ class Tier:
     """A tier as the engine runs it: its providers, validators and variants."""
 
     __slots__ = (
+        "accept_refusals",
         "hedge",
         "index",
         "mode",
@@ -87,6 +88,7 @@ class Tier:
             if callable(getattr(v, "check_partial", None)) and getattr(v, "early_reject", True)
         )
         self.hedge = config.hedge
+        self.accept_refusals = config.accept_refusals
         self.providers: tuple[Provider, ...] = ()
 
     def request(
@@ -174,6 +176,9 @@ async def complete(
     model: str | None = None
     answer: str | None = None
     logprobs: list[float] | None = None
+    cache_read: int | None = None
+    cache_write: int | None = None
+    refusal: list[str] | None = None
     config = provider.config
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
@@ -197,7 +202,7 @@ async def complete(
         ):
             async for chunk in chunks:
                 if watchdog is not None and watch:
-                    if chunk.text and first_at is not None:
+                    if (chunk.text or chunk.refusal) and first_at is not None:
                         first_at = None  # the first token came: from now on, only idle
                     at, phase = total_at, "total"
                     if idle_s is not None and loop.time() + idle_s < at:
@@ -232,6 +237,14 @@ async def complete(
                     if logprobs is None:
                         logprobs = []
                     logprobs.extend(chunk.logprobs)
+                if chunk.cache_read_tokens is not None:
+                    cache_read = chunk.cache_read_tokens
+                if chunk.cache_write_tokens is not None:
+                    cache_write = chunk.cache_write_tokens
+                if chunk.refusal is not None:
+                    if refusal is None:
+                        refusal = []
+                    refusal.append(chunk.refusal)
     except ProviderError as exc:
         if parts:
             # A stream that broke after text arrived was still generated, and billed:
@@ -256,7 +269,7 @@ async def complete(
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
         in_tokens = estimate_prompt_tokens(msgs)
     if out_tokens is None:
-        out_tokens = estimate_text_tokens(text)
+        out_tokens = estimate_text_tokens(len(text) + sum(len(r) for r in refusal or ()))
     completion = Completion(
         text=text,
         provider=provider.name,
@@ -269,8 +282,19 @@ async def complete(
         variant=opts.variant,
         logprobs=tuple(logprobs) if logprobs is not None else None,
         answer=answer,
+        cache_read_tokens=cache_read or 0,
+        cache_write_tokens=cache_write or 0,
+        refusal=None if refusal is None else "".join(refusal),
     )
     return completion, early
+
+
+def refused(completion: Completion) -> Verdict:
+    """The verdict on a refusal in a tier that does not accept refusals."""
+    why = completion.refusal or ""
+    return Verdict(
+        validator="refusal", passed=False, score=0.0, reason=f"refused: {why}"[:500]
+    )
 
 
 def _first_failure(

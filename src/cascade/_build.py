@@ -13,11 +13,14 @@ from ._errors import ConfigError
 from .providers import check_provider_config, provider_kinds
 from .validators import build_validator
 
-__all__ = ["build_tiers", "provider_keys"]
+__all__ = ["DEFAULT_KEY_ENV", "build_tiers", "provider_keys"]
+
+DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+"""The variable a provider of these kinds reads its key from when it names none."""
 
 
 def provider_keys(config: Config, env: Mapping[str, str]) -> dict[str, str | None]:
-    """Each provider's API key from the environment (None where it names no variable)."""
+    """Each provider's API key from the environment (None where there is none)."""
     kinds = provider_kinds()
     keys: dict[str, str | None] = {}
     for t, tier in enumerate(config.tiers):
@@ -32,23 +35,32 @@ def provider_keys(config: Config, env: Mapping[str, str]) -> dict[str, str | Non
                 check_provider_config(prov)
             except ConfigError as exc:
                 raise ConfigError(exc.message, path=f"{where}.{exc.path}") from None
-            key = None
-            if prov.api_key_env:
-                key = env.get(prov.api_key_env)
-                if not key:
-                    raise ConfigError(
-                        f"environment variable {prov.api_key_env!r} is not set",
-                        path=f"{where}.api_key_env",
-                    )
-                if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
-                    # a key read from a CRLF .env file: aiohttp would refuse the header
-                    raise ConfigError(
-                        f"environment variable {prov.api_key_env!r} holds whitespace or "
-                        "control characters around or inside the key",
-                        path=f"{where}.api_key_env",
-                    )
-            keys[prov.name] = key
+            keys[prov.name] = _key(prov.kind, prov.api_key_env, env, where)
     return keys
+
+
+def _key(kind: str, named: str | None, env: Mapping[str, str], where: str) -> str | None:
+    """The key in the variable ``api_key_env`` names (it must be set), else in the kind's
+    usual variable (if set: a local server needs no key); ``api_key_env = ""``: none."""
+    variable = DEFAULT_KEY_ENV.get(kind) if named is None else named
+    if not variable:
+        return None
+    key = env.get(variable)
+    if not key:
+        if named is None:
+            return None
+        raise ConfigError(
+            f"environment variable {variable!r} is not set", path=f"{where}.api_key_env"
+        )
+    if key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key):
+        # a key read from a CRLF .env file: aiohttp would refuse the header
+        how = "" if named is not None else f" (read by default for kind {kind!r})"
+        raise ConfigError(
+            f"environment variable {variable!r}{how} holds whitespace or "
+            "control characters around or inside the key",
+            path=f"{where}.api_key_env",
+        )
+    return key
 
 
 def build_tiers(config: Config) -> list[Tier]:

@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from time import perf_counter
 
-from ._attempt import InFlight, PartialCheck, Tier, complete, judge
+from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
 from ._clock import Clock, SystemClock
 from ._config import Config
 from ._errors import ProviderError
@@ -158,13 +158,20 @@ class ProviderCalls:
         if window is not None and completion.ttft_s is not None:
             window.append(completion.ttft_s)
         # Paid for from here on, whatever happens during validation.
-        cost = provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+        cost = provider.config.cost_usd(
+            completion.input_tokens,
+            completion.output_tokens,
+            cache_read_tokens=completion.cache_read_tokens,
+            cache_write_tokens=completion.cache_write_tokens,
+        )
         run.spent += cost
         flight.completion = completion
         flight.cost += cost
         if early is not None:
             verdicts: tuple[Verdict, ...] = (early,)
             passed = False
+        elif completion.refusal is not None and not tier.accept_refusals:
+            verdicts, passed = (refused(completion),), False  # an answer, not a failure
         elif ctx is not None:
             try:
                 verdicts, passed = await judge(tier, completion, ctx)

@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-tier", help="tier index (1-based) or name to stop at")
     run.add_argument("--max-cost-usd", type=float)
     run.add_argument("--deadline-s", type=float)
-    run.add_argument("prompt")
+    run.add_argument("prompt", help="the prompt; '-' reads it from stdin (UTF-8, 1 MiB at most)")
 
     ev = sub.add_parser(
         "eval",
@@ -218,12 +218,29 @@ def _attempt_line(a: object) -> str:
     )
 
 
+MAX_STDIN_PROMPT = 1 << 20
+"""``cascade run -`` reads at most this many bytes of prompt from stdin."""
+
+
+def _prompt(arg: str) -> str:
+    """The prompt argument, or with ``-`` the prompt on stdin (without trailing newlines)."""
+    if arg != "-":
+        return arg
+    raw = sys.stdin.buffer.read(MAX_STDIN_PROMPT + 1)
+    if len(raw) > MAX_STDIN_PROMPT:
+        raise InputError(f"the prompt on stdin is over {MAX_STDIN_PROMPT} bytes", path="prompt")
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"the prompt on stdin is not UTF-8: {exc.reason}", path="prompt") from None
+
+
 def _run(args: argparse.Namespace) -> int:
     cascade = Cascade(load_config(args.config), base_dir=Path(args.config).parent)
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
-    messages.append({"role": "user", "content": args.prompt})
+    messages.append({"role": "user", "content": _prompt(args.prompt)})
     options = RequestOptions(max_tokens=args.max_tokens, temperature=args.temperature)
 
     async def go() -> Result:

@@ -65,6 +65,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         )
 
 
+_CACHE_SHARES = {"anthropic": (0.1, 1.25), "openai": (0.5, 1.0)}
+"""Default cache (read, write) prices as shares of the input price, per provider kind."""
+
+
 class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One deployment of one model behind one API.
 
@@ -81,6 +85,21 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     api_key_env: str | None = None
     input_cost_per_mtok: NonNegFloat = 0.0
     output_cost_per_mtok: NonNegFloat = 0.0
+    cache_read_cost_per_mtok: NonNegFloat | None = None
+    """Price of prompt tokens read from the provider's prompt cache (OpenAI
+    ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``).
+    Default: a share of ``input_cost_per_mtok`` from the provider's published pricing:
+    0.1x for ``anthropic``; 0.5x for ``openai`` (GPT-4o and o-series; GPT-4.1 bills
+    0.25x and GPT-5 0.1x, so set it for those); 1x for other kinds."""
+    cache_write_cost_per_mtok: NonNegFloat | None = None
+    """Price of prompt tokens written to the prompt cache (Anthropic
+    ``cache_creation_input_tokens``). Default: 1.25x ``input_cost_per_mtok`` for
+    ``anthropic`` (its 5-minute cache; 1-hour writes bill 2x, set it if you use them);
+    1x for other kinds (OpenAI writes its cache at no extra charge)."""
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    """``openai`` only: the request field that carries the output cap. OpenAI's o-series
+    and GPT-5 models reject ``max_tokens`` and need ``max_completion_tokens``; most other
+    OpenAI-compatible servers know only ``max_tokens``."""
     timeout_s: PosFloat = 60.0
     """The whole call, from connecting to the last byte."""
     connect_timeout_s: PosFloat = 10.0
@@ -108,11 +127,37 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     retry: RetryPolicy = RetryPolicy(attempts=1)
     """Retries of this provider before failing over (1 attempt: none)."""
 
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> float:
-        """Price of one call, from the per-million-token prices."""
+    def cost_usd(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float:
+        """Price of one call, from the per-million-token prices.
+
+        ``input_tokens`` is the whole prompt; the cache reads and writes in it are priced
+        at the cache prices, the rest at ``input_cost_per_mtok``.
+        """
+        if cache_read_tokens or cache_write_tokens:
+            read, write = self.cache_prices()
+            uncached = max(0, input_tokens - cache_read_tokens - cache_write_tokens)
+            prompt = uncached * self.input_cost_per_mtok
+            prompt += cache_read_tokens * read + cache_write_tokens * write
+        else:
+            prompt = input_tokens * self.input_cost_per_mtok
+        return (prompt + output_tokens * self.output_cost_per_mtok) / 1_000_000
+
+    def cache_prices(self) -> tuple[float, float]:
+        """The (read, write) prices per million cached prompt tokens, defaults applied."""
+        read_share, write_share = _CACHE_SHARES.get(self.kind, (1.0, 1.0))
+        read = self.cache_read_cost_per_mtok
+        write = self.cache_write_cost_per_mtok
         return (
-            input_tokens * self.input_cost_per_mtok + output_tokens * self.output_cost_per_mtok
-        ) / 1_000_000
+            self.input_cost_per_mtok * read_share if read is None else read,
+            self.input_cost_per_mtok * write_share if write is None else write,
+        )
 
     def __repr__(self) -> str:
         return f"ProviderConfig(name={self.name!r}, kind={self.kind!r}, model={self.model!r})"
@@ -164,6 +209,11 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     threshold: Annotated[float, Meta(ge=0, le=1)] = 0.5
     variants: list[Variant] = []
     hedge: HedgeConfig | None = None
+    accept_refusals: bool = False
+    """A refusal (``Completion.refusal``: OpenAI's ``refusal``, Anthropic's ``stop_reason:
+    "refusal"``) is an answer, costed and never a provider failure. By default the tier
+    rejects it (verdict ``refusal``) and the request escalates; true lets the tier's
+    validators judge it like any answer."""
 
 
 class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

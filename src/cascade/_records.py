@@ -125,6 +125,7 @@ def result_of(
         finish_reason=completion.finish_reason,
         variant=completion.variant,
         answer=completion.answer,
+        refusal=completion.refusal,
     )
 
 

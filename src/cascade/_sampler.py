@@ -94,7 +94,12 @@ class Sampler:
 
     def _paid(self, completion: Completion, sample: int, results: dict[int, Completion]) -> None:
         flight = self._flight
-        cost = flight.provider.config.cost_usd(completion.input_tokens, completion.output_tokens)
+        cost = flight.provider.config.cost_usd(
+            completion.input_tokens,
+            completion.output_tokens,
+            cache_read_tokens=completion.cache_read_tokens,
+            cache_write_tokens=completion.cache_write_tokens,
+        )
         flight.cost += cost
         flight.samples.append(completion)
         self._spend(cost)
@@ -149,6 +154,9 @@ class Sampler:
                 latency_s=latency,
                 variant=opts.variant,
                 answer=chunk.answer,
+                cache_read_tokens=chunk.cache_read_tokens or 0,
+                cache_write_tokens=chunk.cache_write_tokens or 0,
+                refusal=chunk.refusal,
             )
             self._paid(completion, sample, results)
             out.append(completion)

@@ -27,6 +27,16 @@ Outcome = Literal["accepted", "rejected", "failed", "skipped", "cancelled"]
 NonNegFloat = Annotated[float, Meta(ge=0)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 
+MAX_REPORTED_TOKENS = 1_000_000_000
+"""The most tokens a server may report for one call (prompt, completion, cached).
+
+Ten times the largest context window of any model, times the 128 answers ``n`` allows,
+is still far below it. A count above it, below 0, or not an integer is a
+:class:`~cascade.MalformedResponse`: a bogus usage must neither make a run look free
+(and so let a later tier bypass ``max_cost_usd``) nor overflow the cost arithmetic."""
+ReportedTokens = Annotated[int, Meta(ge=0, le=MAX_REPORTED_TOKENS)]
+"""A token count as decoded from a server's usage object."""
+
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, gc=False, forbid_unknown_fields=True):
     """One chat message. Plain ``{"role": ..., "content": ...}`` dicts are accepted too."""
@@ -73,7 +83,11 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One piece of a provider's answer stream.
 
     Text deltas carry ``text``; the last chunk usually carries ``finish_reason`` and the
-    token usage the provider reported.
+    token usage the provider reported. ``input_tokens`` counts the whole prompt, cache
+    reads and writes included; ``cache_read_tokens`` and ``cache_write_tokens`` are the
+    parts of it read from or written to the provider's prompt cache. ``refusal``: a piece
+    of the model's refusal to answer (OpenAI ``refusal``; Anthropic ``stop_reason:
+    "refusal"``).
     """
 
     text: str = ""
@@ -83,10 +97,18 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     model: str | None = None
     logprobs: tuple[float, ...] | None = None
     answer: str | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    refusal: str | None = None
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One provider's whole answer to one request."""
+    """One provider's whole answer to one request.
+
+    ``input_tokens`` is the whole prompt, the cached part included (as OpenAI counts
+    ``prompt_tokens``; Anthropic's ``input_tokens`` leaves the cache out, and is added to
+    its cache counts here).
+    """
 
     text: str
     provider: str
@@ -101,6 +123,15 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Token log-probabilities, when the provider returned them."""
     answer: str | None = None
     """A final answer the provider reported apart from the text (a replay's recorded one)."""
+    cache_read_tokens: NonNegInt = 0
+    """Prompt tokens served from the provider's prompt cache (part of ``input_tokens``)."""
+    cache_write_tokens: NonNegInt = 0
+    """Prompt tokens written to the provider's prompt cache (part of ``input_tokens``)."""
+    refusal: str | None = None
+    """The model refused to answer: its refusal text (OpenAI ``message.refusal``), or a
+    note of the stop reason (Anthropic ``stop_reason: "refusal"``). A refusal is an
+    answer, costed like any other; the engine rejects it unless the tier sets
+    ``accept_refusals`` (then the validators judge it)."""
 
 
 class Verdict(msgspec.Struct, frozen=True, kw_only=True):
@@ -195,6 +226,9 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     """The prompt variant of the answer returned."""
     answer: str | None = None
     """The final answer a provider reported apart from the text (replay), if any."""
+    refusal: str | None = None
+    """The answer returned is a refusal (``Completion.refusal``): returned only when no
+    tier accepted anything (``on_exhausted = "best"``) or its tier ``accept_refusals``."""
 
     @property
     def escalations(self) -> int:

@@ -32,6 +32,7 @@ from .._errors import (
 from .._headers import retry_after_s
 from .._sse import SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
+from ._redact import redact
 
 __all__ = ["DONE", "HTTPProvider", "post_whole", "redact", "retry_after_s", "status_error"]
 
@@ -55,13 +56,6 @@ def encode_body(body: dict[str, Any]) -> bytes:
 
 
 """Returned by ``_event`` for the stream's terminal event."""
-
-
-def redact(text: str, secret: str | None) -> str:
-    """Remove a credential from text a server may have echoed back."""
-    if secret and secret in text:
-        text = text.replace(secret, "***")
-    return text
 
 
 def translate(exc: Exception, *, provider: str, model: str, secret: str | None) -> ProviderError:

@@ -9,8 +9,9 @@ import msgspec
 
 from .._config import ProviderConfig
 from .._sse import SSEEvent
-from .._types import Chunk, Message, RequestOptions
+from .._types import Chunk, Message, ReportedTokens, RequestOptions
 from ._http import DONE, HTTPProvider
+from ._redact import Scrubber
 
 __all__ = ["AnthropicProvider"]
 
@@ -25,6 +26,10 @@ _STOP_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+REFUSAL = "refused (stop_reason: refusal)"
+"""``Completion.refusal`` of an answer Anthropic stopped with ``stop_reason: "refusal"``
+(the API sends no refusal text of its own)."""
 
 # The HTTP status each error type of an in-stream `error` event stands for.
 _ERROR_STATUS = {
@@ -47,8 +52,12 @@ class _Block(msgspec.Struct):
 
 
 class _Usage(msgspec.Struct):
-    input_tokens: int = 0
-    output_tokens: int = 0
+    # Bounded and integral, or the body is malformed. ``input_tokens`` leaves out the
+    # prompt's cache reads and writes; ``message_delta``'s counts are cumulative.
+    input_tokens: ReportedTokens | None = None
+    output_tokens: ReportedTokens | None = None
+    cache_creation_input_tokens: ReportedTokens | None = None
+    cache_read_input_tokens: ReportedTokens | None = None
 
 
 class _Message(msgspec.Struct):
@@ -81,6 +90,36 @@ class _Event(msgspec.Struct):
     delta: _Delta | None = None
     usage: _Usage | None = None
     error: _ErrorInfo | None = None
+
+
+_USAGE_FIELDS = _Usage.__struct_fields__
+
+
+def _usage_chunk(usage: _Usage | None, **fields: Any) -> Chunk:
+    """A chunk of ``fields`` with the token counts of Anthropic's usage: the prompt as the
+    sum of its uncached, cache-read and cache-written parts (as cascade counts it)."""
+    if usage is None:
+        return Chunk(**fields)
+    parts = (usage.input_tokens, usage.cache_read_input_tokens, usage.cache_creation_input_tokens)
+    return Chunk(
+        input_tokens=None if parts == (None, None, None) else sum(p or 0 for p in parts),
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_input_tokens,
+        cache_write_tokens=usage.cache_creation_input_tokens,
+        **fields,
+    )
+
+
+def _merge(seen: _Usage | None, usage: _Usage) -> _Usage:
+    """Usage so far and a later report of it: each count the larger of the two (a
+    ``message_delta`` repeats the counts cumulatively, or reports the prompt only there)."""
+    if seen is None:
+        return usage
+    larger = {}
+    for name in _USAGE_FIELDS:
+        a, b = getattr(seen, name), getattr(usage, name)
+        larger[name] = b if a is None else a if b is None else max(a, b)
+    return _Usage(**larger)
 
 
 _decode_message = msgspec.json.Decoder(_Message).decode
@@ -116,6 +155,7 @@ class AnthropicProvider(HTTPProvider):
             headers["x-api-key"] = api_key
         self._headers = headers
         self._max_tokens = config.max_tokens or DEFAULT_MAX_TOKENS
+        self._scrub = Scrubber(api_key)
 
     def _body(
         self, messages: tuple[Message, ...], options: RequestOptions, *, stream: bool
@@ -138,14 +178,17 @@ class AnthropicProvider(HTTPProvider):
 
     def _whole(self, raw: bytes) -> Chunk:
         msg = _decode_message(raw)
-        usage = msg.usage
-        return Chunk(
+        return _usage_chunk(
+            msg.usage,
             text="".join(b.text for b in msg.content if b.type == "text"),
-            finish_reason=_STOP_REASONS.get(msg.stop_reason or "", msg.stop_reason),
-            input_tokens=usage.input_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            model=msg.model,
+            finish_reason=self._stop(msg.stop_reason),
+            model=self._scrub(msg.model),
+            refusal=REFUSAL if msg.stop_reason == "refusal" else None,
         )
+
+    def _stop(self, reason: str | None) -> str | None:
+        found = _STOP_REASONS.get(reason or "")
+        return found if found is not None else self._scrub(reason)
 
     def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
         if not event.data:
@@ -158,16 +201,21 @@ class AnthropicProvider(HTTPProvider):
                 return Chunk(text=delta.text)
         elif kind == "message_start":
             if ev.message is not None:
-                state["model"] = ev.message.model
+                state["model"] = self._scrub(ev.message.model)
                 if ev.message.usage is not None:
-                    state["input_tokens"] = ev.message.usage.input_tokens
+                    state["usage"] = ev.message.usage
         elif kind == "message_delta":
             stop = ev.delta.stop_reason if ev.delta is not None else None
-            return Chunk(
-                finish_reason=_STOP_REASONS.get(stop or "", stop),
-                input_tokens=state.get("input_tokens"),
-                output_tokens=ev.usage.output_tokens if ev.usage is not None else None,
+            usage = state.get("usage")
+            if ev.usage is not None:
+                usage = state["usage"] = _merge(usage, ev.usage)
+            elif usage is not None:  # message_start's output count is a placeholder
+                usage = msgspec.structs.replace(usage, output_tokens=None)
+            return _usage_chunk(
+                usage,
+                finish_reason=self._stop(stop),
                 model=state.get("model"),
+                refusal=REFUSAL if stop == "refusal" else None,
             )
         elif kind == "message_stop":
             return DONE

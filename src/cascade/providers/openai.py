@@ -9,8 +9,9 @@ import msgspec
 
 from .._config import ProviderConfig
 from .._sse import SSEEvent
-from .._types import Chunk, Message, RequestOptions, estimate_text_tokens
+from .._types import Chunk, Message, ReportedTokens, RequestOptions, estimate_text_tokens
 from ._http import DONE, HTTPProvider, post_whole
+from ._redact import Scrubber, shorten
 
 __all__ = ["OpenAIProvider"]
 
@@ -34,9 +35,23 @@ class _Choice(msgspec.Struct):
     logprobs: _Logprobs | None = None
 
 
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: ReportedTokens | None = None
+
+
 class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+    # Bounded and integral, or the body is malformed: a negative or astronomic count
+    # would make a call look free or overflow the cost.
+    prompt_tokens: ReportedTokens = 0
+    completion_tokens: ReportedTokens = 0
+    prompt_tokens_details: _PromptDetails | None = None
+
+    def cached(self) -> int | None:
+        """Prompt tokens served from the cache (part of ``prompt_tokens``, never more)."""
+        details = self.prompt_tokens_details
+        if details is None or details.cached_tokens is None:
+            return None
+        return min(details.cached_tokens, self.prompt_tokens)
 
 
 class _Response(msgspec.Struct):
@@ -47,6 +62,7 @@ class _Response(msgspec.Struct):
 
 class _Delta(msgspec.Struct):
     content: str | None = None
+    refusal: str | None = None
 
 
 class _StreamChoice(msgspec.Struct):
@@ -76,6 +92,10 @@ def _token_logprobs(logprobs: _Logprobs | None) -> tuple[float, ...] | None:
     return tuple(t.logprob for t in logprobs.content if t.logprob is not None) or None
 
 
+def _answered(message: _Message) -> bool:
+    return message.content is not None or message.refusal is not None
+
+
 _decode_response = msgspec.json.Decoder(_Response).decode
 _decode_chunk = msgspec.json.Decoder(_StreamChunk).decode
 
@@ -100,6 +120,8 @@ class OpenAIProvider(HTTPProvider):
             headers["Authorization"] = f"Bearer {api_key}"
         self._headers = headers
         self._max_tokens = config.max_tokens
+        self._max_tokens_field = config.max_tokens_field
+        self._scrub = Scrubber(api_key)
 
     def _body(
         self, messages: tuple[Message, ...], options: RequestOptions, *, stream: bool
@@ -107,7 +129,7 @@ class OpenAIProvider(HTTPProvider):
         body: dict[str, Any] = {"model": self.model, "messages": messages}
         max_tokens = options.max_tokens or self._max_tokens
         if max_tokens is not None:
-            body["max_tokens"] = max_tokens
+            body[self._max_tokens_field] = max_tokens
         if options.temperature is not None:
             body["temperature"] = options.temperature
         if options.n is not None:
@@ -130,18 +152,20 @@ class OpenAIProvider(HTTPProvider):
         if not body.choices:
             raise self._error("no choices in the response")
         choice = body.choices[0]
-        if choice.message.content is None:
-            # A refusal, a content filter, a tool call: no text answer to validate.
-            why = choice.message.refusal or f"finish_reason={choice.finish_reason}"
-            raise self._error(f"no content in the answer ({why})")
+        message = choice.message
+        if message.content is None and message.refusal is None:
+            # A content filter, a tool call: no text answer to validate.
+            raise self._error(f"no content in the answer (finish_reason={choice.finish_reason})")
         usage = body.usage
         return Chunk(
-            text=choice.message.content,
-            finish_reason=choice.finish_reason,
+            text=message.content or "",
+            finish_reason=self._scrub(choice.finish_reason),
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
-            model=body.model,
+            model=self._scrub(body.model),
             logprobs=_token_logprobs(choice.logprobs),
+            cache_read_tokens=usage.cached() if usage else None,
+            refusal=message.refusal,
         )
 
     async def complete_n(
@@ -157,7 +181,9 @@ class OpenAIProvider(HTTPProvider):
 
     def _choices(self, raw: bytes) -> list[Chunk]:
         body = _decode_response(raw)
-        texts = [c.message.content for c in body.choices if c.message.content is not None]
+        # A refusal is an answer (empty text, the refusal beside it); a tool call is not.
+        choices = [c for c in body.choices if _answered(c.message)]
+        texts = [c.message.content or "" for c in choices]
         if not texts:
             raise self._error("no content in any choice")
         usage = body.usage
@@ -165,14 +191,16 @@ class OpenAIProvider(HTTPProvider):
         chars = sum(len(t) for t in texts) or 1
         shares = [total * len(t) // chars for t in texts]
         shares[0] += total - sum(shares)  # rounding: the sum stays what the server billed
-        choices = [c for c in body.choices if c.message.content is not None]
+        model = self._scrub(body.model)
         return [
             Chunk(
                 text=text,
-                finish_reason=choice.finish_reason,
+                finish_reason=self._scrub(choice.finish_reason),
                 input_tokens=(usage.prompt_tokens if usage else None) if i == 0 else 0,
                 output_tokens=share,
-                model=body.model,
+                model=model,
+                cache_read_tokens=(usage.cached() if usage else None) if i == 0 else None,
+                refusal=choice.message.refusal,
             )
             for i, (text, choice, share) in enumerate(zip(texts, choices, shares, strict=True))
         ]
@@ -184,7 +212,8 @@ class OpenAIProvider(HTTPProvider):
         if not data:
             return None  # an empty keep-alive event
         if event.event == "error":
-            raise self._error(f"error event in stream: {data[:200].decode('utf-8', 'replace')}")
+            shown = shorten(data.decode("utf-8", "replace"), self._secret)
+            raise self._error(f"error event in stream: {shown}")
         chunk = _decode_chunk(data)
         if chunk.error is not None or chunk.object == "error":
             err = chunk.error or _StreamError()
@@ -193,21 +222,28 @@ class OpenAIProvider(HTTPProvider):
         text = ""
         finish = None
         logprobs = None
+        refusal = None
         for choice in chunk.choices:
             if choice.index != 0:
                 continue  # with n > 1 only the first choice is the answer
-            if choice.delta is not None and choice.delta.content:
-                text = choice.delta.content
+            delta = choice.delta
+            if delta is not None:
+                if delta.content:
+                    text = delta.content
+                if delta.refusal:
+                    refusal = delta.refusal
             finish = choice.finish_reason
             logprobs = _token_logprobs(choice.logprobs)
         usage = chunk.usage
-        if not (text or finish or usage or logprobs):
+        if not (text or finish or usage or logprobs or refusal):
             return None
         return Chunk(
             text=text,
-            finish_reason=finish,
+            finish_reason=self._scrub(finish),
             input_tokens=usage.prompt_tokens if usage else None,
             output_tokens=usage.completion_tokens if usage else None,
-            model=chunk.model,
+            model=self._scrub(chunk.model),
             logprobs=logprobs,
+            cache_read_tokens=usage.cached() if usage else None,
+            refusal=refusal,
         )

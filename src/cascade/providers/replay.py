@@ -21,20 +21,20 @@ import os
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import aiohttp
 import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import msgspec
-from msgspec import Meta
 
 from .._config import Config, ProviderConfig
 from .._errors import ConfigError, MalformedResponse, ProviderStatusError
 from .._types import (
     Chunk,
     Message,
+    ReportedTokens,
     RequestOptions,
     estimate_prompt_tokens,
     estimate_text_tokens,
@@ -43,7 +43,7 @@ from .._types import (
 __all__ = ["ReplayDataset", "ReplayProvider", "load_dataset", "resolve_datasets"]
 
 
-Tokens = Annotated[int, Meta(ge=0)]
+Tokens = ReportedTokens  # a recorded count is bounded like a live one
 
 
 class _Response(msgspec.Struct):

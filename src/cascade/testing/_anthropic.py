@@ -27,6 +27,10 @@ _STOP_REASONS = {"stop": "end_turn", "length": "max_tokens"}
 _PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
+def _stop_reason(reply: Reply) -> str:
+    return "refusal" if reply.refusal is not None else _STOP_REASONS[reply.finish_reason]
+
+
 def _event(kind: str, payload: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + encode_json(payload) + b"\n\n"
 
@@ -93,8 +97,8 @@ class FakeAnthropicServer(FakeServer):
         kind = _ERROR_TYPES.get(status, "api_error")
         return encode_json({"type": "error", "error": {"type": kind, "message": message}})
 
-    def _error_event(self, status: int, message: str) -> bytes:
-        return b"event: error\ndata: " + self._error_body(status, message) + b"\n\n"
+    def _error_event(self, status: int, reply: Reply) -> bytes:
+        return b"event: error\ndata: " + self._error_body(status, reply.error_message) + b"\n\n"
 
     def _json_body(self, call: Call, reply: Reply) -> bytes:
         return encode_json(
@@ -104,12 +108,11 @@ class FakeAnthropicServer(FakeServer):
                 "role": "assistant",
                 "model": call.model,
                 "content": [{"type": "text", "text": reply.text}],
-                "stop_reason": _STOP_REASONS[reply.finish_reason],
+                "stop_reason": _stop_reason(reply),
                 "stop_sequence": None,
-                "usage": {
-                    "input_tokens": call.input_tokens,
-                    "output_tokens": call.output_tokens,
-                },
+                "usage": reply.usage
+                if reply.usage is not None
+                else {"input_tokens": call.input_tokens, "output_tokens": call.output_tokens},
             }
         )
 
@@ -122,7 +125,9 @@ class FakeAnthropicServer(FakeServer):
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": call.input_tokens, "output_tokens": 1},
+            "usage": reply.start_usage
+            if reply.start_usage is not None
+            else {"input_tokens": call.input_tokens, "output_tokens": 1},
         }
         head = [
             _event("message_start", {"type": "message_start", "message": message}),
@@ -155,10 +160,12 @@ class FakeAnthropicServer(FakeServer):
                 {
                     "type": "message_delta",
                     "delta": {
-                        "stop_reason": _STOP_REASONS[reply.finish_reason],
+                        "stop_reason": _stop_reason(reply),
                         "stop_sequence": None,
                     },
-                    "usage": {"output_tokens": call.output_tokens},
+                    "usage": reply.usage
+                    if reply.usage is not None
+                    else {"output_tokens": call.output_tokens},
                 },
             ),
             _event("message_stop", {"type": "message_stop"}),

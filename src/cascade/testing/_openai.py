@@ -34,6 +34,12 @@ def _logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"content": entries, "refusal": None}
 
 
+def _message(reply: Reply) -> dict[str, Any]:
+    if reply.refusal is not None:
+        return {"role": "assistant", "content": None, "refusal": reply.refusal}
+    return {"role": "assistant", "content": reply.text}
+
+
 def _tokens(call: Call, reply: Reply) -> list[tuple[int, dict[str, Any]]] | None:
     """The reply's logprobs as OpenAI token entries, each with its offset in the text.
 
@@ -109,8 +115,11 @@ class FakeOpenAIServer(FakeServer):
             }
         )
 
-    def _error_event(self, status: int, message: str) -> bytes:
+    def _error_event(self, status: int, reply: Reply) -> bytes:
+        if reply.named_error_event:
+            return b"event: error\ndata: " + reply.error_message.encode() + b"\n\n"
         # vLLM's form: an error object as a chunk, then the usual terminator.
+        message = reply.error_message
         error = {"message": message, "type": _error_type(status), "param": None, "code": status}
         return b"data: " + encode_json({"error": error}) + b"\n\ndata: [DONE]\n\n"
 
@@ -118,7 +127,9 @@ class FakeOpenAIServer(FakeServer):
         n = body.get("n")
         return n if isinstance(n, int) and 1 <= n <= 128 else 1
 
-    def _usage(self, call: Call) -> dict[str, int]:
+    def _usage(self, call: Call, reply: Reply) -> dict[str, Any]:
+        if reply.usage is not None:
+            return reply.usage
         # The prompt is billed once however many choices; completions add up.
         output = call.output_tokens + sum(extra_output_tokens(r) for r in call.extra)
         return {
@@ -138,7 +149,7 @@ class FakeOpenAIServer(FakeServer):
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": reply.text},
+                        "message": _message(reply),
                         "logprobs": None if tokens is None else _logprobs([t for _, t in tokens]),
                         "finish_reason": reply.finish_reason,
                     },
@@ -152,14 +163,14 @@ class FakeOpenAIServer(FakeServer):
                         for i, extra in enumerate(call.extra, 1)
                     ),
                 ],
-                "usage": self._usage(call),
+                "usage": self._usage(call, reply),
             }
         )
 
     def _chunk(
         self,
         call: Call,
-        delta: dict[str, str],
+        delta: dict[str, str | None],
         finish_reason: str | None = None,
         logprobs: dict[str, Any] | None = None,
     ) -> bytes:
@@ -182,6 +193,14 @@ class FakeOpenAIServer(FakeServer):
 
     def _sse_events(self, call: Call, reply: Reply) -> SSEEvents:
         text, size = reply.text, reply.chunk_chars
+        if reply.refusal is not None:  # OpenAI streams a refusal in place of content
+            head = [self._chunk(call, {"role": "assistant", "content": None, "refusal": ""})]
+            text, size = reply.refusal, reply.chunk_chars
+            deltas = [
+                self._chunk(call, {"refusal": text[i : i + size]})
+                for i in range(0, len(text), size)
+            ]
+            return SSEEvents(head, deltas, self._tail(call, reply, None))
         head = [self._chunk(call, {"role": "assistant", "content": ""})]
         tokens = _tokens(call, reply)
         # Each token travels with the delta that holds its first character (with an empty
@@ -198,9 +217,11 @@ class FakeOpenAIServer(FakeServer):
             )
             for n, i in enumerate(range(0, len(text), size))
         ]
-        tail = [
-            self._chunk(call, {}, reply.finish_reason, logprobs=_logprobs(late) if late else None)
-        ]
+        return SSEEvents(head, deltas, self._tail(call, reply, _logprobs(late) if late else None))
+
+    def _tail(self, call: Call, reply: Reply, logprobs: dict[str, Any] | None) -> list[bytes]:
+        """The finish chunk, the usage chunk when asked for, and the terminator."""
+        tail = [self._chunk(call, {}, reply.finish_reason, logprobs=logprobs)]
         options = call.body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
             tail.append(
@@ -211,12 +232,12 @@ class FakeOpenAIServer(FakeServer):
                         "created": call.created,
                         "model": call.model,
                         "choices": [],
-                        "usage": self._usage(call),
+                        "usage": self._usage(call, reply),
                     }
                 )
             )
         tail.append(_DONE)
-        return SSEEvents(head, deltas, tail)
+        return tail
 
     def _malformed_event(self, call: Call) -> bytes:
         # An object cut off mid-array: what a proxy that truncates a line sends.

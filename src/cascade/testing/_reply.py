@@ -55,6 +55,21 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: Token log-probabilities, sent (OpenAI format) when the request asks ``logprobs``;
     #: the text is split into as many tokens, spread over the SSE deltas with the text.
     logprobs: tuple[float, ...] | None = None
+    #: The model name the response reports (default: the model requested).
+    model: str | None = None
+    #: The usage object sent as is instead of the counted one: OpenAI's ``usage`` (the
+    #: JSON body's, or the SSE usage chunk's); Anthropic's (the JSON body's, or the SSE
+    #: ``message_delta``'s). Nothing in it is checked: hostile values are the point.
+    usage: dict[str, Any] | None = None
+    #: Anthropic SSE: the ``message_start`` event's usage, sent as is.
+    start_usage: dict[str, Any] | None = None
+    #: The model refuses. OpenAI: ``message.refusal`` with ``content`` null (SSE:
+    #: ``delta.refusal`` pieces instead of content); Anthropic: ``text`` (usually empty)
+    #: with ``stop_reason: "refusal"``.
+    refusal: str | None = None
+    #: OpenAI SSE with ``fault = "error_event"``: an ``event: error`` SSE event whose data
+    #: is ``error_message`` as is, instead of vLLM's ``data: {"error": ...}`` chunk.
+    named_error_event: bool = False
 
     def __post_init__(self) -> None:
         # Meta bounds are only checked when decoding; direct construction is

@@ -251,7 +251,7 @@ class FakeServer(ABC):
         return 1
 
     @abstractmethod
-    def _error_event(self, status: int, message: str) -> bytes:
+    def _error_event(self, status: int, reply: Reply) -> bytes:
         """What the API sends when an error interrupts a stream it already started."""
 
     @abstractmethod
@@ -388,6 +388,6 @@ class FakeServer(ABC):
             events,
             reply,
             self._malformed_event(call),
-            self._error_event(reply.status if reply.status != 200 else 500, reply.error_message),
+            self._error_event(reply.status if reply.status != 200 else 500, reply),
             self._pause,
         )

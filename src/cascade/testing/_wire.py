@@ -82,6 +82,8 @@ def make_call(
     output_tokens = reply.output_tokens
     if output_tokens is None:
         output_tokens = max(1, len(reply.text) // 4)
+    if reply.model is not None:
+        model = reply.model  # the name the response reports
     return Call(n, model, messages, stream, body, int(time.time()), input_tokens, output_tokens)
 
 
