@@ -292,9 +292,7 @@ async def complete(
 def refused(completion: Completion) -> Verdict:
     """The verdict on a refusal in a tier that does not accept refusals."""
     why = completion.refusal or ""
-    return Verdict(
-        validator="refusal", passed=False, score=0.0, reason=f"refused: {why}"[:500]
-    )
+    return Verdict(validator="refusal", passed=False, score=0.0, reason=f"refused: {why}"[:500])
 
 
 def _first_failure(
