@@ -27,7 +27,7 @@ _STOP_REASONS = {
     "refusal": "content_filter",
 }
 
-REFUSAL = "refused (stop_reason: refusal)"
+REFUSAL = "stop_reason: refusal"
 """``Completion.refusal`` of an answer Anthropic stopped with ``stop_reason: "refusal"``
 (the API sends no refusal text of its own)."""
 
