@@ -437,3 +437,20 @@ async def test_cascade_run_reads_the_prompt_from_stdin(tmp_path: Path) -> None:
         assert bad.returncode == 2
         assert what in err
         assert "Traceback" not in err
+
+
+async def test_the_demo_sends_no_key_from_the_environment() -> None:
+    from cascade._demo import demo_config
+
+    async with FakeOpenAIServer() as small, FakeAnthropicServer() as medium:
+        small.default = Reply(text="{}")
+        medium.default = Reply(text="{}")
+        config = demo_config(small.url, small.url, medium.url, small.url)
+        environ = {"OPENAI_API_KEY": "sk-real-key", "ANTHROPIC_API_KEY": "sk-ant-real"}
+        async with Cascade.from_dict(config, environ=environ) as c:
+            await c.run(messages=USER)
+        sent = [*small.requests, *medium.requests]
+        assert sent
+        for request in sent:
+            assert request.headers.get("authorization") is None
+            assert request.headers.get("x-api-key") is None

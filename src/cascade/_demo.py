@@ -205,6 +205,18 @@ def _correct(task: Task, result: Result | None) -> bool:
 def demo_config(
     small_url: str, small_b_url: str, medium_url: str, large_url: str
 ) -> dict[str, Any]:
+    """The demo's three tiers over its loopback servers. Its providers send no API key
+    (``api_key_env = ""``): a key in the caller's environment never goes to the demo."""
+    config = _demo_tiers(small_url, small_b_url, medium_url, large_url)
+    for tier in config["tiers"]:
+        for provider in tier["providers"]:
+            provider["api_key_env"] = ""
+    return config
+
+
+def _demo_tiers(
+    small_url: str, small_b_url: str, medium_url: str, large_url: str
+) -> dict[str, Any]:
     validators: list[dict[str, Any]] = [
         {"name": "json_schema", "schema": RECEIPT_SCHEMA},
         {"name": "receipt_total"},
