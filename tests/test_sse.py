@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from itertools import pairwise
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cascade._sse import SSEDecoder, SSEEvent
+from cascade._sse import EventTooLarge, SSEDecoder, SSEEvent
 
 STREAM = (
     b": keep-alive comment\n"
@@ -30,8 +31,8 @@ EXPECTED = [
 ]
 
 
-def decode(pieces: list[bytes]) -> list[SSEEvent]:
-    decoder = SSEDecoder()
+def decode(pieces: list[bytes], *, limit: int | None = None) -> list[SSEEvent]:
+    decoder = SSEDecoder(max_event_bytes=limit)
     out: list[SSEEvent] = []
     for piece in pieces:
         out.extend(decoder.feed(piece))
@@ -51,6 +52,7 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
     bounds = [0, *sorted(cuts), len(STREAM)]
     pieces = [STREAM[a:b] for a, b in pairwise(bounds)]
     assert decode(pieces) == EXPECTED
+    assert decode(pieces, limit=len(STREAM)) == EXPECTED  # a cap nothing reaches
 
 
 _text = st.text(
@@ -106,3 +108,36 @@ def test_flush_returns_an_unterminated_event() -> None:
     assert decoder.feed(b"data: [DONE]") == []
     assert decoder.flush() == SSEEvent("message", b"[DONE]")
     assert decoder.flush() is None
+
+
+@pytest.mark.timeout(30)
+def test_one_long_line_is_decoded_in_linear_time() -> None:
+    # 50 MB in one line, fed in 4 KiB reads: re-joining the unfinished line on every read
+    # copied ~300 GB (minutes); kept in pieces, it is joined once.
+    piece = b"x" * 4096
+    count = 50_000_000 // len(piece)
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: ") == []
+    for _ in range(count):
+        assert decoder.feed(piece) == []
+    (event,) = decoder.feed(b"\r\n\r\n")
+    assert len(event.data) == count * len(piece)
+
+
+@pytest.mark.parametrize("newline", [b"\n", b"\r\n", b"\r"])
+def test_an_event_past_the_cap_fails_before_it_is_stored(newline: bytes) -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    assert decoder.feed(b"data: " + b"a" * 50 + newline) == []
+    assert decoder.feed(b"data: " + b"b" * 40) == []
+    with pytest.raises(EventTooLarge) as info:
+        decoder.feed(b"b" * 20)  # the unfinished line would take the event past 100 bytes
+    assert info.value.limit == 100
+    assert info.value.size > 100
+    # what was refused was not stored
+    assert sum(len(p) for p in decoder._line) == 46
+
+
+def test_the_cap_is_per_event() -> None:
+    decoder = SSEDecoder(max_event_bytes=100)
+    for _ in range(10):
+        assert decoder.feed(b"data: " + b"c" * 90 + b"\n\n") == [SSEEvent("message", b"c" * 90)]

@@ -40,6 +40,7 @@ from ._errors import (
     ProviderStatusError,
     ProviderTimeout,
     RateLimited,
+    ResponseTooLarge,
     RunError,
 )
 from ._telemetry import add_trace_ids
@@ -99,6 +100,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "RequestOptions",
+    "ResponseTooLarge",
     "Result",
     "RetryPolicy",
     "RunError",

@@ -164,7 +164,8 @@ async def complete(
 
     The provider's ``first_token_timeout_s`` and ``idle_timeout_s`` are enforced here, on
     chunks rather than socket reads (so keep-alive comments do not count as progress), for
-    every kind of provider. ``on_text`` is called with the length of each text chunk.
+    every kind of provider; only chunks with text reset the idle timer. ``on_text`` is
+    called with the length of each text chunk.
     """
     parts: list[str] = []
     text_so_far = ""
@@ -182,6 +183,7 @@ async def complete(
     config = provider.config
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
+    started = False  # a chunk has arrived: idle_timeout_s counts from now on
     loop = asyncio.get_running_loop()
     now = loop.time()
     # timeout_s is enforced with asyncio.timeout, not by aiohttp: aiohttp's timer un-cancels
@@ -201,8 +203,14 @@ async def complete(
             aclosing(provider.stream(msgs, opts)) as chunks,  # type: ignore[type-var]
         ):
             async for chunk in chunks:
-                if watchdog is not None and watch:
-                    if (chunk.text or chunk.refusal) and first_at is not None:
+                # Only answer text (or a refusal's) is progress: a chunk of usage or a
+                # finish reason alone starts the idle timer (when it is the first chunk)
+                # but never resets it, so a server trickling such events cannot keep a
+                # call alive.
+                progress = bool(chunk.text or chunk.refusal)
+                if watchdog is not None and watch and (progress or not started):
+                    started = True
+                    if progress and first_at is not None:
                         first_at = None  # the first token came: from now on, only idle
                     at, phase = total_at, "total"
                     if idle_s is not None and loop.time() + idle_s < at:

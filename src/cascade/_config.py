@@ -108,7 +108,10 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     stream, the whole answer); a slow queue or a cold model fails over instead of waiting
     for ``timeout_s``."""
     idle_timeout_s: PosFloat | None = None
-    """Longest silence between two chunks of a stream, once the first has arrived."""
+    """Longest wait for answer text in a stream, once its first chunk has arrived: the
+    timer starts at the first chunk and only chunks that carry text reset it. Keep-alive
+    comments, and events with only usage or a finish reason, are not progress: a server
+    trickling them fails here instead of holding the call until ``timeout_s``."""
     stream: bool = False
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     headers: dict[str, str] = {}
@@ -126,6 +129,12 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     limits: LimitsConfig = LimitsConfig()
     retry: RetryPolicy = RetryPolicy(attempts=1)
     """Retries of this provider before failing over (1 attempt: none)."""
+    max_response_bytes: Annotated[int, Meta(ge=1)] = 8_388_608
+    """Most bytes of one response body read before the call fails with
+    ``ResponseTooLarge`` (which fails over like any provider failure). Counted decoded
+    (after gzip, deflate or br) and while reading, over every event of a stream: a longer
+    body is never held in memory. The default, 8 MiB, is far above any real answer. An
+    error body has its own small cap (16 KiB)."""
 
     def cost_usd(
         self,

@@ -12,6 +12,7 @@ failure is translated at the boundary into one of these::
     │   ├── ProviderTimeout         connect / first token / idle / total timeout of a call
     │   ├── ProviderConnectionError refused, reset, dropped mid-body
     │   ├── MalformedResponse       the body or stream is not the wire format
+    │   │   └── ResponseTooLarge    the body passed max_response_bytes (decoded)
     │   ├── CircuitOpen             (resilience.breaker) the provider's breaker is open
     │   └── LimiterTimeout          (resilience.limiter) no rate-limit headroom in time
     └── RunError                    a whole run failed; carries every attempt made
@@ -43,6 +44,7 @@ __all__ = [
     "ProviderStatusError",
     "ProviderTimeout",
     "RateLimited",
+    "ResponseTooLarge",
     "RunError",
 ]
 
@@ -134,6 +136,22 @@ class ProviderConnectionError(ProviderError):
 
 class MalformedResponse(ProviderError):
     """The provider's body or stream does not follow its wire format."""
+
+
+class ResponseTooLarge(MalformedResponse):
+    """The response body passed the provider's ``max_response_bytes`` (counted decoded,
+    after gzip / deflate / br, over every event of a stream); reading stopped there.
+
+    ``limit`` is the configured cap; ``received`` the decoded bytes read when the cap was
+    passed (at most ``limit`` plus one read).
+    """
+
+    def __init__(
+        self, message: str, *, provider: str, model: str, limit: int, received: int
+    ) -> None:
+        self.limit = limit
+        self.received = received
+        super().__init__(message, provider=provider, model=model)
 
 
 class RunError(CascadeError):

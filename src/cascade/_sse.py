@@ -1,15 +1,15 @@
 """Incremental Server-Sent Events decoder (the WHATWG event-stream format).
 
 Bytes go in as they come off the socket, in pieces of any size; complete events come out.
-Nothing is buffered beyond the current unfinished line and event. Event data stays bytes:
-JSON payloads go straight to msgspec, which also rejects invalid UTF-8.
+Nothing is buffered beyond the current unfinished line and event, and those can be bounded.
+Event data stays bytes: JSON payloads go straight to msgspec, which also rejects invalid UTF-8.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-__all__ = ["SSEDecoder", "SSEEvent"]
+__all__ = ["EventTooLarge", "SSEDecoder", "SSEEvent"]
 
 _BOM = b"\xef\xbb\xbf"
 
@@ -21,11 +21,24 @@ class SSEEvent(NamedTuple):
     """The ``data:`` lines joined with newlines."""
 
 
+class EventTooLarge(ValueError):
+    """An event (its lines so far, and the unfinished line) passed ``max_event_bytes``."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"an SSE event of over {limit} bytes")
+
+
 class SSEDecoder:
     """Feed bytes with :meth:`feed`; it returns the events those bytes completed.
 
     Lines may end in LF, CRLF or CR, split anywhere between two reads (a CRLF too); a
-    leading byte-order mark is skipped.
+    leading byte-order mark is skipped. Linear in the bytes fed, however long a line: an
+    unfinished line is kept as a list of pieces, joined once when its end arrives, and
+    each read is searched for line ends only once. With ``max_event_bytes``, an event
+    (its data lines and the unfinished line) that grows past it raises
+    :class:`EventTooLarge` before the piece that would pass it is stored.
 
     >>> d = SSEDecoder()
     >>> d.feed(b"data: hel")
@@ -34,10 +47,22 @@ class SSEDecoder:
     [SSEEvent(event='message', data=b'hello')]
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_skip_lf", "_started")
+    __slots__ = (
+        "_data",
+        "_event",
+        "_limit",
+        "_line",
+        "_line_size",
+        "_size",
+        "_skip_lf",
+        "_started",
+    )
 
-    def __init__(self) -> None:
-        self._buf = b""
+    def __init__(self, *, max_event_bytes: int | None = None) -> None:
+        self._line: list[bytes] = []  # the unfinished line, in pieces (never a line end)
+        self._line_size = 0
+        self._size = 0  # bytes of the event's data lines so far
+        self._limit = max_event_bytes
         self._skip_lf = False
         self._started = False
         self._event = ""
@@ -51,37 +76,62 @@ class SSEDecoder:
             self._skip_lf = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
-        buf = self._buf + chunk if self._buf else chunk
+                if not chunk:
+                    return []
         if not self._started:
-            if len(buf) < len(_BOM) and _BOM.startswith(buf):
-                self._buf = buf  # could still be a split BOM
+            if self._line:  # at most two bytes: the start of a split BOM
+                chunk = b"".join(self._line) + chunk
+                self._line, self._line_size = [], 0
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._line, self._line_size = [chunk], len(chunk)  # could still be a BOM
                 return []
             self._started = True
-            if buf.startswith(_BOM):
-                buf = buf[len(_BOM) :]
-        if b"\r" in buf:
-            self._skip_lf = buf.endswith(b"\r")
-            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
+            if chunk.startswith(_BOM):
+                chunk = chunk[len(_BOM) :]
+        if b"\r" in chunk:
+            # The unfinished line holds no line end, so normalising this read alone is
+            # the same as normalising the whole stream.
+            self._skip_lf = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
         events: list[SSEEvent] = []
-        for line in lines:
-            if not line:
-                if self._data:
-                    events.append(SSEEvent(self._event or "message", b"\n".join(self._data)))
-                    self._data = []
-                self._event = ""
-                continue
-            if line[0] == 58:  # ":" starts a comment
-                continue
-            field, sep, value = line.partition(b":")
-            if sep and value[:1] == b" ":
-                value = value[1:]
-            if field == b"data":
-                self._data.append(value)
-            elif field == b"event":
-                self._event = value.decode("utf-8", "replace")
+        if lines:
+            if self._line:
+                self._check(self._line_size + len(lines[0]))
+                self._line.append(lines[0])
+                lines[0] = b"".join(self._line)
+                self._line, self._line_size = [], 0
+            limit = self._limit
+            for line in lines:
+                if not line:
+                    if self._data:
+                        events.append(SSEEvent(self._event or "message", b"\n".join(self._data)))
+                        self._data = []
+                        self._size = 0
+                    self._event = ""
+                    continue
+                if line[0] == 58:  # ":" starts a comment
+                    continue
+                field, sep, value = line.partition(b":")
+                if sep and value[:1] == b" ":
+                    value = value[1:]
+                if field == b"data":
+                    if limit is not None:
+                        self._check(len(value))
+                        self._size += len(value) + 1
+                    self._data.append(value)
+                elif field == b"event":
+                    self._event = value.decode("utf-8", "replace")
+        if rest:
+            self._check(self._line_size + len(rest))
+            self._line.append(rest)
+            self._line_size += len(rest)
         return events
+
+    def _check(self, line_size: int) -> None:
+        if self._limit is not None and self._size + line_size > self._limit:
+            raise EventTooLarge(self._size + line_size, self._limit)
 
     def flush(self) -> SSEEvent | None:
         """At end of stream: the event whose data lines ended but no blank line followed.
@@ -89,16 +139,17 @@ class SSEDecoder:
         The format says to drop it; callers use it only to recognise a terminator such as
         ``data: [DONE]`` sent without its final blank line.
         """
-        if self._buf:
+        if self._line:
             self.feed(b"\n")
         if not self._data:
             return None
         event = SSEEvent(self._event or "message", b"\n".join(self._data))
         self._data = []
+        self._size = 0
         self._event = ""
         return event
 
     @property
     def pending(self) -> bool:
         """True while an event or a line has started but not ended."""
-        return bool(self._buf or self._data or self._event)
+        return bool(self._line or self._data or self._event)

@@ -28,17 +28,27 @@ from .._errors import (
     ProviderStatusError,
     ProviderTimeout,
     RateLimited,
+    ResponseTooLarge,
 )
 from .._headers import retry_after_s
-from .._sse import SSEDecoder, SSEEvent
+from .._sse import EventTooLarge, SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
 from ._redact import redact
 
-__all__ = ["DONE", "HTTPProvider", "post_whole", "redact", "retry_after_s", "status_error"]
+__all__ = [
+    "DONE",
+    "HTTPProvider",
+    "post_whole",
+    "read_body",
+    "redact",
+    "retry_after_s",
+    "status_error",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_ERROR_BODY = 16384
 _MAX_DRAIN = 65536
+_READ_BYTES = 65536
 _BACKSTOP_S = 1.0
 _encode = msgspec.json.Encoder().encode
 
@@ -80,6 +90,9 @@ def translate(exc: Exception, *, provider: str, model: str, secret: str | None) 
         )
     if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError | UnicodeDecodeError):
         return MalformedResponse(redact(f"bad body: {exc}", secret), provider=provider, model=model)
+    if isinstance(exc, RecursionError):
+        # msgspec's answer to JSON nested deeper than the interpreter's recursion limit.
+        return MalformedResponse("bad body: JSON nested too deep", provider=provider, model=model)
     return ProviderConnectionError(
         redact(f"unexpected {name}: {exc}", secret), provider=provider, model=model
     )
@@ -114,7 +127,7 @@ async def status_error(
     message = resp.reason or "error"
     try:
         detail = _error_decoder.decode(raw).error
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         detail = None
     if isinstance(detail, _ErrorDetail) and detail.message:
         message = detail.message
@@ -220,6 +233,16 @@ class HTTPProvider:
     def _error(self, message: str, cls: type[ProviderError] = MalformedResponse) -> ProviderError:
         return cls(redact(message, self._secret), provider=self.name, model=self.model)
 
+    def _too_large(self, received: int) -> ResponseTooLarge:
+        limit = self.config.max_response_bytes
+        return ResponseTooLarge(
+            f"response body passed max_response_bytes ({limit}) after {received} bytes",
+            provider=self.name,
+            model=self.model,
+            limit=limit,
+            received=received,
+        )
+
     def _status_error(self, message: str, status: int) -> ProviderStatusError:
         """An error the provider reported inside a 200 stream, with the status it means."""
         message = redact(message, self._secret)
@@ -237,9 +260,17 @@ class HTTPProvider:
         try:
             async with self._post(data) as resp:
                 await self._check(resp)
-                decoder = SSEDecoder()
+                limit = self.config.max_response_bytes
+                decoder = SSEDecoder(max_event_bytes=limit)
                 state: dict[str, Any] = {}
+                received = 0
+                # resp.content yields decoded bytes (after gzip, deflate, br), each read
+                # bounded by aiohttp's flow control: the stream's total is counted as it
+                # comes, so no more than the cap and one read is ever held.
                 async for raw in resp.content.iter_any():
+                    received += len(raw)
+                    if received > limit:
+                        raise self._too_large(received)
                     for event in decoder.feed(raw):
                         chunk = self._event(event, state)
                         if chunk is DONE:
@@ -253,6 +284,8 @@ class HTTPProvider:
                 raise self._error("stream ended before its terminal event", ProviderConnectionError)
         except CascadeError:
             raise
+        except EventTooLarge as exc:  # not reached while the total is capped first
+            error: ProviderError = self._too_large(exc.size)
         except Exception as exc:
             error = translate(exc, provider=self.name, model=self.model, secret=self._secret)
         # Raised outside the except block: no __context__ chains back to aiohttp objects.
@@ -271,7 +304,7 @@ async def post_whole(
             provider._post(data, whole=True) as resp,
         ):
             await provider._check(resp)
-            return parse(await resp.read())
+            return parse(await read_body(provider, resp))
     except CascadeError:
         raise
     except Exception as exc:
@@ -279,6 +312,23 @@ async def post_whole(
             exc, provider=provider.name, model=provider.model, secret=provider._secret
         )
     raise error
+
+
+async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> bytes:
+    """The whole (decoded) body, read in bounded pieces; ``ResponseTooLarge`` as soon as
+    it passes the provider's ``max_response_bytes``, holding at most that and one read."""
+    limit = provider.config.max_response_bytes
+    parts: list[bytes] = []
+    received = 0
+    while True:
+        piece = await resp.content.read(_READ_BYTES)
+        if not piece:
+            break
+        received += len(piece)
+        if received > limit:
+            raise provider._too_large(received)
+        parts.append(piece)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

@@ -3,7 +3,9 @@
 The servers speak the real wire formats (JSON and SSE streaming) over loopback
 HTTP, answer per model from a script or a function, record what they receive,
 and inject faults: error statuses, latency, dropped connections, malformed
-payloads, hangs; `Chaos` injects them at random into a share of the calls.
+payloads, hangs, and hostile bodies (oversized, endless, gzip bombs, JSON nested
+too deep, streams without text); `Chaos` injects some at random into a share of
+the calls.
 
 Example::
 

@@ -172,6 +172,20 @@ class FakeAnthropicServer(FakeServer):
         ]
         return SSEEvents(head, deltas, tail)
 
+    def _trickle_events(self, call: Call, reply: Reply) -> bytes:
+        usage = {"output_tokens": call.output_tokens}
+        return _event(
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": None}, "usage": usage},
+        ) + _event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": _STOP_REASONS[reply.finish_reason]},
+                "usage": usage,
+            },
+        )
+
     def _malformed_event(self, call: Call) -> bytes:
         # A delta cut off mid-object: what a proxy that truncates a line sends.
         return (

@@ -239,6 +239,18 @@ class FakeOpenAIServer(FakeServer):
         tail.append(_DONE)
         return tail
 
+    def _trickle_events(self, call: Call, reply: Reply) -> bytes:
+        finish = self._chunk(call, {}, reply.finish_reason)
+        usage = {
+            "id": f"chatcmpl-{call.n}",
+            "object": "chat.completion.chunk",
+            "created": call.created,
+            "model": call.model,
+            "choices": [],
+            "usage": self._usage(call),
+        }
+        return finish + _event(usage)
+
     def _malformed_event(self, call: Call) -> bytes:
         # An object cut off mid-array: what a proxy that truncates a line sends.
         cut = f'{{"id": "chatcmpl-{call.n}", "object": "chat.completion.chunk", "choices": [{{'

@@ -45,7 +45,29 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: after the first delta (non-streaming: the same as an error status); ``stall``:
     #: streaming, the first delta and then only SSE keep-alive comments (every
     #: ``chunk_delay_s``, default 0.05 s) until the client leaves (non-streaming: ``hang``).
-    fault: Literal["drop", "malformed", "hang", "error_event", "stall"] | None = None
+    #: Hostile bodies, generated as they are sent (never held whole): ``huge``, a JSON body
+    #: (streaming: one SSE event) whose text is ``fault_bytes`` spaces; ``gzip_bomb``, the
+    #: same gzip-encoded (a GiB of spaces is about 1 MB on the wire); ``endless``, text
+    #: deltas without end (non-streaming: a JSON body whose text never ends);
+    #: ``deep_json``, JSON nested 100,000 deep as the body or an event's data (with an
+    #: error ``status``: as the error body); ``trickle``, streaming, the first delta, then
+    #: only usage and finish events, without text, every ``chunk_delay_s`` (default
+    #: 0.05 s) until the client leaves (non-streaming: ``hang``).
+    fault: (
+        Literal[
+            "drop",
+            "malformed",
+            "hang",
+            "error_event",
+            "stall",
+            "huge",
+            "gzip_bomb",
+            "endless",
+            "deep_json",
+            "trickle",
+        ]
+        | None
+    ) = None
     finish_reason: Literal["stop", "length"] = "stop"
     #: Default: ``max(1, total characters of all message contents // 4)``.
     input_tokens: Annotated[int, Meta(ge=0)] | None = None
@@ -70,6 +92,8 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: OpenAI SSE with ``fault = "error_event"``: an ``event: error`` SSE event whose data
     #: is ``error_message`` as is, instead of vLLM's ``data: {"error": ...}`` chunk.
     named_error_event: bool = False
+    #: ``huge`` and ``gzip_bomb``: the bytes of filler in the body's text (default 1 GiB).
+    fault_bytes: Annotated[int, Meta(ge=0)] = 1 << 30
 
     def __post_init__(self) -> None:
         # Meta bounds are only checked when decoding; direct construction is
@@ -84,6 +108,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             "retry_after_s",
             "input_tokens",
             "output_tokens",
+            "fault_bytes",
         ):
             value = getattr(self, name)
             if value is not None and value < 0:

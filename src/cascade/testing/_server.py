@@ -18,6 +18,14 @@ from typing import Any, ClassVar, Self
 import msgspec
 from aiohttp import web
 
+from cascade.testing._hostile import (
+    DEEP_JSON,
+    FILLER,
+    oversized,
+    send_body,
+    send_endless,
+    split_at_filler,
+)
 from cascade.testing._reply import FakeRequest, Reply, Responder
 from cascade.testing._script import Playbook
 from cascade.testing._wire import (
@@ -35,6 +43,8 @@ __all__ = ["FakeServer"]
 # closing a server never stalls a test suite; hung and sleeping handlers are
 # woken by `_closing` and do not need it.
 _SHUTDOWN_TIMEOUT_S = 1.0
+
+_HOSTILE = frozenset({"huge", "gzip_bomb", "endless", "deep_json", "trickle"})
 
 
 class _Closing(Exception):
@@ -255,6 +265,10 @@ class FakeServer(ABC):
         """What the API sends when an error interrupts a stream it already started."""
 
     @abstractmethod
+    def _trickle_events(self, call: Call, reply: Reply) -> bytes:
+        """Stream events that carry usage or a finish reason but no text."""
+
+    @abstractmethod
     def _models_body(self, models: list[str]) -> bytes:
         """The body of ``GET /v1/models``."""
 
@@ -312,12 +326,15 @@ class FakeServer(ABC):
             return self._error(404, message, n, code="model_not_found")
 
         await self._pause(reply.latency_s)
-        if reply.fault == "hang" or (reply.fault == "stall" and not stream):
+        if reply.fault == "hang" or (reply.fault in ("stall", "trickle") and not stream):
             await self._closing.wait()
             raise _Closing
         if reply.fault == "error_event" and not stream:
             return self._error(reply.status if reply.status != 200 else 500,
                                reply.error_message, n, reply)  # fmt: skip
+        if reply.fault == "deep_json" and reply.status != 200:
+            headers = self._headers(n, reply, "application/json")
+            return web.Response(status=reply.status, body=DEEP_JSON, headers=headers)
         if reply.status != 200 and reply.fault is None:
             return self._error(reply.status, reply.error_message, n, reply)
 
@@ -326,6 +343,8 @@ class FakeServer(ABC):
         if choices > 1:  # one more reply from the script or responder per extra choice
             extra = [await self._playbook.choose(model, fake) for _ in range(choices - 1)]
             call = call._replace(extra=tuple(r for r in extra if r is not None))
+        if reply.fault in _HOSTILE:
+            return await self._hostile(request, call, reply)
         if stream:
             return await self._stream(request, call, reply)
         payload = self._json_body(call, reply)
@@ -390,4 +409,36 @@ class FakeServer(ABC):
             self._malformed_event(call),
             self._error_event(reply.status if reply.status != 200 else 500, reply),
             self._pause,
+        )
+
+    async def _hostile(self, request: web.Request, call: Call, reply: Reply) -> web.StreamResponse:
+        """A body generated as it is sent (see `Reply.fault`)."""
+        fault, stream = reply.fault, call.stream
+        headers = self._headers(
+            call.n, reply, "text/event-stream" if stream else "application/json"
+        )
+        size = None if fault == "endless" else reply.fault_bytes
+        marked = msgspec.structs.replace(reply, text=FILLER, chunk_chars=len(FILLER), logprobs=None)
+        if not stream:
+            if fault == "deep_json":
+                return web.Response(body=DEEP_JSON, headers=headers)
+            head, tail = split_at_filler(self._json_body(call, marked))
+            pieces = oversized(head, size, tail)
+            return await send_body(request, headers, pieces, gzip=fault == "gzip_bomb")
+        events = self._sse_events(call, reply)
+        first = b"".join([*events.head, *events.deltas[:1]])
+        if fault in ("huge", "gzip_bomb"):
+            framing = self._sse_events(call, marked)
+            head, tail = split_at_filler(framing.deltas[0])
+            pieces = itertools.chain(framing.head, oversized(head, size, tail), framing.tail)
+            return await send_body(request, headers, pieces, gzip=fault == "gzip_bomb")
+        if fault == "deep_json":
+            return await send_body(request, headers, iter([first, b"data: " + DEEP_JSON + b"\n\n"]))
+        if fault == "trickle":
+            block, delay_s = self._trickle_events(call, reply), reply.chunk_delay_s or 0.05
+        else:  # endless: text deltas in blocks of about 64 KiB, as fast as the client reads
+            delta = events.deltas[0] if events.deltas else first
+            block, delay_s = delta * max(1, 65536 // len(delta)), reply.chunk_delay_s
+        return await send_endless(
+            request, headers, first, block, delay_s=delay_s, pause=self._pause
         )
