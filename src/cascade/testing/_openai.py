@@ -247,7 +247,7 @@ class FakeOpenAIServer(FakeServer):
             "created": call.created,
             "model": call.model,
             "choices": [],
-            "usage": self._usage(call),
+            "usage": self._usage(call, reply),
         }
         return finish + _event(usage)
 
