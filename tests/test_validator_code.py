@@ -170,7 +170,8 @@ async def test_subprocess_gets_path_only_a_temp_cwd_and_no_stdin(
             print(repr(open(sys.argv[1]).read()), sys.argv[1], file=f)
     """,
     )
-    v = CodeCompilesValidator(language="python", command=[compiler, "{file}"])
+    # on the host ("off"): the scripts here run on this test's Python, outside /usr
+    v = CodeCompilesValidator(language="python", command=[compiler, "{file}"], sandbox="off")
     verdict = await v.validate(completion("```python\nprint(1)\n```"), CTX)
     assert verdict.passed, verdict.reason
     env, cwd, stdin, source = out.read_text().splitlines()
@@ -203,7 +204,8 @@ async def test_timeout_rejects_and_kills_the_process_group(
         time.sleep(30)
     """,
     )
-    spec = {"language": "python", "command": [compiler, "{file}"], "timeout_s": 0.5}
+    spec = {"language": "python", "command": [compiler, "{file}"], "timeout_s": 0.5,
+            "sandbox": "off"}  # fmt: skip
     result = await run(openai_server, "print(1)", spec)
     assert result.tier == 2 and reason(result) == "compiler timed out after 0.5s"
     for pid in map(int, pids.read_text().split()):
@@ -224,7 +226,7 @@ async def test_a_cancelled_check_kills_the_compiler_and_cleans_up(tmp_path: Path
         time.sleep(30)
     """,
     )
-    v = CodeCompilesValidator(language="python", command=[compiler, "{file}"])
+    v = CodeCompilesValidator(language="python", command=[compiler, "{file}"], sandbox="off")
     with pytest.raises(TimeoutError):  # as a run's deadline cancels it
         await asyncio.wait_for(v.validate(completion("print(1)"), CTX), 0.5)
     pid, cwd = seen.read_text().split()
@@ -244,7 +246,9 @@ async def test_concurrency_is_bounded(tmp_path: Path) -> None:
         open(os.path.join({str(log)!r}, str(os.getpid())), "w").write(f"{{start}} {{time.monotonic()}}")
     """,
     )
-    v = CodeCompilesValidator(language="js", command=[compiler, "{file}"], max_concurrency=2)
+    v = CodeCompilesValidator(
+        language="js", command=[compiler, "{file}"], max_concurrency=2, sandbox="off"
+    )
     verdicts = await asyncio.gather(*(v.validate(completion("x;"), CTX) for _ in range(6)))
     assert all(v.passed for v in verdicts)
     events = []

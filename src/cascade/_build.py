@@ -4,6 +4,7 @@ validator names, parameters and weights."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -90,6 +91,10 @@ def _without_weight(spec: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _weight(spec: Mapping[str, Any], *, path: str) -> float:
     weight = spec.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
-        raise ConfigError(f"expected a number >= 0, got {weight!r}", path=path)
+    if (
+        isinstance(weight, bool)
+        or not isinstance(weight, int | float)
+        or not 0 <= weight <= sys.float_info.max  # NaN and inf too
+    ):
+        raise ConfigError(f"expected a finite number >= 0, got {weight!r}", path=path)
     return float(weight)

@@ -22,7 +22,7 @@ import structlog
 
 from . import __version__
 from ._answers import ANSWER_TYPES
-from ._config import load_config
+from ._config import in_file, load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._otel import SDK, configure_from_env
@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         return _run(args)
     except (ConfigError, InputError) as exc:
+        # one line: "<file>: <path>: <message>" for a config file's errors
         print(f"cascade: error: {exc}", file=sys.stderr)
         return 2
     except RunError as exc:
@@ -187,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _check(path: str) -> int:
     # Building checks kinds, API key variables and validators, and resolves relative paths.
-    config = Cascade.from_config(path).config
+    with in_file(path):
+        config = Cascade.from_config(path).config
     print(f"{path}: OK, {len(config.tiers)} tiers, on_exhausted = {config.on_exhausted!r}")
     for i, tier in enumerate(config.tiers, 1):
         names = ", ".join(str(v["name"]) for v in tier.validators) or "none"
@@ -236,7 +238,8 @@ def _prompt(arg: str) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    cascade = Cascade(load_config(args.config), base_dir=Path(args.config).parent)
+    with in_file(args.config):
+        cascade = Cascade(load_config(args.config), base_dir=Path(args.config).parent)
     messages = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -307,21 +310,23 @@ def _eval(args: argparse.Namespace) -> int:
         param, values = parse_param(name.strip()), parse_values(text)
     if args.command == "eval" and args.plot:
         check_plot_available()
-    config = load_config(args.config)
-    if param is not None:
-        param.locate(config)  # a bad name fails before anything runs
+    with in_file(args.config):
+        config = load_config(args.config)
+        if param is not None:
+            param.locate(config)  # a bad name fails before anything runs
     records = load_records(args.dataset, limit=args.limit, split=args.split)
-    report = run_report(
-        config,
-        records,
-        scoring=scoring,
-        param=param,
-        values=values,
-        concurrency=args.concurrency,
-        progress=sys.stderr,
-        as_written=args.command == "eval",
-        base_dir=Path(args.config).parent,
-    )
+    with in_file(args.config):  # the cascade is built (and rebuilt per swept value) here
+        report = run_report(
+            config,
+            records,
+            scoring=scoring,
+            param=param,
+            values=values,
+            concurrency=args.concurrency,
+            progress=sys.stderr,
+            as_written=args.command == "eval",
+            base_dir=Path(args.config).parent,
+        )
     if args.command == "eval":
         if args.plot:
             plot_frontier(report, args.plot)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import yarl
 from msgspec import Meta
 
 from ._errors import ConfigError
@@ -23,11 +26,15 @@ __all__ = [
     "SharedConfig",
     "TierConfig",
     "Variant",
+    "in_file",
     "load_config",
 ]
 
-NonNegFloat = Annotated[float, Meta(ge=0)]
-PosFloat = Annotated[float, Meta(gt=0)]
+# Every float of the config is finite: msgspec has no such constraint, but an upper bound
+# of the largest float rejects inf (and a lower bound NaN); the message is rewritten below.
+_FLOAT_MAX = sys.float_info.max
+NonNegFloat = Annotated[float, Meta(ge=0, le=_FLOAT_MAX)]
+PosFloat = Annotated[float, Meta(gt=0, le=_FLOAT_MAX)]
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
 KeyPrefix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s{}]+$")]
 
@@ -39,7 +46,7 @@ class BreakerConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     after ``reset_timeout_s``."""
 
     fail_max: Annotated[int, Meta(ge=1)] = 5
-    reset_timeout_s: Annotated[float, Meta(ge=0)] = 30.0
+    reset_timeout_s: NonNegFloat = 30.0
     count_rate_limits: bool = False
 
 
@@ -51,10 +58,10 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     rate-limit headers (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``,
     ``retry-after`` on 429). No limit set: no limiter."""
 
-    requests_per_minute: Annotated[float, Meta(gt=0)] | None = None
-    tokens_per_minute: Annotated[float, Meta(gt=0)] | None = None
+    requests_per_minute: PosFloat | None = None
+    tokens_per_minute: PosFloat | None = None
     max_concurrency: Annotated[int, Meta(ge=1)] | None = None
-    burst_s: Annotated[float, Meta(ge=0)] = 60.0
+    burst_s: NonNegFloat = 60.0
 
     @property
     def configured(self) -> bool:
@@ -182,7 +189,7 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     name: Name
     system: str | None = None
     suffix: str | None = None
-    weight: Annotated[float, Meta(ge=0)] = 1.0
+    weight: NonNegFloat = 1.0
     """The weight of this variant's vote in ``self_consistency``."""
 
 
@@ -287,6 +294,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                         path=f"tiers[{t}].providers[{p}].name",
                     )
                 seen_providers.add(prov.name)
+                if prov.base_url is not None:
+                    _check_url(prov.base_url, path=f"tiers[{t}].providers[{p}].base_url")
             for v, spec in enumerate(tier.validators):
                 if not isinstance(spec.get("name"), str) or not spec["name"]:
                     raise ConfigError(
@@ -303,39 +312,66 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     @classmethod
     def from_toml(cls, text: str | bytes, *, source: str = "<string>") -> Config:
-        """Parse TOML text into a Config."""
-        try:
-            return msgspec.toml.decode(text, type=cls)
-        except msgspec.ValidationError as exc:
-            raise _config_error(exc, source=source) from None
-        except msgspec.DecodeError as exc:
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        """Parse TOML text into a Config; errors name ``source`` (the file)."""
+        with in_file(source):
+            try:
+                return msgspec.toml.decode(text, type=cls)
+            except msgspec.ValidationError as exc:
+                raise _config_error(exc) from None
+            except msgspec.DecodeError as exc:
+                raise ConfigError(f"not valid TOML: {exc}") from None
+            except RecursionError:  # tomllib recurses per level of nesting
+                raise ConfigError("not valid TOML: nested too deeply") from None
+
+
+@contextmanager
+def in_file(source: str) -> Iterator[None]:
+    """ConfigErrors raised inside name ``source`` (the config file) when they name none."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.source:
+            raise
+        raise ConfigError(exc.message, path=exc.path, source=source) from None
 
 
 _AT_PATH = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_NOT_FINITE = f"Expected `float` <= {_FLOAT_MAX!r}"
 
 
-def _config_error(exc: msgspec.ValidationError, *, source: str | None = None) -> ConfigError:
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(cause, ConfigError):  # raised from __post_init__, already has its path
-        return cause
+def _config_error(exc: msgspec.ValidationError) -> ConfigError:
     m = _AT_PATH.match(str(exc))
     assert m is not None  # the pattern matches any string
     path = (m.group("path") or "").lstrip(".")
-    msg = m.group("msg")
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ConfigError):  # from a nested Struct's __post_init__
+        path = ".".join(p for p in (path, cause.path) if p)
+        return ConfigError(cause.message, path=path)
+    msg = m.group("msg").replace(_NOT_FINITE, "Expected a finite number")
     unknown = re.search(r"unknown field `([^`]*)`", msg)
     if unknown:  # point at the offending key itself, not only its parent
         path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
-    if source:
-        msg = f"{msg} (in {source})"
     return ConfigError(msg, path=path)
 
 
+def _check_url(url: str, *, path: str) -> None:
+    """A URL aiohttp can send to: yarl (aiohttp's URL type) parses it, and it names a
+    host without white space."""
+    try:
+        host = yarl.URL(url).host
+    except ValueError as exc:
+        raise ConfigError(f"not a valid URL {url!r}: {exc}", path=path) from None
+    if not host:
+        raise ConfigError(f"not a valid URL {url!r}: no host", path=path)
+    if any(c.isspace() for c in host):
+        raise ConfigError(f"not a valid URL {url!r}: white space in the host", path=path)
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read a TOML config file; raise ConfigError naming the bad field."""
+    """Read a TOML config file; raise ConfigError naming the bad field and the file."""
     p = Path(path)
     try:
         data = p.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(p)!r}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(p)) from None
     return Config.from_toml(data, source=str(p))

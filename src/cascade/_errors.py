@@ -57,13 +57,23 @@ class ConfigError(CascadeError):
     """The configuration is invalid.
 
     ``path`` names the bad field (``tiers[0].providers[1].model``), ``message`` what was
-    expected.
+    expected, ``source`` the file it came from (empty for a mapping); shown as
+    ``source: path: message``.
     """
 
-    def __init__(self, message: str, *, path: str = "") -> None:
+    def __init__(self, message: str, *, path: str = "", source: str = "") -> None:
         self.path = path
         self.message = message
-        super().__init__(f"{path}: {message}" if path else message)
+        self.source = source
+        super().__init__(": ".join(part for part in (source, path, message) if part))
+
+
+class NestedConfigError(ConfigError, ValueError):
+    """A ConfigError from a config Struct's ``__post_init__``, ``path`` relative to it.
+
+    Being a ValueError, msgspec reports it with where the Struct sits in the whole config
+    (``tiers[0].providers[0].retry``), and ``Config`` joins the two paths. Not public:
+    catch ``ConfigError``."""
 
 
 class InputError(CascadeError):

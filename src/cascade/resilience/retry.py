@@ -9,6 +9,7 @@ together.
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
@@ -17,7 +18,7 @@ from msgspec import Meta
 
 from .._clock import Clock
 from .._errors import (
-    ConfigError,
+    NestedConfigError,
     ProviderConnectionError,
     ProviderStatusError,
     ProviderTimeout,
@@ -33,6 +34,7 @@ OnRetry = Callable[[int, Exception, float], None]
 and is retried after ``wait_s`` seconds."""
 
 _MAX_EXPONENT = 64  # 2**64 * any sane base_s is far beyond max_s; avoids float overflow
+_FLOAT_MAX = sys.float_info.max  # a finite bound: inf (and NaN) fail it
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -45,18 +47,20 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     """
 
     attempts: Annotated[int, Meta(ge=1)] = 2
-    base_s: Annotated[float, Meta(ge=0)] = 0.1
-    max_s: Annotated[float, Meta(ge=0)] = 5.0
+    base_s: Annotated[float, Meta(ge=0, le=_FLOAT_MAX)] = 0.1
+    max_s: Annotated[float, Meta(ge=0, le=_FLOAT_MAX)] = 5.0
     honour_retry_after: bool = True
 
     def __post_init__(self) -> None:
         # Meta bounds are checked when decoding; these also guard direct construction.
+        # NestedConfigError: a ConfigError that the config's loader prefixes with where
+        # this policy sits (tiers[0].providers[0].retry.max_s).
         if self.attempts < 1:
-            raise ConfigError("expected at least 1 attempt", path="attempts")
-        if not self.base_s >= 0:
-            raise ConfigError("expected seconds >= 0", path="base_s")
-        if not self.max_s >= self.base_s:
-            raise ConfigError("expected max_s >= base_s", path="max_s")
+            raise NestedConfigError("expected at least 1 attempt", path="attempts")
+        if not _FLOAT_MAX >= self.base_s >= 0:
+            raise NestedConfigError("expected finite seconds >= 0", path="base_s")
+        if not _FLOAT_MAX >= self.max_s >= self.base_s:
+            raise NestedConfigError("expected finite max_s >= base_s", path="max_s")
 
 
 def retryable(exc: BaseException) -> bool:

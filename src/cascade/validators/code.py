@@ -1,7 +1,8 @@
 """``code_compiles``: the answer's code must compile in its language; it is never executed.
 
 Python goes through :func:`compile` in-process; other languages through a syntax-only
-command (``node --check``, ``gcc -fsyntax-only``, ``bash -n``, your own) in a subprocess.
+command (``node --check``, ``gcc -fsyntax-only``, ``bash -n``, your own) in a subprocess,
+inside a bubblewrap sandbox where one starts (``_sandbox.py``).
 """
 
 from __future__ import annotations
@@ -15,19 +16,29 @@ import resource
 import shutil
 import signal
 import tempfile
-import textwrap
 import threading
 import warnings
-from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal
 
 import anyio.to_thread
+import structlog
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
+from ._fences import Fence, fences, layout
 from ._registry import ValidationContext, validator
+from ._sandbox import (
+    SANDBOX_DIR,
+    bwrap_argv,
+    c_include_problem,
+    only_answer_lines,
+    pass_source,
+    probe,
+)
 
 __all__ = ["CodeCompilesValidator"]
+
+log = structlog.get_logger("cascade")
 
 
 # language -> (syntax-check command, file suffix); no command: Python's compile()
@@ -56,10 +67,6 @@ _SHELLS = frozenset({"bash", "powershell"})
 _ALIAS = {tag: group[0] for group in _LANGUAGES for tag in group}
 _TAGS = {group[0]: frozenset(group) for group in _LANGUAGES}
 
-# A fence line: up to any indentation, three or more backticks, the info string, and the
-# line end (absent while a streaming answer has not finished the line).
-_OPEN = re.compile(r"^[ \t]*(`{3,})([^`\r\n]*)(\r?\n|\Z)", re.M)
-_CLOSE = re.compile(r"^[ \t]*(`{3,})[ \t]*(?:\r?\n|\Z)", re.M)
 _NODE_NOISE = re.compile(r"^(?:\s+at .*|Node\.js v[\d.]+)$", re.M)
 
 _THREAD_CHARS = 4096  # about a millisecond of compile(); longer sources go to a thread
@@ -68,33 +75,11 @@ _MEMORY_LIMIT = 1 << 30  # bytes of address space for a compiler (`#include "/de
 _FILE_LIMIT = 16 << 20  # bytes a compiler may write
 _MAX_OUTPUT = 64 * 1024  # compiler output kept for the reason; the rest is drained
 _MAX_REASON = 1000
+_MAX_TIMEOUT_S = 3600.0
+_C_FAMILY = frozenset({"c", "cpp"})
+Sandbox = Literal["auto", "bwrap", "off"]
 # warnings.catch_warnings swaps process-global state: never from two threads at once.
 _WARNINGS_LOCK = threading.Lock()
-
-
-class _Fence(NamedTuple):
-    tag: str | None  # lower-cased first word of the info string; None: line not finished
-    start: int  # where the body starts
-    end: int  # where the body ends (the closing fence, or the end of the text)
-
-
-def _fences(text: str) -> Iterator[_Fence]:
-    pos = 0
-    while (m := _OPEN.search(text, pos)) is not None:
-        if not m.group(3):
-            yield _Fence(None, m.end(), m.end())
-            return
-        info = m.group(2).split(maxsplit=1)
-        tag = info[0].strip("{}.").lower() if info else ""
-        ticks = len(m.group(1))
-        close = _CLOSE.search(text, m.end())
-        while close is not None and len(close.group(1)) < ticks:
-            close = _CLOSE.search(text, close.end())
-        end = close.start() if close is not None else len(text)
-        yield _Fence(tag, m.end(), end)
-        if close is None:
-            return
-        pos = close.end()
 
 
 @validator("code_compiles")
@@ -112,9 +97,22 @@ class CodeCompilesValidator:
     or any name with ``command = ["tool", "--check", "{file}"]`` and ``suffix``. A compiler
     runs without a shell or stdin, with an environment holding only ``PATH`` (as it was
     when the validator was built, so a compiler driver finds its helpers; no API keys, no
-    ``HOME``), in a fresh temporary directory, ``max_concurrency`` at a time, for at most
-    ``timeout_s`` (then its process group is killed and the answer rejected). Its output,
-    the file shown as ``<answer>``, is the reason. A compiler not on PATH is a ConfigError.
+    ``HOME``), ``max_concurrency`` at a time, for at most ``timeout_s`` (then its process
+    group is killed and the answer rejected). Its output, the file shown as ``<answer>``,
+    is the reason; a C or C++ compiler's only as far as it is about the answer (nothing
+    quoted from an included file). A compiler not on PATH is a ConfigError.
+
+    ``sandbox``: where the compiler runs. ``"bwrap"``: in a bubblewrap sandbox that sees
+    the system's directories read-only, the source in a private tmpfs, and no project
+    file, home, ``/etc`` or network (``bwrap`` on PATH, else a ConfigError; a sandbox that
+    fails to start rejects every answer). ``"off"``: in a fresh temporary directory on the
+    host; a C or C++ ``#include`` may then only name a system header (``<stdio.h>``), and
+    other directives that read files (``#embed``, ``#include_next``...) are refused (Python,
+    ``node --check`` and ``bash -n`` never open a file the code names; your own ``command``
+    is not checked). ``"auto"`` (default): ``"bwrap"`` when a sandbox starts here, else
+    ``"off"``, logged once (``code_compiles sandbox``, ``mode``). In the sandbox, a command
+    of your own is there at its path, but must find all else it needs (interpreter,
+    libraries, toolchain) under ``/usr`` or ``/lib``; give ``sandbox = "off"`` if not.
 
     ``early_reject`` (default true): a streaming answer whose first tagged fence opens
     another language (```` ```javascript ```` when Python is wanted; shell blocks such as
@@ -136,6 +134,7 @@ class CodeCompilesValidator:
         max_concurrency: int = 4,
         require_fence: bool = False,
         early_reject: bool = True,
+        sandbox: Sandbox = "auto",
         name: str = "code_compiles",
     ) -> None:
         if not isinstance(language, str) or not language.strip():
@@ -160,8 +159,13 @@ class CodeCompilesValidator:
             raise ConfigError(f"expected a suffix such as '.js', got {suffix!r}", path="suffix")
         if fence is not None and not _strings(fence):
             raise ConfigError("expected a list of fence tags", path="fence")
-        if type(timeout_s) not in (int, float) or not timeout_s > 0:
-            raise ConfigError(f"expected a number > 0, got {timeout_s!r}", path="timeout_s")
+        if type(timeout_s) not in (int, float) or not 0 < timeout_s <= _MAX_TIMEOUT_S:
+            raise ConfigError(
+                f"expected seconds > 0 and <= {_MAX_TIMEOUT_S:g}, got {timeout_s!r}",
+                path="timeout_s",
+            )
+        if sandbox not in ("auto", "bwrap", "off"):
+            raise ConfigError(f"expected 'auto', 'bwrap' or 'off', got {sandbox!r}", path="sandbox")
         if type(max_concurrency) is not int or max_concurrency < 1:
             raise ConfigError(
                 f"expected an integer >= 1, got {max_concurrency!r}", path="max_concurrency"
@@ -182,19 +186,28 @@ class CodeCompilesValidator:
                 where = "command" if command is not None else "language"
                 raise ConfigError(f"compiler {argv[0]!r} not found on PATH", path=where)
             self.command = (found, *argv[1:])
+        self.sandbox: Sandbox = sandbox
+        self._bwrap = shutil.which("bwrap", path=self._env["PATH"])
+        if sandbox == "bwrap" and self._bwrap is None and self.command is not None:
+            raise ConfigError("bwrap (bubblewrap) not found on PATH", path="sandbox")
+        # "bwrap" or "off" once known; the first check of an "auto" validator probes.
+        self._mode: Literal["bwrap", "off"] | None = None if sandbox != "off" else "off"
+        self._sandbox_error = ""
+        self._probing = asyncio.Lock()
         self._slots = asyncio.Semaphore(max_concurrency)
         self._running = 0
 
     def __repr__(self) -> str:
         how = "compile()" if self.command is None else " ".join(self.command)
+        where = "" if self.command is None else f", sandbox {self._mode or self.sandbox}"
         return (
-            f"<CodeCompilesValidator {self.name!r} {self.language}: {how}, "
+            f"<CodeCompilesValidator {self.name!r} {self.language}: {how}{where}, "
             f"running {self._running}/{self.max_concurrency}>"
         )
 
     def _limits(self) -> None:
         """In the child, before exec: bound memory, CPU time and output file size."""
-        cpu = max(1, math.ceil(self.timeout_s)) + 1
+        cpu = math.ceil(self.timeout_s) + 1
         resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
         resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_LIMIT, _FILE_LIMIT))
@@ -216,17 +229,49 @@ class CodeCompilesValidator:
             else:
                 error = await anyio.to_thread.run_sync(_compile_python, code)
         else:
+            mode = self._mode or await self._probe()
+            if mode == "bwrap" and self._sandbox_error:
+                return self._verdict(False, f"sandbox failed to start: {self._sandbox_error}")
+            if mode == "off" and self.language in _C_FAMILY:
+                refused = c_include_problem(code)
+                if refused is not None:
+                    return self._verdict(False, refused)
             async with self._slots:
                 self._running += 1
                 try:
-                    error = await self._run_compiler(self.command, code)
+                    error = await self._run_compiler(self.command, code, sandboxed=mode == "bwrap")
                 finally:
                     self._running -= 1
         return self._verdict(error is None, error or "", code)
 
+    async def _probe(self) -> Literal["bwrap", "off"]:
+        """Whether a bwrap sandbox starts here (once; logged)."""
+        async with self._probing:
+            if self._mode is not None:
+                return self._mode
+            why = "bwrap not found on PATH"
+            if self._bwrap is not None:
+                why = await probe(self._bwrap, self._env) or ""
+            if not why:
+                self._mode = "bwrap"
+                log.info("code_compiles sandbox", validator=self.name, mode="bwrap")
+            elif self.sandbox == "bwrap":
+                self._mode, self._sandbox_error = "bwrap", why
+                log.error("code_compiles sandbox", validator=self.name, mode="bwrap", error=why)
+            else:
+                self._mode = "off"
+                log.warning(
+                    "code_compiles sandbox",
+                    validator=self.name,
+                    mode="off",
+                    why=why,
+                    effect="includes of files are refused; compilers run on the host",
+                )
+            return self._mode
+
     def check_partial(self, text: str, context: ValidationContext) -> Verdict | None:
         """Reject a partial answer whose first tagged fence opens another language."""
-        for fence in _fences(text):
+        for fence in fences(text):
             if fence.tag is None or fence.tag in self.tags:
                 return None  # the tag is not complete yet, or the wanted language is there
             other = _ALIAS.get(fence.tag)
@@ -240,39 +285,52 @@ class CodeCompilesValidator:
     # -- finding the code ------------------------------------------------------------------
 
     def _code(self, text: str) -> tuple[str | None, str]:
-        fences = list(_fences(text))
-        chosen = [f for f in fences if f.tag in self.tags]
+        found = list(fences(text))
+        chosen = [f for f in found if f.tag in self.tags]
         if not chosen and not self.require_fence:
-            chosen = [f for f in fences if f.tag == ""]
-            if not fences:
-                chosen = [_Fence("", 0, len(text))]
+            chosen = [f for f in found if f.tag == ""]
+            if not found:
+                chosen = [Fence("", 0, len(text))]
         if not chosen:
-            seen = sorted({f"```{f.tag}" for f in fences if f.tag})
+            seen = sorted({f"```{f.tag}" for f in found if f.tag})
             also = f" (found {', '.join(seen)})" if seen else ""
             return None, f"no ```{self.language} block in the answer{also}"
-        code = _layout(text, chosen)
+        code = layout(text, chosen)
         if not code.strip():
             return None, f"the {self.language} code is empty"
         return code, ""
 
     # -- compiling -------------------------------------------------------------------------
 
-    async def _run_compiler(self, command: tuple[str, ...], code: str) -> str | None:
+    async def _run_compiler(
+        self, command: tuple[str, ...], code: str, *, sandboxed: bool
+    ) -> str | None:
         # A few microseconds of local file I/O, kept on the loop so that a cancelled run
-        # (its deadline) can never leak the directory.
-        tmp = tempfile.mkdtemp(prefix="cascade-code-")
+        # (its deadline) can never leak the directory or the descriptor.
+        tmp = fd = None
         try:
-            path = os.path.join(tmp, "answer" + self.suffix)
-            _write(path, code)
+            if sandboxed:
+                assert self._bwrap is not None
+                path = f"{SANDBOX_DIR}/answer{self.suffix}"
+                fd = pass_source(code)
+                argv = [*bwrap_argv(self._bwrap, (fd, path), tool=command[0]), "--"]
+                cwd = None
+            else:
+                tmp = cwd = tempfile.mkdtemp(prefix="cascade-code-")
+                path = os.path.join(tmp, "answer" + self.suffix)
+                _write(path, code)
+                argv = []
+            argv += (arg.replace("{file}", path) for arg in command)
             proc = await asyncio.create_subprocess_exec(
-                *(arg.replace("{file}", path) for arg in command),
+                *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
-                cwd=tmp,
+                cwd=cwd,
                 env=self._env,
                 start_new_session=True,  # its own process group, killed as one on timeout
                 preexec_fn=self._limits,
+                pass_fds=() if fd is None else (fd,),
             )
             try:
                 async with asyncio.timeout(self.timeout_s) as limit:
@@ -287,10 +345,15 @@ class CodeCompilesValidator:
                     _kill_group(proc.pid)
                     await proc.wait()
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if fd is not None:
+                os.close(fd)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
         if status == 0:
             return None
         output = (err or out).decode("utf-8", "replace").replace(path, "<answer>")
+        if self.language in _C_FAMILY:
+            output = only_answer_lines(output, "<answer>")
         output = _NODE_NOISE.sub("", output).strip()
         if not output:
             how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
@@ -305,23 +368,6 @@ class CodeCompilesValidator:
             reason=reason,
             parsed=code if passed else None,
         )
-
-
-def _layout(text: str, fences: list[_Fence]) -> str:
-    """The fences' bodies at their lines of ``text``, every other line left blank (so a
-    compiler's line numbers are the answer's)."""
-    parts: list[str] = []
-    emitted = 0  # newlines written so far
-    line = 0  # newlines of the answer before the current fence's body
-    pos = 0
-    for f in fences:
-        line += text.count("\n", pos, f.start)
-        pos = f.start
-        body = textwrap.dedent(text[f.start : f.end])
-        parts.append("\n" * (line - emitted))
-        parts.append(body)
-        emitted = line + body.count("\n")
-    return "".join(parts)
 
 
 def _compile_python(source: str) -> str | None:
