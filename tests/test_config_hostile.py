@@ -209,3 +209,25 @@ def test_run_renders_config_errors_the_same_way(tmp_path: Path) -> None:
     )
     message = assert_one_line_error(proc, path, f"{P0}.kind")
     assert message.startswith("unknown provider kind 'opneai'")
+
+
+def test_from_config_build_errors_name_the_file(tmp_path: Path) -> None:
+    # The library path, not only the CLI: a build error (unknown kind) names the file.
+    from cascade import Cascade, ConfigError
+
+    path = tmp_path / "cascade.toml"
+    path.write_text(provider_config("", "", 'kind = "opneai"'))
+    with pytest.raises(ConfigError) as info:
+        Cascade.from_config(path)
+    assert info.value.source == str(path)
+    assert info.value.path == f"{P0}.kind"
+
+
+def test_a_deep_sweep_value_is_an_input_error() -> None:
+    from cascade import InputError
+    from cascade._calibrate import parse_values
+
+    assert parse_values("0.5,[1, 2]") == [0.5, [1, 2]]
+    with pytest.raises(InputError) as info:
+        parse_values("[" * 100_000)
+    assert info.value.path == "--sweep"

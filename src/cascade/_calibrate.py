@@ -103,6 +103,8 @@ def parse_values(text: str) -> list[Any]:
             values.append(tomllib.loads(f"v = {item}")["v"])
         except tomllib.TOMLDecodeError:
             values.append(item)
+        except RecursionError:
+            raise InputError("a value nested too deeply", path="--sweep") from None
     return values
 
 

@@ -18,7 +18,7 @@ from ._attempt import Tier
 from ._build import build_tiers, provider_keys
 from ._calls import ProviderCalls
 from ._clock import Clock
-from ._config import Config, load_config
+from ._config import Config, in_file, load_config
 from ._errors import (
     AllProvidersFailed,
     BudgetExceeded,
@@ -121,7 +121,8 @@ class Cascade:
         """Build from a TOML file (see :class:`~cascade.Config` for its shape); relative
         ``validator_paths`` resolve against the file's folder."""
         kwargs.setdefault("base_dir", Path(path).parent)
-        return cls(load_config(Path(path)), **kwargs)
+        with in_file(str(path)):  # a build error (unknown kind, unset key) names the file too
+            return cls(load_config(Path(path)), **kwargs)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], **kwargs: Any) -> Self:
