@@ -102,6 +102,30 @@ async def test_rejects_code_that_does_not(openai_server: FakeOpenAIServer, langu
     assert "cascade-code-" not in verdict.reason  # the temp path is shown as <answer>
 
 
+@needs["node"]
+@pytest.mark.parametrize(
+    "code",
+    [
+        'import fs from "fs";\nfunction (\n',  # node 20 passed this as a .js file
+        "export const x = 1;\nconst y = ;\n",
+        'import { a } from "b";\nclass {\n',
+    ],
+)
+async def test_an_es_module_with_a_syntax_error_is_rejected(code: str) -> None:
+    v = CodeCompilesValidator(language="javascript")
+    verdict = await v.validate(completion(fenced("javascript", code)), CTX)
+    assert not verdict.passed
+    assert "SyntaxError" in verdict.reason
+
+
+@needs["node"]
+async def test_an_es_module_that_compiles_is_accepted() -> None:
+    v = CodeCompilesValidator(language="javascript")
+    code = 'import fs from "fs";\nexport const f = (x) => x * 2;\n'
+    verdict = await v.validate(completion(fenced("javascript", code)), CTX)
+    assert verdict.passed, verdict.reason
+
+
 async def test_python_reason_names_the_answer_line() -> None:
     v = CodeCompilesValidator(language="python")
     text = "Intro\n\n```py\nx = 1\nif x:\npass\n```\n"

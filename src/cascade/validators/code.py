@@ -67,7 +67,10 @@ _SHELLS = frozenset({"bash", "powershell"})
 _ALIAS = {tag: group[0] for group in _LANGUAGES for tag in group}
 _TAGS = {group[0]: frozenset(group) for group in _LANGUAGES}
 
-_NODE_NOISE = re.compile(r"^(?:\s+at .*|Node\.js v[\d.]+)$", re.M)
+# A line that starts an import or export statement (not import() or import.meta); linear:
+# no quantifier can reach past its own line.
+_ES_MODULE = re.compile(r"^[ \t]*(?:import[ \t]*[\w{*\"']|export[ \t{*])", re.M)
+_NODE_NOISE = re.compile(r"^(?:[ \t]+at .*|Node\.js v[\d.]+)$", re.M)
 
 _THREAD_CHARS = 4096  # about a millisecond of compile(); longer sources go to a thread
 _MAX_SOURCE = 200_000  # characters: compile() holds the GIL, so no thread keeps it short
@@ -308,16 +311,21 @@ class CodeCompilesValidator:
         # A few microseconds of local file I/O, kept on the loop so that a cancelled run
         # (its deadline) can never leak the directory or the descriptor.
         tmp = fd = None
+        suffix = self.suffix
+        if suffix == ".js" and _ES_MODULE.search(code):
+            # node --check (v20) exits 0 on a .js file whose import statement precedes a
+            # syntax error: an ES module is checked as one.
+            suffix = ".mjs"
         try:
             if sandboxed:
                 assert self._bwrap is not None
-                path = f"{SANDBOX_DIR}/answer{self.suffix}"
+                path = f"{SANDBOX_DIR}/answer{suffix}"
                 fd = pass_source(code)
                 argv = [*bwrap_argv(self._bwrap, (fd, path), tool=command[0]), "--"]
                 cwd = None
             else:
                 tmp = cwd = tempfile.mkdtemp(prefix="cascade-code-")
-                path = os.path.join(tmp, "answer" + self.suffix)
+                path = os.path.join(tmp, "answer" + suffix)
                 _write(path, code)
                 argv = []
             argv += (arg.replace("{file}", path) for arg in command)
