@@ -75,8 +75,7 @@ class SharedBreaker:
         if now < self._elsewhere_until:
             return self._elsewhere_until - now
         if not self._taking:
-            self._taking = True
-            self._state.spawn(self.take_lease)
+            self._taking = self._state.spawn(self.take_lease)
         return 0.0
 
     async def take_lease(self) -> None:
@@ -112,9 +111,7 @@ class SharedBreaker:
         self._lease_until = -math.inf
         if drop and held:
             token, lease_ms = self._state.token, repr(self._lease_s * 1000)
-            self._state.spawn(
-                lambda: self._drop(token, lease_ms),
-            )
+            self._state.spawn(lambda: self._drop(token, lease_ms))
 
     async def _drop(self, token: str, lease_ms: str) -> None:
         await self._state.script("probe", [self.probe_key], "drop", token, lease_ms)

@@ -99,6 +99,10 @@ class SharedState:
     >>> limiter = RateLimiter("openai", requests_per_minute=500, shared=state)  # doctest: +SKIP
     >>> async with state:  # doctest: +SKIP
     ...     lease = await limiter.reserve(tokens=1_200)  # charged to the shared budget too
+
+    ``password`` authenticates to Redis (``SharedConfig.password_env`` reads it from the
+    environment); a ``redis_url`` carrying a password of its own is then refused. It
+    never appears in ``repr`` or logs.
     """
 
     def __init__(
@@ -305,18 +309,19 @@ class SharedState:
             return None
         return await self.run(lambda client: script(keys=keys, args=list(args), client=client))
 
-    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``make()`` in the background, tracked (``aclose`` waits for it); skipped
-        when Redis is down or there is no running loop."""
+        (``False``) when Redis is down or there is no running loop."""
         if not self.available:
-            return
+            return False
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            return False
         task = loop.create_task(make())
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
