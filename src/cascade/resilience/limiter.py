@@ -10,7 +10,9 @@ Each budget is a token bucket refilling continuously at its per-minute rate, hol
   a caller whose turn would come after its ``deadline`` gets :class:`LimiterTimeout` at once.
 - :meth:`RateLimiter.observe` lowers the buckets to what the provider reports as remaining
   (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``) and, on a 429, blocks
-  the limiter for the ``retry-after`` the provider asked for.
+  the limiter for the ``retry-after`` the provider asked for. No server-supplied wait
+  counts for more than ``max_wait_s`` (300 s by default), and absolute reset times are
+  measured from the response's ``Date`` only when it is within a day of ``wall()``.
 
 A request larger than a whole bucket is let through once that bucket is full, leaving it in
 debt; so over any window of ``w`` seconds at most ``rate * (w + burst_s)`` plus one request's
