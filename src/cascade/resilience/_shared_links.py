@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from .breaker import AsyncBreaker
     from .shared import SharedState
 
-__all__ = ["SharedBreaker", "SharedLimit"]
+__all__ = ["SharedBreaker", "SharedLimit", "parse_record"]
 
 
 _LEASE_MIN_S = 1.0
@@ -244,3 +244,34 @@ class SharedLimit:
 
     def __repr__(self) -> str:
         return f"<SharedLimit {self.key!r} {'up' if self.available else 'down'}>"
+
+
+_MAX_COUNT = 10**13  # the breaker script treats larger counts as garbage too
+
+
+def parse_record(reply: object, now: float) -> tuple[str | None, int, float, int] | str:
+    """A polled breaker record as ``(state, epoch, open_for_s, failures)``, or the name
+    of the first field that does not parse."""
+    if isinstance(reply, BaseException) or not isinstance(reply, list | tuple):
+        return "record"
+    if len(reply) != 4:
+        return "record"
+    state, open_until, epoch, failures = reply
+    if state is not None and state not in ("open", "closed"):
+        return "state"
+    values: list[float] = []
+    for name, raw, whole in (
+        ("epoch", epoch, True),
+        ("open_until", open_until, False),
+        ("failures", failures, True),
+    ):
+        try:
+            value = float(raw or 0)
+        except (TypeError, ValueError):
+            return name
+        if not (math.isfinite(value) and 0 <= value < _MAX_COUNT + (0 if whole else now)):
+            return name
+        if whole and value != int(value):
+            return name
+        values.append(value)
+    return state, int(values[0]), values[1] - now, int(values[2])

@@ -44,7 +44,7 @@ import structlog
 
 from .._errors import ConfigError
 from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
-from ._shared_links import SharedBreaker, SharedLimit
+from ._shared_links import SharedBreaker, SharedLimit, parse_record
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -407,7 +407,7 @@ class SharedState:
         seconds, micros = replies[0]
         now = float(seconds) + float(micros) / 1e6
         for link, reply in zip(links, replies[1:], strict=True):
-            record = _parse_record(reply, now)
+            record = parse_record(reply, now)
             if isinstance(record, str):
                 self._bad_record(link, reply, record)
                 continue
@@ -440,37 +440,6 @@ class SharedState:
             f"<SharedState {self.url} {status} breakers={len(self._breakers)} "
             f"limits={len(self._limits)} pending={len(self._tasks)}>"
         )
-
-
-_MAX_COUNT = 10**13  # the breaker script treats larger counts as garbage too
-
-
-def _parse_record(reply: object, now: float) -> tuple[str | None, int, float, int] | str:
-    """A polled breaker record as ``(state, epoch, open_for_s, failures)``, or the name
-    of the first field that does not parse."""
-    if isinstance(reply, BaseException) or not isinstance(reply, list | tuple):
-        return "record"
-    if len(reply) != 4:
-        return "record"
-    state, open_until, epoch, failures = reply
-    if state is not None and state not in ("open", "closed"):
-        return "state"
-    values: list[float] = []
-    for name, raw, whole in (
-        ("epoch", epoch, True),
-        ("open_until", open_until, False),
-        ("failures", failures, True),
-    ):
-        try:
-            value = float(raw or 0)
-        except (TypeError, ValueError):
-            return name
-        if not (math.isfinite(value) and 0 <= value < _MAX_COUNT + (0 if whole else now)):
-            return name
-        if whole and value != int(value):
-            return name
-        values.append(value)
-    return state, int(values[0]), values[1] - now, int(values[2])
 
 
 def _query_password(url: str) -> bool:
