@@ -370,11 +370,12 @@ async def scenario(
         elapsed = loop.time() - t_start
         await lag.stop()
 
-        session = engine._session  # the engine's own pool (read only, to count its conns)
-        assert session is not None
-        assert isinstance(session.connector, aiohttp.TCPConnector)
-        in_use_after = len(session.connector._acquired)
-        idle_after = sum(len(c) for c in session.connector._conns.values())
+        # the engine's own pools, one per provider (read only, to count their conns)
+        pools = [s.connector for s in engine._pools.values()]
+        assert pools
+        assert all(isinstance(p, aiohttp.TCPConnector) for p in pools)
+        in_use_after = sum(len(p._acquired) for p in pools if p is not None)
+        idle_after = sum(len(c) for p in pools if p is not None for c in p._conns.values())
         await engine.aclose()
         # The server sees the client's sockets close a moment later.
         await settle(lambda: not any(s.active_connections for s in fleet.servers))

@@ -38,24 +38,27 @@ def other_tasks(baseline: set[asyncio.Task[object]]) -> set[asyncio.Task[object]
     return asyncio.all_tasks() - baseline - {asyncio.current_task()}
 
 
+def connectors(cascade: Cascade) -> list[aiohttp.TCPConnector]:
+    """The open connection pools of the Cascade (one per provider, or the caller's)."""
+    sessions = [cascade._session, *cascade._pools.values()]
+    found = []
+    for session in sessions:
+        if session is None or session.closed:
+            continue
+        connector = session.connector
+        assert isinstance(connector, aiohttp.TCPConnector)
+        found.append(connector)
+    return found
+
+
 def in_use(cascade: Cascade) -> int:
-    """Connections the Cascade's pool has handed out and not got back."""
-    session = cascade._session
-    if session is None or session.closed:
-        return 0
-    connector = session.connector
-    assert isinstance(connector, aiohttp.TCPConnector)
-    return len(connector._acquired)
+    """Connections the Cascade's pools have handed out and not got back."""
+    return sum(len(c._acquired) for c in connectors(cascade))
 
 
 def pooled(cascade: Cascade) -> int:
-    """Idle keep-alive connections in the Cascade's pool."""
-    session = cascade._session
-    if session is None or session.closed:
-        return 0
-    connector = session.connector
-    assert isinstance(connector, aiohttp.TCPConnector)
-    return sum(len(conns) for conns in connector._conns.values())
+    """Idle keep-alive connections in the Cascade's pools."""
+    return sum(len(conns) for c in connectors(cascade) for conns in c._conns.values())
 
 
 def open_on(servers: Iterable[Server]) -> int:

@@ -303,9 +303,10 @@ async def test_session_is_closed_and_reusable_flow(openai_server: FakeOpenAIServ
     assert "idle" in repr(c)
     result = await c.run(messages=USER)  # opens lazily
     assert result.validated and "open" in repr(c)
-    session = c._session
+    sessions = list(c._pools.values())  # a connection pool per provider
     await c.aclose()
-    assert session is not None and session.closed
+    assert sessions
+    assert all(session.closed for session in sessions)
     assert "closed" in repr(c)
     with pytest.raises(RuntimeError):
         await c.open()
@@ -321,7 +322,7 @@ async def test_external_session_is_not_closed(openai_server: FakeOpenAIServer) -
         assert not session.closed
 
 
-async def test_concurrent_runs_share_one_bounded_pool(openai_server: FakeOpenAIServer) -> None:
+async def test_concurrent_runs_share_a_bounded_pool(openai_server: FakeOpenAIServer) -> None:
     import anyio
 
     in_flight = peak = 0
@@ -336,7 +337,8 @@ async def test_concurrent_runs_share_one_bounded_pool(openai_server: FakeOpenAIS
 
     openai_server.respond("m1", respond)
     results = []
-    async with Cascade.from_dict(three_tiers(openai_server.url, max_connections=4)) as c:
+    # 12 connections shared out among three providers: 4 each
+    async with Cascade.from_dict(three_tiers(openai_server.url, max_connections=12)) as c:
 
         async def one() -> None:
             results.append(await c.run(messages=USER))
@@ -345,7 +347,7 @@ async def test_concurrent_runs_share_one_bounded_pool(openai_server: FakeOpenAIS
             for _ in range(40):
                 tg.start_soon(one)
     assert len(results) == 40 and all(r.validated for r in results)
-    assert peak == 4  # 40 concurrent runs, never more than the pool's 4 connections
+    assert peak == 4  # 40 concurrent runs, never more than the provider's 4 connections
 
 
 async def test_crashing_validator_rejects_instead_of_losing_the_request() -> None:
@@ -384,9 +386,9 @@ async def test_caller_cancellation_closes_the_upstream_connection(
         with anyio.move_on_after(0.2) as scope:
             await c.run(messages=USER)
         assert scope.cancelled_caught
-        session = c._session
-        assert session is not None and session.connector is not None
-        assert len(session.connector._acquired) == 0  # the pool holds no in-use connection
+        pools = [session.connector for session in c._pools.values()]
+        assert pools
+        assert all(p is not None and not p._acquired for p in pools)  # none in use
         with anyio.fail_after(5):  # the server sees the client go away
             while openai_server.active_connections:
                 await anyio.sleep(0.01)

@@ -16,10 +16,11 @@ from cascade.resilience.limiter import Headroom, LimiterTimeout, RateLimiter
 pytestmark = pytest.mark.anyio
 
 DATE = "Mon, 01 Jan 2024 00:00:00 GMT"  # the server's "now" for reset timestamps
+DATE_TS = 1704067200.0  # DATE as a timestamp: our wall clock agrees with the server's
 
 
 def limiter(clock: FakeClock, **kwargs: Any) -> RateLimiter:
-    return RateLimiter("p", clock=clock, **kwargs)
+    return RateLimiter("p", clock=clock, wall=lambda: DATE_TS + clock.monotonic(), **kwargs)
 
 
 async def settle() -> None:
@@ -352,7 +353,7 @@ async def test_remaining_never_raises_a_bucket() -> None:
 )
 async def test_openai_durations(raw: str, seconds: float) -> None:
     clock = FakeClock()
-    lim = limiter(clock, requests_per_minute=1)
+    lim = limiter(clock, requests_per_minute=1, max_wait_s=86400)
     lim.observe({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": raw})
     assert lim.try_acquire(tokens=0) is None
     clock.advance(seconds * 0.999)

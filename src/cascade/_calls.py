@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from time import perf_counter
 
 from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
@@ -37,11 +37,16 @@ class ProviderCalls:
         *,
         clock: Clock | None,
         breaker_listeners: Sequence[BreakerListener],
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self._estimate_output_tokens = config.estimate_output_tokens
         self.clock: Clock = clock if clock is not None else SystemClock()
         self._rng = random.Random()
-        self.shared = None if config.shared is None else SharedState.from_config(config.shared)
+        self.shared = (
+            None
+            if config.shared is None
+            else SharedState.from_config(config.shared, environ=environ)
+        )
         self.breakers: dict[str, AsyncBreaker] = {
             p.name: AsyncBreaker(
                 p.name,
@@ -62,6 +67,7 @@ class ProviderCalls:
                 tokens_per_minute=p.limits.tokens_per_minute,
                 max_concurrency=p.limits.max_concurrency,
                 burst_s=p.limits.burst_s,
+                max_wait_s=p.limits.max_wait_s,
                 clock=self.clock,
                 shared=self.shared,
             )
@@ -125,7 +131,7 @@ class ProviderCalls:
         try:
             policy = self.retries[provider.name]
             if policy is None:
-                with self.breakers[provider.name].admit():
+                with await self.breakers[provider.name].acquire():
                     completion, early = await complete(
                         provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx,
                         on_text=on_text,
@@ -227,7 +233,7 @@ class ProviderCalls:
                 held[0] = await limiter.acquire(
                     tokens=self.token_estimate(provider, msgs, opts), deadline=run.deadline_at
                 )
-            with breaker.admit():
+            with await breaker.acquire():
                 return await complete(
                     provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text
                 )
@@ -248,6 +254,7 @@ class ProviderCalls:
             deadline=run.deadline_at,
             rng=self._rng,
             on_retry=on_retry,
+            max_wait_s=provider.config.limits.max_wait_s,
         )
 
     def _failure(

@@ -62,6 +62,11 @@ class LimitsConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     tokens_per_minute: PosFloat | None = None
     max_concurrency: Annotated[int, Meta(ge=1)] | None = None
     burst_s: NonNegFloat = 60.0
+    max_wait_s: Annotated[float, Meta(gt=0, le=86400)] = 300.0
+    """The longest wait a server's headers may impose (``retry-after``, rate-limit reset
+    times and durations, a 429's block, shared through Redis too): a longer one counts as
+    this long. Dates in those headers are measured from the response's ``Date`` only when
+    it is within a day of this machine's clock."""
 
     @property
     def configured(self) -> bool:
@@ -142,6 +147,11 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     (after gzip, deflate or br) and while reading, over every event of a stream: a longer
     body is never held in memory. The default, 8 MiB, is far above any real answer. An
     error body has its own small cap (16 KiB)."""
+    max_connections: Annotated[int, Meta(ge=1)] | None = None
+    """Connections this provider may hold open at once, in a pool of its own (so a
+    provider that hangs cannot starve the others). Default: an equal share of the
+    cascade's ``max_connections`` among the providers that set none (what the ones that
+    do set leave over, at least 1 each)."""
 
     def cost_usd(
         self,
@@ -245,6 +255,10 @@ class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     key_prefix: KeyPrefix = "cascade"
     timeout_s: Annotated[float, Meta(gt=0, le=10)] = 0.1
     sync_interval_s: Annotated[float, Meta(gt=0, le=60)] = 0.5
+    password_env: Annotated[str, Meta(min_length=1)] | None = None
+    """The environment variable holding the Redis password, read when the cascade is
+    built (never logged). A ``redis_url`` with a password of its own is then an error:
+    give it in one place."""
 
     def __repr__(self) -> str:
         from .resilience.shared import redact_url
@@ -252,7 +266,7 @@ class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         return (
             f"SharedConfig(redis_url={redact_url(self.redis_url)!r}, "
             f"key_prefix={self.key_prefix!r}, timeout_s={self.timeout_s!r}, "
-            f"sync_interval_s={self.sync_interval_s!r})"
+            f"sync_interval_s={self.sync_interval_s!r}, password_env={self.password_env!r})"
         )
 
 
@@ -270,6 +284,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_cost_usd: NonNegFloat | None = None
     estimate_output_tokens: Annotated[int, Meta(ge=0)] = 256
     max_connections: Annotated[int, Meta(ge=1)] = 512
+    """Connections to every provider together, shared out among them (each provider has
+    a pool of its own: see ``ProviderConfig.max_connections``)."""
     validator_paths: list[str] = []
     """Folders whose ``*.py`` files are imported at build, registering their validators."""
     shared: SharedConfig | None = None

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["Cascade"]
+__all__ = ["Cascade", "connection_shares"]
 
 _DEFAULT_OPTIONS = RequestOptions()
 
@@ -64,8 +64,10 @@ class Cascade:
     ``validator_paths`` folders are imported first (relative to ``base_dir``, else the
     working directory), and validators named nowhere else are looked up in the
     ``cascade.validators`` entry-point group. The
-    aiohttp session (one connection pool for every provider) opens on ``async with`` or the
-    first ``run`` and closes with ``aclose``.
+    aiohttp sessions (a connection pool per provider, so one that hangs cannot take the
+    connections of the others; see ``ProviderConfig.max_connections``) open on
+    ``async with`` or the first ``run`` and close with ``aclose``. A ``session`` passed in
+    is shared by every provider instead, and its pool is the caller's to size.
 
     Every run is traced and measured through the OpenTelemetry API (``tracer_provider`` /
     ``meter_provider``, the global ones by default: nothing is recorded until the
@@ -109,10 +111,12 @@ class Cascade:
             config,
             clock=clock,
             breaker_listeners=(*breaker_listeners, self._telemetry.on_breaker_change),
+            environ=env,
         )
         self._telemetry.watch_breakers(self._calls.breakers)
         self._session = session
         self._owns_session = session is None
+        self._pools: dict[str, aiohttp.ClientSession] = {}  # ours, by provider name
         self._open = False
         self._closed = False
 
@@ -146,14 +150,20 @@ class Cascade:
             raise RuntimeError("this Cascade is closed")
         if self._open:
             return
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.config.max_connections),
-                raise_for_status=False,
-            )
+        if self._owns_session:
+            self._pools = {
+                name: aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(limit=size), raise_for_status=False
+                )
+                for name, size in connection_shares(self.config).items()
+            }
         for tier, tier_cfg in zip(self._tiers, self.config.tiers, strict=True):
             tier.providers = tuple(
-                build_provider(p, session=self._session, api_key=self._keys[p.name])
+                build_provider(
+                    p,
+                    session=self._session if self._session is not None else self._pools[p.name],
+                    api_key=self._keys[p.name],
+                )
                 for p in tier_cfg.providers
             )
             for provider in tier.providers:
@@ -174,8 +184,8 @@ class Cascade:
         for tier in self._tiers:
             for provider in tier.providers:
                 await provider.aclose()
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        for pool in self._pools.values():
+            await pool.close()
         if self._calls.shared is not None:
             await self._calls.shared.aclose()
 
@@ -436,3 +446,16 @@ class Cascade:
             f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
             attempts=run.attempts,
         )
+
+
+def connection_shares(config: Config) -> dict[str, int]:
+    """Each provider's connection pool size: its ``max_connections``, else an equal share
+    of what the cascade's ``max_connections`` leaves after the providers that set theirs
+    (at least 1)."""
+    providers = [p for t in config.tiers for p in t.providers]
+    fixed = sum(p.max_connections for p in providers if p.max_connections is not None)
+    rest = sum(1 for p in providers if p.max_connections is None)
+    share = max(1, (config.max_connections - fixed) // rest) if rest else 1
+    return {
+        p.name: p.max_connections if p.max_connections is not None else share for p in providers
+    }

@@ -10,10 +10,9 @@ the leases and the shared budget.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 
-from .._headers import duration_s, http_date, number, retry_after_s, until_s
+from .._headers import MAX_WAIT_S, duration_s, number, retry_after_s, server_wall, until_s
 
 __all__ = ["Bucket", "eta", "learn_from_headers"]
 
@@ -110,15 +109,21 @@ def learn_from_headers(
     now: float,
     requests: Bucket | None,
     tokens: Bucket | None,
+    max_wait_s: float = MAX_WAIT_S,
+    wall: float | None = None,
 ) -> float | None:
     """Lower the buckets to what a response's rate-limit headers report remaining.
 
     ``h`` has lower-case names. A reset time makes the bucket full at that time. Returns
     the delay a 429 asked for (``retry-after-ms`` / ``retry-after``), else ``None``.
+    Every reset and delay is at most ``max_wait_s`` away. ``wall`` is our wall-clock
+    time (``time.time()`` if not given): absolute times are measured from the response's
+    ``Date`` when it is close enough to it, else from it.
     """
-    # Reset times are the server's: measure them from its Date header when it sent one.
-    server_now = http_date(h.get("date"))
-    wall = time.time() if server_now is None else server_now
+    # Reset times are the server's: measure them from its Date header when it sent a
+    # believable one.
+    wall = server_wall(h, local=wall)
+    m = max_wait_s
     if requests is not None:
         _learn(
             requests,
@@ -126,11 +131,11 @@ def learn_from_headers(
             [
                 (
                     h.get("x-ratelimit-remaining-requests"),
-                    duration_s(h.get("x-ratelimit-reset-requests")),
+                    duration_s(h.get("x-ratelimit-reset-requests"), max_s=m),
                 ),
                 (
                     h.get("anthropic-ratelimit-requests-remaining"),
-                    until_s(h.get("anthropic-ratelimit-requests-reset"), wall),
+                    until_s(h.get("anthropic-ratelimit-requests-reset"), wall, max_s=m),
                 ),
             ],
         )
@@ -142,19 +147,19 @@ def learn_from_headers(
             [
                 (
                     h.get("x-ratelimit-remaining-tokens"),
-                    duration_s(h.get("x-ratelimit-reset-tokens")),
+                    duration_s(h.get("x-ratelimit-reset-tokens"), max_s=m),
                 ),
                 *(
                     (
                         h.get(f"anthropic-ratelimit-{f}-remaining"),
-                        until_s(h.get(f"anthropic-ratelimit-{f}-reset"), wall),
+                        until_s(h.get(f"anthropic-ratelimit-{f}-reset"), wall, max_s=m),
                     )
                     for f in families
                 ),
             ],
         )
     if status == 429:
-        return retry_after_s(h, wall=wall)
+        return retry_after_s(h, wall=wall, max_s=m)
     return None
 
 

@@ -3,13 +3,23 @@
 Every script reads the time from Redis (``TIME``), never from the caller: replicas on
 different hosts then agree on "now" whatever their clocks say. Floats travel as strings
 (Redis truncates Lua numbers to integers in replies).
+
+A script checks every argument before its first write (Redis does not roll a script back:
+an error halfway would leave a record half-updated), reads what it finds in a hash with
+``tonumber`` (a garbage value is taken as absent and overwritten, never an error), and
+never sets a TTL longer than :data:`MAX_TTL_S`.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BREAKER_LUA", "LIMIT_LUA"]
+__all__ = ["BREAKER_LUA", "LIMIT_LUA", "MAX_SPAN_S", "MAX_TTL_S", "PROBE_LUA"]
+
+MAX_TTL_S: Final = 86400
+"""The longest TTL any script sets, and the furthest ahead a record may block."""
+MAX_SPAN_S: Final = 1e9
+"""The largest interval, burst or breaker window a script accepts (about 31 years)."""
 
 # GCRA ("generic cell rate algorithm"), the token bucket kept as one number per budget:
 # the theoretical arrival time (TAT) at which the bucket would be full again. A budget of
@@ -29,6 +39,26 @@ __all__ = ["BREAKER_LUA", "LIMIT_LUA"]
 LIMIT_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
+local MAX_TTL = 86400
+local MAX_SPAN = 1e9
+local function num(i, low, high)
+  local x = tonumber(ARGV[i])
+  if x == nil or x ~= x or x < low or x > high then return nil end
+  return x
+end
+if op == 'block' then
+  if num(2, 0, MAX_TTL) == nil then return redis.error_reply('ERR cascade: bad block') end
+elseif op == 'take' or op == 'adjust' then
+  local low = op == 'take' and 0 or -1e15
+  for i = 0, 3, 3 do
+    if num(2 + i, 0, MAX_SPAN) == nil or num(3 + i, 0, MAX_SPAN) == nil
+        or num(4 + i, low, 1e15) == nil then
+      return redis.error_reply('ERR cascade: bad budget arguments')
+    end
+  end
+else
+  return redis.error_reply('ERR cascade: unknown op')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function fmt(x) return string.format('%.6f', x) end
@@ -36,9 +66,10 @@ local function expire()
   local far = now
   for _, v in ipairs(redis.call('HMGET', key, 'requests', 'tokens', 'blocked')) do
     local x = tonumber(v)
-    if x ~= nil and x > far then far = x end
+    if x ~= nil and x == x and x > far then far = x end
   end
-  redis.call('PEXPIRE', key, math.ceil((far - now) * 1000) + 1000)
+  local ttl = math.min(far - now, MAX_TTL)
+  redis.call('PEXPIRE', key, math.ceil(ttl * 1000) + 1000)
 end
 if op == 'block' then
   local block_until = now + tonumber(ARGV[2])
@@ -53,14 +84,17 @@ local fields = {'requests', 'tokens'}
 local wait = 0
 if op == 'take' then
   local blocked = tonumber(redis.call('HGET', key, 'blocked'))
-  if blocked ~= nil and blocked - now > wait then wait = blocked - now end
+  if blocked ~= nil and blocked == blocked and blocked - now > wait then
+    wait = math.min(blocked - now, MAX_TTL)
+  end
 end
 local tats = {}
 for i = 1, 2 do
   local interval = tonumber(ARGV[3 * i - 1])
   if interval > 0 then
     local tat = tonumber(redis.call('HGET', key, fields[i]))
-    if tat == nil or tat < now then tat = now end
+    if tat == nil or tat ~= tat or tat < now then tat = now end
+    if tat > now + MAX_SPAN then tat = now + MAX_SPAN end
     tats[i] = tat
     if op == 'take' then
       local tau = tonumber(ARGV[3 * i])
@@ -87,6 +121,9 @@ return '0'
 # transition, so a replica applies each one once) and failures (consecutive, across
 # every replica).
 #
+# KEYS[2] is the half-open probe lease {prefix}:probe:{provider} (see PROBE_LUA): a
+# published transition ends the half-open period, so "open" and "close" delete it.
+#
 # ARGV[1]  "fail": count a failure; at ARGV[2] (fail_max) the breaker opens for ARGV[3]
 #                  seconds. While it is open already the failure is not counted: the
 #                  reply tells the caller to open too.
@@ -97,12 +134,28 @@ return '0'
 BREAKER_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
+local fail_max = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+if op ~= 'ok' and op ~= 'fail' and op ~= 'open' and op ~= 'close' then
+  return redis.error_reply('ERR cascade: unknown op')
+end
+if fail_max == nil or fail_max ~= fail_max or fail_max < 1 or fail_max > 1e9
+    or window == nil or window ~= window or window < 0 or window > 1e9 then
+  return redis.error_reply('ERR cascade: bad breaker arguments')
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function fmt(x) return string.format('%.6f', x) end
+local function count(field)
+  local x = tonumber(redis.call('HGET', key, field))
+  if x == nil or x ~= x or x < 0 or x >= 1e13 then return 0 end
+  return math.floor(x)
+end
 local state = redis.call('HGET', key, 'state')
 local open_until = tonumber(redis.call('HGET', key, 'open_until')) or 0
-local epoch = tonumber(redis.call('HGET', key, 'epoch')) or 0
+if open_until ~= open_until then open_until = 0 end
+open_until = math.min(open_until, now + 1e9)
+local epoch = count('epoch')
 if op == 'ok' then
   if redis.call('HEXISTS', key, 'failures') == 1 then
     redis.call('HSET', key, 'failures', 0)
@@ -113,21 +166,57 @@ if op == 'fail' then
   if state == 'open' and open_until > now then
     return {'open', epoch, fmt(open_until - now), 0}
   end
-  local n = redis.call('HINCRBY', key, 'failures', 1)
-  if n < tonumber(ARGV[2]) then
+  local n = count('failures') + 1
+  redis.call('HSET', key, 'failures', n)
+  if n < fail_max then
     redis.call('EXPIRE', key, 86400)
     return {'counted', epoch, '0', n}
   end
   op = 'open'
 end
-epoch = redis.call('HINCRBY', key, 'epoch', 1)
+epoch = epoch + 1
+if KEYS[2] ~= nil then redis.call('DEL', KEYS[2]) end
 if op == 'open' then
-  local until_ = math.max(open_until, now + tonumber(ARGV[3]))
-  redis.call('HSET', key, 'state', 'open', 'open_until', fmt(until_), 'failures', 0)
+  local until_ = math.max(open_until, now + window)
+  redis.call('HSET', key, 'state', 'open', 'open_until', fmt(until_), 'failures', 0,
+             'epoch', epoch)
   redis.call('EXPIRE', key, 86400)
   return {'open', epoch, fmt(until_ - now), 0}
 end
-redis.call('HSET', key, 'state', 'closed', 'open_until', 0, 'failures', 0)
+redis.call('HSET', key, 'state', 'closed', 'open_until', 0, 'failures', 0, 'epoch', epoch)
 redis.call('EXPIRE', key, 86400)
 return {'closed', epoch, '0', 0}
+"""
+
+# The half-open probe lease of one breaker across replicas. KEYS[1] is
+# {prefix}:probe:{provider}; ARGV[2] the caller's token (one per SharedState).
+#
+# ARGV[1]  "take": SET NX PX ARGV[3] milliseconds. Returns 0 when the caller holds the
+#                  lease (now, or already), else the milliseconds it is held elsewhere.
+#          "drop": delete the lease if the caller holds it.
+PROBE_LUA: Final = """
+local key = KEYS[1]
+local op = ARGV[1]
+local token = ARGV[2]
+local ms = tonumber(ARGV[3])
+if ms == nil or ms ~= ms or ms < 1 or ms > 86400000 then
+  return redis.error_reply('ERR cascade: bad lease time')
+end
+ms = math.floor(ms)
+local holder = redis.call('GET', key)
+if op == 'drop' then
+  if holder == token then redis.call('DEL', key) end
+  return 0
+end
+if op ~= 'take' then return redis.error_reply('ERR cascade: unknown op') end
+if holder == false or holder == token then
+  redis.call('SET', key, token, 'PX', ms)
+  return 0
+end
+local left = redis.call('PTTL', key)
+if left < 0 then
+  redis.call('PEXPIRE', key, ms)  -- a lease without a TTL would block every probe forever
+  left = ms
+end
+return left
 """

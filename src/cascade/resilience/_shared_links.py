@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
+
+from ._redis_scripts import MAX_SPAN_S, MAX_TTL_S
 
 if TYPE_CHECKING:
     from .breaker import AsyncBreaker
     from .shared import SharedState
 
-__all__ = ["SharedBreaker", "SharedLimit"]
+__all__ = ["SharedBreaker", "SharedLimit", "parse_record"]
+
+
+_LEASE_MIN_S = 1.0
+_LEASE_MAX_S = 300.0
 
 
 class SharedBreaker:
@@ -18,16 +25,103 @@ class SharedBreaker:
     ``epoch`` is the last published transition this replica has applied (or published);
     ``failures`` the shared consecutive count as last seen, so that a success only writes
     to Redis when there is a count to reset.
+
+    The half-open probe is one across replicas: only the holder of the lease
+    ``{prefix}:probe:{name}`` probes. The lease lasts the breaker's ``reset_timeout_s``
+    (between 1 and 300 seconds) unless a published transition ends it first, so a
+    replica that dies while probing holds the others back one window at most.
     """
 
-    __slots__ = ("_breaker", "_state", "epoch", "failures", "key")
+    __slots__ = (
+        "_breaker",
+        "_elsewhere_until",
+        "_lease_until",
+        "_state",
+        "_taking",
+        "epoch",
+        "failures",
+        "key",
+        "probe_key",
+    )
 
     def __init__(self, state: SharedState, breaker: AsyncBreaker) -> None:
         self._state = state
         self._breaker = breaker
         self.key = state.key("breaker", breaker.name)
+        self.probe_key = state.key("probe", breaker.name)
         self.epoch = 0
         self.failures = 0
+        # On the breaker's clock: until when this replica holds the probe lease, and
+        # until when another replica does (as far as the last attempt to take it said).
+        self._lease_until = -math.inf
+        self._elsewhere_until = -math.inf
+        self._taking = False
+
+    # -- the probe lease -------------------------------------------------------------------
+
+    @property
+    def _lease_s(self) -> float:
+        return min(max(self._breaker.reset_timeout_s, _LEASE_MIN_S), _LEASE_MAX_S)
+
+    def probe_refused(self) -> float | None:
+        """``None`` if this replica may send the half-open probe (it holds the lease, or
+        Redis is down and the breaker is on its own); else the seconds to refuse callers
+        for, having started to take the lease in the background if nobody holds it."""
+        if not self._state.available:
+            return None
+        now = self._breaker._clock.monotonic()
+        if now < self._lease_until:
+            return None
+        if now < self._elsewhere_until:
+            return self._elsewhere_until - now
+        if not self._taking:
+            self._taking = self._state.spawn(self.take_lease)
+        return 0.0
+
+    async def take_lease(self) -> None:
+        """Try to take the probe lease (``SET NX PX``); a no-op while a try is under way."""
+        self._taking = True
+        try:
+            lease_s = self._lease_s
+            reply = await self._state.script(
+                "probe", [self.probe_key], "take", self._state.token, repr(lease_s * 1000)
+            )
+        finally:
+            self._taking = False
+        if reply is None:
+            return
+        now = self._breaker._clock.monotonic()
+        held_ms = int(reply)
+        if held_ms <= 0:
+            self._lease_until = now + lease_s
+        else:
+            self._elsewhere_until = now + min(held_ms / 1000.0, lease_s)
+
+    def wants_lease(self) -> bool:
+        """Whether a call now would need the lease this replica does not hold yet."""
+        if not self._state.available or self._taking:
+            return False
+        now = self._breaker._clock.monotonic()
+        return now >= self._lease_until and now >= self._elsewhere_until
+
+    def end_probe(self, *, drop: bool) -> None:
+        """This replica's probe is over; ``drop``: give the lease back (a probe whose
+        outcome is published needs not: the transition deletes the lease)."""
+        held = self._lease_until > -math.inf
+        self._lease_until = -math.inf
+        if drop and held:
+            token, lease_ms = self._state.token, repr(self._lease_s * 1000)
+            self._state.spawn(lambda: self._drop(token, lease_ms))
+
+    async def _drop(self, token: str, lease_ms: str) -> None:
+        await self._state.script("probe", [self.probe_key], "drop", token, lease_ms)
+
+    def _transition_seen(self) -> None:
+        # Any published transition ends a half-open period and deletes the lease.
+        self._lease_until = -math.inf
+        self._elsewhere_until = -math.inf
+
+    # -- outcomes --------------------------------------------------------------------------
 
     def outcome(self, *, failed: bool, probe: bool, opened: bool) -> None:
         """Report one call's outcome (the breaker calls this; never waits)."""
@@ -44,8 +138,9 @@ class SharedBreaker:
 
     async def _send(self, op: str) -> None:
         breaker = self._breaker
+        window = repr(min(breaker.reset_timeout_s, MAX_SPAN_S))
         reply = await self._state.script(
-            "breaker", self.key, op, breaker.fail_max, breaker.reset_timeout_s
+            "breaker", [self.key, self.probe_key], op, breaker.fail_max, window
         )
         if reply is None:
             return
@@ -54,9 +149,11 @@ class SharedBreaker:
             self.failures = int(failures)
         elif op in ("open", "close"):  # our own transition, published
             self.epoch = max(self.epoch, epoch)
+            self._transition_seen()
         elif state == "open" and epoch > self.epoch:  # open already, or opened by this one
             self.epoch = epoch
-            breaker.force_open(retry_in)
+            self._transition_seen()
+            breaker.force_open(min(retry_in, breaker.reset_timeout_s))
 
     def apply(self, state: str | None, epoch: int, open_for_s: float, failures: int) -> None:
         """Apply a polled record: a newer "open" opens the breaker until the shared time,
@@ -68,8 +165,10 @@ class SharedBreaker:
         if epoch <= self.epoch:
             return
         self.epoch = epoch
+        self._transition_seen()
         if state == "open" and open_for_s > 0:
-            self._breaker.force_open(open_for_s)
+            # No replica opens for longer than its window: a far-off time is not believed.
+            self._breaker.force_open(min(open_for_s, self._breaker.reset_timeout_s))
         elif state == "closed" and self._breaker.state != "closed":
             self._breaker.force_close()
 
@@ -116,8 +215,16 @@ class SharedLimit:
     async def take(self, tokens: int) -> float | None:
         """Reserve one request and ``tokens``: ``0.0`` if granted (and charged), else the
         seconds until they would fit; ``None`` when Redis is down (local limits only)."""
-        reply = await self._state.script("limit", self.key, *self._args("take", 1, tokens))
-        return None if reply is None else float(reply)
+        reply = await self._state.script("limit", [self.key], *self._args("take", 1, tokens))
+        if reply is None:
+            return None
+        try:
+            wait = float(reply)
+        except (TypeError, ValueError):
+            return None  # not our script's answer: local limits only, this once
+        if math.isnan(wait):
+            return None
+        return max(wait, 0.0)  # the limiter caps a long one at its max_wait_s
 
     def adjust(self, *, requests: float = 0.0, tokens: float = 0.0) -> None:
         """Charge (or, negative, refund) the shared budgets, in the background."""
@@ -126,12 +233,45 @@ class SharedLimit:
             self._state.spawn(lambda: self._send(args))
 
     def block(self, seconds: float) -> None:
-        """Admit nobody, in any replica, for ``seconds`` (a 429's retry-after)."""
-        if seconds > 0:
-            self._state.spawn(lambda: self._send(("block", repr(float(seconds)))))
+        """Admit nobody, in any replica, for ``seconds`` (a 429's retry-after; at most a
+        day, whatever the caller says, so no record outlives that)."""
+        if seconds > 0 and math.isfinite(seconds):
+            span = repr(min(float(seconds), float(MAX_TTL_S)))
+            self._state.spawn(lambda: self._send(("block", span)))
 
     async def _send(self, args: tuple[str | float, ...]) -> None:
-        await self._state.script("limit", self.key, *args)
+        await self._state.script("limit", [self.key], *args)
 
     def __repr__(self) -> str:
         return f"<SharedLimit {self.key!r} {'up' if self.available else 'down'}>"
+
+
+_MAX_COUNT = 10**13  # the breaker script treats larger counts as garbage too
+
+
+def parse_record(reply: object, now: float) -> tuple[str | None, int, float, int] | str:
+    """A polled breaker record as ``(state, epoch, open_for_s, failures)``, or the name
+    of the first field that does not parse."""
+    if isinstance(reply, BaseException) or not isinstance(reply, list | tuple):
+        return "record"
+    if len(reply) != 4:
+        return "record"
+    state, open_until, epoch, failures = reply
+    if state is not None and state not in ("open", "closed"):
+        return "state"
+    values: list[float] = []
+    for name, raw, whole in (
+        ("epoch", epoch, True),
+        ("open_until", open_until, False),
+        ("failures", failures, True),
+    ):
+        try:
+            value = float(raw or 0)
+        except (TypeError, ValueError):
+            return name
+        if not (math.isfinite(value) and 0 <= value < _MAX_COUNT + (0 if whole else now)):
+            return name
+        if whole and value != int(value):
+            return name
+        values.append(value)
+    return state, int(values[0]), values[1] - now, int(values[2])

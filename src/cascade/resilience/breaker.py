@@ -14,6 +14,8 @@ counters (``CircuitMemoryStorage``) and the transitions (``open``, ``half_open``
 - With ``shared=`` (a :class:`~cascade.resilience.shared.SharedState`) outcomes are also
   reported to Redis in the background, and a breaker opened or closed by another replica
   is opened or closed here (:meth:`AsyncBreaker.force_open`, :meth:`AsyncBreaker.force_close`).
+  The half-open probe is then one across replicas: :meth:`AsyncBreaker.acquire` takes the
+  shared probe lease first (``admit()`` alone refuses and takes it in the background).
 """
 
 from __future__ import annotations
@@ -227,29 +229,54 @@ class AsyncBreaker:
         """Permission for one call, or :class:`CircuitOpen` at once.
 
         Synchronous on purpose: with no await between the check and the grant, concurrent
-        callers on one loop cannot both become the half-open probe.
+        callers on one loop cannot both become the half-open probe. With shared state, a
+        probe also needs this process to hold the shared probe lease: without it the call
+        is refused (``retry_in_s`` 0, or how long another process holds it) and the lease
+        is asked for in the background; :meth:`acquire` waits for that answer instead.
         """
         state = self.state
+        if state == "closed":
+            return Permit(self, self._relay.transitions, probe=False)
         if state == "open":
             wait = self.retry_in_s()
             if wait > 0:
                 raise CircuitOpen(provider=self.name, retry_in_s=wait)
+        if self._probe_out:
+            raise CircuitOpen(provider=self.name, retry_in_s=0.0)
+        if self._shared is not None:
+            refused = self._shared.probe_refused()
+            if refused is not None:
+                raise CircuitOpen(provider=self.name, retry_in_s=refused)
+        if state == "open":
             self._cb.half_open()
-            state = "half_open"
-        if state == "half_open":
-            if self._probe_out:
-                raise CircuitOpen(provider=self.name, retry_in_s=0.0)
-            self._probe_out = True
-            return Permit(self, self._relay.transitions, probe=True)
-        return Permit(self, self._relay.transitions, probe=False)
+        self._probe_out = True
+        return Permit(self, self._relay.transitions, probe=True)
+
+    async def acquire(self) -> Permit:
+        """:meth:`admit`, but when a half-open probe is due and the breaker is shared, first
+        ask Redis for the probe lease (within the shared state's ``timeout_s``): exactly
+        one process across replicas probes, the others get :class:`CircuitOpen`."""
+        link = self._shared
+        if link is not None and not self._probe_out and self._probe_due() and link.wants_lease():
+            await link.take_lease()
+        return self.admit()
+
+    def _probe_due(self) -> bool:
+        state = self.state
+        return state == "half_open" or (state == "open" and self.retry_in_s() <= 0)
 
     # Called by Permit. A permit granted before a transition is stale: its outcome says
     # nothing about the state the breaker has since moved to, so it is ignored.
 
     def _record(self, permit: Permit, *, failed: bool) -> None:
+        stale = permit.generation != self._relay.transitions
         if permit.probe:
             self._probe_out = False
-        if permit.generation != self._relay.transitions:
+            if self._shared is not None:
+                # A published outcome deletes the lease with the transition; a stale one
+                # is not published, so the lease is given back.
+                self._shared.end_probe(drop=stale)
+        if stale:
             return
         storage = self._storage
         if failed:
@@ -280,6 +307,8 @@ class AsyncBreaker:
     def _release(self, permit: Permit) -> None:
         if permit.probe:
             self._probe_out = False
+            if self._shared is not None:
+                self._shared.end_probe(drop=True)
 
     def __repr__(self) -> str:
         state = self.state

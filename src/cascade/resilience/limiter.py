@@ -10,7 +10,9 @@ Each budget is a token bucket refilling continuously at its per-minute rate, hol
   a caller whose turn would come after its ``deadline`` gets :class:`LimiterTimeout` at once.
 - :meth:`RateLimiter.observe` lowers the buckets to what the provider reports as remaining
   (OpenAI ``x-ratelimit-*``, Anthropic ``anthropic-ratelimit-*``) and, on a 429, blocks
-  the limiter for the ``retry-after`` the provider asked for.
+  the limiter for the ``retry-after`` the provider asked for. No server-supplied wait
+  counts for more than ``max_wait_s`` (300 s by default), and absolute reset times are
+  measured from the response's ``Date`` only when it is within a day of ``wall()``.
 
 A request larger than a whole bucket is let through once that bucket is full, leaving it in
 debt; so over any window of ``w`` seconds at most ``rate * (w + burst_s)`` plus one request's
@@ -28,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -37,6 +40,7 @@ import msgspec
 
 from .._clock import Clock, SystemClock
 from .._errors import ProviderError
+from .._headers import MAX_WAIT_S
 from ._buckets import Bucket, eta, learn_from_headers
 
 if TYPE_CHECKING:
@@ -98,7 +102,9 @@ class RateLimiter:
         "_shared_until",
         "_tokens",
         "_waiters",
+        "_wall",
         "max_concurrency",
+        "max_wait_s",
         "name",
     )
 
@@ -110,8 +116,10 @@ class RateLimiter:
         tokens_per_minute: float | None = None,
         max_concurrency: int | None = None,
         burst_s: float = 60.0,
+        max_wait_s: float = MAX_WAIT_S,
         clock: Clock | None = None,
         shared: SharedState | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         for label, rate in (
             ("requests_per_minute", requests_per_minute),
@@ -123,9 +131,13 @@ class RateLimiter:
             raise ValueError("max_concurrency must be at least 1")
         if not (burst_s >= 0 and math.isfinite(burst_s)):
             raise ValueError("burst_s must be >= 0")
+        if not (max_wait_s > 0 and math.isfinite(max_wait_s)):
+            raise ValueError("max_wait_s must be a positive number")
         self.name = name
         self.max_concurrency = max_concurrency
+        self.max_wait_s = max_wait_s
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._wall = wall  # the wall clock a response's Date is checked against
         now = self._clock.monotonic()
         self._requests = (
             None if requests_per_minute is None else Bucket(requests_per_minute, burst_s, now)
@@ -278,6 +290,8 @@ class RateLimiter:
             return lease
         if wait > 0:
             self._ungrant(lease)
+            # A record another replica (or an older version) wrote may say anything.
+            wait = min(wait, self.max_wait_s)
             self._shared_until = max(self._shared_until, self._clock.monotonic() + wait)
             return None
         lease._shared = True
@@ -310,7 +324,7 @@ class RateLimiter:
 
         Remaining counts lower the local buckets (never raise them); a reset time makes the
         bucket full at that time. With ``status=429``, ``retry-after-ms`` / ``retry-after``
-        blocks the limiter until then.
+        blocks the limiter until then. No reset or block is further than ``max_wait_s``.
         """
         try:
             h = {str(k).lower(): v for k, v in headers.items() if isinstance(v, str)}
@@ -318,7 +332,13 @@ class RateLimiter:
             return
         now = self._clock.monotonic()
         delay = learn_from_headers(
-            h, status=status, now=now, requests=self._requests, tokens=self._tokens
+            h,
+            status=status,
+            now=now,
+            requests=self._requests,
+            tokens=self._tokens,
+            max_wait_s=self.max_wait_s,
+            wall=self._wall(),
         )
         if delay is not None and delay > 0:
             self._blocked_until = max(self._blocked_until, now + delay)

@@ -24,6 +24,7 @@ from .._errors import (
     ProviderTimeout,
     RateLimited,
 )
+from .._headers import MAX_WAIT_S
 
 __all__ = ["OnRetry", "RetryPolicy", "backoff_s", "call_with_retries", "retryable"]
 
@@ -103,13 +104,15 @@ async def call_with_retries(
     deadline: float | None,
     rng: random.Random,
     on_retry: OnRetry | None = None,
+    max_wait_s: float = MAX_WAIT_S,
 ) -> T:
     """Await ``fn()`` up to ``policy.attempts`` times while its errors are :func:`retryable`.
 
     ``deadline`` is an absolute time on ``clock`` (``clock.monotonic() + seconds_left``):
     a retry whose wait would end past it is not made, and the last error is raised at once.
     ``on_retry(attempt_no, exc, wait_s)`` is called for every failed try that will be
-    retried, before the wait; the final failure is raised, not reported.
+    retried, before the wait; the final failure is raised, not reported. A server's
+    Retry-After counts as at most ``max_wait_s`` (``LimitsConfig.max_wait_s``).
     """
     attempt_no = 1
     while True:
@@ -119,6 +122,8 @@ async def call_with_retries(
             if attempt_no >= policy.attempts or not retryable(exc):
                 raise
             hint = exc.retry_after if isinstance(exc, RateLimited) else None
+            if hint is not None:
+                hint = min(hint, max_wait_s) if hint >= 0 else None  # NaN: no hint
             if policy.honour_retry_after and hint is not None and hint > policy.max_s:
                 raise
             wait = backoff_s(policy, attempt_no - 1, rng=rng, retry_after=hint)

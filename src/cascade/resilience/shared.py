@@ -16,7 +16,12 @@ quota, and one outage opens every replica's breaker:
   anywhere starts the count again), and a breaker that opens anywhere publishes "open
   until" there. Every replica polls its breakers' records each ``sync_interval_s`` and
   opens its own breaker until that time; a successful probe anywhere publishes "closed",
-  which closes the others.
+  which closes the others. When the open window is over, only the replica holding the
+  probe lease ``{prefix}:probe:{provider}`` (``SET NX PX``) sends the half-open probe;
+  the others fail over as if the breaker were still open.
+- **Bad records.** A value in Redis that does not parse (``HSET ... epoch abc``) is
+  logged once per key and ignored; the scripts overwrite it at the next transition. The
+  sync task logs and survives anything but cancellation.
 
 Redis is never on a request's critical path for longer than ``timeout_s``. On any Redis
 error or timeout the state goes *down*: one warning is logged, every operation returns at
@@ -29,15 +34,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Coroutine
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
 from .._errors import ConfigError
-from ._redis_scripts import BREAKER_LUA, LIMIT_LUA
-from ._shared_links import SharedBreaker, SharedLimit
+from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
+from ._shared_links import SharedBreaker, SharedLimit, parse_record
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -92,6 +99,10 @@ class SharedState:
     >>> limiter = RateLimiter("openai", requests_per_minute=500, shared=state)  # doctest: +SKIP
     >>> async with state:  # doctest: +SKIP
     ...     lease = await limiter.reserve(tokens=1_200)  # charged to the shared budget too
+
+    ``password`` authenticates to Redis (``SharedConfig.password_env`` reads it from the
+    environment); a ``redis_url`` carrying a password of its own is then refused. It
+    never appears in ``repr`` or logs.
     """
 
     def __init__(
@@ -101,6 +112,7 @@ class SharedState:
         key_prefix: str = "cascade",
         timeout_s: float = 0.1,
         sync_interval_s: float = 0.5,
+        password: str | None = None,
     ) -> None:
         try:
             from redis.asyncio.connection import parse_url
@@ -123,7 +135,13 @@ class SharedState:
             raise ValueError("timeout_s must be a positive number")
         if not (sync_interval_s > 0 and math.isfinite(sync_interval_s)):
             raise ValueError("sync_interval_s must be a positive number")
+        if password is not None and (urlsplit(redis_url).password or _query_password(redis_url)):
+            raise ConfigError(
+                "a password is given both in redis_url and separately: give one",
+                path="shared.password_env",
+            )
         self._url = redis_url
+        self._password = password or None
         self.url = redact_url(redis_url)
         self.key_prefix = key_prefix
         self.timeout_s = timeout_s
@@ -131,6 +149,11 @@ class SharedState:
         self._client: Redis | None = None
         self._limit_script: AsyncScript | None = None
         self._breaker_script: AsyncScript | None = None
+        self._probe_script: AsyncScript | None = None
+        self.token = secrets.token_hex(8)
+        """This process's name on the probe leases it holds."""
+        self._bad_keys: set[str] = set()  # records logged as unreadable, until they parse
+        self._sync_failing = False
         self._errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)
         self._up = True  # until Redis says otherwise; the first failure is logged
         self._closed = False
@@ -140,13 +163,26 @@ class SharedState:
         self._limits: list[SharedLimit] = []
 
     @classmethod
-    def from_config(cls, config: SharedConfig) -> SharedState:
-        """The state for a ``[shared]`` config table."""
+    def from_config(
+        cls, config: SharedConfig, *, environ: Mapping[str, str] | None = None
+    ) -> SharedState:
+        """The state for a ``[shared]`` config table; ``password_env`` is read from
+        ``environ`` (``os.environ`` by default)."""
+        password = None
+        if config.password_env is not None:
+            env = os.environ if environ is None else environ
+            password = env.get(config.password_env)
+            if not password:
+                raise ConfigError(
+                    f"environment variable {config.password_env!r} is not set or empty",
+                    path="shared.password_env",
+                )
         return cls(
             redis_url=config.redis_url,
             key_prefix=config.key_prefix,
             timeout_s=config.timeout_s,
             sync_interval_s=config.sync_interval_s,
+            password=password,
         )
 
     @property
@@ -171,6 +207,7 @@ class SharedState:
         self._errors = (RedisError, OSError, TimeoutError)
         self._client = aioredis.Redis.from_url(
             self._url,
+            password=self._password,
             socket_timeout=self.timeout_s,
             socket_connect_timeout=self.timeout_s,
             retry=Retry(NoBackoff(), 0),  # our own fallback replaces redis-py's retries
@@ -178,6 +215,7 @@ class SharedState:
         )
         self._limit_script = self._client.register_script(LIMIT_LUA)
         self._breaker_script = self._client.register_script(BREAKER_LUA)
+        self._probe_script = self._client.register_script(PROBE_LUA)
         await self._reconnect()
         self._sync_task = asyncio.get_running_loop().create_task(
             self._sync_loop(), name="cascade-shared-sync"
@@ -260,25 +298,30 @@ class SharedState:
         _reraise_swallowed_cancel(task, cancels)
         return result
 
-    async def script(self, which: str, key: str, *args: str | float) -> Any:
+    async def script(self, which: str, keys: list[str], *args: str | float) -> Any:
         """Run one of the Lua scripts (EVALSHA, loading it on NOSCRIPT); ``None`` if down."""
-        script = self._limit_script if which == "limit" else self._breaker_script
+        script = {
+            "limit": self._limit_script,
+            "breaker": self._breaker_script,
+            "probe": self._probe_script,
+        }[which]
         if script is None:
             return None
-        return await self.run(lambda client: script(keys=[key], args=list(args), client=client))
+        return await self.run(lambda client: script(keys=keys, args=list(args), client=client))
 
-    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> bool:
         """Run ``make()`` in the background, tracked (``aclose`` waits for it); skipped
-        when Redis is down or there is no running loop."""
+        (``False``) when Redis is down or there is no running loop."""
         if not self.available:
-            return
+            return False
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            return False
         task = loop.create_task(make())
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return True
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -321,10 +364,23 @@ class SharedState:
     async def _sync_loop(self) -> None:
         misses = 0
         while not self._closed:
-            if not self._up:
-                await self._reconnect()
-            if self._up:
-                await self._poll()
+            try:
+                if not self._up:
+                    await self._reconnect()
+                if self._up:
+                    await self._poll()
+            except Exception as exc:  # a bug or a reply we did not foresee: keep syncing
+                if not self._sync_failing:
+                    self._sync_failing = True
+                    log.exception(
+                        "shared state sync failed, retrying",
+                        redis=self.url,
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+            else:
+                if self._sync_failing and self._up:
+                    self._sync_failing = False
+                    log.info("shared state sync recovered", redis=self.url)
             if self._up:
                 misses = 0
                 delay = self.sync_interval_s
@@ -342,20 +398,36 @@ class SharedState:
             pipe.time()
             for link in links:
                 pipe.hmget(link.key, ["state", "open_until", "epoch", "failures"])
-            return list(await pipe.execute())
+            # A key of the wrong type fails its own command only, not the poll.
+            return list(await pipe.execute(raise_on_error=False))
 
         replies = await self.run(op)
         if replies is None:
             return
         seconds, micros = replies[0]
         now = float(seconds) + float(micros) / 1e6
-        for link, (state, open_until, epoch, failures) in zip(links, replies[1:], strict=True):
-            link.apply(
-                state,
-                int(epoch or 0),
-                float(open_until or 0) - now,
-                int(failures or 0),
-            )
+        for link, reply in zip(links, replies[1:], strict=True):
+            record = parse_record(reply, now)
+            if isinstance(record, str):
+                self._bad_record(link, reply, record)
+                continue
+            self._bad_keys.discard(link.key)
+            link.apply(*record)
+
+    def _bad_record(self, link: SharedBreaker, reply: object, why: str) -> None:
+        """Ignore an unreadable record, logging it once (until it reads well again). An
+        unreadable epoch is a lost history, like a missing record: start counting again."""
+        if why == "epoch":
+            link.epoch = 0
+        if link.key in self._bad_keys:
+            return
+        self._bad_keys.add(link.key)
+        log.warning(
+            "ignoring a malformed shared breaker record",
+            key=link.key,
+            field=why,
+            value=repr(reply)[:200],
+        )
 
     def __repr__(self) -> str:
         if self._closed:
@@ -368,3 +440,10 @@ class SharedState:
             f"<SharedState {self.url} {status} breakers={len(self._breakers)} "
             f"limits={len(self._limits)} pending={len(self._tasks)}>"
         )
+
+
+def _query_password(url: str) -> bool:
+    try:
+        return any(k.lower() == "password" and v for k, v in parse_qsl(urlsplit(url).query))
+    except ValueError:
+        return False
