@@ -19,20 +19,23 @@ __all__ = ["ConfidenceValidator", "parse_confidence"]
 
 Source = Literal["auto", "json", "text", "logprobs"]
 
-_NUM = r"(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
-_PER = r"\s*(?P<pct>%|percent\b)?(?:\s*(?:/|out\s+of)\s*(?P<den>[0-9]+)\b)?"
-_NOISE = r"[\s*_\"'`]*"  # markdown emphasis, quotes
+# Every repetition below is possessive (``*+``, ``++``) or bounded, and a number starts at
+# the start of its digits: no pattern can backtrack over the text, so each is linear in it
+# ("confidence" followed by 10,000 spaces, or 20,000 digits, used to take seconds).
+_NUM = r"(?P<num>(?<![0-9])[0-9]++(?:\.[0-9]++)?|\.[0-9]++)"
+_PER = r"\s*+(?P<pct>%|percent\b)?(?:\s*+(?:/|out\s++of)\s*+(?P<den>[0-9]++)\b)?"
+_NOISE = r"[\s*_\"'`]*+"  # markdown emphasis, quotes
 # "Confidence: 0.82", "confidence = 82%", "(confidence 0.9)", "**Confidence level:** 8/10"
 _STATED = re.compile(
-    rf"\bconfidence(?:\s+(?:level|score|rating))?{_NOISE}(?:[:=]|\bis\b|\bof\b)?{_NOISE}\(?"
+    rf"\bconfidence(?:\s++(?:level|score|rating))?{_NOISE}(?:[:=]|\bis\b|\bof\b)?{_NOISE}\(?"
     rf"{_NOISE}{_NUM}{_PER}",
     re.IGNORECASE,
 )
 # "I am 90% confident", "90% confidence", "95 percent sure"
 _CONFIDENT = re.compile(
-    rf"{_NUM}\s*(?P<pct>%|percent\b)\s*(?:confident|confidence|sure|certain)\b", re.IGNORECASE
+    rf"{_NUM}\s*+(?P<pct>%|percent\b)\s*+(?:confident|confidence|sure|certain)\b", re.IGNORECASE
 )
-_VALUE = re.compile(rf"^\s*{_NUM}{_PER}\s*$", re.IGNORECASE)
+_VALUE = re.compile(rf"^\s*+{_NUM}{_PER}\s*+$", re.IGNORECASE)
 
 
 def _scale(value: float, percent: bool = False, denominator: float | None = None) -> float | None:
