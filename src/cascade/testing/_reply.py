@@ -55,6 +55,9 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: Token log-probabilities, sent (OpenAI format) when the request asks ``logprobs``;
     #: the text is split into as many tokens, spread over the SSE deltas with the text.
     logprobs: tuple[float, ...] | None = None
+    #: Non-streaming (OpenAI): this many choices more than the request's ``n`` asks for, as
+    #: a server that ignores ``n`` sends them; the extra ones come from the script too.
+    extra_choices: Annotated[int, Meta(ge=0, le=64)] = 0
 
     def __post_init__(self) -> None:
         # Meta bounds are only checked when decoding; direct construction is
@@ -69,6 +72,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             "retry_after_s",
             "input_tokens",
             "output_tokens",
+            "extra_choices",
         ):
             value = getattr(self, name)
             if value is not None and value < 0:
