@@ -111,7 +111,7 @@ async def test_validation_never_fetches_either(schema_host: _CountingServer) -> 
     with pytest.raises(referencing.exceptions.Unresolvable):
         inline.is_valid(1)
     with pytest.raises(ValueError, match="late.json"):
-        await schema_check(json.dumps(schema), 1, limit_s=10)
+        await schema_check(json.dumps(schema), "1", limit_s=10)
     assert schema_host.hits == 0
 
 

@@ -32,7 +32,8 @@ from ._registry import (
 from .code import CodeCompilesValidator
 from .confidence import ConfidenceValidator, parse_confidence
 from .consistency import SelfConsistencyValidator
-from .json_schema import JsonSchemaValidator, extract_json
+from ._json_extract import extract_json
+from .json_schema import JsonSchemaValidator
 
 __all__ = [
     "CodeCompilesValidator",

@@ -21,7 +21,6 @@ whitespace-collapsed and case-folded.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,29 +29,33 @@ import regex
 
 from .._answers import MISSING_ANSWERS, canonical_number
 from .._types import Completion
+from ._json_extract import extract_json
 from ._offload import DEFAULT_TIME_LIMIT_S, Overrun
 
 __all__ = ["Extractor", "RegexExtractor", "get_extractor", "normalize", "single_number"]
 
 Extractor = Callable[[Completion], str | None]
 
-_NUMBER = re.compile(
+# The regex engine: it lets go of the GIL while it scans (``concurrent=True``), so a big
+# answer's scan in a thread leaves the event loop running.
+_NUMBER = regex.compile(
     r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
 )
-_HASHES = re.compile(r"####\s*([^\n]+)")
+_HASHES = regex.compile(r"####\s*([^\n]+)")
 # Whitespace runs are possessive (``\s*+``): "answer:" followed by 20,000 newlines used to
 # backtrack over every split of the run between two ``\s*`` (seconds of CPU); now every
 # pattern here is linear in the text. (An "answer:" with only blanks after it on its line
 # is no longer read as an empty answer that hides an earlier one.)
-_ANSWER_IS = re.compile(
+_ANSWER_IS = regex.compile(
     r"(?:the\s++(?:final\s++)?answer\s++is|final\s++answer\s*+[:=]|answer\s*+[:=])"
     r"\s*+:?\s*+([^\n]+)",
-    re.IGNORECASE,
+    regex.IGNORECASE,
 )
 
 
 def _numbers(text: str) -> list[str]:
-    return _NUMBER.findall(text)
+    found: list[str] = _NUMBER.findall(text, concurrent=True)
+    return found
 
 
 def last_number(completion: Completion) -> str | None:
@@ -61,12 +64,12 @@ def last_number(completion: Completion) -> str | None:
 
 
 def hashes(completion: Completion) -> str | None:
-    found = _HASHES.findall(completion.text)
+    found: list[str] = _HASHES.findall(completion.text, concurrent=True)
     return found[-1].strip() if found else None
 
 
 def answer_is(completion: Completion) -> str | None:
-    found = _ANSWER_IS.findall(completion.text)
+    found: list[str] = _ANSWER_IS.findall(completion.text, concurrent=True)
     return found[-1].strip().rstrip(".") if found else None
 
 
@@ -83,7 +86,6 @@ def auto(completion: Completion) -> str | None:
 
 
 def _json_field(path: str) -> Extractor:
-    from .json_schema import extract_json  # json_schema imports the registry; avoid a cycle
 
     keys = [k for k in path.split(".") if k]
 
@@ -134,6 +136,7 @@ class RegexExtractor:
         """The extracted answer in ``text``; Overrun past the time limit."""
         limit = self.time_limit_s
         deadline = time.monotonic() + limit
+        what = f"extractor regex {self.pattern!r}"
         last = None
         try:
             # the engine's timeout bounds each match; the deadline bounds them all
@@ -142,7 +145,7 @@ class RegexExtractor:
                 if time.monotonic() > deadline:
                     raise TimeoutError
         except TimeoutError:
-            raise Overrun(f"extractor regex {self.pattern!r}", limit_s=limit) from None
+            raise Overrun(what, limit_s=limit) from None
         if last is None:
             return None
         found: str = last.group(1) if self._compiled.groups else last.group(0)

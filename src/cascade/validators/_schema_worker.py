@@ -1,25 +1,58 @@
 """A JSON Schema validation worker: one process, one job at a time, killed when it overruns.
 
 Run as a script (``python -I _schema_worker.py``), not imported: it needs nothing but the
-standard library and jsonschema, so it starts fast and runs none of the host program's
-code. It reads one job per line on stdin, ``{"schema": "<schema JSON>", "instance": ...}``,
-and writes one line per job, ``{"valid": true}`` or ``{"valid": false, "where": "$.a",
-"message": "..."}`` (``{"error": "..."}`` when the job could not be run). Compiled
+standard library, msgspec and jsonschema, so it starts fast and runs none of the host program's
+code. It reads one job per line on stdin, ``{"schema": "<schema JSON>", "text": "<the answer>",
+"limit_s": 2.0}``, finds the answer's JSON (``_json_extract.py``, loaded by its path) and
+writes one line per job: ``{"valid": true}``, ``{"valid": false, "where": "$.a",
+"message": "..."}``, ``{"no_json": "<why>"}``; ``{"overrun": true}`` when the check was
+stopped at its time limit (a timer signal), ``{"error": "..."}`` when it could not run. Compiled
 validators are cached by schema text. A schema never reaches the network or the disk: its
 registry refuses every retrieval.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from typing import Any
 
-import jsonschema
-import referencing
-import referencing.exceptions
-from jsonschema.exceptions import best_match
+try:
+    os.nice(10)  # before the imports: a hostile answer's check must not starve the engine
+except OSError:  # pragma: no cover - not permitted here: run at the same priority
+    pass
+
+import importlib.util  # noqa: E402 - after the priority drop
+import json  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jsonschema  # noqa: E402
+import referencing  # noqa: E402
+import referencing.exceptions  # noqa: E402
+from jsonschema.exceptions import best_match  # noqa: E402
+
+
+def _load_extract_json() -> Any:
+    """``extract_json`` from its file beside this one (no package import: a fast start)."""
+    path = Path(__file__).with_name("_json_extract.py")
+    spec = importlib.util.spec_from_file_location("_cascade_json_extract", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.extract_json
+
+
+extract_json = _load_extract_json()
+
+
+class _Overrun(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise _Overrun
 
 
 def _refuse(uri: str) -> Any:
@@ -46,7 +79,10 @@ def _validator(schema_text: str) -> Any:
 def check(job: dict[str, Any]) -> dict[str, Any]:
     """The verdict on one job (the same rule as the validator's inline path)."""
     validator = _validator(job["schema"])
-    instance = job["instance"]
+    try:
+        instance = extract_json(job["text"])
+    except ValueError as exc:
+        return {"no_json": str(exc)}
     if validator.is_valid(instance):
         return {"valid": True}
     error = best_match(validator.iter_errors(instance))
@@ -58,14 +94,20 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    try:
-        os.nice(10)  # a hostile answer's validation must not starve the engine's process
-    except OSError:  # pragma: no cover - not permitted here: run at the same priority
-        pass
+    signal.signal(signal.SIGALRM, _alarm)
     out = sys.stdout
     for line in sys.stdin.buffer:
         try:
-            reply = check(json.loads(line))
+            job = json.loads(line)
+            # stop the check at its time limit (between bytecodes), and stay alive for the
+            # next job; the engine kills a worker that does not answer in time all the same
+            signal.setitimer(signal.ITIMER_REAL, float(job["limit_s"]))
+            try:
+                reply = check(job)
+            finally:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        except _Overrun:
+            reply = {"overrun": True}
         except Exception as exc:  # anything the job holds is a reply, never a dead worker
             reply = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         out.write(json.dumps(reply) + "\n")

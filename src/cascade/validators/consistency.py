@@ -16,7 +16,13 @@ from .._answers import AnswerKey, AnswerType, AnswerTypeError, answer_type
 from .._errors import ConfigError, ProviderError
 from .._types import Completion, Verdict
 from ._extract import Extractor, RegexExtractor, get_extractor
-from ._offload import DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, in_thread
+from ._offload import (
+    BIG_TEXT,
+    DEFAULT_TIME_LIMIT_S,
+    Overrun,
+    check_time_limit,
+    off_loop,
+)
 from ._registry import ValidationContext, validator
 
 __all__ = ["SelfConsistencyValidator", "next_batch", "votes_needed"]
@@ -67,6 +73,10 @@ class SelfConsistencyValidator:
     The verdict's ``parsed`` is the majority value (the canonical form: ``"1000"``,
     ``"2021-05-01"``, ``"B"``), its ``completion`` the first sample that carries it (the
     result text), its ``score`` the majority's share of the samples drawn.
+
+    A ``regex:PATTERN`` extractor runs in a worker thread, as does reading an answer over
+    64 KiB; a sample not read within ``time_limit_s`` (default 2 s) rejects the answer, with
+    a reason saying it overran.
 
     ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
     every sample whatever the first ones say (a naive vote, to compare against).
@@ -131,9 +141,12 @@ class SelfConsistencyValidator:
         return self.answer_type.key(raw)
 
     async def _vote(self, completion: Completion) -> Hashable | None:
-        if self._regex is None:  # built-in extractors are linear: on the loop
-            return self.value(completion)
-        return await in_thread(self.value, completion)
+        if self._regex is None and len(completion.text) <= BIG_TEXT:
+            return self.value(completion)  # built-in extractors are linear: on the loop
+        # a user's pattern (bounded by its own time limit too), or a big answer
+        return await off_loop(
+            self.value, completion, what="reading the answer", limit_s=self.time_limit_s
+        )
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         try:

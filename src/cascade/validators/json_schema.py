@@ -3,68 +3,23 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import jsonschema
-import msgspec
 import referencing
 import referencing.exceptions
 from jsonschema.exceptions import best_match
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
+from ._json_extract import extract_json
 from ._offload import DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, schema_check
 from ._registry import ValidationContext, validator
 
 __all__ = ["JsonSchemaValidator", "extract_json"]
 
-# possessive blanks: a fence followed by 20,000 spaces must not backtrack over them
-_FENCE = re.compile(r"```[ \t]*+(?:json|JSON|json5)?[ \t]*+\r?\n(.*?)```", re.S)
-_decode = msgspec.json.decode
-_raw_decode = json.JSONDecoder().raw_decode
-_OPENERS = re.compile(r"[{\[]")
-_MAX_SCANS = 64
 _INLINE_CHARS = 16 * 1024  # answers up to this size are checked on the loop (~ms)
 _INLINE_ITEMS = 64  # uniqueItems compares every pair: more items than this go elsewhere
-_NOT_FOUND = object()
-
-
-def extract_json(text: str) -> Any:
-    """Find the JSON value in an answer: the whole text, a fenced block, or the outermost
-    ``{...}`` / ``[...]`` span. Raises ValueError when there is none.
-
-    >>> extract_json('Sure! ```json\\n{"a": 1}\\n``` done')
-    {'a': 1}
-    """
-    stripped = text.strip()
-    if stripped:
-        found = _try(stripped)
-        if found is not _NOT_FOUND:
-            return found
-    for m in _FENCE.finditer(text):
-        found = _try(m.group(1).strip())
-        if found is not _NOT_FOUND:
-            return found
-    for open_, close in (("{", "}"), ("[", "]")):
-        start, end = text.find(open_), text.rfind(close)
-        if 0 <= start < end:
-            found = _try(text[start : end + 1])
-            if found is not _NOT_FOUND:
-                return found
-    # Prose with braces of its own ("the template {name} gives {...}"): try each opening
-    # bracket in turn, and take the first complete JSON value that starts there.
-    tried = 0
-    for m in _OPENERS.finditer(text):
-        tried += 1
-        if tried > _MAX_SCANS:
-            break
-        try:
-            value, _ = _raw_decode(text, m.start())
-        except (ValueError, RecursionError):
-            continue
-        return value
-    raise ValueError("no JSON value found in the answer")
 
 
 def _refs(node: Any, where: str = "schema") -> list[tuple[str, str]]:
@@ -101,15 +56,6 @@ def _refuse(uri: str) -> Any:
 _NO_RETRIEVAL = referencing.Registry(retrieve=_refuse)
 
 
-def _try(candidate: str) -> Any:
-    if candidate[:1] not in '{["-0123456789tfn':
-        return _NOT_FOUND
-    try:
-        return _decode(candidate)
-    except (msgspec.DecodeError, RecursionError):  # [[[[...: nested deeper than decoders go
-        return _NOT_FOUND
-
-
 @validator("json_schema")
 class JsonSchemaValidator:
     """Accepts an answer whose JSON validates against ``schema`` (Draft 2020-12 unless the
@@ -123,7 +69,8 @@ class JsonSchemaValidator:
     A large answer (over 16 KiB), or any answer under a schema with costly keywords
     (``pattern``, ``patternProperties``; ``uniqueItems`` over more than 64 items), is
     checked in a worker process, off the event loop; one not done within ``time_limit_s``
-    (default 2 s) is rejected as having overrun it, and its check is stopped.
+    (default 2 s) is rejected as having overrun it, and its check is stopped. (Such an
+    answer's rejection carries no ``parsed`` value.)
 
     ``early_reject = true`` asserts that the answer is JSON from its first character (or a
     ```json fence): a streaming answer that starts otherwise is rejected at once and its
@@ -183,18 +130,26 @@ class JsonSchemaValidator:
         return self._unique_items and text.count(",") > _INLINE_ITEMS
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
-        try:
-            value = extract_json(completion.text)
-        except ValueError as exc:
-            return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
-        if self._offloaded(completion.text):
+        text = completion.text
+        if self._offloaded(text):
+            # the worker finds the JSON too: a big answer is never turned into objects on
+            # this side unless it passes (garbage collection of a hostile one's 10,000
+            # containers would pause every run)
             try:
-                outcome = await schema_check(self._schema_text, value, limit_s=self.time_limit_s)
+                outcome = await schema_check(self._schema_text, text, limit_s=self.time_limit_s)
             except (Overrun, ValueError) as exc:
                 return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
+            if "no_json" in outcome:
+                return Verdict(
+                    validator=self.name, passed=False, score=0.0, reason=outcome["no_json"]
+                )
             if outcome["valid"]:
-                return Verdict(validator=self.name, passed=True, parsed=value)
-            return self._rejected(value, outcome["where"], outcome["message"])
+                return Verdict(validator=self.name, passed=True, parsed=extract_json(text))
+            return self._rejected(None, outcome["where"], outcome["message"])
+        try:
+            value = extract_json(text)
+        except ValueError as exc:
+            return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
         if self._validator.is_valid(value):
             return Verdict(validator=self.name, passed=True, parsed=value)
         error = best_match(self._validator.iter_errors(value))
