@@ -122,6 +122,10 @@ def _provider(url: str, model: str) -> dict[str, Any]:
     return {"name": model, "kind": "openai", "base_url": url, "model": model, "timeout_s": 30}
 
 
+def _tier(name: str, provider: dict[str, Any], validators: list[Any]) -> dict[str, Any]:
+    return {"name": name, "providers": [provider], "validators": validators}
+
+
 def _p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[98]
 
@@ -137,14 +141,12 @@ async def phase(
     url: str, runs: int, size: int, *, hostile: bool
 ) -> tuple[list[float], list[float], list[cascade.Result]]:
     """Healthy latencies (s), loop lags (s) and the hostile runs' results."""
-    healthy_cfg = {"tiers": [{"name": "t1", "providers": [_provider(url, "healthy")],
-                              "validators": [{"name": "json_schema", "schema": SCHEMA}]}]}  # fmt: skip
+    check = [{"name": "json_schema", "schema": SCHEMA}]
+    healthy_cfg = {"tiers": [_tier("t1", _provider(url, "healthy"), check)]}
     hostile_cascades = []
     for name, (_, validators) in families(size).items():
-        cfg = {"tiers": [
-            {"name": "t1", "providers": [_provider(url, f"hostile-{name}")], "validators": validators},
-            {"name": "t2", "providers": [_provider(url, "big")]},
-        ]}  # fmt: skip
+        first = _tier("t1", _provider(url, f"hostile-{name}"), validators)
+        cfg = {"tiers": [first, _tier("t2", _provider(url, "big"), [])]}
         hostile_cascades.append(cascade.Cascade.from_dict(cfg))
     messages = [{"role": "user", "content": "What is six times seven? Answer as JSON."}]
     latencies: list[float] = []
@@ -165,7 +167,8 @@ async def phase(
                     t0 = perf_counter()
                     result = await healthy_cc.run(messages=messages)
                     latencies.append(perf_counter() - t0)
-                    assert result.validated and result.tier == 1
+                    if not (result.validated and result.tier == 1):
+                        raise RuntimeError(f"a healthy run failed: {result.attempts}")
 
             async def hostile_worker(first: int, count: int) -> None:
                 for k in range(first, first + count):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import math
 import os
@@ -122,10 +123,8 @@ def _cpu_threads() -> ThreadPoolExecutor:
 def _lower_priority() -> None:
     """This thread only, where the OS can tell threads apart (Linux: a thread is a task)."""
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):  # not permitted: the same priority, then
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except OSError:  # pragma: no cover - not permitted: the same priority, then
-            pass
 
 
 _CPU_THREADS: ThreadPoolExecutor | None = None

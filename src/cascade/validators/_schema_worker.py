@@ -13,24 +13,23 @@ registry refuses every retrieval.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
-try:
+with contextlib.suppress(OSError):  # not permitted here: run at the same priority
     os.nice(10)  # before the imports: a hostile answer's check must not starve the engine
-except OSError:  # pragma: no cover - not permitted here: run at the same priority
-    pass
 
-import importlib.util  # noqa: E402 - after the priority drop
-import json  # noqa: E402
-import signal  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import importlib.util
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
 
-import jsonschema  # noqa: E402
-import referencing  # noqa: E402
-import referencing.exceptions  # noqa: E402
-from jsonschema.exceptions import best_match  # noqa: E402
+import jsonschema
+import referencing
+import referencing.exceptions
+from jsonschema.exceptions import best_match
 
 
 def _load_extract_json() -> Any:
@@ -56,10 +55,10 @@ def _alarm(signum: int, frame: Any) -> None:
 
 
 def _refuse(uri: str) -> Any:
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
-_REGISTRY: Any = referencing.Registry(retrieve=_refuse)
+_REGISTRY: Any = referencing.Registry(retrieve=_refuse)  # type: ignore[call-arg]
 _CACHE: dict[str, Any] = {}
 _CACHE_SIZE = 64
 

@@ -13,9 +13,9 @@ import regex
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
+from ._json_extract import extract_json
 from ._offload import BIG_TEXT, DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, off_loop
 from ._registry import ValidationContext, validator
-from ._json_extract import extract_json
 
 __all__ = ["ConfidenceValidator", "parse_confidence"]
 

@@ -48,12 +48,12 @@ def _keywords(node: Any) -> set[str]:
 
 
 def _refuse(uri: str) -> Any:
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 # A schema's references resolve inside the schema (and the drafts' own meta-schemas), never
 # over the network or from a file: every retrieval is refused, at build and at validation.
-_NO_RETRIEVAL = referencing.Registry(retrieve=_refuse)
+_NO_RETRIEVAL = referencing.Registry(retrieve=_refuse)  # type: ignore[call-arg]
 
 
 @validator("json_schema")
