@@ -37,6 +37,17 @@ def completion(text: str) -> Completion:
     return Completion(text=text, provider="p", model="m")
 
 
+async def _settled_workers() -> list[int]:
+    """The schema workers still running after a while (a fresh replacement may be busy
+    importing for a moment; a check left running would stay busy for ~40 s)."""
+    for _ in range(100):
+        running = _running_workers()
+        if not running:
+            return []
+        await anyio.sleep(0.05)
+    return running
+
+
 def _running_workers() -> list[int]:
     """Schema worker processes of this process that are running (not asleep on a read)."""
     found = []
@@ -109,7 +120,7 @@ async def test_schema_overrun_is_a_rejection_that_escalates(
     assert healthy.validated
     assert order == ["healthy", "hostile"]
     assert ticks > 1000  # the loop kept turning: a frozen loop gives a concurrent task none
-    assert _running_workers() == []  # the overrunning check was killed, not left running
+    assert await _settled_workers() == []  # the overrunning check stopped, not left running
 
 
 @pytest.mark.timeout(30)
@@ -165,6 +176,14 @@ async def test_schema_patterns_run_in_the_worker() -> None:
     assert "overran its time limit of 0.5s" in slow.reason
     # the next check gets a fresh worker
     assert (await v.validate(completion('{"s": "aaaa"}'), CTX)).passed
+
+
+@pytest.mark.timeout(30)
+async def test_a_cancelled_check_stops() -> None:
+    v = JsonSchemaValidator(schema=UNIQUE, time_limit_s=25)
+    with anyio.move_on_after(0.5):  # the caller leaves (its run's deadline) mid-check
+        await v.validate(completion(HOSTILE_JSON), CTX)
+    assert await _settled_workers() == []  # not 25 s of a runaway check
 
 
 def test_regex_extractor_outside_a_run() -> None:

@@ -140,7 +140,7 @@ async def schema_check(schema_text: str, text: str, *, limit_s: float) -> dict[s
     try:
         return await in_thread(_POOL.run, job)
     finally:
-        job.abandoned = True  # a cancelled caller: the thread stops waiting, kills the work
+        job.abandoned = True  # a cancelled caller: the thread stops the work at its next poll
 
 
 def _encode(job: dict[str, Any]) -> bytes:
@@ -207,6 +207,7 @@ class _Pool:
                 worker = self._idle.pop()
                 if worker.poll() is None:
                     return worker
+                _kill(worker)  # it died idle (killed from outside): reap it, close its pipes
         return self._spawn()
 
     @staticmethod
