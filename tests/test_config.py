@@ -115,11 +115,11 @@ def _with_validator(spec: str) -> Config:
     [
         ('{ name = "nope" }', "tiers[0].validators[0].name", "unknown validator 'nope'"),
         ('{ schema = {} }', "tiers[0].validators[0].name", "validator name"),
-        ('{ name = "json_schema" }', "tiers[0].validators[0]", "schema"),
+        ('{ name = "json_schema" }', "tiers[0].validators[0].schema", "needs 'schema'"),
         ('{ name = "json_schema", schema = { type = "objectx" } }',
          "tiers[0].validators[0].schema", "invalid JSON Schema"),
         ('{ name = "json_schema", schema = { type = "object" }, strict = true }',
-         "tiers[0].validators[0]", "strict"),
+         "tiers[0].validators[0].strict", "no parameter 'strict' (its parameters: schema,"),
     ],
 )  # fmt: skip
 def test_validator_errors_fail_at_build(spec: str, path: str, words: str) -> None:

@@ -678,3 +678,28 @@ async def test_a_batch_with_no_answers_or_no_end_stops_the_vote(model: str) -> N
     reason = result.attempts[0].verdicts[0].reason
     failure = "MalformedResponse" if model == "empty" else "ProviderTimeout"
     assert f"sampling failed: {failure}" in reason and not result.validated
+
+
+async def test_more_choices_than_asked_are_no_samples_but_are_billed(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # a server that ignores n: the request for 2 answers gets 5 choices
+    openai_server.script(
+        "small",
+        Reply(text="The answer is 4.", input_tokens=100, output_tokens=10),
+        Reply(text="It is 4.", input_tokens=100, output_tokens=10, extra_choices=3),
+        Reply(text="The answer is 4.", output_tokens=10),
+        *(Reply(text=text, output_tokens=7) for text in ("5", "6", "7")),
+    )
+    cfg = sc_config(openai_server.url, samples=5, agreement=0.6)
+    del cfg["tiers"][0]["variants"]  # type: ignore[index]
+    async with Cascade.from_dict(cfg) as cc:
+        result = await cc.run(messages=USER)
+    assert openai_server.requests[1].body["n"] == 2
+    assert result.validated and result.parsed == "4"
+    (attempt,) = result.attempts
+    assert [s.text for s in attempt.samples] == ["It is 4.", "The answer is 4."]
+    assert "3 of 3 samples agree" in attempt.verdicts[0].reason
+    # every billed completion token counts, the unasked choices' 21 included
+    assert attempt.output_tokens == 10 + (10 + 10 + 21)
+    assert result.cost_usd == pytest.approx((200 * 1 + 51 * 2) / 1e6)

@@ -221,8 +221,12 @@ async def test_auto_falls_back_to_logprobs() -> None:
         ({"min": 0.5, "source": "vibes"}, "source", "auto, json, text, logprobs"),
         ({"min": 0.5, "field": ""}, "field", "field name"),
         ({"min": 0.5, "on_missing": "maybe"}, "on_missing", "'reject' or 'accept'"),
-        ({}, "", "min"),  # required
-        ({"min": 0.5, "threshold": 1}, "", "threshold"),
+        ({}, "min", "needs 'min'"),  # required: named by its path
+        (
+            {"min": 0.5, "threshold": 1},
+            "threshold",
+            "no parameter 'threshold' (its parameters: min,",
+        ),
     ],
 )
 def test_bad_config_is_a_config_error(spec: dict[str, Any], path: str, message: str) -> None:

@@ -143,7 +143,7 @@ async def test_user_validator_through_public_registration() -> None:
     with pytest.raises(ConfigError) as info:
         Cascade.from_dict({"tiers": [tier("a", provider("a", "http://127.0.0.1:9/v1", "m1"),
                                           validators=[{"name": "test_contains"}])]})  # fmt: skip
-    assert info.value.path == "tiers[0].validators[0]" and "word" in str(info.value)
+    assert info.value.path == "tiers[0].validators[0].word" and "needs 'word'" in str(info.value)
 
 
 def test_registration_rules() -> None:

@@ -17,6 +17,7 @@ from typing import Protocol
 from ._attempt import InFlight, complete
 from ._errors import MalformedResponse, ProviderTimeout
 from ._types import (
+    Chunk,
     Completion,
     Message,
     RequestOptions,
@@ -136,14 +137,16 @@ class Sampler:
             trace.failed(exc)
             raise
         latency = perf_counter() - t0
+        # A server may send fewer answers than asked, or more (one that ignores n): those
+        # are no samples, but they were billed, so their tokens go on the first answer.
+        kept, extra = chunks[: len(samples)], chunks[len(samples) :]
+        unasked = sum(_output_tokens(c) for c in extra)
         out = []
-        for i, (sample, chunk) in enumerate(zip(samples, chunks, strict=False)):  # or fewer
+        for i, (sample, chunk) in enumerate(zip(samples, kept, strict=False)):
             prompt = chunk.input_tokens
             if prompt is None:  # no usage reported: the prompt once, on the first answer
                 prompt = estimate_prompt_tokens(msgs) if i == 0 else 0
-            output = chunk.output_tokens
-            if output is None:
-                output = estimate_text_tokens(chunk.text)
+            output = _output_tokens(chunk) + (unasked if i == 0 else 0)
             completion = Completion(
                 text=chunk.text,
                 provider=flight.provider.name,
@@ -178,6 +181,13 @@ class Sampler:
         trace.completed(completion)
         trace.end()
         self._paid(completion, sample, results)
+
+
+def _output_tokens(chunk: Chunk) -> int:
+    """The tokens a chunk reports, else an estimate from its text."""
+    if chunk.output_tokens is None:
+        return estimate_text_tokens(chunk.text)
+    return chunk.output_tokens
 
 
 class _Spend(Protocol):

@@ -94,6 +94,9 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     named_error_event: bool = False
     #: ``huge`` and ``gzip_bomb``: the bytes of filler in the body's text (default 1 GiB).
     fault_bytes: Annotated[int, Meta(ge=0)] = 1 << 30
+    #: Non-streaming (OpenAI): this many choices more than the request's ``n`` asks for, as
+    #: a server that ignores ``n`` sends them; the extra ones come from the script too.
+    extra_choices: Annotated[int, Meta(ge=0, le=64)] = 0
 
     def __post_init__(self) -> None:
         # Meta bounds are only checked when decoding; direct construction is
@@ -109,6 +112,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             "input_tokens",
             "output_tokens",
             "fault_bytes",
+            "extra_choices",
         ):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -339,7 +339,9 @@ class FakeServer(ABC):
             return self._error(reply.status, reply.error_message, n, reply)
 
         call = make_call(n, model, messages, stream, body, reply)
-        choices = self._choices(body) if not stream and reply.fault is None else 1
+        choices = 1
+        if not stream and reply.fault is None:
+            choices = self._choices(body) + reply.extra_choices
         if choices > 1:  # one more reply from the script or responder per extra choice
             extra = [await self._playbook.choose(model, fake) for _ in range(choices - 1)]
             call = call._replace(extra=tuple(r for r in extra if r is not None))

@@ -21,6 +21,7 @@ and is then named in config: ``validators = [{ name = "min_words", words = 5 }]`
 from __future__ import annotations
 
 from ._extract import get_extractor, normalize
+from ._json_extract import extract_json
 from ._registry import (
     ValidationContext,
     Validator,
@@ -32,7 +33,7 @@ from ._registry import (
 from .code import CodeCompilesValidator
 from .confidence import ConfidenceValidator, parse_confidence
 from .consistency import SelfConsistencyValidator
-from .json_schema import JsonSchemaValidator, extract_json
+from .json_schema import JsonSchemaValidator
 
 __all__ = [
     "CodeCompilesValidator",

@@ -21,29 +21,41 @@ whitespace-collapsed and case-folded.
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Callable
 from typing import Any
 
+import regex
+
 from .._answers import MISSING_ANSWERS, canonical_number
 from .._types import Completion
+from ._json_extract import extract_json
+from ._offload import DEFAULT_TIME_LIMIT_S, Overrun
 
-__all__ = ["Extractor", "get_extractor", "normalize", "single_number"]
+__all__ = ["Extractor", "RegexExtractor", "get_extractor", "normalize", "single_number"]
 
 Extractor = Callable[[Completion], str | None]
 
-_NUMBER = re.compile(
+# The regex engine: it lets go of the GIL while it scans (``concurrent=True``), so a big
+# answer's scan in a thread leaves the event loop running.
+_NUMBER = regex.compile(
     r"(?<![\w.])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
 )
-_HASHES = re.compile(r"####\s*([^\n]+)")
-_ANSWER_IS = re.compile(
-    r"(?:the\s+(?:final\s+)?answer\s+is|final\s+answer\s*[:=]|answer\s*[:=])\s*:?\s*([^\n]+)",
-    re.IGNORECASE,
+_HASHES = regex.compile(r"####\s*([^\n]+)")
+# Whitespace runs are possessive (``\s*+``): "answer:" followed by 20,000 newlines used to
+# backtrack over every split of the run between two ``\s*`` (seconds of CPU); now every
+# pattern here is linear in the text. (An "answer:" with only blanks after it on its line
+# is no longer read as an empty answer that hides an earlier one.)
+_ANSWER_IS = regex.compile(
+    r"(?:the\s++(?:final\s++)?answer\s++is|final\s++answer\s*+[:=]|answer\s*+[:=])"
+    r"\s*+:?\s*+([^\n]+)",
+    regex.IGNORECASE,
 )
 
 
 def _numbers(text: str) -> list[str]:
-    return _NUMBER.findall(text)
+    found: list[str] = _NUMBER.findall(text, concurrent=True)
+    return found
 
 
 def last_number(completion: Completion) -> str | None:
@@ -52,12 +64,12 @@ def last_number(completion: Completion) -> str | None:
 
 
 def hashes(completion: Completion) -> str | None:
-    found = _HASHES.findall(completion.text)
+    found: list[str] = _HASHES.findall(completion.text, concurrent=True)
     return found[-1].strip() if found else None
 
 
 def answer_is(completion: Completion) -> str | None:
-    found = _ANSWER_IS.findall(completion.text)
+    found: list[str] = _ANSWER_IS.findall(completion.text, concurrent=True)
     return found[-1].strip().rstrip(".") if found else None
 
 
@@ -74,7 +86,6 @@ def auto(completion: Completion) -> str | None:
 
 
 def _json_field(path: str) -> Extractor:
-    from .json_schema import extract_json  # json_schema imports the registry; avoid a cycle
 
     keys = [k for k in path.split(".") if k]
 
@@ -95,17 +106,50 @@ def _json_field(path: str) -> Extractor:
     return extract
 
 
-def _regex(pattern: str) -> Extractor:
-    compiled = re.compile(pattern)
+class RegexExtractor:
+    """``regex:PATTERN``: group 1 of the last match (the whole match if no group).
 
-    def extract(completion: Completion) -> str | None:
-        matches = list(compiled.finditer(completion.text))
-        if not matches:
+    A user's pattern can be exponential (``(\\d+)+x``), so it runs on the ``regex`` engine
+    with a time limit: :meth:`search` raises :class:`Overrun` when matching takes longer
+    than ``time_limit_s``; called as an extractor (``cascade eval``), such an answer has no
+    answer. ``self_consistency`` runs it in a worker thread, which the ``regex`` engine lets
+    the event loop run beside (it releases the GIL while it matches).
+    """
+
+    __slots__ = ("_compiled", "pattern", "time_limit_s")
+
+    def __init__(self, pattern: str, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S) -> None:
+        self.pattern = pattern
+        self.time_limit_s = time_limit_s
+        self._compiled = regex.compile(pattern)
+
+    def __repr__(self) -> str:
+        return f"<RegexExtractor {self.pattern!r} time_limit_s={self.time_limit_s:g}>"
+
+    def __call__(self, completion: Completion) -> str | None:
+        try:
+            return self.search(completion.text)
+        except Overrun:
             return None
-        m = matches[-1]
-        return m.group(1) if compiled.groups else m.group(0)
 
-    return extract
+    def search(self, text: str) -> str | None:
+        """The extracted answer in ``text``; Overrun past the time limit."""
+        limit = self.time_limit_s
+        deadline = time.monotonic() + limit
+        what = f"extractor regex {self.pattern!r}"
+        last = None
+        try:
+            # the engine's timeout bounds each match; the deadline bounds them all
+            for m in self._compiled.finditer(text, concurrent=True, timeout=limit):
+                last = m
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+        except TimeoutError:
+            raise Overrun(what, limit_s=limit) from None
+        if last is None:
+            return None
+        found: str = last.group(1) if self._compiled.groups else last.group(0)
+        return found
 
 
 _BUILTIN: dict[str, Extractor] = {
@@ -117,10 +161,14 @@ _BUILTIN: dict[str, Extractor] = {
 }
 
 
-def get_extractor(spec: str | Extractor) -> Extractor:
+def get_extractor(
+    spec: str | Extractor, *, time_limit_s: float = DEFAULT_TIME_LIMIT_S
+) -> Extractor:
     """The extractor a config string names, or ``spec`` itself when it is a callable.
 
-    Raises ValueError for an unknown name or a bad regular expression.
+    ``time_limit_s`` bounds a ``regex:PATTERN`` extractor's matching (see
+    :class:`RegexExtractor`). Raises ValueError for an unknown name or a bad regular
+    expression.
     """
     if callable(spec):
         return spec
@@ -133,8 +181,8 @@ def get_extractor(spec: str | Extractor) -> Extractor:
         return _json_field(arg)
     if sep and kind == "regex" and arg:
         try:
-            return _regex(arg)
-        except re.error as exc:
+            return RegexExtractor(arg, time_limit_s=time_limit_s)
+        except regex.error as exc:
             raise ValueError(f"bad extractor regex {arg!r}: {exc}") from None
     known = ", ".join([*_BUILTIN, "json:FIELD", "regex:PATTERN"])
     raise ValueError(f"unknown extractor {spec!r} (known: {known})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
@@ -86,7 +87,12 @@ def registered_validators() -> tuple[str, ...]:
 
 
 def build_validator(spec: Mapping[str, Any], *, path: str) -> Validator:
-    """Instantiate the validator a config entry names; ConfigError (at ``path``) if it can't."""
+    """Instantiate the validator a config entry names; ConfigError (at ``path``) if it can't.
+
+    Checked here, not at the first request: the entry's parameters against the factory's
+    signature (an unknown one is named by its path, with the parameters there are), and the
+    validator it returns (a ``name``, and ``async def validate(completion, context)``).
+    """
     name = spec.get("name")
     if isinstance(name, str) and name not in _REGISTRY:
         from ._plugins import load_entry_point_validators  # late: _plugins imports this module
@@ -95,17 +101,92 @@ def build_validator(spec: Mapping[str, Any], *, path: str) -> Validator:
     if not isinstance(name, str) or name not in _REGISTRY:
         known = ", ".join(registered_validators()) or "none"
         raise ConfigError(f"unknown validator {name!r} (registered: {known})", path=f"{path}.name")
+    factory = _REGISTRY[name]
     params = {k: v for k, v in spec.items() if k != "name"}
+    _check_parameters(name, factory, params, path)
     try:
-        instance = _REGISTRY[name](**params)
+        instance = factory(**params)
     except ConfigError as exc:
         raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"validator {name!r}: {exc}", path=path) from None
+    _check_validator(name, instance, path)
+    return instance
+
+
+_EXPECTED = (
+    "@cascade.validator registers a factory: a class (or a function) called with the "
+    "entry's parameters as keyword arguments, returning an object with a `name` and "
+    "`async def validate(self, completion, context) -> Verdict`"
+)
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_parameters(
+    name: str, factory: ValidatorFactory, params: Mapping[str, Any], path: str
+) -> None:
+    """The entry's parameters fit the factory's signature (when it has one to read)."""
+    if inspect.iscoroutinefunction(factory):
+        raise ConfigError(
+            f"validator {name!r} is registered as an async function "
+            f"({getattr(factory, '__qualname__', factory)!s}): {_EXPECTED}",
+            path=path,
+        )
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin or an odd callable: calling it will tell
+        return
+    parameters = signature.parameters.values()
+    named = [p for p in parameters if p.kind in _NAMED]
+    if not inspect.isclass(factory) and [p.name for p in named[:2]] == ["completion", "context"]:
+        raise ConfigError(
+            f"validator {name!r} is registered as a function taking (completion, context), "
+            f"a validate function rather than a factory: {_EXPECTED}",
+            path=path,
+        )
+    accepted = [p.name for p in named if p.name != "name"]
+    shown = ", ".join(accepted) or "none"
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        for key in params:
+            if key not in accepted:
+                raise ConfigError(
+                    f"validator {name!r} has no parameter {key!r} (its parameters: {shown})",
+                    path=f"{path}.{key}",
+                )
+    for p in named:
+        if p.default is inspect.Parameter.empty and p.name not in params:
+            raise ConfigError(
+                f"validator {name!r} needs {p.name!r} (its parameters: {shown})",
+                path=f"{path}.{p.name}",
+            )
+
+
+def _check_validator(name: str, instance: object, path: str) -> None:
+    """What the factory returned is a validator the engine can await."""
     if not isinstance(instance, Validator):
         raise ConfigError(
             f"validator {name!r} factory returned {type(instance).__name__}, "
             "which has no `name` and async `validate(completion, context)`",
             path=path,
         )
-    return instance
+    validate = instance.validate
+    if not (
+        inspect.iscoroutinefunction(validate)
+        or inspect.iscoroutinefunction(getattr(validate, "__call__", None))  # noqa: B004
+    ):
+        raise ConfigError(
+            f"validator {name!r}: {type(instance).__name__}.validate is not a coroutine "
+            "function; expected `async def validate(self, completion, context) -> Verdict`",
+            path=path,
+        )
+    try:
+        inspect.signature(validate).bind(None, None)
+    except TypeError:
+        raise ConfigError(
+            f"validator {name!r}: {type(instance).__name__}.validate cannot be called with "
+            "(completion, context); expected `async def validate(self, completion, context) "
+            "-> Verdict`",
+            path=path,
+        ) from None
+    except ValueError:  # no signature to read: calling it will tell
+        pass

@@ -7,32 +7,38 @@ what its token log-probabilities say of it.
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Literal, get_args
+
+import regex
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
+from ._json_extract import extract_json
+from ._offload import BIG_TEXT, DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, off_loop
 from ._registry import ValidationContext, validator
-from .json_schema import extract_json
 
 __all__ = ["ConfidenceValidator", "parse_confidence"]
 
 Source = Literal["auto", "json", "text", "logprobs"]
 
-_NUM = r"(?P<num>[0-9]+(?:\.[0-9]+)?|\.[0-9]+)"
-_PER = r"\s*(?P<pct>%|percent\b)?(?:\s*(?:/|out\s+of)\s*(?P<den>[0-9]+)\b)?"
-_NOISE = r"[\s*_\"'`]*"  # markdown emphasis, quotes
+# Every repetition below is possessive (``*+``, ``++``) or bounded, and a number starts at
+# the start of its digits: no pattern can backtrack over the text, so each is linear in it
+# ("confidence" followed by 10,000 spaces, or 20,000 digits, used to take seconds).
+_NUM = r"(?P<num>(?<![0-9])[0-9]++(?:\.[0-9]++)?|\.[0-9]++)"
+_PER = r"\s*+(?P<pct>%|percent\b)?(?:\s*+(?:/|out\s++of)\s*+(?P<den>[0-9]++)\b)?"
+_NOISE = r"[\s*_\"'`]*+"  # markdown emphasis, quotes
 # "Confidence: 0.82", "confidence = 82%", "(confidence 0.9)", "**Confidence level:** 8/10"
-_STATED = re.compile(
-    rf"\bconfidence(?:\s+(?:level|score|rating))?{_NOISE}(?:[:=]|\bis\b|\bof\b)?{_NOISE}\(?"
+_STATED = regex.compile(
+    rf"\bconfidence(?:\s++(?:level|score|rating))?{_NOISE}(?:[:=]|\bis\b|\bof\b)?{_NOISE}\(?"
     rf"{_NOISE}{_NUM}{_PER}",
-    re.IGNORECASE,
+    regex.IGNORECASE,
 )
 # "I am 90% confident", "90% confidence", "95 percent sure"
-_CONFIDENT = re.compile(
-    rf"{_NUM}\s*(?P<pct>%|percent\b)\s*(?:confident|confidence|sure|certain)\b", re.IGNORECASE
+_CONFIDENT = regex.compile(
+    rf"{_NUM}\s*+(?P<pct>%|percent\b)\s*+(?:confident|confidence|sure|certain)\b",
+    regex.IGNORECASE,
 )
-_VALUE = re.compile(rf"^\s*{_NUM}{_PER}\s*$", re.IGNORECASE)
+_VALUE = regex.compile(rf"^\s*+{_NUM}{_PER}\s*+$", regex.IGNORECASE)
 
 
 def _scale(value: float, percent: bool = False, denominator: float | None = None) -> float | None:
@@ -48,10 +54,12 @@ def _scale(value: float, percent: bool = False, denominator: float | None = None
     return value if 0 <= value <= 1 else None
 
 
-def _stated(m: re.Match[str]) -> float | None:
-    groups = m.groupdict()
+def _stated(m: Any) -> float | None:  # a regex.Match
+    groups: dict[str, str | None] = m.groupdict()
+    num = groups["num"]
+    assert num is not None
     den = groups.get("den")
-    return _scale(float(groups["num"]), bool(groups["pct"]), float(den) if den else None)
+    return _scale(float(num), bool(groups["pct"]), float(den) if den else None)
 
 
 def parse_confidence(text: str) -> float | None:
@@ -64,7 +72,8 @@ def parse_confidence(text: str) -> float | None:
     """
     found: list[tuple[int, float]] = []
     for pattern in (_STATED, _CONFIDENT):
-        for m in pattern.finditer(text):
+        # the regex engine lets go of the GIL while it scans (a big answer, in a thread)
+        for m in pattern.finditer(text, concurrent=True):
             value = _stated(m)
             if value is not None:
                 found.append((m.start(), value))
@@ -115,6 +124,8 @@ class ConfidenceValidator:
 
     A stated number above 1 and up to 100 (or any followed by ``%``) is a percentage. With
     no confidence found the answer is rejected, or accepted with ``on_missing = "accept"``.
+    An answer over 64 KiB is read in a worker thread, off the event loop; one not read within
+    ``time_limit_s`` (default 2 s) is rejected as having overrun it.
     The verdict's ``score`` is the confidence (0 when none was found); its reason states the
     value, where it came from and the threshold.
 
@@ -130,6 +141,7 @@ class ConfidenceValidator:
         source: Source = "auto",
         field: str = "confidence",
         on_missing: Literal["reject", "accept"] = "reject",
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
         name: str = "confidence",
     ) -> None:
         if type(min) not in (int, float) or not 0 <= min <= 1:
@@ -144,6 +156,7 @@ class ConfidenceValidator:
             raise ConfigError(
                 f"expected 'reject' or 'accept', got {on_missing!r}", path="on_missing"
             )
+        self.time_limit_s = check_time_limit(time_limit_s)
         self.name = name
         self.min = float(min)
         self.source = source
@@ -169,7 +182,18 @@ class ConfidenceValidator:
         return None
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
-        found = self.confidence(completion)
+        if len(completion.text) <= BIG_TEXT:
+            found = self.confidence(completion)
+        else:
+            try:
+                found = await off_loop(
+                    self.confidence,
+                    completion,
+                    what="reading the confidence",
+                    limit_s=self.time_limit_s,
+                )
+            except Overrun as exc:
+                return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
         if found is None:
             where = {"json": f"JSON field {self.field!r}", "text": "text", "logprobs": "logprobs"}
             looked = ", ".join(where[s] for s in self._sources)

@@ -15,7 +15,14 @@ from typing import Any
 from .._answers import AnswerKey, AnswerType, AnswerTypeError, answer_type
 from .._errors import ConfigError, ProviderError
 from .._types import Completion, Verdict
-from ._extract import Extractor, get_extractor
+from ._extract import Extractor, RegexExtractor, get_extractor
+from ._offload import (
+    BIG_TEXT,
+    DEFAULT_TIME_LIMIT_S,
+    Overrun,
+    check_time_limit,
+    off_loop,
+)
 from ._registry import ValidationContext, validator
 
 __all__ = ["SelfConsistencyValidator", "next_batch", "votes_needed"]
@@ -67,6 +74,10 @@ class SelfConsistencyValidator:
     ``"2021-05-01"``, ``"B"``), its ``completion`` the first sample that carries it (the
     result text), its ``score`` the majority's share of the samples drawn.
 
+    A ``regex:PATTERN`` extractor runs in a worker thread, as does reading an answer over
+    64 KiB; a sample not read within ``time_limit_s`` (default 2 s) rejects the answer, with
+    a reason saying it overran.
+
     ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
     every sample whatever the first ones say (a naive vote, to compare against).
     ``samples = 2, min_agreement = 0.5, answer_type = "number"`` accepts the first answer
@@ -85,6 +96,7 @@ class SelfConsistencyValidator:
         normalize: bool = True,
         single_number: bool = False,
         early_stop: bool = True,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
         name: str = "self_consistency",
     ) -> None:
         if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= 64:
@@ -93,10 +105,13 @@ class SelfConsistencyValidator:
             raise ConfigError(
                 f"expected 0 < min_agreement <= 1, got {min_agreement!r}", path="min_agreement"
             )
+        self.time_limit_s = check_time_limit(time_limit_s)
         try:
-            self._extract: Extractor = get_extractor(extractor)
+            self._extract: Extractor = get_extractor(extractor, time_limit_s=self.time_limit_s)
         except ValueError as exc:
             raise ConfigError(str(exc), path="extractor") from None
+        # a user's pattern may take long: it runs in a thread (and raises Overrun)
+        self._regex = self._extract if isinstance(self._extract, RegexExtractor) else None
         self.name = name
         self.samples = samples
         self.min_agreement = float(min_agreement)
@@ -114,18 +129,37 @@ class SelfConsistencyValidator:
         return f"<SelfConsistencyValidator {self.needed} of {self.samples}>"
 
     def value(self, completion: Completion) -> Hashable | None:
-        """The sample's vote: its answer's key under the answer type (None: no vote)."""
-        raw = self._extract(completion)
+        """The sample's vote: its answer's key under the answer type (None: no vote).
+
+        Raises Overrun when a ``regex:`` extractor overruns ``time_limit_s``."""
+        if self._regex is not None:
+            raw = self._regex.search(completion.text)
+        else:
+            raw = self._extract(completion)
         if self.answer_type is None:
             return raw if raw else None
         return self.answer_type.key(raw)
 
+    async def _vote(self, completion: Completion) -> Hashable | None:
+        if self._regex is None and len(completion.text) <= BIG_TEXT:
+            return self.value(completion)  # built-in extractors are linear: on the loop
+        # a user's pattern (bounded by its own time limit too), or a big answer
+        return await off_loop(
+            self.value, completion, what="reading the answer", limit_s=self.time_limit_s
+        )
+
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
+        try:
+            return await self._validate(completion, context)
+        except Overrun as exc:
+            return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
+
+    async def _validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         weights = context.weights
         plan = [weights[k % len(weights)] if weights else 1.0 for k in range(self.samples)]
         needed = self.min_agreement * sum(plan) - 1e-9 if weights else float(self.needed)
         answers = [completion]
-        values = [self.value(completion)]
+        values = [await self._vote(completion)]
         tally: dict[Hashable, float] = {}
         if values[0] is not None:
             tally[values[0]] = plan[0]
@@ -152,7 +186,7 @@ class SelfConsistencyValidator:
                 break
             for sample in new:
                 answers.append(sample)
-                value = self.value(sample)
+                value = await self._vote(sample)
                 if value is not None:
                     tally[value] = tally.get(value, 0.0) + plan[len(values)]
                 values.append(value)

@@ -3,84 +3,57 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import jsonschema
-import msgspec
+import referencing
 import referencing.exceptions
 from jsonschema.exceptions import best_match
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
+from ._json_extract import extract_json
+from ._offload import DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, schema_check
 from ._registry import ValidationContext, validator
 
 __all__ = ["JsonSchemaValidator", "extract_json"]
 
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON|json5)?[ \t]*\r?\n(.*?)```", re.S)
-_decode = msgspec.json.decode
-_raw_decode = json.JSONDecoder().raw_decode
-_OPENERS = re.compile(r"[{\[]")
-_MAX_SCANS = 64
-_NOT_FOUND = object()
+_INLINE_CHARS = 16 * 1024  # answers up to this size are checked on the loop (~ms)
+_INLINE_ITEMS = 64  # uniqueItems compares every pair: more items than this go elsewhere
 
 
-def extract_json(text: str) -> Any:
-    """Find the JSON value in an answer: the whole text, a fenced block, or the outermost
-    ``{...}`` / ``[...]`` span. Raises ValueError when there is none.
-
-    >>> extract_json('Sure! ```json\\n{"a": 1}\\n``` done')
-    {'a': 1}
-    """
-    stripped = text.strip()
-    if stripped:
-        found = _try(stripped)
-        if found is not _NOT_FOUND:
-            return found
-    for m in _FENCE.finditer(text):
-        found = _try(m.group(1).strip())
-        if found is not _NOT_FOUND:
-            return found
-    for open_, close in (("{", "}"), ("[", "]")):
-        start, end = text.find(open_), text.rfind(close)
-        if 0 <= start < end:
-            found = _try(text[start : end + 1])
-            if found is not _NOT_FOUND:
-                return found
-    # Prose with braces of its own ("the template {name} gives {...}"): try each opening
-    # bracket in turn, and take the first complete JSON value that starts there.
-    tried = 0
-    for m in _OPENERS.finditer(text):
-        tried += 1
-        if tried > _MAX_SCANS:
-            break
-        try:
-            value, _ = _raw_decode(text, m.start())
-        except ValueError:
-            continue
-        return value
-    raise ValueError("no JSON value found in the answer")
-
-
-def _refs(node: Any) -> list[str]:
-    """Every ``$ref`` string in a schema, depth first."""
+def _refs(node: Any, where: str = "schema") -> list[tuple[str, str]]:
+    """Every ``$ref`` / ``$dynamicRef`` string in a schema with its config path, depth
+    first."""
+    found: list[tuple[str, str]] = []
     if isinstance(node, dict):
-        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        for value in node.values():
-            found.extend(_refs(value))
-        return found
+        for key in ("$ref", "$dynamicRef"):
+            if isinstance(node.get(key), str):
+                found.append((f"{where}.{key}", node[key]))
+        for key, value in node.items():
+            found.extend(_refs(value, f"{where}.{key}"))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            found.extend(_refs(item, f"{where}[{i}]"))
+    return found
+
+
+def _keywords(node: Any) -> set[str]:
+    """Every key of every object in a schema."""
+    if isinstance(node, dict):
+        return set(node).union(*(_keywords(v) for v in node.values()))
     if isinstance(node, list):
-        return [ref for item in node for ref in _refs(item)]
-    return []
+        return set().union(*(_keywords(v) for v in node))
+    return set()
 
 
-def _try(candidate: str) -> Any:
-    if candidate[:1] not in '{["-0123456789tfn':
-        return _NOT_FOUND
-    try:
-        return _decode(candidate)
-    except msgspec.DecodeError:
-        return _NOT_FOUND
+def _refuse(uri: str) -> Any:
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+
+# A schema's references resolve inside the schema (and the drafts' own meta-schemas), never
+# over the network or from a file: every retrieval is refused, at build and at validation.
+_NO_RETRIEVAL = referencing.Registry(retrieve=_refuse)  # type: ignore[call-arg]
 
 
 @validator("json_schema")
@@ -89,7 +62,15 @@ class JsonSchemaValidator:
     schema's ``$schema`` names another draft). The parsed value fills ``Result.parsed``; a
     rejection's reason names the failing path.
 
-    A bad schema raises ConfigError when the validator is built.
+    A bad schema raises ConfigError when the validator is built, and so does a ``$ref``
+    outside the schema (``https://...``, ``other.json``): references are never fetched,
+    from the network or from files; put shared definitions under ``$defs``.
+
+    A large answer (over 16 KiB), or any answer under a schema with costly keywords
+    (``pattern``, ``patternProperties``; ``uniqueItems`` over more than 64 items), is
+    checked in a worker process, off the event loop; one not done within ``time_limit_s``
+    (default 2 s) is rejected as having overrun it, and its check is stopped. (Such an
+    answer's rejection carries no ``parsed`` value.)
 
     ``early_reject = true`` asserts that the answer is JSON from its first character (or a
     ```json fence): a streaming answer that starts otherwise is rejected at once and its
@@ -97,7 +78,12 @@ class JsonSchemaValidator:
     """
 
     def __init__(
-        self, *, schema: dict[str, Any], name: str = "json_schema", early_reject: bool = False
+        self,
+        *,
+        schema: dict[str, Any],
+        name: str = "json_schema",
+        early_reject: bool = False,
+        time_limit_s: float = DEFAULT_TIME_LIMIT_S,
     ) -> None:
         if not isinstance(schema, dict):
             raise ConfigError(
@@ -115,24 +101,53 @@ class JsonSchemaValidator:
         self.name = name
         self.schema = schema
         self.early_reject = early_reject
+        self.time_limit_s = check_time_limit(time_limit_s)
         self._opener = {"object": "{", "array": "["}.get(str(schema.get("type")), "{[")
-        self._validator = cls(schema)
-        for ref in _refs(schema):
+        self._validator = cls(schema, registry=_NO_RETRIEVAL)
+        for where, ref in _refs(schema):
             try:
                 self._validator._resolver.lookup(ref)
             except referencing.exceptions.Unresolvable:
-                raise ConfigError(
-                    f"invalid JSON Schema: $ref {ref!r} resolves to nothing "
-                    "(remote references are not fetched)",
-                    path="schema",
-                ) from None
+                why = (
+                    "resolves to nothing"
+                    if ref.startswith("#")
+                    else "is outside the schema, and references are never fetched (from the "
+                    "network or from files): put the definition under $defs"
+                )
+                raise ConfigError(f"invalid JSON Schema: $ref {ref!r} {why}", path=where) from None
+        keywords = _keywords(schema)
+        self._always_offload = bool(keywords & {"pattern", "patternProperties"})
+        self._unique_items = "uniqueItems" in keywords
+        self._schema_text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
     def __repr__(self) -> str:
         return f"<JsonSchemaValidator {self.name!r}>"
 
+    def _offloaded(self, text: str) -> bool:
+        """Whether checking an answer could hold the loop: a big one, or costly keywords."""
+        if self._always_offload or len(text) > _INLINE_CHARS:
+            return True
+        return self._unique_items and text.count(",") > _INLINE_ITEMS
+
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
+        text = completion.text
+        if self._offloaded(text):
+            # the worker finds the JSON too: a big answer is never turned into objects on
+            # this side unless it passes (garbage collection of a hostile one's 10,000
+            # containers would pause every run)
+            try:
+                outcome = await schema_check(self._schema_text, text, limit_s=self.time_limit_s)
+            except (Overrun, ValueError) as exc:
+                return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
+            if "no_json" in outcome:
+                return Verdict(
+                    validator=self.name, passed=False, score=0.0, reason=outcome["no_json"]
+                )
+            if outcome["valid"]:
+                return Verdict(validator=self.name, passed=True, parsed=extract_json(text))
+            return self._rejected(None, outcome["where"], outcome["message"])
         try:
-            value = extract_json(completion.text)
+            value = extract_json(text)
         except ValueError as exc:
             return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
         if self._validator.is_valid(value):
@@ -140,6 +155,9 @@ class JsonSchemaValidator:
         error = best_match(self._validator.iter_errors(value))
         where = error.json_path if error is not None else "$"
         message = error.message if error is not None else "invalid"
+        return self._rejected(value, where, message)
+
+    def _rejected(self, value: Any, where: str, message: str) -> Verdict:
         return Verdict(
             validator=self.name,
             passed=False,
