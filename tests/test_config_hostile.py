@@ -63,6 +63,12 @@ CASES = [
     ("", 'validators = [{ name = "no_such_validator" }]', "", "tiers[0].validators[0].name"),
     ("", 'validators = [{ name = "code_compiles", language = "cobol" }]', "",
      "tiers[0].validators[0].language"),
+    ("", "", "input_cost_per_mtok = 1e308", f"{P0}.input_cost_per_mtok"),
+    ("", "", "cache_read_cost_per_mtok = 1e7", f"{P0}.cache_read_cost_per_mtok"),
+    ("", "", f'base_url = "http://{"a" * 70000}.example/v1"', f"{P0}.base_url"),
+    ("", "", 'base_url = "http://127.0.0.1/v1\\r\\nX-Evil: 1"', f"{P0}.base_url"),
+    ("", "", 'base_url = "http://127.0.0.1/v1\\u0000"', f"{P0}.base_url"),
+    ("", "", '[tiers.providers.headers]\n"X A:" = "1"', f"{P0}.headers.X A:"),
 ]  # fmt: skip
 
 
@@ -231,3 +237,59 @@ def test_a_deep_sweep_value_is_an_input_error() -> None:
     with pytest.raises(InputError) as info:
         parse_values("[" * 100_000)
     assert info.value.path == "--sweep"
+
+
+def test_check_hides_credentials_in_a_base_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cascade.toml"
+    url = "http://user:sk-secret-in-url@127.0.0.1:1/v1"
+    path.write_text(provider_config("", "", f'base_url = "{url}"'))
+    proc = check_in_process(path, capsys)
+    assert proc.returncode == 0, proc.stderr
+    assert "sk-secret-in-url" not in proc.stdout
+    assert "http://***@127.0.0.1:1/v1" in proc.stdout
+    bad = provider_config("", "", 'base_url = "http://user:sk-secret-in-url@127.0.0.1:x/v1"')
+    path.write_text(bad)
+    proc = check_in_process(path, capsys)
+    assert proc.returncode == 2
+    assert "sk-secret-in-url" not in proc.stderr
+
+
+def test_a_config_file_is_read_within_a_bound(tmp_path: Path) -> None:
+    from cascade._config import MAX_CONFIG_BYTES
+
+    path = tmp_path / "big.toml"
+    path.write_bytes(b"# " + b"x" * MAX_CONFIG_BYTES)
+    message = assert_one_line_error(check(path), path, "")
+    assert message.startswith(f"config file larger than {MAX_CONFIG_BYTES} bytes")
+    if Path("/dev/zero").exists():  # endless: read no further than the bound
+        assert_one_line_error(check(Path("/dev/zero")), Path("/dev/zero"), "")
+
+
+@pytest.mark.parametrize(
+    ("stdin", "expected"),
+    [
+        (subprocess.DEVNULL, "the prompt on stdin is empty"),
+        (b"  \n\n", "the prompt on stdin is empty"),
+        ("closed", "stdin is closed"),
+    ],
+)
+def test_run_dash_refuses_an_empty_or_closed_stdin(
+    tmp_path: Path, stdin: object, expected: str
+) -> None:
+    path = tmp_path / "cascade.toml"
+    path.write_text(provider_config("", "", ""))
+    argv = [sys.executable, "-m", "cascade._cli", "run", "--config", str(path), "-"]
+    if stdin == "closed":
+        # the shell's <&-: the process starts with no file descriptor 0 at all
+        argv = ["sh", "-c", " ".join(f"'{a}'" for a in argv) + " <&-"]
+        proc = subprocess.run(argv, capture_output=True, timeout=60, check=False)
+    elif isinstance(stdin, bytes):
+        proc = subprocess.run(argv, input=stdin, capture_output=True, timeout=60, check=False)
+    else:
+        proc = subprocess.run(argv, stdin=stdin, capture_output=True, timeout=60, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err
+    assert expected in err

@@ -14,7 +14,7 @@ import logging
 import sys
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import anyio
 import msgspec
@@ -22,7 +22,7 @@ import structlog
 
 from . import __version__
 from ._answers import ANSWER_TYPES
-from ._config import in_file, load_config
+from ._config import ProviderConfig, display_url, in_file, load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._otel import SDK, configure_from_env
@@ -186,6 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             sdk.shutdown()  # flush what is still batched
 
 
+def _where(p: ProviderConfig) -> str:
+    """Where a provider sends its calls, credentials in the URL hidden."""
+    return display_url(p.base_url) if p.base_url else str(p.dataset)
+
+
 def _check(path: str) -> int:
     # Building checks kinds, API key variables and validators, and resolves relative paths.
     with in_file(path):
@@ -196,7 +201,7 @@ def _check(path: str) -> int:
         print(f"tier {i} {tier.name!r}: validators: {names}")
         for p in tier.providers:
             print(
-                f"  {p.name}: {p.kind} {p.model} at {p.base_url or p.dataset} "
+                f"  {p.name}: {p.kind} {p.model} at {_where(p)} "
                 f"(${p.input_cost_per_mtok:g}/${p.output_cost_per_mtok:g} per Mtok in/out, "
                 f"timeout {p.timeout_s:g}s{', stream' if p.stream else ''})"
             )
@@ -228,13 +233,26 @@ def _prompt(arg: str) -> str:
     """The prompt argument, or with ``-`` the prompt on stdin (without trailing newlines)."""
     if arg != "-":
         return arg
-    raw = sys.stdin.buffer.read(MAX_STDIN_PROMPT + 1)
+    stdin: BinaryIO | None = getattr(sys.stdin, "buffer", None)  # None: closed (<&-)
+    if stdin is None:
+        raise InputError("the prompt is '-' but stdin is closed", path="prompt")
+    if stdin.isatty():
+        print("cascade: reading the prompt from stdin (end it with Ctrl-D)", file=sys.stderr)
+    try:
+        raw = stdin.read(MAX_STDIN_PROMPT + 1)
+    except OSError as exc:
+        raise InputError(
+            f"cannot read the prompt from stdin: {exc.strerror}", path="prompt"
+        ) from None
     if len(raw) > MAX_STDIN_PROMPT:
         raise InputError(f"the prompt on stdin is over {MAX_STDIN_PROMPT} bytes", path="prompt")
     try:
-        return raw.decode("utf-8").rstrip("\r\n")
+        text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as exc:
         raise InputError(f"the prompt on stdin is not UTF-8: {exc.reason}", path="prompt") from None
+    if not text.strip():
+        raise InputError("the prompt on stdin is empty", path="prompt")
+    return text
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -35,6 +35,9 @@ __all__ = [
 _FLOAT_MAX = sys.float_info.max
 NonNegFloat = Annotated[float, Meta(ge=0, le=_FLOAT_MAX)]
 PosFloat = Annotated[float, Meta(gt=0, le=_FLOAT_MAX)]
+Price = Annotated[float, Meta(ge=0, le=1e6)]
+"""USD per million tokens: at most $1 a token, far above any real price, so that no count
+of tokens a server may report overflows a cost."""
 Name = Annotated[str, Meta(min_length=1, max_length=128)]
 KeyPrefix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s{}]+$")]
 
@@ -95,15 +98,15 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     base_url: Annotated[str, Meta(pattern=r"^https?://")] | None = None
     model: Name
     api_key_env: str | None = None
-    input_cost_per_mtok: NonNegFloat = 0.0
-    output_cost_per_mtok: NonNegFloat = 0.0
-    cache_read_cost_per_mtok: NonNegFloat | None = None
+    input_cost_per_mtok: Price = 0.0
+    output_cost_per_mtok: Price = 0.0
+    cache_read_cost_per_mtok: Price | None = None
     """Price of prompt tokens read from the provider's prompt cache (OpenAI
     ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``).
     Default: a share of ``input_cost_per_mtok`` from the provider's published pricing:
     0.1x for ``anthropic``; 0.5x for ``openai`` (GPT-4o and o-series; GPT-4.1 bills
     0.25x and GPT-5 0.1x, so set it for those); 1x for other kinds."""
-    cache_write_cost_per_mtok: NonNegFloat | None = None
+    cache_write_cost_per_mtok: Price | None = None
     """Price of prompt tokens written to the prompt cache (Anthropic
     ``cache_creation_input_tokens``). Default: 1.25x ``input_cost_per_mtok`` for
     ``anthropic`` (its 5-minute cache; 1-hour writes bill 2x, set it if you use them);
@@ -372,22 +375,47 @@ def _config_error(exc: msgspec.ValidationError) -> ConfigError:
 
 def _check_url(url: str, *, path: str) -> None:
     """A URL aiohttp can send to: yarl (aiohttp's URL type) parses it, and it names a
-    host without white space."""
+    host (a DNS name's length at most, without white space). The URL is not echoed: it may
+    hold credentials."""
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise ConfigError("not a valid URL: control characters in it", path=path)
     try:
         host = yarl.URL(url).host
     except ValueError as exc:
-        raise ConfigError(f"not a valid URL {url!r}: {exc}", path=path) from None
+        raise ConfigError(f"not a valid URL: {exc}", path=path) from None
     if not host:
-        raise ConfigError(f"not a valid URL {url!r}: no host", path=path)
+        raise ConfigError("not a valid URL: no host", path=path)
+    if len(host) > 253:
+        raise ConfigError("not a valid URL: the host is longer than 253 characters", path=path)
     if any(c.isspace() for c in host):
-        raise ConfigError(f"not a valid URL {url!r}: white space in the host", path=path)
+        raise ConfigError("not a valid URL: white space in the host", path=path)
+
+
+def display_url(url: str) -> str:
+    """``url`` for a log line or ``repr``: user and password (if any) replaced by ``***``."""
+    try:
+        parsed = yarl.URL(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parsed.user is None and parsed.password is None:
+        return url
+    return str(parsed.with_user(None).with_password(None)).replace("://", "://***@", 1)
+
+
+MAX_CONFIG_BYTES = 4 << 20
+"""The largest config file read (4 MiB): far above any real one, and never unbounded."""
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read a TOML config file; raise ConfigError naming the bad field and the file."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read config file: {exc.strerror}", source=str(p)) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config file larger than {MAX_CONFIG_BYTES} bytes: not a config", source=str(p)
+        )
     return Config.from_toml(data, source=str(p))

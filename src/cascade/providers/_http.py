@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 import msgspec
 
-from .._config import ProviderConfig
+from .._config import ProviderConfig, display_url
 from .._errors import (
     CascadeError,
     ConfigError,
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
 _MAX_ERROR_BODY = 16384
 _MAX_DRAIN = 65536
 _READ_BYTES = 65536
@@ -185,7 +186,8 @@ class HTTPProvider:
         """Called with each response's headers (and ``status=``): a rate limiter learns."""
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={self._url!r}>"
+        url = display_url(self._url)
+        return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={url!r}>"
 
     @classmethod
     def check_config(cls, config: ProviderConfig) -> None:
@@ -194,6 +196,11 @@ class HTTPProvider:
         for name, value in config.headers.items():
             if _CONTROL.search(name) or _CONTROL.search(value):
                 raise ConfigError("control characters in a header", path=f"headers.{name}")
+            if not _TOKEN.fullmatch(name):
+                raise ConfigError(
+                    "not a header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+                    path=f"headers.{name}",
+                )
 
     async def aclose(self) -> None:
         """Nothing to release: the session belongs to the Cascade."""
