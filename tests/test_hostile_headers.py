@@ -252,3 +252,26 @@ async def test_a_server_stuck_in_1970_is_measured_by_our_clock(
         limiter = c._calls.limiters["a"]
         clock.advance(61)
         assert limiter.headroom.requests == pytest.approx(60)
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "1" * 50_000,  # float() says inf: the duration pattern used to backtrack on it
+        "1" * 50_000 + "x",
+        "1." * 25_000,
+        "1s" * 25_000,
+        "9" * 8_000 + "h",
+    ],
+)
+def test_a_long_duration_header_is_read_in_linear_time(raw: str) -> None:
+    # An 8 KB digit run in x-ratelimit-reset-* took 1.9 s on every response (quadratic).
+    assert duration_s(raw) in (None, MAX_WAIT_S)  # garbage, or "very long": the ceiling
+
+
+def test_durations_still_read() -> None:
+    assert duration_s("1h2m3.5s", max_s=86400) == pytest.approx(3723.5)
+    assert duration_s("20ms") == pytest.approx(0.02)
+    assert duration_s(".5s") == pytest.approx(0.5)
+    assert duration_s("1.s") == pytest.approx(1.0)

@@ -34,7 +34,8 @@ MAX_WAIT_S: Final = 300.0
 MAX_SKEW_S: Final = 86400.0
 """A response's ``Date`` further than this from our clock is not believed."""
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
+# Possessive runs: no backtracking, so a header of 8,000 digits is one linear scan.
+_DURATION_PART = re.compile(r"(\d++(?:\.\d*+)?|\.\d++)(ns|us|\u00b5s|\u03bcs|ms|s|m|h)")
 _UNIT_S = {
     "ns": 1e-9,
     "us": 1e-6,
@@ -71,8 +72,9 @@ def duration_s(raw: str | None, *, max_s: float = MAX_WAIT_S) -> float | None:
     if plain is not None:
         return _capped(plain, max_s)
     pos, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != pos:
+    while pos < len(text):  # each part anchored where the last ended: one pass, no rescans
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
             return None
         total += float(match.group(1)) * _UNIT_S[match.group(2)]
         pos = match.end()
