@@ -93,6 +93,12 @@ def test_a_shared_table_without_the_redis_client_is_a_config_error(
         ("unix:///run/redis.sock?db=2", "unix:///run/redis.sock?db=2"),
         ("redis://h:6379", "redis://h:6379"),
         ("unix://:pw@/run/redis.sock", "unix://:***@/run/redis.sock"),
+        # a password with "/", "?" or "#": urlsplit finds no "@" in the netloc
+        ("redis://:s3cr3t/Pa55+w0rd@127.0.0.1:6399/0", "redis://:***@127.0.0.1:6399/0"),
+        ("redis://:pw?x@h/0", "redis://:***@h/0"),
+        ("redis://:a#b@h/0", "redis://:***@h/0"),
+        ("redis://us/er:pw@h/0", "redis://***@h/0"),
+        ("redis://:p@h/0?password=abc&x=1", "redis://:***@h/0?password=***&x=1"),
     ],
 )
 def test_redact_url(url: str, shown: str) -> None:

@@ -62,6 +62,15 @@ _T = TypeVar("_T")
 
 def redact_url(url: str) -> str:
     """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        # Userinfo, whatever a parser makes of it: a password with "/", "?" or "#" in it
+        # moves the "@" out of what urlsplit calls the netloc. Everything up to the last
+        # "@" is hidden but a plain user name (a query holding an "@" is hidden with it).
+        userinfo, host = rest.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        plain = colon and not any(c in user for c in "/?#")
+        url = f"{scheme}://{user + ':***' if plain else '***'}@{host}"
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
