@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import cascade
-from cascade import Cascade, Config, SharedConfig
+from cascade import Cascade, Config, ConfigError, SharedConfig
 from cascade.resilience.shared import redact_url
 
 from .helpers import provider, tier
@@ -113,3 +113,13 @@ def test_a_malformed_redis_url_fails_at_build_naming_the_path(url: str) -> None:
         Cascade.from_dict(cfg({"redis_url": url}))
     assert info.value.path == "shared.redis_url"
     assert "s3cret" not in str(info.value)
+
+
+def test_an_unparseable_redis_url_error_shows_no_piece_of_the_password() -> None:
+    pytest.importorskip("redis")
+    url = "redis://:s3cr3t/Pa55+w0rd@127.0.0.1:6399/0"  # "s3cr3t" read as the port
+    with pytest.raises(ConfigError) as info:
+        Cascade.from_dict(cfg({"redis_url": url}))
+    assert info.value.path == "shared.redis_url"
+    for piece in ("s3cr3t", "Pa55", "w0rd"):
+        assert piece not in str(info.value)

@@ -133,10 +133,10 @@ class SharedState:
         try:
             parse_url(redis_url)  # fail at build, not at the first run
         except ValueError as exc:
-            message = str(exc)
-            secret = urlsplit(redis_url).password
-            if secret:
-                message = message.replace(secret, "***")
+            # The parser's message quotes pieces of the URL (a password read as a port):
+            # it is shown only when the URL holds no userinfo at all.
+            userinfo = "@" in redis_url.partition("://")[2]
+            message = "cannot be parsed" if userinfo else str(exc)
             raise ConfigError(
                 f"invalid Redis URL {redact_url(redis_url)!r}: {message}", path="shared.redis_url"
             ) from None
