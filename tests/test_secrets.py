@@ -217,3 +217,27 @@ async def test_a_key_echoed_in_the_response_model_is_redacted_everywhere(
     assert "model-***-echo" in outputs[-2]  # the CLI's --json
     for text in outputs:
         assert _pieces(text) == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_key_echoed_in_a_refusal_is_redacted(stream: bool) -> None:
+    key = CANARY
+    async with FakeOpenAIServer() as refuser, FakeOpenAIServer() as other:
+        refuser.default = Reply(refusal=f"I can't help; your key {key} is not allowed")
+        other.default = Reply(text="ok")
+        cfg = {
+            "tiers": [
+                {"name": "a", "providers": [
+                    {"name": "p", "kind": "openai", "base_url": refuser.url, "model": "m",
+                     "api_key_env": "K", "stream": stream}]},
+                {"name": "b", "providers": [
+                    {"name": "q", "kind": "openai", "base_url": other.url, "model": "m"}]},
+            ]
+        }  # fmt: skip
+        async with Cascade.from_dict(cfg, environ={"K": key}) as c:
+            result = await c.run(messages=[{"role": "user", "content": "hi"}])
+    assert result.text == "ok"
+    refused = result.attempts[0]
+    assert refused.verdicts[0].validator == "refusal"
+    assert "your key" in refused.verdicts[0].reason
+    assert _pieces(repr(result)) == []

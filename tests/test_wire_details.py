@@ -454,3 +454,24 @@ async def test_the_demo_sends_no_key_from_the_environment() -> None:
         for request in sent:
             assert request.headers.get("authorization") is None
             assert request.headers.get("x-api-key") is None
+
+
+async def test_a_refusal_cut_mid_stream_is_costed_for_what_arrived() -> None:
+    async with FakeOpenAIServer() as refuser, FakeOpenAIServer() as other:
+        refuser.default = Reply(
+            refusal="I cannot help with that request, sorry." * 4, chunk_chars=40, fault="drop"
+        )
+        other.default = Reply(text="ok")
+        cfg = {
+            "tiers": [
+                tier("a", provider("p", refuser.url, "m", stream=True,
+                                   input_cost_per_mtok=0.0, output_cost_per_mtok=1e6)),
+                tier("b", provider("q", other.url, "m")),
+            ]
+        }  # fmt: skip
+        async with Cascade.from_dict(cfg) as c:
+            result = await c.run(messages=USER)
+    cut = result.attempts[0]
+    assert cut.error_type == "ProviderConnectionError"
+    assert cut.output_tokens == 10  # the 40 characters that arrived, ~4 a token
+    assert cut.cost_usd == pytest.approx(10.0)

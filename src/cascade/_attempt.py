@@ -253,11 +253,13 @@ async def complete(
                     if refusal is None:
                         refusal = []
                     refusal.append(chunk.refusal)
+                    if on_text is not None and chunk.refusal:
+                        on_text(len(chunk.refusal))  # a refusal's text is a first token too
     except ProviderError as exc:
-        if parts:
+        if parts or refusal:
             # A stream that broke after text arrived was still generated, and billed:
             # the engine costs what arrived (about 4 characters a token).
-            exc.received_chars = sum(len(p) for p in parts)
+            exc.received_chars = sum(len(p) for p in parts) + sum(len(r) for r in refusal or ())
         raise
     except TimeoutError:
         if watchdog is None or not watchdog.expired():
@@ -271,7 +273,7 @@ async def complete(
             model=provider.model,
             phase=phase,
         )
-        error.received_chars = sum(len(p) for p in parts)
+        error.received_chars = sum(len(p) for p in parts) + sum(len(r) for r in refusal or ())
         raise error from None
     text = parts[0] if len(parts) == 1 else "".join(parts)
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token

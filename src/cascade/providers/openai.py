@@ -11,7 +11,7 @@ from .._config import ProviderConfig
 from .._sse import SSEEvent
 from .._types import Chunk, Message, ReportedTokens, RequestOptions, estimate_text_tokens
 from ._http import DONE, HTTPProvider, post_whole
-from ._redact import Scrubber, shorten
+from ._redact import Scrubber, redact, shorten
 
 __all__ = ["OpenAIProvider"]
 
@@ -147,6 +147,12 @@ class OpenAIProvider(HTTPProvider):
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def _refusal(self, text: str | None) -> str | None:
+        """A refusal's text becomes a verdict's reason (logs, spans, stderr): redacted here,
+        where the key is known. A streamed one is redacted piece by piece, each piece of
+        the key of 8 or more characters included."""
+        return None if text is None else redact(text, self._secret)
+
     def _whole(self, raw: bytes) -> Chunk:
         body = _decode_response(raw)
         if not body.choices:
@@ -165,7 +171,7 @@ class OpenAIProvider(HTTPProvider):
             model=self._scrub(body.model),
             logprobs=_token_logprobs(choice.logprobs),
             cache_read_tokens=usage.cached() if usage else None,
-            refusal=message.refusal,
+            refusal=self._refusal(message.refusal),
         )
 
     async def complete_n(
@@ -200,7 +206,7 @@ class OpenAIProvider(HTTPProvider):
                 output_tokens=share,
                 model=model,
                 cache_read_tokens=(usage.cached() if usage else None) if i == 0 else None,
-                refusal=choice.message.refusal,
+                refusal=self._refusal(choice.message.refusal),
             )
             for i, (text, choice, share) in enumerate(zip(texts, choices, shares, strict=True))
         ]
@@ -231,7 +237,7 @@ class OpenAIProvider(HTTPProvider):
                 if delta.content:
                     text = delta.content
                 if delta.refusal:
-                    refusal = delta.refusal
+                    refusal = self._refusal(delta.refusal)
             finish = choice.finish_reason
             logprobs = _token_logprobs(choice.logprobs)
         usage = chunk.usage
