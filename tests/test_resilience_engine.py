@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 import cascade
@@ -199,3 +201,25 @@ async def test_an_outage_of_a_whole_tier_escalates_only_when_configured(
                 await c.run(messages=USER)
             assert [a.provider for a in info.value.attempts] == ["a", "b"]
             assert not any(r.model == "big" for r in openai_server.requests)
+
+
+async def test_closing_a_cascade_with_runs_in_flight_counts_no_breaker_failure() -> None:
+    # A rolling deploy closes a Cascade while runs wait on a healthy provider: the runs fail
+    # as their connections close, which is no outage of the provider.
+    async with FakeOpenAIServer() as server:
+        server.default = Reply(text="late", latency_s=30)
+        cfg = {"tiers": [tier("t", provider("p", server.url, "m", breaker={"fail_max": 3}))]}
+        cascade = Cascade.from_dict(cfg)
+        await cascade.open()
+        runs = [asyncio.ensure_future(cascade.run(messages=USER)) for _ in range(10)]
+        for _ in range(500):
+            if server.active_requests == 10:
+                break
+            await asyncio.sleep(0.01)
+        assert server.active_requests == 10
+        await cascade.aclose()
+        outcomes = await asyncio.gather(*runs, return_exceptions=True)
+    assert all(isinstance(o, BaseException) for o in outcomes)
+    breaker = cascade.breakers["p"]
+    assert breaker.state == "closed"
+    assert breaker.fail_counter == 0

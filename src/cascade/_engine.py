@@ -181,6 +181,10 @@ class Cascade:
             return
         self._closed = True
         self._open = False
+        # Runs still in flight fail as their connections close: not the providers' fault,
+        # so no breaker counts it (a rolling deploy must not open every replica's breaker).
+        for breaker in self._calls.breakers.values():
+            breaker.retire()
         for tier in self._tiers:
             for provider in tier.providers:
                 await provider.aclose()

@@ -164,6 +164,7 @@ class AsyncBreaker:
         "_clock",
         "_probe_out",
         "_relay",
+        "_retired",
         "_shared",
         "_storage",
         "count_rate_limits",
@@ -198,6 +199,7 @@ class AsyncBreaker:
             name=name,
         )
         self._probe_out = False
+        self._retired = False
         self._shared: SharedBreaker | None = None if shared is None else shared.breaker_link(self)
 
     @property
@@ -268,7 +270,16 @@ class AsyncBreaker:
     # Called by Permit. A permit granted before a transition is stale: its outcome says
     # nothing about the state the breaker has since moved to, so it is ignored.
 
+    def retire(self) -> None:
+        """Its Cascade is closing: the calls still in flight fail because their connections
+        close, not because the provider failed, so from now on no failure is counted (and
+        none is published to the other replicas)."""
+        self._retired = True
+
     def _record(self, permit: Permit, *, failed: bool) -> None:
+        if failed and self._retired:
+            self._release(permit)
+            return
         stale = permit.generation != self._relay.transitions
         if permit.probe:
             self._probe_out = False
