@@ -3,15 +3,18 @@
     python benchmarks/response_limits.py [--cap BYTES] [--json]
 
 A fake OpenAI-compatible server (in this process, on loopback) serves one healthy model and
-four hostile ones: a 1 GiB JSON body, an endless SSE stream, and a gzip bomb (1 GiB of
-spaces inside a valid JSON answer, about 1 MB on the wire) as a whole body and as one SSE
-event. Each case runs in a fresh child process, so its memory is measured alone: the child
+hostile ones: a 1 GiB JSON body, an endless SSE stream, a gzip bomb (1 GiB of spaces inside
+a valid JSON answer, about 1 MB on the wire) as a whole body and as one SSE event; an answer
+just under the cap on the wire whose one emoji makes its text 4 bytes a character (whole and
+streamed); and answers full of token logprobs: streamed with their text (``logprobs_sse``,
+under the cap decoded, so it is accepted) and all in one SSE event (``logprobs_event``).
+Each case runs in a fresh child process, so its memory is measured alone: the child
 warms up (imports, one healthy run), resets its peak RSS (``/proc/self/clear_refs``), runs
 one request through two tiers (tier 1 the case's model with ``max_response_bytes = cap``,
 tier 2 healthy) and reports its peak RSS (``VmHWM``) less its RSS before the run. The case
-``nothing`` (tier 1 healthy too) is the baseline. Every hostile case must end in a
-``ResponseTooLarge`` attempt, the answer from tier 2, and an RSS growth under 3x the cap;
-the script exits 1 otherwise.
+``nothing`` (tier 1 healthy too) is the baseline. Every case must grow RSS by under 3x the
+cap, and each hostile one (all but ``nothing`` and ``logprobs_sse``) end in a
+``ResponseTooLarge`` attempt and the answer from tier 2; the script exits 1 otherwise.
 """
 
 from __future__ import annotations
@@ -33,7 +36,14 @@ CASES: dict[str, tuple[str, bool]] = {
     "endless_sse": ("endless", True),
     "gzip_bomb_json": ("bomb", False),
     "gzip_bomb_sse": ("bomb", True),
+    "emoji_json": ("emoji", False),
+    "emoji_sse": ("emoji", True),
+    "logprobs_sse": ("logprobs", True),
+    "logprobs_event": ("logprobs_event", True),
 }
+ACCEPTED = {"nothing", "logprobs_sse"}  # the others must fail over (ResponseTooLarge)
+EMOJI = "\U0001f600"
+WIRE_TOKEN = 70  # bytes of one logprob entry on the wire (the fake's), a little over
 DEFAULT_CAP = 8 * 1024 * 1024
 CEILING = 3  # times the cap
 
@@ -73,14 +83,16 @@ async def _child(case: str, url: str, cap: int) -> dict[str, Any]:
     import cascade
 
     model, stream = CASES[case]
+    options = cascade.RequestOptions(logprobs=True) if "logprobs" in case else None
     async with cascade.Cascade.from_dict(_config(url, "healthy", stream=stream, cap=cap)) as c:
         await c.run(messages=[{"role": "user", "content": "warm up"}])
     async with cascade.Cascade.from_dict(_config(url, model, stream=stream, cap=cap)) as c:
-        await c.run(messages=[{"role": "user", "content": "warm up"}])  # pool, parsers
+        # pool, parsers (the scripted model answers the first request well)
+        await c.run(messages=[{"role": "user", "content": "warm up"}], options=options)
         rss = _status_kib("VmRSS")
         reset = _reset_peak()
         start = time.perf_counter()
-        result = await c.run(messages=[{"role": "user", "content": "hi"}])
+        result = await c.run(messages=[{"role": "user", "content": "hi"}], options=options)
         seconds = time.perf_counter() - start
         peak = _status_kib("VmHWM")
     return {
@@ -102,6 +114,13 @@ async def _serve(cap: int) -> list[dict[str, Any]]:
         server.script("huge", Reply(text="x", fault="huge"))
         server.script("endless", Reply(text="all work and no play ", fault="endless"))
         server.script("bomb", Reply(text="x", fault="gzip_bomb"))
+        # Under the cap on the wire (the stream's events add ~250 bytes each).
+        emoji = "a" * (cap - 128 * 1024) + EMOJI
+        server.script("emoji", "warm", Reply(text=emoji, chunk_chars=65_000))
+        n = cap // WIRE_TOKEN
+        many = Reply(text="a" * n, logprobs=(-0.5,) * n, chunk_chars=4_000)
+        server.script("logprobs", "warm", many)
+        server.script("logprobs_event", "warm", Reply(text="", logprobs=(-0.5,) * n))
         rows = []
         for case in CASES:
             proc = await asyncio.create_subprocess_exec(
@@ -130,7 +149,7 @@ def main() -> int:
     baseline = rows[0]["growth_kib"]
     misses = 0
     for row in rows:
-        hostile = row["case"] != "nothing"
+        hostile = row["case"] not in ACCEPTED
         ok = row["growth_kib"] < ceiling_kib
         if hostile:
             ok = ok and row["first_attempt"] == "ResponseTooLarge"

@@ -276,6 +276,9 @@ async def complete(
         error.received_chars = sum(len(p) for p in parts) + sum(len(r) for r in refusal or ())
         raise error from None
     text = parts[0] if len(parts) == 1 else "".join(parts)
+    # The pieces go once joined, before the logprobs are copied into their tuple: the
+    # answer is then held once, as max_response_bytes counts it (providers/_sizes.py).
+    parts.clear()
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
         in_tokens = estimate_prompt_tokens(msgs)
     if out_tokens is None:

@@ -148,8 +148,14 @@ class ProviderConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     """Most bytes of one response body read before the call fails with
     ``ResponseTooLarge`` (which fails over like any provider failure). Counted decoded
     (after gzip, deflate or br) and while reading, over every event of a stream: a longer
-    body is never held in memory. The default, 8 MiB, is far above any real answer. An
-    error body has its own small cap (16 KiB)."""
+    body is never held in memory. The answer's size once decoded into Python is held to it
+    as well, before it is built: text counts its characters times the width of its widest
+    one (1 byte up to U+00FF, 2 up to U+FFFF, 4 beyond: one emoji makes every character
+    count 4), each token logprob of a stream 48 bytes, and a whole body (or an SSE event
+    over 64 KiB) counts its length times the widest character it holds plus 80 bytes per
+    JSON object past the first 1,024. So a call's memory stays under about 3x this cap.
+    The default, 8 MiB, is far above any real answer. An error body has its own small
+    cap (16 KiB)."""
     max_connections: Annotated[int, Meta(ge=1)] | None = None
     """Connections this provider may hold open at once, in a pool of its own (so a
     provider that hangs cannot starve the others). Default: an equal share of the

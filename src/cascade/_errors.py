@@ -153,7 +153,8 @@ class ResponseTooLarge(MalformedResponse):
     after gzip / deflate / br, over every event of a stream); reading stopped there.
 
     ``limit`` is the configured cap; ``received`` the decoded bytes read when the cap was
-    passed (at most ``limit`` plus one read).
+    passed (at most ``limit`` plus one read), or what the answer would take in memory once
+    decoded when that passed it (see ``ProviderConfig.max_response_bytes``).
     """
 
     def __init__(

@@ -34,6 +34,7 @@ from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
 from ._redact import redact
+from ._sizes import Held, json_cost
 
 __all__ = [
     "DONE",
@@ -50,6 +51,7 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header
 _MAX_ERROR_BODY = 16384
 _MAX_DRAIN = 65536
 _READ_BYTES = 65536
+_SCAN_EVENT_BYTES = 65536  # a smaller SSE event cannot decode to much: not worth a scan
 _BACKSTOP_S = 1.0
 _encode = msgspec.json.Encoder().encode
 
@@ -240,10 +242,11 @@ class HTTPProvider:
     def _error(self, message: str, cls: type[ProviderError] = MalformedResponse) -> ProviderError:
         return cls(redact(message, self._secret), provider=self.name, model=self.model)
 
-    def _too_large(self, received: int) -> ResponseTooLarge:
+    def _too_large(self, received: int, *, decoded: bool = False) -> ResponseTooLarge:
         limit = self.config.max_response_bytes
+        what = "its answer decoded would take" if decoded else "after"
         return ResponseTooLarge(
-            f"response body passed max_response_bytes ({limit}) after {received} bytes",
+            f"response body passed max_response_bytes ({limit}): {what} {received} bytes",
             provider=self.name,
             model=self.model,
             limit=limit,
@@ -271,19 +274,29 @@ class HTTPProvider:
                 decoder = SSEDecoder(max_event_bytes=limit)
                 state: dict[str, Any] = {}
                 received = 0
+                held = Held()
                 # resp.content yields decoded bytes (after gzip, deflate, br), each read
                 # bounded by aiohttp's flow control: the stream's total is counted as it
-                # comes, so no more than the cap and one read is ever held.
+                # comes, so no more than the cap and one read is ever held. What the
+                # answer takes once decoded is counted too (see _sizes.py): a large event
+                # before it is decoded, the answer's text and logprobs as they arrive.
                 async for raw in resp.content.iter_any():
                     received += len(raw)
                     if received > limit:
                         raise self._too_large(received)
                     for event in decoder.feed(raw):
+                        if len(event.data) > _SCAN_EVENT_BYTES:
+                            cost = json_cost(event.data)
+                            if cost > limit:
+                                raise self._too_large(cost, decoded=True)
                         chunk = self._event(event, state)
                         if chunk is DONE:
                             await _drain(resp)
                             return
                         if chunk is not None:
+                            cost = held.add(chunk)
+                            if cost > limit:
+                                raise self._too_large(cost, decoded=True)
                             yield chunk
                 last = decoder.flush()
                 if last is not None and self._event(last, state) is DONE:
@@ -323,7 +336,8 @@ async def post_whole(
 
 async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> bytes:
     """The whole (decoded) body, read in bounded pieces; ``ResponseTooLarge`` as soon as
-    it passes the provider's ``max_response_bytes``, holding at most that and one read."""
+    it passes the provider's ``max_response_bytes``, holding at most that and one read,
+    or when what it decodes to could take more than that (see ``_sizes.json_cost``)."""
     limit = provider.config.max_response_bytes
     parts: list[bytes] = []
     received = 0
@@ -335,7 +349,12 @@ async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> byt
         if received > limit:
             raise provider._too_large(received)
         parts.append(piece)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    del parts  # the pieces go before the body is scanned and decoded
+    cost = json_cost(body)
+    if cost > limit:
+        raise provider._too_large(cost, decoded=True)
+    return body
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

@@ -14,9 +14,16 @@ from collections.abc import Mapping
 
 from .._headers import MAX_WAIT_S, duration_s, number, retry_after_s, server_wall, until_s
 
-__all__ = ["Bucket", "eta", "learn_from_headers"]
+__all__ = ["Bucket", "debt_span_s", "eta", "learn_from_headers"]
 
 _EPS = 1e-9  # float slack, so a sleeper woken at its exact refill time is granted
+
+
+def debt_span_s(burst_s: float, max_wait_s: float) -> float:
+    """The most refill time (seconds) one charge after the fact may leave owed: the
+    limiter's ``max_wait_s``, and no more than a whole bucket (``burst_s``) when the
+    bucket holds any. The shared budget (Redis) uses the same span."""
+    return min(burst_s, max_wait_s) if burst_s > 0 else max_wait_s
 
 
 class Bucket:
@@ -71,6 +78,14 @@ class Bucket:
             deficit -= span * self.boost_rate
             waited = span
         return waited + deficit / self.rate
+
+    def overcharge(self, extra: float, now: float, span_s: float) -> None:
+        """Charge ``extra`` units used beyond a grant's estimate, leaving at most
+        ``span_s`` seconds of refill owed (or the debt there was, if larger): usage a
+        server reports, however large, blocks the bucket no longer than that."""
+        self.sync(now)
+        floor = min(self.level, -self.rate * span_s)
+        self.level = max(self.level - extra, floor)
 
     def cap(self, remaining: float, now: float, reset_at: float | None) -> None:
         self.sync(now)

@@ -28,14 +28,25 @@ MAX_SPAN_S: Final = 1e9
 # A cost ``c`` fits when TAT + min(c * T, tau) - tau <= now (an oversized request waits
 # for a full bucket, then runs it into debt, exactly as the in-memory Bucket does).
 #
+#
+# No charge leaves more than ``span`` seconds of debt (ARGV[8]: the limiter's max_wait_s,
+# at most its burst): a TAT is never written beyond now + tau + span, so neither an
+# oversized request nor a server reporting absurd usage blocks a budget for longer. A
+# stored TAT beyond that, or a block beyond now + MAX_TTL, was not written by this script
+# (garbage, a replica with other limits, an older version): it is dropped (a full budget,
+# no block), the key gets a TTL even when the take is denied, and the reply names it.
+#
 # KEYS[1]  the provider's hash {prefix}:limit:{provider}; fields requests, tokens (TATs)
 #          and blocked (a 429's retry-after, shared by every replica)
 # ARGV[1]  "take": check both budgets (and the block) and charge both only if both fit;
-#                   returns "0" when granted, else the seconds to wait, as a string
+#                   the wait is "0" when granted, else the seconds to wait
 #          "adjust": charge (or, negative, refund) unconditionally; a refund never fills a
 #                   bucket past full
 #          "block": ARGV[2] seconds from now nobody is admitted
-# ARGV[2..4] requests: T (0 = not limited), tau, cost;  ARGV[5..7] tokens: the same
+# ARGV[2..4] requests: T (0 = not limited), tau, cost;  ARGV[5..7] tokens: the same;
+# ARGV[8]  span (take and adjust)
+# Returns {wait, dropped}: strings, the wait in seconds and the comma-separated names of
+# the fields dropped as garbage ("" when none).
 LIMIT_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -56,6 +67,7 @@ elseif op == 'take' or op == 'adjust' then
       return redis.error_reply('ERR cascade: bad budget arguments')
     end
   end
+  if num(8, 0, MAX_SPAN) == nil then return redis.error_reply('ERR cascade: bad span') end
 else
   return redis.error_reply('ERR cascade: unknown op')
 end
@@ -74,46 +86,63 @@ end
 if op == 'block' then
   local block_until = now + tonumber(ARGV[2])
   local old = tonumber(redis.call('HGET', key, 'blocked'))
-  if old == nil or old < block_until then
+  if old == nil or old ~= old or old < block_until or old > now + MAX_TTL then
     redis.call('HSET', key, 'blocked', fmt(block_until))
   end
   expire()
-  return '0'
+  return {'0', ''}
+end
+local span = tonumber(ARGV[8])
+local dropped = {}
+local function stored(field, far)
+  local raw = redis.call('HGET', key, field)
+  local x = tonumber(raw)
+  if raw ~= false and (x == nil or x ~= x or x > far) then
+    redis.call('HDEL', key, field)
+    dropped[#dropped + 1] = field
+    return nil
+  end
+  return x
 end
 local fields = {'requests', 'tokens'}
 local wait = 0
 if op == 'take' then
-  local blocked = tonumber(redis.call('HGET', key, 'blocked'))
-  if blocked ~= nil and blocked == blocked and blocked - now > wait then
-    wait = math.min(blocked - now, MAX_TTL)
-  end
+  local blocked = stored('blocked', now + MAX_TTL + 1)
+  if blocked ~= nil and blocked - now > wait then wait = blocked - now end
 end
 local tats = {}
+local ceilings = {}
 for i = 1, 2 do
   local interval = tonumber(ARGV[3 * i - 1])
   if interval > 0 then
-    local tat = tonumber(redis.call('HGET', key, fields[i]))
-    if tat == nil or tat ~= tat or tat < now then tat = now end
-    if tat > now + MAX_SPAN then tat = now + MAX_SPAN end
+    local tau = tonumber(ARGV[3 * i])
+    ceilings[i] = now + tau + span
+    local tat = stored(fields[i], ceilings[i])
+    if tat == nil or tat < now then tat = now end
     tats[i] = tat
     if op == 'take' then
-      local tau = tonumber(ARGV[3 * i])
       local cost = tonumber(ARGV[3 * i + 1])
       local w = tat + math.min(cost * interval, tau) - tau - now
       if w > wait then wait = w end
     end
   end
 end
-if wait > 0.000001 then return fmt(wait) end
+if wait > 0.000001 then
+  -- a denied take writes nothing but what it dropped; a key left without a TTL gets one
+  if #dropped > 0 or redis.call('PTTL', key) == -1 then expire() end
+  return {fmt(wait), table.concat(dropped, ',')}
+end
 for i = 1, 2 do
   if tats[i] ~= nil then
     local interval = tonumber(ARGV[3 * i - 1])
     local cost = tonumber(ARGV[3 * i + 1])
-    redis.call('HSET', key, fields[i], fmt(math.max(now, tats[i] + cost * interval)))
+    -- a charge never leaves more than span seconds of debt
+    local tat = math.min(math.max(now, tats[i] + cost * interval), ceilings[i])
+    redis.call('HSET', key, fields[i], fmt(tat))
   end
 end
 expire()
-return '0'
+return {'0', table.concat(dropped, ',')}
 """
 
 # A breaker's shared record. KEYS[1] is the hash {prefix}:breaker:{provider}: state

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from ._buckets import debt_span_s
 from ._redis_scripts import MAX_SPAN_S, MAX_TTL_S
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ class SharedBreaker:
 class SharedLimit:
     """One provider's shared requests and tokens budgets, ``{prefix}:limit:{name}``."""
 
-    __slots__ = ("_burst_s", "_requests_t", "_state", "_tokens_t", "key")
+    __slots__ = ("_burst_s", "_requests_t", "_span_s", "_state", "_tokens_t", "key")
 
     def __init__(
         self,
@@ -189,6 +190,7 @@ class SharedLimit:
         requests_per_minute: float | None,
         tokens_per_minute: float | None,
         burst_s: float,
+        max_wait_s: float,
     ) -> None:
         self._state = state
         self.key = state.key("limit", name)
@@ -196,6 +198,8 @@ class SharedLimit:
         self._requests_t = 0.0 if requests_per_minute is None else 60.0 / requests_per_minute
         self._tokens_t = 0.0 if tokens_per_minute is None else 60.0 / tokens_per_minute
         self._burst_s = burst_s
+        # no charge leaves more refill than this owed (the script drops a record beyond it)
+        self._span_s = min(debt_span_s(burst_s, max_wait_s), MAX_SPAN_S)
 
     @property
     def available(self) -> bool:
@@ -210,6 +214,7 @@ class SharedLimit:
             repr(self._tokens_t),
             repr(self._burst_s),
             repr(float(tokens)),
+            repr(self._span_s),
         )
 
     async def take(self, tokens: int) -> float | None:
@@ -219,7 +224,9 @@ class SharedLimit:
         if reply is None:
             return None
         try:
-            wait = float(reply)
+            raw, dropped = reply
+            wait = float(raw)
+            self._state.limit_record(self.key, _text(dropped))
         except (TypeError, ValueError):
             return None  # not our script's answer: local limits only, this once
         if math.isnan(wait):
@@ -240,10 +247,16 @@ class SharedLimit:
             self._state.spawn(lambda: self._send(("block", span)))
 
     async def _send(self, args: tuple[str | float, ...]) -> None:
-        await self._state.script("limit", [self.key], *args)
+        reply = await self._state.script("limit", [self.key], *args)
+        if isinstance(reply, list | tuple) and len(reply) == 2 and reply[1]:
+            self._state.limit_record(self.key, _text(reply[1]))
 
     def __repr__(self) -> str:
         return f"<SharedLimit {self.key!r} {'up' if self.available else 'down'}>"
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 _MAX_COUNT = 10**13  # the breaker script treats larger counts as garbage too

@@ -16,7 +16,9 @@ Each budget is a token bucket refilling continuously at its per-minute rate, hol
 
 A request larger than a whole bucket is let through once that bucket is full, leaving it in
 debt; so over any window of ``w`` seconds at most ``rate * (w + burst_s)`` plus one request's
-excess is granted.
+excess is granted. Usage reported beyond a lease's estimate is charged too, but never leaves
+more than ``min(burst_s, max_wait_s)`` seconds of refill owed: a server reporting a billion
+tokens blocks the provider for that long, not for days.
 
 With ``shared=`` (a :class:`~cascade.resilience.shared.SharedState`) the requests and
 tokens budgets are also kept in Redis for every process: :meth:`RateLimiter.reserve` and
@@ -41,7 +43,7 @@ import msgspec
 from .._clock import Clock, SystemClock
 from .._errors import ProviderError
 from .._headers import MAX_WAIT_S
-from ._buckets import Bucket, eta, learn_from_headers
+from ._buckets import Bucket, debt_span_s, eta, learn_from_headers
 
 if TYPE_CHECKING:
     from .shared import SharedLimit, SharedState
@@ -96,6 +98,7 @@ class RateLimiter:
     __slots__ = (
         "_blocked_until",
         "_clock",
+        "_debt_span_s",
         "_in_use",
         "_requests",
         "_shared",
@@ -138,6 +141,7 @@ class RateLimiter:
         self.max_wait_s = max_wait_s
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._wall = wall  # the wall clock a response's Date is checked against
+        self._debt_span_s = debt_span_s(burst_s, max_wait_s)
         now = self._clock.monotonic()
         self._requests = (
             None if requests_per_minute is None else Bucket(requests_per_minute, burst_s, now)
@@ -156,6 +160,7 @@ class RateLimiter:
                 requests_per_minute=requests_per_minute,
                 tokens_per_minute=tokens_per_minute,
                 burst_s=burst_s,
+                max_wait_s=max_wait_s,
             )
 
     # -- admission -------------------------------------------------------------------------
@@ -310,9 +315,14 @@ class RateLimiter:
     def _release(self, reserved: int, used: int | None, *, shared: bool = False) -> None:
         self._in_use -= 1
         if used is not None and self._tokens is not None and used != reserved:
-            self._tokens.sync(self._clock.monotonic())
-            # A refund never fills the bucket past its capacity; an overage may run a debt.
-            self._tokens.level = min(self._tokens.capacity, self._tokens.level + reserved - used)
+            bucket, now = self._tokens, self._clock.monotonic()
+            if used < reserved:  # a refund never fills the bucket past its capacity
+                bucket.sync(now)
+                bucket.level = min(bucket.capacity, bucket.level + reserved - used)
+            else:
+                # The usage is the server's word: whatever it says, the debt it runs
+                # blocks the bucket for max_wait_s at most (the shared script does the same).
+                bucket.overcharge(used - reserved, now, self._debt_span_s)
             if shared and self._shared is not None:
                 self._shared.adjust(tokens=used - reserved)
         self._wake_head()

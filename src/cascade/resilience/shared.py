@@ -21,7 +21,9 @@ quota, and one outage opens every replica's breaker:
   the others fail over as if the breaker were still open.
 - **Bad records.** A value in Redis that does not parse (``HSET ... epoch abc``) is
   logged once per key and ignored; the scripts overwrite it at the next transition. The
-  sync task logs and survives anything but cancellation.
+  sync task logs and survives anything but cancellation. A rate-limit record that does
+  not parse or lies further ahead than this code ever writes (``tokens 1e308``) is reset
+  by the script, which gives the key a TTL even on a denied take; logged once per key.
 
 Redis is never on a request's critical path for longer than ``timeout_s``. On any Redis
 error or timeout the state goes *down*: one warning is logged, every operation returns at
@@ -43,6 +45,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import structlog
 
 from .._errors import ConfigError
+from .._headers import MAX_WAIT_S
 from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
 from ._shared_links import SharedBreaker, SharedLimit, parse_record
 
@@ -272,6 +275,7 @@ class SharedState:
         requests_per_minute: float | None,
         tokens_per_minute: float | None,
         burst_s: float,
+        max_wait_s: float = MAX_WAIT_S,
     ) -> SharedLimit:
         """The shared budgets of provider ``name`` (``RateLimiter(shared=...)`` calls this)."""
         link = SharedLimit(
@@ -280,6 +284,7 @@ class SharedState:
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
             burst_s=burst_s,
+            max_wait_s=max_wait_s,
         )
         self._limits.append(link)
         return link
@@ -437,6 +442,17 @@ class SharedState:
             field=why,
             value=repr(reply)[:200],
         )
+
+    def limit_record(self, key: str, dropped: str) -> None:
+        """What the limit script said of ``key``'s record: ``dropped`` names the fields it
+        found unusable (``""``: none). Logged once per key, until it reads well again."""
+        if not dropped:
+            self._bad_keys.discard(key)
+            return
+        if key in self._bad_keys:
+            return
+        self._bad_keys.add(key)
+        log.warning("reset a malformed shared rate-limit record", key=key, fields=dropped)
 
     def __repr__(self) -> str:
         if self._closed:
