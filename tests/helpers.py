@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -67,3 +69,36 @@ def replay_eval_config(dataset: str) -> str:
     """A two-tier replay config (models ``small`` under variants A and B, both must agree;
     then ``big`` under X) reading ``dataset``, relative to the config file."""
     return _REPLAY_EVAL_CONFIG.replace("DATASET", dataset)
+
+
+_LEFT: dict[int, tuple[Any, str, str]] = {}
+
+
+@contextmanager
+def in_tier(run: Any, tier: Any) -> Iterator[Any]:
+    """A tier's span as the engine drives it (for tests of the telemetry alone): an
+    ``Escalated`` from the tier left unaccepted before it, the outcome at the end."""
+    from cascade import Escalated
+    from cascade.engine._core import tier_outcome
+
+    left = _LEFT.pop(id(run), None)
+    if left is not None:
+        run.escalated(
+            Escalated(
+                from_tier=left[0].index,
+                from_tier_name=left[0].name,
+                to_tier=tier.index,
+                to_tier_name=tier.name,
+                reason=left[1],
+                detail=left[2],
+            )
+        )
+    first = len(run.attempts)
+    tt = run.tier(tier)
+    try:
+        yield tt
+    finally:
+        outcome, detail = tier_outcome(run.attempts, first)
+        tt.end(outcome)
+        if outcome not in ("accepted", "none"):
+            _LEFT[id(run)] = (tier, "over_budget" if outcome == "skipped" else outcome, detail)

@@ -9,7 +9,7 @@ validators' verdicts. Further samples for validators that ask for them: ``_sampl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing, nullcontext
 from time import perf_counter
 from typing import Protocol
@@ -155,6 +155,7 @@ async def complete(
     partial: tuple[PartialCheck, ...] = (),
     ctx: ValidationContext | None = None,
     on_text: Callable[[int], None] | None = None,
+    on_delta: Callable[[str], Awaitable[None]] | None = None,
 ) -> tuple[Completion, Verdict | None]:
     """Collect a provider's stream into one Completion.
 
@@ -165,7 +166,9 @@ async def complete(
     The provider's ``first_token_timeout_s`` and ``idle_timeout_s`` are enforced here, on
     chunks rather than socket reads (so keep-alive comments do not count as progress), for
     every kind of provider; only chunks with text reset the idle timer. ``on_text`` is
-    called with the length of each text chunk.
+    called with the length of each text chunk; ``on_delta`` is awaited with the text
+    (that a partial check passed) before the next chunk is read, and the time it takes
+    (a slow reader downstream) does not count against the call's timeouts.
     """
     parts: list[str] = []
     text_so_far = ""
@@ -231,6 +234,17 @@ async def complete(
                             finish = "rejected_early"
                             out_tokens = None  # nothing reported yet for what was received
                             break
+                    if on_delta is not None:
+                        if watchdog is None:
+                            await on_delta(chunk.text)
+                        else:  # the reader's time is not the provider's
+                            watchdog.reschedule(None)
+                            before = loop.time()
+                            await on_delta(chunk.text)
+                            waited = loop.time() - before
+                            total_at += waited
+                            at += waited
+                            watchdog.reschedule(at)
                 if chunk.finish_reason is not None:
                     finish = chunk.finish_reason
                 if chunk.input_tokens is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter
 
 from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
@@ -15,6 +15,7 @@ from ._errors import ProviderError
 from ._records import RunState, attempt_record, failed_record
 from ._sampler import Sampler
 from ._types import Attempt, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
+from .engine._events import AttemptStarted
 from .providers import Provider
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
 from .resilience.limiter import Lease, RateLimiter
@@ -105,15 +106,27 @@ class ProviderCalls:
 
         ``flight`` is the caller's record of the call (a hedge race keeps its own);
         ``on_text`` sees the length of each text chunk. A cancelled call leaves its flight
-        in ``run.flights`` for whoever cancelled it to record.
+        in ``run.flights`` for whoever cancelled it to record. In a speculative stream
+        (and a tier that does not hedge) the text goes to the caller as it arrives.
         """
-        attempts = run.attempts
         if flight is None:
             flight = InFlight(tier, provider, perf_counter())
         t0 = flight.t0
         if on_text is None:
             on_text = flight.seen  # what a deadline cuts off is costed from this
         run.flights.append(flight)
+        run.sink.emit(
+            AttemptStarted(
+                tier=tier.index,
+                tier_name=tier.name,
+                provider=provider.name,
+                model=provider.model,
+                hedge=flight.hedge,
+            )
+        )
+        on_delta = None
+        if run.speculative and tier.hedge is None:
+            on_delta = run.delta_sender(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
         # The span of the call (one per try: a retry replaces it), current until judged.
         flight.trace = run.tier_trace.attempt(provider, tier_msgs, tier_opts, hedge=flight.hedge)
@@ -134,14 +147,15 @@ class ProviderCalls:
                 with await self.breakers[provider.name].acquire():
                     completion, early = await complete(
                         provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx,
-                        on_text=on_text,
+                        on_text=on_text, on_delta=on_delta,
                     )  # fmt: skip
             else:
                 held = [lease]  # each retry takes a lease of its own
                 try:
                     completion, early = await self._with_retries(
-                        run, flight, policy, tier_msgs, tier_opts, partial, ctx, on_text, held
-                    )
+                        run, flight, policy, tier_msgs, tier_opts, partial, ctx, held,
+                        on_text=on_text, on_delta=on_delta,
+                    )  # fmt: skip
                 finally:
                     lease = held[0]
         except ProviderError as exc:
@@ -150,7 +164,7 @@ class ProviderCalls:
                 lease.release()
             run.flights.remove(flight)
             run.last_error = exc
-            attempts.append(self._failure(run, flight, t0, exc, tier_msgs))
+            run.record(self._failure(run, flight, t0, exc, tier_msgs))
             return None
         except BaseException as exc:
             flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost
@@ -189,7 +203,7 @@ class ProviderCalls:
         flight.trace.judged(verdicts, passed)
         run.flights.remove(flight)
         attempt = attempt_record(flight, completion, verdicts, passed)
-        attempts.append(attempt)
+        run.record(attempt)
         return attempt
 
     def token_estimate(
@@ -208,8 +222,10 @@ class ProviderCalls:
         opts: RequestOptions,
         partial: tuple[PartialCheck, ...],
         ctx: ValidationContext | None,
-        on_text: Callable[[int], None] | None,
         held: list[Lease | None],
+        *,
+        on_text: Callable[[int], None] | None,
+        on_delta: Callable[[str], Awaitable[None]] | None,
     ) -> tuple[Completion, Verdict | None]:
         """``complete`` with retries; each failed try is recorded as an attempt.
 
@@ -224,9 +240,19 @@ class ProviderCalls:
 
         async def once() -> tuple[Completion, Verdict | None]:
             started[0] = t0 = perf_counter()
-            if retries[0]:  # the first try's span was started by the caller
+            if retries[0]:  # the first try's span (and event) were started by the caller
                 flight.trace = run.tier_trace.attempt(
                     provider, msgs, opts, retry=retries[0], hedge=flight.hedge
+                )
+                run.sink.emit(
+                    AttemptStarted(
+                        tier=flight.tier.index,
+                        tier_name=flight.tier.name,
+                        provider=provider.name,
+                        model=provider.model,
+                        retry=retries[0],
+                        hedge=flight.hedge,
+                    )
                 )
             retries[0] += 1
             if limiter is not None and held[0] is None:
@@ -235,8 +261,9 @@ class ProviderCalls:
                 )
             with await breaker.acquire():
                 return await complete(
-                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text
-                )
+                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
+                    on_delta=on_delta,
+                )  # fmt: skip
 
         def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
@@ -245,7 +272,7 @@ class ProviderCalls:
                 held[0].release()  # no refund: the failed request counted against the quota
                 held[0] = None
             run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
-            run.attempts.append(self._failure(run, flight, started[0], exc, msgs))
+            run.record(self._failure(run, flight, started[0], exc, msgs))
 
         return await call_with_retries(
             once,

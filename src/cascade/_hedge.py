@@ -187,7 +187,7 @@ def _record_loser(
     else:
         in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, flight.received)
     lost = HedgeLost(f"cancelled: {winner} produced the first token (hedged request)")
-    run.attempts.append(
+    run.record(
         failed_record(
             flight.tier,
             flight.provider,

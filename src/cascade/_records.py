@@ -6,6 +6,7 @@ each is written.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Literal
 
@@ -22,6 +23,8 @@ from ._types import (
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
+from .engine._events import AttemptFinished, Delta, Retracted
+from .engine._stream import NO_SINK, Sink
 from .providers import Provider
 
 __all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
@@ -130,22 +133,33 @@ def result_of(
 
 
 class RunState:
-    """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
+    """Mutable state of one run; lives only for the duration of the run.
+
+    Its ``sink`` receives the run's events; :meth:`record` is where every attempt is
+    recorded."""
 
     __slots__ = (
         "attempts",
         "deadline_at",
         "flights",
         "last_error",
+        "shown",
+        "sink",
+        "speculative",
         "spent",
         "t0",
         "tier_trace",
         "trace",
     )
 
-    def __init__(self, t0: float, deadline_at: float | None) -> None:
+    def __init__(self, t0: float, deadline_at: float | None, sink: Sink = NO_SINK) -> None:
         self.t0 = t0
         self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
+        self.sink = sink
+        self.speculative = sink.mode == "speculative"
+        """Text goes to the sink as it arrives (else only the accepted answer's)."""
+        self.shown = 0
+        """Characters of text sent as deltas and not retracted (speculative mode)."""
         self.attempts: list[Attempt] = []
         self.spent = 0.0
         self.last_error: ProviderError | None = None
@@ -157,6 +171,34 @@ class RunState:
 
     def spend(self, cost: float) -> None:
         self.spent += cost
+
+    def record(self, attempt: Attempt) -> None:
+        """Record a finished attempt: the one place an attempt is added to the run. Text
+        the call showed (speculative mode) is retracted unless it was accepted."""
+        self.attempts.append(attempt)
+        self.sink.emit(AttemptFinished(attempt=attempt))
+        if self.shown and attempt.outcome != "accepted":
+            self.retract(attempt, attempt.error or attempt.outcome)
+
+    def retract(self, attempt: Attempt, reason: str) -> None:
+        """Withdraw the text the deltas of ``attempt``'s call showed."""
+        self.sink.emit(
+            Retracted(
+                tier=attempt.tier, provider=attempt.provider, chars=self.shown, reason=reason[:200]
+            )
+        )
+        self.shown = 0
+
+    def delta_sender(self, flight: InFlight) -> Callable[[str], Awaitable[None]]:
+        """What ``complete`` calls with each piece of ``flight``'s text, speculatively."""
+        send = self.sink.send
+        tier, provider = flight.tier.index, flight.provider.name
+
+        async def on_delta(text: str) -> None:
+            self.shown += len(text)
+            await send(Delta(text=text, tier=tier, provider=provider))
+
+        return on_delta
 
     def charge_unanswered(
         self, flight: InFlight, msgs: tuple[Message, ...], received_chars: int
