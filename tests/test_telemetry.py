@@ -491,7 +491,7 @@ def test_routing_record_carries_the_trace_ids(otel: OTel) -> None:
             attempts=tuple(attempts),
             validated=True,
         )
-        run.done(result)
+        run.observe(cascade.Finished(result=result))
     (entry,) = logs
     ctx = by_name(otel.finished())["cascade.run"].context
     assert entry["event"] == "cascade.route" and entry["log_level"] == "info"

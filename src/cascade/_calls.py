@@ -7,6 +7,7 @@ import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter
+from typing import Literal
 
 from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
 from ._clock import Clock, SystemClock
@@ -115,7 +116,7 @@ class ProviderCalls:
         if on_text is None:
             on_text = flight.seen  # what a deadline cuts off is costed from this
         run.flights.append(flight)
-        run.sink.emit(
+        run.emit(
             AttemptStarted(
                 tier=tier.index,
                 tier_name=tier.name,
@@ -137,18 +138,16 @@ class ProviderCalls:
                 options=tier_opts,
                 tier=tier.index,
                 tier_name=tier.name,
-                sample=Sampler(flight, msgs, opts, run.spend),
+                sample=Sampler(flight, msgs, opts, run.charge),
                 weights=tier.weights_of_variants,
             )
         partial = tier.partial if provider.config.stream else ()
         try:
             policy = self.retries[provider.name]
             if policy is None:
-                with await self.breakers[provider.name].acquire():
-                    completion, early = await complete(
-                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx,
-                        on_text=on_text, on_delta=on_delta,
-                    )  # fmt: skip
+                completion, early = await self._call(
+                    provider, tier_msgs, tier_opts, t0, partial, ctx, on_text, on_delta
+                )
             else:
                 held = [lease]  # each retry takes a lease of its own
                 try:
@@ -177,16 +176,8 @@ class ProviderCalls:
         window = self.ttft_windows.get(provider.name)
         if window is not None and completion.ttft_s is not None:
             window.append(completion.ttft_s)
-        # Paid for from here on, whatever happens during validation.
-        cost = provider.config.cost_usd(
-            completion.input_tokens,
-            completion.output_tokens,
-            cache_read_tokens=completion.cache_read_tokens,
-            cache_write_tokens=completion.cache_write_tokens,
-        )
-        run.spent += cost
+        run.charge(flight, completion)  # paid for from here on, whatever validation says
         flight.completion = completion
-        flight.cost += cost
         if early is not None:
             verdicts: tuple[Verdict, ...] = (early,)
             passed = False
@@ -205,6 +196,55 @@ class ProviderCalls:
         attempt = attempt_record(flight, completion, verdicts, passed)
         run.record(attempt)
         return attempt
+
+    # -- taking a provider: the one place its rate limit and its breaker are taken -------
+
+    async def reserve(
+        self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
+    ) -> Lease | Literal[False] | None:
+        """``provider``'s rate-limit lease if it has headroom now; False if it has none
+        (a sibling goes first); None if it has no rate limits."""
+        limiter = self.limiters.get(provider.name)
+        if limiter is None:
+            return None
+        lease = await limiter.reserve(tokens=self.token_estimate(provider, msgs, opts))
+        return False if lease is None else lease
+
+    async def acquire(
+        self,
+        provider: Provider,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        *,
+        deadline: float | None,
+    ) -> Lease | None:
+        """``provider``'s rate-limit lease, waited for in fair order until ``deadline`` (on
+        the clock; :class:`~cascade.LimiterTimeout` past it); None if it has no limits."""
+        limiter = self.limiters.get(provider.name)
+        if limiter is None:
+            return None
+        return await limiter.acquire(
+            tokens=self.token_estimate(provider, msgs, opts), deadline=deadline
+        )
+
+    async def _call(
+        self,
+        provider: Provider,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        t0: float,
+        partial: tuple[PartialCheck, ...],
+        ctx: ValidationContext | None,
+        on_text: Callable[[int], None] | None,
+        on_delta: Callable[[str], Awaitable[None]] | None,
+    ) -> tuple[Completion, Verdict | None]:
+        """One call through ``provider``'s circuit breaker (:class:`~cascade.CircuitOpen`
+        when it is open)."""
+        with await self.breakers[provider.name].acquire():
+            return await complete(
+                provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
+                on_delta=on_delta,
+            )  # fmt: skip
 
     def token_estimate(
         self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
@@ -233,8 +273,6 @@ class ProviderCalls:
         spent (the provider counted the request), and a retry waits for a new one, in fair
         order and within the deadline, like any request."""
         provider = flight.provider
-        breaker = self.breakers[provider.name]
-        limiter = self.limiters.get(provider.name)
         started = [perf_counter()]
         retries = [0]
 
@@ -244,7 +282,7 @@ class ProviderCalls:
                 flight.trace = run.tier_trace.attempt(
                     provider, msgs, opts, retry=retries[0], hedge=flight.hedge
                 )
-                run.sink.emit(
+                run.emit(
                     AttemptStarted(
                         tier=flight.tier.index,
                         tier_name=flight.tier.name,
@@ -255,15 +293,9 @@ class ProviderCalls:
                     )
                 )
             retries[0] += 1
-            if limiter is not None and held[0] is None:
-                held[0] = await limiter.acquire(
-                    tokens=self.token_estimate(provider, msgs, opts), deadline=run.deadline_at
-                )
-            with await breaker.acquire():
-                return await complete(
-                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
-                    on_delta=on_delta,
-                )  # fmt: skip
+            if held[0] is None:
+                held[0] = await self.acquire(provider, msgs, opts, deadline=run.deadline_at)
+            return await self._call(provider, msgs, opts, t0, partial, ctx, on_text, on_delta)
 
         def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable

@@ -104,12 +104,9 @@ async def race(
                 break
             # The kept call failed after its first token: the call given up for it is
             # the tier's best chance left, so it gets a turn of its own.
-            limiter = calls.limiters.get(loser.name)
-            again = None
-            if limiter is not None:
-                again = await limiter.reserve(tokens=calls.token_estimate(loser, msgs, opts))
-                if again is None:
-                    continue
+            again = await calls.reserve(loser, msgs, opts)
+            if again is False:
+                continue
             result = await calls.attempt(run, tier, loser, msgs, opts, again)
         return result
     finally:
@@ -163,11 +160,8 @@ async def _sibling(
     for p in tier.providers:
         if p.name in tried or calls.breakers[p.name].state == "open":
             continue
-        limiter = calls.limiters.get(p.name)
-        if limiter is None:
-            return p, None
-        lease = await limiter.reserve(tokens=calls.token_estimate(p, msgs, opts))
-        if lease is not None:
+        lease = await calls.reserve(p, msgs, opts)
+        if lease is not False:
             return p, lease
     return None
 

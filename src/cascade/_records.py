@@ -23,7 +23,7 @@ from ._types import (
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
-from .engine._events import AttemptFinished, Delta, Retracted
+from .engine._events import AttemptFinished, Delta, Event, Retracted
 from .engine._stream import NO_SINK, Sink
 from .providers import Provider
 
@@ -135,8 +135,9 @@ def result_of(
 class RunState:
     """Mutable state of one run; lives only for the duration of the run.
 
-    Its ``sink`` receives the run's events; :meth:`record` is where every attempt is
-    recorded."""
+    Its events go to its trace and its ``sink`` (:meth:`emit`); :meth:`record` is where
+    every attempt is recorded, :meth:`charge` and :meth:`charge_unanswered` where every
+    cost is added."""
 
     __slots__ = (
         "attempts",
@@ -169,20 +170,36 @@ class RunState:
         self.tier_trace: TierTrace = NOOP_TIER
         """The run's span and the span of the tier under way (``_telemetry``)."""
 
-    def spend(self, cost: float) -> None:
+    def charge(self, flight: InFlight, completion: Completion) -> float:
+        """Charge an answer ``flight``'s provider sent (the attempt's, or a sample's): its
+        cost goes on the run and on the attempt. Returns it."""
+        cost = flight.provider.config.cost_usd(
+            completion.input_tokens,
+            completion.output_tokens,
+            cache_read_tokens=completion.cache_read_tokens,
+            cache_write_tokens=completion.cache_write_tokens,
+        )
         self.spent += cost
+        flight.cost += cost
+        return cost
+
+    def emit(self, event: Event) -> None:
+        """Tell the run's listeners: its trace (spans, metrics, routing record), then the
+        sink."""
+        self.trace.observe(event)
+        self.sink.emit(event)
 
     def record(self, attempt: Attempt) -> None:
         """Record a finished attempt: the one place an attempt is added to the run. Text
         the call showed (speculative mode) is retracted unless it was accepted."""
         self.attempts.append(attempt)
-        self.sink.emit(AttemptFinished(attempt=attempt))
+        self.emit(AttemptFinished(attempt=attempt))
         if self.shown and attempt.outcome != "accepted":
             self.retract(attempt, attempt.error or attempt.outcome)
 
     def retract(self, attempt: Attempt, reason: str) -> None:
         """Withdraw the text the deltas of ``attempt``'s call showed."""
-        self.sink.emit(
+        self.emit(
             Retracted(
                 tier=attempt.tier, provider=attempt.provider, chars=self.shown, reason=reason[:200]
             )
@@ -205,7 +222,9 @@ class RunState:
     ) -> tuple[int, int, float]:
         """Charge a call that ended without an answer after its prompt was sent (a stream
         that broke or was cut off, a hedge that lost): the prompt's estimate and about 4
-        characters a token of the text that arrived. Returns (input, output, cost)."""
+        characters a token of the text that arrived, on the run (the failed attempt's
+        record carries it, not the flight: a retry's answer is another attempt). Returns
+        (input, output, cost)."""
         in_tokens = estimate_prompt_tokens(msgs)
         out_tokens = estimate_text_tokens(received_chars)
         cost = flight.provider.config.cost_usd(in_tokens, out_tokens)

@@ -40,19 +40,19 @@ class Sampler:
     still count), and only when nothing came back is its error raised.
     """
 
-    __slots__ = ("_flight", "_msgs", "_next", "_opts", "_spend")
+    __slots__ = ("_charge", "_flight", "_msgs", "_next", "_opts")
 
     def __init__(
         self,
         flight: InFlight,
         msgs: tuple[Message, ...],
         opts: RequestOptions,
-        spend: _Spend,
+        charge: _Charge,
     ) -> None:
         self._flight = flight
         self._msgs = msgs
         self._opts = opts
-        self._spend = spend
+        self._charge = charge
         self._next = 1  # the attempt's first answer was sample 0
 
     async def __call__(self, count: int) -> list[Completion]:
@@ -95,15 +95,8 @@ class Sampler:
 
     def _paid(self, completion: Completion, sample: int, results: dict[int, Completion]) -> None:
         flight = self._flight
-        cost = flight.provider.config.cost_usd(
-            completion.input_tokens,
-            completion.output_tokens,
-            cache_read_tokens=completion.cache_read_tokens,
-            cache_write_tokens=completion.cache_write_tokens,
-        )
-        flight.cost += cost
+        self._charge(flight, completion)
         flight.samples.append(completion)
-        self._spend(cost)
         results[sample] = completion
 
     async def _many(
@@ -190,5 +183,5 @@ def _output_tokens(chunk: Chunk) -> int:
     return chunk.output_tokens
 
 
-class _Spend(Protocol):
-    def __call__(self, cost: float) -> None: ...
+class _Charge(Protocol):
+    def __call__(self, flight: InFlight, completion: Completion) -> float: ...

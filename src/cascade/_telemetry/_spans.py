@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from ..engine._events import Escalated, Event, Finished
 from . import _semconv as sc
 from ._attempts import (
     MAX_TEXT,
@@ -36,7 +37,6 @@ from ._logs import route_record
 
 if TYPE_CHECKING:
     from .._types import Attempt, Message, RequestOptions, Result
-    from ..engine._events import Escalated
     from ._core import Telemetry
 
 __all__ = [
@@ -92,6 +92,17 @@ class RunTrace:
     ) -> None:
         self.finish(exc)
 
+    def observe(self, event: Event) -> None:
+        """A listener of the run's events: the escalations and the result are read off
+        them (the calls' spans are started and ended by the calls themselves)."""
+        if self._tel is None:
+            return
+        kind = type(event)
+        if kind is Escalated:
+            self.escalated(event)  # type: ignore[arg-type]
+        elif kind is Finished:
+            self._result = event.result  # type: ignore[union-attr]
+
     def escalated(self, event: Escalated) -> None:
         """The engine left a tier unaccepted for the next (an escalation event)."""
         tel = self._tel
@@ -128,10 +139,6 @@ class RunTrace:
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         return TierTrace(self, tier, span, token)
-
-    def done(self, result: Result) -> None:
-        """The run returns ``result`` (the context manager's exit writes it out)."""
-        self._result = result
 
     def finish(self, exc: BaseException | None = None) -> None:
         tel = self._tel

@@ -81,22 +81,21 @@ class Engine:
         sink.attach(run.attempts)
         end: Finished | Failed
         try:
-            # The run's span (a child of the caller's), ended with its routing record.
+            # The run's span (a child of the caller's), ended with its routing record:
+            # the trace sees the Finished event, or the error as the run leaves it.
             with self.telemetry.run(
                 run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
             ) as run.trace:
                 try:
-                    result = await self._within(run, plan)
+                    end = Finished(result=await self._within(run, plan))
                 except asyncio.CancelledError:
                     exc = RunCancelled("cancelled: the caller stopped the run")
                     self._cut_off(run, plan.msgs, exc, "cancelled")
                     raise
-                run.trace.done(result)
+                run.emit(end)
         except RunError as exc:
             end = Failed(error=exc)
-        else:
-            end = Finished(result=result)
-        sink.emit(end)
+            sink.emit(end)
         return end
 
     async def _within(self, run: RunState, plan: Plan) -> Result:
@@ -127,9 +126,8 @@ class Engine:
                     reason=left[1],
                     detail=left[2],
                 )
-                sink.emit(escalated)
-                run.trace.escalated(escalated)
-            sink.emit(TierStarted(tier=tier.index, tier_name=tier.name))
+                run.emit(escalated)
+            run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
             first = len(attempts)
             # The tier's span; its outcome, and the escalation, come from its attempts.
             run.tier_trace = run.trace.tier(tier)
@@ -167,14 +165,11 @@ class Engine:
         for provider in tier.providers:
             if provider.name in tried:
                 continue
-            lease = None
-            limiter = calls.limiters.get(provider.name)
-            if limiter is not None:
-                lease = await limiter.reserve(tokens=calls.token_estimate(provider, msgs, opts))
-                if lease is None:
-                    busy.append(provider)  # a sibling with headroom goes first
-                    run.tier_trace.limiter_busy(provider.name)
-                    continue
+            lease = await calls.reserve(provider, msgs, opts)
+            if lease is False:
+                busy.append(provider)  # a sibling with headroom goes first
+                run.tier_trace.limiter_busy(provider.name)
+                continue
             if tier.hedge is None:
                 attempt = await calls.attempt(run, tier, provider, msgs, opts, lease)
             else:
@@ -188,19 +183,16 @@ class Engine:
             # Every provider with headroom failed or none had any: wait, in fair order and
             # never past the deadline, for the first busy one.
             provider = busy[0]
-            limiter = calls.limiters[provider.name]
             t0 = perf_counter()
             try:
-                lease = await limiter.acquire(
-                    tokens=calls.token_estimate(provider, msgs, opts), deadline=run.deadline_at
-                )
+                waited = await calls.acquire(provider, msgs, opts, deadline=run.deadline_at)
             except LimiterTimeout as exc:
                 run.tier_trace.limiter_wait(provider.name, perf_counter() - t0, acquired=False)
                 run.last_error = exc
                 run.record(failed_record(tier, provider, t0, exc))
             else:
                 run.tier_trace.limiter_wait(provider.name, perf_counter() - t0, acquired=True)
-                attempt = await calls.attempt(run, tier, provider, msgs, opts, lease)
+                attempt = await calls.attempt(run, tier, provider, msgs, opts, waited)
         return attempt
 
     def _over_budget(
