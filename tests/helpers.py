@@ -71,7 +71,7 @@ def replay_eval_config(dataset: str) -> str:
     return _REPLAY_EVAL_CONFIG.replace("DATASET", dataset)
 
 
-_LEFT: dict[int, tuple[Any, str, str]] = {}
+_LEFT: dict[int, tuple[Any, Any, str, str]] = {}  # run (kept alive: ids stay unique), ...
 
 
 @contextmanager
@@ -82,15 +82,16 @@ def in_tier(run: Any, tier: Any) -> Iterator[Any]:
     from cascade.engine._core import tier_outcome
 
     left = _LEFT.pop(id(run), None)
-    if left is not None:
+    if left is not None and left[0] is run:
+        _, was, reason, detail = left
         run.escalated(
             Escalated(
-                from_tier=left[0].index,
-                from_tier_name=left[0].name,
+                from_tier=was.index,
+                from_tier_name=was.name,
                 to_tier=tier.index,
                 to_tier_name=tier.name,
-                reason=left[1],
-                detail=left[2],
+                reason=reason,
+                detail=detail,
             )
         )
     first = len(run.attempts)
@@ -101,4 +102,5 @@ def in_tier(run: Any, tier: Any) -> Iterator[Any]:
         outcome, detail = tier_outcome(run.attempts, first)
         tt.end(outcome)
         if outcome not in ("accepted", "none"):
-            _LEFT[id(run)] = (tier, "over_budget" if outcome == "skipped" else outcome, detail)
+            reason = "over_budget" if outcome == "skipped" else outcome
+            _LEFT[id(run)] = (run, tier, reason, detail)

@@ -10,7 +10,7 @@ from time import perf_counter
 from typing import Literal
 
 from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
 from ._errors import ProviderError
 from ._records import RunState, attempt_record, failed_record
@@ -43,6 +43,8 @@ class ProviderCalls:
     ) -> None:
         self._estimate_output_tokens = config.estimate_output_tokens
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.timers = timers_of(self.clock)
+        """The clock, if timeouts and hedge delays run on it (else on the loop's clock)."""
         self._rng = random.Random()
         self.shared = (
             None
@@ -138,7 +140,7 @@ class ProviderCalls:
                 options=tier_opts,
                 tier=tier.index,
                 tier_name=tier.name,
-                sample=Sampler(flight, msgs, opts, run.charge),
+                sample=Sampler(flight, msgs, opts, run.charge, clock=self.timers),
                 weights=tier.weights_of_variants,
             )
         partial = tier.partial if provider.config.stream else ()
@@ -243,7 +245,7 @@ class ProviderCalls:
         with await self.breakers[provider.name].acquire():
             return await complete(
                 provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
-                on_delta=on_delta,
+                on_delta=on_delta, clock=self.timers,
             )  # fmt: skip
 
     def token_estimate(

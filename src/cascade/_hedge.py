@@ -18,6 +18,7 @@ from typing import Any
 
 from ._attempt import InFlight, Tier
 from ._calls import ProviderCalls
+from ._clock import ClockTimeout, SupportsTimers
 from ._config import HedgeConfig
 from ._records import RunState, failed_record
 from ._types import Attempt, Message, RequestOptions
@@ -77,7 +78,7 @@ async def race(
     start(provider, lease, hedge=False)
     try:
         delay = hedge_delay(policy, calls.ttft_windows.get(provider.name))
-        done, _ = await asyncio.wait((tasks[0], first), timeout=delay)
+        done = await _wait(calls.timers, (tasks[0], first), delay)
         if not done:
             sibling = await _sibling(calls, tier, msgs, opts, tried)
             if sibling is not None and (first.done() or tasks[0].done()):
@@ -118,6 +119,21 @@ async def race(
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _wait(
+    clock: SupportsTimers | None, aws: tuple[asyncio.Future[Any], ...], delay: float
+) -> set[asyncio.Future[Any]]:
+    """``asyncio.wait(aws, timeout=delay)``'s done set, the delay on ``clock`` if given."""
+    if clock is None:
+        done, _ = await asyncio.wait(aws, timeout=delay)
+        return done
+    try:
+        async with ClockTimeout(clock, clock.monotonic() + delay):
+            await asyncio.wait(aws)
+    except TimeoutError:
+        pass
+    return {a for a in aws if a.done()}
 
 
 async def _winner(

@@ -186,8 +186,12 @@ class RunState:
     def emit(self, event: Event) -> None:
         """Tell the run's listeners: its trace (spans, metrics, routing record), then the
         sink."""
-        self.trace.observe(event)
-        self.sink.emit(event)
+        trace = self.trace
+        if trace is not NOOP_RUN:
+            trace.observe(event)
+        sink = self.sink
+        if sink is not NO_SINK:
+            sink.emit(event)
 
     def record(self, attempt: Attempt) -> None:
         """Record a finished attempt: the one place an attempt is added to the run. Text

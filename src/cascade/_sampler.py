@@ -15,6 +15,7 @@ from time import perf_counter
 from typing import Protocol
 
 from ._attempt import InFlight, complete
+from ._clock import ClockTimeout, SupportsTimers
 from ._errors import MalformedResponse, ProviderTimeout
 from ._types import (
     Chunk,
@@ -40,7 +41,7 @@ class Sampler:
     still count), and only when nothing came back is its error raised.
     """
 
-    __slots__ = ("_charge", "_flight", "_msgs", "_next", "_opts")
+    __slots__ = ("_charge", "_clock", "_flight", "_msgs", "_next", "_opts")
 
     def __init__(
         self,
@@ -48,11 +49,14 @@ class Sampler:
         msgs: tuple[Message, ...],
         opts: RequestOptions,
         charge: _Charge,
+        *,
+        clock: SupportsTimers | None = None,
     ) -> None:
         self._flight = flight
         self._msgs = msgs
         self._opts = opts
         self._charge = charge
+        self._clock = clock  # the timeouts' clock, if not the loop's
         self._next = 1  # the attempt's first answer was sample 0
 
     async def __call__(self, count: int) -> list[Completion]:
@@ -111,7 +115,14 @@ class Sampler:
         # timeout_s bounds the whole call, as complete() does for one answer, unless the
         # provider bounds its whole-body calls itself (post_whole): one timer, not two.
         own = getattr(flight.provider, "bounds_whole_calls", False)
-        watchdog = None if own else asyncio.timeout(config.timeout_s)
+        watchdog: asyncio.Timeout | ClockTimeout | None = None
+        clock = self._clock
+        if not own:
+            watchdog = (
+                asyncio.timeout(config.timeout_s)
+                if clock is None
+                else ClockTimeout(clock, clock.monotonic() + config.timeout_s)
+            )
         try:
             async with watchdog or nullcontext():
                 chunks = await provider.complete_n(msgs, opts, len(samples))
@@ -167,7 +178,9 @@ class Sampler:
         # context: this task attaches and detaches its own span).
         trace = flight.trace.sample(sample, msgs, opts)
         try:
-            completion, _ = await complete(flight.provider, msgs, opts, perf_counter())
+            completion, _ = await complete(
+                flight.provider, msgs, opts, perf_counter(), clock=self._clock
+            )
         except BaseException as exc:
             trace.failed(exc)
             raise

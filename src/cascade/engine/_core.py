@@ -17,6 +17,7 @@ import msgspec
 
 from .._attempt import Tier, chosen
 from .._calls import ProviderCalls
+from .._clock import ClockTimeout
 from .._config import Config
 from .._errors import (
     AllProvidersFailed,
@@ -32,7 +33,7 @@ from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_t
 from ..providers import Provider
 from ..resilience.limiter import LimiterTimeout
 from ._events import Delta, Escalated, EscalationReason, Failed, Finished, TierStarted
-from ._stream import Sink
+from ._stream import NO_SINK, Sink
 
 __all__ = ["Engine", "Plan", "tier_outcome"]
 
@@ -78,7 +79,8 @@ class Engine:
             None if deadline is None else self.calls.clock.monotonic() + deadline,
             sink,
         )
-        sink.attach(run.attempts)
+        if sink is not NO_SINK:
+            sink.attach(run.attempts)
         end: Finished | Failed
         try:
             # The run's span (a child of the caller's), ended with its routing record:
@@ -103,7 +105,12 @@ class Engine:
         deadline = plan.deadline
         if deadline is None:
             return await self._tiers(run, plan)
-        timeout = asyncio.timeout(deadline)
+        timers = self.calls.timers
+        timeout: asyncio.Timeout | ClockTimeout
+        if timers is None:
+            timeout = asyncio.timeout(deadline)
+        else:
+            timeout = ClockTimeout(timers, timers.monotonic() + deadline)
         try:
             async with timeout:
                 return await self._tiers(run, plan)
