@@ -351,3 +351,16 @@ async def test_a_hedged_tier_shows_only_the_kept_calls_text(
     ]
     started = [e for e in events if isinstance(e, AttemptStarted)]
     assert [(e.provider, e.hedge) for e in started] == [("a", False), ("b", True)]
+
+
+async def test_a_closed_cascade_raises_to_the_reader(openai_server: FakeOpenAIServer) -> None:
+    c = Cascade.from_dict(two_tiers(openai_server.url))
+    await c.aclose()
+    stream = c.stream(messages=USER)
+    with pytest.raises(RuntimeError, match="closed"):
+        await read_all(stream)
+
+
+async def read_all(stream: cascade.Stream) -> list[Event]:
+    async with stream:
+        return [event async for event in stream]

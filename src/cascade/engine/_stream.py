@@ -62,7 +62,16 @@ class Stream:
     was sent and received) in :attr:`attempts`.
     """
 
-    __slots__ = ("_attempts", "_drained", "_events", "_ready", "_start", "_task", "mode")
+    __slots__ = (
+        "_attempts",
+        "_drained",
+        "_events",
+        "_raised",
+        "_ready",
+        "_start",
+        "_task",
+        "mode",
+    )
 
     def __init__(
         self,
@@ -76,6 +85,7 @@ class Stream:
         self._drained: asyncio.Future[None] | None = None  # the run waits for the reader
         self._task: asyncio.Task[object] | None = None
         self._attempts: Sequence[Attempt] = ()
+        self._raised = False
 
     def __repr__(self) -> str:
         task = self._task
@@ -126,6 +136,11 @@ class Stream:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+        task = self._task
+        if exc is None and task is not None and not task.cancelled():
+            error = task.exception()
+            if error is not None and not self._raised:
+                raise error  # a bug in the run the reader never read up to
 
     def __aiter__(self) -> Stream:
         return self
@@ -140,6 +155,7 @@ class Stream:
                 if not task.cancelled():
                     error = task.exception()
                     if error is not None:
+                        self._raised = True
                         raise error  # a bug, not a RunError: those end in a Failed event
                 raise StopAsyncIteration
             self._ready = ready = asyncio.get_running_loop().create_future()
