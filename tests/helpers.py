@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -67,3 +69,38 @@ def replay_eval_config(dataset: str) -> str:
     """A two-tier replay config (models ``small`` under variants A and B, both must agree;
     then ``big`` under X) reading ``dataset``, relative to the config file."""
     return _REPLAY_EVAL_CONFIG.replace("DATASET", dataset)
+
+
+_LEFT: dict[int, tuple[Any, Any, str, str]] = {}  # run (kept alive: ids stay unique), ...
+
+
+@contextmanager
+def in_tier(run: Any, tier: Any) -> Iterator[Any]:
+    """A tier's span as the engine drives it (for tests of the telemetry alone): an
+    ``Escalated`` from the tier left unaccepted before it, the outcome at the end."""
+    from cascade import Escalated
+    from cascade.engine._core import tier_outcome
+
+    left = _LEFT.pop(id(run), None)
+    if left is not None and left[0] is run:
+        _, was, reason, detail = left
+        run.escalated(
+            Escalated(
+                from_tier=was.index,
+                from_tier_name=was.name,
+                to_tier=tier.index,
+                to_tier_name=tier.name,
+                reason=reason,
+                detail=detail,
+            )
+        )
+    first = len(run.attempts)
+    tt = run.tier(tier)
+    try:
+        yield tt
+    finally:
+        outcome, detail = tier_outcome(run.attempts, first)
+        tt.end(outcome)
+        if outcome not in ("accepted", "none"):
+            reason = "over_budget" if outcome == "skipped" else outcome
+            _LEFT[id(run)] = (run, tier, reason, detail)

@@ -17,6 +17,7 @@ from cascade._telemetry import Telemetry
 from cascade._telemetry import _semconv as sc
 from cascade._types import Completion, Message
 
+from .helpers import in_tier
 from .otlp_receiver import OTLPReceiver, attributes, span_tree
 
 OTEL_VARS = (
@@ -179,7 +180,7 @@ def one_run(tel: Telemetry) -> None:
             (Tier(1, "cheap"), Provider("small", "m-small"), (bad,), "rejected"),
             (Tier(2, "big"), Provider("large", "m-large"), (), "accepted"),
         ):
-            with run.tier(tier) as tt:
+            with in_tier(run, tier) as tt:
                 at = tt.attempt(provider, msgs, opts)
                 at.completed(Completion(text="x", provider=provider.name, model=provider.model))
                 at.judged(verdicts, outcome == "accepted")

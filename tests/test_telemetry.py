@@ -28,6 +28,8 @@ from cascade._telemetry._metrics import instruments_for
 from cascade._types import Message
 from cascade.resilience import CircuitOpen
 
+from .helpers import in_tier
+
 MSGS = (Message(role="user", content="What is 6 * 7?"),)
 OPTS = RequestOptions(max_tokens=64, temperature=0.2, metadata={"task_id": "t-1"})
 
@@ -133,7 +135,7 @@ def test_one_tier_accepted_span_tree(otel: OTel) -> None:
     tel = otel.telemetry()
     tier, p = FakeTier(1, "cheap"), provider("small", "gpt-mini")
     attempts: list[Attempt] = []
-    with tel.run(attempts, OPTS, max_cost_usd=0.5) as run, run.tier(tier) as tt:
+    with tel.run(attempts, OPTS, max_cost_usd=0.5) as run, in_tier(run, tier) as tt:
         at = tt.attempt(p, MSGS, OPTS)
         at.completed(completion("gpt-mini-2025", ttft=0.01))
         verdict = Verdict(validator="json_schema", passed=True, score=1.0, reason="ok")
@@ -183,7 +185,7 @@ def test_one_tier_accepted_span_tree(otel: OTel) -> None:
 def test_stop_sequences_and_seed_when_set(otel: OTel) -> None:
     tel = otel.telemetry()
     opts = RequestOptions(stop=("\n\n", "END"), seed=7)
-    with tel.run([], opts) as run, run.tier(FakeTier(1, "cheap")) as tt:
+    with tel.run([], opts) as run, in_tier(run, FakeTier(1, "cheap")) as tt:
         tt.attempt(provider("small", "gpt-mini"), MSGS, opts).end()
     a = by_name(otel.finished())["chat gpt-mini"].attributes or {}
     assert a[sc.GEN_AI_REQUEST_STOP_SEQUENCES] == ("\n\n", "END")
@@ -194,7 +196,7 @@ def test_metrics_of_a_call(otel: OTel) -> None:
     tel = otel.telemetry()
     tier, p = FakeTier(1, "cheap"), provider("small", "gpt-mini")
     attempts: list[Attempt] = []
-    with tel.run(attempts, OPTS) as run, run.tier(tier) as tt:
+    with tel.run(attempts, OPTS) as run, in_tier(run, tier) as tt:
         at = tt.attempt(p, MSGS, OPTS)
         at.completed(completion("gpt-mini", ttft=0.01))
         at.judged((), True)
@@ -232,12 +234,12 @@ def test_escalation_event_and_metric(otel: OTel) -> None:
     attempts: list[Attempt] = []
     bad = Verdict(validator="json_schema", passed=False, score=0.0, reason="not JSON")
     with tel.run(attempts, OPTS) as run:
-        with run.tier(cheap) as tt:
+        with in_tier(run, cheap) as tt:
             at = tt.attempt(small, MSGS, OPTS)
             at.completed(completion("m-small", text="hmm"))
             at.judged((bad,), False)
             attempts.append(record(cheap, small, "rejected", verdicts=(bad,)))
-        with run.tier(big) as tt:
+        with in_tier(run, big) as tt:
             at = tt.attempt(large, MSGS, OPTS)
             at.completed(completion("m-large"))
             at.judged((), True)
@@ -267,7 +269,7 @@ def test_failed_call_and_an_open_breaker(otel: OTel) -> None:
     tel = otel.telemetry()
     tier, p, q = FakeTier(1, "cheap"), provider("a", "m-a"), provider("b", "m-b")
     attempts: list[Attempt] = []
-    with tel.run(attempts, OPTS) as run, run.tier(tier) as tt:
+    with tel.run(attempts, OPTS) as run, in_tier(run, tier) as tt:
         at = tt.attempt(p, MSGS, OPTS)
         exc = ProviderTimeout("timed out", provider="a", model="m-a")
         at.failed(exc)
@@ -306,7 +308,7 @@ def test_failed_run_sets_error_status(otel: OTel) -> None:
 
     def go() -> None:
         with tel.run(attempts, OPTS) as run:
-            with run.tier(tier) as tt:
+            with in_tier(run, tier) as tt:
                 at = tt.attempt(p, MSGS, OPTS)
                 at.completed(completion("m-a"))
                 at.judged((), False)
@@ -336,7 +338,7 @@ async def test_samples_are_sibling_children_of_the_attempt(otel: OTel) -> None:
         s.completed(completion("m-a"))
         s.end()
 
-    with tel.run(attempts, OPTS) as run, run.tier(tier) as tt:
+    with tel.run(attempts, OPTS) as run, in_tier(run, tier) as tt:
         at = tt.attempt(p, MSGS, OPTS)
         at.completed(completion("m-a"))
         await asyncio.gather(draw(at, 1), draw(at, 2))
@@ -355,7 +357,7 @@ def test_limiter_hedge_and_breaker_events(otel: OTel) -> None:
     tel = otel.telemetry()
     tier, p = FakeTier(1, "cheap"), provider("a", "m-a")
     attempts: list[Attempt] = []
-    with tel.run(attempts, OPTS) as run, run.tier(tier) as tt:
+    with tel.run(attempts, OPTS) as run, in_tier(run, tier) as tt:
         tt.limiter_busy("a")
         tt.limiter_wait("a", 0.5, acquired=True)
         tt.hedge("a", 0.2)
@@ -400,7 +402,7 @@ def test_content_is_captured_only_when_asked(otel: OTel) -> None:
         (otel.telemetry(environ={sc.ENV_CAPTURE_CONTENT: "true"}, capture_content=False), False),
     ):
         otel.spans.clear()
-        with tel.run([], OPTS) as run, run.tier(tier) as tt:
+        with tel.run([], OPTS) as run, in_tier(run, tier) as tt:
             at = tt.attempt(p, MSGS, OPTS)
             at.completed(completion("m-a"))
             at.judged((), True)
@@ -434,7 +436,7 @@ def test_not_recording_records_metrics_only(otel: OTel) -> None:
         tracer_provider=trace.NoOpTracerProvider(), meter_provider=otel.meter_provider, environ={}
     )
     tier, p = FakeTier(1, "cheap"), provider("a", "m-a")
-    with tel.run([], OPTS) as run, run.tier(tier) as tt:
+    with tel.run([], OPTS) as run, in_tier(run, tier) as tt:
         assert run.span is None and tt.span is None
         at = tt.attempt(p, MSGS, OPTS)
         assert at.span is None
@@ -448,7 +450,7 @@ def test_telemetry_off(otel: OTel) -> None:
     tel = otel.telemetry(environ={sc.ENV_TELEMETRY: "off"})
     assert not tel.enabled and repr(tel) == "<Telemetry off>"
     tier, p = FakeTier(1, "cheap"), provider("a", "m-a")
-    with capture_logs() as logs, tel.run([], OPTS) as run, run.tier(tier) as tt:
+    with capture_logs() as logs, tel.run([], OPTS) as run, in_tier(run, tier) as tt:
         at = tt.attempt(p, MSGS, OPTS)
         at.completed(completion("m-a"))
         at.judged((), True)
@@ -472,9 +474,9 @@ def test_routing_record_carries_the_trace_ids(otel: OTel) -> None:
     small, large = provider("small", "m-small"), provider("large", "m-large")
     attempts: list[Attempt] = []
     with capture_logs() as logs, tel.run(attempts, OPTS) as run:
-        with run.tier(cheap):
+        with in_tier(run, cheap):
             attempts.append(record(cheap, small, "failed", error="boom", error_type="X"))
-        with run.tier(big):
+        with in_tier(run, big):
             attempts.append(record(big, large, "accepted", cost_usd=0.25))
         result = Result(
             text="42",
@@ -489,7 +491,7 @@ def test_routing_record_carries_the_trace_ids(otel: OTel) -> None:
             attempts=tuple(attempts),
             validated=True,
         )
-        run.done(result)
+        run.observe(cascade.Finished(result=result))
     (entry,) = logs
     ctx = by_name(otel.finished())["cascade.run"].context
     assert entry["event"] == "cascade.route" and entry["log_level"] == "info"
@@ -545,7 +547,7 @@ metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
 with tel.run([], RequestOptions()) as run:  # metrics only: no span, but escalations count
     tier = run.tier(Tier())
     assert run.span is None and tier is not NOOP_TIER
-    tier.end()
+    tier.end("none")
 exporter = InMemorySpanExporter()
 provider = TracerProvider()
 provider.add_span_processor(SimpleSpanProcessor(exporter))

@@ -460,7 +460,7 @@ async def test_limiter_wait_is_visible(otel: OTel, openai_server: FakeOpenAIServ
 
 def test_a_hedge_that_lost_is_not_the_tiers_escalation_reason() -> None:
     from cascade import Attempt
-    from cascade._telemetry._spans import _tier_outcome
+    from cascade.engine._core import tier_outcome as _tier_outcome
 
     common: dict[str, Any] = {"tier": 1, "tier_name": "t", "model": "m"}
     attempts = [

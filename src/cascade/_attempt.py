@@ -9,13 +9,14 @@ validators' verdicts. Further samples for validators that ask for them: ``_sampl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing, nullcontext
 from time import perf_counter
 from typing import Protocol
 
 import msgspec
 
+from ._clock import ClockTimeout, SupportsTimers
 from ._config import TierConfig, Variant
 from ._errors import ProviderError, ProviderTimeout
 from ._telemetry import NOOP_ATTEMPT, AttemptTrace
@@ -155,6 +156,8 @@ async def complete(
     partial: tuple[PartialCheck, ...] = (),
     ctx: ValidationContext | None = None,
     on_text: Callable[[int], None] | None = None,
+    on_delta: Callable[[str], Awaitable[None]] | None = None,
+    clock: SupportsTimers | None = None,
 ) -> tuple[Completion, Verdict | None]:
     """Collect a provider's stream into one Completion.
 
@@ -165,7 +168,10 @@ async def complete(
     The provider's ``first_token_timeout_s`` and ``idle_timeout_s`` are enforced here, on
     chunks rather than socket reads (so keep-alive comments do not count as progress), for
     every kind of provider; only chunks with text reset the idle timer. ``on_text`` is
-    called with the length of each text chunk.
+    called with the length of each text chunk; ``on_delta`` is awaited with the text
+    (that a partial check passed) before the next chunk is read, and the time it takes
+    (a slow reader downstream) does not count against the call's timeouts. The timeouts
+    run on ``clock`` if given (a clock that runs timers), else on the loop's clock.
     """
     parts: list[str] = []
     text_so_far = ""
@@ -184,8 +190,8 @@ async def complete(
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
     started = False  # a chunk has arrived: idle_timeout_s counts from now on
-    loop = asyncio.get_running_loop()
-    now = loop.time()
+    tick = asyncio.get_running_loop().time if clock is None else clock.monotonic
+    now = tick()
     # timeout_s is enforced with asyncio.timeout, not by aiohttp: aiohttp's timer un-cancels
     # its task twice, which swallows a deadline (the run's, or the caller's) firing in the
     # same turn. Here for every call but a whole-body call of a provider that bounds those
@@ -196,7 +202,9 @@ async def complete(
     if first_at is not None and first_at < total_at:
         at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
     own = not config.stream and not watch and getattr(provider, "bounds_whole_calls", False)
-    watchdog = None if own else asyncio.timeout_at(at)
+    watchdog: asyncio.Timeout | ClockTimeout | None = None
+    if not own:
+        watchdog = asyncio.timeout_at(at) if clock is None else ClockTimeout(clock, at)
     try:
         async with (
             watchdog or _UNWATCHED,
@@ -213,8 +221,8 @@ async def complete(
                     if progress and first_at is not None:
                         first_at = None  # the first token came: from now on, only idle
                     at, phase = total_at, "total"
-                    if idle_s is not None and loop.time() + idle_s < at:
-                        at, phase = loop.time() + idle_s, "idle"
+                    if idle_s is not None and tick() + idle_s < at:
+                        at, phase = tick() + idle_s, "idle"
                     if first_at is not None and first_at <= at:
                         at, phase = first_at, "first_token"
                     watchdog.reschedule(at)
@@ -231,6 +239,17 @@ async def complete(
                             finish = "rejected_early"
                             out_tokens = None  # nothing reported yet for what was received
                             break
+                    if on_delta is not None:
+                        if watchdog is None:
+                            await on_delta(chunk.text)
+                        else:  # the reader's time is not the provider's
+                            watchdog.reschedule(None)
+                            before = tick()
+                            await on_delta(chunk.text)
+                            waited = tick() - before
+                            total_at += waited
+                            at += waited
+                            watchdog.reschedule(at)
                 if chunk.finish_reason is not None:
                     finish = chunk.finish_reason
                 if chunk.input_tokens is not None:

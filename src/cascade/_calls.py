@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import random
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter
+from typing import Literal
 
 from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
-from ._clock import Clock, SystemClock
+from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
 from ._errors import ProviderError
 from ._records import RunState, attempt_record, failed_record
 from ._sampler import Sampler
 from ._types import Attempt, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
+from .engine._events import AttemptStarted
 from .providers import Provider
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
 from .resilience.limiter import Lease, RateLimiter
@@ -41,6 +43,8 @@ class ProviderCalls:
     ) -> None:
         self._estimate_output_tokens = config.estimate_output_tokens
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.timers = timers_of(self.clock)
+        """The clock, if timeouts and hedge delays run on it (else on the loop's clock)."""
         self._rng = random.Random()
         self.shared = (
             None
@@ -105,15 +109,27 @@ class ProviderCalls:
 
         ``flight`` is the caller's record of the call (a hedge race keeps its own);
         ``on_text`` sees the length of each text chunk. A cancelled call leaves its flight
-        in ``run.flights`` for whoever cancelled it to record.
+        in ``run.flights`` for whoever cancelled it to record. In a speculative stream
+        (and a tier that does not hedge) the text goes to the caller as it arrives.
         """
-        attempts = run.attempts
         if flight is None:
             flight = InFlight(tier, provider, perf_counter())
         t0 = flight.t0
         if on_text is None:
             on_text = flight.seen  # what a deadline cuts off is costed from this
         run.flights.append(flight)
+        run.emit(
+            AttemptStarted(
+                tier=tier.index,
+                tier_name=tier.name,
+                provider=provider.name,
+                model=provider.model,
+                hedge=flight.hedge,
+            )
+        )
+        on_delta = None
+        if run.speculative and tier.hedge is None:
+            on_delta = run.delta_sender(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
         # The span of the call (one per try: a retry replaces it), current until judged.
         flight.trace = run.tier_trace.attempt(provider, tier_msgs, tier_opts, hedge=flight.hedge)
@@ -124,24 +140,23 @@ class ProviderCalls:
                 options=tier_opts,
                 tier=tier.index,
                 tier_name=tier.name,
-                sample=Sampler(flight, msgs, opts, run.spend),
+                sample=Sampler(flight, msgs, opts, run.charge, clock=self.timers),
                 weights=tier.weights_of_variants,
             )
         partial = tier.partial if provider.config.stream else ()
         try:
             policy = self.retries[provider.name]
             if policy is None:
-                with await self.breakers[provider.name].acquire():
-                    completion, early = await complete(
-                        provider, tier_msgs, tier_opts, t0, partial=partial, ctx=ctx,
-                        on_text=on_text,
-                    )  # fmt: skip
+                completion, early = await self._call(
+                    provider, tier_msgs, tier_opts, t0, partial, ctx, on_text, on_delta
+                )
             else:
                 held = [lease]  # each retry takes a lease of its own
                 try:
                     completion, early = await self._with_retries(
-                        run, flight, policy, tier_msgs, tier_opts, partial, ctx, on_text, held
-                    )
+                        run, flight, policy, tier_msgs, tier_opts, partial, ctx, held,
+                        on_text=on_text, on_delta=on_delta,
+                    )  # fmt: skip
                 finally:
                     lease = held[0]
         except ProviderError as exc:
@@ -150,7 +165,7 @@ class ProviderCalls:
                 lease.release()
             run.flights.remove(flight)
             run.last_error = exc
-            attempts.append(self._failure(run, flight, t0, exc, tier_msgs))
+            run.record(self._failure(run, flight, t0, exc, tier_msgs))
             return None
         except BaseException as exc:
             flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost
@@ -163,16 +178,8 @@ class ProviderCalls:
         window = self.ttft_windows.get(provider.name)
         if window is not None and completion.ttft_s is not None:
             window.append(completion.ttft_s)
-        # Paid for from here on, whatever happens during validation.
-        cost = provider.config.cost_usd(
-            completion.input_tokens,
-            completion.output_tokens,
-            cache_read_tokens=completion.cache_read_tokens,
-            cache_write_tokens=completion.cache_write_tokens,
-        )
-        run.spent += cost
+        run.charge(flight, completion)  # paid for from here on, whatever validation says
         flight.completion = completion
-        flight.cost += cost
         if early is not None:
             verdicts: tuple[Verdict, ...] = (early,)
             passed = False
@@ -189,8 +196,57 @@ class ProviderCalls:
         flight.trace.judged(verdicts, passed)
         run.flights.remove(flight)
         attempt = attempt_record(flight, completion, verdicts, passed)
-        attempts.append(attempt)
+        run.record(attempt)
         return attempt
+
+    # -- taking a provider: the one place its rate limit and its breaker are taken -------
+
+    async def reserve(
+        self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
+    ) -> Lease | Literal[False] | None:
+        """``provider``'s rate-limit lease if it has headroom now; False if it has none
+        (a sibling goes first); None if it has no rate limits."""
+        limiter = self.limiters.get(provider.name)
+        if limiter is None:
+            return None
+        lease = await limiter.reserve(tokens=self.token_estimate(provider, msgs, opts))
+        return False if lease is None else lease
+
+    async def acquire(
+        self,
+        provider: Provider,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        *,
+        deadline: float | None,
+    ) -> Lease | None:
+        """``provider``'s rate-limit lease, waited for in fair order until ``deadline`` (on
+        the clock; :class:`~cascade.LimiterTimeout` past it); None if it has no limits."""
+        limiter = self.limiters.get(provider.name)
+        if limiter is None:
+            return None
+        return await limiter.acquire(
+            tokens=self.token_estimate(provider, msgs, opts), deadline=deadline
+        )
+
+    async def _call(
+        self,
+        provider: Provider,
+        msgs: tuple[Message, ...],
+        opts: RequestOptions,
+        t0: float,
+        partial: tuple[PartialCheck, ...],
+        ctx: ValidationContext | None,
+        on_text: Callable[[int], None] | None,
+        on_delta: Callable[[str], Awaitable[None]] | None,
+    ) -> tuple[Completion, Verdict | None]:
+        """One call through ``provider``'s circuit breaker (:class:`~cascade.CircuitOpen`
+        when it is open)."""
+        with await self.breakers[provider.name].acquire():
+            return await complete(
+                provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
+                on_delta=on_delta, clock=self.timers,
+            )  # fmt: skip
 
     def token_estimate(
         self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
@@ -208,8 +264,10 @@ class ProviderCalls:
         opts: RequestOptions,
         partial: tuple[PartialCheck, ...],
         ctx: ValidationContext | None,
-        on_text: Callable[[int], None] | None,
         held: list[Lease | None],
+        *,
+        on_text: Callable[[int], None] | None,
+        on_delta: Callable[[str], Awaitable[None]] | None,
     ) -> tuple[Completion, Verdict | None]:
         """``complete`` with retries; each failed try is recorded as an attempt.
 
@@ -217,26 +275,29 @@ class ProviderCalls:
         spent (the provider counted the request), and a retry waits for a new one, in fair
         order and within the deadline, like any request."""
         provider = flight.provider
-        breaker = self.breakers[provider.name]
-        limiter = self.limiters.get(provider.name)
         started = [perf_counter()]
         retries = [0]
 
         async def once() -> tuple[Completion, Verdict | None]:
             started[0] = t0 = perf_counter()
-            if retries[0]:  # the first try's span was started by the caller
+            if retries[0]:  # the first try's span (and event) were started by the caller
                 flight.trace = run.tier_trace.attempt(
                     provider, msgs, opts, retry=retries[0], hedge=flight.hedge
                 )
+                run.emit(
+                    AttemptStarted(
+                        tier=flight.tier.index,
+                        tier_name=flight.tier.name,
+                        provider=provider.name,
+                        model=provider.model,
+                        retry=retries[0],
+                        hedge=flight.hedge,
+                    )
+                )
             retries[0] += 1
-            if limiter is not None and held[0] is None:
-                held[0] = await limiter.acquire(
-                    tokens=self.token_estimate(provider, msgs, opts), deadline=run.deadline_at
-                )
-            with await breaker.acquire():
-                return await complete(
-                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text
-                )
+            if held[0] is None:
+                held[0] = await self.acquire(provider, msgs, opts, deadline=run.deadline_at)
+            return await self._call(provider, msgs, opts, t0, partial, ctx, on_text, on_delta)
 
         def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
@@ -245,7 +306,7 @@ class ProviderCalls:
                 held[0].release()  # no refund: the failed request counted against the quota
                 held[0] = None
             run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
-            run.attempts.append(self._failure(run, flight, started[0], exc, msgs))
+            run.record(self._failure(run, flight, started[0], exc, msgs))
 
         return await call_with_retries(
             once,

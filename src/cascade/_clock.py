@@ -1,7 +1,10 @@
-"""Time as cascade sees it: a ``Clock`` the resilience parts read and sleep on.
+"""Time as cascade sees it: a ``Clock`` the engine reads, sleeps and times out on.
 
-Breakers, retries and limiters never call ``time`` or ``asyncio.sleep`` directly; they take a
-clock, so tests drive time by hand with :class:`FakeClock` and never sleep for real.
+Breakers, retries, limiters, the run's deadline, the calls' timeouts and the hedge delay
+never call ``time``, ``asyncio.sleep`` or ``asyncio.timeout`` directly; they take a clock,
+so tests drive time by hand with :class:`FakeClock` and never wait for real. A clock that
+can also run callbacks (:class:`SupportsTimers`, as :class:`FakeClock` does) drives the
+timeouts too; any other clock's timeouts run on the event loop's clock.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Protocol
+from collections.abc import Callable
+from types import TracebackType
+from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "ClockTimeout", "FakeClock", "SupportsTimers", "SystemClock", "timers_of"]
 
 
 class Clock(Protocol):
@@ -25,6 +30,18 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+@runtime_checkable
+class SupportsTimers(Clock, Protocol):
+    """A clock that also runs ``callback`` when it reaches ``when`` (on its own timeline):
+    the engine's timeouts and hedge delays then run on it too."""
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable: ...
 
 
 class SystemClock:
@@ -63,7 +80,7 @@ class FakeClock:
         self._now = start
         self._autojump = autojump
         self._seq = itertools.count()  # breaks ties between equal deadlines: FIFO
-        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._sleepers: list[tuple[float, int, asyncio.Future[None] | _Timer]] = []
 
     def monotonic(self) -> float:
         return self._now
@@ -85,14 +102,98 @@ class FakeClock:
             raise ValueError("a monotonic clock cannot go backwards")
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
-            _, _, future = heapq.heappop(self._sleepers)
-            if not future.done():  # a cancelled sleeper is simply dropped
-                future.set_result(None)
+            _, _, waiter = heapq.heappop(self._sleepers)
+            if isinstance(waiter, _Timer):
+                waiter.fire()
+            elif not waiter.done():  # a cancelled sleeper is simply dropped
+                waiter.set_result(None)
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
+        """Run ``callback`` when :meth:`advance` reaches ``when`` (at once if it has)."""
+        timer = _Timer(callback)
+        if when <= self._now:
+            timer.fire()
+        else:
+            heapq.heappush(self._sleepers, (when, next(self._seq), timer))
+        return timer
 
     @property
     def sleepers(self) -> int:
-        """How many tasks are sleeping on this clock."""
+        """How many tasks are sleeping on this clock (and timeouts waiting on it)."""
         return sum(1 for _, _, f in self._sleepers if not f.done())
 
     def __repr__(self) -> str:
         return f"<FakeClock now={self._now:g} sleepers={self.sleepers}>"
+
+
+class _Timer:
+    __slots__ = ("_callback",)
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback: Callable[[], None] | None = callback
+
+    def cancel(self) -> None:
+        self._callback = None
+
+    def done(self) -> bool:
+        return self._callback is None
+
+    def fire(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
+class ClockTimeout:
+    """``asyncio.timeout_at`` on a :class:`SupportsTimers` clock: when the clock reaches
+    ``when`` the block is cancelled and raises ``TimeoutError`` (an ``asyncio.Timeout``
+    underneath, fired through the clock)."""
+
+    __slots__ = ("_clock", "_inner", "_timer", "_when")
+
+    def __init__(self, clock: SupportsTimers, when: float | None) -> None:
+        self._clock = clock
+        self._when = when
+        self._inner = asyncio.timeout(None)
+        self._timer: Cancellable | None = None
+
+    def when(self) -> float | None:
+        return self._when
+
+    def reschedule(self, when: float | None) -> None:
+        """Move the deadline to ``when`` on the clock (None: never)."""
+        self._when = when
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None:
+            self._timer = self._clock.call_at(when, self._fire)
+
+    def expired(self) -> bool:
+        return self._inner.expired()
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._inner.reschedule(asyncio.get_running_loop().time())  # on the next loop turn
+
+    async def __aenter__(self) -> ClockTimeout:
+        await self._inner.__aenter__()
+        self.reschedule(self._when)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self._inner.__aexit__(exc_type, exc, tb)  # raises TimeoutError if it fired
+        return None
+
+
+def timers_of(clock: Clock) -> SupportsTimers | None:
+    """``clock`` if the engine's timeouts should run on it, else None (the loop's clock)."""
+    return clock if isinstance(clock, SupportsTimers) else None

@@ -1,46 +1,30 @@
-"""The engine: policy over providers. Tiers in order, failover within a tier, validators,
-escalation, budget and deadline."""
+"""The Cascade: built from config, it owns the providers, their connection pools and the
+engine (``engine/_core.py``: tiers in order, failover within a tier, validators,
+escalation, budget and deadline), and runs requests through it."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from time import perf_counter
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
-import msgspec
 
-from ._attempt import Tier
 from ._build import build_tiers, provider_keys
 from ._calls import ProviderCalls
 from ._clock import Clock
 from ._config import Config, in_file, load_config
-from ._errors import (
-    AllProvidersFailed,
-    BudgetExceeded,
-    CascadeExhausted,
-    DeadlineExceeded,
-    InputError,
-)
-from ._hedge import race
-from ._records import RunState, attempt_record, best_attempt, failed_record
+from ._errors import InputError
 from ._telemetry import Telemetry
-from ._types import (
-    Attempt,
-    Message,
-    RequestOptions,
-    Result,
-    coerce_messages,
-    estimate_prompt_tokens,
-)
-from .providers import Provider, build_provider
+from ._types import Message, RequestOptions, Result, coerce_messages
+from .engine._core import Engine, Plan
+from .engine._events import Failed, Finished, StreamMode
+from .engine._stream import NO_SINK, Stream
+from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
-from .resilience.limiter import LimiterTimeout
 from .validators._plugins import load_validator_folder
 
 if TYPE_CHECKING:
@@ -114,6 +98,7 @@ class Cascade:
             environ=env,
         )
         self._telemetry.watch_breakers(self._calls.breakers)
+        self._engine = Engine(config, self._calls, self._telemetry)
         self._session = session
         self._owns_session = session is None
         self._pools: dict[str, aiohttp.ClientSession] = {}  # ours, by provider name
@@ -225,8 +210,68 @@ class Cascade:
 
         Raises :class:`~cascade.InputError` for bad input, and a
         :class:`~cascade.RunError` subclass (carrying ``attempts``) when no answer can be
-        returned.
+        returned. The run is :meth:`stream`'s, read to its end without its text.
         """
+        plan = self._plan(messages, options, start_tier, max_tier, max_cost_usd, deadline_s)
+        if not self._open:
+            await self._open_for_run()
+        end = await self._engine.execute(plan, NO_SINK)
+        if isinstance(end, Failed):
+            raise end.error
+        return end.result
+
+    def stream(
+        self,
+        *,
+        messages: Sequence[Message | Mapping[str, Any]],
+        options: RequestOptions | None = None,
+        start_tier: int | str | None = None,
+        max_tier: int | str | None = None,
+        max_cost_usd: float | None = None,
+        deadline_s: float | None = None,
+        mode: StreamMode = "buffered",
+    ) -> Stream:
+        """Run one request as :meth:`run` does, handing its events to the caller as they
+        happen (see :mod:`cascade.engine` for the events).
+
+        >>> async with cascade.stream(messages=msgs) as events:  # doctest: +SKIP
+        ...     async for event in events:
+        ...         if isinstance(event, cascade.Delta):
+        ...             print(event.text, end="")
+
+        ``mode="buffered"``: :class:`~cascade.Delta` events carry only the text of an
+        answer its tier accepted, in pieces once it was accepted. ``mode="speculative"``:
+        text as it arrives from the provider; when that answer is then rejected (or its
+        stream fails) a :class:`~cascade.Retracted` event comes before the next answer's
+        text. A hedged tier sends text only of the call it keeps, once validated. The last
+        event is :class:`~cascade.Finished` (the Result) or :class:`~cascade.Failed` (the
+        error ``run`` would raise).
+
+        The reader sets the pace: text is read from the provider no faster than the
+        reader takes it. Leaving the ``async with`` block early (``break``, an exception,
+        a cancel scope, a timeout) cancels the call under way at once and records it in
+        the stream's ``attempts``. Bad input raises :class:`~cascade.InputError` here.
+        """
+        if mode not in ("buffered", "speculative"):
+            raise InputError("expected 'buffered' or 'speculative'", path="mode")
+        plan = self._plan(messages, options, start_tier, max_tier, max_cost_usd, deadline_s)
+
+        async def start(stream: Stream) -> Finished | Failed:
+            if not self._open:
+                await self._open_for_run()
+            return await self._engine.execute(plan, stream)
+
+        return Stream(mode, start)
+
+    def _plan(
+        self,
+        messages: Sequence[Message | Mapping[str, Any]],
+        options: RequestOptions | None,
+        start_tier: int | str | None,
+        max_tier: int | str | None,
+        max_cost_usd: float | None,
+        deadline_s: float | None,
+    ) -> Plan:
         msgs = coerce_messages(messages)
         opts = _DEFAULT_OPTIONS if options is None else options
         first = self._tier_index(start_tier, "start_tier", 0)
@@ -239,43 +284,12 @@ class Cascade:
         deadline = self.config.deadline_s if deadline_s is None else deadline_s
         if deadline is not None and not deadline > 0:
             raise InputError("expected a deadline > 0 seconds", path="deadline_s")
-        if not self._open:
-            if self._closed:
-                raise RuntimeError("cannot run: this Cascade is closed")
-            await self.open()
+        return Plan(msgs, opts, self._tiers[first : last + 1], budget, deadline)
 
-        run = RunState(
-            perf_counter(), None if deadline is None else self._calls.clock.monotonic() + deadline
-        )
-        tiers = self._tiers[first : last + 1]
-        # The run's span (a child of the caller's), ended with its routing record.
-        with self._telemetry.run(
-            run.attempts, opts, max_cost_usd=budget, deadline_s=deadline
-        ) as run.trace:
-            result = await self._run_within(run, tiers, msgs, opts, budget, deadline)
-            run.trace.done(result)
-        return result
-
-    async def _run_within(
-        self,
-        run: RunState,
-        tiers: list[Tier],
-        msgs: tuple[Message, ...],
-        opts: RequestOptions,
-        budget: float | None,
-        deadline: float | None,
-    ) -> Result:
-        """The tiers, within the run's deadline."""
-        if deadline is None:
-            return await self._run_tiers(run, tiers, msgs, opts, budget)
-        timeout = asyncio.timeout(deadline)
-        try:
-            async with timeout:
-                return await self._run_tiers(run, tiers, msgs, opts, budget)
-        except TimeoutError:
-            if not timeout.expired():
-                raise  # not our deadline: a bug in a provider or validator, not a timeout
-            return self._deadline_exceeded(run, deadline, msgs)
+    async def _open_for_run(self) -> None:
+        if self._closed:
+            raise RuntimeError("cannot run: this Cascade is closed")
+        await self.open()
 
     def _tier_index(self, value: int | str | None, field: str, default: int) -> int:
         if value is None:
@@ -289,167 +303,10 @@ class Cascade:
             raise InputError(f"expected a tier from 1 to {len(self._tiers)}", path=field)
         return value - 1
 
-    async def _run_tiers(
-        self,
-        run: RunState,
-        tiers: list[Tier],
-        msgs: tuple[Message, ...],
-        opts: RequestOptions,
-        budget: float | None,
-    ) -> Result:
-        attempts = run.attempts
-        for tier in tiers:
-            # The tier's span; its outcome, and the escalation, come from its attempts.
-            with run.trace.tier(tier) as run.tier_trace:
-                if budget is not None:
-                    skip = self._over_budget(tier, msgs, opts, budget - run.spent)
-                    if skip is not None:
-                        attempts.append(skip)
-                        continue
-                attempt = None
-                busy: list[Provider] = []  # no headroom in their rate limits right now
-                tried: set[str] = set()  # taken as hedges
-                for provider in tier.providers:
-                    if provider.name in tried:
-                        continue
-                    lease = None
-                    limiter = self._calls.limiters.get(provider.name)
-                    if limiter is not None:
-                        lease = await limiter.reserve(
-                            tokens=self._calls.token_estimate(provider, msgs, opts)
-                        )
-                        if lease is None:
-                            busy.append(provider)  # a sibling with headroom goes first
-                            run.tier_trace.limiter_busy(provider.name)
-                            continue
-                    if tier.hedge is None:
-                        attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
-                    else:
-                        tried.add(provider.name)
-                        attempt = await race(
-                            self._calls, run, tier, provider, lease, msgs, opts, tried
-                        )
-                    if attempt is not None:
-                        break
-                if tried:
-                    busy = [p for p in busy if p.name not in tried]
-                if attempt is None and busy:
-                    # Every provider with headroom failed or none had any: wait, in fair
-                    # order and never past the deadline, for the first busy one.
-                    provider = busy[0]
-                    limiter = self._calls.limiters[provider.name]
-                    t0 = perf_counter()
-                    try:
-                        lease = await limiter.acquire(
-                            tokens=self._calls.token_estimate(provider, msgs, opts),
-                            deadline=run.deadline_at,
-                        )
-                    except LimiterTimeout as exc:
-                        run.tier_trace.limiter_wait(
-                            provider.name, perf_counter() - t0, acquired=False
-                        )
-                        run.last_error = exc
-                        attempts.append(failed_record(tier, provider, t0, exc))
-                    else:
-                        run.tier_trace.limiter_wait(
-                            provider.name, perf_counter() - t0, acquired=True
-                        )
-                        attempt = await self._calls.attempt(run, tier, provider, msgs, opts, lease)
-                if attempt is not None and attempt.outcome == "accepted":
-                    return run.result(attempt, validated=True)
-                if attempt is None and self.config.on_outage == "error":
-                    break  # every provider failed: an outage, which must not escalate the bill
-                # rejected by a validator, or every provider failed: escalate to the next tier
-        return self._exhausted(run)
-
     @property
     def breakers(self) -> Mapping[str, AsyncBreaker]:
         """Each provider's circuit breaker, by provider name (state, counts, ``repr``)."""
         return MappingProxyType(self._calls.breakers)
-
-    def _over_budget(
-        self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
-    ) -> Attempt | None:
-        provider = tier.providers[0]
-        in_tokens = estimate_prompt_tokens(msgs)
-        out_tokens = (
-            opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
-        )
-        estimate = provider.config.cost_usd(in_tokens, out_tokens)
-        if estimate <= left:
-            return None
-        return Attempt(
-            tier=tier.index,
-            tier_name=tier.name,
-            provider=provider.name,
-            model=provider.model,
-            outcome="skipped",
-            error_type="BudgetExceeded",
-            error=f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left",
-        )
-
-    def _exhausted(self, run: RunState) -> Result:
-        best = best_attempt(run.attempts)
-        if best is not None:
-            if self.config.on_exhausted == "best":
-                return run.result(best, validated=False)
-            raise CascadeExhausted(
-                f"no answer passed validation in {len(run.attempts)} attempts",
-                attempts=run.attempts,
-            )
-        if any(a.outcome == "rejected" for a in run.attempts):
-            raise CascadeExhausted(  # only early-rejected fragments: nothing to fall back on
-                f"no answer passed validation in {len(run.attempts)} attempts",
-                attempts=run.attempts,
-            )
-        if any(a.outcome == "skipped" for a in run.attempts):
-            raise BudgetExceeded(
-                "no affordable tier produced an answer within max_cost_usd", attempts=run.attempts
-            )
-        raise AllProvidersFailed(
-            f"every provider failed ({len(run.attempts)} attempts); last: {run.last_error}",
-            attempts=run.attempts,
-        ) from run.last_error
-
-    def _deadline_exceeded(
-        self, run: RunState, deadline: float, msgs: tuple[Message, ...]
-    ) -> Result:
-        for flight in run.flights:
-            exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
-            completion = flight.completion
-            if completion is None:
-                in_tokens = out_tokens = 0
-                cost = 0.0
-                if flight.received:  # a stream cut off after text came: prompt and text billed
-                    in_tokens, out_tokens, cost = run.charge_unanswered(
-                        flight, msgs, flight.received
-                    )
-                attempt = failed_record(
-                    flight.tier,
-                    flight.provider,
-                    flight.t0,
-                    exc,
-                    in_tokens=in_tokens,
-                    out_tokens=out_tokens,
-                    cost=cost,
-                    hedge=flight.hedge,
-                )
-            else:
-                # The answer arrived (and was paid for); validation had not finished.
-                attempt = msgspec.structs.replace(
-                    attempt_record(flight, completion, (), passed=False),
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                )
-            run.attempts.append(attempt)
-        run.flights.clear()
-        best = best_attempt(run.attempts)
-        if best is not None and self.config.on_exhausted == "best":
-            return run.result(best, validated=False)
-        raise DeadlineExceeded(
-            f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
-            attempts=run.attempts,
-        )
 
 
 def connection_shares(config: Config) -> dict[str, int]:

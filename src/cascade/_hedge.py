@@ -18,6 +18,7 @@ from typing import Any
 
 from ._attempt import InFlight, Tier
 from ._calls import ProviderCalls
+from ._clock import ClockTimeout, SupportsTimers
 from ._config import HedgeConfig
 from ._records import RunState, failed_record
 from ._types import Attempt, Message, RequestOptions
@@ -77,7 +78,7 @@ async def race(
     start(provider, lease, hedge=False)
     try:
         delay = hedge_delay(policy, calls.ttft_windows.get(provider.name))
-        done, _ = await asyncio.wait((tasks[0], first), timeout=delay)
+        done = await _wait(calls.timers, (tasks[0], first), delay)
         if not done:
             sibling = await _sibling(calls, tier, msgs, opts, tried)
             if sibling is not None and (first.done() or tasks[0].done()):
@@ -104,12 +105,9 @@ async def race(
                 break
             # The kept call failed after its first token: the call given up for it is
             # the tier's best chance left, so it gets a turn of its own.
-            limiter = calls.limiters.get(loser.name)
-            again = None
-            if limiter is not None:
-                again = await limiter.reserve(tokens=calls.token_estimate(loser, msgs, opts))
-                if again is None:
-                    continue
+            again = await calls.reserve(loser, msgs, opts)
+            if again is False:
+                continue
             result = await calls.attempt(run, tier, loser, msgs, opts, again)
         return result
     finally:
@@ -121,6 +119,21 @@ async def race(
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def _wait(
+    clock: SupportsTimers | None, aws: tuple[asyncio.Future[Any], ...], delay: float
+) -> set[asyncio.Future[Any]]:
+    """``asyncio.wait(aws, timeout=delay)``'s done set, the delay on ``clock`` if given."""
+    if clock is None:
+        done, _ = await asyncio.wait(aws, timeout=delay)
+        return done
+    try:
+        async with ClockTimeout(clock, clock.monotonic() + delay):
+            await asyncio.wait(aws)
+    except TimeoutError:
+        pass
+    return {a for a in aws if a.done()}
 
 
 async def _winner(
@@ -163,11 +176,8 @@ async def _sibling(
     for p in tier.providers:
         if p.name in tried or calls.breakers[p.name].state == "open":
             continue
-        limiter = calls.limiters.get(p.name)
-        if limiter is None:
-            return p, None
-        lease = await limiter.reserve(tokens=calls.token_estimate(p, msgs, opts))
-        if lease is not None:
+        lease = await calls.reserve(p, msgs, opts)
+        if lease is not False:
             return p, lease
     return None
 
@@ -187,7 +197,7 @@ def _record_loser(
     else:
         in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, flight.received)
     lost = HedgeLost(f"cancelled: {winner} produced the first token (hedged request)")
-    run.attempts.append(
+    run.record(
         failed_record(
             flight.tier,
             flight.provider,

@@ -6,6 +6,7 @@ each is written.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Literal
 
@@ -22,6 +23,8 @@ from ._types import (
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
+from .engine._events import AttemptFinished, Delta, Event, Retracted
+from .engine._stream import NO_SINK, Sink
 from .providers import Provider
 
 __all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
@@ -130,22 +133,34 @@ def result_of(
 
 
 class RunState:
-    """Mutable state of one run; lives only for the duration of ``Cascade.run``."""
+    """Mutable state of one run; lives only for the duration of the run.
+
+    Its events go to its trace and its ``sink`` (:meth:`emit`); :meth:`record` is where
+    every attempt is recorded, :meth:`charge` and :meth:`charge_unanswered` where every
+    cost is added."""
 
     __slots__ = (
         "attempts",
         "deadline_at",
         "flights",
         "last_error",
+        "shown",
+        "sink",
+        "speculative",
         "spent",
         "t0",
         "tier_trace",
         "trace",
     )
 
-    def __init__(self, t0: float, deadline_at: float | None) -> None:
+    def __init__(self, t0: float, deadline_at: float | None, sink: Sink = NO_SINK) -> None:
         self.t0 = t0
         self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
+        self.sink = sink
+        self.speculative = sink.mode == "speculative"
+        """Text goes to the sink as it arrives (else only the accepted answer's)."""
+        self.shown = 0
+        """Characters of text sent as deltas and not retracted (speculative mode)."""
         self.attempts: list[Attempt] = []
         self.spent = 0.0
         self.last_error: ProviderError | None = None
@@ -155,15 +170,65 @@ class RunState:
         self.tier_trace: TierTrace = NOOP_TIER
         """The run's span and the span of the tier under way (``_telemetry``)."""
 
-    def spend(self, cost: float) -> None:
+    def charge(self, flight: InFlight, completion: Completion) -> float:
+        """Charge an answer ``flight``'s provider sent (the attempt's, or a sample's): its
+        cost goes on the run and on the attempt. Returns it."""
+        cost = flight.provider.config.cost_usd(
+            completion.input_tokens,
+            completion.output_tokens,
+            cache_read_tokens=completion.cache_read_tokens,
+            cache_write_tokens=completion.cache_write_tokens,
+        )
         self.spent += cost
+        flight.cost += cost
+        return cost
+
+    def emit(self, event: Event) -> None:
+        """Tell the run's listeners: its trace (spans, metrics, routing record), then the
+        sink."""
+        trace = self.trace
+        if trace is not NOOP_RUN:
+            trace.observe(event)
+        sink = self.sink
+        if sink is not NO_SINK:
+            sink.emit(event)
+
+    def record(self, attempt: Attempt) -> None:
+        """Record a finished attempt: the one place an attempt is added to the run. Text
+        the call showed (speculative mode) is retracted unless it was accepted."""
+        self.attempts.append(attempt)
+        self.emit(AttemptFinished(attempt=attempt))
+        if self.shown and attempt.outcome != "accepted":
+            self.retract(attempt, attempt.error or attempt.outcome)
+
+    def retract(self, attempt: Attempt, reason: str) -> None:
+        """Withdraw the text the deltas of ``attempt``'s call showed."""
+        self.emit(
+            Retracted(
+                tier=attempt.tier, provider=attempt.provider, chars=self.shown, reason=reason[:200]
+            )
+        )
+        self.shown = 0
+
+    def delta_sender(self, flight: InFlight) -> Callable[[str], Awaitable[None]]:
+        """What ``complete`` calls with each piece of ``flight``'s text, speculatively."""
+        send = self.sink.send
+        tier, provider = flight.tier.index, flight.provider.name
+
+        async def on_delta(text: str) -> None:
+            self.shown += len(text)
+            await send(Delta(text=text, tier=tier, provider=provider))
+
+        return on_delta
 
     def charge_unanswered(
         self, flight: InFlight, msgs: tuple[Message, ...], received_chars: int
     ) -> tuple[int, int, float]:
         """Charge a call that ended without an answer after its prompt was sent (a stream
         that broke or was cut off, a hedge that lost): the prompt's estimate and about 4
-        characters a token of the text that arrived. Returns (input, output, cost)."""
+        characters a token of the text that arrived, on the run (the failed attempt's
+        record carries it, not the flight: a retry's answer is another attempt). Returns
+        (input, output, cost)."""
         in_tokens = estimate_prompt_tokens(msgs)
         out_tokens = estimate_text_tokens(received_chars)
         cost = flight.provider.config.cost_usd(in_tokens, out_tokens)

@@ -15,6 +15,7 @@ from time import perf_counter
 from typing import Protocol
 
 from ._attempt import InFlight, complete
+from ._clock import ClockTimeout, SupportsTimers
 from ._errors import MalformedResponse, ProviderTimeout
 from ._types import (
     Chunk,
@@ -40,19 +41,22 @@ class Sampler:
     still count), and only when nothing came back is its error raised.
     """
 
-    __slots__ = ("_flight", "_msgs", "_next", "_opts", "_spend")
+    __slots__ = ("_charge", "_clock", "_flight", "_msgs", "_next", "_opts")
 
     def __init__(
         self,
         flight: InFlight,
         msgs: tuple[Message, ...],
         opts: RequestOptions,
-        spend: _Spend,
+        charge: _Charge,
+        *,
+        clock: SupportsTimers | None = None,
     ) -> None:
         self._flight = flight
         self._msgs = msgs
         self._opts = opts
-        self._spend = spend
+        self._charge = charge
+        self._clock = clock  # the timeouts' clock, if not the loop's
         self._next = 1  # the attempt's first answer was sample 0
 
     async def __call__(self, count: int) -> list[Completion]:
@@ -95,15 +99,8 @@ class Sampler:
 
     def _paid(self, completion: Completion, sample: int, results: dict[int, Completion]) -> None:
         flight = self._flight
-        cost = flight.provider.config.cost_usd(
-            completion.input_tokens,
-            completion.output_tokens,
-            cache_read_tokens=completion.cache_read_tokens,
-            cache_write_tokens=completion.cache_write_tokens,
-        )
-        flight.cost += cost
+        self._charge(flight, completion)
         flight.samples.append(completion)
-        self._spend(cost)
         results[sample] = completion
 
     async def _many(
@@ -118,7 +115,14 @@ class Sampler:
         # timeout_s bounds the whole call, as complete() does for one answer, unless the
         # provider bounds its whole-body calls itself (post_whole): one timer, not two.
         own = getattr(flight.provider, "bounds_whole_calls", False)
-        watchdog = None if own else asyncio.timeout(config.timeout_s)
+        watchdog: asyncio.Timeout | ClockTimeout | None = None
+        clock = self._clock
+        if not own:
+            watchdog = (
+                asyncio.timeout(config.timeout_s)
+                if clock is None
+                else ClockTimeout(clock, clock.monotonic() + config.timeout_s)
+            )
         try:
             async with watchdog or nullcontext():
                 chunks = await provider.complete_n(msgs, opts, len(samples))
@@ -174,7 +178,9 @@ class Sampler:
         # context: this task attaches and detaches its own span).
         trace = flight.trace.sample(sample, msgs, opts)
         try:
-            completion, _ = await complete(flight.provider, msgs, opts, perf_counter())
+            completion, _ = await complete(
+                flight.provider, msgs, opts, perf_counter(), clock=self._clock
+            )
         except BaseException as exc:
             trace.failed(exc)
             raise
@@ -190,5 +196,5 @@ def _output_tokens(chunk: Chunk) -> int:
     return chunk.output_tokens
 
 
-class _Spend(Protocol):
-    def __call__(self, cost: float) -> None: ...
+class _Charge(Protocol):
+    def __call__(self, flight: InFlight, completion: Completion) -> float: ...

@@ -22,6 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from ..engine._events import Escalated, Event, Finished
 from . import _semconv as sc
 from ._attempts import (
     MAX_TEXT,
@@ -54,7 +55,6 @@ class RunTrace:
 
     __slots__ = (
         "_escalations",
-        "_pending",
         "_result",
         "_t0",
         "_tel",
@@ -78,7 +78,6 @@ class RunTrace:
         self.attempts = attempts
         self.options = options
         self._t0 = perf_counter()
-        self._pending: tuple[str, str, str] | None = None  # tier left, why, detail
         self._escalations: list[str] = []
         self._result: Result | None = None
 
@@ -93,30 +92,44 @@ class RunTrace:
     ) -> None:
         self.finish(exc)
 
+    def observe(self, event: Event) -> None:
+        """A listener of the run's events: the escalations and the result are read off
+        them (the calls' spans are started and ended by the calls themselves)."""
+        if self._tel is None:
+            return
+        kind = type(event)
+        if kind is Escalated:
+            self.escalated(event)  # type: ignore[arg-type]
+        elif kind is Finished:
+            self._result = event.result  # type: ignore[union-attr]
+
+    def escalated(self, event: Escalated) -> None:
+        """The engine left a tier unaccepted for the next (an escalation event)."""
+        tel = self._tel
+        if tel is None:
+            return
+        name, reason, detail = event.from_tier_name, event.reason, event.detail
+        self._escalations.append(f"{name}: {reason}" + (f" ({detail})" if detail else ""))
+        assert tel.instruments is not None
+        tel.instruments.escalations.add(
+            1, {sc.CASCADE_TIER_NAME: name, sc.CASCADE_ESCALATION_REASON: reason}
+        )
+        if self.span is not None:
+            self.span.add_event(
+                sc.EVENT_ESCALATION,
+                {
+                    sc.CASCADE_ESCALATION_FROM: name,
+                    sc.CASCADE_ESCALATION_TO: event.to_tier_name,
+                    sc.CASCADE_ESCALATION_REASON: reason,
+                    sc.CASCADE_ESCALATION_DETAIL: detail,
+                },
+            )
+
     def tier(self, tier: TierLike) -> TierTrace:
-        """Start a tier's span; the previous tier, if it ended unaccepted, escalated here."""
+        """Start a tier's span."""
         tel = self._tel
         if tel is None:
             return NOOP_TIER
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            name, reason, detail = pending
-            self._escalations.append(f"{name}: {reason}" + (f" ({detail})" if detail else ""))
-            assert tel.instruments is not None
-            tel.instruments.escalations.add(
-                1, {sc.CASCADE_TIER_NAME: name, sc.CASCADE_ESCALATION_REASON: reason}
-            )
-            if self.span is not None:
-                self.span.add_event(
-                    sc.EVENT_ESCALATION,
-                    {
-                        sc.CASCADE_ESCALATION_FROM: name,
-                        sc.CASCADE_ESCALATION_TO: tier.name,
-                        sc.CASCADE_ESCALATION_REASON: reason,
-                        sc.CASCADE_ESCALATION_DETAIL: detail,
-                    },
-                )
         if self.span is None:
             return TierTrace(self, tier, None, None)
         span = tel.tracer.start_span(
@@ -126,10 +139,6 @@ class RunTrace:
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         return TierTrace(self, tier, span, token)
-
-    def done(self, result: Result) -> None:
-        """The run returns ``result`` (the context manager's exit writes it out)."""
-        self._result = result
 
     def finish(self, exc: BaseException | None = None) -> None:
         tel = self._tel
@@ -215,9 +224,9 @@ def _tier_path(attempts: Sequence[Attempt]) -> list[str]:
 
 
 class TierTrace:
-    """One tier's span. Its outcome is read off the attempts the tier added to the run."""
+    """One tier's span, ended with the tier's outcome (decided by the engine)."""
 
-    __slots__ = ("_first", "_run", "_token", "span", "tier")
+    __slots__ = ("_run", "_token", "span", "tier")
 
     def __init__(
         self,
@@ -230,18 +239,6 @@ class TierTrace:
         self.tier = tier
         self.span = span
         self._token = token
-        self._first = len(run.attempts) if run is not None else 0
-
-    def __enter__(self) -> TierTrace:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.end()
 
     def attempt(
         self,
@@ -314,17 +311,11 @@ class TierTrace:
                 sc.EVENT_HEDGE, {sc.CASCADE_PROVIDER: provider, sc.CASCADE_HEDGE_DELAY_S: delay_s}
             )
 
-    def end(self) -> None:
-        run = self._run
-        if run is None:
+    def end(self, outcome: str) -> None:
+        """The tier ended: ``outcome`` is accepted, rejected, skipped, failed or none."""
+        if self._run is None:
             return
         self._run = None  # once
-        outcome, detail = _tier_outcome(run.attempts, self._first)
-        tier = self.tier
-        assert tier is not None
-        if outcome != "accepted" and outcome != "none":
-            reason = "over_budget" if outcome == "skipped" else outcome
-            run._pending = (tier.name, reason, detail)
         span = self.span
         if span is not None:
             span.set_attribute(sc.CASCADE_TIER_OUTCOME, outcome)
@@ -332,28 +323,6 @@ class TierTrace:
                 otel_context.detach(self._token)
                 self._token = None
             span.end()
-
-
-def _tier_outcome(attempts: list[Attempt], first: int) -> tuple[str, str]:
-    """The tier's outcome (accepted, rejected, skipped, failed, none) and why."""
-    if len(attempts) > first and attempts[-1].outcome == "accepted":
-        return "accepted", ""  # the common case, without a copy of the list
-    found = "none"
-    detail = ""
-    for a in attempts[first:]:
-        if a.outcome == "cancelled":
-            continue  # a hedge that lost: not why the tier escalated
-        if a.outcome == "accepted":
-            return "accepted", ""
-        if a.outcome == "rejected":
-            if found != "rejected":
-                found = "rejected"
-                failing = [v for v in a.verdicts if not v.passed]
-                detail = "; ".join(f"{v.validator}: {v.reason}" for v in failing)
-        elif found in ("none", "failed", "skipped"):
-            found = a.outcome
-            detail = a.error or a.error_type or ""
-    return found, detail[:MAX_TEXT]
 
 
 NOOP_RUN = RunTrace(None, None, None, [], None)

@@ -1,0 +1,343 @@
+"""The engine: policy over providers, as a stream of events. Tiers in order, failover
+within a tier, validators, escalation, budget and deadline.
+
+:meth:`Engine.execute` runs one request and tells its :class:`~._stream.Sink` everything
+that happens (:mod:`._events`), ending with :class:`~._events.Finished` or
+:class:`~._events.Failed`. ``Cascade.run`` and ``Cascade.stream`` are both this one path:
+``run`` hands it a sink that keeps nothing and returns the last event's result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+from typing import Literal, NamedTuple
+
+import msgspec
+
+from .._attempt import Tier, chosen
+from .._calls import ProviderCalls
+from .._clock import ClockTimeout
+from .._config import Config
+from .._errors import (
+    AllProvidersFailed,
+    BudgetExceeded,
+    CascadeExhausted,
+    DeadlineExceeded,
+    RunError,
+)
+from .._hedge import race
+from .._records import RunState, attempt_record, best_attempt, failed_record
+from .._telemetry import Telemetry
+from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
+from ..providers import Provider
+from ..resilience.limiter import LimiterTimeout
+from ._events import Delta, Escalated, EscalationReason, Failed, Finished, TierStarted
+from ._stream import NO_SINK, Sink
+
+__all__ = ["Engine", "Plan", "tier_outcome"]
+
+PIECE_CHARS = 4096
+"""An accepted answer goes to a buffered stream in pieces of at most this many characters."""
+
+_MAX_DETAIL = 500  # as reasons on spans
+
+
+class Plan(NamedTuple):
+    """One request, checked: what the engine runs."""
+
+    msgs: tuple[Message, ...]
+    opts: RequestOptions
+    tiers: list[Tier]
+    budget: float | None
+    deadline: float | None
+
+
+class RunCancelled(Exception):
+    """Why a call under way when the caller left was cut off (its attempt's
+    ``error_type``); never raised."""
+
+
+class Engine:
+    """Runs requests through a Cascade's tiers (built and opened by the Cascade)."""
+
+    __slots__ = ("calls", "config", "telemetry")
+
+    def __init__(self, config: Config, calls: ProviderCalls, telemetry: Telemetry) -> None:
+        self.config = config
+        self.calls = calls
+        self.telemetry = telemetry
+
+    async def execute(self, plan: Plan, sink: Sink) -> Finished | Failed:
+        """Run ``plan``, emitting its events to ``sink``; the last one is also returned.
+
+        A cancelled run (the caller left) records the calls under way as ``cancelled``
+        attempts, costed, before the cancellation goes on up."""
+        deadline = plan.deadline
+        run = RunState(
+            perf_counter(),
+            None if deadline is None else self.calls.clock.monotonic() + deadline,
+            sink,
+        )
+        if sink is not NO_SINK:
+            sink.attach(run.attempts)
+        end: Finished | Failed
+        try:
+            # The run's span (a child of the caller's), ended with its routing record:
+            # the trace sees the Finished event, or the error as the run leaves it.
+            with self.telemetry.run(
+                run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
+            ) as run.trace:
+                try:
+                    end = Finished(result=await self._within(run, plan))
+                except asyncio.CancelledError:
+                    exc = RunCancelled("cancelled: the caller stopped the run")
+                    self._cut_off(run, plan.msgs, exc, "cancelled")
+                    raise
+                run.emit(end)
+        except RunError as exc:
+            end = Failed(error=exc)
+            sink.emit(end)
+        return end
+
+    async def _within(self, run: RunState, plan: Plan) -> Result:
+        """The tiers, within the run's deadline."""
+        deadline = plan.deadline
+        if deadline is None:
+            return await self._tiers(run, plan)
+        timers = self.calls.timers
+        timeout: asyncio.Timeout | ClockTimeout
+        if timers is None:
+            timeout = asyncio.timeout(deadline)
+        else:
+            timeout = ClockTimeout(timers, timers.monotonic() + deadline)
+        try:
+            async with timeout:
+                return await self._tiers(run, plan)
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # not our deadline: a bug in a provider or validator, not a timeout
+            return self._deadline_exceeded(run, deadline, plan.msgs)
+
+    async def _tiers(self, run: RunState, plan: Plan) -> Result:
+        attempts = run.attempts
+        sink = run.sink
+        left: tuple[Tier, EscalationReason, str] | None = None  # a tier left unaccepted
+        for tier in plan.tiers:
+            if left is not None:
+                escalated = Escalated(
+                    from_tier=left[0].index,
+                    from_tier_name=left[0].name,
+                    to_tier=tier.index,
+                    to_tier_name=tier.name,
+                    reason=left[1],
+                    detail=left[2],
+                )
+                run.emit(escalated)
+            run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
+            first = len(attempts)
+            # The tier's span; its outcome, and the escalation, come from its attempts.
+            run.tier_trace = run.trace.tier(tier)
+            try:
+                attempt = await self._tier(run, tier, plan)
+            finally:
+                outcome, detail = tier_outcome(attempts, first)
+                run.tier_trace.end(outcome)
+            if attempt is not None and attempt.outcome == "accepted":
+                result = run.result(attempt, validated=True)
+                if sink.mode is not None:
+                    await _release(run, attempt)
+                return result
+            if attempt is None and outcome != "skipped" and self.config.on_outage == "error":
+                break  # every provider failed: an outage, which must not escalate the bill
+            # rejected by a validator, or every provider failed: escalate to the next tier
+            left = None
+            if outcome != "none" and outcome != "accepted":
+                reason: EscalationReason = "over_budget" if outcome == "skipped" else outcome
+                left = (tier, reason, detail)
+        return self._exhausted(run)
+
+    async def _tier(self, run: RunState, tier: Tier, plan: Plan) -> Attempt | None:
+        """The tier's answer (accepted or rejected), or None when every provider failed
+        or the tier was skipped as over budget."""
+        msgs, opts, calls = plan.msgs, plan.opts, self.calls
+        if plan.budget is not None:
+            skip = self._over_budget(tier, msgs, opts, plan.budget - run.spent)
+            if skip is not None:
+                run.record(skip)
+                return None
+        attempt = None
+        busy: list[Provider] = []  # no headroom in their rate limits right now
+        tried: set[str] = set()  # taken as hedges
+        for provider in tier.providers:
+            if provider.name in tried:
+                continue
+            lease = await calls.reserve(provider, msgs, opts)
+            if lease is False:
+                busy.append(provider)  # a sibling with headroom goes first
+                run.tier_trace.limiter_busy(provider.name)
+                continue
+            if tier.hedge is None:
+                attempt = await calls.attempt(run, tier, provider, msgs, opts, lease)
+            else:
+                tried.add(provider.name)
+                attempt = await race(calls, run, tier, provider, lease, msgs, opts, tried)
+            if attempt is not None:
+                return attempt
+        if tried:
+            busy = [p for p in busy if p.name not in tried]
+        if busy:
+            # Every provider with headroom failed or none had any: wait, in fair order and
+            # never past the deadline, for the first busy one.
+            provider = busy[0]
+            t0 = perf_counter()
+            try:
+                waited = await calls.acquire(provider, msgs, opts, deadline=run.deadline_at)
+            except LimiterTimeout as exc:
+                run.tier_trace.limiter_wait(provider.name, perf_counter() - t0, acquired=False)
+                run.last_error = exc
+                run.record(failed_record(tier, provider, t0, exc))
+            else:
+                run.tier_trace.limiter_wait(provider.name, perf_counter() - t0, acquired=True)
+                attempt = await calls.attempt(run, tier, provider, msgs, opts, waited)
+        return attempt
+
+    def _over_budget(
+        self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
+    ) -> Attempt | None:
+        provider = tier.providers[0]
+        in_tokens = estimate_prompt_tokens(msgs)
+        out_tokens = (
+            opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
+        )
+        estimate = provider.config.cost_usd(in_tokens, out_tokens)
+        if estimate <= left:
+            return None
+        return Attempt(
+            tier=tier.index,
+            tier_name=tier.name,
+            provider=provider.name,
+            model=provider.model,
+            outcome="skipped",
+            error_type="BudgetExceeded",
+            error=f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left",
+        )
+
+    def _exhausted(self, run: RunState) -> Result:
+        best = best_attempt(run.attempts)
+        if best is not None:
+            if self.config.on_exhausted == "best":
+                return run.result(best, validated=False)
+            raise CascadeExhausted(
+                f"no answer passed validation in {len(run.attempts)} attempts",
+                attempts=run.attempts,
+            )
+        if any(a.outcome == "rejected" for a in run.attempts):
+            raise CascadeExhausted(  # only early-rejected fragments: nothing to fall back on
+                f"no answer passed validation in {len(run.attempts)} attempts",
+                attempts=run.attempts,
+            )
+        if any(a.outcome == "skipped" for a in run.attempts):
+            raise BudgetExceeded(
+                "no affordable tier produced an answer within max_cost_usd", attempts=run.attempts
+            )
+        raise AllProvidersFailed(
+            f"every provider failed ({len(run.attempts)} attempts); last: {run.last_error}",
+            attempts=run.attempts,
+        ) from run.last_error
+
+    def _deadline_exceeded(
+        self, run: RunState, deadline: float, msgs: tuple[Message, ...]
+    ) -> Result:
+        exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
+        self._cut_off(run, msgs, exc, "failed")
+        best = best_attempt(run.attempts)
+        if best is not None and self.config.on_exhausted == "best":
+            return run.result(best, validated=False)
+        raise DeadlineExceeded(
+            f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
+            attempts=run.attempts,
+        )
+
+    @staticmethod
+    def _cut_off(
+        run: RunState,
+        msgs: tuple[Message, ...],
+        exc: Exception,
+        outcome: Literal["failed", "cancelled"],
+    ) -> None:
+        """Record the calls under way when the run was cut off (its deadline, or the
+        caller leaving), each costed for what it was sent and had received."""
+        for flight in run.flights:
+            completion = flight.completion
+            if completion is None:
+                in_tokens = out_tokens = 0
+                cost = 0.0
+                if flight.received:  # a stream cut off after text came: prompt and text billed
+                    in_tokens, out_tokens, cost = run.charge_unanswered(
+                        flight, msgs, flight.received
+                    )
+                attempt = failed_record(
+                    flight.tier,
+                    flight.provider,
+                    flight.t0,
+                    exc,
+                    in_tokens=in_tokens,
+                    out_tokens=out_tokens,
+                    cost=cost,
+                    outcome=outcome,
+                    hedge=flight.hedge,
+                )
+            else:
+                # The answer arrived (and was paid for); validation had not finished.
+                attempt = msgspec.structs.replace(
+                    attempt_record(flight, completion, (), passed=False),
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
+                if outcome == "cancelled":
+                    attempt = msgspec.structs.replace(attempt, outcome=outcome)
+            run.record(attempt)
+        run.flights.clear()
+
+
+async def _release(run: RunState, attempt: Attempt) -> None:
+    """Send the accepted answer's text to the sink, unless its deltas already showed it
+    (speculative mode, the text the validators accepted)."""
+    assert attempt.completion is not None
+    completion = chosen(attempt.verdicts, attempt.completion)
+    if run.shown:
+        if completion is attempt.completion:
+            return
+        run.retract(attempt, "the validators chose another answer")
+    text = completion.text
+    send = run.sink.send
+    tier, provider = attempt.tier, attempt.provider
+    for i in range(0, len(text), PIECE_CHARS):
+        await send(Delta(text=text[i : i + PIECE_CHARS], tier=tier, provider=provider))
+
+
+def tier_outcome(
+    attempts: list[Attempt], first: int
+) -> tuple[Literal["accepted", "rejected", "skipped", "failed", "none"], str]:
+    """A tier's outcome from the attempts it added (from ``first`` on), and why: the
+    failing validators' reasons, or the last error."""
+    if len(attempts) > first and attempts[-1].outcome == "accepted":
+        return "accepted", ""  # the common case, without a copy of the list
+    found: Literal["accepted", "rejected", "skipped", "failed", "none"] = "none"
+    detail = ""
+    for a in attempts[first:]:
+        outcome = a.outcome
+        if outcome == "cancelled":
+            continue  # a hedge that lost: not why the tier escalated
+        if outcome == "accepted":
+            return "accepted", ""
+        if outcome == "rejected":
+            if found != "rejected":
+                found = "rejected"
+                failing = [v for v in a.verdicts if not v.passed]
+                detail = "; ".join(f"{v.validator}: {v.reason}" for v in failing)
+        elif found in ("none", "failed", "skipped"):
+            found = outcome
+            detail = a.error or a.error_type or ""
+    return found, detail[:_MAX_DETAIL]

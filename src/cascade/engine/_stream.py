@@ -1,0 +1,196 @@
+"""Where a run's events go: a :class:`Sink`. ``run()`` gives the engine one that keeps
+nothing (:data:`NO_SINK`); ``stream()`` gives it a :class:`Stream`, which hands each event
+to the caller and holds the engine back until the caller has taken its text."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Coroutine, Sequence
+from types import TracebackType
+from typing import Any, Protocol
+
+from .._types import Attempt
+from ._events import Delta, Event, StreamMode
+
+__all__ = ["NO_SINK", "Sink", "Stream"]
+
+
+class Sink(Protocol):
+    """Receives a run's events. ``mode`` None asks for no :class:`Delta` events at all."""
+
+    @property
+    def mode(self) -> StreamMode | None: ...
+
+    def emit(self, event: Event) -> None:
+        """Take an event (never blocks: the engine emits a few per attempt)."""
+
+    async def send(self, event: Delta) -> None:
+        """Take answer text; returns once the reader has it (backpressure)."""
+
+    def attach(self, attempts: Sequence[Attempt]) -> None:
+        """The run's attempts, as they are recorded."""
+
+
+class _NoSink:
+    """What ``run()`` hands the engine: no deltas, nothing kept."""
+
+    __slots__ = ()
+    mode = None
+
+    def emit(self, event: Event) -> None:
+        pass
+
+    async def send(self, event: Delta) -> None:  # pragma: no cover - mode None sends none
+        pass
+
+    def attach(self, attempts: Sequence[Attempt]) -> None:
+        pass
+
+
+NO_SINK: Sink = _NoSink()
+
+
+class Stream:
+    """The events of one run as they happen: ``async for event in stream``.
+
+    Yielded by :meth:`Cascade.stream <cascade.Cascade.stream>`. The run goes on in a task
+    of its own and waits for the reader before it reads more of an answer: a reader that
+    stops reading stops the socket being read. Leaving the ``async with`` block (or
+    :meth:`aclose`) before the last event cancels the run at once: the call under way is
+    closed, its connection returned, and it is recorded (``cancelled``, costed for what
+    was sent and received) in :attr:`attempts`.
+    """
+
+    __slots__ = (
+        "_attempts",
+        "_drained",
+        "_events",
+        "_raised",
+        "_ready",
+        "_start",
+        "_task",
+        "mode",
+    )
+
+    def __init__(
+        self,
+        mode: StreamMode,
+        start: Callable[[Stream], Coroutine[Any, Any, object]],
+    ) -> None:
+        self.mode: StreamMode = mode
+        self._start: Callable[[Stream], Coroutine[Any, Any, object]] | None = start
+        self._events: deque[Event] = deque()
+        self._ready: asyncio.Future[None] | None = None  # the reader waits for an event
+        self._drained: asyncio.Future[None] | None = None  # the run waits for the reader
+        self._task: asyncio.Task[object] | None = None
+        self._attempts: Sequence[Attempt] = ()
+        self._raised = False
+
+    def __repr__(self) -> str:
+        task = self._task
+        state = "new" if task is None else "done" if task.done() else "running"
+        return f"<Stream {self.mode} {state}, {len(self._attempts)} attempts>"
+
+    @property
+    def attempts(self) -> tuple[Attempt, ...]:
+        """The attempts recorded so far (every one, once the stream is closed)."""
+        return tuple(self._attempts)
+
+    def attach(self, attempts: Sequence[Attempt]) -> None:
+        """The run's list of attempts (the engine calls this as it starts)."""
+        self._attempts = attempts
+
+    # -- the engine's side -----------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        self._events.append(event)
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)
+
+    async def send(self, event: Delta) -> None:
+        self.emit(event)
+        if self._events:
+            self._drained = drained = asyncio.get_running_loop().create_future()
+            try:
+                await drained
+            finally:
+                self._drained = None
+
+    # -- the reader's side -----------------------------------------------------------------
+
+    async def __aenter__(self) -> Stream:
+        start = self._start
+        if start is None:
+            raise RuntimeError("a Stream is entered once")
+        self._start = None
+        self._task = task = asyncio.get_running_loop().create_task(start(self))
+        task.add_done_callback(self._wake)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+        task = self._task
+        if exc is None and task is not None and not task.cancelled():
+            error = task.exception()
+            if error is not None and not self._raised:
+                raise error  # a bug in the run the reader never read up to
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Event:
+        events = self._events
+        while not events:
+            task = self._task
+            if task is None:
+                raise RuntimeError("use the Stream inside its async with block")
+            if task.done():
+                if not task.cancelled():
+                    error = task.exception()
+                    if error is not None:
+                        self._raised = True
+                        raise error  # a bug, not a RunError: those end in a Failed event
+                raise StopAsyncIteration
+            self._ready = ready = asyncio.get_running_loop().create_future()
+            try:
+                await ready
+            finally:
+                self._ready = None
+        event = events.popleft()
+        drained = self._drained
+        if not events and drained is not None and not drained.done():
+            drained.set_result(None)
+        return event
+
+    async def aclose(self) -> None:
+        """Cancel the run if it is still going, and wait until it has recorded its
+        attempts and returned its connections."""
+        task = self._task
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        interrupted: BaseException | None = None
+        while not task.done():
+            # The run ends within a turn or two of the loop; a cancel scope that cancels
+            # the reader again meanwhile is delivered once the run has ended.
+            try:
+                await asyncio.wait((task,))
+            except asyncio.CancelledError as exc:
+                interrupted = exc
+        if not task.cancelled():
+            task.exception()  # retrieved: a reader that left early has seen enough
+        if interrupted is not None:
+            raise interrupted
+
+    def _wake(self, task: asyncio.Task[object]) -> None:
+        ready = self._ready
+        if ready is not None and not ready.done():
+            ready.set_result(None)

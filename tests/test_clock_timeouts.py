@@ -1,0 +1,137 @@
+"""Every timeout of a run on the injectable Clock: the run's deadline, the first-token and
+idle timeouts, the hedge delay. With a FakeClock nothing fires until the test advances it,
+so these tests have no wall-clock margins: each waits (a bounded poll) until the call is
+under way, moves the clock, and checks the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from cascade import Cascade, DeadlineExceeded, Delta
+from cascade.testing import FakeClock, FakeOpenAIServer, Reply
+
+from .helpers import USER, provider, tier
+from .leaks import eventually
+
+pytestmark = pytest.mark.anyio
+
+ANSWER = '{"answer": 42}'
+ONCE = {"retry": {"attempts": 1}}
+
+
+def failover(url: str, **first: Any) -> dict[str, Any]:
+    """One tier: provider a (with ``first``'s settings), then b."""
+    return {
+        "tiers": [
+            tier(
+                "t",
+                provider("a", url, "m1", stream=True, timeout_s=7200, **ONCE, **first),
+                provider("b", url, "m2", stream=True, timeout_s=7200, **ONCE),
+            )
+        ]
+    }
+
+
+async def ended(run: asyncio.Task[Any]) -> None:
+    """The run ends (on the old, loop-clock timeouts it would not, for half an hour)."""
+    await eventually(run.done, "the run ended")
+
+
+async def started(server: FakeOpenAIServer, count: int = 1) -> None:
+    await eventually(lambda: server.active_requests >= count, f"{count} calls under way")
+
+
+def test_fake_clock_timers() -> None:
+    clock = FakeClock()
+    fired: list[str] = []
+    clock.call_at(5.0, lambda: fired.append("five"))
+    cancelled = clock.call_at(3.0, lambda: fired.append("three"))
+    cancelled.cancel()
+    clock.advance(4.9)
+    assert fired == []
+    clock.advance(0.1)
+    assert fired == ["five"]
+    clock.call_at(1.0, lambda: fired.append("past"))  # already due: runs at once
+    assert fired == ["five", "past"]
+
+
+async def test_the_run_deadline_is_on_the_clock(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(fault="hang"))
+    clock = FakeClock()
+    cfg = failover(openai_server.url)
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        run = asyncio.create_task(c.run(messages=USER, deadline_s=3600))
+        await started(openai_server)
+        clock.advance(3599.9)
+        await asyncio.sleep(0.01)
+        assert not run.done()  # 29.9 s on the clock: not yet
+        clock.advance(0.1)
+        await ended(run)
+        with pytest.raises(DeadlineExceeded) as raised:
+            await run
+    assert [a.error_type for a in raised.value.attempts] == ["DeadlineExceeded"]
+
+
+async def test_the_first_token_timeout_is_on_the_clock(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(fault="hang"))
+    openai_server.script("m2", Reply(text=ANSWER))
+    clock = FakeClock()
+    cfg = failover(openai_server.url, first_token_timeout_s=1800)
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        run = asyncio.create_task(c.run(messages=USER))
+        await started(openai_server)
+        clock.advance(1800)
+        await ended(run)
+        result = await run
+    assert result.provider == "b"
+    failed = result.attempts[0]
+    assert failed.error_type == "ProviderTimeout"
+    assert "first_token_timeout_s" in (failed.error or "")
+
+
+async def test_the_idle_timeout_is_on_the_clock(openai_server: FakeOpenAIServer) -> None:
+    # A first delta, then only keep-alive comments: no progress until the clock says so.
+    openai_server.script("m1", Reply(text="the start", fault="stall", chunk_delay_s=0.01))
+    openai_server.script("m2", Reply(text=ANSWER))
+    clock = FakeClock()
+    cfg = failover(openai_server.url, idle_timeout_s=1800)
+    async with (
+        Cascade.from_dict(cfg, clock=clock) as c,
+        c.stream(messages=USER, mode="speculative") as events,
+    ):
+        async for event in events:
+            if isinstance(event, Delta):
+                break  # "the start": the stall follows
+        await asyncio.sleep(0.05)  # comments keep coming; the clock stands still
+        assert [a.outcome for a in events.attempts] == []
+        clock.advance(1800)
+        async with asyncio.timeout(5):  # a guard against hanging, not a margin
+            seen = [event async for event in events]
+    finished = seen[-1]
+    result = finished.result  # type: ignore[union-attr]
+    assert result.provider == "b"
+    assert "idle_timeout_s" in (result.attempts[0].error or "")
+
+
+async def test_the_hedge_delay_is_on_the_clock(openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(fault="hang"))
+    openai_server.script("m2", Reply(text=ANSWER))
+    clock = FakeClock()
+    cfg = failover(openai_server.url)
+    cfg["tiers"][0]["hedge"] = {"after_s": 1800}
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        run = asyncio.create_task(c.run(messages=USER))
+        await started(openai_server)
+        await asyncio.sleep(0.05)
+        assert openai_server.request_count == 1  # no hedge before the clock says so
+        clock.advance(1800)
+        await ended(run)
+        result = await run
+    assert result.provider == "b"
+    assert sorted((a.provider, a.outcome) for a in result.attempts) == [
+        ("a", "cancelled"),
+        ("b", "accepted"),
+    ]
