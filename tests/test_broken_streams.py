@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
+import aiohttp
 import pytest
 
 from cascade import Cascade, Result
@@ -129,3 +130,77 @@ async def test_no_terminator_after_finish_and_usage_is_complete(
     assert result.usage.output_tokens == 13  # the server's count, not an estimate
     assert [a.outcome for a in result.attempts] == ["accepted"]
     assert server.request_count == 1
+
+
+# -- the fake servers' faults, as bytes on the wire ------------------------------------
+
+
+def request_for(server: FakeServer, model: str) -> tuple[str, dict[str, Any], dict[str, str]]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 16,
+        "stream": True,
+    }
+    if isinstance(server, FakeOpenAIServer):
+        body["stream_options"] = {"include_usage": True}
+        return server.url + "/chat/completions", body, {}
+    return server.url + "/v1/messages", body, {"anthropic-version": "2023-06-01"}
+
+
+async def test_no_done_leaves_out_only_the_terminator(server: FakeServer) -> None:
+    server.script("m", Reply(text="hello", fault="no_done"))
+    url, body, headers = request_for(server, "m")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as r,
+    ):
+        raw = await r.read()
+    assert r.content_type == "text/event-stream"
+    assert b"hello" in raw
+    assert b"[DONE]" not in raw
+    assert b"message_stop" not in raw
+    assert b'"usage"' in raw
+    assert (b'"finish_reason":"stop"' in raw) or (b'"stop_reason":"end_turn"' in raw)
+
+
+async def test_wrong_content_type_answers_json(server: FakeServer) -> None:
+    server.script("m", Reply(text="hello", fault="wrong_content_type"))
+    url, body, headers = request_for(server, "m")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as r,
+    ):
+        payload = await r.json()
+    assert r.status == 200
+    assert "hello" in str(payload)
+
+
+async def test_reset_sends_no_header(server: FakeServer) -> None:
+    server.script("m", Reply(fault="reset"))
+    url, body, headers = request_for(server, "m")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.ServerDisconnectedError):
+            async with session.post(url, json=body, headers=headers):
+                pass
+
+
+@pytest.mark.parametrize("fault", ["context_length", "content_filter"])
+async def test_refusals_use_each_apis_body(server: FakeServer, fault: str) -> None:
+    server.script("m", Reply(fault=fault))  # type: ignore[arg-type]
+    url, body, headers = request_for(server, "m")
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, json=body, headers=headers) as r,
+    ):
+        payload = await r.json()
+    assert r.status == 400
+    error = payload["error"]
+    if isinstance(server, FakeOpenAIServer):
+        assert error["code"] == (
+            "context_length_exceeded" if fault == "context_length" else "content_filter"
+        )
+    else:
+        assert payload["type"] == "error"
+        assert error["type"] == "invalid_request_error"
+        assert ("prompt is too long" in error["message"]) is (fault == "context_length")

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import anyio
 import pytest
 
 import cascade
@@ -262,3 +263,20 @@ async def test_azure_content_filter_in_a_stream_chunk_is_a_content_filter() -> N
             p._event(SSEEvent("message", data), {})
     assert info.value.status == 400
     assert info.value.reason == "filtered by policy"
+
+
+async def test_a_content_filter_in_a_hedged_tier_stops_the_race(server: FakeServer) -> None:
+    server.script("m-primary", Reply(text="slow", latency_s=30))
+    server.script("m-fallback", Reply(fault="content_filter"))
+    cfg = config(server)
+    cfg["tiers"][0]["hedge"] = {"after_s": 0.05}
+    cfg["tiers"][0]["providers"][0]["first_token_timeout_s"] = 30
+    async with Cascade.from_dict(cfg) as c:
+        with pytest.raises(RequestRejected) as info:
+            await c.run(messages=USER)
+    assert isinstance(info.value.error, ContentFiltered)
+    assert info.value.error.provider == "fallback"
+    assert [a.error_type for a in info.value.attempts] == ["ContentFiltered"]
+    with anyio.fail_after(5):  # the slow call was cancelled with the race: its request ends
+        while server.active_requests:
+            await anyio.sleep(0.01)

@@ -10,7 +10,7 @@ import pytest
 from cascade import ConfigError
 from cascade.testing import (
     SCENARIOS,
-    Outcome,
+    Expected,
     Reply,
     Scenario,
     ScenarioFailed,
@@ -94,7 +94,7 @@ async def test_a_difference_fails_the_scenario() -> None:
         stage.primary.script(Reply(status=503))
         stage.fallback.script(stage.answer)
         got = await stage.run()
-        stage.check(got, Outcome(answered_by="gpt", attempts=(("gpt", None),)))
+        stage.check(got, Expected(answered_by="gpt", attempts=(("gpt", None),)))
 
     wrong = Scenario(
         name="wrong", description="expects what does not happen", play=expects_the_primary

@@ -36,17 +36,17 @@ from cascade.testing._chaos import Chaos, Fault
 from cascade.testing._openai import FakeOpenAIServer
 from cascade.testing._presets import SCENARIOS
 from cascade.testing._reply import FakeRequest, Reply, Responder
-from cascade.testing._scenarios import Outcome, Scenario, ScenarioFailed, Side, Stage, run_scenario
+from cascade.testing._scenarios import Expected, Scenario, ScenarioFailed, Side, Stage, run_scenario
 
 __all__ = [
     "SCENARIOS",
     "Chaos",
+    "Expected",
     "FakeAnthropicServer",
     "FakeClock",
     "FakeOpenAIServer",
     "FakeRequest",
     "Fault",
-    "Outcome",
     "Reply",
     "Responder",
     "Scenario",

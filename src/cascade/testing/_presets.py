@@ -20,7 +20,7 @@ from cascade._errors import (
 )
 from cascade._types import Result
 from cascade.testing._reply import FakeRequest, Reply
-from cascade.testing._scenarios import Outcome, Play, Scenario, ScenarioFailed, Side, Stage
+from cascade.testing._scenarios import Expected, Play, Scenario, ScenarioFailed, Side, Stage
 
 __all__ = ["SCENARIOS"]
 
@@ -60,12 +60,14 @@ def _fails_then_answers(
         action, policy = p.action(error), p.config.retry
         wait = retry_after if retry_after is not None and policy.honour_retry_after else 0.0
         if action == "retry" and policy.attempts >= 2 and wait <= policy.max_s:
-            stage.check(got, Outcome(answered_by=p.name, attempts=((p.name, name), (p.name, None))))
+            stage.check(
+                got, Expected(answered_by=p.name, attempts=((p.name, name), (p.name, None)))
+            )
             if stage.clock.monotonic() - start < wait:
                 raise ScenarioFailed(f"retried before Retry-After ({retry_after}s) passed")
         elif action == "surface":
             failed = ((p.name, name),)
-            stage.check(got, Outcome(answered_by=None, attempts=failed, raises=RequestRejected))
+            stage.check(got, Expected(answered_by=None, attempts=failed, raises=RequestRejected))
         else:
             stage.check(got, stage.answered((p.name, name)))
 
@@ -86,7 +88,7 @@ def _always_fails(
         error = _error(p, cls, **fields)
         failed = ((p.name, type(error).__name__),)
         if p.action(error) == "surface":
-            stage.check(got, Outcome(answered_by=None, attempts=failed, raises=RequestRejected))
+            stage.check(got, Expected(answered_by=None, attempts=failed, raises=RequestRejected))
             assert isinstance(got, RequestRejected)
             if not got.reason or f.calls:
                 raise ScenarioFailed("a surfaced error must carry its reason and stop the run")
@@ -105,7 +107,7 @@ async def _no_done(stage: Stage) -> None:
     stage.primary.script(Reply(text=stage.answer, fault="no_done"))
     got = await stage.run()
     stage.check(
-        got, Outcome(answered_by=stage.primary.name, attempts=((stage.primary.name, None),))
+        got, Expected(answered_by=stage.primary.name, attempts=((stage.primary.name, None),))
     )
 
 
@@ -124,7 +126,7 @@ async def _prefill(stage: Stage) -> None:
     refused = _error(f, ProviderStatusError, status=400)
     attempts = ((p.name, "ProviderStatusError"),) * p.tries(down)
     attempts += ((f.name, "ProviderStatusError"),) * f.tries(refused)
-    stage.check(got, Outcome(answered_by=None, attempts=attempts, raises=AllProvidersFailed))
+    stage.check(got, Expected(answered_by=None, attempts=attempts, raises=AllProvidersFailed))
 
 
 async def _flapping(stage: Stage) -> None:

@@ -26,7 +26,7 @@ from cascade.testing._openai import FakeOpenAIServer
 from cascade.testing._reply import Reply
 from cascade.testing._server import FakeServer
 
-__all__ = ["Outcome", "Scenario", "ScenarioFailed", "Side", "Stage", "run_scenario"]
+__all__ = ["Expected", "Scenario", "ScenarioFailed", "Side", "Stage", "run_scenario"]
 
 DEFAULT_ANSWER = '{"answer": 42}'
 DEFAULT_MESSAGES: tuple[dict[str, str], ...] = (
@@ -39,7 +39,7 @@ class ScenarioFailed(AssertionError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Outcome:
+class Expected:
     """What a run should come to.
 
     ``answered_by`` names the provider whose answer is returned (None: the run raises
@@ -98,7 +98,7 @@ class Stage:
         except RunError as exc:
             return exc
 
-    def check(self, got: Result | RunError, want: Outcome) -> None:
+    def check(self, got: Result | RunError, want: Expected) -> None:
         """Raise :class:`ScenarioFailed` unless ``got`` is ``want``."""
         attempts = tuple((a.provider, a.error_type) for a in got.attempts)
         if isinstance(got, RunError):
@@ -113,9 +113,9 @@ class Stage:
         if attempts != want.attempts:
             raise ScenarioFailed(f"expected attempts {want.attempts}, got {attempts}")
 
-    def answered(self, *failed: tuple[str, str]) -> Outcome:
+    def answered(self, *failed: tuple[str, str]) -> Expected:
         """The outcome: ``failed`` attempts, then the fallback's answer."""
-        return Outcome(
+        return Expected(
             answered_by=self.fallback.name, attempts=(*failed, (self.fallback.name, None))
         )
 
