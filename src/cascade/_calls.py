@@ -12,13 +12,13 @@ from typing import Literal
 from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
 from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
-from ._errors import ProviderError
+from ._errors import ProviderError, RequestRejected
 from ._records import RunState, attempt_record, failed_record
 from ._sampler import Sampler
 from ._types import Attempt, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
 from .engine._events import AttemptStarted
 from .providers import Provider
-from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries
+from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries, classify
 from .resilience.limiter import Lease, RateLimiter
 from .resilience.shared import SharedState
 from .validators import ValidationContext
@@ -166,6 +166,11 @@ class ProviderCalls:
             run.flights.remove(flight)
             run.last_error = exc
             run.record(self._failure(run, flight, t0, exc, tier_msgs))
+            # Retried already (or not: on_error said so); fail over, or stop the run.
+            if classify(exc, provider.config.retry.on_error) == "surface":
+                raise RequestRejected(
+                    f"surfaced, not routed around: {exc}", attempts=run.attempts, error=exc
+                ) from exc
             return None
         except BaseException as exc:
             flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost

@@ -8,7 +8,9 @@ failure is translated at the boundary into one of these::
     ├── InputError                  bad request input (messages, options)
     ├── ProviderError               one provider call failed (carries provider, model)
     │   ├── ProviderStatusError     the provider answered with an HTTP error status
-    │   │   └── RateLimited         429 (or 529 overloaded); carries retry_after
+    │   │   ├── RateLimited         429 (or 529 overloaded); carries retry_after
+    │   │   ├── ContextLengthExceeded  400: the prompt does not fit this model's context
+    │   │   └── ContentFiltered     400: the provider's content policy refused the request
     │   ├── ProviderTimeout         connect / first token / idle / total timeout of a call
     │   ├── ProviderConnectionError refused, reset, dropped mid-body
     │   ├── MalformedResponse       the body or stream is not the wire format
@@ -19,7 +21,9 @@ failure is translated at the boundary into one of these::
         ├── CascadeExhausted        every tier ran, no answer passed its validators
         ├── AllProvidersFailed      no provider produced an answer at all
         ├── BudgetExceeded          max_cost_usd left no tier affordable
-        └── DeadlineExceeded        deadline_s ran out
+        ├── DeadlineExceeded        deadline_s ran out
+        └── RequestRejected         a provider error the failover policy surfaces
+                                    (ContentFiltered by default), not routed around
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ __all__ = [
     "CascadeError",
     "CascadeExhausted",
     "ConfigError",
+    "ContentFiltered",
+    "ContextLengthExceeded",
     "DeadlineExceeded",
     "InputError",
     "MalformedResponse",
@@ -44,6 +50,7 @@ __all__ = [
     "ProviderStatusError",
     "ProviderTimeout",
     "RateLimited",
+    "RequestRejected",
     "ResponseTooLarge",
     "RunError",
 ]
@@ -127,6 +134,28 @@ class RateLimited(ProviderStatusError):
         super().__init__(message, provider=provider, model=model, status=status, body=body)
 
 
+class ContextLengthExceeded(ProviderStatusError):
+    """The prompt (with the room asked for the answer) does not fit the model's context
+    window: OpenAI's ``context_length_exceeded``, Anthropic's "prompt is too long". The
+    same model would refuse it again, so it is not retried; another provider may fit it."""
+
+
+class ContentFiltered(ProviderStatusError):
+    """The provider's content policy refused the request (OpenAI ``content_filter`` /
+    ``content_policy_violation`` / ``invalid_prompt``, Anthropic "blocked by content
+    filtering policy").
+
+    ``reason`` is the provider's own message. Routing around a policy is not cascade's
+    call to make: by default the run stops with :class:`RequestRejected`.
+    """
+
+    def __init__(
+        self, message: str, *, provider: str, model: str, status: int = 400, body: str = ""
+    ) -> None:
+        self.reason = message
+        super().__init__(message, provider=provider, model=model, status=status, body=body)
+
+
 class ProviderTimeout(ProviderError):
     """A call to the provider timed out.
 
@@ -187,3 +216,17 @@ class BudgetExceeded(RunError):
 
 class DeadlineExceeded(RunError):
     """``deadline_s`` ran out before an answer was accepted."""
+
+
+class RequestRejected(RunError):
+    """A provider error the failover policy surfaces instead of routing around: by default
+    a :class:`ContentFiltered` refusal (see ``RetryPolicy.on_error``).
+
+    ``error`` is that provider error (also the ``__cause__``, and the last of
+    ``attempts``); ``reason`` the provider's own message.
+    """
+
+    def __init__(self, message: str, *, attempts: Sequence[Attempt], error: ProviderError) -> None:
+        self.error = error
+        self.reason = error.reason if isinstance(error, ContentFiltered) else str(error)
+        super().__init__(message, attempts=attempts)

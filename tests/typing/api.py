@@ -61,3 +61,28 @@ async def shared_state() -> None:
         breaker.force_open(5.0)
         breaker.force_close()
         del lease, up
+
+
+async def failover_policy(config: dict[str, object]) -> None:
+    from cascade.resilience import Action, OnError, classify
+    from cascade.testing import SCENARIOS, Expected, Scenario, Stage, run_scenario
+
+    table = OnError(timeout="retry", content_filter="failover")
+    action: Action = classify(cascade.ContentFiltered("no", provider="p", model="m"), table)
+    policy = cascade.RetryPolicy(attempts=3, on_error=table)
+
+    async def play(stage: Stage) -> None:
+        stage.primary.script("fine")
+        got = await stage.run()
+        stage.check(got, Expected(answered_by=stage.primary.name, attempts=(("a", None),)))
+
+    mine = Scenario(name="mine", description="the primary answers", play=play)
+    for scenario in (*SCENARIOS.values(), mine):
+        await run_scenario(scenario, config, primary="a", fallback="b", answer="42")
+    try:
+        await run_scenario(mine, config, primary="a", fallback="b")
+    except cascade.RequestRejected as exc:
+        reason: str = exc.reason
+        error: cascade.ProviderError = exc.error
+        del reason, error
+    del action, policy

@@ -33,8 +33,9 @@ from .._errors import (
 from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
-from ._redact import redact
+from ._redact import redact, shorten
 from ._sizes import Held, json_cost
+from ._status import status_class
 
 __all__ = [
     "DONE",
@@ -58,6 +59,10 @@ _encode = msgspec.json.Encoder().encode
 T = TypeVar("T")
 
 DONE = Chunk(finish_reason="__done__")
+
+# Keys of a stream's state that the base class keeps: a finish reason and the usage came.
+_FINISHED = "__finished__"
+_USAGE = "__usage__"
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -104,6 +109,7 @@ def translate(exc: Exception, *, provider: str, model: str, secret: str | None) 
 class _ErrorDetail(msgspec.Struct):
     message: str = ""
     type: str | None = None
+    code: str | int | None = None
 
 
 class _ErrorBody(msgspec.Struct):
@@ -147,7 +153,10 @@ async def status_error(
             body=body,
             retry_after=retry_after_s(resp.headers),
         )
-    return ProviderStatusError(message, provider=provider, model=model, status=status, body=body)
+    cls = ProviderStatusError
+    if isinstance(detail, _ErrorDetail):
+        cls = status_class(status, code=detail.code, kind=detail.type, message=message)
+    return cls(message, provider=provider, model=model, status=status, body=body)
 
 
 class HTTPProvider:
@@ -253,12 +262,24 @@ class HTTPProvider:
             received=received,
         )
 
-    def _status_error(self, message: str, status: int) -> ProviderStatusError:
-        """An error the provider reported inside a 200 stream, with the status it means."""
+    def _check_event_stream(self, resp: aiohttp.ClientResponse) -> None:
+        """A stream request answered with anything but SSE (a JSON body from a server that
+        ignored ``stream``, a proxy's HTML page) is malformed, and named as such."""
+        raw = resp.headers.get(aiohttp.hdrs.CONTENT_TYPE)
+        got = (raw or "").partition(";")[0].strip().lower()
+        if got != "text/event-stream":
+            shown = shorten(got, self._secret, 100) if got else "no Content-Type"
+            raise self._error(f"expected text/event-stream, got {shown}")
+
+    def _status_error(
+        self, message: str, status: int, *, code: object = None, kind: object = None
+    ) -> ProviderStatusError:
+        """An error the provider reported inside a 200 stream, with the status it means
+        (and the ``code`` / ``type`` it named, which can make a 400 a context-length or a
+        content-policy refusal)."""
         message = redact(message, self._secret)
-        if status in (429, 529):
-            return RateLimited(message, provider=self.name, model=self.model, status=status)
-        return ProviderStatusError(message, provider=self.name, model=self.model, status=status)
+        cls = status_class(status, code=code, kind=kind, message=message)
+        return cls(message, provider=self.name, model=self.model, status=status)
 
     async def stream(
         self, messages: tuple[Message, ...], options: RequestOptions
@@ -270,6 +291,7 @@ class HTTPProvider:
         try:
             async with self._post(data) as resp:
                 await self._check(resp)
+                self._check_event_stream(resp)
                 limit = self.config.max_response_bytes
                 decoder = SSEDecoder(max_event_bytes=limit)
                 state: dict[str, Any] = {}
@@ -297,9 +319,17 @@ class HTTPProvider:
                             cost = held.add(chunk)
                             if cost > limit:
                                 raise self._too_large(cost, decoded=True)
+                            if chunk.finish_reason is not None:
+                                state[_FINISHED] = True
+                            if chunk.output_tokens is not None:
+                                state[_USAGE] = True
                             yield chunk
                 last = decoder.flush()
                 if last is not None and self._event(last, state) is DONE:
+                    return
+                if state.get(_FINISHED) and state.get(_USAGE):
+                    # Ended cleanly (the body's own end, not a cut) after the finish reason
+                    # and the usage: complete, whatever terminator the server left out.
                     return
                 raise self._error("stream ended before its terminal event", ProviderConnectionError)
         except CascadeError:

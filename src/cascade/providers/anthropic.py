@@ -222,5 +222,5 @@ class AnthropicProvider(HTTPProvider):
         elif kind == "error":
             info = ev.error or _ErrorInfo()
             status = _ERROR_STATUS.get(info.type, 500)
-            raise self._status_error(f"{info.type}: {info.message}", status)
+            raise self._status_error(f"{info.type}: {info.message}", status, kind=info.type)
         return None

@@ -8,10 +8,12 @@ import aiohttp
 import msgspec
 
 from .._config import ProviderConfig
+from .._errors import ProviderStatusError
 from .._sse import SSEEvent
 from .._types import Chunk, Message, ReportedTokens, RequestOptions, estimate_text_tokens
 from ._http import DONE, HTTPProvider, post_whole
 from ._redact import Scrubber, redact, shorten
+from ._status import status_class
 
 __all__ = ["OpenAIProvider"]
 
@@ -75,6 +77,7 @@ class _StreamChoice(msgspec.Struct):
 class _StreamError(msgspec.Struct):
     message: str = ""
     code: int | str | None = None
+    type: str | None = None
 
 
 class _StreamChunk(msgspec.Struct):
@@ -223,8 +226,12 @@ class OpenAIProvider(HTTPProvider):
         chunk = _decode_chunk(data)
         if chunk.error is not None or chunk.object == "error":
             err = chunk.error or _StreamError()
-            code = err.code if isinstance(err.code, int) and 400 <= err.code < 600 else 500
-            raise self._status_error(err.message or "error in stream", code)
+            message = err.message or "error in stream"
+            status = err.code if isinstance(err.code, int) and 400 <= err.code < 600 else 500
+            as_400 = status_class(400, code=err.code, kind=err.type, message=message)
+            if status == 500 and as_400 is not ProviderStatusError:
+                status = 400  # Azure's content_filter, a context_length_exceeded code
+            raise self._status_error(message, status, code=err.code, kind=err.type)
         text = ""
         finish = None
         logprobs = None

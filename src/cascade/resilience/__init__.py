@@ -6,6 +6,7 @@ whether a failed call is tried again before the engine fails over to the next pr
 
 from __future__ import annotations
 
+from ._policy import Action, classify
 from .breaker import (
     AsyncBreaker,
     BreakerListener,
@@ -14,18 +15,21 @@ from .breaker import (
     Permit,
     counts_as_failure,
 )
-from .retry import OnRetry, RetryPolicy, backoff_s, call_with_retries, retryable
+from .retry import OnError, OnRetry, RetryPolicy, backoff_s, call_with_retries, retryable
 
 __all__ = [
+    "Action",
     "AsyncBreaker",
     "BreakerListener",
     "BreakerState",
     "CircuitOpen",
+    "OnError",
     "OnRetry",
     "Permit",
     "RetryPolicy",
     "backoff_s",
     "call_with_retries",
+    "classify",
     "counts_as_failure",
     "retryable",
 ]

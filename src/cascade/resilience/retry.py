@@ -17,16 +17,11 @@ import msgspec
 from msgspec import Meta
 
 from .._clock import Clock
-from .._errors import (
-    NestedConfigError,
-    ProviderConnectionError,
-    ProviderStatusError,
-    ProviderTimeout,
-    RateLimited,
-)
+from .._errors import NestedConfigError, RateLimited
 from .._headers import MAX_WAIT_S
+from ._policy import OnError, classify
 
-__all__ = ["OnRetry", "RetryPolicy", "backoff_s", "call_with_retries", "retryable"]
+__all__ = ["OnError", "OnRetry", "RetryPolicy", "backoff_s", "call_with_retries", "retryable"]
 
 T = TypeVar("T")
 
@@ -45,12 +40,19 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     ``max_s`` bound the full-jitter backoff. With ``honour_retry_after``, a 429's
     Retry-After is waited out when it fits within ``max_s``; a longer one is not retried at
     all (another provider is a better bet than a refusal we already know of).
+    ``on_error`` says which errors are retried, failed over or surfaced (see
+    :class:`OnError` for the table and its defaults).
     """
 
     attempts: Annotated[int, Meta(ge=1)] = 2
     base_s: Annotated[float, Meta(ge=0, le=_FLOAT_MAX)] = 0.1
     max_s: Annotated[float, Meta(ge=0, le=_FLOAT_MAX)] = 5.0
     honour_retry_after: bool = True
+    on_error: OnError = OnError()
+    """Per kind of error: ``retry`` (while ``attempts`` lasts), ``failover`` or
+    ``surface``. Default: timeouts and malformed bodies fail over at once, 429/5xx and
+    dropped connections are retried, a context-length 400 fails over, a content-policy
+    400 is surfaced (:class:`~cascade.RequestRejected`)."""
 
     def __post_init__(self) -> None:
         # Meta bounds are checked when decoding; these also guard direct construction.
@@ -64,20 +66,20 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
             raise NestedConfigError("expected finite max_s >= base_s", path="max_s")
 
 
-def retryable(exc: BaseException) -> bool:
-    """Whether trying the same provider again may succeed.
+def retryable(exc: BaseException, on_error: OnError | None = None) -> bool:
+    """Whether to try the same provider again (``classify(exc) == "retry"``).
 
-    Timeouts, connection errors, 5xx and :class:`~cascade.RateLimited` (429/529) are
-    transient. Other 4xx will fail the same way again. :class:`~cascade.MalformedResponse`
-    is not retried either: a body that breaks the wire format is usually the model or the
-    endpoint, not luck, and a stream cut mid-body is a ``ProviderConnectionError``. Errors
-    that are not provider errors (a breaker's ``CircuitOpen`` included) are never retried.
+    By default connection errors, 5xx and :class:`~cascade.RateLimited` (429/529) are
+    transient. A timeout is not retried: a silent provider would make every retry wait as
+    long again, so it fails over at once. Other 4xx will fail the same way again.
+    :class:`~cascade.MalformedResponse` is not retried either: a body that breaks the wire
+    format is usually the model or the endpoint, not luck, and a stream cut mid-body is a
+    ``ProviderConnectionError``. Errors that are not provider errors, and a breaker's
+    ``CircuitOpen``, are never retried.
     """
-    if isinstance(exc, RateLimited):
-        return True
-    if isinstance(exc, ProviderStatusError):
-        return exc.status >= 500
-    return isinstance(exc, ProviderTimeout | ProviderConnectionError)
+    if on_error is None:
+        return classify(exc) == "retry"
+    return classify(exc, on_error) == "retry"
 
 
 def backoff_s(
@@ -106,7 +108,8 @@ async def call_with_retries(
     on_retry: OnRetry | None = None,
     max_wait_s: float = MAX_WAIT_S,
 ) -> T:
-    """Await ``fn()`` up to ``policy.attempts`` times while its errors are :func:`retryable`.
+    """Await ``fn()`` up to ``policy.attempts`` times while its errors are :func:`retryable`
+    under ``policy.on_error``.
 
     ``deadline`` is an absolute time on ``clock`` (``clock.monotonic() + seconds_left``):
     a retry whose wait would end past it is not made, and the last error is raised at once.
@@ -119,7 +122,7 @@ async def call_with_retries(
         try:
             return await fn()
         except Exception as exc:
-            if attempt_no >= policy.attempts or not retryable(exc):
+            if attempt_no >= policy.attempts or not retryable(exc, policy.on_error):
                 raise
             hint = exc.retry_after if isinstance(exc, RateLimited) else None
             if hint is not None:

@@ -17,6 +17,15 @@ Example::
         ...
         assert server.request_count == 2
 
+Failure scenarios to run against your own config in CI (`SCENARIOS`,
+`run_scenario`): 429s, 5xx, resets, silent and stalled providers, broken
+streams, context-length and content-policy refusals, a flapping primary::
+
+    @pytest.mark.parametrize("name", SCENARIOS)
+    async def test_failover(name):
+        config = tomllib.load(open("cascade.toml", "rb"))
+        await run_scenario(SCENARIOS[name], config, primary="gpt", fallback="claude")
+
 From a shell, ``python -m cascade.testing openai --port 8000`` serves one
 fixed answer for every model until interrupted.
 """
@@ -25,10 +34,14 @@ from cascade._clock import FakeClock
 from cascade.testing._anthropic import FakeAnthropicServer
 from cascade.testing._chaos import Chaos, Fault
 from cascade.testing._openai import FakeOpenAIServer
+from cascade.testing._presets import SCENARIOS
 from cascade.testing._reply import FakeRequest, Reply, Responder
+from cascade.testing._scenarios import Expected, Scenario, ScenarioFailed, Side, Stage, run_scenario
 
 __all__ = [
+    "SCENARIOS",
     "Chaos",
+    "Expected",
     "FakeAnthropicServer",
     "FakeClock",
     "FakeOpenAIServer",
@@ -36,4 +49,9 @@ __all__ = [
     "Fault",
     "Reply",
     "Responder",
+    "Scenario",
+    "ScenarioFailed",
+    "Side",
+    "Stage",
+    "run_scenario",
 ]

@@ -97,6 +97,15 @@ class FakeAnthropicServer(FakeServer):
         kind = _ERROR_TYPES.get(status, "api_error")
         return encode_json({"type": "error", "error": {"type": kind, "message": message}})
 
+    def _refusal_body(self, fault: str, model: str) -> bytes:
+        message = (
+            "prompt is too long: 208310 tokens > 200000 maximum"
+            if fault == "context_length"
+            else "Output blocked by content filtering policy"
+        )
+        error = {"type": "invalid_request_error", "message": message}
+        return encode_json({"type": "error", "error": error, "request_id": "req_fake"})
+
     def _error_event(self, status: int, reply: Reply) -> bytes:
         return b"event: error\ndata: " + self._error_body(status, reply.error_message) + b"\n\n"
 

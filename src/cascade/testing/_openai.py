@@ -115,6 +115,41 @@ class FakeOpenAIServer(FakeServer):
             }
         )
 
+    def _refusal_body(self, fault: str, model: str) -> bytes:
+        if fault == "context_length":
+            error: dict[str, Any] = {
+                "message": (
+                    "This model's maximum context length is 128000 tokens. However, your "
+                    "messages resulted in 131072 tokens. Please reduce the length of the "
+                    "messages."
+                ),
+                "type": "invalid_request_error",
+                "param": "messages",
+                "code": "context_length_exceeded",
+            }
+        else:  # Azure OpenAI's form (OpenAI's own code is content_policy_violation)
+            error = {
+                "message": (
+                    "The response was filtered due to the prompt triggering Azure OpenAI's "
+                    "content management policy. Please modify your prompt and retry."
+                ),
+                "type": None,
+                "param": "prompt",
+                "code": "content_filter",
+                "status": 400,
+                "innererror": {
+                    "code": "ResponsibleAIPolicyViolation",
+                    "content_filter_result": {
+                        "hate": {"filtered": False, "severity": "safe"},
+                        "jailbreak": {"filtered": True, "detected": True},
+                        "self_harm": {"filtered": False, "severity": "safe"},
+                        "sexual": {"filtered": False, "severity": "safe"},
+                        "violence": {"filtered": False, "severity": "safe"},
+                    },
+                },
+            }
+        return encode_json({"error": error})
+
     def _error_event(self, status: int, reply: Reply) -> bytes:
         if reply.named_error_event:
             return b"event: error\ndata: " + reply.error_message.encode() + b"\n\n"

@@ -53,6 +53,13 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: error ``status``: as the error body); ``trickle``, streaming, the first delta, then
     #: only usage and finish events, without text, every ``chunk_delay_s`` (default
     #: 0.05 s) until the client leaves (non-streaming: ``hang``).
+    #: Broken streams and refusals: ``reset``, the connection closed before any header;
+    #: ``no_done``, streaming, every event but the terminator (OpenAI's ``data: [DONE]``,
+    #: Anthropic's ``message_stop``), then a clean end of body; ``wrong_content_type``,
+    #: streaming, the whole JSON body (``application/json``, or the ``Content-Type`` of
+    #: ``headers``) as a server that ignores ``stream`` sends it; ``context_length`` and
+    #: ``content_filter``, a 400 with the API's own body for a prompt too long for the
+    #: model and for a content-policy refusal.
     fault: (
         Literal[
             "drop",
@@ -65,6 +72,11 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             "endless",
             "deep_json",
             "trickle",
+            "reset",
+            "no_done",
+            "wrong_content_type",
+            "context_length",
+            "content_filter",
         ]
         | None
     ) = None

@@ -245,6 +245,10 @@ class FakeServer(ABC):
         """An error body for ``status``."""
 
     @abstractmethod
+    def _refusal_body(self, fault: str, model: str) -> bytes:
+        """The API's 400 body for ``context_length`` or ``content_filter``."""
+
+    @abstractmethod
     def _json_body(self, call: Call, reply: Reply) -> bytes:
         """The non-streaming success body."""
 
@@ -326,6 +330,15 @@ class FakeServer(ABC):
             return self._error(404, message, n, code="model_not_found")
 
         await self._pause(reply.latency_s)
+        if reply.fault == "reset":
+            if request.transport is not None:
+                request.transport.abort()  # before any header: nothing reaches the client
+            return web.Response(status=503)
+        if reply.fault in ("context_length", "content_filter"):
+            body = self._refusal_body(reply.fault, model)
+            return web.Response(
+                status=400, body=body, headers=self._headers(n, reply, "application/json")
+            )
         if reply.fault == "hang" or (reply.fault in ("stall", "trickle") and not stream):
             await self._closing.wait()
             raise _Closing
@@ -347,6 +360,9 @@ class FakeServer(ABC):
             call = call._replace(extra=tuple(r for r in extra if r is not None))
         if reply.fault in _HOSTILE:
             return await self._hostile(request, call, reply)
+        if stream and reply.fault == "wrong_content_type":
+            headers = self._headers(n, reply, "application/json")
+            return web.Response(body=self._json_body(call, reply), headers=headers)
         if stream:
             return await self._stream(request, call, reply)
         payload = self._json_body(call, reply)
@@ -403,6 +419,8 @@ class FakeServer(ABC):
         headers = self._headers(call.n, reply, "text/event-stream")
         headers["Cache-Control"] = "no-cache"
         events = self._sse_events(call, reply)
+        if reply.fault == "no_done":  # the terminator is the last event of both formats
+            events = events._replace(tail=events.tail[:-1])
         return await send_sse(
             request,
             headers,
