@@ -16,6 +16,7 @@ import re
 import resource
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -175,6 +176,8 @@ class CodeCompilesValidator:
         self._binds: tuple[str, ...] = ()
         self._masks: tuple[str, ...] = ()
         if argv is None:
+            if not sys.executable:  # an embedded interpreter: no child to run
+                raise ConfigError("no Python executable for the syntax check", path="language")
             python, self._binds, self._masks = python_paths()
             child = Path(_pycheck.__file__).read_text(encoding="utf-8")
             argv = (python, "-I", "-S", "-c", child, "{file}")
