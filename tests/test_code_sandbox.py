@@ -308,7 +308,10 @@ def test_bwrap_mode_needs_bwrap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert info.value.path == "tiers[0].validators[0].sandbox"
     with pytest.raises(ConfigError, match="'auto', 'bwrap' or 'off'"):
         CodeCompilesValidator(language="c", sandbox="on")  # type: ignore[arg-type]
-    CodeCompilesValidator(language="python", sandbox="bwrap")  # needs no compiler at all
+    # Python needs no compiler on PATH, but its child check runs in the sandbox too.
+    with pytest.raises(ConfigError, match="bwrap"):
+        CodeCompilesValidator(language="python", sandbox="bwrap")
+    CodeCompilesValidator(language="python", sandbox="auto")
 
 
 # -- inside the sandbox -------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """``code_compiles``: the answer's code must compile in its language; it is never executed.
 
-Python goes through :func:`compile` in-process; other languages through a syntax-only
-command (``node --check``, ``gcc -fsyntax-only``, ``bash -n``, your own) in a subprocess,
-inside a bubblewrap sandbox where one starts (``_sandbox.py``).
+Python goes through :func:`compile` (``_pycheck.py``), in-process for a short source, else
+in a child interpreter; other languages through a syntax-only command (``node --check``,
+``gcc -fsyntax-only``, ``bash -n``, your own). A child runs inside a bubblewrap sandbox
+where one starts (``_sandbox.py``), killed after ``timeout_s``.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import re
 import resource
 import shutil
 import signal
+import sys
 import tempfile
 import threading
-import warnings
+from pathlib import Path
 from typing import Literal
 
 import anyio.to_thread
@@ -25,6 +27,7 @@ import structlog
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
+from . import _pycheck
 from ._fences import Fence, fences, layout
 from ._registry import ValidationContext, validator
 from ._sandbox import (
@@ -34,6 +37,7 @@ from ._sandbox import (
     only_answer_lines,
     pass_source,
     probe,
+    python_paths,
 )
 
 __all__ = ["CodeCompilesValidator"]
@@ -72,8 +76,12 @@ _TAGS = {group[0]: frozenset(group) for group in _LANGUAGES}
 _ES_MODULE = re.compile(r"^[ \t]*(?:import[ \t]*[\w{*\"']|export[ \t{*])", re.M)
 _NODE_NOISE = re.compile(r"^(?:[ \t]+at .*|Node\.js v[\d.]+)$", re.M)
 
-_THREAD_CHARS = 4096  # about a millisecond of compile(); longer sources go to a thread
-_MAX_SOURCE = 200_000  # characters: compile() holds the GIL, so no thread keeps it short
+# compile() holds the GIL and grows faster than the source (nested lambdas: ~8 ms at this
+# size, ~0.3 s at 8 KiB): longer sources compile in a child interpreter, killed on timeout.
+_INLINE_CHARS = 1024
+_MAX_SOURCE = 200_000  # characters of code
+_MAX_TEXT = 2 * _MAX_SOURCE  # characters of answer searched for code
+_LOOP_CHARS = 16_384  # longer answers are searched for code in a worker thread
 _MEMORY_LIMIT = 1 << 30  # bytes of address space for a compiler (`#include "/dev/zero"`)
 _FILE_LIMIT = 16 << 20  # bytes a compiler may write
 _MAX_OUTPUT = 64 * 1024  # compiler output kept for the reason; the rest is drained
@@ -95,8 +103,9 @@ class CodeCompilesValidator:
     Several blocks are checked as one file, prose blanked out so that a reason's line
     numbers are the answer's. The verdict's ``parsed`` is that code.
 
-    ``language``: ``python`` (:func:`compile`, in-process), ``javascript`` (``node --check``),
-    ``c`` (``gcc -fsyntax-only``), ``cpp`` (``g++ -fsyntax-only``), ``bash`` (``bash -n``),
+    ``language``: ``python`` (:func:`compile`: in-process up to 1 KiB, else in a child
+    ``python -I -S`` like any compiler), ``javascript`` (``node --check``), ``c``
+    (``gcc -fsyntax-only``), ``cpp`` (``g++ -fsyntax-only``), ``bash`` (``bash -n``),
     or any name with ``command = ["tool", "--check", "{file}"]`` and ``suffix``. A compiler
     runs without a shell or stdin, with an environment holding only ``PATH`` (as it was
     when the validator was built, so a compiler driver finds its helpers; no API keys, no
@@ -109,13 +118,17 @@ class CodeCompilesValidator:
     the system's directories read-only, the source in a private tmpfs, and no project
     file, home, ``/etc`` or network (``bwrap`` on PATH, else a ConfigError; a sandbox that
     fails to start rejects every answer). ``"off"``: in a fresh temporary directory on the
-    host; a C or C++ ``#include`` may then only name a system header (``<stdio.h>``), and
-    other directives that read files (``#embed``, ``#include_next``...) are refused (Python,
+    host; a C or C++ ``#include`` or ``__has_include`` may then only name a system header
+    (``<stdio.h>``), and other directives that read files (``#embed``, ``#include_next``,
+    ``#pragma GCC dependency``...), what could hide a directive (NUL, a byte-order mark,
+    control characters) or spell one (``##``, ``_Pragma``) are refused (Python,
     ``node --check`` and ``bash -n`` never open a file the code names; your own ``command``
     is not checked). ``"auto"`` (default): ``"bwrap"`` when a sandbox starts here, else
     ``"off"``, logged once (``code_compiles sandbox``, ``mode``). In the sandbox, a command
     of your own is there at its path, but must find all else it needs (interpreter,
-    libraries, toolchain) under ``/usr`` or ``/lib``; give ``sandbox = "off"`` if not.
+    libraries, toolchain) under ``/usr/bin``, ``/usr/lib*``, ``/usr/libexec``,
+    ``/usr/include`` or ``/lib*`` (not ``/usr/local``); give ``sandbox = "off"`` if not.
+    An answer over 400,000 characters, or code over 200,000, is rejected unchecked.
 
     ``early_reject`` (default true): a streaming answer whose first tagged fence opens
     another language (```` ```javascript ```` when Python is wanted; shell blocks such as
@@ -157,6 +170,17 @@ class CodeCompilesValidator:
                 path="language",
             )
         argv = preset[0]
+        # Python's own check: this interpreter, isolated (-I), without site (-S).
+        self._python_inline = argv is None
+        python = ""
+        self._binds: tuple[str, ...] = ()
+        self._masks: tuple[str, ...] = ()
+        if argv is None:
+            if not sys.executable:  # an embedded interpreter: no child to run
+                raise ConfigError("no Python executable for the syntax check", path="language")
+            python, self._binds, self._masks = python_paths()
+            child = Path(_pycheck.__file__).read_text(encoding="utf-8")
+            argv = (python, "-I", "-S", "-c", child, "{file}")
         suffix = preset[1] if suffix is None else suffix
         if not isinstance(suffix, str) or "/" in suffix or "\\" in suffix:
             raise ConfigError(f"expected a suffix such as '.js', got {suffix!r}", path="suffix")
@@ -182,16 +206,15 @@ class CodeCompilesValidator:
         self.early_reject = bool(early_reject)
         self.tags = _TAGS.get(lang, frozenset({lang})) | {t.strip().lower() for t in fence or ()}
         self._env = {"PATH": os.environ.get("PATH", os.defpath)}
-        self.command: tuple[str, ...] | None = None
-        if argv is not None:
-            found = shutil.which(argv[0], path=self._env["PATH"])
-            if found is None:
-                where = "command" if command is not None else "language"
-                raise ConfigError(f"compiler {argv[0]!r} not found on PATH", path=where)
-            self.command = (found, *argv[1:])
+        found = python or shutil.which(argv[0], path=self._env["PATH"])
+        if found is None:
+            where = "command" if command is not None else "language"
+            raise ConfigError(f"compiler {argv[0]!r} not found on PATH", path=where)
+        self.command: tuple[str, ...] = (found, *argv[1:])
+        self._probe_command = (python, "-I", "-S", "-c", "pass") if python else ("true",)
         self.sandbox: Sandbox = sandbox
         self._bwrap = shutil.which("bwrap", path=self._env["PATH"])
-        if sandbox == "bwrap" and self._bwrap is None and self.command is not None:
+        if sandbox == "bwrap" and self._bwrap is None:
             raise ConfigError("bwrap (bubblewrap) not found on PATH", path="sandbox")
         # "bwrap" or "off" once known; the first check of an "auto" validator probes.
         self._mode: Literal["bwrap", "off"] | None = None if sandbox != "off" else "off"
@@ -201,10 +224,10 @@ class CodeCompilesValidator:
         self._running = 0
 
     def __repr__(self) -> str:
-        how = "compile()" if self.command is None else " ".join(self.command)
-        where = "" if self.command is None else f", sandbox {self._mode or self.sandbox}"
+        how = "compile()" if self._python_inline else " ".join(self.command)
         return (
-            f"<CodeCompilesValidator {self.name!r} {self.language}: {how}{where}, "
+            f"<CodeCompilesValidator {self.name!r} {self.language}: {how}, "
+            f"sandbox {self._mode or self.sandbox}, "
             f"running {self._running}/{self.max_concurrency}>"
         )
 
@@ -216,35 +239,48 @@ class CodeCompilesValidator:
         resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_LIMIT, _FILE_LIMIT))
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
-        code, problem = self._code(completion.text)
+        text = completion.text
+        if len(text) > _MAX_TEXT:
+            return self._verdict(
+                False, f"answer too long to look for code ({len(text)} characters)"
+            )
+        # Finding fences and laying the code out is linear, not free: off the loop when long.
+        if len(text) <= _LOOP_CHARS:
+            code, problem = self._code(text)
+        else:
+            code, problem = await anyio.to_thread.run_sync(self._code, text)
         if code is None:
             return self._verdict(False, problem)
         if len(code) > _MAX_SOURCE:
             return self._verdict(False, f"code too long to check ({len(code)} characters)")
-        if self.command is None:
-            # Small sources compile on the loop; large ones, or any while another thread
-            # holds the warnings lock, in a worker thread.
-            if len(code) <= _THREAD_CHARS and _WARNINGS_LOCK.acquire(blocking=False):
-                try:
-                    error = _compile_locked(code)
-                finally:
-                    _WARNINGS_LOCK.release()
-            else:
-                error = await anyio.to_thread.run_sync(_compile_python, code)
-        else:
-            mode = self._mode or await self._probe()
-            if mode == "bwrap" and self._sandbox_error:
-                return self._verdict(False, f"sandbox failed to start: {self._sandbox_error}")
-            if mode == "off" and self.language in _C_FAMILY:
+        # A short Python source compiles on the loop (unless another thread holds the
+        # warnings lock); anything else in a child process.
+        if (
+            self._python_inline
+            and len(code) <= _INLINE_CHARS
+            and _WARNINGS_LOCK.acquire(blocking=False)
+        ):
+            try:
+                error = _pycheck.check(code)
+            finally:
+                _WARNINGS_LOCK.release()
+            return self._verdict(error is None, error or "", code)
+        mode = self._mode or await self._probe()
+        if mode == "bwrap" and self._sandbox_error:
+            return self._verdict(False, f"sandbox failed to start: {self._sandbox_error}")
+        if mode == "off" and self.language in _C_FAMILY:
+            if len(code) <= _LOOP_CHARS:
                 refused = c_include_problem(code)
-                if refused is not None:
-                    return self._verdict(False, refused)
-            async with self._slots:
-                self._running += 1
-                try:
-                    error = await self._run_compiler(self.command, code, sandboxed=mode == "bwrap")
-                finally:
-                    self._running -= 1
+            else:
+                refused = await anyio.to_thread.run_sync(c_include_problem, code)
+            if refused is not None:
+                return self._verdict(False, refused)
+        async with self._slots:
+            self._running += 1
+            try:
+                error = await self._run_compiler(self.command, code, sandboxed=mode == "bwrap")
+            finally:
+                self._running -= 1
         return self._verdict(error is None, error or "", code)
 
     async def _probe(self) -> Literal["bwrap", "off"]:
@@ -254,7 +290,14 @@ class CodeCompilesValidator:
                 return self._mode
             why = "bwrap not found on PATH"
             if self._bwrap is not None:
-                why = await probe(self._bwrap, self._env) or ""
+                failed = await probe(
+                    self._bwrap,
+                    self._env,
+                    self._probe_command,
+                    binds=self._binds,
+                    masks=self._masks,
+                )
+                why = failed or ""
             if not why:
                 self._mode = "bwrap"
                 log.info("code_compiles sandbox", validator=self.name, mode="bwrap")
@@ -321,7 +364,11 @@ class CodeCompilesValidator:
                 assert self._bwrap is not None
                 path = f"{SANDBOX_DIR}/answer{suffix}"
                 fd = pass_source(code)
-                argv = [*bwrap_argv(self._bwrap, (fd, path), tool=command[0]), "--"]
+                tool = None if command[0] in self._binds else command[0]
+                argv = bwrap_argv(
+                    self._bwrap, (fd, path), tool=tool, binds=self._binds, masks=self._masks
+                )
+                argv.append("--")
                 cwd = None
             else:
                 tmp = cwd = tempfile.mkdtemp(prefix="cascade-code-")
@@ -376,32 +423,6 @@ class CodeCompilesValidator:
             reason=reason,
             parsed=code if passed else None,
         )
-
-
-def _compile_python(source: str) -> str | None:
-    with _WARNINGS_LOCK:
-        return _compile_locked(source)
-
-
-def _compile_locked(source: str) -> str | None:
-    """None when ``source`` compiles, else why not (``_WARNINGS_LOCK`` held). The bytecode
-    is discarded, never run."""
-    try:
-        # Warnings (invalid escape sequences, `is` with a literal) must neither print nor,
-        # under an "error" filter, turn into SyntaxErrors: an answer compiles or it doesn't.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            compile(source, "<answer>", "exec", dont_inherit=True)
-    except SyntaxError as exc:
-        where = f" at line {exc.lineno}" if exc.lineno else ""
-        snippet = (exc.text or "").strip()
-        shown = f": {snippet[:80]!r}" if snippet else ""
-        return f"{type(exc).__name__}{where}: {exc.msg}{shown}"
-    except ValueError as exc:  # null bytes, on older Pythons
-        return f"does not compile: {exc}"
-    except (RecursionError, MemoryError):
-        return "does not compile: nested too deeply"
-    return None
 
 
 def _strings(value: object) -> bool:
