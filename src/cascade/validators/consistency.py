@@ -143,10 +143,12 @@ class SelfConsistencyValidator:
     async def _vote(self, completion: Completion) -> Hashable | None:
         if self._regex is None and len(completion.text) <= BIG_TEXT:
             return self.value(completion)  # built-in extractors are linear: on the loop
-        # a user's pattern (bounded by its own time limit too), or a big answer
-        return await off_loop(
-            self.value, completion, what="reading the answer", limit_s=self.time_limit_s
-        )
+        # a user's pattern (bounded by its own time limit too, which the regex engine checks
+        # now and then only), or a big answer
+        what = "reading the answer"
+        if self._regex is not None:
+            what = f"extractor regex {self._regex.pattern!r}"
+        return await off_loop(self.value, completion, what=what, limit_s=self.time_limit_s)
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         try:
