@@ -22,6 +22,7 @@ from cascade import Completion, ConfigError, Verdict
 from cascade.validators import (
     ConfidenceValidator,
     JsonSchemaValidator,
+    SelfConsistencyValidator,
     ValidationContext,
     _json_extract,
     extract_json,
@@ -154,6 +155,22 @@ async def test_a_lone_surrogate_answer_is_validated(pad: int) -> None:
     conf = ConfidenceValidator(min=0.5)
     verdict = await conf.validate(completion('{"confidence": 0.9, "a": "\ud800"}'), CTX)
     assert verdict.passed
+
+
+@pytest.mark.parametrize("pad", [0, 70_000], ids=["inline", "worker"])
+async def test_a_big_answers_json_is_read_the_same_in_the_worker(pad: int) -> None:
+    text = '{"confidence": "85%", "a": {"b": [1, 2.5]}, "pad": "' + "p" * pad + '"}'
+    conf = await ConfidenceValidator(min=0.8).validate(completion(text), CTX)
+    assert conf.passed
+    assert conf.reason == "confidence 0.85 (json) >= min 0.8"
+    only_json = ConfidenceValidator(min=0.8, field="nope", source="json")
+    missing = await only_json.validate(completion(text), CTX)
+    assert not missing.passed
+    assert missing.reason.startswith("no confidence found")
+    for field, expected in (("a.b.1", "2.5"), ("a.b", "[1, 2.5]"), ("a.c", None)):
+        vote = SelfConsistencyValidator(samples=1, extractor=f"json:{field}", normalize=False)
+        verdict = await vote.validate(completion(text), CTX)
+        assert verdict.parsed == expected
 
 
 # -- M1: off_loop's caller returns at the limit; a thread never holds up the exit -------------

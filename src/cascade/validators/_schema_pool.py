@@ -1,5 +1,9 @@
 """The JSON Schema worker processes (:mod:`._schema_worker`): a small pool, fair and killable.
 
+They check answers against schemas, and find the JSON of big answers for ``confidence`` and
+``self_consistency`` (``json:FIELD``): parsing is C code that holds the GIL, here it does
+not hold the engine's.
+
 A check runs in a worker process for at most its ``time_limit_s``: the worker stops itself
 at the limit (a timer signal), and one that does not answer a moment later (deep in C code,
 a catastrophic ``pattern``) is killed and replaced, so a hostile answer holds a worker no
@@ -36,7 +40,7 @@ import msgspec
 
 from ._offload import Overrun, in_thread
 
-__all__ = ["WAIT_FACTOR", "schema_check"]
+__all__ = ["WAIT_FACTOR", "json_field", "schema_check"]
 
 WAIT_FACTOR: Final = 10
 """A check waits for a free worker up to this many times its ``time_limit_s``."""
@@ -55,7 +59,23 @@ async def schema_check(schema_text: str, text: str, *, limit_s: float) -> dict[s
     ``{"no_json": reason}``. Raises :class:`Overrun` past ``limit_s`` (the check is
     stopped) or after waiting :data:`WAIT_FACTOR` x ``limit_s`` for a worker, ValueError
     when the worker could not run the job."""
-    job = _Job(_encode({"schema": schema_text, "text": text}), limit_s)
+    job = _Job({"schema": schema_text, "text": text}, limit_s, "JSON Schema validation")
+    return await _submit(job)
+
+
+async def json_field(
+    text: str, path: list[str], *, lists: bool, what: str, limit_s: float
+) -> dict[str, Any]:
+    """The value at ``path`` (keys; list indexes too with ``lists``) of the JSON in a big
+    answer, found by a worker process (parsing a hostile 8 MiB answer holds the GIL for a
+    third of a second a scan: not in the engine's process). ``{"value": <a JSON scalar>}``,
+    ``{"text": str(<an object or array>)}``, ``{"missing": True}`` or ``{"no_json":
+    reason}``. Raises like :func:`schema_check`."""
+    job = _Job({"find": text, "path": path, "lists": lists}, limit_s, what)
+    return await _submit(job)
+
+
+async def _submit(job: _Job) -> dict[str, Any]:
     try:
         return await in_thread(_POOL.run, job)
     finally:
@@ -72,11 +92,12 @@ def _encode(job: dict[str, Any]) -> bytes:
 
 
 class _Job:
-    __slots__ = ("abandoned", "deadline", "limit_s", "payload")
+    __slots__ = ("abandoned", "deadline", "limit_s", "payload", "what")
 
-    def __init__(self, payload: bytes, limit_s: float) -> None:
-        self.payload = payload
+    def __init__(self, job: dict[str, Any], limit_s: float, what: str) -> None:
+        self.payload = _encode(job)
         self.limit_s = limit_s
+        self.what = what
         self.deadline = time.monotonic() + WAIT_FACTOR * limit_s  # the wait, at first
         self.abandoned = False
 
@@ -112,7 +133,7 @@ class _Pool:
 
     def run(self, job: _Job) -> dict[str, Any]:
         if not self._acquire(job):
-            raise Overrun("JSON Schema validation (waiting for a worker)", limit_s=job.limit_s)
+            raise Overrun(f"{job.what} (waiting for a worker)", limit_s=job.limit_s)
         try:
             worker = self._take()
             try:
@@ -127,9 +148,9 @@ class _Pool:
         finally:
             self._release()
         if "error" in reply:
-            raise ValueError(f"the schema worker could not check the answer: {reply['error']}")
+            raise ValueError(f"the schema worker could not read the answer: {reply['error']}")
         if reply.get("overrun"):
-            raise Overrun("JSON Schema validation", limit_s=job.limit_s)
+            raise Overrun(job.what, limit_s=job.limit_s)
         return reply
 
     def _acquire(self, job: _Job) -> bool:
@@ -179,7 +200,7 @@ class _Pool:
         stdin.flush()
         # the worker stops itself at the limit (and answers so); one that cannot (deep in C
         # code) is killed a little later
-        line = _await_line(stdout, job, job.deadline + _GRACE_S, "JSON Schema validation")
+        line = _await_line(stdout, job, job.deadline + _GRACE_S, job.what)
         reply: dict[str, Any] = json.loads(line)
         return reply
 
