@@ -1,14 +1,15 @@
 """Validation work that could hold the event loop runs elsewhere, under a time limit.
 
 Built-in parsing is linear, and runs on the loop for an answer up to :data:`BIG_TEXT`; a
-bigger one is parsed in a worker thread (:func:`off_loop`), where the scans of the
-``regex`` engine let go of the GIL. Two kinds of work are not bounded by the answer's
-length, and an answer is hostile input:
+bigger one's text is scanned in a worker thread (:func:`off_loop`), where the scans of the
+``regex`` engine let go of the GIL, and its JSON is found by a worker process (JSON
+decoders hold the GIL: :mod:`._schema_pool`). Two kinds of work are not bounded by the
+answer's length, and an answer is hostile input:
 
 - a user's regular expression (``regex:(\\d+)+x`` is exponential): it runs with the
   third-party ``regex`` engine in a worker thread, which releases the GIL while it matches
-  (``concurrent=True``) and gives up at the time limit (``timeout=``); at most half the
-  cores match at once, at a lower priority (:func:`off_loop`);
+  (``concurrent=True``) and gives up at the time limit (``timeout=``); the threads (one per
+  core, at least 2) run at a lower priority than the loop (:func:`off_loop`);
 - JSON Schema validation of a large answer (``uniqueItems`` compares every pair of items),
   under a schema with ``pattern`` (a schema's regular expression meets the answer's
   strings) or with ``$ref`` (a recursive schema can be exponential in the answer's
@@ -52,8 +53,9 @@ T = TypeVar("T")
 
 DEFAULT_TIME_LIMIT_S: Final = 2.0
 """The default ``time_limit_s`` of the validators that offload work."""
-BIG_TEXT: Final = 64 * 1024
-"""Answers longer than this are parsed off the loop (:func:`off_loop`)."""
+BIG_TEXT: Final = 16 * 1024
+"""Answers longer than this are parsed off the loop (:func:`off_loop`). Up to it, parsing
+holds the loop ~5 ms at worst (16 KiB of digits under ``confidence``'s text patterns)."""
 
 MAX_TIME_LIMIT_S: Final = 3600.0
 """The largest ``time_limit_s`` (an hour: longer is a mistake, and overflows timers)."""

@@ -130,7 +130,7 @@ class ConfidenceValidator:
 
     A stated number above 1 and up to 100 (or any followed by ``%``) is a percentage. With
     no confidence found the answer is rejected, or accepted with ``on_missing = "accept"``.
-    An answer over 64 KiB is read off the event loop (its JSON in a worker process, its text
+    An answer over 16 KiB is read off the event loop (its JSON in a worker process, its text
     in a thread); one not read within ``time_limit_s`` (default 2 s) is rejected as having
     overrun it.
     The verdict's ``score`` is the confidence (0 when none was found); its reason states the

@@ -76,8 +76,8 @@ class SelfConsistencyValidator:
     result text), its ``score`` the majority's share of the samples drawn.
 
     A ``regex:PATTERN`` extractor runs in a worker thread, as does reading an answer over
-    64 KiB; a sample not read within ``time_limit_s`` (default 2 s) rejects the answer, with
-    a reason saying it overran.
+    16 KiB (with ``json:FIELD``, a worker process finds its JSON); a sample not read within
+    ``time_limit_s`` (default 2 s) rejects the answer, with a reason saying it overran.
 
     ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
     every sample whatever the first ones say (a naive vote, to compare against).
