@@ -23,6 +23,7 @@ _OPENERS = re.compile(r"[{\[]")
 _MAX_SCANS = 64
 _SLACK = 4096  # the scan budget beyond 2x the text, for short answers with many brackets
 _NOT_FOUND = object()
+_OBJECT = frozenset("{[")
 
 
 class _Budget:
@@ -53,12 +54,22 @@ def extract_json(text: str) -> Any:
     >>> extract_json('Sure! ```json\\n{"a": 1}\\n``` done')
     {'a': 1}
     """
-    budget = _Budget(text)
     stripped = text.strip()
-    if stripped:
-        found = _try(stripped, budget)
+    surrogate = False
+    if stripped[:1] in _OBJECT:  # the common case first, before any bookkeeping
+        try:
+            return _decode(stripped)
+        except (msgspec.DecodeError, RecursionError):
+            pass
+        except UnicodeEncodeError:
+            surrogate = True
+    budget = _Budget(text)
+    if stripped and (surrogate or stripped[:1] not in _OBJECT):
+        found = _try(stripped, budget, decoded=surrogate)
         if found is not _NOT_FOUND:
             return found
+    elif stripped:
+        budget.pay(len(stripped))  # read once above
     for m in _FENCE.finditer(text):
         found = _try(m.group(1).strip(), budget)
         if found is not _NOT_FOUND:
@@ -96,17 +107,20 @@ def extract_json(text: str) -> Any:
     raise ValueError("no JSON value found in the answer")
 
 
-def _try(candidate: str, budget: _Budget) -> Any:
+def _try(candidate: str, budget: _Budget, *, decoded: bool = False) -> Any:
+    """The JSON value ``candidate`` is, or _NOT_FOUND; ``decoded``: msgspec met a lone
+    surrogate in it already (only the json module's look is left)."""
     if candidate[:1] not in '{["-0123456789tfn':
         return _NOT_FOUND
     if not budget.pay(len(candidate)):
         return _NOT_FOUND
-    try:
-        return _decode(candidate)
-    except (msgspec.DecodeError, RecursionError):  # [[[[...: nested deeper than decoders go
-        return _NOT_FOUND
-    except UnicodeEncodeError:
-        pass  # a lone surrogate ("\ud800"): not UTF-8, but a str the json module reads
+    if not decoded:
+        try:
+            return _decode(candidate)
+        except (msgspec.DecodeError, RecursionError):  # [[[[...: deeper than decoders go
+            return _NOT_FOUND
+        except UnicodeEncodeError:
+            pass  # a lone surrogate ("\ud800"): not UTF-8, but a str the json module reads
     if not budget.pay(len(candidate)):
         return _NOT_FOUND
     try:
