@@ -16,8 +16,8 @@ import referencing.exceptions
 import cascade
 from cascade import Cascade, Completion, ConfigError, Verdict
 from cascade.validators import JsonSchemaValidator, ValidationContext
-from cascade.validators._offload import schema_check
 from cascade.validators._registry import _REGISTRY
+from cascade.validators._schema_pool import schema_check
 from cascade.validators.json_schema import _NO_RETRIEVAL
 
 from .helpers import provider, tier

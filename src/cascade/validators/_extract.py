@@ -32,7 +32,14 @@ from .._types import Completion
 from ._json_extract import extract_json
 from ._offload import DEFAULT_TIME_LIMIT_S, Overrun
 
-__all__ = ["Extractor", "RegexExtractor", "get_extractor", "normalize", "single_number"]
+__all__ = [
+    "Extractor",
+    "JsonFieldExtractor",
+    "RegexExtractor",
+    "get_extractor",
+    "normalize",
+    "single_number",
+]
 
 Extractor = Callable[[Completion], str | None]
 
@@ -85,16 +92,22 @@ def auto(completion: Completion) -> str | None:
     return None
 
 
-def _json_field(path: str) -> Extractor:
+class JsonFieldExtractor:
+    """``json:FIELD``: the value at a dotted path (keys, list indexes) of the answer's JSON,
+    as a string."""
 
-    keys = [k for k in path.split(".") if k]
+    def __init__(self, path: str) -> None:
+        self.keys = [k for k in path.split(".") if k]
 
-    def extract(completion: Completion) -> str | None:
+    def __repr__(self) -> str:
+        return f"<JsonFieldExtractor {'.'.join(self.keys)!r}>"
+
+    def __call__(self, completion: Completion) -> str | None:
         try:
             value: Any = extract_json(completion.text)
         except ValueError:
             return None
-        for key in keys:
+        for key in self.keys:
             if isinstance(value, dict) and key in value:
                 value = value[key]
             elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
@@ -102,8 +115,6 @@ def _json_field(path: str) -> Extractor:
             else:
                 return None
         return None if value is None else str(value)
-
-    return extract
 
 
 class RegexExtractor:
@@ -178,7 +189,7 @@ def get_extractor(
         return _BUILTIN[spec]
     kind, sep, arg = spec.partition(":")
     if sep and kind == "json" and arg:
-        return _json_field(arg)
+        return JsonFieldExtractor(arg)
     if sep and kind == "regex" and arg:
         try:
             return RegexExtractor(arg, time_limit_s=time_limit_s)

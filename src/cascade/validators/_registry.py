@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 
 import msgspec
 
@@ -64,8 +64,9 @@ def validator(name: str, *, replace: bool = False) -> Callable[[F], F]:
     """Register a validator factory (a class or a function) under ``name``.
 
     The factory receives the config entry's parameters (every key but ``name``) as keyword
-    arguments; raising ``ValueError`` or ``TypeError`` there becomes a ConfigError naming the
-    entry, so a bad parameter fails when the cascade is built, not mid-request.
+    arguments; an exception raised there (``ValueError``, ``TypeError``, any other) becomes
+    a ConfigError naming the entry, so a bad parameter fails when the cascade is built, not
+    mid-request.
     """
     if not name or not isinstance(name, str):
         raise ValueError("a validator needs a non-empty name")
@@ -108,8 +109,10 @@ def build_validator(spec: Mapping[str, Any], *, path: str) -> Validator:
         instance = factory(**params)
     except ConfigError as exc:
         raise ConfigError(exc.message, path=f"{path}.{exc.path}" if exc.path else path) from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"validator {name!r}: {exc}", path=path) from None
+    except Exception as exc:  # a plugin's factory may raise anything: it is a config error
+        told = isinstance(exc, TypeError | ValueError)  # the documented ways to refuse
+        detail = str(exc) if told else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"validator {name!r}: {detail}"[:500], path=path) from None
     _check_validator(name, instance, path)
     return instance
 
@@ -163,13 +166,27 @@ def _check_parameters(
 
 def _check_validator(name: str, instance: object, path: str) -> None:
     """What the factory returned is a validator the engine can await."""
-    if not isinstance(instance, Validator):
+    try:
+        is_validator = isinstance(instance, Validator)
+        own_name = getattr(instance, "name", None)
+    except Exception as exc:  # a `name` property that raises
+        raise ConfigError(
+            f"validator {name!r}: reading its `name` raised {type(exc).__name__}: {exc}"[:500],
+            path=path,
+        ) from None
+    if not is_validator:
         raise ConfigError(
             f"validator {name!r} factory returned {type(instance).__name__}, "
             "which has no `name` and async `validate(completion, context)`",
             path=path,
         )
-    validate = instance.validate
+    if not isinstance(own_name, str) or not own_name:
+        raise ConfigError(
+            f"validator {name!r}: {type(instance).__name__}.name is {own_name!r}; expected a "
+            "non-empty string (it names the validator in verdicts)",
+            path=path,
+        )
+    validate = cast(Validator, instance).validate
     if not (
         inspect.iscoroutinefunction(validate)
         or inspect.iscoroutinefunction(getattr(validate, "__call__", None))  # noqa: B004

@@ -1,28 +1,41 @@
 """A JSON Schema validation worker: one process, one job at a time, killed when it overruns.
 
-Run as a script (``python -I _schema_worker.py``), not imported: it needs nothing but the
-standard library, msgspec and jsonschema, so it starts fast and runs none of the host program's
-code. It reads one job per line on stdin, ``{"schema": "<schema JSON>", "text": "<the answer>",
-"limit_s": 2.0}``, finds the answer's JSON (``_json_extract.py``, loaded by its path) and
-writes one line per job: ``{"valid": true}``, ``{"valid": false, "where": "$.a",
-"message": "..."}``, ``{"no_json": "<why>"}``; ``{"overrun": true}`` when the check was
-stopped at its time limit (a timer signal), ``{"error": "..."}`` when it could not run. Compiled
-validators are cached by schema text. A schema never reaches the network or the disk: its
-registry refuses every retrieval.
+Run as a script (``python -I _schema_worker.py ENGINE_PID``), not imported: it needs nothing
+but the standard library, msgspec and jsonschema, so it starts fast and runs none of the host
+program's code. It writes ``{"ready": true}`` once started, then reads one job per line on
+stdin, ``{"schema": "<schema JSON>", "text": "<the answer>", "limit_s": 2.0}``, finds the
+answer's JSON (``_json_extract.py``, loaded by its path) and writes one line per job:
+``{"valid": true}``, ``{"valid": false, "where": "$.a", "message": "..."}``,
+``{"no_json": "<why>"}``; a job ``{"find": "<the answer>", "path": [...], "lists": false}``
+gets the value at that path of the answer's JSON: ``{"value": ...}``, ``{"text": ...}`` (an
+object or array, as ``str()``), ``{"missing": true}``. ``{"overrun": true}`` when a job was
+stopped at its time limit (a timer signal), ``{"error": "..."}`` when it could not run.
+Compiled validators are cached by schema text. A schema never reaches the network or the
+disk: its registry refuses every retrieval. The worker dies with the engine
+(``PR_SET_PDEATHSIG`` on Linux).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
 
+# SIGKILL for this worker when the engine's thread that started it ends (Linux: no orphan
+# keeps a core busy), and an engine gone before this line means exit now
+if sys.platform.startswith("linux"):
+    with contextlib.suppress(Exception):  # no libc to call: the end of stdin tells, then
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+if len(sys.argv) > 1 and os.getppid() != int(sys.argv[1]):
+    os._exit(0)
 with contextlib.suppress(OSError):  # not permitted here: run at the same priority
     os.nice(10)  # before the imports: a hostile answer's check must not starve the engine
 
 import importlib.util
 import json
-import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +105,29 @@ def check(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def find(job: dict[str, Any]) -> dict[str, Any]:
+    """The value at a path of the answer's JSON (the same rule as the validators' own)."""
+    try:
+        value = extract_json(job["find"])
+    except ValueError as exc:
+        return {"no_json": str(exc)}
+    for key in job["path"]:
+        if isinstance(value, dict) and key in value:
+            value = value[key]
+        elif job["lists"] and isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return {"missing": True}
+    if value is None or isinstance(value, bool | int | float | str):
+        return {"value": value}
+    return {"text": str(value)}
+
+
 def main() -> None:
     signal.signal(signal.SIGALRM, _alarm)
     out = sys.stdout
+    out.write('{"ready": true}\n')  # its start-up is not counted against the first job
+    out.flush()
     for line in sys.stdin.buffer:
         try:
             job = json.loads(line)
@@ -102,7 +135,7 @@ def main() -> None:
             # next job; the engine kills a worker that does not answer in time all the same
             signal.setitimer(signal.ITIMER_REAL, float(job["limit_s"]))
             try:
-                reply = check(job)
+                reply = check(job) if "schema" in job else find(job)
             finally:
                 signal.setitimer(signal.ITIMER_REAL, 0)
         except _Overrun:

@@ -16,6 +16,7 @@ from .._types import Completion, Verdict
 from ._json_extract import extract_json
 from ._offload import BIG_TEXT, DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, off_loop
 from ._registry import ValidationContext, validator
+from ._schema_pool import json_field
 
 __all__ = ["ConfidenceValidator", "parse_confidence"]
 
@@ -89,6 +90,11 @@ def _from_json(text: str, path: list[str]) -> float | None:
         if not isinstance(value, dict) or key not in value:
             return None
         value = value[key]
+    return _as_confidence(value)
+
+
+def _as_confidence(value: Any) -> float | None:
+    """The confidence a JSON field states: a number, or a string such as ``"82%"``."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _scale(float(value)) if math.isfinite(value) else None
     if isinstance(value, str) and (m := _VALUE.match(value)) is not None:
@@ -124,8 +130,9 @@ class ConfidenceValidator:
 
     A stated number above 1 and up to 100 (or any followed by ``%``) is a percentage. With
     no confidence found the answer is rejected, or accepted with ``on_missing = "accept"``.
-    An answer over 64 KiB is read in a worker thread, off the event loop; one not read within
-    ``time_limit_s`` (default 2 s) is rejected as having overrun it.
+    An answer over 16 KiB is read off the event loop (its JSON in a worker process, its text
+    in a thread); one not read within ``time_limit_s`` (default 2 s) is rejected as having
+    overrun it.
     The verdict's ``score`` is the confidence (0 when none was found); its reason states the
     value, where it came from and the threshold.
 
@@ -181,18 +188,33 @@ class ConfidenceValidator:
                 return value, source
         return None
 
+    async def _big_confidence(self, completion: Completion) -> tuple[float, str] | None:
+        """:meth:`confidence` of a big answer, off the loop: its JSON is found by a worker
+        process, its text scanned in a thread (each under ``time_limit_s``)."""
+        what, limit_s = "reading the confidence", self.time_limit_s
+        for source in self._sources:
+            if source == "json":
+                reply = await json_field(
+                    completion.text, self._path, lists=False, what=what, limit_s=limit_s
+                )
+                value = _as_confidence(reply.get("value"))
+            elif source == "text":
+                value = await off_loop(
+                    parse_confidence, completion.text, what=what, limit_s=limit_s
+                )
+            else:
+                value = _from_logprobs(completion.logprobs)
+            if value is not None:
+                return value, source
+        return None
+
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         if len(completion.text) <= BIG_TEXT:
             found = self.confidence(completion)
         else:
             try:
-                found = await off_loop(
-                    self.confidence,
-                    completion,
-                    what="reading the confidence",
-                    limit_s=self.time_limit_s,
-                )
-            except Overrun as exc:
+                found = await self._big_confidence(completion)
+            except (Overrun, ValueError) as exc:  # ValueError: the worker could not run it
                 return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
         if found is None:
             where = {"json": f"JSON field {self.field!r}", "text": "text", "logprobs": "logprobs"}

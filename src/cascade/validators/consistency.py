@@ -15,7 +15,7 @@ from typing import Any
 from .._answers import AnswerKey, AnswerType, AnswerTypeError, answer_type
 from .._errors import ConfigError, ProviderError
 from .._types import Completion, Verdict
-from ._extract import Extractor, RegexExtractor, get_extractor
+from ._extract import Extractor, JsonFieldExtractor, RegexExtractor, get_extractor
 from ._offload import (
     BIG_TEXT,
     DEFAULT_TIME_LIMIT_S,
@@ -24,6 +24,7 @@ from ._offload import (
     off_loop,
 )
 from ._registry import ValidationContext, validator
+from ._schema_pool import json_field
 
 __all__ = ["SelfConsistencyValidator", "next_batch", "votes_needed"]
 
@@ -75,8 +76,8 @@ class SelfConsistencyValidator:
     result text), its ``score`` the majority's share of the samples drawn.
 
     A ``regex:PATTERN`` extractor runs in a worker thread, as does reading an answer over
-    64 KiB; a sample not read within ``time_limit_s`` (default 2 s) rejects the answer, with
-    a reason saying it overran.
+    16 KiB (with ``json:FIELD``, a worker process finds its JSON); a sample not read within
+    ``time_limit_s`` (default 2 s) rejects the answer, with a reason saying it overran.
 
     ``samples = 5, min_agreement = 0.6`` is a 3-of-5 vote. ``early_stop = false`` draws
     every sample whatever the first ones say (a naive vote, to compare against).
@@ -112,6 +113,8 @@ class SelfConsistencyValidator:
             raise ConfigError(str(exc), path="extractor") from None
         # a user's pattern may take long: it runs in a thread (and raises Overrun)
         self._regex = self._extract if isinstance(self._extract, RegexExtractor) else None
+        # a big answer's JSON is found by a worker process (parsing holds the GIL)
+        self._field = self._extract if isinstance(self._extract, JsonFieldExtractor) else None
         self.name = name
         self.samples = samples
         self.min_agreement = float(min_agreement)
@@ -136,6 +139,9 @@ class SelfConsistencyValidator:
             raw = self._regex.search(completion.text)
         else:
             raw = self._extract(completion)
+        return self._key(raw)
+
+    def _key(self, raw: str | None) -> Hashable | None:
         if self.answer_type is None:
             return raw if raw else None
         return self.answer_type.key(raw)
@@ -143,10 +149,25 @@ class SelfConsistencyValidator:
     async def _vote(self, completion: Completion) -> Hashable | None:
         if self._regex is None and len(completion.text) <= BIG_TEXT:
             return self.value(completion)  # built-in extractors are linear: on the loop
-        # a user's pattern (bounded by its own time limit too), or a big answer
-        return await off_loop(
-            self.value, completion, what="reading the answer", limit_s=self.time_limit_s
-        )
+        if self._field is not None:
+            try:
+                reply = await json_field(
+                    completion.text,
+                    self._field.keys,
+                    lists=True,
+                    what="reading the answer",
+                    limit_s=self.time_limit_s,
+                )
+            except ValueError:  # the worker could not read it: no vote
+                return None
+            value = reply.get("value")
+            return self._key(reply.get("text", None if value is None else str(value)))
+        # a user's pattern (bounded by its own time limit too, which the regex engine checks
+        # now and then only), or a big answer
+        what = "reading the answer"
+        if self._regex is not None:
+            what = f"extractor regex {self._regex.pattern!r}"
+        return await off_loop(self.value, completion, what=what, limit_s=self.time_limit_s)
 
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         try:

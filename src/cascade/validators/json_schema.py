@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urldefrag, urljoin
 
 import jsonschema
 import referencing
@@ -13,38 +14,68 @@ from jsonschema.exceptions import best_match
 from .._errors import ConfigError
 from .._types import Completion, Verdict
 from ._json_extract import extract_json
-from ._offload import DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit, schema_check
+from ._offload import DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit
 from ._registry import ValidationContext, validator
+from ._schema_pool import schema_check
 
 __all__ = ["JsonSchemaValidator", "extract_json"]
 
 _INLINE_CHARS = 16 * 1024  # answers up to this size are checked on the loop (~ms)
 _INLINE_ITEMS = 64  # uniqueItems compares every pair: more items than this go elsewhere
+_PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})  # a $ref cycle loops on one of these
 
 
-def _refs(node: Any, where: str = "schema") -> list[tuple[str, str]]:
-    """Every ``$ref`` / ``$dynamicRef`` string in a schema with its config path, depth
-    first."""
-    found: list[tuple[str, str]] = []
-    if isinstance(node, dict):
-        for key in ("$ref", "$dynamicRef"):
-            if isinstance(node.get(key), str):
-                found.append((f"{where}.{key}", node[key]))
-        for key, value in node.items():
-            found.extend(_refs(value, f"{where}.{key}"))
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            found.extend(_refs(item, f"{where}[{i}]"))
-    return found
+# Where a schema holds subschemas (every draft's applicators); anything else (``const``,
+# ``enum``, ``default``, ``examples``, unknown keywords) is data, where ``$ref`` is a key.
+_ONE = frozenset(
+    [
+        "additionalItems",
+        "additionalProperties",
+        "contains",
+        "contentSchema",
+        "else",
+        "if",
+        "items",
+        "not",
+        "propertyNames",
+        "then",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+    ]
+)
+_MANY = frozenset({"allOf", "anyOf", "oneOf", "prefixItems", "items"})
+_NAMED = frozenset(
+    {"$defs", "definitions", "dependencies", "dependentSchemas", "patternProperties", "properties"}
+)
+_REFS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 
-def _keywords(node: Any) -> set[str]:
-    """Every key of every object in a schema."""
-    if isinstance(node, dict):
-        return set(node).union(*(_keywords(v) for v in node.values()))
-    if isinstance(node, list):
-        return set().union(*(_keywords(v) for v in node))
-    return set()
+class _Walk:
+    """What a schema holds, gathered without recursion (a 10,000-deep schema is fine): every
+    keyword of its subschemas, and every reference with its config path and the base URI it
+    resolves against (the nearest ``$id`` around it)."""
+
+    def __init__(self, schema: dict[str, Any], id_key: str) -> None:
+        self.keywords: set[str] = set()
+        self.refs: list[tuple[str, str, str]] = []  # (path, reference, absolute reference)
+        stack: list[tuple[Any, str, str]] = [(schema, "schema", "")]
+        while stack:
+            node, where, base = stack.pop()
+            if not isinstance(node, dict):
+                continue
+            self.keywords.update(node)
+            if isinstance(node.get(id_key), str):
+                base = urldefrag(urljoin(base, node[id_key])).url
+            for key in _REFS:
+                if isinstance(node.get(key), str):
+                    self.refs.append((f"{where}.{key}", node[key], urljoin(base, node[key])))
+            for key, value in node.items():
+                if key in _NAMED and isinstance(value, dict):
+                    stack.extend((v, f"{where}.{key}.{k}", base) for k, v in value.items())
+                elif key in _MANY and isinstance(value, list):
+                    stack.extend((v, f"{where}.{key}[{n}]", base) for n, v in enumerate(value))
+                elif key in _ONE:
+                    stack.append((value, f"{where}.{key}", base))
 
 
 def _refuse(uri: str) -> Any:
@@ -67,10 +98,13 @@ class JsonSchemaValidator:
     from the network or from files; put shared definitions under ``$defs``.
 
     A large answer (over 16 KiB), or any answer under a schema with costly keywords
-    (``pattern``, ``patternProperties``; ``uniqueItems`` over more than 64 items), is
-    checked in a worker process, off the event loop; one not done within ``time_limit_s``
-    (default 2 s) is rejected as having overrun it, and its check is stopped. (Such an
-    answer's rejection carries no ``parsed`` value.)
+    (``pattern``, ``patternProperties``, ``$ref``: a recursive schema can be exponential in
+    the answer's nesting; ``uniqueItems`` over more than 64 items), is checked in a worker
+    process, off the event loop; one not done within ``time_limit_s`` (default 2 s, at most
+    3600) is rejected as having overrun it, and its check is stopped. Waiting for a free
+    worker is not counted (it is bounded apart, at 10x ``time_limit_s``). (Such an answer's
+    rejection carries no ``parsed`` value; an accepted one is parsed on the loop, once, for
+    ``Result.parsed``: linear, ~25 ms per MiB of JSON.)
 
     ``early_reject = true`` asserts that the answer is JSON from its first character (or a
     ```json fence): a streaming answer that starts otherwise is rejected at once and its
@@ -91,6 +125,19 @@ class JsonSchemaValidator:
             )
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         try:
+            self._build(cls, schema)
+        except RecursionError:
+            raise ConfigError(
+                "invalid JSON Schema: nested too deeply to check", path="schema"
+            ) from None
+        self.name = name
+        self.schema = schema
+        self.early_reject = early_reject
+        self.time_limit_s = check_time_limit(time_limit_s)
+        self._opener = {"object": "{", "array": "["}.get(str(schema.get("type")), "{[")
+
+    def _build(self, cls: Any, schema: dict[str, Any]) -> None:
+        try:
             cls.check_schema(schema)
         except jsonschema.SchemaError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)
@@ -98,15 +145,12 @@ class JsonSchemaValidator:
                 f"invalid JSON Schema{' at ' + where if where else ''}: {exc.message}",
                 path="schema",
             ) from None
-        self.name = name
-        self.schema = schema
-        self.early_reject = early_reject
-        self.time_limit_s = check_time_limit(time_limit_s)
-        self._opener = {"object": "{", "array": "["}.get(str(schema.get("type")), "{[")
         self._validator = cls(schema, registry=_NO_RETRIEVAL)
-        for where, ref in _refs(schema):
+        old_drafts = (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
+        walk = _Walk(schema, "id" if cls in old_drafts else "$id")
+        for where, ref, absolute in walk.refs:
             try:
-                self._validator._resolver.lookup(ref)
+                self._validator._resolver.lookup(absolute)
             except referencing.exceptions.Unresolvable:
                 why = (
                     "resolves to nothing"
@@ -115,10 +159,30 @@ class JsonSchemaValidator:
                     "network or from files): put the definition under $defs"
                 )
                 raise ConfigError(f"invalid JSON Schema: $ref {ref!r} {why}", path=where) from None
-        keywords = _keywords(schema)
-        self._always_offload = bool(keywords & {"pattern", "patternProperties"})
-        self._unique_items = "uniqueItems" in keywords
+        if walk.refs:
+            self._probe()
+        # a reference makes a schema recursive, and a recursive one can be exponential in
+        # the answer's nesting (oneOf over nodes with children): its every check is offloaded
+        self._always_offload = bool(walk.refs) or bool(
+            walk.keywords & {"pattern", "patternProperties"}
+        )
+        self._unique_items = "uniqueItems" in walk.keywords
         self._schema_text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+
+    def _probe(self) -> None:
+        """A schema whose references loop (``$ref`` to itself in place) or that the static
+        check could not follow fails here on a trivial answer, not at every run."""
+        for probe in _PROBES:
+            try:
+                self._validator.is_valid(probe)
+            except RecursionError:
+                raise ConfigError(
+                    "invalid JSON Schema: its $ref references loop without end", path="schema"
+                ) from None
+            except referencing.exceptions.Unresolvable as exc:
+                raise ConfigError(
+                    f"invalid JSON Schema: a $ref does not resolve ({exc})"[:300], path="schema"
+                ) from None
 
     def __repr__(self) -> str:
         return f"<JsonSchemaValidator {self.name!r}>"
