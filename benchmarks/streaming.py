@@ -530,14 +530,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"memory probes: {streams} streams each", file=sys.stderr, flush=True)
         probes = [run_probe(kind, url, streams) for kind in ("aiohttp_sse", "speculative")]
     raw, spec = (p["bytes_per_stream"] for p in probes)
-    memory = {
+    memory: dict[str, Any] = {
         "asked": streams,
         "open": min(p["open"] for p in probes),
         "probes": probes,
         "ratio": spec / raw if raw and spec is not None else None,
     }
     summary = summarize(samples)
-    report = {
+    report: dict[str, Any] = {
         "versions": {
             "cascade-engine": cascade.__version__,
             "aiohttp": aiohttp.__version__,
