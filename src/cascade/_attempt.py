@@ -156,7 +156,7 @@ async def complete(
     partial: tuple[PartialCheck, ...] = (),
     ctx: ValidationContext | None = None,
     on_text: Callable[[int], None] | None = None,
-    on_delta: Callable[[str], Awaitable[None]] | None = None,
+    on_delta: Callable[[str], Awaitable[None] | None] | None = None,
     clock: SupportsTimers | None = None,
 ) -> tuple[Completion, Verdict | None]:
     """Collect a provider's stream into one Completion.
@@ -168,9 +168,10 @@ async def complete(
     The provider's ``first_token_timeout_s`` and ``idle_timeout_s`` are enforced here, on
     chunks rather than socket reads (so keep-alive comments do not count as progress), for
     every kind of provider; only chunks with text reset the idle timer. ``on_text`` is
-    called with the length of each text chunk; ``on_delta`` is awaited with the text
-    (that a partial check passed) before the next chunk is read, and the time it takes
-    (a slow reader downstream) does not count against the call's timeouts. The timeouts
+    called with the length of each text chunk; ``on_delta`` is called with the text
+    (that a partial check passed) and what it returns, if anything, is awaited before the
+    next chunk is read (a slow reader downstream); that wait does not count against the
+    call's timeouts. The timeouts
     run on ``clock`` if given (a clock that runs timers), else on the loop's clock.
     """
     parts: list[str] = []
@@ -240,12 +241,15 @@ async def complete(
                             out_tokens = None  # nothing reported yet for what was received
                             break
                     if on_delta is not None:
-                        if watchdog is None:
-                            await on_delta(chunk.text)
+                        wait = on_delta(chunk.text)
+                        if wait is None:
+                            pass  # the reader had room: no wait, the timers untouched
+                        elif watchdog is None:
+                            await wait
                         else:  # the reader's time is not the provider's
                             watchdog.reschedule(None)
                             before = tick()
-                            await on_delta(chunk.text)
+                            await wait
                             waited = tick() - before
                             total_at += waited
                             at += waited

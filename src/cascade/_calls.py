@@ -243,7 +243,7 @@ class ProviderCalls:
         partial: tuple[PartialCheck, ...],
         ctx: ValidationContext | None,
         on_text: Callable[[int], None] | None,
-        on_delta: Callable[[str], Awaitable[None]] | None,
+        on_delta: Callable[[str], Awaitable[None] | None] | None,
     ) -> tuple[Completion, Verdict | None]:
         """One call through ``provider``'s circuit breaker (:class:`~cascade.CircuitOpen`
         when it is open)."""
@@ -272,7 +272,7 @@ class ProviderCalls:
         held: list[Lease | None],
         *,
         on_text: Callable[[int], None] | None,
-        on_delta: Callable[[str], Awaitable[None]] | None,
+        on_delta: Callable[[str], Awaitable[None] | None] | None,
     ) -> tuple[Completion, Verdict | None]:
         """``complete`` with retries; each failed try is recorded as an attempt.
 

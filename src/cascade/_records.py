@@ -210,14 +210,15 @@ class RunState:
         )
         self.shown = 0
 
-    def delta_sender(self, flight: InFlight) -> Callable[[str], Awaitable[None]]:
-        """What ``complete`` calls with each piece of ``flight``'s text, speculatively."""
-        send = self.sink.send
+    def delta_sender(self, flight: InFlight) -> Callable[[str], Awaitable[None] | None]:
+        """What ``complete`` calls with each piece of ``flight``'s text, speculatively: None
+        when the reader has room, else what to await until it has caught up."""
+        offer = self.sink.offer
         tier, provider = flight.tier.index, flight.provider.name
 
-        async def on_delta(text: str) -> None:
+        def on_delta(text: str) -> Awaitable[None] | None:
             self.shown += len(text)
-            await send(Delta(text=text, tier=tier, provider=provider))
+            return offer(Delta(text=text, tier=tier, provider=provider))
 
         return on_delta
 

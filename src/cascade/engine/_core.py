@@ -311,10 +311,12 @@ async def _release(run: RunState, attempt: Attempt) -> None:
             return
         run.retract(attempt, "the validators chose another answer")
     text = completion.text
-    send = run.sink.send
+    offer = run.sink.offer
     tier, provider = attempt.tier, attempt.provider
     for i in range(0, len(text), PIECE_CHARS):
-        await send(Delta(text=text[i : i + PIECE_CHARS], tier=tier, provider=provider))
+        wait = offer(Delta(text=text[i : i + PIECE_CHARS], tier=tier, provider=provider))
+        if wait is not None:
+            await wait
 
 
 def tier_outcome(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -14,6 +14,12 @@ from .._types import Attempt
 from ._events import Delta, Event, StreamMode
 
 __all__ = ["NO_SINK", "Sink", "Stream"]
+
+HIGH_WATER_CHARS = 8192
+"""Text a reader may leave unread before the run waits for it: enough that a fast reader
+takes many deltas per wake-up, little enough that memory per stream stays bounded."""
+LOW_WATER_CHARS = 2048
+"""The run goes on once the reader has brought the unread text down to this."""
 
 
 class Sink(Protocol):
@@ -25,8 +31,10 @@ class Sink(Protocol):
     def emit(self, event: Event) -> None:
         """Take an event (never blocks: the engine emits a few per attempt)."""
 
-    async def send(self, event: Delta) -> None:
-        """Take answer text; returns once the reader has it (backpressure)."""
+    def offer(self, event: Delta) -> Awaitable[None] | None:
+        """Take answer text. None: taken, go on; else an awaitable that ends once the
+        reader has caught up (backpressure: the engine reads no more of the answer until
+        then)."""
 
     def attach(self, attempts: Sequence[Attempt]) -> None:
         """The run's attempts, as they are recorded."""
@@ -41,8 +49,8 @@ class _NoSink:
     def emit(self, event: Event) -> None:
         pass
 
-    async def send(self, event: Delta) -> None:  # pragma: no cover - mode None sends none
-        pass
+    def offer(self, event: Delta) -> Awaitable[None] | None:  # pragma: no cover - no deltas
+        return None
 
     def attach(self, attempts: Sequence[Attempt]) -> None:
         pass
@@ -66,6 +74,7 @@ class Stream:
         "_attempts",
         "_drained",
         "_events",
+        "_queued",
         "_raised",
         "_ready",
         "_start",
@@ -81,6 +90,7 @@ class Stream:
         self.mode: StreamMode = mode
         self._start: Callable[[Stream], Coroutine[Any, Any, object]] | None = start
         self._events: deque[Event] = deque()
+        self._queued = 0  # characters of text in the events not yet read
         self._ready: asyncio.Future[None] | None = None  # the reader waits for an event
         self._drained: asyncio.Future[None] | None = None  # the run waits for the reader
         self._task: asyncio.Task[object] | None = None
@@ -109,14 +119,19 @@ class Stream:
         if ready is not None and not ready.done():
             ready.set_result(None)
 
-    async def send(self, event: Delta) -> None:
+    def offer(self, event: Delta) -> Awaitable[None] | None:
         self.emit(event)
-        if self._events:
-            self._drained = drained = asyncio.get_running_loop().create_future()
-            try:
-                await drained
-            finally:
-                self._drained = None
+        self._queued += len(event.text)
+        if self._queued <= HIGH_WATER_CHARS:
+            return None  # no wait, no task switch: most deltas of a fast reader
+        return self._catch_up()
+
+    async def _catch_up(self) -> None:
+        self._drained = drained = asyncio.get_running_loop().create_future()
+        try:
+            await drained
+        finally:
+            self._drained = None
 
     # -- the reader's side -----------------------------------------------------------------
 
@@ -164,9 +179,11 @@ class Stream:
             finally:
                 self._ready = None
         event = events.popleft()
-        drained = self._drained
-        if not events and drained is not None and not drained.done():
-            drained.set_result(None)
+        if type(event) is Delta:
+            self._queued -= len(event.text)
+            drained = self._drained
+            if drained is not None and self._queued <= LOW_WATER_CHARS and not drained.done():
+                drained.set_result(None)
         return event
 
     async def aclose(self) -> None:
