@@ -364,3 +364,42 @@ async def test_a_closed_cascade_raises_to_the_reader(openai_server: FakeOpenAISe
 async def read_all(stream: cascade.Stream) -> list[Event]:
     async with stream:
         return [event async for event in stream]
+
+
+async def test_two_readers_of_one_stream_is_an_error_not_a_hang(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    slow = Reply(text="x" * 200, chunk_chars=10, chunk_delay_s=0.05)
+    openai_server.script("m1", slow)
+    cfg = two_tiers(openai_server.url)
+    async with Cascade.from_dict(cfg) as c, c.stream(messages=USER, mode="speculative") as s:
+        async for event in s:
+            if isinstance(event, Delta):
+                break  # the next delta is 50 ms away: a reader now waits for it
+        first = asyncio.ensure_future(s.__anext__())
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(s.__anext__())
+        done = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 10)
+        assert any(isinstance(d, RuntimeError) for d in done)
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+async def test_the_deltas_spell_the_best_unvalidated_answer_too(
+    openai_server: FakeOpenAIServer, mode: str
+) -> None:
+    # on_exhausted = "best": the run returns a rejected answer; a relay that forwards the
+    # deltas must show what run() returns, not nothing.
+    openai_server.script("m1", Reply(text="not json one"))
+    openai_server.script("m2", Reply(text="not json two, longer"))
+    cfg = two_tiers(openai_server.url, on_exhausted="best")
+    async with Cascade.from_dict(cfg) as c, c.stream(messages=USER, mode=mode) as stream:
+        shown = ""
+        async for event in stream:
+            if isinstance(event, Delta):
+                shown += event.text
+            elif isinstance(event, Retracted):
+                shown = shown[: len(shown) - event.chars]
+            elif isinstance(event, Finished):
+                final = event.result
+    assert not final.validated
+    assert shown == final.text

@@ -117,7 +117,10 @@ class Engine:
         except TimeoutError:
             if not timeout.expired():
                 raise  # not our deadline: a bug in a provider or validator, not a timeout
-            return self._deadline_exceeded(run, deadline, plan.msgs)
+            result = self._deadline_exceeded(run, deadline, plan.msgs)
+        if run.sink.mode is not None:
+            await _release_fallback(run)  # the deadline's fallback answer, read at its pace
+        return result
 
     async def _tiers(self, run: RunState, plan: Plan) -> Result:
         attempts = run.attempts
@@ -155,7 +158,10 @@ class Engine:
             if outcome != "none" and outcome != "accepted":
                 reason: EscalationReason = "over_budget" if outcome == "skipped" else outcome
                 left = (tier, reason, detail)
-        return self._exhausted(run)
+        result = self._exhausted(run)
+        if sink.mode is not None:
+            await _release_fallback(run)
+        return result
 
     async def _tier(self, run: RunState, tier: Tier, plan: Plan) -> Attempt | None:
         """The tier's answer (accepted or rejected), or None when every provider failed
@@ -299,6 +305,14 @@ class Engine:
                     attempt = msgspec.structs.replace(attempt, outcome=outcome)
             run.record(attempt)
         run.flights.clear()
+
+
+async def _release_fallback(run: RunState) -> None:
+    """``on_exhausted = "best"``: the run returns a rejected answer (``validated`` False);
+    its text goes to the reader too, so that the deltas always spell ``Finished``'s text."""
+    best = best_attempt(run.attempts)
+    if best is not None and best.completion is not None:
+        await _release(run, best)
 
 
 async def _release(run: RunState, attempt: Attempt) -> None:

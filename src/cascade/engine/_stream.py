@@ -20,6 +20,9 @@ HIGH_WATER_CHARS = 8192
 takes many deltas per wake-up, little enough that memory per stream stays bounded."""
 LOW_WATER_CHARS = 2048
 """The run goes on once the reader has brought the unread text down to this."""
+EVENT_CHARS = 64
+"""What one unread :class:`Delta` counts for beside its text (the event's own memory), so
+that many tiny deltas are bounded like a few big ones."""
 
 
 class Sink(Protocol):
@@ -121,7 +124,7 @@ class Stream:
 
     def offer(self, event: Delta) -> Awaitable[None] | None:
         self.emit(event)
-        self._queued += len(event.text)
+        self._queued += len(event.text) + EVENT_CHARS
         if self._queued <= HIGH_WATER_CHARS:
             return None  # no wait, no task switch: most deltas of a fast reader
         return self._catch_up()
@@ -166,6 +169,8 @@ class Stream:
             task = self._task
             if task is None:
                 raise RuntimeError("use the Stream inside its async with block")
+            if self._ready is not None:
+                raise RuntimeError("anext(): another task is already reading this Stream")
             if task.done():
                 if not task.cancelled():
                     error = task.exception()
@@ -180,7 +185,7 @@ class Stream:
                 self._ready = None
         event = events.popleft()
         if type(event) is Delta:
-            self._queued -= len(event.text)
+            self._queued -= len(event.text) + EVENT_CHARS
             drained = self._drained
             if drained is not None and self._queued <= LOW_WATER_CHARS and not drained.done():
                 drained.set_result(None)
