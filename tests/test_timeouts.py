@@ -168,14 +168,20 @@ async def test_a_stream_cut_by_the_deadline_is_costed_for_what_arrived(
     assert cut.cost_usd == pytest.approx(cut.input_tokens * 1e-6 + cut.output_tokens * 2e-6)
 
 
-async def test_a_deadline_before_any_text_costs_nothing(openai_server: FakeOpenAIServer) -> None:
+async def test_a_deadline_before_any_text_bills_the_prompt(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # The request was sent: providers bill its prompt, text or not (issue #12, D8).
     openai_server.script("m", Reply(text="late", latency_s=5))
     cfg = one_tier(provider("a", openai_server.url, "m", stream=True))
     cfg["on_exhausted"] = "error"
     async with Cascade.from_dict(cfg) as c:
         with pytest.raises(cascade.DeadlineExceeded) as info:
             await c.run(messages=USER, deadline_s=0.1)
-    assert info.value.attempts[0].cost_usd == 0
+    (cut,) = info.value.attempts
+    assert cut.output_tokens == 0
+    assert cut.input_tokens > 0
+    assert cut.cost_usd == pytest.approx(cut.input_tokens * 1e-6)
 
 
 class _Sleepy:

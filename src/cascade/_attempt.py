@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing, nullcontext
 from time import perf_counter
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -123,6 +123,7 @@ class InFlight:
         "completion",
         "cost",
         "hedge",
+        "phase",
         "provider",
         "received",
         "samples",
@@ -139,6 +140,10 @@ class InFlight:
         self.completion: Completion | None = None
         self.cost = 0.0
         self.received = 0  # characters of answer so far (costed if the call is cut off)
+        self.phase: Literal["waiting", "sent", "backoff"] = "waiting"
+        """Where the call is: waiting for its rate limit or breaker, its request sent (the
+        prompt is billed from here on), or between tries (the failed try was recorded and
+        costed; nothing is under way)."""
         self.samples: list[Completion] = []
         self.trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
 

@@ -148,7 +148,7 @@ class ProviderCalls:
             policy = self.retries[provider.name]
             if policy is None:
                 completion, early = await self._call(
-                    provider, tier_msgs, tier_opts, t0, partial, ctx, on_text, on_delta
+                    flight, tier_msgs, tier_opts, t0, partial, ctx, on_text, on_delta
                 )
             else:
                 held = [lease]  # each retry takes a lease of its own
@@ -236,7 +236,7 @@ class ProviderCalls:
 
     async def _call(
         self,
-        provider: Provider,
+        flight: InFlight,
         msgs: tuple[Message, ...],
         opts: RequestOptions,
         t0: float,
@@ -245,9 +245,11 @@ class ProviderCalls:
         on_text: Callable[[int], None] | None,
         on_delta: Callable[[str], Awaitable[None] | None] | None,
     ) -> tuple[Completion, Verdict | None]:
-        """One call through ``provider``'s circuit breaker (:class:`~cascade.CircuitOpen`
-        when it is open)."""
+        """One call through the provider's circuit breaker (:class:`~cascade.CircuitOpen`
+        when it is open); from here on ``flight``'s request counts as sent."""
+        provider = flight.provider
         with await self.breakers[provider.name].acquire():
+            flight.phase = "sent"
             return await complete(
                 provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
                 on_delta=on_delta, clock=self.timers,
@@ -300,9 +302,10 @@ class ProviderCalls:
                     )
                 )
             retries[0] += 1
+            flight.phase = "waiting"
             if held[0] is None:
                 held[0] = await self.acquire(provider, msgs, opts, deadline=run.deadline_at)
-            return await self._call(provider, msgs, opts, t0, partial, ctx, on_text, on_delta)
+            return await self._call(flight, msgs, opts, t0, partial, ctx, on_text, on_delta)
 
         def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
@@ -312,6 +315,9 @@ class ProviderCalls:
                 held[0] = None
             run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
             run.record(self._failure(run, flight, started[0], exc, msgs))
+            # Recorded and costed: until the next try is under way, nothing is to cut off.
+            flight.phase = "backoff"
+            flight.received = 0
 
         return await call_with_retries(
             once,

@@ -188,14 +188,19 @@ def _record_loser(
     msgs: tuple[Message, ...],
     winner: str,
 ) -> None:
-    """The cancelled call, costed for its prompt (sent, so billable) and the text it sent."""
+    """The cancelled call, costed for its prompt (if its request was sent, it is billed)
+    and the text it sent; a call that had not sent one (waiting for its rate limit, or
+    between two tries, its failed try recorded already) costs nothing more."""
     run.flights.remove(flight)
     if flight.completion is not None:  # its answer had come (and was costed): validating
         in_tokens = flight.completion.input_tokens
         out_tokens = flight.completion.output_tokens
         cost = flight.cost
-    else:
+    elif flight.phase == "sent":
         in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, flight.received)
+    else:
+        in_tokens = out_tokens = 0
+        cost = 0.0
     lost = HedgeLost(f"cancelled: {winner} produced the first token (hedged request)")
     run.record(
         failed_record(

@@ -273,13 +273,17 @@ class Engine:
         outcome: Literal["failed", "cancelled"],
     ) -> None:
         """Record the calls under way when the run was cut off (its deadline, or the
-        caller leaving), each costed for what it was sent and had received."""
+        caller leaving), each costed for what it was sent and had received: a request
+        sent is billed its prompt, text or not. A call between two tries (its failed try
+        recorded, waiting out its backoff) has nothing under way and leaves no record."""
         for flight in run.flights:
             completion = flight.completion
             if completion is None:
+                if flight.phase == "backoff":
+                    continue
                 in_tokens = out_tokens = 0
                 cost = 0.0
-                if flight.received:  # a stream cut off after text came: prompt and text billed
+                if flight.phase == "sent":
                     in_tokens, out_tokens, cost = run.charge_unanswered(
                         flight, msgs, flight.received
                     )

@@ -8,12 +8,11 @@ import aiohttp
 import msgspec
 
 from .._config import ProviderConfig
-from .._errors import ProviderStatusError
 from .._sse import SSEEvent
 from .._types import Chunk, Message, ReportedTokens, RequestOptions, estimate_text_tokens
 from ._http import DONE, HTTPProvider, post_whole
 from ._redact import Scrubber, redact, shorten
-from ._status import status_class
+from ._status import stream_status
 
 __all__ = ["OpenAIProvider"]
 
@@ -227,10 +226,9 @@ class OpenAIProvider(HTTPProvider):
         if chunk.error is not None or chunk.object == "error":
             err = chunk.error or _StreamError()
             message = err.message or "error in stream"
-            status = err.code if isinstance(err.code, int) and 400 <= err.code < 600 else 500
-            as_400 = status_class(400, code=err.code, kind=err.type, message=message)
-            if status == 500 and as_400 is not ProviderStatusError:
-                status = 400  # Azure's content_filter, a context_length_exceeded code
+            named = err.code if isinstance(err.code, int) else None
+            # Azure's content_filter, a context_length_exceeded code: a 400 (never the text)
+            status = stream_status(named, code=err.code, kind=err.type)
             raise self._status_error(message, status, code=err.code, kind=err.type)
         text = ""
         finish = None
