@@ -135,3 +135,53 @@ async def test_the_hedge_delay_is_on_the_clock(openai_server: FakeOpenAIServer) 
         ("a", "cancelled"),
         ("b", "accepted"),
     ]
+
+
+async def test_a_whole_calls_timeout_is_on_the_clock(openai_server: FakeOpenAIServer) -> None:
+    # stream = false: post_whole bounds the call, on the Cascade's clock too.
+    openai_server.script("m1", Reply(fault="hang"))
+    openai_server.script("m2", Reply(text=ANSWER))
+    clock = FakeClock()
+    cfg = failover(openai_server.url)
+    cfg["tiers"][0]["providers"][0]["stream"] = False
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        run = asyncio.create_task(c.run(messages=USER))
+        await started(openai_server)
+        clock.advance(7200)
+        await ended(run)
+        result = await run
+    assert result.provider == "b"
+    failed = result.attempts[0]
+    assert failed.error_type == "ProviderTimeout"
+    assert "timeout_s" in (failed.error or "")
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_autojump_jumps_to_a_timer_once_the_run_is_idle(
+    openai_server: FakeOpenAIServer, stream: bool
+) -> None:
+    # Nothing sleeps: the hung call's timeout_s is the only timer, and autojump reaches it.
+    openai_server.script("m1", Reply(fault="hang"))
+    openai_server.script("m2", Reply(text=ANSWER))
+    clock = FakeClock(autojump=True, autojump_threshold=0.05)
+    cfg = failover(openai_server.url)
+    cfg["tiers"][0]["providers"][0]["stream"] = stream
+    async with Cascade.from_dict(cfg, clock=clock) as c:
+        run = asyncio.create_task(c.run(messages=USER))
+        await ended(run)
+        result = await run
+    assert result.provider == "b"
+    assert [a.error_type for a in result.attempts] == ["ProviderTimeout", None]
+    assert clock.monotonic() >= 7200
+
+
+async def test_autojump_waits_while_the_clock_is_in_use() -> None:
+    clock = FakeClock(autojump=True, autojump_threshold=0.05)
+    fired: list[float] = []
+    clock.call_at(10.0, lambda: fired.append(clock.monotonic()))
+    clock.call_at(20.0, lambda: fired.append(clock.monotonic()))
+    cancelled = clock.call_at(5.0, lambda: fired.append(-1.0))
+    cancelled.cancel()
+    await eventually(lambda: len(fired) == 2, "both timers fired")
+    assert fired == [10.0, 20.0]  # one at a time, in order, the cancelled one skipped
+    assert clock.sleepers == 0

@@ -20,6 +20,7 @@ from cascade import (
     RateLimited,
     RequestOptions,
 )
+from cascade._attempt import complete
 from cascade.providers import AnthropicProvider, OpenAIProvider
 from cascade.providers._http import retry_after_s
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
@@ -158,9 +159,13 @@ async def test_anthropic_overloaded_is_rate_limited(
 async def test_hang_times_out(
     server: FakeOpenAIServer | FakeAnthropicServer, session: aiohttp.ClientSession, stream: bool
 ) -> None:
+    # A whole-body call bounds itself (post_whole); a stream is bounded by the engine's
+    # complete(), which pauses the timer while a slow reader holds the stream up.
     server.script("m", Reply(fault="hang"))
-    with pytest.raises(ProviderTimeout):
-        await collect(make(kind_of(server), server.url, session, stream=stream, timeout_s=0.2))
+    provider = make(kind_of(server), server.url, session, stream=stream, timeout_s=0.2)
+    call = complete(provider, MSGS, OPTS, 0.0) if stream else collect(provider)
+    with pytest.raises(ProviderTimeout, match=r"timeout_s"):
+        await call
 
 
 async def test_connection_refused(session: aiohttp.ClientSession) -> None:

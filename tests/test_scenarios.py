@@ -120,3 +120,13 @@ async def test_a_bad_config_is_a_config_error() -> None:
     config["tiers"][0]["providers"][0]["retry"]["on_error"] = {"timeout": "later"}
     with pytest.raises(ConfigError, match=r"on_error\.timeout"):
         await run_scenario(SCENARIOS["unavailable"], config, primary="gpt", fallback="claude")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("name", ["silent_provider", "slow_first_token", "stall"])
+async def test_a_silent_preset_takes_no_real_timeout_s(name: str) -> None:
+    # A long timeout_s runs on the scenario's fake clock: the short first-token and idle
+    # timeouts fire when the run goes quiet, not timeout_s of real time later.
+    config = user_config("openai", "anthropic", 1)
+    config["tiers"][0]["providers"][0]["timeout_s"] = 120
+    await run_scenario(SCENARIOS[name], config, primary="gpt", fallback="claude")

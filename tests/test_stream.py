@@ -403,3 +403,42 @@ async def test_the_deltas_spell_the_best_unvalidated_answer_too(
                 final = event.result
     assert not final.validated
     assert shown == final.text
+
+
+async def test_a_reader_slower_than_timeout_s_is_not_a_provider_timeout(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # The reader pauses longer than timeout_s plus any backstop: the call's timers stop
+    # while it does, and no other timer (aiohttp's) may kill the call and blame the provider.
+    # The answer is larger than the socket buffers, so the server is still sending.
+    text = "x" * 4_000_000
+    cfg = {
+        "tiers": [
+            tier(
+                "t",
+                provider(
+                    "a",
+                    openai_server.url,
+                    "m1",
+                    stream=True,
+                    timeout_s=1.0,  # room for 4 MB on a loaded machine
+                    max_response_bytes=16_000_000,
+                    retry={"attempts": 1},
+                    breaker={"fail_max": 1},
+                ),
+            )
+        ]
+    }
+    openai_server.script("m1", Reply(text=text, chunk_chars=4000))
+    async with Cascade.from_dict(cfg) as c:
+        async with c.stream(messages=USER, mode="speculative") as stream:
+            events: list[Event] = []
+            async for event in stream:
+                if isinstance(event, Delta) and not any(isinstance(e, Delta) for e in events):
+                    await asyncio.sleep(2.5)  # once: > timeout_s + 1
+                events.append(event)
+        last = events[-1]
+        assert isinstance(last, Finished)
+        assert last.result.text == text
+        assert [a.outcome for a in stream.attempts] == ["accepted"]
+        assert c.breakers["a"].fail_counter == 0

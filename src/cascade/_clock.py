@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 __all__ = ["Clock", "ClockTimeout", "FakeClock", "SupportsTimers", "SystemClock", "timers_of"]
 
+_IDLE_TURNS = 8  # loop turns an autojump waits first: work queued now runs before the jump
+
 
 class Clock(Protocol):
     """A monotonic clock and a way to wait on it.
@@ -72,15 +74,29 @@ class FakeClock:
 
     With ``autojump=True`` a ``sleep`` moves the clock to its own deadline at once (waking
     whoever else is due): convenient for code that sleeps in sequence, such as retries.
+    A timer (:meth:`call_at`: the engine's timeouts, the hedge delay) is jumped to once
+    the program has gone quiet: when nothing has touched the clock (no sleep, timer or
+    advance) for ``autojump_threshold`` seconds of real time, after a few turns of the
+    event loop, the clock moves to the earliest pending timer (trio's autojump, with an
+    idle test that needs no private loop state). So a silent provider times out at once on
+    the fake timeline, but real I/O that takes longer than the threshold to answer can be
+    overtaken by a timer: keep the threshold above what the test's servers take.
     """
 
-    __slots__ = ("_autojump", "_now", "_seq", "_sleepers")
+    __slots__ = ("_autojump", "_jumper", "_now", "_seq", "_sleepers", "_threshold", "_touched")
 
-    def __init__(self, start: float = 0.0, *, autojump: bool = False) -> None:
+    def __init__(
+        self, start: float = 0.0, *, autojump: bool = False, autojump_threshold: float = 0.2
+    ) -> None:
+        if autojump_threshold < 0:
+            raise ValueError("autojump_threshold cannot be negative")
         self._now = start
         self._autojump = autojump
+        self._threshold = autojump_threshold
         self._seq = itertools.count()  # breaks ties between equal deadlines: FIFO
         self._sleepers: list[tuple[float, int, asyncio.Future[None] | _Timer]] = []
+        self._touched = 0  # bumped by every sleep, timer and advance: the idle test
+        self._jumper: asyncio.Task[None] | None = None
 
     def monotonic(self) -> float:
         return self._now
@@ -89,6 +105,7 @@ class FakeClock:
         if seconds <= 0:
             await asyncio.sleep(0)  # a checkpoint, as asyncio.sleep(0) is
             return
+        self._touched += 1
         deadline = self._now + seconds
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._seq), future))
@@ -100,6 +117,7 @@ class FakeClock:
         """Move the clock forward by ``seconds`` and wake every sleeper now due."""
         if seconds < 0:
             raise ValueError("a monotonic clock cannot go backwards")
+        self._touched += 1
         self._now += seconds
         while self._sleepers and self._sleepers[0][0] <= self._now:
             _, _, waiter = heapq.heappop(self._sleepers)
@@ -110,12 +128,32 @@ class FakeClock:
 
     def call_at(self, when: float, callback: Callable[[], None]) -> Cancellable:
         """Run ``callback`` when :meth:`advance` reaches ``when`` (at once if it has)."""
+        self._touched += 1
         timer = _Timer(callback)
         if when <= self._now:
             timer.fire()
         else:
             heapq.heappush(self._sleepers, (when, next(self._seq), timer))
+            if self._autojump and (self._jumper is None or self._jumper.done()):
+                self._jumper = asyncio.get_running_loop().create_task(self._jump())
         return timer
+
+    def _next(self) -> float | None:
+        """The earliest pending deadline (dropping cancelled ones), None if none."""
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        return self._sleepers[0][0] if self._sleepers else None
+
+    async def _jump(self) -> None:
+        """With autojump: while timers are pending, move to the earliest once idle."""
+        while self._next() is not None:
+            seen = self._touched
+            for _ in range(_IDLE_TURNS):
+                await asyncio.sleep(0)
+            await asyncio.sleep(self._threshold)  # real time: I/O in flight may still answer
+            when = self._next()
+            if self._touched == seen and when is not None:
+                self.advance(max(0.0, when - self._now))
 
     @property
     def sleepers(self) -> int:

@@ -155,6 +155,8 @@ class Cascade:
                 limiter = self._calls.limiters.get(provider.name)
                 if limiter is not None and hasattr(provider, "observe"):
                     provider.observe = limiter.observe  # learn from rate-limit headers
+                if hasattr(provider, "timers"):
+                    provider.timers = self._calls.timers  # post_whole's timeout_s on the clock
         self._open = True
         if self._calls.shared is not None:
             await self._calls.shared.open()  # after _open: a concurrent run() builds nothing twice

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 import msgspec
 
+from .._clock import ClockTimeout, SupportsTimers
 from .._config import ProviderConfig, display_url
 from .._errors import (
     CascadeError,
@@ -53,7 +54,6 @@ _MAX_ERROR_BODY = 16384
 _MAX_DRAIN = 65536
 _READ_BYTES = 65536
 _SCAN_EVENT_BYTES = 65536  # a smaller SSE event cannot decode to much: not worth a scan
-_BACKSTOP_S = 1.0
 _encode = msgspec.json.Encoder().encode
 
 T = TypeVar("T")
@@ -181,16 +181,17 @@ class HTTPProvider:
         self._session = session
         self._secret = api_key
         self._stream = config.stream
-        # timeout_s is enforced with asyncio.timeout (by the engine's cascade._attempt.complete
-        # for streams, by post_whole otherwise): aiohttp's own timer un-cancels its task twice
-        # and so can swallow a deadline that fires in the same loop turn. aiohttp keeps a
-        # backstop a second later, for a stream read without the engine.
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.timeout_s + _BACKSTOP_S, sock_connect=config.connect_timeout_s
-        )
-        self._whole_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=config.connect_timeout_s
-        )
+        # aiohttp keeps no total timer (only sock_connect): timeout_s is enforced by the
+        # engine's cascade._attempt.complete for a stream (which pauses it while a slow
+        # reader downstream holds the stream up; a wall-clock total here would not, and would
+        # blame the provider for the reader), and by post_whole for a whole-body call. Both
+        # use asyncio.timeout, or the engine's clock: aiohttp's own timer un-cancels its
+        # task twice and so can swallow a deadline that fires in the same loop turn. A
+        # stream read without the engine (provider.stream directly) is bounded by its caller.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
+        self.timers: SupportsTimers | None = None
+        """The clock ``post_whole`` times ``timeout_s`` on (the engine sets it when its clock
+        runs timers, as ``FakeClock`` does); None: the event loop's clock."""
         self._url = ""
         self._headers: dict[str, str] = {}
         self.observe: Callable[..., None] | None = None
@@ -227,14 +228,14 @@ class HTTPProvider:
     def _event(self, event: SSEEvent, state: dict[str, Any]) -> Chunk | None:
         raise NotImplementedError
 
-    def _post(self, data: bytes, *, whole: bool = False) -> Any:
-        """The one POST every call makes (an aiohttp request context manager); ``whole``:
-        the caller bounds the call itself (``post_whole``), so aiohttp keeps no timer."""
+    def _post(self, data: bytes) -> Any:
+        """The one POST every call makes (an aiohttp request context manager); aiohttp
+        bounds only the connect, its caller the call (``complete`` or ``post_whole``)."""
         return self._session.post(
             self._url,
             data=data,
             headers=self._headers,
-            timeout=self._whole_timeout if whole else self._timeout,
+            timeout=self._timeout,
             allow_redirects=False,  # a redirect must not carry the key to another host
             raise_for_status=False,
         )
@@ -348,10 +349,17 @@ async def post_whole(
     """One non-streaming POST, its body parsed by ``parse``; errors translated as in
     ``HTTPProvider.stream``."""
     data = encode_body(body)
+    timeout_s = provider.config.timeout_s
+    timers = provider.timers
+    bound = (
+        asyncio.timeout(timeout_s)
+        if timers is None
+        else ClockTimeout(timers, timers.monotonic() + timeout_s)
+    )
     try:
         async with (
-            asyncio.timeout(provider.config.timeout_s),
-            provider._post(data, whole=True) as resp,
+            bound,
+            provider._post(data) as resp,
         ):
             await provider._check(resp)
             return parse(await read_body(provider, resp))

@@ -87,7 +87,8 @@ class Stage:
     primary: Side
     fallback: Side
     clock: FakeClock
-    """Jumps over every sleep (backoff, Retry-After); advanced by hand for a breaker."""
+    """Jumps over every sleep (backoff, Retry-After) and, once the run goes quiet, to the
+    next timer (a timeout); advanced by hand for a breaker."""
     answer: str
     messages: tuple[dict[str, Any], ...]
 
@@ -129,7 +130,9 @@ class Scenario:
 
     ``tune`` sets provider fields on the primary for the scenario (``stream = true`` for
     the stream faults, short ``first_token_timeout_s`` / ``idle_timeout_s`` where the
-    config has none shorter, so a silent provider costs a fraction of a second); ``play``
+    config has none shorter); the run's clock jumps to a timer once the run goes quiet, so
+    a silent provider costs a fraction of a second of real time whatever the config's
+    ``timeout_s``; ``play``
     scripts the fake servers, runs the cascade and raises :class:`ScenarioFailed` on a
     difference.
     """
