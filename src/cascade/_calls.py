@@ -248,7 +248,8 @@ class ProviderCalls:
         """One call through the provider's circuit breaker (:class:`~cascade.CircuitOpen`
         when it is open); from here on ``flight``'s request counts as sent."""
         provider = flight.provider
-        with await self.breakers[provider.name].acquire():
+        breaker = self.breakers[provider.name]
+        with await breaker.acquire() if breaker.shared else breaker.admit():
             flight.phase = "sent"
             return await complete(
                 provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,

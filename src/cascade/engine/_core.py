@@ -89,7 +89,9 @@ class Engine:
                 run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
             ) as run.trace:
                 try:
-                    end = Finished(result=await self._within(run, plan))
+                    # No deadline (the common case): one frame less on every resumption.
+                    within = self._tiers if deadline is None else self._within
+                    end = Finished(result=await within(run, plan))
                 except asyncio.CancelledError:
                     exc = RunCancelled("cancelled: the caller stopped the run")
                     self._cut_off(run, plan.msgs, exc, "cancelled")

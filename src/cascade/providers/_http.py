@@ -35,7 +35,7 @@ from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
 from ._redact import redact, shorten
-from ._sizes import Held, json_cost
+from ._sizes import OBJECT_BYTES, Held, json_cost
 from ._status import status_class
 
 __all__ = [
@@ -51,6 +51,9 @@ __all__ = [
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
 _MAX_ERROR_BODY = 16384
+_MAX_DECODED_PER_BYTE = 4 + OBJECT_BYTES
+"""The most ``json_cost`` can count per byte of body (a character at 4 bytes, an object per
+byte): a body under ``limit`` / this needs no scan."""
 _MAX_DRAIN = 65536
 _READ_BYTES = 65536
 _SCAN_EVENT_BYTES = 65536  # a smaller SSE event cannot decode to much: not worth a scan
@@ -389,9 +392,10 @@ async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> byt
         parts.append(piece)
     body = parts[0] if len(parts) == 1 else b"".join(parts)
     del parts  # the pieces go before the body is scanned and decoded
-    cost = json_cost(body)
-    if cost > limit:
-        raise provider._too_large(cost, decoded=True)
+    if len(body) * _MAX_DECODED_PER_BYTE > limit:  # else it cannot decode past the cap
+        cost = json_cost(body)
+        if cost > limit:
+            raise provider._too_large(cost, decoded=True)
     return body
 
 

@@ -254,6 +254,12 @@ class AsyncBreaker:
         self._probe_out = True
         return Permit(self, self._relay.transitions, probe=True)
 
+    @property
+    def shared(self) -> bool:
+        """Its state is shared through Redis: take permits with :meth:`acquire`; a local
+        breaker's :meth:`admit` is the same without the coroutine."""
+        return self._shared is not None
+
     async def acquire(self) -> Permit:
         """:meth:`admit`, but when a half-open probe is due and the breaker is shared, first
         ask Redis for the probe lease (within the shared state's ``timeout_s``): exactly
