@@ -230,3 +230,25 @@ def test_max_response_bytes_default_and_bounds() -> None:
     with pytest.raises(ConfigError) as info:
         Cascade.from_dict(cfg)
     assert info.value.path == "tiers[0].providers[0].max_response_bytes"
+
+
+async def test_a_small_plain_body_over_a_small_cap_is_too_large(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # A plain JSON body with a Content-Length (one read() on the fast path): a cap below
+    # its size still fails it.
+    openai_server.script("big", "y" * 5000)
+    openai_server.script("good", "42")
+    cfg = {
+        "tiers": [
+            tier(
+                "t",
+                provider("a", openai_server.url, "big", max_response_bytes=1000),
+                provider("b", openai_server.url, "good"),
+            )
+        ]
+    }
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER)
+    assert (result.provider, result.text) == ("b", "42")
+    assert result.attempts[0].error_type == "ResponseTooLarge"

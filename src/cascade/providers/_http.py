@@ -380,6 +380,15 @@ async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> byt
     it passes the provider's ``max_response_bytes``, holding at most that and one read,
     or when what it decodes to could take more than that (see ``_sizes.json_cost``)."""
     limit = provider.config.max_response_bytes
+    length = resp.content_length
+    plain = "Content-Encoding" not in resp.headers
+    if length is not None and length <= min(_READ_BYTES, limit) and plain:
+        # The common small, plain answer: aiohttp reads no more than Content-Length bytes
+        # of a body that is not decoded, so one read() is bounded (and one await, not two).
+        body = await resp.read()
+        if len(body) * _MAX_DECODED_PER_BYTE > limit and json_cost(body) > limit:
+            raise provider._too_large(json_cost(body), decoded=True)
+        return body
     parts: list[bytes] = []
     received = 0
     while True:
