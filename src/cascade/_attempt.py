@@ -287,7 +287,7 @@ async def complete(
         if parts or refusal:
             # A stream that broke after text arrived was still generated, and billed:
             # the engine costs what arrived (about 4 characters a token).
-            exc.received_chars = sum(len(p) for p in parts) + sum(len(r) for r in refusal or ())
+            exc.received_chars = _received(parts, refusal)
         raise
     except TimeoutError:
         if watchdog is None or not watchdog.expired():
@@ -301,7 +301,7 @@ async def complete(
             model=provider.model,
             phase=phase,
         )
-        error.received_chars = sum(len(p) for p in parts) + sum(len(r) for r in refusal or ())
+        error.received_chars = _received(parts, refusal)
         raise error from None
     text = parts[0] if len(parts) == 1 else "".join(parts)
     # The pieces go once joined, before the logprobs are copied into their tuple: the
@@ -328,6 +328,11 @@ async def complete(
         refusal=None if refusal is None else "".join(refusal),
     )
     return completion, early
+
+
+def _received(parts: list[str], refusal: list[str] | None) -> int:
+    """Characters a broken call had sent, answer and refusal text alike (both billed)."""
+    return sum(map(len, parts)) + (sum(map(len, refusal)) if refusal else 0)
 
 
 def refused(completion: Completion) -> Verdict:

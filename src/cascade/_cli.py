@@ -22,12 +22,13 @@ import structlog
 
 from . import __version__
 from ._answers import ANSWER_TYPES
-from ._config import ProviderConfig, display_url, in_file, load_config
+from ._config import ProviderConfig, in_file, load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._otel import SDK, configure_from_env
 from ._telemetry import ROUTE_EVENT
 from ._types import RequestOptions, Result
+from ._urls import hide_userinfo
 
 __all__ = ["main"]
 
@@ -188,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _where(p: ProviderConfig) -> str:
     """Where a provider sends its calls, credentials in the URL hidden."""
-    return display_url(p.base_url) if p.base_url else str(p.dataset)
+    return hide_userinfo(p.base_url) if p.base_url else str(p.dataset)
 
 
 def _check(path: str) -> int:

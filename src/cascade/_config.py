@@ -397,17 +397,6 @@ def _check_url(url: str, *, path: str) -> None:
         raise ConfigError("not a valid URL: white space in the host", path=path)
 
 
-def display_url(url: str) -> str:
-    """``url`` for a log line or ``repr``: user and password (if any) replaced by ``***``."""
-    try:
-        parsed = yarl.URL(url)
-    except ValueError:
-        return "<unparseable URL>"
-    if parsed.user is None and parsed.password is None:
-        return url
-    return str(parsed.with_user(None).with_password(None)).replace("://", "://***@", 1)
-
-
 MAX_CONFIG_BYTES = 4 << 20
 """The largest config file read (4 MiB): far above any real one, and never unbounded."""
 

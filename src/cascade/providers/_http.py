@@ -18,7 +18,7 @@ import aiohttp
 import msgspec
 
 from .._clock import ClockTimeout, SupportsTimers
-from .._config import ProviderConfig, display_url
+from .._config import ProviderConfig
 from .._errors import (
     CascadeError,
     ConfigError,
@@ -34,6 +34,7 @@ from .._errors import (
 from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent
 from .._types import Chunk, Message, RequestOptions
+from .._urls import hide_userinfo
 from ._redact import redact, shorten
 from ._sizes import OBJECT_BYTES, Held, json_cost
 from ._status import status_class
@@ -201,7 +202,7 @@ class HTTPProvider:
         """Called with each response's headers (and ``status=``): a rate limiter learns."""
 
     def __repr__(self) -> str:
-        url = display_url(self._url)
+        url = hide_userinfo(self._url)
         return f"<{type(self).__name__} {self.name!r} model={self.model!r} url={url!r}>"
 
     @classmethod
@@ -386,21 +387,19 @@ async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> byt
         # The common small, plain answer: aiohttp reads no more than Content-Length bytes
         # of a body that is not decoded, so one read() is bounded (and one await, not two).
         body = await resp.read()
-        if len(body) * _MAX_DECODED_PER_BYTE > limit and json_cost(body) > limit:
-            raise provider._too_large(json_cost(body), decoded=True)
-        return body
-    parts: list[bytes] = []
-    received = 0
-    while True:
-        piece = await resp.content.read(_READ_BYTES)
-        if not piece:
-            break
-        received += len(piece)
-        if received > limit:
-            raise provider._too_large(received)
-        parts.append(piece)
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    del parts  # the pieces go before the body is scanned and decoded
+    else:
+        parts: list[bytes] = []
+        received = 0
+        while True:
+            piece = await resp.content.read(_READ_BYTES)
+            if not piece:
+                break
+            received += len(piece)
+            if received > limit:
+                raise provider._too_large(received)
+            parts.append(piece)
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        del parts  # the pieces go before the body is scanned and decoded
     if len(body) * _MAX_DECODED_PER_BYTE > limit:  # else it cannot decode past the cap
         cost = json_cost(body)
         if cost > limit:

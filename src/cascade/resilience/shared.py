@@ -46,6 +46,7 @@ import structlog
 
 from .._errors import ConfigError
 from .._headers import MAX_WAIT_S
+from .._urls import hide_userinfo
 from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
 from ._shared_links import SharedBreaker, SharedLimit, parse_record
 
@@ -65,30 +66,17 @@ _T = TypeVar("_T")
 
 def redact_url(url: str) -> str:
     """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest:
-        # Userinfo, whatever a parser makes of it: a password with "/", "?" or "#" in it
-        # moves the "@" out of what urlsplit calls the netloc. Everything up to the last
-        # "@" is hidden but a plain user name (a query holding an "@" is hidden with it).
-        userinfo, host = rest.rsplit("@", 1)
-        user, colon, _ = userinfo.partition(":")
-        plain = colon and not any(c in user for c in "/?#")
-        url = f"{scheme}://{user + ':***' if plain else '***'}@{host}"
+    url = hide_userinfo(url, keep_user=True)
     try:
         parts = urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user = userinfo.split(":", 1)[0]
-            netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
         query = parts.query
         if "password" in query.lower():
             pairs = parse_qsl(query, keep_blank_values=True)
             redacted = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
             query = urlencode(redacted, safe="*")
-        if (netloc, query) == (parts.netloc, parts.query):
+        if query == parts.query:
             return url
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
     except ValueError:
         return "<redis url>"
 
