@@ -20,7 +20,7 @@ from cascade._config import Config, ProviderConfig
 from cascade._engine import Cascade
 from cascade._errors import CascadeError, RunError
 from cascade._types import Result
-from cascade.engine import Delta, Failed, Finished, Retracted
+from cascade.engine import Delta, Failed, Finished, Retracted, StreamMode
 from cascade.resilience._policy import Action, classify
 from cascade.testing._anthropic import FakeAnthropicServer
 from cascade.testing._openai import FakeOpenAIServer
@@ -104,25 +104,24 @@ class Stage:
         try:
             if self.via == "run":
                 return await self.cascade.run(messages=msgs)
-            return await self._read_stream(msgs)
+            return await self._read_stream(msgs, self.via)
         except RunError as exc:
             return exc
 
-    async def _read_stream(self, messages: list[dict[str, Any]]) -> Result:
+    async def _read_stream(self, messages: list[Mapping[str, Any]], mode: StreamMode) -> Result:
         """The run read as a stream: what its deltas show, once retractions are applied,
         must be the result's text (no piece of a failed or rejected answer stays shown),
         and buffered mode never retracts."""
         shown: list[str] = []
-        async with self.cascade.stream(messages=messages, mode=self.via) as events:
+        async with self.cascade.stream(messages=messages, mode=mode) as events:
             async for event in events:
                 if isinstance(event, Delta):
                     shown.append(event.text)
                 elif isinstance(event, Retracted):
                     text = "".join(shown)
-                    if self.via == "buffered" or event.chars > len(text):
+                    if mode == "buffered" or event.chars > len(text):
                         raise ScenarioFailed(
-                            f"{self.via} stream retracted {event.chars} characters of "
-                            f"{len(text)} shown"
+                            f"{mode} stream retracted {event.chars} characters of {len(text)} shown"
                         )
                     shown = [text[: len(text) - event.chars]]
                 elif isinstance(event, Finished):
