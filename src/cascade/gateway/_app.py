@@ -433,8 +433,8 @@ async def _serve(
 
 
 def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
-    validators = () if req.json_schema is None else (gateway.schema_validator(req.json_schema),)
     try:
+        validators = () if req.json_schema is None else (gateway.schema_validator(req.json_schema),)
         return route.cascade.stream(
             messages=req.messages,
             options=req.options,
