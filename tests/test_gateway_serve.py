@@ -59,10 +59,17 @@ class Served:
 @asynccontextmanager
 async def cascade_serve(path: Path) -> AsyncIterator[Served]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cascade._cli", "serve", "--config", str(path), "--port", "0",
+        sys.executable,
+        "-m",
+        "cascade._cli",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     served = Served(proc)
     reader = asyncio.create_task(served.collect())
     try:
