@@ -240,8 +240,9 @@ class Cascade:
         mode: StreamMode = "buffered",
         validators: Sequence[Validator] = (),
     ) -> Stream:
-        """Run one request as :meth:`run` does, handing its events to the caller as they
-        happen (see :mod:`cascade.engine` for the events).
+        """Run one request as :meth:`run` does (the same arguments, ``validators``
+        included), handing its events to the caller as they happen (see
+        :mod:`cascade.engine` for the events).
 
         >>> async with cascade.stream(messages=msgs) as events:  # doctest: +SKIP
         ...     async for event in events:

@@ -500,8 +500,7 @@ async def _sse(
         access.error = error.code or error.type
         if response is None:
             raise error  # nothing sent yet: an error status, as for JSON
-        access.status = error.status
-        await response.write(wire.sse_error(error))
+        await response.write(wire.sse_error(error))  # the status (200) is sent already
     assert response is not None
     await response.write_eof()
     return response
@@ -554,6 +553,7 @@ def _sse_headers(stream: Stream, route: Route, seen: _Seen) -> dict[str, str]:
     headers = {
         "Content-Type": "text/event-stream",
         "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # a proxy in front (nginx) passes each event on at once
         "x-cascade-mode": stream.mode,
     }
     if seen.result is not None:
