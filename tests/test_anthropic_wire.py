@@ -5,6 +5,7 @@ types read them."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -15,22 +16,34 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from cascade import InputError, Message, Result, Usage
-from cascade._sse import SSEDecoder
-from cascade.gateway._anthropic_wire import (
-    MAX_BLOCKS,
-    MAX_MESSAGES,
-    AnthropicSSE,
-    error_body,
-    error_type,
-    message_id,
-    parse_request,
-    render_message,
-    stop_reason,
+from cascade import (
+    AttemptStarted,
+    Delta,
+    Event,
+    Finished,
+    InputError,
+    Message,
+    Result,
+    Retracted,
+    TierStarted,
+    Usage,
 )
+from cascade._sse import SSEDecoder
+from cascade.gateway._anthropic_request import MAX_BLOCKS, MAX_STOP_SEQUENCES
+from cascade.gateway._anthropic_request import parse_request as parse
+from cascade.gateway._anthropic_wire import AnthropicWire, error_type, stop_reason
+from cascade.gateway._errors import GatewayError
+from cascade.gateway._wire import GatewayRequest, Limits, RunInfo
 from cascade.testing._hostile import DEEP_JSON
 
 USER = [{"role": "user", "content": "Hi"}]
+LIMITS = Limits(max_messages=64)
+WIRE = AnthropicWire()
+INFO = RunInfo(id="chatcmpl-abc123", created=0, route="fast")
+
+
+def parse_request(raw: bytes) -> GatewayRequest:
+    return parse(raw, LIMITS)
 
 
 def body(**fields: Any) -> bytes:
@@ -173,11 +186,11 @@ def test_a_non_text_block_is_named_by_its_index() -> None:
 
 
 def test_hostile_bodies_are_bounded_input_errors() -> None:
-    too_many = [{"role": "user", "content": "x"}] * (MAX_MESSAGES + 1)
+    too_many = [{"role": "user", "content": "x"}] * (LIMITS.max_messages + 1)
     assert bad_path(body(messages=too_many)) == "messages"
     blocks = [{"type": "text", "text": "x"}] * (MAX_BLOCKS + 1)
     assert bad_path(body(messages=[{"role": "user", "content": blocks}])) == "messages[0].content"
-    assert bad_path(body(stop_sequences=["x"] * 1000)) == "stop_sequences"
+    assert bad_path(body(stop_sequences=["x"] * (MAX_STOP_SEQUENCES + 1))) == "stop_sequences"
     for raw in (
         DEEP_JSON,
         b'{"model": "m", "max_tokens": 5, "messages": [], "tools": ' + b"[" * 50_000,
@@ -223,16 +236,21 @@ def test_any_json_body_parses_or_is_an_input_error(data: dict[str, Any]) -> None
 
 
 def test_an_answer_renders_as_the_sdks_message() -> None:
-    raw = render_message(result(), msg_id="msg_1", model="fast")
+    request = parse_request(body())
+    raw = WIRE.render_json(result(), request, INFO)
     msg = SDKMessage.model_validate_json(raw)
-    assert msg.id == "msg_1"
-    assert msg.model == "fast"
+    assert msg.id == "msg_abc123"
+    assert msg.model == "gpt-big"
     assert msg.role == "assistant"
-    assert msg.content[0].type == "text"
-    assert msg.content[0].text == "Hello there"
+    block = msg.content[0]
+    assert block.type == "text"
+    assert block.text == "Hello there"
     assert msg.stop_reason == "end_turn"
     assert msg.stop_sequence is None
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (30, 7)
+    cascade = json.loads(raw)["cascade"]
+    assert cascade["tier_name"] == "big"
+    assert cascade["route"] == "fast"
 
 
 @pytest.mark.parametrize(
@@ -251,12 +269,6 @@ def test_stop_reasons(finish: str | None, refusal: str | None, reason: str) -> N
     assert stop_reason(result(finish_reason=finish, refusal=refusal)) == reason
 
 
-def test_message_ids_are_unique_and_shaped_like_anthropics() -> None:
-    ids = {message_id() for _ in range(100)}
-    assert len(ids) == 100
-    assert all(i.startswith("msg_") for i in ids)
-
-
 def sse_events(raw: bytes) -> list[tuple[str, Any]]:
     return [(e.event, json.loads(e.data)) for e in SSEDecoder().feed(raw)]
 
@@ -271,6 +283,7 @@ def accumulate(events: list[tuple[str, Any]]) -> SDKMessage:
     for kind, data in events:
         if kind == "ping":
             continue
+        assert data["type"] == kind
         event = _event_adapter.validate_python(data)
         if event.type == "message_start":
             message = event.message
@@ -292,17 +305,31 @@ def accumulate(events: list[tuple[str, Any]]) -> SDKMessage:
     return message
 
 
-def test_a_stream_renders_as_the_sdk_accumulates_it() -> None:
-    sse = AnthropicSSE(msg_id="msg_2", model="fast")
-    assert not sse.started
-    raw = (
-        sse.start()
-        + sse.delta("Hello")
-        + sse.delta(" there\n\ndata: x")
-        + sse.finish(result("Hello there\n\ndata: x", finish_reason="length"))
+async def events_of(*events: Event) -> AsyncIterator[Event]:
+    for event in events:
+        yield event
+
+
+async def render_sse(*events: Event) -> list[bytes]:
+    request = parse_request(body(stream=True))
+    return [piece async for piece in WIRE.sse(events_of(*events), request, INFO)]
+
+
+STARTED = AttemptStarted(tier=2, tier_name="big", provider="big-a", model="gpt-big")
+
+
+@pytest.mark.anyio
+async def test_a_stream_renders_as_the_sdk_accumulates_it() -> None:
+    text = "Hello there\n\ndata: x"
+    pieces = await render_sse(
+        TierStarted(tier=2, tier_name="big"),
+        STARTED,
+        Delta(text="Hello", tier=2, provider="big-a"),
+        Delta(text=" there\n\ndata: x", tier=2, provider="big-a"),
+        Finished(result=result(text, finish_reason="length")),
     )
-    assert sse.started
-    events = sse_events(raw)
+    assert len(pieces) == 3  # nothing before the first text: the app sends headers with it
+    events = sse_events(b"".join(pieces))
     assert [kind for kind, _ in events] == [
         "message_start",
         "content_block_start",
@@ -313,50 +340,75 @@ def test_a_stream_renders_as_the_sdk_accumulates_it() -> None:
         "message_delta",
         "message_stop",
     ]
-    assert all(data["type"] == kind for kind, data in events)
     msg = accumulate(events)
-    assert msg.id == "msg_2"
-    assert msg.content[0].text == "Hello there\n\ndata: x"
+    assert msg.id == "msg_abc123"
+    assert msg.model == "gpt-big"
+    block = msg.content[0]
+    assert block.type == "text"
+    assert block.text == text
     assert msg.stop_reason == "max_tokens"
     assert (msg.usage.input_tokens, msg.usage.output_tokens) == (30, 7)
+    assert events[-2][1]["cascade"]["tier"] == 2
 
 
-def test_an_empty_answer_still_has_its_one_text_block() -> None:
-    sse = AnthropicSSE(msg_id="msg_3", model="fast")
-    events = sse_events(sse.finish(result("")))
+@pytest.mark.anyio
+async def test_an_empty_answer_still_has_its_one_text_block() -> None:
+    events = sse_events(b"".join(await render_sse(STARTED, Finished(result=result("")))))
     assert events[0][0] == "message_start"
-    assert accumulate(events).content[0].text == ""
+    block = accumulate(events).content[0]
+    assert block.type == "text"
+    assert block.text == ""
 
 
-def test_a_failure_after_the_start_is_an_error_event() -> None:
-    sse = AnthropicSSE(msg_id="msg_4", model="fast")
-    events = sse_events(sse.start() + sse.delta("Hel") + sse.error(502, "upstream broke"))
-    kind, data = events[-1]
-    assert kind == "error"
-    assert data == {"type": "error", "error": {"type": "api_error", "message": "upstream broke"}}
-    assert sse_events(AnthropicSSE.error(529, "busy"))[0][1]["error"]["type"] == (
-        "overloaded_error"
-    )
+@pytest.mark.anyio
+async def test_text_withdrawn_after_it_was_sent_is_an_error_not_a_shorter_answer() -> None:
+    retracted = Retracted(tier=1, provider="big-a", chars=5, reason="rejected")
+    delta = Delta(text="Hello", tier=1, provider="big-a")
+    pieces: list[bytes] = []
+
+    async def read() -> None:
+        request = parse_request(body())
+        async for piece in WIRE.sse(events_of(STARTED, delta, retracted), request, INFO):
+            pieces.append(piece)
+
+    with pytest.raises(GatewayError) as info:
+        await read()
+    assert info.value.status == 502
+    assert [kind for kind, _ in sse_events(b"".join(pieces))][-1] == "content_block_delta"
+    # Withdrawn before any text was sent: nothing to take back, the stream goes on.
+    quiet = Retracted(tier=1, provider="big-a", chars=0, reason="rejected")
+    events = sse_events(b"".join(await render_sse(STARTED, quiet, Finished(result=result()))))
+    assert accumulate(events).stop_reason == "end_turn"
+
+
+def test_credentials_come_from_x_api_key_or_authorization() -> None:
+    assert WIRE.credential({"x-api-key": "k1"}) == "Bearer k1"
+    assert WIRE.credential({"Authorization": "Bearer k2"}) == "Bearer k2"
+    assert WIRE.credential({}) is None
 
 
 @pytest.mark.parametrize(
-    ("status", "kind"),
+    ("status", "kind", "in_stream"),
     [
-        (400, "invalid_request_error"),
-        (401, "authentication_error"),
-        (403, "permission_error"),
-        (404, "not_found_error"),
-        (405, "invalid_request_error"),
-        (413, "request_too_large"),
-        (429, "rate_limit_error"),
-        (500, "api_error"),
-        (502, "api_error"),
-        (503, "api_error"),
-        (504, "timeout_error"),
-        (529, "overloaded_error"),
+        (400, "invalid_request_error", "invalid_request_error"),
+        (401, "authentication_error", "authentication_error"),
+        (403, "permission_error", "permission_error"),
+        (404, "not_found_error", "not_found_error"),
+        (405, "invalid_request_error", "invalid_request_error"),
+        (413, "request_too_large", "request_too_large"),
+        (429, "rate_limit_error", "overloaded_error"),
+        (500, "api_error", "api_error"),
+        (502, "api_error", "api_error"),
+        (503, "api_error", "overloaded_error"),
+        (504, "timeout_error", "timeout_error"),
+        (529, "overloaded_error", "overloaded_error"),
     ],
 )
-def test_error_bodies(status: int, kind: str) -> None:
+def test_errors(status: int, kind: str, in_stream: str) -> None:
     assert error_type(status) == kind
-    decoded = msgspec.json.decode(error_body(status, "no"))
-    assert decoded == {"type": "error", "error": {"type": kind, "message": "no"}}
+    error = GatewayError(status, "no", param="messages[0].role")
+    decoded = msgspec.json.decode(WIRE.error(error))
+    assert decoded == {"type": "error", "error": {"type": kind, "message": "messages[0].role: no"}}
+    (event,) = sse_events(WIRE.sse_error(error))
+    assert event[0] == "error"
+    assert event[1]["error"]["type"] == in_stream
