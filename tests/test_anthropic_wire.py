@@ -156,7 +156,13 @@ def test_fields_cascade_does_not_carry_are_accepted_and_ignored() -> None:
         ({"tools": [{"name": "get_weather", "input_schema": {}}]}, "tools"),
         ({"tool_choice": {"type": "auto"}}, "tool_choice"),
         ({"thinking": {"type": "enabled", "budget_tokens": 1024}}, "thinking"),
-        ({"output_config": {"format": {"type": "json_schema"}}}, "output_config"),
+        ({"output_config": {"format": {"type": "json_schema"}}}, "output_config.format.schema"),
+        ({"output_config": {"format": {"type": "xml", "schema": {}}}}, "output_config.format.type"),
+        (
+            {"output_config": {"format": {"type": "json_schema", "schema": []}}},
+            ("output_config.format.schema"),
+        ),
+        ({"output_config": {"verbosity": "low"}}, "output_config.verbosity"),
         ({"frequency_penalty": 1}, "frequency_penalty"),
     ],
 )
@@ -165,6 +171,30 @@ def test_a_bad_field_is_an_input_error_naming_it(fields: dict[str, Any], path: s
     if fields.get("max_tokens", 1) is None:
         del data["max_tokens"]
     assert bad_path(json.dumps(data).encode()) == path
+
+
+def test_an_output_format_makes_its_schema_the_requests_validator() -> None:
+    schema = {"type": "object", "required": ["answer"]}
+    req = parse_request(
+        body(output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}})
+    )
+    assert req.json_schema == schema
+    assert req.options.response_format == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema},
+    }
+    deep: dict[str, Any] = {}
+    node = deep
+    for _ in range(LIMITS.max_schema_depth + 1):
+        node["items"] = {}
+        node = node["items"]
+    fmt = {"type": "json_schema", "schema": deep}
+    assert bad_path(body(output_config={"format": fmt})) == "output_config.format.schema"
+
+
+def test_the_estimate_charged_up_front_counts_prompt_and_max_tokens() -> None:
+    req = parse_request(body(messages=[{"role": "user", "content": "x" * 400}]))
+    assert req.estimated_tokens == 100 + 4 + 64
 
 
 def test_a_non_text_block_is_named_by_its_index() -> None:

@@ -14,7 +14,7 @@ answer presented as complete.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -112,7 +112,7 @@ class AnthropicSSE:
 
     def start(self, model: str) -> bytes:
         self.started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self._msg_id,
             "type": "message",
             "role": "assistant",
@@ -183,7 +183,7 @@ class AnthropicWire:
 
     async def sse(
         self, events: AsyncIterator[Event], request: GatewayRequest, info: RunInfo
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         stream = AnthropicSSE(msg_id=_message_id(info))
         models: dict[str, str] = {}  # provider -> model, for message_start's model
         async for event in events:
