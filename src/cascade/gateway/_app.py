@@ -179,10 +179,12 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     app.router.add_get("/readyz", _readyz)
 
     async def open_routes(app: web.Application) -> None:
+        await app[GATEWAY].gate.open()
         await app[GATEWAY].generation.open()
 
     async def close(app: web.Application) -> None:
         await app[GATEWAY].aclose()
+        await app[GATEWAY].gate.aclose()
 
     app.on_startup.append(open_routes)
     app.on_cleanup.append(close)
@@ -232,6 +234,8 @@ def error_response(wire: WireFormat, error: GatewayError) -> web.Response:
     headers = {}
     if error.retry_after_header is not None:
         headers["Retry-After"] = error.retry_after_header
+    if error.should_retry is not None:  # the official SDKs obey it over their own rules
+        headers["x-should-retry"] = "true" if error.should_retry else "false"
     return web.Response(
         body=wire.error(error),
         status=error.status,
@@ -388,12 +392,16 @@ async def _serve(
         except InputError as exc:
             raise from_run_error(exc) from None
         access.stream = req.stream
+        route = generation.find(req.model)
         admission = await gateway.gate.admit(
-            wire.credential(request.headers), estimated_tokens=req.estimated_tokens
+            request.headers,
+            estimated_tokens=req.estimated_tokens,
+            estimated_cost_usd=0.0 if route is None else route.estimate_usd(req),
+            route=None if route is None else route.name,
+            model=req.model,
         )
         stream: Stream | None = None
         try:
-            route = generation.find(req.model)
             if route is None:
                 raise GatewayError(
                     404,
@@ -425,8 +433,8 @@ async def _serve(
 
 
 def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
-    validators = () if req.json_schema is None else (gateway.schema_validator(req.json_schema),)
     try:
+        validators = () if req.json_schema is None else (gateway.schema_validator(req.json_schema),)
         return route.cascade.stream(
             messages=req.messages,
             options=req.options,

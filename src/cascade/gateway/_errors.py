@@ -45,7 +45,9 @@ class GatewayError(CascadeError):
 
     ``type`` and ``code`` are the machine-readable kind (OpenAI's ``error.type`` /
     ``error.code``), ``param`` the request field at fault (``messages[2].role``), and
-    ``retry_after_s`` the wait sent as ``Retry-After`` (429, 503).
+    ``retry_after_s`` the wait sent as ``Retry-After`` (429, 503); ``should_retry``,
+    when set, is sent as ``x-should-retry``, which the official SDKs obey over their own
+    retry rules (False for a budget spent for the day: retrying cannot help).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class GatewayError(CascadeError):
         param: str | None = None,
         type: str | None = None,
         retry_after_s: float | None = None,
+        should_retry: bool | None = None,
     ) -> None:
         self.status = status
         self.message = message
@@ -64,6 +67,7 @@ class GatewayError(CascadeError):
         self.param = param
         self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "error")
         self.retry_after_s = retry_after_s
+        self.should_retry = should_retry
         super().__init__(f"{status}: {message}")
 
     @property

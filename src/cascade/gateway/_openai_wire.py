@@ -16,7 +16,7 @@ since the last one; an error after the stream started is ``data: {"error": {...}
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -110,9 +110,6 @@ class OpenAIWire:
 
     def __repr__(self) -> str:
         return f"<OpenAIWire {self.path}>"
-
-    def credential(self, headers: Mapping[str, str]) -> str | None:
-        return headers.get("Authorization")
 
     # -- requests --------------------------------------------------------------------------
 

@@ -60,7 +60,7 @@ def build_gateway(
     with in_file(loaded.path):
         generation = build_generation(loaded, **kwargs)
         if gate is None:
-            gate = _gate_for(loaded)
+            gate = _gate_for(loaded, clock=clock, environ=environ)
     return Gateway(
         generation,
         gate=gate,
@@ -69,7 +69,10 @@ def build_gateway(
     )
 
 
-def _gate_for(loaded: LoadedConfig) -> Gate:
+def _gate_for(
+    loaded: LoadedConfig, *, clock: Clock | None, environ: Mapping[str, str] | None
+) -> Gate:
+    """The key gate of ``[gateway.keys]``; none configured: every request admitted."""
     if loaded.gateway.keys is None:
         return OPEN_GATE
     raise ConfigError("gateway keys are not available in this build", path="gateway.keys")

@@ -13,7 +13,7 @@ errors. OpenAI's is :mod:`._openai_wire`; Anthropic's plugs in the same way.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Protocol
 
 import msgspec
@@ -81,10 +81,6 @@ class WireFormat(Protocol):
 
     path: str
     """Where the format is served, e.g. ``/v1/chat/completions``."""
-
-    def credential(self, headers: Mapping[str, str]) -> str | None:
-        """The caller's key as an ``Authorization`` header value (``Bearer ...``)."""
-        ...
 
     def parse(self, body: bytes, limits: Limits) -> GatewayRequest: ...
 
