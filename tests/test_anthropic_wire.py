@@ -411,12 +411,6 @@ async def test_text_withdrawn_after_it_was_sent_is_an_error_not_a_shorter_answer
     assert accumulate(events).stop_reason == "end_turn"
 
 
-def test_credentials_come_from_x_api_key_or_authorization() -> None:
-    assert WIRE.credential({"x-api-key": "k1"}) == "Bearer k1"
-    assert WIRE.credential({"Authorization": "Bearer k2"}) == "Bearer k2"
-    assert WIRE.credential({}) is None
-
-
 @pytest.mark.parametrize(
     ("status", "kind", "in_stream"),
     [

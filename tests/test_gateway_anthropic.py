@@ -7,7 +7,7 @@ keeps serving while they wait.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -195,10 +195,17 @@ async def test_an_output_format_is_a_validator_of_every_tier(
 
 
 class _KeyGate:
-    """Admits only ``Bearer good`` (the gate protocol; ``_keys.py`` is the real one)."""
+    """Admits only the key ``good`` (the gate protocol; ``_keys.py`` is the real one)."""
 
-    async def admit(self, authorization: str | None, *, estimated_tokens: int) -> None:
-        if authorization != "Bearer good":
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def admit(self, headers: Mapping[str, str], **_: Any) -> None:
+        # The SDK sends api_key as x-api-key, or (2.x) as Authorization: Bearer.
+        if "good" not in (headers.get("x-api-key"), headers.get("Authorization", "")[7:]):
             raise GatewayError(401, "invalid gateway key", code="invalid_api_key")
 
     async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:

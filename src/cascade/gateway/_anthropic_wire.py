@@ -14,7 +14,7 @@ answer presented as complete.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Final
 
 import msgspec
@@ -154,14 +154,6 @@ class AnthropicWire:
 
     def __repr__(self) -> str:
         return f"<AnthropicWire {self.path}>"
-
-    def credential(self, headers: Mapping[str, str]) -> str | None:
-        """``x-api-key`` (what the SDK sends for ``api_key``), else ``Authorization``
-        (``auth_token``)."""
-        key = headers.get("x-api-key")
-        if key:
-            return f"Bearer {key}"
-        return headers.get("Authorization")
 
     def parse(self, body: bytes, limits: Limits) -> GatewayRequest:
         return parse_request(body, limits)
