@@ -7,11 +7,14 @@ keeps serving while they wait.
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import anthropic
 import anyio
 import pytest
@@ -19,9 +22,11 @@ from anthropic import Anthropic, AsyncAnthropic
 
 from cascade.gateway import GatewayError
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+from cascade.testing._hostile import DEEP_JSON
 
 from .gateway import Running, serving, write_config
 from .helpers import JSON_SCHEMA, provider, tier
+from .leaks import eventually, in_use, open_on
 
 pytestmark = pytest.mark.anyio
 
@@ -380,3 +385,72 @@ async def test_speculative_text_withdrawn_is_an_error_event_the_sdk_raises(
         error = await anyio.to_thread.run_sync(sync_broken)
         assert isinstance(error, anthropic.APIStatusError)
         assert error.type == "api_error"
+
+
+async def test_hostile_bodies_are_400s_in_anthropics_format(
+    tmp_path: Path, oai: FakeOpenAIServer
+) -> None:
+    oai.default = Reply(text=GOOD)
+    config = fleet(oai.url, oai.url, gateway={"max_messages": 8})
+    many = {"model": "cascade", "max_tokens": 8, "messages": [HI[0]] * 9}
+    bad_schema = {"format": {"type": "json_schema", "schema": {"type": "nonsense"}}}
+    async with (
+        gateway_for(tmp_path, config) as running,
+        aiohttp.ClientSession() as session,
+    ):
+        for raw, field in (
+            (DEEP_JSON, ""),
+            (b"\xff\xfe{", ""),
+            (b'{"model": "cascade", "max_tokens": 8, "messages": [' + b"[" * 5000, ""),
+            (json.dumps(many).encode(), "messages"),
+            (
+                json.dumps({**many, "messages": HI, "output_config": bad_schema}).encode(),
+                ("output_config.format.schema"),
+            ),
+        ):
+            async with session.post(
+                f"{running.url}/v1/messages",
+                data=raw,
+                headers={"Content-Type": "application/json", "anthropic-version": "2023-06-01"},
+            ) as response:
+                assert response.status == 400, raw[:80]
+                error = (await response.json())["error"]
+                assert error["type"] == "invalid_request_error"
+                assert error["message"].startswith(field), error
+    assert oai.request_count == 0
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+async def test_a_client_that_leaves_cancels_the_upstream_call(
+    tmp_path: Path, oai: FakeOpenAIServer, mode: str
+) -> None:
+    oai.script("small-a", Reply(text="word " * 400, chunk_chars=5, chunk_delay_s=0.02))
+    routes = [{"name": "cascade", "mode": mode}]
+    config = fleet(oai.url, oai.url, stream=True, gateway={"routes": routes})
+    config["tiers"][0]["validators"] = []
+    async with gateway_for(tmp_path, config) as running:
+        cascade = running.gateway.generation.cascades[0]
+        aclient, _ = clients(running)
+        async with aclient:
+            if mode == "speculative":
+                async with aclient.messages.stream(
+                    model="cascade", max_tokens=64, messages=HI
+                ) as s:
+                    async for _text in s.text_stream:
+                        break  # text is flowing: leave
+            else:
+                # buffered: nothing is sent before acceptance; the client gives up waiting
+                call = asyncio.create_task(
+                    aclient.messages.create(
+                        model="cascade", max_tokens=64, messages=HI, stream=True
+                    )
+                )
+                await eventually(lambda: oai.active_requests == 1, "upstream call")
+                call.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await call
+        await eventually(lambda: open_on([oai]) == 0, "upstream connections closed")
+        await eventually(lambda: running.gateway.in_flight == 0, "the request over")
+        assert in_use(cascade) == 0
+    assert oai.disconnects >= 1
+    assert oai.request_count == 1  # cancelled, not failed over

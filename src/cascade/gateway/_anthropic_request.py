@@ -151,6 +151,7 @@ def parse_request(raw: bytes, limits: Limits) -> GatewayRequest:
         options=options,
         stream=body.stream is True,
         json_schema=schema,
+        json_schema_param="output_config.format.schema",
         estimated_tokens=estimate_prompt_tokens(messages) + body.max_tokens,
     )
 

@@ -133,7 +133,9 @@ class Gateway:
             await task
         await self.generation.aclose()
 
-    def schema_validator(self, schema: dict[str, Any]) -> Validator:
+    def schema_validator(
+        self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
+    ) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
         schema is a 400 naming the field."""
         import json
@@ -145,7 +147,7 @@ class Gateway:
         try:
             built = JsonSchemaValidator(schema=schema, name="response_format")
         except ConfigError as exc:
-            raise InputError(exc.message, path="response_format.json_schema.schema") from None
+            raise InputError(exc.message, path=param) from None
         if len(self._schemas) >= _SCHEMA_CACHE:
             self._schemas.pop(next(iter(self._schemas)))
         self._schemas[key] = built
@@ -434,7 +436,11 @@ async def _serve(
 
 def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
     try:
-        validators = () if req.json_schema is None else (gateway.schema_validator(req.json_schema),)
+        validators = (
+            ()
+            if req.json_schema is None
+            else (gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+        )
         return route.cascade.stream(
             messages=req.messages,
             options=req.options,
