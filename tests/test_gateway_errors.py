@@ -83,7 +83,7 @@ async def post_raw(gw: Running, data: bytes, *, method: str = "POST") -> tuple[i
                     "type": "json_schema",
                     "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
                 }
-            },  # fmt: skip
+            },
             "response_format.json_schema.schema",
         ),
         ({"response_format": {"type": "xml"}}, "response_format.type"),
@@ -126,7 +126,7 @@ async def test_400_for_a_schema_too_deep_or_too_big(
                     response_format={
                         "type": "json_schema",
                         "json_schema": {"name": "s", "schema": schema},
-                    },  # fmt: skip
+                    },
                 )
             error = error_of(caught.value)
             assert error["param"] == "response_format.json_schema.schema"
@@ -263,9 +263,14 @@ async def test_502_when_no_answer_passes_and_on_exhausted_is_error(
 ) -> None:
     config = {
         "on_exhausted": "error",
-        "tiers": [tier("t", provider("a", openai_server.url, "m1"),
-                       validators=[{"name": "json_schema", "schema": {"type": "object"}}])],
-    }  # fmt: skip
+        "tiers": [
+            tier(
+                "t",
+                provider("a", openai_server.url, "m1"),
+                validators=[{"name": "json_schema", "schema": {"type": "object"}}],
+            )
+        ],
+    }
     openai_server.script("m1", Reply(text="not json"))
     async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
         with pytest.raises(openai.InternalServerError) as caught:
@@ -307,3 +312,44 @@ async def test_a_bug_is_a_500_without_a_traceback(
     assert "sk-live" not in caught.value.response.text
     assert "Traceback" not in caught.value.response.text
     assert any(log["event"] == "gateway.internal_error" for log in logs)
+
+
+async def test_408_for_a_body_that_never_arrives(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = one_tier(openai_server.url, gateway={"body_timeout_s": 0.2})
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert g.gateway.in_flight == 0
+
+
+async def test_readyz_is_503_once_every_breaker_is_open(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = {
+        "tiers": [
+            tier(
+                "t",
+                provider(
+                    "a", openai_server.url, "m1", breaker={"fail_max": 1, "reset_timeout_s": 600}
+                ),
+            )
+        ]
+    }
+    openai_server.script("m1", Reply(status=500))
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        assert await c.get("/../readyz", cast_to=object) == {"status": "ready"}
+        with pytest.raises(openai.InternalServerError):
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(openai.APIStatusError) as caught:
+            await c.get("/../readyz", cast_to=object)
+        assert caught.value.status_code == 503
+        assert await c.get("/../healthz", cast_to=object) == {"status": "ok"}

@@ -106,6 +106,7 @@ class Gateway:
         )
         self.max_in_flight = gw.max_in_flight
         self.body_timeout_s = gw.body_timeout_s
+        self.max_body_bytes = gw.max_body_bytes
         self.rebuild = rebuild
         """Builds the routes of a config file read again (SIGHUP), as at start."""
         self.tracer = trace.get_tracer("cascade.gateway", __version__, tracer_provider)
@@ -353,8 +354,7 @@ def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> Non
     log.info(ACCESS_EVENT, **fields)
 
 
-async def _read_body(request: web.Request, timeout_s: float) -> bytes:
-    limit = request.app._client_max_size
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(413, f"the request body is over {limit} bytes", code="body_too_large")
     try:
@@ -388,7 +388,7 @@ async def _serve(
     generation = gateway.generation
     generation.enter()
     try:
-        body = await _read_body(request, gateway.body_timeout_s)
+        body = await _read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
         try:
             req = wire.parse(body, gateway.limits)
         except InputError as exc:

@@ -144,7 +144,9 @@ def gateway_config(config: Config) -> GatewayConfig:
         return msgspec.convert(config.gateway or {}, type=GatewayConfig)
     except msgspec.ValidationError as exc:
         error = _config_error(exc)
-        raise ConfigError(error.message, path=f"gateway.{error.path}".rstrip(".")) from None
+    except ConfigError as exc:  # from GatewayConfig.__post_init__
+        error = exc
+    raise ConfigError(error.message, path=f"gateway.{error.path}".rstrip(".")) from None
 
 
 def load_gateway(path: str | os.PathLike[str]) -> LoadedConfig:
