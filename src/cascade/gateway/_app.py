@@ -31,6 +31,7 @@ from .._errors import CascadeError, ConfigError, InputError
 from .._types import Attempt, Result
 from ..engine import Delta, Event, Failed, Finished, Stream
 from ..validators import JsonSchemaValidator, Validator
+from ._anthropic_wire import AnthropicWire
 from ._config import LoadedConfig
 from ._errors import GatewayError, from_run_error, internal_error
 from ._gate import OPEN_GATE, Gate
@@ -51,9 +52,8 @@ _SCHEMA_CACHE = 128  # validators of recent request schemas, by schema text
 
 
 def default_wires() -> list[WireFormat]:
-    """The formats served: OpenAI's Chat Completions (and Anthropic's Messages once
-    registered here)."""
-    return [OpenAIWire()]
+    """The formats served: OpenAI's Chat Completions and Anthropic's Messages."""
+    return [OpenAIWire(), AnthropicWire()]
 
 
 @dataclass(eq=False)
@@ -134,7 +134,9 @@ class Gateway:
             await task
         await self.generation.aclose()
 
-    def schema_validator(self, schema: dict[str, Any]) -> Validator:
+    def schema_validator(
+        self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
+    ) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
         schema is a 400 naming the field."""
         import json
@@ -146,7 +148,7 @@ class Gateway:
         try:
             built = JsonSchemaValidator(schema=schema, name="response_format")
         except ConfigError as exc:
-            raise InputError(exc.message, path="response_format.json_schema.schema") from None
+            raise InputError(exc.message, path=param) from None
         if len(self._schemas) >= _SCHEMA_CACHE:
             self._schemas.pop(next(iter(self._schemas)))
         self._schemas[key] = built
@@ -434,7 +436,11 @@ async def _serve(
 
 def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
     try:
-        validators = () if req.json_schema is None else (gateway.schema_validator(req.json_schema),)
+        validators = (
+            ()
+            if req.json_schema is None
+            else (gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+        )
         return route.cascade.stream(
             messages=req.messages,
             options=req.options,
@@ -480,15 +486,22 @@ async def _sse(
 ) -> web.StreamResponse:
     seen = _Seen()
     response: web.StreamResponse | None = None
-    async with aclosing(wire.sse(_tap(stream, seen), req, info)) as chunks:
-        async for data in chunks:
-            if response is None:
-                response = web.StreamResponse(headers=_sse_headers(stream, route, seen))
-                await response.prepare(request)
-            try:
-                await response.write(data)
-            except ConnectionResetError:
-                raise _ClientGone(response) from None  # leaving the stream cancels the run
+    try:
+        async with aclosing(wire.sse(_tap(stream, seen), req, info)) as chunks:
+            async for data in chunks:
+                if response is None:
+                    response = web.StreamResponse(headers=_sse_headers(stream, route, seen))
+                    await response.prepare(request)
+                try:
+                    await response.write(data)
+                except ConnectionResetError:
+                    raise _ClientGone(response) from None  # leaving the stream cancels the run
+    except GatewayError as exc:
+        # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
+        # the stream ends with that error, and leaving the ``async with`` cancels the run.
+        if response is None:
+            raise
+        seen.error = exc
     if seen.result is not None:
         access.tier, access.model = seen.result.tier, seen.result.model
     error = None

@@ -40,6 +40,8 @@ class GatewayRequest(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     include_usage: bool = False
     json_schema: dict[str, Any] | None = None
+    json_schema_param: str = "response_format.json_schema.schema"
+    """Where ``json_schema`` was in the request: the field a 400 for a bad schema names."""
     estimated_tokens: int = 0
 
 
