@@ -183,6 +183,9 @@ async def test_404_unknown_model_and_unknown_path(
         error = error_of(caught.value)
         assert (error["code"], error["param"]) == ("model_not_found", "model")
         with pytest.raises(openai.NotFoundError) as caught:
+            await c.models.retrieve("gpt-4o")
+        assert error_of(caught.value)["code"] == "model_not_found"
+        with pytest.raises(openai.NotFoundError) as caught:
             await c.post("/nowhere", body={}, cast_to=object)
         assert error_of(caught.value)["type"] == "not_found_error"
     assert openai_server.request_count == 0

@@ -60,6 +60,8 @@ async def test_named_routes_tier_ranges_own_config_and_default(
     ):
         models = [m.id for m in (await c.models.list()).data]
         assert models == ["smart", "cheap", "gpt-4o-mini", "premium", "coder"]
+        assert (await c.models.retrieve("gpt-4o-mini")).id == "gpt-4o-mini"
+        assert (await c.models.retrieve("unlisted")).id == "unlisted"  # the default route
 
         async def ask(model: str) -> tuple[str | None, dict[str, str]]:
             raw = await c.chat.completions.with_raw_response.create(model=model, messages=HI)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     for wire in formats:
         app.router.add_post(wire.path, chat_handler(wire))
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model}", _model)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
 
@@ -65,6 +66,19 @@ async def _models(request: web.Request) -> web.Response:
         for name in generation.model_names()
     ]
     return web.json_response({"object": "list", "data": data})
+
+
+async def _model(request: web.Request) -> web.Response:
+    """One model name: any a route claims, or (with a default route) any at all."""
+    name = request.match_info["model"]
+    if request.app[GATEWAY].generation.find(name) is None:
+        raise GatewayError(
+            404, f"no route serves the model {name[:200]!r}", param="model", code="model_not_found"
+        )
+    created = int(time.time())
+    return web.json_response(
+        {"id": name, "object": "model", "created": created, "owned_by": "cascade"}
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -98,6 +112,8 @@ def _errors_middleware(wires: list[WireFormat]) -> Any:
     async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             response: web.StreamResponse = await handler(request)
+        except GatewayError as exc:
+            response = error_response(_wire_for(request.path, wires), exc)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
