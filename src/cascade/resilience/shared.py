@@ -19,6 +19,10 @@ quota, and one outage opens every replica's breaker:
   which closes the others. When the open window is over, only the replica holding the
   probe lease ``{prefix}:probe:{provider}`` (``SET NX PX``) sends the half-open probe;
   the others fail over as if the breaker were still open.
+- **Spending budgets.** The gateway's USD budget per key per UTC day lives in the hash
+  ``{prefix}:spend:{key name}:{day}`` (``SPEND_LUA``): a request reserves its estimate
+  while spend plus reservations is under the budget, and settles to its real cost (see
+  :mod:`cascade.gateway._budget`).
 - **Bad records.** A value in Redis that does not parse (``HSET ... epoch abc``) is
   logged once per key and ignored; the scripts overwrite it at the next transition. The
   sync task logs and survives anything but cancellation. A rate-limit record that does
