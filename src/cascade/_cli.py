@@ -1,5 +1,6 @@
-"""The ``cascade`` command: ``demo``, ``check FILE``, ``run --config FILE PROMPT``, and
-``eval`` / ``calibrate`` over a recorded dataset.
+"""The ``cascade`` command: ``demo``, ``check FILE``, ``run --config FILE PROMPT``,
+``serve --config FILE`` (the HTTP gateway), and ``eval`` / ``calibrate`` over a recorded
+dataset.
 
 Config files read here resolve a replay provider's relative ``dataset`` path against the
 config file's folder (not the current directory). The standard ``OTEL_*`` environment
@@ -26,7 +27,7 @@ from ._config import ProviderConfig, in_file, load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._otel import SDK, configure_from_env
-from ._telemetry import ROUTE_EVENT
+from ._telemetry import ROUTE_EVENT, add_trace_ids
 from ._types import RequestOptions, Result
 from ._urls import hide_userinfo
 
@@ -62,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-cost-usd", type=float)
     run.add_argument("--deadline-s", type=float)
     run.add_argument("prompt", help="the prompt; '-' reads it from stdin (UTF-8, 1 MiB at most)")
+
+    srv = sub.add_parser("serve", help="serve the cascade as an OpenAI-compatible HTTP gateway")
+    srv.add_argument("--config", required=True, help="TOML config file (with [gateway])")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
 
     ev = sub.add_parser(
         "eval",
@@ -112,6 +118,33 @@ def _warnings_to_stderr() -> None:
     )
 
 
+def _access_log_to_stdout() -> None:
+    """``cascade serve`` writes one JSON line per request (``gateway.request``) and per run
+    (the routing record) to standard output, with trace ids; never keys or message text."""
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso"),
+            add_trace_ids,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .gateway import serve  # aiohttp.web only for this command
+
+    if not 0 <= args.port <= 65535:
+        raise InputError("expected a port from 0 to 65535", path="--port")
+    with in_file(args.config):
+        anyio.run(lambda: serve(args.config, host=args.host, port=args.port))
+    return 0
+
+
 def _drop_routing_records(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -152,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command != "check":
             sdk = configure_from_env()  # traces, metrics, logs: when OTEL_* variables ask
-            if sdk is None or sdk.logger_provider is None:
+            if args.command == "serve" and (sdk is None or sdk.logger_provider is None):
+                _access_log_to_stdout()
+            elif sdk is None or sdk.logger_provider is None:
                 _warnings_to_stderr()
         if args.command == "demo":
             if args.requests < 1 or args.concurrency < 1:
@@ -169,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args.file)
         if args.command in ("eval", "calibrate"):
             return _eval(args)
+        if args.command == "serve":
+            return _serve(args)
         return _run(args)
     except (ConfigError, InputError) as exc:
         # one line: "<file>: <path>: <message>" for a config file's errors
