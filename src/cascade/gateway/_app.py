@@ -132,6 +132,7 @@ class Gateway:
         for task in list(self._retired):
             await task
         await self.generation.aclose()
+        await self.gate.aclose()
 
     def schema_validator(self, schema: dict[str, Any]) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
@@ -179,6 +180,7 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     app.router.add_get("/readyz", _readyz)
 
     async def open_routes(app: web.Application) -> None:
+        await app[GATEWAY].gate.open()
         await app[GATEWAY].generation.open()
 
     async def close(app: web.Application) -> None:
@@ -388,12 +390,12 @@ async def _serve(
         except InputError as exc:
             raise from_run_error(exc) from None
         access.stream = req.stream
+        route = generation.find(req.model)
         admission = await gateway.gate.admit(
-            wire.credential(request.headers), estimated_tokens=req.estimated_tokens
+            wire.credential(request.headers), request=req, route=route
         )
         stream: Stream | None = None
         try:
-            route = generation.find(req.model)
             if route is None:
                 raise GatewayError(
                     404,

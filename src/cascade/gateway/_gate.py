@@ -1,18 +1,24 @@
 """Where keys, limits and budgets plug into the request path: a :class:`Gate`.
 
-The app calls :meth:`Gate.admit` once a request is parsed (before its route is looked
-up and before any provider is called) and :meth:`Gate.settle` once it is over, whatever
+The app calls :meth:`Gate.admit` once a request is parsed and its route looked up (an
+unknown model's 404 comes after it: a client without a key learns nothing), before any
+provider is called, and :meth:`Gate.settle` once it is over, whatever
 the ending: answered, failed, or the client gone, with what the run spent. A gate that
 refuses raises :class:`~cascade.gateway.GatewayError` (401, 403, 429 with
 ``retry_after_s``), which the client gets in its API's error format.
 
 With no ``[gateway.keys]`` the gateway uses :data:`OPEN_GATE`: no key asked for, nothing
-counted. The keyed gate (``_keys.py``) implements the same two methods.
+counted. The keyed gate (``_key_gate.py``) implements the same methods; the app opens
+the gate as it starts and closes it last.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._routes import Route
+    from ._wire import GatewayRequest
 
 __all__ = ["OPEN_GATE", "Gate", "OpenGate"]
 
@@ -20,10 +26,21 @@ __all__ = ["OPEN_GATE", "Gate", "OpenGate"]
 class Gate(Protocol):
     """Admits requests and settles what they spent (keys, rate limits, budgets)."""
 
-    async def admit(self, authorization: str | None, *, estimated_tokens: int) -> Any:
-        """Admit a request carrying ``authorization`` (the ``Authorization`` header value,
-        or None) expected to use ``estimated_tokens``; returns what :meth:`settle` gets
-        back. Raises ``GatewayError`` to refuse."""
+    async def open(self) -> None:
+        """Connect what the gate needs (its shared state), as the app starts."""
+        ...
+
+    async def aclose(self) -> None:
+        """Disconnect, once the app has served its last request."""
+        ...
+
+    async def admit(
+        self, authorization: str | None, *, request: GatewayRequest, route: Route | None
+    ) -> Any:
+        """Admit ``request`` carrying ``authorization`` (the ``Authorization`` header
+        value, or None) for ``route`` (None: no route serves its model, a 404 once
+        admitted); returns what :meth:`settle` gets back. Raises ``GatewayError`` to
+        refuse."""
         ...
 
     async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:
@@ -40,7 +57,15 @@ class OpenGate:
     def __repr__(self) -> str:
         return "<OpenGate>"
 
-    async def admit(self, authorization: str | None, *, estimated_tokens: int) -> None:
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def admit(
+        self, authorization: str | None, *, request: GatewayRequest, route: Route | None
+    ) -> None:
         return None
 
     async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:

@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from .._clock import Clock
-from .._errors import CascadeError, ConfigError
+from .._errors import ConfigError
 from ..resilience.limiter import Lease, RateLimiter
 from ._budget import DayBudget, Reservation, UtcDays
+from ._errors import GatewayError
 from ._keys_config import (
     KEY_CHARS,
     MAX_KEY_CHARS,
@@ -73,18 +74,16 @@ ANONYMOUS: Final = "(anonymous)"
 """The name requests without a key share (no configured name can take it)."""
 
 
-class GatewayDenied(CascadeError):
+class GatewayDenied(GatewayError):
     """A request the gateway refuses before running it: ``status`` (401, 403, 429),
     an OpenAI-style error ``code``, and for 429 the seconds until it may be retried."""
+
+    code: str
 
     def __init__(
         self, *, status: int, code: str, message: str, retry_after_s: float | None = None
     ) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        self.retry_after_s = retry_after_s
-        super().__init__(message)
+        super().__init__(status, message, code=code, retry_after_s=retry_after_s)
 
     def __repr__(self) -> str:
         return f"GatewayDenied(status={self.status}, code={self.code!r})"

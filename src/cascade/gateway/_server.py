@@ -25,10 +25,11 @@ from aiohttp import web
 
 from .._clock import Clock
 from .._config import in_file
-from .._errors import CascadeError, ConfigError
+from .._errors import CascadeError
 from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
+from ._key_gate import KeyGate
 from ._routes import build_generation
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def build_gateway(
     with in_file(loaded.path):
         generation = build_generation(loaded, **kwargs)
         if gate is None:
-            gate = _gate_for(loaded)
+            gate = _gate_for(loaded, clock=clock, environ=environ)
     return Gateway(
         generation,
         gate=gate,
@@ -69,10 +70,12 @@ def build_gateway(
     )
 
 
-def _gate_for(loaded: LoadedConfig) -> Gate:
+def _gate_for(
+    loaded: LoadedConfig, *, clock: Clock | None, environ: Mapping[str, str] | None
+) -> Gate:
     if loaded.gateway.keys is None:
         return OPEN_GATE
-    raise ConfigError("gateway keys are not available in this build", path="gateway.keys")
+    return KeyGate.from_config(loaded.gateway.keys, loaded.config, clock=clock, environ=environ)
 
 
 async def serve(
