@@ -4,6 +4,7 @@ one redis-server (gated as ``test_shared_redis.py`` is)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cascade.gateway import hash_key
-from cascade.testing import FakeOpenAIServer
+from cascade.testing import FakeOpenAIServer, Reply
 
 from . import test_shared_redis as _redis
 from .gateway import serving, write_config
@@ -177,6 +178,40 @@ async def test_an_unknown_model_without_a_key_is_401_not_404(
         finally:
             await anonymous.close()
             await good.close()
+
+
+async def test_a_client_that_leaves_gives_back_its_reservation(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    # a request reserves its route's dearest price (~$0.0005 here), more than the budget
+    cfg = config(fleet.url, key("team", KEY, usd_per_day=0.0003))
+    fleet.default = Reply(fault="hang")
+    async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        impatient = openai.AsyncOpenAI(
+            base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=0.5
+        )
+        sdk = client(gw.base_url, KEY)
+        try:
+            hung = asyncio.ensure_future(ask(impatient))
+            await _until(lambda: fleet.active_requests == 1)
+            with pytest.raises(openai.RateLimitError):  # the hung request holds the budget
+                await ask(sdk)
+            with pytest.raises(openai.APITimeoutError):
+                await hung
+            await _until(lambda: fleet.active_requests == 0)
+            fleet.default = '{"answer": 42}'
+            await ask(sdk)  # the reservation was given back when the client left
+        finally:
+            await impatient.close()
+            await sdk.close()
+    assert fleet.request_count == 2
+
+
+async def _until(check: Any, *, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
 
 
 # -- two `cascade serve` processes on one Redis ---------------------------------------------
