@@ -4,8 +4,8 @@ Keys are configured in ``[gateway.keys]`` and kept as SHA-256 hashes only: an en
 the hash itself, or names an environment variable holding the raw key, which is hashed
 when the gateway starts and dropped. Compute a hash with::
 
+    cascade hash-key                 # reads the key from stdin
     printf %s "$KEY" | sha256sum     # the first field
-    python3 -c 'import hashlib; print(hashlib.sha256(input().encode()).hexdigest())'
 
 A request presents its key as ``Authorization: Bearer <key>`` (OpenAI clients) or
 ``x-api-key: <key>`` (Anthropic clients); :func:`api_key_from_headers` reads either.

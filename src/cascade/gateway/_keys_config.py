@@ -63,7 +63,7 @@ class KeyEntry(KeyLimits, frozen=True, kw_only=True, forbid_unknown_fields=True)
     name: _Name
     sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
     """The SHA-256 of the key's UTF-8 bytes, 64 lowercase hex digits
-    (``printf %s "$KEY" | sha256sum``)."""
+    (``cascade hash-key`` reads a key on stdin and prints it)."""
     env: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
     """An environment variable holding the raw key, hashed when the gateway starts."""
 
