@@ -20,6 +20,9 @@ replica keeps one budget. The local counters are charged as well: while Redis is
 spend up to N budgets until it is back. A record in Redis that does not parse is taken as
 0, rewritten, and logged once. Settlements go to Redis in the background (tracked by the
 state: ``flush()`` / ``aclose()`` wait for them), so a cancelled request still settles.
+A request cancelled while its reservation is on its way to Redis may leave that
+reservation there (nobody can tell whether the script ran): it then holds back at most
+its estimate, until the day's record expires.
 """
 
 from __future__ import annotations
