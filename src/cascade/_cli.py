@@ -1,6 +1,6 @@
 """The ``cascade`` command: ``demo``, ``check FILE``, ``run --config FILE PROMPT``,
-``serve --config FILE`` (the HTTP gateway), and ``eval`` / ``calibrate`` over a recorded
-dataset.
+``serve --config FILE`` (the HTTP gateway), ``hash-key`` (a gateway key's SHA-256, the
+key read from stdin), and ``eval`` / ``calibrate`` over a recorded dataset.
 
 Config files read here resolve a replay provider's relative ``dataset`` path against the
 config file's folder (not the current directory). The standard ``OTEL_*`` environment
@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--config", required=True, help="TOML config file (with [gateway])")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+
+    sub.add_parser(
+        "hash-key",
+        help="print the SHA-256 of a gateway key read from stdin, for [gateway.keys] sha256",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -183,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sdk: SDK | None = None
     try:
+        if args.command == "hash-key":
+            return _hash_key()
         if args.command != "check":
             sdk = configure_from_env()  # traces, metrics, logs: when OTEL_* variables ask
             if args.command == "serve" and (sdk is None or sdk.logger_provider is None):
@@ -222,6 +229,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if sdk is not None:
             sdk.shutdown()  # flush what is still batched
+
+
+def _hash_key() -> int:
+    """The key from stdin (one line; kept off the command line and its history)."""
+    from .gateway._keys_config import KEY_CHARS, MAX_KEY_CHARS, hash_key
+
+    key = sys.stdin.readline(MAX_KEY_CHARS + 2).rstrip("\r\n")
+    if not KEY_CHARS.fullmatch(key) or len(key) > MAX_KEY_CHARS:
+        raise InputError(
+            f"expected one key on stdin: printable ASCII, no spaces, {MAX_KEY_CHARS} at most"
+        )
+    print(hash_key(key))
+    return 0
 
 
 def _where(p: ProviderConfig) -> str:
