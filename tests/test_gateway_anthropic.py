@@ -373,13 +373,18 @@ async def test_speculative_text_withdrawn_is_an_error_event_the_sdk_raises(
             async with aclient.messages.stream(model="cascade", max_tokens=64, messages=HI) as s:
                 assert await s.get_final_text() == GOOD
 
-        # An in-stream error upstream after the first text: the same.
+        # An in-stream error upstream after the first text: an error too, as an error event,
+        # or as the response's status (502) when it came before the gateway had written
+        # that text (it writes the events that are ready together, in one write).
         def sync_broken() -> BaseException:
-            with client, client.messages.stream(model="cascade", max_tokens=64, messages=HI) as s:
-                try:
+            try:
+                with (
+                    client,
+                    client.messages.stream(model="cascade", max_tokens=64, messages=HI) as s,
+                ):
                     s.get_final_message()
-                except anthropic.APIStatusError as exc:
-                    return exc
+            except anthropic.APIStatusError as exc:
+                return exc
             raise AssertionError("a withdrawn answer read as a success")
 
         error = await anyio.to_thread.run_sync(sync_broken)

@@ -44,6 +44,8 @@ log = structlog.get_logger("cascade.gateway")
 ACCESS_EVENT = "gateway.request"
 
 _propagator = TraceContextTextMapPropagator()
+_MAX_PENDING = 64
+"""Most rendered events held for one write (the stream holds at most ~8 KiB of text)."""
 
 
 @dataclass(eq=False)
@@ -307,16 +309,16 @@ async def _sse(
 ) -> web.StreamResponse:
     seen = _Seen()
     response: web.StreamResponse | None = None
+    pending: list[bytes] = []  # rendered, not yet written
     try:
         async with aclosing(wire.sse(_tap(stream, seen), req, info)) as chunks:
             async for data in chunks:
+                pending.append(data)
+                if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
+                    continue  # more is ready (or this is the end): one write for all of it
                 if response is None:
-                    response = web.StreamResponse(headers=_sse_headers(stream, route, seen))
-                    await response.prepare(request)
-                try:
-                    await response.write(data)
-                except ConnectionResetError:
-                    raise _ClientGone(response) from None  # leaving the stream cancels the run
+                    response = await _prepare(request, stream, route, seen)
+                await _write(response, pending)
     except GatewayError as exc:
         # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
         # the stream ends with that error, and leaving the ``async with`` cancels the run.
@@ -334,10 +336,31 @@ async def _sse(
         access.error = error.code or error.type
         if response is None:
             raise error  # nothing sent yet: an error status, as for JSON
-        await response.write(wire.sse_error(error))  # the status (200) is sent already
-    assert response is not None
-    await response.write_eof()
+        pending.append(wire.sse_error(error))  # the status (200) is sent already
+    if response is None:
+        response = await _prepare(request, stream, route, seen)
+    await _write(response, pending, last=True)
     return response
+
+
+async def _prepare(
+    request: web.Request, stream: Stream, route: Route, seen: _Seen
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers=_sse_headers(stream, route, seen))
+    await response.prepare(request)
+    return response
+
+
+async def _write(response: web.StreamResponse, pending: list[bytes], *, last: bool = False) -> None:
+    data = b"".join(pending)
+    pending.clear()
+    try:
+        if last:
+            await response.write_eof(data)
+        else:
+            await response.write(data)
+    except ConnectionResetError:
+        raise _ClientGone(response) from None  # leaving the stream cancels the run
 
 
 async def _tap(stream: Stream, seen: _Seen) -> AsyncIterator[Event]:
