@@ -183,3 +183,19 @@ def test_serve_refuses_a_bad_gateway_table_naming_the_field(
     err = capsys.readouterr().err
     assert str(path) in err
     assert words in err
+
+
+def test_check_checks_the_gateway_table_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = {
+        "tiers": [tier("t", provider("a", "http://127.0.0.1:9", "m"))],
+        "gateway": {"routes": [{"name": "a"}, {"name": "b", "max_tier": 1}]},
+    }
+    path = write_config(tmp_path / "c.toml", config)
+    assert main(["check", str(path)]) == 0
+    assert "gateway: routes 'a', 'b'" in capsys.readouterr().out
+    config["gateway"] = {"routes": [{"name": "a", "start_tier": 2}]}
+    write_config(path, config)
+    assert main(["check", str(path)]) == 2
+    assert "gateway.routes[0].start_tier" in capsys.readouterr().err

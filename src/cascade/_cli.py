@@ -275,6 +275,12 @@ def _check(path: str) -> int:
                 f"(${p.input_cost_per_mtok:g}/${p.output_cost_per_mtok:g} per Mtok in/out, "
                 f"timeout {p.timeout_s:g}s{', stream' if p.stream else ''})"
             )
+    if config.gateway is not None:
+        from .gateway import build_gateway, load_gateway
+
+        # every route's cascade built, as `cascade serve` does, nothing opened
+        routes = build_gateway(load_gateway(path)).generation.routes
+        print(f"gateway: routes {', '.join(repr(r.name) for r in routes)}")
     return 0
 
 
