@@ -9,6 +9,7 @@ validators' verdicts. Further samples for validators that ask for them: ``_sampl
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from time import perf_counter
@@ -59,6 +60,7 @@ class Tier:
         "name",
         "partial",
         "providers",
+        "required",
         "threshold",
         "validators",
         "variants",
@@ -90,6 +92,15 @@ class Tier:
         self.hedge = config.hedge
         self.accept_refusals = config.accept_refusals
         self.providers: tuple[Provider, ...] = ()
+        self.required: tuple[Validator, ...] = ()
+        """A request's own validators (``Cascade.run(validators=...)``): each must pass,
+        after the tier's own accept the answer."""
+
+    def with_required(self, validators: tuple[Validator, ...]) -> Tier:
+        """This tier for one request that brings validators of its own."""
+        tier = copy.copy(self)
+        tier.required = self.required + validators
+        return tier
 
     def request(
         self, msgs: tuple[Message, ...], opts: RequestOptions, sample: int
@@ -395,7 +406,22 @@ def _first_failure(
 async def judge(
     tier: Tier, completion: Completion, ctx: ValidationContext
 ) -> tuple[tuple[Verdict, ...], bool]:
-    """Every validator's verdict on ``completion``, and whether the tier accepts it."""
+    """Every validator's verdict on ``completion``, and whether the tier accepts it: its
+    own validators' judgement, then each of the request's (``required``) must pass."""
+    verdicts, passed = await _judge_own(tier, completion, ctx) if tier.validators else ((), True)
+    if not passed or not tier.required:
+        return verdicts, passed
+    for v in tier.required:
+        verdict = await _verdict(v, completion, ctx)
+        verdicts = (*verdicts, verdict)
+        if not verdict.passed:
+            return verdicts, False
+    return verdicts, True
+
+
+async def _judge_own(
+    tier: Tier, completion: Completion, ctx: ValidationContext
+) -> tuple[tuple[Verdict, ...], bool]:
     validators = tier.validators
     if len(validators) == 1:
         verdicts: tuple[Verdict, ...] = (await _verdict(validators[0], completion, ctx),)

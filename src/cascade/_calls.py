@@ -134,7 +134,7 @@ class ProviderCalls:
         # The span of the call (one per try: a retry replaces it), current until judged.
         flight.trace = run.tier_trace.attempt(provider, tier_msgs, tier_opts, hedge=flight.hedge)
         ctx = None
-        if tier.validators:
+        if tier.validators or tier.required:
             ctx = ValidationContext(
                 messages=tier_msgs,
                 options=tier_opts,

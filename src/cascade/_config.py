@@ -299,6 +299,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Folders whose ``*.py`` files are imported at build, registering their validators."""
     shared: SharedConfig | None = None
     """Share breakers and rate limits across processes through Redis (default: in memory)."""
+    gateway: dict[str, Any] | None = None
+    """The ``[gateway]`` table of ``cascade serve`` (routes, limits, keys), kept here as
+    read so that one file serves both; checked by ``cascade.gateway.GatewayConfig`` when
+    the gateway loads the file, ignored by the library."""
 
     def __post_init__(self) -> None:
         seen_tiers: set[str] = set()

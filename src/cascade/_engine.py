@@ -25,6 +25,7 @@ from .engine._stream import NO_SINK, Stream
 from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
+from .validators import Validator
 from .validators._plugins import load_validator_folder
 
 if TYPE_CHECKING:
@@ -203,18 +204,23 @@ class Cascade:
         max_tier: int | str | None = None,
         max_cost_usd: float | None = None,
         deadline_s: float | None = None,
+        validators: Sequence[Validator] = (),
     ) -> Result:
         """Run one request through the tiers and return the first accepted answer.
 
         ``start_tier`` / ``max_tier`` (1-based index or tier name) bound the tiers tried.
         ``max_cost_usd`` skips a tier whose estimated cost exceeds what is left.
         ``deadline_s`` bounds the whole run, every tier included.
+        ``validators`` are this request's own: every tier's answer must pass each of them
+        too, after the tier's own validators accept it (a request's JSON Schema).
 
         Raises :class:`~cascade.InputError` for bad input, and a
         :class:`~cascade.RunError` subclass (carrying ``attempts``) when no answer can be
         returned. The run is :meth:`stream`'s, read to its end without its text.
         """
-        plan = self._plan(messages, options, start_tier, max_tier, max_cost_usd, deadline_s)
+        plan = self._plan(
+            messages, options, start_tier, max_tier, max_cost_usd, deadline_s, validators
+        )
         if not self._open:
             await self._open_for_run()
         end = await self._engine.execute(plan, NO_SINK)
@@ -232,9 +238,11 @@ class Cascade:
         max_cost_usd: float | None = None,
         deadline_s: float | None = None,
         mode: StreamMode = "buffered",
+        validators: Sequence[Validator] = (),
     ) -> Stream:
-        """Run one request as :meth:`run` does, handing its events to the caller as they
-        happen (see :mod:`cascade.engine` for the events).
+        """Run one request as :meth:`run` does (the same arguments, ``validators``
+        included), handing its events to the caller as they happen (see
+        :mod:`cascade.engine` for the events).
 
         >>> async with cascade.stream(messages=msgs) as events:  # doctest: +SKIP
         ...     async for event in events:
@@ -256,7 +264,9 @@ class Cascade:
         """
         if mode not in ("buffered", "speculative"):
             raise InputError("expected 'buffered' or 'speculative'", path="mode")
-        plan = self._plan(messages, options, start_tier, max_tier, max_cost_usd, deadline_s)
+        plan = self._plan(
+            messages, options, start_tier, max_tier, max_cost_usd, deadline_s, validators
+        )
 
         async def start(stream: Stream) -> Finished | Failed:
             if not self._open:
@@ -273,6 +283,7 @@ class Cascade:
         max_tier: int | str | None,
         max_cost_usd: float | None,
         deadline_s: float | None,
+        validators: Sequence[Validator] = (),
     ) -> Plan:
         msgs = coerce_messages(messages)
         opts = _DEFAULT_OPTIONS if options is None else options
@@ -286,7 +297,11 @@ class Cascade:
         deadline = self.config.deadline_s if deadline_s is None else deadline_s
         if deadline is not None and not deadline > 0:
             raise InputError("expected a deadline > 0 seconds", path="deadline_s")
-        return Plan(msgs, opts, self._tiers[first : last + 1], budget, deadline)
+        tiers = self._tiers[first : last + 1]
+        if validators:
+            extra = tuple(validators)
+            tiers = [tier.with_required(extra) for tier in tiers]
+        return Plan(msgs, opts, tiers, budget, deadline)
 
     async def _open_for_run(self) -> None:
         if self._closed:

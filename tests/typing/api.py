@@ -86,3 +86,47 @@ async def failover_policy(config: dict[str, object]) -> None:
         error: cascade.ProviderError = exc.error
         del reason, error
     del action, policy
+
+
+async def use_request_validators(c: Cascade) -> None:
+    short = Short(max_chars=100)
+    result: Result = await c.run(messages=[{"role": "user", "content": "hi"}], validators=[short])
+    async with c.stream(messages=[{"role": "user", "content": "hi"}], validators=(short,)) as s:
+        async for _ in s:
+            pass
+    print(result.text)
+
+
+async def use_gateway() -> None:
+    from collections.abc import Mapping
+    from typing import Any
+
+    from cascade.gateway import (
+        Gate,
+        GatewayError,
+        GatewayRequest,
+        Route,
+        build_gateway,
+        create_app,
+        load_gateway,
+        serve,
+    )
+
+    class OneKey:
+        async def open(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+        async def admit(
+            self, headers: Mapping[str, str], *, request: GatewayRequest, route: Route | None
+        ) -> str:
+            if headers.get("Authorization") != "Bearer k":
+                raise GatewayError(401, "invalid API key", code="invalid_api_key")
+            return "k"
+
+        async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None: ...
+
+    gate: Gate = OneKey()
+    app = create_app(build_gateway(load_gateway("cascade.toml"), gate=gate))
+    print(app)
+    await serve("cascade.toml", host="127.0.0.1", port=0, ready=print)

@@ -110,6 +110,12 @@ class Stream:
         """The attempts recorded so far (every one, once the stream is closed)."""
         return tuple(self._attempts)
 
+    @property
+    def ready(self) -> int:
+        """Events the reader can take now without waiting (a relay can then send them
+        together, in one write)."""
+        return len(self._events)
+
     def attach(self, attempts: Sequence[Attempt]) -> None:
         """The run's list of attempts (the engine calls this as it starts)."""
         self._attempts = attempts

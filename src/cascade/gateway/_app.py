@@ -1,0 +1,131 @@
+"""The gateway's aiohttp application: a ``POST`` route per wire format (``_chat.py``),
+``GET /v1/models``, ``/healthz`` and ``/readyz``, and every routing error (404, 405,
+413) in the error format of the API its path belongs to."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from ._anthropic_wire import AnthropicWire
+from ._chat import chat_handler, error_response
+from ._errors import GatewayError
+from ._gateway import GATEWAY, Gateway
+from ._openai_wire import OpenAIWire
+from ._wire import WireFormat
+
+__all__ = ["GATEWAY", "Gateway", "create_app", "default_wires"]
+
+
+def default_wires() -> list[WireFormat]:
+    """The formats served: OpenAI's Chat Completions and Anthropic's Messages."""
+    return [OpenAIWire(), AnthropicWire()]
+
+
+def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -> web.Application:
+    """The aiohttp application serving ``gateway``: each wire format's ``POST`` route,
+    ``GET /v1/models``, ``/healthz`` and ``/readyz``. Closing the app closes the
+    gateway's cascades."""
+    formats = list(default_wires() if wires is None else wires)
+    app = web.Application(
+        client_max_size=gateway.generation.loaded.gateway.max_body_bytes,
+        middlewares=[_errors_middleware(formats)],
+    )
+    app[GATEWAY] = gateway
+    for wire in formats:
+        app.router.add_post(wire.path, chat_handler(wire))
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model}", _model)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+
+    async def open_routes(app: web.Application) -> None:
+        await app[GATEWAY].gate.open()
+        await app[GATEWAY].generation.open()
+
+    async def close(app: web.Application) -> None:
+        await app[GATEWAY].aclose()
+        await app[GATEWAY].gate.aclose()
+
+    app.on_startup.append(open_routes)
+    app.on_cleanup.append(close)
+    return app
+
+
+# -- plain routes ------------------------------------------------------------------------
+
+
+async def _models(request: web.Request) -> web.Response:
+    generation = request.app[GATEWAY].generation
+    created = int(time.time())
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": "cascade"}
+        for name in generation.model_names()
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def _model(request: web.Request) -> web.Response:
+    """One model name: any a route claims, or (with a default route) any at all."""
+    name = request.match_info["model"]
+    if request.app[GATEWAY].generation.find(name) is None:
+        raise GatewayError(
+            404, f"no route serves the model {name[:200]!r}", param="model", code="model_not_found"
+        )
+    created = int(time.time())
+    return web.json_response(
+        {"id": name, "object": "model", "created": created, "owned_by": "cascade"}
+    )
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY]
+    if gateway.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not gateway.generation.ready():
+        return web.json_response({"status": "every provider's breaker is open"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
+    fallback: WireFormat | None = None
+    for wire in wires:
+        if wire.path == path:
+            return wire
+        fallback = fallback or wire
+    assert fallback is not None
+    return fallback
+
+
+def _errors_middleware(wires: list[WireFormat]) -> Any:
+    @web.middleware
+    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except GatewayError as exc:
+            response = error_response(_wire_for(request.path, wires), exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            wire = _wire_for(request.path, wires)
+            message = {
+                404: f"no route for {request.method} {request.path[:200]}",
+                405: f"method {request.method} not allowed on {request.path[:200]}",
+                413: "the request body is too large",
+            }.get(exc.status, exc.reason)
+            response = error_response(wire, GatewayError(exc.status, message))
+            if exc.status == 405 and "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+        return response
+
+    return errors

@@ -1,0 +1,428 @@
+"""One chat request through the gateway, whatever its wire format.
+
+Body read within ``max_body_bytes`` and ``body_timeout_s`` -> parsed by its
+:class:`~._wire.WireFormat` -> its route found by ``model`` and admitted by the key gate
+(``_gate.py``; an unknown model's 404 only after that) -> run as a stream (buffered unless
+the route is speculative) -> the JSON body, or SSE as the events come -> the gate settles
+what was spent, also when the client left or the run failed. A client that disconnects
+cancels the handler (``handler_cancellation``), which leaves the ``async with`` of the
+stream and so cancels the upstream call at once. Every request gets a SERVER span (a
+child of the caller's ``traceparent``, the parent of ``cascade.run``) and one access-log
+line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .._errors import CascadeError, InputError
+from .._types import Attempt, Result
+from ..engine import Delta, Event, Failed, Finished, Stream
+from ._errors import GatewayError, from_run_error, internal_error
+from ._gateway import GATEWAY, Gateway
+from ._routes import Route
+from ._wire import GatewayRequest, RunInfo, WireFormat
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = ["ACCESS_EVENT", "chat_handler", "error_response"]
+
+log = structlog.get_logger("cascade.gateway")
+ACCESS_EVENT = "gateway.request"
+
+_propagator = TraceContextTextMapPropagator()
+_MAX_PENDING = 64
+"""Most rendered events held for one write (the stream holds at most ~8 KiB of text)."""
+
+
+@dataclass(eq=False)
+class _Seen:
+    """What the app saw of a run's events on their way to the wire format."""
+
+    first: Delta | None = None
+    result: Result | None = None
+    error: CascadeError | None = None
+
+
+@dataclass(eq=False)
+class _Access:
+    """One access-log line: never a key, never message text."""
+
+    method: str
+    path: str
+    status: int = 0
+    route: str | None = None
+    stream: bool = False
+    tier: int | None = None
+    model: str | None = None
+    cost_usd: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+
+
+class _ClientGone(Exception):
+    """The client closed the connection while its stream was being written."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+
+def error_response(wire: WireFormat, error: GatewayError) -> web.Response:
+    headers = {}
+    if error.retry_after_header is not None:
+        headers["Retry-After"] = error.retry_after_header
+    if error.should_retry is not None:  # the official SDKs obey it over their own rules
+        headers["x-should-retry"] = "true" if error.should_retry else "false"
+    return web.Response(
+        body=wire.error(error),
+        status=error.status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+# -- chat --------------------------------------------------------------------------------
+
+
+def chat_handler(wire: WireFormat) -> Any:
+    """The ``POST`` handler of ``wire``'s path."""
+
+    name = f"POST {wire.path}"
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        gateway = request.app[GATEWAY]
+        t0 = perf_counter()
+        access = _Access(method=request.method, path=wire.path)
+        parent = _propagator.extract(request.headers)
+        with gateway.tracer.start_as_current_span(
+            name,
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": "POST",
+                "http.route": wire.path,
+                "url.path": wire.path,
+            },
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            trace_id = _trace_id(span)
+            try:
+                response = await _serve(request, gateway, wire, access, trace_id)
+            except GatewayError as exc:
+                response = error_response(wire, exc)
+                access.error = exc.code or exc.type
+            except asyncio.CancelledError:
+                access.status = 499  # the client closed the connection
+                _finish(span, access, t0, trace_id)
+                raise
+            except _ClientGone as gone:
+                access.status = 499
+                _finish(span, access, t0, trace_id)
+                return gone.response
+            except Exception:
+                log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
+                response = error_response(wire, internal_error())
+                access.error = "internal_error"
+            if trace_id is not None:
+                response.headers.setdefault("x-cascade-trace-id", trace_id)
+            if not access.status:
+                access.status = response.status
+            _finish(span, access, t0, trace_id)
+        return response
+
+    return handle
+
+
+def _trace_id(span: Span) -> str | None:
+    ctx = span.get_span_context()
+    if not span.is_recording() or not ctx.is_valid:
+        return None
+    return format(ctx.trace_id, "032x")
+
+
+def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> None:
+    span.set_attribute("http.response.status_code", access.status)
+    if access.route is not None:
+        span.set_attribute("cascade.route", access.route)
+    if access.status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+        span.set_attribute("error.type", access.error or str(access.status))
+    fields = {
+        "method": access.method,
+        "path": access.path,
+        "status": access.status,
+        "route": access.route,
+        "stream": access.stream,
+        "duration_ms": round((perf_counter() - t0) * 1000, 3),
+        "cost_usd": access.cost_usd,
+        "attempts": access.attempts,
+    }
+    if access.tier is not None:
+        fields["tier"] = access.tier
+        fields["model"] = access.model
+    if access.error is not None:
+        fields["error"] = access.error
+    if trace_id is not None:
+        fields["trace_id"] = trace_id
+    log.info(ACCESS_EVENT, **fields)
+
+
+async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise GatewayError(413, f"the request body is over {limit} bytes", code="body_too_large")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise GatewayError(
+            413, f"the request body is over {limit} bytes", code="body_too_large"
+        ) from None
+    except TimeoutError:
+        raise GatewayError(
+            408, "the request body took too long to arrive", code="body_timeout"
+        ) from None
+
+
+async def _serve(
+    request: web.Request,
+    gateway: Gateway,
+    wire: WireFormat,
+    access: _Access,
+    trace_id: str | None,
+) -> web.StreamResponse:
+    if gateway.in_flight >= gateway.max_in_flight:
+        raise GatewayError(
+            429,
+            "the gateway is at its limit of requests in flight",
+            code="gateway_busy",
+            retry_after_s=1.0,
+        )
+    gateway.in_flight += 1
+    generation = gateway.generation
+    generation.enter()
+    try:
+        body = await _read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
+        try:
+            req = wire.parse(body, gateway.limits)
+        except InputError as exc:
+            raise from_run_error(exc) from None
+        access.stream = req.stream
+        route = generation.find(req.model)
+        if route is not None:
+            access.route = route.name
+        admission = await gateway.gate.admit(request.headers, request=req, route=route)
+        stream: Stream | None = None
+        try:
+            if route is None:
+                raise GatewayError(
+                    404,
+                    f"no route serves the model {req.model[:200]!r}",
+                    param="model",
+                    code="model_not_found",
+                )
+            access.route = route.name
+            stream = _start(gateway, route, req)
+            info = RunInfo(
+                id=f"chatcmpl-{uuid.uuid4().hex}",
+                created=int(time.time()),
+                route=route.name,
+                trace_id=trace_id,
+            )
+            async with stream:
+                if req.stream:
+                    return await _sse(request, wire, stream, route, req, info, access)
+                return await _json(wire, stream, req, info, access)
+        finally:
+            attempts = stream.attempts if stream is not None else ()
+            access.cost_usd = sum(a.cost_usd for a in attempts)
+            access.attempts = len(attempts)
+            tokens = sum(a.input_tokens + a.output_tokens for a in attempts)
+            await gateway.gate.settle(admission, tokens=tokens, cost_usd=access.cost_usd)
+    finally:
+        gateway.in_flight -= 1
+        generation.leave()
+
+
+def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
+    try:
+        validators = (
+            ()
+            if req.json_schema is None
+            else (gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+        )
+        return route.cascade.stream(
+            messages=req.messages,
+            options=req.options,
+            start_tier=route.config.start_tier,
+            max_tier=route.config.max_tier,
+            max_cost_usd=route.max_cost_usd,
+            deadline_s=route.deadline_s,
+            mode=route.config.mode if req.stream else "buffered",
+            validators=validators,
+        )
+    except InputError as exc:
+        raise from_run_error(exc) from None
+
+
+async def _json(
+    wire: WireFormat, stream: Stream, req: GatewayRequest, info: RunInfo, access: _Access
+) -> web.Response:
+    end: Finished | Failed | None = None
+    async for event in stream:
+        if type(event) is Finished or type(event) is Failed:
+            end = event
+    if isinstance(end, Failed):
+        raise from_run_error(end.error)
+    if end is None:
+        raise internal_error()
+    result = end.result
+    access.tier, access.model = result.tier, result.model
+    return web.Response(
+        body=wire.render_json(result, req, info),
+        content_type="application/json",
+        headers=_result_headers(route_name=info.route, result=result),
+    )
+
+
+async def _sse(
+    request: web.Request,
+    wire: WireFormat,
+    stream: Stream,
+    route: Route,
+    req: GatewayRequest,
+    info: RunInfo,
+    access: _Access,
+) -> web.StreamResponse:
+    seen = _Seen()
+    response: web.StreamResponse | None = None
+    pending: list[bytes] = []  # rendered, not yet written
+    try:
+        async with aclosing(wire.sse(_tap(stream, seen), req, info)) as chunks:
+            async for data in chunks:
+                pending.append(data)
+                if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
+                    continue  # more is ready (or this is the end): one write for all of it
+                if response is None:
+                    response = await _prepare(request, stream, route, seen)
+                await _write(response, pending)
+    except GatewayError as exc:
+        # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
+        # the stream ends with that error, and leaving the ``async with`` cancels the run.
+        if response is None:
+            raise
+        seen.error = exc
+    if seen.result is not None:
+        access.tier, access.model = seen.result.tier, seen.result.model
+    error = None
+    if seen.error is not None:
+        error = from_run_error(seen.error)
+    elif seen.result is None:
+        error = internal_error()  # the stream ended without its last event: never a success
+    if error is not None:
+        access.error = error.code or error.type
+        if response is None:
+            raise error  # nothing sent yet: an error status, as for JSON
+        pending.append(wire.sse_error(error))  # the status (200) is sent already
+    if response is None:
+        response = await _prepare(request, stream, route, seen)
+    await _write(response, pending, last=True)
+    return response
+
+
+async def _prepare(
+    request: web.Request, stream: Stream, route: Route, seen: _Seen
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers=_sse_headers(stream, route, seen))
+    await response.prepare(request)
+    return response
+
+
+async def _write(response: web.StreamResponse, pending: list[bytes], *, last: bool = False) -> None:
+    data = b"".join(pending)
+    pending.clear()
+    try:
+        if last:
+            await response.write_eof(data)
+        else:
+            await response.write(data)
+    except ConnectionResetError:
+        raise _ClientGone(response) from None  # leaving the stream cancels the run
+
+
+async def _tap(stream: Stream, seen: _Seen) -> AsyncIterator[Event]:
+    """The run's events for the wire format, noting the first text and the end; the
+    ``Failed`` event ends the iteration instead (the app renders the error)."""
+    async for event in stream:
+        kind = type(event)
+        if kind is Delta:
+            if seen.first is None:
+                seen.first = event  # type: ignore[assignment]
+        elif kind is Finished:
+            seen.result = event.result  # type: ignore[union-attr]
+        elif kind is Failed:
+            seen.error = event.error  # type: ignore[union-attr]
+            return
+        yield event
+
+
+def _result_headers(*, route_name: str, result: Result) -> dict[str, str]:
+    return _headers(
+        route_name,
+        tier=result.tier,
+        tier_name=result.tier_name,
+        model=result.model,
+        attempts=result.attempts,
+    ) | {"x-cascade-validated": "true" if result.validated else "false"}
+
+
+def _headers(
+    route_name: str, *, tier: int, tier_name: str, model: str, attempts: Sequence[Attempt]
+) -> dict[str, str]:
+    return {
+        "x-cascade-route": route_name,
+        "x-cascade-tier": str(tier),
+        "x-cascade-tier-name": tier_name,
+        "x-cascade-model": model,
+        "x-cascade-cost-usd": f"{sum(a.cost_usd for a in attempts):.8f}",
+        "x-cascade-attempts": str(len(attempts)),
+        "x-cascade-escalations": str(len({a.tier for a in attempts if a.tier != tier})),
+    }
+
+
+def _sse_headers(stream: Stream, route: Route, seen: _Seen) -> dict[str, str]:
+    """A stream's headers, sent with its first bytes. Buffered, the first text comes once
+    its answer was accepted (every attempt is then made): the headers are final.
+    Speculative, they are not known yet: only the last chunk's ``cascade`` field says."""
+    headers = {
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",  # a proxy in front (nginx) passes each event on at once
+        "x-cascade-mode": stream.mode,
+    }
+    if seen.result is not None:
+        return headers | _result_headers(route_name=route.name, result=seen.result)
+    first = seen.first
+    if stream.mode == "buffered" and first is not None:
+        attempts = stream.attempts
+        model = next((a.model for a in reversed(attempts) if a.provider == first.provider), "")
+        tier_name = next((a.tier_name for a in attempts if a.tier == first.tier), "")
+        headers |= _headers(
+            route.name, tier=first.tier, tier_name=tier_name, model=model, attempts=attempts
+        )
+    else:
+        headers["x-cascade-route"] = route.name
+    return headers

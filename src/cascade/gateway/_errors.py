@@ -1,0 +1,122 @@
+"""What the gateway answers when it gives no answer: one error type carrying the HTTP
+status, and the mapping from the library's errors to it.
+
+Every failure a client can see is a :class:`GatewayError`; each wire format renders it in
+its own error body (OpenAI ``{"error": {"message", "type", "param", "code"}}``). A
+traceback never reaches a client: anything unforeseen is a 500 whose message says only
+that, logged on the server side.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .._errors import (
+    AllProvidersFailed,
+    BudgetExceeded,
+    CascadeError,
+    CascadeExhausted,
+    DeadlineExceeded,
+    InputError,
+    RateLimited,
+    RequestRejected,
+    RunError,
+)
+
+__all__ = ["GatewayError", "from_run_error", "internal_error"]
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "upstream_error",
+    503: "server_error",
+    504: "timeout_error",
+}
+
+
+class GatewayError(CascadeError):
+    """A request the gateway answers with an error ``status`` (4xx, 5xx).
+
+    ``type`` and ``code`` are the machine-readable kind (OpenAI's ``error.type`` /
+    ``error.code``), ``param`` the request field at fault (``messages[2].role``), and
+    ``retry_after_s`` the wait sent as ``Retry-After`` (429, 503); ``should_retry``,
+    when set, is sent as ``x-should-retry``, which the official SDKs obey over their own
+    retry rules (False for a budget spent for the day: retrying cannot help).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        param: str | None = None,
+        type: str | None = None,
+        retry_after_s: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.code = code
+        self.param = param
+        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "error")
+        self.retry_after_s = retry_after_s
+        self.should_retry = should_retry
+        super().__init__(f"{status}: {message}")
+
+    @property
+    def retry_after_header(self) -> str | None:
+        """``Retry-After`` in whole seconds (rounded up, at least 1), if any."""
+        if self.retry_after_s is None:
+            return None
+        return str(max(1, math.ceil(self.retry_after_s)))
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(500, "internal error in the gateway (logged)", code="internal_error")
+
+
+def from_run_error(exc: CascadeError) -> GatewayError:
+    """The status a run's error answers with.
+
+    ``InputError`` 400 naming the field; ``RequestRejected`` (a content policy refused
+    the prompt) 400 ``content_filter``; ``DeadlineExceeded`` 504; ``AllProvidersFailed``
+    where every provider answered 429 (capacity, not an outage) 429 with the providers'
+    Retry-After; any other ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted =
+    "error"``) and ``BudgetExceeded`` 502.
+    """
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, InputError):
+        return GatewayError(400, exc.message, param=exc.path or None, code="invalid_value")
+    if isinstance(exc, RequestRejected):
+        return GatewayError(
+            400, f"the request was refused upstream: {exc.reason}"[:500], code="content_filter"
+        )
+    if isinstance(exc, DeadlineExceeded):
+        return GatewayError(504, str(exc), code="deadline_exceeded")
+    if isinstance(exc, AllProvidersFailed):
+        failed = [a for a in exc.attempts if a.outcome == "failed"]
+        if failed and all(a.error_type == "RateLimited" for a in failed):
+            cause = exc.__cause__
+            wait = cause.retry_after if isinstance(cause, RateLimited) else None
+            return GatewayError(
+                429,
+                "every provider is rate limited",
+                code="upstream_rate_limited",
+                retry_after_s=1.0 if wait is None else wait,
+            )
+        return GatewayError(502, str(exc)[:1000], code="all_providers_failed")
+    if isinstance(exc, CascadeExhausted):
+        return GatewayError(502, str(exc), code="cascade_exhausted")
+    if isinstance(exc, BudgetExceeded):
+        return GatewayError(502, str(exc), code="budget_exceeded")
+    if isinstance(exc, RunError):
+        return GatewayError(502, str(exc)[:1000], code="run_failed")
+    return internal_error()

@@ -1,0 +1,101 @@
+"""The gateway's state: the routes served now (swapped whole on a reload), the key gate,
+the limits, the requests in flight, and the validators of recent request schemas."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from opentelemetry import trace
+
+from .._errors import ConfigError, InputError
+from ..validators import JsonSchemaValidator, Validator
+from ._config import LoadedConfig
+from ._gate import OPEN_GATE, Gate
+from ._routes import Generation
+from ._wire import Limits
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["GATEWAY", "Gateway"]
+
+_SCHEMA_CACHE = 128  # validators of recent request schemas, by schema text
+
+
+class Gateway:
+    """The state behind the app: the current routes (swapped whole on reload), the key
+    gate, the limits, and the requests in flight."""
+
+    def __init__(
+        self,
+        generation: Generation,
+        *,
+        gate: Gate = OPEN_GATE,
+        tracer_provider: TracerProvider | None = None,
+        rebuild: Callable[[LoadedConfig], Generation] | None = None,
+    ) -> None:
+        from .. import __version__
+
+        self.generation = generation
+        self.gate = gate
+        gw = generation.loaded.gateway
+        self.limits = Limits(
+            max_messages=gw.max_messages,
+            max_schema_bytes=gw.max_schema_bytes,
+            max_schema_depth=gw.max_schema_depth,
+        )
+        self.max_in_flight = gw.max_in_flight
+        self.body_timeout_s = gw.body_timeout_s
+        self.max_body_bytes = gw.max_body_bytes
+        self.rebuild = rebuild
+        """Builds the routes of a config file read again (SIGHUP), as at start."""
+        self.tracer = trace.get_tracer("cascade.gateway", __version__, tracer_provider)
+        self.in_flight = 0
+        self.draining = False
+        self._schemas: dict[str, Validator] = {}
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def __repr__(self) -> str:
+        state = "draining" if self.draining else "serving"
+        return f"<Gateway {state}, {self.in_flight} in flight, {self.generation!r}>"
+
+    async def swap(self, generation: Generation, *, wait_s: float) -> None:
+        """Serve ``generation`` (opened) from now on; the old one closes once its
+        requests are done (at most ``wait_s`` later), without holding the caller."""
+        await generation.open()
+        old, self.generation = self.generation, generation
+        self._schemas.clear()
+        task = asyncio.get_running_loop().create_task(old.aclose(wait_s=wait_s))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def aclose(self) -> None:
+        for task in list(self._retired):
+            await task
+        await self.generation.aclose()
+
+    def schema_validator(
+        self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
+    ) -> Validator:
+        """A json_schema validator for a request's schema (cached by its text); a bad
+        schema is a 400 naming the field."""
+        key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
+        found = self._schemas.get(key)
+        if found is not None:
+            return found
+        try:
+            built = JsonSchemaValidator(schema=schema, name="response_format")
+        except ConfigError as exc:
+            raise InputError(exc.message, path=param) from None
+        if len(self._schemas) >= _SCHEMA_CACHE:
+            self._schemas.pop(next(iter(self._schemas)))
+        self._schemas[key] = built
+        return built
+
+
+GATEWAY = web.AppKey("cascade_gateway", Gateway)
+"""Where the app keeps its :class:`Gateway`."""

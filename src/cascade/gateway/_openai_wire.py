@@ -1,0 +1,353 @@
+"""OpenAI's Chat Completions format (``POST /v1/chat/completions``), JSON and SSE.
+
+Served: ``model`` (the route), ``messages`` (``system``, ``developer`` as system,
+``user``, ``assistant``; content a string or text parts), ``stream`` and
+``stream_options.include_usage``, ``n`` (1 only: a cascade returns one validated answer),
+``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``stop``, ``seed``,
+``response_format`` (``json_schema`` adds the schema as a validator of every tier, and is
+sent upstream as is). Refused with a 400 naming the field: tools and function calling,
+audio, ``logprobs``; other fields (``user``, ``top_p``, ``metadata``...) are ignored.
+
+A stream is the usual chunks, then ``data: [DONE]``; the last chunk before it carries the
+``cascade`` summary. In speculative mode, a chunk with no choices and
+``cascade.retracted = {"chars", "tier", "provider", "reason"}`` withdraws the text shown
+since the last one; an error after the stream started is ``data: {"error": {...}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .._errors import InputError
+from .._types import Message, RequestOptions, Result, estimate_prompt_tokens
+from ..engine import Delta, Event, Finished, Retracted
+from ._errors import GatewayError
+from ._wire import GatewayRequest, Limits, RunInfo, check_schema, summary
+
+__all__ = ["OpenAIWire"]
+
+_UNSET: Any = msgspec.UNSET
+
+
+class _Part(msgspec.Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class _Message(msgspec.Struct, kw_only=True):
+    role: str
+    content: str | list[_Part] | None = None
+    tool_calls: Any = None
+    function_call: Any = None
+
+
+class _StreamOptions(msgspec.Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class _JsonSchema(msgspec.Struct, kw_only=True):
+    name: str | None = None
+    schema: Any = _UNSET
+    strict: bool | None = None
+    description: str | None = None
+
+
+class _ResponseFormat(msgspec.Struct, kw_only=True):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: _JsonSchema | None = None
+
+
+class _Request(msgspec.Struct, kw_only=True):
+    model: Annotated[str, Meta(min_length=1, max_length=256)]
+    messages: list[_Message]
+    stream: bool | None = None
+    stream_options: _StreamOptions | None = None
+    n: int | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    response_format: _ResponseFormat | None = None
+    logprobs: bool | None = None
+    # Served by no cascade: refused, not silently dropped.
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+
+
+_UNSERVED = ("tools", "tool_choice", "functions", "function_call", "audio", "prediction")
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_FINISH = {
+    "stop": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "content_filter": "content_filter",
+}
+_MAX_STOPS = 16
+_MAX_STOP_CHARS = 1024
+
+_decoder = msgspec.json.Decoder(_Request)
+_encode = msgspec.json.Encoder().encode
+
+
+def _finish_reason(reason: str | None) -> str:
+    return _FINISH.get(reason or "stop", "stop")
+
+
+class OpenAIWire:
+    """OpenAI Chat Completions, at ``/v1/chat/completions``."""
+
+    path = "/v1/chat/completions"
+
+    def __repr__(self) -> str:
+        return f"<OpenAIWire {self.path}>"
+
+    # -- requests --------------------------------------------------------------------------
+
+    def parse(self, body: bytes, limits: Limits) -> GatewayRequest:
+        try:
+            req = _decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `$")
+            param = where.rstrip("`").lstrip(".") or None
+            raise GatewayError(400, message, param=param, code="invalid_value") from None
+        except msgspec.DecodeError as exc:
+            raise GatewayError(
+                400, f"the body is not valid JSON: {exc}", code="invalid_json"
+            ) from None
+        except RecursionError:
+            raise GatewayError(
+                400, "the body's JSON is nested too deeply", code="invalid_json"
+            ) from None
+        for name in _UNSERVED:
+            value = getattr(req, name)
+            if value is not None and value != [] and value != "none":
+                raise GatewayError(
+                    400,
+                    f"{name} is not supported by the cascade gateway",
+                    param=name,
+                    code="unsupported_parameter",
+                )
+        if req.modalities not in (None, ["text"]):
+            raise GatewayError(
+                400,
+                "only text output is supported",
+                param="modalities",
+                code="unsupported_parameter",
+            )
+        if req.logprobs:
+            raise GatewayError(
+                400,
+                "logprobs is not supported by the cascade gateway",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
+        messages = self._messages(req.messages, limits)
+        options, schema = self._options(req, limits)
+        max_tokens = options.max_tokens or 0
+        return GatewayRequest(
+            model=req.model,
+            messages=messages,
+            options=options,
+            stream=bool(req.stream),
+            include_usage=req.stream_options is not None and req.stream_options.include_usage,
+            json_schema=schema,
+            estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
+        )
+
+    @staticmethod
+    def _messages(raw: list[_Message], limits: Limits) -> tuple[Message, ...]:
+        if not raw:
+            raise InputError("expected at least one message", path="messages")
+        if len(raw) > limits.max_messages:
+            raise InputError(f"more than {limits.max_messages} messages", path="messages")
+        out = []
+        for i, m in enumerate(raw):
+            role = _ROLES.get(m.role)
+            if role is None:
+                raise InputError(
+                    f"role {m.role[:40]!r} is not supported (system, developer, user, assistant)",
+                    path=f"messages[{i}].role",
+                )
+            if m.tool_calls or m.function_call:
+                raise InputError("tool calls are not supported", path=f"messages[{i}].tool_calls")
+            content = m.content
+            if isinstance(content, list):
+                texts = []
+                for j, part in enumerate(content):
+                    if part.type != "text" or part.text is None:
+                        raise InputError(
+                            f"only text parts are supported, got {part.type[:40]!r}",
+                            path=f"messages[{i}].content[{j}]",
+                        )
+                    texts.append(part.text)
+                content = "".join(texts)
+            elif content is None:
+                raise InputError("expected the message's text", path=f"messages[{i}].content")
+            out.append(Message(role=role, content=content))  # type: ignore[arg-type]
+        return tuple(out)
+
+    @staticmethod
+    def _options(req: _Request, limits: Limits) -> tuple[RequestOptions, dict[str, Any] | None]:
+        if req.n is not None and req.n != 1:
+            raise InputError("only n = 1: a cascade returns one validated answer", path="n")
+        field = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+        max_tokens = (
+            req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        )
+        if max_tokens is not None and max_tokens < 1:
+            raise InputError(f"expected an integer >= 1, got {max_tokens}", path=field)
+        t = req.temperature
+        if t is not None and not 0 <= t <= 2:
+            raise InputError(f"expected 0 <= temperature <= 2, got {t}", path="temperature")
+        stop: tuple[str, ...] | None = None
+        if req.stop is not None:
+            stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+            if len(stop) > _MAX_STOPS or any(len(s) > _MAX_STOP_CHARS for s in stop):
+                raise InputError(
+                    f"at most {_MAX_STOPS} stop sequences of {_MAX_STOP_CHARS} characters",
+                    path="stop",
+                )
+            stop = stop or None
+        schema = None
+        response_format: dict[str, Any] | None = None
+        fmt = req.response_format
+        if fmt is not None and fmt.type == "json_object":
+            response_format = {"type": "json_object"}
+        elif fmt is not None and fmt.type == "json_schema":
+            spec = fmt.json_schema
+            if spec is None or spec.schema is _UNSET:
+                raise InputError("expected json_schema.schema", path="response_format.json_schema")
+            schema = check_schema(spec.schema, limits, param="response_format.json_schema.schema")
+            response_format = {"type": "json_schema", "json_schema": msgspec.to_builtins(spec)}
+        options = RequestOptions(
+            max_tokens=max_tokens,
+            temperature=t,
+            stop=stop,
+            seed=req.seed,
+            response_format=response_format,
+        )
+        return options, schema
+
+    # -- responses -------------------------------------------------------------------------
+
+    def render_json(self, result: Result, request: GatewayRequest, info: RunInfo) -> bytes:
+        usage = result.usage
+        return _encode(
+            {
+                "id": info.id,
+                "object": "chat.completion",
+                "created": info.created,
+                "model": result.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {
+                            "role": "assistant",
+                            "content": result.text,
+                            "refusal": result.refusal,
+                        },
+                        "logprobs": None,
+                        "finish_reason": _finish_reason(result.finish_reason),
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": usage.input_tokens,
+                    "completion_tokens": usage.output_tokens,
+                    "total_tokens": usage.total_tokens,
+                },
+                "cascade": summary(result, info),
+            }
+        )
+
+    async def sse(
+        self, events: AsyncIterator[Event], request: GatewayRequest, info: RunInfo
+    ) -> AsyncGenerator[bytes, None]:
+        def chunk(
+            delta: dict[str, Any] | None, *, model: str = request.model, **extra: Any
+        ) -> bytes:
+            body: dict[str, Any] = {
+                "id": info.id,
+                "object": "chat.completion.chunk",
+                "created": info.created,
+                "model": model,
+                "choices": []
+                if delta is None
+                else [
+                    {
+                        "index": 0,
+                        "delta": delta,
+                        "logprobs": None,
+                        "finish_reason": extra.pop("finish_reason", None),
+                    }
+                ],
+                **extra,
+            }
+            return b"data: " + _encode(body) + b"\n\n"
+
+        started = False
+        async for event in events:
+            kind = type(event)
+            if kind is Delta:
+                assert isinstance(event, Delta)
+                piece = chunk({"content": event.text})
+                if not started:
+                    started = True
+                    piece = chunk({"role": "assistant", "content": ""}) + piece
+                yield piece
+            elif kind is Retracted:
+                assert isinstance(event, Retracted)
+                retracted = {
+                    "chars": event.chars,
+                    "tier": event.tier,
+                    "provider": event.provider,
+                    "reason": event.reason,
+                }
+                yield chunk(None, cascade={"retracted": retracted})
+            elif kind is Finished:
+                assert isinstance(event, Finished)
+                result = event.result
+                out = b"" if started else chunk({"role": "assistant", "content": ""})
+                done = summary(result, info)
+                finish = _finish_reason(result.finish_reason)
+                if request.include_usage:
+                    usage = result.usage
+                    out += chunk({}, model=result.model, finish_reason=finish)
+                    out += chunk(
+                        None,
+                        model=result.model,
+                        usage={
+                            "prompt_tokens": usage.input_tokens,
+                            "completion_tokens": usage.output_tokens,
+                            "total_tokens": usage.total_tokens,
+                        },
+                        cascade=done,
+                    )
+                else:
+                    out += chunk({}, model=result.model, finish_reason=finish, cascade=done)
+                yield out + b"data: [DONE]\n\n"
+                return
+
+    def error(self, error: GatewayError) -> bytes:
+        return _encode({"error": _error_object(error)})
+
+    def sse_error(self, error: GatewayError) -> bytes:
+        return b"data: " + _encode({"error": _error_object(error)}) + b"\n\n"
+
+
+def _error_object(error: GatewayError) -> dict[str, Any]:
+    return {
+        "message": error.message,
+        "type": error.type,
+        "param": error.param,
+        "code": error.code,
+    }

@@ -1,0 +1,168 @@
+"""Running the gateway: building it from a config file, serving it on a port, draining on
+SIGTERM and reloading on SIGHUP (``cascade serve``).
+
+- SIGTERM / SIGINT: stop accepting connections, let the requests in flight finish (their
+  streams included) for at most ``gateway.drain_timeout_s``, cancel what is left (each
+  cancel closes its upstream call), close the cascades, exit 0. ``/readyz`` answers 503
+  from the signal on.
+- SIGHUP: read the config file again and build every route's cascade from it; if that
+  fails, log why and keep serving the old config; else swap the routes at once (requests
+  that started keep the cascade they started on) and close the old cascades once their
+  last request is done (or ``drain_timeout_s`` later). The listening address, body limit
+  and keys stay as they were at start: those need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from .._clock import Clock
+from .._config import in_file
+from .._errors import CascadeError
+from ._app import Gateway, create_app
+from ._config import LoadedConfig, load_gateway
+from ._gate import OPEN_GATE, Gate
+from ._key_gate import KeyGate
+from ._routes import build_generation
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+__all__ = ["build_gateway", "serve"]
+
+log = structlog.get_logger("cascade.gateway")
+
+
+def build_gateway(
+    loaded: LoadedConfig,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    environ: Mapping[str, str] | None = None,
+    clock: Clock | None = None,
+    gate: Gate | None = None,
+) -> Gateway:
+    """The gateway for a loaded config file: every route's Cascade built (not opened; the
+    app opens them as it starts), and its key gate."""
+    kwargs: dict[str, Any] = {
+        "tracer_provider": tracer_provider,
+        "meter_provider": meter_provider,
+        "environ": environ,
+        "clock": clock,
+    }
+    with in_file(loaded.path):
+        generation = build_generation(loaded, **kwargs)
+        if gate is None:
+            gate = _gate_for(loaded, clock=clock, environ=environ)
+    return Gateway(
+        generation,
+        gate=gate,
+        tracer_provider=tracer_provider,
+        rebuild=lambda fresh: build_generation(fresh, **kwargs),
+    )
+
+
+def _gate_for(
+    loaded: LoadedConfig, *, clock: Clock | None, environ: Mapping[str, str] | None
+) -> Gate:
+    """The key gate of ``[gateway.keys]``; none configured: every request admitted."""
+    if loaded.gateway.keys is None:
+        return OPEN_GATE
+    return KeyGate.from_config(loaded.gateway.keys, loaded.config, clock=clock, environ=environ)
+
+
+class _NoRequestBytes(logging.Filter):
+    """aiohttp logs a request it cannot parse with its exception, whose message quotes
+    the offending bytes: a header line too long may be a key. Such a record keeps its
+    line (the client's address) and the error's kind and status, not the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: {type(exc).__name__} (HTTP {exc.code})"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+async def serve(
+    path: str | os.PathLike[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    ready: Callable[[int], None] | None = None,
+    **kwargs: Any,
+) -> None:
+    """Serve the config file at ``path`` until SIGTERM or SIGINT (see the module doc);
+    ``ready`` gets the bound port once the gateway listens (``port = 0`` picks one)."""
+    source = str(path)
+    gateway = build_gateway(load_gateway(source), **kwargs)
+    config = gateway.generation.loaded.gateway
+    app = create_app(gateway)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,  # the gateway writes its own access log (no keys, no text)
+        handler_cancellation=True,  # a client that leaves cancels its run at once
+        shutdown_timeout=config.drain_timeout_s,
+    )
+    await runner.setup()
+    scrub = _NoRequestBytes()
+    aiohttp_log = logging.getLogger("aiohttp.server")
+    aiohttp_log.addFilter(scrub)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        log.info("gateway.listening", host=host, port=bound, config=source)
+        if ready is not None:
+            ready(bound)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hup() -> None:
+            task = loop.create_task(_reload(gateway, source))
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+        gateway.draining = True
+        log.info("gateway.draining", in_flight=gateway.in_flight, timeout_s=config.drain_timeout_s)
+        for task in list(reloads):
+            await task
+    finally:
+        await runner.cleanup()  # stop accepting, wait for requests in flight, close
+        aiohttp_log.removeFilter(scrub)
+    log.info("gateway.stopped")
+
+
+async def _reload(gateway: Gateway, source: str) -> None:
+    if gateway.rebuild is None:
+        log.error("gateway.reload_failed", error="this gateway was not built to reload")
+        return
+    try:
+        fresh = load_gateway(source)
+        generation = gateway.rebuild(fresh)
+    except CascadeError as exc:
+        log.error("gateway.reload_failed", error=str(exc)[:1000])
+        return
+    await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
+    log.info("gateway.reloaded", routes=[r.name for r in generation.routes])

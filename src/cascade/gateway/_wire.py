@@ -1,0 +1,156 @@
+"""The seam between the gateway and an API's wire format.
+
+The app (``_app.py``) owns HTTP: reading the body within bounds, keys, routes, the run,
+headers, tracing, the access log, disconnects. A :class:`WireFormat` owns one API's JSON:
+it parses a request body into a :class:`GatewayRequest` and renders results, streams and
+errors. OpenAI's is :mod:`._openai_wire`; Anthropic's plugs in the same way.
+
+    GatewayRequest   what a request asks for, format-free (route model, messages, options)
+    Limits           the bounds a format holds a request to while parsing it
+    RunInfo          what the app knows of the response (id, route, trace id)
+    summary()        the ``cascade`` object every format puts in its response
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any, Protocol
+
+import msgspec
+
+from .._errors import InputError
+from .._types import Message, RequestOptions, Result
+from ..engine import Event
+from ._errors import GatewayError
+
+__all__ = ["GatewayRequest", "Limits", "RunInfo", "WireFormat", "check_schema", "summary"]
+
+
+class GatewayRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One request, parsed and checked, whatever API it came in.
+
+    ``model`` names the route; ``json_schema`` (a request's structured-output schema,
+    already held to the size and depth limits) makes that schema a validator every tier's
+    answer must pass. ``estimated_tokens`` is what key limits are charged up front.
+    """
+
+    model: str
+    messages: tuple[Message, ...]
+    options: RequestOptions
+    stream: bool = False
+    include_usage: bool = False
+    json_schema: dict[str, Any] | None = None
+    json_schema_param: str = "response_format.json_schema.schema"
+    """Where ``json_schema`` was in the request: the field a 400 for a bad schema names."""
+    estimated_tokens: int = 0
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The bounds a format holds a request to while parsing it (from ``[gateway]``)."""
+
+    max_messages: int = 2048
+    max_schema_bytes: int = 64 << 10
+    max_schema_depth: int = 32
+
+
+class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What the app tells a format about the response it renders."""
+
+    id: str
+    """The response id (``chatcmpl-...``)."""
+    created: int
+    """Unix time the request arrived."""
+    route: str
+    trace_id: str | None = None
+    """The W3C trace id (32 hex digits) when the request is traced."""
+
+
+class WireFormat(Protocol):
+    """One API's request and response format, served at ``path`` (``POST``).
+
+    Contract with the app:
+
+    - ``parse`` raises :class:`~cascade.gateway.GatewayError` (400, ``param`` naming the
+      field) for anything it cannot serve, never another exception for bad input; the
+      body is at most ``max_body_bytes`` and ``limits`` carries the other bounds.
+    - ``sse`` gets the run's events *without* its ``Failed`` event (the app turns a
+      failure into an error status before any byte is sent, or :meth:`sse_error` after);
+      it must yield nothing before the first event that carries text or ``Finished``:
+      the app sends the status line and headers with the first bytes it yields.
+    - the ``cascade`` object of :func:`summary` goes in the JSON body and on the last
+      event of a stream.
+    """
+
+    path: str
+    """Where the format is served, e.g. ``/v1/chat/completions``."""
+
+    def parse(self, body: bytes, limits: Limits) -> GatewayRequest: ...
+
+    def render_json(self, result: Result, request: GatewayRequest, info: RunInfo) -> bytes: ...
+
+    def sse(
+        self, events: AsyncIterator[Event], request: GatewayRequest, info: RunInfo
+    ) -> AsyncGenerator[bytes, None]: ...
+
+    def error(self, error: GatewayError) -> bytes:
+        """The JSON error body."""
+        ...
+
+    def sse_error(self, error: GatewayError) -> bytes:
+        """An error inside a stream already under way (its last event)."""
+        ...
+
+
+def check_schema(schema: object, limits: Limits, *, param: str) -> dict[str, Any]:
+    """A request's JSON Schema held to the limits: an object, at most ``max_schema_bytes``
+    as JSON and ``max_schema_depth`` deep (counted without recursion)."""
+    if not isinstance(schema, dict):
+        raise InputError(f"expected a JSON Schema object, got {type(schema).__name__}", path=param)
+    size = len(msgspec.json.encode(schema))
+    if size > limits.max_schema_bytes:
+        raise InputError(
+            f"the schema is {size} bytes as JSON, over the limit of {limits.max_schema_bytes}",
+            path=param,
+        )
+    stack: list[tuple[object, int]] = [(schema, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.max_schema_depth:
+            raise InputError(
+                f"the schema is nested deeper than {limits.max_schema_depth} levels", path=param
+            )
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return schema
+
+
+def summary(result: Result, info: RunInfo) -> dict[str, Any]:
+    """What happened, as the ``cascade`` field of a response: the answering tier and
+    model, the cost of every attempt together, the path through the tiers."""
+    out: dict[str, Any] = {
+        "route": info.route,
+        "tier": result.tier,
+        "tier_name": result.tier_name,
+        "provider": result.provider,
+        "model": result.model,
+        "validated": result.validated,
+        "cost_usd": result.cost_usd,
+        "attempts": len(result.attempts),
+        "escalations": result.escalations,
+        "latency_s": round(result.latency_s, 6),
+        "path": [
+            {
+                "tier": a.tier,
+                "provider": a.provider,
+                "model": a.model,
+                "outcome": a.outcome,
+                "cost_usd": a.cost_usd,
+            }
+            for a in result.attempts
+        ],
+    }
+    if info.trace_id is not None:
+        out["trace_id"] = info.trace_id
+    return out

@@ -1,0 +1,358 @@
+"""Every error status of the gateway, in the OpenAI error format, through the SDK where
+the SDK can send the request and raw HTTP where it cannot (broken bodies, wrong methods)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from structlog.testing import capture_logs
+
+from cascade.gateway import GatewayError
+from cascade.testing import FakeClock, FakeOpenAIServer, Reply
+
+from .gateway import Running, serving, write_config
+from .helpers import provider, tier
+from .leaks import eventually
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def one_tier(url: str, **extra: Any) -> dict[str, Any]:
+    return {"tiers": [tier("t", provider("a", url, "m1"))], **extra}
+
+
+@pytest.fixture
+async def gw(openai_server: FakeOpenAIServer, tmp_path: Path) -> AsyncIterator[Running]:
+    config = one_tier(openai_server.url, gateway={"max_body_bytes": 4096, "max_messages": 8})
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        yield g
+
+
+def client(gw: Running) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0)
+
+
+def error_of(exc: openai.APIStatusError) -> dict[str, Any]:
+    body = exc.body
+    assert isinstance(body, dict)  # the SDK hands over the "error" object
+    assert set(body) == {"message", "type", "param", "code"}
+    return body
+
+
+async def post_raw(gw: Running, data: bytes, *, method: str = "POST") -> tuple[int, Any, Any]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"{gw.base_url}/chat/completions", data=data) as response,
+    ):
+        return response.status, await response.json(), response.headers
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages[0].content[0]",
+        ),
+        ({"messages": HI * 9}, "messages"),
+        ({"temperature": 3}, "temperature"),
+        ({"n": 2}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"stop": ["x"] * 17}, "stop"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"logprobs": True}, "logprobs"),
+        ({"stream": "yes"}, "stream"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}},
+            "response_format.json_schema.schema",
+        ),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": {"type": "nonsense"}},
+                }
+            },
+            "response_format.json_schema.schema",
+        ),
+        ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ],
+)
+async def test_400_names_the_field(gw: Running, extra: dict[str, Any], param: str) -> None:
+    request = {"model": "cascade", "messages": HI, **extra}
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await c.post("/chat/completions", body=request, cast_to=object)
+    assert caught.value.status_code == 400
+    error = error_of(caught.value)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+
+
+async def test_400_for_bodies_that_are_not_json_or_too_deep(gw: Running) -> None:
+    status, body, _ = await post_raw(gw, b"{not json")
+    assert status == 400
+    assert body["error"]["code"] == "invalid_json"
+    status, body, _ = await post_raw(gw, b"[" * 2000 + b"]" * 2000)
+    assert status == 400
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_400_for_a_schema_too_deep_or_too_big(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = one_tier(openai_server.url, gateway={"max_schema_depth": 8, "max_schema_bytes": 1024})
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(10):
+        deep = {"type": "object", "properties": {"a": deep}}
+    big = {"type": "object", "description": "x" * 2000}
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        for schema, words in ((deep, "nested deeper"), (big, "bytes as JSON")):
+            with pytest.raises(openai.BadRequestError) as caught:
+                await c.chat.completions.create(
+                    model="cascade",
+                    messages=HI,  # type: ignore[arg-type]
+                    response_format={
+                        "type": "json_schema",
+                        "json_schema": {"name": "s", "schema": schema},
+                    },
+                )
+            error = error_of(caught.value)
+            assert error["param"] == "response_format.json_schema.schema"
+            assert words in error["message"]
+    assert openai_server.request_count == 0
+
+
+class KeyGate:
+    """A gate asking for one key (the keyed gate proper is ``_keys.py``'s)."""
+
+    def __init__(self) -> None:
+        self.settled: list[tuple[int, float]] = []
+
+    async def open(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+    async def admit(self, headers: Mapping[str, str], **estimates: Any) -> str:
+        if headers.get("Authorization") != "Bearer right":
+            raise GatewayError(401, "invalid API key", code="invalid_api_key")
+        return "right"
+
+    async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:
+        self.settled.append((tokens, cost_usd))
+
+
+async def test_401_from_the_gate_and_no_provider_call(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    gate = KeyGate()
+    openai_server.script("m1", Reply(text="ok", input_tokens=3, output_tokens=2))
+    async with serving(
+        write_config(tmp_path / "c.toml", one_tier(openai_server.url)), gate=gate
+    ) as g:
+        async with openai.AsyncOpenAI(base_url=g.base_url, api_key="wrong", max_retries=0) as c:
+            with pytest.raises(openai.AuthenticationError) as caught:
+                await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        assert error_of(caught.value)["code"] == "invalid_api_key"
+        assert openai_server.request_count == 0
+        async with openai.AsyncOpenAI(base_url=g.base_url, api_key="right", max_retries=0) as c:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert gate.settled == [(5, pytest.approx(3e-6 + 4e-6))]
+
+
+async def test_404_unknown_model_and_unknown_path(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = one_tier(openai_server.url, gateway={"routes": [{"name": "smart"}]})
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await c.chat.completions.create(model="gpt-4o", messages=HI)  # type: ignore[arg-type]
+        error = error_of(caught.value)
+        assert (error["code"], error["param"]) == ("model_not_found", "model")
+        with pytest.raises(openai.NotFoundError) as caught:
+            await c.models.retrieve("gpt-4o")
+        assert error_of(caught.value)["code"] == "model_not_found"
+        with pytest.raises(openai.NotFoundError) as caught:
+            await c.post("/nowhere", body={}, cast_to=object)
+        assert error_of(caught.value)["type"] == "not_found_error"
+    assert openai_server.request_count == 0
+
+
+async def test_405_wrong_method(gw: Running) -> None:
+    status, body, headers = await post_raw(gw, b"", method="GET")
+    assert status == 405
+    assert body["error"]["type"] == "invalid_request_error"
+    assert "POST" in headers["Allow"]
+
+
+async def test_413_body_too_large(gw: Running, openai_server: FakeOpenAIServer) -> None:
+    async with client(gw) as c:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await c.chat.completions.create(
+                model="cascade",
+                messages=[{"role": "user", "content": "x" * 5000}],
+            )
+    assert caught.value.status_code == 413
+    assert error_of(caught.value)["code"] == "body_too_large"
+
+    # a chunked body (no Content-Length) is cut off at the limit too
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(10):
+            yield b" " * 1000
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gw.base_url}/chat/completions", data=chunks()) as response,
+    ):
+        assert response.status == 413
+    assert openai_server.request_count == 0
+
+
+async def test_429_when_every_provider_is_rate_limited(
+    gw: Running, openai_server: FakeOpenAIServer
+) -> None:
+    openai_server.script("m1", Reply(status=429, retry_after_s=7))
+    async with client(gw) as c:
+        with pytest.raises(openai.RateLimitError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.response.headers["Retry-After"] == "7"
+    assert error_of(caught.value)["code"] == "upstream_rate_limited"
+
+
+async def test_429_over_max_in_flight(openai_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    openai_server.script("m1", Reply(fault="hang"))
+    config = one_tier(openai_server.url, gateway={"max_in_flight": 1})
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        first = asyncio.create_task(c.chat.completions.create(model="cascade", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: g.gateway.in_flight == 1, "the first request in flight")
+        with pytest.raises(openai.RateLimitError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        assert caught.value.response.headers["Retry-After"] == "1"
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await eventually(lambda: g.gateway.in_flight == 0, "the first request let go")
+
+
+async def test_502_when_every_provider_fails(gw: Running, openai_server: FakeOpenAIServer) -> None:
+    openai_server.script("m1", Reply(status=500))
+    async with client(gw) as c:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        assert caught.value.status_code == 502
+        assert error_of(caught.value)["code"] == "all_providers_failed"
+        openai_server.script("m1", Reply(status=500))
+        # streamed and buffered: nothing was sent yet, so the status is the error's too
+        with pytest.raises(openai.InternalServerError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI, stream=True)  # type: ignore[arg-type]
+        assert caught.value.status_code == 502
+
+
+async def test_502_when_no_answer_passes_and_on_exhausted_is_error(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = {
+        "on_exhausted": "error",
+        "tiers": [
+            tier(
+                "t",
+                provider("a", openai_server.url, "m1"),
+                validators=[{"name": "json_schema", "schema": {"type": "object"}}],
+            )
+        ],
+    }
+    openai_server.script("m1", Reply(text="not json"))
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    assert error_of(caught.value)["code"] == "cascade_exhausted"
+
+
+async def test_504_at_the_deadline(openai_server: FakeOpenAIServer, tmp_path: Path) -> None:
+    clock = FakeClock()
+    openai_server.script("m1", Reply(fault="hang"))
+    config = one_tier(openai_server.url, gateway={"max_deadline_s": 5})
+    async with serving(write_config(tmp_path / "c.toml", config), clock=clock) as g, client(g) as c:
+        call = asyncio.create_task(c.chat.completions.create(model="cascade", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: openai_server.active_requests == 1, "the call under way")
+        clock.advance(5)  # the gateway's cap on any request's deadline
+        with pytest.raises(openai.APIStatusError) as caught:
+            await call
+    assert caught.value.status_code == 504
+    assert error_of(caught.value)["code"] == "deadline_exceeded"
+
+
+class BrokenGate(KeyGate):
+    async def admit(self, headers: Mapping[str, str], **estimates: Any) -> str:
+        raise RuntimeError("a bug with a secret in it: sk-live-123")
+
+
+async def test_a_bug_is_a_500_without_a_traceback(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.toml", one_tier(openai_server.url))
+    with capture_logs() as logs:
+        async with serving(path, gate=BrokenGate()) as g, client(g) as c:
+            with pytest.raises(openai.InternalServerError) as caught:
+                await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 500
+    error = error_of(caught.value)
+    assert error["code"] == "internal_error"
+    assert "sk-live" not in caught.value.response.text
+    assert "Traceback" not in caught.value.response.text
+    assert any(log["event"] == "gateway.internal_error" for log in logs)
+
+
+async def test_408_for_a_body_that_never_arrives(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = one_tier(openai_server.url, gateway={"body_timeout_s": 0.2})
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        await writer.wait_closed()
+    assert head.startswith(b"HTTP/1.1 408")
+    assert g.gateway.in_flight == 0
+
+
+async def test_readyz_is_503_once_every_breaker_is_open(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    config = {
+        "tiers": [
+            tier(
+                "t",
+                provider(
+                    "a", openai_server.url, "m1", breaker={"fail_max": 1, "reset_timeout_s": 600}
+                ),
+            )
+        ]
+    }
+    openai_server.script("m1", Reply(status=500))
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        assert await c.get("/../readyz", cast_to=object) == {"status": "ready"}
+        with pytest.raises(openai.InternalServerError):
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(openai.APIStatusError) as caught:
+            await c.get("/../readyz", cast_to=object)
+        assert caught.value.status_code == 503
+        assert await c.get("/../healthz", cast_to=object) == {"status": "ok"}

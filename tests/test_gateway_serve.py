@@ -1,0 +1,201 @@
+"""A real ``cascade serve`` process: it drains on SIGTERM (requests in flight finish, new
+connections are refused, then it exits 0) and reloads its config on SIGHUP without
+dropping the requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from cascade.testing import FakeOpenAIServer, Reply
+
+from .gateway import write_config
+from .helpers import provider, tier
+from .leaks import eventually
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+class Served:
+    """A ``cascade serve`` subprocess and the JSON lines it has logged."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.port = 0
+        self.listening = asyncio.Event()
+        self.stderr = ""
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def events(self) -> list[str]:
+        return [line.get("event", "") for line in self.lines]
+
+    async def collect(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue
+            self.lines.append(line)
+            if line.get("event") == "gateway.listening":
+                self.port = line["port"]
+                self.listening.set()
+
+
+@asynccontextmanager
+async def cascade_serve(path: Path) -> AsyncIterator[Served]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cascade._cli",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(proc)
+    reader = asyncio.create_task(served.collect())
+    try:
+        async with asyncio.timeout(30):
+            await served.listening.wait()
+        yield served
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await reader
+        assert proc.stderr is not None
+        served.stderr = (await proc.stderr.read()).decode(errors="replace")
+
+
+def config(url: str, model: str, route: str, **gateway: Any) -> dict[str, Any]:
+    return {
+        "tiers": [tier("t", provider("a", url, model))],
+        "gateway": {"routes": [{"name": route}], **gateway},
+    }
+
+
+def client(served: Served) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=served.base_url, api_key="k", max_retries=0)
+
+
+async def refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
+async def test_sigterm_drains_requests_in_flight_then_exits(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script("m1", Reply(text="finished", latency_s=1.5))
+    path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
+    async with cascade_serve(path) as served, client(served) as c:
+        call = asyncio.create_task(c.chat.completions.create(model="r", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: openai_server.active_requests == 1, "the slow call under way")
+        served.proc.send_signal(signal.SIGTERM)
+        # stops accepting while the request in flight is still being served
+        stop = asyncio.get_running_loop().time() + 5
+        while not await refused(served.port):
+            assert asyncio.get_running_loop().time() < stop, "still accepting after SIGTERM"
+            await asyncio.sleep(0.02)
+        assert not call.done()
+        completion = await call
+        assert completion.choices[0].message.content == "finished"
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    events = served.events()
+    assert "gateway.draining" in events
+    assert events[-1] == "gateway.stopped"
+    access = [line for line in served.lines if line.get("event") == "gateway.request"]
+    assert [line["status"] for line in access] == [200]
+
+
+async def test_sigterm_cuts_off_what_outlives_the_drain_timeout(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script("m1", Reply(fault="hang"))
+    path = write_config(
+        tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_timeout_s=0.2)
+    )
+    async with cascade_serve(path) as served, client(served) as c:
+        call = asyncio.create_task(c.chat.completions.create(model="r", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: openai_server.active_requests == 1, "the call under way")
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        with pytest.raises(openai.APIConnectionError):
+            await call
+    await eventually(lambda: openai_server.active_requests == 0, "the upstream call closed")
+
+
+async def test_sighup_reloads_without_dropping_requests(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script("m1", Reply(text="old", latency_s=1.0))
+    openai_server.script("m2", Reply(text="new"))
+    path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "one"))
+    async with cascade_serve(path) as served, client(served) as c:
+        call = asyncio.create_task(c.chat.completions.create(model="one", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: openai_server.active_requests == 1, "the slow call under way")
+        write_config(path, config(openai_server.url, "m2", "two"))
+        served.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "gateway.reloaded" in served.events(), "reloaded")
+        assert [m.id for m in (await c.models.list()).data] == ["two"]
+        new = await c.chat.completions.create(model="two", messages=HI)  # type: ignore[arg-type]
+        assert new.choices[0].message.content == "new"
+        old = await call  # began on the old cascade, finished on it
+        assert old.choices[0].message.content == "old"
+        # a broken config is refused; the gateway goes on with the one it has
+        path.write_text("[[tiers]]\nname = 1\n")
+        served.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "gateway.reload_failed" in served.events(), "reload refused")
+        again = await c.chat.completions.create(model="two", messages=HI)  # type: ignore[arg-type]
+        assert again.choices[0].message.content == "new"
+        assert openai_server.request_count == 3
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+
+
+async def test_a_header_too_long_is_refused_and_its_bytes_never_logged(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    secret = "sk-live-" + "s" * 9000
+    path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
+    async with cascade_serve(path) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {secret}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        writer.close()
+        await writer.wait_closed()
+        assert head.split()[1] == b"400"
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    logged = served.stderr + json.dumps(served.lines)
+    assert "LineTooLong" in logged
+    assert "sk-live" not in logged
+    assert openai_server.request_count == 0
