@@ -130,3 +130,30 @@ def test_the_command_sends_warnings_to_stderr(capsys: pytest.CaptureFixture[str]
     assert out == ""
     assert "shared state unavailable" in err and "[warning" in err
     assert "available again" not in err and "cascade.route" not in err
+
+
+def test_hash_key_reads_the_key_from_stdin() -> None:
+    import hashlib
+
+    key = "sk-gw-cli-0123456789"
+    code = "from cascade._cli import main; raise SystemExit(main())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "hash-key"],
+        input=f"{key}\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert done.stdout.strip() == hashlib.sha256(key.encode()).hexdigest()
+    assert key not in done.stdout + done.stderr
+    for bad in ("", "two words\n", "k" * 600 + "\n", "sk-\u00e9\n"):
+        refused = subprocess.run(
+            [sys.executable, "-c", code, "hash-key"],
+            input=bad,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2
+        assert refused.stdout == ""

@@ -35,6 +35,7 @@ class Served:
         self.lines: list[dict[str, Any]] = []
         self.port = 0
         self.listening = asyncio.Event()
+        self.stderr = ""
 
     @property
     def base_url(self) -> str:
@@ -82,7 +83,7 @@ async def cascade_serve(path: Path) -> AsyncIterator[Served]:
         await proc.wait()
         await reader
         assert proc.stderr is not None
-        await proc.stderr.read()
+        served.stderr = (await proc.stderr.read()).decode(errors="replace")
 
 
 def config(url: str, model: str, route: str, **gateway: Any) -> dict[str, Any]:
@@ -174,3 +175,27 @@ async def test_sighup_reloads_without_dropping_requests(
         assert openai_server.request_count == 3
         served.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+
+
+async def test_a_header_too_long_is_refused_and_its_bytes_never_logged(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    secret = "sk-live-" + "s" * 9000
+    path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
+    async with cascade_serve(path) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {secret}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+        writer.close()
+        await writer.wait_closed()
+        assert head.split()[1] == b"400"
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    logged = served.stderr + json.dumps(served.lines)
+    assert "LineTooLong" in logged
+    assert "sk-live" not in logged
+    assert openai_server.request_count == 0

@@ -1,6 +1,6 @@
 """The ``cascade`` command: ``demo``, ``check FILE``, ``run --config FILE PROMPT``,
-``serve --config FILE`` (the HTTP gateway), and ``eval`` / ``calibrate`` over a recorded
-dataset.
+``serve --config FILE`` (the HTTP gateway), ``hash-key`` (a gateway key's SHA-256, the
+key read from stdin), and ``eval`` / ``calibrate`` over a recorded dataset.
 
 Config files read here resolve a replay provider's relative ``dataset`` path against the
 config file's folder (not the current directory). The standard ``OTEL_*`` environment
@@ -15,7 +15,7 @@ import logging
 import sys
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import anyio
 import msgspec
@@ -30,6 +30,9 @@ from ._otel import SDK, configure_from_env
 from ._telemetry import ROUTE_EVENT, add_trace_ids
 from ._types import RequestOptions, Result
 from ._urls import hide_userinfo
+
+if TYPE_CHECKING:
+    from .gateway._log_writer import LineWriter
 
 __all__ = ["main"]
 
@@ -68,6 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--config", required=True, help="TOML config file (with [gateway])")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+
+    sub.add_parser(
+        "hash-key",
+        help="print the SHA-256 of a gateway key read from stdin, for [gateway.keys] sha256",
+    )
 
     ev = sub.add_parser(
         "eval",
@@ -118,9 +126,14 @@ def _warnings_to_stderr() -> None:
     )
 
 
-def _access_log_to_stdout() -> None:
+def _access_log_to_stdout() -> LineWriter:
     """``cascade serve`` writes one JSON line per request (``gateway.request``) and per run
-    (the routing record) to standard output, with trace ids; never keys or message text."""
+    (the routing record) to standard output, with trace ids; never keys or message text.
+    The lines are written by a thread: a slow reader of the output drops lines (counted),
+    it never holds a request."""
+    from .gateway._log_writer import LineWriter
+
+    writer = LineWriter(sys.stdout)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -130,9 +143,10 @@ def _access_log_to_stdout() -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(writer),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+    return writer
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -182,11 +196,14 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     sdk: SDK | None = None
+    writer: LineWriter | None = None
     try:
+        if args.command == "hash-key":
+            return _hash_key()
         if args.command != "check":
             sdk = configure_from_env()  # traces, metrics, logs: when OTEL_* variables ask
             if args.command == "serve" and (sdk is None or sdk.logger_provider is None):
-                _access_log_to_stdout()
+                writer = _access_log_to_stdout()
             elif sdk is None or sdk.logger_provider is None:
                 _warnings_to_stderr()
         if args.command == "demo":
@@ -222,6 +239,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if sdk is not None:
             sdk.shutdown()  # flush what is still batched
+        if writer is not None:
+            writer.close()
+
+
+def _hash_key() -> int:
+    """The key from stdin (one line; kept off the command line and its history)."""
+    from .gateway._keys_config import KEY_CHARS, MAX_KEY_CHARS, hash_key
+
+    key = sys.stdin.readline(MAX_KEY_CHARS + 2).rstrip("\r\n")
+    if not KEY_CHARS.fullmatch(key) or len(key) > MAX_KEY_CHARS:
+        raise InputError(
+            f"expected one key on stdin: printable ASCII, no spaces, {MAX_KEY_CHARS} at most"
+        )
+    print(hash_key(key))
+    return 0
 
 
 def _where(p: ProviderConfig) -> str:

@@ -101,7 +101,16 @@ async def use_gateway() -> None:
     from collections.abc import Mapping
     from typing import Any
 
-    from cascade.gateway import Gate, GatewayError, build_gateway, create_app, load_gateway, serve
+    from cascade.gateway import (
+        Gate,
+        GatewayError,
+        GatewayRequest,
+        Route,
+        build_gateway,
+        create_app,
+        load_gateway,
+        serve,
+    )
 
     class OneKey:
         async def open(self) -> None: ...
@@ -109,13 +118,7 @@ async def use_gateway() -> None:
         async def aclose(self) -> None: ...
 
         async def admit(
-            self,
-            headers: Mapping[str, str],
-            *,
-            estimated_tokens: int,
-            estimated_cost_usd: float,
-            route: str | None,
-            model: str,
+            self, headers: Mapping[str, str], *, request: GatewayRequest, route: Route | None
         ) -> str:
             if headers.get("Authorization") != "Bearer k":
                 raise GatewayError(401, "invalid API key", code="invalid_api_key")

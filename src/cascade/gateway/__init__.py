@@ -17,24 +17,36 @@ from ._app import Gateway, create_app, default_wires
 from ._config import GatewayConfig, LoadedConfig, RouteConfig, load_gateway
 from ._errors import GatewayError
 from ._gate import OPEN_GATE, Gate
+from ._keys import Admission, GatewayDenied, GatewayKeys, api_key_from_headers
+from ._keys_config import KeyEntry, KeyLimits, KeysConfig, hash_key
+from ._routes import Route
 from ._server import build_gateway, serve
 from ._wire import GatewayRequest, Limits, RunInfo, WireFormat, summary
 
 __all__ = [
     "OPEN_GATE",
+    "Admission",
     "Gate",
     "Gateway",
     "GatewayConfig",
+    "GatewayDenied",
     "GatewayError",
+    "GatewayKeys",
     "GatewayRequest",
+    "KeyEntry",
+    "KeyLimits",
+    "KeysConfig",
     "Limits",
     "LoadedConfig",
+    "Route",
     "RouteConfig",
     "RunInfo",
     "WireFormat",
+    "api_key_from_headers",
     "build_gateway",
     "create_app",
     "default_wires",
+    "hash_key",
     "load_gateway",
     "serve",
     "summary",

@@ -220,13 +220,9 @@ async def _serve(
             raise from_run_error(exc) from None
         access.stream = req.stream
         route = generation.find(req.model)
-        admission = await gateway.gate.admit(
-            request.headers,
-            estimated_tokens=req.estimated_tokens,
-            estimated_cost_usd=0.0 if route is None else route.estimate_usd(req),
-            route=None if route is None else route.name,
-            model=req.model,
-        )
+        if route is not None:
+            access.route = route.name
+        admission = await gateway.gate.admit(request.headers, request=req, route=route)
         stream: Stream | None = None
         try:
             if route is None:

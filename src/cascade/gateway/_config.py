@@ -31,13 +31,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from .._config import Config, _config_error, in_file, load_config
 from .._errors import ConfigError
+from ._keys_config import KeysConfig
 
 __all__ = ["GatewayConfig", "LoadedConfig", "RouteConfig", "load_gateway"]
 
@@ -101,9 +102,10 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     """On SIGTERM: stop accepting, let requests in flight finish for this long, then cut
     them off and close. Also how long a reload (SIGHUP) waits for the old cascade's
     requests before closing it anyway."""
-    keys: dict[str, Any] | None = None
-    """Gateway API keys, limits and budgets (see ``cascade.gateway._keys``); none: the
-    gateway asks for no key."""
+    keys: KeysConfig | None = None
+    """Gateway API keys (as SHA-256 hashes), their requests and tokens per minute and
+    USD per day (see :class:`~cascade.gateway.KeysConfig`); none: the gateway asks for no
+    key. Read at start: a reload (SIGHUP) keeps the keys and their counters."""
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}

@@ -1,20 +1,25 @@
 """Where keys, limits and budgets plug into the request path: a :class:`Gate`.
 
-The app calls :meth:`Gate.admit` once a request is parsed and its route looked up (before
-any provider is called; an unknown model's 404 comes only after admission, so a client
-without a key learns nothing of the routes) and :meth:`Gate.settle` once it is over,
-whatever the ending: answered, failed, or the client gone, with what the run spent. A gate
-that refuses raises :class:`~cascade.gateway.GatewayError` (401, 403, 429 with
-``retry_after_s``), which the client gets in its API's error format.
+The app calls :meth:`Gate.admit` once a request is parsed and its route looked up (an
+unknown model's 404 comes after it: a client without a key learns nothing), before any
+provider is called, and :meth:`Gate.settle` once it is over, whatever the ending:
+answered, failed, or the client gone, with what the run spent. A gate that refuses raises
+:class:`~cascade.gateway.GatewayError` (401, 403, 429 with ``retry_after_s``), which the
+client gets in its API's error format.
 
 With no ``[gateway.keys]`` the gateway uses :data:`OPEN_GATE`: no key asked for, nothing
-counted. The keyed gate (``_keys.py``) implements the same methods.
+counted. The keyed gate (``_key_gate.py``) implements the same methods; the app opens
+the gate as it starts and closes it last.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ._routes import Route
+    from ._wire import GatewayRequest
 
 __all__ = ["OPEN_GATE", "Gate", "OpenGate"]
 
@@ -23,27 +28,20 @@ class Gate(Protocol):
     """Admits requests and settles what they spent (keys, rate limits, budgets)."""
 
     async def open(self) -> None:
-        """Connect what the gate needs (shared state); the app calls it as it starts."""
+        """Connect what the gate needs (its shared state), as the app starts."""
         ...
 
     async def aclose(self) -> None:
-        """Release it; the app calls it as it stops."""
+        """Disconnect, once the app has served its last request."""
         ...
 
     async def admit(
-        self,
-        headers: Mapping[str, str],
-        *,
-        estimated_tokens: int,
-        estimated_cost_usd: float,
-        route: str | None,
-        model: str,
+        self, headers: Mapping[str, str], *, request: GatewayRequest, route: Route | None
     ) -> Any:
-        """Admit a request with these HTTP ``headers`` (its key is in ``Authorization``
-        or ``x-api-key``), for the ``model`` it names, served by ``route`` (None: no route
-        serves it, the app answers 404 after admission), expected to use
-        ``estimated_tokens`` and cost ``estimated_cost_usd``. Returns what :meth:`settle`
-        gets back; raises ``GatewayError`` to refuse."""
+        """Admit ``request`` (its HTTP ``headers`` carry the key: ``Authorization`` or
+        ``x-api-key``, as each API's SDK sends it) for ``route`` (None: no route serves
+        its model, a 404 once admitted); returns what :meth:`settle` gets back. Raises
+        ``GatewayError`` to refuse."""
         ...
 
     async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:
@@ -68,13 +66,7 @@ class OpenGate:
         return None
 
     async def admit(
-        self,
-        headers: Mapping[str, str],
-        *,
-        estimated_tokens: int,
-        estimated_cost_usd: float,
-        route: str | None,
-        model: str,
+        self, headers: Mapping[str, str], *, request: GatewayRequest, route: Route | None
     ) -> None:
         return None
 

@@ -11,9 +11,7 @@ from typing import Any
 from .._config import in_file
 from .._engine import Cascade
 from .._errors import ConfigError, InputError
-from .._types import estimate_prompt_tokens
 from ._config import LoadedConfig, RouteConfig
-from ._wire import GatewayRequest
 
 __all__ = ["Generation", "Route", "build_generation"]
 
@@ -36,22 +34,6 @@ class Route:
     @property
     def name(self) -> str:
         return self.config.name
-
-    def estimate_usd(self, request: GatewayRequest) -> float:
-        """What the request may cost, for a budget to reserve up front: the dearest tier
-        of the route's range, at its first provider's prices, for the prompt and the
-        output asked for (else the cascade's ``estimate_output_tokens``)."""
-        cascade = self.cascade
-        config = cascade.config
-        first = cascade._tier_index(self.config.start_tier, "start_tier", 0)
-        last = cascade._tier_index(self.config.max_tier, "max_tier", len(config.tiers) - 1)
-        prompt = estimate_prompt_tokens(request.messages)
-        estimate = 0.0
-        for tier in config.tiers[first : last + 1]:
-            p = tier.providers[0]
-            out = request.options.max_tokens or p.max_tokens or config.estimate_output_tokens
-            estimate = max(estimate, p.cost_usd(prompt, out))
-        return estimate
 
 
 class Generation:

@@ -15,6 +15,7 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 from collections.abc import Callable, Mapping
@@ -22,13 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .._clock import Clock
 from .._config import in_file
-from .._errors import CascadeError, ConfigError
+from .._errors import CascadeError
 from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
+from ._key_gate import KeyGate
 from ._routes import build_generation
 
 if TYPE_CHECKING:
@@ -75,7 +78,21 @@ def _gate_for(
     """The key gate of ``[gateway.keys]``; none configured: every request admitted."""
     if loaded.gateway.keys is None:
         return OPEN_GATE
-    raise ConfigError("gateway keys are not available in this build", path="gateway.keys")
+    return KeyGate.from_config(loaded.gateway.keys, loaded.config, clock=clock, environ=environ)
+
+
+class _NoRequestBytes(logging.Filter):
+    """aiohttp logs a request it cannot parse with its exception, whose message quotes
+    the offending bytes: a header line too long may be a key. Such a record keeps its
+    line (the client's address) and the error's kind and status, not the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = f"{record.msg}: {type(exc).__name__} (HTTP {exc.code})"
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 async def serve(
@@ -100,6 +117,9 @@ async def serve(
         shutdown_timeout=config.drain_timeout_s,
     )
     await runner.setup()
+    scrub = _NoRequestBytes()
+    aiohttp_log = logging.getLogger("aiohttp.server")
+    aiohttp_log.addFilter(scrub)
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
@@ -130,6 +150,7 @@ async def serve(
             await task
     finally:
         await runner.cleanup()  # stop accepting, wait for requests in flight, close
+        aiohttp_log.removeFilter(scrub)
     log.info("gateway.stopped")
 
 

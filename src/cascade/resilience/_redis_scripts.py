@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["BREAKER_LUA", "LIMIT_LUA", "MAX_SPAN_S", "MAX_TTL_S", "PROBE_LUA"]
+__all__ = ["BREAKER_LUA", "LIMIT_LUA", "MAX_SPAN_S", "MAX_TTL_S", "PROBE_LUA", "SPEND_LUA"]
 
 MAX_TTL_S: Final = 86400
 """The longest TTL any script sets, and the furthest ahead a record may block."""
@@ -248,4 +248,66 @@ if left < 0 then
   left = ms
 end
 return left
+"""
+
+# A spending budget over one period (the gateway's USD per key per UTC day), reserved
+# before a request runs and settled with what it cost. KEYS[1] is the hash
+# {prefix}:spend:{name}:{period}: fields spent (settled) and reserved (in flight). The
+# period is in the key, so a new day starts from nothing; the key lives at most
+# MAX_TTL seconds (the caller asks for the rest of its period).
+#
+# ARGV[1]  "reserve": admit when spent + reserved < ARGV[2] (the budget), then add ARGV[3]
+#                     (the estimate) to reserved; else change nothing
+#          "settle":  take ARGV[3] off reserved (never below 0) and add ARGV[4] to spent
+# ARGV[5]  the TTL in milliseconds
+# Returns {status ("ok" / "over"), spent, reserved, dropped}: strings; dropped names the
+# fields found unusable (not a number, negative, or beyond 1e15) and taken as 0.
+SPEND_LUA: Final = """
+local key = KEYS[1]
+local op = ARGV[1]
+local function num(i, high)
+  local x = tonumber(ARGV[i])
+  if x == nil or x ~= x or x < 0 or x > high then return nil end
+  return x
+end
+if op ~= 'reserve' and op ~= 'settle' then
+  return redis.error_reply('ERR cascade: unknown op')
+end
+if num(2, 1e15) == nil or num(3, 1e15) == nil or num(4, 1e15) == nil
+    or num(5, 86400000) == nil or tonumber(ARGV[5]) < 1 then
+  return redis.error_reply('ERR cascade: bad spend arguments')
+end
+local dropped = {}
+local function stored(field)
+  local raw = redis.call('HGET', key, field)
+  if raw == false then return 0 end
+  local x = tonumber(raw)
+  if x == nil or x ~= x or x < 0 or x > 1e15 then
+    redis.call('HDEL', key, field)
+    dropped[#dropped + 1] = field
+    return 0
+  end
+  return x
+end
+local spent = stored('spent')
+local reserved = stored('reserved')
+local function fmt(x) return string.format('%.17g', x) end
+local status = 'ok'
+if op == 'reserve' then
+  if spent + reserved < tonumber(ARGV[2]) then
+    reserved = reserved + tonumber(ARGV[3])
+  else
+    status = 'over'
+  end
+else
+  reserved = math.max(0, reserved - tonumber(ARGV[3]))
+  spent = spent + tonumber(ARGV[4])
+end
+if status == 'ok' or #dropped > 0 then
+  redis.call('HSET', key, 'spent', fmt(spent), 'reserved', fmt(reserved))
+end
+if status == 'ok' or #dropped > 0 or redis.call('PTTL', key) == -1 then
+  redis.call('PEXPIRE', key, math.floor(tonumber(ARGV[5])))
+end
+return {status, fmt(spent), fmt(reserved), table.concat(dropped, ',')}
 """

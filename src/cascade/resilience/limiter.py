@@ -359,6 +359,13 @@ class RateLimiter:
 
     # -- inspection ------------------------------------------------------------------------
 
+    def wait_s(self, *, tokens: int) -> float:
+        """Seconds until a request of ``tokens`` would fit the requests and tokens budgets
+        (and any block, this process's or the shared budget's last answer), ``0.0`` if it
+        fits now. Queued waiters and concurrency slots are not counted."""
+        now = self._clock.monotonic()
+        return max(0.0, self._eta([tokens], now) - now)
+
     @property
     def headroom(self) -> Headroom:
         """What is available now (levels in requests and tokens; ``None`` if unlimited)."""

@@ -19,6 +19,10 @@ quota, and one outage opens every replica's breaker:
   which closes the others. When the open window is over, only the replica holding the
   probe lease ``{prefix}:probe:{provider}`` (``SET NX PX``) sends the half-open probe;
   the others fail over as if the breaker were still open.
+- **Spending budgets.** The gateway's USD budget per key per UTC day lives in the hash
+  ``{prefix}:spend:{key name}:{day}`` (``SPEND_LUA``): a request reserves its estimate
+  while spend plus reservations is under the budget, and settles to its real cost (see
+  :mod:`cascade.gateway._budget`).
 - **Bad records.** A value in Redis that does not parse (``HSET ... epoch abc``) is
   logged once per key and ignored; the scripts overwrite it at the next transition. The
   sync task logs and survives anything but cancellation. A rate-limit record that does
@@ -47,7 +51,7 @@ import structlog
 from .._errors import ConfigError
 from .._headers import MAX_WAIT_S
 from .._urls import hide_userinfo
-from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
+from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA, SPEND_LUA
 from ._shared_links import SharedBreaker, SharedLimit, parse_record
 
 if TYPE_CHECKING:
@@ -150,6 +154,7 @@ class SharedState:
         self._limit_script: AsyncScript | None = None
         self._breaker_script: AsyncScript | None = None
         self._probe_script: AsyncScript | None = None
+        self._spend_script: AsyncScript | None = None
         self.token = secrets.token_hex(8)
         """This process's name on the probe leases it holds."""
         self._bad_keys: set[str] = set()  # records logged as unreadable, until they parse
@@ -216,6 +221,7 @@ class SharedState:
         self._limit_script = self._client.register_script(LIMIT_LUA)
         self._breaker_script = self._client.register_script(BREAKER_LUA)
         self._probe_script = self._client.register_script(PROBE_LUA)
+        self._spend_script = self._client.register_script(SPEND_LUA)
         await self._reconnect()
         self._sync_task = asyncio.get_running_loop().create_task(
             self._sync_loop(), name="cascade-shared-sync"
@@ -306,6 +312,7 @@ class SharedState:
             "limit": self._limit_script,
             "breaker": self._breaker_script,
             "probe": self._probe_script,
+            "spend": self._spend_script,
         }[which]
         if script is None:
             return None
@@ -431,16 +438,17 @@ class SharedState:
             value=repr(reply)[:200],
         )
 
-    def limit_record(self, key: str, dropped: str) -> None:
-        """What the limit script said of ``key``'s record: ``dropped`` names the fields it
-        found unusable (``""``: none). Logged once per key, until it reads well again."""
+    def limit_record(self, key: str, dropped: str, *, kind: str = "rate-limit") -> None:
+        """What the limit (or spend) script said of ``key``'s record: ``dropped`` names
+        the fields it found unusable (``""``: none). Logged once per key, until it reads
+        well again."""
         if not dropped:
             self._bad_keys.discard(key)
             return
         if key in self._bad_keys:
             return
         self._bad_keys.add(key)
-        log.warning("reset a malformed shared rate-limit record", key=key, fields=dropped)
+        log.warning(f"reset a malformed shared {kind} record", key=key, fields=dropped)
 
     def __repr__(self) -> str:
         if self._closed:

@@ -1,0 +1,200 @@
+"""A gateway key's USD budget per UTC day: reserved before a request runs, settled after.
+
+The day is read from the injectable :class:`~cascade._clock.Clock` (:class:`UtcDays`):
+wall time is the Unix time at construction plus the clock's progress since, so a
+:class:`~cascade.testing.FakeClock` moves the day boundary in tests and nothing sleeps.
+
+**Reserve, then settle.** A request is admitted while the day's settled spend plus the
+reservations in flight is below the budget; it then reserves its estimate, and settling
+swaps the estimate for what the request cost. The check and the reservation are one step
+(one Lua script in Redis, one synchronous step in memory), so two requests never both
+take the last headroom: at most one request is admitted past the budget, and the day's
+spend stays within ``budget + that request's estimate`` whenever no request costs more
+than its estimate. A request that costs more than it reserved (an estimate of 0, say)
+adds its excess to that bound.
+
+**Shared.** With a :class:`~cascade.resilience.shared.SharedState` the counters live in
+Redis (``{prefix}:spend:{key name}:{day}``, a TTL to the end of that day), so every
+replica keeps one budget. The local counters are charged as well: while Redis is down
+(or before it answers) each replica holds the budget on its own spend, so N replicas may
+spend up to N budgets until it is back. A record in Redis that does not parse is taken as
+0, rewritten, and logged once. Settlements go to Redis in the background (tracked by the
+state: ``flush()`` / ``aclose()`` wait for them), so a cancelled request still settles.
+A request cancelled while its reservation is on its way to Redis may leave that
+reservation there (nobody can tell whether the script ran): it then holds back at most
+its estimate, until the day's record expires.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from ..resilience._redis_scripts import MAX_TTL_S
+
+if TYPE_CHECKING:
+    from .._clock import Clock
+    from ..resilience.shared import SharedState
+
+__all__ = ["DayBudget", "Reservation", "UtcDays"]
+
+log = structlog.get_logger("cascade")
+
+DAY_S: Final = 86400
+_MAX_USD: Final = 1e15  # the spend script treats larger values as garbage
+_TTL_SLACK_S: Final = 60.0  # a day's record outlives its day by this much (within MAX_TTL)
+
+
+class UtcDays:
+    """UTC days on an injectable clock: ``epoch_s`` is the Unix time at the clock's
+    current reading (``time.time()`` by default)."""
+
+    __slots__ = ("_clock", "_epoch0", "_mono0")
+
+    def __init__(self, clock: Clock, *, epoch_s: float | None = None) -> None:
+        epoch = time.time() if epoch_s is None else epoch_s
+        if not math.isfinite(epoch):
+            raise ValueError("epoch_s must be a finite number")
+        self._clock = clock
+        self._mono0 = clock.monotonic()
+        self._epoch0 = epoch
+
+    def now(self) -> float:
+        """Unix time (seconds, UTC)."""
+        return self._epoch0 + (self._clock.monotonic() - self._mono0)
+
+    def day(self) -> int:
+        """Days since 1970-01-01 UTC."""
+        return math.floor(self.now() / DAY_S)
+
+    def until_next_day(self) -> float:
+        """Seconds until the next UTC midnight (never 0: a budget refills *then*)."""
+        now = self.now()
+        return (math.floor(now / DAY_S) + 1) * DAY_S - now
+
+    def __repr__(self) -> str:
+        return f"<UtcDays day={self.day()}>"
+
+
+class Reservation:
+    """What one admitted request holds of a budget: ``amount`` USD on ``day``."""
+
+    __slots__ = ("amount", "day", "shared")
+
+    def __init__(self, day: int, amount: float, *, shared: bool) -> None:
+        self.day = day
+        self.amount = amount
+        self.shared = shared  # reserved in Redis too: settle it there
+
+    def __repr__(self) -> str:
+        return f"<Reservation ${self.amount:.6g} day={self.day} shared={self.shared}>"
+
+
+class DayBudget:
+    """One key's USD budget per UTC day (see the module docstring for the bound)."""
+
+    __slots__ = ("_day", "_days", "_reserved", "_shared", "_spent", "name", "usd_per_day")
+
+    def __init__(
+        self, name: str, usd_per_day: float, *, days: UtcDays, shared: SharedState | None
+    ) -> None:
+        if not (0 <= usd_per_day <= _MAX_USD):
+            raise ValueError("usd_per_day must be between 0 and 1e15")
+        self.name = name
+        self.usd_per_day = usd_per_day
+        self._days = days
+        self._shared = shared
+        self._day = days.day()
+        self._spent = 0.0
+        self._reserved = 0.0
+
+    def _roll(self) -> int:
+        day = self._days.day()
+        if day != self._day:
+            self._day, self._spent, self._reserved = day, 0.0, 0.0
+        return day
+
+    def _key(self, day: int) -> str:
+        assert self._shared is not None
+        return self._shared.key("spend", f"{self.name}:{day}")
+
+    def _ttl_ms(self) -> str:
+        ttl = min(self._days.until_next_day() + _TTL_SLACK_S, float(MAX_TTL_S))
+        return str(max(1000, math.ceil(ttl * 1000)))
+
+    @property
+    def spent(self) -> float:
+        """Today's settled spend as this process knows it (its own, or Redis's last word)."""
+        self._roll()
+        return self._spent
+
+    async def reserve(self, estimate_usd: float) -> Reservation | None:
+        """Reserve ``estimate_usd`` of today's budget, or ``None`` when nothing is left."""
+        estimate = min(max(float(estimate_usd), 0.0), _MAX_USD)
+        day = self._roll()
+        if self._spent + self._reserved >= self.usd_per_day:
+            return None
+        shared = False
+        if self._shared is not None:
+            reply = await self._shared.script(
+                "spend",
+                [self._key(day)],
+                "reserve",
+                repr(float(self.usd_per_day)),
+                repr(estimate),
+                "0",
+                self._ttl_ms(),
+            )
+            status = self._read(self._key(day), reply)
+            if status == "over":
+                return None
+            shared = status == "ok"
+        # between the check and here only Redis was awaited: re-read the day
+        if self._roll() == day:
+            self._reserved += estimate
+        return Reservation(day, estimate, shared=shared)
+
+    def settle(self, reservation: Reservation, cost_usd: float) -> None:
+        """Swap ``reservation`` for what the request cost (Redis in the background)."""
+        cost = float(cost_usd)
+        cost = min(cost, _MAX_USD) if cost > 0 else 0.0  # NaN and negatives count as 0
+        if self._roll() == reservation.day:
+            self._reserved = max(0.0, self._reserved - reservation.amount)
+            self._spent += cost
+        if reservation.shared and self._shared is not None:
+            state, key = self._shared, self._key(reservation.day)
+            args = ("settle", "0", repr(reservation.amount), repr(cost), self._ttl_ms())
+
+            async def send() -> None:
+                self._read(key, await state.script("spend", [key], *args))
+
+            state.spawn(send)
+
+    def _read(self, key: str, reply: object) -> str | None:
+        """The script's status ("ok" / "over"), updating the local view of the spend;
+        ``None`` when Redis did not answer (or not as the script does)."""
+        if not isinstance(reply, list | tuple) or len(reply) != 4:
+            return None
+        status, spent, _reserved, dropped = (
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in reply
+        )
+        assert self._shared is not None
+        self._shared.limit_record(key, dropped, kind="spend")
+        try:
+            total = float(spent)
+        except ValueError:
+            return None
+        if status not in ("ok", "over") or not math.isfinite(total):
+            return None
+        if key == self._key(self._day):
+            self._spent = max(self._spent, total)  # every replica's spend, as Redis says
+        return status
+
+    def __repr__(self) -> str:
+        return (
+            f"<DayBudget {self.name!r} spent=${self.spent:.6g}/{self.usd_per_day:g} "
+            f"reserved=${self._reserved:.6g}>"
+        )

@@ -1,0 +1,118 @@
+"""The keyed :class:`~cascade.gateway.Gate`: :class:`~cascade.gateway.GatewayKeys` in the
+request path of ``cascade serve``.
+
+A request is admitted once it is parsed and its route found, before the route's cascade
+runs: a refused request (401, 403, 429) reaches no provider. It reserves, from its key's
+daily budget, what it could cost at most as far as the prices say: for every tier its
+route may try, the dearest provider's price for the prompt and ``max_tokens`` (else the
+provider's or the cascade's output estimate), capped at the route's ``max_cost_usd``. So
+the day's spend passes the budget by at most one request's reservation (see
+``_budget.py``), the engine's own estimate of a call aside.
+
+The gate keeps its own :class:`~cascade.resilience.shared.SharedState` on the config
+file's ``[shared]`` Redis (the same scripts and key prefix as the breakers and limiters,
+one connection of its own): the keys' counters then outlive a config reload (SIGHUP),
+which replaces the cascades and their shared state but never the keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from .._clock import Clock, SystemClock
+from .._config import Config
+from .._types import estimate_prompt_tokens
+from ..resilience.shared import SharedState
+from ._keys import Admission, GatewayKeys, api_key_from_headers
+from ._keys_config import KeysConfig
+
+if TYPE_CHECKING:
+    from ._routes import Route
+    from ._wire import GatewayRequest
+
+__all__ = ["KeyGate", "max_cost_usd"]
+
+
+def max_cost_usd(route: Route, request: GatewayRequest) -> float:
+    """The most ``request`` may cost on ``route`` by the prices of its tiers' providers."""
+    config: Config = route.cascade.config
+    names = [t.name for t in config.tiers]
+    first = _tier(route.config.start_tier, names, 0)
+    last = _tier(route.config.max_tier, names, len(names) - 1)
+    prompt = estimate_prompt_tokens(request.messages)
+    total = 0.0
+    for tier in config.tiers[first : last + 1]:
+        dearest = 0.0
+        for p in tier.providers:
+            out = request.options.max_tokens or p.max_tokens or config.estimate_output_tokens
+            dearest = max(dearest, p.cost_usd(prompt, out))
+        total += dearest
+    cap = route.max_cost_usd if route.max_cost_usd is not None else config.max_cost_usd
+    return total if cap is None else min(total, cap)
+
+
+def _tier(ref: int | str | None, names: list[str], default: int) -> int:
+    if ref is None:
+        return default
+    if isinstance(ref, str):
+        return names.index(ref) if ref in names else default
+    return min(max(ref - 1, 0), len(names) - 1)
+
+
+class KeyGate:
+    """Admits requests by their gateway key (``[gateway.keys]``); see the module doc."""
+
+    __slots__ = ("_shared", "keys")
+
+    def __init__(self, keys: GatewayKeys, *, shared: SharedState | None = None) -> None:
+        self.keys = keys
+        self._shared = shared
+
+    @classmethod
+    def from_config(
+        cls,
+        keys: KeysConfig,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> KeyGate:
+        """The gate for ``[gateway.keys]``, sharing its counters through ``config``'s
+        ``[shared]`` Redis when there is one."""
+        shared = (
+            None
+            if config.shared is None
+            else SharedState.from_config(config.shared, environ=environ)
+        )
+        built = GatewayKeys.from_config(
+            keys, clock=clock or SystemClock(), shared=shared, environ=environ
+        )
+        return cls(built, shared=shared)
+
+    async def open(self) -> None:
+        if self._shared is not None:
+            await self._shared.open()
+
+    async def aclose(self) -> None:
+        """Let the settlements under way reach Redis (within its timeout), disconnect."""
+        if self._shared is not None:
+            await self._shared.aclose()
+
+    async def admit(
+        self, headers: Mapping[str, str], *, request: GatewayRequest, route: Route | None
+    ) -> Admission:
+        return await self.keys.admit(
+            api_key_from_headers(headers),
+            estimated_tokens=request.estimated_tokens,
+            estimated_cost_usd=0.0 if route is None else max_cost_usd(route, request),
+            route=None if route is None else route.name,
+            model=request.model,
+        )
+
+    async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:
+        if isinstance(admission, Admission):
+            await self.keys.settle(admission, tokens=tokens, cost_usd=cost_usd)
+
+    def __repr__(self) -> str:
+        return f"<KeyGate {self.keys!r}>"

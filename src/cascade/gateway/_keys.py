@@ -1,0 +1,388 @@
+"""Gateway API keys: who may call, how often, and how much they may spend per day.
+
+Keys are configured in ``[gateway.keys]`` and kept as SHA-256 hashes only: an entry gives
+the hash itself, or names an environment variable holding the raw key, which is hashed
+when the gateway starts and dropped. Compute a hash with::
+
+    cascade hash-key                 # reads the key from stdin
+    printf %s "$KEY" | sha256sum     # the first field
+
+A request presents its key as ``Authorization: Bearer <key>`` (OpenAI clients) or
+``x-api-key: <key>`` (Anthropic clients); :func:`api_key_from_headers` reads either.
+:meth:`GatewayKeys.admit` runs before the engine, so a denied request never reaches a
+provider: 401 for a missing or unknown key, 403 for a route or model the key may not use,
+429 when the key is over its requests or tokens per minute (``Retry-After``: when the
+budget has refilled enough) or over its USD budget for the day (``Retry-After``: the next
+UTC midnight). :meth:`GatewayKeys.settle` charges what the request used, also when it
+failed or its client went away.
+
+The per-minute limits are :class:`~cascade.resilience.limiter.RateLimiter` buckets (a
+minute's worth, refilling continuously), and the daily budget a
+:class:`~cascade.gateway._budget.DayBudget`; with a ``SharedState`` both live in Redis for every
+replica. Raw keys are never logged, put in a span or a ``repr``: only the key's name is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final
+
+import structlog
+
+from .._clock import Clock
+from .._errors import ConfigError
+from ..resilience.limiter import Lease, RateLimiter
+from ._budget import DayBudget, Reservation, UtcDays
+from ._errors import GatewayError
+from ._keys_config import (
+    KEY_CHARS,
+    MAX_KEY_CHARS,
+    MAX_KEYS,
+    KeyEntry,
+    KeyLimits,
+    KeysConfig,
+    env_digest,
+    hash_key,
+    merged_limits,
+)
+
+if TYPE_CHECKING:
+    from ..resilience.shared import SharedState
+
+__all__ = [
+    "Admission",
+    "GatewayDenied",
+    "GatewayKeys",
+    "KeyEntry",
+    "KeyLimits",
+    "KeysConfig",
+    "api_key_from_headers",
+    "hash_key",
+]
+
+log = structlog.get_logger("cascade")
+
+MAX_HEADER_CHARS: Final = MAX_KEY_CHARS + 16
+"""The longest ``Authorization`` or ``x-api-key`` header read."""
+_MAX_TOKENS: Final = 10**12
+ANONYMOUS: Final = "(anonymous)"
+"""The name requests without a key share (no configured name can take it)."""
+
+
+class GatewayDenied(GatewayError):
+    """A request the gateway refuses before running it: ``status`` (401, 403, 429),
+    an OpenAI-style error ``code``, and for 429 the seconds until it may be retried."""
+
+    code: str
+
+    def __init__(
+        self,
+        *,
+        status: int,
+        code: str,
+        message: str,
+        retry_after_s: float | None = None,
+        should_retry: bool | None = None,
+    ) -> None:
+        super().__init__(
+            status, message, code=code, retry_after_s=retry_after_s, should_retry=should_retry
+        )
+
+    def __repr__(self) -> str:
+        return f"GatewayDenied(status={self.status}, code={self.code!r})"
+
+
+def _unauthorized(message: str, code: str = "invalid_api_key") -> GatewayDenied:
+    return GatewayDenied(status=401, code=code, message=message)
+
+
+def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The key a request presents (``Authorization: Bearer`` or ``x-api-key``), ``None``
+    when it presents none; :class:`GatewayDenied` (401) when a header is malformed, too
+    long, or the two headers name different keys. ``headers`` is case-insensitive
+    (aiohttp's) or lower-case."""
+    auth = headers.get("authorization")
+    other = headers.get("x-api-key")
+    key = None
+    if auth is not None:
+        if len(auth) > MAX_HEADER_CHARS:
+            raise _unauthorized("the Authorization header is too long")
+        scheme, _, value = auth.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise _unauthorized("expected 'Authorization: Bearer <key>'")
+        key = _checked(value.strip())
+    if other is not None:
+        if len(other) > MAX_HEADER_CHARS:
+            raise _unauthorized("the x-api-key header is too long")
+        presented = _checked(other.strip())
+        if key is not None and not hmac.compare_digest(presented, key):
+            raise _unauthorized("Authorization and x-api-key hold different keys")
+        key = presented
+    return key
+
+
+def _checked(key: str) -> str:
+    if not key:
+        raise _unauthorized("the API key is empty")
+    if len(key) > MAX_KEY_CHARS or not KEY_CHARS.fullmatch(key):
+        raise _unauthorized("malformed API key")
+    return key
+
+
+class _Key:
+    """One configured key, resolved: its limits and its state."""
+
+    __slots__ = ("budget", "digest", "limiter", "models", "name", "routes")
+
+    def __init__(
+        self,
+        name: str,
+        digest: bytes,
+        limits: KeyLimits,
+        *,
+        clock: Clock,
+        days: UtcDays,
+        shared: SharedState | None,
+    ) -> None:
+        self.name = name
+        self.digest = digest
+        self.routes = None if limits.routes is None else frozenset(limits.routes)
+        self.models = None if limits.models is None else frozenset(limits.models)
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+        self.limiter = (
+            None
+            if rpm is None and tpm is None
+            else RateLimiter(
+                f"gateway-key:{name}",
+                requests_per_minute=rpm,
+                tokens_per_minute=tpm,
+                clock=clock,
+                shared=shared,
+            )
+        )
+        usd = limits.usd_per_day
+        self.budget = None if usd is None else DayBudget(name, usd, days=days, shared=shared)
+
+    def __repr__(self) -> str:
+        return f"<gateway key {self.name!r}>"
+
+
+class Admission:
+    """An admitted request's hold on its key's limits; pass it to
+    :meth:`GatewayKeys.settle` once the request is over (settling twice is a no-op)."""
+
+    __slots__ = ("_key", "_lease", "_reservation", "estimated_tokens", "settled")
+
+    def __init__(
+        self,
+        key: _Key | None,
+        lease: Lease | None,
+        reservation: Reservation | None,
+        estimated_tokens: int,
+    ) -> None:
+        self._key = key
+        self._lease = lease
+        self._reservation = reservation
+        self.estimated_tokens = estimated_tokens
+        self.settled = False
+
+    @property
+    def key_name(self) -> str | None:
+        """The key's configured name (``None``: no key, with ``required = false``)."""
+        return None if self._key is None or self._key.name == ANONYMOUS else self._key.name
+
+    def __repr__(self) -> str:
+        return f"<Admission key={self.key_name!r} settled={self.settled}>"
+
+
+class GatewayKeys:
+    """The gateway's keys and their limits, built once per gateway from ``KeysConfig``.
+
+    >>> keys = GatewayKeys.from_config(config.gateway.keys, clock=SystemClock())  # doctest: +SKIP
+    >>> admission = await keys.admit(api_key_from_headers(request.headers),  # doctest: +SKIP
+    ...                              estimated_tokens=1_200, estimated_cost_usd=0.002)
+    >>> ...  # run the cascade
+    >>> await keys.settle(admission, tokens=used, cost_usd=result.cost_usd)  # doctest: +SKIP
+    """
+
+    __slots__ = ("_anonymous", "_by_index", "_days", "_secret", "_shared", "required")
+
+    def __init__(
+        self,
+        keys: list[tuple[str, bytes, KeyLimits]],
+        *,
+        required: bool,
+        defaults: KeyLimits,
+        clock: Clock,
+        epoch_s: float | None = None,
+        shared: SharedState | None = None,
+    ) -> None:
+        if len(keys) > MAX_KEYS:
+            raise ValueError(f"at most {MAX_KEYS} keys")
+        self.required = required
+        self._shared = shared
+        self._days = UtcDays(clock, epoch_s=epoch_s)
+        # Keys are found by an HMAC of their hash under a secret of this process's: how
+        # long a lookup takes then says nothing about the stored hashes.
+        self._secret = secrets.token_bytes(32)
+        self._by_index: dict[bytes, _Key] = {}
+        for name, digest, limits in keys:
+            key = _Key(name, digest, limits, clock=clock, days=self._days, shared=shared)
+            self._by_index[self._index(digest)] = key
+        self._anonymous = (
+            None
+            if required
+            else _Key(ANONYMOUS, b"", defaults, clock=clock, days=self._days, shared=shared)
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        config: KeysConfig,
+        *,
+        clock: Clock,
+        shared: SharedState | None = None,
+        environ: Mapping[str, str] | None = None,
+        epoch_s: float | None = None,
+    ) -> GatewayKeys:
+        """The keys of ``config``; an ``env`` entry is read from ``environ``
+        (``os.environ`` by default), hashed, and its raw value dropped. A missing or
+        malformed variable is a :class:`~cascade.ConfigError` naming the entry."""
+        env = os.environ if environ is None else environ
+        keys: list[tuple[str, bytes, KeyLimits]] = []
+        seen: dict[bytes, int] = {}
+        for i, entry in enumerate(config.entries):
+            path = f"gateway.keys.entries[{i}]"
+            if entry.sha256 is not None:
+                digest = bytes.fromhex(entry.sha256)
+            else:
+                assert entry.env is not None
+                digest = env_digest(env, entry.env, path=f"{path}.env")
+            if digest in seen:
+                field = "env" if entry.sha256 is None else "sha256"
+                raise ConfigError(
+                    f"the same key as entries[{seen[digest]}]", path=f"{path}.{field}"
+                )
+            seen[digest] = i
+            keys.append((entry.name, digest, merged_limits(config.defaults, entry)))
+        return cls(
+            keys,
+            required=config.required,
+            defaults=config.defaults,
+            clock=clock,
+            epoch_s=epoch_s,
+            shared=shared,
+        )
+
+    def _index(self, digest: bytes) -> bytes:
+        return hmac.new(self._secret, digest, hashlib.sha256).digest()
+
+    def _find(self, api_key: str | None) -> _Key:
+        if api_key is None:
+            if self._anonymous is None:
+                raise _unauthorized(
+                    "no API key: send 'Authorization: Bearer <key>' or 'x-api-key'",
+                    code="missing_api_key",
+                )
+            return self._anonymous
+        if len(api_key) > MAX_KEY_CHARS:
+            raise _unauthorized("malformed API key")
+        digest = hashlib.sha256(api_key.encode("utf-8", "surrogateescape")).digest()
+        key = self._by_index.get(self._index(digest))
+        if key is None or not hmac.compare_digest(key.digest, digest):
+            raise _unauthorized("invalid API key")
+        return key
+
+    async def admit(
+        self,
+        api_key: str | None,
+        *,
+        estimated_tokens: int,
+        estimated_cost_usd: float = 0.0,
+        route: str | None = None,
+        model: str | None = None,
+    ) -> Admission:
+        """Admit a request presenting ``api_key`` (from :func:`api_key_from_headers`) or
+        raise :class:`GatewayDenied`. ``estimated_tokens`` (prompt + ``max_tokens``) is
+        charged to the tokens per minute and ``estimated_cost_usd`` reserved from the
+        day's budget until :meth:`settle`."""
+        key = self._find(api_key)
+        if key.routes is not None and route is not None and route not in key.routes:
+            self._denied(key, "route_not_allowed")
+            raise GatewayDenied(
+                status=403, code="route_not_allowed", message="this key may not use that route"
+            )
+        if key.models is not None and model is not None and model not in key.models:
+            self._denied(key, "model_not_allowed")
+            raise GatewayDenied(
+                status=403, code="model_not_allowed", message="this key may not use that model"
+            )
+        tokens = min(max(int(estimated_tokens), 0), _MAX_TOKENS)
+        cost = float(estimated_cost_usd)
+        cost = cost if cost > 0 and math.isfinite(cost) else 0.0
+        reservation = None
+        if key.budget is not None:
+            reservation = await key.budget.reserve(cost)
+            if reservation is None:
+                self._denied(key, "insufficient_quota")
+                raise GatewayDenied(
+                    status=429,
+                    code="insufficient_quota",
+                    message="this key has used its budget for the day (UTC)",
+                    retry_after_s=self._days.until_next_day(),
+                    should_retry=False,  # the SDKs would retry a 429 at once, for nothing
+                )
+        lease = None
+        if key.limiter is not None:
+            try:
+                lease = await key.limiter.reserve(tokens=tokens)
+            except BaseException:
+                if reservation is not None and key.budget is not None:
+                    key.budget.settle(reservation, 0.0)
+                raise
+            if lease is None:
+                if reservation is not None and key.budget is not None:
+                    key.budget.settle(reservation, 0.0)
+                self._denied(key, "rate_limit_exceeded")
+                raise GatewayDenied(
+                    status=429,
+                    code="rate_limit_exceeded",
+                    message="this key is over its requests or tokens per minute",
+                    retry_after_s=max(key.limiter.wait_s(tokens=tokens), 0.001),
+                )
+        return Admission(key, lease, reservation, tokens)
+
+    async def settle(self, admission: Admission, *, tokens: int | None, cost_usd: float) -> None:
+        """Charge what the admitted request used: ``tokens`` (``None``: the estimate
+        stands) and ``cost_usd``. Call it once the request is over, however it ended."""
+        if admission.settled:
+            return
+        admission.settled = True
+        if admission._lease is not None:
+            used = None if tokens is None else min(max(int(tokens), 0), _MAX_TOKENS)
+            admission._lease.release(used_tokens=used)
+        key = admission._key
+        if admission._reservation is not None and key is not None and key.budget is not None:
+            key.budget.settle(admission._reservation, cost_usd)
+
+    def _denied(self, key: _Key, code: str) -> None:
+        log.info("gateway request denied", key=key.name, code=code)
+
+    def spent_today(self, name: str) -> float | None:
+        """The named key's spend today as this process knows it (``None``: no budget)."""
+        for key in (*self._by_index.values(), self._anonymous):
+            if key is not None and key.name == name and key.budget is not None:
+                return key.budget.spent
+        return None
+
+    def __len__(self) -> int:
+        return len(self._by_index)
+
+    def __repr__(self) -> str:
+        shared = "none" if self._shared is None else ("up" if self._shared.available else "down")
+        return f"<GatewayKeys keys={len(self)} required={self.required} shared={shared}>"

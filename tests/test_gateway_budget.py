@@ -1,0 +1,327 @@
+"""Gateway keys end to end: the official ``openai`` SDK against the gateway on loopback,
+a fake provider counting what reaches it; and two ``cascade serve`` processes sharing
+one redis-server (gated as ``test_shared_redis.py`` is)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+from structlog.testing import capture_logs
+
+from cascade.gateway import hash_key
+from cascade.testing import FakeOpenAIServer, Reply
+
+from . import test_shared_redis as _redis
+from .gateway import serving, write_config
+from .helpers import USER, provider, tier
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-gw-e2e-0123456789abcdef"
+OTHER = "sk-gw-e2e-fedcba9876543210"
+
+redis_bin = _redis.redis_bin
+redis_url = _redis.redis_url
+
+
+@pytest.fixture
+def fleet(openai_server: FakeOpenAIServer) -> FakeOpenAIServer:
+    openai_server.default = '{"answer": 42}'
+    return openai_server
+
+
+def config(url: str, *entries: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    limits = extra.pop("limits", None)
+    gateway = {"keys": {"entries": list(entries)}, **extra.pop("gateway", {})}
+    return {
+        "tiers": [tier("small", provider("p1", url, "small-model", limits=limits))],
+        "gateway": gateway,
+        **extra,
+    }
+
+
+def key(name: str, raw: str, **limits: Any) -> dict[str, Any]:
+    return {"name": name, "sha256": hash_key(raw), **limits}
+
+
+def client(base_url: str, api_key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+
+
+async def ask(sdk: openai.AsyncOpenAI, **kw: Any) -> Any:
+    return await sdk.chat.completions.create(model="cascade", messages=USER, **kw)
+
+
+async def test_a_key_with_no_budget_left_gets_429_and_the_provider_sees_nothing(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    cfg = config(fleet.url, key("zero", KEY, usd_per_day=0.0))
+    async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        sdk = client(gw.base_url, KEY)
+        try:
+            for stream in (False, True):
+                with pytest.raises(openai.RateLimitError) as info:
+                    await ask(sdk, stream=stream)
+                assert info.value.status_code == 429
+                assert info.value.code == "insufficient_quota"
+                retry = int(info.value.response.headers["retry-after"])
+                assert 1 <= retry <= 86400
+                assert info.value.response.headers["x-should-retry"] == "false"
+        finally:
+            await sdk.close()
+        # an SDK left to retry on its own (2 retries by default) asks once: it obeys the header
+        with capture_logs() as logs:
+            async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=KEY) as retrying:
+                with pytest.raises(openai.RateLimitError):
+                    await ask(retrying)
+        assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [429]
+    assert fleet.request_count == 0
+
+
+async def test_a_key_that_spent_its_budget_is_refused_before_the_provider(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    # any request costs more than a billionth of a dollar: the first spends the day's budget
+    cfg = config(fleet.url, key("team", KEY, usd_per_day=1e-9))
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+            sdk = client(gw.base_url, KEY)
+            try:
+                first = await sdk.chat.completions.with_raw_response.create(
+                    model="cascade", messages=USER
+                )
+                assert first.status_code == 200
+                assert float(first.headers["x-cascade-cost-usd"]) > 1e-9
+                assert fleet.request_count == 1
+                for _ in range(3):
+                    with pytest.raises(openai.RateLimitError) as info:
+                        await ask(sdk)
+                    assert info.value.code == "insufficient_quota"
+                    assert fleet.request_count == 1
+                spent = gw.gateway.gate.keys.spent_today("team")  # type: ignore[attr-defined]
+                assert spent > 1e-9
+            finally:
+                await sdk.close()
+    assert KEY not in str(logs)
+    assert hash_key(KEY) not in str(logs)
+
+
+async def test_unknown_key_401_route_403_and_rpm_429_through_the_sdk(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    cfg = config(
+        fleet.url,
+        key("team", KEY, requests_per_minute=2),
+        key("other", OTHER, routes=["premium"]),
+    )
+    async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        good, other, bad = client(gw.base_url, KEY), client(gw.base_url, OTHER), None
+        bad = client(gw.base_url, "sk-not-a-key-we-know")
+        try:
+            with pytest.raises(openai.AuthenticationError) as auth:
+                await ask(bad)
+            assert auth.value.status_code == 401
+            assert "sk-not-a-key-we-know" not in auth.value.response.text
+            with pytest.raises(openai.PermissionDeniedError) as perm:
+                await ask(other)
+            assert perm.value.code == "route_not_allowed"
+            await ask(good)
+            await ask(good)
+            with pytest.raises(openai.RateLimitError) as rate:
+                await ask(good)
+            assert rate.value.code == "rate_limit_exceeded"
+            assert rate.value.response.headers["retry-after"] in {"30", "31"}
+        finally:
+            for sdk in (good, other, bad):
+                await sdk.close()
+        async with aiohttp.ClientSession() as session:
+            for headers in (
+                {},
+                {"Authorization": "Bearer "},
+                {"Authorization": "Bearer " + "k" * 5_000},
+                {"Authorization": "Bearer sk-\u00e9t\u00e9"},
+                {"x-api-key": "sk-unknown"},  # either header carries the key, on every route
+                {"Authorization": "Basic abc"},
+            ):
+                async with session.post(
+                    f"{gw.base_url}/chat/completions",
+                    json={"model": "cascade", "messages": USER},
+                    headers=headers,
+                ) as response:
+                    assert response.status == 401
+                    body = await response.json()
+                    assert body["error"]["type"] == "authentication_error"
+    assert fleet.request_count == 2
+
+
+async def test_an_unknown_model_without_a_key_is_401_not_404(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    cfg = config(
+        fleet.url,
+        key("team", KEY),
+        gateway={"routes": [{"name": "only"}]},
+    )
+    async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        anonymous, good = client(gw.base_url, "sk-wrong-wrong-wrong"), client(gw.base_url, KEY)
+        try:
+            with pytest.raises(openai.AuthenticationError):
+                await anonymous.chat.completions.create(model="secret-route", messages=USER)
+            with pytest.raises(openai.NotFoundError):
+                await good.chat.completions.create(model="secret-route", messages=USER)
+        finally:
+            await anonymous.close()
+            await good.close()
+
+
+async def test_a_client_that_leaves_gives_back_its_reservation(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    # a request reserves its route's dearest price (~$0.0005 here), more than the budget
+    cfg = config(fleet.url, key("team", KEY, usd_per_day=0.0003))
+    fleet.default = Reply(fault="hang")
+    async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        impatient = openai.AsyncOpenAI(
+            base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=0.5
+        )
+        sdk = client(gw.base_url, KEY)
+        try:
+            hung = asyncio.ensure_future(ask(impatient))
+            await _until(lambda: fleet.active_requests == 1)
+            with pytest.raises(openai.RateLimitError):  # the hung request holds the budget
+                await ask(sdk)
+            with pytest.raises(openai.APITimeoutError):
+                await hung
+            await _until(lambda: fleet.active_requests == 0)
+            fleet.default = '{"answer": 42}'
+            await ask(sdk)  # the reservation was given back when the client left
+        finally:
+            await impatient.close()
+            await sdk.close()
+    assert fleet.request_count == 2
+
+
+async def _until(check: Any, *, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+# -- two `cascade serve` processes on one Redis ---------------------------------------------
+
+
+class Served:
+    """A ``cascade serve`` child process on a free loopback port."""
+
+    def __init__(self, config_path: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self.log = log_path.open("wb")
+        code = "from cascade._cli import main; raise SystemExit(main())"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code, "serve", "--config", str(config_path), "--port", "0"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        )
+        self.port = self._wait_listening()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def _wait_listening(self) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if '"gateway.listening"' in line:
+                    return int(json.loads(line)["port"])
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"cascade serve did not start: {self.log_path.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.log.close()
+
+
+@pytest.fixture
+def two_gateways(
+    tmp_path: Path, redis_url: str, fleet: FakeOpenAIServer
+) -> Iterator[tuple[Served, Served]]:
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    cfg = config(
+        fleet.url,
+        key("budget", KEY, usd_per_day=1e-9),
+        key("quota", OTHER),
+        limits={"requests_per_minute": 3},
+        deadline_s=2.0,
+        shared={"redis_url": redis_url, "key_prefix": prefix},
+    )
+    path = write_config(tmp_path / "c.toml", cfg)
+    one = Served(path, tmp_path / "one.log")
+    try:
+        two = Served(path, tmp_path / "two.log")
+    except BaseException:
+        one.stop()
+        raise
+    try:
+        yield one, two
+    finally:
+        one.stop()
+        two.stop()
+    for log in (tmp_path / "one.log", tmp_path / "two.log"):
+        text = log.read_text(errors="replace")
+        assert KEY not in text
+        assert OTHER not in text
+
+
+async def test_two_gateway_processes_keep_one_budget_and_one_provider_quota(
+    two_gateways: tuple[Served, Served], fleet: FakeOpenAIServer
+) -> None:
+    one, two = two_gateways
+    started = time.monotonic()
+    sdks = [client(g.base_url, api_key) for g in (one, two) for api_key in (KEY, OTHER)]
+    budget_one, quota_one, budget_two, quota_two = sdks
+    try:
+        # one key's daily budget: spent through the first process, refused by the second
+        await ask(budget_one)
+        assert fleet.request_count == 1
+        with pytest.raises(openai.RateLimitError) as info:
+            await ask(budget_two)
+        assert info.value.code == "insufficient_quota"
+        assert fleet.request_count == 1
+        # one provider's quota (3 requests a minute, one used): shared by both processes
+        statuses = []
+        for sdk in (quota_one, quota_two) * 4:
+            try:
+                await ask(sdk)
+                statuses.append(200)
+            except openai.APIStatusError as exc:
+                statuses.append(exc.status_code)
+    finally:
+        for sdk in sdks:
+            await sdk.close()
+    refilled = int((time.monotonic() - started) // 20)  # 3 a minute: one more per 20 s
+    assert fleet.request_count <= 3 + refilled
+    assert statuses.count(200) == fleet.request_count - 1
+    assert statuses.count(200) >= 2  # the quota was there to use
+    assert set(statuses) - {200} <= {429, 502}

@@ -1,0 +1,183 @@
+"""Gateway keys' limits and budgets shared through a real redis-server on loopback
+(gated as ``test_shared_redis.py`` is: ``CASCADE_TEST_REDIS=1`` makes a missing Redis
+fail, ``CASCADE_TEST_REDIS_URL`` names one to use)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cascade.gateway import Admission, GatewayDenied, GatewayKeys, KeyEntry, KeysConfig, hash_key
+from cascade.resilience.shared import SharedState
+from cascade.testing import FakeClock
+
+from . import test_shared_redis as _redis
+from .test_shared_redis import RedisServer, _prefix
+
+pytestmark = pytest.mark.anyio
+
+# the fixtures that start (or find) a redis-server
+redis_bin = _redis.redis_bin
+redis_server = _redis.redis_server
+redis_url = _redis.redis_url
+
+KEY = "sk-gw-shared-0123456789abcdef"
+MIDNIGHT = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+DAY = 86400
+
+
+def config(**limits: Any) -> KeysConfig:
+    return KeysConfig(entries=[KeyEntry(name="team", sha256=hash_key(KEY), **limits)])
+
+
+def replica(
+    state: SharedState, clock: FakeClock, *, epoch_s: float = MIDNIGHT + 3600, **limits: Any
+) -> GatewayKeys:
+    return GatewayKeys.from_config(config(**limits), clock=clock, shared=state, epoch_s=epoch_s)
+
+
+@pytest.fixture
+async def states(redis_url: str) -> AsyncIterator[tuple[SharedState, SharedState]]:
+    prefix = _prefix()
+    a = SharedState(redis_url=redis_url, key_prefix=prefix, timeout_s=2.0)
+    b = SharedState(redis_url=redis_url, key_prefix=prefix, timeout_s=2.0)
+    async with a, b:
+        yield a, b
+
+
+async def _admit_all(keys: GatewayKeys, n: int, cost: float) -> list[Admission]:
+    outcomes = await asyncio.gather(
+        *(keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=cost) for _ in range(n)),
+        return_exceptions=True,
+    )
+    for o in outcomes:
+        if isinstance(o, BaseException) and not isinstance(o, GatewayDenied):
+            raise o
+    return [o for o in outcomes if isinstance(o, Admission)]
+
+
+async def test_two_replicas_keep_one_daily_budget(
+    states: tuple[SharedState, SharedState],
+) -> None:
+    a, b = states
+    clock = FakeClock()
+    one, two = replica(a, clock, usd_per_day=1.0), replica(b, clock, usd_per_day=1.0)
+    admitted = await asyncio.gather(_admit_all(one, 10, 0.3), _admit_all(two, 10, 0.3))
+    total = admitted[0] + admitted[1]
+    assert len(total) == 4  # reserved 0, 0.3, 0.6, 0.9 < 1.0: the 4th crosses, no 5th
+    for admission in admitted[0]:
+        await one.settle(admission, tokens=1, cost_usd=0.25)
+    for admission in admitted[1]:
+        await two.settle(admission, tokens=1, cost_usd=0.25)
+    await a.flush()
+    await b.flush()
+    # 1.0 spent over both replicas: each refuses now, with Retry-After to midnight
+    for keys in (one, two):
+        with pytest.raises(GatewayDenied) as info:
+            await keys.admit(KEY, estimated_tokens=1)
+        assert info.value.code == "insufficient_quota"
+        assert info.value.retry_after_s == pytest.approx(DAY - 3600)
+    assert two.spent_today("team") == pytest.approx(1.0)
+
+
+async def test_settled_spend_from_one_replica_stops_the_other(
+    states: tuple[SharedState, SharedState],
+) -> None:
+    a, b = states
+    clock = FakeClock()
+    one, two = replica(a, clock, usd_per_day=0.5), replica(b, clock, usd_per_day=0.5)
+    admission = await one.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.01)
+    await two.admit(KEY, estimated_tokens=1)  # 0.01 reserved of 0.5: admitted
+    await one.settle(admission, tokens=1, cost_usd=0.6)  # cost more than estimated
+    await a.flush()
+    with pytest.raises(GatewayDenied):
+        await two.admit(KEY, estimated_tokens=1)
+
+
+async def test_the_day_rolls_over_in_redis_too(
+    states: tuple[SharedState, SharedState], redis_url: str
+) -> None:
+    a, _ = states
+    clock = FakeClock()
+    keys = replica(a, clock, epoch_s=MIDNIGHT + DAY - 60, usd_per_day=0.1)
+    admission = await keys.admit(KEY, estimated_tokens=1)
+    await keys.settle(admission, tokens=1, cost_usd=0.2)
+    await a.flush()
+    with pytest.raises(GatewayDenied) as info:
+        await keys.admit(KEY, estimated_tokens=1)
+    assert info.value.retry_after_s == pytest.approx(60.0)
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        day = int((MIDNIGHT + DAY - 60) // DAY)
+        ttl = await client.pttl(a.key("spend", f"team:{day}"))
+        assert 60_000 < ttl <= 121_000  # the rest of the day and a minute of slack
+        clock.advance(60.0)
+        await keys.admit(KEY, estimated_tokens=1)  # a new day, a new record
+        assert await client.exists(a.key("spend", f"team:{day + 1}"))
+    finally:
+        await client.aclose()
+
+
+async def test_two_replicas_share_one_requests_per_minute(
+    states: tuple[SharedState, SharedState],
+) -> None:
+    a, b = states
+    clock = FakeClock()
+    one = replica(a, clock, requests_per_minute=5)
+    two = replica(b, clock, requests_per_minute=5)
+    admitted = await asyncio.gather(_admit_all(one, 5, 0.0), _admit_all(two, 5, 0.0))
+    assert len(admitted[0]) + len(admitted[1]) == 5
+    with pytest.raises(GatewayDenied) as info:
+        await one.admit(KEY, estimated_tokens=1)
+    assert info.value.code == "rate_limit_exceeded"
+    assert info.value.retry_after_s is not None
+    assert 0 < info.value.retry_after_s <= 12.0  # one request refills every 12 s
+
+
+@pytest.mark.parametrize("garbage", [{"spent": "abc"}, {"reserved": "-5"}, {"spent": "1e308"}])
+async def test_a_malformed_spend_record_is_reset_and_logged_once(
+    states: tuple[SharedState, SharedState], redis_url: str, garbage: dict[str, str]
+) -> None:
+    a, _ = states
+    keys = replica(a, FakeClock(), usd_per_day=1.0)
+    day = int((MIDNIGHT + 3600) // DAY)
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.hset(a.key("spend", f"team:{day}"), mapping=garbage)
+        with capture_logs() as logs:
+            first = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)
+            await client.hset(a.key("spend", f"team:{day}"), mapping=garbage)
+            await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)
+        warned = [e for e in logs if e["event"] == "reset a malformed shared spend record"]
+        assert len(warned) == 1
+        assert warned[0]["fields"] == next(iter(garbage))
+        assert await client.ttl(a.key("spend", f"team:{day}")) > 0
+        await keys.settle(first, tokens=1, cost_usd=0.1)
+        await a.flush()
+        spent = float(await client.hget(a.key("spend", f"team:{day}"), "spent") or 0)
+        assert spent == pytest.approx(0.1)
+    finally:
+        await client.aclose()
+
+
+async def test_redis_down_falls_back_to_the_local_budget(redis_server: RedisServer) -> None:
+    state = SharedState(redis_url=redis_server.url, key_prefix=_prefix(), timeout_s=0.5)
+    async with state:
+        keys = replica(state, FakeClock(), usd_per_day=1.0)
+        admission = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)
+        redis_server.kill()
+        await keys.settle(admission, tokens=1, cost_usd=0.6)
+        second = await keys.admit(KEY, estimated_tokens=1)  # Redis gone: local 0.6 < 1
+        assert not state.available
+        await keys.settle(second, tokens=1, cost_usd=0.6)
+        with pytest.raises(GatewayDenied) as info:
+            await keys.admit(KEY, estimated_tokens=1)
+        assert info.value.code == "insufficient_quota"
