@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cascade import Cascade, Result
+
+VIAS = ["run", "buffered", "speculative"]
+"""The three ways to read a run: ``run()``, and ``stream()`` in each mode."""
 
 
 def provider(
@@ -104,3 +110,30 @@ def in_tier(run: Any, tier: Any) -> Iterator[Any]:
         if outcome not in ("accepted", "none"):
             reason = "over_budget" if outcome == "skipped" else outcome
             _LEFT[id(run)] = (run, tier, reason, detail)
+
+
+async def answer(c: Cascade, via: str, messages: list[dict[str, Any]] | None = None) -> Result:
+    """The run's result, by ``run()`` or by reading ``stream()`` in mode ``via``; read as a
+    stream, what the deltas show once retractions are applied is the result's text: no
+    piece of a broken or rejected answer is left shown, and a failed run shows nothing."""
+    from cascade import Delta, Failed, Finished, Retracted
+
+    msgs = USER if messages is None else messages
+    if via == "run":
+        return await c.run(messages=msgs)
+    shown = ""
+    async with c.stream(messages=msgs, mode=via) as events:  # type: ignore[arg-type]
+        async for event in events:
+            if isinstance(event, Delta):
+                shown += event.text
+            elif isinstance(event, Retracted):
+                assert via == "speculative"  # buffered mode never shows what it withdraws
+                assert event.chars <= len(shown)
+                shown = shown[: len(shown) - event.chars]
+            elif isinstance(event, Finished):
+                assert shown == event.result.text
+                return event.result
+            elif isinstance(event, Failed):
+                assert shown == ""
+                raise event.error
+    raise AssertionError("the stream ended without Finished or Failed")

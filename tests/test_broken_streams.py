@@ -13,10 +13,10 @@ from typing import Any, NamedTuple
 import aiohttp
 import pytest
 
-from cascade import Cascade, Delta, Failed, Finished, Result, Retracted
+from cascade import Cascade
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
-from .helpers import USER, provider, tier
+from .helpers import VIAS, answer, provider, tier
 
 pytestmark = pytest.mark.anyio
 
@@ -24,7 +24,7 @@ FakeServer = FakeOpenAIServer | FakeAnthropicServer
 
 ANSWER = "The primary's answer, long enough to arrive in several deltas."
 FALLBACK = "the fallback's answer"
-MODES = ["run", "buffered", "speculative"]
+MODES = VIAS
 
 
 class Case(NamedTuple):
@@ -91,29 +91,6 @@ def config(server: FakeServer) -> dict[str, Any]:
             )
         ]
     }
-
-
-async def answer(c: Cascade, mode: str) -> Result:
-    """The run's result, by ``run()`` or by reading ``stream()`` in ``mode``; read as a
-    stream, what the deltas show once retractions are applied is the result's text: no
-    piece of a broken answer is left shown."""
-    if mode == "run":
-        return await c.run(messages=USER)
-    shown = ""
-    async with c.stream(messages=USER, mode=mode) as events:  # type: ignore[arg-type]
-        async for event in events:
-            if isinstance(event, Delta):
-                shown += event.text
-            elif isinstance(event, Retracted):
-                assert mode == "speculative"  # buffered mode never shows what it withdraws
-                assert event.chars <= len(shown)
-                shown = shown[: len(shown) - event.chars]
-            elif isinstance(event, Finished):
-                assert shown == event.result.text
-                return event.result
-            elif isinstance(event, Failed):
-                raise event.error
-    raise AssertionError("the stream ended without Finished or Failed")
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -29,7 +29,7 @@ from cascade.providers.openai import OpenAIProvider
 from cascade.resilience import CircuitOpen, OnError, RetryPolicy, classify
 from cascade.testing import FakeAnthropicServer, FakeClock, FakeOpenAIServer, Reply
 
-from .helpers import USER, provider, tier
+from .helpers import VIAS, answer, provider, tier
 
 pytestmark = pytest.mark.anyio
 
@@ -109,6 +109,12 @@ class RecordingClock(FakeClock):
         await super().sleep(seconds)
 
 
+@pytest.fixture(params=VIAS)
+def via(request: pytest.FixtureRequest) -> str:
+    """Each engine test reads its run with run() and as a stream in both modes."""
+    return str(request.param)
+
+
 @pytest.fixture(params=["openai", "anthropic"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[FakeServer]:
     cls = FakeOpenAIServer if request.param == "openai" else FakeAnthropicServer
@@ -118,7 +124,7 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[FakeServer]:
 
 def config(server: FakeServer, **retry: Any) -> dict[str, Any]:
     kind = "openai" if isinstance(server, FakeOpenAIServer) else "anthropic"
-    common: dict[str, Any] = {"kind": kind, "stream": True, "first_token_timeout_s": 0.3}
+    common: dict[str, Any] = {"kind": kind, "stream": True, "first_token_timeout_s": 30}
     retry = {"attempts": 3, "base_s": 0.0, "max_s": 5.0, **retry}
     return {
         "tiers": [
@@ -136,42 +142,45 @@ def calls(server: FakeServer, model: str) -> int:
 
 
 @pytest.mark.parametrize("reply", [Reply(fault="hang"), Reply(text="late", latency_s=5)])
-async def test_a_timed_out_provider_fails_over_at_once(server: FakeServer, reply: Reply) -> None:
+async def test_a_timed_out_provider_fails_over_at_once(
+    server: FakeServer, reply: Reply, via: str
+) -> None:
     server.script("m-primary", reply)
     server.script("m-fallback", "from the fallback")
-    async with Cascade.from_dict(config(server)) as c:
-        result = await c.run(messages=USER)
+    # the first-token timeout runs on the clock, which jumps to it once the run is idle
+    async with Cascade.from_dict(config(server), clock=FakeClock(autojump=True)) as c:
+        result = await answer(c, via)
     assert result.provider == "fallback"
     assert calls(server, "m-primary") == 1  # not retried, though attempts = 3
     assert [a.error_type for a in result.attempts] == ["ProviderTimeout", None]
 
 
-async def test_a_timeout_is_retried_when_the_config_says_so(server: FakeServer) -> None:
+async def test_a_timeout_is_retried_when_the_config_says_so(server: FakeServer, via: str) -> None:
     server.script("m-primary", Reply(fault="hang"), "second try")
     cfg = config(server, attempts=2, on_error={"timeout": "retry"})
-    async with Cascade.from_dict(cfg) as c:
-        result = await c.run(messages=USER)
+    async with Cascade.from_dict(cfg, clock=FakeClock(autojump=True)) as c:
+        result = await answer(c, via)
     assert result.provider == "primary"
     assert calls(server, "m-primary") == 2
 
 
-async def test_429_waits_out_retry_after_then_answers(server: FakeServer) -> None:
+async def test_429_waits_out_retry_after_then_answers(server: FakeServer, via: str) -> None:
     server.script("m-primary", Reply(status=429, retry_after_s=2), "after the wait")
     clock = RecordingClock()
     async with Cascade.from_dict(config(server), clock=clock) as c:
-        result = await c.run(messages=USER)
+        result = await answer(c, via)
     assert result.provider == "primary"
     assert result.text == "after the wait"
     assert clock.slept == [2.0]
     assert [a.error_type for a in result.attempts] == ["RateLimited", None]
 
 
-async def test_429_retry_after_past_max_s_fails_over(server: FakeServer) -> None:
+async def test_429_retry_after_past_max_s_fails_over(server: FakeServer, via: str) -> None:
     server.script("m-primary", Reply(status=429, retry_after_s=60), "never asked")
     server.script("m-fallback", "from the fallback")
     clock = RecordingClock()
     async with Cascade.from_dict(config(server), clock=clock) as c:
-        result = await c.run(messages=USER)
+        result = await answer(c, via)
     assert result.provider == "fallback"
     assert clock.slept == []
     assert calls(server, "m-primary") == 1
@@ -181,33 +190,37 @@ async def test_429_retry_after_past_max_s_fails_over(server: FakeServer) -> None
     "reply", [Reply(status=503), Reply(fault="reset"), Reply(text="cut short", fault="drop")]
 )
 async def test_5xx_and_resets_are_retried_then_failed_over(
-    server: FakeServer, reply: Reply
+    server: FakeServer, reply: Reply, via: str
 ) -> None:
     server.script("m-primary", reply)
     server.script("m-fallback", "from the fallback")
     async with Cascade.from_dict(config(server), clock=RecordingClock()) as c:
-        result = await c.run(messages=USER)
+        result = await answer(c, via)
     assert result.provider == "fallback"
     assert calls(server, "m-primary") == 3
     assert [a.outcome for a in result.attempts] == ["failed"] * 3 + ["accepted"]
 
 
-async def test_context_length_goes_to_the_next_provider_unretried(server: FakeServer) -> None:
+async def test_context_length_goes_to_the_next_provider_unretried(
+    server: FakeServer, via: str
+) -> None:
     server.script("m-primary", Reply(fault="context_length"))
     server.script("m-fallback", "a bigger window")
     async with Cascade.from_dict(config(server)) as c:
-        result = await c.run(messages=USER)
+        result = await answer(c, via)
     assert result.provider == "fallback"
     assert calls(server, "m-primary") == 1
     assert result.attempts[0].error_type == "ContextLengthExceeded"
 
 
-async def test_a_content_filter_is_surfaced_with_the_providers_reason(server: FakeServer) -> None:
+async def test_a_content_filter_is_surfaced_with_the_providers_reason(
+    server: FakeServer, via: str
+) -> None:
     server.script("m-primary", Reply(fault="content_filter"))
     server.script("m-fallback", "routed around")
     async with Cascade.from_dict(config(server)) as c:
         with pytest.raises(RequestRejected) as info:
-            await c.run(messages=USER)
+            await answer(c, via)
     err = info.value
     assert isinstance(err.error, ContentFiltered)
     assert isinstance(err.__cause__, ContentFiltered)
@@ -219,11 +232,13 @@ async def test_a_content_filter_is_surfaced_with_the_providers_reason(server: Fa
     assert calls(server, "m-fallback") == 0
 
 
-async def test_a_content_filter_fails_over_when_the_config_says_so(server: FakeServer) -> None:
+async def test_a_content_filter_fails_over_when_the_config_says_so(
+    server: FakeServer, via: str
+) -> None:
     server.script("m-primary", Reply(fault="content_filter"))
     server.script("m-fallback", "routed around")
     async with Cascade.from_dict(config(server, on_error={"content_filter": "failover"})) as c:
-        result = await c.run(messages=USER)
+        result = await answer(c, via)
     assert result.provider == "fallback"
 
 
@@ -237,7 +252,7 @@ async def test_a_content_filter_fails_over_when_the_config_says_so(server: FakeS
     ],
 )
 async def test_a_400_inside_a_200_stream_is_classified_too(
-    server: FakeServer, message: str, error_type: str
+    server: FakeServer, message: str, error_type: str, via: str
 ) -> None:
     server.script(
         "m-primary", Reply(text="partial", fault="error_event", status=400, error_message=message)
@@ -245,7 +260,7 @@ async def test_a_400_inside_a_200_stream_is_classified_too(
     server.script("m-fallback", "from the fallback")
     cfg = config(server, on_error={"content_filter": "failover"})
     async with Cascade.from_dict(cfg) as c:
-        result = await c.run(messages=USER)
+        result = await answer(c, via)
     assert result.provider == "fallback"
     assert result.attempts[0].error_type == error_type
     assert calls(server, "m-primary") == 1
@@ -265,7 +280,9 @@ async def test_azure_content_filter_in_a_stream_chunk_is_a_content_filter() -> N
     assert info.value.reason == "filtered by policy"
 
 
-async def test_a_content_filter_in_a_hedged_tier_stops_the_race(server: FakeServer) -> None:
+async def test_a_content_filter_in_a_hedged_tier_stops_the_race(
+    server: FakeServer, via: str
+) -> None:
     server.script("m-primary", Reply(text="slow", latency_s=30))
     server.script("m-fallback", Reply(fault="content_filter"))
     cfg = config(server)
@@ -273,7 +290,7 @@ async def test_a_content_filter_in_a_hedged_tier_stops_the_race(server: FakeServ
     cfg["tiers"][0]["providers"][0]["first_token_timeout_s"] = 30
     async with Cascade.from_dict(cfg) as c:
         with pytest.raises(RequestRejected) as info:
-            await c.run(messages=USER)
+            await answer(c, via)
     assert isinstance(info.value.error, ContentFiltered)
     assert info.value.error.provider == "fallback"
     assert [a.error_type for a in info.value.attempts] == ["ContentFiltered"]

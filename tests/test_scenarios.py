@@ -15,6 +15,7 @@ from cascade.testing import (
     Scenario,
     ScenarioFailed,
     Stage,
+    Via,
     run_scenario,
 )
 
@@ -42,6 +43,7 @@ def user_config(kind: str, fallback_kind: str, attempts: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("via", ["run", "buffered", "speculative"])
 @pytest.mark.parametrize("attempts", [1, 2])
 @pytest.mark.parametrize(
     ("kind", "fallback_kind"),
@@ -49,10 +51,10 @@ def user_config(kind: str, fallback_kind: str, attempts: int) -> dict[str, Any]:
 )
 @pytest.mark.parametrize("name", list(SCENARIOS))
 async def test_every_preset_holds_for_a_sane_config(
-    name: str, kind: str, fallback_kind: str, attempts: int
+    name: str, kind: str, fallback_kind: str, attempts: int, via: Via
 ) -> None:
     config = user_config(kind, fallback_kind, attempts)
-    await run_scenario(SCENARIOS[name], config, primary="gpt", fallback="claude")
+    await run_scenario(SCENARIOS[name], config, primary="gpt", fallback="claude", via=via)
 
 
 def test_presets_cover_the_issue_list() -> None:

@@ -25,7 +25,7 @@ from cascade import AllProvidersFailed, Cascade, CascadeExhausted, DeadlineExcee
 from cascade._telemetry import _semconv as sc
 from cascade.testing import FakeOpenAIServer, Reply
 
-from .helpers import JSON_SCHEMA, USER, provider, tier
+from .helpers import JSON_SCHEMA, USER, VIAS, answer, provider, tier
 
 pytestmark = pytest.mark.anyio
 
@@ -531,3 +531,49 @@ async def test_a_run_the_sampler_drops(
     assert len(otel.points(sc.GEN_AI_CLIENT_OPERATION_DURATION)) == (1 if metrics else 0)
     # With nothing to record, the run skipped the metrics bookkeeping altogether.
     assert made == (["s"] if metrics else [])
+
+
+@pytest.mark.parametrize("via", VIAS)
+async def test_call_spans_are_the_attempt_records(
+    otel: OTel, openai_server: FakeOpenAIServer, via: str
+) -> None:
+    # A failure, a retried failure, a rejection and an acceptance: each call's span is
+    # ended from its AttemptFinished record, so it says what the Result's attempt says,
+    # however the run is read.
+    url = openai_server.url
+    openai_server.script("ma", Reply(status=503))
+    openai_server.script("mb", Reply(status=500), "Sure! The answer is 42.")
+    openai_server.script("ml", ANSWER)
+    retry = {"attempts": 2, "base_s": 0.0}
+    cfg = {
+        "tiers": [
+            tier(
+                "small",
+                provider("a", url, "ma"),
+                provider("b", url, "mb", retry=retry),
+                validators=[JSON_SCHEMA],
+            ),
+            tier("large", provider("l", url, "ml")),
+        ]
+    }
+    async with otel.cascade(cfg) as c:
+        result = await answer(c, via)
+    calls = sorted((s for s in otel.spans() if s.name.startswith("chat ")), key=start)
+    assert [s.name for s in calls] == ["chat ma", "chat mb", "chat mb", "chat ml"]
+    assert len(calls) == len(result.attempts)
+    for span, attempt in zip(calls, result.attempts, strict=True):
+        a = attrs(span)
+        assert a[sc.CASCADE_OUTCOME] == attempt.outcome
+        assert a[sc.CASCADE_PROVIDER] == attempt.provider
+        if attempt.outcome == "failed":
+            assert a[sc.ERROR_TYPE] == attempt.error_type
+            assert span.status.description == attempt.error
+        else:
+            assert attempt.completion is not None
+            assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == attempt.completion.input_tokens
+            assert a[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == attempt.completion.output_tokens
+            assert a[sc.CASCADE_COST_USD] == pytest.approx(attempt.cost_usd)
+            assert [attrs(e)[sc.CASCADE_VALIDATION_PASSED] for e in span.events] == [
+                v.passed for v in attempt.verdicts
+            ]
+    assert [a.outcome for a in result.attempts] == ["failed", "failed", "rejected", "accepted"]

@@ -71,7 +71,7 @@ from .engine import (
     StreamMode,
     TierStarted,
 )
-from .providers import Provider, SupportsN, register_provider_kind
+from .providers import Provider, SupportsN, SupportsWhole, register_provider_kind
 from .resilience import AsyncBreaker, CircuitOpen, RetryPolicy
 from .resilience.limiter import LimiterTimeout, RateLimiter
 from .validators import ValidationContext, Validator, validator
@@ -135,6 +135,7 @@ __all__ = [
     "Stream",
     "StreamMode",
     "SupportsN",
+    "SupportsWhole",
     "SystemClock",
     "TierConfig",
     "TierStarted",

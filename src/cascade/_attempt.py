@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import aclosing, nullcontext
+from contextlib import aclosing
 from time import perf_counter
 from typing import Literal, Protocol
 
@@ -22,6 +22,7 @@ from ._config import TierConfig, Variant
 from ._errors import ProviderError, ProviderTimeout
 from ._telemetry import NOOP_ATTEMPT, AttemptTrace
 from ._types import (
+    Chunk,
     Completion,
     Message,
     RequestOptions,
@@ -29,13 +30,11 @@ from ._types import (
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
-from .providers import Provider
+from .providers import Provider, answers_whole
 from .validators import ValidationContext, Validator
 
 __all__ = ["InFlight", "PartialCheck", "Tier", "complete", "judge", "refused"]
 
-
-_UNWATCHED = nullcontext()
 
 _PARTIAL_WINDOW = 4096
 """Partial checks see the answer's first 4 KB: what they judge (how it starts, its first
@@ -206,6 +205,27 @@ async def complete(
     config = provider.config
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
+    if not config.stream and not watch and answers_whole(provider):
+        # One whole answer from one awaited call, bounded by the provider itself: no
+        # iterator of one chunk, no second timer. (Partial checks are for streams only.)
+        one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
+        if one.text:
+            ttft = perf_counter() - t0
+            if on_text is not None:
+                on_text(len(one.text))
+            if on_delta is not None:
+                wait = on_delta(one.text)
+                if wait is not None:
+                    await wait
+        if one.refusal and on_text is not None:
+            on_text(len(one.refusal))
+        return _completion(
+            provider, msgs, opts, t0, one.text, ttft, one.finish_reason, one.input_tokens,
+            one.output_tokens, one.model, one.answer,
+            None if one.logprobs is None else list(one.logprobs),
+            one.cache_read_tokens, one.cache_write_tokens,
+            None if one.refusal is None else [one.refusal],
+        ), None  # fmt: skip
     started = False  # a chunk has arrived: idle_timeout_s counts from now on
     tick = asyncio.get_running_loop().time if clock is None else clock.monotonic
     now = tick()
@@ -218,13 +238,11 @@ async def complete(
     at, phase = total_at, "total"
     if first_at is not None and first_at < total_at:
         at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
-    own = not config.stream and not watch and getattr(provider, "bounds_whole_calls", False)
-    watchdog: asyncio.Timeout | ClockTimeout | None = None
-    if not own:
-        watchdog = asyncio.timeout_at(at) if clock is None else ClockTimeout(clock, at)
+    watchdog: asyncio.Timeout | ClockTimeout
+    watchdog = asyncio.timeout_at(at) if clock is None else ClockTimeout(clock, at)
     try:
         async with (
-            watchdog or _UNWATCHED,
+            watchdog,
             aclosing(provider.stream(msgs, opts)) as chunks,  # type: ignore[type-var]
         ):
             async for chunk in chunks:
@@ -233,7 +251,7 @@ async def complete(
                 # but never resets it, so a server trickling such events cannot keep a
                 # call alive.
                 progress = bool(chunk.text or chunk.refusal)
-                if watchdog is not None and watch and (progress or not started):
+                if watch and (progress or not started):
                     started = True
                     if progress and first_at is not None:
                         first_at = None  # the first token came: from now on, only idle
@@ -258,11 +276,7 @@ async def complete(
                             break
                     if on_delta is not None:
                         wait = on_delta(chunk.text)
-                        if wait is None:
-                            pass  # the reader had room: no wait, the timers untouched
-                        elif watchdog is None:
-                            await wait
-                        else:  # the reader's time is not the provider's
+                        if wait is not None:  # the reader's time is not the provider's
                             watchdog.reschedule(None)
                             before = tick()
                             await wait
@@ -301,7 +315,7 @@ async def complete(
             exc.received_chars = _received(parts, refusal)
         raise
     except TimeoutError:
-        if watchdog is None or not watchdog.expired():
+        if not watchdog.expired():
             raise
         limit = {"first_token": first_s, "idle": idle_s}.get(phase, config.timeout_s)
         what = {"first_token": "no first token", "idle": "no chunk"}.get(phase, "not done")
@@ -318,11 +332,35 @@ async def complete(
     # The pieces go once joined, before the logprobs are copied into their tuple: the
     # answer is then held once, as max_response_bytes counts it (providers/_sizes.py).
     parts.clear()
+    return _completion(
+        provider, msgs, opts, t0, text, ttft, finish, in_tokens, out_tokens, model, answer,
+        logprobs, cache_read, cache_write, refusal,
+    ), early  # fmt: skip
+
+
+def _completion(
+    provider: Provider,
+    msgs: tuple[Message, ...],
+    opts: RequestOptions,
+    t0: float,
+    text: str,
+    ttft: float | None,
+    finish: str | None,
+    in_tokens: int | None,
+    out_tokens: int | None,
+    model: str | None,
+    answer: str | None,
+    logprobs: list[float] | None,
+    cache_read: int | None,
+    cache_write: int | None,
+    refusal: list[str] | None,
+) -> Completion:
+    """The call's Completion; counts the provider did not report are estimated."""
     if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
         in_tokens = estimate_prompt_tokens(msgs)
     if out_tokens is None:
         out_tokens = estimate_text_tokens(len(text) + sum(len(r) for r in refusal or ()))
-    completion = Completion(
+    return Completion(
         text=text,
         provider=provider.name,
         model=model or provider.model,
@@ -338,7 +376,6 @@ async def complete(
         cache_write_tokens=cache_write or 0,
         refusal=None if refusal is None else "".join(refusal),
     )
-    return completion, early
 
 
 def _received(parts: list[str], refusal: list[str] | None) -> int:

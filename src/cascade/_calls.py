@@ -160,12 +160,11 @@ class ProviderCalls:
                 finally:
                     lease = held[0]
         except ProviderError as exc:
-            flight.trace.failed(exc)
             if lease is not None:
                 lease.release()
             run.flights.remove(flight)
             run.last_error = exc
-            run.record(self._failure(run, flight, t0, exc, tier_msgs))
+            run.record(self._failure(run, flight, t0, exc, tier_msgs))  # ends its span
             # Retried already (or not: on_error said so); fail over, or stop the run.
             if classify(exc, provider.config.retry.on_error) == "surface":
                 raise RequestRejected(
@@ -177,7 +176,6 @@ class ProviderCalls:
             if lease is not None:
                 lease.release()
             raise
-        flight.trace.completed(completion)
         if lease is not None:
             lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
         window = self.ttft_windows.get(provider.name)
@@ -198,10 +196,9 @@ class ProviderCalls:
                 raise
         else:
             verdicts, passed = (), True
-        flight.trace.judged(verdicts, passed)
         run.flights.remove(flight)
         attempt = attempt_record(flight, completion, verdicts, passed)
-        run.record(attempt)
+        run.record(attempt)  # its AttemptFinished event ends the call's span
         return attempt
 
     # -- taking a provider: the one place its rate limit and its breaker are taken -------
@@ -310,7 +307,6 @@ class ProviderCalls:
 
         def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
-            flight.trace.failed(exc)
             if held[0] is not None:
                 held[0].release()  # no refund: the failed request counted against the quota
                 held[0] = None

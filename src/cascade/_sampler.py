@@ -25,7 +25,7 @@ from ._types import (
     estimate_prompt_tokens,
     estimate_text_tokens,
 )
-from .providers import SupportsN
+from .providers import SupportsN, answers_whole
 
 __all__ = ["Sampler"]
 
@@ -114,7 +114,7 @@ class Sampler:
         config = flight.provider.config
         # timeout_s bounds the whole call, as complete() does for one answer, unless the
         # provider bounds its whole-body calls itself (post_whole): one timer, not two.
-        own = getattr(flight.provider, "bounds_whole_calls", False)
+        own = answers_whole(flight.provider)
         watchdog: asyncio.Timeout | ClockTimeout | None = None
         clock = self._clock
         if not own:

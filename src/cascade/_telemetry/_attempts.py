@@ -25,12 +25,13 @@ from . import _semconv as sc
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
-    from .._types import Completion, Message, RequestOptions, Verdict
+    from .._types import Attempt, Completion, Message, RequestOptions, Verdict
     from ._core import Telemetry
 
 __all__ = ["NOOP_ATTEMPT", "AttemptTrace", "ProviderInfo", "error_type", "start_attempt"]
 
 MAX_TEXT = 500  # reasons and error messages on spans are cut here
+_CIRCUIT_OPEN = CircuitOpen.__name__
 _encode = msgspec.json.Encoder().encode
 
 
@@ -325,14 +326,29 @@ class AttemptTrace:
             ending[sc.CASCADE_OUTCOME] = "accepted" if passed else "rejected"
         self.end()
 
+    def finished(self, attempt: Attempt) -> None:
+        """The call's attempt record (its AttemptFinished event): an answer's tokens,
+        cost and verdicts, or a failure's error; ends the span. A call ended already (a
+        cancelled one, ended in its own task) is left as it is."""
+        if self._done:
+            return
+        completion = attempt.completion
+        if attempt.outcome == "failed" or completion is None:
+            self._failed(attempt.error_type or attempt.outcome, attempt.error or "")
+            return
+        self.completed(completion)
+        self.judged(attempt.verdicts, attempt.outcome == "accepted")
+
     def failed(self, exc: BaseException) -> None:
         """The call failed with ``exc`` (cancellation included); ends the span. A call
         marked :meth:`lost` ends as cancelled, not as an error."""
+        self._failed(error_type(exc), str(exc))
+
+    def _failed(self, kind: str, message: str) -> None:
         tel, info = self._tel, self._info
         if tel is None or info is None or self._done:
             return
-        kind = error_type(exc)
-        if not isinstance(exc, CircuitOpen):  # an open breaker sent nothing: no duration
+        if kind != _CIRCUIT_OPEN:  # an open breaker sent nothing: no duration
             assert tel.instruments is not None
             tel.instruments.duration.record(perf_counter() - self._t0, info.error_attrs(kind))
         span = self.span
@@ -342,7 +358,7 @@ class AttemptTrace:
                 ending = self._ending = {}
             ending[sc.ERROR_TYPE] = kind
             ending[sc.CASCADE_OUTCOME] = "failed"
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:MAX_TEXT]))
+            span.set_status(Status(StatusCode.ERROR, message[:MAX_TEXT]))
         self.end()
 
     def lost(self, winner: str) -> None:

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from ..engine._events import Escalated, Event, Finished
+from ..engine._events import AttemptFinished, Escalated, Event, Finished
 from . import _semconv as sc
 from ._attempts import (
     MAX_TEXT,
@@ -54,6 +54,7 @@ class RunTrace:
     record (with the error when the run raised)."""
 
     __slots__ = (
+        "_calls",
         "_escalations",
         "_result",
         "_t0",
@@ -80,6 +81,9 @@ class RunTrace:
         self._t0 = perf_counter()
         self._escalations: list[str] = []
         self._result: Result | None = None
+        self._calls: dict[tuple[int, str], AttemptTrace] = {}
+        """The spans of the calls under way, by (tier, provider): each is ended by its
+        call's AttemptFinished event, from the attempt record."""
 
     def __enter__(self) -> RunTrace:
         return self
@@ -93,12 +97,19 @@ class RunTrace:
         self.finish(exc)
 
     def observe(self, event: Event) -> None:
-        """A listener of the run's events: the escalations and the result are read off
-        them (the calls' spans are started and ended by the calls themselves)."""
+        """A listener of the run's events: each call's span and metrics are ended from
+        its AttemptFinished record (outcome, verdicts, tokens, cost, error), and the
+        escalations and the result are read off theirs; so none can disagree with the
+        Result. (A call's span is started with the call, where it must be current.)"""
         if self._tel is None:
             return
         kind = type(event)
-        if kind is Escalated:
+        if kind is AttemptFinished:
+            attempt = event.attempt  # type: ignore[union-attr]
+            call = self._calls.pop((attempt.tier, attempt.provider), None)
+            if call is not None:
+                call.finished(attempt)
+        elif kind is Escalated:
             self.escalated(event)  # type: ignore[arg-type]
         elif kind is Finished:
             self._result = event.result  # type: ignore[union-attr]
@@ -260,11 +271,15 @@ class TierTrace:
             assert self.tier is not None
             info = tel.provider_info(self.tier, provider)
         if self.span is None:  # the run is not traced: metrics only
-            return AttemptTrace(tel, info, None, None)
-        number = len(run.attempts) + 1
-        return start_attempt(
-            tel, info, messages, options, self.span, number, retry, None, hedge=hedge
-        )
+            call = AttemptTrace(tel, info, None, None)
+        else:
+            number = len(run.attempts) + 1
+            call = start_attempt(
+                tel, info, messages, options, self.span, number, retry, None, hedge=hedge
+            )
+        assert self.tier is not None
+        run._calls[(self.tier.index, provider.name)] = call
+        return call
 
     def retry(self, provider: str, exc: BaseException, wait_s: float, *, retry: int) -> None:
         """Try number ``retry`` of ``provider`` failed and is retried after ``wait_s``."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 import aiohttp
@@ -14,6 +14,7 @@ __all__ = [
     "Provider",
     "ProviderFactory",
     "SupportsN",
+    "SupportsWhole",
     "build_provider",
     "check_provider_config",
     "provider_kinds",
@@ -59,6 +60,23 @@ class SupportsN(Protocol):
     ) -> list[Chunk]: ...
 
 
+@runtime_checkable
+class SupportsWhole(Protocol):
+    """A provider that answers a call that does not stream in one awaited call, and
+    bounds every such call (``complete_n`` too, if it has it) by its own ``timeout_s``.
+
+    ``complete_whole`` sends one request and returns the whole answer as one
+    :class:`~cascade.Chunk`, raising only :class:`~cascade.ProviderError` subclasses (a
+    call past ``timeout_s`` included). For a provider that does not stream and has no
+    first-token or idle timeout, the engine calls it instead of ``stream`` and keeps no
+    second timer of its own: one call, not an iterator of one chunk.
+    """
+
+    def complete_whole(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> Awaitable[Chunk]: ...
+
+
 ProviderFactory = Callable[..., Provider]
 """``factory(config, *, session, api_key) -> Provider``.
 
@@ -92,3 +110,16 @@ def build_provider(
 ) -> Provider:
     """Instantiate the provider for ``config.kind`` (the caller checked the kind exists)."""
     return _KINDS[config.kind](config, session=session, api_key=api_key)
+
+
+_WHOLE: dict[type, bool] = {}
+
+
+def answers_whole(provider: object) -> bool:
+    """Whether ``provider`` is :class:`SupportsWhole` (a protocol check is slow: this one
+    is made once per provider class)."""
+    cls = type(provider)
+    found = _WHOLE.get(cls)
+    if found is None:
+        found = _WHOLE[cls] = isinstance(provider, SupportsWhole)
+    return found

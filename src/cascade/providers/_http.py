@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -172,9 +172,6 @@ class HTTPProvider:
     """
 
     kind: ClassVar[str]
-    bounds_whole_calls: ClassVar[bool] = True
-    """A call that does not stream enforces ``timeout_s`` itself (``post_whole``), so the
-    engine keeps no second timer for it."""
 
     def __init__(
         self, config: ProviderConfig, *, session: aiohttp.ClientSession, api_key: str | None
@@ -286,11 +283,19 @@ class HTTPProvider:
         cls = status_class(status, code=code, kind=kind, message=message)
         return cls(message, provider=self.name, model=self.model, status=status)
 
+    def complete_whole(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> Coroutine[Any, Any, Chunk]:
+        """One call that does not stream (:class:`~cascade.providers.SupportsWhole`):
+        its JSON body, within ``timeout_s``. (``post_whole``'s coroutine itself: one
+        frame less on every resumption of the call.)"""
+        return post_whole(self, self._body(messages, options, stream=False), self._whole)
+
     async def stream(
         self, messages: tuple[Message, ...], options: RequestOptions
     ) -> AsyncIterator[Chunk]:
         if not self._stream:
-            yield await post_whole(self, self._body(messages, options, stream=False), self._whole)
+            yield await self.complete_whole(messages, options)
             return
         data = encode_body(self._body(messages, options, stream=True))
         try:
@@ -366,6 +371,11 @@ async def post_whole(
             provider._post(data) as resp,
         ):
             await provider._check(resp)
+            limit = provider.config.max_response_bytes
+            if _small_and_plain(resp, limit):
+                # aiohttp reads no more than Content-Length bytes of a body it does not
+                # decode, so one read() is bounded.
+                return parse(_decoded_within(provider, await resp.read(), limit))
             return parse(await read_body(provider, resp))
     except CascadeError:
         raise
@@ -381,25 +391,34 @@ async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> byt
     it passes the provider's ``max_response_bytes``, holding at most that and one read,
     or when what it decodes to could take more than that (see ``_sizes.json_cost``)."""
     limit = provider.config.max_response_bytes
+    parts: list[bytes] = []
+    received = 0
+    while True:
+        piece = await resp.content.read(_READ_BYTES)
+        if not piece:
+            break
+        received += len(piece)
+        if received > limit:
+            raise provider._too_large(received)
+        parts.append(piece)
+    body = parts[0] if len(parts) == 1 else b"".join(parts)
+    del parts  # the pieces go before the body is scanned and decoded
+    return _decoded_within(provider, body, limit)
+
+
+def _small_and_plain(resp: aiohttp.ClientResponse, limit: int) -> bool:
+    """A body of a Content-Length within one read and the cap, not encoded (the common
+    small answer)."""
     length = resp.content_length
-    plain = "Content-Encoding" not in resp.headers
-    if length is not None and length <= min(_READ_BYTES, limit) and plain:
-        # The common small, plain answer: aiohttp reads no more than Content-Length bytes
-        # of a body that is not decoded, so one read() is bounded (and one await, not two).
-        body = await resp.read()
-    else:
-        parts: list[bytes] = []
-        received = 0
-        while True:
-            piece = await resp.content.read(_READ_BYTES)
-            if not piece:
-                break
-            received += len(piece)
-            if received > limit:
-                raise provider._too_large(received)
-            parts.append(piece)
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        del parts  # the pieces go before the body is scanned and decoded
+    return (
+        length is not None
+        and length <= min(_READ_BYTES, limit)
+        and "Content-Encoding" not in resp.headers
+    )
+
+
+def _decoded_within(provider: HTTPProvider, body: bytes, limit: int) -> bytes:
+    """``body``, unless what it decodes to could take more than ``limit``."""
     if len(body) * _MAX_DECODED_PER_BYTE > limit:  # else it cannot decode past the cap
         cost = json_cost(body)
         if cost > limit:

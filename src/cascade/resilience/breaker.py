@@ -301,7 +301,8 @@ class AsyncBreaker:
             if permit.probe or storage.counter >= self._cb.fail_max:
                 self._cb.open()
         else:
-            storage.reset_counter()
+            if storage.counter:
+                storage.reset_counter()
             if permit.probe:
                 self._cb.close()
         if self._shared is not None:

@@ -36,7 +36,15 @@ from cascade.testing._chaos import Chaos, Fault
 from cascade.testing._openai import FakeOpenAIServer
 from cascade.testing._presets import SCENARIOS
 from cascade.testing._reply import FakeRequest, Reply, Responder
-from cascade.testing._scenarios import Expected, Scenario, ScenarioFailed, Side, Stage, run_scenario
+from cascade.testing._scenarios import (
+    Expected,
+    Scenario,
+    ScenarioFailed,
+    Side,
+    Stage,
+    Via,
+    run_scenario,
+)
 
 __all__ = [
     "SCENARIOS",
@@ -53,5 +61,6 @@ __all__ = [
     "ScenarioFailed",
     "Side",
     "Stage",
+    "Via",
     "run_scenario",
 ]

@@ -13,20 +13,24 @@ from __future__ import annotations
 import copy
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from cascade._clock import FakeClock
 from cascade._config import Config, ProviderConfig
 from cascade._engine import Cascade
 from cascade._errors import CascadeError, RunError
 from cascade._types import Result
+from cascade.engine import Delta, Failed, Finished, Retracted, StreamMode
 from cascade.resilience._policy import Action, classify
 from cascade.testing._anthropic import FakeAnthropicServer
 from cascade.testing._openai import FakeOpenAIServer
 from cascade.testing._reply import Reply
 from cascade.testing._server import FakeServer
 
-__all__ = ["Expected", "Scenario", "ScenarioFailed", "Side", "Stage", "run_scenario"]
+__all__ = ["Expected", "Scenario", "ScenarioFailed", "Side", "Stage", "Via", "run_scenario"]
+
+Via = Literal["run", "buffered", "speculative"]
+"""How a scenario reads each run: ``Cascade.run()``, or ``Cascade.stream()`` in that mode."""
 
 DEFAULT_ANSWER = '{"answer": 42}'
 DEFAULT_MESSAGES: tuple[dict[str, str], ...] = (
@@ -91,13 +95,49 @@ class Stage:
     next timer (a timeout); advanced by hand for a breaker."""
     answer: str
     messages: tuple[dict[str, Any], ...]
+    via: Via = "run"
+    """Read each run with ``run()`` or as a stream in that mode (see :func:`run_scenario`)."""
 
     async def run(self, messages: Sequence[Mapping[str, Any]] | None = None) -> Result | RunError:
-        """One run: its Result, or the RunError it raised."""
+        """One run: its Result, or the RunError it raised (read as :attr:`via` says)."""
+        msgs = list(messages or self.messages)
         try:
-            return await self.cascade.run(messages=list(messages or self.messages))
+            if self.via == "run":
+                return await self.cascade.run(messages=msgs)
+            return await self._read_stream(msgs, self.via)
         except RunError as exc:
             return exc
+
+    async def _read_stream(self, messages: list[Mapping[str, Any]], mode: StreamMode) -> Result:
+        """The run read as a stream: what its deltas show, once retractions are applied,
+        must be the result's text (no piece of a failed or rejected answer stays shown),
+        and buffered mode never retracts."""
+        shown: list[str] = []
+        async with self.cascade.stream(messages=messages, mode=mode) as events:
+            async for event in events:
+                if isinstance(event, Delta):
+                    shown.append(event.text)
+                elif isinstance(event, Retracted):
+                    text = "".join(shown)
+                    if mode == "buffered" or event.chars > len(text):
+                        raise ScenarioFailed(
+                            f"{mode} stream retracted {event.chars} characters of {len(text)} shown"
+                        )
+                    shown = [text[: len(text) - event.chars]]
+                elif isinstance(event, Finished):
+                    if "".join(shown) != event.result.text:
+                        raise ScenarioFailed(
+                            f"the stream showed {''.join(shown)!r}, "
+                            f"the result is {event.result.text!r}"
+                        )
+                    return event.result
+                elif isinstance(event, Failed):
+                    if "".join(shown):
+                        raise ScenarioFailed(
+                            f"the run failed and the stream still shows {''.join(shown)!r}"
+                        )
+                    raise event.error
+        raise ScenarioFailed("the stream ended without Finished or Failed")
 
     def check(self, got: Result | RunError, want: Expected) -> None:
         """Raise :class:`ScenarioFailed` unless ``got`` is ``want``."""
@@ -189,11 +229,15 @@ async def run_scenario(
     fallback: str,
     answer: str = DEFAULT_ANSWER,
     messages: Sequence[Mapping[str, Any]] = DEFAULT_MESSAGES,
+    via: Via = "run",
 ) -> None:
     """Play ``scenario`` on ``config`` (a mapping, as ``Cascade.from_dict`` takes: load a
     TOML file with ``tomllib``), its providers ``primary`` and ``fallback`` served by fake
     servers. ``answer`` is the text a healthy provider answers (one your validators
-    accept). Raises :class:`ScenarioFailed` when the cascade does otherwise.
+    accept). ``via`` reads each run with ``run()`` (the default) or with ``stream()`` in
+    mode ``"buffered"`` or ``"speculative"``, checking also that the text the stream shows,
+    retractions applied, is the result's. Raises :class:`ScenarioFailed` when the cascade
+    does otherwise.
 
     Example::
 
@@ -224,6 +268,7 @@ async def run_scenario(
                 clock=clock,
                 answer=answer,
                 messages=tuple(dict(m) for m in messages),
+                via=via,
             )
             await scenario.play(stage)
 
