@@ -1,0 +1,482 @@
+"""``cascade serve`` against calling the fake fleet directly, and against the LiteLLM proxy.
+
+    python benchmarks/gateway.py [--quick] [--json] [--streams N] [--litellm PATH]
+
+Processes, all on this machine and on loopback: the fake OpenAI-compatible fleet
+(streaming.py's ``--serve``: a JSON answer, and an SSE answer of 32 deltas for the model
+``bulk``); ``cascade serve`` in front of it (one tier, one provider: the gateway's own
+cost, no validators); the LiteLLM proxy (``litellm --config``, when installed: give its
+executable with ``--litellm`` or put ``litellm`` on PATH) in front of the same fleet. This
+process is the client: raw aiohttp, one POST ``/v1/chat/completions`` per call, the JSON
+body read and decoded, or the SSE stream read to ``data: [DONE]``.
+
+For each of direct / gateway / LiteLLM, JSON and SSE: p50 and p99 at concurrency 1, and
+throughput at concurrency 64. The clients take turns, in an order rotated per round, so
+machine drift hits them alike; figures are medians over rounds, "added" figures medians
+of per-turn differences. LiteLLM gets a tenth of the calls per turn (it is that much
+slower). Then memory per open client stream: N slow streams (a delta every 5 s) held open
+through the gateway, its RSS while they are open less its RSS before, over N.
+
+Exit status 1 when a target is missed: added p50 at c=1 (JSON and SSE) at most 1 ms over
+direct; gateway throughput at c=64 at least 10x LiteLLM's (when LiteLLM is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _fleet import Client, Latency, install_loopback_guard, sequential, throughput
+from overhead import PROMPT
+from streaming import raise_fd_limit, server_process
+
+import cascade
+
+CONCURRENCY = 64
+ROUNDS = 5  # 3 with --quick
+BLOCK = 100  # c=1 calls per client per turn (LiteLLM: a tenth)
+BURST = 1000  # c=64 calls per client per turn (LiteLLM: a tenth)
+PHASE_LIMIT_S = 30.0  # each turn stops here, whatever its count
+STREAMS = 2000  # memory probe (500 with --quick)
+WAVE = 250  # memory probe: streams opened at once
+PROBE_LIMIT_S = 120.0
+START_TIMEOUT_S = 60.0  # the LiteLLM proxy takes a while to import
+STOP_TIMEOUT_S = 10.0
+
+BENCH_KEY = "sk-" + secrets.token_hex(16)  # every client sends it; only LiteLLM checks it
+TARGET_ADDED_P50_MS = 1.0
+TARGET_VS_LITELLM = 10.0
+
+TARGETS = ("direct", "gateway", "litellm")
+LABELS = {"direct": "fleet, direct", "gateway": "cascade serve", "litellm": "LiteLLM proxy"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+# -- the gateway and the LiteLLM proxy (child processes) ----------------------------------
+
+
+def gateway_config(folder: Path, fleet: str) -> Path:
+    """Two routes on the one fleet: ``json`` (a provider that does not stream) and ``sse``
+    (one that streams), so each client's call is passed through as it came."""
+    provider = (
+        '[[tiers]]\nname = "only"\n[[tiers.providers]]\nname = "fleet"\nkind = "openai"\n'
+        f'base_url = "{fleet}"\nmodel = "bulk"\napi_key_env = ""\n'
+    )
+    (folder / "sse.toml").write_text(provider + "stream = true\n")
+    path = folder / "gateway.toml"
+    path.write_text(
+        provider + '\n[[gateway.routes]]\nname = "json"\ndefault = true\n'
+        '\n[[gateway.routes]]\nname = "sse"\nconfig = "sse.toml"\n'
+    )
+    return path
+
+
+@contextmanager
+def gateway_process(config: Path) -> Iterator[tuple[str, int]]:
+    """``cascade serve`` on a free port: (its /v1 URL, its pid). Its log (a JSON line per
+    request) goes to a file beside the config, as a deployment's would go to a file or a
+    journal: a pipe this process drained would make the gateway wait on this client."""
+    code = "from cascade._cli import main; raise SystemExit(main())"
+    cmd = [sys.executable, "-c", code, "serve", "--config", str(config), "--port", "0"]
+    log_path = config.with_suffix(".log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    try:
+        port = None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while port is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+            with open(log_path) as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if record.get("event") == "gateway.listening":
+                        port = int(record["port"])
+        if port is None:
+            tail = log_path.read_text()[-2000:]
+            raise RuntimeError(f"cascade serve did not start (exit {proc.poll()}): {tail}")
+        yield f"http://127.0.0.1:{port}/v1", proc.pid
+    finally:
+        _stop(proc)
+
+
+def litellm_executable(given: str | None) -> str | None:
+    if given:
+        return given
+    return shutil.which("litellm")
+
+
+@contextmanager
+def litellm_process(exe: str, folder: Path, fleet: str) -> Iterator[str]:
+    """The LiteLLM proxy (one worker) on a free port in front of the fleet: its /v1 URL.
+    Told to use its bundled cost map and send no telemetry: it stays on loopback."""
+    config = folder / "litellm.yaml"
+    # a model name per client format, as the gateway's routes (the client asks for SSE)
+    models = [
+        f"  - model_name: {name}\n    litellm_params:\n      model: openai/bulk\n"
+        f'      api_base: "{fleet}"\n      api_key: "none"\n'
+        for name in ("json", "sse")
+    ]
+    config.write_text("model_list:\n" + "".join(models) + "litellm_settings:\n  telemetry: false\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_TELEMETRY": "False",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_MASTER_KEY": BENCH_KEY,  # it refuses to start without one
+        "NO_PROXY": "*",
+    }
+    cmd = [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--num_workers", "1"]
+    with open(folder / "litellm.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the LiteLLM proxy exited ({proc.returncode})")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise RuntimeError("the LiteLLM proxy did not start in time")
+        yield url + "/v1"
+    finally:
+        _stop(proc)
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def openai_client(
+    session: aiohttp.ClientSession, base: str, model: str, *, stream: bool
+) -> AsyncIterator[Client]:
+    """One POST per call to ``base``/chat/completions: the JSON answer's text, or the SSE
+    stream read to ``data: [DONE]``. Any other outcome raises: a benchmark of errors is
+    not a benchmark."""
+    endpoint = base + "/chat/completions"
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
+    if stream:
+        body["stream"] = True
+    data = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {BENCH_KEY}"}
+
+    async def call_json() -> str:
+        async with session.post(endpoint, data=data, headers=headers) as resp:
+            payload = await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{endpoint}: {resp.status} {payload[:200]!r}")
+        return json.loads(payload)["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
+
+    async def call_sse() -> str:
+        async with session.post(endpoint, data=data, headers=headers) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"{endpoint}: {resp.status} {(await resp.read())[:200]!r}")
+            async for line in resp.content:
+                if line.startswith(b"data: [DONE]"):
+                    return "done"
+        raise RuntimeError(f"{endpoint}: the stream ended without [DONE]")
+
+    yield Client(call_sse if stream else call_json)
+
+
+async def measure(
+    urls: dict[str, str], *, rounds: int, block: int, burst: int
+) -> dict[str, dict[str, Any]]:
+    """Per (target, format): c=1 latencies per turn and c=64 throughputs per turn."""
+    samples: dict[str, dict[str, Any]] = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with (
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        AsyncExitStack() as stack,
+    ):
+        clients: dict[str, Client] = {}
+        for target, base in urls.items():
+            for fmt in ("json", "sse"):
+                # the fleet answers any model; through a gateway the model names the route
+                model = "bulk" if target == "direct" else fmt
+                client = await stack.enter_async_context(
+                    openai_client(session, base, model, stream=fmt == "sse")
+                )
+                clients[f"{target}/{fmt}"] = client
+                samples[f"{target}/{fmt}"] = {"c1": [], "c64": []}
+                for _ in range(20):  # warm up: connections, caches, the proxy's first call
+                    await client.call()
+        names = list(clients)
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                scale = 10 if name.startswith("litellm") else 1
+                latencies: list[float] = []
+                await sequential(clients[name], count=max(10, block // scale), into=latencies)
+                samples[name]["c1"].append(latencies)
+            for name in order:
+                scale = 10 if name.startswith("litellm") else 1
+                result = await throughput(
+                    clients[name],
+                    count=max(CONCURRENCY * 2, burst // scale),
+                    concurrency=CONCURRENCY,
+                    time_limit_s=PHASE_LIMIT_S,
+                )
+                samples[name]["c64"].append(result)
+            print(f"round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
+    return samples
+
+
+def summarize(samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, s in samples.items():
+        every = [x for turn in s["c1"] for x in turn]
+        lat = Latency.of(every)
+        rps = [t.rps for t in s["c64"]]
+        out[name] = {
+            "p50_ms": round(lat.p50_ms, 3),
+            "p99_ms": round(lat.p99_ms, 3),
+            "rps_c64": round(statistics.median(rps), 1),
+        }
+    for fmt in ("json", "sse"):
+        direct = samples.get(f"direct/{fmt}")
+        for target in ("gateway", "litellm"):
+            name = f"{target}/{fmt}"
+            if name not in samples or direct is None:
+                continue
+            added = [
+                statistics.median(a) - statistics.median(b)
+                for a, b in zip(samples[name]["c1"], direct["c1"], strict=True)
+            ]
+            out[name]["added_p50_ms"] = round(statistics.median(added) * 1e3, 3)
+        if f"litellm/{fmt}" in samples:
+            ratios = [
+                g.rps / lt.rps
+                for g, lt in zip(
+                    samples[f"gateway/{fmt}"]["c64"], samples[f"litellm/{fmt}"]["c64"], strict=True
+                )
+            ]
+            out[f"gateway/{fmt}"]["x_litellm_c64"] = round(statistics.median(ratios), 1)
+    return out
+
+
+# -- memory per open client stream ---------------------------------------------------------
+
+
+async def memory_probe(base: str, pid: int, *, count: int) -> dict[str, Any]:
+    """Open ``count`` slow SSE streams through the gateway (the fleet sends a delta every
+    5 s), in waves; the gateway's RSS while all are open, less before, per stream."""
+    connector = aiohttp.TCPConnector(limit=0)
+    body = json.dumps(
+        {"model": "sse", "stream": True, "messages": [{"role": "user", "content": "slow"}]}
+    ).encode()
+    opened = 0
+    target = 0
+    wave_open = asyncio.Event()
+    release = asyncio.Event()
+    headers = {"Content-Type": "application/json"}
+    endpoint = base + "/chat/completions"
+    async with aiohttp.ClientSession(connector=connector) as session:
+        before = rss_of(pid)
+
+        async def one() -> None:
+            nonlocal opened
+            try:
+                async with session.post(endpoint, data=body, headers=headers) as resp:
+                    if resp.status != 200:
+                        raise RuntimeError(f"slow stream: {resp.status}")
+                    await resp.content.readline()  # the first bytes: the stream is open
+                    opened += 1
+                    if opened >= target:
+                        wave_open.set()
+                    await release.wait()
+            finally:
+                wave_open.set()  # a failed stream wakes the ramp, which then raises
+
+        t0 = time.monotonic()
+        tasks: list[asyncio.Task[None]] = []
+        async with asyncio.timeout(PROBE_LIMIT_S):
+            while len(tasks) < count:
+                target = min(count, len(tasks) + WAVE)
+                wave_open.clear()
+                tasks += [asyncio.create_task(one()) for _ in range(target - len(tasks))]
+                while opened < target:
+                    await wave_open.wait()
+                    wave_open.clear()
+                    failed = [t for t in tasks if t.done()]
+                    if failed:
+                        await failed[0]  # raises its error
+                        raise RuntimeError("a slow stream ended early")
+            ramp = time.monotonic() - t0
+            during = 0
+            for _ in range(10):  # the highest of 2 s of samples, all streams open
+                await asyncio.sleep(0.2)
+                during = max(during, rss_of(pid))
+            release.set()
+            await asyncio.gather(*tasks)
+    return {
+        "streams": count,
+        "opened": opened,
+        "rss_before_mib": round(before / 2**20, 1),
+        "rss_open_mib": round(during / 2**20, 1),
+        "kib_per_stream": round((during - before) / count / 1024, 1),
+        "ramp_s": round(ramp, 2),
+    }
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def targets(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    rows = []
+    for fmt in ("json", "sse"):
+        added = summary[f"gateway/{fmt}"]["added_p50_ms"]
+        rows.append(
+            {
+                "name": f"added p50 at c=1 over the fleet direct, {fmt.upper()}",
+                "target": f"<= {TARGET_ADDED_P50_MS} ms",
+                "value": added,
+                "pass": added <= TARGET_ADDED_P50_MS,
+            }
+        )
+        ratio = summary[f"gateway/{fmt}"].get("x_litellm_c64")
+        rows.append(
+            {
+                "name": f"throughput at c=64 against the LiteLLM proxy, {fmt.upper()}",
+                "target": f">= {TARGET_VS_LITELLM}x",
+                "value": ratio,
+                "pass": None if ratio is None else ratio >= TARGET_VS_LITELLM,
+            }
+        )
+    return rows
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(report["versions"])
+    print(f"{report['rounds']} rounds; c=1 blocks of {BLOCK}, c=64 bursts of {BURST} per turn")
+    print()
+    header = f"{'target':22s} {'fmt':5s} {'p50 ms':>8s} {'p99 ms':>8s} {'+p50 ms':>8s}"
+    print(header + f" {'req/s c=64':>11s} {'x LiteLLM':>10s}")
+    for name, row in report["summary"].items():
+        target, fmt = name.split("/")
+        added = row.get("added_p50_ms")
+        x = row.get("x_litellm_c64")
+        print(
+            f"{LABELS[target]:22s} {fmt:5s} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} "
+            f"{'-' if added is None else f'{added:+.3f}':>8s} {row['rps_c64']:11.1f} "
+            f"{'-' if x is None else x:>10}"
+        )
+    if report["litellm"] is None:
+        print("LiteLLM proxy: not installed (pip install 'litellm[proxy]', or --litellm PATH)")
+    mem = report.get("memory")
+    if mem:
+        print(
+            f"\nmemory: {mem['opened']} slow client streams open through cascade serve: "
+            f"RSS {mem['rss_before_mib']} -> {mem['rss_open_mib']} MiB, "
+            f"{mem['kib_per_stream']} KiB per stream (ramp {mem['ramp_s']} s)"
+        )
+    print("\ntargets:")
+    for t in report["targets"]:
+        verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
+        print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--streams", type=int, help="slow streams of the memory probe")
+    parser.add_argument("--litellm", help="the litellm executable (default: on PATH)")
+    args = parser.parse_args(argv)
+    install_loopback_guard()
+    raise_fd_limit()
+    rounds = 3 if args.quick else ROUNDS
+    block, burst = (BLOCK // 2, BURST // 2) if args.quick else (BLOCK, BURST)
+    streams = args.streams or (500 if args.quick else STREAMS)
+    exe = litellm_executable(args.litellm)
+    with tempfile.TemporaryDirectory() as tmp, server_process() as fleet:
+        folder = Path(tmp)
+        with gateway_process(gateway_config(folder, fleet)) as (gateway, pid):
+            litellm_ctx = litellm_process(exe, folder, fleet) if exe else None
+            urls = {"direct": fleet, "gateway": gateway}
+            with litellm_ctx or _nothing() as litellm_url:
+                if litellm_url:
+                    urls["litellm"] = litellm_url
+                samples = asyncio.run(measure(urls, rounds=rounds, block=block, burst=burst))
+            summary = summarize(samples)
+        slow = folder / "slow.toml"
+        slow.write_text(
+            '[[tiers]]\nname = "only"\n[[tiers.providers]]\nname = "fleet"\nkind = "openai"\n'
+            f'base_url = "{fleet}"\nmodel = "slow"\napi_key_env = ""\nstream = true\n'
+            "timeout_s = 600\n"
+            '\n[[gateway.routes]]\nname = "sse"\ndefault = true\nmode = "speculative"\n'
+        )
+        with gateway_process(slow) as (gateway, pid):
+            memory = asyncio.run(memory_probe(gateway, pid, count=streams))
+    report = {
+        "versions": (
+            f"cascade-engine {cascade.__version__}, aiohttp {aiohttp.__version__}, "
+            f"Python {platform.python_version()}, LiteLLM proxy: {exe or 'not installed'}"
+        ),
+        "rounds": rounds,
+        "litellm": exe,
+        "summary": summary,
+        "memory": memory,
+        "targets": targets(summary),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 1 if any(t["pass"] is False for t in report["targets"]) else 0
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
