@@ -1,0 +1,3 @@
+"""Imports the built-in routers so that their ``@router`` decorators register them."""
+
+from __future__ import annotations
