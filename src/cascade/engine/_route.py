@@ -85,7 +85,7 @@ async def ask_router(
                 decision, router=decision.router or router.name, reason=decision.reason[:MAX_REASON]
             )
     except Exception as exc:  # a router must never lose the request
-        calling.cut_off(exc)
+        calling.cut_off(RouterCancelled(f"cut off: the router {_what(exc, timeout_s)}"))
         decision = _failed(router, exc, timeout_s)
         first, last, variant = 0, len(tiers) - 1, None
     else:
@@ -160,13 +160,16 @@ def _position(value: object, field: str, n: int, default: int) -> int:
 
 def _failed(router: Router, exc: Exception, timeout_s: float) -> RouteDecision:
     name = getattr(router, "name", "") or type(router).__name__
-    if isinstance(exc, _RouterTimeout):
-        what = f"timed out after {timeout_s}s"
-    else:
-        what = f"failed: {type(exc).__name__}: {exc}"
+    what = _what(exc, timeout_s)
     reason = f"router {name!r} {what}; the run goes on over every tier"
     warn_failed(name, what)
     return RouteDecision(reason=reason[:MAX_REASON], router=name)
+
+
+def _what(exc: Exception, timeout_s: float) -> str:
+    if isinstance(exc, _RouterTimeout):
+        return f"timed out after {timeout_s}s"
+    return f"failed: {type(exc).__name__}: {exc}"
 
 
 def _tier_infos(
