@@ -140,8 +140,6 @@ def _range(decision: RouteDecision, tiers: Sequence[Tier]) -> tuple[int, int, st
     n = len(tiers)
     first = _position(decision.start_tier, "start_tier", n, 0)
     last = _position(decision.max_tier, "max_tier", n, n - 1)
-    if decision.start_tier is None and first > last:
-        first = last  # a max below the cascade's first tier is still a range
     if first > last:
         raise ValueError(f"start_tier {decision.start_tier} is above max_tier {decision.max_tier}")
     variant = decision.variant
