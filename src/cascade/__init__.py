@@ -67,6 +67,7 @@ from .engine import (
     Failed,
     Finished,
     Retracted,
+    Routed,
     Stream,
     StreamMode,
     TierStarted,
@@ -74,6 +75,7 @@ from .engine import (
 from .providers import Provider, SupportsN, SupportsWhole, register_provider_kind
 from .resilience import AsyncBreaker, CircuitOpen, RetryPolicy
 from .resilience.limiter import LimiterTimeout, RateLimiter
+from .routing import RouteDecision, Router, RouteRequest, TierInfo, router
 from .validators import ValidationContext, Validator, validator
 
 try:
@@ -130,6 +132,10 @@ __all__ = [
     "Result",
     "Retracted",
     "RetryPolicy",
+    "RouteDecision",
+    "RouteRequest",
+    "Routed",
+    "Router",
     "RunError",
     "SharedConfig",
     "Stream",
@@ -138,6 +144,7 @@ __all__ = [
     "SupportsWhole",
     "SystemClock",
     "TierConfig",
+    "TierInfo",
     "TierStarted",
     "Usage",
     "ValidationContext",
@@ -149,5 +156,6 @@ __all__ = [
     "answer_type",
     "load_config",
     "register_provider_kind",
+    "router",
     "validator",
 ]

@@ -130,3 +130,37 @@ async def use_gateway() -> None:
     app = create_app(build_gateway(load_gateway("cascade.toml"), gate=gate))
     print(app)
     await serve("cascade.toml", host="127.0.0.1", port=0, ready=print)
+
+
+@cascade.router("typed_short_first")
+class ShortFirst:
+    def __init__(self, *, chars: int = 200) -> None:
+        self.name = "typed_short_first"
+        self.chars = chars
+
+    async def route(self, request: cascade.RouteRequest) -> cascade.RouteDecision:
+        text = request.messages[-1].content
+        tiers: tuple[cascade.TierInfo, ...] = request.tiers
+        if len(text) < self.chars and tiers:
+            return cascade.RouteDecision(max_tier=tiers[0].index, reason="short")
+        return cascade.RouteDecision()
+
+
+async def routing(config: dict[str, object]) -> None:
+    from cascade.routing import FirstOf, RulesRouter, build_router, is_no_opinion
+
+    rules = RulesRouter(rules=[{"keywords": ["prove"], "start_tier": 2}])
+    both: cascade.Router = FirstOf(routers=[rules, ShortFirst()])
+    built: cascade.Router = build_router({"kind": "cost"}, path="router")
+    async with cascade.Cascade.from_dict(config, router=both, router_timeout_s=0.5) as c:
+        result = await c.run(messages=[{"role": "user", "content": "hi"}])
+        route: cascade.RouteDecision | None = result.route
+        if route is not None:
+            no_opinion: bool = is_no_opinion(route)
+            del no_opinion
+        async with c.stream(messages=[{"role": "user", "content": "hi"}]) as events:
+            async for event in events:
+                if isinstance(event, cascade.Routed):
+                    start: int = event.start_tier
+                    del start
+    del built

@@ -1,0 +1,168 @@
+"""What a router's decision costs, per request, called as the engine calls it (one
+``await router.route(request)`` with the request's TierInfo already built).
+
+    python benchmarks/route_decision.py [--requests N] [--json] [--router TABLE.json]
+
+Prompts are drawn from a fixed mix (short questions, a few hundred words, an SQL query,
+2 KiB of text) with seeded randomness; each router decides every prompt of the mix in
+turn, and the p50 / p99 of single decisions (``time.perf_counter_ns``) are reported in
+microseconds. ``--router`` adds a router of your own from a JSON ``[router]`` table
+(``{"kind": "...", ...}``). Target: ``rules`` at most 100 us p50 (issue #14).
+
+The ``llm`` router is not here: its decision is a provider call (the engine's), measured
+by the run's own spans; its cached path is a dict lookup after hashing the prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import time
+from typing import Any
+
+from cascade import Message, RequestOptions
+from cascade.routing import Router, RouteRequest, TierInfo, build_router
+
+TIERS = (
+    TierInfo(index=1, name="small", est_cost_usd=0.0004),
+    TierInfo(index=2, name="medium", est_cost_usd=0.004),
+    TierInfo(index=3, name="large", est_cost_usd=0.04),
+)
+
+RULES: dict[str, Any] = {
+    "kind": "rules",
+    "default": {"start_tier": 1},
+    "rules": [
+        {"metadata": {"task": ["clutrr", "logic"]}, "start_tier": 3},
+        {"keywords": ["prove", "derive", "theorem", "lemma", "integral"], "start_tier": 2},
+        {"pattern": r"\bSELECT\b.+\bFROM\b", "start_tier": 2, "max_tier": 2},
+        {"min_tokens": 400, "start_tier": 2},
+        {"max_tokens": 30, "max_tier": 1},
+    ],
+}
+ROUTERS: dict[str, dict[str, Any]] = {
+    "rules (5 rules)": RULES,
+    "cost": {"kind": "cost"},
+    "first_of(rules, cost)": {"kind": "first_of", "routers": [RULES, {"kind": "cost"}]},
+}
+
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "to",
+    "and",
+    "in",
+    "is",
+    "it",
+    "that",
+    "for",
+    "on",
+    "with",
+    "as",
+    "was",
+    "be",
+    "by",
+    "this",
+    "are",
+    "or",
+    "from",
+    "at",
+    "which",
+    "team",
+    "player",
+    "game",
+    "scored",
+    "season",
+    "relation",
+    "mother",
+    "brother",
+    "question",
+    "answer",
+    "number",
+    "proof",
+    "sum",
+    "value",
+    "total",
+    "people",
+    "year",
+    "city",
+    "river",
+]
+
+
+def prompts(rng: random.Random) -> list[RouteRequest]:
+    def text(words: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(words))
+
+    shapes: list[tuple[str, dict[str, str] | None]] = [
+        ("What is the capital of France?", None),
+        (text(60) + "?", {"task": "sports"}),
+        (text(300), None),
+        ("SELECT name, total FROM orders WHERE total > 10 -- explain this query", None),
+        (text(40) + " Prove that the sum is even.", None),
+        (text(120), {"task": "clutrr"}),
+        ("x" * 2048, None),
+    ]
+    return [
+        RouteRequest(
+            messages=(Message(role="user", content=body),),
+            options=RequestOptions(metadata=metadata),
+            tiers=TIERS,
+            max_cost_usd=0.01,
+        )
+        for body, metadata in shapes
+    ]
+
+
+async def measure(router: Router, requests: list[RouteRequest], n: int) -> dict[str, float]:
+    for request in requests:  # warm up (compiled patterns, caches)
+        await router.route(request)
+    times: list[int] = []
+    clock = time.perf_counter_ns
+    for i in range(n):
+        request = requests[i % len(requests)]
+        t0 = clock()
+        await router.route(request)
+        times.append(clock() - t0)
+    times.sort()
+    return {
+        "p50_us": statistics.median(times) / 1000,
+        "p99_us": times[int(len(times) * 0.99)] / 1000,
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--router", help="a JSON [router] table to measure too")
+    args = parser.parse_args()
+    routers = dict(ROUTERS)
+    if args.router:
+        table = json.loads(args.router)
+        routers[str(table.get("kind"))] = table
+    requests = prompts(random.Random(14))
+    figures = {
+        name: await measure(build_router(table), requests, args.requests)
+        for name, table in routers.items()
+    }
+    if args.json:
+        json.dump(figures, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{args.requests} decisions per router over a mix of {len(requests)} prompts")
+    print(f"{'router':<26}{'p50 us':>10}{'p99 us':>10}")
+    for name, f in figures.items():
+        print(f"{name:<26}{f['p50_us']:>10.1f}{f['p99_us']:>10.1f}")
+    rules = figures["rules (5 rules)"]["p50_us"]
+    verdict = "PASS" if rules <= 100 else "MISS"
+    print(f"\ntarget: {verdict}  rules p50 {rules:.1f} us (target <= 100 us)")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

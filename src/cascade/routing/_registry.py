@@ -1,0 +1,234 @@
+"""The kind -> factory registry behind ``@cascade.router`` and the ``[router]`` config table.
+
+A config names a router by ``kind`` and gives the kind's parameters beside it::
+
+    [router]
+    kind = "rules"
+    default = { start_tier = 1 }
+    rules = [{ keywords = ["prove", "derive"], start_tier = 3 }]
+
+Kinds come from ``@cascade.router("kind")`` (the built-ins register this way) and from the
+``cascade.routers`` entry-point group of installed distributions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import threading
+import types
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from .._errors import ConfigError
+from ._decision import Router
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RouterFactory",
+    "build_router",
+    "register_router_kind",
+    "registered_routers",
+    "router",
+]
+
+ENTRY_POINT_GROUP = "cascade.routers"
+
+RouterFactory = Callable[..., Router]
+"""Called with the ``[router]`` table's parameters (all but ``kind``) as keyword
+arguments; returns a Router."""
+
+F = TypeVar("F", bound=RouterFactory)
+
+_REGISTRY: dict[str, RouterFactory] = {}
+_lock = threading.RLock()
+_loaded_entry_points: dict[tuple[str, str], dict[str, RouterFactory]] = {}
+
+
+def register_router_kind(kind: str, factory: RouterFactory, *, replace: bool = False) -> None:
+    """Register ``factory`` under ``kind`` (what ``@cascade.router(kind)`` does)."""
+    if not kind or not isinstance(kind, str):
+        raise ValueError("a router kind needs a non-empty name")
+    if kind in _REGISTRY and _REGISTRY[kind] is not factory and not replace:
+        raise ValueError(
+            f"router kind {kind!r} is already registered; pass replace=True to override it"
+        )
+    _REGISTRY[kind] = factory
+
+
+def router(kind: str, *, replace: bool = False) -> Callable[[F], F]:
+    """Register a router factory (a class or a function) under ``kind``.
+
+    The factory receives the ``[router]`` table's parameters (every key but ``kind``) as
+    keyword arguments; an exception raised there becomes a ConfigError at ``router`` (or
+    at the ConfigError's own path below it), so a bad parameter fails when the cascade is
+    built, not mid-request.
+
+    >>> @router("always_two")  # doctest: +SKIP
+    ... class AlwaysTwo:
+    ...     def __init__(self) -> None:
+    ...         self.name = "always_two"
+    ...     async def route(self, request):
+    ...         return RouteDecision(start_tier=2, router=self.name)
+    """
+    if not kind or not isinstance(kind, str):
+        raise ValueError("a router kind needs a non-empty name")
+
+    def register(factory: F) -> F:
+        register_router_kind(kind, factory, replace=replace)
+        return factory
+
+    return register
+
+
+def registered_routers() -> tuple[str, ...]:
+    """Kinds usable in config, sorted."""
+    _ensure_builtins()
+    return tuple(sorted(_REGISTRY))
+
+
+def build_router(config_table: Mapping[str, Any], *, path: str = "router") -> Router:
+    """Instantiate the router a ``[router]`` table names; ConfigError (at ``path``) if it
+    can't: an unknown kind, an unknown or missing parameter (named at its own path), or a
+    factory that refuses its parameters or returns something that is not a Router."""
+    if not isinstance(config_table, Mapping):
+        raise ConfigError(
+            f"expected a table with a `kind`, got {type(config_table).__name__}", path=path
+        )
+    kind = config_table.get("kind")
+    _ensure_builtins()
+    if isinstance(kind, str) and kind not in _REGISTRY:
+        load_entry_point_routers()
+    if not isinstance(kind, str) or kind not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY)) or "none"
+        raise ConfigError(
+            f"unknown router kind {kind!r} (registered: {known})", path=f"{path}.kind"
+        )
+    factory = _REGISTRY[kind]
+    params = {k: v for k, v in config_table.items() if k != "kind"}
+    _check_parameters(kind, factory, params, path)
+    try:
+        instance = factory(**params)
+    except ConfigError as exc:
+        raise ConfigError(exc.message, path=_join(path, exc.path)) from None
+    except Exception as exc:  # a plug-in's factory may raise anything: it is a config error
+        told = isinstance(exc, TypeError | ValueError)
+        detail = str(exc) if told else f"{type(exc).__name__}: {exc}"
+        raise ConfigError(f"router {kind!r}: {detail}"[:500], path=path) from None
+    _check_router(kind, instance, path)
+    return instance
+
+
+def _join(path: str, inner: str) -> str:
+    if not inner:
+        return path
+    return f"{path}{inner}" if inner.startswith("[") else f"{path}.{inner}"
+
+
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_parameters(
+    kind: str, factory: RouterFactory, params: Mapping[str, Any], path: str
+) -> None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read: calling it will tell
+        return
+    parameters = signature.parameters.values()
+    named = [p for p in parameters if p.kind in _NAMED]
+    accepted = [p.name for p in named]
+    shown = ", ".join(accepted) or "none"
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        for key in params:
+            if key not in accepted:
+                raise ConfigError(
+                    f"router {kind!r} has no parameter {key!r} (its parameters: {shown})",
+                    path=f"{path}.{key}",
+                )
+    for p in named:
+        if p.default is inspect.Parameter.empty and p.name not in params:
+            raise ConfigError(
+                f"router {kind!r} needs {p.name!r} (its parameters: {shown})",
+                path=f"{path}.{p.name}",
+            )
+
+
+def _check_router(kind: str, instance: object, path: str) -> None:
+    try:
+        ok = isinstance(instance, Router)
+        name = getattr(instance, "name", None)
+    except Exception as exc:  # a `name` property that raises
+        raise ConfigError(
+            f"router {kind!r}: reading its `name` raised {type(exc).__name__}: {exc}"[:500],
+            path=path,
+        ) from None
+    if not ok:
+        raise ConfigError(
+            f"router {kind!r} factory returned {type(instance).__name__}, which has no "
+            "`name` and async `route(request)`",
+            path=path,
+        )
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"router {kind!r}: {type(instance).__name__}.name is {name!r}; expected a "
+            "non-empty string",
+            path=path,
+        )
+    route = instance.route  # type: ignore[attr-defined]
+    if not (
+        inspect.iscoroutinefunction(route)
+        or inspect.iscoroutinefunction(getattr(route, "__call__", None))  # noqa: B004
+    ):
+        raise ConfigError(
+            f"router {kind!r}: {type(instance).__name__}.route is not a coroutine function; "
+            "expected `async def route(self, request) -> RouteDecision`",
+            path=path,
+        )
+
+
+def load_entry_point_routers() -> list[str]:
+    """Load every entry point of the ``cascade.routers`` group; return the kinds they
+    provide. An entry point names a module (its ``@cascade.router`` decorators register)
+    or a factory (registered under the entry point's name unless it registered itself);
+    one that fails to load raises ConfigError at ``entry_points.<name>``."""
+    kinds: list[str] = []
+    with _lock:
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            key = (ep.name, ep.value)
+            if key not in _loaded_entry_points:
+                _loaded_entry_points[key] = _load_entry_point(ep)
+            for kind, factory in _loaded_entry_points[key].items():
+                _REGISTRY.setdefault(kind, factory)
+                if kind not in kinds:
+                    kinds.append(kind)
+    return kinds
+
+
+def _load_entry_point(ep: importlib.metadata.EntryPoint) -> dict[str, RouterFactory]:
+    before = set(_REGISTRY)
+    try:
+        obj = ep.load()
+        if isinstance(obj, types.ModuleType):
+            module = obj.__name__
+            kinds = [k for k, f in _REGISTRY.items() if getattr(f, "__module__", "") == module]
+        elif callable(obj):
+            kinds = [k for k, f in _REGISTRY.items() if f is obj]
+            if not kinds:
+                register_router_kind(ep.name, obj)
+                kinds = [ep.name]
+        else:
+            raise TypeError(f"{type(obj).__name__} is neither a module nor a router factory")
+    except Exception as exc:
+        for kind in set(_REGISTRY) - before:
+            del _REGISTRY[kind]
+        raise ConfigError(
+            f"cannot load router entry point {ep.name!r} ({ep.value}): {type(exc).__name__}: {exc}",
+            path=f"entry_points.{ep.name}",
+        ) from exc
+    return {k: _REGISTRY[k] for k in kinds}
+
+
+def _ensure_builtins() -> None:
+    """The built-in kinds register on import of their modules (late: they import this)."""
+    from . import _builtins  # noqa: F401
