@@ -91,6 +91,19 @@ class Tier:
         self.accept_refusals = config.accept_refusals
         self.providers: tuple[Provider, ...] = ()
 
+    def starting_with(self, variant: str) -> Tier:
+        """This tier with its variants turned so that its first request uses ``variant``
+        (a router's choice); further samples take the others in turn."""
+        names = [v.name for v in self.variants]
+        k = names.index(variant)
+        tier = object.__new__(Tier)
+        for slot in Tier.__slots__:
+            object.__setattr__(tier, slot, getattr(self, slot))
+        tier.variants = self.variants[k:] + self.variants[:k]
+        if self.weights_of_variants:
+            tier.weights_of_variants = self.weights_of_variants[k:] + self.weights_of_variants[:k]
+        return tier
+
     def request(
         self, msgs: tuple[Message, ...], opts: RequestOptions, sample: int
     ) -> tuple[tuple[Message, ...], RequestOptions]:

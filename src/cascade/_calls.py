@@ -103,6 +103,7 @@ class ProviderCalls:
         *,
         flight: InFlight | None = None,
         on_text: Callable[[int], None] | None = None,
+        show_text: bool = True,
     ) -> Attempt | None:
         """One provider's attempt at the tier: the Attempt (accepted or rejected), or None
         when the call failed (recorded; the caller fails over).
@@ -110,7 +111,8 @@ class ProviderCalls:
         ``flight`` is the caller's record of the call (a hedge race keeps its own);
         ``on_text`` sees the length of each text chunk. A cancelled call leaves its flight
         in ``run.flights`` for whoever cancelled it to record. In a speculative stream
-        (and a tier that does not hedge) the text goes to the caller as it arrives.
+        (and a tier that does not hedge) the text goes to the caller as it arrives, unless
+        ``show_text`` is False (the router's own call).
         """
         if flight is None:
             flight = InFlight(tier, provider, perf_counter())
@@ -128,7 +130,7 @@ class ProviderCalls:
             )
         )
         on_delta = None
-        if run.speculative and tier.hedge is None:
+        if run.speculative and tier.hedge is None and show_text:
             on_delta = run.delta_sender(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
         # The span of the call (one per try: a retry replaces it), current until judged.

@@ -299,6 +299,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     """Folders whose ``*.py`` files are imported at build, registering their validators."""
     shared: SharedConfig | None = None
     """Share breakers and rate limits across processes through Redis (default: in memory)."""
+    router: dict[str, Any] | None = None
+    """The ``[router]`` table: ``kind`` (``rules``, ``cost``, ``llm``, ``first_of``, or one
+    registered with ``@cascade.router``) and the kind's parameters; asked once per run
+    before the first tier (see :mod:`cascade.routing`). Checked when the Cascade is built."""
+    router_timeout_s: PosFloat = 1.0
+    """The longest a router may take to decide (its own provider calls included); past
+    it the run goes on over every tier, the timeout recorded in ``Result.route``."""
 
     def __post_init__(self) -> None:
         seen_tiers: set[str] = set()
@@ -326,6 +333,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     raise ConfigError(
                         "expected a validator name (str)", path=f"tiers[{t}].validators[{v}].name"
                     )
+        if self.router is not None and not isinstance(self.router.get("kind"), str):
+            raise ConfigError("expected a router kind (str)", path="router.kind")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Config:

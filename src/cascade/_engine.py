@@ -16,7 +16,7 @@ from ._build import build_tiers, provider_keys
 from ._calls import ProviderCalls
 from ._clock import Clock
 from ._config import Config, in_file, load_config
-from ._errors import InputError
+from ._errors import ConfigError, InputError
 from ._telemetry import Telemetry
 from ._types import Message, RequestOptions, Result, coerce_messages
 from .engine._core import Engine, Plan
@@ -25,6 +25,7 @@ from .engine._stream import NO_SINK, Stream
 from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
+from .routing import Router, UsesProviders, build_router
 from .validators._plugins import load_validator_folder
 
 if TYPE_CHECKING:
@@ -53,6 +54,10 @@ class Cascade:
     ``async with`` or the first ``run`` and close with ``aclose``. A ``session`` passed in
     is shared by every provider instead, and its pool is the caller's to size.
 
+    ``router`` (or config's ``[router]`` table; the argument wins) is asked once per run,
+    before the first tier, where the run starts and stops (see :mod:`cascade.routing`),
+    within ``router_timeout_s`` (config's by default) on ``clock``.
+
     Every run is traced and measured through the OpenTelemetry API (``tracer_provider`` /
     ``meter_provider``, the global ones by default: nothing is recorded until the
     application configures the SDK). ``capture_content=True`` (or
@@ -72,6 +77,8 @@ class Cascade:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         capture_content: bool | None = None,
+        router: Router | None = None,
+        router_timeout_s: float | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
         if base_dir is not None:
@@ -85,6 +92,7 @@ class Cascade:
         self.config = config
         self._keys = provider_keys(config, env)
         self._tiers = build_tiers(config)
+        self._router = _the_router(config, router)
         self._telemetry = Telemetry(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -98,7 +106,11 @@ class Cascade:
             environ=env,
         )
         self._telemetry.watch_breakers(self._calls.breakers)
-        self._engine = Engine(config, self._calls, self._telemetry)
+        if router_timeout_s is not None and not 0 < router_timeout_s < float("inf"):
+            raise ConfigError("expected a finite number of seconds > 0", path="router_timeout_s")
+        self._engine = Engine(
+            config, self._calls, self._telemetry, router_timeout_s=router_timeout_s
+        )
         self._session = session
         self._owns_session = session is None
         self._pools: dict[str, aiohttp.ClientSession] = {}  # ours, by provider name
@@ -206,7 +218,10 @@ class Cascade:
     ) -> Result:
         """Run one request through the tiers and return the first accepted answer.
 
-        ``start_tier`` / ``max_tier`` (1-based index or tier name) bound the tiers tried.
+        ``start_tier`` / ``max_tier`` (1-based index or tier name) bound the tiers tried;
+        either one given, the cascade's router (if any) is not asked: the call's choice
+        wins, and ``Result.route`` is None. Otherwise the router decides the range
+        (``Result.route``, the :class:`~cascade.Routed` event) before the first tier.
         ``max_cost_usd`` skips a tier whose estimated cost exceeds what is left.
         ``deadline_s`` bounds the whole run, every tier included.
 
@@ -286,7 +301,10 @@ class Cascade:
         deadline = self.config.deadline_s if deadline_s is None else deadline_s
         if deadline is not None and not deadline > 0:
             raise InputError("expected a deadline > 0 seconds", path="deadline_s")
-        return Plan(msgs, opts, self._tiers[first : last + 1], budget, deadline)
+        router = self._router
+        if router is not None and (start_tier is not None or max_tier is not None):
+            router = None  # the call's own range wins; the router is not asked
+        return Plan(msgs, opts, self._tiers[first : last + 1], budget, deadline, router)
 
     async def _open_for_run(self) -> None:
         if self._closed:
@@ -306,9 +324,41 @@ class Cascade:
         return value - 1
 
     @property
+    def router(self) -> Router | None:
+        """The router asked before the first tier of each run (None: none)."""
+        return self._router
+
+    @property
     def breakers(self) -> Mapping[str, AsyncBreaker]:
         """Each provider's circuit breaker, by provider name (state, counts, ``repr``)."""
         return MappingProxyType(self._calls.breakers)
+
+
+def _the_router(config: Config, given: Router | None) -> Router | None:
+    """The router passed in (which wins over config's ``[router]``), else the one the
+    config's table names, built and checked now; the providers it calls must exist."""
+    if given is not None:
+        if not isinstance(given, Router):
+            raise ConfigError(
+                f"expected a Router (a `name` and async `route(request)`), got "
+                f"{type(given).__name__}",
+                path="router",
+            )
+        found, path = given, "router"
+    elif config.router is not None:
+        found, path = build_router(config.router, path="router"), "router"
+    else:
+        return None
+    if isinstance(found, UsesProviders):
+        names = {p.name for t in config.tiers for p in t.providers}
+        for where, name in found.providers_used().items():
+            if name not in names:
+                known = ", ".join(sorted(names))
+                raise ConfigError(
+                    f"no provider named {name!r} in the cascade (its providers: {known})",
+                    path=f"{path}.{where}" if where else path,
+                )
+    return found
 
 
 def connection_shares(config: Config) -> dict[str, int]:

@@ -26,6 +26,7 @@ from ._types import (
 from .engine._events import AttemptFinished, Delta, Event, Retracted
 from .engine._stream import NO_SINK, Sink
 from .providers import Provider
+from .routing import RouteDecision
 
 __all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
 
@@ -90,13 +91,21 @@ def best_attempt(attempts: list[Attempt]) -> Attempt | None:
     for a in attempts:
         if a.completion is None or a.completion.finish_reason == "rejected_early":
             continue  # nothing, or a fragment cut off by an early rejection
+        if not a.tier:
+            continue  # the router's own call (tier 0): a rating, not an answer
         if found is None or (a.score, a.tier) >= (found.score, found.tier):
             found = a
     return found
 
 
 def result_of(
-    attempts: list[Attempt], attempt: Attempt, *, spent: float, t0: float, validated: bool
+    attempts: list[Attempt],
+    attempt: Attempt,
+    *,
+    spent: float,
+    t0: float,
+    validated: bool,
+    route: RouteDecision | None = None,
 ) -> Result:
     """The Result returning ``attempt``'s answer; cost and usage cover every attempt."""
     assert attempt.completion is not None
@@ -129,6 +138,7 @@ def result_of(
         variant=completion.variant,
         answer=completion.answer,
         refusal=completion.refusal,
+        route=route,
     )
 
 
@@ -144,6 +154,7 @@ class RunState:
         "deadline_at",
         "flights",
         "last_error",
+        "route",
         "shown",
         "sink",
         "speculative",
@@ -169,6 +180,8 @@ class RunState:
         self.trace: RunTrace = NOOP_RUN
         self.tier_trace: TierTrace = NOOP_TIER
         """The run's span and the span of the tier under way (``_telemetry``)."""
+        self.route: RouteDecision | None = None
+        """The router's decision, once asked (``engine/_route.py``)."""
 
     def charge(self, flight: InFlight, completion: Completion) -> float:
         """Charge an answer ``flight``'s provider sent (the attempt's, or a sample's): its
@@ -238,4 +251,11 @@ class RunState:
         return in_tokens, out_tokens, cost
 
     def result(self, attempt: Attempt, *, validated: bool) -> Result:
-        return result_of(self.attempts, attempt, spent=self.spent, t0=self.t0, validated=validated)
+        return result_of(
+            self.attempts,
+            attempt,
+            spent=self.spent,
+            t0=self.t0,
+            validated=validated,
+            route=self.route,
+        )

@@ -229,11 +229,16 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     refusal: str | None = None
     """The answer returned is a refusal (``Completion.refusal``): returned only when no
     tier accepted anything (``on_exhausted = "best"``) or its tier ``accept_refusals``."""
+    route: RouteDecision | None = None
+    """The cascade's router's decision for this run (None: no router, or the call set
+    ``start_tier`` / ``max_tier`` itself). The router's own calls, if any (the ``llm``
+    router), are attempts of tier 0 named ``router``, costed into ``cost_usd``."""
 
     @property
     def escalations(self) -> int:
-        """How many tiers were left behind before the answering one."""
-        return len({a.tier for a in self.attempts if a.tier != self.tier})
+        """How many tiers were left behind before the answering one (the router's calls,
+        tier 0, are not a tier left behind)."""
+        return len({a.tier for a in self.attempts if a.tier != self.tier and a.tier})
 
 
 def coerce_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
@@ -279,3 +284,8 @@ def estimate_text_tokens(chars: str | int) -> int:
     one for any text (``chars``: the text or its length)."""
     n = chars if isinstance(chars, int) else len(chars)
     return max(1, n // 4) if n else 0
+
+
+# Last: the routing package imports Message and RequestOptions from here, and Result's
+# annotation must resolve (msgspec reads it from this module's globals).
+from .routing._decision import RouteDecision  # noqa: E402

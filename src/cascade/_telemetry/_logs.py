@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 
 if TYPE_CHECKING:
     from .._types import Attempt, RequestOptions, Result
+    from ..engine._events import Routed
 
 __all__ = ["ROUTE_EVENT", "add_trace_ids", "route_record", "trace_ids"]
 
@@ -60,9 +61,11 @@ def route_record(
     escalations: list[str],
     latency_s: float,
     span: Span | None,
+    route: Routed | None = None,
 ) -> None:
-    """Log the run's routing decision: the tiers it went through and what it cost (the
-    caller checks ``structlog.is_configured()`` first)."""
+    """Log the run's routing decision: the router's decision (``route``, with a router),
+    the tiers it went through and what it cost (the caller checks
+    ``structlog.is_configured()`` first)."""
     metadata = options.metadata if options is not None and options.metadata else {}
     if result is not None:
         attempts = result.attempts
@@ -70,6 +73,8 @@ def route_record(
         attempts = getattr(exc, "attempts", None) or attempts
     path: list[str] = []
     for a in attempts:
+        if not a.tier:
+            continue  # the router's own calls (tier 0): under "route"
         if not path or path[-1] != a.tier_name:
             path.append(a.tier_name)
     fields: dict[str, Any] = {
@@ -81,6 +86,17 @@ def route_record(
     }
     if metadata:
         fields["metadata"] = dict(metadata)
+    if route is not None:
+        decision = route.route
+        fields["route"] = {
+            "router": decision.router,
+            "start_tier": route.start_tier,
+            "max_tier": route.max_tier,
+            "variant": decision.variant,
+            "reason": decision.reason,
+            "score": decision.score,
+            "cost_usd": sum(a.cost_usd for a in attempts if not a.tier),
+        }
     fields.update(trace_ids(span))
     if result is not None:
         log.info(

@@ -22,7 +22,7 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from ..engine._events import AttemptFinished, Escalated, Event, Finished
+from ..engine._events import AttemptFinished, Escalated, Event, Finished, Routed
 from . import _semconv as sc
 from ._attempts import (
     MAX_TEXT,
@@ -57,6 +57,7 @@ class RunTrace:
         "_calls",
         "_escalations",
         "_result",
+        "_route",
         "_t0",
         "_tel",
         "_token",
@@ -81,6 +82,7 @@ class RunTrace:
         self._t0 = perf_counter()
         self._escalations: list[str] = []
         self._result: Result | None = None
+        self._route: Routed | None = None
         self._calls: dict[tuple[int, str], AttemptTrace] = {}
         """The spans of the calls under way, by (tier, provider): each is ended by its
         call's AttemptFinished event, from the attempt record."""
@@ -113,6 +115,15 @@ class RunTrace:
             self.escalated(event)  # type: ignore[arg-type]
         elif kind is Finished:
             self._result = event.result  # type: ignore[union-attr]
+        elif kind is Routed:
+            self.routed(event)  # type: ignore[arg-type]
+
+    def routed(self, event: Routed) -> None:
+        """The router decided: ``cascade.route.*`` on the run's span, and the decision
+        kept for the routing record."""
+        self._route = event
+        if self.span is not None:
+            self.span.set_attributes(route_attributes(event))
 
     def escalated(self, event: Escalated) -> None:
         """The engine left a tier unaccepted for the next (an escalation event)."""
@@ -201,6 +212,7 @@ class RunTrace:
                 options=self.options,
                 escalations=self._escalations,
                 latency_s=perf_counter() - self._t0,
+                route=self._route,
                 span=span,
             )
         except Exception:  # a broken logging set-up must not fail a run that answered
@@ -226,9 +238,27 @@ def _record_failed() -> None:
         )
 
 
+def route_attributes(event: Routed) -> dict[str, str | int | float]:
+    """The run span's ``cascade.route.*`` attributes."""
+    route = event.route
+    attrs: dict[str, str | int | float] = {
+        sc.CASCADE_ROUTE_ROUTER: route.router,
+        sc.CASCADE_ROUTE_START_TIER: event.start_tier,
+        sc.CASCADE_ROUTE_MAX_TIER: event.max_tier,
+        sc.CASCADE_ROUTE_REASON: route.reason[:MAX_TEXT],
+    }
+    if route.score is not None:
+        attrs[sc.CASCADE_ROUTE_SCORE] = route.score
+    if route.variant is not None:
+        attrs[sc.CASCADE_ROUTE_VARIANT] = route.variant
+    return attrs
+
+
 def _tier_path(attempts: Sequence[Attempt]) -> list[str]:
     path: list[str] = []
     for a in attempts:
+        if not a.tier:
+            continue  # the router's own calls: on cascade.route.*, not a tier tried
         if not path or path[-1] != a.tier_name:
             path.append(a.tier_name)
     return path

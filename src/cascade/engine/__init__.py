@@ -14,6 +14,7 @@ from ._events import (
     Failed,
     Finished,
     Retracted,
+    Routed,
     StreamMode,
     TierStarted,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Failed",
     "Finished",
     "Retracted",
+    "Routed",
     "Stream",
     "StreamMode",
     "TierStarted",

@@ -10,6 +10,7 @@ that happens (:mod:`._events`), ending with :class:`~._events.Finished` or
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from time import perf_counter
 from typing import Literal, NamedTuple
 
@@ -32,7 +33,9 @@ from .._telemetry import Telemetry
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
 from ..providers import Provider
 from ..resilience.limiter import LimiterTimeout
+from ..routing import Router
 from ._events import Delta, Escalated, EscalationReason, Failed, Finished, TierStarted
+from ._route import ask_router
 from ._stream import NO_SINK, Sink
 
 __all__ = ["Engine", "Plan", "tier_outcome"]
@@ -51,6 +54,8 @@ class Plan(NamedTuple):
     tiers: list[Tier]
     budget: float | None
     deadline: float | None
+    router: Router | None = None
+    """Asked before the first tier (None: no router, or the call chose its tiers)."""
 
 
 class RunCancelled(Exception):
@@ -61,12 +66,22 @@ class RunCancelled(Exception):
 class Engine:
     """Runs requests through a Cascade's tiers (built and opened by the Cascade)."""
 
-    __slots__ = ("calls", "config", "telemetry")
+    __slots__ = ("calls", "config", "router_timeout_s", "telemetry")
 
-    def __init__(self, config: Config, calls: ProviderCalls, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        config: Config,
+        calls: ProviderCalls,
+        telemetry: Telemetry,
+        *,
+        router_timeout_s: float | None = None,
+    ) -> None:
         self.config = config
         self.calls = calls
         self.telemetry = telemetry
+        self.router_timeout_s = (
+            config.router_timeout_s if router_timeout_s is None else router_timeout_s
+        )
 
     async def execute(self, plan: Plan, sink: Sink) -> Finished | Failed:
         """Run ``plan``, emitting its events to ``sink``; the last one is also returned.
@@ -128,7 +143,20 @@ class Engine:
         attempts = run.attempts
         sink = run.sink
         left: tuple[Tier, EscalationReason, str] | None = None  # a tier left unaccepted
-        for tier in plan.tiers:
+        tiers: Sequence[Tier] = plan.tiers
+        if plan.router is not None:
+            tiers = await ask_router(
+                plan.router,
+                run=run,
+                calls=self.calls,
+                tiers=tiers,
+                msgs=plan.msgs,
+                opts=plan.opts,
+                budget=plan.budget,
+                timeout_s=self.router_timeout_s,
+                estimate_output_tokens=self.config.estimate_output_tokens,
+            )
+        for tier in tiers:
             if left is not None:
                 escalated = Escalated(
                     from_tier=left[0].index,

@@ -4,6 +4,8 @@ A run is a stream of these. :meth:`Cascade.stream <cascade.Cascade.stream>` hand
 the caller; :meth:`Cascade.run <cascade.Cascade.run>` reads the same stream to its end and
 returns the :class:`Finished` event's result (or raises the :class:`Failed` event's error).
 
+    Routed               the router's decision and the tier range it gives (with a router:
+                         after the router's own calls, if any; before the first tier)
     TierStarted          a tier is tried (after any Escalated from the tier before it)
       AttemptStarted     a provider call (each retry try, each hedge) starts
       Delta*             answer text: accepted text ("buffered"), or as it arrives
@@ -21,6 +23,7 @@ import msgspec
 
 from .._errors import RunError
 from .._types import Attempt, Result
+from ..routing import RouteDecision
 
 __all__ = [
     "AttemptFinished",
@@ -32,12 +35,26 @@ __all__ = [
     "Failed",
     "Finished",
     "Retracted",
+    "Routed",
     "StreamMode",
     "TierStarted",
 ]
 
 StreamMode = Literal["buffered", "speculative"]
 EscalationReason = Literal["rejected", "failed", "over_budget"]
+
+
+class Routed(msgspec.Struct, frozen=True, kw_only=True):
+    """The cascade's router decided, before the first tier: the run tries tiers
+    ``start_tier`` to ``max_tier`` (1-based, the range the decision gives within the
+    cascade's). A router that failed (raised, timed out, answered out of range) has a
+    ``route`` naming the failure in its ``reason`` and the cascade's whole range."""
+
+    route: RouteDecision
+    start_tier: int
+    start_tier_name: str
+    max_tier: int
+    max_tier_name: str
 
 
 class TierStarted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -112,7 +129,8 @@ class Failed(msgspec.Struct, frozen=True, kw_only=True):
 
 
 Event: TypeAlias = (
-    TierStarted
+    Routed
+    | TierStarted
     | AttemptStarted
     | Delta
     | AttemptFinished

@@ -8,7 +8,15 @@ parameters) or pass it to ``Cascade(..., router=...)``; register your own with
 
 from __future__ import annotations
 
-from ._decision import RouteDecision, Router, RouteRequest, TierInfo
+from ._decision import (
+    CompleteFn,
+    RouteDecision,
+    Router,
+    RouteRequest,
+    TierInfo,
+    UsesProviders,
+    is_no_opinion,
+)
 from ._registry import (
     ENTRY_POINT_GROUP,
     RouterFactory,
@@ -18,16 +26,28 @@ from ._registry import (
     registered_routers,
     router,
 )
+from .compose import FirstOf
+from .cost import CostRouter
+from .llm import LLMRouter, parse_rating
+from .rules import RulesRouter
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "CompleteFn",
+    "CostRouter",
+    "FirstOf",
+    "LLMRouter",
     "RouteDecision",
     "RouteRequest",
     "Router",
     "RouterFactory",
+    "RulesRouter",
     "TierInfo",
+    "UsesProviders",
     "build_router",
+    "is_no_opinion",
     "load_entry_point_routers",
+    "parse_rating",
     "register_router_kind",
     "registered_routers",
     "router",

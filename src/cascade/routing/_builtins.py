@@ -1,3 +1,5 @@
 """Imports the built-in routers so that their ``@router`` decorators register them."""
 
 from __future__ import annotations
+
+from . import compose, cost, llm, rules  # noqa: F401

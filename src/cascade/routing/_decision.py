@@ -16,13 +16,27 @@ escalate inside it::
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
-from .._types import Message, RequestOptions
+from .._types import Completion, Message, RequestOptions
 
-__all__ = ["RouteDecision", "RouteRequest", "Router", "TierInfo"]
+__all__ = [
+    "CompleteFn",
+    "RouteDecision",
+    "RouteRequest",
+    "Router",
+    "TierInfo",
+    "UsesProviders",
+    "is_no_opinion",
+]
+
+CompleteFn: TypeAlias = Callable[
+    [str, Sequence[Message], RequestOptions | None], Awaitable[Completion | None]
+]
+"""``complete(provider_name, messages, options)``: see :attr:`RouteRequest.complete`."""
 
 
 class RouteDecision(msgspec.Struct, frozen=True, kw_only=True):
@@ -69,6 +83,17 @@ class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
     tiers: tuple[TierInfo, ...]
     max_cost_usd: float | None
     """The run's budget, if any."""
+    complete: CompleteFn | None = None
+    """Within a run: calls a provider of the cascade, by name, through the engine's own
+    path (its circuit breaker, rate limit and retries) and returns its answer, or None
+    when the call failed, its breaker is open or it has no rate-limit headroom now. Each
+    call is an attempt of the run (tier 0, named ``router``), costed into the run's cost
+    and budget. None outside a run (a router called directly, a benchmark)."""
+
+
+def is_no_opinion(decision: RouteDecision) -> bool:
+    """The decision leaves the range as it is (neither a start nor a max tier)."""
+    return decision.start_tier is None and decision.max_tier is None
 
 
 @runtime_checkable
@@ -85,3 +110,15 @@ class Router(Protocol):
     name: str
 
     async def route(self, request: RouteRequest) -> RouteDecision: ...
+
+
+@runtime_checkable
+class UsesProviders(Protocol):
+    """A router that calls providers of the cascade (through
+    :attr:`RouteRequest.complete`) names them, so that the Cascade checks when it is built
+    that each exists (a ConfigError at ``router.<path>`` otherwise)."""
+
+    def providers_used(self) -> Mapping[str, str]:
+        """``{config path relative to the router's table: provider name}``, e.g.
+        ``{"provider": "small-a"}``."""
+        ...
