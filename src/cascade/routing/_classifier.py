@@ -25,7 +25,6 @@ from .._errors import ConfigError
 from ._decision import RouteDecision, RouteRequest
 from ._modelfile import load_classifier
 from ._policy import Policy, decide
-from ._registry import router
 
 __all__ = ["ClassifierRouter", "prompt_text"]
 
@@ -74,7 +73,6 @@ def mismatch(tiers: Sequence[str], request: RouteRequest, name: str) -> RouteDec
     return None
 
 
-@router("classifier")
 class ClassifierRouter:
     """Routes by a TF-IDF + logistic-regression model read from ``model`` (JSON)."""
 

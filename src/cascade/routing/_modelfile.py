@@ -54,7 +54,7 @@ class _Header(msgspec.Struct, kw_only=True):
 
 
 class ClassifierFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    format: Literal["cascade-router"] = FORMAT
+    format: Literal["cascade-router"] = "cascade-router"
     version: Literal[1] = 1
     kind: Literal["classifier"] = "classifier"
     tiers: list[str]
@@ -86,7 +86,7 @@ class Example(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 
 class SemanticFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    format: Literal["cascade-router"] = FORMAT
+    format: Literal["cascade-router"] = "cascade-router"
     version: Literal[1] = 1
     kind: Literal["semantic"] = "semantic"
     tiers: list[str]
@@ -114,9 +114,7 @@ def _decode(path: str | os.PathLike[str], at: str, kind: str, typ: type[Any]) ->
     if header.format != FORMAT:
         raise ConfigError(f"{shown}: not a router file (format {header.format!r})", path=at)
     if header.kind != kind:
-        raise ConfigError(
-            f"{shown}: a {header.kind!r} router file, not a {kind!r} one", path=at
-        )
+        raise ConfigError(f"{shown}: a {header.kind!r} router file, not a {kind!r} one", path=at)
     try:
         parsed = msgspec.json.decode(data, type=typ)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -167,8 +165,7 @@ def load_semantic(path: str | os.PathLike[str], *, at: str) -> SemanticFile:
     for i, ex in enumerate(parsed.examples):
         if len(ex.tiers) != len(parsed.tiers):
             raise ConfigError(
-                f"{path}: examples[{i}] has {len(ex.tiers)} labels for "
-                f"{len(parsed.tiers)} tiers",
+                f"{path}: examples[{i}] has {len(ex.tiers)} labels for {len(parsed.tiers)} tiers",
                 path=at,
             )
     return parsed

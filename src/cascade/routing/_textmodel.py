@@ -221,4 +221,3 @@ def read_model_file(path: str | os.PathLike[str], *, at: str) -> bytes:
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"{shown}: larger than {MAX_FILE_BYTES >> 20} MiB", path=at)
     return data
-

@@ -19,8 +19,7 @@ from typing import Any
 
 from .._errors import InputError
 from ._labels import Labelled
-from ._modelfile import TierLabel
-from ._modelfile import MAX_EXAMPLE_CHARS, ClassifierFile, Example, SemanticFile
+from ._modelfile import MAX_EXAMPLE_CHARS, ClassifierFile, Example, SemanticFile, TierLabel
 from ._policy import decide
 from ._textmodel import OUTCOMES, Features, Head, TextModel, analyze
 
@@ -125,16 +124,19 @@ class _Fitted:
     def __init__(self, model: TextModel, n: int, ranges: Sequence[tuple[int, int]]) -> None:
         self.model, self.n, self.ranges = model, n, list(ranges)
 
-    def predict(
-        self, text: str
-    ) -> tuple[list[dict[str, float]], dict[tuple[int, int], float]]:
+    def predict(self, text: str) -> tuple[list[dict[str, float]], dict[tuple[int, int], float]]:
         out = self.model.predict(text)
         right = {r: p.get("right", 0.0) for r, p in zip(self.ranges, out[self.n :], strict=True)}
         return out[: self.n], right
 
 
 def _fit_model(
-    rows: Sequence[Labelled], n: int, *, char_ngrams: tuple[int, int] | None, max_features: int, c: float
+    rows: Sequence[Labelled],
+    n: int,
+    *,
+    char_ngrams: tuple[int, int] | None,
+    max_features: int,
+    c: float,
 ) -> _Fitted:
     vectorizer_type, logistic = _sklearn()
     shape = Features(word_ngrams=(1, 2), char_ngrams=char_ngrams)
@@ -199,7 +201,10 @@ def fit_cost_weight(
             ok, cost = simulate(r.tiers, (d.start_tier or 1) - 1, (d.max_tier or n) - 1)
             right += ok
             spent += cost
-        tried[f"{w:g}"] = {"accuracy": right / len(rows), "cost_share": spent / max(base_cost, 1e-12)}
+        tried[f"{w:g}"] = {
+            "accuracy": right / len(rows),
+            "cost_share": spent / max(base_cost, 1e-12),
+        }
         if spent <= base_cost + 1e-12 and (best is None or (right, -spent) > best[:2]):
             best = (right, -spent, w)
     info = {"cascade_accuracy": base_right / len(rows), "tried": tried}
@@ -229,7 +234,8 @@ def fit_classifier(
     costs = mean_costs(rows, n)
     fit = partial(_fit_model, n=n, char_ngrams=char_ngrams, max_features=max_features, c=c)
     fitted = fit(rows)
-    weight, info = None, {}
+    weight: float | None = None
+    info: dict[str, Any] = {}
     if fit_weight:
         oof = _out_of_fold(rows, lambda part: fit(part).predict)
         weight, info = fit_cost_weight(rows, oof, costs)
