@@ -90,9 +90,9 @@ def evaluate_router(
 
 
 def format_rows(rows: Sequence[Row], reference: float) -> str:
-    """A table; cost shares of ``reference`` (the top tier alone)."""
+    """A table; cost shares of ``reference`` (the dearest tier alone)."""
     width = max(len(r.policy) for r in rows)
-    lines = [f"  {'policy':<{width}}  accuracy  cost_usd    share of top tier"]
+    lines = [f"  {'policy':<{width}}  accuracy  cost_usd    share of the dearest tier alone"]
     for r in rows:
         share = r.cost_usd / reference if reference else 0.0
         lines.append(
@@ -166,7 +166,7 @@ def train_router(
     test = load_records(dataset, split=test_split, limit=limit)
     held = label_records(config, test, scoring=scoring, concurrency=concurrency, base_dir=base_dir)
     rows = evaluate_router(file, held, tiers)
-    top = rows[len(tiers)].cost_usd  # the last tier alone
+    top = max(r.cost_usd for r in rows[1 : len(tiers) + 1])  # the dearest tier alone
     if as_json:
         sys.stdout.write(msgspec.json.encode({"split": test_split, "rows": rows}).decode() + "\n")
     else:
