@@ -56,7 +56,9 @@ VOTE = ROOT / "examples" / "mixed" / "vote_then_gpt4.toml"
 GPT4 = ROOT / "examples" / "mixed" / "gpt4_standard.toml"
 
 
-def run(config_path: Path, records: list[Any], scoring: Scoring, router: Any = None) -> dict[str, Any]:
+def run(
+    config_path: Path, records: list[Any], scoring: Scoring, router: Any = None
+) -> dict[str, Any]:
     config = load_config(config_path)
     cascade = Cascade(config, base_dir=config_path.parent, router=router)
     outcomes = anyio.run(
@@ -147,12 +149,8 @@ def main() -> int:
                     model=str(sem_file),
                     cache_size=8192,
                 )
-                row = await anyio.to_thread.run_sync(
-                    lambda: run(ROUTED, test, scoring, router)
-                )
-                p50 = await anyio.to_thread.run_sync(
-                    lambda: decision_p50_us(router, texts, infos)
-                )
+                row = await anyio.to_thread.run_sync(lambda: run(ROUTED, test, scoring, router))
+                p50 = await anyio.to_thread.run_sync(lambda: decision_p50_us(router, texts, infos))
                 return row, p50
 
         row, p50 = anyio.run(with_server)

@@ -46,8 +46,7 @@ def test_bound_covers_the_true_rate_as_often_as_promised() -> None:
 
     rng = random.Random(1)
     misses = sum(
-        lower_bound(sum(rng.random() < 0.7 for _ in range(40)), 40, 0.9) > 0.7
-        for _ in range(2000)
+        lower_bound(sum(rng.random() < 0.7 for _ in range(40)), 40, 0.9) > 0.7 for _ in range(2000)
     )
     assert misses / 2000 <= 0.1
 

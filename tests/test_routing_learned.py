@@ -214,7 +214,10 @@ def corrupt_cases(model_file: Path) -> dict[str, bytes]:
     mutate("missing head", lambda d: d["heads"].pop())
     mutate("extra tier", lambda d: d["tiers"].append("x"))
     mutate("bad class", lambda d: d["heads"][0]["classes"].__setitem__(0, "maybe"))
-    mutate("repeated term", lambda d: d["features"]["vocabulary"].__setitem__(1, d["features"]["vocabulary"][0]))
+    mutate(
+        "repeated term",
+        lambda d: d["features"]["vocabulary"].__setitem__(1, d["features"]["vocabulary"][0]),
+    )
     mutate("negative idf", lambda d: d["features"]["idf"].__setitem__(0, -1.0))
     mutate("string coef", lambda d: d["heads"][0]["coef"][0].__setitem__(0, "1"))
     mutate("plan out of range", lambda d: d["plans"].__setitem__(0, [2, 9]))

@@ -46,19 +46,21 @@ def plans(
     probs: Sequence[Mapping[str, float]],
     costs: Sequence[float],
     right: Mapping[tuple[int, int], float] | None = None,
+    cost: Mapping[tuple[int, int], float] | None = None,
 ) -> list[Plan]:
     """Every range of tiers with its expected chance of a right answer and its expected
     cost. ``right`` (0-based ranges) overrides the chance of a right answer where a model
-    predicts it for the range as a whole, which avoids assuming the tiers independent."""
+    predicts it for the range as a whole, which avoids assuming the tiers independent;
+    ``cost`` likewise overrides the expected cost."""
     out: list[Plan] = []
     n = len(probs)
     for start in range(n):
         for stop in range(start, n):
-            reach, p_right, cost, fallback = 1.0, 0.0, 0.0, 0.0
+            reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
             for j in range(start, stop + 1):
                 p = probs[j]
                 accepted = p.get("accepted_right", 0.0) + p.get("accepted_wrong", 0.0)
-                cost += reach * costs[j]
+                spent += reach * costs[j]
                 p_right += reach * p.get("accepted_right", 0.0)
                 reach *= max(0.0, 1.0 - accepted)
                 rejected = 1.0 - accepted
@@ -67,7 +69,9 @@ def plans(
             chance = min(1.0, p_right + reach * fallback)
             if right is not None and (start, stop) in right:
                 chance = right[start, stop]
-            out.append(Plan(start, stop, chance, cost))
+            if cost is not None and (start, stop) in cost:
+                spent = cost[start, stop]
+            out.append(Plan(start, stop, chance, spent))
     return out
 
 
@@ -79,6 +83,7 @@ def decide(
     cost_weight: float | None = None,
     min_pass: float = 0.5,
     right: Mapping[tuple[int, int], float] | None = None,
+    cost: Mapping[tuple[int, int], float] | None = None,
     router: str,
 ) -> RouteDecision:
     """The decision for one request (tiers 1-based in the decision)."""
@@ -101,7 +106,7 @@ def decide(
             router=router,
             tier_scores=scores,
         )
-    options = plans(probs, costs, right)
+    options = plans(probs, costs, right, cost)
     if policy == "single":
         options = [p for p in options if p.start == p.stop]
     top = max(costs[-1], 1e-12)

@@ -17,10 +17,11 @@ Two forms::
     ]
 
 With a file, the ``k`` nearest examples give each tier's outcome shares and each range of
-tiers' share of right answers and mean cost (simulated from the examples' labels), and the
-range is chosen as the classifier chooses it. The examples are embedded on first use and
-kept; request texts are cached (``cache_size``). When the embedder fails the router has
-no opinion and says why (the run starts at the cascade's first tier).
+tiers' share of right answers and mean cost (the cascade over the range simulated from the
+examples' labels), and the range is chosen as the classifier chooses it. The examples
+are embedded on first use and kept; request texts are cached (``cache_size``). When the
+embedder fails the router has no opinion and says why (the run starts at the cascade's
+first tier).
 """
 
 from __future__ import annotations
@@ -179,15 +180,18 @@ class SemanticRouter:
             total = len(seen) + 0.5 * len(OUTCOMES)  # a half count each: no certainty from few
             probs.append({o: (seen.count(o) + 0.5) / total for o in OUTCOMES})
         right: dict[tuple[int, int], float] = {}
+        cost: dict[tuple[int, int], float] = {}
         if all(t is not None for e in examples for t in e.tiers):
             for plan in self._plans:
-                hits = sum(simulate(e.tiers, *plan)[0] for e in examples)
-                right[plan] = (hits + 0.5) / (len(examples) + 1.0)
+                runs = [simulate(e.tiers, *plan) for e in examples]
+                right[plan] = (sum(ok for ok, _ in runs) + 0.5) / (len(runs) + 1.0)
+                cost[plan] = sum(c for _, c in runs) / len(runs)
         return decide(
             probs,
             tier_costs(self.file.costs, request),
             policy=self.policy,
             cost_weight=self.cost_weight,
             right=right,
+            cost=cost,
             router=self.name,
         )
