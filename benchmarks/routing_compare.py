@@ -149,6 +149,7 @@ def main() -> int:
                     model=str(sem_file),
                     cache_size=8192,
                 )
+                await router.warm()
                 row = await anyio.to_thread.run_sync(lambda: run(ROUTED, test, scoring, router))
                 p50 = await anyio.to_thread.run_sync(lambda: decision_p50_us(router, texts, infos))
                 return row, p50

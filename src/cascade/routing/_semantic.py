@@ -112,10 +112,17 @@ class SemanticRouter:
     async def aclose(self) -> None:
         await self.embedder.aclose()
 
+    async def warm(self) -> None:
+        """Embed the examples now rather than on the first request."""
+        await self._ensure_index()
+
     async def _ensure_index(self) -> np.ndarray:
         async with self._lock:
             if self._index is None:
-                rows = await self.embedder.inner.embed(self._texts)
+                # shielded: a request that times out while the examples are embedded must
+                # not throw the work away (every later request would start it again)
+                with anyio.CancelScope(shield=True):
+                    rows = await self.embedder.inner.embed(self._texts)
                 if self.file is None:
                     at, centroids = 0, []
                     for route in self.routes:
