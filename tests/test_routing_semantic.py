@@ -168,6 +168,7 @@ async def test_knn_over_a_trained_file(tmp_path: Path) -> None:
     path = tmp_path / "semantic.json"
     path.write_bytes(encode_file(fit_semantic(labelled(), ["small", "large"], k=5)))
     async with FakeOpenAIServer() as server:
+        server.embedding_dim = 4096  # the examples' vectors arrive in many pieces (~4 MB)
         router = SemanticRouter(
             embedder={"kind": "openai", "base_url": server.url, "model": "e"},
             model=path,

@@ -115,15 +115,17 @@ class OpenAIEmbedder:
         payload = msgspec.json.encode({"model": self.model, "input": batch})
         try:
             async with session.post(self.url, data=payload, headers=self._headers) as resp:
-                body = await resp.content.read(MAX_RESPONSE_BYTES + 1)
                 if resp.status != 200:
                     raise EmbedError(f"embeddings: HTTP {resp.status}")
+                body = bytearray()
+                while chunk := await resp.content.read(1 << 16):  # to the end, bounded
+                    body += chunk
+                    if len(body) > MAX_RESPONSE_BYTES:
+                        raise EmbedError("embeddings: response too large")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EmbedError(f"embeddings: {type(exc).__name__}: {exc}"[:300]) from None
-        if len(body) > MAX_RESPONSE_BYTES:
-            raise EmbedError("embeddings: response too large")
         try:
-            items = _decode_body(body).data
+            items = _decode_body(bytes(body)).data
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise EmbedError(f"embeddings: malformed response: {exc}"[:300]) from None
         if sorted(i.index for i in items) != list(range(len(batch))):
