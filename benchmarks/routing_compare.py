@@ -18,9 +18,9 @@ References beside them: ``vote_then_gpt4.toml`` (the best cascade without routin
 always-GPT-4 ``standard``. Prices as in the dataset README (gpt-3.5-turbo $0.50/$1.50,
 gpt-4 $30/$60 per million tokens, 500 prompt-overhead tokens a call). Accuracy is
 ``cascade eval``'s (``answer_type = auto``; exact match is the same on this data). A
-semantic row (k-NN over 1,000 train examples) uses the fake OpenAI server's hashed
-bag-of-words embeddings over loopback: it shows the path works, not what a real embedding
-model would reach.
+semantic row (k-NN, k = 16, over 1,000 train examples, with the cost weight fitted on
+train for the classifier) uses the fake OpenAI server's hashed bag-of-words embeddings over
+loopback: it shows the path works, not what a real embedding model would reach.
 
 Exits 1 when "router + cascade" is less accurate than the cascade alone or costs more.
 """
@@ -44,7 +44,7 @@ from cascade._scoring import Scoring, load_records
 from cascade.routing import RouteRequest, TierInfo
 from cascade.routing._classifier import ClassifierRouter
 from cascade.routing._labels import label_records
-from cascade.routing._modelfile import encode_file
+from cascade.routing._modelfile import encode_file, load_classifier
 from cascade.routing._semantic import SemanticRouter
 from cascade.routing._train import fit_classifier, fit_semantic
 from cascade.testing import FakeOpenAIServer
@@ -107,6 +107,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default="/tmp/cascade-routing-classifier.json")
     parser.add_argument("--no-semantic", action="store_true")
+    parser.add_argument(
+        "--reuse", action="store_true", help="load the classifier from --out if it exists"
+    )
     args = parser.parse_args()
 
     scoring = Scoring(extract=get_extractor("auto"))
@@ -116,8 +119,11 @@ def main() -> int:
     test = load_records(args.dataset, split="test")
     t0 = time.perf_counter()
     labelled = label_records(config, train, scoring=scoring, base_dir=ROUTED.parent)
-    fitted = fit_classifier(labelled, tiers, trained_on={"split": "train"})
-    Path(args.out).write_bytes(encode_file(fitted))
+    if args.reuse and Path(args.out).exists():
+        fitted = load_classifier(args.out, at="--out")[0]
+    else:
+        fitted = fit_classifier(labelled, tiers, trained_on={"split": "train"})
+        Path(args.out).write_bytes(encode_file(fitted))
     print(
         f"fitted on {len(train)} train records in {time.perf_counter() - t0:.0f} s; "
         f"cost_weight {fitted.cost_weight}",
@@ -147,6 +153,7 @@ def main() -> int:
                 router = SemanticRouter(
                     embedder={"kind": "openai", "base_url": server.url, "model": "hashed"},
                     model=str(sem_file),
+                    cost_weight=fitted.cost_weight,  # the classifier's, fitted on train
                     cache_size=8192,
                 )
                 await router.warm()
