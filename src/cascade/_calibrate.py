@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from ._bounds import lower_bound
 from ._config import Config
 from ._errors import InputError
 from ._eval import EvalSummary, Record, Scoring, evaluate
@@ -27,6 +28,7 @@ __all__ = [
     "Param",
     "Report",
     "SweepRow",
+    "accuracy_bounds",
     "choose",
     "format_sweep",
     "parse_param",
@@ -178,18 +180,29 @@ def run_report(
     return report
 
 
+def accuracy_bounds(rows: Sequence[SweepRow], requests: int, confidence: float) -> list[float]:
+    """Per row, a lower bound on its accuracy over new records that holds with probability
+    ``confidence`` for every row at once: one-sided Clopper-Pearson at ``1 - (1 -
+    confidence) / len(rows)`` each (Bonferroni), so the row picked among them keeps the
+    guarantee. The records are taken as a random sample of the records to come."""
+    each = 1.0 - (1.0 - confidence) / max(1, len(rows))
+    return [lower_bound(round(r.accuracy * requests), requests, each) for r in rows]
+
+
 def choose(
     rows: Sequence[SweepRow],
     *,
     target_accuracy: float | None = None,
     budget_usd: float | None = None,
+    bounds: Sequence[float] | None = None,
 ) -> int | None:
-    """The index of the cheapest row reaching ``target_accuracy``, or of the most accurate
-    row costing at most ``budget_usd`` (ties: the more accurate, then the cheaper, then
-    the first); None when no row qualifies."""
+    """The index of the cheapest row reaching ``target_accuracy`` (with ``bounds``: whose
+    bound reaches it), or of the most accurate row costing at most ``budget_usd`` (ties:
+    the more accurate, then the cheaper, then the first); None when no row qualifies."""
     eps = 1e-12  # accuracies are ratios of counts: do not lose 0.75 >= 0.75 to rounding
     if target_accuracy is not None:
-        ok = [i for i, r in enumerate(rows) if r.accuracy + eps >= target_accuracy]
+        scores = [r.accuracy for r in rows] if bounds is None else list(bounds)
+        ok = [i for i, a in enumerate(scores) if a + eps >= target_accuracy]
         return min(ok, key=lambda i: (rows[i].cost_usd, -rows[i].accuracy, i), default=None)
     if budget_usd is None:
         raise ValueError("choose needs target_accuracy or budget_usd")
@@ -265,17 +278,24 @@ def report_calibration(
     budget_usd: float | None,
     source: str,
     as_json: bool,
+    confidence: float | None = None,
 ) -> int:
     """Pick a value from a sweep and print it with the TOML change and the figures;
     return the exit code (1 when no value qualifies)."""
     assert report.sweep is not None
     rows = report.sweep
-    pick = choose(rows, target_accuracy=target_accuracy, budget_usd=budget_usd)
+    bounds = None if confidence is None else accuracy_bounds(rows, report.requests, confidence)
+    pick = choose(rows, target_accuracy=target_accuracy, budget_usd=budget_usd, bounds=bounds)
     goal = (
         f"accuracy >= {target_accuracy:.1%}"
         if target_accuracy is not None
         else f"cost <= ${budget_usd:g}"
     )
+    if confidence is not None:
+        goal += (
+            f" with probability {confidence:g} (on new records like these "
+            f"{report.requests}: a one-sided Clopper-Pearson bound over {len(rows)} values)"
+        )
     snippet = None if pick is None else toml_change(config, param, rows[pick].value, source=source)
     top = list(report.answered_by)[-1]
     if as_json:
@@ -289,10 +309,16 @@ def report_calibration(
             "baseline_accuracy": report.baseline_accuracy,
             "toml": snippet,
             "sweep": rows,
+            **({} if bounds is None else {"confidence": confidence, "lower_bounds": bounds}),
         }
         sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
     else:
         print(format_sweep(param.spec, rows, mark=pick))
+        if bounds is not None:
+            print(
+                f"\naccuracy at least, with probability {confidence:g} for all at once: "
+                + ", ".join(f"{r.value}: {b:.1%}" for r, b in zip(rows, bounds, strict=True))
+            )
         print(
             f"\nalways-{top}: accuracy {report.baseline_accuracy:.1%}, "
             f"cost ${report.baseline_cost_usd:.4f}"
@@ -302,6 +328,11 @@ def report_calibration(
         return 1
     if not as_json:
         row = rows[pick]
+        if bounds is not None:
+            print(
+                f"{param.param} = {toml_value(row.value)}: accuracy >= {bounds[pick]:.1%} ", end=""
+            )
+            print(f"with probability {confidence:g} (measured {row.accuracy:.1%})")
         print(
             f"{param.param} = {toml_value(row.value)}: accuracy {row.accuracy:.1%}, cost "
             f"${row.cost_usd:.4f} ({row.cost_share:.1%} of always-{top}); {goal}\n"

@@ -106,6 +106,34 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="pick the most accurate value whose whole run (eval's cost_usd) costs at most B",
     )
+    cal.add_argument(
+        "--confidence",
+        type=float,
+        help="with --target-accuracy: pick only a value whose accuracy on new records is at "
+        "least the target with this probability (a one-sided Clopper-Pearson bound, "
+        "Bonferroni over the values swept), e.g. 0.95",
+    )
+
+    tr = sub.add_parser(
+        "train-router",
+        help="label a dataset per tier, fit a router (classifier or semantic), report "
+        "held-out accuracy and cost",
+    )
+    _dataset_args(tr, dataset_required=False)
+    tr.add_argument("--out", required=True, help="the router file to write (JSON)")
+    tr.add_argument("--kind", choices=("classifier", "semantic"), default="classifier")
+    tr.add_argument("--test-split", help="report figures on the records of this split (test)")
+    tr.add_argument("--records", help="production routing records (JSON lines) to train on")
+    tr.add_argument("--outcome-field", help="the records' true/false outcome field")
+    tr.add_argument("--text-field", default="prompt", help="the records' prompt field")
+    tr.add_argument(
+        "--char-ngrams", metavar="LO,HI", help="add character n-grams, e.g. 3,5 (slower)"
+    )
+    tr.add_argument(
+        "--cost-weight",
+        type=float,
+        help="the policy's cost weight (default: fitted on the training records)",
+    )
     return parser
 
 
@@ -167,9 +195,9 @@ def _drop_routing_records(
     return event_dict
 
 
-def _dataset_args(p: argparse.ArgumentParser) -> None:
+def _dataset_args(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
     p.add_argument("--config", required=True, help="TOML config file")
-    p.add_argument("--dataset", required=True, help="JSONL (or .jsonl.gz) of questions")
+    p.add_argument("--dataset", required=dataset_required, help="JSONL (or .jsonl.gz) of questions")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight (default 32)")
     p.add_argument("--limit", type=int, help="only the first N records")
@@ -223,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _eval(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "train-router":
+            return _train_router(args)
         return _run(args)
     except (ConfigError, InputError) as exc:
         # one line: "<file>: <path>: <message>" for a config file's errors
@@ -379,16 +409,9 @@ def _eval(args: argparse.Namespace) -> int:
         report_calibration,
         run_report,
     )
-    from ._eval import Scoring, format_summary, load_records
-    from .validators._extract import get_extractor
+    from ._eval import format_summary, load_records
 
-    if args.concurrency < 1 or (args.limit is not None and args.limit < 1):
-        raise InputError("--concurrency and --limit must be >= 1")
-    try:
-        extract = get_extractor(args.extractor)
-    except ValueError as exc:
-        raise InputError(str(exc), path="--extractor") from None
-    scoring = Scoring(extract=extract, answer_type=args.answer_type, date_order=args.date_order)
+    scoring = _scoring(args)
     param: Param | None = None
     values: list[Any] = []
     if args.command == "calibrate":
@@ -397,6 +420,11 @@ def _eval(args: argparse.Namespace) -> int:
             raise InputError("expected 0 <= accuracy <= 1", path="--target-accuracy")
         if args.budget_usd is not None and not args.budget_usd >= 0:
             raise InputError("expected a cost >= 0", path="--budget-usd")
+        if args.confidence is not None:
+            if args.target_accuracy is None:
+                raise InputError("--confidence goes with --target-accuracy", path="--confidence")
+            if not 0 < args.confidence < 1:
+                raise InputError("expected 0 < confidence < 1", path="--confidence")
     elif args.sweep:
         name, sep, text = args.sweep.partition("=")
         if not sep:
@@ -439,9 +467,59 @@ def _eval(args: argparse.Namespace) -> int:
         param,
         target_accuracy=args.target_accuracy,
         budget_usd=args.budget_usd,
+        confidence=args.confidence,
         source=args.config,
         as_json=args.json,
     )
+
+
+def _scoring(args: argparse.Namespace) -> Any:
+    from ._eval import Scoring
+    from .validators._extract import get_extractor
+
+    if args.concurrency < 1 or (args.limit is not None and args.limit < 1):
+        raise InputError("--concurrency and --limit must be >= 1")
+    try:
+        extract = get_extractor(args.extractor)
+    except ValueError as exc:
+        raise InputError(str(exc), path="--extractor") from None
+    return Scoring(extract=extract, answer_type=args.answer_type, date_order=args.date_order)
+
+
+def _train_router(args: argparse.Namespace) -> int:
+    from .routing._train_cmd import train_router
+
+    scoring = _scoring(args)
+    grams = None
+    if args.char_ngrams:
+        lo, sep, hi = args.char_ngrams.partition(",")
+        if not (sep and lo.strip().isdigit() and hi.strip().isdigit()) or not (
+            1 <= int(lo) <= int(hi) <= 8
+        ):
+            raise InputError("expected LO,HI with 1 <= LO <= HI <= 8", path="--char-ngrams")
+        grams = (int(lo), int(hi))
+    if args.cost_weight is not None and not 0 <= args.cost_weight <= 1e6:
+        raise InputError("expected a number >= 0", path="--cost-weight")
+    with in_file(args.config):
+        config = load_config(args.config)
+        return train_router(
+            config,
+            kind=args.kind,
+            out=args.out,
+            scoring=scoring,
+            dataset=args.dataset,
+            split=args.split,
+            test_split=args.test_split,
+            records=args.records,
+            outcome_field=args.outcome_field,
+            text_field=args.text_field,
+            char_ngrams=grams,
+            cost_weight=args.cost_weight,
+            base_dir=Path(args.config).parent,
+            concurrency=args.concurrency,
+            limit=args.limit,
+            as_json=args.json,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

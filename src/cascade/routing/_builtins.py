@@ -2,4 +2,4 @@
 
 from __future__ import annotations
 
-from . import compose, cost, llm, rules  # noqa: F401
+from . import _learned, compose, cost, llm, rules  # noqa: F401

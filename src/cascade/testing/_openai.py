@@ -1,9 +1,16 @@
-"""A fake OpenAI-compatible server: ``POST /v1/chat/completions``, JSON and SSE."""
+"""A fake OpenAI-compatible server: ``POST /v1/chat/completions``, JSON and SSE, and
+``POST /v1/embeddings``."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
+
+from aiohttp import web
 
 from cascade.testing._reply import Reply
 from cascade.testing._server import FakeServer
@@ -291,6 +298,54 @@ class FakeOpenAIServer(FakeServer):
         cut = f'{{"id": "chatcmpl-{call.n}", "object": "chat.completion.chunk", "choices": [{{'
         return b"data: " + cut.encode() + b"\n\n"
 
+    embeddings_status: int | None = None
+    """When set, ``/v1/embeddings`` answers every request with this error status."""
+    embedding_requests: int = 0
+    embedding_dim: int = 64
+
+    def _add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/embeddings", self._handle_embeddings)
+
+    async def _handle_embeddings(self, request: web.Request) -> web.Response:
+        self.embedding_requests += 1
+        if self.embeddings_status is not None:
+            status = self.embeddings_status
+            return web.Response(
+                status=status,
+                body=self._error_body(status, "embeddings unavailable"),
+                content_type="application/json",
+            )
+        try:
+            body = json.loads(await request.read())
+        except ValueError:
+            body = None
+        texts = body.get("input") if isinstance(body, dict) else None
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            return web.Response(
+                status=400,
+                body=self._error_body(400, "'input' must be a string or an array of strings"),
+                content_type="application/json",
+            )
+        model = body.get("model", "") if isinstance(body, dict) else ""
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": hashed_embedding(t, self.embedding_dim),
+            }
+            for i, t in enumerate(texts)
+        ]
+        tokens = sum(len(t.split()) for t in texts)
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return web.Response(body=encode_json(payload), content_type="application/json")
+
     def _models_body(self, models: list[str]) -> bytes:
         return encode_json(
             {
@@ -301,3 +356,19 @@ class FakeOpenAIServer(FakeServer):
                 ],
             }
         )
+
+
+_WORDS = re.compile(r"\w+")
+
+
+def hashed_embedding(text: str, dim: int = 64) -> list[float]:
+    """A deterministic bag-of-words vector: each lower-cased word adds +-1 at a position
+    chosen by its hash; unit length (all zeros for a text without words). Texts sharing
+    words are near each other, so similarity-based routing is testable."""
+    vector = [0.0] * dim
+    for word in _WORDS.findall(text.lower()):
+        digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
+        value = int.from_bytes(digest, "big")
+        vector[value % dim] += 1.0 if value >> 63 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm else vector

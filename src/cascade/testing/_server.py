@@ -101,6 +101,7 @@ class FakeServer(ABC):
         app = web.Application()
         app.router.add_post(self._chat_path, self._handle_chat)
         app.router.add_get("/v1/models", self._handle_models)
+        self._add_routes(app)
         runner = web.AppRunner(
             app,
             access_log=None,
@@ -119,6 +120,9 @@ class FakeServer(ABC):
             raise
         self._runner = runner
         self._bound_port = site.port
+
+    def _add_routes(self, app: web.Application) -> None:  # noqa: B027 (a hook; optional)
+        """More endpoints of a subclass (the OpenAI server's ``/v1/embeddings``)."""
 
     async def aclose(self) -> None:
         """Stop serving; hung or sleeping handlers are dropped, not awaited."""

@@ -1,0 +1,135 @@
+"""``classifier``: a router trained on labelled examples (``cascade train-router``).
+
+::
+
+    [router]
+    kind = "classifier"
+    model = "router.json"        # written by `cascade train-router`
+    # policy = "cascade"         # or "cheapest": the first tier likely right, no stop tier
+    # cost_weight = 0.2          # overrides the file's (None: lowest cost per right answer)
+
+It reads the text of the request's last user message (its first characters only, as the
+file says), predicts for each tier the chance of each outcome, and picks the range of tiers
+as :func:`~cascade.routing._policy.decide` does. Prediction runs on the event loop for a
+short prompt and in a worker thread for a long one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import anyio.to_thread
+
+from .._errors import ConfigError
+from ._decision import RouteDecision, RouteRequest
+from ._modelfile import load_classifier
+from ._policy import Policy, decide
+
+__all__ = ["ClassifierRouter", "prompt_text"]
+
+INLINE_CHARS = 2000
+"""Texts longer than this are featurised in a worker thread."""
+
+
+def prompt_text(request: RouteRequest, limit: int) -> str:
+    """The text a learned router reads: the last user message, its first ``limit``
+    characters."""
+    for message in reversed(request.messages):
+        if message.role == "user":
+            return message.content[:limit]
+    return ""
+
+
+def check_policy(policy: object, cost_weight: object, min_pass: object) -> None:
+    if policy not in ("cascade", "single", "cheapest"):
+        raise ConfigError(
+            f"expected 'cascade', 'single' or 'cheapest', got {policy!r}", path="policy"
+        )
+    if cost_weight is not None and not (
+        isinstance(cost_weight, int | float) and 0 <= cost_weight <= 1e6
+    ):
+        raise ConfigError(f"expected a number >= 0, got {cost_weight!r}", path="cost_weight")
+    if not (isinstance(min_pass, int | float) and 0 <= min_pass <= 1):
+        raise ConfigError(f"expected a number in [0, 1], got {min_pass!r}", path="min_pass")
+
+
+def tier_costs(file_costs: Sequence[float], request: RouteRequest) -> Sequence[float]:
+    """Each tier's cost as the training measured it (votes and samples included); the
+    request's own estimates when the file has none."""
+    if any(file_costs):
+        return file_costs
+    return [t.est_cost_usd for t in request.tiers]
+
+
+def mismatch(tiers: Sequence[str], request: RouteRequest, name: str) -> RouteDecision | None:
+    """No opinion, with the reason, when the cascade's tiers are not the ones trained for."""
+    names = [t.name for t in request.tiers]
+    if names != list(tiers):
+        return RouteDecision(
+            reason=f"trained for tiers {list(tiers)}, the cascade has {names}"[:200],
+            router=name,
+        )
+    return None
+
+
+class ClassifierRouter:
+    """Routes by a TF-IDF + logistic-regression model read from ``model`` (JSON)."""
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str],
+        policy: Policy = "cascade",
+        cost_weight: float | None = None,
+        min_pass: float = 0.5,
+        name: str = "classifier",
+    ) -> None:
+        check_policy(policy, cost_weight, min_pass)
+        self.name = name
+        self.path = str(model)
+        self.file, self.model = load_classifier(model, at="model")
+        self.policy: Policy = policy
+        self.cost_weight = cost_weight if cost_weight is not None else self.file.cost_weight
+        self.min_pass = float(min_pass)
+
+    def __repr__(self) -> str:
+        return f"<ClassifierRouter {self.path!r} {self.policy} tiers={self.file.tiers}>"
+
+    def predict(self, text: str) -> tuple[list[dict[str, float]], dict[tuple[int, int], float]]:
+        """Per tier, the chance of each outcome; per range of tiers (0-based), the chance of
+        a right answer where the file has a head for it."""
+        out = self.model.predict(text)
+        n = len(self.file.tiers)
+        right = {
+            (start - 1, stop - 1): p.get("right", 0.0)
+            for (start, stop), p in zip(self.file.plans, out[n:], strict=True)
+        }
+        return out[:n], right
+
+    async def route(self, request: RouteRequest) -> RouteDecision:
+        off = mismatch(self.file.tiers, request, self.name)
+        if off is not None:
+            return off
+        text = prompt_text(request, self.model.features.max_chars)
+        if len(text) > INLINE_CHARS:
+            probs, right = await anyio.to_thread.run_sync(self.predict, text)
+        else:
+            probs, right = self.predict(text)
+        return self.decide(probs, right, request)
+
+    def decide(
+        self,
+        probs: Sequence[Mapping[str, float]],
+        right: Mapping[tuple[int, int], float],
+        request: RouteRequest,
+    ) -> RouteDecision:
+        return decide(
+            probs,
+            tier_costs(self.file.costs, request),
+            policy=self.policy,
+            cost_weight=self.cost_weight,
+            min_pass=self.min_pass,
+            right=right,
+            router=self.name,
+        )

@@ -1,0 +1,171 @@
+"""The router files ``cascade train-router`` writes and the learned routers read: JSON,
+parsed into typed Structs and checked (never unpickled).
+
+Both kinds share a header: ``format``, ``version``, ``kind``, the tier names the router
+was trained for, each tier's mean cost alone on the training records, and the policy's
+``cost_weight`` (None: cost per right answer). A ``classifier`` file adds the TF-IDF
+features and one logistic-regression head per tier; a ``semantic`` file adds labelled
+example texts (embedded when the router first needs them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from .._errors import ConfigError
+from ._textmodel import (
+    MAX_TIERS,
+    OUTCOMES,
+    Features,
+    Head,
+    TextModel,
+    check_text_model,
+    read_model_file,
+)
+
+__all__ = [
+    "FORMAT",
+    "ClassifierFile",
+    "Example",
+    "SemanticFile",
+    "TierLabel",
+    "encode_file",
+    "load_classifier",
+    "load_semantic",
+]
+
+FORMAT = "cascade-router"
+MAX_EXAMPLES = 5000
+MAX_EXAMPLE_CHARS = 4000
+
+Outcome = Literal["accepted_right", "accepted_wrong", "rejected_right", "rejected_wrong"]
+Cost = Annotated[float, Meta(ge=0, le=1e6)]
+
+
+class _Header(msgspec.Struct, kw_only=True):
+    format: str = ""
+    version: int = 0
+    kind: str = ""
+
+
+class ClassifierFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    format: Literal["cascade-router"] = "cascade-router"
+    version: Literal[1] = 1
+    kind: Literal["classifier"] = "classifier"
+    tiers: list[str]
+    costs: list[Cost]
+    cost_weight: Annotated[float, Meta(ge=0, le=1e6)] | None = None
+    features: Features
+    heads: list[Head]
+    """One per tier (the chance of each outcome of the tier alone), then one per plan."""
+    plans: list[tuple[int, int]] = []
+    """Ranges of tiers (1-based, inclusive) whose chance of a right answer a head of its
+    own predicts (``right`` / ``wrong``), after the tiers' heads."""
+    trained_on: dict[str, Any] = {}
+
+
+class TierLabel(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What one tier alone did with a request."""
+
+    outcome: Outcome
+    cost_usd: Cost = 0.0
+    score: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    """The returned answer's validator score (the engine's ``best`` fallback compares it)."""
+
+
+class Example(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A training text and, per tier, what that tier alone did with it (None: unknown)."""
+
+    text: Annotated[str, Meta(max_length=MAX_EXAMPLE_CHARS)]
+    tiers: list[TierLabel | None]
+
+
+class SemanticFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    format: Literal["cascade-router"] = "cascade-router"
+    version: Literal[1] = 1
+    kind: Literal["semantic"] = "semantic"
+    tiers: list[str]
+    costs: list[Cost]
+    cost_weight: Annotated[float, Meta(ge=0, le=1e6)] | None = None
+    k: Annotated[int, Meta(ge=1, le=256)] = 16
+    examples: list[Example]
+    trained_on: dict[str, Any] = {}
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_file(data: ClassifierFile | SemanticFile) -> bytes:
+    return _encoder.encode(data)
+
+
+def _decode(path: str | os.PathLike[str], at: str, kind: str, typ: type[Any]) -> Any:
+    shown = str(path)
+    data = read_model_file(path, at=at)
+    try:
+        header = msgspec.json.decode(data, type=_Header)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{shown}: not a router file: {exc}", path=at) from None
+    if header.format != FORMAT:
+        raise ConfigError(f"{shown}: not a router file (format {header.format!r})", path=at)
+    if header.kind != kind:
+        raise ConfigError(f"{shown}: a {header.kind!r} router file, not a {kind!r} one", path=at)
+    try:
+        parsed = msgspec.json.decode(data, type=typ)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ConfigError(f"{shown}: a corrupt {kind} router file: {exc}", path=at) from None
+    _check_header(parsed, shown, at)
+    return parsed
+
+
+def _check_header(parsed: ClassifierFile | SemanticFile, shown: str, at: str) -> None:
+    n = len(parsed.tiers)
+    if not 1 <= n <= MAX_TIERS:
+        raise ConfigError(f"{shown}: {n} tiers (expected 1 to {MAX_TIERS})", path=at)
+    if len(parsed.costs) != n:
+        raise ConfigError(f"{shown}: {len(parsed.costs)} costs for {n} tiers", path=at)
+    if any(not math.isfinite(c) for c in parsed.costs):
+        raise ConfigError(f"{shown}: a cost is not finite", path=at)
+
+
+def load_classifier(path: str | os.PathLike[str], *, at: str) -> tuple[ClassifierFile, TextModel]:
+    """A classifier file and its model; ConfigError naming the file (at ``at``) when it is
+    missing, too large, corrupt, or its shapes disagree."""
+    parsed: ClassifierFile = _decode(path, at, "classifier", ClassifierFile)
+    n = len(parsed.tiers)
+    if len(parsed.heads) != n + len(parsed.plans):
+        raise ConfigError(
+            f"{path}: {len(parsed.heads)} heads for {n} tiers and {len(parsed.plans)} plans",
+            path=at,
+        )
+    for start, stop in parsed.plans:
+        if not 1 <= start <= stop <= n:
+            raise ConfigError(f"{path}: plan [{start}, {stop}] is not a range of tiers", path=at)
+    for i, head in enumerate(parsed.heads):
+        known = OUTCOMES if i < n else ("right", "wrong")
+        unknown = set(head.classes) - set(known)
+        if unknown:
+            raise ConfigError(f"{path}: heads[{i}]: unknown classes {sorted(unknown)}", path=at)
+    model = check_text_model(parsed.features, parsed.heads, source=str(path), path=at)
+    return parsed, model
+
+
+def load_semantic(path: str | os.PathLike[str], *, at: str) -> SemanticFile:
+    """A semantic router file, checked like :func:`load_classifier`."""
+    parsed: SemanticFile = _decode(path, at, "semantic", SemanticFile)
+    if not 1 <= len(parsed.examples) <= MAX_EXAMPLES:
+        raise ConfigError(
+            f"{path}: {len(parsed.examples)} examples (expected 1 to {MAX_EXAMPLES})", path=at
+        )
+    for i, ex in enumerate(parsed.examples):
+        if len(ex.tiers) != len(parsed.tiers):
+            raise ConfigError(
+                f"{path}: examples[{i}] has {len(ex.tiers)} labels for {len(parsed.tiers)} tiers",
+                path=at,
+            )
+    return parsed

@@ -1,0 +1,129 @@
+"""Cascade routing: from per-tier outcome probabilities to a start and a stop tier.
+
+A learned router predicts, for each tier alone, the chance of each outcome
+(:data:`~cascade.routing._textmodel.OUTCOMES`: its validators accept or reject, its answer
+is right or wrong). For every range ``start..stop`` the cascade could run, that gives the
+expected cost (a tier is paid for when every tier before it in the range rejected) and the
+chance the returned answer is right (the first accepted answer, or when all reject, the
+best rejected one). The router starts where the expected cost per right answer is lowest
+(or, with a ``cost_weight``, where accuracy minus weighted cost is highest); validators
+still escalate inside the range.
+
+Tiers are treated as independent given the text: an approximation (a question hard for
+one model tends to be hard for the next), which ``cascade train-router`` measures rather
+than assumes, by reporting the real engine's figures on held-out records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal, NamedTuple
+
+from ._decision import RouteDecision
+
+__all__ = ["Plan", "Policy", "decide", "pass_chance", "plans"]
+
+Policy = Literal["cascade", "single", "cheapest"]
+"""``cascade``: a range of tiers, validators escalate inside it; ``single``: one tier, no
+escalation (routing alone); ``cheapest``: the first tier likely right, up to the last."""
+
+
+class Plan(NamedTuple):
+    """A range of tiers (0-based, inclusive) and what running it is expected to give."""
+
+    start: int
+    stop: int
+    right: float
+    cost: float
+
+
+def pass_chance(probs: Mapping[str, float]) -> float:
+    """The chance a tier's answer is right (accepted or not)."""
+    return probs.get("accepted_right", 0.0) + probs.get("rejected_right", 0.0)
+
+
+def plans(
+    probs: Sequence[Mapping[str, float]],
+    costs: Sequence[float],
+    right: Mapping[tuple[int, int], float] | None = None,
+    cost: Mapping[tuple[int, int], float] | None = None,
+) -> list[Plan]:
+    """Every range of tiers with its expected chance of a right answer and its expected
+    cost. ``right`` (0-based ranges) overrides the chance of a right answer where a model
+    predicts it for the range as a whole, which avoids assuming the tiers independent;
+    ``cost`` likewise overrides the expected cost."""
+    out: list[Plan] = []
+    n = len(probs)
+    for start in range(n):
+        for stop in range(start, n):
+            reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
+            for j in range(start, stop + 1):
+                p = probs[j]
+                accepted = p.get("accepted_right", 0.0) + p.get("accepted_wrong", 0.0)
+                spent += reach * costs[j]
+                p_right += reach * p.get("accepted_right", 0.0)
+                reach *= max(0.0, 1.0 - accepted)
+                rejected = 1.0 - accepted
+                if rejected > 1e-9:  # the best rejected answer: the likeliest right one
+                    fallback = max(fallback, p.get("rejected_right", 0.0) / rejected)
+            chance = min(1.0, p_right + reach * fallback)
+            if right is not None and (start, stop) in right:
+                chance = right[start, stop]
+            if cost is not None and (start, stop) in cost:
+                spent = cost[start, stop]
+            out.append(Plan(start, stop, chance, spent))
+    return out
+
+
+def decide(
+    probs: Sequence[Mapping[str, float]],
+    costs: Sequence[float],
+    *,
+    policy: Policy = "cascade",
+    cost_weight: float | None = None,
+    min_pass: float = 0.5,
+    right: Mapping[tuple[int, int], float] | None = None,
+    cost: Mapping[tuple[int, int], float] | None = None,
+    router: str,
+) -> RouteDecision:
+    """The decision for one request (tiers 1-based in the decision)."""
+    scores = tuple(round(pass_chance(p), 4) for p in probs)
+    if policy == "cheapest":
+        for j, score in enumerate(scores):
+            if score >= min_pass:
+                return RouteDecision(
+                    start_tier=j + 1,
+                    reason=f"tier {j + 1} is the cheapest likely right (P={score:.2f})",
+                    score=score,
+                    router=router,
+                    tier_scores=scores,
+                )
+        best = max(range(len(scores)), key=lambda j: (scores[j], -j))
+        return RouteDecision(
+            start_tier=best + 1,
+            reason=f"no tier likely right; tier {best + 1} the likeliest (P={scores[best]:.2f})",
+            score=scores[best],
+            router=router,
+            tier_scores=scores,
+        )
+    options = plans(probs, costs, right, cost)
+    if policy == "single":
+        options = [p for p in options if p.start == p.stop]
+    top = max(costs[-1], 1e-12)
+    if cost_weight is None:
+        pick = min(options, key=lambda p: (p.cost / max(p.right, 1e-6), -p.right))
+        why = "cost per right answer"
+    else:
+        pick = max(options, key=lambda p: (p.right - cost_weight * p.cost / top, -p.cost))
+        why = f"accuracy - {cost_weight:g} x cost share"
+    return RouteDecision(
+        start_tier=pick.start + 1,
+        max_tier=pick.stop + 1,
+        reason=(
+            f"tiers {pick.start + 1}-{pick.stop + 1}: P(right)={pick.right:.2f}, "
+            f"cost {pick.cost / top:.0%} of the top tier ({why})"
+        ),
+        score=round(pick.right, 4),
+        router=router,
+        tier_scores=scores,
+    )

@@ -1,0 +1,223 @@
+"""A text classifier small enough to reason about: TF-IDF features (word n-grams, optionally
+character n-grams, a bounded vocabulary) and one logistic-regression head per tier.
+
+scikit-learn fits it (``_train.py``); this module only predicts, with numpy, from the
+numbers the model file holds. The file is JSON (never a pickle): vocabulary, idf weights,
+coefficients and intercepts, each checked for type, shape and size when it is read, since
+a file a config names is still untrusted input.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import stat
+from collections import Counter
+from collections.abc import Sequence
+from typing import Annotated
+
+import msgspec
+import numpy as np
+from msgspec import Meta
+
+from .._errors import ConfigError
+
+__all__ = [
+    "MAX_FILE_BYTES",
+    "OUTCOMES",
+    "Features",
+    "Head",
+    "TextModel",
+    "analyze",
+    "read_model_file",
+]
+
+MAX_FILE_BYTES = 64 << 20
+"""A router file larger than this is refused before it is parsed."""
+MAX_VOCAB = 200_000
+MAX_CLASSES = 16
+MAX_TIERS = 16
+MAX_CHARS_LIMIT = 100_000
+
+OUTCOMES = ("accepted_right", "accepted_wrong", "rejected_right", "rejected_wrong")
+"""What a tier alone does with a request: its validators accept or reject its answer, and
+the answer is right or wrong."""
+
+_WORD = re.compile(r"\w\w+")  # no nested quantifiers: linear in the text
+_SPACE = re.compile(r"\s+")
+
+Gram = Annotated[int, Meta(ge=1, le=8)]
+
+
+class Features(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How a text becomes a vector: n-grams of the first ``max_chars`` characters, lower
+    cased, weighted by (1 + log count) x idf and scaled to unit length."""
+
+    word_ngrams: tuple[Gram, Gram] = (1, 2)
+    char_ngrams: tuple[Gram, Gram] | None = None
+    max_chars: Annotated[int, Meta(ge=1, le=MAX_CHARS_LIMIT)] = 4000
+    vocabulary: list[str] = []
+    idf: list[float] = []
+
+
+class Head(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A multinomial logistic regression: ``softmax(coef @ x + intercept)`` over ``classes``
+    (one class: that class, certainly)."""
+
+    classes: list[str]
+    coef: list[list[float]]
+    intercept: list[float]
+
+
+def analyze(text: str, features: Features) -> list[str]:
+    """The terms of ``text``: ``w:`` word n-grams and ``c:`` character n-grams of words
+    (padded with a space on each side), from the first ``max_chars`` characters."""
+    text = text[: features.max_chars].lower()
+    words = _WORD.findall(text)
+    lo, hi = features.word_ngrams
+    terms: list[str] = []
+    for n in range(lo, hi + 1):
+        terms.extend("w:" + " ".join(words[i : i + n]) for i in range(len(words) - n + 1))
+    if features.char_ngrams is not None:
+        clo, chi = features.char_ngrams
+        for word in _SPACE.sub(" ", text).split():
+            padded = f" {word} "
+            for n in range(clo, chi + 1):
+                terms.extend("c:" + padded[i : i + n] for i in range(max(1, len(padded) - n + 1)))
+    return terms
+
+
+class TextModel:
+    """Per-tier outcome probabilities from a request's text.
+
+    ``predict(text)`` returns, for each head, the probability of each of its classes.
+    Cheap enough to call on the event loop for short texts (a few tens of microseconds for
+    a prompt of a hundred words); the caller moves long ones to a thread.
+    """
+
+    __slots__ = ("_coef", "_idf", "_index", "_intercept", "_rows", "features", "heads")
+
+    def __init__(self, features: Features, heads: Sequence[Head]) -> None:
+        self.features = features
+        self.heads = tuple(heads)
+        self._index = {term: i for i, term in enumerate(features.vocabulary)}
+        self._idf = np.asarray(features.idf, dtype=np.float64)
+        # every head's rows in one matrix, so that a prediction indexes it once
+        rows = [h.coef for h in heads if len(h.classes) > 1]
+        width = len(features.vocabulary)
+        self._coef = np.asarray([r for rs in rows for r in rs], dtype=np.float64).reshape(-1, width)
+        self._intercept = np.asarray(
+            [b for h in heads if len(h.classes) > 1 for b in h.intercept], dtype=np.float64
+        )
+        self._rows: list[tuple[int, int]] = []
+        at = 0
+        for h in heads:
+            k = len(h.coef) if len(h.classes) > 1 else 0
+            self._rows.append((at, at + k))
+            at += k
+
+    def __repr__(self) -> str:
+        return (
+            f"<TextModel {len(self._index)} terms, "
+            f"{len(self.heads)} heads of {[len(h.classes) for h in self.heads]} classes>"
+        )
+
+    def vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indexes, weights) of ``text``'s known terms: a sparse unit vector."""
+        counts = Counter(analyze(text, self.features))
+        index = self._index
+        found = [(index[t], c) for t, c in counts.items() if t in index]
+        if not found:
+            return np.zeros(0, dtype=np.intp), np.zeros(0)
+        idx = np.fromiter((i for i, _ in found), dtype=np.intp, count=len(found))
+        tf = np.fromiter((c for _, c in found), dtype=np.float64, count=len(found))
+        w = (1.0 + np.log(tf)) * self._idf[idx]
+        norm = math.sqrt(float(w @ w))
+        return idx, (w / norm if norm > 0 else w)
+
+    def predict(self, text: str) -> list[dict[str, float]]:
+        """Per head, each class's probability."""
+        idx, w = self.vector(text)
+        zs: list[float] = (self._coef[:, idx] @ w + self._intercept).tolist()
+        out: list[dict[str, float]] = []
+        for head, (lo, hi) in zip(self.heads, self._rows, strict=True):
+            classes = head.classes
+            if len(classes) == 1:
+                out.append({classes[0]: 1.0})
+            elif hi - lo == 1:  # binary: one row, the second class's log-odds
+                p1 = 1.0 / (1.0 + math.exp(-min(500.0, max(-500.0, zs[lo]))))
+                out.append({classes[0]: 1.0 - p1, classes[1]: p1})
+            else:  # small heads: plain floats beat numpy's per-call overhead
+                z = zs[lo:hi]
+                top = max(z)
+                e = [math.exp(v - top) for v in z]
+                total = sum(e)
+                out.append({c: v / total for c, v in zip(classes, e, strict=True)})
+        return out
+
+
+# -- checks for a model read from a file -------------------------------------------------
+
+
+def check_text_model(
+    features: Features, heads: Sequence[Head], *, source: str, path: str
+) -> TextModel:
+    """A TextModel built from parsed file contents, after checking every shape and value;
+    ConfigError (naming ``source``, at ``path``) when anything is off."""
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{source}: {what}", path=path)
+
+    vocab = features.vocabulary
+    if len(vocab) > MAX_VOCAB:
+        raise bad(f"vocabulary of {len(vocab)} terms (at most {MAX_VOCAB})")
+    if len(features.idf) != len(vocab):
+        raise bad(f"idf has {len(features.idf)} values for {len(vocab)} terms")
+    if len(set(vocab)) != len(vocab):
+        raise bad("the vocabulary repeats a term")
+    if any(not (math.isfinite(v) and v >= 0) for v in features.idf):
+        raise bad("an idf value is negative or not finite")
+    grams = {"word_ngrams": features.word_ngrams, "char_ngrams": features.char_ngrams or (1, 1)}
+    for name, (lo, hi) in grams.items():
+        if lo > hi:
+            raise bad(f"{name} = [{lo}, {hi}]: the first is larger")
+    if not heads or len(heads) > MAX_TIERS:
+        raise bad(f"{len(heads)} heads (expected 1 to {MAX_TIERS})")
+    for i, head in enumerate(heads):
+        k = len(head.classes)
+        if not 1 <= k <= MAX_CLASSES or len(set(head.classes)) != k:
+            raise bad(f"heads[{i}]: {k} classes, or repeated ones (expected 1 to {MAX_CLASSES})")
+        rows = 1 if k == 2 and len(head.coef) == 1 else k
+        if k == 1:
+            rows = len(head.coef)  # a constant head: coefficients unused
+        if len(head.coef) != rows or len(head.intercept) != rows:
+            raise bad(
+                f"heads[{i}]: {len(head.coef)} coefficient rows and {len(head.intercept)} "
+                f"intercepts for {k} classes"
+            )
+        for r, row in enumerate(head.coef):
+            if len(row) != len(vocab):
+                raise bad(f"heads[{i}].coef[{r}] has {len(row)} values for {len(vocab)} terms")
+        flat = [v for row in head.coef for v in row] + list(head.intercept)
+        if any(not math.isfinite(v) for v in flat):
+            raise bad(f"heads[{i}]: a coefficient is not finite")
+    return TextModel(features, heads)
+
+
+def read_model_file(path: str | os.PathLike[str], *, at: str) -> bytes:
+    """The bytes of a router file a config names, refusing one that is missing, not a
+    regular file or larger than ``MAX_FILE_BYTES``: ConfigError at ``at``."""
+    shown = str(path)
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{shown}: not a regular file", path=at)
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {shown!r}: {exc.strerror or exc}", path=at) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{shown}: larger than {MAX_FILE_BYTES >> 20} MiB", path=at)
+    return data
