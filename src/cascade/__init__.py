@@ -20,6 +20,7 @@ from ._config import (
     HedgeConfig,
     LimitsConfig,
     ProviderConfig,
+    QualityConfig,
     SharedConfig,
     TierConfig,
     Variant,
@@ -73,7 +74,7 @@ from .engine import (
     TierStarted,
 )
 from .providers import Provider, SupportsN, SupportsWhole, register_provider_kind
-from .resilience import AsyncBreaker, CircuitOpen, RetryPolicy
+from .resilience import AsyncBreaker, CircuitOpen, QualityBreaker, RetryPolicy
 from .resilience.limiter import LimiterTimeout, RateLimiter
 from .routing import RouteDecision, Router, RouteRequest, TierInfo, router
 from .validators import ValidationContext, Validator, validator
@@ -124,6 +125,8 @@ __all__ = [
     "ProviderError",
     "ProviderStatusError",
     "ProviderTimeout",
+    "QualityBreaker",
+    "QualityConfig",
     "RateLimited",
     "RateLimiter",
     "RequestOptions",

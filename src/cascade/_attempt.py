@@ -31,6 +31,7 @@ from ._types import (
     estimate_text_tokens,
 )
 from .providers import Provider, answers_whole
+from .resilience.quality import QualityBreaker
 from .validators import ValidationContext, Validator
 
 __all__ = ["InFlight", "PartialCheck", "Tier", "complete", "judge", "refused"]
@@ -60,6 +61,7 @@ class Tier:
         "name",
         "partial",
         "providers",
+        "quality",
         "required",
         "threshold",
         "validators",
@@ -91,6 +93,8 @@ class Tier:
         )
         self.hedge = config.hedge
         self.accept_refusals = config.accept_refusals
+        self.quality: QualityBreaker | None = None
+        """The tier's quality breaker (set by the Cascade, which owns the clock)."""
         self.providers: tuple[Provider, ...] = ()
         self.required: tuple[Validator, ...] = ()
         """A request's own validators (``Cascade.run(validators=...)``): each must pass,

@@ -23,6 +23,7 @@ __all__ = [
     "HedgeConfig",
     "LimitsConfig",
     "ProviderConfig",
+    "QualityConfig",
     "SharedConfig",
     "TierConfig",
     "Variant",
@@ -227,6 +228,32 @@ class HedgeConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     min_samples: Annotated[int, Meta(ge=1)] = 20
 
 
+class QualityConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A tier's quality breaker (off unless the tier has a ``[tiers.quality]`` table).
+
+    A circuit breaker on the tier's validator verdicts, not on transport errors (those
+    are each provider's :class:`BreakerConfig`): when fewer than ``min_pass_rate`` of the
+    tier's last ``window`` judged answers passed (once ``min_samples`` are in), the tier
+    is skipped for ``cooldown_s`` seconds (a provider answering garbage with status 200).
+    Then one run is let through as a probe: its verdict closes the breaker (the window
+    starts afresh) or opens it for another cool-down. Only verdicts count: a tier whose
+    providers failed, or that was skipped, leaves the window as it was.
+
+    Example::
+
+        [tiers.quality]
+        window = 50
+        min_pass_rate = 0.2
+        min_samples = 20
+        cooldown_s = 60
+    """
+
+    window: Annotated[int, Meta(ge=1, le=100_000)] = 50
+    min_pass_rate: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    min_samples: Annotated[int, Meta(ge=1)] = 20
+    cooldown_s: NonNegFloat = 60.0
+
+
 class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A tier: providers tried in order on failure, and the validators its answers face.
 
@@ -249,6 +276,8 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     "refusal"``) is an answer, costed and never a provider failure. By default the tier
     rejects it (verdict ``refusal``) and the request escalates; true lets the tier's
     validators judge it like any answer."""
+    quality: QualityConfig | None = None
+    """The tier's quality breaker (see :class:`QualityConfig`); None: none."""
 
 
 class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -332,6 +361,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 seen_providers.add(prov.name)
                 if prov.base_url is not None:
                     _check_url(prov.base_url, path=f"tiers[{t}].providers[{p}].base_url")
+            quality = tier.quality
+            if quality is not None and quality.min_samples > quality.window:
+                raise ConfigError(
+                    f"min_samples ({quality.min_samples}) is larger than the window "
+                    f"({quality.window}): the breaker could never open",
+                    path=f"tiers[{t}].quality.min_samples",
+                )
             for v, spec in enumerate(tier.validators):
                 if not isinstance(spec.get("name"), str) or not spec["name"]:
                     raise ConfigError(

@@ -25,6 +25,7 @@ from .engine._stream import NO_SINK, Stream
 from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
+from .resilience.quality import QualityBreaker
 from .routing import Router, UsesProviders, build_router
 from .validators import Validator
 from .validators._plugins import load_validator_folder
@@ -107,6 +108,12 @@ class Cascade:
             environ=env,
         )
         self._telemetry.watch_breakers(self._calls.breakers)
+        listener = self._telemetry.on_quality_change
+        for built, tier_cfg in zip(self._tiers, config.tiers, strict=True):
+            if tier_cfg.quality is not None:
+                built.quality = QualityBreaker(
+                    tier_cfg.name, tier_cfg.quality, clock=self._calls.clock, listeners=(listener,)
+                )
         if router_timeout_s is not None and not 0 < router_timeout_s < float("inf"):
             raise ConfigError("expected a finite number of seconds > 0", path="router_timeout_s")
         self._engine = Engine(
@@ -342,6 +349,11 @@ class Cascade:
     def router(self) -> Router | None:
         """The router asked before the first tier of each run (None: none)."""
         return self._router
+
+    @property
+    def quality_breakers(self) -> Mapping[str, QualityBreaker]:
+        """The tiers' quality breakers, by tier name (only tiers with a ``quality`` table)."""
+        return MappingProxyType({t.name: t.quality for t in self._tiers if t.quality is not None})
 
     @property
     def breakers(self) -> Mapping[str, AsyncBreaker]:

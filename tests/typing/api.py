@@ -164,3 +164,14 @@ async def routing(config: dict[str, object]) -> None:
                     start: int = event.start_tier
                     del start
     del built
+
+
+async def quality_breakers(c: Cascade) -> None:
+    quality = cascade.QualityConfig(window=50, min_pass_rate=0.2, min_samples=20, cooldown_s=60)
+    tier = cascade.TierConfig(name="t", providers=[], quality=quality)
+    del tier
+    for name, qb in c.quality_breakers.items():
+        state: cascade.resilience.QualityState = qb.state
+        rate: float | None = qb.pass_rate
+        wait: float = qb.retry_in_s()
+        del name, state, rate, wait

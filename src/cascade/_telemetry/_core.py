@@ -114,6 +114,22 @@ class Telemetry:
                 },
             )
 
+    def on_quality_change(self, tier: str, old: str, new: str) -> None:
+        """A quality breaker listener: the ``cascade.quality_breaker.transitions``
+        counter, and the transition as an event on the span under way (the tier's)."""
+        if not self.enabled:
+            return
+        assert self.instruments is not None
+        attrs = {
+            sc.CASCADE_TIER_NAME: tier,
+            sc.CASCADE_QUALITY_FROM: old,
+            sc.CASCADE_QUALITY_TO: new,
+        }
+        self.instruments.quality_transitions.add(1, attrs)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.add_event(sc.EVENT_QUALITY_CHANGE, attrs)
+
     def provider_info(self, tier: TierLike, provider: ProviderLike) -> ProviderInfo:
         info = self._providers.get(provider.name)
         if info is None:

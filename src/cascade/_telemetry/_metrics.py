@@ -63,6 +63,11 @@ class Instruments:
             unit="{escalation}",
             description="Runs that left a tier for the next one, by tier and reason",
         )
+        self.quality_transitions = meter.create_counter(
+            sc.METRIC_QUALITY_TRANSITIONS,
+            unit="{transition}",
+            description="Quality breaker state changes, by tier, old and new state",
+        )
         self.limiter_wait = meter.create_histogram(
             sc.METRIC_LIMITER_WAIT,
             unit="s",

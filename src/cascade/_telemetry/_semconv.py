@@ -100,6 +100,13 @@ EVENT_BREAKER: Final = "cascade.breaker.state_change"
 CASCADE_BREAKER_FROM: Final = "cascade.breaker.from_state"
 CASCADE_BREAKER_TO: Final = "cascade.breaker.to_state"
 
+EVENT_QUALITY_SKIP: Final = "cascade.quality_breaker.skip"
+EVENT_QUALITY_CHANGE: Final = "cascade.quality_breaker.state_change"
+CASCADE_QUALITY_STATE: Final = "cascade.quality_breaker.state"
+CASCADE_QUALITY_RETRY_IN_S: Final = "cascade.quality_breaker.retry_in_s"
+CASCADE_QUALITY_FROM: Final = "cascade.quality_breaker.from_state"
+CASCADE_QUALITY_TO: Final = "cascade.quality_breaker.to_state"
+
 EVENT_LIMITER_BUSY: Final = "cascade.limiter.busy"
 EVENT_LIMITER_WAIT: Final = "cascade.limiter.wait"
 CASCADE_LIMITER_WAIT_S: Final = "cascade.limiter.wait_s"
@@ -114,6 +121,7 @@ CASCADE_HEDGE_DELAY_S: Final = "cascade.hedge.delay_s"
 METRIC_COST: Final = "cascade.cost"
 METRIC_ESCALATIONS: Final = "cascade.escalations"
 METRIC_BREAKER_STATE: Final = "cascade.breaker.state"
+METRIC_QUALITY_TRANSITIONS: Final = "cascade.quality_breaker.transitions"
 METRIC_LIMITER_WAIT: Final = "cascade.limiter.wait.duration"
 
 BREAKER_STATE_VALUES: Final = {"closed": 0, "half_open": 1, "open": 2}

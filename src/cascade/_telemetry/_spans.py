@@ -349,6 +349,15 @@ class TierTrace:
                 },
             )
 
+    def quality_skipped(self, state: str, retry_in_s: float) -> None:
+        """The tier is skipped: its quality breaker is ``state`` (open, or half-open with
+        its probe out), a probe allowed in ``retry_in_s``."""
+        if self.span is not None:
+            self.span.add_event(
+                sc.EVENT_QUALITY_SKIP,
+                {sc.CASCADE_QUALITY_STATE: state, sc.CASCADE_QUALITY_RETRY_IN_S: retry_in_s},
+            )
+
     def hedge(self, provider: str, delay_s: float) -> None:
         """A hedged request to ``provider`` started ``delay_s`` after the first one."""
         if self.span is not None:

@@ -33,6 +33,7 @@ from .._telemetry import Telemetry
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
 from ..providers import Provider
 from ..resilience.limiter import LimiterTimeout
+from ..resilience.quality import QUALITY_OPEN, QualityBreaker
 from ..routing import Router
 from ._events import Delta, Escalated, EscalationReason, Failed, Finished, TierStarted
 from ._route import ask_router
@@ -157,6 +158,7 @@ class Engine:
                 estimate_output_tokens=self.config.estimate_output_tokens,
             )
         for tier in tiers:
+            msgs = plan.msgs
             if left is not None:
                 escalated = Escalated(
                     from_tier=left[0].index,
@@ -172,7 +174,10 @@ class Engine:
             # The tier's span; its outcome, and the escalation, come from its attempts.
             run.tier_trace = run.trace.tier(tier)
             try:
-                attempt = await self._tier(run, tier, plan)
+                if tier.quality is None:
+                    attempt = await self._tier(run, tier, plan, msgs)
+                else:
+                    attempt = await self._judged(run, tier, plan, msgs, tier.quality)
             finally:
                 outcome, detail = tier_outcome(attempts, first)
                 run.tier_trace.end(outcome)
@@ -186,17 +191,53 @@ class Engine:
             # rejected by a validator, or every provider failed: escalate to the next tier
             left = None
             if outcome != "none" and outcome != "accepted":
-                reason: EscalationReason = "over_budget" if outcome == "skipped" else outcome
+                reason: EscalationReason = "failed"
+                if outcome == "skipped":
+                    skipped_by = attempts[-1].error_type
+                    reason = "quality_open" if skipped_by == QUALITY_OPEN else "over_budget"
+                elif outcome == "rejected":
+                    reason = "rejected"
                 left = (tier, reason, detail)
         result = self._exhausted(run)
         if sink.mode is not None:
             await _release_fallback(run)
         return result
 
-    async def _tier(self, run: RunState, tier: Tier, plan: Plan) -> Attempt | None:
+    async def _judged(
+        self,
+        run: RunState,
+        tier: Tier,
+        plan: Plan,
+        msgs: tuple[Message, ...],
+        quality: QualityBreaker,
+    ) -> Attempt | None:
+        """:meth:`_tier` under the tier's quality breaker: skipped while it is open, and
+        the validators' verdict on the tier's answer (only that) reported to it."""
+        admission = quality.admit()
+        if admission is None:
+            run.tier_trace.quality_skipped(quality.state, quality.retry_in_s())
+            run.record(_quality_skip(tier, quality))
+            return None
+        probe = admission == "probe"
+        passed: bool | None = None
+        try:
+            attempt = await self._tier(run, tier, plan, msgs)
+            if attempt is not None and attempt.error_type is None:
+                passed = attempt.outcome == "accepted"  # accepted or rejected: a verdict
+        finally:
+            # Recorded here, inside the tier's span, where the transition's event goes.
+            if passed is None:
+                quality.release(probe=probe)
+            else:
+                quality.record(passed, probe=probe)
+        return attempt
+
+    async def _tier(
+        self, run: RunState, tier: Tier, plan: Plan, msgs: tuple[Message, ...]
+    ) -> Attempt | None:
         """The tier's answer (accepted or rejected), or None when every provider failed
         or the tier was skipped as over budget."""
-        msgs, opts, calls = plan.msgs, plan.opts, self.calls
+        opts, calls = plan.opts, self.calls
         if plan.budget is not None:
             skip = self._over_budget(tier, msgs, opts, plan.budget - run.spent)
             if skip is not None:
@@ -273,9 +314,15 @@ class Engine:
                 f"no answer passed validation in {len(run.attempts)} attempts",
                 attempts=run.attempts,
             )
-        if any(a.outcome == "skipped" for a in run.attempts):
+        if any(a.outcome == "skipped" and a.error_type != QUALITY_OPEN for a in run.attempts):
             raise BudgetExceeded(
                 "no affordable tier produced an answer within max_cost_usd", attempts=run.attempts
+            )
+        tried = [a for a in run.attempts if a.tier]  # not the router's own calls
+        if tried and all(a.error_type == QUALITY_OPEN for a in tried):
+            raise AllProvidersFailed(
+                f"every tier was skipped: its quality breaker is open ({len(tried)} tiers)",
+                attempts=run.attempts,
             )
         raise AllProvidersFailed(
             f"every provider failed ({len(run.attempts)} attempts); last: {run.last_error}",
@@ -365,6 +412,26 @@ async def _release(run: RunState, attempt: Attempt) -> None:
         wait = offer(Delta(text=text[i : i + PIECE_CHARS], tier=tier, provider=provider))
         if wait is not None:
             await wait
+
+
+def _quality_skip(tier: Tier, quality: QualityBreaker) -> Attempt:
+    """The record of a tier skipped because its quality breaker is open."""
+    provider = tier.providers[0]
+    rate = quality.pass_rate
+    seen = "" if rate is None else f": {rate:.0%} of its last {quality.samples} answers passed"
+    if quality.state == "open":
+        when = f"next probe in {quality.retry_in_s():.3g}s"
+    else:
+        when = "a probe is under way"
+    return Attempt(
+        tier=tier.index,
+        tier_name=tier.name,
+        provider=provider.name,
+        model=provider.model,
+        outcome="skipped",
+        error_type=QUALITY_OPEN,
+        error=f"quality breaker {quality.state}{seen}; {when}",
+    )
 
 
 def tier_outcome(

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 StreamMode = Literal["buffered", "speculative"]
-EscalationReason = Literal["rejected", "failed", "over_budget"]
+EscalationReason = Literal["rejected", "failed", "over_budget", "quality_open"]
 
 
 class Routed(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,8 +105,9 @@ class Retracted(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 
 class Escalated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The run leaves ``from_tier`` for ``to_tier``: its answers were ``rejected``, every
-    provider ``failed``, or it was skipped as ``over_budget``; ``detail`` says more (the
-    failing validators' reasons, the last error)."""
+    provider ``failed``, or it was skipped as ``over_budget`` or because its quality
+    breaker is open (``quality_open``); ``detail`` says more (the failing validators'
+    reasons, the last error)."""
 
     from_tier: int
     from_tier_name: str
