@@ -62,6 +62,7 @@ class Tier:
         "partial",
         "providers",
         "quality",
+        "repair",
         "required",
         "threshold",
         "validators",
@@ -93,6 +94,7 @@ class Tier:
         )
         self.hedge = config.hedge
         self.accept_refusals = config.accept_refusals
+        self.repair = config.repair
         self.quality: QualityBreaker | None = None
         """The tier's quality breaker (set by the Cascade, which owns the clock)."""
         self.providers: tuple[Provider, ...] = ()

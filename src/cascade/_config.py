@@ -278,6 +278,11 @@ class TierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     validators judge it like any answer."""
     quality: QualityConfig | None = None
     """The tier's quality breaker (see :class:`QualityConfig`); None: none."""
+    repair: bool = False
+    """When the run escalates to this tier because the tier before rejected its answer,
+    send that rejected draft and the validators' reasons along, so this tier fixes it
+    instead of starting over (see :mod:`cascade.engine._repair` for the exact prompt and
+    its bounds). Not on the first tier: it has no tier before it."""
 
 
 class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -367,6 +372,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                     f"min_samples ({quality.min_samples}) is larger than the window "
                     f"({quality.window}): the breaker could never open",
                     path=f"tiers[{t}].quality.min_samples",
+                )
+            if t == 0 and tier.repair:
+                raise ConfigError(
+                    "the first tier has no tier before it whose answer it could repair",
+                    path="tiers[0].repair",
                 )
             for v, spec in enumerate(tier.validators):
                 if not isinstance(spec.get("name"), str) or not spec["name"]:

@@ -166,12 +166,19 @@ async def routing(config: dict[str, object]) -> None:
     del built
 
 
-async def quality_breakers(c: Cascade) -> None:
+async def quality_and_repair(c: Cascade) -> None:
     quality = cascade.QualityConfig(window=50, min_pass_rate=0.2, min_samples=20, cooldown_s=60)
-    tier = cascade.TierConfig(name="t", providers=[], quality=quality)
+    tier = cascade.TierConfig(
+        name="t", providers=[], quality=quality, repair=True
+    )  # a repairing tier with a quality breaker
     del tier
     for name, qb in c.quality_breakers.items():
         state: cascade.resilience.QualityState = qb.state
         rate: float | None = qb.pass_rate
         wait: float = qb.retry_in_s()
         del name, state, rate, wait
+    async with c.stream(messages=[{"role": "user", "content": "hi"}]) as events:
+        async for event in events:
+            if isinstance(event, cascade.Escalated) and event.reason == "quality_open":
+                repaired: bool = event.repair
+                del repaired

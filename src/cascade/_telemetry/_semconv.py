@@ -106,6 +106,7 @@ CASCADE_QUALITY_STATE: Final = "cascade.quality_breaker.state"
 CASCADE_QUALITY_RETRY_IN_S: Final = "cascade.quality_breaker.retry_in_s"
 CASCADE_QUALITY_FROM: Final = "cascade.quality_breaker.from_state"
 CASCADE_QUALITY_TO: Final = "cascade.quality_breaker.to_state"
+CASCADE_ESCALATION_REPAIR: Final = "cascade.escalation.repair"
 
 EVENT_LIMITER_BUSY: Final = "cascade.limiter.busy"
 EVENT_LIMITER_WAIT: Final = "cascade.limiter.wait"

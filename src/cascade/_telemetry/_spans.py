@@ -144,6 +144,7 @@ class RunTrace:
                     sc.CASCADE_ESCALATION_TO: event.to_tier_name,
                     sc.CASCADE_ESCALATION_REASON: reason,
                     sc.CASCADE_ESCALATION_DETAIL: detail,
+                    sc.CASCADE_ESCALATION_REPAIR: event.repair,
                 },
             )
 

@@ -36,6 +36,7 @@ from ..resilience.limiter import LimiterTimeout
 from ..resilience.quality import QUALITY_OPEN, QualityBreaker
 from ..routing import Router
 from ._events import Delta, Escalated, EscalationReason, Failed, Finished, TierStarted
+from ._repair import rejected_draft, repair_messages
 from ._route import ask_router
 from ._stream import NO_SINK, Sink
 
@@ -157,9 +158,14 @@ class Engine:
                 timeout_s=self.router_timeout_s,
                 estimate_output_tokens=self.config.estimate_output_tokens,
             )
+        draft: Attempt | None = None  # the answer the tier left rejected, for repair
         for tier in tiers:
             msgs = plan.msgs
             if left is not None:
+                repair = tier.repair and draft is not None
+                if repair:
+                    assert draft is not None
+                    msgs = repair_messages(msgs, draft)
                 escalated = Escalated(
                     from_tier=left[0].index,
                     from_tier_name=left[0].name,
@@ -167,6 +173,7 @@ class Engine:
                     to_tier_name=tier.name,
                     reason=left[1],
                     detail=left[2],
+                    repair=repair,
                 )
                 run.emit(escalated)
             run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
@@ -190,6 +197,7 @@ class Engine:
                 break  # every provider failed: an outage, which must not escalate the bill
             # rejected by a validator, or every provider failed: escalate to the next tier
             left = None
+            draft = None
             if outcome != "none" and outcome != "accepted":
                 reason: EscalationReason = "failed"
                 if outcome == "skipped":
@@ -197,6 +205,7 @@ class Engine:
                     reason = "quality_open" if skipped_by == QUALITY_OPEN else "over_budget"
                 elif outcome == "rejected":
                     reason = "rejected"
+                    draft = rejected_draft(attempts, first)
                 left = (tier, reason, detail)
         result = self._exhausted(run)
         if sink.mode is not None:
@@ -236,7 +245,7 @@ class Engine:
         self, run: RunState, tier: Tier, plan: Plan, msgs: tuple[Message, ...]
     ) -> Attempt | None:
         """The tier's answer (accepted or rejected), or None when every provider failed
-        or the tier was skipped as over budget."""
+        or the tier was skipped as over budget. ``msgs``: the plan's, or a repair's."""
         opts, calls = plan.opts, self.calls
         if plan.budget is not None:
             skip = self._over_budget(tier, msgs, opts, plan.budget - run.spent)

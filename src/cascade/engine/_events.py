@@ -107,7 +107,8 @@ class Escalated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """The run leaves ``from_tier`` for ``to_tier``: its answers were ``rejected``, every
     provider ``failed``, or it was skipped as ``over_budget`` or because its quality
     breaker is open (``quality_open``); ``detail`` says more (the failing validators'
-    reasons, the last error)."""
+    reasons, the last error). ``repair``: ``to_tier`` is sent the rejected answer and the
+    reasons to fix (its ``repair`` option)."""
 
     from_tier: int
     from_tier_name: str
@@ -115,6 +116,7 @@ class Escalated(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     to_tier_name: str
     reason: EscalationReason
     detail: str = ""
+    repair: bool = False
 
 
 class Finished(msgspec.Struct, frozen=True, kw_only=True):
