@@ -144,7 +144,8 @@ class Engine:
     async def _tiers(self, run: RunState, plan: Plan) -> Result:
         attempts = run.attempts
         sink = run.sink
-        left: tuple[Tier, EscalationReason, str] | None = None  # a tier left unaccepted
+        # a tier left unaccepted: it, why, the detail, where its attempts start
+        left: tuple[Tier, EscalationReason, str, int] | None = None
         tiers: Sequence[Tier] = plan.tiers
         if plan.router is not None:
             tiers = await ask_router(
@@ -158,14 +159,15 @@ class Engine:
                 timeout_s=self.router_timeout_s,
                 estimate_output_tokens=self.config.estimate_output_tokens,
             )
-        draft: Attempt | None = None  # the answer the tier left rejected, for repair
         for tier in tiers:
             msgs = plan.msgs
             if left is not None:
-                repair = tier.repair and draft is not None
-                if repair:
-                    assert draft is not None
-                    msgs = repair_messages(msgs, draft)
+                repair = False
+                if tier.repair and left[1] == "rejected":
+                    draft = rejected_draft(attempts, left[3])
+                    if draft is not None:
+                        msgs = repair_messages(msgs, draft)
+                        repair = True
                 escalated = Escalated(
                     from_tier=left[0].index,
                     from_tier_name=left[0].name,
@@ -197,7 +199,6 @@ class Engine:
                 break  # every provider failed: an outage, which must not escalate the bill
             # rejected by a validator, or every provider failed: escalate to the next tier
             left = None
-            draft = None
             if outcome != "none" and outcome != "accepted":
                 reason: EscalationReason = "failed"
                 if outcome == "skipped":
@@ -205,8 +206,7 @@ class Engine:
                     reason = "quality_open" if skipped_by == QUALITY_OPEN else "over_budget"
                 elif outcome == "rejected":
                     reason = "rejected"
-                    draft = rejected_draft(attempts, first)
-                left = (tier, reason, detail)
+                left = (tier, reason, detail, first)
         result = self._exhausted(run)
         if sink.mode is not None:
             await _release_fallback(run)
