@@ -191,3 +191,25 @@ async def test_replay_cannot_measure_repair(tmp_path: Any) -> None:
     async with Cascade.from_dict(cfg) as c:
         result = await c.run(messages=USER)  # without repair, the recorded answer
     assert result.validated and result.text == ANSWER
+
+
+async def test_the_escalation_span_event_says_repair(openai_server: FakeOpenAIServer) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from cascade._telemetry import _semconv as sc
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    openai_server.script("m1", DRAFT)
+    openai_server.script("m2", "still not JSON")
+    openai_server.script("m3", ANSWER)
+    cfg = chain(openai_server.url, True, False)
+    async with Cascade.from_dict(cfg, environ={}, tracer_provider=tracer_provider) as c:
+        await c.run(messages=USER)
+    tracer_provider.shutdown()
+    (run,) = [s for s in exporter.get_finished_spans() if s.name == "cascade.run"]
+    ups = [dict(e.attributes or {}) for e in run.events if e.name == sc.EVENT_ESCALATION]
+    assert [u.get(sc.CASCADE_ESCALATION_REPAIR) for u in ups] == [True, None]

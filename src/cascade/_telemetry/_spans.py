@@ -137,16 +137,15 @@ class RunTrace:
             1, {sc.CASCADE_TIER_NAME: name, sc.CASCADE_ESCALATION_REASON: reason}
         )
         if self.span is not None:
-            self.span.add_event(
-                sc.EVENT_ESCALATION,
-                {
-                    sc.CASCADE_ESCALATION_FROM: name,
-                    sc.CASCADE_ESCALATION_TO: event.to_tier_name,
-                    sc.CASCADE_ESCALATION_REASON: reason,
-                    sc.CASCADE_ESCALATION_DETAIL: detail,
-                    sc.CASCADE_ESCALATION_REPAIR: event.repair,
-                },
-            )
+            attrs: dict[str, str | bool] = {
+                sc.CASCADE_ESCALATION_FROM: name,
+                sc.CASCADE_ESCALATION_TO: event.to_tier_name,
+                sc.CASCADE_ESCALATION_REASON: reason,
+                sc.CASCADE_ESCALATION_DETAIL: detail,
+            }
+            if event.repair:  # only then: a plain escalation's event is as it was
+                attrs[sc.CASCADE_ESCALATION_REPAIR] = True
+            self.span.add_event(sc.EVENT_ESCALATION, attrs)
 
     def tier(self, tier: TierLike) -> TierTrace:
         """Start a tier's span."""
