@@ -1,0 +1,117 @@
+"""A hostile review of the gateway: each test is an attack that should fail to hurt it.
+
+Found by attacking ``cascade serve`` as a malicious client, a broken upstream and a
+careless operator (see the review report): a test here fails while its defect stands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cascade.testing import FakeOpenAIServer, FakeRequest, Reply
+
+from .gateway import Running, serving, write_config
+from .helpers import provider, tier
+from .leaks import eventually, open_on
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def one_tier(url: str, *, limits: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    return {"tiers": [tier("t", provider("a", url, "m1", limits=limits))], **extra}
+
+
+async def post(gw: Running, body: dict[str, Any], **headers: str) -> tuple[int, bytes]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{gw.base_url}/chat/completions", json=body, headers=headers) as r,
+    ):
+        return r.status, await r.read()
+
+
+def raw_request(body: bytes, *, length: int | None = None, extra: bytes = b"") -> bytes:
+    n = len(body) if length is None else length
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+        b"Content-Type: application/json\r\n" + extra + b"Content-Length: %d\r\n\r\n" % n + body
+    )
+
+
+# -- a client that does not read ----------------------------------------------------------
+
+
+async def test_a_client_that_never_reads_its_stream_does_not_hold_a_slot_forever(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A streaming client that stops reading (a zero window) blocks the handler in
+    ``response.write`` with no timeout: the request keeps its in-flight slot, its
+    generation, and the upstream call, long past the route's deadline. A few thousand such
+    connections take every ``max_in_flight`` slot (and every provider concurrency slot)."""
+    openai_server.default = Reply(text="y" * 6_000_000, chunk_chars=65536)
+    route = {"name": "cascade", "default": True, "mode": "speculative", "deadline_s": 1.0}
+    config = one_tier(openai_server.url, gateway={"routes": [route], "body_timeout_s": 1.0})
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        body = json.dumps({"model": "cascade", "messages": HI, "stream": True}).encode()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.transport.pause_reading()  # never read a byte of the answer
+        writer.write(raw_request(body))
+        await writer.drain()
+        try:
+            await eventually(lambda: openai_server.request_count == 1, "the upstream call")
+            # the deadline is 1 s: well after it, nothing of the request may be left
+            await eventually(lambda: gw.gateway.in_flight == 0, "the slot freed", within_s=6)
+            await eventually(lambda: open_on([openai_server]) == 0, "upstream closed")
+        finally:
+            writer.close()
+
+
+# -- one tenant's max_tokens against every tenant's provider quota -----------------------
+
+
+@pytest.mark.parametrize("how", ["client_leaves", "upstream_400"])
+async def test_a_huge_max_tokens_does_not_lock_the_providers_quota_for_everyone(
+    openai_server: FakeOpenAIServer, tmp_path: Path, how: str
+) -> None:
+    """The provider's token limiter is charged ``prompt + max_tokens`` up front, and the
+    client sets ``max_tokens`` (unbounded on /v1/chat/completions, up to 1e9 on
+    /v1/messages). A call that then fails (a real provider answers 400 to a max_tokens over
+    the model's) or whose client leaves releases its lease *without* usage: the whole
+    estimate stays charged. One request with ``max_tokens = 10**9`` puts a 60k-TPM bucket
+    ~1e6 s in debt: every tenant's request to that provider is refused for days."""
+
+    def answer(request: FakeRequest) -> Reply:
+        if (request.body.get("max_tokens") or 0) > 100_000:
+            if how == "upstream_400":
+                return Reply(status=400, error_message="max_tokens is too large")
+            return Reply(text="slow", latency_s=5.0)
+        return Reply(text="ok")
+
+    openai_server.respond("m1", answer)
+    limits = {"tokens_per_minute": 60_000, "max_wait_s": 1}
+    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url, limits=limits))) as gw:
+        hostile = {"model": "cascade", "messages": HI, "max_tokens": 10**9}
+        if how == "client_leaves":
+            call = asyncio.create_task(post(gw, hostile))
+            await eventually(lambda: openai_server.active_requests == 1, "the upstream call")
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            await eventually(lambda: gw.gateway.in_flight == 0, "the request over")
+        else:
+            status, _ = await post(gw, hostile)
+            assert status in (400, 502)
+        # another tenant, a few tokens, a minute's worth of quota left: must be served
+        status, body = await post(gw, {"model": "cascade", "messages": HI, "max_tokens": 50})
+        assert status == 200, body
