@@ -115,3 +115,67 @@ async def test_a_huge_max_tokens_does_not_lock_the_providers_quota_for_everyone(
         # another tenant, a few tokens, a minute's worth of quota left: must be served
         status, body = await post(gw, {"model": "cascade", "messages": HI, "max_tokens": 50})
         assert status == 200, body
+
+
+# -- clients without a key ----------------------------------------------------------------
+
+
+async def test_clients_without_a_key_cannot_take_every_in_flight_slot(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The key is checked only after the whole body is read and parsed, while the request
+    already holds an in-flight slot: clients with no key at all, trickling their bodies,
+    hold every ``max_in_flight`` slot for ``body_timeout_s`` each, again and again, and
+    every keyed client gets 429 ``gateway_busy``. The headers carry the key: a request
+    without a valid one can be refused before its body is read."""
+    from cascade.gateway import hash_key
+
+    openai_server.default = "ok"
+    keys = {"entries": [{"name": "good", "sha256": hash_key("sk-good-0123456789")}]}
+    gateway = {"keys": keys, "max_in_flight": 2, "body_timeout_s": 5.0}
+    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url, gateway=gateway))) as gw:
+        hogs = []
+        for _ in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(raw_request(b'{"model": ', length=1000))  # no key, the body never ends
+            await writer.drain()
+            hogs.append(writer)
+        try:
+            await eventually(lambda: gw.gateway.in_flight == 2, "the hogs in")
+            status, body = await post(
+                gw, {"model": "cascade", "messages": HI}, Authorization="Bearer sk-good-0123456789"
+            )
+            assert status == 200, body
+        finally:
+            for writer in hogs:
+                writer.close()
+
+
+async def test_headers_trickled_a_line_at_a_time_do_not_hold_a_connection_forever(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``body_timeout_s`` bounds the body only: aiohttp has no timeout for the request
+    line and headers, so a client sending one header line now and then (slowloris) holds
+    its connection (a file descriptor, a protocol object) as long as it likes, and
+    thousands of them exhaust the process's descriptors. No handler runs, so neither
+    ``max_in_flight`` nor the access log sees them."""
+    config = one_tier(openai_server.url, gateway={"body_timeout_s": 0.5})
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n")
+            closed = False
+            for i in range(40):  # 4 s: eight times the body's timeout
+                await asyncio.sleep(0.1)
+                if reader.at_eof() or writer.is_closing():
+                    closed = True
+                    break
+                try:
+                    writer.write(b"X-Slow-%d: 1\r\n" % i)
+                    await writer.drain()
+                except ConnectionError:
+                    closed = True
+                    break
+            assert closed, "the gateway still holds a connection whose headers never end"
+        finally:
+            writer.close()
