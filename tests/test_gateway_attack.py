@@ -17,11 +17,14 @@ import pytest
 
 from cascade.testing import FakeOpenAIServer, FakeRequest, Reply
 
+from . import test_shared_redis as _redis
 from .gateway import Running, serving, write_config
 from .helpers import provider, tier
 from .leaks import eventually, open_on
 
 pytestmark = pytest.mark.anyio
+
+redis_bin = _redis.redis_bin  # the fixture that finds redis-server
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -65,7 +68,7 @@ async def test_a_client_that_never_reads_its_stream_does_not_hold_a_slot_forever
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
-        reader, writer = await asyncio.open_connection(sock=sock)
+        _reader, writer = await asyncio.open_connection(sock=sock)
         writer.transport.pause_reading()  # never read a byte of the answer
         writer.write(raw_request(body))
         await writer.drain()
@@ -101,7 +104,9 @@ async def test_a_huge_max_tokens_does_not_lock_the_providers_quota_for_everyone(
 
     openai_server.respond("m1", answer)
     limits = {"tokens_per_minute": 60_000, "max_wait_s": 1}
-    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url, limits=limits))) as gw:
+    async with serving(
+        write_config(tmp_path / "c.toml", one_tier(openai_server.url, limits=limits))
+    ) as gw:
         hostile = {"model": "cascade", "messages": HI, "max_tokens": 10**9}
         if how == "client_leaves":
             call = asyncio.create_task(post(gw, hostile))
@@ -133,10 +138,12 @@ async def test_clients_without_a_key_cannot_take_every_in_flight_slot(
     openai_server.default = "ok"
     keys = {"entries": [{"name": "good", "sha256": hash_key("sk-good-0123456789")}]}
     gateway = {"keys": keys, "max_in_flight": 2, "body_timeout_s": 5.0}
-    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url, gateway=gateway))) as gw:
+    async with serving(
+        write_config(tmp_path / "c.toml", one_tier(openai_server.url, gateway=gateway))
+    ) as gw:
         hogs = []
         for _ in range(2):
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             writer.write(raw_request(b'{"model": ', length=1000))  # no key, the body never ends
             await writer.drain()
             hogs.append(writer)
@@ -179,3 +186,54 @@ async def test_headers_trickled_a_line_at_a_time_do_not_hold_a_connection_foreve
             assert closed, "the gateway still holds a connection whose headers never end"
         finally:
             writer.close()
+
+
+# -- budgets while Redis hangs -------------------------------------------------------------
+
+
+async def test_a_budget_holds_locally_while_redis_hangs(redis_bin: str) -> None:
+    """``DayBudget.reserve`` checks the local headroom, *then* awaits Redis, and adds its
+    local reservation only after Redis answered (or timed out). While Redis hangs (a
+    failover, a paused primary), every request that arrives within ``timeout_s`` passes
+    the local check before any of them is counted: 20 concurrent requests of $0.5 are all
+    admitted against a $1 budget (the module doc promises at most one past the budget,
+    and that each replica holds the budget on its own spend while Redis is down)."""
+    from cascade.gateway import (
+        Admission,
+        GatewayDenied,
+        GatewayKeys,
+        KeyEntry,
+        KeysConfig,
+        hash_key,
+    )
+    from cascade.resilience.shared import SharedState
+    from cascade.testing import FakeClock
+
+    from .test_shared_redis import RedisServer, _prefix
+
+    key = "sk-gw-attack-0123456789"
+    server = RedisServer(redis_bin)
+    server.start()
+    try:
+        state = SharedState(redis_url=server.url, key_prefix=_prefix(), timeout_s=0.3)
+        async with state:
+            config = KeysConfig(entries=[KeyEntry(name="t", sha256=hash_key(key), usd_per_day=1.0)])
+            keys = GatewayKeys.from_config(config, clock=FakeClock(), shared=state)
+            server.pause()  # Redis hangs: connections stay open, nothing answers
+            try:
+                outcomes = await asyncio.gather(
+                    *(
+                        keys.admit(key, estimated_tokens=1, estimated_cost_usd=0.5)
+                        for _ in range(20)
+                    ),
+                    return_exceptions=True,
+                )
+            finally:
+                server.resume()
+            for o in outcomes:
+                if isinstance(o, BaseException) and not isinstance(o, GatewayDenied):
+                    raise o
+            admitted = [o for o in outcomes if isinstance(o, Admission)]
+            assert len(admitted) <= 2, f"{len(admitted)} requests of $0.5 admitted on a $1 budget"
+    finally:
+        server.kill()
