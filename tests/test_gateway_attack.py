@@ -237,3 +237,43 @@ async def test_a_budget_holds_locally_while_redis_hangs(redis_bin: str) -> None:
             assert len(admitted) <= 2, f"{len(admitted)} requests of $0.5 admitted on a $1 budget"
     finally:
         server.kill()
+
+
+# -- budgets and clients that leave --------------------------------------------------------
+
+
+async def test_leaving_before_the_answer_does_not_make_a_budget_endless(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A call cut off before its answer is charged its prompt only (``_cut_off``: "a
+    request sent is billed its prompt, text or not"), and the key is settled with that.
+    A provider called without streaming generates (and bills) the whole answer whether or
+    not anyone waits for it: a client that asks for long answers and leaves just before
+    they arrive spends the operator's money at full rate while its daily budget stays
+    untouched. Here each answer costs $0.2 (100k output tokens) on a $0.5 budget; ten such
+    requests all get through, and the key has spent ~$0."""
+    from cascade.gateway import hash_key
+
+    openai_server.default = Reply(text="long " * 100, output_tokens=100_000, latency_s=0.5)
+    keys = {"entries": [{"name": "k", "sha256": hash_key("sk-k-0123456789"), "usd_per_day": 0.5}]}
+    config = one_tier(openai_server.url, gateway={"keys": keys})
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        auth = {"Authorization": "Bearer sk-k-0123456789"}
+        ask = {"model": "cascade", "messages": HI, "max_tokens": 100_000}
+        admitted = 0
+        for n in range(10):
+            call = asyncio.create_task(post(gw, ask, **auth))
+            await eventually(
+                lambda n=n, call=call: openai_server.request_count > n or call.done(),
+                "the call or a denial",
+            )
+            if call.done():
+                assert (await call)[0] == 429
+                break
+            admitted += 1
+            await asyncio.sleep(0.4)  # the provider is generating (and billing) the answer
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
+            await eventually(lambda: gw.gateway.in_flight == 0, "the request over")
+        # 10 answers of $0.2 were generated upstream for a key allowed $0.5 a day
+        assert admitted <= 3, f"{admitted} answers of $0.2 on a $0.5 budget"
