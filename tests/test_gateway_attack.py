@@ -277,3 +277,43 @@ async def test_leaving_before_the_answer_does_not_make_a_budget_endless(
             await eventually(lambda: gw.gateway.in_flight == 0, "the request over")
         # 10 answers of $0.2 were generated upstream for a key allowed $0.5 a day
         assert admitted <= 3, f"{admitted} answers of $0.2 on a $0.5 budget"
+
+
+# -- what a plain OpenAI client makes of a speculative stream ------------------------------
+
+
+async def test_a_speculative_stream_never_reads_as_a_spliced_success_in_the_openai_sdk(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Speculative on /v1/chat/completions: the primary's text streams, its stream breaks,
+    a chunk with no choices and ``cascade.retracted`` withdraws it, the fallback's answer
+    follows. No OpenAI client knows ``cascade.retracted``: the official SDK (and every
+    accumulator built on it) reads the broken half-answer *and* the whole answer glued
+    together, ``finish_reason: "stop"``, as a success. Issue #13: a stream broken
+    mid-answer reaches the SDK as the next provider's whole answer or as an SSE error,
+    never as a damaged success; /v1/messages keeps to it (an ``error`` event), this does
+    not."""
+    import openai
+
+    openai_server.script("m-primary", Reply(text="The answer is forty-two", fault="drop"))
+    openai_server.script("m-fallback", Reply(text="A whole answer.", chunk_chars=3))
+    config = {
+        "tiers": [
+            tier(
+                "t",
+                provider("primary", openai_server.url, "m-primary", stream=True),
+                provider("fallback", openai_server.url, "m-fallback", stream=True),
+            )
+        ],
+        "gateway": {"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]},
+    }
+    async with (
+        serving(write_config(tmp_path / "c.toml", config)) as gw,
+        openai.AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as client,
+    ):
+        try:
+            async with client.chat.completions.stream(model="cascade", messages=HI) as stream:  # type: ignore[arg-type]
+                final = await stream.get_final_completion()
+        except openai.APIError:
+            return  # an error the SDK raises: acceptable
+        assert final.choices[0].message.content == "A whole answer."
