@@ -317,3 +317,55 @@ async def test_a_speculative_stream_never_reads_as_a_spliced_success_in_the_open
         except openai.APIError:
             return  # an error the SDK raises: acceptable
         assert final.choices[0].message.content == "A whole answer."
+
+
+# -- a careless operator -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_control_character_in_a_tier_name_is_refused_or_harmless(
+    openai_server: FakeOpenAIServer, tmp_path: Path, stream: bool
+) -> None:
+    """Tier and provider model names (``Name``: any 1-128 characters) go into the
+    ``x-cascade-tier-name`` / ``x-cascade-model`` headers as they are. With a CR or LF in
+    one (a TOML ``\\n``, a templated value), aiohttp refuses to write the headers *after*
+    the provider was paid: a JSON request's connection is dropped (the SDK retries and
+    pays again), and an SSE request gets the 500 of ``handle``'s ``except Exception``
+    written as a second response on a connection whose first one had begun: the client
+    reads a corrupt HTTP stream. ``cascade check`` / ``serve`` should refuse the name, or
+    the header should carry it escaped."""
+    from cascade import ConfigError
+    from cascade.gateway import load_gateway
+
+    openai_server.default = "ok"
+    config = {"tiers": [tier("small\r\nX-Injected: 1", provider("a", openai_server.url, "m1"))]}
+    path = write_config(tmp_path / "c.toml", config)
+    try:
+        load_gateway(path)
+    except ConfigError:
+        return  # refused at load: fine
+    async with serving(path) as gw:
+        body = {"model": "cascade", "messages": HI, "stream": stream}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{gw.base_url}/chat/completions", json=body) as response,
+        ):
+            await response.read()
+            assert response.status == 200
+            assert "X-Injected" not in response.headers
+
+
+async def test_a_route_name_with_a_slash_can_be_retrieved(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Route names may hold ``/`` (``openai/gpt-4o``, as LiteLLM-style clients name models)
+    and ``GET /v1/models`` lists them, but ``GET /v1/models/{model}`` matches one path
+    segment only: ``client.models.retrieve("org/model")`` is a 404."""
+    config = one_tier(openai_server.url, gateway={"routes": [{"name": "org/model"}]})
+    async with (
+        serving(write_config(tmp_path / "c.toml", config)) as gw,
+        aiohttp.ClientSession() as session,
+        session.get(f"{gw.base_url}/models/org/model") as response,
+    ):
+        assert response.status == 200, await response.text()
+        assert (await response.json())["id"] == "org/model"

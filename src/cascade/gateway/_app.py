@@ -38,7 +38,7 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     for wire in formats:
         app.router.add_post(wire.path, chat_handler(wire))
     app.router.add_get("/v1/models", _models)
-    app.router.add_get("/v1/models/{model}", _model)
+    app.router.add_get("/v1/models/{model:.+}", _model)  # a name may hold "/"
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
 
