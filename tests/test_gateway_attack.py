@@ -369,3 +369,34 @@ async def test_a_route_name_with_a_slash_can_be_retrieved(
     ):
         assert response.status == 200, await response.text()
         assert (await response.json())["id"] == "org/model"
+
+
+# -- a web page in the operator's browser --------------------------------------------------
+
+
+async def test_a_cross_site_form_post_does_not_reach_the_provider(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``cascade serve`` listens on 127.0.0.1 and, without ``[gateway.keys]`` (the default),
+    asks for no key. The body is parsed as JSON whatever its ``Content-Type``, so any web
+    page the operator visits can make the browser POST a ``text/plain`` "simple request"
+    (no CORS preflight) to ``http://127.0.0.1:8000/v1/chat/completions``: the page cannot
+    read the answer, but every such request is a paid provider call (a loop of them, the
+    operator's bill). A request carrying a foreign ``Origin`` (or a CORS-simple content
+    type) should be refused before any provider is called."""
+    openai_server.default = "ok"
+    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url))) as gw:
+        body = json.dumps({"model": "cascade", "messages": HI, "max_tokens": 4000})
+        headers = {
+            "Origin": "https://evil.example",
+            "Content-Type": "text/plain;charset=UTF-8",
+            "Sec-Fetch-Site": "cross-site",
+            "Sec-Fetch-Mode": "no-cors",
+        }
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{gw.base_url}/chat/completions", data=body, headers=headers) as r,
+        ):
+            await r.read()
+        assert openai_server.request_count == 0, f"a cross-site POST was served ({r.status})"
+        assert r.status >= 400
