@@ -400,3 +400,28 @@ async def test_a_cross_site_form_post_does_not_reach_the_provider(
             await r.read()
         assert openai_server.request_count == 0, f"a cross-site POST was served ({r.status})"
         assert r.status >= 400
+
+
+# -- status codes --------------------------------------------------------------------------
+
+
+async def test_a_provider_out_of_local_quota_is_429_with_retry_after_not_502(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Every provider refused by its own rate limiter (``[tiers.providers.limits]``) is a
+    capacity answer like every provider's 429 (which the gateway sends as 429 with
+    Retry-After), but ``from_run_error`` only knows ``RateLimited``: ``LimiterTimeout`` is
+    a 502 ``all_providers_failed`` without Retry-After (and the SDKs retry a 502 at once,
+    into the same empty bucket)."""
+    openai_server.default = "ok"
+    limits = {"requests_per_minute": 1}
+    route = {"name": "cascade", "default": True, "deadline_s": 5.0}  # the next turn: 60 s
+    config = one_tier(openai_server.url, limits=limits, gateway={"routes": [route]})
+    config = write_config(tmp_path / "c.toml", config)
+    async with serving(config) as gw, aiohttp.ClientSession() as session:
+        body = {"model": "cascade", "messages": HI}
+        async with session.post(f"{gw.base_url}/chat/completions", json=body) as first:
+            assert first.status == 200
+        async with session.post(f"{gw.base_url}/chat/completions", json=body) as second:
+            assert second.status == 429, await second.text()
+            assert int(second.headers["Retry-After"]) >= 1
