@@ -425,3 +425,37 @@ async def test_a_provider_out_of_local_quota_is_429_with_retry_after_not_502(
         async with session.post(f"{gw.base_url}/chat/completions", json=body) as second:
             assert second.status == 429, await second.text()
             assert int(second.headers["Retry-After"]) >= 1
+
+
+# -- text in the logs ----------------------------------------------------------------------
+
+
+async def test_an_answers_text_never_reaches_the_log_lines_serve_writes(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``cascade serve`` writes the access line *and* the routing record (``cascade.route``)
+    of every run to stdout, "never keys or message text". The routing record's
+    ``escalations`` carry each rejected tier's validator reasons, and the json_schema
+    validator quotes the offending value: an answer's text (which often repeats the
+    user's: names, numbers, secrets from the prompt) lands in the log verbatim whenever
+    a request's ``response_format`` rejects it."""
+    from structlog.testing import capture_logs
+
+    from .helpers import SCHEMA
+
+    secret = "Jane-Doe-SSN-123-45-6789"
+    openai_server.script("m1", Reply(text='{"answer": "' + secret + '"}'))
+    openai_server.script("m2", Reply(text='{"answer": 42}'))
+    config = {
+        "tiers": [
+            tier("t1", provider("a", openai_server.url, "m1")),
+            tier("t2", provider("b", openai_server.url, "m2")),
+        ]
+    }
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": SCHEMA}}
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        with capture_logs() as logs:
+            status, _ = await post(gw, {"model": "cascade", "messages": HI, "response_format": fmt})
+        assert status == 200
+    leaked = [line for line in logs if secret in repr(line)]
+    assert not leaked, leaked[0]
