@@ -254,7 +254,7 @@ async def test_leaving_before_the_answer_does_not_make_a_budget_endless(
     requests all get through, and the key has spent ~$0."""
     from cascade.gateway import hash_key
 
-    openai_server.default = Reply(text="long " * 100, output_tokens=100_000, latency_s=0.5)
+    openai_server.default = Reply(text="long " * 100, output_tokens=100_000, latency_s=2.0)
     keys = {"entries": [{"name": "k", "sha256": hash_key("sk-k-0123456789"), "usd_per_day": 0.5}]}
     config = one_tier(openai_server.url, gateway={"keys": keys})
     async with serving(write_config(tmp_path / "c.toml", config)) as gw:
@@ -271,7 +271,7 @@ async def test_leaving_before_the_answer_does_not_make_a_budget_endless(
                 assert (await call)[0] == 429
                 break
             admitted += 1
-            await asyncio.sleep(0.4)  # the provider is generating (and billing) the answer
+            await asyncio.sleep(0.3)  # the provider is generating (and billing) the answer
             call.cancel()
             await asyncio.gather(call, return_exceptions=True)
             await eventually(lambda: gw.gateway.in_flight == 0, "the request over")
