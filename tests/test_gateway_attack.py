@@ -459,3 +459,40 @@ async def test_an_answers_text_never_reaches_the_log_lines_serve_writes(
         assert status == 200
     leaked = [line for line in logs if secret in repr(line)]
     assert not leaked, leaked[0]
+
+
+async def test_a_client_that_leaves_while_redis_hangs_leaves_no_local_hold(
+    redis_bin: str,
+) -> None:
+    """With the estimate held locally before Redis is awaited, a request cancelled during
+    that wait (its client gone) must give the hold back: else the budget shrinks by one
+    estimate per such request until the day ends."""
+    from cascade.gateway import GatewayKeys, KeyEntry, KeysConfig, hash_key
+    from cascade.resilience.shared import SharedState
+    from cascade.testing import FakeClock
+
+    from .test_shared_redis import RedisServer, _prefix
+
+    key = "sk-gw-attack-0123456789"
+    server = RedisServer(redis_bin)
+    server.start()
+    try:
+        state = SharedState(redis_url=server.url, key_prefix=_prefix(), timeout_s=1.0)
+        async with state:
+            config = KeysConfig(entries=[KeyEntry(name="t", sha256=hash_key(key), usd_per_day=1.0)])
+            keys = GatewayKeys.from_config(config, clock=FakeClock(), shared=state)
+            server.pause()
+            try:
+                admit = asyncio.create_task(
+                    keys.admit(key, estimated_tokens=1, estimated_cost_usd=0.9)
+                )
+                await asyncio.sleep(0.1)
+                admit.cancel()
+                await asyncio.gather(admit, return_exceptions=True)
+            finally:
+                server.resume()
+            budget = next(iter(keys._by_index.values())).budget
+            assert budget is not None
+            assert budget._reserved == 0.0
+    finally:
+        server.kill()
