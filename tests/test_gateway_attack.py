@@ -69,7 +69,7 @@ async def test_a_client_that_never_reads_its_stream_does_not_hold_a_slot_forever
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
         _reader, writer = await asyncio.open_connection(sock=sock)
-        writer.transport.pause_reading()  # never read a byte of the answer
+        writer.transport.pause_reading()  # type: ignore[attr-defined]  # never read a byte
         writer.write(raw_request(body))
         await writer.drain()
         try:
@@ -417,8 +417,8 @@ async def test_a_provider_out_of_local_quota_is_429_with_retry_after_not_502(
     limits = {"requests_per_minute": 1}
     route = {"name": "cascade", "default": True, "deadline_s": 5.0}  # the next turn: 60 s
     config = one_tier(openai_server.url, limits=limits, gateway={"routes": [route]})
-    config = write_config(tmp_path / "c.toml", config)
-    async with serving(config) as gw, aiohttp.ClientSession() as session:
+    path = write_config(tmp_path / "c.toml", config)
+    async with serving(path) as gw, aiohttp.ClientSession() as session:
         body = {"model": "cascade", "messages": HI}
         async with session.post(f"{gw.base_url}/chat/completions", json=body) as first:
             assert first.status == 200
