@@ -20,7 +20,7 @@ from cascade.testing import FakeOpenAIServer, FakeRequest, Reply
 from . import test_shared_redis as _redis
 from .gateway import Running, serving, write_config
 from .helpers import provider, tier
-from .leaks import eventually, open_on
+from .leaks import eventually, in_use, open_on
 
 pytestmark = pytest.mark.anyio
 
@@ -44,7 +44,7 @@ async def post(gw: Running, body: dict[str, Any], **headers: str) -> tuple[int, 
 def raw_request(body: bytes, *, length: int | None = None, extra: bytes = b"") -> bytes:
     n = len(body) if length is None else length
     return (
-        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
         b"Content-Type: application/json\r\n" + extra + b"Content-Length: %d\r\n\r\n" % n + body
     )
 
@@ -52,8 +52,11 @@ def raw_request(body: bytes, *, length: int | None = None, extra: bytes = b"") -
 # -- a client that does not read ----------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("stream", "upstream_streams"), [(True, False), (True, True), (False, False)]
+)
 async def test_a_client_that_never_reads_its_stream_does_not_hold_a_slot_forever(
-    openai_server: FakeOpenAIServer, tmp_path: Path
+    openai_server: FakeOpenAIServer, tmp_path: Path, stream: bool, upstream_streams: bool
 ) -> None:
     """A streaming client that stops reading (a zero window) blocks the handler in
     ``response.write`` with no timeout: the request keeps its in-flight slot, its
@@ -61,9 +64,15 @@ async def test_a_client_that_never_reads_its_stream_does_not_hold_a_slot_forever
     connections take every ``max_in_flight`` slot (and every provider concurrency slot)."""
     openai_server.default = Reply(text="y" * 6_000_000, chunk_chars=65536)
     route = {"name": "cascade", "default": True, "mode": "speculative", "deadline_s": 1.0}
-    config = one_tier(openai_server.url, gateway={"routes": [route], "body_timeout_s": 1.0})
+    # a write stalled for write_timeout_s cuts the client off (the run's deadline bounds
+    # the run, not how long a finished answer may wait for its reader)
+    gateway = {"routes": [route], "body_timeout_s": 1.0, "write_timeout_s": 1.0}
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", stream=upstream_streams))],
+        "gateway": gateway,
+    }
     async with serving(write_config(tmp_path / "c.toml", config)) as gw:
-        body = json.dumps({"model": "cascade", "messages": HI, "stream": True}).encode()
+        body = json.dumps({"model": "cascade", "messages": HI, "stream": stream}).encode()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.setblocking(False)
@@ -76,7 +85,14 @@ async def test_a_client_that_never_reads_its_stream_does_not_hold_a_slot_forever
             await eventually(lambda: openai_server.request_count == 1, "the upstream call")
             # the deadline is 1 s: well after it, nothing of the request may be left
             await eventually(lambda: gw.gateway.in_flight == 0, "the slot freed", within_s=6)
-            await eventually(lambda: open_on([openai_server]) == 0, "upstream closed")
+            await eventually(lambda: openai_server.active_requests == 0, "upstream call over")
+            await eventually(
+                lambda: in_use(gw.gateway.generation.cascades[0]) == 0, "connection returned"
+            )
+            if upstream_streams:  # cut off mid-answer: the upstream connection is closed
+                await eventually(lambda: open_on([openai_server]) == 0, "upstream closed")
+            # else the answer was whole when the client stalled: its connection is back in
+            # the pool, idle (no leak)
         finally:
             writer.close()
 
@@ -143,12 +159,14 @@ async def test_clients_without_a_key_cannot_take_every_in_flight_slot(
     ) as gw:
         hogs = []
         for _ in range(2):
-            _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             writer.write(raw_request(b'{"model": ', length=1000))  # no key, the body never ends
             await writer.drain()
             hogs.append(writer)
+            # refused from its headers, its body unread, no slot taken
+            assert (await reader.readline()).startswith(b"HTTP/1.1 401 ")
         try:
-            await eventually(lambda: gw.gateway.in_flight == 2, "the hogs in")
+            assert gw.gateway.in_flight == 0
             status, body = await post(
                 gw, {"model": "cascade", "messages": HI}, Authorization="Bearer sk-good-0123456789"
             )
@@ -166,7 +184,7 @@ async def test_headers_trickled_a_line_at_a_time_do_not_hold_a_connection_foreve
     its connection (a file descriptor, a protocol object) as long as it likes, and
     thousands of them exhaust the process's descriptors. No handler runs, so neither
     ``max_in_flight`` nor the access log sees them."""
-    config = one_tier(openai_server.url, gateway={"body_timeout_s": 0.5})
+    config = one_tier(openai_server.url, gateway={"body_timeout_s": 0.5, "idle_timeout_s": 0.5})
     async with serving(write_config(tmp_path / "c.toml", config)) as gw:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         try:
