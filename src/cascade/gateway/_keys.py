@@ -192,6 +192,11 @@ class Admission:
         self.settled = False
 
     @property
+    def reserved_usd(self) -> float:
+        """What the request holds of its key's daily budget (0.0 without a budget)."""
+        return 0.0 if self._reservation is None else self._reservation.amount
+
+    @property
     def key_name(self) -> str | None:
         """The key's configured name (``None``: no key, with ``required = false``)."""
         return None if self._key is None or self._key.name == ANONYMOUS else self._key.name
