@@ -241,8 +241,10 @@ def coerce_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Me
     raw: object = messages  # callers without type checking pass anything
     kind = type(raw)
     # a list or tuple (the common case) skips the ABC check, which is slow
-    if kind is not list and kind is not tuple and (
-        isinstance(raw, str | bytes) or not isinstance(raw, Sequence)
+    if (
+        kind is not list
+        and kind is not tuple
+        and (isinstance(raw, str | bytes) or not isinstance(raw, Sequence))
     ):
         raise InputError("expected a list of messages", path="messages")
     if not messages:

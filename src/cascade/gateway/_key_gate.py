@@ -106,6 +106,10 @@ class KeyGate:
         )
         return cls(built, shared=shared)
 
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """The key of ``headers`` is one this gate knows (401 otherwise); nothing counted."""
+        self.keys.check(api_key_from_headers(headers))
+
     async def open(self) -> None:
         if self._shared is not None:
             await self._shared.open()

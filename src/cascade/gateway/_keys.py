@@ -287,6 +287,11 @@ class GatewayKeys:
     def _index(self, digest: bytes) -> bytes:
         return hmac.new(self._secret, digest, hashlib.sha256).digest()
 
+    def check(self, api_key: str | None) -> None:
+        """Raise ``GatewayDenied`` (401) unless ``api_key`` is a known key (or no key is
+        needed): a lookup with no I/O that counts nothing; :meth:`admit` checks the rest."""
+        self._find(api_key)
+
     def _find(self, api_key: str | None) -> _Key:
         if api_key is None:
             if self._anonymous is None:
