@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from cascade.gateway import Gateway, build_gateway, create_app, load_gateway
+from cascade.gateway import Gateway, build_gateway, load_gateway
+from cascade.gateway._server import app_runner
 
 
 def toml_value(value: Any) -> str:
@@ -51,9 +52,7 @@ async def serving(path: Path, **kwargs: Any) -> AsyncIterator[Running]:
     """Serve the config file at ``path`` on port 0 as ``cascade serve`` does
     (``handler_cancellation``: a client that leaves cancels its request)."""
     gateway = build_gateway(load_gateway(path), **kwargs)
-    runner = web.AppRunner(
-        create_app(gateway), access_log=None, handler_cancellation=True, shutdown_timeout=5
-    )
+    runner = app_runner(gateway, shutdown_timeout=5)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -187,13 +187,20 @@ async def test_an_unknown_model_without_a_key_is_401_not_404(
             await good.close()
 
 
-async def test_a_client_that_leaves_gives_back_its_reservation(
+async def test_a_client_that_leaves_is_settled_at_its_reservation(
     tmp_path: Path, fleet: FakeOpenAIServer
 ) -> None:
+    """The provider (not streaming) goes on generating, and billing, the answer the
+    client left: the key pays what it was admitted on, its hold settled (not lingering),
+    and its budget is spent, so the next request is refused without reaching the fleet."""
+    from cascade.gateway._key_gate import KeyGate
+
     # a request reserves its route's dearest price (~$0.0005 here), more than the budget
     cfg = config(fleet.url, key("team", KEY, usd_per_day=0.0003))
     fleet.default = Reply(fault="hang")
     async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        gate = gw.gateway.gate
+        assert isinstance(gate, KeyGate)
         impatient = openai.AsyncOpenAI(
             base_url=gw.base_url, api_key=KEY, max_retries=0, timeout=0.5
         )
@@ -206,12 +213,17 @@ async def test_a_client_that_leaves_gives_back_its_reservation(
             with pytest.raises(openai.APITimeoutError):
                 await hung
             await _until(lambda: fleet.active_requests == 0)
+            await _until(lambda: gw.gateway.in_flight == 0)
+            spent = gate.keys.spent_today("team")
+            assert spent is not None
+            assert spent > 0.0003  # the reservation, more than the day's budget
             fleet.default = '{"answer": 42}'
-            await ask(sdk)  # the reservation was given back when the client left
+            with pytest.raises(openai.RateLimitError):  # spent: no hold lingers, no call
+                await ask(sdk)
         finally:
             await impatient.close()
             await sdk.close()
-    assert fleet.request_count == 2
+    assert fleet.request_count == 1
 
 
 async def _until(check: Any, *, timeout_s: float = 5.0) -> None:

@@ -4,16 +4,21 @@ the SDK can send the request and raw HTTP where it cannot (broken bodies, wrong 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
-from cascade.gateway import GatewayError
+from cascade.engine import Event
+from cascade.gateway import GatewayError, build_gateway, create_app, load_gateway
+from cascade.gateway._openai_wire import OpenAIWire
+from cascade.gateway._wire import GatewayRequest, RunInfo
 from cascade.testing import FakeClock, FakeOpenAIServer, Reply
 
 from .gateway import Running, serving, write_config
@@ -324,7 +329,7 @@ async def test_408_for_a_body_that_never_arrives(
     async with serving(write_config(tmp_path / "c.toml", config)) as g:
         reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
         writer.write(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{"
         )
         await writer.drain()
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
@@ -356,3 +361,64 @@ async def test_readyz_is_503_once_every_breaker_is_open(
             await c.get("/../readyz", cast_to=object)
         assert caught.value.status_code == 503
         assert await c.get("/../healthz", cast_to=object) == {"status": "ok"}
+
+
+class _BreaksAfterItsFirstChunk(OpenAIWire):
+    """The OpenAI format with a bug of the gateway's own once the stream has begun."""
+
+    async def sse(
+        self, events: AsyncIterator[Event], request: GatewayRequest, info: RunInfo
+    ) -> AsyncGenerator[bytes, None]:
+        async with aclosing(super().sse(events, request, info)) as chunks:
+            sent = 0
+            async for data in chunks:
+                if sent == 2:  # the first were written (the upstream paces its deltas)
+                    raise RuntimeError("a bug after the status line was sent")
+                yield data
+                sent += 1
+
+
+async def test_a_failure_after_the_status_line_ends_the_stream_never_a_second_response(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.default = Reply(
+        text="Hello there, a long enough answer.", chunk_chars=4, chunk_delay_s=0.02
+    )
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", stream=True))],
+        "gateway": {"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]},
+    }
+    gateway = build_gateway(load_gateway(write_config(tmp_path / "c.toml", config)))
+    runner = web.AppRunner(
+        create_app(gateway, wires=[_BreaksAfterItsFirstChunk()]), handler_cancellation=True
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        body = (
+            b'{"model": "cascade", "stream": true, "messages": [{"role": "user", "content": "Hi"}]}'
+        )
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+        )
+        with capture_logs():
+            raw = await asyncio.wait_for(reader.read(), 10)  # to the end: the server closes
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await runner.cleanup()
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert raw.count(b"HTTP/1.1 ") == 1  # one response on the connection, not a 500 after it
+    assert b'"code":"internal_error"' in raw
+    assert b"data: [DONE]" not in raw
+
+
+def test_a_header_value_never_carries_a_line_break() -> None:
+    from cascade.gateway._respond import header_value
+
+    assert header_value("small\r\nX-Injected: 1") == "small%0D%0AX-Injected: 1"
+    assert header_value("gpt-4o") == "gpt-4o"

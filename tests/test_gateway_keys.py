@@ -340,6 +340,32 @@ async def test_budget_denies_once_spent_with_retry_after_to_utc_midnight() -> No
     await keys.admit(KEY, estimated_tokens=1)
 
 
+async def test_a_request_whose_client_left_is_settled_at_its_reservation() -> None:
+    """The engine's cost of a call it cut off is an estimate the client can beat (a long
+    answer, then leave): the key gate settles a cancelled request at what it reserved."""
+    from cascade.gateway._key_gate import KeyGate
+
+    gate = KeyGate(keys_for(entry(usd_per_day=1.0)))
+    admitted = asyncio.Event()
+
+    async def request(leave: bool) -> None:
+        admission = await gate.keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.3)
+        try:
+            if leave:
+                admitted.set()
+                await asyncio.Event().wait()  # the client leaves while we wait
+        finally:
+            await gate.settle(admission, tokens=1, cost_usd=0.01)
+
+    await request(leave=False)
+    assert gate.keys.spent_today("team") == pytest.approx(0.01)  # answered: its cost
+    task = asyncio.create_task(request(leave=True))
+    await admitted.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert gate.keys.spent_today("team") == pytest.approx(0.31)  # left: its reservation
+
+
 async def test_reservations_bound_concurrent_overshoot_to_one_estimate() -> None:
     keys = keys_for(entry(usd_per_day=1.0))
     outcomes = await asyncio.gather(

@@ -1,6 +1,7 @@
 """Streams through the gateway: a stream that breaks upstream mid-answer reaches the SDK as
-a complete answer from the next provider (buffered) or as a retraction then that answer,
-or an SSE error the SDK raises (speculative), never as a truncated success; a client that
+a complete answer from the next provider (buffered) or as an SSE error the SDK raises
+(speculative; a retraction then that answer for a client that opted in to retractions),
+never as a truncated success; a client that
 leaves cancels the upstream call and leaves no connection in use."""
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ async def test_speculative_a_broken_stream_is_retracted_before_the_next_answer(
     openai_server.script("m-primary", BREAKS["cut"])
     openai_server.script("m-fallback", Reply(text="A whole answer.", chunk_chars=3))
     path = write_config(tmp_path / "c.toml", failover(openai_server.url, "speculative"))
-    async with serving(path) as g:
-        chunks, _ = await read(g)
+    async with serving(path) as g:  # a client that handles withdrawals opts in
+        chunks, _ = await read(g, stream_options={"cascade_retractions": True})
     shown = ""
     retractions = []
     for ch in chunks:  # what a client that honours cascade.retracted displays
@@ -97,11 +98,37 @@ async def test_speculative_a_failure_after_text_is_an_sse_error_the_sdk_raises(
     openai_server.script("m-fallback", BREAKS["error_event"])
     path = write_config(tmp_path / "c.toml", failover(openai_server.url, "speculative"))
     async with serving(path) as g:
-        with pytest.raises(openai.APIError) as caught:
-            await read(g)
+        with pytest.raises(openai.APIError) as caught:  # past the withdrawal, to the end
+            await read(g, stream_options={"cascade_retractions": True})
     assert not isinstance(caught.value, openai.APIStatusError)  # inside a 200 stream
     assert caught.value.code == "all_providers_failed"
     assert "every provider failed" in caught.value.message
+
+
+async def test_speculative_without_opting_in_a_withdrawal_is_an_sse_error(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script("m-primary", BREAKS["cut"])
+    openai_server.script("m-fallback", Reply(text="A whole answer."))
+    path = write_config(tmp_path / "c.toml", failover(openai_server.url, "speculative"))
+    async with serving(path) as g:
+        with pytest.raises(openai.APIError) as caught:
+            await read(g)
+    assert not isinstance(caught.value, openai.APIStatusError)  # inside a 200 stream
+    assert caught.value.code == "answer_withdrawn"
+
+
+async def test_speculative_a_failure_before_any_text_is_not_shown(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script("m-primary", Reply(status=503))  # fails before a byte of text
+    openai_server.script("m-fallback", Reply(text="A whole answer.", chunk_chars=3))
+    path = write_config(tmp_path / "c.toml", failover(openai_server.url, "speculative"))
+    async with serving(path) as g:
+        chunks, text = await read(g)
+    assert text == "A whole answer."
+    cascade = [(ch.model_extra or {}).get("cascade") or {} for ch in chunks]
+    assert not [c for c in cascade if "retracted" in c]
 
 
 async def test_a_stream_never_ends_as_a_success_without_its_last_chunk(

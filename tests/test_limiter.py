@@ -65,15 +65,54 @@ async def test_refusal_reserves_nothing() -> None:
     assert lim.headroom == before
 
 
-async def test_oversized_request_waits_for_a_full_bucket_then_runs_a_debt() -> None:
+async def test_oversized_request_waits_for_a_full_bucket_and_charges_it_all() -> None:
     clock = FakeClock()
     lim = limiter(clock, tokens_per_minute=1000)
-    assert lim.try_acquire(tokens=1500) is not None
-    assert lim.try_acquire(tokens=1) is None
-    clock.advance(30)  # -500 + 500: back to empty
+    assert lim.try_acquire(tokens=10) is not None
+    assert lim.try_acquire(tokens=1500) is None  # waits for a full bucket
+    clock.advance(0.6)
+    lease = lim.try_acquire(tokens=1500)
+    assert lease is not None
+    assert lease.tokens == 1000  # the whole bucket, not a debt
     assert lim.try_acquire(tokens=1) is None
     clock.advance(0.06)
     assert lim.try_acquire(tokens=1) is not None
+
+
+async def test_a_huge_estimate_owes_at_most_a_bucket_and_gets_its_refund() -> None:
+    """An estimate is the caller's word (a client's ``max_tokens`` of 1e9): one
+    reservation charges at most the whole bucket, and a call that used only its prompt
+    gives the rest back at once."""
+    clock = FakeClock()
+    lim = limiter(clock, tokens_per_minute=60_000, max_wait_s=1)
+    lease = await lim.acquire(tokens=10**9, deadline=clock.monotonic() + 1)
+    assert lease.tokens == 60_000
+    assert lim.headroom.tokens == 0
+    assert lim.wait_s(tokens=10**9) == pytest.approx(60.0)  # a full bucket, not 1e6 s
+    lease.release(used_tokens=12)  # the prompt, and no answer
+    assert lim.headroom.tokens == pytest.approx(60_000 - 12)
+    assert lim.try_acquire(tokens=100) is not None
+
+
+async def test_without_a_burst_a_huge_estimate_owes_at_most_max_wait() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, tokens_per_minute=600, burst_s=0, max_wait_s=5)
+    lease = lim.try_acquire(tokens=10**12)
+    assert lease is not None
+    assert lease.tokens == 50  # 5 s of refill at 10 tokens a second
+    assert lim.wait_s(tokens=1) == pytest.approx(5.0)
+    clock.advance(5.0)
+    assert lim.try_acquire(tokens=1) is not None
+
+
+async def test_a_huge_estimate_does_not_widen_the_float_slack() -> None:
+    """``Bucket.wait`` forgives a float rounding error of the size at stake: an uncapped
+    1e15 estimate once made that slack a million tokens wide."""
+    from cascade.resilience._buckets import Bucket
+
+    bucket = Bucket(60_000, 60.0, 0.0)
+    bucket.level = 10.0
+    assert bucket.wait(10**15, 0.0) == pytest.approx(59_990 / 1000)
 
 
 async def test_concurrency_cap() -> None:
@@ -284,7 +323,7 @@ async def test_tokens_per_sliding_window(steps: list[tuple[float, int]], burst_s
     for gap, size in steps:
         clock.advance(gap)
         lease = lim.try_acquire(tokens=size) or await lim.acquire(tokens=size, deadline=None)
-        grants.append((clock.monotonic(), size))
+        grants.append((clock.monotonic(), lease.tokens))  # charged: at most a bucket
         lease.release()
     biggest = max(size for _, size in grants)
     for start, _ in grants:

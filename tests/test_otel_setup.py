@@ -303,7 +303,7 @@ def test_logs_carry_the_run_span_ids(
     assert (route.trace_id, route.span_id) == (run.context.trace_id, run.context.span_id)
     attrs = dict(route.attributes or {})
     assert attrs["tier_path"] == ("cheap", "big") and attrs["attempts"] == 2
-    assert attrs["escalations"] == ("cheap: rejected (json_schema: not JSON)",)
+    assert attrs["escalations"] == ("cheap: rejected (json_schema: rejected)",)
     assert "trace_id" not in attrs and "event" not in attrs and "task_id" not in attrs
     # Any other event takes the current span's ids (the add_trace_ids processor).
     assert app.body == "app.event" and app.severity_text == "WARNING"

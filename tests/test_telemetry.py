@@ -174,7 +174,7 @@ def test_one_tier_accepted_span_tree(otel: OTel) -> None:
         sc.CASCADE_VALIDATION_VALIDATOR: "json_schema",
         sc.CASCADE_VALIDATION_PASSED: True,
         sc.CASCADE_VALIDATION_SCORE: 1.0,
-        sc.CASCADE_VALIDATION_REASON: "ok",
+        sc.CASCADE_VALIDATION_REASON: "passed",  # content capture is off: no reasons
     }
     assert dict(tier_span.attributes or {})[sc.CASCADE_TIER_OUTCOME] == "accepted"
     r = dict(run_span.attributes or {})
@@ -251,7 +251,7 @@ def test_escalation_event_and_metric(otel: OTel) -> None:
         sc.CASCADE_ESCALATION_FROM: "cheap",
         sc.CASCADE_ESCALATION_TO: "big",
         sc.CASCADE_ESCALATION_REASON: "rejected",
-        sc.CASCADE_ESCALATION_DETAIL: "json_schema: not JSON",
+        sc.CASCADE_ESCALATION_DETAIL: "json_schema: rejected",  # no reason, capture off
     }
     rejected = dict(spans["chat m-small"].attributes or {})
     assert rejected[sc.CASCADE_VALIDATED] is False and rejected[sc.CASCADE_OUTCOME] == "rejected"

@@ -443,6 +443,42 @@ async def test_no_api_key_in_anything_exported(otel: OTel, openai_server: FakeOp
     assert sc.GEN_AI_INPUT_MESSAGES in attrs(otel.one("chat ml"))  # content was captured
 
 
+@pytest.mark.parametrize("capture", [False, True])
+async def test_a_rejected_answers_text_is_exported_only_with_content_capture(
+    otel: OTel, openai_server: FakeOpenAIServer, capture: bool
+) -> None:
+    """json_schema quotes the value it rejects: with content capture off, the text of a
+    rejected answer reaches no span, event, metric or log record (the reasons are reduced
+    to the validator and "rejected"); with it on, the reasons carry it. Result.attempts
+    keep the full reasons either way: they go to the caller."""
+    secret = "Jane-Doe-SSN-123-45-6789"
+    openai_server.script("ms", '{"answer": "' + secret + '"}')
+    openai_server.script("ml", ANSWER)
+    async with otel.cascade(two_tiers(openai_server.url), capture_content=capture) as c:
+        with capture_logs() as logs:
+            result = await c.run(messages=USER)
+    assert result.tier == 2
+    rejected = result.attempts[0]
+    assert any(secret in v.reason for v in rejected.verdicts)  # the caller's copy is whole
+    texts = [repr(logs), repr(otel.reader.get_metrics_data())]
+    for span in otel.spans():
+        texts += [repr(attrs(span)), str(span.status.description)]
+        texts += [repr(attrs(e)) for e in span.events]
+    leaked = [t for t in texts if secret in t]
+    (verdict,) = otel.one("chat ms").events
+    (escalation,) = otel.one("cascade.run").events
+    (route,) = [e for e in logs if e["event"] == "cascade.route"]
+    if capture:
+        assert secret in attrs(verdict)[sc.CASCADE_VALIDATION_REASON]
+        assert secret in attrs(escalation)[sc.CASCADE_ESCALATION_DETAIL]
+        assert secret in route["escalations"][0]
+    else:
+        assert not leaked, leaked[0]
+        assert attrs(verdict)[sc.CASCADE_VALIDATION_REASON] == "rejected"
+        assert attrs(escalation)[sc.CASCADE_ESCALATION_DETAIL] == "json_schema: rejected"
+        assert route["escalations"] == ["small: rejected (json_schema: rejected)"]
+
+
 async def test_limiter_wait_is_visible(otel: OTel, openai_server: FakeOpenAIServer) -> None:
     import asyncio
 

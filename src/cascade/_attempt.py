@@ -151,6 +151,7 @@ class InFlight:
     __slots__ = (
         "completion",
         "cost",
+        "cut_off_tokens",
         "hedge",
         "phase",
         "provider",
@@ -169,6 +170,10 @@ class InFlight:
         self.completion: Completion | None = None
         self.cost = 0.0
         self.received = 0  # characters of answer so far (costed if the call is cut off)
+        self.cut_off_tokens = 0
+        """Output tokens a call cut off after its request was sent is billed at least: a
+        provider that does not stream generates (and bills) the whole answer whether or
+        not anyone waits for it; set by the caller (``ProviderCalls.attempt``)."""
         self.phase: Literal["waiting", "sent", "backoff"] = "waiting"
         """Where the call is: waiting for its rate limit or breaker, its request sent (the
         prompt is billed from here on), or between tries (the failed try was recorded and

@@ -13,9 +13,16 @@ from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
 from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
 from ._errors import ProviderError, RequestRejected
-from ._records import RunState, attempt_record, failed_record
+from ._records import RunState, attempt_record, failed_record, unanswered_tokens
 from ._sampler import Sampler
-from ._types import Attempt, Completion, Message, RequestOptions, Verdict, estimate_prompt_tokens
+from ._types import (
+    Attempt,
+    Completion,
+    Message,
+    RequestOptions,
+    Verdict,
+    estimate_prompt_tokens,
+)
 from .engine._events import AttemptStarted
 from .providers import Provider
 from .resilience import AsyncBreaker, BreakerListener, RetryPolicy, call_with_retries, classify
@@ -133,6 +140,7 @@ class ProviderCalls:
         if run.speculative and tier.hedge is None and show_text:
             on_delta = run.delta_sender(flight)
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+        flight.cut_off_tokens = self.cut_off_tokens(provider, tier_opts)
         # The span of the call (one per try: a retry replaces it), current until judged.
         flight.trace = run.tier_trace.attempt(provider, tier_msgs, tier_opts, hedge=flight.hedge)
         ctx = None
@@ -163,7 +171,7 @@ class ProviderCalls:
                     lease = held[0]
         except ProviderError as exc:
             if lease is not None:
-                lease.release()
+                lease.release(used_tokens=self.unanswered_tokens(flight, tier_msgs, exc))
             run.flights.remove(flight)
             run.last_error = exc
             run.record(self._failure(run, flight, t0, exc, tier_msgs))  # ends its span
@@ -176,7 +184,7 @@ class ProviderCalls:
         except BaseException as exc:
             flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost
             if lease is not None:
-                lease.release()
+                lease.release(used_tokens=self.unanswered_tokens(flight, tier_msgs, None))
             raise
         if lease is not None:
             lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
@@ -258,9 +266,37 @@ class ProviderCalls:
     def token_estimate(
         self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
     ) -> int:
-        """Tokens to reserve in a rate limit: the prompt's estimate plus the output cap."""
+        """Tokens to reserve in a rate limit: the prompt's estimate plus the output cap (the
+        request's ``max_tokens``, at most the provider's; the limiter charges at most a
+        whole bucket of it)."""
         out = opts.max_tokens or provider.config.max_tokens or self._estimate_output_tokens
+        if provider.config.max_tokens is not None:
+            out = min(out, provider.config.max_tokens)
         return estimate_prompt_tokens(msgs) + out
+
+    def cut_off_tokens(self, provider: Provider, opts: RequestOptions) -> int:
+        """The output a call to ``provider`` is billed if we cut it off after sending it:
+        none from a provider that streams (it stops when the connection closes), else the
+        expected answer, ``estimate_output_tokens`` or the request's cap if smaller."""
+        if provider.config.stream:
+            return 0
+        cap = opts.max_tokens or provider.config.max_tokens
+        out = self._estimate_output_tokens
+        return out if cap is None else min(out, cap)
+
+    @staticmethod
+    def unanswered_tokens(
+        flight: InFlight, msgs: tuple[Message, ...], exc: ProviderError | None
+    ) -> int:
+        """What a call that ended without reported usage used of its provider's token
+        quota, costed as the engine costs it (``unanswered_tokens`` in ``_records``):
+        nothing if its request was not sent, else the prompt's estimate and the text that
+        arrived; a call cancelled (``exc`` None) also its expected answer if it does not
+        stream."""
+        if flight.phase != "sent":
+            return 0
+        received = flight.received if exc is None else exc.received_chars
+        return sum(unanswered_tokens(flight, msgs, received, cut_off=exc is None))
 
     async def _with_retries(
         self,
@@ -310,7 +346,8 @@ class ProviderCalls:
         def on_retry(attempt_no: int, exc: Exception, wait_s: float) -> None:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
             if held[0] is not None:
-                held[0].release()  # no refund: the failed request counted against the quota
+                # the failed request counted its prompt and any text against the quota
+                held[0].release(used_tokens=self.unanswered_tokens(flight, msgs, exc))
                 held[0] = None
             run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
             run.record(self._failure(run, flight, started[0], exc, msgs))

@@ -39,7 +39,11 @@ PosFloat = Annotated[float, Meta(gt=0, le=_FLOAT_MAX)]
 Price = Annotated[float, Meta(ge=0, le=1e6)]
 """USD per million tokens: at most $1 a token, far above any real price, so that no count
 of tokens a server may report overflows a cost."""
-Name = Annotated[str, Meta(min_length=1, max_length=128)]
+Name = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")
+]
+"""A tier, provider or model name: no control character nor line break (names go in
+log lines and response headers)."""
 KeyPrefix = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[^\s{}]+$")]
 
 

@@ -82,8 +82,8 @@ async def race(
         if not done:
             sibling = await _sibling(calls, tier, msgs, opts, tried)
             if sibling is not None and (first.done() or tasks[0].done()):
-                if sibling[1] is not None:  # the first call answered meanwhile
-                    sibling[1].release()
+                if sibling[1] is not None:  # the first call answered meanwhile: unsent
+                    sibling[1].release(used_tokens=0)
             elif sibling is not None:
                 tried.add(sibling[0].name)
                 run.tier_trace.hedge(sibling[0].name, delay)
@@ -189,15 +189,18 @@ def _record_loser(
     winner: str,
 ) -> None:
     """The cancelled call, costed for its prompt (if its request was sent, it is billed)
-    and the text it sent; a call that had not sent one (waiting for its rate limit, or
-    between two tries, its failed try recorded already) costs nothing more."""
+    and the text it sent (or the expected answer of a provider that does not stream); a
+    call that had not sent one (waiting for its rate limit, or between two tries, its
+    failed try recorded already) costs nothing more."""
     run.flights.remove(flight)
     if flight.completion is not None:  # its answer had come (and was costed): validating
         in_tokens = flight.completion.input_tokens
         out_tokens = flight.completion.output_tokens
         cost = flight.cost
     elif flight.phase == "sent":
-        in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, flight.received)
+        in_tokens, out_tokens, cost = run.charge_unanswered(
+            flight, msgs, flight.received, cut_off=True
+        )
     else:
         in_tokens = out_tokens = 0
         cost = 0.0

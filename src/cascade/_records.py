@@ -28,7 +28,14 @@ from .engine._stream import NO_SINK, Sink
 from .providers import Provider
 from .routing import RouteDecision
 
-__all__ = ["RunState", "attempt_record", "best_attempt", "failed_record", "result_of"]
+__all__ = [
+    "RunState",
+    "attempt_record",
+    "best_attempt",
+    "failed_record",
+    "result_of",
+    "unanswered_tokens",
+]
 
 
 def attempt_record(
@@ -142,6 +149,22 @@ def result_of(
     )
 
 
+def unanswered_tokens(
+    flight: InFlight, msgs: tuple[Message, ...], received_chars: int, *, cut_off: bool
+) -> tuple[int, int]:
+    """(input, output) tokens a call sent without an answer is billed, as far as we can
+    tell: the prompt's estimate, and the text that arrived (about 4 characters a token).
+    A call we cut off (a deadline, a caller that left, a hedge that lost) is billed at
+    least ``flight.cut_off_tokens`` of output: the expected answer of a provider that
+    does not stream, which generates it whether or not anyone reads it. A streamed call
+    stops being generated when its connection closes: the text that arrived is it. Its
+    rate-limit lease and its cost are settled with the same figures."""
+    out_tokens = estimate_text_tokens(received_chars)
+    if cut_off:
+        out_tokens = max(out_tokens, flight.cut_off_tokens)
+    return estimate_prompt_tokens(msgs), out_tokens
+
+
 class RunState:
     """Mutable state of one run; lives only for the duration of the run.
 
@@ -236,15 +259,21 @@ class RunState:
         return on_delta
 
     def charge_unanswered(
-        self, flight: InFlight, msgs: tuple[Message, ...], received_chars: int
+        self,
+        flight: InFlight,
+        msgs: tuple[Message, ...],
+        received_chars: int,
+        *,
+        cut_off: bool = False,
     ) -> tuple[int, int, float]:
         """Charge a call that ended without an answer after its prompt was sent (a stream
-        that broke or was cut off, a hedge that lost): the prompt's estimate and about 4
-        characters a token of the text that arrived, on the run (the failed attempt's
-        record carries it, not the flight: a retry's answer is another attempt). Returns
-        (input, output, cost)."""
-        in_tokens = estimate_prompt_tokens(msgs)
-        out_tokens = estimate_text_tokens(received_chars)
+        that broke, a call cut off by the deadline or the caller, a hedge that lost): the
+        prompt's estimate and about 4 characters a token of the text that arrived, on the
+        run (the failed attempt's record carries it, not the flight: a retry's answer is
+        another attempt). A call ``cut_off`` by us is billed at least
+        ``flight.cut_off_tokens`` of output: a provider that does not stream answers in
+        full (see :func:`unanswered_tokens`). Returns (input, output, cost)."""
+        in_tokens, out_tokens = unanswered_tokens(flight, msgs, received_chars, cut_off=cut_off)
         cost = flight.provider.config.cost_usd(in_tokens, out_tokens)
         self.spent += cost
         flight.trace.charged(cost)

@@ -244,7 +244,13 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
 def coerce_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Message, ...]:
     """Turn user input into Messages, or raise InputError naming the bad item."""
     raw: object = messages  # callers without type checking pass anything
-    if isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+    kind = type(raw)
+    # a list or tuple (the common case) skips the ABC check, which is slow
+    if (
+        kind is not list
+        and kind is not tuple
+        and (isinstance(raw, str | bytes) or not isinstance(raw, Sequence))
+    ):
         raise InputError("expected a list of messages", path="messages")
     if not messages:
         raise InputError("expected at least one message", path="messages")
@@ -253,7 +259,7 @@ def coerce_messages(messages: Sequence[Message | Mapping[str, Any]]) -> tuple[Me
         if isinstance(m, Message):
             out.append(m)
             continue
-        if not isinstance(m, Mapping):
+        if type(m) is not dict and not isinstance(m, Mapping):
             raise InputError(
                 f"expected a message object, got {type(m).__name__}", path=f"messages[{i}]"
             )

@@ -22,6 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ..resilience.breaker import CircuitOpen
 from . import _semconv as sc
+from ._content import verdict_reason
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -309,6 +310,8 @@ class AttemptTrace:
         """The validators' verdicts (an event each); ends the span."""
         span = self.span
         if span is not None and not self._done:
+            tel = self._tel
+            capture = tel is not None and tel.capture_content
             for v in verdicts:
                 span.add_event(
                     sc.EVENT_VALIDATION,
@@ -316,7 +319,7 @@ class AttemptTrace:
                         sc.CASCADE_VALIDATION_VALIDATOR: v.validator,
                         sc.CASCADE_VALIDATION_PASSED: v.passed,
                         sc.CASCADE_VALIDATION_SCORE: v.score,
-                        sc.CASCADE_VALIDATION_REASON: v.reason[:MAX_TEXT],
+                        sc.CASCADE_VALIDATION_REASON: verdict_reason(v, capture=capture)[:MAX_TEXT],
                     },
                 )
             ending = self._ending

@@ -33,6 +33,7 @@ from ._attempts import (
     error_type,
     start_attempt,
 )
+from ._content import escalation_detail
 from ._logs import route_record
 
 if TYPE_CHECKING:
@@ -130,7 +131,10 @@ class RunTrace:
         tel = self._tel
         if tel is None:
             return
-        name, reason, detail = event.from_tier_name, event.reason, event.detail
+        name, reason = event.from_tier_name, event.reason
+        detail = escalation_detail(
+            reason, event.detail, self.attempts, event.from_tier, capture=tel.capture_content
+        )
         self._escalations.append(f"{name}: {reason}" + (f" ({detail})" if detail else ""))
         assert tel.instruments is not None
         tel.instruments.escalations.add(

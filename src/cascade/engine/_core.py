@@ -360,8 +360,10 @@ class Engine:
     ) -> None:
         """Record the calls under way when the run was cut off (its deadline, or the
         caller leaving), each costed for what it was sent and had received: a request
-        sent is billed its prompt, text or not. A call between two tries (its failed try
-        recorded, waiting out its backoff) has nothing under way and leaves no record."""
+        sent is billed its prompt, text or not, and (from a provider that does not stream)
+        its expected answer, generated whether or not we wait for it. A call between two
+        tries (its failed try recorded, waiting out its backoff) has nothing under way and
+        leaves no record."""
         for flight in run.flights:
             completion = flight.completion
             if completion is None:
@@ -371,7 +373,7 @@ class Engine:
                 cost = 0.0
                 if flight.phase == "sent":
                     in_tokens, out_tokens, cost = run.charge_unanswered(
-                        flight, msgs, flight.received
+                        flight, msgs, flight.received, cut_off=True
                     )
                 attempt = failed_record(
                     flight.tier,

@@ -1,6 +1,7 @@
 """The gateway's aiohttp application: a ``POST`` route per wire format (``_chat.py``),
 ``GET /v1/models``, ``/healthz`` and ``/readyz``, and every routing error (404, 405,
-413) in the error format of the API its path belongs to."""
+413) in the error format of the API its path belongs to. Requests a browser made for
+another site are refused first (``_guard.py``)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from ._anthropic_wire import AnthropicWire
-from ._chat import chat_handler, error_response
+from ._chat import chat_handler
 from ._errors import GatewayError
 from ._gateway import GATEWAY, Gateway
+from ._guard import guard_middleware
 from ._openai_wire import OpenAIWire
+from ._respond import error_response
 from ._wire import WireFormat
 
 __all__ = ["GATEWAY", "Gateway", "create_app", "default_wires"]
@@ -32,13 +35,13 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     formats = list(default_wires() if wires is None else wires)
     app = web.Application(
         client_max_size=gateway.generation.loaded.gateway.max_body_bytes,
-        middlewares=[_errors_middleware(formats)],
+        middlewares=[_errors_middleware(formats), guard_middleware],
     )
     app[GATEWAY] = gateway
     for wire in formats:
         app.router.add_post(wire.path, chat_handler(wire))
     app.router.add_get("/v1/models", _models)
-    app.router.add_get("/v1/models/{model}", _model)
+    app.router.add_get("/v1/models/{model:.+}", _model)  # a name may hold "/"
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
 

@@ -137,25 +137,34 @@ class DayBudget:
         day = self._roll()
         if self._spent + self._reserved >= self.usd_per_day:
             return None
+        # Held locally before Redis is awaited: a request arriving meanwhile (Redis slow,
+        # or hanging until timeout_s) sees it, so the check and the hold stay one step.
+        self._reserved += estimate
         shared = False
         if self._shared is not None:
-            reply = await self._shared.script(
-                "spend",
-                [self._key(day)],
-                "reserve",
-                repr(float(self.usd_per_day)),
-                repr(estimate),
-                "0",
-                self._ttl_ms(),
-            )
+            try:
+                reply = await self._shared.script(
+                    "spend",
+                    [self._key(day)],
+                    "reserve",
+                    repr(float(self.usd_per_day)),
+                    repr(estimate),
+                    "0",
+                    self._ttl_ms(),
+                )
+            except BaseException:
+                self._unhold(day, estimate)
+                raise
             status = self._read(self._key(day), reply)
             if status == "over":
+                self._unhold(day, estimate)
                 return None
             shared = status == "ok"
-        # between the check and here only Redis was awaited: re-read the day
-        if self._roll() == day:
-            self._reserved += estimate
         return Reservation(day, estimate, shared=shared)
+
+    def _unhold(self, day: int, amount: float) -> None:
+        if self._roll() == day:  # a new day started meanwhile: its holds start at 0
+            self._reserved = max(0.0, self._reserved - amount)
 
     def settle(self, reservation: Reservation, cost_usd: float) -> None:
         """Swap ``reservation`` for what the request cost (Redis in the background)."""

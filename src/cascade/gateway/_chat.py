@@ -1,12 +1,17 @@
 """One chat request through the gateway, whatever its wire format.
 
-Body read within ``max_body_bytes`` and ``body_timeout_s`` -> parsed by its
-:class:`~._wire.WireFormat` -> its route found by ``model`` and admitted by the key gate
-(``_gate.py``; an unknown model's 404 only after that) -> run as a stream (buffered unless
-the route is speculative) -> the JSON body, or SSE as the events come -> the gate settles
-what was spent, also when the client left or the run failed. A client that disconnects
-cancels the handler (``handler_cancellation``), which leaves the ``async with`` of the
-stream and so cancels the upstream call at once. Every request gets a SERVER span (a
+Its key checked from the headers (``check_key``: a client without a valid key holds no
+in-flight slot and has no body read) -> an in-flight slot -> the body read within
+``max_body_bytes`` and ``body_timeout_s`` -> parsed by its :class:`~._wire.WireFormat` ->
+its route found by ``model`` and admitted by the key gate (``_gate.py``; an unknown
+model's 404 only after that) -> run as a stream (buffered unless the route is
+speculative) -> the JSON body, or SSE as the events come -> the gate settles what was
+spent, also when the client left or the run failed. A client that disconnects cancels the
+handler (``handler_cancellation``), which leaves the ``async with`` of the stream and so
+cancels the upstream call at once; a client that stops reading is cut off the same way
+once one write waited ``write_timeout_s`` (the connection is aborted). Once a response's
+status line is sent, nothing starts a second one: a failure after it ends a stream with
+the format's error event, or aborts the connection. Every request gets a SERVER span (a
 child of the caller's ``traceparent``, the parent of ``cascade.run``) and one access-log
 line.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from time import perf_counter
@@ -28,17 +33,27 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._errors import CascadeError, InputError
-from .._types import Attempt, Result
+from .._types import Result
 from ..engine import Delta, Event, Failed, Finished, Stream
 from ._errors import GatewayError, from_run_error, internal_error
+from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
+from ._respond import (
+    ClientGone,
+    abandon,
+    error_response,
+    header_value,
+    result_headers,
+    run_headers,
+    send,
+)
 from ._routes import Route
 from ._wire import GatewayRequest, RunInfo, WireFormat
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["ACCESS_EVENT", "chat_handler", "error_response"]
+__all__ = ["ACCESS_EVENT", "chat_handler"]
 
 log = structlog.get_logger("cascade.gateway")
 ACCESS_EVENT = "gateway.request"
@@ -71,27 +86,8 @@ class _Access:
     cost_usd: float = 0.0
     attempts: int = 0
     error: str | None = None
-
-
-class _ClientGone(Exception):
-    """The client closed the connection while its stream was being written."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
-
-
-def error_response(wire: WireFormat, error: GatewayError) -> web.Response:
-    headers = {}
-    if error.retry_after_header is not None:
-        headers["Retry-After"] = error.retry_after_header
-    if error.should_retry is not None:  # the official SDKs obey it over their own rules
-        headers["x-should-retry"] = "true" if error.should_retry else "false"
-    return web.Response(
-        body=wire.error(error),
-        status=error.status,
-        content_type="application/json",
-        headers=headers,
-    )
+    response: web.StreamResponse | None = None
+    """The response whose status line was sent (or was being sent), if any."""
 
 
 # -- chat --------------------------------------------------------------------------------
@@ -129,14 +125,20 @@ def chat_handler(wire: WireFormat) -> Any:
                 access.status = 499  # the client closed the connection
                 _finish(span, access, t0, trace_id)
                 raise
-            except _ClientGone as gone:
+            except ClientGone as gone:
                 access.status = 499
                 _finish(span, access, t0, trace_id)
                 return gone.response
             except Exception:
                 log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
-                response = error_response(wire, internal_error())
                 access.error = "internal_error"
+                if access.response is not None and access.response.prepared:
+                    # The status line is out: a second response would corrupt the stream.
+                    access.status = access.response.status
+                    await abandon(request, wire, access.response, gateway.write_timeout_s)
+                    _finish(span, access, t0, trace_id)
+                    return access.response
+                response = error_response(wire, internal_error())
             if trace_id is not None:
                 response.headers.setdefault("x-cascade-trace-id", trace_id)
             if not access.status:
@@ -204,6 +206,7 @@ async def _serve(
     access: _Access,
     trace_id: str | None,
 ) -> web.StreamResponse:
+    check_key(gateway.gate, request.headers)  # before a slot is taken or a byte read
     if gateway.in_flight >= gateway.max_in_flight:
         raise GatewayError(
             429,
@@ -244,8 +247,12 @@ async def _serve(
             )
             async with stream:
                 if req.stream:
-                    return await _sse(request, wire, stream, route, req, info, access)
-                return await _json(wire, stream, req, info, access)
+                    return await _sse(
+                        request, wire, stream, route, req, info, access, gateway.write_timeout_s
+                    )
+                return await _json(
+                    request, wire, stream, req, info, access, gateway.write_timeout_s
+                )
         finally:
             attempts = stream.attempts if stream is not None else ()
             access.cost_usd = sum(a.cost_usd for a in attempts)
@@ -279,7 +286,13 @@ def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
 
 
 async def _json(
-    wire: WireFormat, stream: Stream, req: GatewayRequest, info: RunInfo, access: _Access
+    request: web.Request,
+    wire: WireFormat,
+    stream: Stream,
+    req: GatewayRequest,
+    info: RunInfo,
+    access: _Access,
+    timeout_s: float,
 ) -> web.Response:
     end: Finished | Failed | None = None
     async for event in stream:
@@ -291,11 +304,19 @@ async def _json(
         raise internal_error()
     result = end.result
     access.tier, access.model = result.tier, result.model
-    return web.Response(
+    headers = result_headers(route_name=info.route, result=result)
+    if info.trace_id is not None:
+        headers["x-cascade-trace-id"] = info.trace_id
+    response = web.Response(
         body=wire.render_json(result, req, info),
         content_type="application/json",
-        headers=_result_headers(route_name=info.route, result=result),
+        headers=headers,
     )
+    access.response = response
+    # Sent here, not by aiohttp once the handler returns: within the write timeout, and
+    # while the request still holds its slot.
+    await send(request, response, last=True, timeout_s=timeout_s)
+    return response
 
 
 async def _sse(
@@ -306,6 +327,7 @@ async def _sse(
     req: GatewayRequest,
     info: RunInfo,
     access: _Access,
+    timeout_s: float,
 ) -> web.StreamResponse:
     seen = _Seen()
     response: web.StreamResponse | None = None
@@ -317,8 +339,8 @@ async def _sse(
                 if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
                     continue  # more is ready (or this is the end): one write for all of it
                 if response is None:
-                    response = await _prepare(request, stream, route, seen)
-                await _write(response, pending)
+                    response = await _prepare(request, stream, route, seen, info, access, timeout_s)
+                await _write(request, response, pending, timeout_s)
     except GatewayError as exc:
         # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
         # the stream ends with that error, and leaving the ``async with`` cancels the run.
@@ -338,29 +360,42 @@ async def _sse(
             raise error  # nothing sent yet: an error status, as for JSON
         pending.append(wire.sse_error(error))  # the status (200) is sent already
     if response is None:
-        response = await _prepare(request, stream, route, seen)
-    await _write(response, pending, last=True)
+        response = await _prepare(request, stream, route, seen, info, access, timeout_s)
+    await _write(request, response, pending, timeout_s, last=True)
     return response
 
 
 async def _prepare(
-    request: web.Request, stream: Stream, route: Route, seen: _Seen
+    request: web.Request,
+    stream: Stream,
+    route: Route,
+    seen: _Seen,
+    info: RunInfo,
+    access: _Access,
+    timeout_s: float,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(headers=_sse_headers(stream, route, seen))
-    await response.prepare(request)
+    headers = _sse_headers(stream, route, seen)
+    if info.trace_id is not None:
+        headers["x-cascade-trace-id"] = info.trace_id
+    response = web.StreamResponse(headers=headers)
+    access.response = response
+    await send(request, response, timeout_s=timeout_s)
     return response
 
 
-async def _write(response: web.StreamResponse, pending: list[bytes], *, last: bool = False) -> None:
+async def _write(
+    request: web.Request,
+    response: web.StreamResponse,
+    pending: list[bytes],
+    timeout_s: float,
+    *,
+    last: bool = False,
+) -> None:
+    """Write ``pending``; a client that stopped reading raises ``ClientGone``, which
+    leaving the stream turns into the run cancelled."""
     data = b"".join(pending)
     pending.clear()
-    try:
-        if last:
-            await response.write_eof(data)
-        else:
-            await response.write(data)
-    except ConnectionResetError:
-        raise _ClientGone(response) from None  # leaving the stream cancels the run
+    await send(request, response, data, last=last, timeout_s=timeout_s)
 
 
 async def _tap(stream: Stream, seen: _Seen) -> AsyncIterator[Event]:
@@ -379,30 +414,6 @@ async def _tap(stream: Stream, seen: _Seen) -> AsyncIterator[Event]:
         yield event
 
 
-def _result_headers(*, route_name: str, result: Result) -> dict[str, str]:
-    return _headers(
-        route_name,
-        tier=result.tier,
-        tier_name=result.tier_name,
-        model=result.model,
-        attempts=result.attempts,
-    ) | {"x-cascade-validated": "true" if result.validated else "false"}
-
-
-def _headers(
-    route_name: str, *, tier: int, tier_name: str, model: str, attempts: Sequence[Attempt]
-) -> dict[str, str]:
-    return {
-        "x-cascade-route": route_name,
-        "x-cascade-tier": str(tier),
-        "x-cascade-tier-name": tier_name,
-        "x-cascade-model": model,
-        "x-cascade-cost-usd": f"{sum(a.cost_usd for a in attempts):.8f}",
-        "x-cascade-attempts": str(len(attempts)),
-        "x-cascade-escalations": str(len({a.tier for a in attempts if a.tier != tier})),
-    }
-
-
 def _sse_headers(stream: Stream, route: Route, seen: _Seen) -> dict[str, str]:
     """A stream's headers, sent with its first bytes. Buffered, the first text comes once
     its answer was accepted (every attempt is then made): the headers are final.
@@ -414,15 +425,15 @@ def _sse_headers(stream: Stream, route: Route, seen: _Seen) -> dict[str, str]:
         "x-cascade-mode": stream.mode,
     }
     if seen.result is not None:
-        return headers | _result_headers(route_name=route.name, result=seen.result)
+        return headers | result_headers(route_name=route.name, result=seen.result)
     first = seen.first
     if stream.mode == "buffered" and first is not None:
         attempts = stream.attempts
         model = next((a.model for a in reversed(attempts) if a.provider == first.provider), "")
         tier_name = next((a.tier_name for a in attempts if a.tier == first.tier), "")
-        headers |= _headers(
+        headers |= run_headers(
             route.name, tier=first.tier, tier_name=tier_name, model=model, attempts=attempts
         )
     else:
-        headers["x-cascade-route"] = route.name
+        headers["x-cascade-route"] = header_value(route.name)
     return headers

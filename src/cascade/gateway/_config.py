@@ -44,7 +44,8 @@ __all__ = ["GatewayConfig", "LoadedConfig", "RouteConfig", "load_gateway"]
 
 _FLOAT_MAX = sys.float_info.max
 PosFloat = Annotated[float, Meta(gt=0, le=_FLOAT_MAX)]
-Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\s]+$")]
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[^\s\x00-\x1f\x7f-\x9f]+$")]
+"""A route or model name: no whitespace, no control character (it goes in headers)."""
 TierRef = int | Annotated[str, Meta(min_length=1)]
 
 DEFAULT_ROUTE = "cascade"
@@ -96,6 +97,19 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     body_timeout_s: PosFloat = 30.0
     """Longest wait for a request's whole body (408 beyond it): a client trickling its
     body cannot hold a connection open."""
+    write_timeout_s: PosFloat = 30.0
+    """Longest wait for one write of a response to reach the client's socket: a client
+    that stops reading (a full TCP window) is cut off after it, its run cancelled and its
+    in-flight slot freed."""
+    idle_timeout_s: PosFloat = 30.0
+    """Longest a connection may go without a request being handled: idle between
+    requests (keep-alive), or still sending its request line and headers (a client
+    trickling its headers cannot hold a connection open)."""
+    allowed_hosts: list[Annotated[str, Meta(min_length=1, max_length=253)]] | None = None
+    """Host names (``Host`` header, without the port) a request may name besides IP
+    literals and ``localhost``. Bound to a loopback address, the gateway refuses (403)
+    any other ``Host``: a web page cannot reach it by DNS rebinding. Set, it is checked
+    on every address."""
     max_in_flight: Annotated[int, Meta(ge=1)] = 4096
     """Requests served at once; more get 429 with ``Retry-After: 1``."""
     drain_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0

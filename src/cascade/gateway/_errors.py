@@ -22,8 +22,11 @@ from .._errors import (
     RequestRejected,
     RunError,
 )
+from ..resilience.limiter import LimiterTimeout
 
 __all__ = ["GatewayError", "from_run_error", "internal_error"]
+
+_CAPACITY = frozenset({"RateLimited", "LimiterTimeout"})
 
 _TYPES = {
     400: "invalid_request_error",
@@ -87,9 +90,10 @@ def from_run_error(exc: CascadeError) -> GatewayError:
 
     ``InputError`` 400 naming the field; ``RequestRejected`` (a content policy refused
     the prompt) 400 ``content_filter``; ``DeadlineExceeded`` 504; ``AllProvidersFailed``
-    where every provider answered 429 (capacity, not an outage) 429 with the providers'
-    Retry-After; any other ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted =
-    "error"``) and ``BudgetExceeded`` 502.
+    where every provider answered 429 or was refused by its own rate limiter (capacity,
+    not an outage) 429 with the providers' Retry-After (or the limiter's wait); any
+    other ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted = "error"``) and
+    ``BudgetExceeded`` 502.
     """
     if isinstance(exc, GatewayError):
         return exc
@@ -103,9 +107,14 @@ def from_run_error(exc: CascadeError) -> GatewayError:
         return GatewayError(504, str(exc), code="deadline_exceeded")
     if isinstance(exc, AllProvidersFailed):
         failed = [a for a in exc.attempts if a.outcome == "failed"]
-        if failed and all(a.error_type == "RateLimited" for a in failed):
+        # a provider's 429 and its own limiter's refusal alike: capacity, not an outage
+        if failed and all(a.error_type in _CAPACITY for a in failed):
             cause = exc.__cause__
-            wait = cause.retry_after if isinstance(cause, RateLimited) else None
+            wait = None
+            if isinstance(cause, RateLimited):
+                wait = cause.retry_after
+            elif isinstance(cause, LimiterTimeout) and cause.retry_in_s > 0:
+                wait = cause.retry_in_s
             return GatewayError(
                 429,
                 "every provider is rate limited",

@@ -75,3 +75,15 @@ class OpenGate:
 
 
 OPEN_GATE: Gate = OpenGate()
+
+
+def check_key(gate: Gate, headers: Mapping[str, str]) -> None:
+    """The cheap part of admission, from the headers alone (no I/O, nothing counted):
+    raises ``GatewayError`` (401) when ``gate`` asks for a key and ``headers`` present
+    none that it knows. The app calls it before a request takes an in-flight slot or
+    its body is read, so that clients without a key hold neither; :meth:`Gate.admit`
+    still checks everything once the request is parsed."""
+    from ._key_gate import KeyGate
+
+    if isinstance(gate, KeyGate):  # the keyed gate is the only one that asks for a key
+        gate.check_headers(headers)

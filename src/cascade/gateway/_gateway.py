@@ -50,6 +50,10 @@ class Gateway:
         )
         self.max_in_flight = gw.max_in_flight
         self.body_timeout_s = gw.body_timeout_s
+        self.write_timeout_s = gw.write_timeout_s
+        self.allowed_hosts = (
+            None if gw.allowed_hosts is None else frozenset(h.lower() for h in gw.allowed_hosts)
+        )
         self.max_body_bytes = gw.max_body_bytes
         self.rebuild = rebuild
         """Builds the routes of a config file read again (SIGHUP), as at start."""

@@ -9,6 +9,14 @@ provider's or the cascade's output estimate), capped at the route's ``max_cost_u
 the day's spend passes the budget by at most one request's reservation (see
 ``_budget.py``), the engine's own estimate of a call aside.
 
+A request whose client leaves (its handler cancelled) is settled at its reservation, or its
+cost if that is more. The engine costs a call it cut off by what it can know (the prompt,
+the text that came, a non-streaming provider's *expected* answer), but the provider bills
+the answer it generated, and the client chose both how long that answer may be and when
+to leave: settled at the engine's estimate, asking for long answers and leaving just
+before they come would spend the operator's money while the budget barely moves. The
+reservation is the most the request could have cost, the figure the key was admitted on.
+
 The gate keeps its own :class:`~cascade.resilience.shared.SharedState` on the config
 file's ``[shared]`` Redis (the same scripts and key prefix as the breakers and limiters,
 one connection of its own): the keys' counters then outlive a config reload (SIGHUP),
@@ -17,6 +25,7 @@ which replaces the cascades and their shared state but never the keys.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +59,13 @@ def max_cost_usd(route: Route, request: GatewayRequest) -> float:
         total += dearest
     cap = route.max_cost_usd if route.max_cost_usd is not None else config.max_cost_usd
     return total if cap is None else min(total, cap)
+
+
+def _client_left() -> bool:
+    """Whether the request settling now was cancelled: its client went away (aiohttp's
+    ``handler_cancellation``), or a drain gave up on it."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _tier(ref: int | str | None, names: list[str], default: int) -> int:
@@ -90,6 +106,10 @@ class KeyGate:
         )
         return cls(built, shared=shared)
 
+    def check_headers(self, headers: Mapping[str, str]) -> None:
+        """The key of ``headers`` is one this gate knows (401 otherwise); nothing counted."""
+        self.keys.check(api_key_from_headers(headers))
+
     async def open(self) -> None:
         if self._shared is not None:
             await self._shared.open()
@@ -112,6 +132,8 @@ class KeyGate:
 
     async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:
         if isinstance(admission, Admission):
+            if _client_left():  # see the module docstring
+                cost_usd = max(cost_usd, admission.reserved_usd)
             await self.keys.settle(admission, tokens=tokens, cost_usd=cost_usd)
 
     def __repr__(self) -> str:

@@ -192,6 +192,11 @@ class Admission:
         self.settled = False
 
     @property
+    def reserved_usd(self) -> float:
+        """What the request holds of its key's daily budget (0.0 without a budget)."""
+        return 0.0 if self._reservation is None else self._reservation.amount
+
+    @property
     def key_name(self) -> str | None:
         """The key's configured name (``None``: no key, with ``required = false``)."""
         return None if self._key is None or self._key.name == ANONYMOUS else self._key.name
@@ -281,6 +286,11 @@ class GatewayKeys:
 
     def _index(self, digest: bytes) -> bytes:
         return hmac.new(self._secret, digest, hashlib.sha256).digest()
+
+    def check(self, api_key: str | None) -> None:
+        """Raise ``GatewayDenied`` (401) unless ``api_key`` is a known key (or no key is
+        needed): a lookup with no I/O that counts nothing; :meth:`admit` checks the rest."""
+        self._find(api_key)
 
     def _find(self, api_key: str | None) -> _Key:
         if api_key is None:

@@ -9,9 +9,17 @@ sent upstream as is). Refused with a 400 naming the field: tools and function ca
 audio, ``logprobs``; other fields (``user``, ``top_p``, ``metadata``...) are ignored.
 
 A stream is the usual chunks, then ``data: [DONE]``; the last chunk before it carries the
-``cascade`` summary. In speculative mode, a chunk with no choices and
-``cascade.retracted = {"chars", "tier", "provider", "reason"}`` withdraws the text shown
-since the last one; an error after the stream started is ``data: {"error": {...}}``.
+``cascade`` summary. An error after the stream started is ``data: {"error": {...}}``
+(the official SDKs raise it).
+
+Speculative mode (a route's ``mode = "speculative"``): text streams as it arrives. When
+that answer is then rejected or its stream breaks, no OpenAI client could tell the
+withdrawn text from the next answer glued to it, so by default the stream ends with an
+``answer_withdrawn`` error event (502) once text was sent; a withdrawal before any text
+was sent is not shown at all. A client that handles withdrawals opts in with
+``"stream_options": {"cascade_retractions": true}``: it then gets a chunk with no
+choices and ``cascade.retracted = {"chars", "tier", "provider", "reason"}``, which
+withdraws the text shown since the last one, and the next answer follows.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ class _Message(msgspec.Struct, kw_only=True):
 
 class _StreamOptions(msgspec.Struct, kw_only=True):
     include_usage: bool = False
+    cascade_retractions: bool = False
+    """The client handles ``cascade.retracted`` chunks (see the module doc)."""
 
 
 class _JsonSchema(msgspec.Struct, kw_only=True):
@@ -160,6 +170,7 @@ class OpenAIWire:
             options=options,
             stream=bool(req.stream),
             include_usage=req.stream_options is not None and req.stream_options.include_usage,
+            retractions=req.stream_options is not None and req.stream_options.cascade_retractions,
             json_schema=schema,
             estimated_tokens=estimate_prompt_tokens(messages) + max_tokens,
         )
@@ -306,6 +317,16 @@ class OpenAIWire:
                 yield piece
             elif kind is Retracted:
                 assert isinstance(event, Retracted)
+                if not request.retractions:
+                    if not started:
+                        continue  # nothing shown yet: nothing to withdraw
+                    raise GatewayError(
+                        502,
+                        f"the answer being streamed was withdrawn ({event.reason[:200]}); "
+                        "send stream_options.cascade_retractions = true to receive "
+                        "withdrawals and the next answer, or retry the request",
+                        code="answer_withdrawn",
+                    )
                 retracted = {
                     "chars": event.chars,
                     "tier": event.tier,

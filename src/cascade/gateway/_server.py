@@ -10,6 +10,9 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   that started keep the cascade they started on) and close the old cascades once their
   last request is done (or ``drain_timeout_s`` later). The listening address, body limit
   and keys stay as they were at start: those need a restart.
+- A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
+  idle between requests, or still sending its request line and headers (aiohttp's
+  keep-alive timer, which runs from the connection's start).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["build_gateway", "serve"]
+__all__ = ["app_runner", "build_gateway", "serve"]
 
 log = structlog.get_logger("cascade.gateway")
 
@@ -81,6 +84,21 @@ def _gate_for(
     return KeyGate.from_config(loaded.gateway.keys, loaded.config, clock=clock, environ=environ)
 
 
+def app_runner(gateway: Gateway, *, shutdown_timeout: float) -> web.AppRunner:
+    """The aiohttp runner of ``gateway``'s app, as ``cascade serve`` runs it."""
+    return web.AppRunner(
+        create_app(gateway),
+        handle_signals=False,
+        access_log=None,  # the gateway writes its own access log (no keys, no text)
+        handler_cancellation=True,  # a client that leaves cancels its run at once
+        shutdown_timeout=shutdown_timeout,
+        # aiohttp closes a connection that has no request in a handler for this long:
+        # idle between requests, and also before its first request is whole (a client
+        # trickling its request line and headers).
+        keepalive_timeout=gateway.generation.loaded.gateway.idle_timeout_s,
+    )
+
+
 class _NoRequestBytes(logging.Filter):
     """aiohttp logs a request it cannot parse with its exception, whose message quotes
     the offending bytes: a header line too long may be a key. Such a record keeps its
@@ -108,14 +126,7 @@ async def serve(
     source = str(path)
     gateway = build_gateway(load_gateway(source), **kwargs)
     config = gateway.generation.loaded.gateway
-    app = create_app(gateway)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,  # the gateway writes its own access log (no keys, no text)
-        handler_cancellation=True,  # a client that leaves cancels its run at once
-        shutdown_timeout=config.drain_timeout_s,
-    )
+    runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
     await runner.setup()
     scrub = _NoRequestBytes()
     aiohttp_log = logging.getLogger("aiohttp.server")

@@ -39,6 +39,10 @@ class GatewayRequest(msgspec.Struct, frozen=True, kw_only=True):
     options: RequestOptions
     stream: bool = False
     include_usage: bool = False
+    retractions: bool = False
+    """The client opted in to speculative withdrawals as chunks of their own (OpenAI's
+    ``stream_options.cascade_retractions``); else a withdrawal after text was sent ends
+    the stream with an error event."""
     json_schema: dict[str, Any] | None = None
     json_schema_param: str = "response_format.json_schema.schema"
     """Where ``json_schema`` was in the request: the field a 400 for a bad schema names."""

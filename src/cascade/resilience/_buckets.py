@@ -67,8 +67,9 @@ class Bucket:
     def wait(self, cost: float, now: float) -> float:
         """Seconds from ``now`` until ``cost`` fits (the bucket is synced to ``now``)."""
         self.sync(now)
-        deficit = self.need(cost) - self.level
-        if deficit <= _EPS * max(1.0, cost):
+        need = self.need(cost)
+        deficit = need - self.level
+        if deficit <= _EPS * max(1.0, need):  # slack of the size at stake, not of ``cost``
             return 0.0
         waited = 0.0
         if self.boost_until > now and self.boost_rate > 0:

@@ -14,11 +14,12 @@ Each budget is a token bucket refilling continuously at its per-minute rate, hol
   counts for more than ``max_wait_s`` (300 s by default), and absolute reset times are
   measured from the response's ``Date`` only when it is within a day of ``wall()``.
 
-A request larger than a whole bucket is let through once that bucket is full, leaving it in
-debt; so over any window of ``w`` seconds at most ``rate * (w + burst_s)`` plus one request's
-excess is granted. Usage reported beyond a lease's estimate is charged too, but never leaves
-more than ``min(burst_s, max_wait_s)`` seconds of refill owed: a server reporting a billion
-tokens blocks the provider for that long, not for days.
+A request larger than a whole bucket is let through once that bucket is full, and one
+reservation never charges more than the whole bucket (with ``burst_s = 0``, than
+``max_wait_s`` of refill): an estimate is the caller's word (a client's ``max_tokens`` of a
+billion), and must not put the provider in debt for days. Usage reported beyond a lease's
+estimate is charged too, but never leaves more than ``min(burst_s, max_wait_s)`` seconds of
+refill owed: a server reporting a billion tokens blocks the provider for that long.
 
 With ``shared=`` (a :class:`~cascade.resilience.shared.SharedState`) the requests and
 tokens budgets are also kept in Redis for every process: :meth:`RateLimiter.reserve` and
@@ -100,6 +101,7 @@ class RateLimiter:
         "_clock",
         "_debt_span_s",
         "_in_use",
+        "_max_charge",
         "_requests",
         "_shared",
         "_shared_until",
@@ -149,6 +151,12 @@ class RateLimiter:
         self._tokens = (
             None if tokens_per_minute is None else Bucket(tokens_per_minute, burst_s, now)
         )
+        self._max_charge = math.inf
+        """The most tokens one reservation charges: the whole bucket, or (no burst) the
+        refill the limiter may leave owed."""
+        if self._tokens is not None:
+            bucket = self._tokens
+            self._max_charge = max(bucket.capacity, bucket.rate * self._debt_span_s, 1.0)
         self._in_use = 0
         self._blocked_until = -math.inf
         self._waiters: deque[_Waiter] = deque()
@@ -168,9 +176,10 @@ class RateLimiter:
     def try_acquire(self, *, tokens: int) -> Lease | None:
         """A lease if every budget has headroom now (and nobody is queued), else ``None``.
 
-        ``tokens`` is the caller's estimate (input estimate + ``max_tokens``). Refusing
-        reserves nothing.
+        ``tokens`` is the caller's estimate (input estimate + ``max_tokens``), charged up to
+        a whole bucket. Refusing reserves nothing.
         """
+        tokens = self._charge(tokens)
         if self._waiters or not self._ready(tokens):
             return None
         return self._grant(tokens)
@@ -183,6 +192,7 @@ class RateLimiter:
         """
         if self._shared is None:
             return self.try_acquire(tokens=tokens)
+        tokens = self._charge(tokens)
         if self._waiters or not self._ready(tokens):
             return None
         return await self._take(tokens)
@@ -196,6 +206,7 @@ class RateLimiter:
         state the order is fair within this process; across processes, whoever asks first
         after the shared budget refills goes first.
         """
+        tokens = self._charge(tokens)
         if not self._waiters and self._ready(tokens):
             lease = await self._take(tokens)
             if lease is not None:
@@ -255,6 +266,12 @@ class RateLimiter:
             wake = self._waiters[0].wake
             if wake is not None and not wake.done():
                 wake.set_result(None)
+
+    def _charge(self, tokens: int) -> int:
+        """What a reservation of ``tokens`` charges: never more than a whole bucket."""
+        if tokens <= self._max_charge:
+            return max(tokens, 0)
+        return int(self._max_charge)
 
     def _ready(self, tokens: int) -> bool:
         now = self._clock.monotonic()
@@ -364,7 +381,7 @@ class RateLimiter:
         (and any block, this process's or the shared budget's last answer), ``0.0`` if it
         fits now. Queued waiters and concurrency slots are not counted."""
         now = self._clock.monotonic()
-        return max(0.0, self._eta([tokens], now) - now)
+        return max(0.0, self._eta([self._charge(tokens)], now) - now)
 
     @property
     def headroom(self) -> Headroom:
