@@ -447,10 +447,13 @@ def main(argv: list[str] | None = None) -> int:
                 samples = asyncio.run(measure(urls, rounds=rounds, block=block, burst=burst))
             summary = summarize(samples)
         slow = folder / "slow.toml"
+        # one upstream connection per open stream: past the cascade's default pool (512),
+        # streams would wait for a connection, not stay open
         slow.write_text(
-            '[[tiers]]\nname = "only"\n[[tiers.providers]]\nname = "fleet"\nkind = "openai"\n'
+            'max_connections = 10000\n[[tiers]]\nname = "only"\n'
+            '[[tiers.providers]]\nname = "fleet"\nkind = "openai"\n'
             f'base_url = "{fleet}"\nmodel = "slow"\napi_key_env = ""\nstream = true\n'
-            "timeout_s = 600\n"
+            "timeout_s = 600\nmax_connections = 10000\n"
             '\n[[gateway.routes]]\nname = "sse"\ndefault = true\nmode = "speculative"\n'
         )
         with gateway_process(slow) as (gateway, pid):
