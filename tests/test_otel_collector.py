@@ -79,6 +79,8 @@ def test_the_walkthroughs_name_only_real_attributes_and_events() -> None:
     assert len(known) > 40  # the scan found the constants
     python_names = {  # the API and the test servers, not telemetry
         "cascade.add_trace_ids",
+        "cascade.router",
+        "cascade.routers",
         "cascade.testing",
         "cascade.validator",
         "cascade.validators",
