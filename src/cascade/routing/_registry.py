@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .._errors import ConfigError
+from .._factories import check_params_fit
 from ._decision import Router
 
 __all__ = [
@@ -125,9 +126,6 @@ def _join(path: str, inner: str) -> str:
     return f"{path}{inner}" if inner.startswith("[") else f"{path}.{inner}"
 
 
-_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-
-
 def _check_parameters(
     kind: str, factory: RouterFactory, params: Mapping[str, Any], path: str
 ) -> None:
@@ -135,23 +133,7 @@ def _check_parameters(
         signature = inspect.signature(factory)
     except (TypeError, ValueError):  # no signature to read: calling it will tell
         return
-    parameters = signature.parameters.values()
-    named = [p for p in parameters if p.kind in _NAMED]
-    accepted = [p.name for p in named]
-    shown = ", ".join(accepted) or "none"
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        for key in params:
-            if key not in accepted:
-                raise ConfigError(
-                    f"router {kind!r} has no parameter {key!r} (its parameters: {shown})",
-                    path=f"{path}.{key}",
-                )
-    for p in named:
-        if p.default is inspect.Parameter.empty and p.name not in params:
-            raise ConfigError(
-                f"router {kind!r} needs {p.name!r} (its parameters: {shown})",
-                path=f"{path}.{p.name}",
-            )
+    check_params_fit("router", kind, signature.parameters.values(), params, path)
 
 
 def _check_router(kind: str, instance: object, path: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar, cast, runtime_checkable
 import msgspec
 
 from .._errors import ConfigError
+from .._factories import NAMED, check_params_fit
 from .._types import Completion, Message, RequestOptions, Verdict
 
 __all__ = [
@@ -122,7 +123,6 @@ _EXPECTED = (
     "entry's parameters as keyword arguments, returning an object with a `name` and "
     "`async def validate(self, completion, context) -> Verdict`"
 )
-_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
 def _check_parameters(
@@ -140,28 +140,14 @@ def _check_parameters(
     except (TypeError, ValueError):  # a builtin or an odd callable: calling it will tell
         return
     parameters = signature.parameters.values()
-    named = [p for p in parameters if p.kind in _NAMED]
+    named = [p for p in parameters if p.kind in NAMED]
     if not inspect.isclass(factory) and [p.name for p in named[:2]] == ["completion", "context"]:
         raise ConfigError(
             f"validator {name!r} is registered as a function taking (completion, context), "
             f"a validate function rather than a factory: {_EXPECTED}",
             path=path,
         )
-    accepted = [p.name for p in named if p.name != "name"]
-    shown = ", ".join(accepted) or "none"
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
-        for key in params:
-            if key not in accepted:
-                raise ConfigError(
-                    f"validator {name!r} has no parameter {key!r} (its parameters: {shown})",
-                    path=f"{path}.{key}",
-                )
-    for p in named:
-        if p.default is inspect.Parameter.empty and p.name not in params:
-            raise ConfigError(
-                f"validator {name!r} needs {p.name!r} (its parameters: {shown})",
-                path=f"{path}.{p.name}",
-            )
+    check_params_fit("validator", name, parameters, params, path, reserved="name")
 
 
 def _check_validator(name: str, instance: object, path: str) -> None:
