@@ -43,3 +43,49 @@ def check_params_fit(
                 f"{what} {kind!r} needs {p.name!r} (its parameters: {shown})",
                 path=f"{path}.{p.name}",
             )
+
+
+def check_plugin_instance(
+    what: str,
+    kind: str,
+    instance: object,
+    path: str,
+    *,
+    protocol: type,
+    method: str,
+    call: str,
+    expected: str,
+    name_note: str = "",
+) -> Any:
+    """What a plug-in factory returned has the ``protocol``'s shape: a non-empty string
+    ``name`` and an async ``method`` (``call`` and ``expected`` show its signature in
+    messages). Returns the bound method."""
+    try:
+        ok = isinstance(instance, protocol)
+        name = getattr(instance, "name", None)
+    except Exception as exc:  # a `name` property that raises
+        raise ConfigError(
+            f"{what} {kind!r}: reading its `name` raised {type(exc).__name__}: {exc}"[:500],
+            path=path,
+        ) from None
+    shown = type(instance).__name__
+    if not ok:
+        raise ConfigError(
+            f"{what} {kind!r} factory returned {shown}, which has no `name` and async `{call}`",
+            path=path,
+        )
+    if not isinstance(name, str) or not name:
+        raise ConfigError(
+            f"{what} {kind!r}: {shown}.name is {name!r}; expected a non-empty string{name_note}",
+            path=path,
+        )
+    bound = getattr(instance, method)
+    if not (
+        inspect.iscoroutinefunction(bound)
+        or inspect.iscoroutinefunction(getattr(bound, "__call__", None))  # noqa: B004
+    ):
+        raise ConfigError(
+            f"{what} {kind!r}: {shown}.{method} is not a coroutine function; expected `{expected}`",
+            path=path,
+        )
+    return bound

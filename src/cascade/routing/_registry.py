@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from .._errors import ConfigError
-from .._factories import check_params_fit
+from .._factories import check_params_fit, check_plugin_instance
 from ._decision import Router
 
 __all__ = [
@@ -137,36 +137,16 @@ def _check_parameters(
 
 
 def _check_router(kind: str, instance: object, path: str) -> None:
-    try:
-        ok = isinstance(instance, Router)
-        name = getattr(instance, "name", None)
-    except Exception as exc:  # a `name` property that raises
-        raise ConfigError(
-            f"router {kind!r}: reading its `name` raised {type(exc).__name__}: {exc}"[:500],
-            path=path,
-        ) from None
-    if not ok:
-        raise ConfigError(
-            f"router {kind!r} factory returned {type(instance).__name__}, which has no "
-            "`name` and async `route(request)`",
-            path=path,
-        )
-    if not isinstance(name, str) or not name:
-        raise ConfigError(
-            f"router {kind!r}: {type(instance).__name__}.name is {name!r}; expected a "
-            "non-empty string",
-            path=path,
-        )
-    route = instance.route  # type: ignore[attr-defined]
-    if not (
-        inspect.iscoroutinefunction(route)
-        or inspect.iscoroutinefunction(getattr(route, "__call__", None))  # noqa: B004
-    ):
-        raise ConfigError(
-            f"router {kind!r}: {type(instance).__name__}.route is not a coroutine function; "
-            "expected `async def route(self, request) -> RouteDecision`",
-            path=path,
-        )
+    check_plugin_instance(
+        "router",
+        kind,
+        instance,
+        path,
+        protocol=Router,
+        method="route",
+        call="route(request)",
+        expected="async def route(self, request) -> RouteDecision",
+    )
 
 
 def load_entry_point_routers() -> list[str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
 from .._errors import ConfigError
-from .._factories import NAMED, check_params_fit
+from .._factories import NAMED, check_params_fit, check_plugin_instance
 from .._types import Completion, Message, RequestOptions, Verdict
 
 __all__ = [
@@ -152,36 +152,17 @@ def _check_parameters(
 
 def _check_validator(name: str, instance: object, path: str) -> None:
     """What the factory returned is a validator the engine can await."""
-    try:
-        is_validator = isinstance(instance, Validator)
-        own_name = getattr(instance, "name", None)
-    except Exception as exc:  # a `name` property that raises
-        raise ConfigError(
-            f"validator {name!r}: reading its `name` raised {type(exc).__name__}: {exc}"[:500],
-            path=path,
-        ) from None
-    if not is_validator:
-        raise ConfigError(
-            f"validator {name!r} factory returned {type(instance).__name__}, "
-            "which has no `name` and async `validate(completion, context)`",
-            path=path,
-        )
-    if not isinstance(own_name, str) or not own_name:
-        raise ConfigError(
-            f"validator {name!r}: {type(instance).__name__}.name is {own_name!r}; expected a "
-            "non-empty string (it names the validator in verdicts)",
-            path=path,
-        )
-    validate = cast(Validator, instance).validate
-    if not (
-        inspect.iscoroutinefunction(validate)
-        or inspect.iscoroutinefunction(getattr(validate, "__call__", None))  # noqa: B004
-    ):
-        raise ConfigError(
-            f"validator {name!r}: {type(instance).__name__}.validate is not a coroutine "
-            "function; expected `async def validate(self, completion, context) -> Verdict`",
-            path=path,
-        )
+    validate = check_plugin_instance(
+        "validator",
+        name,
+        instance,
+        path,
+        protocol=Validator,
+        method="validate",
+        call="validate(completion, context)",
+        expected="async def validate(self, completion, context) -> Verdict",
+        name_note=" (it names the validator in verdicts)",
+    )
     try:
         inspect.signature(validate).bind(None, None)
     except TypeError:
