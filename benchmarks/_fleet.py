@@ -175,3 +175,10 @@ async def throughput(
             tg.create_task(worker())
     await client.settle()
     return Throughput(done, perf_counter() - t0, process_time() - cpu0)
+
+
+def print_targets(targets: list[dict[str, Any]]) -> None:
+    """Each target's verdict (PASS, MISS, or n/a when it could not be measured)."""
+    for t in targets:
+        verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
+        print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")

@@ -42,7 +42,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from _fleet import Client, Latency, install_loopback_guard, sequential, throughput
+from _fleet import (
+    Client,
+    Latency,
+    install_loopback_guard,
+    print_targets,
+    sequential,
+    throughput,
+)
 from overhead import PROMPT
 from streaming import raise_fd_limit, server_process
 
@@ -418,9 +425,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"{mem['kib_per_stream']} KiB per stream (ramp {mem['ramp_s']} s)"
         )
     print("\ntargets:")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
-        print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")
+    print_targets(report["targets"])
 
 
 def main(argv: list[str] | None = None) -> int:

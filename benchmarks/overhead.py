@@ -52,6 +52,7 @@ from _fleet import (
     Throughput,
     fake_openai_server,
     install_loopback_guard,
+    print_targets,
     sequential,
     throughput,
 )
@@ -579,9 +580,7 @@ def print_table(report: dict[str, Any]) -> None:
             f"{cpu:.1f}x less client CPU per request"
         )
     print("\ntargets (cascade.run, no validators):")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
-        print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")
+    print_targets(report["targets"])
     if report["refused_network"]:
         print(f"\nloopback guard refused: {', '.join(report['refused_network'])}")
 

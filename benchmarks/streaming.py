@@ -47,7 +47,7 @@ from time import perf_counter
 from typing import Any
 
 import aiohttp
-from _fleet import Client, Throughput, install_loopback_guard, throughput
+from _fleet import Client, Throughput, install_loopback_guard, print_targets, throughput
 from overhead import ANSWER, PROMPT, cascade_client, raw_aiohttp
 
 import cascade
@@ -495,9 +495,7 @@ def print_report(report: dict[str, Any]) -> None:
             f"(ramp {p['ramp_s']} s{', errors ' + str(p['errors']) if p['errors'] else ''})"
         )
     print("\ntargets:")
-    for t in report["targets"]:
-        verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
-        print(f"  {verdict}  {t['name']}: {t['value']} (target {t['target']})")
+    print_targets(report["targets"])
     if report["refused_network"]:
         print(f"\nloopback guard refused: {', '.join(report['refused_network'])}")
 
