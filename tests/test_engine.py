@@ -312,6 +312,21 @@ async def test_session_is_closed_and_reusable_flow(openai_server: FakeOpenAIServ
         await c.open()
 
 
+async def test_a_providers_cookie_is_never_sent_back(openai_server: FakeOpenAIServer) -> None:
+    """The Cascade's own pools keep no cookie: a provider (or whatever sits in front of
+    it) cannot tie one request, or one gateway tenant, to the next."""
+    openai_server.default = Reply(
+        text='{"answer": 1}', headers={"Set-Cookie": "affinity=abc123; Path=/"}
+    )
+    # a host name: aiohttp's default jar would keep this cookie (it ignores IP hosts')
+    url = openai_server.url.replace("127.0.0.1", "localhost")
+    async with Cascade.from_dict(three_tiers(url)) as c:
+        await c.run(messages=USER)
+        await c.run(messages=USER)
+    assert len(openai_server.requests) == 2
+    assert all("cookie" not in r.headers for r in openai_server.requests)
+
+
 async def test_external_session_is_not_closed(openai_server: FakeOpenAIServer) -> None:
     import aiohttp
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["Cascade", "connection_shares"]
 
 _DEFAULT_OPTIONS = RequestOptions()
+_NO_AIOHTTP_TIMER = aiohttp.ClientTimeout()  # every field None: the engine bounds each call
 
 
 class Cascade:
@@ -156,9 +157,16 @@ class Cascade:
         if self._open:
             return
         if self._owns_session:
+            # Every call is bounded by the engine (``timeout_s`` and the rest, on its clock),
+            # so aiohttp's own total timer, a second timer on every request, is off; and
+            # no cookie a provider sets is kept or sent back (no state shared across the
+            # requests, or a gateway's tenants, of one pool). Both cost CPU on every call.
             self._pools = {
                 name: aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(limit=size), raise_for_status=False
+                    connector=aiohttp.TCPConnector(limit=size),
+                    raise_for_status=False,
+                    timeout=_NO_AIOHTTP_TIMER,
+                    cookie_jar=aiohttp.DummyCookieJar(),
                 )
                 for name, size in connection_shares(self.config).items()
             }
