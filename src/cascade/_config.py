@@ -25,6 +25,7 @@ __all__ = [
     "ProviderConfig",
     "QualityConfig",
     "SharedConfig",
+    "TelemetryConfig",
     "TierConfig",
     "Variant",
     "in_file",
@@ -317,6 +318,20 @@ class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
         )
 
 
+class TelemetryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The ``[telemetry]`` table: what the spans say. (Where they go is the application's
+    OpenTelemetry SDK, or the ``cascade`` command's ``OTEL_*`` variables.)"""
+
+    semconv: Annotated[tuple[Literal["gen_ai", "openinference"], ...], Meta(min_length=1)] = (
+        "gen_ai",
+    )
+    """The semantic conventions the spans follow: ``gen_ai`` (OpenTelemetry's GenAI
+    conventions), ``openinference`` (span kinds, model, provider, tokens and cost under
+    OpenInference's names, read by Arize Phoenix), or both. The Cascade's ``semconv``
+    argument wins over this, and ``CASCADE_SEMCONV`` (comma-separated) in the
+    environment too."""
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The whole cascade: tiers cheap to expensive, and what to do when all reject."""
 
@@ -348,6 +363,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     router_timeout_s: PosFloat = 1.0
     """The longest a router may take to decide (its own provider calls included); past
     it the run goes on over every tier, the timeout recorded in ``Result.route``."""
+    telemetry: TelemetryConfig = TelemetryConfig()
+    """The ``[telemetry]`` table (see :class:`TelemetryConfig`)."""
 
     def __post_init__(self) -> None:
         seen_tiers: set[str] = set()

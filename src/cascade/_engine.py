@@ -18,6 +18,7 @@ from ._clock import Clock
 from ._config import Config, in_file, load_config
 from ._errors import ConfigError, InputError
 from ._telemetry import Telemetry
+from ._telemetry import _conventions as conventions
 from ._types import Message, RequestOptions, Result, coerce_messages
 from .engine._core import Engine, Plan
 from .engine._events import Failed, Finished, StreamMode
@@ -66,6 +67,11 @@ class Cascade:
     application configures the SDK). ``capture_content=True`` (or
     ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true``) adds prompts and answers
     to the spans; ``CASCADE_TELEMETRY=off`` in the environment turns telemetry off.
+    ``semconv`` names the conventions the spans follow: ``("gen_ai",)`` (OpenTelemetry's
+    GenAI conventions, the default), ``("openinference",)`` (span kinds, model, provider,
+    tokens and cost under OpenInference's names, for Arize Phoenix), or both; without it,
+    ``CASCADE_SEMCONV`` (comma-separated) in the environment, else config's
+    ``[telemetry] semconv``.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class Cascade:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         capture_content: bool | None = None,
+        semconv: Sequence[str] | None = None,
         router: Router | None = None,
         router_timeout_s: float | None = None,
     ) -> None:
@@ -101,6 +108,7 @@ class Cascade:
             meter_provider=meter_provider,
             capture_content=capture_content,
             environ=env,
+            semconv=conventions.resolve(semconv, env, config.telemetry.semconv),
         )
         self._calls = ProviderCalls(
             config,

@@ -46,7 +46,12 @@ def traced(config: cascade.Config) -> Cascade:
         tracer_provider=TracerProvider(),
         meter_provider=MeterProvider(),
         capture_content=False,
+        semconv=("gen_ai", "openinference"),
     )
+
+
+def telemetry_config() -> cascade.TelemetryConfig:
+    return cascade.TelemetryConfig(semconv=("openinference",))
 
 
 async def shared_state() -> None:

@@ -21,6 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ..resilience.breaker import CircuitOpen
+from . import _conventions as conventions
 from . import _semconv as sc
 from ._content import verdict_reason
 
@@ -33,6 +34,7 @@ __all__ = ["NOOP_ATTEMPT", "AttemptTrace", "ProviderInfo", "error_type", "start_
 
 MAX_TEXT = 500  # reasons and error messages on spans are cut here
 _CIRCUIT_OPEN = CircuitOpen.__name__
+_OK = Status(StatusCode.OK)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -66,12 +68,21 @@ class ProviderInfo:
         "config",
         "cost_attrs",
         "cost_key",
+        "gen_ai",
         "name",
+        "openinference",
         "span_attrs",
         "span_name",
     )
 
-    def __init__(self, tier: TierLike, provider: ProviderLike) -> None:
+    def __init__(
+        self,
+        tier: TierLike,
+        provider: ProviderLike,
+        *,
+        gen_ai: bool = True,
+        openinference: bool = False,
+    ) -> None:
         config = provider.config
         self.name = provider.name
         self.config = config
@@ -97,6 +108,12 @@ class ProviderInfo:
             sc.CASCADE_TIER_NAME: tier.name,
             sc.CASCADE_TIER_INDEX: tier.index,
         }
+        self.gen_ai = gen_ai
+        self.openinference = openinference
+        if not gen_ai:
+            self.span_attrs = conventions.without_gen_ai(self.span_attrs)
+        if openinference:
+            self.span_attrs.update(conventions.call_attributes(config.kind, provider.model))
         self.cost_key = (tier.name, provider.name, provider.model)
         self.cost_attrs = {
             sc.CASCADE_TIER_NAME: tier.name,
@@ -167,7 +184,11 @@ def start_attempt(
     if options.variant is not None:
         attrs[sc.CASCADE_VARIANT] = options.variant
     if tel.capture_content:
-        attrs[sc.GEN_AI_INPUT_MESSAGES] = _input_messages(messages)
+        attrs[sc.GEN_AI_INPUT_MESSAGES] = prompt = _input_messages(messages)
+        if info.openinference:
+            attrs.update(conventions.input_attributes(prompt))
+    if not info.gen_ai:
+        attrs = conventions.without_gen_ai(attrs)
     span = tel.tracer.start_span(info.span_name, kind=SpanKind.CLIENT, attributes=attrs)
     # Current while it lasts, so samples drawn during validation (and any instrumented
     # HTTP client) nest under it.
@@ -200,7 +221,8 @@ class AttemptTrace:
     ``completed`` records the answer (and ends nothing: validation follows under the same
     span); ``judged`` adds the verdicts and ends it; ``failed`` records an error and ends
     it; ``end`` ends it as it stands. Every ending after the first is ignored. The span is
-    the current one from start to end: end it in the task that started it.
+    the current one from start to end: end it in the task that started it. Its status:
+    ERROR when the call failed, unset when it lost a hedge race, else OK.
     """
 
     __slots__ = ("_done", "_ending", "_info", "_lost", "_t0", "_tel", "_token", "span")
@@ -303,7 +325,18 @@ class AttemptTrace:
             if ttft is not None:
                 attrs[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
             if tel.capture_content:
-                attrs[sc.GEN_AI_OUTPUT_MESSAGES] = _output_messages((completion, *more))
+                answer = _output_messages((completion, *more))
+                attrs[sc.GEN_AI_OUTPUT_MESSAGES] = answer
+                if info.openinference:
+                    attrs.update(conventions.output_attributes((completion, *more), answer))
+            if info.openinference:
+                attrs.update(
+                    conventions.usage_attributes(
+                        info.config, completion.model, in_tokens, out_tokens, cost
+                    )
+                )
+            if not info.gen_ai:
+                attrs = conventions.without_gen_ai(attrs)
             self._ending = attrs
 
     def judged(self, verdicts: Sequence[Verdict], passed: bool) -> None:
@@ -384,8 +417,12 @@ class AttemptTrace:
         self._done = True
         span = self.span
         if span is not None:
-            if self._ending:
-                span.set_attributes(self._ending)
+            ending = self._ending
+            if ending:
+                span.set_attributes(ending)
+            # OK unless it failed (ERROR, set by _failed) or lost a hedge (cancelled: unset).
+            if not self._lost and (ending is None or sc.ERROR_TYPE not in ending):
+                span.set_status(_OK)
             if self._token is not None:
                 otel_context.detach(self._token)
                 self._token = None

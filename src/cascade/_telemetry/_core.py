@@ -11,7 +11,7 @@ else to record costs one non-recording span, kept current.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -20,6 +20,7 @@ from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import Span, TracerProvider
 
+from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
 from ._metrics import Instruments, instruments_for
@@ -46,8 +47,10 @@ class Telemetry:
     that configures the SDK after building the Cascade is still traced). ``capture_content``
     puts prompts and answers on the attempt spans (``gen_ai.input.messages`` /
     ``gen_ai.output.messages``); None reads
-    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``. ``CASCADE_TELEMETRY=off`` in
-    ``environ`` turns every span, metric and routing record off.
+    ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``. ``semconv`` names the span
+    conventions (``gen_ai``, ``openinference``: see :mod:`._conventions`).
+    ``CASCADE_TELEMETRY=off`` in ``environ`` turns every span, metric and routing record
+    off.
     """
 
     __slots__ = (
@@ -58,7 +61,10 @@ class Telemetry:
         "_via_global",
         "capture_content",
         "enabled",
+        "gen_ai",
         "instruments",
+        "openinference",
+        "semconv",
         "tracer",
     )
 
@@ -69,8 +75,13 @@ class Telemetry:
         meter_provider: MeterProvider | None = None,
         capture_content: bool | None = None,
         environ: Mapping[str, str] | None = None,
+        semconv: Sequence[str] = conventions.DEFAULT,
     ) -> None:
         from .. import __version__
+
+        self.semconv = conventions.parse(semconv, path="semconv")
+        self.gen_ai = conventions.GEN_AI in self.semconv
+        self.openinference = conventions.OPENINFERENCE in self.semconv
 
         env = os.environ if environ is None else environ
         self.enabled = env.get(sc.ENV_TELEMETRY, "").strip().lower() not in _OFF
@@ -90,7 +101,8 @@ class Telemetry:
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
         content = ", content captured" if self.capture_content else ""
-        return f"<Telemetry {state}{content}>"
+        semconv = "" if self.semconv == conventions.DEFAULT else f", {'+'.join(self.semconv)}"
+        return f"<Telemetry {state}{content}{semconv}>"
 
     def watch_breakers(self, breakers: Mapping[str, Any]) -> None:
         """Report these breakers' states on the ``cascade.breaker.state`` gauge."""
@@ -133,7 +145,9 @@ class Telemetry:
     def provider_info(self, tier: TierLike, provider: ProviderLike) -> ProviderInfo:
         info = self._providers.get(provider.name)
         if info is None:
-            info = self._providers[provider.name] = ProviderInfo(tier, provider)
+            info = self._providers[provider.name] = ProviderInfo(
+                tier, provider, gen_ai=self.gen_ai, openinference=self.openinference
+            )
         return info
 
     def _idle(self) -> bool:
@@ -180,6 +194,8 @@ class Telemetry:
             if options.metadata:
                 for key, value in options.metadata.items():
                     attrs[sc.CASCADE_METADATA_PREFIX + key] = value
+            if self.openinference:
+                attrs.update(conventions.CHAIN)
             if attrs:
                 span.set_attributes(attrs)
             token = otel_context.attach(trace.set_span_in_context(span))

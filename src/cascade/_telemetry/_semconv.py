@@ -1,5 +1,6 @@
-"""Attribute, event and metric names: the OpenTelemetry GenAI semantic conventions, and
-cascade's own under ``cascade.*``.
+"""Attribute, event and metric names: the OpenTelemetry GenAI semantic conventions,
+OpenInference's (an option: see :mod:`._conventions`), and cascade's own under
+``cascade.*``.
 
 Kept here rather than imported from ``opentelemetry-semantic-conventions``, whose GenAI
 names live in a private, incubating module that may move between releases.
@@ -46,6 +47,28 @@ DURATION_BUCKETS: Final = (
 TOKEN_BUCKETS: Final = (
     1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864,
 )  # fmt: skip
+
+# -- OpenInference (spec/semantic_conventions.md in github.com/Arize-ai/openinference) ------
+
+OPENINFERENCE_SPAN_KIND: Final = "openinference.span.kind"
+LLM_MODEL_NAME: Final = "llm.model_name"
+LLM_PROVIDER: Final = "llm.provider"
+LLM_SYSTEM: Final = "llm.system"
+LLM_TOKEN_COUNT_PROMPT: Final = "llm.token_count.prompt"  # noqa: S105
+LLM_TOKEN_COUNT_COMPLETION: Final = "llm.token_count.completion"  # noqa: S105
+LLM_TOKEN_COUNT_TOTAL: Final = "llm.token_count.total"  # noqa: S105
+LLM_COST_PROMPT: Final = "llm.cost.prompt"
+LLM_COST_COMPLETION: Final = "llm.cost.completion"
+LLM_COST_TOTAL: Final = "llm.cost.total"
+INPUT_VALUE: Final = "input.value"
+INPUT_MIME_TYPE: Final = "input.mime_type"
+OUTPUT_VALUE: Final = "output.value"
+OUTPUT_MIME_TYPE: Final = "output.mime_type"
+
+SPAN_KIND_CHAIN: Final = "CHAIN"
+SPAN_KIND_LLM: Final = "LLM"
+MIME_JSON: Final = "application/json"
+MIME_TEXT: Final = "text/plain"
 
 # -- cascade: spans --------------------------------------------------------------------------
 
@@ -132,3 +155,4 @@ BREAKER_STATE_VALUES: Final = {"closed": 0, "half_open": 1, "open": 2}
 
 ENV_CAPTURE_CONTENT: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 ENV_TELEMETRY: Final = "CASCADE_TELEMETRY"
+ENV_SEMCONV: Final = "CASCADE_SEMCONV"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from opentelemetry import context as otel_context
@@ -23,6 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from ..engine._events import AttemptFinished, Escalated, Event, Finished, Routed
+from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import (
     MAX_TEXT,
@@ -40,6 +41,11 @@ if TYPE_CHECKING:
     from .._types import Attempt, Message, RequestOptions, Result
     from ._core import Telemetry
 
+_OK = Status(StatusCode.OK)
+_FAILED_TIER = {"failed": "every provider failed", "none": "no call ended"}
+"""Tier outcomes whose span ends in ERROR (no call ended: the run was cut off), with the
+status message. A rejected answer is the tier doing its work: OK, the run escalates."""
+
 __all__ = [
     "NOOP_ATTEMPT",
     "NOOP_RUN",
@@ -52,7 +58,8 @@ __all__ = [
 
 class RunTrace:
     """One run's span; as a context manager it ends the span and writes the routing
-    record (with the error when the run raised)."""
+    record (with the error when the run raised). The span's status is OK when the run
+    answered (accepted, or the best answer), ERROR when it raised (cancelled included)."""
 
     __slots__ = (
         "_calls",
@@ -158,10 +165,14 @@ class RunTrace:
             return NOOP_TIER
         if self.span is None:
             return TierTrace(self, tier, None, None)
+        attrs: dict[str, str | int] = {
+            sc.CASCADE_TIER_NAME: tier.name,
+            sc.CASCADE_TIER_INDEX: tier.index,
+        }
+        if tel.openinference:
+            attrs.update(conventions.CHAIN)
         span = tel.tracer.start_span(
-            f"{sc.SPAN_TIER} {tier.name}",
-            kind=SpanKind.INTERNAL,
-            attributes={sc.CASCADE_TIER_NAME: tier.name, sc.CASCADE_TIER_INDEX: tier.index},
+            f"{sc.SPAN_TIER} {tier.name}", kind=SpanKind.INTERNAL, attributes=attrs
         )
         token = otel_context.attach(trace.set_span_in_context(span))
         return TierTrace(self, tier, span, token)
@@ -178,20 +189,20 @@ class RunTrace:
             self._detach()
         else:
             if result is not None:
-                span.set_attributes(
-                    {
-                        # Kept few: each attribute costs the SDK a few microseconds, and
-                        # the answering call's span has the provider, model and usage.
-                        sc.CASCADE_OUTCOME: "accepted" if result.validated else "best",
-                        sc.CASCADE_TIER_NAME: result.tier_name,
-                        sc.CASCADE_TIER_INDEX: result.tier,
-                        sc.CASCADE_COST_USD: result.cost_usd,
-                        sc.GEN_AI_USAGE_INPUT_TOKENS: result.usage.input_tokens,
-                        sc.GEN_AI_USAGE_OUTPUT_TOKENS: result.usage.output_tokens,
-                        sc.CASCADE_ESCALATIONS: result.escalations,
-                        sc.CASCADE_TIER_PATH: _tier_path(result.attempts),
-                    }
-                )
+                attrs: dict[str, Any] = {
+                    # Kept few: each attribute costs the SDK a few microseconds, and
+                    # the answering call's span has the provider, model and usage.
+                    sc.CASCADE_OUTCOME: "accepted" if result.validated else "best",
+                    sc.CASCADE_TIER_NAME: result.tier_name,
+                    sc.CASCADE_TIER_INDEX: result.tier,
+                    sc.CASCADE_COST_USD: result.cost_usd,
+                    sc.GEN_AI_USAGE_INPUT_TOKENS: result.usage.input_tokens,
+                    sc.GEN_AI_USAGE_OUTPUT_TOKENS: result.usage.output_tokens,
+                    sc.CASCADE_ESCALATIONS: result.escalations,
+                    sc.CASCADE_TIER_PATH: _tier_path(result.attempts),
+                }
+                span.set_attributes(attrs if tel.gen_ai else conventions.without_gen_ai(attrs))
+                span.set_status(_OK)  # an answer, accepted or the best one
             elif exc is not None:
                 attempts = getattr(exc, "attempts", None) or self.attempts
                 span.set_attributes(
@@ -370,13 +381,16 @@ class TierTrace:
             )
 
     def end(self, outcome: str) -> None:
-        """The tier ended: ``outcome`` is accepted, rejected, skipped, failed or none."""
+        """The tier ended: ``outcome`` is accepted, rejected, skipped, failed or none
+        (its span's status ERROR for the last two, else OK)."""
         if self._run is None:
             return
         self._run = None  # once
         span = self.span
         if span is not None:
             span.set_attribute(sc.CASCADE_TIER_OUTCOME, outcome)
+            failed = _FAILED_TIER.get(outcome)
+            span.set_status(_OK if failed is None else Status(StatusCode.ERROR, failed))
             if self._token is not None:
                 otel_context.detach(self._token)
                 self._token = None
