@@ -127,15 +127,16 @@ class ProviderCalls:
         if on_text is None:
             on_text = flight.seen  # what a deadline cuts off is costed from this
         run.flights.append(flight)
-        run.emit(
-            AttemptStarted(
-                tier=tier.index,
-                tier_name=tier.name,
-                provider=provider.name,
-                model=provider.model,
-                hedge=flight.hedge,
+        if run.listening:
+            run.emit(
+                AttemptStarted(
+                    tier=tier.index,
+                    tier_name=tier.name,
+                    provider=provider.name,
+                    model=provider.model,
+                    hedge=flight.hedge,
+                )
             )
-        )
         on_delta = None
         if run.speculative and tier.hedge is None and show_text:
             on_delta = run.delta_sender(flight)

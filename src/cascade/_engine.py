@@ -325,8 +325,10 @@ class Cascade:
     ) -> Plan:
         msgs = coerce_messages(messages)
         opts = _DEFAULT_OPTIONS if options is None else options
-        first = self._tier_index(start_tier, "start_tier", 0)
-        last = self._tier_index(max_tier, "max_tier", len(self._tiers) - 1)
+        first = 0 if start_tier is None else self._tier_index(start_tier, "start_tier", 0)
+        last = len(self._tiers) - 1
+        if max_tier is not None:
+            last = self._tier_index(max_tier, "max_tier", last)
         if first > last:
             raise InputError("start_tier is above max_tier", path="start_tier")
         budget = self.config.max_cost_usd if max_cost_usd is None else max_cost_usd

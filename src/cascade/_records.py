@@ -177,6 +177,7 @@ class RunState:
         "deadline_at",
         "flights",
         "last_error",
+        "listening",
         "route",
         "shown",
         "sink",
@@ -201,6 +202,9 @@ class RunState:
         self.flights: list[InFlight] = []
         """Attempts under way (two while a hedge races); a deadline records them."""
         self.trace: RunTrace = NOOP_RUN
+        self.listening = sink is not NO_SINK
+        """Whether any listener (the sink, or a trace: see :meth:`listen`) hears the
+        events; when none does, the engine builds none but the last."""
         self.tier_trace: TierTrace = NOOP_TIER
         """The run's span and the span of the tier under way (``_telemetry``)."""
         self.route: RouteDecision | None = None
@@ -219,6 +223,11 @@ class RunState:
         flight.cost += cost
         return cost
 
+    def listen(self, trace: RunTrace) -> None:
+        """The run's trace, started: it hears every event from now on."""
+        self.trace = trace
+        self.listening = self.sink is not NO_SINK or trace is not NOOP_RUN
+
     def emit(self, event: Event) -> None:
         """Tell the run's listeners: its trace (spans, metrics, routing record), then the
         sink."""
@@ -233,7 +242,8 @@ class RunState:
         """Record a finished attempt: the one place an attempt is added to the run. Text
         the call showed (speculative mode) is retracted unless it was accepted."""
         self.attempts.append(attempt)
-        self.emit(AttemptFinished(attempt=attempt))
+        if self.listening:
+            self.emit(AttemptFinished(attempt=attempt))
         if self.shown and attempt.outcome != "accepted":
             self.retract(attempt, attempt.error or attempt.outcome)
 

@@ -104,7 +104,8 @@ class Engine:
             # the trace sees the Finished event, or the error as the run leaves it.
             with self.telemetry.run(
                 run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
-            ) as run.trace:
+            ) as trace:
+                run.listen(trace)
                 try:
                     # No deadline (the common case): one frame less on every resumption.
                     within = self._tiers if deadline is None else self._within
@@ -168,17 +169,19 @@ class Engine:
                     if draft is not None:
                         msgs = repair_messages(msgs, draft)
                         repair = True
-                escalated = Escalated(
-                    from_tier=left[0].index,
-                    from_tier_name=left[0].name,
-                    to_tier=tier.index,
-                    to_tier_name=tier.name,
-                    reason=left[1],
-                    detail=left[2],
-                    repair=repair,
-                )
-                run.emit(escalated)
-            run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
+                if run.listening:
+                    escalated = Escalated(
+                        from_tier=left[0].index,
+                        from_tier_name=left[0].name,
+                        to_tier=tier.index,
+                        to_tier_name=tier.name,
+                        reason=left[1],
+                        detail=left[2],
+                        repair=repair,
+                    )
+                    run.emit(escalated)
+            if run.listening:
+                run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
             first = len(attempts)
             # The tier's span; its outcome, and the escalation, come from its attempts.
             run.tier_trace = run.trace.tier(tier)

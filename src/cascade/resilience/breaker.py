@@ -236,9 +236,9 @@ class AsyncBreaker:
         is refused (``retry_in_s`` 0, or how long another process holds it) and the lease
         is asked for in the background; :meth:`acquire` waits for that answer instead.
         """
-        state = self.state
-        if state == "closed":
+        if self._storage.state == pybreaker.STATE_CLOSED:  # the common case, read directly
             return Permit(self, self._relay.transitions, probe=False)
+        state = self.state
         if state == "open":
             wait = self.retry_in_s()
             if wait > 0:
