@@ -64,9 +64,9 @@ def test_compose_starts_the_collector_with_this_file_and_jaeger() -> None:
 
 
 def test_the_walkthroughs_name_only_real_attributes_and_events() -> None:
-    """Every span, attribute, event and metric name the Jaeger walkthrough and the README
-    mention, quoted or not, is one cascade's code uses (a renamed attribute must not leave
-    stale docs)."""
+    """Every span, attribute, event and metric name the Jaeger and Phoenix walkthroughs and
+    the README mention, quoted or not, is one cascade's code uses (a renamed attribute must
+    not leave stale docs)."""
     from cascade._telemetry import ROUTE_EVENT
     from cascade._telemetry import _semconv as sc
 
@@ -90,7 +90,8 @@ def test_the_walkthroughs_name_only_real_attributes_and_events() -> None:
         "server.url",
     }
     name = re.compile(r"(?<![\w./-])((?:cascade|gen_ai|server|error)\.[a-z_]+(?:\.[a-z_]+)*)")
-    for doc in (ROOT / "examples" / "jaeger" / "README.md", ROOT / "README.md"):
+    docs = [ROOT / "examples" / name / "README.md" for name in ("jaeger", "phoenix")]
+    for doc in (*docs, ROOT / "README.md"):
         names = set(name.findall(doc.read_text()))
         unknown = {
             n
