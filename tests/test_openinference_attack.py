@@ -111,14 +111,14 @@ async def test_cached_prompt_tokens_and_their_cost(
     assert a[sc.LLM_COST_PROMPT] + a[sc.LLM_COST_COMPLETION] == pytest.approx(result.cost_usd)
     assert a[sc.LLM_COST_COMPLETION] == pytest.approx(50 * 2.0 / 1e6)
     assert a[sc.LLM_TOKEN_COUNT_PROMPT] == completion.input_tokens
-    assert a["llm.token_count.prompt_details.cache_read"] == 2000
+    assert a[sc.LLM_TOKEN_COUNT_CACHE_READ] == 2000
     read_price, write_price = c.config.tiers[0].providers[0].cache_prices()
-    assert a["llm.cost.prompt_details.cache_read"] == pytest.approx(2000 * read_price / 1e6)
+    assert a[sc.LLM_COST_CACHE_READ] == pytest.approx(2000 * read_price / 1e6)
     if kind == "anthropic":
-        assert a["llm.token_count.prompt_details.cache_write"] == 1000
-        assert a["llm.cost.prompt_details.cache_write"] == pytest.approx(1000 * write_price / 1e6)
+        assert a[sc.LLM_TOKEN_COUNT_CACHE_WRITE] == 1000
+        assert a[sc.LLM_COST_CACHE_WRITE] == pytest.approx(1000 * write_price / 1e6)
     else:
-        assert "llm.token_count.prompt_details.cache_write" not in a
+        assert sc.LLM_TOKEN_COUNT_CACHE_WRITE not in a
     # the cost metric agrees with the Result too
     data = spans.reader.get_metrics_data()
     assert data is not None

@@ -294,12 +294,25 @@ class AttemptTrace:
             return
         instruments = tel.instruments
         assert instruments is not None
+        config = info.config
         in_tokens, out_tokens = completion.input_tokens, completion.output_tokens
-        cost = info.config.cost_usd(in_tokens, out_tokens)
+        cache_read, cache_write = completion.cache_read_tokens, completion.cache_write_tokens
+        # Priced as the run charges it (RunState.charge): cached prompt tokens at the
+        # cache prices, so the span, the cost metric and the Result agree.
+        cost = config.cost_usd(
+            in_tokens, out_tokens, cache_read_tokens=cache_read, cache_write_tokens=cache_write
+        )
         for c in more:
             in_tokens += c.input_tokens
             out_tokens += c.output_tokens
-            cost += info.config.cost_usd(c.input_tokens, c.output_tokens)
+            cache_read += c.cache_read_tokens
+            cache_write += c.cache_write_tokens
+            cost += config.cost_usd(
+                c.input_tokens,
+                c.output_tokens,
+                cache_read_tokens=c.cache_read_tokens,
+                cache_write_tokens=c.cache_write_tokens,
+            )
         found = info.by_model.get(completion.model)
         op, tokens_in, tokens_out = info.metric_attrs(completion.model) if found is None else found
         instruments.duration.record(completion.latency_s, op)
@@ -332,7 +345,13 @@ class AttemptTrace:
             if info.openinference:
                 attrs.update(
                     conventions.usage_attributes(
-                        info.config, completion.model, in_tokens, out_tokens, cost
+                        config,
+                        completion.model,
+                        in_tokens,
+                        out_tokens,
+                        cost,
+                        cache_read=cache_read,
+                        cache_write=cache_write,
                     )
                 )
             if not info.gen_ai:

@@ -99,11 +99,21 @@ def call_attributes(kind: str, model: str) -> dict[str, Any]:
 
 
 def usage_attributes(
-    config: ProviderConfig, model: str, input_tokens: int, output_tokens: int, cost: float
+    config: ProviderConfig,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cost: float,
+    *,
+    cache_read: int = 0,
+    cache_write: int = 0,
 ) -> dict[str, Any]:
-    """An answered call's model (as the server named it), tokens and cost (USD)."""
+    """An answered call's model (as the server named it), tokens and cost (USD): ``cost``
+    is the call's whole price, cached prompt tokens (``cache_read`` / ``cache_write``, part
+    of ``input_tokens``) priced at the cache prices; those are detailed when there are
+    any."""
     completion_cost = output_tokens * config.output_cost_per_mtok / 1_000_000
-    return {
+    attrs: dict[str, Any] = {
         sc.LLM_MODEL_NAME: model,
         sc.LLM_TOKEN_COUNT_PROMPT: input_tokens,
         sc.LLM_TOKEN_COUNT_COMPLETION: output_tokens,
@@ -112,6 +122,15 @@ def usage_attributes(
         sc.LLM_COST_COMPLETION: completion_cost,
         sc.LLM_COST_TOTAL: cost,
     }
+    if cache_read or cache_write:
+        read_price, write_price = config.cache_prices()
+        if cache_read:
+            attrs[sc.LLM_TOKEN_COUNT_CACHE_READ] = cache_read
+            attrs[sc.LLM_COST_CACHE_READ] = cache_read * read_price / 1_000_000
+        if cache_write:
+            attrs[sc.LLM_TOKEN_COUNT_CACHE_WRITE] = cache_write
+            attrs[sc.LLM_COST_CACHE_WRITE] = cache_write * write_price / 1_000_000
+    return attrs
 
 
 def input_attributes(messages_json: str) -> dict[str, str]:
