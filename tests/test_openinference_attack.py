@@ -277,3 +277,18 @@ def test_bad_semconv_is_a_config_error(semconv: Any, environ: dict[str, str], pa
 def test_semconv_from_the_environment(environ: dict[str, str], expected: tuple[str, ...]) -> None:
     c = Cascade.from_dict(BASE, environ=environ)
     assert c._telemetry.semconv == expected
+
+
+def test_an_answer_with_a_lone_surrogate_is_exportable() -> None:
+    """A plug-in provider's answer may hold a lone surrogate: with content capture its
+    text goes on the span replaced, never as a str the OTLP exporter cannot encode."""
+    from cascade import Completion
+    from cascade._telemetry import _attempts, _conventions
+
+    one = Completion(text="a \ud800 b", provider="p", model="m", finish_reason="stop")
+    answer = _attempts._output_messages((one,))
+    assert json.loads(answer)[0]["parts"][0]["content"] == "a ? b"
+    out = _conventions.output_attributes((one,), answer)
+    assert out[sc.OUTPUT_VALUE] == "a ? b"
+    two = _conventions.output_attributes((one, one), _attempts._output_messages((one, one)))
+    assert json.loads(two[sc.OUTPUT_VALUE])[1]["parts"][0]["content"] == "a ? b"
