@@ -7,7 +7,7 @@ once per provider and reused, so a call that is not traced allocates nothing for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
@@ -23,7 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from ..resilience.breaker import CircuitOpen
 from . import _conventions as conventions
 from . import _semconv as sc
-from ._content import verdict_reason
+from ._content import utf8, verdict_reason
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -197,20 +197,37 @@ def start_attempt(
 
 
 def _input_messages(messages: Sequence[Message]) -> str:
+    try:
+        return _encode_input(messages, str)
+    except UnicodeEncodeError:  # captured content never fails a run
+        return _encode_input(messages, utf8)
+
+
+def _encode_input(messages: Sequence[Message], text: Callable[[str], str]) -> str:
     return _encode(
-        [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in messages]
+        [
+            {"role": text(m.role), "parts": [{"type": "text", "content": text(m.content)}]}
+            for m in messages
+        ]
     ).decode()
 
 
 def _output_messages(completions: Sequence[Completion]) -> str:
+    try:
+        return _encode_output(completions, str)
+    except UnicodeEncodeError:
+        return _encode_output(completions, utf8)
+
+
+def _encode_output(completions: Sequence[Completion], text: Callable[[str], str]) -> str:
     messages = []
     for c in completions:
         message: dict[str, Any] = {
             "role": "assistant",
-            "parts": [{"type": "text", "content": c.text}],
+            "parts": [{"type": "text", "content": text(c.text)}],
         }
         if c.finish_reason is not None:
-            message["finish_reason"] = c.finish_reason
+            message["finish_reason"] = text(c.finish_reason)
         messages.append(message)
     return _encode(messages).decode()
 
