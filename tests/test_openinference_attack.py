@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from cascade import Cascade, CascadeError, ConfigError, Delta, Finished
 from cascade._telemetry import _semconv as sc
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
+from .gateway import serving, write_config
 from .helpers import JSON_SCHEMA, USER, provider, tier
 
 pytestmark = pytest.mark.anyio
@@ -241,6 +243,55 @@ async def test_hostile_prompt_with_content_capture(
     sent = json.loads(chat[sc.INPUT_VALUE])[0]["parts"][0]["content"]
     # what UTF-8 can carry is kept as it was; a lone surrogate is replaced
     assert sent == content.encode("utf-8", "replace").decode()
+
+
+# --- the gateway ---------------------------------------------------------------------------
+
+GATEWAY_KEY = "sk-gateway-canary-5d1e"
+PROVIDER_KEY = "sk-provider-canary-93b0"
+SECRET = "my secret prompt text"
+
+
+@pytest.mark.parametrize("capture", [False, True])
+async def test_the_gateway_honours_the_config_key(
+    spans: Spans, openai_server: FakeOpenAIServer, tmp_path: Path, capture: bool
+) -> None:
+    """``cascade serve`` with ``[telemetry] semconv``: OpenInference spans, and no key
+    anywhere in them; the prompt only with content capture."""
+    import openai
+
+    openai_server.script("m", ANSWER)
+    path = write_config(
+        tmp_path / "c.toml",
+        {
+            "telemetry": {"semconv": ["openinference"]},
+            "tiers": [tier("t", provider("p", openai_server.url, "m", api_key_env="OIA_KEY"))],
+        },
+    )
+    environ = {"OIA_KEY": PROVIDER_KEY}
+    if capture:
+        environ[sc.ENV_CAPTURE_CONTENT] = "true"
+    async with (
+        serving(path, tracer_provider=spans.tracer_provider, environ=environ) as g,
+        openai.AsyncOpenAI(base_url=g.base_url, api_key=GATEWAY_KEY, max_retries=0) as c,
+    ):
+        await c.chat.completions.create(
+            model="cascade",
+            messages=[{"role": "user", "content": SECRET}],
+        )
+    assert openai_server.requests[0].headers["authorization"] == f"Bearer {PROVIDER_KEY}"
+    by = {s.name: s for s in spans.all()}
+    assert attrs(by["cascade.run"])[sc.OPENINFERENCE_SPAN_KIND] == "CHAIN"
+    chat = attrs(by["chat m"])
+    assert chat[sc.OPENINFERENCE_SPAN_KIND] == "LLM"
+    assert not [k for k in chat if k.startswith("gen_ai.")]
+    assert (SECRET in chat.get(sc.INPUT_VALUE, "")) is capture
+    for span in spans.all():
+        everything = repr(attrs(span)) + repr([attrs(e) for e in span.events])
+        assert GATEWAY_KEY not in everything, span.name
+        assert PROVIDER_KEY not in everything, span.name
+        if not capture:
+            assert SECRET not in everything, span.name
 
 
 # --- semconv from every source -------------------------------------------------------------
