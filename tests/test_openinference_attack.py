@@ -163,6 +163,9 @@ async def test_a_reader_that_leaves_early(
     assert set(found) == {"cascade.run", "cascade.tier t", "chat m"}
     for name, codes in found.items():
         assert StatusCode.UNSET not in codes, (name, found)
+    for span in spans.all():  # an error says what it was (here: the reader left)
+        if span.status.status_code is StatusCode.ERROR:
+            assert span.status.description, span.name
 
 
 @pytest.mark.parametrize("mode", ["buffered", "speculative"])
