@@ -430,7 +430,7 @@ class AttemptTrace:
                 ending = self._ending = {}
             ending[sc.ERROR_TYPE] = kind
             ending[sc.CASCADE_OUTCOME] = "failed"
-            span.set_status(Status(StatusCode.ERROR, message[:MAX_TEXT]))
+            span.set_status(Status(StatusCode.ERROR, message[:MAX_TEXT] or kind))
         self.end()
 
     def lost(self, winner: str) -> None:

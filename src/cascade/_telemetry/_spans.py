@@ -214,7 +214,9 @@ class RunTrace:
                         sc.CASCADE_TIER_PATH: _tier_path(attempts),
                     }
                 )
-                span.set_status(Status(StatusCode.ERROR, str(exc)[:MAX_TEXT]))
+                # A cancellation's message is often empty: the status says it was one.
+                message = str(exc)[:MAX_TEXT] or error_type(exc)
+                span.set_status(Status(StatusCode.ERROR, message))
             self._detach()
             span.end()
         if not structlog.is_configured():
