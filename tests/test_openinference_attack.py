@@ -8,6 +8,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from cascade import Cascade, CascadeError, ConfigError, Delta, Finished
+from cascade import Cascade, CascadeError, Config, ConfigError, Delta, Finished
 from cascade._telemetry import _semconv as sc
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
@@ -346,3 +347,35 @@ def test_an_answer_with_a_lone_surrogate_is_exportable() -> None:
     assert out[sc.OUTPUT_VALUE] == "a ? b"
     two = _conventions.output_attributes((one, one), _attempts._output_messages((one, one)))
     assert json.loads(two[sc.OUTPUT_VALUE])[1]["parts"][0]["content"] == "a ? b"
+
+
+# --- llm.provider is the host, llm.system the API ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "base_url", "system", "hosting"),
+    [
+        ("openai", "https://api.openai.com/v1", "openai", "openai"),
+        ("openai", "https://my-res.openai.azure.com/openai/v1", "openai", "azure"),
+        ("openai", "https://api.groq.com/openai/v1", "openai", "groq"),
+        ("openai", "https://api.together.xyz/v1", "openai", "together"),
+        ("openai", "https://API.DeepSeek.com/v1", "openai", "deepseek"),
+        ("openai", "http://127.0.0.1:8000/v1", "openai", None),  # vLLM, say: not OpenAI
+        ("openai", "https://notapi.openai.com.evil.example/v1", "openai", None),
+        ("openai", "https://evilapi.openai.com/v1", "openai", None),  # a label boundary
+        ("anthropic", "https://api.anthropic.com", "anthropic", "anthropic"),
+        ("anthropic", "http://localhost:9/", "anthropic", None),
+    ],
+)
+def test_llm_provider_names_the_host(
+    kind: str, base_url: str, system: str, hosting: str | None
+) -> None:
+    """OpenInference: ``llm.system`` is the API (the provider's kind), ``llm.provider`` the
+    hosting provider, one of the well-known values when the host is theirs, else left
+    out (as OpenInference's own OpenAI instrumentation does)."""
+    config = Config.from_dict({"tiers": [tier("t", provider("p", base_url, "m", kind=kind))]})
+    c = Cascade(config, semconv=("openinference",), environ={})
+    one = SimpleNamespace(name="p", model="m", config=config.tiers[0].providers[0])
+    info = c._telemetry.provider_info(SimpleNamespace(index=1, name="t"), one)
+    assert info.span_attrs[sc.LLM_SYSTEM] == system
+    assert info.span_attrs.get(sc.LLM_PROVIDER) == hosting
