@@ -92,9 +92,11 @@ class ProviderInfo:
             sc.GEN_AI_PROVIDER_NAME: config.kind,
             sc.GEN_AI_REQUEST_MODEL: provider.model,
         }
+        host = None
         if config.base_url:
             # Host and port only: a URL's user info or query may hold a credential.
             url = urlsplit(config.base_url)
+            host = url.hostname
             if url.hostname:
                 base[sc.SERVER_ADDRESS] = url.hostname
                 try:
@@ -113,7 +115,7 @@ class ProviderInfo:
         if not gen_ai:
             self.span_attrs = conventions.without_gen_ai(self.span_attrs)
         if openinference:
-            self.span_attrs.update(conventions.call_attributes(config.kind, provider.model))
+            self.span_attrs.update(conventions.call_attributes(config.kind, provider.model, host))
         self.cost_key = (tier.name, provider.name, provider.model)
         self.cost_attrs = {
             sc.CASCADE_TIER_NAME: tier.name,
