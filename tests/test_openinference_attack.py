@@ -379,3 +379,26 @@ def test_llm_provider_names_the_host(
     info = c._telemetry.provider_info(SimpleNamespace(index=1, name="t"), one)
     assert info.span_attrs[sc.LLM_SYSTEM] == system
     assert info.span_attrs.get(sc.LLM_PROVIDER) == hosting
+
+
+async def test_metrics_keep_their_names_without_gen_ai_spans(
+    spans: Spans, openai_server: FakeOpenAIServer
+) -> None:
+    """``semconv=("openinference",)`` changes span attributes only: the metrics (which
+    OpenInference has no conventions for) are recorded as with the default."""
+    openai_server.script("m", Reply(text=ANSWER, input_tokens=10, output_tokens=5))
+    config = {"tiers": [tier("t", provider("p", openai_server.url, "m"))]}
+    async with spans.cascade(config, semconv=("openinference",)) as c:
+        result = await c.run(messages=USER)
+    data = spans.reader.get_metrics_data()
+    assert data is not None
+    points = {
+        m.name: list(m.data.data_points)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+    }
+    (duration,) = points[sc.GEN_AI_CLIENT_OPERATION_DURATION]
+    assert dict(duration.attributes or {})[sc.GEN_AI_REQUEST_MODEL] == "m"
+    assert sorted(p.sum for p in points[sc.GEN_AI_CLIENT_TOKEN_USAGE]) == [5, 10]
+    assert sum(p.value for p in points[sc.METRIC_COST]) == pytest.approx(result.cost_usd)
