@@ -97,8 +97,8 @@ class ProviderInfo:
             # Host and port only: a URL's user info or query may hold a credential.
             url = urlsplit(config.base_url)
             host = url.hostname
-            if url.hostname:
-                base[sc.SERVER_ADDRESS] = url.hostname
+            if host:
+                base[sc.SERVER_ADDRESS] = host
                 try:
                     port = url.port
                 except ValueError:
