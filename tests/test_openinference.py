@@ -122,7 +122,7 @@ async def test_escalated_run_with_both_conventions(openai_server: FakeOpenAIServ
         assert chat.status.code == OK, name  # a rejected answer is a call that went fine
         assert a[sc.OPENINFERENCE_SPAN_KIND] == "LLM"
         assert a[sc.LLM_MODEL_NAME] == model  # the fake server answers as the model asked
-        assert a[sc.LLM_PROVIDER] == "openai"
+        assert sc.LLM_PROVIDER not in a  # a server on loopback: no well-known host
         assert a[sc.LLM_SYSTEM] == "openai"
         prompt, completion = a[sc.LLM_TOKEN_COUNT_PROMPT], a[sc.LLM_TOKEN_COUNT_COMPLETION]
         assert prompt == a[sc.GEN_AI_USAGE_INPUT_TOKENS]
@@ -159,7 +159,7 @@ async def test_openinference_alone_drops_the_gen_ai_span_attributes(
             assert not [k for k in attributes(event) if k.startswith("gen_ai.")]
     by = named(spans)
     large = attributes(by["chat ml"])
-    assert large[sc.LLM_PROVIDER] == "anthropic"
+    assert sc.LLM_PROVIDER not in large  # the hosting provider: loopback is none known
     assert large[sc.LLM_SYSTEM] == "anthropic"
     assert large[sc.LLM_TOKEN_COUNT_TOTAL] > 0
     assert large[sc.SERVER_ADDRESS] == "127.0.0.1"  # not a GenAI name: kept

@@ -7,7 +7,7 @@ once per provider and reused, so a call that is not traced allocates nothing for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
@@ -23,7 +23,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from ..resilience.breaker import CircuitOpen
 from . import _conventions as conventions
 from . import _semconv as sc
-from ._content import verdict_reason
+from ._content import utf8, verdict_reason
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -92,11 +92,13 @@ class ProviderInfo:
             sc.GEN_AI_PROVIDER_NAME: config.kind,
             sc.GEN_AI_REQUEST_MODEL: provider.model,
         }
+        host = None
         if config.base_url:
             # Host and port only: a URL's user info or query may hold a credential.
             url = urlsplit(config.base_url)
-            if url.hostname:
-                base[sc.SERVER_ADDRESS] = url.hostname
+            host = url.hostname
+            if host:
+                base[sc.SERVER_ADDRESS] = host
                 try:
                     port = url.port
                 except ValueError:
@@ -113,7 +115,7 @@ class ProviderInfo:
         if not gen_ai:
             self.span_attrs = conventions.without_gen_ai(self.span_attrs)
         if openinference:
-            self.span_attrs.update(conventions.call_attributes(config.kind, provider.model))
+            self.span_attrs.update(conventions.call_attributes(config.kind, provider.model, host))
         self.cost_key = (tier.name, provider.name, provider.model)
         self.cost_attrs = {
             sc.CASCADE_TIER_NAME: tier.name,
@@ -197,20 +199,37 @@ def start_attempt(
 
 
 def _input_messages(messages: Sequence[Message]) -> str:
+    try:
+        return _encode_input(messages, str)
+    except UnicodeEncodeError:  # captured content never fails a run
+        return _encode_input(messages, utf8)
+
+
+def _encode_input(messages: Sequence[Message], text: Callable[[str], str]) -> str:
     return _encode(
-        [{"role": m.role, "parts": [{"type": "text", "content": m.content}]} for m in messages]
+        [
+            {"role": text(m.role), "parts": [{"type": "text", "content": text(m.content)}]}
+            for m in messages
+        ]
     ).decode()
 
 
 def _output_messages(completions: Sequence[Completion]) -> str:
+    try:
+        return _encode_output(completions, str)
+    except UnicodeEncodeError:
+        return _encode_output(completions, utf8)
+
+
+def _encode_output(completions: Sequence[Completion], text: Callable[[str], str]) -> str:
     messages = []
     for c in completions:
         message: dict[str, Any] = {
             "role": "assistant",
-            "parts": [{"type": "text", "content": c.text}],
+            "parts": [{"type": "text", "content": text(c.text)}],
         }
         if c.finish_reason is not None:
-            message["finish_reason"] = c.finish_reason
+            message["finish_reason"] = text(c.finish_reason)
         messages.append(message)
     return _encode(messages).decode()
 
@@ -294,12 +313,25 @@ class AttemptTrace:
             return
         instruments = tel.instruments
         assert instruments is not None
+        config = info.config
         in_tokens, out_tokens = completion.input_tokens, completion.output_tokens
-        cost = info.config.cost_usd(in_tokens, out_tokens)
+        cache_read, cache_write = completion.cache_read_tokens, completion.cache_write_tokens
+        # Priced as the run charges it (RunState.charge): cached prompt tokens at the
+        # cache prices, so the span, the cost metric and the Result agree.
+        cost = config.cost_usd(
+            in_tokens, out_tokens, cache_read_tokens=cache_read, cache_write_tokens=cache_write
+        )
         for c in more:
             in_tokens += c.input_tokens
             out_tokens += c.output_tokens
-            cost += info.config.cost_usd(c.input_tokens, c.output_tokens)
+            cache_read += c.cache_read_tokens
+            cache_write += c.cache_write_tokens
+            cost += config.cost_usd(
+                c.input_tokens,
+                c.output_tokens,
+                cache_read_tokens=c.cache_read_tokens,
+                cache_write_tokens=c.cache_write_tokens,
+            )
         found = info.by_model.get(completion.model)
         op, tokens_in, tokens_out = info.metric_attrs(completion.model) if found is None else found
         instruments.duration.record(completion.latency_s, op)
@@ -332,7 +364,13 @@ class AttemptTrace:
             if info.openinference:
                 attrs.update(
                     conventions.usage_attributes(
-                        info.config, completion.model, in_tokens, out_tokens, cost
+                        config,
+                        completion.model,
+                        in_tokens,
+                        out_tokens,
+                        cost,
+                        cache_read=cache_read,
+                        cache_write=cache_write,
                     )
                 )
             if not info.gen_ai:
@@ -394,7 +432,7 @@ class AttemptTrace:
                 ending = self._ending = {}
             ending[sc.ERROR_TYPE] = kind
             ending[sc.CASCADE_OUTCOME] = "failed"
-            span.set_status(Status(StatusCode.ERROR, message[:MAX_TEXT]))
+            span.set_status(Status(StatusCode.ERROR, message[:MAX_TEXT] or kind))
         self.end()
 
     def lost(self, winner: str) -> None:

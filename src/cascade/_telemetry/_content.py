@@ -12,6 +12,10 @@ escalation's detail names the failing validators (``json_schema: rejected``).
 ``Result.attempts`` and the stream's events keep the full reasons: they go to the caller,
 not to telemetry. Errors (a provider's status and message, a timeout) are not answer
 text and stay as they are.
+
+Captured text goes out as UTF-8 (:func:`utf8`): a lone surrogate, which a Python str may
+hold but no JSON encoder nor OTLP exporter takes, is replaced rather than failing the run
+or the export of every span in its batch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .._types import Attempt, Verdict
 
-__all__ = ["escalation_detail", "verdict_reason"]
+__all__ = ["escalation_detail", "utf8", "verdict_reason"]
 
 
 def verdict_reason(verdict: Verdict, *, capture: bool) -> str:
@@ -45,3 +49,12 @@ def escalation_detail(
             failing = [v.validator for v in a.verdicts if not v.passed]
             return "; ".join(f"{name}: rejected" for name in failing) or "rejected"
     return "rejected"
+
+
+def utf8(text: str) -> str:
+    """``text`` as UTF-8 can carry it: each lone surrogate replaced with ``?``."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode()
+    return text

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
 from . import _semconv as sc
+from ._content import utf8
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -29,6 +30,7 @@ __all__ = [
     "GEN_AI",
     "OPENINFERENCE",
     "call_attributes",
+    "hosting_provider",
     "input_attributes",
     "output_attributes",
     "parse",
@@ -45,9 +47,37 @@ DEFAULT: Final = (GEN_AI,)
 CHAIN: Final = {sc.OPENINFERENCE_SPAN_KIND: sc.SPAN_KIND_CHAIN}
 """A run's and a tier's span kind."""
 
-_PROVIDERS: Final = {"openai": "openai", "anthropic": "anthropic"}
-"""Provider kind -> OpenInference's well-known ``llm.provider`` / ``llm.system`` value;
+_SYSTEMS: Final = {"openai": "openai", "anthropic": "anthropic"}
+"""Provider kind (the API it speaks) -> OpenInference's well-known ``llm.system`` value;
 another kind (``replay``, a plug-in's) is named as it is."""
+
+_HOSTS: Final = {
+    "api.openai.com": "openai",
+    "openai.azure.com": "azure",
+    "services.ai.azure.com": "azure",
+    "cognitiveservices.azure.com": "azure",
+    "api.anthropic.com": "anthropic",
+    "api.cohere.com": "cohere",
+    "api.cohere.ai": "cohere",
+    "api.mistral.ai": "mistralai",
+    "generativelanguage.googleapis.com": "google",
+    "aiplatform.googleapis.com": "google",
+    "amazonaws.com": "aws",
+    "api.x.ai": "xai",
+    "api.deepseek.com": "deepseek",
+    "api.groq.com": "groq",
+    "api.fireworks.ai": "fireworks",
+    "api.moonshot.cn": "moonshot",
+    "api.cerebras.ai": "cerebras",
+    "api.perplexity.ai": "perplexity",
+    "api.together.ai": "together",
+    "api.together.xyz": "together",
+    "ollama.com": "ollama",
+}
+"""Host (or the domain it is under) -> OpenInference's well-known ``llm.provider`` value:
+the hosting provider, which an OpenAI-compatible API (Azure, Groq, a vLLM on loopback)
+often is not OpenAI. Another host has no ``llm.provider``, as in OpenInference's own
+instrumentations."""
 
 
 def parse(value: object, *, path: str) -> tuple[str, ...]:
@@ -87,23 +117,48 @@ def resolve(
     return DEFAULT
 
 
-def call_attributes(kind: str, model: str) -> dict[str, Any]:
-    """What every OpenInference call span of one provider carries."""
-    system = _PROVIDERS.get(kind, kind)
-    return {
+def call_attributes(kind: str, model: str, host: str | None) -> dict[str, Any]:
+    """What every OpenInference call span of one provider carries: ``host`` is its base
+    URL's."""
+    attrs: dict[str, Any] = {
         sc.OPENINFERENCE_SPAN_KIND: sc.SPAN_KIND_LLM,
         sc.LLM_MODEL_NAME: model,
-        sc.LLM_PROVIDER: system,
-        sc.LLM_SYSTEM: system,
+        sc.LLM_SYSTEM: _SYSTEMS.get(kind, kind),
     }
+    hosting = hosting_provider(host)
+    if hosting is not None:
+        attrs[sc.LLM_PROVIDER] = hosting
+    return attrs
+
+
+def hosting_provider(host: str | None) -> str | None:
+    """``llm.provider`` for a base URL's ``host``: a well-known value, or None."""
+    if not host:
+        return None
+    host = host.lower().rstrip(".")
+    found = _HOSTS.get(host)
+    while found is None and "." in host:
+        host = host.split(".", 1)[1]  # the domain it is under, a label at a time
+        found = _HOSTS.get(host)
+    return found
 
 
 def usage_attributes(
-    config: ProviderConfig, model: str, input_tokens: int, output_tokens: int, cost: float
+    config: ProviderConfig,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    cost: float,
+    *,
+    cache_read: int = 0,
+    cache_write: int = 0,
 ) -> dict[str, Any]:
-    """An answered call's model (as the server named it), tokens and cost (USD)."""
+    """An answered call's model (as the server named it), tokens and cost (USD): ``cost``
+    is the call's whole price, cached prompt tokens (``cache_read`` / ``cache_write``, part
+    of ``input_tokens``) priced at the cache prices; those are detailed when there are
+    any."""
     completion_cost = output_tokens * config.output_cost_per_mtok / 1_000_000
-    return {
+    attrs: dict[str, Any] = {
         sc.LLM_MODEL_NAME: model,
         sc.LLM_TOKEN_COUNT_PROMPT: input_tokens,
         sc.LLM_TOKEN_COUNT_COMPLETION: output_tokens,
@@ -112,6 +167,15 @@ def usage_attributes(
         sc.LLM_COST_COMPLETION: completion_cost,
         sc.LLM_COST_TOTAL: cost,
     }
+    if cache_read or cache_write:
+        read_price, write_price = config.cache_prices()
+        if cache_read:
+            attrs[sc.LLM_TOKEN_COUNT_CACHE_READ] = cache_read
+            attrs[sc.LLM_COST_CACHE_READ] = cache_read * read_price / 1_000_000
+        if cache_write:
+            attrs[sc.LLM_TOKEN_COUNT_CACHE_WRITE] = cache_write
+            attrs[sc.LLM_COST_CACHE_WRITE] = cache_write * write_price / 1_000_000
+    return attrs
 
 
 def input_attributes(messages_json: str) -> dict[str, str]:
@@ -123,7 +187,7 @@ def output_attributes(completions: Sequence[Completion], messages_json: str) -> 
     """A call's answer, for content capture: its text, or with several choices the GenAI
     output messages' JSON."""
     if len(completions) == 1:
-        return {sc.OUTPUT_VALUE: completions[0].text, sc.OUTPUT_MIME_TYPE: sc.MIME_TEXT}
+        return {sc.OUTPUT_VALUE: utf8(completions[0].text), sc.OUTPUT_MIME_TYPE: sc.MIME_TEXT}
     return {sc.OUTPUT_VALUE: messages_json, sc.OUTPUT_MIME_TYPE: sc.MIME_JSON}
 
 

@@ -95,7 +95,9 @@ class Telemetry:
         if self.enabled:
             self.instruments = instruments_for(meter_provider, __version__)
             self.instruments.watch(self)
-        self._providers: dict[str, ProviderInfo] = {}
+        self._providers: dict[tuple[int, str], ProviderInfo] = {}
+        """By (tier index, provider name): the router's calls (tier 0) go to a provider of
+        a tier, and carry the router's tier, not that one."""
         self._breakers: Callable[[], Mapping[str, Any]] = dict
 
     def __repr__(self) -> str:
@@ -143,9 +145,10 @@ class Telemetry:
             span.add_event(sc.EVENT_QUALITY_CHANGE, attrs)
 
     def provider_info(self, tier: TierLike, provider: ProviderLike) -> ProviderInfo:
-        info = self._providers.get(provider.name)
+        key = (tier.index, provider.name)
+        info = self._providers.get(key)
         if info is None:
-            info = self._providers[provider.name] = ProviderInfo(
+            info = self._providers[key] = ProviderInfo(
                 tier, provider, gen_ai=self.gen_ai, openinference=self.openinference
             )
         return info

@@ -214,7 +214,9 @@ class RunTrace:
                         sc.CASCADE_TIER_PATH: _tier_path(attempts),
                     }
                 )
-                span.set_status(Status(StatusCode.ERROR, str(exc)[:MAX_TEXT]))
+                # A cancellation's message is often empty: the status says it was one.
+                message = str(exc)[:MAX_TEXT] or error_type(exc)
+                span.set_status(Status(StatusCode.ERROR, message))
             self._detach()
             span.end()
         if not structlog.is_configured():
@@ -311,10 +313,12 @@ class TierTrace:
         if run is None or run._tel is None:
             return NOOP_ATTEMPT
         tel = run._tel
-        info = tel._providers.get(provider.name)
+        tier = self.tier
+        assert tier is not None
+        key = (tier.index, provider.name)
+        info = tel._providers.get(key)
         if info is None:
-            assert self.tier is not None
-            info = tel.provider_info(self.tier, provider)
+            info = tel.provider_info(tier, provider)
         if self.span is None:  # the run is not traced: metrics only
             call = AttemptTrace(tel, info, None, None)
         else:
@@ -322,8 +326,7 @@ class TierTrace:
             call = start_attempt(
                 tel, info, messages, options, self.span, number, retry, None, hedge=hedge
             )
-        assert self.tier is not None
-        run._calls[(self.tier.index, provider.name)] = call
+        run._calls[key] = call
         return call
 
     def retry(self, provider: str, exc: BaseException, wait_s: float, *, retry: int) -> None:
