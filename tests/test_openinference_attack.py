@@ -338,14 +338,14 @@ def test_an_answer_with_a_lone_surrogate_is_exportable() -> None:
     """A plug-in provider's answer may hold a lone surrogate: with content capture its
     text goes on the span replaced, never as a str the OTLP exporter cannot encode."""
     from cascade import Completion
-    from cascade._telemetry import _attempts, _conventions
+    from cascade._telemetry import _content, _conventions
 
     one = Completion(text="a \ud800 b", provider="p", model="m", finish_reason="stop")
-    answer = _attempts._output_messages((one,))
+    answer = _content.output_messages((one,))
     assert json.loads(answer)[0]["parts"][0]["content"] == "a ? b"
     out = _conventions.output_attributes((one,), answer)
     assert out[sc.OUTPUT_VALUE] == "a ? b"
-    two = _conventions.output_attributes((one, one), _attempts._output_messages((one, one)))
+    two = _conventions.output_attributes((one, one), _content.output_messages((one, one)))
     assert json.loads(two[sc.OUTPUT_VALUE])[1]["parts"][0]["content"] == "a ? b"
 
 

@@ -7,14 +7,13 @@ once per provider and reused, so a call that is not traced allocates nothing for
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextvars import Token
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-import msgspec
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -23,7 +22,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from ..resilience.breaker import CircuitOpen
 from . import _conventions as conventions
 from . import _semconv as sc
-from ._content import utf8, verdict_reason
+from ._content import input_messages, output_messages, verdict_reason
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -35,7 +34,6 @@ __all__ = ["NOOP_ATTEMPT", "AttemptTrace", "ProviderInfo", "error_type", "start_
 MAX_TEXT = 500  # reasons and error messages on spans are cut here
 _CIRCUIT_OPEN = CircuitOpen.__name__
 _OK = Status(StatusCode.OK)
-_encode = msgspec.json.Encoder().encode
 
 
 class TierLike(Protocol):
@@ -186,7 +184,7 @@ def start_attempt(
     if options.variant is not None:
         attrs[sc.CASCADE_VARIANT] = options.variant
     if tel.capture_content:
-        attrs[sc.GEN_AI_INPUT_MESSAGES] = prompt = _input_messages(messages)
+        attrs[sc.GEN_AI_INPUT_MESSAGES] = prompt = input_messages(messages)
         if info.openinference:
             attrs.update(conventions.input_attributes(prompt))
     if not info.gen_ai:
@@ -196,42 +194,6 @@ def start_attempt(
     # HTTP client) nest under it.
     token = otel_context.attach(trace.set_span_in_context(span))
     return AttemptTrace(tel, info, span, token)
-
-
-def _input_messages(messages: Sequence[Message]) -> str:
-    try:
-        return _encode_input(messages, str)
-    except UnicodeEncodeError:  # captured content never fails a run
-        return _encode_input(messages, utf8)
-
-
-def _encode_input(messages: Sequence[Message], text: Callable[[str], str]) -> str:
-    return _encode(
-        [
-            {"role": text(m.role), "parts": [{"type": "text", "content": text(m.content)}]}
-            for m in messages
-        ]
-    ).decode()
-
-
-def _output_messages(completions: Sequence[Completion]) -> str:
-    try:
-        return _encode_output(completions, str)
-    except UnicodeEncodeError:
-        return _encode_output(completions, utf8)
-
-
-def _encode_output(completions: Sequence[Completion], text: Callable[[str], str]) -> str:
-    messages = []
-    for c in completions:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "parts": [{"type": "text", "content": text(c.text)}],
-        }
-        if c.finish_reason is not None:
-            message["finish_reason"] = text(c.finish_reason)
-        messages.append(message)
-    return _encode(messages).decode()
 
 
 class AttemptTrace:
@@ -357,7 +319,7 @@ class AttemptTrace:
             if ttft is not None:
                 attrs[sc.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = ttft
             if tel.capture_content:
-                answer = _output_messages((completion, *more))
+                answer = output_messages((completion, *more))
                 attrs[sc.GEN_AI_OUTPUT_MESSAGES] = answer
                 if info.openinference:
                     attrs.update(conventions.output_attributes((completion, *more), answer))

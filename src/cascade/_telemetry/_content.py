@@ -20,13 +20,17 @@ or the export of every span in its batch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 if TYPE_CHECKING:
-    from .._types import Attempt, Verdict
+    from .._types import Attempt, Completion, Message, Verdict
 
-__all__ = ["escalation_detail", "utf8", "verdict_reason"]
+__all__ = ["escalation_detail", "input_messages", "output_messages", "utf8", "verdict_reason"]
+
+_encode = msgspec.json.Encoder().encode
 
 
 def verdict_reason(verdict: Verdict, *, capture: bool) -> str:
@@ -58,3 +62,41 @@ def utf8(text: str) -> str:
     except UnicodeEncodeError:
         return text.encode("utf-8", "replace").decode()
     return text
+
+
+def input_messages(messages: Sequence[Message]) -> str:
+    """Captured prompts, as the GenAI conventions' ``gen_ai.input.messages`` JSON."""
+    try:
+        return _encode_input(messages, str)
+    except UnicodeEncodeError:  # captured content never fails a run
+        return _encode_input(messages, utf8)
+
+
+def _encode_input(messages: Sequence[Message], text: Callable[[str], str]) -> str:
+    return _encode(
+        [
+            {"role": text(m.role), "parts": [{"type": "text", "content": text(m.content)}]}
+            for m in messages
+        ]
+    ).decode()
+
+
+def output_messages(completions: Sequence[Completion]) -> str:
+    """Captured answers, as ``gen_ai.output.messages`` JSON."""
+    try:
+        return _encode_output(completions, str)
+    except UnicodeEncodeError:
+        return _encode_output(completions, utf8)
+
+
+def _encode_output(completions: Sequence[Completion], text: Callable[[str], str]) -> str:
+    messages = []
+    for c in completions:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "parts": [{"type": "text", "content": text(c.text)}],
+        }
+        if c.finish_reason is not None:
+            message["finish_reason"] = text(c.finish_reason)
+        messages.append(message)
+    return _encode(messages).decode()
