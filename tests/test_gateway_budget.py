@@ -187,6 +187,41 @@ async def test_an_unknown_model_without_a_key_is_401_not_404(
             await good.close()
 
 
+async def test_models_ask_for_a_valid_key_as_the_other_v1_routes_and_probes_do_not(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    """With gateway keys, ``GET /v1/models`` (and one model) is a 401 without a valid key,
+    as OpenAI's is; ``/healthz`` and ``/readyz`` are probes: no key."""
+    cfg = config(fleet.url, key("team", KEY), gateway={"routes": [{"name": "only"}]})
+    async with serving(write_config(tmp_path / "c.toml", cfg)) as gw:
+        good, bad = client(gw.base_url, KEY), client(gw.base_url, "sk-wrong-wrong-wrong")
+        try:
+            assert [m.id for m in (await good.models.list()).data] == ["only"]
+            assert (await good.models.retrieve("only")).id == "only"
+            with pytest.raises(openai.NotFoundError):
+                await good.models.retrieve("secret-route")
+            with pytest.raises(openai.AuthenticationError) as listed:
+                await bad.models.list()
+            assert listed.value.code == "invalid_api_key"
+            with pytest.raises(openai.AuthenticationError):
+                await bad.models.retrieve("only")
+            with pytest.raises(openai.AuthenticationError):
+                await bad.models.retrieve("secret-route")  # 401 first: no route names leak
+        finally:
+            await good.close()
+            await bad.close()
+        root = gw.base_url.removesuffix("/v1")
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{gw.base_url}/models") as response:
+                assert response.status == 401
+                body = await response.json()
+                assert body["error"]["code"] == "missing_api_key"
+            for probe in ("/healthz", "/readyz"):
+                async with session.get(root + probe) as response:
+                    assert response.status == 200
+    assert fleet.request_count == 0
+
+
 async def test_a_client_that_leaves_is_settled_at_its_reservation(
     tmp_path: Path, fleet: FakeOpenAIServer
 ) -> None:

@@ -1,5 +1,5 @@
 """``cascade serve``'s log lines are written by a thread: a reader that stalls drops lines
-(counted, then reported), it never blocks the writer."""
+(counted, then reported), it never blocks the writer; lines are msgspec-rendered JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import io
 import json
 import threading
 
-from cascade.gateway._log_writer import LineWriter
+import structlog
+
+from cascade.gateway._log_writer import LineWriter, render_json
 
 
 class Stalled(io.StringIO):
@@ -49,3 +51,33 @@ def test_lines_keep_their_order_and_close_writes_them_all() -> None:
     writer.close()
     assert out.getvalue().splitlines() == [str(i) for i in range(1000)]
     assert writer.dropped == 0
+
+
+def test_a_line_is_written_without_a_close_or_a_wake_up_per_line() -> None:
+    """The thread flushes on its own timer: no write wakes it (nor takes a lock)."""
+    out = io.StringIO()
+    writer = LineWriter(out, flush_interval_s=0.01)
+    try:
+        writer.write("one\n")
+        for _ in range(1000):  # the thread's own timer, whatever the machine's load
+            if out.getvalue():
+                break
+            threading.Event().wait(0.01)
+        assert out.getvalue() == "one\n"
+    finally:
+        writer.close()
+
+
+def test_the_writer_is_the_structlog_logger_and_lines_are_json() -> None:
+    out = io.StringIO()
+    writer = LineWriter(out)
+    log = structlog.wrap_logger(writer, processors=[render_json])
+    log.info("gateway.request", status=200, route="json", cost_usd=0.5, odd={1: object()})
+    log.warning("cascade.route", big=2**70)  # past msgspec's 64 bits: the stdlib's way
+    writer.close()
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["event"] == "gateway.request"
+    assert first["status"] == 200
+    assert first["cost_usd"] == 0.5
+    assert first["odd"]["1"].startswith("<object object")  # repr, as structlog's renderer
+    assert second == {"event": "cascade.route", "big": 2**70}

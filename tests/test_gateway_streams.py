@@ -10,6 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -129,6 +130,46 @@ async def test_speculative_a_failure_before_any_text_is_not_shown(
     assert text == "A whole answer."
     cascade = [(ch.model_extra or {}).get("cascade") or {} for ch in chunks]
     assert not [c for c in cascade if "retracted" in c]
+
+
+async def test_speculative_headers_name_the_route_and_the_last_chunk_says_what_happened(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A speculative stream's headers go out with its first text, before the tier that
+    will answer is known: they carry the mode and the route only. What happened (tier,
+    model, cost, attempts) is the ``cascade`` field of the last chunk, on both APIs.
+    (The answer trickles in, so that its first text goes out before its end.)"""
+    openai_server.script("m-primary", Reply(status=503))
+    slow = Reply(text="A whole answer.", chunk_chars=3, chunk_delay_s=0.2)
+    openai_server.script("m-fallback", slow)
+    path = write_config(tmp_path / "c.toml", failover(openai_server.url, "speculative"))
+    async with (
+        serving(path) as g,
+        openai.AsyncOpenAI(base_url=g.base_url, api_key="k", max_retries=0) as c,
+        anthropic.AsyncAnthropic(base_url=g.url, api_key="k", max_retries=0) as a,
+    ):
+        raw = await c.chat.completions.with_raw_response.create(
+            model="cascade", messages=HI, stream=True
+        )  # type: ignore[call-overload]
+        assert raw.headers["x-cascade-mode"] == "speculative"
+        assert raw.headers["x-cascade-route"] == "cascade"
+        assert "x-cascade-tier" not in raw.headers
+        assert "x-cascade-model" not in raw.headers
+        chunks = [chunk async for chunk in raw.parse()]
+        summary = (chunks[-1].model_extra or {})["cascade"]
+        assert summary["tier"] == 1
+        assert summary["provider"] == "fallback"
+        assert summary["model"] == "m-fallback"
+        assert summary["attempts"] == 2
+        assert [p["outcome"] for p in summary["path"]] == ["failed", "accepted"]
+
+        events = await a.messages.with_raw_response.create(
+            model="cascade", max_tokens=64, messages=HI, stream=True
+        )
+        assert events.headers["x-cascade-mode"] == "speculative"
+        assert "x-cascade-tier" not in events.headers
+        last_delta = [e async for e in await events.parse() if e.type == "message_delta"][-1]
+        assert (last_delta.model_extra or {})["cascade"]["provider"] == "fallback"
 
 
 async def test_a_stream_never_ends_as_a_success_without_its_last_chunk(

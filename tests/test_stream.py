@@ -9,6 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 import cascade
 from cascade import (
@@ -442,3 +443,25 @@ async def test_a_reader_slower_than_timeout_s_is_not_a_provider_timeout(
         assert last.result.text == text
         assert [a.outcome for a in stream.attempts] == ["accepted"]
         assert c.breakers["a"].fail_counter == 0
+
+
+async def test_the_reader_takes_the_result_before_the_run_writes_its_record(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """The last event reaches the reader before the run's span and routing record are
+    written (a gateway answers its client first); leaving the stream then waits for that
+    bookkeeping, and cancels nothing."""
+    openai_server.script("m1", Reply(text=ANSWER))
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+        with capture_logs() as logs:
+            async with c.stream(messages=USER) as stream:
+                async for event in stream:
+                    if isinstance(event, Finished):
+                        break
+                routes = [e for e in logs if e["event"] == "cascade.route"]
+                assert routes == []  # not yet: the reader came first
+            records = [e for e in logs if e["event"] == "cascade.route"]
+    assert len(records) == 1
+    assert records[0]["outcome"] == "accepted"
+    assert records[0]["latency_s"] == round(event.result.latency_s, 6)  # the result's own
+    assert [a.outcome for a in stream.attempts] == ["accepted"]

@@ -159,7 +159,7 @@ def _access_log_to_stdout() -> LineWriter:
     (the routing record) to standard output, with trace ids; never keys or message text.
     The lines are written by a thread: a slow reader of the output drops lines (counted),
     it never holds a request."""
-    from .gateway._log_writer import LineWriter
+    from .gateway._log_writer import LineWriter, render_json
 
     writer = LineWriter(sys.stdout)
     structlog.configure(
@@ -168,10 +168,10 @@ def _access_log_to_stdout() -> LineWriter:
             structlog.processors.TimeStamper(fmt="iso"),
             add_trace_ids,
             structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            render_json,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=structlog.PrintLoggerFactory(writer),  # type: ignore[arg-type]
+        logger_factory=lambda *args: writer,  # the writer is the logger: a line, queued
         cache_logger_on_first_use=True,
     )
     return writer

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextvars import Token
-from time import perf_counter
+from time import perf_counter, time_ns
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,7 @@ class RunTrace:
 
     __slots__ = (
         "_calls",
+        "_ended_ns",
         "_escalations",
         "_result",
         "_route",
@@ -90,6 +91,9 @@ class RunTrace:
         self._t0 = perf_counter()
         self._escalations: list[str] = []
         self._result: Result | None = None
+        self._ended_ns: int | None = None
+        """When the Finished event came: the run's span ends then, though the reader
+        of a stream takes the result before the span is ended."""
         self._route: Routed | None = None
         self._calls: dict[tuple[int, str], AttemptTrace] = {}
         """The spans of the calls under way, by (tier, provider): each is ended by its
@@ -123,6 +127,7 @@ class RunTrace:
             self.escalated(event)  # type: ignore[arg-type]
         elif kind is Finished:
             self._result = event.result  # type: ignore[union-attr]
+            self._ended_ns = time_ns()
         elif kind is Routed:
             self.routed(event)  # type: ignore[arg-type]
 
@@ -218,7 +223,7 @@ class RunTrace:
                 message = str(exc)[:MAX_TEXT] or error_type(exc)
                 span.set_status(Status(StatusCode.ERROR, message))
             self._detach()
-            span.end()
+            span.end(self._ended_ns)
         if not structlog.is_configured():
             return  # unconfigured structlog prints to stdout: see _logs.py
         try:
@@ -228,7 +233,8 @@ class RunTrace:
                 self.attempts,
                 options=self.options,
                 escalations=self._escalations,
-                latency_s=perf_counter() - self._t0,
+                # the result's own: the reader may have taken it before this record
+                latency_s=perf_counter() - self._t0 if result is None else result.latency_s,
                 route=self._route,
                 span=span,
             )

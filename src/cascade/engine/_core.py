@@ -115,6 +115,10 @@ class Engine:
                     self._cut_off(run, plan.msgs, exc, "cancelled")
                     raise
                 run.emit(end)
+                if sink is not NO_SINK:
+                    # A reader takes the result before the run's span and routing record
+                    # are written (a gateway sends its response first): one loop turn.
+                    await asyncio.sleep(0)
         except RunError as exc:
             end = Failed(error=exc)
             sink.emit(end)

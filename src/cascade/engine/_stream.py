@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .._types import Attempt
-from ._events import Delta, Event, StreamMode
+from ._events import Delta, Event, Failed, Finished, StreamMode
 
 __all__ = ["NO_SINK", "Sink", "Stream"]
 
@@ -76,6 +76,7 @@ class Stream:
     __slots__ = (
         "_attempts",
         "_drained",
+        "_ended",
         "_events",
         "_queued",
         "_raised",
@@ -99,6 +100,7 @@ class Stream:
         self._task: asyncio.Task[object] | None = None
         self._attempts: Sequence[Attempt] = ()
         self._raised = False
+        self._ended = False  # the last event was emitted: the run is only bookkeeping
 
     def __repr__(self) -> str:
         task = self._task
@@ -124,6 +126,9 @@ class Stream:
 
     def emit(self, event: Event) -> None:
         self._events.append(event)
+        kind = type(event)
+        if kind is Finished or kind is Failed:
+            self._ended = True
         ready = self._ready
         if ready is not None and not ready.done():
             ready.set_result(None)
@@ -199,11 +204,12 @@ class Stream:
 
     async def aclose(self) -> None:
         """Cancel the run if it is still going, and wait until it has recorded its
-        attempts and returned its connections."""
+        attempts and returned its connections. A run that has emitted its last event is
+        not cancelled: it is writing its span and routing record."""
         task = self._task
         if task is None:
             return
-        if not task.done():
+        if not task.done() and not self._ended:
             task.cancel()
         interrupted: BaseException | None = None
         while not task.done():

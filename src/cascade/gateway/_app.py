@@ -1,7 +1,8 @@
 """The gateway's aiohttp application: a ``POST`` route per wire format (``_chat.py``),
-``GET /v1/models``, ``/healthz`` and ``/readyz``, and every routing error (404, 405,
-413) in the error format of the API its path belongs to. Requests a browser made for
-another site are refused first (``_guard.py``)."""
+``GET /v1/models`` (a valid key asked for, when keys are configured), ``/healthz`` and
+``/readyz`` (never a key: probes), and every routing error (404, 405, 413) in the error
+format of the API its path belongs to. Requests a browser made for another site are
+refused first (``_guard.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from ._anthropic_wire import AnthropicWire
 from ._chat import chat_handler
 from ._errors import GatewayError
+from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
 from ._guard import guard_middleware
 from ._openai_wire import OpenAIWire
@@ -62,6 +64,8 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
 
 
 async def _models(request: web.Request) -> web.Response:
+    """The route names: with gateway keys, for a valid key only (401), as OpenAI's."""
+    check_key(request.app[GATEWAY].gate, request.headers)
     generation = request.app[GATEWAY].generation
     created = int(time.time())
     data = [
@@ -72,7 +76,9 @@ async def _models(request: web.Request) -> web.Response:
 
 
 async def _model(request: web.Request) -> web.Response:
-    """One model name: any a route claims, or (with a default route) any at all."""
+    """One model name: any a route claims, or (with a default route) any at all; with
+    gateway keys, for a valid key only (401 before the 404 of an unknown name)."""
+    check_key(request.app[GATEWAY].gate, request.headers)
     name = request.match_info["model"]
     if request.app[GATEWAY].generation.find(name) is None:
         raise GatewayError(

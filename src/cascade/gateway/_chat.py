@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass
 from time import perf_counter
@@ -298,6 +298,7 @@ async def _json(
     async for event in stream:
         if type(event) is Finished or type(event) is Failed:
             end = event
+            break  # the last event: answered before the run writes its record
     if isinstance(end, Failed):
         raise from_run_error(end.error)
     if end is None:
@@ -333,7 +334,13 @@ async def _sse(
     response: web.StreamResponse | None = None
     pending: list[bytes] = []  # rendered, not yet written
     try:
-        async with aclosing(wire.sse(_tap(stream, seen), req, info)) as chunks:
+        # Both generators closed here: a format's generator returns at the run's last
+        # event, and a ``_tap`` left suspended would be closed by the garbage collector's
+        # hook, through the loop's self-pipe (a syscall and a wake-up more per request).
+        async with (
+            aclosing(_tap(stream, seen)) as events,
+            aclosing(wire.sse(events, req, info)) as chunks,
+        ):
             async for data in chunks:
                 pending.append(data)
                 if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
@@ -377,10 +384,19 @@ async def _prepare(
     headers = _sse_headers(stream, route, seen)
     if info.trace_id is not None:
         headers["x-cascade-trace-id"] = info.trace_id
-    response = web.StreamResponse(headers=headers)
+    response = _EventStream(headers=headers)
     access.response = response
     await send(request, response, timeout_s=timeout_s)
     return response
+
+
+class _EventStream(web.StreamResponse):
+    """A stream whose status line and headers go out with its first bytes, in one
+    write (as aiohttp's ``web.Response`` sends them): ``prepare`` is always followed by a
+    write here, and two writes would wake the client twice (two TCP segments)."""
+
+    # aiohttp 3.14 reads it in prepare() (a version without it sends them at once).
+    _send_headers_immediately = False
 
 
 async def _write(
@@ -398,7 +414,7 @@ async def _write(
     await send(request, response, data, last=last, timeout_s=timeout_s)
 
 
-async def _tap(stream: Stream, seen: _Seen) -> AsyncIterator[Event]:
+async def _tap(stream: Stream, seen: _Seen) -> AsyncGenerator[Event, None]:
     """The run's events for the wire format, noting the first text and the end; the
     ``Failed`` event ends the iteration instead (the app renders the error)."""
     async for event in stream:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 
 from aiohttp import web
 from yarl import URL
@@ -34,6 +35,9 @@ def _refused(message: str, code: str) -> GatewayError:
     return GatewayError(403, message, code=code, should_retry=False)
 
 
+# Parsed once per distinct value (a few per deployment; bounded against a client that
+# sends a new one each time): yarl and ipaddress cost more than the rest of the checks.
+@lru_cache(maxsize=256)
 def _authority(scheme: str, host: str) -> tuple[str, int | None] | None:
     """``host`` (a ``Host`` header or an origin's authority) as (name, port), or None
     when it is not one."""
@@ -46,6 +50,7 @@ def _authority(scheme: str, host: str) -> tuple[str, int | None] | None:
     return url.host.lower().rstrip("."), url.port
 
 
+@lru_cache(maxsize=256)
 def _is_ip(name: str) -> bool:
     try:
         ipaddress.ip_address(name)
@@ -58,8 +63,14 @@ def _on_loopback(request: web.Request) -> bool:
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     if not isinstance(sockname, tuple) or not sockname:
         return False
+    return _is_loopback(str(sockname[0]))
+
+
+@lru_cache(maxsize=64)
+def _is_loopback(address: str) -> bool:
+    """``address`` (the gateway's own end of a connection) is a loopback address."""
     try:
-        return ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
         return False
 
