@@ -141,6 +141,36 @@ def test_policy_table_needs_a_file_with_a_table(tmp_path: Path) -> None:
     assert info.value.path == "router.policy" and "--table" in info.value.message
 
 
+def test_the_model_file_is_found_beside_the_config_file(
+    table_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "router.json").write_bytes(table_file.read_bytes())
+    tiers = "".join(
+        f'[[tiers]]\nname = "{name}"\n[[tiers.providers]]\nname = "{name}"\n'
+        f'kind = "openai"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+        for name in TIERS
+    )
+    (folder / "c.toml").write_text(
+        tiers + '[router]\nkind = "classifier"\nmodel = "router.json"\npolicy = "table"\n'
+    )
+    (folder / "nested.toml").write_text(
+        tiers + '[router]\nkind = "first_of"\n'
+        'routers = [{ kind = "classifier", model = "router.json", policy = "table" }]\n'
+    )
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    built = Cascade.from_config(folder / "c.toml")
+    assert isinstance(built.router, ClassifierRouter)
+    assert built.router.path == str(folder / "router.json")
+    nested = Cascade.from_config(folder / "nested.toml")
+    assert nested.router is not None and nested.router.name == "first_of"
+    # the same table without the file's folder: the working directory's, where it is not
+    with pytest.raises(ConfigError) as info:
+        build("router.json", policy="table")
+    assert info.value.path == "router.model" and "cannot read" in info.value.message
+
+
 @pytest.mark.parametrize("case", ["classes", "range", "missing head", "extra plan"])
 def test_a_corrupt_table_is_a_config_error_naming_the_file(
     table_file: Path, tmp_path: Path, case: str
