@@ -139,8 +139,6 @@ def resolve_router_paths(
     working directory, in the router tables it nests (``first_of``'s ``routers``) too.
     Anything that is not a router table, or not a string where a path is declared, is
     returned as it is, for the factory to judge."""
-    if not isinstance(config_table, Mapping):
-        return config_table
     kind = config_table.get("kind")
     _ensure_builtins()
     if isinstance(kind, str) and kind not in _REGISTRY:
