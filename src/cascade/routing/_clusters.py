@@ -12,9 +12,12 @@ a plan alone; costs are the cluster's own (a range's cost varies little within a
 and pulling it toward the whole set's would favour escalating ranges that are cheap there
 only because other clusters stop early).
 
-``lam`` and the number of clusters are chosen by k-fold cross-validation on the training
-records only: the most accurate pair whose cross-validated cost is within the budget (a
-share of the reference tier alone, or by default the whole cascade's own cost). At run
+The number of clusters is chosen by cross-validation on the training records only
+(5-fold, repeated 3 times with different shuffles): the fewest clusters whose most
+accurate routing within the budget (a share of the reference tier alone, or by default the
+whole cascade's own cost) is within ``K_TOLERANCE`` of the best, since more clusters fit
+the training records' noise as well as their structure. ``lam`` is then set on the final
+table (:func:`fit_table`). At run
 time a request goes to its nearest centroid (the router file's last head) and takes that
 cluster's range; validators still escalate inside it.
 """
@@ -36,6 +39,7 @@ from ._textmodel import Head
 
 __all__ = [
     "CLUSTER_COUNTS",
+    "K_TOLERANCE",
     "LAMBDAS",
     "ClusterPlan",
     "Table",
@@ -48,6 +52,9 @@ CLUSTER_COUNTS = (1, 2, 4, 6, 8, 12, 16)
 """The numbers of clusters cross-validation tries (16 at most: a head's class limit)."""
 LAMBDAS = (0.0, *(round(0.001 * 1.06**i, 7) for i in range(160)))
 """The cost weights tried: accuracy points given up for one reference-tier call's cost."""
+K_TOLERANCE = 0.003
+"""More clusters are chosen only when their cross-validated accuracy is higher by more than
+this (0.3 points)."""
 SHRINK = 5.0
 """Pseudo-records of the whole training set's accuracy added to each cluster's, per range."""
 
@@ -151,14 +158,36 @@ def cross_validate(
     counts: Sequence[int] = CLUSTER_COUNTS,
     lams: Sequence[float] = LAMBDAS,
     folds: int = 5,
+    repeats: int = 3,
     shrink: float = SHRINK,
     seed: int = 0,
 ) -> dict[tuple[int, float], tuple[float, float]]:
-    """Out-of-fold (accuracy, mean cost per record) of every (clusters, cost weight)."""
+    """Out-of-fold (accuracy, mean cost per record) of every (clusters, cost weight),
+    averaged over ``repeats`` shuffles of the folds."""
+    n = x.shape[0]
+    got: dict[tuple[int, float], list[float]] = {}
+    for r in range(repeats):
+        _folds(x, right, cost, got, ref, counts, lams, folds, shrink, seed * 1000 + r)
+    total = n * repeats
+    return {key: (r / total, c / total) for key, (r, c) in got.items()}
+
+
+def _folds(
+    x: Any,
+    right: np.ndarray,
+    cost: np.ndarray,
+    got: dict[tuple[int, float], list[float]],
+    ref: float,
+    counts: Sequence[int],
+    lams: Sequence[float],
+    folds: int,
+    shrink: float,
+    seed: int,
+) -> None:
+    """Adds one k-fold pass's right answers and costs to ``got``."""
     n = x.shape[0]
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    got: dict[tuple[int, float], list[float]] = {}
     for f in range(folds):
         held = np.zeros(n, dtype=bool)
         held[order[f::folds]] = True
@@ -173,18 +202,26 @@ def cross_validate(
                 acc = got.setdefault((k, lam), [0.0, 0.0])
                 acc[0] += float(right[rows, picks].sum())
                 acc[1] += float(cost[rows, picks].sum())
-    return {key: (r / n, c / n) for key, (r, c) in got.items()}
 
 
 def pick(
-    scores: dict[tuple[int, float], tuple[float, float]], cap: float
+    scores: dict[tuple[int, float], tuple[float, float]], cap: float, *, tolerance: float = 0.0
 ) -> tuple[int, float] | None:
-    """The most accurate (clusters, cost weight) whose mean cost is at most ``cap``; on a
-    tie the cheaper, then the fewer clusters. None when none is within the cap."""
-    within = [(key, v) for key, v in scores.items() if v[1] <= cap * (1 + 1e-9)]
-    if not within:
+    """The (clusters, cost weight) to use: per number of clusters, its most accurate cost
+    weight whose mean cost is at most ``cap`` (on a tie the cheaper); then the fewest
+    clusters whose accuracy is within ``tolerance`` of the best. None when nothing is
+    within the cap."""
+    best: dict[int, tuple[tuple[int, float], float]] = {}
+    for key, (acc, spent) in scores.items():
+        if spent > cap * (1 + 1e-9):
+            continue
+        held = best.get(key[0])
+        if held is None or (-round(acc, 9), spent) < (-round(held[1], 9), scores[held[0]][1]):
+            best[key[0]] = (key, acc)
+    if not best:
         return None
-    return min(within, key=lambda kv: (-round(kv[1][0], 9), kv[1][1], kv[0][0]))[0]
+    top = max(acc for _, acc in best.values())
+    return best[min(k for k, (_, acc) in best.items() if acc >= top - tolerance - 1e-12)][0]
 
 
 def fit_table(

@@ -18,7 +18,15 @@ from functools import partial
 from typing import Any
 
 from .._errors import InputError
-from ._clusters import ClusterPlan, Table, cross_validate, fit_table, pick, plan_outcomes
+from ._clusters import (
+    K_TOLERANCE,
+    ClusterPlan,
+    Table,
+    cross_validate,
+    fit_table,
+    pick,
+    plan_outcomes,
+)
 from ._labels import Labelled
 from ._modelfile import MAX_EXAMPLE_CHARS, ClassifierFile, Example, SemanticFile, TierLabel
 from ._policy import decide
@@ -274,8 +282,9 @@ def _fit_table(
     budget_share: float | None,
     budget_tier: int | None,
 ) -> tuple[Table, dict[str, Any]]:
-    """The plan table, its clusters and cost weight chosen by 5-fold cross-validation, and
-    the cross-validated figures of every choice (cost shares of the reference tier)."""
+    """The plan table, its clusters chosen by repeated 5-fold cross-validation, and the
+    cross-validated figures of every number of clusters (cost shares of the reference
+    tier)."""
     if not fitted.ranges:
         raise InputError(
             "a plan table needs every tier's label on every record (a replay dataset, not "
@@ -291,7 +300,7 @@ def _fit_table(
     else:  # the whole cascade's own mean cost
         cap = float(cost[:, fitted.ranges.index((0, n - 1))].mean())
     scores = cross_validate(fitted.x, right, cost, ref=ref)
-    chosen = pick(scores, cap)
+    chosen = pick(scores, cap, tolerance=K_TOLERANCE)
     if chosen is None:  # nothing fits: the cheapest routing cross-validation saw
         chosen = min(scores, key=lambda key: scores[key][1])
     k = chosen[0]
