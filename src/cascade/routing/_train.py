@@ -318,19 +318,19 @@ def _fit_table(
         "cv_cost_weight": chosen[1],
         "train_accuracy": fit_acc,
         "train_cost_share": fit_cost / ref,
-        "cv": {
-            f"{kk}": max(
-                (
-                    [round(a, 4), round(c / ref, 4), ll]
-                    for (k2, ll), (a, c) in scores.items()
-                    if k2 == kk and c <= cap * (1 + 1e-9)
-                ),
-                default=None,
-            )
-            for kk in sorted({key[0] for key in scores})
-        },
+        "cv": {str(kk): _best_of(scores, kk, cap, ref) for kk in sorted({k for k, _ in scores})},
     }
     return found, info
+
+
+def _best_of(
+    scores: Mapping[tuple[int, float], tuple[float, float]], k: int, cap: float, ref: float
+) -> list[float] | None:
+    """[accuracy, cost share, cost weight] of the choice for ``k`` clusters."""
+    key = pick({kk: v for kk, v in scores.items() if kk[0] == k}, cap)
+    if key is None:
+        return None
+    return [round(scores[key][0], 4), round(scores[key][1] / ref, 4), key[1]]
 
 
 def fit_semantic(
