@@ -38,10 +38,12 @@ def config(**extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def clean_registry() -> Iterator[None]:
-    before = dict(_registry._REGISTRY)
+    before, paths = dict(_registry._REGISTRY), dict(_registry._PATHS)
     yield
     _registry._REGISTRY.clear()
     _registry._REGISTRY.update(before)
+    _registry._PATHS.clear()
+    _registry._PATHS.update(paths)
 
 
 def test_builtin_kinds() -> None:
@@ -64,6 +66,64 @@ def test_decorator_registers_a_kind_for_config(clean_registry: None) -> None:
     with pytest.raises(ValueError, match="already registered"):
         cascade.router("always_large")(lambda: None)  # type: ignore[arg-type,return-value]
     register_router_kind("always_large", AlwaysLarge, replace=False)  # the same: fine
+
+
+def test_declared_file_paths_resolve_against_the_config_files_folder(
+    clean_registry: None, tmp_path: Path
+) -> None:
+    @cascade.router("reads_files", paths=("table", "data.file"))
+    class ReadsFiles:
+        def __init__(self, *, table: str, data: dict[str, Any], other: str = "") -> None:
+            self.name, self.table, self.data, self.other = "reads_files", table, data, other
+
+        async def route(self, request: RouteRequest) -> RouteDecision:
+            return RouteDecision()
+
+    folder = tmp_path / "conf"
+    resolved = _registry.resolve_router_paths(
+        {
+            "kind": "first_of",
+            "routers": [
+                {"kind": "reads_files", "table": "t.json", "data": {"file": "sub/d.bin"},
+                 "other": "not/a/path"},
+                {"kind": "reads_files", "table": "/abs/t.json", "data": {"file": 3}},
+                {"kind": "unknown_kind", "table": "t.json"},
+            ],
+        },
+        folder,
+    )  # fmt: skip
+    first, second, third = resolved["routers"]
+    assert first["table"] == str(folder / "t.json")
+    assert first["data"] == {"file": str(folder / "sub" / "d.bin")}
+    assert first["other"] == "not/a/path"  # not declared: left alone
+    assert second["table"] == "/abs/t.json" and second["data"] == {"file": 3}
+    assert third == {"kind": "unknown_kind", "table": "t.json"}  # the build will name it
+    # through a config file: the router gets the path under the file's folder
+    folder.mkdir()
+    (folder / "c.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [[tiers]]
+            name = "small"
+            [[tiers.providers]]
+            name = "small-a"
+            kind = "openai"
+            base_url = "{URL}/v1"
+            model = "m1"
+            [router]
+            kind = "reads_files"
+            table = "t.json"
+            data = {{ file = "d.bin" }}
+            """
+        )
+    )
+    built = Cascade.from_config(folder / "c.toml")
+    assert isinstance(built.router, ReadsFiles)
+    assert built.router.table == str(folder / "t.json")
+    assert built.router.data == {"file": str(folder / "d.bin")}
+    # from a mapping, with no file: as given (the working directory's)
+    own = Cascade.from_dict(config(router={"kind": "reads_files", "table": "t.json", "data": {}}))
+    assert isinstance(own.router, ReadsFiles) and own.router.table == "t.json"
 
 
 @pytest.mark.parametrize(

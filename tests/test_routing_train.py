@@ -124,6 +124,23 @@ def test_train_a_semantic_file(
     assert len(got.examples) == 96 and got.tiers == ["small", "big"]
 
 
+def test_train_a_plan_table(
+    files: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra = ("--table", "--budget-share", "0.9", "--budget-tier", "big", "--test-split", "test")
+    assert main([*train(files, tmp_path, *extra), "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = {r["policy"]: r for r in json.loads(captured.out)["rows"]}
+    table = rows["router + cascade (plan table)"]
+    assert table["accuracy"] == 1.0  # kinship at big, sports at small
+    assert table["cost_usd"] < rows["tier 2 big alone"]["cost_usd"] * 0.9
+    assert "plan table: " in captured.err and "5-fold CV" in captured.err
+    router = ClassifierRouter(model=tmp_path / "router.json", policy="table")
+    info = router.file.trained_on["cost_weight_fit"]["table"]
+    assert info["budget_share"] == 0.9 and info["reference_tier"] == 2
+    assert len(router.file.clusters) == info["clusters"] >= 2
+
+
 def routing_records(path: Path) -> Path:
     lines = []
     for i in range(40):
@@ -181,6 +198,10 @@ def test_train_router_from_production_records(
         (["--records", "RECORDS"], "--outcome-field"),
         (["--char-ngrams", "5,3"], "--char-ngrams"),
         (["--cost-weight", "-1"], "--cost-weight"),
+        (["--budget-share", "0.5"], "--table"),
+        (["--table", "--budget-share", "0"], "--budget-share"),
+        (["--table", "--budget-share", "0.5", "--budget-tier", "nope"], "--budget-tier"),
+        (["--table", "--records", "RECORDS", "--outcome-field", "ok"], "--table"),
     ],
 )
 def test_bad_arguments_exit_2(

@@ -134,6 +134,21 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="the policy's cost weight (default: fitted on the training records)",
     )
+    tr.add_argument(
+        "--table",
+        action="store_true",
+        help="also fit a plan table (policy 'table'): a range of tiers per cluster of "
+        "training texts, clusters and cost weight chosen by 5-fold cross-validation",
+    )
+    tr.add_argument(
+        "--budget-share",
+        type=float,
+        help="with --table: the most a request may cost on average, as a share of "
+        "--budget-tier alone (default: the whole cascade's own cost)",
+    )
+    tr.add_argument(
+        "--budget-tier", help="with --budget-share: the reference tier (default: the dearest)"
+    )
     return parser
 
 
@@ -500,6 +515,10 @@ def _train_router(args: argparse.Namespace) -> int:
         grams = (int(lo), int(hi))
     if args.cost_weight is not None and not 0 <= args.cost_weight <= 1e6:
         raise InputError("expected a number >= 0", path="--cost-weight")
+    if args.budget_share is not None and not 0 < args.budget_share <= 1e6:
+        raise InputError("expected a number > 0", path="--budget-share")
+    if (args.budget_share is not None or args.budget_tier is not None) and not args.table:
+        raise InputError("--budget-share and --budget-tier need --table", path="--table")
     with in_file(args.config):
         config = load_config(args.config)
         return train_router(
@@ -515,6 +534,9 @@ def _train_router(args: argparse.Namespace) -> int:
             text_field=args.text_field,
             char_ngrams=grams,
             cost_weight=args.cost_weight,
+            table=args.table,
+            budget_share=args.budget_share,
+            budget_tier=args.budget_tier,
             base_dir=Path(args.config).parent,
             concurrency=args.concurrency,
             limit=args.limit,

@@ -11,6 +11,7 @@ from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
+import msgspec
 
 from ._build import build_tiers, provider_keys
 from ._calls import ProviderCalls
@@ -27,7 +28,7 @@ from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
 from .resilience.quality import QualityBreaker
-from .routing import Router, UsesProviders, build_router
+from .routing import Router, UsesProviders, build_router, resolve_router_paths
 from .validators import Validator
 from .validators._plugins import load_validator_folder
 
@@ -51,8 +52,8 @@ class Cascade:
     Everything that can be checked is checked when the Cascade is built: provider kinds,
     API key variables, validator names and parameters (a bad JSON Schema included).
     ``validator_paths`` folders are imported first (relative to ``base_dir``, else the
-    working directory), and validators named nowhere else are looked up in the
-    ``cascade.validators`` entry-point group. The
+    working directory; so are replay datasets and a router's file paths), and validators
+    named nowhere else are looked up in the ``cascade.validators`` entry-point group. The
     aiohttp sessions (a connection pool per provider, so one that hangs cannot take the
     connections of the others; see ``ProviderConfig.max_connections``) open on
     ``async with`` or the first ``run`` and close with ``aclose``. A ``session`` passed in
@@ -91,8 +92,11 @@ class Cascade:
         router_timeout_s: float | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
-        if base_dir is not None:
-            config = resolve_datasets(config, base_dir)  # relative to the config file
+        if base_dir is not None:  # relative to the config file
+            config = resolve_datasets(config, base_dir)
+            if config.router is not None:
+                router_table = resolve_router_paths(config.router, base_dir)
+                config = msgspec.structs.replace(config, router=dict(router_table))
         for i, folder in enumerate(config.validator_paths):
             load_validator_folder(
                 folder,
@@ -137,7 +141,8 @@ class Cascade:
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **kwargs: Any) -> Self:
         """Build from a TOML file (see :class:`~cascade.Config` for its shape); relative
-        ``validator_paths`` resolve against the file's folder."""
+        ``validator_paths``, replay ``dataset`` paths and a router's file paths (the
+        ``classifier`` router's ``model``) resolve against the file's folder."""
         kwargs.setdefault("base_dir", Path(path).parent)
         with in_file(str(path)):  # a build error (unknown kind, unset key) names the file too
             return cls(load_config(Path(path)), **kwargs)

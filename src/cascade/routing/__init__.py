@@ -47,6 +47,7 @@ from ._registry import (
     load_entry_point_routers,
     register_router_kind,
     registered_routers,
+    resolve_router_paths,
     router,
 )
 from .compose import FirstOf
@@ -73,5 +74,6 @@ __all__ = [
     "parse_rating",
     "register_router_kind",
     "registered_routers",
+    "resolve_router_paths",
     "router",
 ]

@@ -5,7 +5,9 @@
     [router]
     kind = "classifier"
     model = "router.json"        # written by `cascade train-router`
-    # policy = "cascade"         # or "cheapest": the first tier likely right, no stop tier
+    # policy = "cascade"         # or "cheapest": the first tier likely right, no stop tier;
+    #                            # or "table": the range the file's plan table gives the
+    #                            # request's cluster (`cascade train-router --table`)
     # cost_weight = 0.2          # overrides the file's (None: lowest cost per right answer)
 
 It reads the text of the request's last user message (its first characters only, as the
@@ -41,10 +43,18 @@ def prompt_text(request: RouteRequest, limit: int) -> str:
     return ""
 
 
-def check_policy(policy: object, cost_weight: object, min_pass: object) -> None:
-    if policy not in ("cascade", "single", "cheapest"):
+def check_policy(
+    policy: object, cost_weight: object, min_pass: object, *, table: bool = False
+) -> None:
+    """ConfigError at the bad parameter; ``table``: the router file has a plan table."""
+    if policy not in ("cascade", "single", "cheapest", "table"):
         raise ConfigError(
-            f"expected 'cascade', 'single' or 'cheapest', got {policy!r}", path="policy"
+            f"expected 'cascade', 'single', 'cheapest' or 'table', got {policy!r}", path="policy"
+        )
+    if policy == "table" and not table:
+        raise ConfigError(
+            "policy 'table' needs a router file with a plan table (cascade train-router --table)",
+            path="policy",
         )
     if cost_weight is not None and not (
         isinstance(cost_weight, int | float) and 0 <= cost_weight <= 1e6
@@ -85,10 +95,10 @@ class ClassifierRouter:
         min_pass: float = 0.5,
         name: str = "classifier",
     ) -> None:
-        check_policy(policy, cost_weight, min_pass)
+        self.file, self.model = load_classifier(model, at="model")
+        check_policy(policy, cost_weight, min_pass, table=bool(self.file.clusters))
         self.name = name
         self.path = str(model)
-        self.file, self.model = load_classifier(model, at="model")
         self.policy: Policy = policy
         self.cost_weight = cost_weight if cost_weight is not None else self.file.cost_weight
         self.min_pass = float(min_pass)
@@ -100,23 +110,48 @@ class ClassifierRouter:
         """Per tier, the chance of each outcome; per range of tiers (0-based), the chance of
         a right answer where the file has a head for it."""
         out = self.model.predict(text)
-        n = len(self.file.tiers)
+        n, plans = len(self.file.tiers), self.file.plans
         right = {
             (start - 1, stop - 1): p.get("right", 0.0)
-            for (start, stop), p in zip(self.file.plans, out[n:], strict=True)
+            for (start, stop), p in zip(plans, out[n : n + len(plans)], strict=True)
         }
         return out[:n], right
+
+    def cluster(self, text: str) -> int:
+        """The plan table's cluster of ``text``: its nearest centroid."""
+        return self.model.likeliest(text, len(self.model.heads) - 1)
 
     async def route(self, request: RouteRequest) -> RouteDecision:
         off = mismatch(self.file.tiers, request, self.name)
         if off is not None:
             return off
         text = prompt_text(request, self.model.features.max_chars)
+        if self.policy == "table":
+            if len(text) > INLINE_CHARS:
+                c = await anyio.to_thread.run_sync(self.cluster, text)
+            else:
+                c = self.cluster(text)
+            return self.from_table(c)
         if len(text) > INLINE_CHARS:
             probs, right = await anyio.to_thread.run_sync(self.predict, text)
         else:
             probs, right = self.predict(text)
         return self.decide(probs, right, request)
+
+    def from_table(self, c: int) -> RouteDecision:
+        plan = self.file.clusters[c]
+        top = max(self.file.costs[-1], 1e-12)
+        return RouteDecision(
+            start_tier=plan.start,
+            max_tier=plan.stop,
+            reason=(
+                f"cluster {c}: tiers {plan.start}-{plan.stop}, right {plan.right:.2f} and "
+                f"cost {plan.cost / top:.0%} of the top tier on its {plan.records} training "
+                "records"
+            ),
+            score=round(plan.right, 4),
+            router=self.name,
+        )
 
     def decide(
         self,

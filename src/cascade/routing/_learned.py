@@ -23,7 +23,7 @@ def _missing(kind: str, exc: ImportError) -> ConfigError:
     )
 
 
-@router("classifier")
+@router("classifier", paths=("model",))
 def classifier(
     *,
     model: str | os.PathLike[str],
@@ -46,7 +46,7 @@ def classifier(
     )
 
 
-@router("semantic")
+@router("semantic", paths=("model", "embedder.path"))
 def semantic(
     *,
     embedder: Mapping[str, Any],

@@ -31,6 +31,7 @@ from ._textmodel import (
 __all__ = [
     "FORMAT",
     "ClassifierFile",
+    "ClusterPlan",
     "Example",
     "SemanticFile",
     "TierLabel",
@@ -53,6 +54,19 @@ class _Header(msgspec.Struct, kw_only=True):
     kind: str = ""
 
 
+class ClusterPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A cluster's range of tiers (1-based, inclusive) and what it did on the training
+    records of the cluster."""
+
+    start: Annotated[int, Meta(ge=1)]
+    stop: Annotated[int, Meta(ge=1)]
+    right: Annotated[float, Meta(ge=0, le=1)]
+    """Accuracy of the range over the cluster's training records (after shrinkage)."""
+    cost: Annotated[float, Meta(ge=0, le=1e6)]
+    """Mean cost of the range per request over the cluster's training records (USD)."""
+    records: Annotated[int, Meta(ge=0)]
+
+
 class ClassifierFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     format: Literal["cascade-router"] = "cascade-router"
     version: Literal[1] = 1
@@ -66,6 +80,9 @@ class ClassifierFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     plans: list[tuple[int, int]] = []
     """Ranges of tiers (1-based, inclusive) whose chance of a right answer a head of its
     own predicts (``right`` / ``wrong``), after the tiers' heads."""
+    clusters: list[ClusterPlan] = []
+    """The plan table (policy ``table``): per cluster of training texts, the range of tiers
+    to run; the last head then picks a request's cluster (its nearest centroid)."""
     trained_on: dict[str, Any] = {}
 
 
@@ -137,16 +154,21 @@ def load_classifier(path: str | os.PathLike[str], *, at: str) -> tuple[Classifie
     """A classifier file and its model; ConfigError naming the file (at ``at``) when it is
     missing, too large, corrupt, or its shapes disagree."""
     parsed: ClassifierFile = _decode(path, at, "classifier", ClassifierFile)
-    n = len(parsed.tiers)
-    if len(parsed.heads) != n + len(parsed.plans):
+    n, k = len(parsed.tiers), len(parsed.clusters)
+    table = 1 if k else 0
+    if len(parsed.heads) != n + len(parsed.plans) + table:
         raise ConfigError(
-            f"{path}: {len(parsed.heads)} heads for {n} tiers and {len(parsed.plans)} plans",
+            f"{path}: {len(parsed.heads)} heads for {n} tiers, {len(parsed.plans)} plans "
+            f"and {k} clusters",
             path=at,
         )
-    for start, stop in parsed.plans:
+    ranges = [*parsed.plans, *((c.start, c.stop) for c in parsed.clusters)]
+    for start, stop in ranges:
         if not 1 <= start <= stop <= n:
             raise ConfigError(f"{path}: plan [{start}, {stop}] is not a range of tiers", path=at)
-    for i, head in enumerate(parsed.heads):
+    if table and parsed.heads[-1].classes != [str(c) for c in range(k)]:
+        raise ConfigError(f"{path}: the cluster head's classes are not 0 to {k - 1}", path=at)
+    for i, head in enumerate(parsed.heads[: len(parsed.heads) - table]):
         known = OUTCOMES if i < n else ("right", "wrong")
         unknown = set(head.classes) - set(known)
         if unknown:

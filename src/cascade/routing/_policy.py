@@ -23,9 +23,11 @@ from ._decision import RouteDecision
 
 __all__ = ["Plan", "Policy", "decide", "pass_chance", "plans"]
 
-Policy = Literal["cascade", "single", "cheapest"]
+Policy = Literal["cascade", "single", "cheapest", "table"]
 """``cascade``: a range of tiers, validators escalate inside it; ``single``: one tier, no
-escalation (routing alone); ``cheapest``: the first tier likely right, up to the last."""
+escalation (routing alone); ``cheapest``: the first tier likely right, up to the last;
+``table``: the range a plan table gives the request's cluster (the router decides that
+itself, :mod:`~cascade.routing._clusters`; :func:`decide` treats it as ``cascade``)."""
 
 
 class Plan(NamedTuple):

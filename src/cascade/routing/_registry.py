@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import os
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .._errors import ConfigError
@@ -30,6 +32,7 @@ __all__ = [
     "build_router",
     "register_router_kind",
     "registered_routers",
+    "resolve_router_paths",
     "router",
 ]
 
@@ -42,12 +45,18 @@ arguments; returns a Router."""
 F = TypeVar("F", bound=RouterFactory)
 
 _REGISTRY: dict[str, RouterFactory] = {}
+_PATHS: dict[str, tuple[str, ...]] = {}
 _lock = threading.RLock()
 _loaded_entry_points: dict[tuple[str, str], dict[str, RouterFactory]] = {}
 
 
-def register_router_kind(kind: str, factory: RouterFactory, *, replace: bool = False) -> None:
-    """Register ``factory`` under ``kind`` (what ``@cascade.router(kind)`` does)."""
+def register_router_kind(
+    kind: str, factory: RouterFactory, *, replace: bool = False, paths: Sequence[str] = ()
+) -> None:
+    """Register ``factory`` under ``kind`` (what ``@cascade.router(kind)`` does); ``paths``
+    names the parameters that are file paths (dotted for a key of a table parameter,
+    ``"embedder.path"``), which a config file's relative values resolve against its
+    folder."""
     if not kind or not isinstance(kind, str):
         raise ValueError("a router kind needs a non-empty name")
     if kind in _REGISTRY and _REGISTRY[kind] is not factory and not replace:
@@ -55,15 +64,17 @@ def register_router_kind(kind: str, factory: RouterFactory, *, replace: bool = F
             f"router kind {kind!r} is already registered; pass replace=True to override it"
         )
     _REGISTRY[kind] = factory
+    _PATHS[kind] = tuple(paths)
 
 
-def router(kind: str, *, replace: bool = False) -> Callable[[F], F]:
+def router(kind: str, *, replace: bool = False, paths: Sequence[str] = ()) -> Callable[[F], F]:
     """Register a router factory (a class or a function) under ``kind``.
 
     The factory receives the ``[router]`` table's parameters (every key but ``kind``) as
     keyword arguments; an exception raised there becomes a ConfigError at ``router`` (or
     at the ConfigError's own path below it), so a bad parameter fails when the cascade is
-    built, not mid-request.
+    built, not mid-request. ``paths`` names the parameters that are file paths: in a
+    config file, a relative one is relative to the file's folder.
 
     >>> @router("always_two")  # doctest: +SKIP
     ... class AlwaysTwo:
@@ -76,7 +87,7 @@ def router(kind: str, *, replace: bool = False) -> Callable[[F], F]:
         raise ValueError("a router kind needs a non-empty name")
 
     def register(factory: F) -> F:
-        register_router_kind(kind, factory, replace=replace)
+        register_router_kind(kind, factory, replace=replace, paths=paths)
         return factory
 
     return register
@@ -118,6 +129,43 @@ def build_router(config_table: Mapping[str, Any], *, path: str = "router") -> Ro
         raise ConfigError(f"router {kind!r}: {detail}"[:500], path=path) from None
     _check_router(kind, instance, path)
     return instance
+
+
+def resolve_router_paths(
+    config_table: Mapping[str, Any], base_dir: str | os.PathLike[str]
+) -> Mapping[str, Any]:
+    """``config_table`` with the relative file paths its kind declares (``paths=`` of
+    ``@router``) made relative to ``base_dir`` (the config file's folder) instead of the
+    working directory, in the router tables it nests (``first_of``'s ``routers``) too.
+    Anything that is not a router table, or not a string where a path is declared, is
+    returned as it is, for the factory to judge."""
+    kind = config_table.get("kind")
+    _ensure_builtins()
+    if isinstance(kind, str) and kind not in _REGISTRY:
+        load_entry_point_routers()
+    if not isinstance(kind, str) or kind not in _REGISTRY:
+        return config_table
+    out = {key: _nested(value, base_dir) for key, value in config_table.items()}
+    for dotted in _PATHS.get(kind, ()):
+        *parents, leaf = dotted.split(".")
+        holder: Any = out
+        for name in parents:
+            inner = holder.get(name) if isinstance(holder, dict) else None
+            if not isinstance(inner, Mapping):
+                holder = None
+                break
+            holder[name] = holder = dict(inner)
+        value = holder.get(leaf) if isinstance(holder, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            holder[leaf] = str(Path(base_dir) / value)
+    return out
+
+
+def _nested(value: Any, base_dir: str | os.PathLike[str]) -> Any:
+    """A list of router tables (composition) with each resolved; anything else as is."""
+    if isinstance(value, list):
+        return [resolve_router_paths(v, base_dir) if isinstance(v, Mapping) else v for v in value]
+    return value
 
 
 def _join(path: str, inner: str) -> str:

@@ -156,6 +156,18 @@ class TextModel:
                 out.append({c: v / total for c, v in zip(classes, e, strict=True)})
         return out
 
+    def likeliest(self, text: str, head: int) -> int:
+        """The index of head ``head``'s likeliest class for ``text`` (the first on a tie),
+        computing that head alone."""
+        lo, hi = self._rows[head]
+        if hi == lo:
+            return 0
+        idx, w = self.vector(text)
+        z = self._coef[lo:hi, idx] @ w + self._intercept[lo:hi]
+        if hi - lo == 1:  # binary: the second class's log-odds
+            return int(z[0] > 0)
+        return int(np.argmax(z))
+
 
 # -- checks for a model read from a file -------------------------------------------------
 

@@ -18,6 +18,15 @@ from functools import partial
 from typing import Any
 
 from .._errors import InputError
+from ._clusters import (
+    K_TOLERANCE,
+    ClusterPlan,
+    Table,
+    cross_validate,
+    fit_table,
+    pick,
+    plan_outcomes,
+)
 from ._labels import Labelled
 from ._modelfile import MAX_EXAMPLE_CHARS, ClassifierFile, Example, SemanticFile, TierLabel
 from ._policy import decide
@@ -121,8 +130,10 @@ class _Fitted:
     """A fitted model with its plan heads split off: ``predict(text)`` -> (tier outcome
     probabilities, P(right) per range)."""
 
-    def __init__(self, model: TextModel, n: int, ranges: Sequence[tuple[int, int]]) -> None:
-        self.model, self.n, self.ranges = model, n, list(ranges)
+    def __init__(
+        self, model: TextModel, n: int, ranges: Sequence[tuple[int, int]], x: Any = None
+    ) -> None:
+        self.model, self.n, self.ranges, self.x = model, n, list(ranges), x
 
     def predict(self, text: str) -> tuple[list[dict[str, float]], dict[tuple[int, int], float]]:
         out = self.model.predict(text)
@@ -156,7 +167,7 @@ def _fit_model(
         idf=[float(v) for v in vectorizer.idf_],
     )
     heads, ranges = _fit_heads(rows, x, n, c, logistic)
-    return _Fitted(TextModel(features, heads), n, ranges)
+    return _Fitted(TextModel(features, heads), n, ranges, x)
 
 
 Prediction = tuple[list[dict[str, float]], dict[tuple[int, int], float]]
@@ -226,9 +237,16 @@ def fit_classifier(
     max_features: int = 20_000,
     c: float = 4.0,
     fit_weight: bool = True,
+    table: bool = False,
+    budget_share: float | None = None,
+    budget_tier: int | None = None,
     trained_on: Mapping[str, Any] | None = None,
 ) -> ClassifierFile:
-    """A classifier router file fitted on ``rows``."""
+    """A classifier router file fitted on ``rows``; with ``table``, also a plan table
+    (policy ``table``, :mod:`~cascade.routing._clusters`) whose clusters and cost weight
+    are chosen by cross-validation within ``budget_share`` of tier ``budget_tier``
+    (0-based; default the dearest) alone, or without a share within the whole cascade's
+    cost."""
     n = len(tiers)
     _check(rows, n)
     costs = mean_costs(rows, n)
@@ -239,15 +257,80 @@ def fit_classifier(
     if fit_weight:
         oof = _out_of_fold(rows, lambda part: fit(part).predict)
         weight, info = fit_cost_weight(rows, oof, costs)
+    heads = list(fitted.model.heads)
+    clusters: list[ClusterPlan] = []
+    if table:
+        found, info["table"] = _fit_table(fitted, rows, costs, budget_share, budget_tier)
+        heads.append(found.head())
+        clusters = found.plans
     return ClassifierFile(
         tiers=list(tiers),
         costs=costs,
         cost_weight=weight,
         features=fitted.model.features,
-        heads=list(fitted.model.heads),
+        heads=heads,
         plans=[(s + 1, m + 1) for s, m in fitted.ranges],
+        clusters=clusters,
         trained_on={**(trained_on or {}), "records": len(rows), "cost_weight_fit": info},
     )
+
+
+def _fit_table(
+    fitted: _Fitted,
+    rows: Sequence[Labelled],
+    costs: Sequence[float],
+    budget_share: float | None,
+    budget_tier: int | None,
+) -> tuple[Table, dict[str, Any]]:
+    """The plan table, its clusters chosen by repeated 5-fold cross-validation, and the
+    cross-validated figures of every number of clusters (cost shares of the reference
+    tier)."""
+    if not fitted.ranges:
+        raise InputError(
+            "a plan table needs every tier's label on every record (a replay dataset, not "
+            "production routing records)",
+            path="--table",
+        )
+    n = fitted.n
+    ref_tier = budget_tier if budget_tier is not None else max(range(n), key=costs.__getitem__)
+    right, cost = plan_outcomes(rows, fitted.ranges)
+    ref = max(costs[ref_tier], 1e-12)
+    if budget_share is not None:
+        cap = budget_share * ref
+    else:  # the whole cascade's own mean cost
+        cap = float(cost[:, fitted.ranges.index((0, n - 1))].mean())
+    scores = cross_validate(fitted.x, right, cost, ref=ref)
+    chosen = pick(scores, cap, tolerance=K_TOLERANCE)
+    if chosen is None:  # nothing fits: the cheapest routing cross-validation saw
+        chosen = min(scores, key=lambda key: scores[key][1])
+    k = chosen[0]
+    found, lam, (fit_acc, fit_cost) = fit_table(
+        fitted.x, right, cost, fitted.ranges, k=k, cap=cap, ref=ref
+    )
+    cv_acc, cv_cost = scores[chosen]
+    info = {
+        "clusters": k,
+        "cost_weight": lam,
+        "reference_tier": ref_tier + 1,
+        "budget_share": budget_share,
+        "cv_accuracy": cv_acc,
+        "cv_cost_share": cv_cost / ref,
+        "cv_cost_weight": chosen[1],
+        "train_accuracy": fit_acc,
+        "train_cost_share": fit_cost / ref,
+        "cv": {str(kk): _best_of(scores, kk, cap, ref) for kk in sorted({k for k, _ in scores})},
+    }
+    return found, info
+
+
+def _best_of(
+    scores: Mapping[tuple[int, float], tuple[float, float]], k: int, cap: float, ref: float
+) -> list[float] | None:
+    """[accuracy, cost share, cost weight] of the choice for ``k`` clusters."""
+    key = pick({kk: v for kk, v in scores.items() if kk[0] == k}, cap)
+    if key is None:
+        return None
+    return [round(scores[key][0], 4), round(scores[key][1] / ref, 4), key[1]]
 
 
 def fit_semantic(

@@ -67,7 +67,8 @@ def evaluate_router(
     predictions = []
     for r in labelled:
         out = model.predict(r.text)
-        right = {p: h.get("right", 0.0) for p, h in zip(plans, out[n:], strict=True)}
+        heads = out[n : n + len(plans)]
+        right = {p: h.get("right", 0.0) for p, h in zip(plans, heads, strict=True)}
         predictions.append((out[:n], right))
     policies: list[tuple[str, Policy]] = [
         ("router only (one tier, no escalation)", "single"),
@@ -86,7 +87,29 @@ def evaluate_router(
             )
             ranges.append(((d.start_tier or 1) - 1, (d.max_tier or n) - 1))
         rows.append(_row(label, labelled, ranges))
+    if file.clusters:
+        last = len(file.heads) - 1
+        chosen = [file.clusters[model.likeliest(r.text, last)] for r in labelled]
+        table = [(c.start - 1, c.stop - 1) for c in chosen]
+        rows.append(_row("router + cascade (plan table)", labelled, table))
     return rows
+
+
+def _table_summary(file: ClassifierFile) -> str:
+    """The plan table's cross-validated choice, one line per cluster."""
+    info = file.trained_on["cost_weight_fit"]["table"]
+    lines = [
+        f"plan table: {info['clusters']} clusters, cost weight {info['cost_weight']:g}; "
+        f"5-fold CV on the training records: accuracy {info['cv_accuracy']:.1%} at "
+        f"{info['cv_cost_share']:.1%} of tier {info['reference_tier']} alone; the final "
+        f"table on them: {info['train_accuracy']:.1%} at {info['train_cost_share']:.1%}"
+    ]
+    for c, plan in enumerate(file.clusters):
+        lines.append(
+            f"  cluster {c}: {plan.records} records -> tiers {plan.start}-{plan.stop} "
+            f"(right {plan.right:.2f}, ${plan.cost:.5f} a request)"
+        )
+    return "\n".join(lines)
 
 
 def format_rows(rows: Sequence[Row], reference: float) -> str:
@@ -115,6 +138,9 @@ def train_router(
     text_field: str = "prompt",
     char_ngrams: tuple[int, int] | None = None,
     cost_weight: float | None = None,
+    table: bool = False,
+    budget_share: float | None = None,
+    budget_tier: str | None = None,
     base_dir: str | os.PathLike[str] | None = None,
     concurrency: int = 32,
     limit: int | None = None,
@@ -139,8 +165,20 @@ def train_router(
         )
         trained_on = {"dataset": Path(dataset).name, "split": split}
     file: ClassifierFile | SemanticFile
+    if budget_tier is not None and budget_tier not in tiers:
+        raise InputError(f"no tier named {budget_tier!r} in the config", path="--budget-tier")
     if kind == "classifier":
-        file = fit_classifier(labelled, tiers, char_ngrams=char_ngrams, trained_on=trained_on)
+        file = fit_classifier(
+            labelled,
+            tiers,
+            char_ngrams=char_ngrams,
+            table=table,
+            budget_share=budget_share,
+            budget_tier=None if budget_tier is None else tiers.index(budget_tier),
+            trained_on=trained_on,
+        )
+        if table:
+            print(_table_summary(file), file=sys.stderr)
     else:
         file = fit_semantic(labelled, tiers, trained_on=trained_on)
     if cost_weight is not None:
