@@ -15,6 +15,7 @@ from ._config import Config
 from ._errors import ProviderError, RequestRejected
 from ._records import RunState, attempt_record, failed_record, unanswered_tokens
 from ._sampler import Sampler
+from ._telemetry._spans import NOOP_TIER
 from ._types import (
     Attempt,
     Completion,
@@ -143,7 +144,10 @@ class ProviderCalls:
         tier_msgs, tier_opts = tier.request(msgs, opts, 0)
         flight.cut_off_tokens = self.cut_off_tokens(provider, tier_opts)
         # The span of the call (one per try: a retry replaces it), current until judged.
-        flight.trace = run.tier_trace.attempt(provider, tier_msgs, tier_opts, hedge=flight.hedge)
+        if run.tier_trace is not NOOP_TIER:
+            flight.trace = run.tier_trace.attempt(
+                provider, tier_msgs, tier_opts, hedge=flight.hedge
+            )
         ctx = None
         if tier.validators or tier.required:
             ctx = ValidationContext(

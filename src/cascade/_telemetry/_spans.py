@@ -108,7 +108,8 @@ class RunTrace:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.finish(exc)
+        if self._tel is not None or self._token is not None:  # else nothing to end
+            self.finish(exc)
 
     def observe(self, event: Event) -> None:
         """A listener of the run's events: each call's span and metrics are ended from

@@ -30,6 +30,7 @@ from .._errors import (
 from .._hedge import race
 from .._records import RunState, attempt_record, best_attempt, failed_record
 from .._telemetry import Telemetry
+from .._telemetry._spans import NOOP_RUN
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
 from ..providers import Provider
 from ..resilience.limiter import LimiterTimeout
@@ -149,6 +150,7 @@ class Engine:
     async def _tiers(self, run: RunState, plan: Plan) -> Result:
         attempts = run.attempts
         sink = run.sink
+        traced = run.trace is not NOOP_RUN  # else every span of the run is a no-op
         # a tier left unaccepted: it, why, the detail, where its attempts start
         left: tuple[Tier, EscalationReason, str, int] | None = None
         tiers: Sequence[Tier] = plan.tiers
@@ -188,7 +190,8 @@ class Engine:
                 run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
             first = len(attempts)
             # The tier's span; its outcome, and the escalation, come from its attempts.
-            run.tier_trace = run.trace.tier(tier)
+            if traced:
+                run.tier_trace = run.trace.tier(tier)
             try:
                 if tier.quality is None:
                     attempt = await self._tier(run, tier, plan, msgs)
@@ -196,7 +199,8 @@ class Engine:
                     attempt = await self._judged(run, tier, plan, msgs, tier.quality)
             finally:
                 outcome, detail = tier_outcome(attempts, first)
-                run.tier_trace.end(outcome)
+                if traced:
+                    run.tier_trace.end(outcome)
             if attempt is not None and attempt.outcome == "accepted":
                 result = run.result(attempt, validated=True)
                 if sink.mode is not None:
