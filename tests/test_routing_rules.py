@@ -20,6 +20,7 @@ from cascade.routing import (
 )
 from cascade.routing import rules as rules_module
 from cascade.routing.rules import ON_LOOP_CHARS
+from cascade.validators._offload import Overrun
 
 pytestmark = pytest.mark.anyio
 
@@ -138,7 +139,9 @@ async def test_an_exponential_pattern_overruns_and_fails(
     router = RulesRouter(
         rules=[{"pattern": HOSTILE_PATTERN, "start_tier": 3}], regex_time_limit_s=0.05
     )
-    with pytest.raises(TimeoutError, match="overran regex_time_limit_s"):
+    # the regex's own timeout, or (a loaded machine: the worker thread slow to start or
+    # to finish) the off-loop guard's just past it: either way the pattern overran
+    with pytest.raises((TimeoutError, Overrun), match="overran"):
         await router.route(request("a" * size))
     assert offloaded == ([] if size == 60 else ["router 'rules'"])
 
