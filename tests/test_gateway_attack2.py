@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import structlog
 
+from cascade.gateway import hash_key
 from cascade.gateway._log_writer import LineWriter, render_json
 from cascade.testing import FakeOpenAIServer
 
@@ -106,3 +107,52 @@ def test_lines_through_structlog_reach_an_ascii_output() -> None:
     assert [r.get("status") for r in records] == [200, None, 502]
     assert records[1]["error"] == "\u00fcberlastet"
     assert writer.dropped == 0
+
+
+# -- GET /v1/models under keys -------------------------------------------------------------
+
+KEY = "sk-gw-attack2-0123456789abcdef"
+WIDE = "sk-gw-attack2-fedcba9876543210"
+
+
+async def test_models_lists_only_what_the_key_may_ask_for(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A key limited to some routes or model names sees those in ``GET /v1/models`` (as
+    OpenAI lists the models a key has access to), and the others are 404 to it, as an
+    unknown model is: a client that picks a listed model is never refused with 403."""
+    openai_server.default = "ok"
+    cfg = config(
+        openai_server.url,
+        routes=[
+            {"name": "cheap", "models": ["gpt-cheap", "gpt-mini"]},
+            {"name": "premium", "models": ["gpt-best"]},
+        ],
+        keys={
+            "entries": [
+                {"name": "narrow", "sha256": hash_key(KEY), "routes": ["cheap"]},
+                {"name": "named", "sha256": hash_key(WIDE), "models": ["gpt-mini", "gpt-best"]},
+            ]
+        },
+    )
+    async with (
+        serving(write_config(tmp_path / "c.toml", cfg)) as gw,
+        aiohttp.ClientSession() as session,
+    ):
+
+        async def get(path: str, key: str) -> tuple[int, Any]:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with session.get(f"{gw.base_url}{path}", headers=headers) as r:
+                return r.status, await r.json()
+
+        status, listed = await get("/models", KEY)
+        assert status == 200
+        assert [m["id"] for m in listed["data"]] == ["cheap", "gpt-cheap", "gpt-mini"]
+        status, body = await get("/models/gpt-best", KEY)
+        assert status == 404
+        assert body["error"]["code"] == "model_not_found"
+        assert (await get("/models/gpt-cheap", KEY))[0] == 200
+        status, listed = await get("/models", WIDE)
+        assert [m["id"] for m in listed["data"]] == ["gpt-mini", "gpt-best"]
+        assert (await get("/models/cheap", WIDE))[0] == 404
+    assert openai_server.request_count == 0
