@@ -141,3 +141,44 @@ async def test_a_reader_that_leaves_at_failed_sees_the_run_recorded_as_an_error(
         await eventually(lambda: in_use(c) == 0, "connections returned")
     await nothing_left(baseline, openai_server)
     assert not other_tasks(baseline)
+
+
+@pytest.mark.parametrize("via", ["run", "stream"])
+async def test_metrics_without_a_tracer_still_hear_every_call_and_escalation(
+    openai_server: FakeOpenAIServer, via: str
+) -> None:
+    """A meter provider and no tracer (none given, none set globally): the run has a
+    listener, so the events the metrics come from are built, for ``run()`` as for a
+    stream."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    openai_server.script("m1", "not json")  # rejected: escalates
+    openai_server.script("m2", ANSWER)
+    try:
+        async with Cascade.from_dict(
+            two_tiers(openai_server.url), meter_provider=meters, environ={}
+        ) as c:
+            if via == "run":
+                result = await c.run(messages=USER)
+            else:
+                async with c.stream(messages=USER) as stream:
+                    events = [event async for event in stream]
+                last = events[-1]
+                assert isinstance(last, Finished)
+                result = last.result
+        assert result.escalations == 1
+        data = reader.get_metrics_data()
+        assert data is not None
+        points: dict[str, list[Any]] = {}
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    points.setdefault(m.name, []).extend(m.data.data_points)
+        durations = points["gen_ai.client.operation.duration"]
+        assert sum(p.count for p in durations) == 2  # both calls
+        assert sum(p.value for p in points["cascade.escalations"]) == 1
+    finally:
+        meters.shutdown()
