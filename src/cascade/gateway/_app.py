@@ -64,23 +64,27 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
 
 
 async def _models(request: web.Request) -> web.Response:
-    """The route names: with gateway keys, for a valid key only (401), as OpenAI's."""
-    check_key(request.app[GATEWAY].gate, request.headers)
+    """The route names: with gateway keys, for a valid key only (401), and only those
+    the key may ask for, as OpenAI lists the models a key has access to."""
+    may_use = check_key(request.app[GATEWAY].gate, request.headers)
     generation = request.app[GATEWAY].generation
     created = int(time.time())
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "cascade"}
         for name in generation.model_names()
+        if (route := generation.find(name)) is not None and may_use(route.name, name)
     ]
     return web.json_response({"object": "list", "data": data})
 
 
 async def _model(request: web.Request) -> web.Response:
     """One model name: any a route claims, or (with a default route) any at all; with
-    gateway keys, for a valid key only (401 before the 404 of an unknown name)."""
-    check_key(request.app[GATEWAY].gate, request.headers)
+    gateway keys, for a valid key only (401 before the 404 of an unknown name), and a
+    name the key may not ask for is as unknown to it (404)."""
+    may_use = check_key(request.app[GATEWAY].gate, request.headers)
     name = request.match_info["model"]
-    if request.app[GATEWAY].generation.find(name) is None:
+    route = request.app[GATEWAY].generation.find(name)
+    if route is None or not may_use(route.name, name):
         raise GatewayError(
             404, f"no route serves the model {name[:200]!r}", param="model", code="model_not_found"
         )

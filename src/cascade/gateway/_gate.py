@@ -14,7 +14,7 @@ the gate as it starts and closes it last.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -77,13 +77,19 @@ class OpenGate:
 OPEN_GATE: Gate = OpenGate()
 
 
-def check_key(gate: Gate, headers: Mapping[str, str]) -> None:
+def check_key(gate: Gate, headers: Mapping[str, str]) -> Callable[[str, str], bool]:
     """The cheap part of admission, from the headers alone (no I/O, nothing counted):
     raises ``GatewayError`` (401) when ``gate`` asks for a key and ``headers`` present
     none that it knows. The app calls it before a request takes an in-flight slot or
     its body is read, so that clients without a key hold neither; :meth:`Gate.admit`
-    still checks everything once the request is parsed."""
+    still checks everything once the request is parsed. Returns whether the key may ask
+    a route (its name) for a model name (``GET /v1/models`` lists only those)."""
     from ._key_gate import KeyGate
 
     if isinstance(gate, KeyGate):  # the keyed gate is the only one that asks for a key
-        gate.check_headers(headers)
+        return gate.check_headers(headers)
+    return _any_model
+
+
+def _any_model(route: str, model: str) -> bool:
+    return True

@@ -43,11 +43,13 @@ def _authority(scheme: str, host: str) -> tuple[str, int | None] | None:
     when it is not one."""
     try:
         url = URL.build(scheme=scheme, authority=host)
+        # yarl parses some authorities only when read ("[:x": an unclosed bracket)
+        name, port = url.host, url.port
     except (ValueError, TypeError):
         return None
-    if not url.host:
+    if not name:
         return None
-    return url.host.lower().rstrip("."), url.port
+    return name.lower().rstrip("."), port
 
 
 @lru_cache(maxsize=256)

@@ -26,7 +26,7 @@ which replaces the cascades and their shared state but never the keys.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .._clock import Clock, SystemClock
@@ -106,9 +106,10 @@ class KeyGate:
         )
         return cls(built, shared=shared)
 
-    def check_headers(self, headers: Mapping[str, str]) -> None:
-        """The key of ``headers`` is one this gate knows (401 otherwise); nothing counted."""
-        self.keys.check(api_key_from_headers(headers))
+    def check_headers(self, headers: Mapping[str, str]) -> Callable[[str, str], bool]:
+        """The key of ``headers`` is one this gate knows (401 otherwise); nothing counted.
+        Returns whether that key may ask a route (its name) for a model name."""
+        return self.keys.check(api_key_from_headers(headers))
 
     async def open(self) -> None:
         if self._shared is not None:

@@ -29,7 +29,7 @@ import hmac
 import math
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -171,6 +171,13 @@ class _Key:
     def __repr__(self) -> str:
         return f"<gateway key {self.name!r}>"
 
+    def may_use(self, route: str, model: str) -> bool:
+        """Whether this key may ask ``route`` for ``model`` (what :meth:`GatewayKeys.admit`
+        refuses with 403 otherwise)."""
+        if self.routes is not None and route not in self.routes:
+            return False
+        return self.models is None or model in self.models
+
 
 class Admission:
     """An admitted request's hold on its key's limits; pass it to
@@ -287,10 +294,11 @@ class GatewayKeys:
     def _index(self, digest: bytes) -> bytes:
         return hmac.new(self._secret, digest, hashlib.sha256).digest()
 
-    def check(self, api_key: str | None) -> None:
+    def check(self, api_key: str | None) -> Callable[[str, str], bool]:
         """Raise ``GatewayDenied`` (401) unless ``api_key`` is a known key (or no key is
-        needed): a lookup with no I/O that counts nothing; :meth:`admit` checks the rest."""
-        self._find(api_key)
+        needed): a lookup with no I/O that counts nothing; :meth:`admit` checks the rest.
+        Returns whether the key may ask a route (its name) for a model name."""
+        return self._find(api_key).may_use
 
     def _find(self, api_key: str | None) -> _Key:
         if api_key is None:

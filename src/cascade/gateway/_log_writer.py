@@ -96,12 +96,26 @@ class LineWriter:
                 batch.append(json.dumps({"event": "gateway.log_dropped", "lines": lost}) + "\n")
             if batch:
                 try:
-                    self._out.write("".join(batch))
+                    try:
+                        self._out.write("".join(batch))
+                    except UnicodeEncodeError:
+                        self._write_each(batch)  # one line the output cannot encode
                     self._out.flush()
                 except (OSError, ValueError):
                     pass  # the reader is gone: nothing left to tell it
             if stopping:
                 return
+
+    def _write_each(self, batch: list[str]) -> None:
+        """``batch`` line by line, a line the output cannot encode with its non-ASCII
+        characters escaped (``\\xe9``): it costs that line its exact text, not the batch
+        its lines."""
+        out = self._out
+        for line in batch:
+            try:
+                out.write(line)
+            except UnicodeEncodeError:
+                out.write(line.encode("ascii", "backslashreplace").decode("ascii"))
 
 
 _encode = msgspec.json.Encoder(enc_hook=repr).encode
@@ -111,7 +125,12 @@ def render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, A
     """structlog's last processor: the event as one line of JSON (values JSON cannot
     hold as their ``repr``, as ``structlog.processors.JSONRenderer`` does)."""
     try:
-        return _encode(event_dict).decode()
+        line = _encode(event_dict)
     except (msgspec.EncodeError, TypeError, ValueError, OverflowError):
         # keys JSON cannot hold, integers past 64 bits: the standard library's way
         return json.dumps(event_dict, default=repr, skipkeys=True)
+    if line.isascii():
+        return line.decode()
+    # msgspec writes non-ASCII text as is; escaped (as json.dumps does), a line goes to an
+    # output of any encoding (a non-UTF-8 one would refuse it)
+    return json.dumps(event_dict, default=repr, skipkeys=True)
