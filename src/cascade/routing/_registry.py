@@ -142,7 +142,7 @@ to be resolved."""
 
 
 def resolve_router_paths(
-    config_table: Mapping[str, Any], base_dir: str | os.PathLike[str], *, _depth: int = 0
+    config_table: Mapping[str, Any], base_dir: str | os.PathLike[str]
 ) -> Mapping[str, Any]:
     """``config_table`` with the relative file paths its kind declares (``paths=`` of
     ``@router``) made relative to ``base_dir`` (the config file's folder) instead of the
@@ -150,7 +150,13 @@ def resolve_router_paths(
     Anything that is not a router table, or not a string where a path is declared, is
     returned as it is, for the factory to judge; tables nested more than ``MAX_NESTING``
     deep are a ConfigError at ``router``."""
-    if _depth > MAX_NESTING:
+    return _resolve(config_table, base_dir, 0)
+
+
+def _resolve(
+    config_table: Mapping[str, Any], base_dir: str | os.PathLike[str], depth: int
+) -> Mapping[str, Any]:
+    if depth > MAX_NESTING:
         raise ConfigError(f"router tables nested more than {MAX_NESTING} deep", path="router")
     kind = config_table.get("kind")
     _ensure_builtins()
@@ -158,7 +164,7 @@ def resolve_router_paths(
         load_entry_point_routers()
     if not isinstance(kind, str) or kind not in _REGISTRY:
         return config_table
-    out = {key: _nested(value, base_dir, _depth + 1) for key, value in config_table.items()}
+    out = {key: _nested(value, base_dir, depth + 1) for key, value in config_table.items()}
     for dotted in _PATHS.get(kind, ()):
         *parents, leaf = dotted.split(".")
         holder: Any = out
@@ -177,10 +183,7 @@ def resolve_router_paths(
 def _nested(value: Any, base_dir: str | os.PathLike[str], depth: int) -> Any:
     """A list of router tables (composition) with each resolved; anything else as is."""
     if isinstance(value, list):
-        return [
-            resolve_router_paths(v, base_dir, _depth=depth) if isinstance(v, Mapping) else v
-            for v in value
-        ]
+        return [_resolve(v, base_dir, depth) if isinstance(v, Mapping) else v for v in value]
     return value
 
 
