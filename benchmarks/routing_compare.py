@@ -277,13 +277,18 @@ def main() -> int:
     base = rows["cascade only (routed.toml, no router)"]
     got = rows["router + cascade (classifier)"]
     within = [(k, r) for k, r in rows.items() if k != "always gpt-4 standard" and r["share"] <= 0.5]
-    best_name, best = max(within, key=lambda kv: (kv[1]["exact"], -kv[1]["cost_usd"]))
+    # none within 50%: the target is missed (a verdict, not a traceback)
+    best_name, best = max(
+        within,
+        key=lambda kv: (kv[1]["exact"], -kv[1]["cost_usd"]),
+        default=("none within 50%", {"exact": 0.0, "share": 0.0}),
+    )
     targets = [
         {
             "name": "mixed-replay test: best configuration >= 0.75 exact at <= 50% of always-GPT-4",
             "value": f"{best_name}: {best['exact']:.3f} at {best['share']:.1%}",
             "target": ">= 0.750 at <= 50.0%",
-            "pass": best["exact"] >= 0.75,
+            "pass": bool(within) and best["exact"] >= 0.75,
         },
         {
             "name": "router + cascade (classifier) at least as accurate as the cascade, no dearer",

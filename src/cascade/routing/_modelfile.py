@@ -128,6 +128,8 @@ def _decode(path: str | os.PathLike[str], at: str, kind: str, typ: type[Any]) ->
         header = msgspec.json.decode(data, type=_Header)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{shown}: not a router file: {exc}", path=at) from None
+    except RecursionError:  # msgspec recurses per level of nesting, even where it skips
+        raise ConfigError(f"{shown}: not a router file: nested too deeply", path=at) from None
     if header.format != FORMAT:
         raise ConfigError(f"{shown}: not a router file (format {header.format!r})", path=at)
     if header.kind != kind:
@@ -136,6 +138,10 @@ def _decode(path: str | os.PathLike[str], at: str, kind: str, typ: type[Any]) ->
         parsed = msgspec.json.decode(data, type=typ)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ConfigError(f"{shown}: a corrupt {kind} router file: {exc}", path=at) from None
+    except RecursionError:
+        raise ConfigError(
+            f"{shown}: a corrupt {kind} router file: nested too deeply", path=at
+        ) from None
     _check_header(parsed, shown, at)
     return parsed
 

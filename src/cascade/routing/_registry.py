@@ -59,12 +59,17 @@ def register_router_kind(
     folder."""
     if not kind or not isinstance(kind, str):
         raise ValueError("a router kind needs a non-empty name")
+    if isinstance(paths, str | bytes):  # "model" would be five one-letter names
+        raise ValueError(f"paths: expected a sequence of parameter names, got {paths!r}")
+    names = tuple(paths)
+    if not all(isinstance(p, str) and p for p in names):
+        raise ValueError(f"paths: expected non-empty parameter names, got {names!r}")
     if kind in _REGISTRY and _REGISTRY[kind] is not factory and not replace:
         raise ValueError(
             f"router kind {kind!r} is already registered; pass replace=True to override it"
         )
     _REGISTRY[kind] = factory
-    _PATHS[kind] = tuple(paths)
+    _PATHS[kind] = names
 
 
 def router(kind: str, *, replace: bool = False, paths: Sequence[str] = ()) -> Callable[[F], F]:
@@ -131,6 +136,11 @@ def build_router(config_table: Mapping[str, Any], *, path: str = "router") -> Ro
     return instance
 
 
+MAX_NESTING = 32
+"""The deepest router tables may nest (``first_of`` within ``first_of``) for their paths
+to be resolved."""
+
+
 def resolve_router_paths(
     config_table: Mapping[str, Any], base_dir: str | os.PathLike[str]
 ) -> Mapping[str, Any]:
@@ -138,14 +148,23 @@ def resolve_router_paths(
     ``@router``) made relative to ``base_dir`` (the config file's folder) instead of the
     working directory, in the router tables it nests (``first_of``'s ``routers``) too.
     Anything that is not a router table, or not a string where a path is declared, is
-    returned as it is, for the factory to judge."""
+    returned as it is, for the factory to judge; tables nested more than ``MAX_NESTING``
+    deep are a ConfigError at ``router``."""
+    return _resolve(config_table, base_dir, 0)
+
+
+def _resolve(
+    config_table: Mapping[str, Any], base_dir: str | os.PathLike[str], depth: int
+) -> Mapping[str, Any]:
+    if depth > MAX_NESTING:
+        raise ConfigError(f"router tables nested more than {MAX_NESTING} deep", path="router")
     kind = config_table.get("kind")
     _ensure_builtins()
     if isinstance(kind, str) and kind not in _REGISTRY:
         load_entry_point_routers()
     if not isinstance(kind, str) or kind not in _REGISTRY:
         return config_table
-    out = {key: _nested(value, base_dir) for key, value in config_table.items()}
+    out = {key: _nested(value, base_dir, depth + 1) for key, value in config_table.items()}
     for dotted in _PATHS.get(kind, ()):
         *parents, leaf = dotted.split(".")
         holder: Any = out
@@ -161,10 +180,10 @@ def resolve_router_paths(
     return out
 
 
-def _nested(value: Any, base_dir: str | os.PathLike[str]) -> Any:
+def _nested(value: Any, base_dir: str | os.PathLike[str], depth: int) -> Any:
     """A list of router tables (composition) with each resolved; anything else as is."""
     if isinstance(value, list):
-        return [resolve_router_paths(v, base_dir) if isinstance(v, Mapping) else v for v in value]
+        return [_resolve(v, base_dir, depth) if isinstance(v, Mapping) else v for v in value]
     return value
 
 

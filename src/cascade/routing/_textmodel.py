@@ -38,6 +38,9 @@ MAX_FILE_BYTES = 64 << 20
 MAX_VOCAB = 200_000
 MAX_CLASSES = 16
 MAX_TIERS = 16
+MAX_HEADS = MAX_TIERS + MAX_TIERS * (MAX_TIERS + 1) // 2 + 1
+"""A head per tier, one per range of tiers, and the plan table's (the file's size bounds
+the numbers they hold)."""
 MAX_CHARS_LIMIT = 100_000
 
 OUTCOMES = ("accepted_right", "accepted_wrong", "rejected_right", "rejected_wrong")
@@ -194,8 +197,8 @@ def check_text_model(
     for name, (lo, hi) in grams.items():
         if lo > hi:
             raise bad(f"{name} = [{lo}, {hi}]: the first is larger")
-    if not heads or len(heads) > MAX_TIERS:
-        raise bad(f"{len(heads)} heads (expected 1 to {MAX_TIERS})")
+    if not heads or len(heads) > MAX_HEADS:
+        raise bad(f"{len(heads)} heads (expected 1 to {MAX_HEADS})")
     for i, head in enumerate(heads):
         k = len(head.classes)
         if not 1 <= k <= MAX_CLASSES or len(set(head.classes)) != k:
@@ -230,6 +233,8 @@ def read_model_file(path: str | os.PathLike[str], *, at: str) -> bytes:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {shown!r}: {exc.strerror or exc}", path=at) from None
+    except ValueError as exc:  # a NUL byte in the path
+        raise ConfigError(f"cannot read {shown!r}: {exc}", path=at) from None
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"{shown}: larger than {MAX_FILE_BYTES >> 20} MiB", path=at)
     return data

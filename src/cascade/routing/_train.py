@@ -157,7 +157,13 @@ def _fit_model(
         min_df=2 if len(rows) >= 50 else 1,
         sublinear_tf=True,
     )
-    x = vectorizer.fit_transform([r.text for r in rows])
+    try:
+        x = vectorizer.fit_transform([r.text for r in rows])
+    except ValueError:  # scikit-learn's "empty vocabulary"
+        raise InputError(
+            "no words in the training texts (a word: two letters or digits at least)",
+            path="--dataset",
+        ) from None
     vocab = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.__getitem__)
     features = Features(
         word_ngrams=shape.word_ngrams,
@@ -249,6 +255,10 @@ def fit_classifier(
     cost."""
     n = len(tiers)
     _check(rows, n)
+    if budget_share is not None and not 0 < budget_share <= 1e6:  # NaN included
+        raise InputError(f"expected a number > 0, got {budget_share!r}", path="--budget-share")
+    if budget_tier is not None and not 0 <= budget_tier < n:
+        raise InputError(f"no tier {budget_tier} among {n}", path="--budget-tier")
     costs = mean_costs(rows, n)
     fit = partial(_fit_model, n=n, char_ngrams=char_ngrams, max_features=max_features, c=c)
     fitted = fit(rows)

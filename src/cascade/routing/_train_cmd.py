@@ -147,6 +147,11 @@ def train_router(
     as_json: bool = False,
 ) -> int:
     tiers = [t.name for t in config.tiers]
+    # checked before any record is labelled (labelling runs every record through the engine)
+    if table and kind != "classifier":
+        raise InputError("a plan table is fitted for a classifier router only", path="--table")
+    if budget_tier is not None and budget_tier not in tiers:
+        raise InputError(f"no tier named {budget_tier!r} in the config", path="--budget-tier")
     trained_on: dict[str, Any]
     if records is not None:
         if outcome_field is None:
@@ -165,8 +170,6 @@ def train_router(
         )
         trained_on = {"dataset": Path(dataset).name, "split": split}
     file: ClassifierFile | SemanticFile
-    if budget_tier is not None and budget_tier not in tiers:
-        raise InputError(f"no tier named {budget_tier!r} in the config", path="--budget-tier")
     if kind == "classifier":
         file = fit_classifier(
             labelled,
