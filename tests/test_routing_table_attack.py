@@ -119,6 +119,7 @@ def test_a_file_train_router_writes_for_five_tiers_loads(tmp_path: Path) -> None
         "\u4e2d\u6587 \u00e9t\u00e9",
         "x" * 10_000_000,
     ],
+    ids=["empty", "whitespace", "lone-surrogates", "non-ascii", "10MB"],
 )
 async def test_the_table_decides_on_any_prompt(
     table_json: dict[str, Any], tmp_path: Path, text: str
