@@ -170,10 +170,10 @@ class Cascade:
         if self._open:
             return
         if self._owns_session:
-            # Every call is bounded by the engine (``timeout_s`` and the rest, on its clock),
-            # so aiohttp's own total timer, a second timer on every request, is off; and
-            # no cookie a provider sets is kept or sent back (no state shared across the
-            # requests, or a gateway's tenants, of one pool). Both cost CPU on every call.
+            # No cookie a provider sets is kept or sent back: no state shared across the
+            # requests, or a gateway's tenants, of one pool. No aiohttp total timer by
+            # default either: the engine bounds every call (``timeout_s`` and the rest, on
+            # its clock) and the HTTP providers give each request its connect timeout.
             self._pools = {
                 name: aiohttp.ClientSession(
                     connector=aiohttp.TCPConnector(limit=size),
