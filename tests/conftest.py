@@ -22,6 +22,10 @@ def _collect_garbage() -> Iterator[None]:
     # (an error under filterwarnings=error) land on the test that leaked it.
     yield
     gc.collect()
+    # What survives a test is long-lived (imported modules, caches): freezing it keeps the
+    # next test's collection to the objects that test made. Without this, every collection
+    # walks the ~300,000 objects the imports made, about 0.1-0.2 s per test.
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)
