@@ -205,7 +205,9 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/cascade-routing-classifier.json")
     parser.add_argument("--no-semantic", action="store_true")
     parser.add_argument(
-        "--reuse", action="store_true", help="load the classifier from --out if it exists"
+        "--reuse",
+        action="store_true",
+        help="load the classifier from --out (and each seed's table beside it) if it exists",
     )
     args = parser.parse_args()
     if args.gsm8k:
@@ -252,17 +254,20 @@ def main() -> int:
     rows[table_row] = run(ROUTED, test, scoring, table)
     seeds = [{"seed": 0, **info, **rows[table_row]}]
     for seed in range(1, args.seeds):
-        again = fit_classifier(
-            labelled,
-            tiers,
-            fit_weight=False,
-            table=True,
-            budget_share=args.budget_share,
-            budget_tier=tiers.index("gpt-4"),
-            seed=seed,
-        )
         path = Path(args.out).with_suffix(f".seed{seed}.json")
-        path.write_bytes(encode_file(again))
+        if args.reuse and path.exists():
+            again = load_classifier(path, at="--out")[0]
+        else:
+            again = fit_classifier(
+                labelled,
+                tiers,
+                fit_weight=False,
+                table=True,
+                budget_share=args.budget_share,
+                budget_tier=tiers.index("gpt-4"),
+                seed=seed,
+            )
+            path.write_bytes(encode_file(again))
         got = run(ROUTED, test, scoring, ClassifierRouter(model=path, policy="table"))
         seeds.append({"seed": seed, **table_info(again), **got})
         print(f"seed {seed}: test {got['exact']:.4f}", file=sys.stderr)
@@ -321,7 +326,7 @@ def main() -> int:
         key=lambda kv: (kv[1]["exact"], -kv[1]["cost_usd"]),
         default=("none within 50%", {"exact": 0.0, "share": 0.0}),
     )
-    share = best.get("share_max", best["share"])
+    share = best["share_max"] if "share_max" in best else best["share"]
     note = " (the most any seed spent)" if "share_max" in best else ""
     targets = [
         {

@@ -239,19 +239,10 @@ def _to_file(member: _Member) -> TableMember:
 class EnsembleTable:
     """A loaded bagged table: ``decide(idx, w)`` for a sparse unit vector of the
     features -> (range index, accuracy, cost). The members' centroids are one dense matrix
-    (rows x vocabulary), so that a decision indexes it once."""
+    (vocabulary x rows, so that a text's terms are contiguous rows), and their clusters
+    sit in a grid padded to the widest member, so that a decision is a few numpy calls."""
 
-    __slots__ = (
-        "_at",
-        "_cost",
-        "_rank",
-        "_right",
-        "_rows",
-        "_slots",
-        "cost_weight",
-        "ranges",
-        "ref",
-    )
+    __slots__ = ("_at", "_cols", "_empty", "_figures", "_rank", "cost_weight", "ranges", "ref")
 
     def __init__(self, table: TableEnsemble, width: int) -> None:
         self.ranges = [(s - 1, m - 1) for s, m in table.ranges]
@@ -259,30 +250,35 @@ class EnsembleTable:
         members = table.members
         widest = max(len(m.records) for m in members)
         total = sum(len(m.records) for m in members)
-        self._rows = np.zeros((total, width))
+        self._cols = np.zeros((width, total))
         self._at = np.zeros(total, dtype=np.intp)  # each row's slot in the padded grid
         r = len(self.ranges)
-        self._right = np.zeros((len(members) * widest, r))
-        self._cost = np.zeros((len(members) * widest, r))
+        # per slot: accuracy per range, then cost per range, each divided by the members
+        self._figures = np.zeros((len(members) * widest, 2 * r))
         row = 0
         for i, m in enumerate(members):
             for c in range(len(m.records)):
-                self._rows[row, m.terms[c]] = m.values[c]
+                self._cols[m.terms[c], row] = m.values[c]
                 self._at[row] = slot = i * widest + c
-                self._right[slot], self._cost[slot] = m.right[c], m.cost[c]
+                self._figures[slot] = [*m.right[c], *m.cost[c]]
                 row += 1
-        self._slots = (len(members), widest)
+        self._figures /= len(members)
+        self._empty = np.full((len(members), widest), -math.inf)
         self._rank = np.arange(len(members)) * widest
 
     def __repr__(self) -> str:
-        return f"<EnsembleTable {self._slots[0]} members, {len(self.ranges)} ranges>"
+        return f"<EnsembleTable {len(self._rank)} members, {len(self.ranges)} ranges>"
 
     def decide(self, idx: np.ndarray, w: np.ndarray) -> tuple[int, float, float]:
-        grid = np.full(self._slots[0] * self._slots[1], -math.inf)
-        grid[self._at] = self._rows[:, idx] @ w
+        grid = self._empty.copy()
+        grid.flat[self._at] = w @ self._cols[idx]
         # the first cluster on a tie: a text with no known term goes to each largest
-        nearest = self._rank + np.argmax(grid.reshape(self._slots), axis=1)
-        acc = self._right[nearest].mean(axis=0)
-        spent = self._cost[nearest].mean(axis=0)
-        j = int(_choose(acc[None, :], spent[None, :], self.cost_weight, self.ref)[0])
-        return j, float(acc[j]), float(spent[j])
+        nearest = self._rank + np.argmax(grid, axis=1)
+        figures: list[float] = self._figures[nearest].sum(axis=0).tolist()
+        r = len(self.ranges)
+        acc, spent = figures[:r], figures[r:]
+        weight = self.cost_weight / self.ref
+        scores = [a - weight * c for a, c in zip(acc, spent, strict=True)]
+        top = max(scores)
+        j = min((c, k) for k, c in enumerate(spent) if scores[k] >= top - 1e-9)[1]
+        return j, acc[j], spent[j]
