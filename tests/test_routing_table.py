@@ -15,7 +15,7 @@ import pytest
 
 from cascade import Cascade, ConfigError
 from cascade.routing._classifier import ClassifierRouter
-from cascade.routing._ensemble import EnsembleTable, plan_outcomes
+from cascade.routing._ensemble import MAX_SEED, EnsembleTable, plan_outcomes
 from cascade.routing._labels import Labelled
 from cascade.routing._modelfile import (
     ClusterPlan,
@@ -123,6 +123,9 @@ def test_the_same_seed_gives_the_same_file(tmp_path: Path) -> None:
     assert a == b
     got = load_classifier(tmp_path / "a.json", at="model")[0]
     assert got.trained_on["cost_weight_fit"]["table"]["seed"] == 3
+    # the largest seed allowed: every k-means seed derived from it is a valid one
+    top = load_classifier(fitted(tmp_path, "c.json", seed=MAX_SEED), at="model")[0]
+    assert top.ensemble is not None
 
 
 def member(

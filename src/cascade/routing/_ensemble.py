@@ -54,7 +54,7 @@ PER_COUNT = 5
 SHRINK = 5.0
 """Pseudo-records of the whole training set's accuracy added to each cluster's, per range."""
 FOLDS = 5
-MAX_SEED = 1_000_000
+MAX_SEED = 100_000
 """Seeds are 0 to this (k-means seeds derived from them stay below 2**32)."""
 
 
