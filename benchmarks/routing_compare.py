@@ -15,11 +15,14 @@ split through the real engine over replayed answers, three ways with the same fo
 - router only: the router picks one tier per request and nothing escalates
   (``policy = "single"``; the tier's own vote still decides its answer);
 - router + cascade: the router picks a range of tiers, validators escalate inside it;
-- router + cascade (plan table): the same file's plan table (``cascade train-router
-  --table``): the train texts clustered, a range of tiers per cluster, the number of
-  clusters chosen by 5-fold cross-validation on train and the cost weight set so that the
-  table costs at most ``--budget-share`` (0.5) of tier ``gpt-4`` (GPT-4 ``standard``)
-  alone on train. Its train cross-validated figures are printed beside its test row.
+- router + cascade (bagged plan table): the same file's plan table (``cascade train-router
+  --table``): the train texts clustered 30 times (k-means, 2 to 16 clusters, 5 seeds
+  each), a request's accuracy and cost per range of tiers averaged over its nearest
+  clusters, the cost weight chosen by 5-fold cross-validation on train so that the
+  routing costs at most ``--budget-share`` (0.5) of tier ``gpt-4`` (GPT-4 ``standard``)
+  alone. Its train cross-validated figures are printed beside its test row; the table is
+  refitted with seeds 0 to ``--seeds`` - 1 (k-means and folds) and every seed's test
+  figures printed, with their mean, minimum and maximum.
 
 References beside them: ``vote_then_gpt4.toml`` (the best cascade without routing) and
 always-GPT-4 ``standard``. Prices as in the dataset README (gpt-3.5-turbo $0.50/$1.50,
@@ -30,7 +33,8 @@ train for the classifier) uses the fake OpenAI server's hashed bag-of-words embe
 loopback: it shows the path works, not what a real embedding model would reach.
 
 Targets (issue #14), printed with their verdicts: the best routed configuration at least
-0.75 accurate at no more than 50% of always-GPT-4 ``standard``'s cost; "router + cascade"
+0.75 accurate at no more than 50% of always-GPT-4 ``standard``'s cost (for the bagged
+table: its mean accuracy over the seeds, and every seed within 50%); "router + cascade"
 (classifier) at least as accurate as the cascade alone at no more cost. Exits 1 when one
 is missed.
 
@@ -173,7 +177,7 @@ def gsm8k(args: argparse.Namespace) -> int:
             f"{len(train)} even records; shares of the configuration alone",
         )
         print(
-            f"plan table: {info['clusters']} cluster(s); 5-fold CV on the even records "
+            f"bagged plan table: {info['members']} tables; 5-fold CV on the even records "
             f"{info['cv_accuracy']:.1%} at {info['cv_cost_share']:.1%} of GPT-4 alone "
             f"(the cascade alone there: {cascade_cv:.1%})"
         )
@@ -194,11 +198,16 @@ def main() -> int:
     parser.add_argument(
         "--tolerance", type=float, default=0.002, help="--gsm8k: accuracy lost allowed (0.002)"
     )
+    parser.add_argument(
+        "--seeds", type=int, default=10, help="fit the plan table with seeds 0..N-1 (10)"
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", default="/tmp/cascade-routing-classifier.json")
     parser.add_argument("--no-semantic", action="store_true")
     parser.add_argument(
-        "--reuse", action="store_true", help="load the classifier from --out if it exists"
+        "--reuse",
+        action="store_true",
+        help="load the classifier from --out (and each seed's table beside it) if it exists",
     )
     args = parser.parse_args()
     if args.gsm8k:
@@ -241,8 +250,27 @@ def main() -> int:
     rows["router + cascade (classifier)"] = run(ROUTED, test, scoring, both)
     table = ClassifierRouter(model=args.out, policy="table")
     info = table_info(fitted)
-    table_row = f"router + cascade (plan table, {info['clusters']} clusters)"
+    table_row = f"router + cascade (bagged plan table, {info['members']} tables, seed 0)"
     rows[table_row] = run(ROUTED, test, scoring, table)
+    seeds = [{"seed": 0, **info, **rows[table_row]}]
+    for seed in range(1, args.seeds):
+        path = Path(args.out).with_suffix(f".seed{seed}.json")
+        if args.reuse and path.exists():
+            again = load_classifier(path, at="--out")[0]
+        else:
+            again = fit_classifier(
+                labelled,
+                tiers,
+                fit_weight=False,
+                table=True,
+                budget_share=args.budget_share,
+                budget_tier=tiers.index("gpt-4"),
+                seed=seed,
+            )
+            path.write_bytes(encode_file(again))
+        got = run(ROUTED, test, scoring, ClassifierRouter(model=path, policy="table"))
+        seeds.append({"seed": seed, **table_info(again), **got})
+        print(f"seed {seed}: test {got['exact']:.4f}", file=sys.stderr)
     infos = [TierInfo(index=i + 1, name=n, est_cost_usd=0.0) for i, n in enumerate(tiers)]
     texts = [r.question for r in test[:1000]]
     rows["router + cascade (classifier)"]["p50_us"] = decision_p50_us(both, texts, infos)
@@ -276,17 +304,34 @@ def main() -> int:
         r["share"] = r["cost_usd"] / reference
     base = rows["cascade only (routed.toml, no router)"]
     got = rows["router + cascade (classifier)"]
-    within = [(k, r) for k, r in rows.items() if k != "always gpt-4 standard" and r["share"] <= 0.5]
+    for r in seeds:
+        r["share"] = r["cost_usd"] / reference
+    over_seeds = {
+        "accuracy": statistics.fmean(r["exact"] for r in seeds),
+        "min": min(r["exact"] for r in seeds),
+        "max": max(r["exact"] for r in seeds),
+        "share_max": max(r["share"] for r in seeds),
+    }
+    within = [
+        (k, r)
+        for k, r in rows.items()
+        if k not in ("always gpt-4 standard", table_row) and r["share"] <= 0.5
+    ]
+    if over_seeds["share_max"] <= 0.5:
+        name = f"bagged plan table, mean of {len(seeds)} seeds"
+        within.append((name, {**over_seeds, "exact": over_seeds["accuracy"], "cost_usd": 0.0}))
     # none within 50%: the target is missed (a verdict, not a traceback)
     best_name, best = max(
         within,
         key=lambda kv: (kv[1]["exact"], -kv[1]["cost_usd"]),
         default=("none within 50%", {"exact": 0.0, "share": 0.0}),
     )
+    share = best["share_max"] if "share_max" in best else best["share"]
+    note = " (the most any seed spent)" if "share_max" in best else ""
     targets = [
         {
             "name": "mixed-replay test: best configuration >= 0.75 exact at <= 50% of always-GPT-4",
-            "value": f"{best_name}: {best['exact']:.3f} at {best['share']:.1%}",
+            "value": f"{best_name}: {best['exact']:.4f} at {share:.1%}{note}",
             "target": ">= 0.750 at <= 50.0%",
             "pass": bool(within) and best["exact"] >= 0.75,
         },
@@ -298,17 +343,9 @@ def main() -> int:
             "pass": got["accuracy"] >= base["accuracy"] and got["cost_usd"] <= base["cost_usd"],
         },
     ]
-    cv = {
-        "clusters": info["clusters"],
-        "cost_weight": info["cost_weight"],
-        "train_cv_accuracy": info["cv_accuracy"],
-        "train_cv_cost_share_of_gpt4": info["cv_cost_share"],
-        "train_accuracy": info["train_accuracy"],
-        "train_cost_share_of_gpt4": info["train_cost_share"],
-        "cv_by_clusters": info["cv"],
-    }
     if args.json:
-        print(json.dumps({"rows": rows, "plan_table": cv, "targets": targets}, indent=1))
+        out = {"rows": rows, "plan_table_seeds": seeds, "over_seeds": over_seeds}
+        print(json.dumps({**out, "targets": targets}, indent=1))
     else:
         print_rows(
             rows,
@@ -322,9 +359,16 @@ def main() -> int:
             f"{info['train_accuracy']:.1%} at {info['train_cost_share']:.1%}; test "
             f"{rows[table_row]['exact']:.1%} at {rows[table_row]['share']:.1%}"
         )
-        print("5-fold CV on train by number of clusters (accuracy, cost share, cost weight):")
-        for k, v in info["cv"].items():
-            print(f"  {k:>2}: {v}")
+        print("bagged plan table by seed (train 5-fold CV; test, shares of always-gpt-4):")
+        for r in seeds:
+            print(
+                f"  seed {r['seed']}: CV {r['cv_accuracy']:.2%} at {r['cv_cost_share']:.1%}, "
+                f"cost weight {r['cost_weight']:.4f}; test {r['exact']:.2%} at {r['share']:.1%}"
+            )
+        print(
+            f"  mean {over_seeds['accuracy']:.2%}, min {over_seeds['min']:.2%}, max "
+            f"{over_seeds['max']:.2%}; the most any seed spent {over_seeds['share_max']:.1%}"
+        )
         print_targets(targets)
     return 0 if all(t["pass"] for t in targets) else 1
 

@@ -207,7 +207,7 @@ def corrupt_cases(model_file: Path) -> dict[str, bytes]:
 
     mutate("other format", lambda d: d.update(format="sklearn"))
     mutate("semantic kind", lambda d: d.update(kind="semantic"))
-    mutate("version 2", lambda d: d.update(version=2))
+    mutate("version 3", lambda d: d.update(version=3))
     mutate("short idf", lambda d: d["features"]["idf"].pop())
     mutate("short coef row", lambda d: d["heads"][0]["coef"][0].pop())
     mutate("extra coef row", lambda d: d["heads"][0]["coef"].append(d["heads"][0]["coef"][0]))
@@ -233,7 +233,7 @@ def corrupt_cases(model_file: Path) -> dict[str, bytes]:
     "case",
     [
         "truncated", "empty", "not json", "pickle", "a list", "other format", "semantic kind",
-        "version 2", "short idf", "short coef row", "extra coef row", "missing head",
+        "version 3", "short idf", "short coef row", "extra coef row", "missing head",
         "extra tier", "bad class", "repeated term", "negative idf", "string coef",
         "plan out of range", "unknown field", "ngrams reversed", "huge max_chars",
         "infinite intercept",

@@ -1,21 +1,30 @@
-"""The ``classifier`` router's plan table (policy ``table``): training texts clustered, a
-range of tiers per cluster under a budget, the clusters and cost weight chosen by
-cross-validation; saved, loaded with its shapes checked, and routing through the engine
-over real loopback HTTP."""
+"""The ``classifier`` router's plan table (policy ``table``): training texts clustered many
+times, each cluster's figures per range of tiers averaged per request (a bagged table,
+file version 2), the cost weight chosen by cross-validation under a budget; saved, loaded
+with its shapes checked, routing through the engine over real loopback HTTP; and a
+version-1 file with a single table still loads and routes."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
 from cascade import Cascade, ConfigError
 from cascade.routing._classifier import ClassifierRouter
-from cascade.routing._clusters import fit_table, pick, plan_outcomes
+from cascade.routing._ensemble import MAX_SEED, EnsembleTable, plan_outcomes
 from cascade.routing._labels import Labelled
-from cascade.routing._modelfile import encode_file
+from cascade.routing._modelfile import (
+    ClusterPlan,
+    TableEnsemble,
+    TableMember,
+    encode_file,
+    load_classifier,
+)
+from cascade.routing._textmodel import Head, TextModel
 from cascade.routing._train import all_plans, fit_classifier
 from cascade.testing import FakeOpenAIServer
 
@@ -40,22 +49,48 @@ def table_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fitted(tmp_path_factory.mktemp("table"), budget_share=0.52)
 
 
-async def test_each_cluster_gets_the_range_its_training_records_do_best_in(
-    table_file: Path,
-) -> None:
+def version_1_file(tmp_path: Path) -> Path:
+    """A version-1 file as ``train-router --table`` wrote it before bagged tables: the
+    classifier's heads, then a head of two centroids (a family text's vector and a sports
+    text's) and their clusters' ranges."""
+    plain = fit_classifier(training(), TIERS, fit_weight=False)
+    model = TextModel(plain.features, plain.heads)
+
+    def dense(text: str) -> list[float]:
+        row = [0.0] * len(plain.features.vocabulary)
+        for i, v in zip(*model.vector(text), strict=True):
+            row[int(i)] = float(v)
+        return row
+
+    head = Head(classes=["0", "1"], coef=[dense(family(0)), dense(sports(0))], intercept=[0, 0])
+    clusters = [
+        ClusterPlan(start=2, stop=2, right=1.0, cost=0.03, records=60),
+        ClusterPlan(start=1, stop=2, right=1.0, cost=0.001, records=60),
+    ]
+    old = msgspec.structs.replace(plain, heads=[*plain.heads, head], clusters=clusters)
+    path = tmp_path / "version1.json"
+    path.write_bytes(encode_file(old))
+    return path
+
+
+async def test_each_text_gets_the_range_its_neighbours_did_best_in(table_file: Path) -> None:
     router = ClassifierRouter(model=table_file, policy="table")
+    assert router.file.version == 2
+    assert router.file.ensemble is not None
     info = router.file.trained_on["cost_weight_fit"]["table"]
-    assert info["clusters"] == 2  # one cluster cannot tell the kinds apart; two can
+    assert info["members"] == len(router.file.ensemble.members) == 30
     assert info["cv_accuracy"] == 1.0  # every held-out fold routed right
     fam = await router.route(request(family(1000)))
     assert (fam.start_tier, fam.max_tier) == (2, 2), fam.reason
     spo = await router.route(request(sports(1000)))
     # the small tier; escalating costs nothing more on these records (the small tier
-    # accepts), and the cluster's figures are shrunk toward the whole set's, where the
+    # accepts), and the clusters' figures are shrunk toward the whole set's, where the
     # small tier alone is right half the time: the range that may escalate wins
     assert (spo.start_tier, spo.max_tier) == (1, 2), spo.reason
-    assert fam.reason.startswith("cluster ") and len(fam.reason) <= 200
-    assert fam.score == 1.0 and fam.router == "classifier"
+    assert fam.reason.startswith("bagged table: tiers 2-2")
+    assert len(fam.reason) <= 200
+    assert fam.score == 1.0
+    assert fam.router == "classifier"
     # the same file still serves the other policies
     both = await ClassifierRouter(model=table_file).route(request(family(1000)))
     assert both.start_tier == 2
@@ -64,60 +99,120 @@ async def test_each_cluster_gets_the_range_its_training_records_do_best_in(
 def test_the_budget_binds(tmp_path: Path) -> None:
     """Family questions need the large tier (30 times the small one's cost); half the
     records are family questions, so sending them there costs about half the large tier
-    alone: within a budget of 60%, not of 30%. Within 60%, the whole cascade for every
-    text (53%) is as accurate as two clusters, and one cluster is preferred."""
+    alone: within a budget of 60%, not of 30%, where only some family questions (those
+    whose neighbourhoods are surest) can go there and sports questions stay small."""
     loose = ClassifierRouter(model=fitted(tmp_path, "a.json", budget_share=0.6), policy="table")
     tight = ClassifierRouter(model=fitted(tmp_path, "b.json", budget_share=0.3), policy="table")
-    assert [(c.start, c.stop) for c in loose.file.clusters] == [(1, 2)]
-    assert {c.start for c in tight.file.clusters} == {1}
-    assert tight.file.trained_on["cost_weight_fit"]["table"]["train_cost_share"] < 0.05
     for router, share in ((loose, 0.6), (tight, 0.3)):
         info = router.file.trained_on["cost_weight_fit"]["table"]
-        assert info["budget_share"] == share and info["reference_tier"] == 2
+        assert info["budget_share"] == share
+        assert info["reference_tier"] == 2
         assert info["train_cost_share"] <= share
         assert info["cv_cost_share"] <= share
     assert loose.file.trained_on["cost_weight_fit"]["table"]["train_accuracy"] == 1.0
-    assert tight.file.trained_on["cost_weight_fit"]["table"]["train_accuracy"] == 0.5
+    assert 0.5 <= tight.file.trained_on["cost_weight_fit"]["table"]["train_accuracy"] < 1.0
+    texts = [sports(i) for i in range(200, 210)]
+    assert {tight.from_ensemble(tight.ensemble, t).start_tier for t in texts} == {1}  # type: ignore[arg-type]
+    assert loose.file.ensemble is not None
+    assert loose.file.ensemble.cost_weight < tight.file.ensemble.cost_weight  # type: ignore[union-attr]
 
 
-def test_pick_is_the_most_accurate_within_the_cap() -> None:
-    scores = {
-        (1, 0.0): (0.9, 5.0),
-        (2, 0.1): (0.8, 2.0),
-        (4, 0.1): (0.8, 1.0),
-        (8, 1.0): (0.5, 0.5),
-    }
-    assert pick(scores, 5.0) == (1, 0.0)
-    assert pick(scores, 4.0) == (2, 0.1)  # equally accurate: the fewer clusters
-    assert pick(scores, 0.5) == (8, 1.0)
-    assert pick(scores, 0.1) is None
-    # the fewest clusters within the tolerance of the best
-    close = {(1, 0.0): (0.7, 1.0), (4, 0.0): (0.78, 1.0), (8, 0.0): (0.8, 1.0)}
-    assert pick(close, 1.0, tolerance=0.003) == (8, 0.0)
-    assert pick(close, 1.0, tolerance=0.05) == (4, 0.0)
-    assert pick(close, 1.0, tolerance=0.2) == (1, 0.0)
+def test_the_same_seed_gives_the_same_file(tmp_path: Path) -> None:
+    a = fitted(tmp_path, "a.json", budget_share=0.52, seed=3).read_bytes()
+    b = fitted(tmp_path, "b.json", budget_share=0.52, seed=3).read_bytes()
+    assert a == b
+    got = load_classifier(tmp_path / "a.json", at="model")[0]
+    assert got.trained_on["cost_weight_fit"]["table"]["seed"] == 3
+    # the largest seed allowed: every k-means seed derived from it is a valid one
+    top = load_classifier(fitted(tmp_path, "c.json", seed=MAX_SEED), at="model")[0]
+    assert top.ensemble is not None
 
 
-def test_one_cluster_when_the_texts_are_all_of_one_kind() -> None:
+def member(
+    centroids: list[list[float]], right: list[list[float]], cost: list[list[float]]
+) -> TableMember:
+    terms = [[i for i, v in enumerate(c) if v] for c in centroids]
+    return TableMember(
+        terms=terms,
+        values=[[v for v in c if v] for c in centroids],
+        right=right,
+        cost=cost,
+        records=[10] * len(centroids),
+    )
+
+
+def test_a_decision_averages_the_members_nearest_clusters() -> None:
+    """Two members over a two-term vocabulary and two ranges: for the first term, the first
+    member's nearest cluster says (0.6, 0.9), the second's (0.8, 0.9); the mean (0.7, 0.9)
+    against costs (1, 3). At weight 0.05 the dearer range scores higher (0.75 against
+    0.65), at 0.15 the cheaper (0.55 against 0.45); at 0.1 they tie and the cheaper wins."""
+    a = member([[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.9], [0.0, 0.0]], [[1.0, 3.0], [1.0, 3.0]])
+    b = member([[0.6, 0.8]], [[0.8, 0.9]], [[1.0, 3.0]])
+    ensemble = TableEnsemble(
+        ranges=[(1, 1), (1, 2)], cost_weight=0.05, reference_cost=1.0, members=[a, b]
+    )
+
+    def at(weight: float) -> EnsembleTable:
+        return EnsembleTable(msgspec.structs.replace(ensemble, cost_weight=weight), 2)
+
+    first = (np.array([0]), np.array([1.0]))
+    assert at(0.05).decide(*first) == (1, pytest.approx(0.9), 3.0)
+    assert at(0.15).decide(*first) == (0, pytest.approx(0.7), 1.0)
+    assert at(0.1).decide(*first)[0] == 0
+    # the first member's second cluster for the second term: (0.4, 0.45) on average
+    assert at(0.05).decide(np.array([1]), np.array([1.0])) == (0, pytest.approx(0.4), 1.0)
+    # no known term: each member's first (largest) cluster
+    assert at(0.05).decide(np.zeros(0, np.intp), np.zeros(0))[0] == 1
+
+
+async def test_a_version_1_file_still_loads_and_routes(tmp_path: Path) -> None:
+    router = ClassifierRouter(model=version_1_file(tmp_path), policy="table")
+    assert router.file.version == 1
+    assert router.ensemble is None
+    fam = await router.route(request(family(1000)))
+    spo = await router.route(request(sports(1000)))
+    assert (fam.start_tier, fam.max_tier) == (2, 2)
+    assert (spo.start_tier, spo.max_tier) == (1, 2)
+    assert fam.reason.startswith("cluster 0")
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda d: d.update(version=3), "a version 3 classifier router file; this"),
+        (lambda d: d.update(version=1), "needs version 2"),
+        (lambda d: d["ensemble"]["ranges"].append([2, 1]), "not ranges of 2 tiers"),
+        (lambda d: d["ensemble"]["members"][0]["terms"][0].__setitem__(0, 10**7), "beyond the"),
+        (lambda d: d["ensemble"]["members"][0]["values"][0].append(0.5), "do not pair up"),
+        (lambda d: d["ensemble"]["members"][0]["right"][0].append(0.5), "other than 3 ranges"),
+        (lambda d: d["ensemble"]["members"][0]["right"][0].__setitem__(0, 2.0), "corrupt"),
+        (lambda d: d["ensemble"]["members"][0]["records"].pop(), "differ in length"),
+        (lambda d: d["ensemble"].update(members=[]), "0 members"),
+        (lambda d: d["ensemble"]["members"][0]["values"][0].__setitem__(0, 1e999), "out of range"),
+    ],
+)
+def test_a_corrupt_bagged_table_is_a_config_error_naming_the_file(
+    table_file: Path, tmp_path: Path, change: object, words: str
+) -> None:
+    data = json.loads(table_file.read_bytes())
+    change(data)  # type: ignore[operator]
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data).replace("Infinity", "1e999"))
+    with pytest.raises(ConfigError, match=words) as info:
+        build(path, policy="table")
+    assert info.value.path == "router.model"
+    assert str(path) in info.value.message
+
+
+def test_plan_outcomes_run_each_range_over_each_record() -> None:
     rows = [
         Labelled(text=family(i), tiers=(label("rejected_wrong", 0.001), label("accepted_right", 1)))
         for i in range(30)
     ]
-    ranges = all_plans(2)
-    right, cost = plan_outcomes(rows, ranges)
+    right, cost = plan_outcomes(rows, all_plans(2))
     assert right.shape == (30, 3)
     assert list(right[0]) == [0.0, 1.0, 1.0]  # (1,1) wrong, (1,2) escalates, (2,2) right
     assert list(cost[0]) == [0.001, 1.001, 1.0]
-    x = np.ones((30, 4)) / 2.0  # unit rows, all equal
-    table, lam, (acc, spent) = fit_table(x, right, cost, ranges, k=1, cap=1.0, ref=1.0)
-    assert [(p.start, p.stop, p.records) for p in table.plans] == [(2, 2, 30)]
-    assert (acc, spent) == (1.0, 1.0) and lam == 0.0
-    assert table.head().classes == ["0"]
-    # nothing within the cap: the cheapest table the weights reach
-    table, _, (acc, spent) = fit_table(x, right, cost, ranges, k=1, cap=0.01, ref=1.0)
-    assert [(p.start, p.stop) for p in table.plans] == [(1, 1)]
-    assert acc == 0.0
-    assert spent == pytest.approx(0.001)
 
 
 async def test_the_engine_runs_the_range_the_table_gives(table_file: Path) -> None:
@@ -137,7 +232,8 @@ async def test_the_engine_runs_the_range_the_table_gives(table_file: Path) -> No
             odd = await cascade.run(messages=[{"role": "user", "content": "x" * 100_000}])
         assert (fam.tier_name, fam.text) == ("large", "large says")
         assert (spo.tier_name, spo.text) == ("small", "small says")
-        assert odd.route is not None and odd.route.reason.startswith("cluster ")
+        assert odd.route is not None
+        assert odd.route.reason.startswith("bagged table: ")
         assert fam.route is not None and fam.route.max_tier == 2
 
 
@@ -180,10 +276,10 @@ def test_the_model_file_is_found_beside_the_config_file(
 
 
 @pytest.mark.parametrize("case", ["classes", "range", "missing head", "extra plan"])
-def test_a_corrupt_table_is_a_config_error_naming_the_file(
-    table_file: Path, tmp_path: Path, case: str
+def test_a_corrupt_version_1_table_is_a_config_error_naming_the_file(
+    tmp_path: Path, case: str
 ) -> None:
-    data = json.loads(table_file.read_bytes())
+    data = json.loads(version_1_file(tmp_path).read_bytes())
     if case == "classes":
         data["heads"][-1]["classes"].reverse()
     elif case == "range":

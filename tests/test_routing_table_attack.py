@@ -21,6 +21,7 @@ from cascade.routing._train import fit_classifier
 
 from .test_routing_learned import TIERS, label, request, training
 from .test_routing_registry import clean_registry, config  # noqa: F401
+from .test_routing_table import version_1_file
 from .test_routing_train import files, train  # noqa: F401
 
 pytest.importorskip("sklearn")
@@ -78,10 +79,10 @@ def test_a_path_with_a_nul_byte_is_a_config_error() -> None:
         (lambda d: d["heads"][-1]["coef"][0].__setitem__(0, 1e999), "out of range"),
     ],
 )
-def test_a_corrupt_plan_table_is_refused_at_load(
-    tmp_path: Path, table_json: dict[str, Any], change: Any, words: str
+def test_a_corrupt_version_1_plan_table_is_refused_at_load(
+    tmp_path: Path, change: Any, words: str
 ) -> None:
-    data = json.loads(json.dumps(table_json))
+    data = json.loads(version_1_file(tmp_path).read_bytes())
     change(data)
     text = json.dumps(data).replace("Infinity", "1e999")  # parsed as inf
     with pytest.raises(ConfigError, match=words):
@@ -89,7 +90,7 @@ def test_a_corrupt_plan_table_is_refused_at_load(
 
 
 def test_a_file_train_router_writes_for_five_tiers_loads(tmp_path: Path) -> None:
-    """Five tiers: 5 tier heads, 15 range heads and the plan table's head."""
+    """Five tiers: 5 tier heads, 15 range heads and a bagged table over the 15 ranges."""
     names = [f"t{j}" for j in range(5)]
     rows = [
         Labelled(
@@ -104,7 +105,9 @@ def test_a_file_train_router_writes_for_five_tiers_loads(tmp_path: Path) -> None
     path = tmp_path / "five.json"
     path.write_bytes(encode_file(fit_classifier(rows, names, table=True, fit_weight=False)))
     router = ClassifierRouter(model=path, policy="table")
-    assert len(router.file.heads) == 21
+    assert len(router.file.heads) == 20
+    assert router.ensemble is not None
+    assert len(router.ensemble.ranges) == 15
 
 
 # -- decision time -------------------------------------------------------------------------
@@ -127,7 +130,7 @@ async def test_the_table_decides_on_any_prompt(
     router = ClassifierRouter(model=write(tmp_path, table_json), policy="table")
     got = await router.route(request(text))
     assert got.start_tier is not None
-    assert got.reason.startswith("cluster ")
+    assert got.reason.startswith("bagged table: ")
 
 
 async def test_a_table_for_other_tiers_has_no_opinion(
@@ -155,6 +158,8 @@ def test_training_texts_without_a_word_are_an_input_error(text: str) -> None:
         ({"budget_share": float("nan")}, "--budget-share"),
         ({"budget_share": -1.0}, "--budget-share"),
         ({"budget_share": 0.5, "budget_tier": 5}, "--budget-tier"),
+        ({"seed": -1}, "--seed"),
+        ({"seed": 10**12}, "--seed"),
     ],
 )
 def test_bad_budgets_in_python_are_input_errors(options: dict[str, Any], where: str) -> None:
@@ -173,6 +178,19 @@ def test_an_unknown_budget_tier_fails_before_labelling(
     err = capsys.readouterr().err
     assert "--budget-tier" in err
     assert "labelling" not in err  # refused before any record is run
+
+
+@pytest.mark.parametrize("seed", ["-1", "200000"])
+def test_a_bad_seed_fails_before_labelling(
+    files: tuple[str, str],  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    seed: str,
+) -> None:
+    assert main(train(files, tmp_path, "--table", "--seed", seed)) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err
+    assert "labelling" not in err
 
 
 def test_table_with_a_semantic_router_is_refused(

@@ -131,14 +131,16 @@ def test_train_a_plan_table(
     assert main([*train(files, tmp_path, *extra), "--json"]) == 0
     captured = capsys.readouterr()
     rows = {r["policy"]: r for r in json.loads(captured.out)["rows"]}
-    table = rows["router + cascade (plan table)"]
+    table = rows["router + cascade (bagged plan table)"]
     assert table["accuracy"] == 1.0  # kinship at big, sports at small
     assert table["cost_usd"] < rows["tier 2 big alone"]["cost_usd"] * 0.9
-    assert "plan table: " in captured.err and "5-fold CV" in captured.err
+    assert "bagged plan table: 30 tables" in captured.err
+    assert "5-fold CV" in captured.err
     router = ClassifierRouter(model=tmp_path / "router.json", policy="table")
     info = router.file.trained_on["cost_weight_fit"]["table"]
     assert info["budget_share"] == 0.9 and info["reference_tier"] == 2
-    assert len(router.file.clusters) == info["clusters"] >= 2
+    assert router.file.ensemble is not None
+    assert len(router.file.ensemble.members) == info["members"] == 30
 
 
 def routing_records(path: Path) -> Path:

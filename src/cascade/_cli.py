@@ -137,8 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--table",
         action="store_true",
-        help="also fit a plan table (policy 'table'): a range of tiers per cluster of "
-        "training texts, clusters and cost weight chosen by 5-fold cross-validation",
+        help="also fit a bagged plan table (policy 'table'): many clusterings of the "
+        "training texts, each cluster's figures per range of tiers averaged per request, "
+        "the cost weight chosen by 5-fold cross-validation",
     )
     tr.add_argument(
         "--budget-share",
@@ -148,6 +149,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--budget-tier", help="with --budget-share: the reference tier (default: the dearest)"
+    )
+    tr.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="with --table: seeds its k-means and folds (default 0; the same seed, the same file)",
     )
     return parser
 
@@ -502,6 +509,7 @@ def _scoring(args: argparse.Namespace) -> Any:
 
 
 def _train_router(args: argparse.Namespace) -> int:
+    from .routing._ensemble import MAX_SEED
     from .routing._train_cmd import train_router
 
     scoring = _scoring(args)
@@ -517,6 +525,8 @@ def _train_router(args: argparse.Namespace) -> int:
         raise InputError("expected a number >= 0", path="--cost-weight")
     if args.budget_share is not None and not 0 < args.budget_share <= 1e6:
         raise InputError("expected a number > 0", path="--budget-share")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise InputError(f"expected 0 to {MAX_SEED}", path="--seed")
     if (args.budget_share is not None or args.budget_tier is not None) and not args.table:
         raise InputError("--budget-share and --budget-tier need --table", path="--table")
     with in_file(args.config):
@@ -537,6 +547,7 @@ def _train_router(args: argparse.Namespace) -> int:
             table=args.table,
             budget_share=args.budget_share,
             budget_tier=args.budget_tier,
+            seed=args.seed,
             base_dir=Path(args.config).parent,
             concurrency=args.concurrency,
             limit=args.limit,

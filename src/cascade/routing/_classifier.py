@@ -7,7 +7,9 @@
     model = "router.json"        # written by `cascade train-router`
     # policy = "cascade"         # or "cheapest": the first tier likely right, no stop tier;
     #                            # or "table": the range the file's plan table gives the
-    #                            # request's cluster (`cascade train-router --table`)
+    #                            # request's cluster (`cascade train-router --table`:
+    #                            # a bagged table in a version-2 file, one table in a
+    #                            # version-1 file)
     # cost_weight = 0.2          # overrides the file's (None: lowest cost per right answer)
 
 It reads the text of the request's last user message (its first characters only, as the
@@ -25,6 +27,7 @@ import anyio.to_thread
 
 from .._errors import ConfigError
 from ._decision import RouteDecision, RouteRequest
+from ._ensemble import EnsembleTable
 from ._modelfile import load_classifier
 from ._policy import Policy, decide
 
@@ -96,7 +99,13 @@ class ClassifierRouter:
         name: str = "classifier",
     ) -> None:
         self.file, self.model = load_classifier(model, at="model")
-        check_policy(policy, cost_weight, min_pass, table=bool(self.file.clusters))
+        table = bool(self.file.clusters) or self.file.ensemble is not None
+        check_policy(policy, cost_weight, min_pass, table=table)
+        self.ensemble = (
+            None
+            if self.file.ensemble is None or policy != "table"
+            else EnsembleTable(self.file.ensemble, len(self.file.features.vocabulary))
+        )
         self.name = name
         self.path = str(model)
         self.policy: Policy = policy
@@ -126,6 +135,11 @@ class ClassifierRouter:
         if off is not None:
             return off
         text = prompt_text(request, self.model.features.max_chars)
+        table = self.ensemble
+        if table is not None:
+            if len(text) > INLINE_CHARS:
+                return await anyio.to_thread.run_sync(self.from_ensemble, table, text)
+            return self.from_ensemble(table, text)
         if self.policy == "table":
             if len(text) > INLINE_CHARS:
                 c = await anyio.to_thread.run_sync(self.cluster, text)
@@ -137,6 +151,22 @@ class ClassifierRouter:
         else:
             probs, right = self.predict(text)
         return self.decide(probs, right, request)
+
+    def from_ensemble(self, table: EnsembleTable, text: str) -> RouteDecision:
+        """The bagged table's range for ``text``."""
+        j, right, cost = table.decide(*self.model.vector(text))
+        start, stop = table.ranges[j]
+        return RouteDecision(
+            start_tier=start + 1,
+            max_tier=stop + 1,
+            reason=(
+                f"bagged table: tiers {start + 1}-{stop + 1}, right {right:.2f} and cost "
+                f"{cost / table.ref:.0%} of the reference tier over the nearest "
+                "clusters' training records"
+            ),
+            score=round(right, 4),
+            router=self.name,
+        )
 
     def from_table(self, c: int) -> RouteDecision:
         plan = self.file.clusters[c]

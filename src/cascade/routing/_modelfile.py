@@ -34,6 +34,8 @@ __all__ = [
     "ClusterPlan",
     "Example",
     "SemanticFile",
+    "TableEnsemble",
+    "TableMember",
     "TierLabel",
     "encode_file",
     "load_classifier",
@@ -67,9 +69,43 @@ class ClusterPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     records: Annotated[int, Meta(ge=0)]
 
 
+MAX_MEMBERS = 64
+"""Tables in a bagged plan table, at most."""
+MAX_MEMBER_CLUSTERS = 64
+
+
+class TableMember(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One plan table of a bagged plan table: per cluster, its centroid (sparse, over the
+    features' vocabulary) and what every range of tiers did on its training records."""
+
+    terms: list[list[Annotated[int, Meta(ge=0)]]]
+    """Per cluster, the vocabulary indexes of its centroid's non-zero values."""
+    values: list[list[float]]
+    """Per cluster, the centroid's values at ``terms``."""
+    right: list[list[Annotated[float, Meta(ge=0, le=1)]]]
+    """Per cluster and range, the range's accuracy on the cluster's training records
+    (shrunk toward the whole set's)."""
+    cost: list[list[Cost]]
+    """Per cluster and range, the range's mean cost per request there (USD)."""
+    records: list[Annotated[int, Meta(ge=0)]]
+
+
+class TableEnsemble(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A bagged plan table (policy ``table``): a request's figures per range are the mean
+    over the members of its nearest cluster's; it runs the range whose accuracy minus
+    ``cost_weight`` x cost / ``reference_cost`` is highest (the cheaper on a tie)."""
+
+    ranges: list[tuple[int, int]]
+    """The ranges of tiers (1-based, inclusive) the members' figures are for."""
+    cost_weight: Annotated[float, Meta(ge=0, le=1e6)]
+    reference_cost: Annotated[float, Meta(gt=0, le=1e6)]
+    """The reference tier's mean cost alone on the training records (USD)."""
+    members: list[TableMember]
+
+
 class ClassifierFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     format: Literal["cascade-router"] = "cascade-router"
-    version: Literal[1] = 1
+    version: Literal[1, 2] = 1
     kind: Literal["classifier"] = "classifier"
     tiers: list[str]
     costs: list[Cost]
@@ -83,6 +119,8 @@ class ClassifierFile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     clusters: list[ClusterPlan] = []
     """The plan table (policy ``table``): per cluster of training texts, the range of tiers
     to run; the last head then picks a request's cluster (its nearest centroid)."""
+    ensemble: TableEnsemble | None = None
+    """The bagged plan table (policy ``table``; version 2 files only)."""
     trained_on: dict[str, Any] = {}
 
 
@@ -121,6 +159,9 @@ def encode_file(data: ClassifierFile | SemanticFile) -> bytes:
     return _encoder.encode(data)
 
 
+VERSIONS = {"classifier": (1, 2), "semantic": (1,)}
+
+
 def _decode(path: str | os.PathLike[str], at: str, kind: str, typ: type[Any]) -> Any:
     shown = str(path)
     data = read_model_file(path, at=at)
@@ -134,6 +175,12 @@ def _decode(path: str | os.PathLike[str], at: str, kind: str, typ: type[Any]) ->
         raise ConfigError(f"{shown}: not a router file (format {header.format!r})", path=at)
     if header.kind != kind:
         raise ConfigError(f"{shown}: a {header.kind!r} router file, not a {kind!r} one", path=at)
+    if header.version not in VERSIONS[kind]:
+        raise ConfigError(
+            f"{shown}: a version {header.version} {kind} router file; this cascade-engine "
+            f"reads versions {', '.join(map(str, VERSIONS[kind]))} (retrain it, or upgrade)",
+            path=at,
+        )
     try:
         parsed = msgspec.json.decode(data, type=typ)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -161,6 +208,12 @@ def load_classifier(path: str | os.PathLike[str], *, at: str) -> tuple[Classifie
     missing, too large, corrupt, or its shapes disagree."""
     parsed: ClassifierFile = _decode(path, at, "classifier", ClassifierFile)
     n, k = len(parsed.tiers), len(parsed.clusters)
+    if parsed.ensemble is not None:
+        if parsed.version < 2 or k:
+            raise ConfigError(
+                f"{path}: a bagged plan table needs version 2 and no single table", path=at
+            )
+        _check_ensemble(parsed.ensemble, n, len(parsed.features.vocabulary), str(path), at)
     table = 1 if k else 0
     if len(parsed.heads) != n + len(parsed.plans) + table:
         raise ConfigError(
@@ -181,6 +234,34 @@ def load_classifier(path: str | os.PathLike[str], *, at: str) -> tuple[Classifie
             raise ConfigError(f"{path}: heads[{i}]: unknown classes {sorted(unknown)}", path=at)
     model = check_text_model(parsed.features, parsed.heads, source=str(path), path=at)
     return parsed, model
+
+
+def _check_ensemble(e: TableEnsemble, n: int, width: int, shown: str, at: str) -> None:
+    """ConfigError naming the file when the bagged table's shapes are off (the decoder has
+    refused numbers out of range: JSON has no NaN, and 1e999 is out of float range)."""
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{shown}: ensemble: {what}", path=at)
+
+    if not e.ranges or any(not 1 <= s <= m <= n for s, m in e.ranges):
+        raise bad(f"ranges {e.ranges!r} are not ranges of {n} tiers"[:300])
+    if not 1 <= len(e.members) <= MAX_MEMBERS:
+        raise bad(f"{len(e.members)} members (expected 1 to {MAX_MEMBERS})")
+    r = len(e.ranges)
+    for i, m in enumerate(e.members):
+        k = len(m.records)
+        if not 1 <= k <= MAX_MEMBER_CLUSTERS:
+            raise bad(f"members[{i}]: {k} clusters (expected 1 to {MAX_MEMBER_CLUSTERS})")
+        if not len(m.terms) == len(m.values) == len(m.right) == len(m.cost) == k:
+            raise bad(f"members[{i}]: terms, values, right, cost and records differ in length")
+        for c in range(k):
+            terms, values = m.terms[c], m.values[c]
+            if len(terms) != len(values) or len(set(terms)) != len(terms):
+                raise bad(f"members[{i}] cluster {c}: terms and values do not pair up")
+            if any(t >= width for t in terms):
+                raise bad(f"members[{i}] cluster {c}: a term beyond the {width}-term vocabulary")
+            if len(m.right[c]) != r or len(m.cost[c]) != r:
+                raise bad(f"members[{i}] cluster {c}: figures for other than {r} ranges")
 
 
 def load_semantic(path: str | os.PathLike[str], *, at: str) -> SemanticFile:

@@ -27,7 +27,7 @@ Policy = Literal["cascade", "single", "cheapest", "table"]
 """``cascade``: a range of tiers, validators escalate inside it; ``single``: one tier, no
 escalation (routing alone); ``cheapest``: the first tier likely right, up to the last;
 ``table``: the range a plan table gives the request's cluster (the router decides that
-itself, :mod:`~cascade.routing._clusters`; :func:`decide` treats it as ``cascade``)."""
+itself, :mod:`~cascade.routing._ensemble`; :func:`decide` treats it as ``cascade``)."""
 
 
 class Plan(NamedTuple):

@@ -18,17 +18,16 @@ from functools import partial
 from typing import Any
 
 from .._errors import InputError
-from ._clusters import (
-    K_TOLERANCE,
-    ClusterPlan,
-    Table,
-    cross_validate,
-    fit_table,
-    pick,
-    plan_outcomes,
-)
+from ._ensemble import MAX_SEED, fit_ensemble, plan_outcomes
 from ._labels import Labelled
-from ._modelfile import MAX_EXAMPLE_CHARS, ClassifierFile, Example, SemanticFile, TierLabel
+from ._modelfile import (
+    MAX_EXAMPLE_CHARS,
+    ClassifierFile,
+    Example,
+    SemanticFile,
+    TableEnsemble,
+    TierLabel,
+)
 from ._policy import decide
 from ._textmodel import OUTCOMES, Features, Head, TextModel, analyze
 
@@ -246,17 +245,20 @@ def fit_classifier(
     table: bool = False,
     budget_share: float | None = None,
     budget_tier: int | None = None,
+    seed: int = 0,
     trained_on: Mapping[str, Any] | None = None,
 ) -> ClassifierFile:
-    """A classifier router file fitted on ``rows``; with ``table``, also a plan table
-    (policy ``table``, :mod:`~cascade.routing._clusters`) whose clusters and cost weight
-    are chosen by cross-validation within ``budget_share`` of tier ``budget_tier``
+    """A classifier router file fitted on ``rows``; with ``table``, also a bagged plan
+    table (policy ``table``, :mod:`~cascade.routing._ensemble`, file version 2) whose cost
+    weight is chosen by cross-validation within ``budget_share`` of tier ``budget_tier``
     (0-based; default the dearest) alone, or without a share within the whole cascade's
-    cost."""
+    cost. ``seed`` seeds its k-means and folds (the same seed, the same file)."""
     n = len(tiers)
     _check(rows, n)
     if budget_share is not None and not 0 < budget_share <= 1e6:  # NaN included
         raise InputError(f"expected a number > 0, got {budget_share!r}", path="--budget-share")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"expected 0 to {MAX_SEED}, got {seed!r}", path="--seed")
     if budget_tier is not None and not 0 <= budget_tier < n:
         raise InputError(f"no tier {budget_tier} among {n}", path="--budget-tier")
     costs = mean_costs(rows, n)
@@ -267,20 +269,18 @@ def fit_classifier(
     if fit_weight:
         oof = _out_of_fold(rows, lambda part: fit(part).predict)
         weight, info = fit_cost_weight(rows, oof, costs)
-    heads = list(fitted.model.heads)
-    clusters: list[ClusterPlan] = []
+    ensemble: TableEnsemble | None = None
     if table:
-        found, info["table"] = _fit_table(fitted, rows, costs, budget_share, budget_tier)
-        heads.append(found.head())
-        clusters = found.plans
+        ensemble, info["table"] = _fit_table(fitted, rows, costs, budget_share, budget_tier, seed)
     return ClassifierFile(
+        version=1 if ensemble is None else 2,
         tiers=list(tiers),
         costs=costs,
         cost_weight=weight,
         features=fitted.model.features,
-        heads=heads,
+        heads=list(fitted.model.heads),
         plans=[(s + 1, m + 1) for s, m in fitted.ranges],
-        clusters=clusters,
+        ensemble=ensemble,
         trained_on={**(trained_on or {}), "records": len(rows), "cost_weight_fit": info},
     )
 
@@ -291,10 +291,10 @@ def _fit_table(
     costs: Sequence[float],
     budget_share: float | None,
     budget_tier: int | None,
-) -> tuple[Table, dict[str, Any]]:
-    """The plan table, its clusters chosen by repeated 5-fold cross-validation, and the
-    cross-validated figures of every number of clusters (cost shares of the reference
-    tier)."""
+    seed: int,
+) -> tuple[TableEnsemble, dict[str, Any]]:
+    """The bagged plan table and its cross-validated and training figures (cost shares of
+    the reference tier)."""
     if not fitted.ranges:
         raise InputError(
             "a plan table needs every tier's label on every record (a replay dataset, not "
@@ -309,38 +309,9 @@ def _fit_table(
         cap = budget_share * ref
     else:  # the whole cascade's own mean cost
         cap = float(cost[:, fitted.ranges.index((0, n - 1))].mean())
-    scores = cross_validate(fitted.x, right, cost, ref=ref)
-    chosen = pick(scores, cap, tolerance=K_TOLERANCE)
-    if chosen is None:  # nothing fits: the cheapest routing cross-validation saw
-        chosen = min(scores, key=lambda key: scores[key][1])
-    k = chosen[0]
-    found, lam, (fit_acc, fit_cost) = fit_table(
-        fitted.x, right, cost, fitted.ranges, k=k, cap=cap, ref=ref
-    )
-    cv_acc, cv_cost = scores[chosen]
-    info = {
-        "clusters": k,
-        "cost_weight": lam,
-        "reference_tier": ref_tier + 1,
-        "budget_share": budget_share,
-        "cv_accuracy": cv_acc,
-        "cv_cost_share": cv_cost / ref,
-        "cv_cost_weight": chosen[1],
-        "train_accuracy": fit_acc,
-        "train_cost_share": fit_cost / ref,
-        "cv": {str(kk): _best_of(scores, kk, cap, ref) for kk in sorted({k for k, _ in scores})},
-    }
+    found, info = fit_ensemble(fitted.x, right, cost, fitted.ranges, cap=cap, ref=ref, seed=seed)
+    info.update(reference_tier=ref_tier + 1, budget_share=budget_share, seed=seed)
     return found, info
-
-
-def _best_of(
-    scores: Mapping[tuple[int, float], tuple[float, float]], k: int, cap: float, ref: float
-) -> list[float] | None:
-    """[accuracy, cost share, cost weight] of the choice for ``k`` clusters."""
-    key = pick({kk: v for kk, v in scores.items() if kk[0] == k}, cap)
-    if key is None:
-        return None
-    return [round(scores[key][0], 4), round(scores[key][1] / ref, 4), key[1]]
 
 
 def fit_semantic(

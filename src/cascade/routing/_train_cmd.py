@@ -29,6 +29,7 @@ import msgspec
 from .._config import Config
 from .._errors import InputError
 from .._scoring import Scoring, load_records
+from ._ensemble import EnsembleTable
 from ._labels import Labelled, label_records, label_routing_records
 from ._modelfile import ClassifierFile, SemanticFile, encode_file
 from ._policy import Policy, decide
@@ -87,7 +88,11 @@ def evaluate_router(
             )
             ranges.append(((d.start_tier or 1) - 1, (d.max_tier or n) - 1))
         rows.append(_row(label, labelled, ranges))
-    if file.clusters:
+    if file.ensemble is not None:
+        bagged = EnsembleTable(file.ensemble, len(file.features.vocabulary))
+        picks = [bagged.ranges[bagged.decide(*model.vector(r.text))[0]] for r in labelled]
+        rows.append(_row("router + cascade (bagged plan table)", labelled, picks))
+    elif file.clusters:
         last = len(file.heads) - 1
         chosen = [file.clusters[model.likeliest(r.text, last)] for r in labelled]
         table = [(c.start - 1, c.stop - 1) for c in chosen]
@@ -96,20 +101,15 @@ def evaluate_router(
 
 
 def _table_summary(file: ClassifierFile) -> str:
-    """The plan table's cross-validated choice, one line per cluster."""
+    """The bagged plan table's cross-validated and training figures."""
     info = file.trained_on["cost_weight_fit"]["table"]
-    lines = [
-        f"plan table: {info['clusters']} clusters, cost weight {info['cost_weight']:g}; "
-        f"5-fold CV on the training records: accuracy {info['cv_accuracy']:.1%} at "
-        f"{info['cv_cost_share']:.1%} of tier {info['reference_tier']} alone; the final "
-        f"table on them: {info['train_accuracy']:.1%} at {info['train_cost_share']:.1%}"
-    ]
-    for c, plan in enumerate(file.clusters):
-        lines.append(
-            f"  cluster {c}: {plan.records} records -> tiers {plan.start}-{plan.stop} "
-            f"(right {plan.right:.2f}, ${plan.cost:.5f} a request)"
-        )
-    return "\n".join(lines)
+    return (
+        f"bagged plan table: {info['members']} tables, cost weight {info['cost_weight']:g} "
+        f"(seed {info['seed']}); 5-fold CV on the training records: accuracy "
+        f"{info['cv_accuracy']:.1%} at {info['cv_cost_share']:.1%} of tier "
+        f"{info['reference_tier']} alone; the final table on them: "
+        f"{info['train_accuracy']:.1%} at {info['train_cost_share']:.1%}"
+    )
 
 
 def format_rows(rows: Sequence[Row], reference: float) -> str:
@@ -141,6 +141,7 @@ def train_router(
     table: bool = False,
     budget_share: float | None = None,
     budget_tier: str | None = None,
+    seed: int = 0,
     base_dir: str | os.PathLike[str] | None = None,
     concurrency: int = 32,
     limit: int | None = None,
@@ -178,6 +179,7 @@ def train_router(
             table=table,
             budget_share=budget_share,
             budget_tier=None if budget_tier is None else tiers.index(budget_tier),
+            seed=seed,
             trained_on=trained_on,
         )
         if table:
