@@ -213,10 +213,18 @@ async def complete(
     call's timeouts. The timeouts
     run on ``clock`` if given (a clock that runs timers), else on the loop's clock.
     """
+    if whole_answer(provider):
+        one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
+        ttft = arrived(one, t0, on_text)
+        if on_delta is not None and one.text:
+            wait = on_delta(one.text)
+            if wait is not None:
+                await wait
+        return whole_completion(provider, msgs, opts, t0, one, ttft, on_text), None
     parts: list[str] = []
     text_so_far = ""
     early: Verdict | None = None
-    ttft: float | None = None
+    ttft = None
     finish: str | None = None
     in_tokens: int | None = None
     out_tokens: int | None = None
@@ -229,27 +237,6 @@ async def complete(
     config = provider.config
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
-    if not config.stream and not watch and answers_whole(provider):
-        # One whole answer from one awaited call, bounded by the provider itself: no
-        # iterator of one chunk, no second timer. (Partial checks are for streams only.)
-        one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
-        if one.text:
-            ttft = perf_counter() - t0
-            if on_text is not None:
-                on_text(len(one.text))
-            if on_delta is not None:
-                wait = on_delta(one.text)
-                if wait is not None:
-                    await wait
-        if one.refusal and on_text is not None:
-            on_text(len(one.refusal))
-        return _completion(
-            provider, msgs, opts, t0, one.text, ttft, one.finish_reason, one.input_tokens,
-            one.output_tokens, one.model, one.answer,
-            None if one.logprobs is None else list(one.logprobs),
-            one.cache_read_tokens, one.cache_write_tokens,
-            None if one.refusal is None else [one.refusal],
-        ), None  # fmt: skip
     started = False  # a chunk has arrived: idle_timeout_s counts from now on
     tick = asyncio.get_running_loop().time if clock is None else clock.monotonic
     now = tick()
@@ -360,6 +347,52 @@ async def complete(
         provider, msgs, opts, t0, text, ttft, finish, in_tokens, out_tokens, model, answer,
         logprobs, cache_read, cache_write, refusal,
     ), early  # fmt: skip
+
+
+def whole_answer(provider: Provider) -> bool:
+    """Whether a call to ``provider`` is one awaited ``complete_whole``: a provider that
+    does not stream and answers whole (:class:`~cascade.providers.SupportsWhole`), with no
+    first-token or idle timeout to watch. It bounds the call itself (its ``timeout_s``):
+    no iterator of one chunk, no second timer. (Partial checks are for streams only.)"""
+    config = provider.config
+    return (
+        not config.stream
+        and config.first_token_timeout_s is None
+        and config.idle_timeout_s is None
+        and answers_whole(provider)
+    )
+
+
+def arrived(one: Chunk, t0: float, on_text: Callable[[int], None] | None) -> float | None:
+    """A whole answer came: its time to first token (None if it has no text), its text
+    counted by ``on_text``."""
+    if not one.text:
+        return None
+    ttft = perf_counter() - t0
+    if on_text is not None:
+        on_text(len(one.text))
+    return ttft
+
+
+def whole_completion(
+    provider: Provider,
+    msgs: tuple[Message, ...],
+    opts: RequestOptions,
+    t0: float,
+    one: Chunk,
+    ttft: float | None,
+    on_text: Callable[[int], None] | None,
+) -> Completion:
+    """The Completion of a whole answer (after :func:`arrived`); a refusal's text counted."""
+    if one.refusal and on_text is not None:
+        on_text(len(one.refusal))
+    return _completion(
+        provider, msgs, opts, t0, one.text, ttft, one.finish_reason, one.input_tokens,
+        one.output_tokens, one.model, one.answer,
+        None if one.logprobs is None else list(one.logprobs),
+        one.cache_read_tokens, one.cache_write_tokens,
+        None if one.refusal is None else [one.refusal],
+    )  # fmt: skip
 
 
 def _completion(

@@ -9,7 +9,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Literal
 
-from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
+from ._attempt import (
+    InFlight,
+    PartialCheck,
+    Tier,
+    arrived,
+    complete,
+    judge,
+    refused,
+    whole_answer,
+    whole_completion,
+)
 from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
 from ._errors import ProviderError, RequestRejected
@@ -18,6 +28,7 @@ from ._sampler import Sampler
 from ._telemetry._spans import NOOP_TIER
 from ._types import (
     Attempt,
+    Chunk,
     Completion,
     Message,
     RequestOptions,
@@ -261,12 +272,25 @@ class ProviderCalls:
         when it is open); from here on ``flight``'s request counts as sent."""
         provider = flight.provider
         breaker = self.breakers[provider.name]
-        with await breaker.acquire() if breaker.shared else breaker.admit():
-            flight.phase = "sent"
-            return await complete(
-                provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
-                on_delta=on_delta, clock=self.timers,
-            )  # fmt: skip
+        permit = await breaker.acquire() if breaker.shared else breaker.admit()
+        flight.phase = "sent"
+        done: tuple[Completion, Verdict | None]
+        try:
+            if on_delta is None and whole_answer(provider):
+                # ``complete``'s own first step, without its frame: one awaited call.
+                one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
+                ttft = arrived(one, t0, on_text)
+                done = whole_completion(provider, msgs, opts, t0, one, ttft, on_text), None
+            else:
+                done = await complete(
+                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
+                    on_delta=on_delta, clock=self.timers,
+                )  # fmt: skip
+        except BaseException as exc:
+            permit.settle(exc)
+            raise
+        permit.success()
+        return done
 
     def token_estimate(
         self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions

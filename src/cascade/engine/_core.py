@@ -258,6 +258,7 @@ class Engine:
         """The tier's answer (accepted or rejected), or None when every provider failed
         or the tier was skipped as over budget. ``msgs``: the plan's, or a repair's."""
         opts, calls = plan.opts, self.calls
+        limiters = calls.limiters
         if plan.budget is not None:
             skip = self._over_budget(tier, msgs, opts, plan.budget - run.spent)
             if skip is not None:
@@ -269,7 +270,10 @@ class Engine:
         for provider in tier.providers:
             if provider.name in tried:
                 continue
-            lease = await calls.reserve(provider, msgs, opts)
+            # No rate limit (the common case): no lease, and no coroutine to ask for none.
+            lease = None
+            if provider.name in limiters:
+                lease = await calls.reserve(provider, msgs, opts)
             if lease is False:
                 busy.append(provider)  # a sibling with headroom goes first
                 run.tier_trace.limiter_busy(provider.name)

@@ -393,7 +393,14 @@ class Permit:
     ) -> None:
         if exc is None:
             self.success()
-        elif counts_as_failure(exc, count_rate_limits=self._breaker.count_rate_limits):
+        else:
+            self.settle(exc)
+
+    def settle(self, exc: BaseException) -> None:
+        """Report the call that raised ``exc`` as the context manager does: a failure if
+        it :func:`counts_as_failure`, else a success for any other ``Exception`` (the
+        provider answered), else (cancelled) a release."""
+        if counts_as_failure(exc, count_rate_limits=self._breaker.count_rate_limits):
             self.failure()
         elif isinstance(exc, Exception):
             self.success()
