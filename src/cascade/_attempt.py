@@ -145,41 +145,27 @@ def apply_variant(
     return tuple(out), msgspec.structs.replace(opts, variant=variant.name)
 
 
-class InFlight:
-    """The attempt under way: what it has cost so far, and what a deadline records."""
+class InFlight(msgspec.Struct, eq=False):
+    """The attempt under way: what it has cost so far, and what a deadline records. (A
+    Struct, mutable and compared by identity: built in C, once per call.)"""
 
-    __slots__ = (
-        "completion",
-        "cost",
-        "cut_off_tokens",
-        "hedge",
-        "phase",
-        "provider",
-        "received",
-        "samples",
-        "t0",
-        "tier",
-        "trace",
-    )
-
-    def __init__(self, tier: Tier, provider: Provider, t0: float, *, hedge: bool = False) -> None:
-        self.tier = tier
-        self.provider = provider
-        self.t0 = t0
-        self.hedge = hedge
-        self.completion: Completion | None = None
-        self.cost = 0.0
-        self.received = 0  # characters of answer so far (costed if the call is cut off)
-        self.cut_off_tokens = 0
-        """Output tokens a call cut off after its request was sent is billed at least: a
-        provider that does not stream generates (and bills) the whole answer whether or
-        not anyone waits for it; set by the caller (``ProviderCalls.attempt``)."""
-        self.phase: Literal["waiting", "sent", "backoff"] = "waiting"
-        """Where the call is: waiting for its rate limit or breaker, its request sent (the
-        prompt is billed from here on), or between tries (the failed try was recorded and
-        costed; nothing is under way)."""
-        self.samples: list[Completion] = []
-        self.trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
+    tier: Tier
+    provider: Provider
+    t0: float
+    hedge: bool = False
+    completion: Completion | None = None
+    cost: float = 0.0
+    received: int = 0  # characters of answer so far (costed if the call is cut off)
+    cut_off_tokens: int = 0
+    """Output tokens a call cut off after its request was sent is billed at least: a
+    provider that does not stream generates (and bills) the whole answer whether or
+    not anyone waits for it; set by the caller (``ProviderCalls.attempt``)."""
+    phase: Literal["waiting", "sent", "backoff"] = "waiting"
+    """Where the call is: waiting for its rate limit or breaker, its request sent (the
+    prompt is billed from here on), or between tries (the failed try was recorded and
+    costed; nothing is under way)."""
+    samples: list[Completion] = []
+    trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
 
     def seen(self, chars: int) -> None:
         """Count text as it arrives (``complete``'s ``on_text``)."""

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Literal
 
+import msgspec
+
 from ._attempt import InFlight, Tier, chosen
 from ._errors import ProviderError
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
@@ -165,50 +167,35 @@ def unanswered_tokens(
     return estimate_prompt_tokens(msgs), out_tokens
 
 
-class RunState:
-    """Mutable state of one run; lives only for the duration of the run.
+class RunState(msgspec.Struct, eq=False):
+    """Mutable state of one run; lives only for the duration of the run. (A Struct: built
+    in C, once per run; a run with a sink says so: ``speculative`` from its mode, and
+    ``listening``.)
 
     Its events go to its trace and its ``sink`` (:meth:`emit`); :meth:`record` is where
     every attempt is recorded, :meth:`charge` and :meth:`charge_unanswered` where every
     cost is added."""
 
-    __slots__ = (
-        "attempts",
-        "deadline_at",
-        "flights",
-        "last_error",
-        "listening",
-        "route",
-        "shown",
-        "sink",
-        "speculative",
-        "spent",
-        "t0",
-        "tier_trace",
-        "trace",
-    )
-
-    def __init__(self, t0: float, deadline_at: float | None, sink: Sink = NO_SINK) -> None:
-        self.t0 = t0
-        self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
-        self.sink = sink
-        self.speculative = sink.mode == "speculative"
-        """Text goes to the sink as it arrives (else only the accepted answer's)."""
-        self.shown = 0
-        """Characters of text sent as deltas and not retracted (speculative mode)."""
-        self.attempts: list[Attempt] = []
-        self.spent = 0.0
-        self.last_error: ProviderError | None = None
-        self.flights: list[InFlight] = []
-        """Attempts under way (two while a hedge races); a deadline records them."""
-        self.trace: RunTrace = NOOP_RUN
-        self.listening = sink is not NO_SINK
-        """Whether any listener (the sink, or a trace: see :meth:`listen`) hears the
-        events; when none does, the engine builds none but the last."""
-        self.tier_trace: TierTrace = NOOP_TIER
-        """The run's span and the span of the tier under way (``_telemetry``)."""
-        self.route: RouteDecision | None = None
-        """The router's decision, once asked (``engine/_route.py``)."""
+    t0: float
+    deadline_at: float | None  # on the Cascade's clock, for retry backoff
+    sink: Sink = NO_SINK
+    speculative: bool = False
+    """Text goes to the sink as it arrives (else only the accepted answer's)."""
+    listening: bool = False
+    """Whether any listener (the sink, or a trace: see :meth:`listen`) hears the
+    events; when none does, the engine builds none but the last."""
+    shown: int = 0
+    """Characters of text sent as deltas and not retracted (speculative mode)."""
+    attempts: list[Attempt] = []
+    spent: float = 0.0
+    last_error: ProviderError | None = None
+    flights: list[InFlight] = []
+    """Attempts under way (two while a hedge races); a deadline records them."""
+    trace: RunTrace = NOOP_RUN
+    tier_trace: TierTrace = NOOP_TIER
+    """The run's span and the span of the tier under way (``_telemetry``)."""
+    route: RouteDecision | None = None
+    """The router's decision, once asked (``engine/_route.py``)."""
 
     def charge(self, flight: InFlight, completion: Completion) -> float:
         """Charge an answer ``flight``'s provider sent (the attempt's, or a sample's): its
