@@ -105,6 +105,7 @@ class ProviderCalls:
             for p in t.providers
         }
         """Recent times to first token of providers whose tier hedges on a percentile."""
+        self._whole: dict[str, bool] = {}  # each provider's whole_answer, once known
         self.retries: dict[str, RetryPolicy | None] = {
             p.name: None if p.retry.attempts == 1 else p.retry
             for t in config.tiers
@@ -152,7 +153,7 @@ class ProviderCalls:
         on_delta = None
         if run.speculative and tier.hedge is None and show_text:
             on_delta = run.delta_sender(flight)
-        tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+        tier_msgs, tier_opts = tier.request(msgs, opts, 0) if tier.variants else (msgs, opts)
         flight.cut_off_tokens = self.cut_off_tokens(provider, tier_opts)
         # The span of the call (one per try: a retry replaces it), current until judged.
         if run.tier_trace is not NOOP_TIER:
@@ -276,7 +277,10 @@ class ProviderCalls:
         flight.phase = "sent"
         done: tuple[Completion, Verdict | None]
         try:
-            if on_delta is None and whole_answer(provider):
+            whole = self._whole.get(provider.name)
+            if whole is None:  # the same for every call: the provider's config and class
+                whole = self._whole[provider.name] = whole_answer(provider)
+            if whole and on_delta is None:
                 # ``complete``'s own first step, without its frame: one awaited call.
                 one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
                 ttft = arrived(one, t0, on_text)

@@ -98,30 +98,39 @@ class Engine:
         else:
             run = RunState(perf_counter(), at, sink, sink.mode == "speculative", True)
             sink.attach(run.attempts)
+        trace = self.telemetry.run(
+            run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
+        )
         end: Finished | Failed
         try:
-            # The run's span (a child of the caller's), ended with its routing record:
-            # the trace sees the Finished event, or the error as the run leaves it.
-            with self.telemetry.run(
-                run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
-            ) as trace:
-                run.listen(trace)
-                try:
-                    # No deadline (the common case): one frame less on every resumption.
-                    within = self._tiers if deadline is None else self._within
-                    end = Finished(result=await within(run, plan))
-                except asyncio.CancelledError:
-                    exc = RunCancelled("cancelled: the caller stopped the run")
-                    self._cut_off(run, plan.msgs, exc, "cancelled")
-                    raise
-                run.emit(end)
-                if sink is not NO_SINK:
-                    # A reader takes the result before the run's span and routing record
-                    # are written (a gateway sends its response first): one loop turn.
-                    await asyncio.sleep(0)
+            if trace is NOOP_RUN:  # nothing is traced or measured: no span to end
+                end = await self._finish(run, plan)
+            else:
+                # The run's span (a child of the caller's), ended with its routing record:
+                # the trace sees the Finished event, or the error as the run leaves it.
+                with trace:
+                    run.listen(trace)
+                    end = await self._finish(run, plan)
         except RunError as exc:
             end = Failed(error=exc)
             sink.emit(end)
+        return end
+
+    async def _finish(self, run: RunState, plan: Plan) -> Finished:
+        """The run's tiers, to its Finished event (told to its listeners)."""
+        try:
+            # No deadline (the common case): one frame less on every resumption.
+            within = self._tiers if plan.deadline is None else self._within
+            end = Finished(result=await within(run, plan))
+        except asyncio.CancelledError:
+            exc = RunCancelled("cancelled: the caller stopped the run")
+            self._cut_off(run, plan.msgs, exc, "cancelled")
+            raise
+        run.emit(end)
+        if run.sink is not NO_SINK:
+            # A reader takes the result before the run's span and routing record are
+            # written (a gateway sends its response first): one loop turn.
+            await asyncio.sleep(0)
         return end
 
     async def _within(self, run: RunState, plan: Plan) -> Result:
@@ -197,14 +206,14 @@ class Engine:
                 else:
                     attempt = await self._judged(run, tier, plan, msgs, tier.quality)
             finally:
-                outcome, detail = tier_outcome(attempts, first)
                 if traced:
-                    run.tier_trace.end(outcome)
+                    run.tier_trace.end(tier_outcome(attempts, first)[0])
             if attempt is not None and attempt.outcome == "accepted":
                 result = run.result(attempt, validated=True)
                 if sink.mode is not None:
                     await _release(run, attempt)
                 return result
+            outcome, detail = tier_outcome(attempts, first)
             if attempt is None and outcome != "skipped" and self.config.on_outage == "error":
                 break  # every provider failed: an outage, which must not escalate the bill
             # rejected by a validator, or every provider failed: escalate to the next tier
