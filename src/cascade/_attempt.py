@@ -1,16 +1,17 @@
-"""One attempt at one tier: the provider call and the validators' judgement.
+"""One attempt at one tier: the provider call.
 
 The engine (``_engine.py``) decides which tier and provider to try; this module holds the
 mechanics of trying one: collecting the stream into a Completion (with early rejection by
-validators that can judge a partial answer, and the call's timeouts), and composing the
-validators' verdicts. Further samples for validators that ask for them: ``_sampler.py``.
+validators that can judge a partial answer, and the call's timeouts). The validators'
+verdicts are composed in ``_judge.py``; further samples for validators that ask for them:
+``_sampler.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from time import perf_counter
 from typing import Literal, Protocol
@@ -34,7 +35,7 @@ from .providers import Provider, answers_whole
 from .resilience.quality import QualityBreaker
 from .validators import ValidationContext, Validator
 
-__all__ = ["InFlight", "PartialCheck", "Tier", "complete", "judge", "refused"]
+__all__ = ["InFlight", "PartialCheck", "Tier", "complete", "whole_answer", "whole_completion"]
 
 
 _PARTIAL_WINDOW = 4096
@@ -426,12 +427,6 @@ def _received(parts: list[str], refusal: list[str] | None) -> int:
     return sum(map(len, parts)) + (sum(map(len, refusal)) if refusal else 0)
 
 
-def refused(completion: Completion) -> Verdict:
-    """The verdict on a refusal in a tier that does not accept refusals."""
-    why = completion.refusal or ""
-    return Verdict(validator="refusal", passed=False, score=0.0, reason=f"refused: {why}"[:500])
-
-
 def _first_failure(
     checks: tuple[PartialCheck, ...], text: str, ctx: ValidationContext | None
 ) -> Verdict | None:
@@ -444,64 +439,3 @@ def _first_failure(
         if verdict is not None and not verdict.passed:
             return verdict
     return None
-
-
-async def judge(
-    tier: Tier, completion: Completion, ctx: ValidationContext
-) -> tuple[tuple[Verdict, ...], bool]:
-    """Every validator's verdict on ``completion``, and whether the tier accepts it: its
-    own validators' judgement, then each of the request's (``required``) must pass."""
-    verdicts, passed = await _judge_own(tier, completion, ctx) if tier.validators else ((), True)
-    if not passed or not tier.required:
-        return verdicts, passed
-    for v in tier.required:
-        verdict = await _verdict(v, completion, ctx)
-        verdicts = (*verdicts, verdict)
-        if not verdict.passed:
-            return verdicts, False
-    return verdicts, True
-
-
-async def _judge_own(
-    tier: Tier, completion: Completion, ctx: ValidationContext
-) -> tuple[tuple[Verdict, ...], bool]:
-    validators = tier.validators
-    if len(validators) == 1:
-        verdicts: tuple[Verdict, ...] = (await _verdict(validators[0], completion, ctx),)
-        if tier.mode == "all":
-            return verdicts, verdicts[0].passed
-    elif tier.mode == "all":
-        # The first failure settles it: later validators (paid sampling included) don't run.
-        found: list[Verdict] = []
-        for v in validators:
-            found.append(await _verdict(v, completion, ctx))
-            if not found[-1].passed:
-                return tuple(found), False
-        return tuple(found), True
-    else:
-        verdicts = tuple([await _verdict(v, completion, ctx) for v in validators])
-    total = sum(tier.weights)
-    score = sum(w * v.score for w, v in zip(tier.weights, verdicts, strict=True)) / total
-    return verdicts, score >= tier.threshold
-
-
-async def _verdict(validator: Validator, completion: Completion, ctx: ValidationContext) -> Verdict:
-    try:
-        return await validator.validate(completion, ctx)
-    except Exception as exc:
-        # A validator that crashes has not approved the answer: reject (and escalate)
-        # with the crash as the reason rather than lose the request.
-        return Verdict(
-            validator=getattr(validator, "name", type(validator).__name__),
-            passed=False,
-            score=0.0,
-            reason=f"validator raised {type(exc).__name__}: {exc}"[:500],
-        )
-
-
-def chosen(verdicts: Sequence[Verdict], completion: Completion) -> Completion:
-    """The answer the verdicts stand behind (a validator's pick, else the first answer)."""
-    for verdict in verdicts:
-        if verdict.completion is not None:
-            return verdict.completion
-    return completion

@@ -15,15 +15,14 @@ from ._attempt import (
     Tier,
     arrived,
     complete,
-    judge,
-    refused,
     whole_answer,
     whole_completion,
 )
 from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
 from ._errors import ProviderError, RequestRejected
-from ._records import RunState, attempt_record, failed_record, unanswered_tokens
+from ._judge import judge, refused
+from ._records import RunState, attempt_record, quota_used
 from ._sampler import Sampler
 from ._telemetry._spans import NOOP_TIER
 from ._types import (
@@ -188,10 +187,10 @@ class ProviderCalls:
                     lease = held[0]
         except ProviderError as exc:
             if lease is not None:
-                lease.release(used_tokens=self.unanswered_tokens(flight, tier_msgs, exc))
+                lease.release(used_tokens=quota_used(flight, tier_msgs, exc))
             run.flights.remove(flight)
             run.last_error = exc
-            run.record(self._failure(run, flight, t0, exc, tier_msgs))  # ends its span
+            run.record(run.failure(flight, t0, exc, tier_msgs))  # ends its span
             # Retried already (or not: on_error said so); fail over, or stop the run.
             if classify(exc, provider.config.retry.on_error) == "surface":
                 raise RequestRejected(
@@ -201,7 +200,7 @@ class ProviderCalls:
         except BaseException as exc:
             flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost
             if lease is not None:
-                lease.release(used_tokens=self.unanswered_tokens(flight, tier_msgs, None))
+                lease.release(used_tokens=quota_used(flight, tier_msgs, None))
             raise
         if lease is not None:
             lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
@@ -317,20 +316,6 @@ class ProviderCalls:
         out = self._estimate_output_tokens
         return out if cap is None else min(out, cap)
 
-    @staticmethod
-    def unanswered_tokens(
-        flight: InFlight, msgs: tuple[Message, ...], exc: ProviderError | None
-    ) -> int:
-        """What a call that ended without reported usage used of its provider's token
-        quota, costed as the engine costs it (``unanswered_tokens`` in ``_records``):
-        nothing if its request was not sent, else the prompt's estimate and the text that
-        arrived; a call cancelled (``exc`` None) also its expected answer if it does not
-        stream."""
-        if flight.phase != "sent":
-            return 0
-        received = flight.received if exc is None else exc.received_chars
-        return sum(unanswered_tokens(flight, msgs, received, cut_off=exc is None))
-
     async def _with_retries(
         self,
         run: RunState,
@@ -380,10 +365,10 @@ class ProviderCalls:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
             if held[0] is not None:
                 # the failed request counted its prompt and any text against the quota
-                held[0].release(used_tokens=self.unanswered_tokens(flight, msgs, exc))
+                held[0].release(used_tokens=quota_used(flight, msgs, exc))
                 held[0] = None
             run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
-            run.record(self._failure(run, flight, started[0], exc, msgs))
+            run.record(run.failure(flight, started[0], exc, msgs))
             # Recorded and costed: until the next try is under way, nothing is to cut off.
             flight.phase = "backoff"
             flight.received = 0
@@ -396,28 +381,4 @@ class ProviderCalls:
             rng=self._rng,
             on_retry=on_retry,
             max_wait_s=provider.config.limits.max_wait_s,
-        )
-
-    def _failure(
-        self,
-        run: RunState,
-        flight: InFlight,
-        t0: float,
-        exc: ProviderError,
-        msgs: tuple[Message, ...],
-    ) -> Attempt:
-        """The failed attempt; a stream that broke after text arrived is costed for it."""
-        tier, provider = flight.tier, flight.provider
-        if not exc.received_chars:
-            return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
-        in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, exc.received_chars)
-        return failed_record(
-            tier,
-            provider,
-            t0,
-            exc,
-            in_tokens=in_tokens,
-            out_tokens=out_tokens,
-            cost=cost,
-            hedge=flight.hedge,
         )

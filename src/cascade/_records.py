@@ -12,8 +12,9 @@ from typing import Literal
 
 import msgspec
 
-from ._attempt import InFlight, Tier, chosen
+from ._attempt import InFlight, Tier
 from ._errors import ProviderError
+from ._judge import chosen
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
 from ._types import (
     Attempt,
@@ -35,6 +36,7 @@ __all__ = [
     "attempt_record",
     "best_attempt",
     "failed_record",
+    "quota_used",
     "result_of",
     "unanswered_tokens",
 ]
@@ -167,6 +169,17 @@ def unanswered_tokens(
     return estimate_prompt_tokens(msgs), out_tokens
 
 
+def quota_used(flight: InFlight, msgs: tuple[Message, ...], exc: ProviderError | None) -> int:
+    """What a call that ended without reported usage used of its provider's token quota
+    (its rate-limit lease), costed as :func:`unanswered_tokens` costs it: nothing if its
+    request was not sent, else the prompt's estimate and the text that arrived; a call
+    cancelled (``exc`` None) also its expected answer if it does not stream."""
+    if flight.phase != "sent":
+        return 0
+    received = flight.received if exc is None else exc.received_chars
+    return sum(unanswered_tokens(flight, msgs, received, cut_off=exc is None))
+
+
 class RunState(msgspec.Struct, eq=False):
     """Mutable state of one run; lives only for the duration of the run. (A Struct: built
     in C, once per run; a run with a sink says so: ``speculative`` from its mode, and
@@ -275,6 +288,72 @@ class RunState(msgspec.Struct, eq=False):
         self.spent += cost
         flight.trace.charged(cost)
         return in_tokens, out_tokens, cost
+
+    def failure(
+        self, flight: InFlight, t0: float, exc: ProviderError, msgs: tuple[Message, ...]
+    ) -> Attempt:
+        """The record of ``flight``'s failed try (started at ``t0``); a stream that broke
+        after text arrived is charged for it."""
+        tier, provider = flight.tier, flight.provider
+        if not exc.received_chars:
+            return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
+        in_tokens, out_tokens, cost = self.charge_unanswered(flight, msgs, exc.received_chars)
+        return failed_record(
+            tier,
+            provider,
+            t0,
+            exc,
+            in_tokens=in_tokens,
+            out_tokens=out_tokens,
+            cost=cost,
+            hedge=flight.hedge,
+        )
+
+    def cut_off(
+        self,
+        msgs: tuple[Message, ...],
+        exc: Exception,
+        outcome: Literal["failed", "cancelled"],
+    ) -> None:
+        """Record the calls under way when the run was cut off (its deadline, or the
+        caller leaving), each costed for what it was sent and had received: a request
+        sent is billed its prompt, text or not, and (from a provider that does not stream)
+        its expected answer, generated whether or not we wait for it. A call between two
+        tries (its failed try recorded, waiting out its backoff) has nothing under way and
+        leaves no record."""
+        for flight in self.flights:
+            completion = flight.completion
+            if completion is None:
+                if flight.phase == "backoff":
+                    continue
+                in_tokens = out_tokens = 0
+                cost = 0.0
+                if flight.phase == "sent":
+                    in_tokens, out_tokens, cost = self.charge_unanswered(
+                        flight, msgs, flight.received, cut_off=True
+                    )
+                attempt = failed_record(
+                    flight.tier,
+                    flight.provider,
+                    flight.t0,
+                    exc,
+                    in_tokens=in_tokens,
+                    out_tokens=out_tokens,
+                    cost=cost,
+                    outcome=outcome,
+                    hedge=flight.hedge,
+                )
+            else:
+                # The answer arrived (and was paid for); validation had not finished.
+                attempt = msgspec.structs.replace(
+                    attempt_record(flight, completion, (), passed=False),
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
+                if outcome == "cancelled":
+                    attempt = msgspec.structs.replace(attempt, outcome=outcome)
+            self.record(attempt)
+        self.flights.clear()
 
     def result(self, attempt: Attempt, *, validated: bool) -> Result:
         return result_of(

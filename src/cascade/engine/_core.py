@@ -16,7 +16,7 @@ from typing import Literal
 
 import msgspec
 
-from .._attempt import Tier, chosen
+from .._attempt import Tier
 from .._calls import ProviderCalls
 from .._clock import ClockTimeout
 from .._config import Config
@@ -28,7 +28,8 @@ from .._errors import (
     RunError,
 )
 from .._hedge import race
-from .._records import RunState, attempt_record, best_attempt, failed_record
+from .._judge import chosen
+from .._records import RunState, best_attempt, failed_record
 from .._telemetry import Telemetry
 from .._telemetry._spans import NOOP_RUN
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
@@ -124,7 +125,7 @@ class Engine:
             end = Finished(result=await within(run, plan))
         except asyncio.CancelledError:
             exc = RunCancelled("cancelled: the caller stopped the run")
-            self._cut_off(run, plan.msgs, exc, "cancelled")
+            run.cut_off(plan.msgs, exc, "cancelled")
             raise
         run.emit(end)
         if run.sink is not NO_SINK:
@@ -365,7 +366,7 @@ class Engine:
         self, run: RunState, deadline: float, msgs: tuple[Message, ...]
     ) -> Result:
         exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
-        self._cut_off(run, msgs, exc, "failed")
+        run.cut_off(msgs, exc, "failed")
         best = best_attempt(run.attempts)
         if best is not None and self.config.on_exhausted == "best":
             return run.result(best, validated=False)
@@ -373,53 +374,6 @@ class Engine:
             f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
             attempts=run.attempts,
         )
-
-    @staticmethod
-    def _cut_off(
-        run: RunState,
-        msgs: tuple[Message, ...],
-        exc: Exception,
-        outcome: Literal["failed", "cancelled"],
-    ) -> None:
-        """Record the calls under way when the run was cut off (its deadline, or the
-        caller leaving), each costed for what it was sent and had received: a request
-        sent is billed its prompt, text or not, and (from a provider that does not stream)
-        its expected answer, generated whether or not we wait for it. A call between two
-        tries (its failed try recorded, waiting out its backoff) has nothing under way and
-        leaves no record."""
-        for flight in run.flights:
-            completion = flight.completion
-            if completion is None:
-                if flight.phase == "backoff":
-                    continue
-                in_tokens = out_tokens = 0
-                cost = 0.0
-                if flight.phase == "sent":
-                    in_tokens, out_tokens, cost = run.charge_unanswered(
-                        flight, msgs, flight.received, cut_off=True
-                    )
-                attempt = failed_record(
-                    flight.tier,
-                    flight.provider,
-                    flight.t0,
-                    exc,
-                    in_tokens=in_tokens,
-                    out_tokens=out_tokens,
-                    cost=cost,
-                    outcome=outcome,
-                    hedge=flight.hedge,
-                )
-            else:
-                # The answer arrived (and was paid for); validation had not finished.
-                attempt = msgspec.structs.replace(
-                    attempt_record(flight, completion, (), passed=False),
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                )
-                if outcome == "cancelled":
-                    attempt = msgspec.structs.replace(attempt, outcome=outcome)
-            run.record(attempt)
-        run.flights.clear()
 
 
 async def _release_fallback(run: RunState) -> None:

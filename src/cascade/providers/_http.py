@@ -185,17 +185,15 @@ class HTTPProvider:
         # aiohttp keeps no total timer (only sock_connect): timeout_s is enforced by the
         # engine's cascade._attempt.complete for a stream (which pauses it while a slow
         # reader downstream holds the stream up; a wall-clock total here would not, and would
-        # blame the provider for the reader), and by post_whole for a whole-body call. Both
-        # use asyncio.timeout, or the engine's clock: aiohttp's own timer un-cancels its
-        # task twice and so can swallow a deadline that fires in the same loop turn. A
-        # stream read without the engine (provider.stream directly) is bounded by its caller.
+        # blame the provider for the reader), and by post_whole for a whole-body call (on
+        # ``timeouts``, or the engine's clock): aiohttp's own timer un-cancels its task
+        # twice and so can swallow a deadline that fires in the same loop turn. A stream
+        # read without the engine (provider.stream directly) is bounded by its caller.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
-        self.timeouts = TimeoutLane(config.timeout_s)
-        """Where ``post_whole`` times ``timeout_s`` on the loop's clock: one timer for
-        every call of this provider."""
+        self.timeouts = TimeoutLane(config.timeout_s)  # one loop timer for all its calls
         self.timers: SupportsTimers | None = None
         """The clock ``post_whole`` times ``timeout_s`` on (the engine sets it when its clock
-        runs timers, as ``FakeClock`` does); None: the event loop's clock."""
+        runs timers, as ``FakeClock`` does); None: the loop's clock, through ``timeouts``."""
         self._url = ""
         self._headers: dict[str, str] = {}
         self.observe: Callable[..., None] | None = None

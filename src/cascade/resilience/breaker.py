@@ -396,9 +396,7 @@ class Permit(msgspec.Struct, eq=False):
             self.settle(exc)
 
     def settle(self, exc: BaseException) -> None:
-        """Report the call that raised ``exc`` as the context manager does: a failure if
-        it :func:`counts_as_failure`, else a success for any other ``Exception`` (the
-        provider answered), else (cancelled) a release."""
+        """Report the call that raised ``exc`` as leaving the context manager with it does."""
         if counts_as_failure(exc, count_rate_limits=self._breaker.count_rate_limits):
             self.failure()
         elif isinstance(exc, Exception):
