@@ -1,11 +1,12 @@
 """Many calls' timeouts of one length on one timer.
 
 ``asyncio.timeout`` gives every call a timer of its own in the event loop's heap, and each
-push and pop there compares ``TimerHandle``\\s in Python: at 64 calls in flight that costs
-more CPU than the rest of a provider call. A provider's whole-body calls all have the same
-``timeout_s``, so their deadlines come in the order the calls start. :class:`TimeoutLane`
-keeps them in that order in a queue, with one loop timer for the earliest: entering and
-leaving are a queue append and a flag, and the timer fires about once per ``timeout_s``.
+push and pop there compares timer handles in Python (``TimerHandle.__lt__``): at 64 calls
+in flight that was about 35,000 instructions a call, 8% of the whole call (aiohttp's work
+included). A provider's whole-body calls all have the same ``timeout_s``, so their
+deadlines come in the order the calls start. :class:`TimeoutLane` keeps them in that order
+in a queue, with one loop timer for the earliest: entering and leaving are a queue append
+and a flag, and the timer fires about once per ``timeout_s``.
 
 What a call sees is ``asyncio.timeout``'s behaviour exactly: when its deadline passes, its
 task is cancelled, and leaving with that cancellation raises ``TimeoutError`` (from the
