@@ -1,16 +1,17 @@
-"""One attempt at one tier: the provider call and the validators' judgement.
+"""One attempt at one tier: the provider call.
 
 The engine (``_engine.py``) decides which tier and provider to try; this module holds the
 mechanics of trying one: collecting the stream into a Completion (with early rejection by
-validators that can judge a partial answer, and the call's timeouts), and composing the
-validators' verdicts. Further samples for validators that ask for them: ``_sampler.py``.
+validators that can judge a partial answer, and the call's timeouts). The validators'
+verdicts are composed in ``_judge.py``; further samples for validators that ask for them:
+``_sampler.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from time import perf_counter
 from typing import Literal, Protocol
@@ -34,7 +35,7 @@ from .providers import Provider, answers_whole
 from .resilience.quality import QualityBreaker
 from .validators import ValidationContext, Validator
 
-__all__ = ["InFlight", "PartialCheck", "Tier", "complete", "judge", "refused"]
+__all__ = ["InFlight", "PartialCheck", "Tier", "complete", "whole_answer", "whole_completion"]
 
 
 _PARTIAL_WINDOW = 4096
@@ -145,41 +146,27 @@ def apply_variant(
     return tuple(out), msgspec.structs.replace(opts, variant=variant.name)
 
 
-class InFlight:
-    """The attempt under way: what it has cost so far, and what a deadline records."""
+class InFlight(msgspec.Struct, eq=False):
+    """The attempt under way: what it has cost so far, and what a deadline records. (A
+    Struct, mutable and compared by identity: built in C, once per call.)"""
 
-    __slots__ = (
-        "completion",
-        "cost",
-        "cut_off_tokens",
-        "hedge",
-        "phase",
-        "provider",
-        "received",
-        "samples",
-        "t0",
-        "tier",
-        "trace",
-    )
-
-    def __init__(self, tier: Tier, provider: Provider, t0: float, *, hedge: bool = False) -> None:
-        self.tier = tier
-        self.provider = provider
-        self.t0 = t0
-        self.hedge = hedge
-        self.completion: Completion | None = None
-        self.cost = 0.0
-        self.received = 0  # characters of answer so far (costed if the call is cut off)
-        self.cut_off_tokens = 0
-        """Output tokens a call cut off after its request was sent is billed at least: a
-        provider that does not stream generates (and bills) the whole answer whether or
-        not anyone waits for it; set by the caller (``ProviderCalls.attempt``)."""
-        self.phase: Literal["waiting", "sent", "backoff"] = "waiting"
-        """Where the call is: waiting for its rate limit or breaker, its request sent (the
-        prompt is billed from here on), or between tries (the failed try was recorded and
-        costed; nothing is under way)."""
-        self.samples: list[Completion] = []
-        self.trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
+    tier: Tier
+    provider: Provider
+    t0: float
+    hedge: bool = False
+    completion: Completion | None = None
+    cost: float = 0.0
+    received: int = 0  # characters of answer so far (costed if the call is cut off)
+    cut_off_tokens: int = 0
+    """Output tokens a call cut off after its request was sent is billed at least: a
+    provider that does not stream generates (and bills) the whole answer whether or
+    not anyone waits for it; set by the caller (``ProviderCalls.attempt``)."""
+    phase: Literal["waiting", "sent", "backoff"] = "waiting"
+    """Where the call is: waiting for its rate limit or breaker, its request sent (the
+    prompt is billed from here on), or between tries (the failed try was recorded and
+    costed; nothing is under way)."""
+    samples: list[Completion] = []
+    trace: AttemptTrace = NOOP_ATTEMPT  # the span of the call (try) under way
 
     def seen(self, chars: int) -> None:
         """Count text as it arrives (``complete``'s ``on_text``)."""
@@ -213,10 +200,18 @@ async def complete(
     call's timeouts. The timeouts
     run on ``clock`` if given (a clock that runs timers), else on the loop's clock.
     """
+    if whole_answer(provider):
+        one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
+        ttft = arrived(one, t0, on_text)
+        if on_delta is not None and one.text:
+            wait = on_delta(one.text)
+            if wait is not None:
+                await wait
+        return whole_completion(provider, msgs, opts, t0, one, ttft, on_text), None
     parts: list[str] = []
     text_so_far = ""
     early: Verdict | None = None
-    ttft: float | None = None
+    ttft = None
     finish: str | None = None
     in_tokens: int | None = None
     out_tokens: int | None = None
@@ -229,27 +224,6 @@ async def complete(
     config = provider.config
     first_s, idle_s = config.first_token_timeout_s, config.idle_timeout_s
     watch = first_s is not None or idle_s is not None
-    if not config.stream and not watch and answers_whole(provider):
-        # One whole answer from one awaited call, bounded by the provider itself: no
-        # iterator of one chunk, no second timer. (Partial checks are for streams only.)
-        one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
-        if one.text:
-            ttft = perf_counter() - t0
-            if on_text is not None:
-                on_text(len(one.text))
-            if on_delta is not None:
-                wait = on_delta(one.text)
-                if wait is not None:
-                    await wait
-        if one.refusal and on_text is not None:
-            on_text(len(one.refusal))
-        return _completion(
-            provider, msgs, opts, t0, one.text, ttft, one.finish_reason, one.input_tokens,
-            one.output_tokens, one.model, one.answer,
-            None if one.logprobs is None else list(one.logprobs),
-            one.cache_read_tokens, one.cache_write_tokens,
-            None if one.refusal is None else [one.refusal],
-        ), None  # fmt: skip
     started = False  # a chunk has arrived: idle_timeout_s counts from now on
     tick = asyncio.get_running_loop().time if clock is None else clock.monotonic
     now = tick()
@@ -362,6 +336,52 @@ async def complete(
     ), early  # fmt: skip
 
 
+def whole_answer(provider: Provider) -> bool:
+    """Whether a call to ``provider`` is one awaited ``complete_whole``: a provider that
+    does not stream and answers whole (:class:`~cascade.providers.SupportsWhole`), with no
+    first-token or idle timeout to watch. It bounds the call itself (its ``timeout_s``):
+    no iterator of one chunk, no second timer. (Partial checks are for streams only.)"""
+    config = provider.config
+    return (
+        not config.stream
+        and config.first_token_timeout_s is None
+        and config.idle_timeout_s is None
+        and answers_whole(provider)
+    )
+
+
+def arrived(one: Chunk, t0: float, on_text: Callable[[int], None] | None) -> float | None:
+    """A whole answer came: its time to first token (None if it has no text), its text
+    counted by ``on_text``."""
+    if not one.text:
+        return None
+    ttft = perf_counter() - t0
+    if on_text is not None:
+        on_text(len(one.text))
+    return ttft
+
+
+def whole_completion(
+    provider: Provider,
+    msgs: tuple[Message, ...],
+    opts: RequestOptions,
+    t0: float,
+    one: Chunk,
+    ttft: float | None,
+    on_text: Callable[[int], None] | None,
+) -> Completion:
+    """The Completion of a whole answer (after :func:`arrived`); a refusal's text counted."""
+    if one.refusal and on_text is not None:
+        on_text(len(one.refusal))
+    return _completion(
+        provider, msgs, opts, t0, one.text, ttft, one.finish_reason, one.input_tokens,
+        one.output_tokens, one.model, one.answer,
+        None if one.logprobs is None else list(one.logprobs),
+        one.cache_read_tokens, one.cache_write_tokens,
+        None if one.refusal is None else [one.refusal],
+    )  # fmt: skip
+
+
 def _completion(
     provider: Provider,
     msgs: tuple[Message, ...],
@@ -407,12 +427,6 @@ def _received(parts: list[str], refusal: list[str] | None) -> int:
     return sum(map(len, parts)) + (sum(map(len, refusal)) if refusal else 0)
 
 
-def refused(completion: Completion) -> Verdict:
-    """The verdict on a refusal in a tier that does not accept refusals."""
-    why = completion.refusal or ""
-    return Verdict(validator="refusal", passed=False, score=0.0, reason=f"refused: {why}"[:500])
-
-
 def _first_failure(
     checks: tuple[PartialCheck, ...], text: str, ctx: ValidationContext | None
 ) -> Verdict | None:
@@ -425,64 +439,3 @@ def _first_failure(
         if verdict is not None and not verdict.passed:
             return verdict
     return None
-
-
-async def judge(
-    tier: Tier, completion: Completion, ctx: ValidationContext
-) -> tuple[tuple[Verdict, ...], bool]:
-    """Every validator's verdict on ``completion``, and whether the tier accepts it: its
-    own validators' judgement, then each of the request's (``required``) must pass."""
-    verdicts, passed = await _judge_own(tier, completion, ctx) if tier.validators else ((), True)
-    if not passed or not tier.required:
-        return verdicts, passed
-    for v in tier.required:
-        verdict = await _verdict(v, completion, ctx)
-        verdicts = (*verdicts, verdict)
-        if not verdict.passed:
-            return verdicts, False
-    return verdicts, True
-
-
-async def _judge_own(
-    tier: Tier, completion: Completion, ctx: ValidationContext
-) -> tuple[tuple[Verdict, ...], bool]:
-    validators = tier.validators
-    if len(validators) == 1:
-        verdicts: tuple[Verdict, ...] = (await _verdict(validators[0], completion, ctx),)
-        if tier.mode == "all":
-            return verdicts, verdicts[0].passed
-    elif tier.mode == "all":
-        # The first failure settles it: later validators (paid sampling included) don't run.
-        found: list[Verdict] = []
-        for v in validators:
-            found.append(await _verdict(v, completion, ctx))
-            if not found[-1].passed:
-                return tuple(found), False
-        return tuple(found), True
-    else:
-        verdicts = tuple([await _verdict(v, completion, ctx) for v in validators])
-    total = sum(tier.weights)
-    score = sum(w * v.score for w, v in zip(tier.weights, verdicts, strict=True)) / total
-    return verdicts, score >= tier.threshold
-
-
-async def _verdict(validator: Validator, completion: Completion, ctx: ValidationContext) -> Verdict:
-    try:
-        return await validator.validate(completion, ctx)
-    except Exception as exc:
-        # A validator that crashes has not approved the answer: reject (and escalate)
-        # with the crash as the reason rather than lose the request.
-        return Verdict(
-            validator=getattr(validator, "name", type(validator).__name__),
-            passed=False,
-            score=0.0,
-            reason=f"validator raised {type(exc).__name__}: {exc}"[:500],
-        )
-
-
-def chosen(verdicts: Sequence[Verdict], completion: Completion) -> Completion:
-    """The answer the verdicts stand behind (a validator's pick, else the first answer)."""
-    for verdict in verdicts:
-        if verdict.completion is not None:
-            return verdict.completion
-    return completion

@@ -9,15 +9,25 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from time import perf_counter
 from typing import Literal
 
-from ._attempt import InFlight, PartialCheck, Tier, complete, judge, refused
+from ._attempt import (
+    InFlight,
+    PartialCheck,
+    Tier,
+    arrived,
+    complete,
+    whole_answer,
+    whole_completion,
+)
 from ._clock import Clock, SystemClock, timers_of
 from ._config import Config
 from ._errors import ProviderError, RequestRejected
-from ._records import RunState, attempt_record, failed_record, unanswered_tokens
+from ._judge import judge, refused
+from ._records import RunState, attempt_record, quota_used
 from ._sampler import Sampler
 from ._telemetry._spans import NOOP_TIER
 from ._types import (
     Attempt,
+    Chunk,
     Completion,
     Message,
     RequestOptions,
@@ -94,6 +104,7 @@ class ProviderCalls:
             for p in t.providers
         }
         """Recent times to first token of providers whose tier hedges on a percentile."""
+        self._whole: dict[str, bool] = {}  # each provider's whole_answer, once known
         self.retries: dict[str, RetryPolicy | None] = {
             p.name: None if p.retry.attempts == 1 else p.retry
             for t in config.tiers
@@ -141,7 +152,7 @@ class ProviderCalls:
         on_delta = None
         if run.speculative and tier.hedge is None and show_text:
             on_delta = run.delta_sender(flight)
-        tier_msgs, tier_opts = tier.request(msgs, opts, 0)
+        tier_msgs, tier_opts = tier.request(msgs, opts, 0) if tier.variants else (msgs, opts)
         flight.cut_off_tokens = self.cut_off_tokens(provider, tier_opts)
         # The span of the call (one per try: a retry replaces it), current until judged.
         if run.tier_trace is not NOOP_TIER:
@@ -176,10 +187,10 @@ class ProviderCalls:
                     lease = held[0]
         except ProviderError as exc:
             if lease is not None:
-                lease.release(used_tokens=self.unanswered_tokens(flight, tier_msgs, exc))
+                lease.release(used_tokens=quota_used(flight, tier_msgs, exc))
             run.flights.remove(flight)
             run.last_error = exc
-            run.record(self._failure(run, flight, t0, exc, tier_msgs))  # ends its span
+            run.record(run.failure(flight, t0, exc, tier_msgs))  # ends its span
             # Retried already (or not: on_error said so); fail over, or stop the run.
             if classify(exc, provider.config.retry.on_error) == "surface":
                 raise RequestRejected(
@@ -189,7 +200,7 @@ class ProviderCalls:
         except BaseException as exc:
             flight.trace.failed(exc)  # cancelled: by the deadline, or a hedge that lost
             if lease is not None:
-                lease.release(used_tokens=self.unanswered_tokens(flight, tier_msgs, None))
+                lease.release(used_tokens=quota_used(flight, tier_msgs, None))
             raise
         if lease is not None:
             lease.release(used_tokens=completion.input_tokens + completion.output_tokens)
@@ -261,12 +272,28 @@ class ProviderCalls:
         when it is open); from here on ``flight``'s request counts as sent."""
         provider = flight.provider
         breaker = self.breakers[provider.name]
-        with await breaker.acquire() if breaker.shared else breaker.admit():
-            flight.phase = "sent"
-            return await complete(
-                provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
-                on_delta=on_delta, clock=self.timers,
-            )  # fmt: skip
+        permit = await breaker.acquire() if breaker.shared else breaker.admit()
+        flight.phase = "sent"
+        done: tuple[Completion, Verdict | None]
+        try:
+            whole = self._whole.get(provider.name)
+            if whole is None:  # the same for every call: the provider's config and class
+                whole = self._whole[provider.name] = whole_answer(provider)
+            if whole and on_delta is None:
+                # ``complete``'s own first step, without its frame: one awaited call.
+                one: Chunk = await provider.complete_whole(msgs, opts)  # type: ignore[attr-defined]
+                ttft = arrived(one, t0, on_text)
+                done = whole_completion(provider, msgs, opts, t0, one, ttft, on_text), None
+            else:
+                done = await complete(
+                    provider, msgs, opts, t0, partial=partial, ctx=ctx, on_text=on_text,
+                    on_delta=on_delta, clock=self.timers,
+                )  # fmt: skip
+        except BaseException as exc:
+            permit.settle(exc)
+            raise
+        permit.success()
+        return done
 
     def token_estimate(
         self, provider: Provider, msgs: tuple[Message, ...], opts: RequestOptions
@@ -288,20 +315,6 @@ class ProviderCalls:
         cap = opts.max_tokens or provider.config.max_tokens
         out = self._estimate_output_tokens
         return out if cap is None else min(out, cap)
-
-    @staticmethod
-    def unanswered_tokens(
-        flight: InFlight, msgs: tuple[Message, ...], exc: ProviderError | None
-    ) -> int:
-        """What a call that ended without reported usage used of its provider's token
-        quota, costed as the engine costs it (``unanswered_tokens`` in ``_records``):
-        nothing if its request was not sent, else the prompt's estimate and the text that
-        arrived; a call cancelled (``exc`` None) also its expected answer if it does not
-        stream."""
-        if flight.phase != "sent":
-            return 0
-        received = flight.received if exc is None else exc.received_chars
-        return sum(unanswered_tokens(flight, msgs, received, cut_off=exc is None))
 
     async def _with_retries(
         self,
@@ -352,10 +365,10 @@ class ProviderCalls:
             assert isinstance(exc, ProviderError)  # only provider errors are retryable
             if held[0] is not None:
                 # the failed request counted its prompt and any text against the quota
-                held[0].release(used_tokens=self.unanswered_tokens(flight, msgs, exc))
+                held[0].release(used_tokens=quota_used(flight, msgs, exc))
                 held[0] = None
             run.tier_trace.retry(provider.name, exc, wait_s, retry=attempt_no)
-            run.record(self._failure(run, flight, started[0], exc, msgs))
+            run.record(run.failure(flight, started[0], exc, msgs))
             # Recorded and costed: until the next try is under way, nothing is to cut off.
             flight.phase = "backoff"
             flight.received = 0
@@ -368,28 +381,4 @@ class ProviderCalls:
             rng=self._rng,
             on_retry=on_retry,
             max_wait_s=provider.config.limits.max_wait_s,
-        )
-
-    def _failure(
-        self,
-        run: RunState,
-        flight: InFlight,
-        t0: float,
-        exc: ProviderError,
-        msgs: tuple[Message, ...],
-    ) -> Attempt:
-        """The failed attempt; a stream that broke after text arrived is costed for it."""
-        tier, provider = flight.tier, flight.provider
-        if not exc.received_chars:
-            return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
-        in_tokens, out_tokens, cost = run.charge_unanswered(flight, msgs, exc.received_chars)
-        return failed_record(
-            tier,
-            provider,
-            t0,
-            exc,
-            in_tokens=in_tokens,
-            out_tokens=out_tokens,
-            cost=cost,
-            hedge=flight.hedge,
         )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 import msgspec
 
+from ._attempt import Tier
 from ._build import build_tiers, provider_keys
 from ._calls import ProviderCalls
 from ._clock import Clock
@@ -342,7 +343,9 @@ class Cascade:
         deadline = self.config.deadline_s if deadline_s is None else deadline_s
         if deadline is not None and not deadline > 0:
             raise InputError("expected a deadline > 0 seconds", path="deadline_s")
-        tiers = self._tiers[first : last + 1]
+        tiers: Sequence[Tier] = self._tiers
+        if first or last < len(tiers) - 1:
+            tiers = tiers[first : last + 1]
         if validators:
             extra = tuple(validators)
             tiers = [tier.with_required(extra) for tier in tiers]

@@ -10,8 +10,11 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Literal
 
-from ._attempt import InFlight, Tier, chosen
+import msgspec
+
+from ._attempt import InFlight, Tier
 from ._errors import ProviderError
+from ._judge import chosen
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
 from ._types import (
     Attempt,
@@ -33,6 +36,7 @@ __all__ = [
     "attempt_record",
     "best_attempt",
     "failed_record",
+    "quota_used",
     "result_of",
     "unanswered_tokens",
 ]
@@ -165,50 +169,46 @@ def unanswered_tokens(
     return estimate_prompt_tokens(msgs), out_tokens
 
 
-class RunState:
-    """Mutable state of one run; lives only for the duration of the run.
+def quota_used(flight: InFlight, msgs: tuple[Message, ...], exc: ProviderError | None) -> int:
+    """What a call that ended without reported usage used of its provider's token quota
+    (its rate-limit lease), costed as :func:`unanswered_tokens` costs it: nothing if its
+    request was not sent, else the prompt's estimate and the text that arrived; a call
+    cancelled (``exc`` None) also its expected answer if it does not stream."""
+    if flight.phase != "sent":
+        return 0
+    received = flight.received if exc is None else exc.received_chars
+    return sum(unanswered_tokens(flight, msgs, received, cut_off=exc is None))
+
+
+class RunState(msgspec.Struct, eq=False):
+    """Mutable state of one run; lives only for the duration of the run. (A Struct: built
+    in C, once per run; a run with a sink says so: ``speculative`` from its mode, and
+    ``listening``.)
 
     Its events go to its trace and its ``sink`` (:meth:`emit`); :meth:`record` is where
     every attempt is recorded, :meth:`charge` and :meth:`charge_unanswered` where every
     cost is added."""
 
-    __slots__ = (
-        "attempts",
-        "deadline_at",
-        "flights",
-        "last_error",
-        "listening",
-        "route",
-        "shown",
-        "sink",
-        "speculative",
-        "spent",
-        "t0",
-        "tier_trace",
-        "trace",
-    )
-
-    def __init__(self, t0: float, deadline_at: float | None, sink: Sink = NO_SINK) -> None:
-        self.t0 = t0
-        self.deadline_at = deadline_at  # on the Cascade's clock, for retry backoff
-        self.sink = sink
-        self.speculative = sink.mode == "speculative"
-        """Text goes to the sink as it arrives (else only the accepted answer's)."""
-        self.shown = 0
-        """Characters of text sent as deltas and not retracted (speculative mode)."""
-        self.attempts: list[Attempt] = []
-        self.spent = 0.0
-        self.last_error: ProviderError | None = None
-        self.flights: list[InFlight] = []
-        """Attempts under way (two while a hedge races); a deadline records them."""
-        self.trace: RunTrace = NOOP_RUN
-        self.listening = sink is not NO_SINK
-        """Whether any listener (the sink, or a trace: see :meth:`listen`) hears the
-        events; when none does, the engine builds none but the last."""
-        self.tier_trace: TierTrace = NOOP_TIER
-        """The run's span and the span of the tier under way (``_telemetry``)."""
-        self.route: RouteDecision | None = None
-        """The router's decision, once asked (``engine/_route.py``)."""
+    t0: float
+    deadline_at: float | None  # on the Cascade's clock, for retry backoff
+    sink: Sink = NO_SINK
+    speculative: bool = False
+    """Text goes to the sink as it arrives (else only the accepted answer's)."""
+    listening: bool = False
+    """Whether any listener (the sink, or a trace: see :meth:`listen`) hears the
+    events; when none does, the engine builds none but the last."""
+    shown: int = 0
+    """Characters of text sent as deltas and not retracted (speculative mode)."""
+    attempts: list[Attempt] = []
+    spent: float = 0.0
+    last_error: ProviderError | None = None
+    flights: list[InFlight] = []
+    """Attempts under way (two while a hedge races); a deadline records them."""
+    trace: RunTrace = NOOP_RUN
+    tier_trace: TierTrace = NOOP_TIER
+    """The run's span and the span of the tier under way (``_telemetry``)."""
+    route: RouteDecision | None = None
+    """The router's decision, once asked (``engine/_route.py``)."""
 
     def charge(self, flight: InFlight, completion: Completion) -> float:
         """Charge an answer ``flight``'s provider sent (the attempt's, or a sample's): its
@@ -288,6 +288,72 @@ class RunState:
         self.spent += cost
         flight.trace.charged(cost)
         return in_tokens, out_tokens, cost
+
+    def failure(
+        self, flight: InFlight, t0: float, exc: ProviderError, msgs: tuple[Message, ...]
+    ) -> Attempt:
+        """The record of ``flight``'s failed try (started at ``t0``); a stream that broke
+        after text arrived is charged for it."""
+        tier, provider = flight.tier, flight.provider
+        if not exc.received_chars:
+            return failed_record(tier, provider, t0, exc, hedge=flight.hedge)
+        in_tokens, out_tokens, cost = self.charge_unanswered(flight, msgs, exc.received_chars)
+        return failed_record(
+            tier,
+            provider,
+            t0,
+            exc,
+            in_tokens=in_tokens,
+            out_tokens=out_tokens,
+            cost=cost,
+            hedge=flight.hedge,
+        )
+
+    def cut_off(
+        self,
+        msgs: tuple[Message, ...],
+        exc: Exception,
+        outcome: Literal["failed", "cancelled"],
+    ) -> None:
+        """Record the calls under way when the run was cut off (its deadline, or the
+        caller leaving), each costed for what it was sent and had received: a request
+        sent is billed its prompt, text or not, and (from a provider that does not stream)
+        its expected answer, generated whether or not we wait for it. A call between two
+        tries (its failed try recorded, waiting out its backoff) has nothing under way and
+        leaves no record."""
+        for flight in self.flights:
+            completion = flight.completion
+            if completion is None:
+                if flight.phase == "backoff":
+                    continue
+                in_tokens = out_tokens = 0
+                cost = 0.0
+                if flight.phase == "sent":
+                    in_tokens, out_tokens, cost = self.charge_unanswered(
+                        flight, msgs, flight.received, cut_off=True
+                    )
+                attempt = failed_record(
+                    flight.tier,
+                    flight.provider,
+                    flight.t0,
+                    exc,
+                    in_tokens=in_tokens,
+                    out_tokens=out_tokens,
+                    cost=cost,
+                    outcome=outcome,
+                    hedge=flight.hedge,
+                )
+            else:
+                # The answer arrived (and was paid for); validation had not finished.
+                attempt = msgspec.structs.replace(
+                    attempt_record(flight, completion, (), passed=False),
+                    error_type=type(exc).__name__,
+                    error=str(exc),
+                )
+                if outcome == "cancelled":
+                    attempt = msgspec.structs.replace(attempt, outcome=outcome)
+            self.record(attempt)
+        self.flights.clear()
 
     def result(self, attempt: Attempt, *, validated: bool) -> Result:
         return result_of(

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from time import perf_counter
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import msgspec
 
-from .._attempt import Tier, chosen
+from .._attempt import Tier
 from .._calls import ProviderCalls
 from .._clock import ClockTimeout
 from .._config import Config
@@ -28,7 +28,8 @@ from .._errors import (
     RunError,
 )
 from .._hedge import race
-from .._records import RunState, attempt_record, best_attempt, failed_record
+from .._judge import chosen
+from .._records import RunState, best_attempt, failed_record
 from .._telemetry import Telemetry
 from .._telemetry._spans import NOOP_RUN
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
@@ -49,12 +50,12 @@ PIECE_CHARS = 4096
 _MAX_DETAIL = 500  # as reasons on spans
 
 
-class Plan(NamedTuple):
-    """One request, checked: what the engine runs."""
+class Plan(msgspec.Struct, frozen=True, gc=False):
+    """One request, checked: what the engine runs. (A Struct: built in C, once per run.)"""
 
     msgs: tuple[Message, ...]
     opts: RequestOptions
-    tiers: list[Tier]
+    tiers: Sequence[Tier]
     budget: float | None
     deadline: float | None
     router: Router | None = None
@@ -92,37 +93,45 @@ class Engine:
         A cancelled run (the caller left) records the calls under way as ``cancelled``
         attempts, costed, before the cancellation goes on up."""
         deadline = plan.deadline
-        run = RunState(
-            perf_counter(),
-            None if deadline is None else self.calls.clock.monotonic() + deadline,
-            sink,
-        )
-        if sink is not NO_SINK:
+        at = None if deadline is None else self.calls.clock.monotonic() + deadline
+        if sink is NO_SINK:
+            run = RunState(perf_counter(), at)
+        else:
+            run = RunState(perf_counter(), at, sink, sink.mode == "speculative", True)
             sink.attach(run.attempts)
+        trace = self.telemetry.run(
+            run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
+        )
         end: Finished | Failed
         try:
-            # The run's span (a child of the caller's), ended with its routing record:
-            # the trace sees the Finished event, or the error as the run leaves it.
-            with self.telemetry.run(
-                run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
-            ) as trace:
-                run.listen(trace)
-                try:
-                    # No deadline (the common case): one frame less on every resumption.
-                    within = self._tiers if deadline is None else self._within
-                    end = Finished(result=await within(run, plan))
-                except asyncio.CancelledError:
-                    exc = RunCancelled("cancelled: the caller stopped the run")
-                    self._cut_off(run, plan.msgs, exc, "cancelled")
-                    raise
-                run.emit(end)
-                if sink is not NO_SINK:
-                    # A reader takes the result before the run's span and routing record
-                    # are written (a gateway sends its response first): one loop turn.
-                    await asyncio.sleep(0)
+            if trace is NOOP_RUN:  # nothing is traced or measured: no span to end
+                end = await self._finish(run, plan)
+            else:
+                # The run's span (a child of the caller's), ended with its routing record:
+                # the trace sees the Finished event, or the error as the run leaves it.
+                with trace:
+                    run.listen(trace)
+                    end = await self._finish(run, plan)
         except RunError as exc:
             end = Failed(error=exc)
             sink.emit(end)
+        return end
+
+    async def _finish(self, run: RunState, plan: Plan) -> Finished:
+        """The run's tiers, to its Finished event (told to its listeners)."""
+        try:
+            # No deadline (the common case): one frame less on every resumption.
+            within = self._tiers if plan.deadline is None else self._within
+            end = Finished(result=await within(run, plan))
+        except asyncio.CancelledError:
+            exc = RunCancelled("cancelled: the caller stopped the run")
+            run.cut_off(plan.msgs, exc, "cancelled")
+            raise
+        run.emit(end)
+        if run.sink is not NO_SINK:
+            # A reader takes the result before the run's span and routing record are
+            # written (a gateway sends its response first): one loop turn.
+            await asyncio.sleep(0)
         return end
 
     async def _within(self, run: RunState, plan: Plan) -> Result:
@@ -198,14 +207,14 @@ class Engine:
                 else:
                     attempt = await self._judged(run, tier, plan, msgs, tier.quality)
             finally:
-                outcome, detail = tier_outcome(attempts, first)
                 if traced:
-                    run.tier_trace.end(outcome)
+                    run.tier_trace.end(tier_outcome(attempts, first)[0])
             if attempt is not None and attempt.outcome == "accepted":
                 result = run.result(attempt, validated=True)
                 if sink.mode is not None:
                     await _release(run, attempt)
                 return result
+            outcome, detail = tier_outcome(attempts, first)
             if attempt is None and outcome != "skipped" and self.config.on_outage == "error":
                 break  # every provider failed: an outage, which must not escalate the bill
             # rejected by a validator, or every provider failed: escalate to the next tier
@@ -258,6 +267,7 @@ class Engine:
         """The tier's answer (accepted or rejected), or None when every provider failed
         or the tier was skipped as over budget. ``msgs``: the plan's, or a repair's."""
         opts, calls = plan.opts, self.calls
+        limiters = calls.limiters
         if plan.budget is not None:
             skip = self._over_budget(tier, msgs, opts, plan.budget - run.spent)
             if skip is not None:
@@ -269,7 +279,10 @@ class Engine:
         for provider in tier.providers:
             if provider.name in tried:
                 continue
-            lease = await calls.reserve(provider, msgs, opts)
+            # No rate limit (the common case): no lease, and no coroutine to ask for none.
+            lease = None
+            if provider.name in limiters:
+                lease = await calls.reserve(provider, msgs, opts)
             if lease is False:
                 busy.append(provider)  # a sibling with headroom goes first
                 run.tier_trace.limiter_busy(provider.name)
@@ -353,7 +366,7 @@ class Engine:
         self, run: RunState, deadline: float, msgs: tuple[Message, ...]
     ) -> Result:
         exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
-        self._cut_off(run, msgs, exc, "failed")
+        run.cut_off(msgs, exc, "failed")
         best = best_attempt(run.attempts)
         if best is not None and self.config.on_exhausted == "best":
             return run.result(best, validated=False)
@@ -361,53 +374,6 @@ class Engine:
             f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
             attempts=run.attempts,
         )
-
-    @staticmethod
-    def _cut_off(
-        run: RunState,
-        msgs: tuple[Message, ...],
-        exc: Exception,
-        outcome: Literal["failed", "cancelled"],
-    ) -> None:
-        """Record the calls under way when the run was cut off (its deadline, or the
-        caller leaving), each costed for what it was sent and had received: a request
-        sent is billed its prompt, text or not, and (from a provider that does not stream)
-        its expected answer, generated whether or not we wait for it. A call between two
-        tries (its failed try recorded, waiting out its backoff) has nothing under way and
-        leaves no record."""
-        for flight in run.flights:
-            completion = flight.completion
-            if completion is None:
-                if flight.phase == "backoff":
-                    continue
-                in_tokens = out_tokens = 0
-                cost = 0.0
-                if flight.phase == "sent":
-                    in_tokens, out_tokens, cost = run.charge_unanswered(
-                        flight, msgs, flight.received, cut_off=True
-                    )
-                attempt = failed_record(
-                    flight.tier,
-                    flight.provider,
-                    flight.t0,
-                    exc,
-                    in_tokens=in_tokens,
-                    out_tokens=out_tokens,
-                    cost=cost,
-                    outcome=outcome,
-                    hedge=flight.hedge,
-                )
-            else:
-                # The answer arrived (and was paid for); validation had not finished.
-                attempt = msgspec.structs.replace(
-                    attempt_record(flight, completion, (), passed=False),
-                    error_type=type(exc).__name__,
-                    error=str(exc),
-                )
-                if outcome == "cancelled":
-                    attempt = msgspec.structs.replace(attempt, outcome=outcome)
-            run.record(attempt)
-        run.flights.clear()
 
 
 async def _release_fallback(run: RunState) -> None:

@@ -233,9 +233,7 @@ class _Calling:
         """Record the calls a timeout (or a router that did not wait) left under way."""
         run = self._run
         if run.flights:
-            from ._core import Engine  # late: _core imports this module
-
-            Engine._cut_off(run, self._msgs, exc, "cancelled")
+            run.cut_off(self._msgs, exc, "cancelled")
 
     def end(self) -> None:
         if self._trace:

@@ -9,7 +9,6 @@ objects (whose ``request_info`` holds the request headers, and so the API key).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
@@ -17,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 import msgspec
 
-from .._clock import ClockTimeout, SupportsTimers
+from .._clock import SupportsTimers
 from .._config import ProviderConfig
 from .._errors import (
     CascadeError,
@@ -33,6 +32,7 @@ from .._errors import (
 )
 from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent
+from .._timeouts import ClockLane, TimeoutLane
 from .._types import Chunk, Message, RequestOptions
 from .._urls import hide_userinfo
 from ._redact import redact, shorten
@@ -185,14 +185,15 @@ class HTTPProvider:
         # aiohttp keeps no total timer (only sock_connect): timeout_s is enforced by the
         # engine's cascade._attempt.complete for a stream (which pauses it while a slow
         # reader downstream holds the stream up; a wall-clock total here would not, and would
-        # blame the provider for the reader), and by post_whole for a whole-body call. Both
-        # use asyncio.timeout, or the engine's clock: aiohttp's own timer un-cancels its
-        # task twice and so can swallow a deadline that fires in the same loop turn. A
-        # stream read without the engine (provider.stream directly) is bounded by its caller.
+        # blame the provider for the reader), and by post_whole for a whole-body call (on
+        # ``timeouts``, or the engine's clock): aiohttp's own timer un-cancels its task
+        # twice and so can swallow a deadline that fires in the same loop turn. A stream
+        # read without the engine (provider.stream directly) is bounded by its caller.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
+        self.timeouts = TimeoutLane(config.timeout_s)  # one loop timer for all its calls
         self.timers: SupportsTimers | None = None
         """The clock ``post_whole`` times ``timeout_s`` on (the engine sets it when its clock
-        runs timers, as ``FakeClock`` does); None: the event loop's clock."""
+        runs timers, as ``FakeClock`` does); None: the loop's clock, through ``timeouts``."""
         self._url = ""
         self._headers: dict[str, str] = {}
         self.observe: Callable[..., None] | None = None
@@ -358,25 +359,25 @@ async def post_whole(
     """One non-streaming POST, its body parsed by ``parse``; errors translated as in
     ``HTTPProvider.stream``."""
     data = encode_body(body)
-    timeout_s = provider.config.timeout_s
     timers = provider.timers
-    bound = (
-        asyncio.timeout(timeout_s)
-        if timers is None
-        else ClockTimeout(timers, timers.monotonic() + timeout_s)
-    )
+    lane = provider.timeouts if timers is None else ClockLane(timers, provider.config.timeout_s)
     try:
-        async with (
-            bound,
-            provider._post(data) as resp,
-        ):
-            await provider._check(resp)
-            limit = provider.config.max_response_bytes
-            if _small_and_plain(resp, limit):
-                # aiohttp reads no more than Content-Length bytes of a body it does not
-                # decode, so one read() is bounded.
-                return parse(_decoded_within(provider, await resp.read(), limit))
-            return parse(await read_body(provider, resp))
+        deadline = lane.enter()  # timeout_s, as asyncio.timeout would (see _timeouts.py)
+        try:
+            async with provider._post(data) as resp:
+                await provider._check(resp)
+                limit = provider.config.max_response_bytes
+                if _small_and_plain(resp, limit):
+                    # aiohttp reads no more than Content-Length bytes of a body it does not
+                    # decode, so one read() is bounded.
+                    raw = _decoded_within(provider, await resp.read(), limit)
+                else:
+                    raw = await read_body(provider, resp)
+        except BaseException as exc:
+            lane.exit(deadline, exc)  # TimeoutError if timeout_s ran out
+            raise
+        lane.exit(deadline, None)
+        return parse(raw)
     except CascadeError:
         raise
     except Exception as exc:

@@ -16,6 +16,7 @@ from .._types import Completion, Verdict
 from ._json_extract import extract_json
 from ._offload import DEFAULT_TIME_LIMIT_S, Overrun, check_time_limit
 from ._registry import ValidationContext, validator
+from ._schema_fast import quick_check
 from ._schema_pool import schema_check
 
 __all__ = ["JsonSchemaValidator", "extract_json"]
@@ -146,6 +147,8 @@ class JsonSchemaValidator:
                 path="schema",
             ) from None
         self._validator = cls(schema, registry=_NO_RETRIEVAL)
+        # A quick yes for the simplest schemas (draft 4 on), else the full validator's word.
+        self._quick = None if cls is jsonschema.Draft3Validator else quick_check(schema)
         old_drafts = (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
         walk = _Walk(schema, "id" if cls in old_drafts else "$id")
         for where, ref, absolute in walk.refs:
@@ -214,7 +217,8 @@ class JsonSchemaValidator:
             value = extract_json(text)
         except ValueError as exc:
             return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
-        if self._validator.is_valid(value):
+        quick = self._quick
+        if (quick is not None and quick(value)) or self._validator.is_valid(value):
             return Verdict(validator=self.name, passed=True, parsed=value)
         error = best_match(self._validator.iter_errors(value))
         where = error.json_path if error is not None else "$"
