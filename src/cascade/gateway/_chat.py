@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._errors import CascadeError, InputError
@@ -102,6 +102,8 @@ def chat_handler(wire: WireFormat) -> Any:
         gateway = request.app[GATEWAY]
         t0 = perf_counter()
         access = _Access(method=request.method, path=wire.path)
+        if not gateway.traced(request.headers):
+            return await _respond(request, gateway, wire, access, t0, INVALID_SPAN, None)
         parent = _propagator.extract(request.headers)
         with gateway.tracer.start_as_current_span(
             name,
@@ -115,38 +117,51 @@ def chat_handler(wire: WireFormat) -> Any:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
-            trace_id = _trace_id(span)
-            try:
-                response = await _serve(request, gateway, wire, access, trace_id)
-            except GatewayError as exc:
-                response = error_response(wire, exc)
-                access.error = exc.code or exc.type
-            except asyncio.CancelledError:
-                access.status = 499  # the client closed the connection
-                _finish(span, access, t0, trace_id)
-                raise
-            except ClientGone as gone:
-                access.status = 499
-                _finish(span, access, t0, trace_id)
-                return gone.response
-            except Exception:
-                log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
-                access.error = "internal_error"
-                if access.response is not None and access.response.prepared:
-                    # The status line is out: a second response would corrupt the stream.
-                    access.status = access.response.status
-                    await abandon(request, wire, access.response, gateway.write_timeout_s)
-                    _finish(span, access, t0, trace_id)
-                    return access.response
-                response = error_response(wire, internal_error())
-            if trace_id is not None:
-                response.headers.setdefault("x-cascade-trace-id", trace_id)
-            if not access.status:
-                access.status = response.status
-            _finish(span, access, t0, trace_id)
-        return response
+            return await _respond(request, gateway, wire, access, t0, span, _trace_id(span))
 
     return handle
+
+
+async def _respond(
+    request: web.Request,
+    gateway: Gateway,
+    wire: WireFormat,
+    access: _Access,
+    t0: float,
+    span: Span,
+    trace_id: str | None,
+) -> web.StreamResponse:
+    """The request served within its span (no-op when untraced), whatever the ending:
+    its response, its status on the span and its access-log line."""
+    try:
+        response = await _serve(request, gateway, wire, access, trace_id)
+    except GatewayError as exc:
+        response = error_response(wire, exc)
+        access.error = exc.code or exc.type
+    except asyncio.CancelledError:
+        access.status = 499  # the client closed the connection
+        _finish(span, access, t0, trace_id)
+        raise
+    except ClientGone as gone:
+        access.status = 499
+        _finish(span, access, t0, trace_id)
+        return gone.response
+    except Exception:
+        log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
+        access.error = "internal_error"
+        if access.response is not None and access.response.prepared:
+            # The status line is out: a second response would corrupt the stream.
+            access.status = access.response.status
+            await abandon(request, wire, access.response, gateway.write_timeout_s)
+            _finish(span, access, t0, trace_id)
+            return access.response
+        response = error_response(wire, internal_error())
+    if trace_id is not None:
+        response.headers.setdefault("x-cascade-trace-id", trace_id)
+    if not access.status:
+        access.status = response.status
+    _finish(span, access, t0, trace_id)
+    return response
 
 
 def _trace_id(span: Span) -> str | None:
@@ -187,6 +202,8 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(413, f"the request body is over {limit} bytes", code="body_too_large")
     try:
+        if request.content.is_eof():
+            return await request.read()  # it came with the headers: nothing to wait for
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
