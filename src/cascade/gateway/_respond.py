@@ -3,7 +3,8 @@
 Every write (the status line and headers, each part of a stream, a JSON body) must reach
 the client's socket within ``gateway.write_timeout_s``: a client that stopped reading
 (a zero TCP window) is cut off after it, its connection aborted, and :class:`ClientGone`
-raised, which the request handler turns into its run cancelled and its slot freed. A
+raised, which the request handler turns into its run cancelled and its slot freed (a
+write the transport's buffer takes whole cannot wait: it runs without a timer). A
 response whose status line was sent is never followed by a second one: a failure after
 it ends a stream with the format's error event (:func:`abandon`), or aborts the
 connection. Header values carry no control character (:func:`header_value`).
