@@ -22,7 +22,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -59,6 +59,8 @@ log = structlog.get_logger("cascade.gateway")
 ACCESS_EVENT = "gateway.request"
 
 _propagator = TraceContextTextMapPropagator()
+_UNTRACED = nullcontext(INVALID_SPAN)
+"""A request's span when it gets none (``Gateway.traced``): its attributes go nowhere."""
 _MAX_PENDING = 64
 """Most rendered events held for one write (the stream holds at most ~8 KiB of text)."""
 
@@ -102,66 +104,53 @@ def chat_handler(wire: WireFormat) -> Any:
         gateway = request.app[GATEWAY]
         t0 = perf_counter()
         access = _Access(method=request.method, path=wire.path)
-        if not gateway.traced(request.headers):
-            return await _respond(request, gateway, wire, access, t0, INVALID_SPAN, None)
-        parent = _propagator.extract(request.headers)
-        with gateway.tracer.start_as_current_span(
-            name,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": "POST",
-                "http.route": wire.path,
-                "url.path": wire.path,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            return await _respond(request, gateway, wire, access, t0, span, _trace_id(span))
+        scope: AbstractContextManager[Span] = _UNTRACED
+        if gateway.traced(request.headers):
+            scope = gateway.tracer.start_as_current_span(
+                name,
+                context=_propagator.extract(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": "POST",
+                    "http.route": wire.path,
+                    "url.path": wire.path,
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        with scope as span:
+            trace_id = _trace_id(span)
+            try:
+                response = await _serve(request, gateway, wire, access, trace_id)
+            except GatewayError as exc:
+                response = error_response(wire, exc)
+                access.error = exc.code or exc.type
+            except asyncio.CancelledError:
+                access.status = 499  # the client closed the connection
+                _finish(span, access, t0, trace_id)
+                raise
+            except ClientGone as gone:
+                access.status = 499
+                _finish(span, access, t0, trace_id)
+                return gone.response
+            except Exception:
+                log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
+                access.error = "internal_error"
+                if access.response is not None and access.response.prepared:
+                    # The status line is out: a second response would corrupt the stream.
+                    access.status = access.response.status
+                    await abandon(request, wire, access.response, gateway.write_timeout_s)
+                    _finish(span, access, t0, trace_id)
+                    return access.response
+                response = error_response(wire, internal_error())
+            if trace_id is not None:
+                response.headers.setdefault("x-cascade-trace-id", trace_id)
+            if not access.status:
+                access.status = response.status
+            _finish(span, access, t0, trace_id)
+        return response
 
     return handle
-
-
-async def _respond(
-    request: web.Request,
-    gateway: Gateway,
-    wire: WireFormat,
-    access: _Access,
-    t0: float,
-    span: Span,
-    trace_id: str | None,
-) -> web.StreamResponse:
-    """The request served within its span (no-op when untraced), whatever the ending:
-    its response, its status on the span and its access-log line."""
-    try:
-        response = await _serve(request, gateway, wire, access, trace_id)
-    except GatewayError as exc:
-        response = error_response(wire, exc)
-        access.error = exc.code or exc.type
-    except asyncio.CancelledError:
-        access.status = 499  # the client closed the connection
-        _finish(span, access, t0, trace_id)
-        raise
-    except ClientGone as gone:
-        access.status = 499
-        _finish(span, access, t0, trace_id)
-        return gone.response
-    except Exception:
-        log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
-        access.error = "internal_error"
-        if access.response is not None and access.response.prepared:
-            # The status line is out: a second response would corrupt the stream.
-            access.status = access.response.status
-            await abandon(request, wire, access.response, gateway.write_timeout_s)
-            _finish(span, access, t0, trace_id)
-            return access.response
-        response = error_response(wire, internal_error())
-    if trace_id is not None:
-        response.headers.setdefault("x-cascade-trace-id", trace_id)
-    if not access.status:
-        access.status = response.status
-    _finish(span, access, t0, trace_id)
-    return response
 
 
 def _trace_id(span: Span) -> str | None:
