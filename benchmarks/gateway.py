@@ -1,6 +1,7 @@
 """``cascade serve`` against calling the fake fleet directly, and against the LiteLLM proxy.
 
     python benchmarks/gateway.py [--quick] [--json] [--streams N] [--litellm PATH]
+                                 [--loop auto|asyncio|uvloop]
 
 Processes, all on this machine and on loopback: the fake OpenAI-compatible fleet
 (streaming.py's ``--serve``: a JSON answer, and an SSE answer of 32 deltas for the model
@@ -117,17 +118,20 @@ def gateway_config(folder: Path, fleet: str) -> Path:
 
 
 @contextmanager
-def gateway_process(config: Path) -> Iterator[tuple[str, int]]:
-    """``cascade serve`` on a free port: (its /v1 URL, its pid). Its log (a JSON line per
-    request) goes to a file beside the config, as a deployment's would go to a file or a
-    journal: a pipe this process drained would make the gateway wait on this client."""
+def gateway_process(config: Path, loop: str = "auto") -> Iterator[tuple[str, int, str]]:
+    """``cascade serve --loop loop`` on a free port: (its /v1 URL, its pid, the event loop
+    it runs on). Its log (a JSON line per request) goes to a file beside the config, as a
+    deployment's would go to a file or a journal: a pipe this process drained would make
+    the gateway wait on this client."""
     code = "from cascade._cli import main; raise SystemExit(main())"
     cmd = [sys.executable, "-c", code, "serve", "--config", str(config), "--port", "0"]
+    cmd += ["--loop", loop]
     log_path = config.with_suffix(".log")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         port = None
+        running = "?"
         deadline = time.monotonic() + START_TIMEOUT_S
         while port is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
@@ -139,10 +143,11 @@ def gateway_process(config: Path) -> Iterator[tuple[str, int]]:
                         continue
                     if record.get("event") == "gateway.listening":
                         port = int(record["port"])
+                        running = str(record.get("loop", "?"))
         if port is None:
             tail = log_path.read_text()[-2000:]
             raise RuntimeError(f"cascade serve did not start (exit {proc.poll()}): {tail}")
-        yield f"http://127.0.0.1:{port}/v1", proc.pid
+        yield f"http://127.0.0.1:{port}/v1", proc.pid, running
     finally:
         _stop(proc)
 
@@ -434,6 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--streams", type=int, help="slow streams of the memory probe")
     parser.add_argument("--litellm", help="the litellm executable (default: on PATH)")
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="cascade serve's event loop (default auto: uvloop when installed)",
+    )
     args = parser.parse_args(argv)
     install_loopback_guard()
     raise_fd_limit()
@@ -443,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     exe = litellm_executable(args.litellm)
     with tempfile.TemporaryDirectory() as tmp, server_process() as fleet:
         folder = Path(tmp)
-        with gateway_process(gateway_config(folder, fleet)) as (gateway, pid):
+        with gateway_process(gateway_config(folder, fleet), args.loop) as (gateway, pid, loop):
             litellm_ctx = litellm_process(exe, folder, fleet) if exe else None
             urls = {"direct": fleet, "gateway": gateway}
             with litellm_ctx or _nothing() as litellm_url:
@@ -461,13 +472,15 @@ def main(argv: list[str] | None = None) -> int:
             "timeout_s = 600\nmax_connections = 10000\n"
             '\n[[gateway.routes]]\nname = "sse"\ndefault = true\nmode = "speculative"\n'
         )
-        with gateway_process(slow) as (gateway, pid):
+        with gateway_process(slow, args.loop) as (gateway, pid, _):
             memory = asyncio.run(memory_probe(gateway, pid, count=streams))
     report = {
         "versions": (
             f"cascade-engine {cascade.__version__}, aiohttp {aiohttp.__version__}, "
-            f"Python {platform.python_version()}, LiteLLM proxy: {exe or 'not installed'}"
+            f"Python {platform.python_version()}, cascade serve on {loop}, "
+            f"LiteLLM proxy: {exe or 'not installed'}"
         ),
+        "loop": loop,
         "rounds": rounds,
         "litellm": exe,
         "summary": summary,

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
+import time
+from datetime import UTC, datetime
 
+import pytest
 import structlog
 
-from cascade.gateway._log_writer import LineWriter, render_json
+from cascade.gateway._log_writer import LineWriter, UTCStamper, render_json
 
 
 class Stalled(io.StringIO):
@@ -81,3 +85,19 @@ def test_the_writer_is_the_structlog_logger_and_lines_are_json() -> None:
     assert first["cost_usd"] == 0.5
     assert first["odd"]["1"].startswith("<object object")  # repr, as structlog's renderer
     assert second == {"event": "cascade.route", "big": 2**70}
+
+
+def test_utc_stamper_writes_what_structlogs_iso_stamper_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stamper = UTCStamper()
+    for ns in (1_764_654_000_000_000_000, 1_764_654_000_000_001_999, 1_764_654_059_123_456_000):
+        monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
+        whole = datetime.fromtimestamp(ns // 10**9, UTC)
+        expected = whole.replace(microsecond=ns // 1000 % 10**6).isoformat()
+        assert stamper(None, "info", {})["timestamp"] == expected.replace("+00:00", "Z")
+    monkeypatch.undo()
+    theirs = structlog.processors.TimeStamper(fmt="iso")(None, "info", {})["timestamp"]
+    ours = stamper(None, "info", {})["timestamp"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", ours)
+    assert abs(datetime.fromisoformat(ours) - datetime.fromisoformat(theirs)).total_seconds() < 5

@@ -8,6 +8,7 @@ from typing import Any
 
 import openai
 import pytest
+from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -124,6 +125,38 @@ async def test_traceparent_is_continued_by_a_server_span_parent_of_the_run(
     assert run.parent is not None
     assert run.parent.span_id == server.context.span_id
     tracer_provider.shutdown()
+
+
+async def test_without_a_tracer_provider_only_a_traceparent_gets_a_server_span(
+    openai_server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the global API with no provider set, the server span is a no-op: it is
+    skipped, unless the caller's ``traceparent`` must be carried on to what runs under it
+    (an instrumented HTTP client propagates the no-op span's context); once a provider is
+    set globally, every request gets one."""
+    monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", None)
+    openai_server.script("m1", Reply(text=ANSWER))
+    path = write_config(
+        tmp_path / "c.toml", {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    )
+    parent = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    async with serving(path) as g:
+        assert not g.gateway.traced({})
+        assert g.gateway.traced(parent)
+        async with openai.AsyncOpenAI(base_url=g.base_url, api_key="k", max_retries=0) as c:
+            for headers in ({}, parent):
+                raw = await c.chat.completions.with_raw_response.create(
+                    model="cascade",
+                    messages=HI,  # type: ignore[arg-type]
+                    extra_headers=headers,
+                )
+                assert raw.parse().choices[0].message.content == ANSWER
+                assert "x-cascade-trace-id" not in raw.headers  # nothing recorded it
+        monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", TracerProvider())
+        assert g.gateway.traced({})
+    async with serving(path, tracer_provider=TracerProvider()) as g:
+        monkeypatch.setattr(otel_trace, "_TRACER_PROVIDER", None)
+        assert g.gateway.traced({})  # a provider of its own: always
 
 
 async def test_access_log_has_trace_route_status_cost_but_no_key_or_text(

@@ -5,6 +5,7 @@ dropping the requests in flight."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import signal
 import sys
@@ -16,6 +17,8 @@ from typing import Any
 import openai
 import pytest
 
+from cascade import InputError
+from cascade._cli import _use_uvloop
 from cascade.testing import FakeOpenAIServer, Reply
 
 from .gateway import write_config
@@ -23,6 +26,11 @@ from .helpers import provider, tier
 from .leaks import eventually
 
 pytestmark = pytest.mark.anyio
+
+UVLOOP = pytest.mark.skipif(
+    sys.platform == "win32" or importlib.util.find_spec("uvloop") is None,
+    reason="uvloop is not installed (the dev extra has it)",
+)
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -58,7 +66,7 @@ class Served:
 
 
 @asynccontextmanager
-async def cascade_serve(path: Path) -> AsyncIterator[Served]:
+async def cascade_serve(path: Path, *args: str) -> AsyncIterator[Served]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -68,6 +76,7 @@ async def cascade_serve(path: Path) -> AsyncIterator[Served]:
         str(path),
         "--port",
         "0",
+        *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -107,12 +116,18 @@ async def refused(port: int) -> bool:
     return False
 
 
+LOOPS = ["asyncio", pytest.param("uvloop", marks=UVLOOP)]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 async def test_sigterm_drains_requests_in_flight_then_exits(
-    openai_server: FakeOpenAIServer, tmp_path: Path
+    openai_server: FakeOpenAIServer, tmp_path: Path, loop: str
 ) -> None:
     openai_server.script("m1", Reply(text="finished", latency_s=1.5))
     path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
-    async with cascade_serve(path) as served, client(served) as c:
+    async with cascade_serve(path, "--loop", loop) as served, client(served) as c:
+        listening = next(x for x in served.lines if x["event"] == "gateway.listening")
+        assert listening["loop"] == loop
         call = asyncio.create_task(c.chat.completions.create(model="r", messages=HI))  # type: ignore[arg-type]
         await eventually(lambda: openai_server.active_requests == 1, "the slow call under way")
         served.proc.send_signal(signal.SIGTERM)
@@ -149,13 +164,14 @@ async def test_sigterm_cuts_off_what_outlives_the_drain_timeout(
     await eventually(lambda: openai_server.active_requests == 0, "the upstream call closed")
 
 
+@pytest.mark.parametrize("loop", LOOPS)
 async def test_sighup_reloads_without_dropping_requests(
-    openai_server: FakeOpenAIServer, tmp_path: Path
+    openai_server: FakeOpenAIServer, tmp_path: Path, loop: str
 ) -> None:
     openai_server.script("m1", Reply(text="old", latency_s=1.0))
     openai_server.script("m2", Reply(text="new"))
     path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "one"))
-    async with cascade_serve(path) as served, client(served) as c:
+    async with cascade_serve(path, "--loop", loop) as served, client(served) as c:
         call = asyncio.create_task(c.chat.completions.create(model="one", messages=HI))  # type: ignore[arg-type]
         await eventually(lambda: openai_server.active_requests == 1, "the slow call under way")
         write_config(path, config(openai_server.url, "m2", "two"))
@@ -199,3 +215,21 @@ async def test_a_header_too_long_is_refused_and_its_bytes_never_logged(
     assert "LineTooLong" in logged
     assert "sk-live" not in logged
     assert openai_server.request_count == 0
+
+
+@UVLOOP
+def test_loop_auto_is_uvloop_when_installed() -> None:
+    assert _use_uvloop("auto") is True
+    assert _use_uvloop("uvloop") is True
+    assert _use_uvloop("asyncio") is False
+
+
+def test_loop_uvloop_not_installed_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "uvloop" else real(name, *a)
+    )
+    assert _use_uvloop("auto") is False  # auto falls back to asyncio
+    with pytest.raises(InputError, match="uvloop is not installed") as caught:
+        _use_uvloop("uvloop")
+    assert caught.value.path == "--loop"

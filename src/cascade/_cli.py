@@ -11,6 +11,7 @@ them.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 from collections.abc import MutableMapping, Sequence
@@ -71,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     srv.add_argument("--config", required=True, help="TOML config file (with [gateway])")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     srv.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free)")
+    srv.add_argument(
+        "--loop",
+        choices=LOOPS,
+        default="auto",
+        help="event loop: uvloop (the `uvloop` extra: the loop and its sockets in C, less CPU "
+        "per request), asyncio, or auto (default: uvloop when installed)",
+    )
 
     sub.add_parser(
         "hash-key",
@@ -181,13 +189,13 @@ def _access_log_to_stdout() -> LineWriter:
     (the routing record) to standard output, with trace ids; never keys or message text.
     The lines are written by a thread: a slow reader of the output drops lines (counted),
     it never holds a request."""
-    from .gateway._log_writer import LineWriter, render_json
+    from .gateway._log_writer import LineWriter, UTCStamper, render_json
 
     writer = LineWriter(sys.stdout)
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
+            UTCStamper(),  # TimeStamper(fmt="iso")'s text, at half its cost
             add_trace_ids,
             structlog.processors.format_exc_info,
             render_json,
@@ -204,9 +212,30 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise InputError("expected a port from 0 to 65535", path="--port")
+    use_uvloop = _use_uvloop(args.loop)
     with in_file(args.config):
-        anyio.run(lambda: serve(args.config, host=args.host, port=args.port))
+        anyio.run(
+            lambda: serve(args.config, host=args.host, port=args.port),
+            backend_options={"use_uvloop": use_uvloop},
+        )
     return 0
+
+
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def _use_uvloop(choice: str) -> bool:
+    """``serve --loop``: uvloop, when asked for or (``auto``) installed. The gateway's own
+    time per request is mostly the event loop's and aiohttp's; uvloop runs the loop and
+    the sockets' transports in C."""
+    if choice == "asyncio":
+        return False
+    installed = sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None
+    if choice == "uvloop" and not installed:
+        raise InputError(
+            "uvloop is not installed (pip install 'cascade-engine[uvloop]')", path="--loop"
+        )
+    return installed
 
 
 def _drop_routing_records(

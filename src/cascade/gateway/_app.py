@@ -17,7 +17,7 @@ from ._chat import chat_handler
 from ._errors import GatewayError
 from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
-from ._guard import guard_middleware
+from ._guard import check_request
 from ._openai_wire import OpenAIWire
 from ._respond import error_response
 from ._wire import WireFormat
@@ -37,7 +37,8 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     formats = list(default_wires() if wires is None else wires)
     app = web.Application(
         client_max_size=gateway.generation.loaded.gateway.max_body_bytes,
-        middlewares=[_errors_middleware(formats), guard_middleware],
+        # one middleware: each one is a frame more on every resumption of every request
+        middlewares=[_front_middleware(formats)],
     )
     app[GATEWAY] = gateway
     for wire in formats:
@@ -120,10 +121,14 @@ def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
     return fallback
 
 
-def _errors_middleware(wires: list[WireFormat]) -> Any:
+def _front_middleware(wires: list[WireFormat]) -> Any:
+    """Before every handler, the guard (``_guard.py``); around it, every error the
+    router or the guard raises as a response in the format of the path's API."""
+
     @web.middleware
-    async def errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def front(request: web.Request, handler: Any) -> web.StreamResponse:
         try:
+            check_request(request, request.app[GATEWAY].allowed_hosts)
             response: web.StreamResponse = await handler(request)
         except GatewayError as exc:
             response = error_response(_wire_for(request.path, wires), exc)
@@ -141,4 +146,4 @@ def _errors_middleware(wires: list[WireFormat]) -> Any:
                 response.headers["Allow"] = exc.headers["Allow"]
         return response
 
-    return errors
+    return front

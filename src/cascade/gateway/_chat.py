@@ -22,14 +22,14 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._errors import CascadeError, InputError
@@ -59,6 +59,8 @@ log = structlog.get_logger("cascade.gateway")
 ACCESS_EVENT = "gateway.request"
 
 _propagator = TraceContextTextMapPropagator()
+_UNTRACED = nullcontext(INVALID_SPAN)
+"""A request's span when it gets none (``Gateway.traced``): its attributes go nowhere."""
 _MAX_PENDING = 64
 """Most rendered events held for one write (the stream holds at most ~8 KiB of text)."""
 
@@ -102,19 +104,21 @@ def chat_handler(wire: WireFormat) -> Any:
         gateway = request.app[GATEWAY]
         t0 = perf_counter()
         access = _Access(method=request.method, path=wire.path)
-        parent = _propagator.extract(request.headers)
-        with gateway.tracer.start_as_current_span(
-            name,
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={
-                "http.request.method": "POST",
-                "http.route": wire.path,
-                "url.path": wire.path,
-            },
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
+        scope: AbstractContextManager[Span] = _UNTRACED
+        if gateway.traced(request.headers):
+            scope = gateway.tracer.start_as_current_span(
+                name,
+                context=_propagator.extract(request.headers),
+                kind=SpanKind.SERVER,
+                attributes={
+                    "http.request.method": "POST",
+                    "http.route": wire.path,
+                    "url.path": wire.path,
+                },
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        with scope as span:
             trace_id = _trace_id(span)
             try:
                 response = await _serve(request, gateway, wire, access, trace_id)
@@ -187,6 +191,8 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
     if request.content_length is not None and request.content_length > limit:
         raise GatewayError(413, f"the request body is over {limit} bytes", code="body_too_large")
     try:
+        if request.content.is_eof():
+            return await request.read()  # it came with the headers: nothing to wait for
         async with asyncio.timeout(timeout_s):
             return await request.read()
     except web.HTTPRequestEntityTooLarge:

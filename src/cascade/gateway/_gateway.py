@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -58,6 +58,7 @@ class Gateway:
         self.rebuild = rebuild
         """Builds the routes of a config file read again (SIGHUP), as at start."""
         self.tracer = trace.get_tracer("cascade.gateway", __version__, tracer_provider)
+        self._tracer_via_global = tracer_provider is None
         self.in_flight = 0
         self.draining = False
         self._schemas: dict[str, Validator] = {}
@@ -66,6 +67,18 @@ class Gateway:
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"
         return f"<Gateway {state}, {self.in_flight} in flight, {self.generation!r}>"
+
+    def traced(self, headers: Mapping[str, str]) -> bool:
+        """Whether a request gets a server span: with a tracer provider (given, or set
+        globally), always; through the global API with none set yet (whose tracer hands
+        out no-op spans), only to carry a caller's ``traceparent`` on to what runs under
+        it. A no-op span without a parent is an invalid one: skipping it changes nothing
+        but the time it takes."""
+        return (
+            not self._tracer_via_global
+            or getattr(trace, "_TRACER_PROVIDER", self) is not None
+            or "traceparent" in headers
+        )
 
     async def swap(self, generation: Generation, *, wait_s: float) -> None:
         """Serve ``generation`` (opened) from now on; the old one closes once its

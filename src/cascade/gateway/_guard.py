@@ -4,7 +4,7 @@
 browser send a "simple" cross-origin ``POST`` (no CORS preflight; the page cannot read
 the answer, but the provider call is paid), or reach the port under a host name of its
 own that resolves to 127.0.0.1 (DNS rebinding; the page can then read answers too).
-So, before any handler runs:
+So, before any handler runs (:func:`check_request`, from the app's middleware):
 
 - a ``POST`` whose ``Sec-Fetch-Site`` is ``cross-site`` or ``same-site``, or whose
   ``Origin`` is not the gateway's own (the ``Host`` it was reached at), is refused (403,
@@ -17,16 +17,14 @@ So, before any handler runs:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable
 from functools import lru_cache
 
 from aiohttp import web
 from yarl import URL
 
 from ._errors import GatewayError
-from ._gateway import GATEWAY
 
-__all__ = ["guard_middleware"]
+__all__ = ["check_request"]
 
 _CROSS = frozenset({"cross-site", "same-site"})
 
@@ -100,11 +98,3 @@ def check_request(request: web.Request, allowed_hosts: frozenset[str] | None) ->
     theirs = _authority(scheme, rest) if sep and scheme in ("http", "https") else None
     if theirs is None or own is None or _authority(scheme, host) != theirs:
         raise _refused("requests from another origin are refused", "cross_origin_request")
-
-
-@web.middleware
-async def guard_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    check_request(request, request.app[GATEWAY].allowed_hosts)
-    return await handler(request)

@@ -10,20 +10,23 @@ The thread wakes on a timer (every ``flush_interval_s``), not once per line: wak
 each line made each request hand the interpreter's lock to the thread and back (a
 request writes two lines, one of them before its response is sent). A line so waits up
 to ``flush_interval_s`` before it is written; a queue half full wakes the thread at once.
-:func:`render_json` renders a line with msgspec (a sixth of ``json.dumps``' time).
+:func:`render_json` renders a line with msgspec (a sixth of ``json.dumps``' time), and
+:class:`UTCStamper` stamps it as structlog's ISO stamper does, in half its time.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import msgspec
 
-__all__ = ["LineWriter", "render_json"]
+__all__ = ["LineWriter", "UTCStamper", "render_json"]
 
 
 class LineWriter:
@@ -134,3 +137,28 @@ def render_json(logger: Any, method_name: str, event_dict: MutableMapping[str, A
     # msgspec writes non-ASCII text as is; escaped (as json.dumps does), a line goes to an
     # output of any encoding (a non-UTF-8 one would refuse it)
     return json.dumps(event_dict, default=repr, skipkeys=True)
+
+
+class UTCStamper:
+    """structlog's ``TimeStamper(fmt="iso")`` (UTC, ``2026-12-02T05:36:42.123456Z``; no
+    fraction at a whole second, as ``datetime.isoformat``), the date and time to the
+    second formatted once per second instead of once per line."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[int, str] = (-1, "")  # replaced whole: safe across threads
+
+    def __repr__(self) -> str:
+        return "<UTCStamper>"
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        cached, prefix = self._second
+        if cached != second:
+            prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, prefix)
+        event_dict["timestamp"] = f"{prefix}.{micro:06d}Z" if micro else prefix + "Z"
+        return event_dict

@@ -3,7 +3,8 @@
 Every write (the status line and headers, each part of a stream, a JSON body) must reach
 the client's socket within ``gateway.write_timeout_s``: a client that stopped reading
 (a zero TCP window) is cut off after it, its connection aborted, and :class:`ClientGone`
-raised, which the request handler turns into its run cancelled and its slot freed. A
+raised, which the request handler turns into its run cancelled and its slot freed (a
+write the transport's buffer takes whole cannot wait: it runs without a timer). A
 response whose status line was sent is never followed by a second one: a failure after
 it ends a stream with the format's error event (:func:`abandon`), or aborts the
 connection. Header values carry no control character (:func:`header_value`).
@@ -68,16 +69,47 @@ async def send(
     ``last``, its end: a ``web.Response``'s body). Raises :class:`ClientGone` once the
     connection is aborted: the client left, or took nothing for ``timeout_s``."""
     try:
-        async with asyncio.timeout(timeout_s):
-            if not response.prepared:
-                await response.prepare(request)
-            if last:
-                await response.write_eof(data)
-            elif data:
-                await response.write(data)
+        if _fits(request, response, data):
+            await _send(request, response, data, last=last)
+        else:
+            async with asyncio.timeout(timeout_s):
+                await _send(request, response, data, last=last)
     except (TimeoutError, ConnectionResetError):
         abort(request)
         raise ClientGone(response) from None
+
+
+async def _send(
+    request: web.Request, response: web.StreamResponse, data: bytes, *, last: bool
+) -> None:
+    if not response.prepared:
+        await response.prepare(request)
+    if last:
+        await response.write_eof(data)
+    elif data:
+        await response.write(data)
+
+
+_HEAD_BYTES = 16384
+"""Room kept for a status line and headers beside the data of a write."""
+
+
+def _fits(request: web.Request, response: web.StreamResponse, data: bytes) -> bool:
+    """``data`` (with a ``web.Response``'s body, and headers) goes into the transport's
+    buffer without reaching its high water mark, and the connection is not waiting for
+    the client: the write cannot wait, so it needs no timer. (aiohttp waits in a write
+    only once the transport has paused it, past the high water mark.)"""
+    transport = request.transport
+    if transport is None or request.protocol.writing_paused:
+        return False
+    size = len(data) + _HEAD_BYTES
+    if isinstance(response, web.Response):
+        body = response.body
+        if not isinstance(body, bytes):
+            return body is None
+        size += len(body)
+    high = transport.get_write_buffer_limits()[1]
+    return transport.get_write_buffer_size() + size <= high
 
 
 def abort(request: web.Request) -> None:

@@ -135,11 +135,11 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
-        log.info("gateway.listening", host=host, port=bound, config=source)
+        loop = asyncio.get_running_loop()
+        log.info("gateway.listening", host=host, port=bound, config=source, loop=_loop_name(loop))
         if ready is not None:
             ready(bound)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         reloads: set[asyncio.Task[None]] = set()
 
         def on_hup() -> None:
@@ -163,6 +163,11 @@ async def serve(
         await runner.cleanup()  # stop accepting, wait for requests in flight, close
         aiohttp_log.removeFilter(scrub)
     log.info("gateway.stopped")
+
+
+def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """``uvloop`` or ``asyncio``: which event loop serves (``cascade serve --loop``)."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 async def _reload(gateway: Gateway, source: str) -> None:
