@@ -124,12 +124,10 @@ async def race(
 async def _wait(
     clock: SupportsTimers | None, aws: tuple[asyncio.Future[Any], ...], delay: float
 ) -> set[asyncio.Future[Any]]:
-    """``asyncio.wait(aws, timeout=delay)``'s done set, the delay on ``clock`` if given."""
-    if clock is None:
-        done, _ = await asyncio.wait(aws, timeout=delay)
-        return done
+    """``asyncio.wait(aws, timeout=delay)``'s done set, the delay on ``clock`` if given
+    (its timer holding no copy of the run's context: see ``ClockTimeout``)."""
     try:
-        async with ClockTimeout(clock, clock.monotonic() + delay):
+        async with ClockTimeout.after(clock, delay):
             await asyncio.wait(aws)
     except TimeoutError:
         pass

@@ -99,6 +99,12 @@ class RunTrace:
         """The spans of the calls under way, by (tier, provider): each is ended by its
         call's AttemptFinished event, from the attempt record."""
 
+    @property
+    def records(self) -> bool:
+        """Whether the run's events are recorded (spans, metrics, the routing record):
+        False for a run the sampler dropped with nothing else to record."""
+        return self._tel is not None
+
     def __enter__(self) -> RunTrace:
         return self
 

@@ -130,12 +130,7 @@ class Engine:
         deadline = plan.deadline
         if deadline is None:
             return await self._tiers(run, plan)
-        timers = self.calls.timers
-        timeout: asyncio.Timeout | ClockTimeout
-        if timers is None:
-            timeout = asyncio.timeout(deadline)
-        else:
-            timeout = ClockTimeout(timers, timers.monotonic() + deadline)
+        timeout = ClockTimeout.after(self.calls.timers, deadline)
         try:
             async with timeout:
                 return await self._tiers(run, plan)

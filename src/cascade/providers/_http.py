@@ -9,7 +9,6 @@ objects (whose ``request_info`` holds the request headers, and so the API key).
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
@@ -186,7 +185,7 @@ class HTTPProvider:
         # engine's cascade._attempt.complete for a stream (which pauses it while a slow
         # reader downstream holds the stream up; a wall-clock total here would not, and would
         # blame the provider for the reader), and by post_whole for a whole-body call. Both
-        # use asyncio.timeout, or the engine's clock: aiohttp's own timer un-cancels its
+        # use a ClockTimeout (asyncio.timeout underneath): aiohttp's own timer un-cancels its
         # task twice and so can swallow a deadline that fires in the same loop turn. A
         # stream read without the engine (provider.stream directly) is bounded by its caller.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
@@ -359,12 +358,7 @@ async def post_whole(
     ``HTTPProvider.stream``."""
     data = encode_body(body)
     timeout_s = provider.config.timeout_s
-    timers = provider.timers
-    bound = (
-        asyncio.timeout(timeout_s)
-        if timers is None
-        else ClockTimeout(timers, timers.monotonic() + timeout_s)
-    )
+    bound = ClockTimeout.after(provider.timers, timeout_s)
     try:
         async with (
             bound,
