@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from cascade import Cascade, DeadlineExceeded, Delta
-from cascade._clock import ClockTimeout
+from cascade._clock import timeout_after
 from cascade.testing import FakeClock, FakeOpenAIServer, Reply
 
 from .helpers import USER, provider, tier
@@ -192,10 +192,10 @@ async def test_autojump_waits_while_the_clock_is_in_use() -> None:
 
 async def test_a_loop_clock_timeout_fires_on_the_loop() -> None:
     with pytest.raises(TimeoutError):
-        async with ClockTimeout.after(None, 0.0) as bound:  # due at once: the next turns
+        async with timeout_after(None, 0.0) as bound:  # due at once: the next turns
             await asyncio.sleep(3600)
     assert bound.expired()
-    async with ClockTimeout.after(None, 3600.0) as idle:
+    async with timeout_after(None, 3600.0) as idle:
         await asyncio.sleep(0)
     assert not idle.expired()
 
@@ -213,7 +213,7 @@ async def test_a_loop_clock_timer_keeps_nothing_of_the_callers_context() -> None
     held = Held()
     gone = weakref.ref(held)
     token = var.set(held)
-    async with ClockTimeout.after(None, 3600.0):
+    async with timeout_after(None, 3600.0):
         await asyncio.sleep(0)
     var.reset(token)
     del held

@@ -18,7 +18,7 @@ import msgspec
 
 from .._attempt import Tier, chosen
 from .._calls import ProviderCalls
-from .._clock import ClockTimeout
+from .._clock import timeout_after
 from .._config import Config
 from .._errors import (
     AllProvidersFailed,
@@ -130,7 +130,7 @@ class Engine:
         deadline = plan.deadline
         if deadline is None:
             return await self._tiers(run, plan)
-        timeout = ClockTimeout.after(self.calls.timers, deadline)
+        timeout = timeout_after(self.calls.timers, deadline)
         try:
             async with timeout:
                 return await self._tiers(run, plan)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, TypeVar
 import aiohttp
 import msgspec
 
-from .._clock import ClockTimeout, SupportsTimers
+from .._clock import SupportsTimers, timeout_after
 from .._config import ProviderConfig
 from .._errors import (
     CascadeError,
@@ -185,7 +185,7 @@ class HTTPProvider:
         # engine's cascade._attempt.complete for a stream (which pauses it while a slow
         # reader downstream holds the stream up; a wall-clock total here would not, and would
         # blame the provider for the reader), and by post_whole for a whole-body call. Both
-        # use a ClockTimeout (asyncio.timeout underneath): aiohttp's own timer un-cancels its
+        # use _clock.timeout_at (asyncio.timeout underneath): aiohttp's own timer un-cancels its
         # task twice and so can swallow a deadline that fires in the same loop turn. A
         # stream read without the engine (provider.stream directly) is bounded by its caller.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s)
@@ -358,7 +358,7 @@ async def post_whole(
     ``HTTPProvider.stream``."""
     data = encode_body(body)
     timeout_s = provider.config.timeout_s
-    bound = ClockTimeout.after(provider.timers, timeout_s)
+    bound = timeout_after(provider.timers, timeout_s)
     try:
         async with (
             bound,
