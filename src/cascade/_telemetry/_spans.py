@@ -114,8 +114,10 @@ class RunTrace:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._tel is not None or self._token is not None:  # else nothing to end
+        if self._tel is not None:
             self.finish(exc)
+        elif self._token is not None:  # a run the sampler dropped: its span made current
+            self._detach()
 
     def observe(self, event: Event) -> None:
         """A listener of the run's events: each call's span and metrics are ended from
