@@ -6,11 +6,14 @@ under way, moves the clock, and checks the outcome."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import weakref
 from typing import Any
 
 import pytest
 
 from cascade import Cascade, DeadlineExceeded, Delta
+from cascade._clock import timeout_after
 from cascade.testing import FakeClock, FakeOpenAIServer, Reply
 
 from .helpers import USER, provider, tier
@@ -185,3 +188,33 @@ async def test_autojump_waits_while_the_clock_is_in_use() -> None:
     await eventually(lambda: len(fired) == 2, "both timers fired")
     assert fired == [10.0, 20.0]  # one at a time, in order, the cancelled one skipped
     assert clock.sleepers == 0
+
+
+async def test_a_loop_clock_timeout_fires_on_the_loop() -> None:
+    with pytest.raises(TimeoutError):
+        async with timeout_after(None, 0.0) as bound:  # due at once: the next turns
+            await asyncio.sleep(3600)
+    assert bound.expired()
+    async with timeout_after(None, 3600.0) as idle:
+        await asyncio.sleep(0)
+    assert not idle.expired()
+
+
+async def test_a_loop_clock_timer_keeps_nothing_of_the_callers_context() -> None:
+    """A timeout left early leaves its cancelled timer queued in the loop (until the loop
+    sweeps cancelled timers out); that timer must not keep what the caller's context held
+    (a traced call's span) alive: it runs in an empty context, not a copy of the caller's,
+    as ``asyncio.timeout``'s does."""
+    var: contextvars.ContextVar[object] = contextvars.ContextVar("held")
+
+    class Held:
+        pass
+
+    held = Held()
+    gone = weakref.ref(held)
+    token = var.set(held)
+    async with timeout_after(None, 3600.0):
+        await asyncio.sleep(0)
+    var.reset(token)
+    del held
+    assert gone() is None  # freed by its reference count, the timer still queued

@@ -18,7 +18,7 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from ._clock import ClockTimeout, SupportsTimers
+from ._clock import SupportsTimers, timeout_at
 from ._config import TierConfig, Variant
 from ._errors import ProviderError, ProviderTimeout
 from ._telemetry import NOOP_ATTEMPT, AttemptTrace
@@ -227,7 +227,7 @@ async def complete(
     started = False  # a chunk has arrived: idle_timeout_s counts from now on
     tick = asyncio.get_running_loop().time if clock is None else clock.monotonic
     now = tick()
-    # timeout_s is enforced with asyncio.timeout, not by aiohttp: aiohttp's timer un-cancels
+    # timeout_s is enforced with _clock.timeout_at, not by aiohttp: aiohttp's timer un-cancels
     # its task twice, which swallows a deadline (the run's, or the caller's) firing in the
     # same turn. Here for every call but a whole-body call of a provider that bounds those
     # itself (the HTTP providers' post_whole), which would otherwise run two timers.
@@ -236,8 +236,7 @@ async def complete(
     at, phase = total_at, "total"
     if first_at is not None and first_at < total_at:
         at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
-    watchdog: asyncio.Timeout | ClockTimeout
-    watchdog = asyncio.timeout_at(at) if clock is None else ClockTimeout(clock, at)
+    watchdog = timeout_at(clock, at)
     try:
         async with (
             watchdog,

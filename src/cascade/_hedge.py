@@ -18,7 +18,7 @@ from typing import Any
 
 from ._attempt import InFlight, Tier
 from ._calls import ProviderCalls
-from ._clock import ClockTimeout, SupportsTimers
+from ._clock import SupportsTimers, timeout_after
 from ._config import HedgeConfig
 from ._records import RunState, failed_record
 from ._types import Attempt, Message, RequestOptions
@@ -124,12 +124,10 @@ async def race(
 async def _wait(
     clock: SupportsTimers | None, aws: tuple[asyncio.Future[Any], ...], delay: float
 ) -> set[asyncio.Future[Any]]:
-    """``asyncio.wait(aws, timeout=delay)``'s done set, the delay on ``clock`` if given."""
-    if clock is None:
-        done, _ = await asyncio.wait(aws, timeout=delay)
-        return done
+    """``asyncio.wait(aws, timeout=delay)``'s done set, the delay on ``clock`` if given
+    (its timer holding no copy of the run's context: see ``_clock.timeout_at``)."""
     try:
-        async with ClockTimeout(clock, clock.monotonic() + delay):
+        async with timeout_after(clock, delay):
             await asyncio.wait(aws)
     except TimeoutError:
         pass

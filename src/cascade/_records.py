@@ -224,7 +224,11 @@ class RunState(msgspec.Struct, eq=False):
         return cost
 
     def listen(self, trace: RunTrace) -> None:
-        """The run's trace, started: it hears every event from now on."""
+        """The run's trace, started: it hears every event from now on, unless it has
+        nothing to record (a run the sampler dropped, with no metrics or routing record
+        to write: its span is only kept current, by the ``with`` around the run)."""
+        if not trace.records:
+            return
         self.trace = trace
         self.listening = self.sink is not NO_SINK or trace is not NOOP_RUN
 

@@ -15,7 +15,7 @@ from time import perf_counter
 from typing import Protocol
 
 from ._attempt import InFlight, complete
-from ._clock import ClockTimeout, SupportsTimers
+from ._clock import SupportsTimers, timeout_after
 from ._errors import MalformedResponse, ProviderTimeout
 from ._types import (
     Chunk,
@@ -115,14 +115,7 @@ class Sampler:
         # timeout_s bounds the whole call, as complete() does for one answer, unless the
         # provider bounds its whole-body calls itself (post_whole): one timer, not two.
         own = answers_whole(flight.provider)
-        watchdog: asyncio.Timeout | ClockTimeout | None = None
-        clock = self._clock
-        if not own:
-            watchdog = (
-                asyncio.timeout(config.timeout_s)
-                if clock is None
-                else ClockTimeout(clock, clock.monotonic() + config.timeout_s)
-            )
+        watchdog = None if own else timeout_after(self._clock, config.timeout_s)
         try:
             async with watchdog or nullcontext():
                 chunks = await provider.complete_n(msgs, opts, len(samples))

@@ -99,6 +99,12 @@ class RunTrace:
         """The spans of the calls under way, by (tier, provider): each is ended by its
         call's AttemptFinished event, from the attempt record."""
 
+    @property
+    def records(self) -> bool:
+        """Whether the run's events are recorded (spans, metrics, the routing record):
+        False for a run the sampler dropped with nothing else to record."""
+        return self._tel is not None
+
     def __enter__(self) -> RunTrace:
         return self
 
@@ -108,8 +114,10 @@ class RunTrace:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._tel is not None or self._token is not None:  # else nothing to end
+        if self._tel is not None:
             self.finish(exc)
+        elif self._token is not None:  # a run the sampler dropped: its span made current
+            self._detach()
 
     def observe(self, event: Event) -> None:
         """A listener of the run's events: each call's span and metrics are ended from

@@ -18,7 +18,7 @@ import msgspec
 
 from .._attempt import Tier
 from .._calls import ProviderCalls
-from .._clock import ClockTimeout
+from .._clock import timeout_after
 from .._config import Config
 from .._errors import (
     AllProvidersFailed,
@@ -139,12 +139,7 @@ class Engine:
         deadline = plan.deadline
         if deadline is None:
             return await self._tiers(run, plan)
-        timers = self.calls.timers
-        timeout: asyncio.Timeout | ClockTimeout
-        if timers is None:
-            timeout = asyncio.timeout(deadline)
-        else:
-            timeout = ClockTimeout(timers, timers.monotonic() + deadline)
+        timeout = timeout_after(self.calls.timers, deadline)
         try:
             async with timeout:
                 return await self._tiers(run, plan)

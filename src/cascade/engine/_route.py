@@ -12,14 +12,13 @@ router's, through :attr:`RouteRequest.complete`) are attempts of the run at tier
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from .._attempt import Tier
-from .._clock import ClockTimeout
+from .._clock import timeout_after
 from .._config import ProviderConfig, TierConfig
 from .._types import Completion, Message, RequestOptions, estimate_prompt_tokens
 from ..routing import RouteDecision, Router, RouteRequest, TierInfo
@@ -112,12 +111,7 @@ async def _bounded(
     router: Router, request: RouteRequest, calls: ProviderCalls, timeout_s: float
 ) -> RouteDecision:
     """``router.route(request)`` within ``timeout_s`` on the cascade's clock."""
-    timers = calls.timers
-    timeout: asyncio.Timeout | ClockTimeout
-    if timers is None:
-        timeout = asyncio.timeout(timeout_s)
-    else:
-        timeout = ClockTimeout(timers, timers.monotonic() + timeout_s)
+    timeout = timeout_after(calls.timers, timeout_s)
     try:
         async with timeout:
             decision = await router.route(request)

@@ -48,6 +48,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import structlog
 
+from .._clock import timeout_after
 from .._errors import ConfigError
 from .._headers import MAX_WAIT_S
 from .._urls import hide_userinfo
@@ -297,7 +298,7 @@ class SharedState:
         task = asyncio.current_task()
         cancels = 0 if task is None else task.cancelling()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with timeout_after(None, self.timeout_s):
                 result = await op(client)
         except self._errors as exc:
             _reraise_swallowed_cancel(task, cancels)
@@ -357,7 +358,7 @@ class SharedState:
         task = asyncio.current_task()
         cancels = 0 if task is None else task.cancelling()
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with timeout_after(None, self.timeout_s):
                 if not self._up:
                     # Sockets to a Redis that went away are dead even if it is back: a
                     # pooled one would fail the first call after the recovery.

@@ -37,6 +37,7 @@ from typing import Any, Final, TypeVar
 
 import anyio.to_thread
 
+from .._clock import timeout_after
 from .._errors import ConfigError
 
 __all__ = [
@@ -100,7 +101,7 @@ async def off_loop(fn: Callable[..., T], *args: Any, what: str, limit_s: float) 
     _threads().put(job)
     try:
         # a little past the limit: work that keeps its own (a regex's timeout) says so first
-        async with asyncio.timeout(limit_s + _GRACE_S) as scope:
+        async with timeout_after(None, limit_s + _GRACE_S) as scope:
             result: T = await job.future
             return result
     except TimeoutError:
