@@ -161,11 +161,19 @@ async def test_cancel_during_a_retry_backoff(openai_server: FakeOpenAIServer) ->
     clock = FakeClock()  # never advanced: the backoff lasts until cancelled
     openai_server.script("m", Reply(status=503), ANSWER)
     retry = {"attempts": 3, "base_s": 10, "max_s": 10}
-    cfg = {"tiers": [tier("t", provider("a", openai_server.url, "m", retry=retry))]}
+    # timeout_s 1000: the call's own timer is a sleeper on the clock too while the 503 is
+    # in flight; the backoff is the one due within base_s
+    a = provider("a", openai_server.url, "m", retry=retry, timeout_s=1000)
+    cfg = {"tiers": [tier("t", a)]}
     baseline = asyncio.all_tasks()
     async with Cascade.from_dict(cfg, clock=clock) as c:
         task = asyncio.create_task(c.run(messages=USER))
-        await eventually(lambda: clock.sleepers == 1, "sleeping before the retry")
+
+        def backing_off() -> bool:
+            due = [when for when, _, f in clock._sleepers if not f.done()]
+            return len(due) == 1 and due[0] <= clock.monotonic() + 10
+
+        await eventually(backing_off, "sleeping before the retry")
         assert openai_server.request_count == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
