@@ -254,7 +254,12 @@ class RateLimiter:
             finally:
                 waiter.wake = None
             return
-        sleeper = asyncio.ensure_future(self._clock.sleep(sleep_s))
+        # The sleep is timed from now, not from when its task first runs: a clock that
+        # moved in between (a busy loop, a FakeClock advanced by hand) would push the
+        # wake-up back by that much.
+        sleeper = asyncio.ensure_future(
+            _sleep_until(self._clock, self._clock.monotonic() + sleep_s)
+        )
         try:
             await asyncio.wait((wake, sleeper), return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -473,3 +478,8 @@ class Lease:
     def __repr__(self) -> str:
         state = " released" if self._released else ""
         return f"<Lease {self.tokens} tokens on {self._limiter.name!r}{state}>"
+
+
+async def _sleep_until(clock: Clock, when: float) -> None:
+    """Sleep on ``clock`` until ``when`` (at least one checkpoint, as ``sleep(0)`` is)."""
+    await clock.sleep(when - clock.monotonic())
