@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import pytest
 
@@ -19,6 +21,7 @@ from cascade.validators import ValidationContext
 from cascade.validators._schema_fast import quick_check
 from cascade.validators.json_schema import JsonSchemaValidator
 
+from .gateway import serving, write_config
 from .helpers import USER, provider, tier
 
 pytestmark = pytest.mark.anyio
@@ -141,6 +144,20 @@ async def test_a_schema_uri_that_is_not_a_string_is_a_config_error(bad: object) 
     with pytest.raises(ConfigError) as caught:
         JsonSchemaValidator(schema={"$schema": bad, "type": "object"})
     assert caught.value.path == "schema.$schema"
+
+
+async def test_a_clients_schema_uri_that_is_not_a_string_is_a_400(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.script("m", "{}")
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m"))]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$schema": 5}}}
+    body = {"model": "cascade", "messages": USER, "response_format": fmt}
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{gw.base_url}/chat/completions", json=body) as resp:
+                assert resp.status == 400, await resp.text()
+                assert "$schema" in await resp.text()
 
 
 async def test_a_deep_answer_is_a_rejection_not_a_crash() -> None:

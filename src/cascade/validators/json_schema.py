@@ -124,6 +124,12 @@ class JsonSchemaValidator:
             raise ConfigError(
                 f"expected a JSON Schema object, got {type(schema).__name__}", path="schema"
             )
+        uri = schema.get("$schema", "")
+        if not isinstance(uri, str):  # validator_for would raise AttributeError or TypeError
+            raise ConfigError(
+                f"invalid JSON Schema: $schema must be a string, got {type(uri).__name__}",
+                path="schema.$schema",
+            )
         cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
         try:
             self._build(cls, schema)
