@@ -383,6 +383,33 @@ async def test_a_closed_cascade_leaves_no_lane_timer(
     assert scheduled == []
 
 
+async def test_closing_a_lane_keeps_the_deadlines_of_calls_under_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a Cascade on the caller's own session leaves its calls running after aclose(): they
+    # still time out
+    hands = Hands(monkeypatch)
+    lane = TimeoutLane(10)
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+
+    async def body() -> str:
+        await gate
+        return "answer"
+
+    task = loop.create_task(_guarded(lane, body))
+    await hands.move(0)
+    lane.close()
+    await hands.move(10.5)
+    assert await _outcome(task) == "TimeoutError"
+    task = loop.create_task(_guarded(lane, body))  # a lane closed with none under way...
+    await hands.move(0)
+    gate.set_result(None)
+    assert await _outcome(task) == "returned answer"
+    lane.close()
+    assert lane._timer is None  # ...and closed again: nothing left on the loop
+
+
 # -- (c) breaker permits -----------------------------------------------------------------
 
 
