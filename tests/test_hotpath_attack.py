@@ -391,10 +391,10 @@ async def test_closing_a_lane_keeps_the_deadlines_of_calls_under_way(
     hands = Hands(monkeypatch)
     lane = TimeoutLane(10)
     loop = asyncio.get_running_loop()
-    gate: asyncio.Future[None] = loop.create_future()
+    gates = [loop.create_future(), loop.create_future()]
 
     async def body() -> str:
-        await gate
+        await gates[0]
         return "answer"
 
     task = loop.create_task(_guarded(lane, body))
@@ -402,9 +402,10 @@ async def test_closing_a_lane_keeps_the_deadlines_of_calls_under_way(
     lane.close()
     await hands.move(10.5)
     assert await _outcome(task) == "TimeoutError"
+    gates.pop(0)
     task = loop.create_task(_guarded(lane, body))  # a lane closed with none under way...
     await hands.move(0)
-    gate.set_result(None)
+    gates[0].set_result(None)
     assert await _outcome(task) == "returned answer"
     lane.close()
     assert lane._timer is None  # ...and closed again: nothing left on the loop
