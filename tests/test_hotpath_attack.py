@@ -333,6 +333,47 @@ async def test_an_uncancelled_call_still_times_out_as_asyncio_timeout(
     assert repr(lane) == "<TimeoutLane 10s live=0>"
 
 
+async def _at_the_deadline(
+    hands: Hands, guard: Callable[..., Awaitable[str]], answer_first: bool
+) -> str:
+    """The answer arrives by a timer due at the very time of the call's deadline, set
+    before or after the call starts."""
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+
+    def answer() -> None:
+        if not gate.done():
+            gate.set_result(None)
+
+    async def body() -> str:
+        await gate
+        return "answer"
+
+    if answer_first:
+        loop.call_at(hands.now + 10, answer)
+    task = loop.create_task(guard(body))
+    await hands.move(0)
+    if not answer_first:
+        loop.call_at(hands.now + 10, answer)
+    await hands.move(10)
+    return await _outcome(task)
+
+
+@pytest.mark.parametrize("answer_first", [True, False])
+async def test_an_answer_at_the_deadline_ends_as_under_asyncio_timeout(
+    monkeypatch: pytest.MonkeyPatch, answer_first: bool
+) -> None:
+    hands = Hands(monkeypatch)
+    lane = TimeoutLane(10)
+    got = await _at_the_deadline(hands, lambda body: _guarded(lane, body), answer_first)
+    want = await _at_the_deadline(
+        hands, lambda body: _asyncio_guarded(10, body), answer_first
+    )
+    # either way the deadline wins: the task is cancelled before it resumes
+    assert got == want == "TimeoutError"
+    assert repr(lane) == "<TimeoutLane 10s live=0>"
+
+
 async def test_a_call_cancelled_while_queued_leaves_the_lane_clean(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -412,6 +453,20 @@ async def test_closing_a_lane_keeps_the_deadlines_of_calls_under_way(
 
 
 # -- (c) breaker permits -----------------------------------------------------------------
+
+
+def test_each_run_and_call_has_its_own_lists() -> None:
+    # the Structs' [] defaults are copied per instance (msgspec), never shared by runs
+    from cascade._attempt import InFlight
+    from cascade._records import RunState
+
+    one, two = RunState(0.0, None), RunState(0.0, None)
+    assert one.attempts is not two.attempts
+    assert one.flights is not two.flights
+    a, b = InFlight(None, None, 0.0), InFlight(None, None, 0.0)  # type: ignore[arg-type]
+    assert a.samples is not b.samples
+    assert a != b  # compared by identity: run.flights.remove() takes the one it is given
+    assert len({a, b}) == 2
 
 
 class Interrupt(BaseException):
@@ -501,3 +556,35 @@ async def test_a_half_open_probe_is_settled_whatever_ends_it(
             else:
                 assert breaker.state == "half_open"
         assert not breaker._probe_out  # released, or settled: never stuck out
+
+
+async def test_calls_timed_out_by_the_lane_settle_breaker_and_limiter_once_per_try(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    # whole-body calls on the loop's clock (no FakeClock: the lane, not ClockLane), each
+    # try timed out: one failure per try on the breaker, every lease back, the lane empty
+    openai_server.script("ma", Reply(fault="hang"), Reply(fault="hang"))
+    openai_server.script("mb", "from b")
+    a = provider(
+        "a",
+        openai_server.url,
+        "ma",
+        stream=False,
+        timeout_s=0.05,
+        breaker={"fail_max": 2, "reset_timeout_s": 600},
+        limits={"max_concurrency": 1, "requests_per_minute": 600},
+        retry={"attempts": 2, "base_s": 0, "max_s": 0, "on_error": {"timeout": "retry"}},
+    )
+    cfg = {"tiers": [tier("t", a, provider("b", openai_server.url, "mb"))]}
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER)
+        assert result.provider == "b"
+        assert [x.error_type for x in result.attempts[:2]] == ["ProviderTimeout"] * 2
+        breaker = c.breakers["a"]
+        assert breaker.state == "open"  # two counted failures, fail_max 2
+        assert not breaker._probe_out
+        limiter = c._calls.limiters["a"]
+        assert limiter.headroom.slots == 1
+        lane = c._tiers[0].providers[0].timeouts  # type: ignore[attr-defined]
+        assert repr(lane) == "<TimeoutLane 0.05s live=0>"
+        assert openai_server.request_count == 3
