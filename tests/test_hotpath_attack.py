@@ -13,6 +13,8 @@ from typing import Any
 import aiohttp
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cascade import Cascade, Completion, ConfigError, RequestOptions
 from cascade._timeouts import TimeoutLane
@@ -67,7 +69,81 @@ async def test_a_subschema_in_another_draft_gets_no_quick_yes(schema: dict[str, 
     assert not jsonschema.Draft202012Validator(schema).is_valid(value)
     check = quick_check(schema)
     assert check is None or not check(value)
-    assert await verdicts(schema, '{"a": {}}') == (False, False)
+    # and the validator refuses the mixture at once (one draft per schema)
+    with pytest.raises(ConfigError) as caught:
+        JsonSchemaValidator(schema=schema)
+    assert caught.value.path == "schema.properties.a.$schema"
+
+
+async def test_a_draft3_subschema_that_crashes_jsonschema_is_refused() -> None:
+    # jsonschema's draft 3 reads each property's subschema with .get(): a boolean schema
+    # there raised AttributeError at every answer (the quick yes hid it, before)
+    schema = {"properties": {"a": {"$schema": DRAFT3, "properties": {"b": True}}}}
+    with pytest.raises(AttributeError):
+        jsonschema.Draft202012Validator(schema).is_valid({"a": {}})
+    with pytest.raises(ConfigError) as caught:
+        JsonSchemaValidator(schema=schema)
+    assert caught.value.path == "schema.properties.a.$schema"
+
+
+@pytest.mark.parametrize("uri", ["https://json-schema.org/draft/2020-12/schema", "urn:x:y"])
+async def test_a_subschema_naming_the_same_draft_is_fine(uri: str) -> None:
+    schema = {"properties": {"a": {"$schema": uri, "type": "string"}}}
+    assert await verdicts(schema, '{"a": 1}') == (False, False)
+    assert await verdicts(schema, '{"a": "x"}') == (True, True)
+
+
+_URIS = [
+    DRAFT3,
+    "http://json-schema.org/draft-04/schema#",
+    "http://json-schema.org/draft-06/schema#",
+    "http://json-schema.org/draft-07/schema#",
+    "https://json-schema.org/draft/2019-09/schema",
+    "https://json-schema.org/draft/2020-12/schema",
+    "urn:example:not-a-draft",
+]
+_TYPES = ["object", "array", "string", "boolean", "null"]
+_NAMES = ["a", "b", "\u00e9"]
+
+
+def _schemas(depth: int) -> st.SearchStrategy[dict[str, Any]]:
+    sub = _schemas(depth - 1) if depth else st.just({})
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(_TYPES)
+            | st.lists(st.sampled_from(_TYPES), min_size=1, max_size=3, unique=True),
+            "required": st.lists(st.sampled_from(_NAMES), min_size=1, max_size=2, unique=True),
+            "properties": st.dictionaries(st.sampled_from(_NAMES), sub | st.just(True), max_size=2),
+            "additionalProperties": st.booleans(),
+            "$schema": st.sampled_from([DRAFT3, DRAFT3, *_URIS]),  # draft 3 differs most
+            "$id": st.sampled_from(["http://x/1", "http://x/2"]),
+        },
+    )
+
+
+_values = st.just(dict.fromkeys(_NAMES, {})) | st.recursive(  # an object of empty objects
+    st.none() | st.booleans() | st.sampled_from([0, 1.0, "", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from([*_NAMES, "z"]), inner)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(schema=_schemas(2), value=_values)
+def test_a_quick_yes_is_the_full_validators_under_any_drafts(
+    schema: dict[str, Any], value: Any
+) -> None:
+    # drafts at the root and in subschemas (as the validator picks them, not one draft)
+    try:
+        validator = JsonSchemaValidator(schema=schema)
+    except ConfigError:
+        return
+    quick = validator._quick
+    if quick is not None and quick(value):
+        assert validator._validator.is_valid(value), (schema, value)
 
 
 @pytest.mark.parametrize("draft", [None, DRAFT3, "http://json-schema.org/draft-04/schema#"])
