@@ -165,8 +165,12 @@ async def test_cancel_during_a_retry_backoff(openai_server: FakeOpenAIServer) ->
     baseline = asyncio.all_tasks()
     async with Cascade.from_dict(cfg, clock=clock) as c:
         task = asyncio.create_task(c.run(messages=USER))
-        await eventually(lambda: clock.sleepers == 1, "sleeping before the retry")
-        assert openai_server.request_count == 1
+        # (the call under way has a timer on the clock too, its timeout_s: the backoff's
+        # sleep is the one left once its connection is back in the pool)
+        await eventually(
+            lambda: openai_server.request_count == 1 and in_use(c) == 0 and clock.sleepers == 1,
+            "sleeping before the retry",
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

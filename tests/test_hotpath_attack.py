@@ -25,6 +25,7 @@ from cascade.validators.json_schema import JsonSchemaValidator
 
 from .gateway import serving, write_config
 from .helpers import USER, provider, tier
+from .leaks import eventually, in_use, other_tasks
 
 pytestmark = pytest.mark.anyio
 
@@ -122,7 +123,7 @@ def _schemas(depth: int) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
-_values = st.just(dict.fromkeys(_NAMES, {})) | st.recursive(  # an object of empty objects
+_values = st.just({n: {} for n in _NAMES}) | st.recursive(  # an object of empty objects
     st.none() | st.booleans() | st.sampled_from([0, 1.0, "", "x"]),
     lambda inner: (
         st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from([*_NAMES, "z"]), inner)
@@ -184,8 +185,10 @@ async def test_a_root_schema_keeps_its_quick_yes(draft: str | None) -> None:
         ({"additionalProperties": {"type": "null"}}, '{"a": "x"}'),
         # unicode keys: no normalisation on either side
         ({"required": ["\u00e9"]}, '{"e\u0301": 1}'),
-        ({"properties": {"\u00e9": {"type": "null"}}, "additionalProperties": False},
-         '{"e\\u0301": null}'),  # fmt: skip
+        (
+            {"properties": {"\u00e9": {"type": "null"}}, "additionalProperties": False},
+            '{"e\\u0301": null}',
+        ),
     ],
 )
 async def test_the_quick_path_never_says_yes_alone(schema: dict[str, Any], text: str) -> None:
@@ -210,7 +213,13 @@ async def test_every_draft_agrees_on_the_quick_subset(draft: str) -> None:
         "properties": {"a": {"type": ["string", "null"]}, "b": {"type": "array"}},
         "additionalProperties": False,
     }
-    for text in ['{"a": null}', '{"a": "x", "b": []}', '{"a": 1}', '{"b": []}', '{"a": "x", "c": 1}']:
+    for text in [
+        '{"a": null}',
+        '{"a": "x", "b": []}',
+        '{"a": 1}',
+        '{"b": []}',
+        '{"a": "x", "c": 1}',
+    ]:
         quick, full = await verdicts(schema, text)
         assert quick == full, text
 
@@ -229,11 +238,13 @@ async def test_a_clients_schema_uri_that_is_not_a_string_is_a_400(
     config = {"tiers": [tier("t", provider("a", openai_server.url, "m"))]}
     fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$schema": 5}}}
     body = {"model": "cascade", "messages": USER, "response_format": fmt}
-    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"{gw.base_url}/chat/completions", json=body) as resp:
-                assert resp.status == 400, await resp.text()
-                assert "$schema" in await resp.text()
+    async with (
+        serving(write_config(tmp_path / "c.toml", config)) as gw,
+        aiohttp.ClientSession() as session,
+        session.post(f"{gw.base_url}/chat/completions", json=body) as resp,
+    ):
+        assert resp.status == 400, await resp.text()
+        assert "$schema" in await resp.text()
 
 
 async def test_a_deep_answer_is_a_rejection_not_a_crash() -> None:
@@ -442,9 +453,7 @@ async def test_an_answer_at_the_deadline_ends_as_under_asyncio_timeout(
     hands = Hands(monkeypatch)
     lane = TimeoutLane(10)
     got = await _at_the_deadline(hands, lambda body: _guarded(lane, body), answer_first)
-    want = await _at_the_deadline(
-        hands, lambda body: _asyncio_guarded(10, body), answer_first
-    )
+    want = await _at_the_deadline(hands, lambda body: _asyncio_guarded(10, body), answer_first)
     # either way the deadline wins: the task is cancelled before it resumes
     assert got == want == "TimeoutError"
     assert repr(lane) == "<TimeoutLane 10s live=0>"
@@ -652,6 +661,7 @@ async def test_calls_timed_out_by_the_lane_settle_breaker_and_limiter_once_per_t
         retry={"attempts": 2, "base_s": 0, "max_s": 0, "on_error": {"timeout": "retry"}},
     )
     cfg = {"tiers": [tier("t", a, provider("b", openai_server.url, "mb"))]}
+    baseline = asyncio.all_tasks()
     async with Cascade.from_dict(cfg) as c:
         result = await c.run(messages=USER)
         assert result.provider == "b"
@@ -664,3 +674,8 @@ async def test_calls_timed_out_by_the_lane_settle_breaker_and_limiter_once_per_t
         lane = c._tiers[0].providers[0].timeouts  # type: ignore[attr-defined]
         assert repr(lane) == "<TimeoutLane 0.05s live=0>"
         assert openai_server.request_count == 3
+        # the timed-out calls' connections are not handed out any more
+        await eventually(lambda: in_use(c) == 0, "connections of timed-out calls returned")
+    # nothing left running (the fake server's handlers of the hung calls end too)
+    await eventually(lambda: not other_tasks(baseline), "no task left", extra=lambda: baseline)
+    assert lane._timer is None  # closed: the lane's timer went with the Cascade
