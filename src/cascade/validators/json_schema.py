@@ -99,9 +99,10 @@ class JsonSchemaValidator:
     schema's ``$schema`` names another draft). The parsed value fills ``Result.parsed``; a
     rejection's reason names the failing path.
 
-    A bad schema raises ConfigError when the validator is built, and so does a ``$ref``
-    outside the schema (``https://...``, ``other.json``): references are never fetched,
-    from the network or from files; put shared definitions under ``$defs``.
+    A bad schema raises ConfigError when the validator is built (a subschema's own
+    ``$schema`` must name the schema's draft), and so does a ``$ref`` outside the schema
+    (``https://...``, ``other.json``): references are never fetched, from the network or
+    from files; put shared definitions under ``$defs``.
 
     A large answer (over 16 KiB), or any answer under a schema with costly keywords
     (``pattern``, ``patternProperties``, ``$ref``: a recursive schema can be exponential in
