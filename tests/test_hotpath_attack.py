@@ -323,10 +323,10 @@ def test_lanes_of_two_threads_fire_at_the_same_time() -> None:
         lane = TimeoutLane(0.001)
         for _ in range(2):  # the call under way then, and one after
             try:
-                async with asyncio.timeout(2):  # a bound on failure only
+                async with asyncio.timeout(5):  # a bound on failure only
                     deadline = lane.enter()
                     try:
-                        await asyncio.sleep(1)
+                        await asyncio.sleep(2)
                     except BaseException as exc:
                         lane.exit(deadline, exc)
                         raise
