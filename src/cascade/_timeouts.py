@@ -36,7 +36,6 @@ _DONE: Final = 2
 
 _RESOLUTION = time.get_clock_info("monotonic").resolution  # as the loop's timers use it
 _SLACK = 64  # done deadlines a queue may hold behind a slow one before it is compacted
-_QUIET = contextvars.Context()  # the lane's timer runs in no caller's context (holds none)
 
 
 class Deadline(msgspec.Struct, eq=False):
@@ -86,11 +85,16 @@ class TimeoutLane:
     ...     lane.exit(deadline, None)
     """
 
-    __slots__ = ("_length", "_live", "_loop", "_queue", "_timer")
+    __slots__ = ("_context", "_length", "_live", "_loop", "_queue", "_timer")
 
     def __init__(self, length: float) -> None:
         self._length = length
         self._loop: asyncio.AbstractEventLoop | None = None
+        # The timer runs in no caller's context (so it holds none), and in one of the
+        # lane's own: Context.run refuses a context that another thread has entered, so a
+        # context shared by every lane would, when two threads' lanes fired at once, fail
+        # one of them and leave that lane without a timer for good.
+        self._context = contextvars.Context()
         self._queue: deque[Deadline] = deque()  # by `when`: the order calls entered
         self._live = 0  # deadlines in the queue not yet done
         self._timer: asyncio.TimerHandle | None = None
@@ -105,7 +109,7 @@ class TimeoutLane:
         queue.append(deadline)
         self._live += 1
         if self._timer is None:
-            self._timer = loop.call_at(deadline.when, self._fire, context=_QUIET)
+            self._timer = loop.call_at(deadline.when, self._fire, context=self._context)
         elif len(queue) > 2 * self._live + _SLACK:
             # Calls behind a slow one finished first: drop them (the timer stays, set for
             # a deadline no later than any left).
@@ -131,13 +135,23 @@ class TimeoutLane:
             head = queue[0]
             if head.state == _ACTIVE:
                 if head.when >= due:
-                    self._timer = loop.call_at(head.when, self._fire, context=_QUIET)
+                    self._timer = loop.call_at(head.when, self._fire, context=self._context)
                     return
                 head.state = _EXPIRING
                 self._live -= 1
                 assert head.task is not None
                 head.task.cancel()
             queue.popleft()
+
+    def close(self) -> None:
+        """Its provider is closing: with no call under way, the timer goes now (else the
+        loop would hold it, and the lane, until the last deadline's time); calls still
+        under way keep their deadlines."""
+        if self._live == 0:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._queue.clear()
 
     def __repr__(self) -> str:
         return f"<TimeoutLane {self._length:g}s live={self._live}>"

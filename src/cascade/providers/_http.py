@@ -217,7 +217,8 @@ class HTTPProvider:
                 )
 
     async def aclose(self) -> None:
-        """Nothing to release: the session belongs to the Cascade."""
+        """The session belongs to the Cascade: only the timeouts' timer to release."""
+        self.timeouts.close()
 
     def _body(
         self, messages: tuple[Message, ...], options: RequestOptions, *, stream: bool

@@ -7,7 +7,8 @@ most of what validating an answer costs. :func:`quick_check` compiles a schema m
 ``required``, ``properties`` and a boolean ``additionalProperties`` (and annotations) into
 a predicate over decoded JSON. It only ever says yes where the full validator would: a
 no (or a schema it cannot compile) means "ask the full validator", which also names what
-failed.
+failed. A ``$schema`` below the root is not compiled: ``jsonschema`` validates that
+subschema in the draft it names (draft 3 reads a property's ``required`` as a flag).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def quick_check(schema: Any, depth: int = 0) -> Check | None:
     if schema is True:
         return lambda v: True
     if not isinstance(schema, dict) or depth > _MAX_DEPTH or not schema.keys() <= _KEYWORDS:
+        return None
+    if depth and "$schema" in schema:  # its own draft for this subschema: not ours to judge
         return None
     checks: list[Check] = []
     kind = schema.get("type")

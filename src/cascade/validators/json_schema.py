@@ -10,6 +10,7 @@ import jsonschema
 import referencing
 import referencing.exceptions
 from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
 
 from .._errors import ConfigError
 from .._types import Completion, Verdict
@@ -53,18 +54,22 @@ _REFS = ("$ref", "$dynamicRef", "$recursiveRef")
 
 class _Walk:
     """What a schema holds, gathered without recursion (a 10,000-deep schema is fine): every
-    keyword of its subschemas, and every reference with its config path and the base URI it
-    resolves against (the nearest ``$id`` around it)."""
+    keyword of its subschemas, every reference with its config path and the base URI it
+    resolves against (the nearest ``$id`` around it), and every subschema's own
+    ``$schema`` with its config path."""
 
     def __init__(self, schema: dict[str, Any], id_key: str) -> None:
         self.keywords: set[str] = set()
         self.refs: list[tuple[str, str, str]] = []  # (path, reference, absolute reference)
+        self.drafts: list[tuple[str, object]] = []  # (path, $schema) below the root
         stack: list[tuple[Any, str, str]] = [(schema, "schema", "")]
         while stack:
             node, where, base = stack.pop()
             if not isinstance(node, dict):
                 continue
             self.keywords.update(node)
+            if "$schema" in node and node is not schema:
+                self.drafts.append((f"{where}.$schema", node["$schema"]))
             if isinstance(node.get(id_key), str):
                 base = urldefrag(urljoin(base, node[id_key])).url
             for key in _REFS:
@@ -94,9 +99,10 @@ class JsonSchemaValidator:
     schema's ``$schema`` names another draft). The parsed value fills ``Result.parsed``; a
     rejection's reason names the failing path.
 
-    A bad schema raises ConfigError when the validator is built, and so does a ``$ref``
-    outside the schema (``https://...``, ``other.json``): references are never fetched,
-    from the network or from files; put shared definitions under ``$defs``.
+    A bad schema raises ConfigError when the validator is built (a subschema's own
+    ``$schema`` must name the schema's draft), and so does a ``$ref`` outside the schema
+    (``https://...``, ``other.json``): references are never fetched, from the network or
+    from files; put shared definitions under ``$defs``.
 
     A large answer (over 16 KiB), or any answer under a schema with costly keywords
     (``pattern``, ``patternProperties``, ``$ref``: a recursive schema can be exponential in
@@ -124,7 +130,13 @@ class JsonSchemaValidator:
             raise ConfigError(
                 f"expected a JSON Schema object, got {type(schema).__name__}", path="schema"
             )
-        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        uri = schema.get("$schema", "")
+        if not isinstance(uri, str):  # validator_for would raise AttributeError or TypeError
+            raise ConfigError(
+                f"invalid JSON Schema: $schema must be a string, got {type(uri).__name__}",
+                path="schema.$schema",
+            )
+        cls = validator_for(schema, default=jsonschema.Draft202012Validator)
         try:
             self._build(cls, schema)
         except RecursionError:
@@ -151,6 +163,16 @@ class JsonSchemaValidator:
         self._quick = None if cls is jsonschema.Draft3Validator else quick_check(schema)
         old_drafts = (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
         walk = _Walk(schema, "id" if cls in old_drafts else "$id")
+        for where, uri in walk.drafts:
+            # jsonschema validates a subschema with a $schema of its own in that draft, and
+            # some mixtures crash it (a draft 3 subschema over boolean schemas): one draft
+            inner = validator_for({"$schema": uri}, default=cls) if isinstance(uri, str) else None
+            if inner is not cls:
+                raise ConfigError(
+                    "invalid JSON Schema: a subschema's $schema names another draft than the "
+                    "schema's (one draft per schema)",
+                    path=where,
+                )
         for where, ref, absolute in walk.refs:
             try:
                 self._validator._resolver.lookup(absolute)
