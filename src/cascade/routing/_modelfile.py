@@ -72,6 +72,10 @@ class ClusterPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 MAX_MEMBERS = 64
 """Tables in a bagged plan table, at most."""
 MAX_MEMBER_CLUSTERS = 64
+MAX_TABLE_CELLS = 1 << 23
+"""Vocabulary terms x clusters of all members, at most: a loaded bagged table holds its
+centroids as one dense matrix of that many float64 (64 MiB; a table ``train-router``
+fits from a 20,000-term vocabulary has 4.8 million)."""
 
 
 class TableMember(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
