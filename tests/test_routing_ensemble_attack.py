@@ -179,9 +179,7 @@ async def test_a_decision_reading_many_centroid_values_runs_off_the_event_loop(
     """A short text (under the inline length) whose terms are all known, against a table
     of 64 x 64 clusters: 300 terms x 4,096 columns is milliseconds of numpy, which must
     not run on the event loop; a text of a few known terms still decides inline."""
-    router = ClassifierRouter(
-        model=write(tmp_path, wide(table_json, 300, 64, 64)), policy="table"
-    )
+    router = ClassifierRouter(model=write(tmp_path, wide(table_json, 300, 64, 64)), policy="table")
     threads: list[int] = []
     decide = EnsembleTable.decide
 
@@ -214,3 +212,19 @@ async def test_a_text_without_a_known_term_goes_to_each_members_largest_cluster(
     start, stop = router.ensemble.ranges[empty]
     assert (got.start_tier, got.max_tier) == (start + 1, stop + 1)
     assert (await router.route(request(family(3)))).start_tier == 2
+
+
+def test_training_refuses_a_table_too_large_to_load() -> None:
+    """40,000 terms kept (max_features; 40 texts of 570 distinct words in their first
+    4,000 characters, and their pairs): a table of up to 240 clusters over them is more
+    centroid values than a file may hold; refused before any k-means, not written."""
+    from cascade import InputError
+    from cascade.routing._labels import Labelled
+
+    from .test_routing_learned import label
+
+    ok = (label("accepted_right", 0.001), label("accepted_right", 0.03))
+    rows = [Labelled(text=" ".join(f"w{i}x{j}" for j in range(600)), tiers=ok) for i in range(40)]
+    with pytest.raises(InputError, match="too large to load") as got:
+        fit_classifier(rows, TIERS, table=True, fit_weight=False, max_features=40_000)
+    assert got.value.path == "--table"

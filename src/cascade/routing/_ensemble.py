@@ -58,6 +58,12 @@ MAX_SEED = 100_000
 """Seeds are 0 to this (k-means seeds derived from them stay below 2**32)."""
 
 
+INLINE_CELLS = 1 << 17
+"""A decision that reads more centroid values than this (a text's known terms x the
+members' clusters, ~0.1 ms) is made in a worker thread."""
+CHUNK_CELLS = 1 << 20
+"""Centroid values gathered at once per decision (8 MiB), however many terms a text has."""
+
 LAMBDAS = (0.0, *(round(0.001 * 1.06**i, 7) for i in range(160)))
 """The cost weights tried: accuracy points given up for one reference-tier call's cost."""
 
@@ -269,9 +275,22 @@ class EnsembleTable:
     def __repr__(self) -> str:
         return f"<EnsembleTable {len(self._rank)} members, {len(self.ranges)} ranges>"
 
+    def inline(self, terms: int) -> bool:
+        """Whether a decision for a text of ``terms`` known terms is cheap enough for the
+        event loop."""
+        return terms * self._cols.shape[1] <= INLINE_CELLS
+
     def decide(self, idx: np.ndarray, w: np.ndarray) -> tuple[int, float, float]:
         grid = self._empty.copy()
-        grid.flat[self._at] = w @ self._cols[idx]
+        cols = self._cols
+        step = max(1, CHUNK_CELLS // cols.shape[1])
+        if len(idx) <= step:
+            grid.flat[self._at] = w @ cols[idx]
+        else:  # thousands of known terms: a bounded gather at a time
+            near = np.zeros(cols.shape[1])
+            for lo in range(0, len(idx), step):
+                near += w[lo : lo + step] @ cols[idx[lo : lo + step]]
+            grid.flat[self._at] = near
         # the first cluster on a tie: a text with no known term goes to each largest
         nearest = self._rank + np.argmax(grid, axis=1)
         figures: list[float] = self._figures[nearest].sum(axis=0).tolist()

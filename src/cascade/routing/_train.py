@@ -18,10 +18,11 @@ from functools import partial
 from typing import Any
 
 from .._errors import InputError
-from ._ensemble import MAX_SEED, fit_ensemble, plan_outcomes
+from ._ensemble import ENSEMBLE_COUNTS, MAX_SEED, PER_COUNT, fit_ensemble, plan_outcomes
 from ._labels import Labelled
 from ._modelfile import (
     MAX_EXAMPLE_CHARS,
+    MAX_TABLE_CELLS,
     ClassifierFile,
     Example,
     SemanticFile,
@@ -301,7 +302,13 @@ def _fit_table(
             "production routing records)",
             path="--table",
         )
-    n = fitted.n
+    n, width = fitted.n, len(fitted.model.features.vocabulary)
+    if width * sum(ENSEMBLE_COUNTS) * PER_COUNT > MAX_TABLE_CELLS:  # a file it could not load
+        raise InputError(
+            f"a plan table over {width} terms is too large to load: at most "
+            f"{MAX_TABLE_CELLS // (sum(ENSEMBLE_COUNTS) * PER_COUNT)} (max_features)",
+            path="--table",
+        )
     ref_tier = budget_tier if budget_tier is not None else max(range(n), key=costs.__getitem__)
     right, cost = plan_outcomes(rows, fitted.ranges)
     ref = max(costs[ref_tier], 1e-12)
