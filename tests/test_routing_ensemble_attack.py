@@ -228,3 +228,41 @@ def test_training_refuses_a_table_too_large_to_load() -> None:
     with pytest.raises(InputError, match="too large to load") as got:
         fit_classifier(rows, TIERS, table=True, fit_weight=False, max_features=40_000)
     assert got.value.path == "--table"
+
+
+def test_a_table_too_large_for_a_router_file_is_thinned_until_it_fits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """On ~10,000 records or more, 240 centroids each over most of a 20,000-term
+    vocabulary encode to more than the 64 MiB a router file may be (20,000 synthetic
+    records wrote 47 MB): ``train-router`` wrote a file every run then refused. Here the
+    limit is lowered to just under what the test data's file takes: the smallest values of
+    the centroids are dropped until the file fits, and it routes as before."""
+    import cascade.routing._train as train
+
+    full = encode_file(fit_classifier(training(), TIERS, table=True, fit_weight=False))
+    monkeypatch.setattr(train, "MAX_FILE_BYTES", len(full) - 2000)
+    thin = fit_classifier(training(), TIERS, table=True, fit_weight=False)
+    data = encode_file(thin)
+    assert len(data) <= len(full) - 2000
+    floor = thin.trained_on["cost_weight_fit"]["table"]["centroid_floor"]
+    assert floor > 0
+    assert thin.ensemble is not None
+    for m in thin.ensemble.members:
+        for values in m.values:
+            assert all(v >= floor for v in values)
+    path = tmp_path / "thin.json"
+    path.write_bytes(data)
+    router = ClassifierRouter(model=path, policy="table")
+    assert router.ensemble is not None
+    assert router.from_ensemble(router.ensemble, family(500)).start_tier == 2
+
+
+def test_a_router_file_that_cannot_fit_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cascade.routing._train as train
+    from cascade import InputError
+
+    monkeypatch.setattr(train, "MAX_FILE_BYTES", 5000)
+    with pytest.raises(InputError, match="MiB") as got:
+        fit_classifier(training(), TIERS, table=True, fit_weight=False)
+    assert got.value.path == "--out"
