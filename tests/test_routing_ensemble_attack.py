@@ -266,3 +266,18 @@ def test_a_router_file_that_cannot_fit_is_an_input_error(monkeypatch: pytest.Mon
     with pytest.raises(InputError, match="MiB") as got:
         fit_classifier(training(), TIERS, table=True, fit_weight=False)
     assert got.value.path == "--out"
+
+
+def test_a_budget_nothing_fits_is_said_so() -> None:
+    """Within a millionth of the large tier's cost no range fits (the small tier alone
+    costs a thirtieth): the table takes the largest cost weight tried, and the summary
+    says the budget was missed rather than printing the figures as if it were met."""
+    from cascade.routing._train_cmd import _table_summary
+
+    tight = fit_classifier(training(), TIERS, table=True, budget_share=1e-6, fit_weight=False)
+    info = tight.trained_on["cost_weight_fit"]["table"]
+    assert info["within_budget"] is False
+    assert "over the budget" in _table_summary(tight)
+    loose = fit_classifier(training(), TIERS, table=True, budget_share=0.52, fit_weight=False)
+    assert loose.trained_on["cost_weight_fit"]["table"]["within_budget"] is True
+    assert "over the budget" not in _table_summary(loose)

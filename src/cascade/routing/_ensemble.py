@@ -203,10 +203,10 @@ def fit_ensemble(
         oof_acc[held], oof_cost[held] = _estimate(part, x[held])
     rows = np.arange(n)
     lams = LAMBDAS
-    li = len(lams) - 1
+    li, within = len(lams) - 1, False
     for i, lam in enumerate(lams):
         if cost[rows, _choose(oof_acc, oof_cost, lam, ref)].mean() <= cap * (1 + 1e-9):
-            li = i
+            li, within = i, True
             break
     lam = lams[li]
     cv = _choose(oof_acc, oof_cost, lam, ref)
@@ -215,6 +215,7 @@ def fit_ensemble(
     info = {
         "members": len(members),
         "cost_weight": lam,
+        "within_budget": within,
         "cv_accuracy": float(right[rows, cv].mean()),
         "cv_cost_share": float(cost[rows, cv].mean() / ref),
         "train_accuracy": float(right[rows, fit].mean()),
