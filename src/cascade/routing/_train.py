@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -60,6 +61,21 @@ def _sklearn() -> Any:
     from sklearn.linear_model import LogisticRegression
 
     return TfidfVectorizer, LogisticRegression
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Every BLAS and OpenMP pool of the process at one thread: k-means and the logistic
+    regressions sum in an order that depends on the thread count, so that the same seed
+    gave another file on a machine with other cores (in the last bits of the numbers).
+    On sparse data of this size threads gain little (on 2 loaded cores, one was 3x
+    faster)."""
+    _sklearn()
+    import sklearn.cluster  # noqa: F401  (loaded first: only loaded pools are limited)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def mean_costs(labelled: Sequence[Labelled], n: int) -> list[float]:
@@ -267,15 +283,18 @@ def fit_classifier(
         raise InputError(f"no tier {budget_tier} among {n}", path="--budget-tier")
     costs = mean_costs(rows, n)
     fit = partial(_fit_model, n=n, char_ngrams=char_ngrams, max_features=max_features, c=c)
-    fitted = fit(rows)
     weight: float | None = None
     info: dict[str, Any] = {}
-    if fit_weight:
-        oof = _out_of_fold(rows, lambda part: fit(part).predict)
-        weight, info = fit_cost_weight(rows, oof, costs)
     ensemble: TableEnsemble | None = None
-    if table:
-        ensemble, info["table"] = _fit_table(fitted, rows, costs, budget_share, budget_tier, seed)
+    with _one_thread():
+        fitted = fit(rows)
+        if fit_weight:
+            oof = _out_of_fold(rows, lambda part: fit(part).predict)
+            weight, info = fit_cost_weight(rows, oof, costs)
+        if table:
+            ensemble, info["table"] = _fit_table(
+                fitted, rows, costs, budget_share, budget_tier, seed
+            )
     file = ClassifierFile(
         version=1 if ensemble is None else 2,
         tiers=list(tiers),
