@@ -306,3 +306,35 @@ def test_fitting_runs_single_threaded_so_the_file_does_not_depend_on_the_cores(
     fit_classifier(training(), TIERS, table=True, fit_weight=False)
     assert seen
     assert set(seen) == {1}
+
+
+def test_another_process_with_other_hash_seeds_and_threads_writes_the_same_bytes() -> None:
+    import os
+    import subprocess
+    import sys
+
+    here = encode_file(fit_classifier(training(), TIERS, table=True, seed=5, fit_weight=False))
+    script = (
+        "import sys\n"
+        "from tests.test_routing_learned import TIERS, training\n"
+        "from cascade.routing._modelfile import encode_file\n"
+        "from cascade.routing._train import fit_classifier\n"
+        "f = fit_classifier(training(), TIERS, table=True, seed=5, fit_weight=False)\n"
+        "sys.stdout.buffer.write(encode_file(f))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "PYTHONHASHSEED": "12345",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)]),
+    }
+    there = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert there == here
