@@ -238,10 +238,10 @@ def test_a_table_too_large_for_a_router_file_is_thinned_until_it_fits(
     records wrote 47 MB): ``train-router`` wrote a file every run then refused. Here the
     limit is lowered to just under what the test data's file takes: the smallest values of
     the centroids are dropped until the file fits, and it routes as before."""
-    import cascade.routing._train as train
+    import cascade.routing._ensemble as ensemble_module
 
     full = encode_file(fit_classifier(training(), TIERS, table=True, fit_weight=False))
-    monkeypatch.setattr(train, "MAX_FILE_BYTES", len(full) - 2000)
+    monkeypatch.setattr(ensemble_module, "MAX_FILE_BYTES", len(full) - 2000)
     thin = fit_classifier(training(), TIERS, table=True, fit_weight=False)
     data = encode_file(thin)
     assert len(data) <= len(full) - 2000
@@ -259,10 +259,10 @@ def test_a_table_too_large_for_a_router_file_is_thinned_until_it_fits(
 
 
 def test_a_router_file_that_cannot_fit_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    import cascade.routing._train as train
+    import cascade.routing._ensemble as ensemble_module
     from cascade import InputError
 
-    monkeypatch.setattr(train, "MAX_FILE_BYTES", 5000)
+    monkeypatch.setattr(ensemble_module, "MAX_FILE_BYTES", 5000)
     with pytest.raises(InputError, match="MiB") as got:
         fit_classifier(training(), TIERS, table=True, fit_weight=False)
     assert got.value.path == "--out"

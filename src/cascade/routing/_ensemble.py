@@ -35,8 +35,10 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from .._errors import InputError
 from ._labels import Labelled
-from ._modelfile import TableEnsemble, TableMember
+from ._modelfile import ClassifierFile, TableEnsemble, TableMember, encode_file
+from ._textmodel import MAX_FILE_BYTES
 
 __all__ = [
     "ENSEMBLE_COUNTS",
@@ -47,6 +49,7 @@ __all__ = [
     "fit_ensemble",
     "plan_outcomes",
     "thin",
+    "within_file_size",
 ]
 
 ENSEMBLE_COUNTS = (2, 4, 6, 8, 12, 16)
@@ -244,6 +247,38 @@ def thin(table: TableEnsemble, floor: float) -> TableEnsemble:
             values.append([vs[i] for i in kept])
         members.append(msgspec.structs.replace(m, terms=terms, values=values))
     return msgspec.structs.replace(table, members=members)
+
+
+MAX_FLOOR = 0.0128
+"""The largest centroid value ``within_file_size`` drops."""
+
+
+def within_file_size(file: ClassifierFile) -> ClassifierFile:
+    """``file``, its bagged table thinned (centroid values below a floor dropped, the floor
+    doubling from 1e-4 to ``MAX_FLOOR``) until it encodes within ``MAX_FILE_BYTES``, the
+    floor recorded in ``trained_on``; InputError when it cannot (a file the loader would
+    refuse is never written). A table over many records (~10,000) needs it: 240
+    centroids, each over most of the vocabulary."""
+    size = len(encode_file(file))
+    floor, full = 0.0, file.ensemble
+    while size > MAX_FILE_BYTES and full is not None and floor < MAX_FLOOR:
+        floor = floor * 2 or 1e-4
+        fit = dict(file.trained_on["cost_weight_fit"])
+        fit["table"] = {**fit["table"], "centroid_floor": floor}
+        file = msgspec.structs.replace(
+            file,
+            ensemble=thin(full, floor),
+            trained_on={**file.trained_on, "cost_weight_fit": fit},
+        )
+        size = len(encode_file(file))
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"the router file would be {size / (1 << 20):.1f} MiB, more than the "
+            f"{MAX_FILE_BYTES >> 20} MiB a router file may be (fewer tiers, character "
+            "n-grams or features)",
+            path="--out",
+        )
+    return file
 
 
 def _to_file(member: _Member) -> TableMember:

@@ -18,10 +18,15 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-import msgspec
-
 from .._errors import InputError
-from ._ensemble import ENSEMBLE_COUNTS, MAX_SEED, PER_COUNT, fit_ensemble, plan_outcomes, thin
+from ._ensemble import (
+    ENSEMBLE_COUNTS,
+    MAX_SEED,
+    PER_COUNT,
+    fit_ensemble,
+    plan_outcomes,
+    within_file_size,
+)
 from ._labels import Labelled
 from ._modelfile import (
     MAX_EXAMPLE_CHARS,
@@ -31,10 +36,9 @@ from ._modelfile import (
     SemanticFile,
     TableEnsemble,
     TierLabel,
-    encode_file,
 )
 from ._policy import decide
-from ._textmodel import MAX_FILE_BYTES, OUTCOMES, Features, Head, TextModel, analyze
+from ._textmodel import OUTCOMES, Features, Head, TextModel, analyze
 
 __all__ = [
     "COST_WEIGHTS",
@@ -306,39 +310,7 @@ def fit_classifier(
         ensemble=ensemble,
         trained_on={**(trained_on or {}), "records": len(rows), "cost_weight_fit": info},
     )
-    return _within_file_size(file)
-
-
-MAX_FLOOR = 0.0128
-"""The largest centroid value ``_within_file_size`` drops."""
-
-
-def _within_file_size(file: ClassifierFile) -> ClassifierFile:
-    """``file``, its bagged table thinned (centroid values below a floor dropped, the floor
-    doubling from 1e-4 to ``MAX_FLOOR``) until it encodes within ``MAX_FILE_BYTES``, the
-    floor recorded in ``trained_on``; InputError when it cannot (a file the loader would
-    refuse is never written). A table over many records (~10,000) needs it: 240
-    centroids, each over most of the vocabulary."""
-    size = len(encode_file(file))
-    floor, full = 0.0, file.ensemble
-    while size > MAX_FILE_BYTES and full is not None and floor < MAX_FLOOR:
-        floor = floor * 2 or 1e-4
-        fit = dict(file.trained_on["cost_weight_fit"])
-        fit["table"] = {**fit["table"], "centroid_floor": floor}
-        file = msgspec.structs.replace(
-            file,
-            ensemble=thin(full, floor),
-            trained_on={**file.trained_on, "cost_weight_fit": fit},
-        )
-        size = len(encode_file(file))
-    if size > MAX_FILE_BYTES:
-        raise InputError(
-            f"the router file would be {size / (1 << 20):.1f} MiB, more than the "
-            f"{MAX_FILE_BYTES >> 20} MiB a router file may be (fewer tiers, character "
-            "n-grams or features)",
-            path="--out",
-        )
-    return file
+    return within_file_size(file)
 
 
 def _fit_table(
