@@ -15,7 +15,8 @@
 It reads the text of the request's last user message (its first characters only, as the
 file says), predicts for each tier the chance of each outcome, and picks the range of tiers
 as :func:`~cascade.routing._policy.decide` does. Prediction runs on the event loop for a
-short prompt and in a worker thread for a long one.
+short prompt and in a worker thread for a long one (for a bagged table, also for a short
+prompt whose known terms x the table's clusters exceed ``INLINE_CELLS``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 import anyio.to_thread
+import numpy as np
 
 from .._errors import ConfigError
 from ._decision import RouteDecision, RouteRequest
@@ -139,7 +141,10 @@ class ClassifierRouter:
         if table is not None:
             if len(text) > INLINE_CHARS:
                 return await anyio.to_thread.run_sync(self.from_ensemble, table, text)
-            return self.from_ensemble(table, text)
+            idx, w = self.model.vector(text)
+            if not table.inline(len(idx)):  # many known terms x many clusters
+                return await anyio.to_thread.run_sync(self.from_vector, table, idx, w)
+            return self.from_vector(table, idx, w)
         if self.policy == "table":
             if len(text) > INLINE_CHARS:
                 c = await anyio.to_thread.run_sync(self.cluster, text)
@@ -154,7 +159,11 @@ class ClassifierRouter:
 
     def from_ensemble(self, table: EnsembleTable, text: str) -> RouteDecision:
         """The bagged table's range for ``text``."""
-        j, right, cost = table.decide(*self.model.vector(text))
+        return self.from_vector(table, *self.model.vector(text))
+
+    def from_vector(self, table: EnsembleTable, idx: np.ndarray, w: np.ndarray) -> RouteDecision:
+        """The bagged table's range for a text's sparse vector."""
+        j, right, cost = table.decide(idx, w)
         start, stop = table.ranges[j]
         return RouteDecision(
             start_tier=start + 1,

@@ -32,10 +32,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
+import msgspec
 import numpy as np
 
+from .._errors import InputError
 from ._labels import Labelled
-from ._modelfile import TableEnsemble, TableMember
+from ._modelfile import ClassifierFile, TableEnsemble, TableMember, encode_file
+from ._textmodel import MAX_FILE_BYTES
 
 __all__ = [
     "ENSEMBLE_COUNTS",
@@ -45,6 +48,8 @@ __all__ = [
     "EnsembleTable",
     "fit_ensemble",
     "plan_outcomes",
+    "thin",
+    "within_file_size",
 ]
 
 ENSEMBLE_COUNTS = (2, 4, 6, 8, 12, 16)
@@ -57,6 +62,12 @@ FOLDS = 5
 MAX_SEED = 100_000
 """Seeds are 0 to this (k-means seeds derived from them stay below 2**32)."""
 
+
+INLINE_CELLS = 1 << 17
+"""A decision that reads more centroid values than this (a text's known terms x the
+members' clusters, ~0.1 ms) is made in a worker thread."""
+CHUNK_CELLS = 1 << 20
+"""Centroid values gathered at once per decision (8 MiB), however many terms a text has."""
 
 LAMBDAS = (0.0, *(round(0.001 * 1.06**i, 7) for i in range(160)))
 """The cost weights tried: accuracy points given up for one reference-tier call's cost."""
@@ -195,10 +206,10 @@ def fit_ensemble(
         oof_acc[held], oof_cost[held] = _estimate(part, x[held])
     rows = np.arange(n)
     lams = LAMBDAS
-    li = len(lams) - 1
+    li, within = len(lams) - 1, False
     for i, lam in enumerate(lams):
         if cost[rows, _choose(oof_acc, oof_cost, lam, ref)].mean() <= cap * (1 + 1e-9):
-            li = i
+            li, within = i, True
             break
     lam = lams[li]
     cv = _choose(oof_acc, oof_cost, lam, ref)
@@ -207,6 +218,7 @@ def fit_ensemble(
     info = {
         "members": len(members),
         "cost_weight": lam,
+        "within_budget": within,
         "cv_accuracy": float(right[rows, cv].mean()),
         "cv_cost_share": float(cost[rows, cv].mean() / ref),
         "train_accuracy": float(right[rows, fit].mean()),
@@ -219,6 +231,54 @@ def fit_ensemble(
         members=[_to_file(m) for m in members],
     )
     return table, info
+
+
+def thin(table: TableEnsemble, floor: float) -> TableEnsemble:
+    """``table`` without its centroids' values below ``floor`` (the others unchanged, each
+    centroid a little shorter than a unit vector): a smaller file, nearly the same
+    decisions (a dropped value moves a text's similarity to that cluster by less than
+    ``floor``)."""
+    members = []
+    for m in table.members:
+        terms, values = [], []
+        for ts, vs in zip(m.terms, m.values, strict=True):
+            kept = [i for i, v in enumerate(vs) if v >= floor]
+            terms.append([ts[i] for i in kept])
+            values.append([vs[i] for i in kept])
+        members.append(msgspec.structs.replace(m, terms=terms, values=values))
+    return msgspec.structs.replace(table, members=members)
+
+
+MAX_FLOOR = 0.0128
+"""The largest centroid value ``within_file_size`` drops."""
+
+
+def within_file_size(file: ClassifierFile) -> ClassifierFile:
+    """``file``, its bagged table thinned (centroid values below a floor dropped, the floor
+    doubling from 1e-4 to ``MAX_FLOOR``) until it encodes within ``MAX_FILE_BYTES``, the
+    floor recorded in ``trained_on``; InputError when it cannot (a file the loader would
+    refuse is never written). A table over many records (~10,000) needs it: 240
+    centroids, each over most of the vocabulary."""
+    size = len(encode_file(file))
+    floor, full = 0.0, file.ensemble
+    while size > MAX_FILE_BYTES and full is not None and floor < MAX_FLOOR:
+        floor = floor * 2 or 1e-4
+        fit = dict(file.trained_on["cost_weight_fit"])
+        fit["table"] = {**fit["table"], "centroid_floor": floor}
+        file = msgspec.structs.replace(
+            file,
+            ensemble=thin(full, floor),
+            trained_on={**file.trained_on, "cost_weight_fit": fit},
+        )
+        size = len(encode_file(file))
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"the router file would be {size / (1 << 20):.1f} MiB, more than the "
+            f"{MAX_FILE_BYTES >> 20} MiB a router file may be (fewer tiers, character "
+            "n-grams or features)",
+            path="--out",
+        )
+    return file
 
 
 def _to_file(member: _Member) -> TableMember:
@@ -269,9 +329,22 @@ class EnsembleTable:
     def __repr__(self) -> str:
         return f"<EnsembleTable {len(self._rank)} members, {len(self.ranges)} ranges>"
 
+    def inline(self, terms: int) -> bool:
+        """Whether a decision for a text of ``terms`` known terms is cheap enough for the
+        event loop."""
+        return terms * self._cols.shape[1] <= INLINE_CELLS
+
     def decide(self, idx: np.ndarray, w: np.ndarray) -> tuple[int, float, float]:
         grid = self._empty.copy()
-        grid.flat[self._at] = w @ self._cols[idx]
+        cols = self._cols
+        step = max(1, CHUNK_CELLS // cols.shape[1])
+        if len(idx) <= step:
+            grid.flat[self._at] = w @ cols[idx]
+        else:  # thousands of known terms: a bounded gather at a time
+            near = np.zeros(cols.shape[1])
+            for lo in range(0, len(idx), step):
+                near += w[lo : lo + step] @ cols[idx[lo : lo + step]]
+            grid.flat[self._at] = near
         # the first cluster on a tie: a text with no known term goes to each largest
         nearest = self._rank + np.argmax(grid, axis=1)
         figures: list[float] = self._figures[nearest].sum(axis=0).tolist()

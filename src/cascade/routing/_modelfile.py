@@ -72,6 +72,12 @@ class ClusterPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 MAX_MEMBERS = 64
 """Tables in a bagged plan table, at most."""
 MAX_MEMBER_CLUSTERS = 64
+MIN_REFERENCE_COST = 1e-12
+"""The floor of a bagged table's reference cost (the trainer writes it for free tiers)."""
+MAX_TABLE_CELLS = 1 << 23
+"""Vocabulary terms x clusters of all members, at most: a loaded bagged table holds its
+centroids as one dense matrix of that many float64 (64 MiB; a table ``train-router``
+fits from a 20,000-term vocabulary has 4.8 million)."""
 
 
 class TableMember(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,8 +86,9 @@ class TableMember(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     terms: list[list[Annotated[int, Meta(ge=0)]]]
     """Per cluster, the vocabulary indexes of its centroid's non-zero values."""
-    values: list[list[float]]
-    """Per cluster, the centroid's values at ``terms``."""
+    values: list[list[Annotated[float, Meta(ge=0)]]]
+    """Per cluster, the centroid's values at ``terms`` (a unit vector of TF-IDF weights,
+    or none for an empty text's)."""
     right: list[list[Annotated[float, Meta(ge=0, le=1)]]]
     """Per cluster and range, the range's accuracy on the cluster's training records
     (shrunk toward the whole set's)."""
@@ -98,8 +105,9 @@ class TableEnsemble(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     ranges: list[tuple[int, int]]
     """The ranges of tiers (1-based, inclusive) the members' figures are for."""
     cost_weight: Annotated[float, Meta(ge=0, le=1e6)]
-    reference_cost: Annotated[float, Meta(gt=0, le=1e6)]
-    """The reference tier's mean cost alone on the training records (USD)."""
+    reference_cost: Annotated[float, Meta(ge=MIN_REFERENCE_COST, le=1e6)]
+    """The reference tier's mean cost alone on the training records (USD; at least
+    ``MIN_REFERENCE_COST``, so that ``cost_weight`` / ``reference_cost`` stays finite)."""
     members: list[TableMember]
 
 
@@ -208,11 +216,14 @@ def load_classifier(path: str | os.PathLike[str], *, at: str) -> tuple[Classifie
     missing, too large, corrupt, or its shapes disagree."""
     parsed: ClassifierFile = _decode(path, at, "classifier", ClassifierFile)
     n, k = len(parsed.tiers), len(parsed.clusters)
+    if parsed.version >= 2 and k:
+        raise ConfigError(
+            f"{path}: a version 2 file has a bagged plan table, not a single one (clusters)",
+            path=at,
+        )
     if parsed.ensemble is not None:
-        if parsed.version < 2 or k:
-            raise ConfigError(
-                f"{path}: a bagged plan table needs version 2 and no single table", path=at
-            )
+        if parsed.version < 2:
+            raise ConfigError(f"{path}: a bagged plan table needs version 2", path=at)
         _check_ensemble(parsed.ensemble, n, len(parsed.features.vocabulary), str(path), at)
     table = 1 if k else 0
     if len(parsed.heads) != n + len(parsed.plans) + table:
@@ -247,19 +258,28 @@ def _check_ensemble(e: TableEnsemble, n: int, width: int, shown: str, at: str) -
         raise bad(f"ranges {e.ranges!r} are not ranges of {n} tiers"[:300])
     if not 1 <= len(e.members) <= MAX_MEMBERS:
         raise bad(f"{len(e.members)} members (expected 1 to {MAX_MEMBERS})")
-    r = len(e.ranges)
+    r, total = len(e.ranges), 0
     for i, m in enumerate(e.members):
         k = len(m.records)
         if not 1 <= k <= MAX_MEMBER_CLUSTERS:
             raise bad(f"members[{i}]: {k} clusters (expected 1 to {MAX_MEMBER_CLUSTERS})")
         if not len(m.terms) == len(m.values) == len(m.right) == len(m.cost) == k:
             raise bad(f"members[{i}]: terms, values, right, cost and records differ in length")
-        for c in range(k):
+        total += k
+    if width * total > MAX_TABLE_CELLS:  # checked before any of it is allocated
+        raise bad(
+            f"{width} terms x {total} clusters is {width * total:,} centroid values "
+            f"(at most {MAX_TABLE_CELLS:,})"
+        )
+    for i, m in enumerate(e.members):
+        for c in range(len(m.records)):
             terms, values = m.terms[c], m.values[c]
             if len(terms) != len(values) or len(set(terms)) != len(terms):
                 raise bad(f"members[{i}] cluster {c}: terms and values do not pair up")
             if any(t >= width for t in terms):
                 raise bad(f"members[{i}] cluster {c}: a term beyond the {width}-term vocabulary")
+            if math.fsum(v * v for v in values) > 1 + 1e-6:
+                raise bad(f"members[{i}] cluster {c}: the centroid is longer than a unit vector")
             if len(m.right[c]) != r or len(m.cost[c]) != r:
                 raise bad(f"members[{i}] cluster {c}: figures for other than {r} ranges")
 

@@ -13,15 +13,24 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
 from .._errors import InputError
-from ._ensemble import MAX_SEED, fit_ensemble, plan_outcomes
+from ._ensemble import (
+    ENSEMBLE_COUNTS,
+    MAX_SEED,
+    PER_COUNT,
+    fit_ensemble,
+    plan_outcomes,
+    within_file_size,
+)
 from ._labels import Labelled
 from ._modelfile import (
     MAX_EXAMPLE_CHARS,
+    MAX_TABLE_CELLS,
     ClassifierFile,
     Example,
     SemanticFile,
@@ -56,6 +65,21 @@ def _sklearn() -> Any:
     from sklearn.linear_model import LogisticRegression
 
     return TfidfVectorizer, LogisticRegression
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """Every BLAS and OpenMP pool of the process at one thread: k-means and the logistic
+    regressions sum in an order that depends on the thread count, so that the same seed
+    gave another file on a machine with other cores (in the last bits of the numbers).
+    On sparse data of this size threads gain little (on 2 loaded cores, one was 3x
+    faster)."""
+    _sklearn()
+    import sklearn.cluster  # noqa: F401  (loaded first: only loaded pools are limited)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
 
 
 def mean_costs(labelled: Sequence[Labelled], n: int) -> list[float]:
@@ -263,16 +287,19 @@ def fit_classifier(
         raise InputError(f"no tier {budget_tier} among {n}", path="--budget-tier")
     costs = mean_costs(rows, n)
     fit = partial(_fit_model, n=n, char_ngrams=char_ngrams, max_features=max_features, c=c)
-    fitted = fit(rows)
     weight: float | None = None
     info: dict[str, Any] = {}
-    if fit_weight:
-        oof = _out_of_fold(rows, lambda part: fit(part).predict)
-        weight, info = fit_cost_weight(rows, oof, costs)
     ensemble: TableEnsemble | None = None
-    if table:
-        ensemble, info["table"] = _fit_table(fitted, rows, costs, budget_share, budget_tier, seed)
-    return ClassifierFile(
+    with _one_thread():
+        fitted = fit(rows)
+        if fit_weight:
+            oof = _out_of_fold(rows, lambda part: fit(part).predict)
+            weight, info = fit_cost_weight(rows, oof, costs)
+        if table:
+            ensemble, info["table"] = _fit_table(
+                fitted, rows, costs, budget_share, budget_tier, seed
+            )
+    file = ClassifierFile(
         version=1 if ensemble is None else 2,
         tiers=list(tiers),
         costs=costs,
@@ -283,6 +310,7 @@ def fit_classifier(
         ensemble=ensemble,
         trained_on={**(trained_on or {}), "records": len(rows), "cost_weight_fit": info},
     )
+    return within_file_size(file)
 
 
 def _fit_table(
@@ -301,7 +329,13 @@ def _fit_table(
             "production routing records)",
             path="--table",
         )
-    n = fitted.n
+    n, width = fitted.n, len(fitted.model.features.vocabulary)
+    if width * sum(ENSEMBLE_COUNTS) * PER_COUNT > MAX_TABLE_CELLS:  # a file it could not load
+        raise InputError(
+            f"a plan table over {width} terms is too large to load: at most "
+            f"{MAX_TABLE_CELLS // (sum(ENSEMBLE_COUNTS) * PER_COUNT)} (max_features)",
+            path="--table",
+        )
     ref_tier = budget_tier if budget_tier is not None else max(range(n), key=costs.__getitem__)
     right, cost = plan_outcomes(rows, fitted.ranges)
     ref = max(costs[ref_tier], 1e-12)
@@ -310,7 +344,9 @@ def _fit_table(
     else:  # the whole cascade's own mean cost
         cap = float(cost[:, fitted.ranges.index((0, n - 1))].mean())
     found, info = fit_ensemble(fitted.x, right, cost, fitted.ranges, cap=cap, ref=ref, seed=seed)
-    info.update(reference_tier=ref_tier + 1, budget_share=budget_share, seed=seed)
+    info.update(
+        reference_tier=ref_tier + 1, budget_share=budget_share, seed=seed, centroid_floor=0.0
+    )
     return found, info
 
 

@@ -103,12 +103,23 @@ def evaluate_router(
 def _table_summary(file: ClassifierFile) -> str:
     """The bagged plan table's cross-validated and training figures."""
     info = file.trained_on["cost_weight_fit"]["table"]
+    floor = info.get("centroid_floor", 0.0)
+    notes = (
+        f"; centroid values below {floor:g} dropped so that the file fits its size limit"
+        if floor
+        else ""
+    )
+    if not info.get("within_budget", True):
+        notes += (
+            "; over the budget: no cost weight tried kept the held-out folds within it, "
+            "the largest was taken"
+        )
     return (
         f"bagged plan table: {info['members']} tables, cost weight {info['cost_weight']:g} "
         f"(seed {info['seed']}); 5-fold CV on the training records: accuracy "
         f"{info['cv_accuracy']:.1%} at {info['cv_cost_share']:.1%} of tier "
         f"{info['reference_tier']} alone; the final table on them: "
-        f"{info['train_accuracy']:.1%} at {info['train_cost_share']:.1%}"
+        f"{info['train_accuracy']:.1%} at {info['train_cost_share']:.1%}{notes}"
     )
 
 
