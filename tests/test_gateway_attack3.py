@@ -6,6 +6,7 @@ once-a-second log stamper. Each test is an attack that should fail to hurt it.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -526,3 +527,90 @@ def test_the_stamper_writes_structlogs_text_across_seconds_and_a_clock_going_bac
         now_ns[0] = ns
         expected = theirs(None, "info", {})["timestamp"]
         assert ours(None, "info", {})["timestamp"] == expected, ns
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+@pytest.mark.parametrize("when", ["mid_body", "mid_run"])
+async def test_a_client_that_resets_is_499_once_never_an_internal_error(
+    gw: Running, openai_server: FakeOpenAIServer, when: str
+) -> None:
+    openai_server.default = Reply(text="slow", latency_s=5.0)
+    body = chat_body()
+    with capture_logs() as logs:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+        sent = head(len(body)) + (body[:5] if when == "mid_body" else body)
+        await asyncio.get_running_loop().sock_sendall(sock, sent)
+        if when == "mid_body":
+            await asyncio.sleep(0.05)
+        else:
+            await eventually(lambda: openai_server.active_requests == 1, "the call")
+        # SO_LINGER 0: the close is a RST
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        await eventually(lambda: gw.gateway.in_flight == 0, "the slot freed")
+        await eventually(lambda: openai_server.active_requests == 0, "no call left")
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [499]
+    assert not [e for e in logs if e["event"] == "gateway.internal_error"]
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+@pytest.mark.parametrize("what", ["healthz", "not_found", "no_key"])
+async def test_pipelined_small_answers_to_a_client_that_never_reads_are_cut_off(
+    openai_server: FakeOpenAIServer, tmp_path: Path, what: str
+) -> None:
+    """Answers the handlers return (probes, 404s, every error) are written by aiohttp
+    once the handler is done, with no timer: a client that pipelines thousands of small
+    requests and reads nothing fills the socket, and the connection then waits forever
+    in aiohttp's write, holding its descriptor and its queued requests."""
+    keys = {"entries": [{"name": "k", "sha256": hash_key(KEY)}]}
+    config = one_tier(openai_server.url, keys=keys, write_timeout_s=0.3, idle_timeout_s=60)
+    if what == "healthz":
+        one = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    elif what == "not_found":
+        one = b"GET /nowhere" + b"x" * 200 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    else:
+        one = head(2) + b"{}"
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+        try:
+            sent = 0
+            stop = loop.time() + 20
+            while loop.time() < stop:  # until the server stops taking requests
+                try:
+                    sent += sock.send(one * 64)
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+                    if not select_writable(sock):
+                        break
+                except OSError:
+                    break
+            # once the server's socket buffers are full (some 17,000 answers on loopback),
+            # its next write waits; write_timeout_s later it must close the connection
+            # (which our next send then meets), not wait for us for ever
+            with pytest.raises((ConnectionResetError, BrokenPipeError)):
+                await sending_until_refused(sock, within_s=20)
+        finally:
+            sock.close()
+
+
+async def sending_until_refused(sock: socket.socket, *, within_s: float) -> None:
+    """Send a blank line (harmless between requests) now and then, until the server's
+    end of the connection is gone (which raises) or ``within_s`` seconds are over."""
+    loop = asyncio.get_running_loop()
+    stop = loop.time() + within_s
+    while loop.time() < stop:
+        with contextlib.suppress(BlockingIOError):
+            sock.send(b"\r\n")
+        await asyncio.sleep(0.05)
+
+
+def select_writable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([], [sock], [], 0.5)[1])
