@@ -6,6 +6,7 @@ refused first (``_guard.py``)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,7 +20,7 @@ from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
 from ._guard import check_request
 from ._openai_wire import OpenAIWire
-from ._respond import error_response
+from ._respond import ClientGone, error_response, send
 from ._wire import WireFormat
 
 __all__ = ["GATEWAY", "Gateway", "create_app", "default_wires"]
@@ -123,7 +124,8 @@ def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
 
 def _front_middleware(wires: list[WireFormat]) -> Any:
     """Before every handler, the guard (``_guard.py``); around it, every error the
-    router or the guard raises as a response in the format of the path's API."""
+    router or the guard raises as a response in the format of the path's API; after it,
+    the response sent within ``write_timeout_s`` if the handler did not send it."""
 
     @web.middleware
     async def front(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -144,6 +146,14 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
             response = error_response(wire, GatewayError(exc.status, message))
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        if not response.prepared:
+            # Sent here, within the write timeout, not by aiohttp once this returns (with
+            # no timer): a client that pipelines small requests and reads nothing would
+            # hold its connection forever once the socket's buffers were full.
+            with contextlib.suppress(ClientGone):  # its connection is aborted
+                await send(
+                    request, response, last=True, timeout_s=request.app[GATEWAY].write_timeout_s
+                )
         return response
 
     return front

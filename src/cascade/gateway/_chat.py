@@ -203,6 +203,15 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
         raise GatewayError(
             408, "the request body took too long to arrive", code="body_timeout"
         ) from None
+    except web.RequestPayloadError:
+        # Its Content-Encoding did not decode: the client's error, not the gateway's.
+        # What is left of the body cannot be read (aiohttp would log a traceback trying,
+        # then answer the request a second time): the connection closes after the 400.
+        request.content.feed_eof()
+        request.protocol.close()
+        raise GatewayError(
+            400, "the request body could not be decoded", code="invalid_body"
+        ) from None
 
 
 async def _serve(
