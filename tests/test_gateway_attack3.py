@@ -54,6 +54,21 @@ def chat_body(**extra: Any) -> bytes:
     return json.dumps({"model": "cascade", "messages": HI, **extra}).encode()
 
 
+async def send(
+    writer: asyncio.StreamWriter, first: bytes, payload: bytes, *, split_at: int | None
+) -> None:
+    """The head and the payload in one packet, or (``split_at``) the payload's first bytes
+    with the head and the rest in a later packet."""
+    if split_at is None:
+        writer.write(first + payload)
+    else:
+        writer.write(first + payload[:split_at])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(payload[split_at:])
+    await writer.drain()
+
+
 async def status_of(reader: asyncio.StreamReader) -> int:
     line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
     return int(line.split()[1])
@@ -172,14 +187,7 @@ async def test_a_body_at_or_over_the_limit_in_any_packet(
     with capture_logs() as logs:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         try:
-            if later:
-                writer.write(first + payload[:10])
-                await writer.drain()
-                await asyncio.sleep(0.05)
-                writer.write(payload[10:])
-            else:
-                writer.write(first + payload)
-            await writer.drain()
+            await send(writer, first, payload, split_at=10 if later else None)
             assert await status_of(reader) == status
         finally:
             writer.close()
@@ -267,14 +275,7 @@ async def test_a_body_that_cannot_be_decompressed_is_400_once_not_a_logged_500(
     with capture_logs() as logs:
         reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         try:
-            if later:
-                writer.write(first + payload[:1])
-                await writer.drain()
-                await asyncio.sleep(0.05)
-                writer.write(payload[1:])
-            else:
-                writer.write(first + payload)
-            await writer.drain()
+            await send(writer, first, payload, split_at=1 if later else None)
             status, body = await response_of(reader)
             rest = await asyncio.wait_for(reader.read(), 5)  # closed: no second response
         finally:
