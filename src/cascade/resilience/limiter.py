@@ -482,4 +482,4 @@ class Lease:
 
 async def _sleep_until(clock: Clock, when: float) -> None:
     """Sleep on ``clock`` until ``when`` (at least one checkpoint, as ``sleep(0)`` is)."""
-    await clock.sleep(when - clock.monotonic())
+    await clock.sleep(max(0.0, when - clock.monotonic()))
