@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from cascade import Cascade, Result
+    from cascade._timeouts import ClockLane, TimeoutLane
 
 VIAS = ["run", "buffered", "speculative"]
 """The three ways to read a run: ``run()``, and ``stream()`` in each mode."""
@@ -137,3 +138,22 @@ async def answer(c: Cascade, via: str, messages: list[dict[str, Any]] | None = N
                 assert shown == ""
                 raise event.error
     raise AssertionError("the stream ended without Finished or Failed")
+
+
+Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+def lane_guard(lane: TimeoutLane | ClockLane) -> Guard:
+    """``body()`` run under one of ``lane``'s deadlines, as ``post_whole`` runs a call."""
+
+    async def guarded(body: Callable[[], Awaitable[Any]]) -> Any:
+        deadline = lane.enter()
+        try:
+            result = await body()
+        except BaseException as exc:
+            lane.exit(deadline, exc)
+            raise
+        lane.exit(deadline, None)
+        return result
+
+    return guarded

@@ -24,7 +24,7 @@ from cascade.validators._schema_fast import quick_check
 from cascade.validators.json_schema import JsonSchemaValidator
 
 from .gateway import serving, write_config
-from .helpers import USER, provider, tier
+from .helpers import USER, lane_guard, provider, tier
 from .leaks import eventually, in_use, other_tasks
 
 pytestmark = pytest.mark.anyio
@@ -359,17 +359,6 @@ class Hands:
             await asyncio.sleep(0)
 
 
-async def _guarded(lane: TimeoutLane, body: Callable[[], Awaitable[str]]) -> str:
-    deadline = lane.enter()
-    try:
-        result = await body()
-    except BaseException as exc:
-        lane.exit(deadline, exc)
-        raise
-    lane.exit(deadline, None)
-    return result
-
-
 async def _asyncio_guarded(length: float, body: Callable[[], Awaitable[str]]) -> str:
     async with asyncio.timeout(length):
         return await body()
@@ -414,7 +403,7 @@ async def test_an_uncancelled_call_still_times_out_as_asyncio_timeout(
 ) -> None:
     hands = Hands(monkeypatch)
     lane = TimeoutLane(10)
-    got = await _uncancel_scenario(hands, lambda body: _guarded(lane, body))
+    got = await _uncancel_scenario(hands, lambda body: lane_guard(lane)(body))
     want = await _uncancel_scenario(hands, lambda body: _asyncio_guarded(10, body))
     assert got == want == "TimeoutError"
     assert repr(lane) == "<TimeoutLane 10s live=0>"
@@ -452,7 +441,7 @@ async def test_an_answer_at_the_deadline_ends_as_under_asyncio_timeout(
 ) -> None:
     hands = Hands(monkeypatch)
     lane = TimeoutLane(10)
-    got = await _at_the_deadline(hands, lambda body: _guarded(lane, body), answer_first)
+    got = await _at_the_deadline(hands, lambda body: lane_guard(lane)(body), answer_first)
     want = await _at_the_deadline(hands, lambda body: _asyncio_guarded(10, body), answer_first)
     # either way the deadline wins: the task is cancelled before it resumes
     assert got == want == "TimeoutError"
@@ -474,7 +463,7 @@ async def test_a_call_cancelled_while_queued_leaves_the_lane_clean(
 
         return body
 
-    tasks = [loop.create_task(_guarded(lane, hang(g))) for g in gates]
+    tasks = [loop.create_task(lane_guard(lane)(hang(g))) for g in gates]
     await hands.move(0)
     tasks[0].cancel()  # the head, from outside
     tasks[2].cancel()  # one in the middle
@@ -523,13 +512,13 @@ async def test_closing_a_lane_keeps_the_deadlines_of_calls_under_way(
         await gates[0]
         return "answer"
 
-    task = loop.create_task(_guarded(lane, body))
+    task = loop.create_task(lane_guard(lane)(body))
     await hands.move(0)
     lane.close()
     await hands.move(10.5)
     assert await _outcome(task) == "TimeoutError"
     gates.pop(0)
-    task = loop.create_task(_guarded(lane, body))  # a lane closed with none under way...
+    task = loop.create_task(lane_guard(lane)(body))  # a lane closed with none under way...
     await hands.move(0)
     gates[0].set_result(None)
     assert await _outcome(task) == "returned answer"

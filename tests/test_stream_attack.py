@@ -21,22 +21,11 @@ from structlog.testing import capture_logs
 from cascade import Cascade, Failed, Finished
 from cascade.testing import FakeOpenAIServer, Reply
 
-from .helpers import JSON_SCHEMA, USER, provider, tier
+from .helpers import USER
 from .leaks import eventually, in_use, nothing_left, other_tasks
+from .test_stream import ANSWER, two_tiers
 
 pytestmark = pytest.mark.anyio
-
-ANSWER = '{"answer": 42}'
-
-
-def two_tiers(url: str, **config: Any) -> dict[str, Any]:
-    return {
-        "tiers": [
-            tier("small", provider("a", url, "m1", stream=True), validators=[JSON_SCHEMA]),
-            tier("big", provider("b", url, "m2", stream=True), validators=[JSON_SCHEMA]),
-        ],
-        **config,
-    }
 
 
 @pytest.fixture

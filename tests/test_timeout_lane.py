@@ -13,6 +13,8 @@ import pytest
 from cascade._timeouts import ClockLane, TimeoutLane
 from cascade.testing import FakeClock
 
+from .helpers import Guard, lane_guard
+
 pytestmark = pytest.mark.anyio
 
 LENGTH = 10.0
@@ -36,23 +38,6 @@ class Hands:
 @pytest.fixture
 async def hands(monkeypatch: pytest.MonkeyPatch) -> Hands:
     return Hands(monkeypatch)
-
-
-Guard = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
-
-
-def lane_guard(lane: TimeoutLane | ClockLane) -> Guard:
-    async def guarded(body: Callable[[], Awaitable[Any]]) -> Any:
-        deadline = lane.enter()
-        try:
-            result = await body()
-        except BaseException as exc:
-            lane.exit(deadline, exc)
-            raise
-        lane.exit(deadline, None)
-        return result
-
-    return guarded
 
 
 async def asyncio_guard(body: Callable[[], Awaitable[Any]]) -> Any:
