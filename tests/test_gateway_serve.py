@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from cascade import InputError
-from cascade._cli import _use_uvloop
+from cascade._cli_serve import _use_uvloop
 from cascade.testing import FakeOpenAIServer, Reply
 
 from .gateway import write_config

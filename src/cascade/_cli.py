@@ -11,7 +11,6 @@ them.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import sys
 from collections.abc import MutableMapping, Sequence
@@ -24,11 +23,13 @@ import structlog
 
 from . import __version__
 from ._answers import ANSWER_TYPES
+from ._cli_data import eval_command, train_router_command
+from ._cli_serve import LOOPS, access_log_to_stdout, hash_key_command, serve_command
 from ._config import ProviderConfig, in_file, load_config
 from ._engine import Cascade
 from ._errors import CascadeError, ConfigError, InputError, RunError
 from ._otel import SDK, configure_from_env
-from ._telemetry import ROUTE_EVENT, add_trace_ids
+from ._telemetry import ROUTE_EVENT
 from ._types import RequestOptions, Result
 from ._urls import hide_userinfo
 
@@ -184,60 +185,6 @@ def _warnings_to_stderr() -> None:
     )
 
 
-def _access_log_to_stdout() -> LineWriter:
-    """``cascade serve`` writes one JSON line per request (``gateway.request``) and per run
-    (the routing record) to standard output, with trace ids; never keys or message text.
-    The lines are written by a thread: a slow reader of the output drops lines (counted),
-    it never holds a request."""
-    from .gateway._log_writer import LineWriter, UTCStamper, render_json
-
-    writer = LineWriter(sys.stdout)
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            UTCStamper(),  # TimeStamper(fmt="iso")'s text, at half its cost
-            add_trace_ids,
-            structlog.processors.format_exc_info,
-            render_json,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
-        logger_factory=lambda *args: writer,  # the writer is the logger: a line, queued
-        cache_logger_on_first_use=True,
-    )
-    return writer
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from .gateway import serve  # aiohttp.web only for this command
-
-    if not 0 <= args.port <= 65535:
-        raise InputError("expected a port from 0 to 65535", path="--port")
-    use_uvloop = _use_uvloop(args.loop)
-    with in_file(args.config):
-        anyio.run(
-            lambda: serve(args.config, host=args.host, port=args.port),
-            backend_options={"use_uvloop": use_uvloop},
-        )
-    return 0
-
-
-LOOPS = ("auto", "asyncio", "uvloop")
-
-
-def _use_uvloop(choice: str) -> bool:
-    """``serve --loop``: uvloop, when asked for or (``auto``) installed. The gateway's own
-    time per request is mostly the event loop's and aiohttp's; uvloop runs the loop and
-    the sockets' transports in C."""
-    if choice == "asyncio":
-        return False
-    installed = sys.platform != "win32" and importlib.util.find_spec("uvloop") is not None
-    if choice == "uvloop" and not installed:
-        raise InputError(
-            "uvloop is not installed (pip install 'cascade-engine[uvloop]')", path="--loop"
-        )
-    return installed
-
-
 def _drop_routing_records(
     logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -278,11 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     writer: LineWriter | None = None
     try:
         if args.command == "hash-key":
-            return _hash_key()
+            return hash_key_command()
         if args.command != "check":
             sdk = configure_from_env()  # traces, metrics, logs: when OTEL_* variables ask
             if args.command == "serve" and (sdk is None or sdk.logger_provider is None):
-                writer = _access_log_to_stdout()
+                writer = access_log_to_stdout()
             elif sdk is None or sdk.logger_provider is None:
                 _warnings_to_stderr()
         if args.command == "demo":
@@ -299,11 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return _check(args.file)
         if args.command in ("eval", "calibrate"):
-            return _eval(args)
+            return eval_command(args)
         if args.command == "serve":
-            return _serve(args)
+            return serve_command(args)
         if args.command == "train-router":
-            return _train_router(args)
+            return train_router_command(args)
         return _run(args)
     except (ConfigError, InputError) as exc:
         # one line: "<file>: <path>: <message>" for a config file's errors
@@ -322,19 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sdk.shutdown()  # flush what is still batched
         if writer is not None:
             writer.close()
-
-
-def _hash_key() -> int:
-    """The key from stdin (one line; kept off the command line and its history)."""
-    from .gateway._keys_config import KEY_CHARS, MAX_KEY_CHARS, hash_key
-
-    key = sys.stdin.readline(MAX_KEY_CHARS + 2).rstrip("\r\n")
-    if not KEY_CHARS.fullmatch(key) or len(key) > MAX_KEY_CHARS:
-        raise InputError(
-            f"expected one key on stdin: printable ASCII, no spaces, {MAX_KEY_CHARS} at most"
-        )
-    print(hash_key(key))
-    return 0
 
 
 def _where(p: ProviderConfig) -> str:
@@ -447,141 +381,6 @@ def _run(args: argparse.Namespace) -> int:
     for a in result.attempts:
         print(f"   {_attempt_line(a)}", file=sys.stderr)
     return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from ._calibrate import (
-        Param,
-        check_plot_available,
-        format_sweep,
-        parse_param,
-        parse_values,
-        plot_frontier,
-        report_calibration,
-        run_report,
-    )
-    from ._eval import format_summary, load_records
-
-    scoring = _scoring(args)
-    param: Param | None = None
-    values: list[Any] = []
-    if args.command == "calibrate":
-        param, values = parse_param(args.param), parse_values(args.values)
-        if args.target_accuracy is not None and not 0 <= args.target_accuracy <= 1:
-            raise InputError("expected 0 <= accuracy <= 1", path="--target-accuracy")
-        if args.budget_usd is not None and not args.budget_usd >= 0:
-            raise InputError("expected a cost >= 0", path="--budget-usd")
-        if args.confidence is not None:
-            if args.target_accuracy is None:
-                raise InputError("--confidence goes with --target-accuracy", path="--confidence")
-            if not 0 < args.confidence < 1:
-                raise InputError("expected 0 < confidence < 1", path="--confidence")
-    elif args.sweep:
-        name, sep, text = args.sweep.partition("=")
-        if not sep:
-            raise InputError("expected NAME=V1,V2,...", path="--sweep")
-        param, values = parse_param(name.strip()), parse_values(text)
-    if args.command == "eval" and args.plot:
-        check_plot_available()
-    with in_file(args.config):
-        config = load_config(args.config)
-        if param is not None:
-            param.locate(config)  # a bad name fails before anything runs
-    records = load_records(args.dataset, limit=args.limit, split=args.split)
-    with in_file(args.config):  # the cascade is built (and rebuilt per swept value) here
-        report = run_report(
-            config,
-            records,
-            scoring=scoring,
-            param=param,
-            values=values,
-            concurrency=args.concurrency,
-            progress=sys.stderr,
-            as_written=args.command == "eval",
-            base_dir=Path(args.config).parent,
-        )
-    if args.command == "eval":
-        if args.plot:
-            plot_frontier(report, args.plot)
-        if args.json:
-            sys.stdout.write(msgspec.json.encode(report).decode() + "\n")
-        else:
-            print(format_summary(report))
-            if report.sweep is not None:
-                print("\n" + format_sweep(args.sweep.partition("=")[0], report.sweep))
-        return 0
-
-    assert param is not None
-    return report_calibration(
-        report,
-        config,
-        param,
-        target_accuracy=args.target_accuracy,
-        budget_usd=args.budget_usd,
-        confidence=args.confidence,
-        source=args.config,
-        as_json=args.json,
-    )
-
-
-def _scoring(args: argparse.Namespace) -> Any:
-    from ._eval import Scoring
-    from .validators._extract import get_extractor
-
-    if args.concurrency < 1 or (args.limit is not None and args.limit < 1):
-        raise InputError("--concurrency and --limit must be >= 1")
-    try:
-        extract = get_extractor(args.extractor)
-    except ValueError as exc:
-        raise InputError(str(exc), path="--extractor") from None
-    return Scoring(extract=extract, answer_type=args.answer_type, date_order=args.date_order)
-
-
-def _train_router(args: argparse.Namespace) -> int:
-    from .routing._ensemble import MAX_SEED
-    from .routing._train_cmd import train_router
-
-    scoring = _scoring(args)
-    grams = None
-    if args.char_ngrams:
-        lo, sep, hi = args.char_ngrams.partition(",")
-        if not (sep and lo.strip().isdigit() and hi.strip().isdigit()) or not (
-            1 <= int(lo) <= int(hi) <= 8
-        ):
-            raise InputError("expected LO,HI with 1 <= LO <= HI <= 8", path="--char-ngrams")
-        grams = (int(lo), int(hi))
-    if args.cost_weight is not None and not 0 <= args.cost_weight <= 1e6:
-        raise InputError("expected a number >= 0", path="--cost-weight")
-    if args.budget_share is not None and not 0 < args.budget_share <= 1e6:
-        raise InputError("expected a number > 0", path="--budget-share")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise InputError(f"expected 0 to {MAX_SEED}", path="--seed")
-    if (args.budget_share is not None or args.budget_tier is not None) and not args.table:
-        raise InputError("--budget-share and --budget-tier need --table", path="--table")
-    with in_file(args.config):
-        config = load_config(args.config)
-        return train_router(
-            config,
-            kind=args.kind,
-            out=args.out,
-            scoring=scoring,
-            dataset=args.dataset,
-            split=args.split,
-            test_split=args.test_split,
-            records=args.records,
-            outcome_field=args.outcome_field,
-            text_field=args.text_field,
-            char_ngrams=grams,
-            cost_weight=args.cost_weight,
-            table=args.table,
-            budget_share=args.budget_share,
-            budget_tier=args.budget_tier,
-            seed=args.seed,
-            base_dir=Path(args.config).parent,
-            concurrency=args.concurrency,
-            limit=args.limit,
-            as_json=args.json,
-        )
 
 
 if __name__ == "__main__":  # pragma: no cover
