@@ -226,8 +226,8 @@ async def test_a_caller_timeout_tied_with_a_provider_timeout_still_cancels(
     loop = asyncio.get_running_loop()
     async with Cascade.from_dict(cfg) as c:
         loop.call_later(limit - 0.02, time.sleep, 0.05)  # a busy loop: both timers due at once
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
+        # The property is that the run ends (with the caller's TimeoutError), not how
+        # soon: a run that missed both timers would hang until the guard fails it.
+        with anyio.fail_after(10), pytest.raises(TimeoutError):
             async with asyncio.timeout(limit):
                 await c.run(messages=USER)
-        assert time.monotonic() - t0 < limit + 0.2

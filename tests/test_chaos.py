@@ -223,10 +223,10 @@ async def test_a_provider_timeout_tied_with_the_deadline_still_ends_the_run(
         # A busy loop (here: one blocking callback) makes both timers due in one turn,
         # as they are under load whenever timeout_s equals what is left of the deadline.
         loop.call_later(deadline - 0.02, time.sleep, 0.05)
-        t0 = time.monotonic()
-        with pytest.raises(cascade.DeadlineExceeded):
+        # It ends with DeadlineExceeded; a run that missed both timers would hang until
+        # the guard fails it (a bound against a hang, not a speed).
+        with anyio.fail_after(10), pytest.raises(cascade.DeadlineExceeded):
             await c.run(messages=USER, deadline_s=deadline)
-        assert time.monotonic() - t0 < deadline + 0.2
 
 
 # -- breakers, counted at the server -------------------------------------------------------
