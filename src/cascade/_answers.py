@@ -40,13 +40,22 @@ Every parse here is linear in the answer's length (answers longer than
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Hashable, Sequence
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
-from typing import Any, Final, Literal, NamedTuple, get_args
+from typing import Final, Literal, NamedTuple, get_args
 
 from ._answer_dates import DATE_ORDERS, DateOrder, DateReader, check_date_format
+from ._answer_readers import (
+    MISSING_ANSWERS,
+    answer_part,
+    boolean,
+    canonical_number,
+    choice,
+    clean,
+    json_value,
+    number_value,
+    text_value,
+    whole_number,
+)
 
 __all__ = [
     "ANSWER_TYPES",
@@ -65,7 +74,6 @@ ANSWER_TYPES: Final[tuple[str, ...]] = get_args(AnswerTypeName)
 
 MAX_TYPED_CHARS: Final = 100_000
 """Longer answers are compared as text: no type parses them (a bound on work per answer)."""
-_MAX_JSON_DEPTH: Final = 64
 
 
 class AnswerTypeError(ValueError):
@@ -89,181 +97,6 @@ class AnswerKey(NamedTuple):
 
     def __str__(self) -> str:
         return self.value
-
-
-# -- shared pieces -------------------------------------------------------------------------
-
-_NUMBER = re.compile(
-    r"(?<![\w.,])-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
-    # not the start of a longer token: "1.2.3", "192.168.1.1", "1_000", "0x1F", "10²"
-    r"(?![.,_]?\d|[xX][0-9a-fA-F]|[\u00b2\u00b3\u00b9\u2070-\u2079])"
-)
-_MICRO = Decimal("0.000001")
-_EXACT = Context(prec=64)  # 30 digits before the point and 6 after always fit
-MISSING_ANSWERS = frozenset({"[invalid]", "invalid", "none", "null", "n/a", "nan", "unknown"})
-"""Answers that say there is none (``auto`` reads them as no answer)."""
-_TRAILING = ".!?,;: \t\n"
-_CLEAN_TRAILING = ".,;: \t\n"  # "3!" (a factorial) and "yes?" keep their mark
-_WRAPPERS = (("**", "**"), ("`", "`"), ('"', '"'), ("'", "'"), ("*", "*"))
-
-
-def _collapse(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _clean(text: str) -> str:
-    """Whitespace collapsed, trailing punctuation and wrapping quotes or bold removed."""
-    s = _collapse(text).rstrip(_CLEAN_TRAILING)
-    for _ in range(3):  # "**`B`**": a few layers at most
-        for left, right in _WRAPPERS:
-            if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right):
-                s = s[len(left) : -len(right)].strip().rstrip(_CLEAN_TRAILING)
-                break
-        else:
-            break
-    return s
-
-
-def canonical_number(token: str) -> str | None:
-    """``"1,000.50"`` -> ``"1000.5"``; float noise below 1e-6 dropped; exact for big ints."""
-    try:
-        number = Decimal(token.replace(",", ""))
-    except InvalidOperation:
-        return None
-    if not number.is_finite() or abs(number.adjusted()) > 30:
-        return None
-    number = number.quantize(_MICRO, rounding=ROUND_HALF_EVEN, context=_EXACT)
-    if number == number.to_integral_value():
-        return str(int(number))
-    return format(number.normalize(), "f")
-
-
-# -- number ----------------------------------------------------------------------------------
-
-
-def number_value(text: str) -> str | None:
-    """The canonical number an answer states, when its result states exactly one."""
-    result = text.rsplit("=", 1)[-1].replace("\u2212", "-")  # the typographic minus
-    found = _NUMBER.findall(result)
-    return canonical_number(found[0]) if len(found) == 1 else None
-
-
-_WHOLE_NUMBER = re.compile(
-    r"[=\s]*([-+])?\s*[$€£¥]?\s*(-?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
-    r"(?:[eE][-+]?\d+)?)\s*%?"
-)
-
-
-def _whole_number(text: str) -> str | None:
-    m = _WHOLE_NUMBER.fullmatch(text)
-    if m is None:
-        return None
-    sign, token = m.groups()
-    if re.match(r"-?0\d", token):
-        return None  # "007", "02134": an ID or a code, not a number
-    if sign == "-":
-        if token.startswith("-"):
-            return None
-        token = "-" + token
-    return canonical_number(token)
-
-
-# -- boolean ---------------------------------------------------------------------------------
-
-_BOOLEANS = {"yes": "yes", "true": "yes", "no": "no", "false": "no"}
-_ANSWER_IS = re.compile(
-    r"(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is|\s*[:=])\s*:?\s*",
-    re.IGNORECASE,
-)
-
-
-def _answer_part(text: str) -> str:
-    """The answer proper: cleaned, and what follows a leading "the answer is" / "answer:"
-    when it starts so."""
-    s = _clean(text)
-    m = _ANSWER_IS.match(s)
-    return _clean(s[m.end() :]) if m else s
-
-
-_LEADING_BOOL = re.compile(r"(yes|no|true|false)\b[\s,.;:!-]", re.IGNORECASE)
-
-
-def _boolean(text: str, *, strict: bool) -> str | None:
-    s = _answer_part(text)
-    value = _BOOLEANS.get(s.casefold())
-    if value is not None or strict:
-        return value
-    m = _LEADING_BOOL.match(s + " ")
-    return _BOOLEANS[m.group(1).casefold()] if m else None
-
-
-# -- choice ----------------------------------------------------------------------------------
-
-_LETTER_ONLY = re.compile(r"\(([A-Ja-j])\)|\[([A-Ja-j])\]|([A-Ja-j])\)?")
-_OPTION_WORD = re.compile(r"(?:option|choice)\s+\(?([A-J])\)?", re.IGNORECASE)
-_MARKED_LETTER = re.compile(r"(?:\(([A-Ja-j])\)|\[([A-Ja-j])\]|([A-J])[).:]|([a-j])\))\s*\S")
-
-
-def _choice(text: str, *, strict: bool) -> str | None:
-    s = _answer_part(text)
-    m = _LETTER_ONLY.fullmatch(s) or _OPTION_WORD.fullmatch(s)
-    if m is not None:
-        return next(g for g in m.groups() if g).upper()
-    if strict:
-        return None
-    # "(B) 05/01/2021", "B) 6(√3 + √2)": an option marker followed by the option's text
-    m = _MARKED_LETTER.match(s)
-    return next(g for g in m.groups() if g).upper() if m else None
-
-
-# -- json ------------------------------------------------------------------------------------
-
-_FENCE = re.compile(r"```[a-zA-Z]*\n?(.*?)\n?```", re.DOTALL)
-
-
-def _json_canonical(value: Any, depth: int = 0) -> str:
-    if depth > _MAX_JSON_DEPTH:
-        raise ValueError("nested too deep")
-    if isinstance(value, dict):
-        items = sorted(value.items())
-        inner = ",".join(
-            f"{json.dumps(k, ensure_ascii=False)}:{_json_canonical(v, depth + 1)}" for k, v in items
-        )
-        return "{" + inner + "}"
-    if isinstance(value, list):
-        return "[" + ",".join(_json_canonical(v, depth + 1) for v in value) + "]"
-    if isinstance(value, Decimal):
-        number = canonical_number(str(value))
-        if number is None:
-            raise ValueError("number out of range")
-        return number
-    return json.dumps(value, ensure_ascii=False)  # str, bool, None
-
-
-def _json(text: str, *, strict: bool) -> str | None:
-    s = text.strip()
-    if s.startswith("```") and s.endswith("```"):
-        m = _FENCE.fullmatch(s)
-        if m is not None:
-            s = m.group(1).strip()
-    if strict and not s.startswith(("{", "[")):
-        return None
-    try:
-        value = json.loads(s, parse_float=Decimal, parse_int=Decimal, parse_constant=_no_nan)
-        return _json_canonical(value)
-    except (ValueError, ArithmeticError, RecursionError):
-        return None
-
-
-def _no_nan(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-# -- text ------------------------------------------------------------------------------------
-
-
-def _text(text: str) -> str | None:
-    return _collapse(text).casefold().rstrip(_TRAILING) or None
 
 
 # -- the types -------------------------------------------------------------------------------
@@ -331,27 +164,27 @@ def _safely(read: Callable[[str], str | None], text: str) -> str | None:
 
 
 def _text_key(text: str) -> AnswerKey | None:
-    value = _text(text)
+    value = text_value(text)
     return None if value is None else AnswerKey("text", value)
 
 
 def _auto(dates: DateReader) -> KeyFunction:
     # whole-answer readers, in order (json is tried first, on the raw text)
     readers: tuple[tuple[str, Callable[[str], str | None]], ...] = (
-        ("boolean", lambda t: _boolean(t, strict=True)),
-        ("choice", lambda t: _choice(t, strict=True)),
-        ("date", lambda t: dates.value(_answer_part(t), strict=True)),
-        ("number", _whole_number),
+        ("boolean", lambda t: boolean(t, strict=True)),
+        ("choice", lambda t: choice(t, strict=True)),
+        ("date", lambda t: dates.value(answer_part(t), strict=True)),
+        ("number", whole_number),
     )
 
     def key(text: str) -> AnswerKey | None:
-        cleaned = _clean(text)
+        cleaned = clean(text)
         if not cleaned or cleaned.casefold() in MISSING_ANSWERS:
             return None
         if len(text) > MAX_TYPED_CHARS:
             return _text_key(text)
         if text.lstrip().startswith(("{", "[", "```")):
-            value = _safely(lambda t: _json(t, strict=True), text)
+            value = _safely(lambda t: json_value(t, strict=True), text)
             if value is not None:
                 return AnswerKey("json", value)
         for kind, read in readers:
@@ -406,10 +239,10 @@ def answer_type(
     readers: dict[str, KeyFunction] = {
         "auto": _auto(dates),
         "number": _typed("number", number_value),
-        "date": _typed("date", lambda t: dates.value(_answer_part(t), strict=False)),
-        "choice": _typed("choice", lambda t: _choice(t, strict=False)),
-        "boolean": _typed("boolean", lambda t: _boolean(t, strict=False)),
+        "date": _typed("date", lambda t: dates.value(answer_part(t), strict=False)),
+        "choice": _typed("choice", lambda t: choice(t, strict=False)),
+        "boolean": _typed("boolean", lambda t: boolean(t, strict=False)),
         "text": _text_key,
-        "json": _typed("json", lambda t: _json(t, strict=False)),
+        "json": _typed("json", lambda t: json_value(t, strict=False)),
     }
     return AnswerType(spec, readers[spec], date_order=date_order)
