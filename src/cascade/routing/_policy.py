@@ -56,18 +56,25 @@ def plans(
     ``cost`` likewise overrides the expected cost."""
     out: list[Plan] = []
     n = len(probs)
+    # each tier's figures once (a decision asks for every range: 10 for 4 tiers)
+    hit: list[float] = []  # accepted and right
+    passes: list[float] = []  # the chance the range goes on past the tier
+    fallbacks: list[float] = []  # the chance a rejected answer is right (0: never rejected)
+    for p in probs:
+        accepted = p.get("accepted_right", 0.0) + p.get("accepted_wrong", 0.0)
+        rejected = 1.0 - accepted
+        hit.append(p.get("accepted_right", 0.0))
+        passes.append(max(0.0, rejected))
+        # the best rejected answer: the likeliest right one
+        fallbacks.append(p.get("rejected_right", 0.0) / rejected if rejected > 1e-9 else 0.0)
     for start in range(n):
         for stop in range(start, n):
             reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
             for j in range(start, stop + 1):
-                p = probs[j]
-                accepted = p.get("accepted_right", 0.0) + p.get("accepted_wrong", 0.0)
                 spent += reach * costs[j]
-                p_right += reach * p.get("accepted_right", 0.0)
-                reach *= max(0.0, 1.0 - accepted)
-                rejected = 1.0 - accepted
-                if rejected > 1e-9:  # the best rejected answer: the likeliest right one
-                    fallback = max(fallback, p.get("rejected_right", 0.0) / rejected)
+                p_right += reach * hit[j]
+                reach *= passes[j]
+                fallback = max(fallback, fallbacks[j])
             chance = min(1.0, p_right + reach * fallback)
             if right is not None and (start, stop) in right:
                 chance = right[start, stop]
