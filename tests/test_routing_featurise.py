@@ -22,7 +22,7 @@ from cascade.routing._textmodel import Features, Head, TextModel, analyze
 
 pytest.importorskip("sklearn")
 
-from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 CORPUS = [
     "Is this sentence plausible? Lionel Messi scored a penalty kick.",

@@ -74,8 +74,11 @@ def plans(
                 spent += reach * costs[j]
                 p_right += reach * hit[j]
                 reach *= passes[j]
-                fallback = max(fallback, fallbacks[j])
-            chance = min(1.0, p_right + reach * fallback)
+                if fallbacks[j] > fallback:
+                    fallback = fallbacks[j]
+            chance = p_right + reach * fallback
+            if not chance < 1.0:  # as min(1.0, chance): NaN too gives 1.0
+                chance = 1.0
             if right is not None and (start, stop) in right:
                 chance = right[start, stop]
             if cost is not None and (start, stop) in cost:

@@ -196,7 +196,12 @@ class TextModel:
             if len(classes) == 1:
                 out.append({classes[0]: 1.0})
             elif hi - lo == 1:  # binary: one row, the second class's log-odds
-                p1 = 1.0 / (1.0 + math.exp(-min(500.0, max(-500.0, zs[lo]))))
+                z1 = zs[lo]
+                if not z1 > -500.0:  # as max(-500.0, z1): NaN too gives -500
+                    z1 = -500.0
+                elif z1 > 500.0:
+                    z1 = 500.0
+                p1 = 1.0 / (1.0 + math.exp(-z1))
                 out.append({classes[0]: 1.0 - p1, classes[1]: p1})
             else:  # small heads: plain floats beat numpy's per-call overhead
                 z = zs[lo:hi]
