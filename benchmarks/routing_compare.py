@@ -60,12 +60,19 @@ from typing import Any
 
 import anyio
 from _fleet import print_targets
+from _routing_rows import (
+    cost_row,
+    decision_p50_us,
+    first_of_row,
+    llm_overhead,
+    requests,
+    rules_row,
+)
 
-from cascade import Cascade, Message, RequestOptions, load_config
+from cascade import Cascade, load_config
 from cascade._eval import _accuracy, _cost, run_all
 from cascade._progress import Progress
 from cascade._scoring import Scoring, load_records
-from cascade.routing import RouteRequest, TierInfo
 from cascade.routing._classifier import ClassifierRouter
 from cascade.routing._labels import label_records
 from cascade.routing._modelfile import encode_file, load_classifier
@@ -100,24 +107,6 @@ def run(
         "exact": exact,
         "cost_usd": sum(_cost(o) for o in outcomes),
     }
-
-
-def decision_p50_us(router: Any, texts: list[str], tiers: list[TierInfo]) -> float:
-    async def go() -> float:
-        times = []
-        for text in texts:
-            request = RouteRequest(
-                messages=(Message(role="user", content=text),),
-                options=RequestOptions(),
-                tiers=tuple(tiers),
-                max_cost_usd=None,
-            )
-            t0 = time.perf_counter()
-            await router.route(request)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e6
-
-    return anyio.run(go)
 
 
 def table_info(fitted: Any) -> dict[str, Any]:
@@ -205,6 +194,9 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/cascade-routing-classifier.json")
     parser.add_argument("--no-semantic", action="store_true")
     parser.add_argument(
+        "--llm-requests", type=int, default=300, help="requests timed for the llm row (300)"
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="load the classifier from --out (and each seed's table beside it) if it exists",
@@ -271,11 +263,24 @@ def main() -> int:
         got = run(ROUTED, test, scoring, ClassifierRouter(model=path, policy="table"))
         seeds.append({"seed": seed, **table_info(again), **got})
         print(f"seed {seed}: test {got['exact']:.4f}", file=sys.stderr)
-    infos = [TierInfo(index=i + 1, name=n, est_cost_usd=0.0) for i, n in enumerate(tiers)]
     texts = [r.question for r in test[:1000]]
-    rows["router + cascade (classifier)"]["p50_us"] = decision_p50_us(both, texts, infos)
-    rows["router only (classifier, one tier)"]["p50_us"] = decision_p50_us(single, texts, infos)
-    rows[table_row]["p50_us"] = decision_p50_us(table, texts, infos)
+    batch = requests(config, texts, None)
+    rows["router + cascade (classifier)"]["p50_us"] = decision_p50_us(both, batch)
+    rows["router only (classifier, one tier)"]["p50_us"] = decision_p50_us(single, batch)
+    rows[table_row]["p50_us"] = decision_p50_us(table, batch)
+    rows["rules (rules.toml, derived from train)"] = rules_row(test, scoring, batch)
+    gpt4_train = run(GPT4, train, scoring)["cost_usd"]
+    cost, budgets = cost_row(
+        ROUTED, train, test, scoring, gpt4_train_cost=gpt4_train, budget_share=args.budget_share
+    )
+    rows[f"cost (max_cost_usd = ${cost['budget_usd']:g}, chosen on train)"] = cost
+    rows["first_of(rules.toml's rules, bagged plan table)"] = first_of_row(
+        ROUTED, test, scoring, table, batch
+    )
+    rows["first_of(rules.toml's rules, classifier)"] = first_of_row(
+        ROUTED, test, scoring, both, batch
+    )
+    llm = anyio.run(llm_overhead, texts[: args.llm_requests])
 
     if not args.no_semantic:
         sem_file = Path(args.out).with_suffix(".semantic.json")
@@ -292,7 +297,7 @@ def main() -> int:
                 )
                 await router.warm()
                 row = await anyio.to_thread.run_sync(lambda: run(ROUTED, test, scoring, router))
-                p50 = await anyio.to_thread.run_sync(lambda: decision_p50_us(router, texts, infos))
+                p50 = await anyio.to_thread.run_sync(lambda: decision_p50_us(router, batch))
                 return row, p50
 
         row, p50 = anyio.run(with_server)
@@ -315,7 +320,8 @@ def main() -> int:
     within = [
         (k, r)
         for k, r in rows.items()
-        if k not in ("always gpt-4 standard", table_row) and r["share"] <= 0.5
+        # the plan table's rows are of seed 0 alone: it is judged over its seeds below
+        if k != "always gpt-4 standard" and "plan table" not in k and r["share"] <= 0.5
     ]
     if over_seeds["share_max"] <= 0.5:
         name = f"bagged plan table, mean of {len(seeds)} seeds"
@@ -345,6 +351,7 @@ def main() -> int:
     ]
     if args.json:
         out = {"rows": rows, "plan_table_seeds": seeds, "over_seeds": over_seeds}
+        out |= {"cost_budgets_on_train": budgets, "llm": llm}
         print(json.dumps({**out, "targets": targets}, indent=1))
     else:
         print_rows(
@@ -369,8 +376,31 @@ def main() -> int:
             f"  mean {over_seeds['accuracy']:.2%}, min {over_seeds['min']:.2%}, max "
             f"{over_seeds['max']:.2%}; the most any seed spent {over_seeds['share_max']:.1%}"
         )
+        print(
+            "cost router budgets on train (accuracy, share of always-gpt-4 there): "
+            + ", ".join(f"${b['budget_usd']:g} {b['exact']:.1%} {b['share']:.1%}" for b in budgets)
+        )
+        print_llm(llm, reference / len(test))
         print_targets(targets)
     return 0 if all(t["pass"] for t in targets) else 1
+
+
+def print_llm(llm: dict[str, Any], gpt4_per_request: float) -> None:
+    """The llm row: what can be measured offline, and why its accuracy cannot."""
+    print(
+        "llm (a cheap model rates difficulty 1-5): accuracy and cost share not measurable "
+        "offline: the replay records no difficulty ratings, so which tier it would pick "
+        "is unknown. Measured through the engine against the fake OpenAI server "
+        f"({llm['decisions']} requests, one at a time): decision overhead p50 "
+        f"{llm['p50_overhead_us']:.0f} us asked, {llm['p50_overhead_cached_us']:.0f} us "
+        f"cached (a run without a router: {llm['p50_run_us_without']:.0f} us; the engine's "
+        f"routing step alone, with a router deciding in ~2 us: "
+        f"{llm['p50_overhead_step_us']:.0f} us); per decision "
+        f"{llm['input_tokens']:.0f} input + {llm['output_tokens']:.0f} output tokens "
+        f"(~4 characters a token), ${llm['cost_usd_per_decision']:.7f} at GPT-3.5's "
+        f"prices = {llm['cost_usd_per_decision'] / gpt4_per_request:.2%} of an "
+        "always-gpt-4 request, paid on top of the tiers it routes to"
+    )
 
 
 if __name__ == "__main__":
