@@ -24,6 +24,18 @@ split through the real engine over replayed answers, three ways with the same fo
   refitted with seeds 0 to ``--seeds`` - 1 (k-means and folds) and every seed's test
   figures printed, with their mean, minimum and maximum.
 
+The routers that learn nothing from a router file, on the same tiers and texts
+(``_routing_rows.py``): ``rules`` (``examples/mixed/rules.toml``, a decision list that
+``examples/mixed/derive_rules.py`` derived from ``train``); ``cost`` (``max_cost_usd`` the
+budget whose routing of ``train`` is the most accurate within ``--budget-share`` of
+always-GPT-4 there, each budget tried printed); ``first_of`` (``rules.toml``'s rules
+without their default, then the bagged plan table, or the classifier); and ``llm``, whose
+accuracy cannot be judged offline (the replay records no difficulty ratings): its
+decision overhead through the engine against the fake OpenAI server and its tokens and
+cost per decision are printed instead. Every row's decision p50 is measured in the same
+run over the first 1,000 test texts (one ``await router.route(request)`` each, the tier
+estimates as the engine makes them).
+
 References beside them: ``vote_then_gpt4.toml`` (the best cascade without routing) and
 always-GPT-4 ``standard``. Prices as in the dataset README (gpt-3.5-turbo $0.50/$1.50,
 gpt-4 $30/$60 per million tokens, 500 prompt-overhead tokens a call). Accuracy is
