@@ -15,7 +15,9 @@ file's own tier names (a cascade of other tiers gets no opinion, in a few micros
 Targets: ``rules`` and the classifier at most 100 us p50 (issue #14).
 
 The ``llm`` router is not here: its decision is a provider call (the engine's), measured
-by the run's own spans; its cached path is a dict lookup after hashing the prompt.
+by the run's own spans and, through the engine against the fake OpenAI server, by
+``routing_compare.py`` (its ``llm`` line); its cached path is a dict lookup after hashing
+the prompt.
 """
 
 from __future__ import annotations
