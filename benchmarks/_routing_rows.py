@@ -133,6 +133,11 @@ def cost_budgets(config: Config, texts: Sequence[str]) -> list[float]:
     return [round(estimates[0] * 0.5, 6), *sorted({round(q, 6) for q in deciles})]
 
 
+COST_SHARES = (1.0, 0.5, 0.25)
+"""The ``cost`` router's ``share`` values tried: below 1 it starts lower than the budget
+allows, and the engine's budget check still lets the run escalate within the budget."""
+
+
 def cost_row(
     routed: Path,
     train: Sequence[Record],
@@ -142,25 +147,40 @@ def cost_row(
     gpt4_train_cost: float,
     budget_share: float,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The ``cost`` router with ``max_cost_usd`` = the budget whose routing of ``train`` is
-    the most accurate at no more than ``budget_share`` of GPT-4's cost there (the
-    cheapest when none is); its ``test`` row and every budget's ``train`` figures."""
+    """The ``cost`` router (``share`` in ``COST_SHARES``) with ``max_cost_usd`` = the
+    budget whose routing of ``train`` is the most accurate at no more than
+    ``budget_share`` of GPT-4's cost there (the cheapest when none is): each share with
+    the budgets that put its start threshold (budget x share) at the deciles of
+    ``cost_budgets``. Its ``test`` row and every candidate's ``train`` figures."""
     base = load_config(routed)
+    thresholds = cost_budgets(base, [r.question for r in train])
     tried = []
-    for budget in cost_budgets(base, [r.question for r in train]):
-        config = msgspec.structs.replace(base, max_cost_usd=budget, router={"kind": "cost"})
-        got = run_config(config, routed.parent, train, scoring)
-        tried.append({"budget_usd": budget, **got, "share": got["cost_usd"] / gpt4_train_cost})
-    within = [t for t in tried if t["share"] <= budget_share]
-    chosen = max(within, key=lambda t: (t["exact"], -t["cost_usd"])) if within else tried[0]
-    budget = chosen["budget_usd"]
-    config = msgspec.structs.replace(base, max_cost_usd=budget, router={"kind": "cost"})
+    for share in COST_SHARES:
+        for threshold in thresholds:
+            budget = round(threshold / share, 6)
+            config = cost_config(base, budget, share)
+            got = run_config(config, routed.parent, train, scoring)
+            share_of = got["cost_usd"] / gpt4_train_cost
+            tried.append({"budget_usd": budget, "share": share, **got, "of_gpt4": share_of})
+    within = [t for t in tried if t["of_gpt4"] <= budget_share]
+    chosen = (
+        max(within, key=lambda t: (t["exact"], -t["cost_usd"]))
+        if within
+        else min(tried, key=lambda t: t["cost_usd"])
+    )
+    config = cost_config(base, chosen["budget_usd"], chosen["share"])
     row = run_config(config, routed.parent, test, scoring)
-    batch = requests(config, [r.question for r in test[:1000]], budget)
-    row["p50_us"] = decision_p50_us(build_router({"kind": "cost"}), batch)
-    row["budget_usd"] = budget
+    batch = requests(config, [r.question for r in test[:1000]], chosen["budget_usd"])
+    row["p50_us"] = decision_p50_us(build_router(config.router or {}), batch)
+    row["budget_usd"], row["cost_share_param"] = chosen["budget_usd"], chosen["share"]
     row["train"] = chosen
     return row, tried
+
+
+def cost_config(base: Config, budget: float, share: float) -> Config:
+    return msgspec.structs.replace(
+        base, max_cost_usd=budget, router={"kind": "cost", "share": share}
+    )
 
 
 async def llm_overhead(texts: Sequence[str]) -> dict[str, Any]:

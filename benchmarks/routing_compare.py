@@ -285,7 +285,8 @@ def main() -> int:
     cost, budgets = cost_row(
         ROUTED, train, test, scoring, gpt4_train_cost=gpt4_train, budget_share=args.budget_share
     )
-    rows[f"cost (max_cost_usd = ${cost['budget_usd']:g}, chosen on train)"] = cost
+    name = f"cost (share {cost['cost_share_param']:g}, max_cost_usd ${cost['budget_usd']:g})"
+    rows[name] = cost
     rows["first_of(rules.toml's rules, bagged plan table)"] = first_of_row(
         ROUTED, test, scoring, table, batch
     )
@@ -388,10 +389,11 @@ def main() -> int:
             f"  mean {over_seeds['accuracy']:.2%}, min {over_seeds['min']:.2%}, max "
             f"{over_seeds['max']:.2%}; the most any seed spent {over_seeds['share_max']:.1%}"
         )
-        print(
-            "cost router budgets on train (accuracy, share of always-gpt-4 there): "
-            + ", ".join(f"${b['budget_usd']:g} {b['exact']:.1%} {b['share']:.1%}" for b in budgets)
-        )
+        print("cost router on train (share: budget accuracy, share of always-gpt-4 there):")
+        for share in sorted({b["share"] for b in budgets}, reverse=True):
+            tried = [b for b in budgets if b["share"] == share]
+            figures = (f"${b['budget_usd']:g} {b['exact']:.1%} {b['of_gpt4']:.1%}" for b in tried)
+            print(f"  share {share:g}: " + ", ".join(figures))
         print_llm(llm, reference / len(test))
         print_targets(targets)
     return 0 if all(t["pass"] for t in targets) else 1
