@@ -186,9 +186,13 @@ def tier_probs(draw: st.DrawFn) -> dict[str, float]:
     st.lists(tier_probs(), min_size=1, max_size=5),
     st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=5, max_size=5),
     st.booleans(),
+    st.booleans(),
 )
 def test_plans_are_the_ones_before(
-    probs: list[dict[str, float]], costs: list[float], with_right: bool
+    probs: list[dict[str, float]], costs: list[float], with_right: bool, with_cost: bool
 ) -> None:
-    right = {(0, len(probs) - 1): 0.5} if with_right else None
-    assert plans(probs, costs, right) == plans_before(probs, costs, right)
+    """Overrides included: a range's own cost must not leak into the longer ranges."""
+    n = len(probs)
+    right = {(0, n - 1): 0.5, (0, 0): 0.25} if with_right else None
+    cost = {(0, 0): 7.0, (n - 1, n - 1): 3.0} if with_cost else None
+    assert plans(probs, costs, right, cost) == plans_before(probs, costs, right, cost)

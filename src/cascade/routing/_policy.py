@@ -68,22 +68,23 @@ def plans(
         # the best rejected answer: the likeliest right one
         fallbacks.append(p.get("rejected_right", 0.0) / rejected if rejected > 1e-9 else 0.0)
     for start in range(n):
+        # start..stop is start..stop-1 run one tier further: extend it, in the same order
+        reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
         for stop in range(start, n):
-            reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
-            for j in range(start, stop + 1):
-                spent += reach * costs[j]
-                p_right += reach * hit[j]
-                reach *= passes[j]
-                if fallbacks[j] > fallback:
-                    fallback = fallbacks[j]
+            spent += reach * costs[stop]
+            p_right += reach * hit[stop]
+            reach *= passes[stop]
+            if fallbacks[stop] > fallback:
+                fallback = fallbacks[stop]
             chance = p_right + reach * fallback
             if not chance < 1.0:  # as min(1.0, chance): NaN too gives 1.0
                 chance = 1.0
             if right is not None and (start, stop) in right:
                 chance = right[start, stop]
+            expected = spent  # not spent itself: the next range extends this one
             if cost is not None and (start, stop) in cost:
-                spent = cost[start, stop]
-            out.append(Plan(start, stop, chance, spent))
+                expected = cost[start, stop]
+            out.append(Plan(start, stop, chance, expected))
     return out
 
 
