@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cascade.routing._policy import Plan, plans
+from cascade.routing._policy import Plan, Policy, decide, pass_chance, plans
 from cascade.routing._textmodel import Features, Head, TextModel, analyze
 
 pytest.importorskip("sklearn")
@@ -196,3 +196,48 @@ def test_plans_are_the_ones_before(
     right = {(0, n - 1): 0.5, (0, 0): 0.25} if with_right else None
     cost = {(0, 0): 7.0, (n - 1, n - 1): 3.0} if with_cost else None
     assert plans(probs, costs, right, cost) == plans_before(probs, costs, right, cost)
+
+
+def decide_before(
+    probs: Sequence[Mapping[str, float]],
+    costs: Sequence[float],
+    *,
+    policy: str,
+    cost_weight: float | None,
+    right: Mapping[tuple[int, int], float] | None,
+) -> tuple[Any, ...]:
+    """``decide``'s range, score and tier scores as it computed them before issue #14's
+    speed-up (the policies ``cascade`` and ``single``)."""
+    scores = tuple(round(pass_chance(p), 4) for p in probs)
+    options = plans_before(probs, costs, right)
+    if policy == "single":
+        options = [p for p in options if p.start == p.stop]
+    top = max(costs[-1], 1e-12)
+    if cost_weight is None:
+        pick = min(options, key=lambda p: (p.cost / max(p.right, 1e-6), -p.right))
+    else:
+        w = cost_weight
+        pick = max(options, key=lambda p: (p.right - w * p.cost / top, -p.cost))
+    return pick.start + 1, pick.stop + 1, round(pick.right, 4), scores
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(tier_probs(), min_size=1, max_size=5),
+    st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=5, max_size=5),
+    st.sampled_from(["cascade", "single"]),
+    st.one_of(st.none(), st.floats(min_value=0.0, max_value=5.0)),
+    st.booleans(),
+)
+def test_decisions_are_the_ones_before(
+    probs: list[dict[str, float]],
+    costs: list[float],
+    policy: Policy,
+    cost_weight: float | None,
+    with_right: bool,
+) -> None:
+    right = {(0, len(probs) - 1): 0.5} if with_right else None
+    d = decide(probs, costs, policy=policy, cost_weight=cost_weight, right=right, router="t")
+    got = (d.start_tier, d.max_tier, d.score, d.tier_scores)
+    kw = {"policy": policy, "cost_weight": cost_weight, "right": right}
+    assert got == decide_before(probs, costs, **kw)

@@ -100,7 +100,10 @@ def decide(
     router: str,
 ) -> RouteDecision:
     """The decision for one request (tiers 1-based in the decision)."""
-    scores = tuple(round(pass_chance(p), 4) for p in probs)
+    # pass_chance of each tier, inline (a decision is on the event loop: every call counts)
+    scores = tuple(
+        [round(p.get("accepted_right", 0.0) + p.get("rejected_right", 0.0), 4) for p in probs]
+    )
     if policy == "cheapest":
         for j, score in enumerate(scores):
             if score >= min_pass:
@@ -123,11 +126,21 @@ def decide(
     if policy == "single":
         options = [p for p in options if p.start == p.stop]
     top = max(costs[-1], 1e-12)
+    # as min() / max() with a key: the first best plan, each key computed once
+    pick = options[0]
     if cost_weight is None:
-        pick = min(options, key=lambda p: (p.cost / max(p.right, 1e-6), -p.right))
+        chosen = (pick.cost / max(pick.right, 1e-6), -pick.right)
+        for p in options:
+            key = (p.cost / max(p.right, 1e-6), -p.right)
+            if key < chosen:
+                pick, chosen = p, key
         why = "cost per right answer"
     else:
-        pick = max(options, key=lambda p: (p.right - cost_weight * p.cost / top, -p.cost))
+        chosen = (pick.right - cost_weight * pick.cost / top, -pick.cost)
+        for p in options:
+            key = (p.right - cost_weight * p.cost / top, -p.cost)
+            if key > chosen:
+                pick, chosen = p, key
         why = f"accuracy - {cost_weight:g} x cost share"
     return RouteDecision(
         start_tier=pick.start + 1,
