@@ -77,6 +77,7 @@ from _routing_rows import (
     decision_p50_us,
     first_of_row,
     llm_overhead,
+    print_llm,
     requests,
     rules_row,
 )
@@ -397,24 +398,6 @@ def main() -> int:
         print_llm(llm, reference / len(test))
         print_targets(targets)
     return 0 if all(t["pass"] for t in targets) else 1
-
-
-def print_llm(llm: dict[str, Any], gpt4_per_request: float) -> None:
-    """The llm row: what can be measured offline, and why its accuracy cannot."""
-    print(
-        "llm (a cheap model rates difficulty 1-5): accuracy and cost share not measurable "
-        "offline: the replay records no difficulty ratings, so which tier it would pick "
-        "is unknown. Measured through the engine against the fake OpenAI server "
-        f"({llm['decisions']} requests, one at a time): decision overhead p50 "
-        f"{llm['p50_overhead_us']:.0f} us asked, {llm['p50_overhead_cached_us']:.0f} us "
-        f"cached (a run without a router: {llm['p50_run_us_without']:.0f} us; the engine's "
-        f"routing step alone, with a router deciding in ~2 us: "
-        f"{llm['p50_overhead_step_us']:.0f} us); per decision "
-        f"{llm['input_tokens']:.0f} input + {llm['output_tokens']:.0f} output tokens "
-        f"(~4 characters a token), ${llm['cost_usd_per_decision']:.7f} at GPT-3.5's "
-        f"prices = {llm['cost_usd_per_decision'] / gpt4_per_request:.2%} of an "
-        "always-gpt-4 request, paid on top of the tiers it routes to"
-    )
 
 
 if __name__ == "__main__":
