@@ -24,6 +24,18 @@ split through the real engine over replayed answers, three ways with the same fo
   refitted with seeds 0 to ``--seeds`` - 1 (k-means and folds) and every seed's test
   figures printed, with their mean, minimum and maximum.
 
+The routers that learn nothing from a router file, on the same tiers and texts
+(``_routing_rows.py``): ``rules`` (``examples/mixed/rules.toml``, a decision list that
+``examples/mixed/derive_rules.py`` derived from ``train``); ``cost`` (``max_cost_usd`` the
+budget whose routing of ``train`` is the most accurate within ``--budget-share`` of
+always-GPT-4 there, each budget tried printed); ``first_of`` (``rules.toml``'s rules
+without their default, then the bagged plan table, or the classifier); and ``llm``, whose
+accuracy cannot be judged offline (the replay records no difficulty ratings): its
+decision overhead through the engine against the fake OpenAI server and its tokens and
+cost per decision are printed instead. Every row's decision p50 is measured in the same
+run over the first 1,000 test texts (one ``await router.route(request)`` each, the tier
+estimates as the engine makes them).
+
 References beside them: ``vote_then_gpt4.toml`` (the best cascade without routing) and
 always-GPT-4 ``standard``. Prices as in the dataset README (gpt-3.5-turbo $0.50/$1.50,
 gpt-4 $30/$60 per million tokens, 500 prompt-overhead tokens a call). Accuracy is
@@ -60,12 +72,20 @@ from typing import Any
 
 import anyio
 from _fleet import print_targets
+from _routing_rows import (
+    cost_row,
+    decision_p50_us,
+    first_of_row,
+    llm_overhead,
+    print_llm,
+    requests,
+    rules_row,
+)
 
-from cascade import Cascade, Message, RequestOptions, load_config
+from cascade import Cascade, load_config
 from cascade._eval import _accuracy, _cost, run_all
 from cascade._progress import Progress
 from cascade._scoring import Scoring, load_records
-from cascade.routing import RouteRequest, TierInfo
 from cascade.routing._classifier import ClassifierRouter
 from cascade.routing._labels import label_records
 from cascade.routing._modelfile import encode_file, load_classifier
@@ -100,24 +120,6 @@ def run(
         "exact": exact,
         "cost_usd": sum(_cost(o) for o in outcomes),
     }
-
-
-def decision_p50_us(router: Any, texts: list[str], tiers: list[TierInfo]) -> float:
-    async def go() -> float:
-        times = []
-        for text in texts:
-            request = RouteRequest(
-                messages=(Message(role="user", content=text),),
-                options=RequestOptions(),
-                tiers=tuple(tiers),
-                max_cost_usd=None,
-            )
-            t0 = time.perf_counter()
-            await router.route(request)
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times) * 1e6
-
-    return anyio.run(go)
 
 
 def table_info(fitted: Any) -> dict[str, Any]:
@@ -205,6 +207,9 @@ def main() -> int:
     parser.add_argument("--out", default="/tmp/cascade-routing-classifier.json")
     parser.add_argument("--no-semantic", action="store_true")
     parser.add_argument(
+        "--llm-requests", type=int, default=300, help="requests timed for the llm row (300)"
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="load the classifier from --out (and each seed's table beside it) if it exists",
@@ -271,11 +276,25 @@ def main() -> int:
         got = run(ROUTED, test, scoring, ClassifierRouter(model=path, policy="table"))
         seeds.append({"seed": seed, **table_info(again), **got})
         print(f"seed {seed}: test {got['exact']:.4f}", file=sys.stderr)
-    infos = [TierInfo(index=i + 1, name=n, est_cost_usd=0.0) for i, n in enumerate(tiers)]
     texts = [r.question for r in test[:1000]]
-    rows["router + cascade (classifier)"]["p50_us"] = decision_p50_us(both, texts, infos)
-    rows["router only (classifier, one tier)"]["p50_us"] = decision_p50_us(single, texts, infos)
-    rows[table_row]["p50_us"] = decision_p50_us(table, texts, infos)
+    batch = requests(config, texts, None)
+    rows["router + cascade (classifier)"]["p50_us"] = decision_p50_us(both, batch)
+    rows["router only (classifier, one tier)"]["p50_us"] = decision_p50_us(single, batch)
+    rows[table_row]["p50_us"] = decision_p50_us(table, batch)
+    rows["rules (rules.toml, derived from train)"] = rules_row(test, scoring, batch)
+    gpt4_train = run(GPT4, train, scoring)["cost_usd"]
+    cost, budgets = cost_row(
+        ROUTED, train, test, scoring, gpt4_train_cost=gpt4_train, budget_share=args.budget_share
+    )
+    name = f"cost (share {cost['cost_share_param']:g}, max_cost_usd ${cost['budget_usd']:g})"
+    rows[name] = cost
+    rows["first_of(rules.toml's rules, bagged plan table)"] = first_of_row(
+        ROUTED, test, scoring, table, batch
+    )
+    rows["first_of(rules.toml's rules, classifier)"] = first_of_row(
+        ROUTED, test, scoring, both, batch
+    )
+    llm = anyio.run(llm_overhead, texts[: args.llm_requests])
 
     if not args.no_semantic:
         sem_file = Path(args.out).with_suffix(".semantic.json")
@@ -292,7 +311,7 @@ def main() -> int:
                 )
                 await router.warm()
                 row = await anyio.to_thread.run_sync(lambda: run(ROUTED, test, scoring, router))
-                p50 = await anyio.to_thread.run_sync(lambda: decision_p50_us(router, texts, infos))
+                p50 = await anyio.to_thread.run_sync(lambda: decision_p50_us(router, batch))
                 return row, p50
 
         row, p50 = anyio.run(with_server)
@@ -315,7 +334,8 @@ def main() -> int:
     within = [
         (k, r)
         for k, r in rows.items()
-        if k not in ("always gpt-4 standard", table_row) and r["share"] <= 0.5
+        # the plan table's rows are of seed 0 alone: it is judged over its seeds below
+        if k != "always gpt-4 standard" and "plan table" not in k and r["share"] <= 0.5
     ]
     if over_seeds["share_max"] <= 0.5:
         name = f"bagged plan table, mean of {len(seeds)} seeds"
@@ -345,6 +365,7 @@ def main() -> int:
     ]
     if args.json:
         out = {"rows": rows, "plan_table_seeds": seeds, "over_seeds": over_seeds}
+        out |= {"cost_budgets_on_train": budgets, "llm": llm}
         print(json.dumps({**out, "targets": targets}, indent=1))
     else:
         print_rows(
@@ -369,6 +390,12 @@ def main() -> int:
             f"  mean {over_seeds['accuracy']:.2%}, min {over_seeds['min']:.2%}, max "
             f"{over_seeds['max']:.2%}; the most any seed spent {over_seeds['share_max']:.1%}"
         )
+        print("cost router on train (share: budget accuracy, share of always-gpt-4 there):")
+        for share in sorted({b["share"] for b in budgets}, reverse=True):
+            tried = [b for b in budgets if b["share"] == share]
+            figures = (f"${b['budget_usd']:g} {b['exact']:.1%} {b['of_gpt4']:.1%}" for b in tried)
+            print(f"  share {share:g}: " + ", ".join(figures))
+        print_llm(llm, reference / len(test))
         print_targets(targets)
     return 0 if all(t["pass"] for t in targets) else 1
 

@@ -56,24 +56,35 @@ def plans(
     ``cost`` likewise overrides the expected cost."""
     out: list[Plan] = []
     n = len(probs)
+    # each tier's figures once (a decision asks for every range: 10 for 4 tiers)
+    hit: list[float] = []  # accepted and right
+    passes: list[float] = []  # the chance the range goes on past the tier
+    fallbacks: list[float] = []  # the chance a rejected answer is right (0: never rejected)
+    for p in probs:
+        accepted = p.get("accepted_right", 0.0) + p.get("accepted_wrong", 0.0)
+        rejected = 1.0 - accepted
+        hit.append(p.get("accepted_right", 0.0))
+        passes.append(max(0.0, rejected))
+        # the best rejected answer: the likeliest right one
+        fallbacks.append(p.get("rejected_right", 0.0) / rejected if rejected > 1e-9 else 0.0)
     for start in range(n):
+        # start..stop is start..stop-1 run one tier further: extend it, in the same order
+        reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
         for stop in range(start, n):
-            reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
-            for j in range(start, stop + 1):
-                p = probs[j]
-                accepted = p.get("accepted_right", 0.0) + p.get("accepted_wrong", 0.0)
-                spent += reach * costs[j]
-                p_right += reach * p.get("accepted_right", 0.0)
-                reach *= max(0.0, 1.0 - accepted)
-                rejected = 1.0 - accepted
-                if rejected > 1e-9:  # the best rejected answer: the likeliest right one
-                    fallback = max(fallback, p.get("rejected_right", 0.0) / rejected)
-            chance = min(1.0, p_right + reach * fallback)
+            spent += reach * costs[stop]
+            p_right += reach * hit[stop]
+            reach *= passes[stop]
+            if fallbacks[stop] > fallback:
+                fallback = fallbacks[stop]
+            chance = p_right + reach * fallback
+            if not chance < 1.0:  # as min(1.0, chance): NaN too gives 1.0
+                chance = 1.0
             if right is not None and (start, stop) in right:
                 chance = right[start, stop]
+            expected = spent  # not spent itself: the next range extends this one
             if cost is not None and (start, stop) in cost:
-                spent = cost[start, stop]
-            out.append(Plan(start, stop, chance, spent))
+                expected = cost[start, stop]
+            out.append(Plan(start, stop, chance, expected))
     return out
 
 
@@ -89,7 +100,10 @@ def decide(
     router: str,
 ) -> RouteDecision:
     """The decision for one request (tiers 1-based in the decision)."""
-    scores = tuple(round(pass_chance(p), 4) for p in probs)
+    # pass_chance of each tier, inline (a decision is on the event loop: every call counts)
+    scores = tuple(
+        [round(p.get("accepted_right", 0.0) + p.get("rejected_right", 0.0), 4) for p in probs]
+    )
     if policy == "cheapest":
         for j, score in enumerate(scores):
             if score >= min_pass:
@@ -112,11 +126,21 @@ def decide(
     if policy == "single":
         options = [p for p in options if p.start == p.stop]
     top = max(costs[-1], 1e-12)
+    # as min() / max() with a key: the first best plan, each key computed once
+    pick = options[0]
     if cost_weight is None:
-        pick = min(options, key=lambda p: (p.cost / max(p.right, 1e-6), -p.right))
+        chosen = (pick.cost / max(pick.right, 1e-6), -pick.right)
+        for p in options:
+            key = (p.cost / max(p.right, 1e-6), -p.right)
+            if key < chosen:
+                pick, chosen = p, key
         why = "cost per right answer"
     else:
-        pick = max(options, key=lambda p: (p.right - cost_weight * p.cost / top, -p.cost))
+        chosen = (pick.right - cost_weight * pick.cost / top, -pick.cost)
+        for p in options:
+            key = (p.right - cost_weight * p.cost / top, -p.cost)
+            if key > chosen:
+                pick, chosen = p, key
         why = f"accuracy - {cost_weight:g} x cost share"
     return RouteDecision(
         start_tier=pick.start + 1,

@@ -14,7 +14,8 @@ import os
 import re
 import stat
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import Annotated
 
 import msgspec
@@ -99,12 +100,30 @@ class TextModel:
     a prompt of a hundred words); the caller moves long ones to a thread.
     """
 
-    __slots__ = ("_coef", "_idf", "_index", "_intercept", "_rows", "features", "heads")
+    __slots__ = (
+        "_chars",
+        "_coef",
+        "_idf",
+        "_intercept",
+        "_rows",
+        "_words",
+        "features",
+        "heads",
+    )
 
     def __init__(self, features: Features, heads: Sequence[Head]) -> None:
         self.features = features
         self.heads = tuple(heads)
-        self._index = {term: i for i, term in enumerate(features.vocabulary)}
+        # the vocabulary's word and character n-grams by their text, without the "w:" and
+        # "c:" of :func:`analyze`, so that a decision looks its words up without building
+        # a string per word (a term in neither form comes from no text: it never matches)
+        self._words: dict[str, int] = {}
+        self._chars: dict[str, int] = {}
+        for i, term in enumerate(features.vocabulary):
+            if term.startswith("w:"):
+                self._words[term[2:]] = i
+            elif term.startswith("c:"):
+                self._chars[term[2:]] = i
         self._idf = np.asarray(features.idf, dtype=np.float64)
         # every head's rows in one matrix, so that a prediction indexes it once
         rows = [h.coef for h in heads if len(h.classes) > 1]
@@ -122,22 +141,50 @@ class TextModel:
 
     def __repr__(self) -> str:
         return (
-            f"<TextModel {len(self._index)} terms, "
+            f"<TextModel {len(self.features.vocabulary)} terms, "
             f"{len(self.heads)} heads of {[len(h.classes) for h in self.heads]} classes>"
         )
 
     def vector(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indexes, weights) of ``text``'s known terms: a sparse unit vector."""
-        counts = Counter(analyze(text, self.features))
-        index = self._index
-        found = [(index[t], c) for t, c in counts.items() if t in index]
-        if not found:
+        """(indexes, weights) of ``text``'s known terms: a sparse unit vector, the row the
+        fitted ``TfidfVectorizer`` (``analyzer`` :func:`analyze`, ``sublinear_tf``) gives
+        ``text``, its known terms in the order :func:`analyze` first yields them."""
+        counts = self._counts(text)
+        if not counts:
             return np.zeros(0, dtype=np.intp), np.zeros(0)
-        idx = np.fromiter((i for i, _ in found), dtype=np.intp, count=len(found))
-        tf = np.fromiter((c for _, c in found), dtype=np.float64, count=len(found))
+        n = len(counts)
+        idx = np.fromiter(counts.keys(), dtype=np.intp, count=n)
+        tf = np.fromiter(counts.values(), dtype=np.float64, count=n)
         w = (1.0 + np.log(tf)) * self._idf[idx]
         norm = math.sqrt(float(w @ w))
         return idx, (w / norm if norm > 0 else w)
+
+    def _counts(self, text: str) -> Counter[int]:
+        """How often each known term of ``analyze(text)`` occurs, by vocabulary index, in
+        the order of first occurrence: the same terms looked up without building them
+        (the loops run in C: ``map``, ``dict.get`` and ``Counter``'s counting)."""
+        features = self.features
+        text = text[: features.max_chars].lower()
+        words = _WORD.findall(text)
+        lo, hi = features.word_ngrams
+        counts: Counter[int] = Counter()
+        get = self._words.get
+        for n in range(lo, hi + 1):
+            # the n-grams as analyze joins them; an unknown one counts as -1, dropped below
+            grams: Iterable[str] = words
+            if n > 1:
+                grams = map(" ".join, zip(*(words[k:] for k in range(n)), strict=False))
+            counts.update(map(get, grams, repeat(-1)))
+        if features.char_ngrams is not None:
+            chars = self._chars.get
+            clo, chi = features.char_ngrams
+            for word in _SPACE.sub(" ", text).split():
+                padded = f" {word} "
+                for n in range(clo, chi + 1):
+                    pieces = (padded[k : k + n] for k in range(max(1, len(padded) - n + 1)))
+                    counts.update(map(chars, pieces, repeat(-1)))
+        counts.pop(-1, None)
+        return counts
 
     def predict(self, text: str) -> list[dict[str, float]]:
         """Per head, each class's probability."""
@@ -149,7 +196,12 @@ class TextModel:
             if len(classes) == 1:
                 out.append({classes[0]: 1.0})
             elif hi - lo == 1:  # binary: one row, the second class's log-odds
-                p1 = 1.0 / (1.0 + math.exp(-min(500.0, max(-500.0, zs[lo]))))
+                z1 = zs[lo]
+                if not z1 > -500.0:  # as max(-500.0, z1): NaN too gives -500
+                    z1 = -500.0
+                elif z1 > 500.0:
+                    z1 = 500.0
+                p1 = 1.0 / (1.0 + math.exp(-z1))
                 out.append({classes[0]: 1.0 - p1, classes[1]: p1})
             else:  # small heads: plain floats beat numpy's per-call overhead
                 z = zs[lo:hi]

@@ -1,0 +1,129 @@
+"""``examples/mixed/derive_rules.py``: the decision list that wrote ``rules.toml`` from
+``train`` (keywords and prompt length -> a range of tiers), and ``rules.toml`` itself a
+config whose router builds and routes as its rules say."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import numpy as np
+import pytest
+
+from cascade import Message, RequestOptions, load_config
+from cascade.routing import RouteRequest, TierInfo, build_router
+
+EXAMPLES = Path(__file__).parent.parent / "examples" / "mixed"
+
+
+@pytest.fixture(scope="module")
+def derive() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("derive_rules", EXAMPLES / "derive_rules.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["derive_rules"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def texts() -> list[str]:
+    """Sports questions (the cheap tier answers them), family questions (only the dear
+    tier does) and long ones (both fail, the dear tier less often)."""
+    out = []
+    for i in range(40):
+        out.append(f"Is this sentence plausible? Player {i} scored a goal.")
+        out.append(f"How is Anna related to Tom in story {i}? Anna is Tom's aunt.")
+        out.append(" ".join(["word"] * (100 + i)) + f" question {i}")
+    return out
+
+
+def outcomes(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(right, cost) per text and range; ranges (0,0), (0,1), (1,1)."""
+    right = np.zeros((n, 3))
+    cost = np.zeros((n, 3))
+    for i in range(n):
+        kind = i % 3
+        if kind == 0:  # sports: the cheap tier accepts, right
+            right[i] = (1, 1, 1)
+            cost[i] = (0.01, 0.01, 1.0)
+        elif kind == 1:  # family: the cheap tier's answer is wrong and accepted
+            right[i] = (0, 0, 1)
+            cost[i] = (0.01, 0.01, 1.0)
+        else:  # long: the cheap tier rejects, the dear one is right half the time
+            right[i] = (0, i % 2, i % 2)
+            cost[i] = (0.01, 1.01, 1.0)
+    return right, cost
+
+
+def test_conditions_are_whole_words_and_length_deciles(derive: ModuleType) -> None:
+    found, match = derive.conditions(texts(), 20)
+    assert ("keyword", "plausible") in found
+    assert ("keyword", "anna") in found
+    assert ("keyword", "story") in found
+    assert all(w != "a" for kind, w in found if kind == "keyword")  # two characters at least
+    assert any(kind == "max_tokens" for kind, _ in found)
+    assert match.shape == (len(found), len(texts()))
+    row = match[found.index(("keyword", "plausible"))]
+    assert row.tolist() == [i % 3 == 0 for i in range(len(texts()))]
+
+
+def test_the_list_routes_each_kind_where_it_is_answered(derive: ModuleType) -> None:
+    all_texts = texts()
+    _, match = derive.conditions(all_texts, 20)
+    right, cost = outcomes(len(all_texts))
+    rules, default = derive.decision_list(
+        match, right - 0.2 * cost, max_rules=4, min_support=10, min_gain=1.0
+    )
+    picked = derive.route(match, rules, default)
+    for i, r in enumerate(picked):
+        if i % 3 == 0:
+            assert r in (0, 1)  # sports: the cheap tier
+        else:  # family, and long (half right at 1.0 beats never right at 0.01)
+            assert r == 2
+    assert 1 <= len(rules) <= 4
+
+
+def test_the_cost_weight_is_chosen_within_the_budget(derive: ModuleType) -> None:
+    all_texts = texts()
+    _, match = derive.conditions(all_texts, 20)
+    right, cost = outcomes(len(all_texts))
+    kw = {"ref": 1.0, "max_rules": 4, "min_support": 10, "min_gain": 1.0}
+    _, _, figures = derive.fit(match, right, cost, budget_share=0.5, **kw)
+    assert figures["cv_cost_share"] <= 0.5
+    assert figures["cv_accuracy"] > 0.6
+    # a tighter budget: a larger weight, a cheaper list
+    _, _, tight = derive.fit(match, right, cost, budget_share=0.2, **kw)
+    assert tight["cost_weight"] > figures["cost_weight"]
+    assert tight["cv_cost_share"] < figures["cv_cost_share"]
+
+
+def test_rules_toml_is_a_config_whose_router_routes(derive: ModuleType) -> None:
+    config = load_config(EXAMPLES / "rules.toml")
+    assert [t.name for t in config.tiers] == ["gpt-3.5", "gpt-4", "gpt-4-cot", "gpt-4-nlsl"]
+    assert config.router is not None
+    assert config.router["kind"] == "rules"
+    router = build_router(config.router)
+    tiers = tuple(
+        TierInfo(index=i + 1, name=t.name, est_cost_usd=0.0) for i, t in enumerate(config.tiers)
+    )
+
+    async def route(text: str) -> tuple[int | None, int | None]:
+        request = RouteRequest(
+            messages=(Message(role="user", content=text),),
+            options=RequestOptions(),
+            tiers=tiers,
+            max_cost_usd=None,
+        )
+        d = await router.route(request)
+        return d.start_tier, d.max_tier
+
+    default = config.router["default"]
+    assert anyio.run(route, "word " * 2000) == (default["start_tier"], default["max_tier"])
+    for rule in config.router["rules"]:
+        if "max_tokens" in rule and len(rule) == 4:  # a length rule alone (and its reason)
+            short = "Is it?"
+            assert anyio.run(route, short) == (rule["start_tier"], rule["max_tier"])
