@@ -25,7 +25,7 @@ from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
 from ._metrics import Instruments, instruments_for
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
-from ._spans import NOOP_RUN, RunTrace
+from ._spans import NOOP_RUN, DroppedRun, RunTrace
 
 try:  # where the metrics API keeps the global provider (see Telemetry.run)
     from opentelemetry.metrics import _internal as _metrics_api
@@ -195,11 +195,10 @@ class Telemetry:
                 self._head_known = True
             head = self._head
             verdict, value = _UNDECIDED if head is None else head.decide()
-            if verdict == DROP:  # the SDK's non-recording span, made by cascade
-                token = otel_context.attach(trace.set_span_in_context(value))
+            if verdict == DROP:  # the SDK's non-recording span, made current by cascade
                 if self._idle():
-                    return RunTrace(None, None, token, [], None)
-                return RunTrace(self, None, token, attempts, options)  # metrics only
+                    return DroppedRun(value)
+                return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
             if verdict == SAMPLE:
                 assert head is not None
@@ -207,8 +206,7 @@ class Telemetry:
             else:
                 span = self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
             if not span.is_recording() and self._idle():
-                token = otel_context.attach(trace.set_span_in_context(span))
-                return RunTrace(None, None, token, [], None)
+                return DroppedRun(otel_context.attach(trace.set_span_in_context(span)))
         elif self._idle():
             return NOOP_RUN
         if span is not None:

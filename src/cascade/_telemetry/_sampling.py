@@ -18,43 +18,52 @@ run goes through ``start_span`` as before.
 
 from __future__ import annotations
 
+import random
 import threading
+from collections.abc import Callable
+from contextvars import Token
 from typing import Any, Final
 
-from opentelemetry import trace
-from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 
 __all__ = ["DROP", "SAMPLE", "SLOW", "HeadSampler", "PresetIds", "head_sampler"]
 
 try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
     from opentelemetry.sdk.trace import Tracer as _SdkTracer
     from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
+    from opentelemetry.sdk.trace.id_generator import IdGenerator
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator as _RandomIds
     from opentelemetry.sdk.trace.sampling import (
-        ALWAYS_OFF as _ALWAYS_OFF,
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        Decision,
+        ParentBased,
+        ParentBasedTraceIdRatio,
+        StaticSampler,
+        TraceIdRatioBased,
     )
-    from opentelemetry.sdk.trace.sampling import (
-        ALWAYS_ON as _ALWAYS_ON,
-    )
-    from opentelemetry.sdk.trace.sampling import (
-        Decision as _Decision,
-    )
-    from opentelemetry.sdk.trace.sampling import (
-        ParentBased as _ParentBased,
-    )
-    from opentelemetry.sdk.trace.sampling import (
-        ParentBasedTraceIdRatio as _ParentBasedRatio,
-    )
-    from opentelemetry.sdk.trace.sampling import (
-        StaticSampler as _Static,
-    )
-    from opentelemetry.sdk.trace.sampling import (
-        TraceIdRatioBased as _Ratio,
-    )
+    from opentelemetry.trace.propagation import _SPAN_KEY
 
     _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID)
 except (ImportError, AttributeError):  # pragma: no cover - no SDK, or another layout
     _RANDOM_FLAG = None
+    IdGenerator = object  # type: ignore[assignment,misc]
+
+get_current: Callable[[], Context]
+attach: Callable[[Context], Token[Context]]
+try:  # the API's default runtime context: its context variable, read and set directly
+    from opentelemetry.context import _RUNTIME_CONTEXT
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+
+    if type(_RUNTIME_CONTEXT) is not ContextVarsRuntimeContext:
+        raise ImportError
+    get_current = _RUNTIME_CONTEXT._current_context.get
+    attach = _RUNTIME_CONTEXT._current_context.set
+except (ImportError, AttributeError):  # pragma: no cover - another runtime context
+    get_current = otel_context.get_current
+    attach = otel_context.attach
 
 DROP: Final = 0
 """The run is not sampled: cascade made its non-recording span."""
@@ -71,34 +80,35 @@ _ID_MASK: Final = (1 << 64) - 1  # TraceIdRatioBased.TRACE_ID_LIMIT: the low 64 
 
 def _leaf(sampler: Any) -> int:
     """What a sampler that looks at no parent decides: a ratio's bound, or a constant."""
-    if sampler is _ALWAYS_OFF:
+    if sampler is ALWAYS_OFF:
         return _ALL_DROPPED
-    if sampler is _ALWAYS_ON:
+    if sampler is ALWAYS_ON:
         return _ALL_SAMPLED
-    if type(sampler) is _Static:
+    if type(sampler) is StaticSampler:
         decision = sampler._decision
-        if decision is _Decision.DROP:
+        if decision is Decision.DROP:
             return _ALL_DROPPED
-        if decision is _Decision.RECORD_AND_SAMPLE:
+        if decision is Decision.RECORD_AND_SAMPLE:
             return _ALL_SAMPLED
         return SLOW  # RECORD_ONLY: a recording span that is not sampled
-    if type(sampler) is _Ratio:
+    if type(sampler) is TraceIdRatioBased:
         bound = sampler.bound
-        if type(bound) is int and _Ratio.TRACE_ID_LIMIT == _ID_MASK:
+        if type(bound) is int and TraceIdRatioBased.TRACE_ID_LIMIT == _ID_MASK:
             return bound
     return SLOW
 
 
-class PresetIds:
+class PresetIds(IdGenerator):
     """The SDK's random id generator, except that the next trace id drawn in this thread
     can be set beforehand (:meth:`preset`): the id a head-sampling decision was drawn for.
     Thread-safe: the preset is per thread, and ``start_span`` takes it synchronously."""
 
-    __slots__ = ("_local", "inner")
-
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: IdGenerator) -> None:
         self.inner = inner
         self._local = threading.local()
+        # The wrapped generator's own methods, one call less for every span.
+        self.generate_span_id = inner.generate_span_id  # type: ignore[method-assign]
+        self.is_trace_id_random = inner.is_trace_id_random  # type: ignore[method-assign]
 
     def preset(self, trace_id: int) -> None:
         self._local.trace_id = trace_id
@@ -112,73 +122,92 @@ class PresetIds:
         if trace_id:
             local.trace_id = 0
             return trace_id
-        return int(self.inner.generate_trace_id())
+        return self.inner.generate_trace_id()
 
-    def generate_span_id(self) -> int:
-        return int(self.inner.generate_span_id())
-
-    def is_trace_id_random(self) -> bool:
-        return bool(self.inner.is_trace_id_random())
+    def generate_span_id(self) -> int:  # replaced by the inner one's (see __init__)
+        return self.inner.generate_span_id()
 
 
 class HeadSampler:
     """The head-sampling decision of one SDK tracer, made by cascade (see module doc)."""
 
-    __slots__ = ("_ids", "_leaves", "_root_flags", "tracer")
+    __slots__ = ("_ids", "_leaves", "_preset", "_root_flags", "tracer")
 
-    def __init__(self, tracer: Any, ids: PresetIds, leaves: tuple[int, int, int, int, int]):
+    def __init__(
+        self,
+        tracer: Any,
+        ids: IdGenerator,
+        preset: PresetIds | None,
+        leaves: tuple[int, int, int, int, int],
+    ) -> None:
         self.tracer = tracer
         self._ids = ids
+        self._preset = preset
+        """The tracer's id generator when a new trace may be sampled (a ratio at the root),
+        else None (the tracer's generator is ``ids``, unwrapped)."""
         self._leaves = leaves
         """By parent: none, remote sampled, remote not, local sampled, local not."""
-        random_ids = ids.inner.is_trace_id_random()
-        assert _RANDOM_FLAG is not None
-        self._root_flags = _RANDOM if random_ids else _NOT_SAMPLED
+        self._root_flags = _RANDOM if ids.is_trace_id_random() else _NOT_SAMPLED
 
     def decide(self) -> tuple[int, Any]:
-        """``(DROP, span)``: the non-recording span the SDK would have made, to be made
-        current; ``(SAMPLE, trace_id)``: start the span with :meth:`start` (``trace_id``
-        0 under a parent, whose trace id the SDK takes); ``(SLOW, None)``: ask
-        ``start_span``, as without a plan."""
+        """``(DROP, token)``: the run is not sampled, and the non-recording span the SDK
+        would have made for it is now current (``token`` detaches it); ``(SAMPLE,
+        trace_id)``: start the run's span with :meth:`start` (``trace_id`` 0 under a
+        parent, whose trace id the SDK takes); ``(SLOW, None)``: ask ``start_span``."""
         if not self.tracer._tracer_config.is_enabled:
             return SLOW, None  # start_span's own shortcut: the parent's context, unchanged
-        parent = trace.get_current_span().get_span_context()
-        if parent.is_valid:
-            flags = parent.trace_flags
-            if parent.is_remote:
-                leaf = self._leaves[1 if flags.sampled else 2]
-            else:
-                leaf = self._leaves[3 if flags.sampled else 4]
-            if leaf < _ALL_DROPPED:
-                return SLOW, None
-            trace_id = parent.trace_id
-            if trace_id & _ID_MASK < leaf:  # never for _ALL_DROPPED (-1)
-                return SAMPLE, 0
-            child_flags = _RANDOM if flags.random_trace_id else _NOT_SAMPLED
-            span_id = self._ids.inner.generate_span_id()
-            context = SpanContext(trace_id, span_id, False, child_flags, parent.trace_state)
-            return DROP, NonRecordingSpan(context)
+        current = get_current()
+        parent_span = current.get(_SPAN_KEY)
+        if parent_span is not None and isinstance(parent_span, Span):
+            parent = parent_span.get_span_context()
+            if parent.is_valid:
+                return self._child(current, parent)
         leaf = self._leaves[0]
         if leaf < _ALL_DROPPED:
             return SLOW, None
-        ids = self._ids.inner
-        trace_id = ids.generate_trace_id()
-        if trace_id & _ID_MASK < leaf:
+        # RandomIdGenerator's draws, inlined (the SDK draws again on a zero id)
+        trace_id = random.getrandbits(128) or self._ids.generate_trace_id()
+        if trace_id & _ID_MASK < leaf:  # TraceIdRatioBased's rule; never for -1
             return SAMPLE, trace_id
-        context = SpanContext(trace_id, ids.generate_span_id(), False, self._root_flags)
-        return DROP, NonRecordingSpan(context)
+        span_id = random.getrandbits(64) or self._ids.generate_span_id()
+        span = NonRecordingSpan(SpanContext(trace_id, span_id, False, self._root_flags))
+        return DROP, attach(_with_span(current, span))
+
+    def _child(self, current: Context, parent: SpanContext) -> tuple[int, Any]:
+        """:meth:`decide` under a valid parent: the parent's trace id and trace state."""
+        flags = parent.trace_flags
+        if parent.is_remote:
+            leaf = self._leaves[1 if flags.sampled else 2]
+        else:
+            leaf = self._leaves[3 if flags.sampled else 4]
+        if leaf < _ALL_DROPPED:
+            return SLOW, None
+        trace_id = parent.trace_id
+        if trace_id & _ID_MASK < leaf:
+            return SAMPLE, 0
+        child_flags = _RANDOM if flags.random_trace_id else _NOT_SAMPLED
+        span_id = random.getrandbits(64) or self._ids.generate_span_id()
+        context = SpanContext(trace_id, span_id, False, child_flags, parent.trace_state)
+        return DROP, attach(_with_span(current, NonRecordingSpan(context)))
 
     def start(self, name: str, trace_id: int, attributes: dict[str, Any] | None) -> Any:
         """The SDK's span for a run :meth:`decide` sampled, in the trace ``trace_id`` (0:
         the parent's)."""
-        if not trace_id:
+        preset = self._preset
+        if not trace_id or preset is None:  # no preset: decide() samples no new trace
             return self.tracer.start_span(name, attributes=attributes)
-        preset = self._ids
         preset.preset(trace_id)
         try:
             return self.tracer.start_span(name, attributes=attributes)
         finally:
             preset.clear()  # taken by start_span; never left for another span
+
+
+def _with_span(current: Context, span: Span) -> Context:
+    """``trace.set_span_in_context(span)`` on the current context (``set_value``'s copy)."""
+    values = current.copy()
+    values[_SPAN_KEY] = span
+    return Context(values)
 
 
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
@@ -188,34 +217,36 @@ _LOCK = threading.Lock()
 
 def head_sampler(tracer: Any) -> HeadSampler | None:
     """A :class:`HeadSampler` for an SDK tracer whose sampler and id generator cascade
-    recognises, else None. Wraps the tracer's id generator (once: the SDK shares a tracer
-    between callers of the same scope, and the wrapper hands out the same ids as the
-    generator it wraps unless a trace id was preset in this thread)."""
+    recognises, and whose sampler can drop a new trace, else None (a new trace always
+    sampled, as by default, has nothing to save). For a ratio, wraps the tracer's id
+    generator in :class:`PresetIds` (once: the SDK shares a tracer between the callers of
+    one scope, and the wrapper hands out the ids of the generator it wraps unless a trace
+    id was preset in this thread)."""
     if _RANDOM_FLAG is None or type(tracer) is not _SdkTracer:
         return None
-    ids: Any
     try:
         if type(tracer._tracer_metrics) is not _NoMetrics:
             return None  # the SDK's span self-metrics count every span started
         leaves = _leaves(tracer.sampler)
-        if leaves is None or all(leaf == SLOW for leaf in leaves):
+        if leaves is None or leaves[0] < _ALL_DROPPED:
             return None
-        tracer._tracer_config.is_enabled  # noqa: B018 - the attribute decide() reads
+        tracer._tracer_config.is_enabled  # noqa: B018 - what decide() reads
         with _LOCK:
             ids = tracer.id_generator
-            if type(ids) is not PresetIds:
-                if type(ids) is not _RandomIds:
-                    return None  # a custom generator: its ids are its own business
-                ids = PresetIds(ids)
-                tracer.id_generator = ids
+            preset = ids if type(ids) is PresetIds else None
+            inner = ids if preset is None else preset.inner
+            if type(inner) is not _RandomIds:
+                return None  # a custom generator: its ids are its own business
+            if preset is None and leaves[0] >= 0:  # a ratio: a new trace keeps its id
+                preset = tracer.id_generator = PresetIds(inner)
     except AttributeError:  # pragma: no cover - another SDK layout
         return None
-    return HeadSampler(tracer, ids, leaves)
+    return HeadSampler(tracer, inner, preset, leaves)
 
 
 def _leaves(sampler: Any) -> tuple[int, int, int, int, int] | None:
     """Each parent case's leaf (see HeadSampler), or None for a sampler not recognised."""
-    if type(sampler) in (_ParentBased, _ParentBasedRatio):
+    if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
         return (
             _leaf(sampler._root),
             _leaf(sampler._remote_parent_sampled),

@@ -51,6 +51,7 @@ __all__ = [
     "NOOP_RUN",
     "NOOP_TIER",
     "AttemptTrace",
+    "DroppedRun",
     "RunTrace",
     "TierTrace",
 ]
@@ -254,6 +255,27 @@ class RunTrace:
         if self._token is not None:
             otel_context.detach(self._token)
             self._token = None
+
+
+class DroppedRun(RunTrace):
+    """A run the sampler dropped, with nothing else to record: its non-recording span is
+    current while the run lasts (``token`` detaches it), so that whatever is traced under
+    the run inherits the decision."""
+
+    __slots__ = ()
+
+    def __init__(self, token: Token[Context]) -> None:  # the rest is never read
+        self._tel = None
+        self.span = None
+        self._token = token
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        otel_context.detach(self._token)  # type: ignore[arg-type]
 
 
 _RECORD_FAILED: list[bool] = []
