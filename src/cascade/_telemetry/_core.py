@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import ProxyTracer, Span, TracerProvider
@@ -23,6 +22,7 @@ from opentelemetry.trace import ProxyTracer, Span, TracerProvider
 from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
+from ._context import use_span
 from ._metrics import Instruments, instruments_for
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
 from ._spans import NOOP_RUN, DroppedRun, RunTrace
@@ -206,13 +206,13 @@ class Telemetry:
             else:
                 span = self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
             if not span.is_recording() and self._idle():
-                return DroppedRun(otel_context.attach(trace.set_span_in_context(span)))
+                return DroppedRun(use_span(span))
         elif self._idle():
             return NOOP_RUN
         if span is not None:
             # Current while the run lasts; a span the sampler dropped too (see above), but
             # then the run records metrics only.
-            token = otel_context.attach(trace.set_span_in_context(span))
+            token = use_span(span)
             if not span.is_recording():
                 span = None
         return RunTrace(self, span, token, attempts, options)

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Callable
-from contextvars import Token
 from typing import Any, Final
 
-from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+
+from ._context import SPAN_KEY, attach, current
 
 __all__ = ["DROP", "SAMPLE", "SLOW", "HeadSampler", "PresetIds", "head_sampler"]
 
@@ -44,26 +43,11 @@ try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
         StaticSampler,
         TraceIdRatioBased,
     )
-    from opentelemetry.trace.propagation import _SPAN_KEY
 
     _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID)
 except (ImportError, AttributeError):  # pragma: no cover - no SDK, or another layout
     _RANDOM_FLAG = None
     IdGenerator = object  # type: ignore[assignment,misc]
-
-get_current: Callable[[], Context]
-attach: Callable[[Context], Token[Context]]
-try:  # the API's default runtime context: its context variable, read and set directly
-    from opentelemetry.context import _RUNTIME_CONTEXT
-    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-
-    if type(_RUNTIME_CONTEXT) is not ContextVarsRuntimeContext:
-        raise ImportError
-    get_current = _RUNTIME_CONTEXT._current_context.get
-    attach = _RUNTIME_CONTEXT._current_context.set
-except (ImportError, AttributeError):  # pragma: no cover - another runtime context
-    get_current = otel_context.get_current
-    attach = otel_context.attach
 
 DROP: Final = 0
 """The run is not sampled: cascade made its non-recording span."""
@@ -156,12 +140,12 @@ class HeadSampler:
         parent, whose trace id the SDK takes); ``(SLOW, None)``: ask ``start_span``."""
         if not self.tracer._tracer_config.is_enabled:
             return SLOW, None  # start_span's own shortcut: the parent's context, unchanged
-        current = get_current()
-        parent_span = current.get(_SPAN_KEY)
+        context = current()
+        parent_span = context.get(SPAN_KEY)  # type: ignore[arg-type]
         if parent_span is not None and isinstance(parent_span, Span):
             parent = parent_span.get_span_context()
             if parent.is_valid:
-                return self._child(current, parent)
+                return self._child(context, parent)
         leaf = self._leaves[0]
         if leaf < _ALL_DROPPED:
             return SLOW, None
@@ -171,7 +155,7 @@ class HeadSampler:
             return SAMPLE, trace_id
         span_id = random.getrandbits(64) or self._ids.generate_span_id()
         span = NonRecordingSpan(SpanContext(trace_id, span_id, False, self._root_flags))
-        return DROP, attach(_with_span(current, span))
+        return DROP, attach(_with_span(context, span))
 
     def _child(self, current: Context, parent: SpanContext) -> tuple[int, Any]:
         """:meth:`decide` under a valid parent: the parent's trace id and trace state."""
@@ -206,7 +190,7 @@ class HeadSampler:
 def _with_span(current: Context, span: Span) -> Context:
     """``trace.set_span_in_context(span)`` on the current context (``set_value``'s copy)."""
     values = current.copy()
-    values[_SPAN_KEY] = span
+    values[SPAN_KEY] = span  # type: ignore[index]
     return Context(values)
 
 
@@ -222,7 +206,7 @@ def head_sampler(tracer: Any) -> HeadSampler | None:
     generator in :class:`PresetIds` (once: the SDK shares a tracer between the callers of
     one scope, and the wrapper hands out the ids of the generator it wraps unless a trace
     id was preset in this thread)."""
-    if _RANDOM_FLAG is None or type(tracer) is not _SdkTracer:
+    if _RANDOM_FLAG is None or SPAN_KEY is None or type(tracer) is not _SdkTracer:
         return None
     try:
         if type(tracer._tracer_metrics) is not _NoMetrics:

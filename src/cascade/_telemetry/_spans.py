@@ -17,8 +17,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -35,6 +33,7 @@ from ._attempts import (
     start_attempt,
 )
 from ._content import escalation_detail
+from ._context import detach, use_span
 from ._logs import route_record
 
 if TYPE_CHECKING:
@@ -189,7 +188,7 @@ class RunTrace:
         span = tel.tracer.start_span(
             f"{sc.SPAN_TIER} {tier.name}", kind=SpanKind.INTERNAL, attributes=attrs
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = use_span(span)
         return TierTrace(self, tier, span, token)
 
     def finish(self, exc: BaseException | None = None) -> None:
@@ -253,7 +252,7 @@ class RunTrace:
 
     def _detach(self) -> None:
         if self._token is not None:
-            otel_context.detach(self._token)
+            detach(self._token)
             self._token = None
 
 
@@ -275,7 +274,7 @@ class DroppedRun(RunTrace):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        otel_context.detach(self._token)  # type: ignore[arg-type]
+        detach(self._token)  # type: ignore[arg-type]
 
 
 _RECORD_FAILED: list[bool] = []
@@ -432,7 +431,7 @@ class TierTrace:
             failed = _FAILED_TIER.get(outcome)
             span.set_status(_OK if failed is None else Status(StatusCode.ERROR, failed))
             if self._token is not None:
-                otel_context.detach(self._token)
+                detach(self._token)
                 self._token = None
             span.end()
 
