@@ -24,6 +24,7 @@ from typing import Any, Final
 
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 
 from ._context import SPAN_KEY, attach, current
 
@@ -154,8 +155,10 @@ class HeadSampler:
         if trace_id & _ID_MASK < leaf:  # TraceIdRatioBased's rule; never for -1
             return SAMPLE, trace_id
         span_id = random.getrandbits(64) or self._ids.generate_span_id()
-        span = NonRecordingSpan(SpanContext(trace_id, span_id, False, self._root_flags))
-        return DROP, attach(_with_span(context, span))
+        span = NonRecordingSpan(_local_context(trace_id, span_id, self._root_flags, _NO_STATE))
+        values = context.copy()  # set_span_in_context's copy of the current context
+        values[SPAN_KEY] = span  # type: ignore[index]
+        return DROP, attach(Context(values))
 
     def _child(self, current: Context, parent: SpanContext) -> tuple[int, Any]:
         """:meth:`decide` under a valid parent: the parent's trace id and trace state."""
@@ -171,8 +174,10 @@ class HeadSampler:
             return SAMPLE, 0
         child_flags = _RANDOM if flags.random_trace_id else _NOT_SAMPLED
         span_id = random.getrandbits(64) or self._ids.generate_span_id()
-        context = SpanContext(trace_id, span_id, False, child_flags, parent.trace_state)
-        return DROP, attach(_with_span(current, NonRecordingSpan(context)))
+        context = _local_context(trace_id, span_id, child_flags, parent.trace_state)
+        values = current.copy()
+        values[SPAN_KEY] = NonRecordingSpan(context)  # type: ignore[index]
+        return DROP, attach(Context(values))
 
     def start(self, name: str, trace_id: int, attributes: dict[str, Any] | None) -> Any:
         """The SDK's span for a run :meth:`decide` sampled, in the trace ``trace_id`` (0:
@@ -187,13 +192,30 @@ class HeadSampler:
             preset.clear()  # taken by start_span; never left for another span
 
 
-def _with_span(current: Context, span: Span) -> Context:
-    """``trace.set_span_in_context(span)`` on the current context (``set_value``'s copy)."""
-    values = current.copy()
-    values[SPAN_KEY] = span  # type: ignore[index]
-    return Context(values)
+def _span_context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState) -> Any:
+    """``SpanContext(trace_id, span_id, False, flags, state)`` for ids known to be valid
+    (drawn non-zero, of their widths), without its constructor's checks."""
+    return tuple.__new__(SpanContext, (trace_id, span_id, False, flags, state, True))
 
 
+def _checked_constructor() -> Any:
+    """:func:`_span_context` if it builds what ``SpanContext`` does, else the constructor
+    itself (another API version may lay the tuple out otherwise)."""
+    flags, state = TraceFlags(TraceFlags.SAMPLED), TraceState([("k", "v")])
+    fast, slow = _span_context(7, 9, flags, state), SpanContext(7, 9, False, flags, state)
+    same = tuple(fast) == tuple(slow) and all(
+        getattr(fast, name) == getattr(slow, name)
+        for name in ("trace_id", "span_id", "is_remote", "trace_flags", "trace_state", "is_valid")
+    )
+    if same:
+        return _span_context
+    return lambda trace_id, span_id, flags, state: SpanContext(
+        trace_id, span_id, False, flags, state
+    )
+
+
+_local_context = _checked_constructor()
+_NO_STATE: Final = DEFAULT_TRACE_STATE
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM: Final = TraceFlags(_RANDOM_FLAG or 0)
 _LOCK = threading.Lock()
