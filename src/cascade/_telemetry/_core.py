@@ -5,7 +5,8 @@ and :mod:`._attempts` (provider calls).
 Cost when nothing is configured: with no tracer or meter provider set in the global API
 (the variables its own proxies check) and structlog unconfigured, a run takes the shared
 no-op objects, as with ``CASCADE_TELEMETRY=off``; a run the sampler drops with nothing
-else to record costs one non-recording span, kept current.
+else to record costs one non-recording span, kept current (made by cascade itself, without
+``start_span``, for the SDK's own samplers: :mod:`._sampling`).
 """
 
 from __future__ import annotations
