@@ -192,7 +192,7 @@ async def test_a_reader_that_leaves_after_the_answer(
 
 async def test_the_routers_own_call(spans: Spans, openai_server: FakeOpenAIServer) -> None:
     """The LLM router's rating call: an LLM span under a CHAIN tier span, both OK; the
-    same provider's answering call later carries its own tier, not the router's."""
+    same provider's answering call later is under its own tier's span, not the router's."""
     openai_server.script("m1", "1", ANSWER)
     config = {
         "tiers": [
@@ -211,10 +211,15 @@ async def test_the_routers_own_call(spans: Spans, openai_server: FakeOpenAIServe
     for span in (rating, answering):
         assert attrs(span)[sc.OPENINFERENCE_SPAN_KIND] == "LLM"
         assert span.status.status_code is StatusCode.OK
-    assert attrs(rating)[sc.CASCADE_TIER_NAME] == "router"
-    assert attrs(rating)[sc.CASCADE_TIER_INDEX] == 0
-    assert attrs(answering)[sc.CASCADE_TIER_NAME] == "small"
-    assert attrs(answering)[sc.CASCADE_TIER_INDEX] == 1
+    small_tier = spans.one("cascade.tier small")
+    assert attrs(router_tier)[sc.CASCADE_TIER_INDEX] == 0
+    assert attrs(small_tier)[sc.CASCADE_TIER_INDEX] == 1
+    assert rating.parent is not None
+    assert rating.parent.span_id == router_tier.context.span_id
+    assert answering.parent is not None
+    assert answering.parent.span_id == small_tier.context.span_id
+    for span in (rating, answering):  # the tier is the parent's attribute, not the call's
+        assert sc.CASCADE_TIER_NAME not in attrs(span)
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,9 @@ def test_one_tier_accepted_span_tree(otel: OTel) -> None:
     assert a[sc.GEN_AI_REQUEST_MAX_TOKENS] == 64 and a[sc.GEN_AI_REQUEST_TEMPERATURE] == 0.2
     assert sc.GEN_AI_REQUEST_STOP_SEQUENCES not in a and sc.GEN_AI_REQUEST_SEED not in a
     assert a[sc.SERVER_ADDRESS] == "127.0.0.1" and a[sc.SERVER_PORT] == 8080
-    assert a[sc.CASCADE_TIER_NAME] == "cheap" and a[sc.CASCADE_TIER_INDEX] == 1
+    assert sc.CASCADE_TIER_NAME not in a and sc.CASCADE_TIER_INDEX not in a  # the parent's
+    t = dict(tier_span.attributes or {})
+    assert t[sc.CASCADE_TIER_NAME] == "cheap" and t[sc.CASCADE_TIER_INDEX] == 1
     assert a[sc.CASCADE_ATTEMPT_NUMBER] == 1 and a[sc.CASCADE_PROVIDER] == "small"
     assert a[sc.CASCADE_COST_USD] == pytest.approx((10 * 1.0 + 5 * 2.0) / 1e6)
     assert a[sc.CASCADE_VALIDATED] is True and a[sc.CASCADE_OUTCOME] == "accepted"

@@ -135,7 +135,10 @@ async def test_accepted_at_tier_1(otel: OTel, openai_server: FakeOpenAIServer) -
     assert a[sc.GEN_AI_USAGE_INPUT_TOKENS] == result.usage.input_tokens
     assert a[sc.GEN_AI_USAGE_OUTPUT_TOKENS] == result.usage.output_tokens
     assert a[sc.GEN_AI_RESPONSE_FINISH_REASONS] == ("stop",)
-    assert a[sc.CASCADE_TIER_NAME] == "small" and a[sc.CASCADE_TIER_INDEX] == 1
+    # The tier's name and index are on the call's parent, its tier's span, only.
+    assert sc.CASCADE_TIER_NAME not in a and sc.CASCADE_TIER_INDEX not in a
+    tier_attrs = attrs(otel.one("cascade.tier small"))
+    assert tier_attrs[sc.CASCADE_TIER_NAME] == "small" and tier_attrs[sc.CASCADE_TIER_INDEX] == 1
     assert a[sc.CASCADE_ATTEMPT_NUMBER] == 1 and a[sc.CASCADE_PROVIDER] == "s"
     assert a[sc.CASCADE_COST_USD] == pytest.approx(result.cost_usd)
     assert a[sc.CASCADE_VALIDATED] is True

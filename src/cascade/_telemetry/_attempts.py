@@ -14,8 +14,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -23,6 +21,7 @@ from ..resilience.breaker import CircuitOpen
 from . import _conventions as conventions
 from . import _semconv as sc
 from ._content import input_messages, output_messages, verdict_reason
+from ._context import detach, use_span
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -102,12 +101,8 @@ class ProviderInfo:
                 except ValueError:
                     port = None
                 base[sc.SERVER_PORT] = port or (443 if url.scheme == "https" else 80)
-        self.span_attrs: dict[str, Any] = {
-            **base,
-            sc.CASCADE_PROVIDER: provider.name,
-            sc.CASCADE_TIER_NAME: tier.name,
-            sc.CASCADE_TIER_INDEX: tier.index,
-        }
+        # Not the tier's name and index: the call's parent, its tier's span, has them.
+        self.span_attrs: dict[str, Any] = {**base, sc.CASCADE_PROVIDER: provider.name}
         self.gen_ai = gen_ai
         self.openinference = openinference
         if not gen_ai:
@@ -192,7 +187,7 @@ def start_attempt(
     span = tel.tracer.start_span(info.span_name, kind=SpanKind.CLIENT, attributes=attrs)
     # Current while it lasts, so samples drawn during validation (and any instrumented
     # HTTP client) nest under it.
-    token = otel_context.attach(trace.set_span_in_context(span))
+    token = use_span(span)
     return AttemptTrace(tel, info, span, token)
 
 
@@ -424,7 +419,7 @@ class AttemptTrace:
             if not self._lost and (ending is None or sc.ERROR_TYPE not in ending):
                 span.set_status(_OK)
             if self._token is not None:
-                otel_context.detach(self._token)
+                detach(self._token)
                 self._token = None
             span.end()
 

@@ -5,7 +5,8 @@ and :mod:`._attempts` (provider calls).
 Cost when nothing is configured: with no tracer or meter provider set in the global API
 (the variables its own proxies check) and structlog unconfigured, a run takes the shared
 no-op objects, as with ``CASCADE_TELEMETRY=off``; a run the sampler drops with nothing
-else to record costs one non-recording span, kept current.
+else to record costs one non-recording span, kept current (made by cascade itself, without
+``start_span``, for the SDK's own samplers: :mod:`._sampling`).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import Span, TracerProvider
+from opentelemetry.trace import ProxyTracer, Span, TracerProvider
 
 from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
+from ._context import use_span
 from ._metrics import Instruments, instruments_for
-from ._spans import NOOP_RUN, RunTrace
+from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
+from ._spans import NOOP_RUN, DroppedRun, RunTrace
 
 try:  # where the metrics API keeps the global provider (see Telemetry.run)
     from opentelemetry.metrics import _internal as _metrics_api
@@ -38,6 +40,7 @@ __all__ = ["Telemetry"]
 
 _OFF = frozenset({"off", "0", "false", "no", "none"})
 _ON = frozenset({"1", "true", "yes", "on", "span_only", "span_and_event"})
+_UNDECIDED: tuple[int, Any] = (SLOW, None)
 
 
 class Telemetry:
@@ -56,6 +59,8 @@ class Telemetry:
     __slots__ = (
         "__weakref__",
         "_breakers",
+        "_head",
+        "_head_known",
         "_meter_via_global",
         "_providers",
         "_via_global",
@@ -99,6 +104,10 @@ class Telemetry:
         """By (tier index, provider name): the router's calls (tier 0) go to a provider of
         a tier, and carry the router's tier, not that one."""
         self._breakers: Callable[[], Mapping[str, Any]] = dict
+        self._head: HeadSampler | None = None
+        self._head_known = False
+        """Head sampling cascade decides itself (see :mod:`._sampling`): looked up at the
+        first traced run (through the global API, the SDK may be set up after this)."""
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
@@ -182,27 +191,52 @@ class Telemetry:
         # whatever is traced under the run (an instrumented HTTP client) inherits the
         # decision instead of starting traces of its own.
         if not (self._via_global and getattr(trace, "_TRACER_PROVIDER", self) is None):
-            span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
+            if not self._head_known:
+                self._head = head_sampler(_real_tracer(self.tracer))
+                self._head_known = True
+            head = self._head
+            verdict, value = _UNDECIDED if head is None else head.decide()
+            if verdict == DROP:  # the SDK's non-recording span, made current by cascade
+                if self._idle():
+                    return DroppedRun(value)
+                return RunTrace(self, None, value, attempts, options)  # metrics only
+            attrs = self._run_attributes(options, max_cost_usd, deadline_s)
+            if verdict == SAMPLE:
+                assert head is not None
+                span = head.start(sc.SPAN_RUN, value, attrs)  # INTERNAL
+            else:
+                span = self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
             if not span.is_recording() and self._idle():
-                token = otel_context.attach(trace.set_span_in_context(span))
-                return RunTrace(None, None, token, [], None)
+                return DroppedRun(use_span(span))
         elif self._idle():
             return NOOP_RUN
-        if span is not None and span.is_recording():
-            attrs: dict[str, Any] = {}
-            if max_cost_usd is not None:
-                attrs[sc.CASCADE_MAX_COST_USD] = max_cost_usd
-            if deadline_s is not None:
-                attrs[sc.CASCADE_DEADLINE_S] = deadline_s
-            if options.metadata:
-                for key, value in options.metadata.items():
-                    attrs[sc.CASCADE_METADATA_PREFIX + key] = value
-            if self.openinference:
-                attrs.update(conventions.CHAIN)
-            if attrs:
-                span.set_attributes(attrs)
-            token = otel_context.attach(trace.set_span_in_context(span))
-        elif span is not None:  # not sampled: current, as above, and metrics only
-            token = otel_context.attach(trace.set_span_in_context(span))
-            span = None
+        if span is not None:
+            # Current while the run lasts; a span the sampler dropped too (see above), but
+            # then the run records metrics only.
+            token = use_span(span)
+            if not span.is_recording():
+                span = None
         return RunTrace(self, span, token, attempts, options)
+
+    def _run_attributes(
+        self, options: RequestOptions, max_cost_usd: float | None, deadline_s: float | None
+    ) -> dict[str, Any] | None:
+        """The run span's attributes known at its start (also seen by the sampler)."""
+        attrs: dict[str, Any] = {}
+        if max_cost_usd is not None:
+            attrs[sc.CASCADE_MAX_COST_USD] = max_cost_usd
+        if deadline_s is not None:
+            attrs[sc.CASCADE_DEADLINE_S] = deadline_s
+        if options.metadata:
+            for key, value in options.metadata.items():
+                attrs[sc.CASCADE_METADATA_PREFIX + key] = value
+        if self.openinference:
+            attrs.update(conventions.CHAIN)
+        return attrs or None
+
+
+def _real_tracer(tracer: Any) -> Any:
+    """The tracer behind the global API's proxy (once a provider is set), else ``tracer``."""
+    if type(tracer) is ProxyTracer:
+        return tracer._tracer
+    return tracer

@@ -17,8 +17,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -35,6 +33,7 @@ from ._attempts import (
     start_attempt,
 )
 from ._content import escalation_detail
+from ._context import detach, use_span
 from ._logs import route_record
 
 if TYPE_CHECKING:
@@ -51,6 +50,7 @@ __all__ = [
     "NOOP_RUN",
     "NOOP_TIER",
     "AttemptTrace",
+    "DroppedRun",
     "RunTrace",
     "TierTrace",
 ]
@@ -188,7 +188,7 @@ class RunTrace:
         span = tel.tracer.start_span(
             f"{sc.SPAN_TIER} {tier.name}", kind=SpanKind.INTERNAL, attributes=attrs
         )
-        token = otel_context.attach(trace.set_span_in_context(span))
+        token = use_span(span)
         return TierTrace(self, tier, span, token)
 
     def finish(self, exc: BaseException | None = None) -> None:
@@ -252,8 +252,29 @@ class RunTrace:
 
     def _detach(self) -> None:
         if self._token is not None:
-            otel_context.detach(self._token)
+            detach(self._token)
             self._token = None
+
+
+class DroppedRun(RunTrace):
+    """A run the sampler dropped, with nothing else to record: its non-recording span is
+    current while the run lasts (``token`` detaches it), so that whatever is traced under
+    the run inherits the decision."""
+
+    __slots__ = ()
+
+    def __init__(self, token: Token[Context]) -> None:  # the rest is never read
+        self._tel = None
+        self.span = None
+        self._token = token
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        detach(self._token)  # type: ignore[arg-type]
 
 
 _RECORD_FAILED: list[bool] = []
@@ -410,7 +431,7 @@ class TierTrace:
             failed = _FAILED_TIER.get(outcome)
             span.set_status(_OK if failed is None else Status(StatusCode.ERROR, failed))
             if self._token is not None:
-                otel_context.detach(self._token)
+                detach(self._token)
                 self._token = None
             span.end()
 
