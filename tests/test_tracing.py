@@ -175,7 +175,7 @@ async def test_escalated(otel: OTel, openai_server: FakeOpenAIServer) -> None:
     rejected = otel.one("chat ms")
     assert attrs(rejected)[sc.CASCADE_VALIDATED] is False
     assert attrs(rejected)[sc.CASCADE_OUTCOME] == "rejected"
-    assert rejected.status.status_code is StatusCode.OK  # the call itself went fine
+    assert rejected.status.status_code is StatusCode.UNSET  # the call went fine: no status
     (verdict,) = rejected.events
     assert attrs(verdict)[sc.CASCADE_VALIDATION_VALIDATOR] == "json_schema"
     assert attrs(verdict)[sc.CASCADE_VALIDATION_PASSED] is False
@@ -262,7 +262,7 @@ async def test_each_retry_is_a_span(otel: OTel, openai_server: FakeOpenAIServer)
     chats = sorted((s for s in otel.spans() if s.name == "chat ma"), key=start)
     assert [attrs(s).get(sc.CASCADE_RETRY_COUNT) for s in chats] == [None, 1, 2]
     assert [attrs(s).get(sc.CASCADE_ATTEMPT_NUMBER) for s in chats] == [1, 2, 3]
-    assert [s.status.status_code for s in chats] == [StatusCode.ERROR] * 2 + [StatusCode.OK]
+    assert [s.status.status_code for s in chats] == [StatusCode.ERROR] * 2 + [StatusCode.UNSET]
     tier_span = otel.one("cascade.tier t")
     assert [attrs(s)[sc.CASCADE_RETRY_COUNT] for s in tier_span.events] == [1, 2]
     assert {e.name for e in tier_span.events} == {sc.EVENT_RETRY}

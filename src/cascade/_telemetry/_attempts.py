@@ -415,8 +415,15 @@ class AttemptTrace:
             ending = self._ending
             if ending:
                 span.set_attributes(ending)
-            # OK unless it failed (ERROR, set by _failed) or lost a hedge (cancelled: unset).
-            if not self._lost and (ending is None or sc.ERROR_TYPE not in ending):
+            # ERROR when it failed (set by _failed). Otherwise OK under OpenInference's
+            # conventions (its instrumentations set it; a lost hedge stays unset), and
+            # unset under GenAI's alone, as OpenTelemetry asks of instrumentation.
+            if (
+                self._info is not None
+                and self._info.openinference
+                and not self._lost
+                and (ending is None or sc.ERROR_TYPE not in ending)
+            ):
                 span.set_status(_OK)
             if self._token is not None:
                 detach(self._token)

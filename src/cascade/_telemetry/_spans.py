@@ -420,16 +420,22 @@ class TierTrace:
             )
 
     def end(self, outcome: str) -> None:
-        """The tier ended: ``outcome`` is accepted, rejected, skipped, failed or none
-        (its span's status ERROR for the last two, else OK)."""
-        if self._run is None:
+        """The tier ended: ``outcome`` is accepted, rejected, skipped, failed or none.
+        Its span's status is ERROR for the last two; otherwise OK under OpenInference's
+        conventions (as its instrumentations set it), else left unset, as OpenTelemetry
+        asks of instrumentation (the run span alone reports OK there)."""
+        run = self._run
+        if run is None:
             return
         self._run = None  # once
         span = self.span
         if span is not None:
             span.set_attribute(sc.CASCADE_TIER_OUTCOME, outcome)
             failed = _FAILED_TIER.get(outcome)
-            span.set_status(_OK if failed is None else Status(StatusCode.ERROR, failed))
+            if failed is not None:
+                span.set_status(Status(StatusCode.ERROR, failed))
+            elif run._tel is not None and run._tel.openinference:
+                span.set_status(_OK)
             if self._token is not None:
                 detach(self._token)
                 self._token = None
