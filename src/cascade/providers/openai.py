@@ -223,6 +223,22 @@ class OpenAIProvider(HTTPProvider):
             shown = shorten(data.decode("utf-8", "replace"), self._secret)
             raise self._error(f"error event in stream: {shown}")
         chunk = _decode_chunk(data)
+        choices = chunk.choices
+        if len(choices) == 1 and chunk.usage is None and chunk.error is None:
+            # Most events: one choice with a piece of text and nothing else.
+            choice = choices[0]
+            delta = choice.delta
+            if (
+                delta is not None
+                and choice.index == 0
+                and choice.finish_reason is None
+                and choice.logprobs is None
+                and delta.refusal is None
+                and chunk.object != "error"
+            ):
+                if not delta.content:
+                    return None
+                return Chunk(text=delta.content, model=self._scrub(chunk.model))
         if chunk.error is not None or chunk.object == "error":
             err = chunk.error or _StreamError()
             message = err.message or "error in stream"
@@ -244,17 +260,27 @@ class OpenAIProvider(HTTPProvider):
                 if delta.refusal:
                     refusal = self._refusal(delta.refusal)
             finish = choice.finish_reason
-            logprobs = _token_logprobs(choice.logprobs)
+            if choice.logprobs is not None:
+                logprobs = _token_logprobs(choice.logprobs)
         usage = chunk.usage
-        if not (text or finish or usage or logprobs or refusal):
-            return None
+        if usage is None:
+            if not (text or finish or logprobs or refusal):
+                return None
+            # most events: a piece of text, no usage (the Struct built in one call)
+            return Chunk(
+                text=text,
+                finish_reason=None if finish is None else self._scrub(finish),
+                model=self._scrub(chunk.model),
+                logprobs=logprobs,
+                refusal=refusal,
+            )
         return Chunk(
             text=text,
-            finish_reason=self._scrub(finish),
-            input_tokens=usage.prompt_tokens if usage else None,
-            output_tokens=usage.completion_tokens if usage else None,
+            finish_reason=None if finish is None else self._scrub(finish),
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
             model=self._scrub(chunk.model),
             logprobs=logprobs,
-            cache_read_tokens=usage.cached() if usage else None,
+            cache_read_tokens=usage.cached(),
             refusal=refusal,
         )
