@@ -2,7 +2,7 @@
 the machine's load, where the wall clock does (a 2-core VM shared with other work).
 
     python benchmarks/gateway_cost.py [--loop auto|asyncio|uvloop] [--requests N]
-                                      [--callgrind] [--strace]
+                                      [--callgrind [--keep DIR]] [--strace]
 
 The fake fleet and ``cascade serve`` in front of it (as ``gateway.py`` starts them: one tier,
 one provider, the access log to a file), this process the client: N JSON calls then N SSE
@@ -12,7 +12,8 @@ calls, one at a time, after a warm-up. Per request, for the gateway process:
   minutes);
 - with ``--callgrind``: instructions executed in user space, counted by valgrind's
   callgrind from the first measured request to the last (the gateway runs under valgrind,
-  its start takes a minute or two; instructions are the same whatever the load);
+  its start takes a minute or two; instructions are the same whatever the load); with
+  ``--keep DIR`` the dumps stay in DIR, for ``callgrind_annotate``;
 - with ``--strace``: system calls by name (``strace -c``; each ``getpid`` is an asyncio
   ``get_running_loop()`` on Python 3.11, each ``epoll_wait`` a turn of the event loop).
 """
@@ -172,18 +173,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     parser.add_argument("--requests", type=int, help=f"per format (default {REQUESTS})")
     parser.add_argument("--callgrind", action="store_true", help="instructions per request")
+    parser.add_argument("--keep", type=Path, help="with --callgrind: keep the dumps in this folder")
     parser.add_argument("--strace", action="store_true", help="system calls per request")
     args = parser.parse_args(argv)
     for tool, wanted in (("valgrind", args.callgrind), ("strace", args.strace)):
         if wanted and shutil.which(tool) is None:
             parser.error(f"{tool} is not installed")
+    if args.keep is not None and not args.callgrind:
+        parser.error("--keep: with --callgrind only")
     if args.callgrind and args.strace:
         parser.error("--callgrind and --strace: one at a time (each slows the other's figure)")
     args.requests = args.requests or (REQUESTS // 10 if args.callgrind else REQUESTS)
     install_loopback_guard()
     with tempfile.TemporaryDirectory() as tmp, server_process() as fleet:
         folder = Path(tmp)
-        callgrind = folder / "callgrind" if args.callgrind else None
+        callgrind = None
+        if args.callgrind:
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+            callgrind = (args.keep or folder).resolve() / "callgrind"
         with served(gateway_config(folder, fleet), args.loop, callgrind=callgrind) as (url, pid):
             report = asyncio.run(measure(url, pid, args, folder, callgrind))
     with open("/proc/loadavg") as f:
