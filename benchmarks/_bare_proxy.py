@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 
 import aiohttp
@@ -35,9 +36,10 @@ async def serve(upstream: str) -> None:
             response = web.StreamResponse(status=up.status)
             response.content_type = "text/event-stream"
             await response.prepare(request)
-            async for piece in up.content.iter_any():
-                await response.write(piece)
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):  # the client left
+                async for piece in up.content.iter_any():
+                    await response.write(piece)
+                await response.write_eof()
             return response
 
     app = web.Application()

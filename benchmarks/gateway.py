@@ -9,7 +9,7 @@ Processes, all on this machine and on loopback: the fake OpenAI-compatible fleet
 cost, no validators); the LiteLLM proxy (``litellm --config``, when installed: give its
 executable with ``--litellm`` or put ``litellm`` on PATH) in front of the same fleet. This
 process is the client: raw aiohttp, one POST ``/v1/chat/completions`` per call, the JSON
-body read and decoded, or the SSE stream read to ``data: [DONE]``.
+body read and decoded, or the SSE stream read to its end (``data: [DONE]`` required).
 
 Concurrency 1, interleaved: call by call, the fleet direct, a bare aiohttp proxy
 (``_bare_proxy.py``: one more loopback hop through aiohttp's server and client, nothing
@@ -249,8 +249,8 @@ async def openai_client(
     session: aiohttp.ClientSession, base: str, model: str, *, stream: bool
 ) -> AsyncIterator[Client]:
     """One POST per call to ``base``/chat/completions: the JSON answer's text, or the SSE
-    stream read to ``data: [DONE]``. Any other outcome raises: a benchmark of errors is
-    not a benchmark."""
+    stream read to its end, past ``data: [DONE]``. Any other outcome raises: a benchmark of
+    errors is not a benchmark."""
     endpoint = base + "/chat/completions"
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
@@ -266,13 +266,17 @@ async def openai_client(
         return json.loads(payload)["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
     async def call_sse() -> str:
+        done = False
         async with session.post(endpoint, data=data, headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"{endpoint}: {resp.status} {(await resp.read())[:200]!r}")
+            # read to the body's end, not only to [DONE]: a response left unread closes
+            # its connection, and the next call would pay for a new one
             async for line in resp.content:
-                if line.startswith(b"data: [DONE]"):
-                    return "done"
-        raise RuntimeError(f"{endpoint}: the stream ended without [DONE]")
+                done = done or line.startswith(b"data: [DONE]")
+        if not done:
+            raise RuntimeError(f"{endpoint}: the stream ended without [DONE]")
+        return "done"
 
     yield Client(call_sse if stream else call_json)
 
