@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from cascade import Chunk, Message, ProviderConfig, RequestOptions
 from cascade._attempt import complete
+from cascade._sse import SSEEvent
 from cascade._types import join_chunks
 from cascade.providers import AnthropicProvider, OpenAIProvider, SupportsBatches, batches_of
+from cascade.providers._http import DONE
 from cascade.providers._sizes import Held
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
@@ -149,3 +151,58 @@ async def test_an_answer_read_in_batches_is_the_answer_read_chunk_by_chunk(
     assert sum(seen) == len(text)
     for field in ("finish_reason", "input_tokens", "output_tokens", "model", "refusal"):
         assert getattr(batched, field) == getattr(plain, field)
+
+
+def _event(data: str, name: str = "message") -> SSEEvent:
+    return SSEEvent(name, data.encode())
+
+
+_TEXT = '{"model":"m","choices":[{"index":0,"delta":{"content":"%s"}}]}'
+_PLAIN_READ = [_event(_TEXT % "a"), _event(_TEXT % "b")]
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        _PLAIN_READ,
+        [*_PLAIN_READ, _event("[DONE]")],
+        [_event(_TEXT % "a"), _event("[DONE]"), _event(_TEXT % "late")],
+        [_event(_TEXT % "a"), _event(""), _event(_TEXT % "b")],  # a keep-alive
+        [_event(_TEXT % "a"), _event('{"error":{"message":"overloaded","code":503}}')],
+        [_event(_TEXT % "a"), _event('{"choices":[{"index":0,"delta":{"content":"b"}}'), *_PLAIN_READ],
+        [_event(_TEXT % "a"), _event("{}", "error")],
+        [_event(_TEXT % "a"), _event('{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":-1}}')],
+        [
+            _event(_TEXT % "a"),
+            _event('{"model":"m","choices":[{"index":1,"delta":{"content":"other"}}]}'),
+            _event('{"model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'),
+            _event('{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}'),
+        ],
+    ],
+)  # fmt: skip
+async def test_a_plain_read_decodes_as_event_by_event(events: list[SSEEvent]) -> None:
+    async with aiohttp.ClientSession() as session:
+        config = ProviderConfig(
+            name="p", kind="openai", base_url="http://127.0.0.1:9/v1", model="m", stream=True
+        )
+        provider = OpenAIProvider(config, session=session, api_key="sk-test-0123456789")
+        chunks, end = provider._chunks(events, {}, 1 << 20, scan=False)
+        expected: list[Chunk] = []
+        expected_end: object = None
+        for event in events:
+            try:
+                chunk = provider._event(event, {})
+            except Exception as exc:
+                expected_end = exc
+                break
+            if chunk is DONE:
+                expected_end = DONE
+                break
+            if chunk is not None:
+                expected.append(chunk)
+    assert chunks == expected
+    if isinstance(expected_end, Exception):
+        assert type(end) is type(expected_end)
+        assert str(end) == str(expected_end)
+    else:
+        assert end is expected_end
