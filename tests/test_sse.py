@@ -171,3 +171,12 @@ def test_the_cap_holds_for_events_cut_out_whole() -> None:
     with pytest.raises(EventTooLarge) as info:
         decoder.feed(b"data: b\n\ndata: 0123456789a\n\ndata: 0123456789ab\n\n")
     assert info.value.size == 11  # the first event past the cap, as line by line
+
+
+def test_pending_bytes_bound_the_event_the_next_read_completes() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: 12345\ndata: 678") == []
+    pending = decoder.pending_bytes
+    (event,) = decoder.feed(b"90\n\n")
+    assert len(event.data) <= pending + len(b"90\n\n")
+    assert decoder.pending_bytes == 0

@@ -42,8 +42,9 @@ class SSEDecoder:
     Lines may end in LF, CRLF or CR, split anywhere between two reads (a CRLF too); a
     leading byte-order mark is skipped. Linear in the bytes fed, however long a line: an
     unfinished line is kept as a list of pieces, joined once when its end arrives, and
-    each read is split at most twice (the events that are one ``data:`` line each, the
-    common case, are cut out whole; the rest line by line). With ``max_event_bytes``, an event
+    each read is split a few times at most (the end of an event begun in an earlier read
+    line by line, then the events that are one ``data:`` line each, the common case, cut
+    out whole, then the rest line by line). With ``max_event_bytes``, an event
     (its data lines and the unfinished line) that grows past it raises
     :class:`EventTooLarge` before the piece that would pass it is stored.
 
@@ -101,8 +102,27 @@ class SSEDecoder:
             self._skip_lf = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         events: list[SSEEvent] = []
-        if not (self._line or self._data or self._event):
-            chunk = self._whole_events(chunk, events)
+        if self._line or self._data or self._event:
+            # An event began in an earlier read: line by line up to its end, then (the
+            # decoder between two events again) the rest as a read of its own.
+            end = chunk.find(b"\n\n")
+            if end == -1:
+                self._lines(chunk, events)
+                return events
+            self._lines(chunk[: end + 2], events)
+            chunk = chunk[end + 2 :]
+        if chunk:
+            self._lines(self._whole_events(chunk, events), events)
+        return events
+
+    @property
+    def pending_bytes(self) -> int:
+        """The bytes of the unfinished event so far (its data lines and unfinished line):
+        an event the next read completes is at most these and that read."""
+        return self._size + self._line_size + len(self._event)
+
+    def _lines(self, chunk: bytes, events: list[SSEEvent]) -> None:
+        """``chunk`` line by line (line ends LF), the events it completes to ``events``."""
         lines = chunk.split(b"\n")
         rest = lines.pop()
         if lines:
@@ -128,7 +148,7 @@ class SSEDecoder:
                 if field == b"data":
                     if limit is not None:
                         self._check(len(value))
-                        self._size += len(value) + 1
+                    self._size += len(value) + 1
                     self._data.append(value)
                 elif field == b"event":
                     self._event = value.decode("utf-8", "replace")
@@ -136,7 +156,6 @@ class SSEDecoder:
             self._check(self._line_size + len(rest))
             self._line.append(rest)
             self._line_size += len(rest)
-        return events
 
     def _whole_events(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """When every event ``chunk`` completes is one ``data:`` line (as an LLM

@@ -358,7 +358,8 @@ class HTTPProvider:
                     received += len(raw)
                     if received > limit:
                         raise self._too_large(received)
-                    scan = len(raw) > _SCAN_EVENT_BYTES or decoder.pending
+                    # no event this read completes can be worth a scan: none is checked
+                    scan = len(raw) + decoder.pending_bytes > _SCAN_EVENT_BYTES
                     chunks, end = self._chunks(decoder.feed(raw), state, limit, scan=scan)
                     if chunks:
                         counted, cost = held.add_all(chunks, limit)
