@@ -166,11 +166,9 @@ class SSEDecoder:
         end = chunk.rfind(b"\n\n")
         if end == -1 or not chunk.startswith(b"data: "):
             return chunk
-        head = chunk[:end]
-        count = head.count(b"\n\ndata: ") + 1
-        if head.count(b"\n") != 2 * (count - 1):
+        payloads = chunk[6:end].split(b"\n\ndata: ")
+        if b"\n" in b"".join(payloads):  # (memchr: a count would look at every byte)
             return chunk  # a line that is not a lone data line (a comment, an event name)
-        payloads = head[6:].split(b"\n\ndata: ")
         limit = self._limit
         if limit is not None and max(map(len, payloads)) > limit:
             size = next(len(p) for p in payloads if len(p) > limit)
