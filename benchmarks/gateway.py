@@ -9,17 +9,26 @@ Processes, all on this machine and on loopback: the fake OpenAI-compatible fleet
 cost, no validators); the LiteLLM proxy (``litellm --config``, when installed: give its
 executable with ``--litellm`` or put ``litellm`` on PATH) in front of the same fleet. This
 process is the client: raw aiohttp, one POST ``/v1/chat/completions`` per call, the JSON
-body read and decoded, or the SSE stream read to ``data: [DONE]``.
+body read and decoded, or the SSE stream read to its end (``data: [DONE]`` required).
 
-For each of direct / gateway / LiteLLM, JSON and SSE: p50 and p99 at concurrency 1, and
-throughput at concurrency 64. The clients take turns, in an order rotated per round, so
-machine drift hits them alike; figures are medians over rounds, "added" figures medians
-of per-turn differences. LiteLLM gets a tenth of the calls per turn (it is that much
-slower). Then memory per open client stream: N slow streams (a delta every 5 s) held open
-through the gateway, its RSS while they are open less its RSS before, over N.
+Concurrency 1, interleaved: call by call, the fleet direct, a bare aiohttp proxy
+(``_bare_proxy.py``: one more loopback hop through aiohttp's server and client, nothing
+else, for scale) and the gateway take turns (the order rotated each time), so a change in
+the machine's speed (a 2-core VM shares its cores) hits all three alike. Per format: each
+one's p50 and p99 over every call; "added p50" is the gateway's p50 less the direct p50
+of the same calls, "paired" the median of the per-turn differences (gateway call less the
+direct call made next to it), and "by round" the added p50 of each round alone (its
+spread says how far one run can be trusted). LiteLLM's c=1 calls come in a block per
+round (a tenth as many: it is that much slower), against that round's direct p50.
 
-Exit status 1 when a target is missed: added p50 at c=1 (JSON and SSE) at most 1 ms over
-direct; gateway throughput at c=64 at least 10x LiteLLM's (when LiteLLM is there).
+Concurrency 64: throughput of each client in turn, the order rotated per round; "x
+LiteLLM" the median of per-round ratios. Then memory per open client stream: N slow
+streams (a delta every 5 s) held open through the gateway, its RSS while they are open
+less its RSS before, over N.
+
+Exit status 1 when a target is missed: the gateway's added p50 at c=1 (JSON and SSE), both
+as the difference of p50s and as the paired median, at most 1 ms; gateway throughput at
+c=64 at least 10x LiteLLM's (when LiteLLM is there).
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import json
 import os
 import platform
 import secrets
+import select
 import shutil
 import socket
 import statistics
@@ -40,6 +50,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
+from time import perf_counter
 from typing import Any
 
 import aiohttp
@@ -58,7 +69,8 @@ import cascade
 
 CONCURRENCY = 64
 ROUNDS = 5  # 3 with --quick
-BLOCK = 100  # c=1 calls per client per turn (LiteLLM: a tenth)
+TURNS = 300  # c=1: turns of direct, bare proxy and gateway per format per round (150 quick)
+BLOCK = 100  # c=1: LiteLLM's calls per round are a tenth of this
 BURST = 1000  # c=64 calls per client per turn (LiteLLM: a tenth)
 PHASE_LIMIT_S = 30.0  # each turn stops here, whatever its count
 STREAMS = 2000  # memory probe (500 with --quick)
@@ -71,8 +83,14 @@ BENCH_KEY = "sk-" + secrets.token_hex(16)  # every client sends it; only LiteLLM
 TARGET_ADDED_P50_MS = 1.0
 TARGET_VS_LITELLM = 10.0
 
-TARGETS = ("direct", "gateway", "litellm")
-LABELS = {"direct": "fleet, direct", "gateway": "cascade serve", "litellm": "LiteLLM proxy"}
+TARGETS = ("direct", "proxy", "gateway", "litellm")
+LABELS = {
+    "direct": "fleet, direct",
+    "proxy": "bare aiohttp proxy",
+    "gateway": "cascade serve",
+    "litellm": "LiteLLM proxy",
+}
+INTERLEAVED = ("direct", "proxy", "gateway")
 
 
 def free_port() -> int:
@@ -152,6 +170,28 @@ def gateway_process(config: Path, loop: str = "auto") -> Iterator[tuple[str, int
         _stop(proc)
 
 
+@contextmanager
+def bare_proxy_process(fleet: str, loop: str) -> Iterator[str]:
+    """``_bare_proxy.py`` in front of the fleet, on the gateway's event loop: its /v1 URL."""
+    here = Path(__file__).with_name("_bare_proxy.py")
+    cmd = [sys.executable, str(here), fleet, "--loop", loop]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
+        line = proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"the bare proxy did not start (exit {proc.poll()}): {line!r}")
+        yield line.removeprefix("listening on ")
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+
+
 def litellm_executable(given: str | None) -> str | None:
     if given:
         return given
@@ -209,8 +249,8 @@ async def openai_client(
     session: aiohttp.ClientSession, base: str, model: str, *, stream: bool
 ) -> AsyncIterator[Client]:
     """One POST per call to ``base``/chat/completions: the JSON answer's text, or the SSE
-    stream read to ``data: [DONE]``. Any other outcome raises: a benchmark of errors is
-    not a benchmark."""
+    stream read to its end, past ``data: [DONE]``. Any other outcome raises: a benchmark of
+    errors is not a benchmark."""
     endpoint = base + "/chat/completions"
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": PROMPT}]}
     if stream:
@@ -226,21 +266,26 @@ async def openai_client(
         return json.loads(payload)["choices"][0]["message"]["content"]  # type: ignore[no-any-return]
 
     async def call_sse() -> str:
+        done = False
         async with session.post(endpoint, data=data, headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"{endpoint}: {resp.status} {(await resp.read())[:200]!r}")
+            # read to the body's end, not only to [DONE]: a response left unread closes
+            # its connection, and the next call would pay for a new one
             async for line in resp.content:
-                if line.startswith(b"data: [DONE]"):
-                    return "done"
-        raise RuntimeError(f"{endpoint}: the stream ended without [DONE]")
+                done = done or line.startswith(b"data: [DONE]")
+        if not done:
+            raise RuntimeError(f"{endpoint}: the stream ended without [DONE]")
+        return "done"
 
     yield Client(call_sse if stream else call_json)
 
 
 async def measure(
-    urls: dict[str, str], *, rounds: int, block: int, burst: int
+    urls: dict[str, str], *, rounds: int, turns: int, burst: int
 ) -> dict[str, dict[str, Any]]:
-    """Per (target, format): c=1 latencies per turn and c=64 throughputs per turn."""
+    """Per (target, format): c=1 latencies per round (the interleaved targets' lists
+    aligned turn by turn) and c=64 throughputs per round."""
     samples: dict[str, dict[str, Any]] = {}
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
@@ -252,7 +297,7 @@ async def measure(
         for target, base in urls.items():
             for fmt in ("json", "sse"):
                 # the fleet answers any model; through a gateway the model names the route
-                model = "bulk" if target == "direct" else fmt
+                model = fmt if target in ("gateway", "litellm") else "bulk"
                 client = await stack.enter_async_context(
                     openai_client(session, base, model, stream=fmt == "sse")
                 )
@@ -262,12 +307,15 @@ async def measure(
                     await client.call()
         names = list(clients)
         for r in range(rounds):
+            for fmt in ("json", "sse"):
+                group = [f"{t}/{fmt}" for t in INTERLEAVED if f"{t}/{fmt}" in clients]
+                await interleaved(clients, group, turns=turns, samples=samples)
+                if f"litellm/{fmt}" in clients:
+                    latencies: list[float] = []
+                    lite = clients[f"litellm/{fmt}"]
+                    await sequential(lite, count=max(10, BLOCK // 10), into=latencies)
+                    samples[f"litellm/{fmt}"]["c1"].append(latencies)
             order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                scale = 10 if name.startswith("litellm") else 1
-                latencies: list[float] = []
-                await sequential(clients[name], count=max(10, block // scale), into=latencies)
-                samples[name]["c1"].append(latencies)
             for name in order:
                 scale = 10 if name.startswith("litellm") else 1
                 result = await throughput(
@@ -281,8 +329,30 @@ async def measure(
     return samples
 
 
-def summarize(samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
+async def interleaved(
+    clients: dict[str, Client], group: list[str], *, turns: int, samples: dict[str, Any]
+) -> None:
+    """``turns`` turns of one call to each client of ``group``, at concurrency 1, the
+    order rotated each turn (each client goes first as often as the others); a round's
+    latencies of each, aligned turn by turn, go to ``samples``. Stops early (whole turns)
+    after ``PHASE_LIMIT_S``."""
+    got: dict[str, list[float]] = {name: [] for name in group}
+    limit = perf_counter() + PHASE_LIMIT_S
+    for turn in range(turns):
+        k = turn % len(group)
+        for name in group[k:] + group[:k]:
+            t0 = perf_counter()
+            await clients[name].call()
+            got[name].append(perf_counter() - t0)
+        if perf_counter() > limit:
+            break
+    for name in group:
+        await clients[name].settle()
+        samples[name]["c1"].append(got[name])
+
+
+def summarize(samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     for name, s in samples.items():
         every = [x for turn in s["c1"] for x in turn]
         lat = Latency.of(every)
@@ -290,20 +360,31 @@ def summarize(samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]
         out[name] = {
             "p50_ms": round(lat.p50_ms, 3),
             "p99_ms": round(lat.p99_ms, 3),
+            "c1_calls": lat.count,
             "rps_c64": round(statistics.median(rps), 1),
         }
     for fmt in ("json", "sse"):
         direct = samples.get(f"direct/{fmt}")
-        for target in ("gateway", "litellm"):
+        if direct is None:
+            continue
+        for target in ("proxy", "gateway"):
             name = f"{target}/{fmt}"
-            if name not in samples or direct is None:
+            if name not in samples:
                 continue
+            rounds = list(zip(samples[name]["c1"], direct["c1"], strict=True))
+            pairs = [t - d for mine, theirs in rounds for t, d in zip(mine, theirs, strict=True)]
+            by_round = [statistics.median(a) - statistics.median(b) for a, b in rounds]
+            row = out[name]
+            row["added_p50_ms"] = round(row["p50_ms"] - out[f"direct/{fmt}"]["p50_ms"], 3)
+            row["paired_p50_ms"] = round(statistics.median(pairs) * 1e3, 3)
+            row["added_by_round_ms"] = [round(x * 1e3, 3) for x in by_round]
+        if f"litellm/{fmt}" in samples:
+            # its c=1 block beside that round's interleaved direct calls
             added = [
                 statistics.median(a) - statistics.median(b)
-                for a, b in zip(samples[name]["c1"], direct["c1"], strict=True)
+                for a, b in zip(samples[f"litellm/{fmt}"]["c1"], direct["c1"], strict=True)
             ]
-            out[name]["added_p50_ms"] = round(statistics.median(added) * 1e3, 3)
-        if f"litellm/{fmt}" in samples:
+            out[f"litellm/{fmt}"]["added_p50_ms"] = round(statistics.median(added) * 1e3, 3)
             ratios = [
                 g.rps / lt.rps
                 for g, lt in zip(
@@ -381,16 +462,17 @@ async def memory_probe(base: str, pid: int, *, count: int) -> dict[str, Any]:
 # -- report --------------------------------------------------------------------------------
 
 
-def targets(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def targets(summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for fmt in ("json", "sse"):
-        added = summary[f"gateway/{fmt}"]["added_p50_ms"]
+        row = summary[f"gateway/{fmt}"]
+        added, paired = row["added_p50_ms"], row["paired_p50_ms"]
         rows.append(
             {
-                "name": f"added p50 at c=1 over the fleet direct, {fmt.upper()}",
+                "name": f"added p50 at c=1 over the fleet direct, {fmt.upper()} (p50s / paired)",
                 "target": f"<= {TARGET_ADDED_P50_MS} ms",
-                "value": added,
-                "pass": added <= TARGET_ADDED_P50_MS,
+                "value": f"{added:+.3f} / {paired:+.3f} ms",
+                "pass": max(added, paired) <= TARGET_ADDED_P50_MS,
             }
         )
         ratio = summary[f"gateway/{fmt}"].get("x_litellm_c64")
@@ -407,18 +489,24 @@ def targets(summary: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
 
 def print_report(report: dict[str, Any]) -> None:
     print(report["versions"])
-    print(f"{report['rounds']} rounds; c=1 blocks of {BLOCK}, c=64 bursts of {BURST} per turn")
+    print(
+        f"{report['rounds']} rounds; c=1: {report['turns']} interleaved turns per format per "
+        f"round; c=64 bursts of {report['burst']} per client per round; load "
+        f"{report['load_before']} before, {report['load_after']} after"
+    )
     print()
     header = f"{'target':22s} {'fmt':5s} {'p50 ms':>8s} {'p99 ms':>8s} {'+p50 ms':>8s}"
-    print(header + f" {'req/s c=64':>11s} {'x LiteLLM':>10s}")
+    print(header + f" {'paired':>8s} {'req/s c=64':>11s} {'x LiteLLM':>10s}  +p50 by round")
     for name, row in report["summary"].items():
         target, fmt = name.split("/")
-        added = row.get("added_p50_ms")
+        added, paired = row.get("added_p50_ms"), row.get("paired_p50_ms")
         x = row.get("x_litellm_c64")
+        rounds = " ".join(f"{v:+.3f}" for v in row.get("added_by_round_ms", []))
         print(
             f"{LABELS[target]:22s} {fmt:5s} {row['p50_ms']:8.3f} {row['p99_ms']:8.3f} "
-            f"{'-' if added is None else f'{added:+.3f}':>8s} {row['rps_c64']:11.1f} "
-            f"{'-' if x is None else x:>10}"
+            f"{'-' if added is None else f'{added:+.3f}':>8s} "
+            f"{'-' if paired is None else f'{paired:+.3f}':>8s} {row['rps_c64']:11.1f} "
+            f"{'-' if x is None else x:>10}  {rounds}"
         )
     if report["litellm"] is None:
         print("LiteLLM proxy: not installed (pip install 'litellm[proxy]', or --litellm PATH)")
@@ -449,18 +537,23 @@ def main(argv: list[str] | None = None) -> int:
     install_loopback_guard()
     raise_fd_limit()
     rounds = 3 if args.quick else ROUNDS
-    block, burst = (BLOCK // 2, BURST // 2) if args.quick else (BLOCK, BURST)
+    turns, burst = (TURNS // 2, BURST // 2) if args.quick else (TURNS, BURST)
     streams = args.streams or (500 if args.quick else STREAMS)
     exe = litellm_executable(args.litellm)
     with tempfile.TemporaryDirectory() as tmp, server_process() as fleet:
         folder = Path(tmp)
         with gateway_process(gateway_config(folder, fleet), args.loop) as (gateway, pid, loop):
             litellm_ctx = litellm_process(exe, folder, fleet) if exe else None
-            urls = {"direct": fleet, "gateway": gateway}
-            with litellm_ctx or _nothing() as litellm_url:
+            load_before = _load()
+            with (
+                bare_proxy_process(fleet, loop) as proxy,
+                litellm_ctx or _nothing() as litellm_url,
+            ):
+                urls = {"direct": fleet, "proxy": proxy, "gateway": gateway}
                 if litellm_url:
                     urls["litellm"] = litellm_url
-                samples = asyncio.run(measure(urls, rounds=rounds, block=block, burst=burst))
+                samples = asyncio.run(measure(urls, rounds=rounds, turns=turns, burst=burst))
+            load_after = _load()
             summary = summarize(samples)
         slow = folder / "slow.toml"
         # one upstream connection per open stream: past the cascade's default pool (512),
@@ -482,6 +575,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "loop": loop,
         "rounds": rounds,
+        "turns": turns,
+        "burst": burst,
+        "load_before": load_before,
+        "load_after": load_after,
         "litellm": exe,
         "summary": summary,
         "memory": memory,
@@ -497,6 +594,12 @@ def main(argv: list[str] | None = None) -> int:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield None
+
+
+def _load() -> str:
+    """The 1-minute load average (a wall-clock figure is read against it)."""
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
 
 
 if __name__ == "__main__":

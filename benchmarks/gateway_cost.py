@@ -2,7 +2,7 @@
 the machine's load, where the wall clock does (a 2-core VM shared with other work).
 
     python benchmarks/gateway_cost.py [--loop auto|asyncio|uvloop] [--requests N]
-                                      [--callgrind] [--strace]
+                                      [--callgrind [--keep DIR]] [--strace] [--bare]
 
 The fake fleet and ``cascade serve`` in front of it (as ``gateway.py`` starts them: one tier,
 one provider, the access log to a file), this process the client: N JSON calls then N SSE
@@ -12,7 +12,10 @@ calls, one at a time, after a warm-up. Per request, for the gateway process:
   minutes);
 - with ``--callgrind``: instructions executed in user space, counted by valgrind's
   callgrind from the first measured request to the last (the gateway runs under valgrind,
-  its start takes a minute or two; instructions are the same whatever the load);
+  its start takes a minute or two; instructions are the same whatever the load); with
+  ``--keep DIR`` the dumps stay in DIR, for ``callgrind_annotate``;
+- with ``--bare``: the same for ``_bare_proxy.py`` (aiohttp's server and client and
+  nothing else) instead of the gateway, for scale;
 - with ``--strace``: system calls by name (``strace -c``; each ``getpid`` is an asyncio
   ``get_running_loop()`` on Python 3.11, each ``epoll_wait`` a turn of the event loop).
 """
@@ -46,17 +49,25 @@ VALGRIND_START_S = 600.0
 
 
 @contextmanager
-def served(config: Path, loop: str, *, callgrind: Path | None) -> Iterator[tuple[str, int]]:
-    """``cascade serve`` (under callgrind, instrumentation off until asked): its URL, pid."""
+def served(
+    config: Path, loop: str, *, callgrind: Path | None, bare: str | None = None
+) -> Iterator[tuple[str, int]]:
+    """``cascade serve`` (under callgrind, instrumentation off until asked): its URL, pid.
+    With ``bare`` (the fleet's URL), the bare aiohttp proxy in front of it instead."""
     code = "from cascade._cli import main; raise SystemExit(main())"
     cmd = [sys.executable, "-c", code, "serve", "--config", str(config), "--port", "0"]
+    if bare is not None:
+        cmd = [sys.executable, str(Path(__file__).with_name("_bare_proxy.py")), bare]
+        loop = "uvloop" if loop == "auto" else loop
     cmd += ["--loop", loop]
     if callgrind is not None:
         out = f"--callgrind-out-file={callgrind}.%p"
         cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", out, *cmd]
     log_path = config.with_suffix(".log")
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
     try:
         deadline = time.monotonic() + (START_TIMEOUT_S if callgrind is None else VALGRIND_START_S)
         while time.monotonic() < deadline and proc.poll() is None:
@@ -65,6 +76,9 @@ def served(config: Path, loop: str, *, callgrind: Path | None) -> Iterator[tuple
                 if '"gateway.listening"' in line:
                     record = json.loads(line)
                     yield f"http://127.0.0.1:{record['port']}/v1", proc.pid
+                    return
+                if line.startswith("listening on "):  # the bare proxy
+                    yield line.removeprefix("listening on "), proc.pid
                     return
         raise RuntimeError(f"cascade serve did not start: {log_path.read_text()[-2000:]}")
     finally:
@@ -118,7 +132,11 @@ async def measure(
     out: dict[str, dict[str, Any]] = {}
     async with aiohttp.ClientSession() as session:
         for fmt in ("json", "sse"):
-            body: dict[str, Any] = {"model": fmt, "messages": [{"role": "user", "content": PROMPT}]}
+            model = "bulk" if args.bare else fmt  # through the gateway, the model is the route
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": [{"role": "user", "content": PROMPT}],
+            }
             if fmt == "sse":
                 body["stream"] = True
             data = json.dumps(body).encode()
@@ -172,23 +190,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
     parser.add_argument("--requests", type=int, help=f"per format (default {REQUESTS})")
     parser.add_argument("--callgrind", action="store_true", help="instructions per request")
+    parser.add_argument("--keep", type=Path, help="with --callgrind: keep the dumps in this folder")
     parser.add_argument("--strace", action="store_true", help="system calls per request")
+    parser.add_argument(
+        "--bare", action="store_true", help="measure _bare_proxy.py instead, for scale"
+    )
     args = parser.parse_args(argv)
     for tool, wanted in (("valgrind", args.callgrind), ("strace", args.strace)):
         if wanted and shutil.which(tool) is None:
             parser.error(f"{tool} is not installed")
+    if args.keep is not None and not args.callgrind:
+        parser.error("--keep: with --callgrind only")
     if args.callgrind and args.strace:
         parser.error("--callgrind and --strace: one at a time (each slows the other's figure)")
     args.requests = args.requests or (REQUESTS // 10 if args.callgrind else REQUESTS)
     install_loopback_guard()
     with tempfile.TemporaryDirectory() as tmp, server_process() as fleet:
         folder = Path(tmp)
-        callgrind = folder / "callgrind" if args.callgrind else None
-        with served(gateway_config(folder, fleet), args.loop, callgrind=callgrind) as (url, pid):
+        callgrind = None
+        if args.callgrind:
+            if args.keep is not None:
+                args.keep.mkdir(parents=True, exist_ok=True)
+            callgrind = (args.keep or folder).resolve() / "callgrind"
+        bare = fleet if args.bare else None
+        config = gateway_config(folder, fleet)
+        with served(config, args.loop, callgrind=callgrind, bare=bare) as (url, pid):
             report = asyncio.run(measure(url, pid, args, folder, callgrind))
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    print(f"cascade serve --loop {args.loop}, {args.requests} requests per format, load {load}")
+    what = "bare aiohttp proxy" if args.bare else "cascade serve"
+    print(f"{what} --loop {args.loop}, {args.requests} requests per format, load {load}")
     for fmt, row in report.items():
         print(f"{fmt}: " + json.dumps(row))
     return 0

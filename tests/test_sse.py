@@ -141,3 +141,42 @@ def test_the_cap_is_per_event() -> None:
     decoder = SSEDecoder(max_event_bytes=100)
     for _ in range(10):
         assert decoder.feed(b"data: " + b"c" * 90 + b"\n\n") == [SSEEvent("message", b"c" * 90)]
+
+
+# Pieces of streams: lone data lines (the path that cuts whole events out of a read) mixed
+# with everything that sends a read down the line by line path.
+_piece = st.sampled_from(
+    [b"data: ", b"data:", b"data: x", b"\n", b"\n\n", b"\r", b"\r\n", b": c\n", b"event: e\n",
+     b"id: 1\n", b"x", b" ", b"data: [DONE]\n\n", b'data: {"a": 1}\n\n']
+)  # fmt: skip
+
+
+@given(st.lists(_piece, max_size=30), st.data())
+def test_whole_reads_decode_as_byte_by_byte(parts: list[bytes], data: st.DataObject) -> None:
+    # Fed a byte at a time no read completes an event whole: the line by line path alone.
+    raw = b"".join(parts)
+    reference = decode([raw[i : i + 1] for i in range(len(raw))])
+    cuts = data.draw(st.lists(st.integers(min_value=0, max_value=len(raw)), max_size=6))
+    bounds = [0, *sorted(cuts), len(raw)]
+    assert decode([raw[a:b] for a, b in pairwise(bounds)]) == reference
+    assert decode([raw]) == reference
+
+
+def test_the_cap_holds_for_events_cut_out_whole() -> None:
+    decoder = SSEDecoder(max_event_bytes=10)
+    assert decoder.feed(b"data: a\n\ndata: 0123456789\n\n") == [
+        SSEEvent("message", b"a"),
+        SSEEvent("message", b"0123456789"),
+    ]
+    with pytest.raises(EventTooLarge) as info:
+        decoder.feed(b"data: b\n\ndata: 0123456789a\n\ndata: 0123456789ab\n\n")
+    assert info.value.size == 11  # the first event past the cap, as line by line
+
+
+def test_pending_bytes_bound_the_event_the_next_read_completes() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: 12345\ndata: 678") == []
+    pending = decoder.pending_bytes
+    (event,) = decoder.feed(b"90\n\n")
+    assert len(event.data) <= pending + len(b"90\n\n")
+    assert decoder.pending_bytes == 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from time import perf_counter
 from typing import Literal, Protocol
@@ -30,8 +30,9 @@ from ._types import (
     Verdict,
     estimate_prompt_tokens,
     estimate_text_tokens,
+    join_chunks,
 )
-from .providers import Provider, answers_whole
+from .providers import Provider, answers_whole, batches_of
 from .resilience.quality import QualityBreaker
 from .validators import ValidationContext, Validator
 
@@ -237,10 +238,17 @@ async def complete(
     if first_at is not None and first_at < total_at:
         at, phase = first_at, "first_token"  # idle_timeout_s counts from the first chunk
     watchdog = timeout_at(clock, at)
+    source: AsyncIterator[Chunk]
+    if on_delta is None and not partial and batches_of(provider):
+        # Nothing looks at the answer chunk by chunk: what one read of the stream brought
+        # is one chunk, one turn of this loop (not one per SSE event).
+        source = _joined(provider.stream_batches(msgs, opts))  # type: ignore[attr-defined]
+    else:
+        source = provider.stream(msgs, opts)
     try:
         async with (
             watchdog,
-            aclosing(provider.stream(msgs, opts)) as chunks,  # type: ignore[type-var]
+            aclosing(source) as chunks,  # type: ignore[type-var]
         ):
             async for chunk in chunks:
                 # Only answer text (or a refusal's) is progress: a chunk of usage or a
@@ -333,6 +341,13 @@ async def complete(
         provider, msgs, opts, t0, text, ttft, finish, in_tokens, out_tokens, model, answer,
         logprobs, cache_read, cache_write, refusal,
     ), early  # fmt: skip
+
+
+async def _joined(batches: AsyncIterator[list[Chunk]]) -> AsyncGenerator[Chunk, None]:
+    """Each batch of a stream (:class:`~cascade.providers.SupportsBatches`) as one chunk."""
+    async with aclosing(batches):  # type: ignore[type-var]
+        async for batch in batches:
+            yield batch[0] if len(batch) == 1 else join_chunks(batch)
 
 
 def whole_answer(provider: Provider) -> bool:

@@ -7,6 +7,8 @@ Event data stays bytes: JSON payloads go straight to msgspec, which also rejects
 
 from __future__ import annotations
 
+from functools import partial
+from itertools import repeat
 from typing import NamedTuple
 
 __all__ = ["EventTooLarge", "SSEDecoder", "SSEEvent"]
@@ -19,6 +21,10 @@ class SSEEvent(NamedTuple):
     """The ``event:`` field; ``"message"`` when the event named none."""
     data: bytes
     """The ``data:`` lines joined with newlines."""
+
+
+_new_event = partial(tuple.__new__, SSEEvent)
+"""``SSEEvent`` from an (event, data) pair, in C (a NamedTuple's own ``__new__`` is not)."""
 
 
 class EventTooLarge(ValueError):
@@ -36,7 +42,9 @@ class SSEDecoder:
     Lines may end in LF, CRLF or CR, split anywhere between two reads (a CRLF too); a
     leading byte-order mark is skipped. Linear in the bytes fed, however long a line: an
     unfinished line is kept as a list of pieces, joined once when its end arrives, and
-    each read is searched for line ends only once. With ``max_event_bytes``, an event
+    each read is split a few times at most (the end of an event begun in an earlier read
+    line by line, then the events that are one ``data:`` line each, the common case, cut
+    out whole, then the rest line by line). With ``max_event_bytes``, an event
     (its data lines and the unfinished line) that grows past it raises
     :class:`EventTooLarge` before the piece that would pass it is stored.
 
@@ -93,9 +101,30 @@ class SSEDecoder:
             # the same as normalising the whole stream.
             self._skip_lf = chunk.endswith(b"\r")
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        events: list[SSEEvent] = []
+        if self._line or self._data or self._event:
+            # An event began in an earlier read: line by line up to its end, then (the
+            # decoder between two events again) the rest as a read of its own.
+            end = chunk.find(b"\n\n")
+            if end == -1:
+                self._lines(chunk, events)
+                return events
+            self._lines(chunk[: end + 2], events)
+            chunk = chunk[end + 2 :]
+        if chunk:
+            self._lines(self._whole_events(chunk, events), events)
+        return events
+
+    @property
+    def pending_bytes(self) -> int:
+        """The bytes of the unfinished event so far (its data lines and unfinished line):
+        an event the next read completes is at most these and that read."""
+        return self._size + self._line_size + len(self._event)
+
+    def _lines(self, chunk: bytes, events: list[SSEEvent]) -> None:
+        """``chunk`` line by line (line ends LF), the events it completes to ``events``."""
         lines = chunk.split(b"\n")
         rest = lines.pop()
-        events: list[SSEEvent] = []
         if lines:
             if self._line:
                 self._check(self._line_size + len(lines[0]))
@@ -119,7 +148,7 @@ class SSEDecoder:
                 if field == b"data":
                     if limit is not None:
                         self._check(len(value))
-                        self._size += len(value) + 1
+                    self._size += len(value) + 1
                     self._data.append(value)
                 elif field == b"event":
                     self._event = value.decode("utf-8", "replace")
@@ -127,7 +156,25 @@ class SSEDecoder:
             self._check(self._line_size + len(rest))
             self._line.append(rest)
             self._line_size += len(rest)
-        return events
+
+    def _whole_events(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
+        """When every event ``chunk`` completes is one ``data:`` line (as an LLM
+        stream's are), those events, found by a few scans in C instead of line by line;
+        returns what is left for the line by line path: the unfinished event, or all of
+        ``chunk`` when it completes any other kind of event. Called between two events
+        (no line, data or event name pending), after line ends became LF."""
+        end = chunk.rfind(b"\n\n")
+        if end == -1 or not chunk.startswith(b"data: "):
+            return chunk
+        payloads = chunk[6:end].split(b"\n\ndata: ")
+        if b"\n" in b"".join(payloads):  # (memchr: a count would look at every byte)
+            return chunk  # a line that is not a lone data line (a comment, an event name)
+        limit = self._limit
+        if limit is not None and max(map(len, payloads)) > limit:
+            size = next(len(p) for p in payloads if len(p) > limit)
+            raise EventTooLarge(size, limit)
+        events.extend(map(_new_event, zip(repeat("message"), payloads)))
+        return chunk[end + 2 :]
 
     def _check(self, line_size: int) -> None:
         if self._limit is not None and self._size + line_size > self._limit:

@@ -102,6 +102,38 @@ class Chunk(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     refusal: str | None = None
 
 
+_CHUNK_FIELDS = Chunk.__struct_fields__
+
+
+def join_chunks(chunks: Sequence[Chunk]) -> Chunk:
+    """One chunk for ``chunks`` (pieces of a stream that arrived together), as a reader of
+    the stream sums them up: the text and the refusal joined, the logprobs in one tuple,
+    of every other field the last value sent (of ``model``, the last non-empty one).
+
+    >>> one = join_chunks([Chunk(text="4", model="m"), Chunk(text="2", finish_reason="stop")])
+    >>> one.text, one.model, one.finish_reason
+    ('42', 'm', 'stop')
+    """
+    # By column, in C where it can be: most columns are None in every chunk but one.
+    rows = map(msgspec.structs.astuple, chunks)
+    columns = zip(_CHUNK_FIELDS, zip(*rows, strict=True), strict=True)
+    fields: dict[str, Any] = {}
+    for name, column in columns:
+        if name == "text":
+            fields[name] = "".join(column)
+        elif column.count(None) == len(column):
+            continue
+        elif name == "refusal":
+            fields[name] = "".join(v for v in column if v is not None)
+        elif name == "logprobs":
+            fields[name] = tuple(p for v in column if v for p in v)
+        elif name == "model":
+            fields[name] = next((v for v in reversed(column) if v), None)
+        else:
+            fields[name] = next(v for v in reversed(column) if v is not None)
+    return Chunk(**fields)
+
+
 class Completion(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One provider's whole answer to one request.
 

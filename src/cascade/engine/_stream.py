@@ -77,6 +77,7 @@ class Stream:
         "_attempts",
         "_drained",
         "_ended",
+        "_ending",
         "_events",
         "_queued",
         "_raised",
@@ -97,6 +98,7 @@ class Stream:
         self._queued = 0  # characters of text in the events not yet read
         self._ready: asyncio.Future[None] | None = None  # the reader waits for an event
         self._drained: asyncio.Future[None] | None = None  # the run waits for the reader
+        self._ending: asyncio.Future[None] | None = None  # aclose waits for the run
         self._task: asyncio.Task[object] | None = None
         self._attempts: Sequence[Attempt] = ()
         self._raised = False
@@ -214,17 +216,22 @@ class Stream:
         interrupted: BaseException | None = None
         while not task.done():
             # The run ends within a turn or two of the loop; a cancel scope that cancels
-            # the reader again meanwhile is delivered once the run has ended.
+            # the reader again meanwhile is delivered once the run has ended. The task's
+            # done callback (``_wake``) ends the wait: a future, not ``asyncio.wait``
+            # (its set, its callbacks and a future of its own, each request).
+            self._ending = waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait((task,))
+                await waiter
             except asyncio.CancelledError as exc:
                 interrupted = exc
+            finally:
+                self._ending = None
         if not task.cancelled():
             task.exception()  # retrieved: a reader that left early has seen enough
         if interrupted is not None:
             raise interrupted
 
     def _wake(self, task: asyncio.Task[object]) -> None:
-        ready = self._ready
-        if ready is not None and not ready.done():
-            ready.set_result(None)
+        for waiter in (self._ready, self._ending):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)

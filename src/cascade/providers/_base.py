@@ -13,8 +13,10 @@ from .._types import Chunk, Message, RequestOptions
 __all__ = [
     "Provider",
     "ProviderFactory",
+    "SupportsBatches",
     "SupportsN",
     "SupportsWhole",
+    "batches_of",
     "build_provider",
     "check_provider_config",
     "provider_kinds",
@@ -77,6 +79,23 @@ class SupportsWhole(Protocol):
     ) -> Awaitable[Chunk]: ...
 
 
+@runtime_checkable
+class SupportsBatches(Protocol):
+    """A provider whose stream arrives in reads of several chunks each (an SSE stream:
+    one read off the socket holds many events).
+
+    ``stream_batches`` is ``stream`` with the chunks of each read in one list, in order
+    (never an empty list); ``stream`` yields the same chunks one by one. When nothing
+    looks at an answer chunk by chunk (no partial check, no speculative stream), the
+    engine reads a call through it and joins each list into one chunk: one turn of its
+    loop per read, not per event.
+    """
+
+    def stream_batches(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncIterator[list[Chunk]]: ...
+
+
 ProviderFactory = Callable[..., Provider]
 """``factory(config, *, session, api_key) -> Provider``.
 
@@ -123,3 +142,17 @@ def answers_whole(provider: object) -> bool:
     if found is None:
         found = _WHOLE[cls] = isinstance(provider, SupportsWhole)
     return found
+
+
+_BATCHES: dict[type, bool] = {}
+
+
+def batches_of(provider: object) -> bool:
+    """Whether ``provider`` is :class:`SupportsBatches` (the protocol checked once per
+    class), and its ``stream`` is its class's: a ``stream`` set on the instance (a
+    wrapper, a test's stand-in) is what reads it, not batches it does not yield."""
+    cls = type(provider)
+    found = _BATCHES.get(cls)
+    if found is None:
+        found = _BATCHES[cls] = isinstance(provider, SupportsBatches)
+    return found and "stream" not in getattr(provider, "__dict__", ())

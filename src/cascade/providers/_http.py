@@ -10,7 +10,9 @@ objects (whose ``request_info`` holds the request headers, and so the API key).
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
+from contextlib import aclosing
+from operator import attrgetter
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
@@ -67,6 +69,7 @@ DONE = Chunk(finish_reason="__done__")
 # Keys of a stream's state that the base class keeps: a finish reason and the usage came.
 _FINISHED = "__finished__"
 _USAGE = "__usage__"
+_ENDING = attrgetter("finish_reason", "output_tokens")
 
 
 def encode_body(body: dict[str, Any]) -> bytes:
@@ -293,11 +296,48 @@ class HTTPProvider:
         frame less on every resumption of the call.)"""
         return post_whole(self, self._body(messages, options, stream=False), self._whole)
 
+    def _chunks(
+        self, events: list[SSEEvent], state: dict[str, Any], limit: int, *, scan: bool
+    ) -> tuple[list[Chunk], Chunk | Exception | None]:
+        """The chunks of one read's ``events``, and how the read ended: ``DONE`` (the
+        terminal event), an error (raised once the chunks before it are passed on, as
+        the text of a stream that broke is still billed), or None. ``scan``: the read
+        may hold an event large enough to be worth a scan before it is decoded."""
+        chunks: list[Chunk] = []
+        parse = self._event
+        try:
+            for event in events:
+                if scan and len(event.data) > _SCAN_EVENT_BYTES:
+                    cost = json_cost(event.data)
+                    if cost > limit:
+                        raise self._too_large(cost, decoded=True)
+                chunk = parse(event, state)
+                if chunk is not None:
+                    if chunk is DONE:
+                        return chunks, DONE
+                    chunks.append(chunk)
+        except Exception as exc:
+            return chunks, exc
+        return chunks, None
+
     async def stream(
         self, messages: tuple[Message, ...], options: RequestOptions
     ) -> AsyncIterator[Chunk]:
         if not self._stream:
             yield await self.complete_whole(messages, options)
+            return
+        async with aclosing(self.stream_batches(messages, options)) as batches:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+
+    async def stream_batches(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncGenerator[list[Chunk], None]:
+        """The stream's chunks, those of one read together
+        (:class:`~cascade.providers.SupportsBatches`)."""
+        if not self._stream:
+            yield [await self.complete_whole(messages, options)]
             return
         data = encode_body(self._body(messages, options, stream=True))
         try:
@@ -318,24 +358,26 @@ class HTTPProvider:
                     received += len(raw)
                     if received > limit:
                         raise self._too_large(received)
-                    for event in decoder.feed(raw):
-                        if len(event.data) > _SCAN_EVENT_BYTES:
-                            cost = json_cost(event.data)
-                            if cost > limit:
-                                raise self._too_large(cost, decoded=True)
-                        chunk = self._event(event, state)
-                        if chunk is DONE:
-                            await _drain(resp)
-                            return
-                        if chunk is not None:
-                            cost = held.add(chunk)
-                            if cost > limit:
-                                raise self._too_large(cost, decoded=True)
-                            if chunk.finish_reason is not None:
-                                state[_FINISHED] = True
-                            if chunk.output_tokens is not None:
-                                state[_USAGE] = True
-                            yield chunk
+                    # no event this read completes can be worth a scan: none is checked
+                    scan = len(raw) + decoder.pending_bytes > _SCAN_EVENT_BYTES
+                    chunks, end = self._chunks(decoder.feed(raw), state, limit, scan=scan)
+                    if chunks:
+                        counted, cost = held.add_all(chunks, limit)
+                        if counted < len(chunks):
+                            if counted:
+                                yield chunks[:counted]
+                            raise self._too_large(cost, decoded=True)
+                        finishes, outputs = zip(*map(_ENDING, chunks), strict=True)
+                        if finishes.count(None) != len(chunks):
+                            state[_FINISHED] = True
+                        if outputs.count(None) != len(chunks):
+                            state[_USAGE] = True
+                        yield chunks
+                    if end is DONE:
+                        await _drain(resp)
+                        return
+                    if isinstance(end, Exception):
+                        raise end
                 last = decoder.flush()
                 if last is not None and self._event(last, state) is DONE:
                     return

@@ -19,6 +19,7 @@ only on non-ASCII data or data with ``\\u`` escapes).
 from __future__ import annotations
 
 import re
+from operator import attrgetter
 from typing import Final
 
 from .._types import Chunk
@@ -61,6 +62,9 @@ def json_cost(data: bytes) -> int:
     return len(data) * json_width(data) + max(0, objects - FREE_OBJECTS) * OBJECT_BYTES
 
 
+_HELD_FIELDS = attrgetter("text", "refusal", "logprobs")
+
+
 def str_width(text: str) -> int:
     """The bytes a character of ``text`` takes in memory (CPython's compact strings)."""
     if text.isascii():
@@ -81,11 +85,41 @@ class Held:
 
     def add(self, chunk: Chunk) -> int:
         """Count ``chunk``; the bytes held now."""
-        for text in (chunk.text, chunk.refusal):
-            if text:
-                self.chars += len(text)
-                if self.width < 4:
-                    self.width = max(self.width, str_width(text))
+        text = chunk.text
+        if text:
+            self.chars += len(text)
+            if self.width < 4 and not text.isascii():
+                self.width = max(self.width, str_width(text))
+        refusal = chunk.refusal
+        if refusal:
+            self.chars += len(refusal)
+            if self.width < 4 and not refusal.isascii():
+                self.width = max(self.width, str_width(refusal))
         if chunk.logprobs:
             self.logprobs += len(chunk.logprobs)
         return self.chars * self.width + self.logprobs * LOGPROB_BYTES
+
+    def add_all(self, chunks: list[Chunk], limit: int) -> tuple[int, int]:
+        """Count ``chunks`` (what one read brought) while the bytes held stay within
+        ``limit``: how many were counted (all, or those before the one that passed it)
+        and the bytes held with the last one counted. The same as :meth:`add` for each
+        in turn, in a few calls in C."""
+        saved = self.chars, self.width, self.logprobs
+        texts, refusals, logprobs = zip(*map(_HELD_FIELDS, chunks), strict=True)
+        if refusals.count(None) != len(refusals):
+            texts += tuple(r for r in refusals if r)
+        text = "".join(texts)
+        self.chars += len(text)
+        if self.width < 4 and not text.isascii():
+            self.width = max(self.width, str_width(text))
+        if logprobs.count(None) != len(logprobs):
+            self.logprobs += sum(len(p) for p in logprobs if p)
+        cost = self.chars * self.width + self.logprobs * LOGPROB_BYTES
+        if cost <= limit:
+            return len(chunks), cost
+        self.chars, self.width, self.logprobs = saved  # find the one that passed it
+        for i, chunk in enumerate(chunks):
+            cost = self.add(chunk)
+            if cost > limit:
+                return i, cost
+        return len(chunks), cost  # pragma: no cover - their sum passed the limit
