@@ -127,3 +127,22 @@ def test_rules_toml_is_a_config_whose_router_routes(derive: ModuleType) -> None:
         if "max_tokens" in rule and len(rule) == 4:  # a length rule alone (and its reason)
             short = "Is it?"
             assert anyio.run(route, short) == (rule["start_tier"], rule["max_tier"])
+
+
+def test_the_figures_are_the_chosen_weights_when_no_weight_meets_the_budget(
+    derive: ModuleType,
+) -> None:
+    """No weight routes within a budget below every range's cost: the list is fitted at the
+    largest weight, and its cross-validated figures must be that weight's out-of-fold
+    routing (here: the cheapest range for every text), not range 0's for every text."""
+    all_texts = texts()
+    _, match = derive.conditions(all_texts, 20)
+    n = len(all_texts)
+    right = np.ones((n, 3))
+    cost = np.tile([1.0, 0.5, 0.1], (n, 1))  # range 0 the dearest, range 2 the cheapest
+    kw = {"ref": 1.0, "max_rules": 4, "min_support": 10, "min_gain": 1.0}
+    _, default, figures = derive.fit(match, right, cost, budget_share=0.01, **kw)
+    assert default == 2
+    assert figures["cost_weight"] == derive.LAMBDAS[-1]
+    assert figures["cv_cost_share"] == pytest.approx(0.1)
+    assert figures["cv_cost_share"] == pytest.approx(figures["train_cost_share"])

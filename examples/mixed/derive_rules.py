@@ -19,11 +19,12 @@ range of their own (the rest keeping the best range for the rest) becomes the ne
 its questions are set aside, and so on, up to ``--max-rules`` rules while a rule gains at
 least a least gain of right answers; what is left gets the default range. The cost weight
 is the smallest whose 5-fold cross-validated routing on ``train`` costs at most
-``--budget-share`` of GPT-4 ``standard`` alone (as the bagged plan table's); the least
-gain, among ``GAINS``, the one whose list is the most accurate in that cross-validation
-(the larger on a tie: fewer rules). No task labels
-are read, and nothing of ``test``: report its figures with ``routing_compare.py`` (which
-runs ``rules.toml``'s router through the engine), never from this script.
+``--budget-share`` of GPT-4 ``standard`` alone (as the bagged plan table's; the largest
+tried when none does); the least gain, among ``GAINS``, the one whose list is the most
+accurate in that cross-validation among those within the budget (the larger on a tie:
+fewer rules). No task labels are read, and nothing of ``test``: report its figures with
+``routing_compare.py`` (which runs ``rules.toml``'s router through the engine), never
+from this script.
 
 Without ``--write`` it prints the router table; with it, it writes ``rules.toml``:
 ``routed.toml``'s tiers and the ``[router]`` table.
@@ -118,14 +119,15 @@ def fit(
     min_gain: float,
 ) -> tuple[list[tuple[int, int]], int, dict[str, float]]:
     """The list at the smallest cost weight whose out-of-fold routing costs at most
-    ``budget_share`` x ``ref`` a record; with its cross-validated and training figures."""
+    ``budget_share`` x ``ref`` a record (the largest weight when none does); with that
+    weight's cross-validated and training figures."""
     n = right.shape[0]
     folds = np.arange(n) % FOLDS
     np.random.default_rng(0).shuffle(folds)
     rows = np.arange(n)
     kw = {"max_rules": max_rules, "min_support": min_support * (FOLDS - 1) // FOLDS}
-    chosen = LAMBDAS[-1]
-    cv = np.zeros(n, dtype=np.intp)
+    # none within the budget: the largest weight, its figures those of its own routing
+    chosen, cv = LAMBDAS[-1], np.zeros(n, dtype=np.intp)
     for lam in LAMBDAS:
         value = right - lam * cost / ref
         oof = np.zeros(n, dtype=np.intp)
@@ -133,8 +135,8 @@ def fit(
             part = folds != f
             rules, default = decision_list(match[:, part], value[part], min_gain=min_gain, **kw)
             oof[~part] = route(match[:, ~part], rules, default)
+        chosen, cv = lam, oof
         if cost[rows, oof].mean() <= budget_share * ref:
-            chosen, cv = lam, oof
             break
     value = right - chosen * cost / ref
     rules, default = decision_list(
@@ -193,7 +195,10 @@ def main() -> int:
             file=sys.stderr,
         )
         fits.append((figures["cv_accuracy"], gain, rules, default, figures))
-    _, gain, rules, default, figures = max(fits, key=lambda f: f[:2])
+    # a list within the budget first (when no weight met it, the cross-validated cost says so)
+    _, gain, rules, default, figures = max(
+        fits, key=lambda f: (f[4]["cv_cost_share"] <= args.budget_share, *f[:2])
+    )
     lines = ["[router]", 'kind = "rules"', "rules = ["]
     left = np.ones(len(train), dtype=bool)
     for c, r in rules:
