@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import anyio
 import numpy as np
@@ -146,3 +147,35 @@ def test_the_figures_are_the_chosen_weights_when_no_weight_meets_the_budget(
     assert figures["cost_weight"] == derive.LAMBDAS[-1]
     assert figures["cv_cost_share"] == pytest.approx(0.1)
     assert figures["cv_cost_share"] == pytest.approx(figures["train_cost_share"])
+
+
+def test_a_keyword_condition_holds_where_the_rules_router_matches_it(derive: ModuleType) -> None:
+    """The list is fitted on where each keyword matches; the rules router must match it on
+    the same texts. Lower-casing then splitting into words is not the router's
+    case-insensitive whole-word search: "\u0130stanbul" lower-cases to "i\u0307stanbul",
+    whose word is "stanbul", a keyword the router does not find in "\u0130stanbul" (a word
+    character before it); the router finds "stop" in "\u017ftop" (long s)."""
+    corpus = (
+        ["\u0130stanbul is a city"] * 10
+        + ["stanbul stop"] * 10
+        + ["\u017ftop here"] * 10
+        + ["KEY \u212aey points"] * 10
+    )
+    found, match = derive.conditions(corpus, 5)
+    tiers = (TierInfo(index=1, name="a", est_cost_usd=0.0),)
+    keywords = [(i, w) for i, (kind, w) in enumerate(found) if kind == "keyword"]
+    assert ("keyword", "stanbul") in found
+    assert ("keyword", "stop") in found
+    for i, word in keywords:
+        router = build_router({"kind": "rules", "rules": [{"keywords": [word], "start_tier": 1}]})
+
+        async def matches(text: str, router: Any = router) -> bool:
+            request = RouteRequest(
+                messages=(Message(role="user", content=text),),
+                options=RequestOptions(),
+                tiers=tiers,
+                max_cost_usd=None,
+            )
+            return (await router.route(request)).start_tier == 1
+
+        assert match[i].tolist() == [anyio.run(matches, t) for t in corpus], word

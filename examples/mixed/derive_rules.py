@@ -9,8 +9,8 @@ each tier does: every ``train`` question runs through the real engine once per t
 a rule could name, whether the cascade over that range answers it right and at what cost
 (simulated from the labels, as the engine runs a range). Conditions a rule may test:
 
-- a keyword (a whole word of at least two letters or digits, case-insensitive) that at
-  least ``--min-support`` train questions contain;
+- a keyword (a whole word of at least two letters or digits, case-insensitive) that the
+  rules router finds, by its own search, in at least ``--min-support`` train questions;
 - the prompt's estimated tokens at most, or at least, a decile of the train questions'.
 
 Each question's value under a range is ``right - weight x cost / GPT-4's``. Starting from
@@ -55,7 +55,9 @@ OUT = HERE / "rules.toml"
 FOLDS = 5
 GAINS = (1.0, 2.0, 5.0, 10.0)
 """The least gains tried (right answers' worth, on train, a rule must add)."""
-_WORD = re.compile(r"\w\w+")  # a keyword rule matches whole words: the same words
+_WORD = re.compile(r"\w\w+")  # the candidate keywords: whole words of two characters
+RULES_MAX_CHARS = 32_768
+"""The characters of a text the rules router searches (its default ``max_chars``)."""
 
 Condition = tuple[str, Any]  # ("keyword", word) | ("max_tokens", n) | ("min_tokens", n)
 
@@ -68,8 +70,20 @@ def conditions(texts: Sequence[str], min_support: int) -> tuple[list[Condition],
     for ws in words:
         for w in ws:
             support[w] = support.get(w, 0) + 1
-    found: list[Condition] = [("keyword", w) for w in sorted(support) if support[w] >= min_support]
-    rows = [[w in ws for ws in words] for _, w in found]
+    # where the rules router finds each keyword: its own search (rules.py), not the words
+    # of the lower-cased text ("\u0130stanbul" lower-cases to a word "stanbul" the router
+    # does not find there; the router finds "stop" in "\u017ftop")
+    seen = [t[:RULES_MAX_CHARS] for t in texts]
+    found: list[Condition] = []
+    rows: list[list[bool]] = []
+    for w in sorted(support):
+        if support[w] < min_support:
+            continue
+        search = re.compile(rf"(?<!\w)(?:{re.escape(w)})(?!\w)", re.IGNORECASE).search
+        row = [search(t) is not None for t in seen]
+        if sum(row) >= min_support:
+            found.append(("keyword", w))
+            rows.append(row)
     for q in sorted({int(v) for v in np.quantile(tokens, np.linspace(0.1, 0.9, 9))}):
         found += [("max_tokens", q), ("min_tokens", q)]
         rows += [list(tokens <= q), list(tokens >= q)]
