@@ -11,7 +11,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
@@ -28,6 +28,8 @@ from cascade.testing import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "examples" / "mixed" / "rules.toml"
+
+T = TypeVar("T")
 
 GPT35_PRICES = (0.50, 1.50)  # $ per million tokens, in / out: the llm router's rater
 
@@ -47,6 +49,14 @@ def run_config(
     )
     accuracy, exact = _accuracy(records, outcomes, scoring)
     return {"accuracy": accuracy, "exact": exact, "cost_usd": sum(_cost(o) for o in outcomes)}
+
+
+def spread(items: Sequence[T], n: int) -> list[T]:
+    """``n`` of ``items`` evenly spaced over them (all when fewer): mixed-replay's ``test``
+    is ordered by task, so that its first 1,000 texts are AQuA and StrategyQA alone."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i * len(items) // n] for i in range(n)]
 
 
 def requests(config: Config, texts: Sequence[str], budget: float | None) -> list[RouteRequest]:
@@ -170,7 +180,7 @@ def cost_row(
     )
     config = cost_config(base, chosen["budget_usd"], chosen["share"])
     row = run_config(config, routed.parent, test, scoring)
-    batch = requests(config, [r.question for r in test[:1000]], chosen["budget_usd"])
+    batch = requests(config, [r.question for r in spread(test, 1000)], chosen["budget_usd"])
     row["p50_us"] = decision_p50_us(build_router(config.router or {}), batch)
     row["budget_usd"], row["cost_share_param"] = chosen["budget_usd"], chosen["share"]
     row["train"] = chosen

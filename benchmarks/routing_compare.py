@@ -33,8 +33,9 @@ without their default, then the bagged plan table, or the classifier); and ``llm
 accuracy cannot be judged offline (the replay records no difficulty ratings): its
 decision overhead through the engine against the fake OpenAI server and its tokens and
 cost per decision are printed instead. Every row's decision p50 is measured in the same
-run over the first 1,000 test texts (one ``await router.route(request)`` each, the tier
-estimates as the engine makes them).
+run over 1,000 test texts spread evenly over the split (one ``await router.route(request)``
+each, the tier estimates as the engine makes them; the split is ordered by task, so that
+its first 1,000 would be two of its four tasks).
 
 References beside them: ``vote_then_gpt4.toml`` (the best cascade without routing) and
 always-GPT-4 ``standard``. Prices as in the dataset README (gpt-3.5-turbo $0.50/$1.50,
@@ -80,6 +81,7 @@ from _routing_rows import (
     print_llm,
     requests,
     rules_row,
+    spread,
 )
 
 from cascade import Cascade, load_config
@@ -276,7 +278,7 @@ def main() -> int:
         got = run(ROUTED, test, scoring, ClassifierRouter(model=path, policy="table"))
         seeds.append({"seed": seed, **table_info(again), **got})
         print(f"seed {seed}: test {got['exact']:.4f}", file=sys.stderr)
-    texts = [r.question for r in test[:1000]]
+    texts = [r.question for r in spread(test, 1000)]
     batch = requests(config, texts, None)
     rows["router + cascade (classifier)"]["p50_us"] = decision_p50_us(both, batch)
     rows["router only (classifier, one tier)"]["p50_us"] = decision_p50_us(single, batch)
@@ -294,7 +296,7 @@ def main() -> int:
     rows["first_of(rules.toml's rules, classifier)"] = first_of_row(
         ROUTED, test, scoring, both, batch
     )
-    llm = anyio.run(llm_overhead, texts[: args.llm_requests])
+    llm = anyio.run(llm_overhead, spread(texts, args.llm_requests))
 
     if not args.no_semantic:
         sem_file = Path(args.out).with_suffix(".semantic.json")

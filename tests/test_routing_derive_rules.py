@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import anyio
 import numpy as np
@@ -127,3 +128,54 @@ def test_rules_toml_is_a_config_whose_router_routes(derive: ModuleType) -> None:
         if "max_tokens" in rule and len(rule) == 4:  # a length rule alone (and its reason)
             short = "Is it?"
             assert anyio.run(route, short) == (rule["start_tier"], rule["max_tier"])
+
+
+def test_the_figures_are_the_chosen_weights_when_no_weight_meets_the_budget(
+    derive: ModuleType,
+) -> None:
+    """No weight routes within a budget below every range's cost: the list is fitted at the
+    largest weight, and its cross-validated figures must be that weight's out-of-fold
+    routing (here: the cheapest range for every text), not range 0's for every text."""
+    all_texts = texts()
+    _, match = derive.conditions(all_texts, 20)
+    n = len(all_texts)
+    right = np.ones((n, 3))
+    cost = np.tile([1.0, 0.5, 0.1], (n, 1))  # range 0 the dearest, range 2 the cheapest
+    kw = {"ref": 1.0, "max_rules": 4, "min_support": 10, "min_gain": 1.0}
+    _, default, figures = derive.fit(match, right, cost, budget_share=0.01, **kw)
+    assert default == 2
+    assert figures["cost_weight"] == derive.LAMBDAS[-1]
+    assert figures["cv_cost_share"] == pytest.approx(0.1)
+    assert figures["cv_cost_share"] == pytest.approx(figures["train_cost_share"])
+
+
+def test_a_keyword_condition_holds_where_the_rules_router_matches_it(derive: ModuleType) -> None:
+    """The list is fitted on where each keyword matches; the rules router must match it on
+    the same texts. Lower-casing then splitting into words is not the router's
+    case-insensitive whole-word search: "\u0130stanbul" lower-cases to "i\u0307stanbul",
+    whose word is "stanbul", a keyword the router does not find in "\u0130stanbul" (a word
+    character before it); the router finds "stop" in "\u017ftop" (long s)."""
+    corpus = (
+        ["\u0130stanbul is a city"] * 10
+        + ["stanbul stop"] * 10
+        + ["\u017ftop here"] * 10
+        + ["KEY \u212aey points"] * 10
+    )
+    found, match = derive.conditions(corpus, 5)
+    tiers = (TierInfo(index=1, name="a", est_cost_usd=0.0),)
+    keywords = [(i, w) for i, (kind, w) in enumerate(found) if kind == "keyword"]
+    assert ("keyword", "stanbul") in found
+    assert ("keyword", "stop") in found
+    for i, word in keywords:
+        router = build_router({"kind": "rules", "rules": [{"keywords": [word], "start_tier": 1}]})
+
+        async def matches(text: str, router: Any = router) -> bool:
+            request = RouteRequest(
+                messages=(Message(role="user", content=text),),
+                options=RequestOptions(),
+                tiers=tiers,
+                max_cost_usd=None,
+            )
+            return (await router.route(request)).start_tier == 1
+
+        assert match[i].tolist() == [anyio.run(matches, t) for t in corpus], word

@@ -241,3 +241,25 @@ def test_decisions_are_the_ones_before(
     got = (d.start_tier, d.max_tier, d.score, d.tier_scores)
     kw = {"policy": policy, "cost_weight": cost_weight, "right": right}
     assert got == decide_before(probs, costs, **kw)
+
+
+ODD = st.sampled_from([0.0, 0.5, 1.0, 2.0, -0.5, 1e-10, math.nan, math.inf, -math.inf])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.dictionaries(OUTCOME, ODD, max_size=4), min_size=1, max_size=4),
+    st.lists(st.sampled_from([0.0, 0.3, 1.0, math.nan, math.inf]), min_size=5, max_size=5),
+    st.sampled_from(["cascade", "single"]),
+    st.sampled_from([None, 0.5]),
+)
+def test_plans_and_decisions_are_the_ones_before_for_nan_and_infinite_figures(
+    probs: list[dict[str, float]], costs: list[float], policy: Policy, cost_weight: float | None
+) -> None:
+    """The comparisons that replaced min() and max() give what they gave for NaN, infinite
+    and out-of-range figures too (compared by repr: NaN is not equal to itself)."""
+    assert repr(plans(probs, costs)) == repr(plans_before(probs, costs))
+    d = decide(probs, costs, policy=policy, cost_weight=cost_weight, router="t")
+    got = (d.start_tier, d.max_tier, d.score, d.tier_scores)
+    want = decide_before(probs, costs, policy=policy, cost_weight=cost_weight, right=None)
+    assert repr(got) == repr(want)

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from cascade.routing._classifier import ClassifierRouter
 from cascade.routing._labels import Labelled
 from cascade.routing._modelfile import TierLabel, encode_file
 from cascade.routing._policy import decide, plans
-from cascade.routing._textmodel import MAX_FILE_BYTES
+from cascade.routing._textmodel import MAX_FILE_BYTES, TextModel
 from cascade.routing._train import fit_classifier, simulate
 from cascade.testing import FakeOpenAIServer
 
@@ -289,3 +290,29 @@ def test_the_kinds_register_without_numpy_imported() -> None:
         "assert 'numpy' not in sys.modules, 'numpy imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_a_prompt_is_featurised_off_the_event_loop_by_the_work_it_takes(
+    tmp_path: Path, model_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Character n-grams look up a string per character and n-gram size (2..5: four),
+    about ten times the work per character of word unigrams and bigrams: a 1,500-character
+    prompt is milliseconds of CPU for such a model, which must not run on the event loop;
+    the word model featurises the same prompt inline."""
+    chars = tmp_path / "chars.json"
+    chars.write_bytes(encode_file(fit_classifier(training(), TIERS, char_ngrams=(2, 5))))
+    threads: list[int] = []
+    vector = TextModel.vector
+
+    def spy(self: TextModel, text: str) -> Any:
+        threads.append(threading.get_ident())
+        return vector(self, text)
+
+    monkeypatch.setattr(TextModel, "vector", spy)
+    prompt = " ".join(family(i) for i in range(20))[:1500]
+    await ClassifierRouter(model=chars).route(request(prompt))
+    await ClassifierRouter(model=model_file).route(request(prompt))
+    await ClassifierRouter(model=chars).route(request(family(1)[:40]))
+    assert threads[0] != threading.get_ident()
+    assert threads[1] == threading.get_ident()
+    assert threads[2] == threading.get_ident()

@@ -9,8 +9,8 @@ each tier does: every ``train`` question runs through the real engine once per t
 a rule could name, whether the cascade over that range answers it right and at what cost
 (simulated from the labels, as the engine runs a range). Conditions a rule may test:
 
-- a keyword (a whole word of at least two letters or digits, case-insensitive) that at
-  least ``--min-support`` train questions contain;
+- a keyword (a whole word of at least two letters or digits, case-insensitive) that the
+  rules router finds, by its own search, in at least ``--min-support`` train questions;
 - the prompt's estimated tokens at most, or at least, a decile of the train questions'.
 
 Each question's value under a range is ``right - weight x cost / GPT-4's``. Starting from
@@ -19,11 +19,12 @@ range of their own (the rest keeping the best range for the rest) becomes the ne
 its questions are set aside, and so on, up to ``--max-rules`` rules while a rule gains at
 least a least gain of right answers; what is left gets the default range. The cost weight
 is the smallest whose 5-fold cross-validated routing on ``train`` costs at most
-``--budget-share`` of GPT-4 ``standard`` alone (as the bagged plan table's); the least
-gain, among ``GAINS``, the one whose list is the most accurate in that cross-validation
-(the larger on a tie: fewer rules). No task labels
-are read, and nothing of ``test``: report its figures with ``routing_compare.py`` (which
-runs ``rules.toml``'s router through the engine), never from this script.
+``--budget-share`` of GPT-4 ``standard`` alone (as the bagged plan table's; the largest
+tried when none does); the least gain, among ``GAINS``, the one whose list is the most
+accurate in that cross-validation among those within the budget (the larger on a tie:
+fewer rules). No task labels are read, and nothing of ``test``: report its figures with
+``routing_compare.py`` (which runs ``rules.toml``'s router through the engine), never
+from this script.
 
 Without ``--write`` it prints the router table; with it, it writes ``rules.toml``:
 ``routed.toml``'s tiers and the ``[router]`` table.
@@ -54,7 +55,9 @@ OUT = HERE / "rules.toml"
 FOLDS = 5
 GAINS = (1.0, 2.0, 5.0, 10.0)
 """The least gains tried (right answers' worth, on train, a rule must add)."""
-_WORD = re.compile(r"\w\w+")  # a keyword rule matches whole words: the same words
+_WORD = re.compile(r"\w\w+")  # the candidate keywords: whole words of two characters
+RULES_MAX_CHARS = 32_768
+"""The characters of a text the rules router searches (its default ``max_chars``)."""
 
 Condition = tuple[str, Any]  # ("keyword", word) | ("max_tokens", n) | ("min_tokens", n)
 
@@ -67,8 +70,20 @@ def conditions(texts: Sequence[str], min_support: int) -> tuple[list[Condition],
     for ws in words:
         for w in ws:
             support[w] = support.get(w, 0) + 1
-    found: list[Condition] = [("keyword", w) for w in sorted(support) if support[w] >= min_support]
-    rows = [[w in ws for ws in words] for _, w in found]
+    # where the rules router finds each keyword: its own search (rules.py), not the words
+    # of the lower-cased text ("\u0130stanbul" lower-cases to a word "stanbul" the router
+    # does not find there; the router finds "stop" in "\u017ftop")
+    seen = [t[:RULES_MAX_CHARS] for t in texts]
+    found: list[Condition] = []
+    rows: list[list[bool]] = []
+    for w in sorted(support):
+        if support[w] < min_support:
+            continue
+        search = re.compile(rf"(?<!\w)(?:{re.escape(w)})(?!\w)", re.IGNORECASE).search
+        row = [search(t) is not None for t in seen]
+        if sum(row) >= min_support:
+            found.append(("keyword", w))
+            rows.append(row)
     for q in sorted({int(v) for v in np.quantile(tokens, np.linspace(0.1, 0.9, 9))}):
         found += [("max_tokens", q), ("min_tokens", q)]
         rows += [list(tokens <= q), list(tokens >= q)]
@@ -118,14 +133,15 @@ def fit(
     min_gain: float,
 ) -> tuple[list[tuple[int, int]], int, dict[str, float]]:
     """The list at the smallest cost weight whose out-of-fold routing costs at most
-    ``budget_share`` x ``ref`` a record; with its cross-validated and training figures."""
+    ``budget_share`` x ``ref`` a record (the largest weight when none does); with that
+    weight's cross-validated and training figures."""
     n = right.shape[0]
     folds = np.arange(n) % FOLDS
     np.random.default_rng(0).shuffle(folds)
     rows = np.arange(n)
     kw = {"max_rules": max_rules, "min_support": min_support * (FOLDS - 1) // FOLDS}
-    chosen = LAMBDAS[-1]
-    cv = np.zeros(n, dtype=np.intp)
+    # none within the budget: the largest weight, its figures those of its own routing
+    chosen, cv = LAMBDAS[-1], np.zeros(n, dtype=np.intp)
     for lam in LAMBDAS:
         value = right - lam * cost / ref
         oof = np.zeros(n, dtype=np.intp)
@@ -133,8 +149,8 @@ def fit(
             part = folds != f
             rules, default = decision_list(match[:, part], value[part], min_gain=min_gain, **kw)
             oof[~part] = route(match[:, ~part], rules, default)
+        chosen, cv = lam, oof
         if cost[rows, oof].mean() <= budget_share * ref:
-            chosen, cv = lam, oof
             break
     value = right - chosen * cost / ref
     rules, default = decision_list(
@@ -193,7 +209,10 @@ def main() -> int:
             file=sys.stderr,
         )
         fits.append((figures["cv_accuracy"], gain, rules, default, figures))
-    _, gain, rules, default, figures = max(fits, key=lambda f: f[:2])
+    # a list within the budget first (when no weight met it, the cross-validated cost says so)
+    _, gain, rules, default, figures = max(
+        fits, key=lambda f: (f[4]["cv_cost_share"] <= args.budget_share, *f[:2])
+    )
     lines = ["[router]", 'kind = "rules"', "rules = ["]
     left = np.ones(len(train), dtype=bool)
     for c, r in rules:

@@ -15,8 +15,10 @@
 It reads the text of the request's last user message (its first characters only, as the
 file says), predicts for each tier the chance of each outcome, and picks the range of tiers
 as :func:`~cascade.routing._policy.decide` does. Prediction runs on the event loop for a
-short prompt and in a worker thread for a long one (for a bagged table, also for a short
-prompt whose known terms x the table's clusters exceed ``INLINE_CELLS``).
+short prompt and in a worker thread for a long one, short by the work its n-grams take
+(:func:`inline_chars`: 2,000 characters of word unigrams and bigrams, under 100 with
+character n-grams 2..5); for a bagged table, also for a short prompt whose known terms x
+the table's clusters exceed ``INLINE_CELLS``.
 """
 
 from __future__ import annotations
@@ -32,11 +34,28 @@ from ._decision import RouteDecision, RouteRequest
 from ._ensemble import EnsembleTable
 from ._modelfile import load_classifier
 from ._policy import Policy, decide
+from ._textmodel import Features
 
-__all__ = ["ClassifierRouter", "prompt_text"]
+__all__ = ["ClassifierRouter", "inline_chars", "prompt_text"]
 
 INLINE_CHARS = 2000
-"""Texts longer than this are featurised in a worker thread."""
+"""Texts longer than this are featurised in a worker thread, for a model of word unigrams
+and bigrams (:func:`inline_chars`: fewer for a model that looks up more n-grams)."""
+CHAR_GRAM_WORK = 10
+"""A character n-gram size's lookups per character, in word n-gram sizes' (a string per
+character against one per word of ~5 characters; measured ~10x per size)."""
+
+
+def inline_chars(features: Features) -> int:
+    """The longest text featurised on the event loop: as much work as ``INLINE_CHARS``
+    characters of word unigrams and bigrams, each word n-gram size counting 1 and each
+    character n-gram size ``CHAR_GRAM_WORK`` (``char_ngrams`` 2..5: 95 characters)."""
+    lo, hi = features.word_ngrams
+    work = hi - lo + 1
+    if features.char_ngrams is not None:
+        clo, chi = features.char_ngrams
+        work += CHAR_GRAM_WORK * (chi - clo + 1)
+    return INLINE_CHARS * 2 // work
 
 
 def prompt_text(request: RouteRequest, limit: int) -> str:
@@ -113,6 +132,7 @@ class ClassifierRouter:
         self.policy: Policy = policy
         self.cost_weight = cost_weight if cost_weight is not None else self.file.cost_weight
         self.min_pass = float(min_pass)
+        self.inline_chars = inline_chars(self.file.features)
 
     def __repr__(self) -> str:
         return f"<ClassifierRouter {self.path!r} {self.policy} tiers={self.file.tiers}>"
@@ -139,19 +159,19 @@ class ClassifierRouter:
         text = prompt_text(request, self.model.features.max_chars)
         table = self.ensemble
         if table is not None:
-            if len(text) > INLINE_CHARS:
+            if len(text) > self.inline_chars:
                 return await anyio.to_thread.run_sync(self.from_ensemble, table, text)
             idx, w = self.model.vector(text)
             if not table.inline(len(idx)):  # many known terms x many clusters
                 return await anyio.to_thread.run_sync(self.from_vector, table, idx, w)
             return self.from_vector(table, idx, w)
         if self.policy == "table":
-            if len(text) > INLINE_CHARS:
+            if len(text) > self.inline_chars:
                 c = await anyio.to_thread.run_sync(self.cluster, text)
             else:
                 c = self.cluster(text)
             return self.from_table(c)
-        if len(text) > INLINE_CHARS:
+        if len(text) > self.inline_chars:
             probs, right = await anyio.to_thread.run_sync(self.predict, text)
         else:
             probs, right = self.predict(text)
