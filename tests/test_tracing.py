@@ -4,6 +4,7 @@ SDK's in-memory exporter and reader (passed to the Cascade: no global provider i
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -670,3 +671,46 @@ async def test_a_routers_concurrent_calls_each_get_their_own_span(
         answered = attrs(span)[sc.GEN_AI_OUTPUT_MESSAGES]  # at its end, from an attempt
         expected = "22 22 22" if '"fast"' in asked else '"1"'
         assert expected in answered, (asked, answered)
+
+
+async def test_the_jaeger_readme_tree_names_each_attribute_on_its_own_span(
+    otel: OTel, openai_server: FakeOpenAIServer
+) -> None:
+    """examples/jaeger/README.md draws an escalated trace span by span: each attribute it
+    lists under a span is one an escalated run puts on that kind of span (run, tier, call),
+    not on another."""
+    from pathlib import Path
+
+    readme = Path(__file__).parent.parent / "examples" / "jaeger" / "README.md"
+    block = readme.read_text().split("```text\n", 1)[1].split("```", 1)[0]
+    drawn: dict[str, set[str]] = {"run": set(), "tier": set(), "chat": set()}
+    kind = ""
+    for line in block.splitlines():
+        text = line.lstrip("│├└─ ")
+        for prefix, name in (("cascade.run ", "run"), ("cascade.tier ", "tier"), ("chat ", "chat")):
+            if text.startswith(prefix):
+                kind = name
+        if "event " in text or text.startswith(("detail =", "reason =")):
+            continue  # an event's attributes
+        drawn[kind] |= set(re.findall(r"((?:cascade|gen_ai|server)\.[a-z_.]+) = ", text))
+    openai_server.script("ms", "prose")
+    openai_server.script("ml", ANSWER)
+    config = {
+        "tiers": [
+            tier(
+                "cheap",
+                provider("mini", openai_server.url, "ms", max_tokens=200),
+                validators=[JSON_SCHEMA],
+            ),
+            tier("strong", provider("big", openai_server.url, "ml")),
+        ]
+    }
+    async with otel.cascade(config) as c:
+        await c.run(messages=USER, options=cascade.RequestOptions(metadata={"task_id": "inv-17"}))
+    emitted: dict[str, set[str]] = {"run": set(), "tier": set(), "chat": set()}
+    for span in otel.spans():
+        name = "run" if span.name == "cascade.run" else span.name.split()[0].split(".")[-1]
+        emitted[name] |= set(attrs(span))
+    for name, keys in drawn.items():
+        assert keys, name  # the block was read
+        assert keys <= emitted[name], (name, sorted(keys - emitted[name]))

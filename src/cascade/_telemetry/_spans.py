@@ -44,7 +44,8 @@ if TYPE_CHECKING:
 _OK = Status(StatusCode.OK)
 _FAILED_TIER = {"failed": "every provider failed", "none": "no call ended"}
 """Tier outcomes whose span ends in ERROR (no call ended: the run was cut off), with the
-status message. A rejected answer is the tier doing its work: OK, the run escalates."""
+status message. A rejected answer is the tier doing its work, not an error: the run
+escalates (the span is OK under OpenInference's conventions, else its status is unset)."""
 
 __all__ = [
     "NOOP_ATTEMPT",
