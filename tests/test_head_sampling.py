@@ -67,6 +67,13 @@ SAMPLERS: dict[str, Sampler] = {
         local_parent_sampled=TraceIdRatioBased(0.5),
         local_parent_not_sampled=TraceIdRatioBased(0.5),
     ),
+    # a delegate cascade leaves to start_span (RECORD_ONLY), beside ones it decides
+    "mixed_delegates": ParentBased(
+        StaticSampler(Decision.DROP),
+        remote_parent_sampled=TraceIdRatioBased(0.5),
+        local_parent_sampled=StaticSampler(Decision.DROP),
+        local_parent_not_sampled=StaticSampler(Decision.RECORD_ONLY),
+    ),
 }
 _STATE = TraceState([("vendor", "v1")])
 PARENTS: dict[str, SpanContext | None] = {
@@ -75,6 +82,10 @@ PARENTS: dict[str, SpanContext | None] = {
     "local_not_sampled": SpanContext(0x1234 << 64 | (1 << 63), 0x78, False, TraceFlags(0)),
     "remote_sampled": SpanContext(0xBEEF << 64 | 0x9, 0x79, True, TraceFlags(3), _STATE),
     "remote_not_sampled": SpanContext(0xF00D << 64 | 0x3, 0x7A, True, TraceFlags(2), _STATE),
+    # every flag bit set: sampled and random-trace-id, and bits no one defines yet
+    "remote_all_flags": SpanContext(0xF00D << 64 | 1 << 63, 0x7B, True, TraceFlags(0xFF), _STATE),
+    # not a parent (no span id): a new trace, without the trace state it carries
+    "invalid_with_state": SpanContext(0xBAD << 64 | 0x3, 0, True, TraceFlags(1), _STATE),
 }
 
 
@@ -137,9 +148,10 @@ def test_the_same_decisions_and_span_contexts_as_the_sdk(
             ours.append(run_span_of(tel))
     provider_.shutdown()
     assert ours == theirs
-    sampled = sum(1 for d in ours if d[-1])
+    sampled = sum(1 for d in ours if d[3] & TraceFlags.SAMPLED)
     assert len(exporter.get_finished_spans()) == sampled
-    assert len(started) == sampled  # the drops were decided without the SDK
+    recording = sum(1 for d in ours if d[-1])  # sampled, or RECORD_ONLY's
+    assert len(started) == recording  # the drops were decided without the SDK
     if parent == "root" and sampler.endswith("ratio"):  # 0.25 of new traces
         assert 30 <= sampled <= 70
         assert all(d[0] & MASK < TraceIdRatioBased.get_bound_for_rate(0.25) for d in ours if d[-1])

@@ -4,6 +4,7 @@ SDK's in-memory exporter and reader (passed to the Cascade: no global provider i
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -616,3 +617,100 @@ async def test_call_spans_are_the_attempt_records(
                 v.passed for v in attempt.verdicts
             ]
     assert [a.outcome for a in result.attempts] == ["failed", "failed", "rejected", "accepted"]
+
+
+@cascade.router("test_two_votes", replace=True)
+class TwoVotes:
+    """A router asking the same provider two questions at once (``RouteRequest.complete``
+    in tasks of its own, as ``asyncio.gather`` runs them)."""
+
+    def __init__(self) -> None:
+        self.name = "two_votes"
+
+    async def route(self, request: cascade.RouteRequest) -> cascade.RouteDecision:
+        import asyncio
+
+        assert request.complete is not None
+        await asyncio.gather(
+            *(
+                request.complete("small-a", [cascade.Message(role="user", content=question)])
+                for question in ("slow", "fast")
+            )
+        )
+        return cascade.RouteDecision(start_tier=1, router=self.name)
+
+
+async def test_a_routers_concurrent_calls_each_get_their_own_span(
+    otel: OTel, openai_server: FakeOpenAIServer
+) -> None:
+    """Two calls of the router at once to one provider, the first answering last: each
+    call's span is ended with its own attempt (the answer to the question it asked), both
+    under the router's tier span, and no context is detached in a task that did not
+    attach it (the fixture checks the SDK logged nothing)."""
+    replies = {"slow": Reply(text="1", latency_s=0.2), "fast": "22 22 22"}  # latency orders
+
+    def respond(request: Any) -> Reply | str:
+        content = request.messages[-1]["content"]
+        return replies.get(content, ANSWER)
+
+    openai_server.respond("m1", respond)
+    config = {
+        "tiers": [tier("small", provider("small-a", openai_server.url, "m1"))],
+        "router": {"kind": "test_two_votes"},
+    }
+    async with otel.cascade(config, capture_content=True) as c:
+        result = await c.run(messages=USER)
+    router_attempts = [a for a in result.attempts if a.tier_name == "router"]
+    assert len(router_attempts) == 2
+    router_tier = otel.one("cascade.tier router")
+    calls = [s for s in otel.spans() if s.name == "chat m1" and s.parent is not None]
+    under = [s for s in calls if s.parent.span_id == router_tier.context.span_id]  # type: ignore[union-attr]
+    assert len(under) == 2
+    for span in under:
+        asked = attrs(span)[sc.GEN_AI_INPUT_MESSAGES]  # set at its start, from its request
+        answered = attrs(span)[sc.GEN_AI_OUTPUT_MESSAGES]  # at its end, from an attempt
+        expected = "22 22 22" if '"fast"' in asked else '"1"'
+        assert expected in answered, (asked, answered)
+
+
+async def test_the_jaeger_readme_tree_names_each_attribute_on_its_own_span(
+    otel: OTel, openai_server: FakeOpenAIServer
+) -> None:
+    """examples/jaeger/README.md draws an escalated trace span by span: each attribute it
+    lists under a span is one an escalated run puts on that kind of span (run, tier, call),
+    not on another."""
+    from pathlib import Path
+
+    readme = Path(__file__).parent.parent / "examples" / "jaeger" / "README.md"
+    block = readme.read_text().split("```text\n", 1)[1].split("```", 1)[0]
+    drawn: dict[str, set[str]] = {"run": set(), "tier": set(), "chat": set()}
+    kind = ""
+    for line in block.splitlines():
+        text = line.lstrip("│├└─ ")
+        for prefix, name in (("cascade.run ", "run"), ("cascade.tier ", "tier"), ("chat ", "chat")):
+            if text.startswith(prefix):
+                kind = name
+        if "event " in text or text.startswith(("detail =", "reason =")):
+            continue  # an event's attributes
+        drawn[kind] |= set(re.findall(r"((?:cascade|gen_ai|server)\.[a-z_.]+) = ", text))
+    openai_server.script("ms", "prose")
+    openai_server.script("ml", ANSWER)
+    config = {
+        "tiers": [
+            tier(
+                "cheap",
+                provider("mini", openai_server.url, "ms", max_tokens=200),
+                validators=[JSON_SCHEMA],
+            ),
+            tier("strong", provider("big", openai_server.url, "ml")),
+        ]
+    }
+    async with otel.cascade(config) as c:
+        await c.run(messages=USER, options=cascade.RequestOptions(metadata={"task_id": "inv-17"}))
+    emitted: dict[str, set[str]] = {"run": set(), "tier": set(), "chat": set()}
+    for span in otel.spans():
+        name = "run" if span.name == "cascade.run" else span.name.split()[0].split(".")[-1]
+        emitted[name] |= set(attrs(span))
+    for name, keys in drawn.items():
+        assert keys, name  # the block was read
+        assert keys <= emitted[name], (name, sorted(keys - emitted[name]))

@@ -198,7 +198,8 @@ class AttemptTrace:
     span); ``judged`` adds the verdicts and ends it; ``failed`` records an error and ends
     it; ``end`` ends it as it stands. Every ending after the first is ignored. The span is
     the current one from start to end: end it in the task that started it. Its status:
-    ERROR when the call failed, unset when it lost a hedge race, else OK.
+    ERROR when the call failed; otherwise OK under OpenInference's conventions (unset when
+    it lost a hedge race), and unset under GenAI's alone.
     """
 
     __slots__ = ("_done", "_ending", "_info", "_lost", "_t0", "_tel", "_token", "span")

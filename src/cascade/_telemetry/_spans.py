@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
@@ -43,7 +44,8 @@ if TYPE_CHECKING:
 _OK = Status(StatusCode.OK)
 _FAILED_TIER = {"failed": "every provider failed", "none": "no call ended"}
 """Tier outcomes whose span ends in ERROR (no call ended: the run was cut off), with the
-status message. A rejected answer is the tier doing its work: OK, the run escalates."""
+status message. A rejected answer is the tier doing its work, not an error: the run
+escalates (the span is OK under OpenInference's conventions, else its status is unset)."""
 
 __all__ = [
     "NOOP_ATTEMPT",
@@ -95,9 +97,10 @@ class RunTrace:
         """When the Finished event came: the run's span ends then, though the reader
         of a stream takes the result before the span is ended."""
         self._route: Routed | None = None
-        self._calls: dict[tuple[int, str], AttemptTrace] = {}
+        self._calls: dict[tuple[int, str], AttemptTrace | list[AttemptTrace]] = {}
         """The spans of the calls under way, by (tier, provider): each is ended by its
-        call's AttemptFinished event, from the attempt record."""
+        call's AttemptFinished event, from the attempt record. Several calls of one
+        provider at once (a router's, in tasks of its own) are a list (see _pending)."""
 
     @property
     def records(self) -> bool:
@@ -130,8 +133,10 @@ class RunTrace:
         if kind is AttemptFinished:
             attempt = event.attempt  # type: ignore[union-attr]
             call = self._calls.pop((attempt.tier, attempt.provider), None)
+            if type(call) is list:
+                call = self._pending((attempt.tier, attempt.provider), call)
             if call is not None:
-                call.finished(attempt)
+                call.finished(attempt)  # type: ignore[union-attr]
         elif kind is Escalated:
             self.escalated(event)  # type: ignore[arg-type]
         elif kind is Finished:
@@ -139,6 +144,17 @@ class RunTrace:
             self._ended_ns = time_ns()
         elif kind is Routed:
             self.routed(event)  # type: ignore[arg-type]
+
+    def _pending(self, key: tuple[int, str], calls: list[AttemptTrace]) -> AttemptTrace:
+        """Which of several calls of one provider under way an attempt record is: the one
+        whose span is current (a call records its attempt in its own task, under its own
+        span), else the first; the others stay pending."""
+        current = trace.get_current_span()
+        call = next((c for c in calls if c.span is current), calls[0])
+        rest = [c for c in calls if c is not call]
+        if rest:
+            self._calls[key] = rest if len(rest) > 1 else rest[0]
+        return call
 
     def routed(self, event: Routed) -> None:
         """The router decided: ``cascade.route.*`` on the run's span, and the decision
@@ -172,8 +188,10 @@ class RunTrace:
                 attrs[sc.CASCADE_ESCALATION_REPAIR] = True
             self.span.add_event(sc.EVENT_ESCALATION, attrs)
 
-    def tier(self, tier: TierLike) -> TierTrace:
-        """Start a tier's span."""
+    def tier(self, tier: TierLike, *, current: bool = True) -> TierTrace:
+        """Start a tier's span, current in this task unless ``current`` is False (a
+        router's tier, whose calls may run in tasks of their own: each makes the span
+        current there, :meth:`TierTrace.made_current`)."""
         tel = self._tel
         if tel is None:
             return NOOP_TIER
@@ -188,8 +206,7 @@ class RunTrace:
         span = tel.tracer.start_span(
             f"{sc.SPAN_TIER} {tier.name}", kind=SpanKind.INTERNAL, attributes=attrs
         )
-        token = use_span(span)
-        return TierTrace(self, tier, span, token)
+        return TierTrace(self, tier, span, use_span(span) if current else None)
 
     def finish(self, exc: BaseException | None = None) -> None:
         tel = self._tel
@@ -362,8 +379,22 @@ class TierTrace:
             call = start_attempt(
                 tel, info, messages, options, self.span, number, retry, None, hedge=hedge
             )
-        run._calls[key] = call
+        pending = run._calls.get(key)
+        if pending is None:
+            run._calls[key] = call
+        else:  # another call of this provider is under way (a router's, at once)
+            run._calls[key] = [*pending, call] if isinstance(pending, list) else [pending, call]
         return call
+
+    def made_current(self) -> Token[Context] | None:
+        """Make this tier's span current in the calling task (a router's call, which may
+        run in a task of the router's own); :meth:`detach` the token in the same task."""
+        return None if self.span is None else use_span(self.span)
+
+    @staticmethod
+    def detach(token: Token[Context] | None) -> None:
+        if token is not None:
+            detach(token)
 
     def retry(self, provider: str, exc: BaseException, wait_s: float, *, retry: int) -> None:
         """Try number ``retry`` of ``provider`` failed and is retried after ``wait_s``."""

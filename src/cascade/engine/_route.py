@@ -215,12 +215,19 @@ class _Calling:
         run, calls = self._run, self._calls
         if not self._trace:  # the router's calls have a tier span of their own
             self._trace = True
-            run.tier_trace = run.trace.tier(tier)
+            # Not current here: a router may call in tasks of its own (asyncio.gather),
+            # so each call makes it current in its own task, and leaves it there.
+            run.tier_trace = run.trace.tier(tier, current=False)
+        tier_trace = run.tier_trace
         lease = await calls.reserve(provider, msgs, opts)
         if lease is False:
             return None  # no headroom now: a router does not wait for it
         self._msgs = msgs
-        attempt = await calls.attempt(run, tier, provider, msgs, opts, lease, show_text=False)
+        token = tier_trace.made_current()
+        try:
+            attempt = await calls.attempt(run, tier, provider, msgs, opts, lease, show_text=False)
+        finally:
+            tier_trace.detach(token)
         return None if attempt is None else attempt.completion
 
     def cut_off(self, exc: Exception) -> None:
