@@ -42,7 +42,7 @@ from opentelemetry.util.types import Attributes
 import cascade
 from cascade import Cascade
 from cascade._telemetry import Telemetry
-from cascade._telemetry._sampling import head_sampler
+from cascade._telemetry._sampling import DROP, head_sampler
 from cascade._types import RequestOptions
 from cascade.testing import FakeOpenAIServer
 
@@ -437,3 +437,27 @@ def test_a_disabled_tracer_is_left_to_the_sdk() -> None:
     with under(parent):
         assert run_span_of(tel)[:2] == (parent.trace_id, parent.span_id)
     provider_.shutdown()
+
+
+def test_a_current_span_without_a_span_context_starts_a_new_trace() -> None:
+    """A user's Span whose ``get_span_context()`` is None: ``start_span`` takes it for no
+    parent, and so does cascade's decision (it used to raise AttributeError)."""
+
+    class Contextless(NonRecordingSpan):
+        def get_span_context(self) -> Any:
+            return None
+
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.0)))
+    sampler = head_sampler(provider.get_tracer("cascade"))
+    assert sampler is not None
+    token = otel_context.attach(trace.set_span_in_context(Contextless(SpanContext(0, 0, False))))
+    try:
+        verdict, detach_token = sampler.decide()  # no AttributeError
+        assert verdict == DROP  # a new trace at ratio 0, as start_span would decide
+        made = trace.get_current_span().get_span_context()
+        assert made.is_valid  # a new trace's dropped span, not the contextless one
+        assert not made.trace_flags.sampled
+        otel_context.detach(detach_token)
+    finally:
+        otel_context.detach(token)
+    provider.shutdown()

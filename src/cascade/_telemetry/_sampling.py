@@ -145,7 +145,7 @@ class HeadSampler:
         parent_span = context.get(SPAN_KEY)  # type: ignore[arg-type]
         if parent_span is not None and isinstance(parent_span, Span):
             parent = parent_span.get_span_context()
-            if parent.is_valid:
+            if parent is not None and parent.is_valid:  # None: a new trace, as the SDK
                 return self._child(context, parent)
         leaf = self._leaves[0]
         if leaf < _ALL_DROPPED:
