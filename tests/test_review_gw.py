@@ -87,3 +87,25 @@ async def test_a_wrapper_overriding_stream_is_read_through_it(
         done, _ = await complete(wrapper, MSGS, OPTS, 0.0)  # type: ignore[arg-type]
     assert done.text == TEXT
     assert "".join(c.text for c in wrapper.seen) == TEXT
+
+
+async def test_two_tasks_closing_one_stream_both_return() -> None:
+    ended = asyncio.Event()
+
+    async def run(stream: Stream) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.01)  # a cancelled run records its attempt first
+            ended.set()
+
+    stream = Stream("buffered", run)
+    async with stream:
+        await asyncio.sleep(0)
+        closer = asyncio.create_task(stream.aclose())  # say, a watchdog of the caller's
+        await asyncio.sleep(0)
+        with anyio.fail_after(5):
+            await stream.aclose()
+        with anyio.fail_after(5):
+            await closer
+    assert ended.is_set()
