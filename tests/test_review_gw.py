@@ -109,3 +109,40 @@ async def test_two_tasks_closing_one_stream_both_return() -> None:
         with anyio.fail_after(5):
             await closer
     assert ended.is_set()
+
+
+class Batched:
+    """A user's provider with a ``stream_batches`` of its own that sends an empty batch
+    (a read that completed no chunk): the protocol asks for none, but it must not crash
+    the engine with a ValueError from inside it."""
+
+    name = "b"
+    model = "m"
+
+    def __init__(self) -> None:
+        self.config = _config("http://127.0.0.1:9/v1")
+
+    async def stream(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncIterator[Chunk]:
+        async for batch in self.stream_batches(messages, options):
+            for chunk in batch:
+                yield chunk
+
+    async def stream_batches(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncIterator[list[Chunk]]:
+        yield [Chunk(text="4")]
+        yield []
+        yield [Chunk(text="2"), Chunk(finish_reason="stop", output_tokens=1)]
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_an_empty_batch_is_skipped() -> None:
+    provider = Batched()
+    assert batches_of(provider)
+    done, _ = await complete(provider, MSGS, OPTS, 0.0)  # type: ignore[arg-type]
+    assert done.text == "42"
+    assert done.finish_reason == "stop"
