@@ -344,10 +344,14 @@ async def complete(
 
 
 async def _joined(batches: AsyncIterator[list[Chunk]]) -> AsyncGenerator[Chunk, None]:
-    """Each batch of a stream (:class:`~cascade.providers.SupportsBatches`) as one chunk."""
+    """Each batch of a stream (:class:`~cascade.providers.SupportsBatches`) as one chunk
+    (an empty one, which a provider of the user's may send, as none)."""
     async with aclosing(batches):  # type: ignore[type-var]
         async for batch in batches:
-            yield batch[0] if len(batch) == 1 else join_chunks(batch)
+            if len(batch) == 1:
+                yield batch[0]
+            elif batch:
+                yield join_chunks(batch)
 
 
 def whole_answer(provider: Provider) -> bool:

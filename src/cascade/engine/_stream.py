@@ -218,14 +218,22 @@ class Stream:
             # The run ends within a turn or two of the loop; a cancel scope that cancels
             # the reader again meanwhile is delivered once the run has ended. The task's
             # done callback (``_wake``) ends the wait: a future, not ``asyncio.wait``
-            # (its set, its callbacks and a future of its own, each request).
-            self._ending = waiter = asyncio.get_running_loop().create_future()
+            # (its set, its callbacks and a future of its own, each request). A second
+            # task closing the stream meanwhile (a caller's watchdog, and the block's
+            # exit) waits on the task itself: ``_wake`` sets one future only.
+            waiter: asyncio.Future[None] | None = None
+            if self._ending is None:
+                self._ending = waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
+                if waiter is not None:
+                    await waiter
+                else:
+                    await asyncio.wait((task,))
             except asyncio.CancelledError as exc:
                 interrupted = exc
             finally:
-                self._ending = None
+                if waiter is not None:
+                    self._ending = None
         if not task.cancelled():
             task.exception()  # retrieved: a reader that left early has seen enough
         if interrupted is not None:

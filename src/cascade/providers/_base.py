@@ -148,11 +148,26 @@ _BATCHES: dict[type, bool] = {}
 
 
 def batches_of(provider: object) -> bool:
-    """Whether ``provider`` is :class:`SupportsBatches` (the protocol checked once per
-    class), and its ``stream`` is its class's: a ``stream`` set on the instance (a
-    wrapper, a test's stand-in) is what reads it, not batches it does not yield."""
+    """Whether ``provider`` is :class:`SupportsBatches` with a ``stream`` that yields the
+    chunks of its ``stream_batches`` (checked once per class): its class defines
+    ``stream_batches`` no further up than ``stream``, and no ``stream`` is set on the
+    instance. A subclass or a wrapper that overrides ``stream`` (to look at each chunk,
+    to change them) is read through it: a ``stream_batches`` it inherits, or finds on the
+    provider it wraps (``__getattr__``), would go around it."""
     cls = type(provider)
     found = _BATCHES.get(cls)
     if found is None:
-        found = _BATCHES[cls] = isinstance(provider, SupportsBatches)
+        found = _BATCHES[cls] = _own_batches(cls)
     return found and "stream" not in getattr(provider, "__dict__", ())
+
+
+def _own_batches(cls: type) -> bool:
+    """Whether ``cls`` (not an attribute lookup it forwards) defines ``stream_batches``,
+    in the class that defines its ``stream`` or in one below it."""
+    owners: dict[str, int] = {}
+    for depth, klass in enumerate(reversed(cls.__mro__)):  # the most derived one last
+        for name in ("stream", "stream_batches"):
+            if name in vars(klass):
+                owners[name] = depth
+    batches, stream = owners.get("stream_batches"), owners.get("stream")
+    return batches is not None and stream is not None and batches >= stream
