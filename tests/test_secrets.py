@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from cascade import Cascade, RunError
-from cascade.providers._http import _MAX_ERROR_BODY
+from cascade.providers._http_errors import MAX_ERROR_BODY as _MAX_ERROR_BODY
 from cascade.providers._redact import redact
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 

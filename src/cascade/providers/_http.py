@@ -2,9 +2,10 @@
 
 :class:`HTTPProvider` does one POST per call and turns the response into chunks: a JSON
 body parsed whole, or SSE events parsed as they come off the socket. Subclasses supply the
-wire format (URL, headers, body, parsing). Every third-party failure is translated here
-into the CascadeError tree, and the translated error carries no reference to aiohttp's
-objects (whose ``request_info`` holds the request headers, and so the API key).
+wire format (URL, headers, body, parsing). Every third-party failure is translated (by
+``_http_errors``) into the CascadeError tree, and the translated error carries no
+reference to aiohttp's objects (whose ``request_info`` holds the request headers, and so
+the API key).
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ from .._errors import (
     ProviderConnectionError,
     ProviderError,
     ProviderStatusError,
-    ProviderTimeout,
-    RateLimited,
     ResponseTooLarge,
 )
 from .._headers import retry_after_s
@@ -37,6 +36,7 @@ from .._sse import EventTooLarge, SSEDecoder, SSEEvent
 from .._timeouts import ClockLane, TimeoutLane
 from .._types import Chunk, Message, RequestOptions
 from .._urls import hide_userinfo
+from ._http_errors import status_error, translate
 from ._redact import redact, shorten
 from ._sizes import OBJECT_BYTES, Held, json_cost
 from ._status import status_class
@@ -53,7 +53,6 @@ __all__ = [
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
-_MAX_ERROR_BODY = 16384
 _MAX_DECODED_PER_BYTE = 4 + OBJECT_BYTES
 """The most ``json_cost`` can count per byte of body (a character at 4 bytes, an object per
 byte): a body under ``limit`` / this needs no scan."""
@@ -81,89 +80,6 @@ def encode_body(body: dict[str, Any]) -> bytes:
 
 
 """Returned by ``_event`` for the stream's terminal event."""
-
-
-def translate(exc: Exception, *, provider: str, model: str, secret: str | None) -> ProviderError:
-    """The ProviderError for a third-party exception (httpcore's ``map_exceptions``)."""
-    name = type(exc).__name__
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return ProviderTimeout("connect timed out", provider=provider, model=model, phase="connect")
-    if isinstance(exc, TimeoutError):
-        return ProviderTimeout("timed out (timeout_s)", provider=provider, model=model)
-    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
-        return ProviderConnectionError(
-            f"connection closed mid-response ({name})", provider=provider, model=model
-        )
-    if isinstance(exc, aiohttp.ClientResponseError):
-        # A bad status line or header, too many redirects: the server broke HTTP.
-        return MalformedResponse(
-            redact(f"{name}: {exc.message}", secret), provider=provider, model=model
-        )
-    if isinstance(exc, aiohttp.ClientError):
-        return ProviderConnectionError(
-            redact(f"{name}: {exc}", secret), provider=provider, model=model
-        )
-    if isinstance(exc, msgspec.DecodeError | msgspec.ValidationError | UnicodeDecodeError):
-        return MalformedResponse(redact(f"bad body: {exc}", secret), provider=provider, model=model)
-    if isinstance(exc, RecursionError):
-        # msgspec's answer to JSON nested deeper than the interpreter's recursion limit.
-        return MalformedResponse("bad body: JSON nested too deep", provider=provider, model=model)
-    return ProviderConnectionError(
-        redact(f"unexpected {name}: {exc}", secret), provider=provider, model=model
-    )
-
-
-class _ErrorDetail(msgspec.Struct):
-    message: str = ""
-    type: str | None = None
-    code: str | int | None = None
-
-
-class _ErrorBody(msgspec.Struct):
-    error: _ErrorDetail | str | None = None
-
-
-_error_decoder = msgspec.json.Decoder(_ErrorBody)
-
-
-async def status_error(
-    resp: aiohttp.ClientResponse, *, provider: str, model: str, secret: str | None
-) -> ProviderStatusError:
-    """Build the error for a non-2xx response (OpenAI and Anthropic error bodies alike)."""
-    raw = b""
-    try:
-        while len(raw) < _MAX_ERROR_BODY:
-            piece = await resp.content.read(_MAX_ERROR_BODY - len(raw))
-            if not piece:
-                break
-            raw += piece
-    except (aiohttp.ClientError, TimeoutError):
-        pass  # the status says enough; a broken error body must not hide it
-    body = redact(raw.decode("utf-8", "replace"), secret)
-    message = resp.reason or "error"
-    try:
-        detail = _error_decoder.decode(raw).error
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        detail = None
-    if isinstance(detail, _ErrorDetail) and detail.message:
-        message = detail.message
-    elif isinstance(detail, str) and detail:
-        message = detail
-    message = redact(message, secret)
-    status = resp.status
-    if status in (429, 529):
-        return RateLimited(
-            message,
-            provider=provider,
-            model=model,
-            status=status,
-            body=body,
-            retry_after=retry_after_s(resp.headers),
-        )
-    cls = ProviderStatusError
-    if isinstance(detail, _ErrorDetail):
-        cls = status_class(status, code=detail.code, kind=detail.type, message=message)
-    return cls(message, provider=provider, model=model, status=status, body=body)
 
 
 class HTTPProvider:
