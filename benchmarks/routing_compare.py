@@ -81,12 +81,11 @@ from _routing_rows import (
     print_llm,
     requests,
     rules_row,
+    run_config,
     spread,
 )
 
-from cascade import Cascade, load_config
-from cascade._eval import _accuracy, _cost, run_all
-from cascade._progress import Progress
+from cascade import load_config
 from cascade._scoring import Scoring, load_records
 from cascade.routing._classifier import ClassifierRouter
 from cascade.routing._labels import label_records
@@ -106,22 +105,7 @@ GPT4 = ROOT / "examples" / "mixed" / "gpt4_standard.toml"
 def run(
     config_path: Path, records: list[Any], scoring: Scoring, router: Any = None
 ) -> dict[str, Any]:
-    config = load_config(config_path)
-    cascade = Cascade(config, base_dir=config_path.parent, router=router)
-    outcomes = anyio.run(
-        lambda: run_all(
-            cascade,
-            [r.question for r in records],
-            concurrency=16,
-            progress=Progress(len(records), "", None),
-        )
-    )
-    accuracy, exact = _accuracy(records, outcomes, scoring)
-    return {
-        "accuracy": accuracy,
-        "exact": exact,
-        "cost_usd": sum(_cost(o) for o in outcomes),
-    }
+    return run_config(load_config(config_path), config_path.parent, records, scoring, router)
 
 
 def table_info(fitted: Any) -> dict[str, Any]:
