@@ -33,8 +33,8 @@ from .._errors import ConfigError
 from ._decision import RouteDecision, RouteRequest
 from ._ensemble import EnsembleTable
 from ._modelfile import load_classifier
-from ._policy import Policy, decide
-from ._textmodel import Features
+from ._policy import Outcomes, Policy, choose
+from ._textmodel import OUTCOMES, Features
 
 __all__ = ["ClassifierRouter", "inline_chars", "prompt_text"]
 
@@ -133,6 +133,19 @@ class ClassifierRouter:
         self.cost_weight = cost_weight if cost_weight is not None else self.file.cost_weight
         self.min_pass = float(min_pass)
         self.inline_chars = inline_chars(self.file.features)
+        # where each figure a decision needs sits in TextModel.class_probabilities' lists
+        # (-1: the head has no such class, its chance 0.0): per tier its head's accepted
+        # and right, accepted and wrong, rejected and right; per plan its head's right
+        n = len(self.file.tiers)
+        self._at = [
+            tuple(h.classes.index(c) if c in h.classes else -1 for c in OUTCOMES[:3])
+            for h in self.file.heads[:n]
+        ]
+        self._plans = [(start - 1, stop - 1) for start, stop in self.file.plans]
+        self._right_at = [
+            (n + i, h.classes.index("right") if "right" in h.classes else -1)
+            for i, h in enumerate(self.file.heads[n : n + len(self.file.plans)])
+        ]
 
     def __repr__(self) -> str:
         return f"<ClassifierRouter {self.path!r} {self.policy} tiers={self.file.tiers}>"
@@ -147,6 +160,15 @@ class ClassifierRouter:
             for (start, stop), p in zip(plans, out[n : n + len(plans)], strict=True)
         }
         return out[:n], right
+
+    def figures(self, text: str) -> tuple[Outcomes, dict[tuple[int, int], float]]:
+        """:meth:`predict` as :func:`~cascade.routing._policy.choose` takes it: per tier
+        its outcomes' chances, per range of tiers with a head its chance of a right
+        answer."""
+        ps = self.model.class_probabilities(self.model.logits(text))
+        tiers = [(p[a], p[b], p[c]) for p, (a, b, c) in zip(ps, self._at, strict=False)]
+        right = dict(zip(self._plans, [ps[h][i] for h, i in self._right_at], strict=True))
+        return tiers, right
 
     def cluster(self, text: str) -> int:
         """The plan table's cluster of ``text``: its nearest centroid."""
@@ -172,10 +194,10 @@ class ClassifierRouter:
                 c = self.cluster(text)
             return self.from_table(c)
         if len(text) > self.inline_chars:
-            probs, right = await anyio.to_thread.run_sync(self.predict, text)
+            tiers, right = await anyio.to_thread.run_sync(self.figures, text)
         else:
-            probs, right = self.predict(text)
-        return self.decide(probs, right, request)
+            tiers, right = self.figures(text)
+        return self.choose(tiers, right, request)
 
     def from_ensemble(self, table: EnsembleTable, text: str) -> RouteDecision:
         """The bagged table's range for ``text``."""
@@ -212,14 +234,11 @@ class ClassifierRouter:
             router=self.name,
         )
 
-    def decide(
-        self,
-        probs: Sequence[Mapping[str, float]],
-        right: Mapping[tuple[int, int], float],
-        request: RouteRequest,
+    def choose(
+        self, tiers: Outcomes, right: Mapping[tuple[int, int], float], request: RouteRequest
     ) -> RouteDecision:
-        return decide(
-            probs,
+        return choose(
+            tiers,
             tier_costs(self.file.costs, request),
             policy=self.policy,
             cost_weight=self.cost_weight,
