@@ -107,6 +107,14 @@ def mismatch(tiers: Sequence[str], request: RouteRequest, name: str) -> RouteDec
     return None
 
 
+def aligned_heads(
+    heads: Mapping[tuple[int, int], tuple[int, int]], n: int
+) -> list[tuple[int, int] | None]:
+    """Per range of ``n`` tiers in the order of :func:`~cascade.routing._policy.plans`,
+    its (head, class) in ``heads`` or None."""
+    return [heads.get((start, stop)) for start in range(n) for stop in range(start, n)]
+
+
 class ClassifierRouter:
     """Routes by a TF-IDF + logistic-regression model read from ``model`` (JSON)."""
 
@@ -141,11 +149,15 @@ class ClassifierRouter:
             tuple(h.classes.index(c) if c in h.classes else -1 for c in OUTCOMES[:3])
             for h in self.file.heads[:n]
         ]
-        self._plans = [(start - 1, stop - 1) for start, stop in self.file.plans]
-        self._right_at = [
-            (n + i, h.classes.index("right") if "right" in h.classes else -1)
-            for i, h in enumerate(self.file.heads[n : n + len(self.file.plans)])
-        ]
+        # and per range of tiers, in the order of _policy.plans, its head's right (None:
+        # the range has no head of its own)
+        heads = {
+            (start - 1, stop - 1): (n + i, h.classes.index("right") if "right" in h.classes else -1)
+            for i, ((start, stop), h) in enumerate(
+                zip(self.file.plans, self.file.heads[n:], strict=False)
+            )
+        }
+        self._right_at = aligned_heads(heads, n)
 
     def __repr__(self) -> str:
         return f"<ClassifierRouter {self.path!r} {self.policy} tiers={self.file.tiers}>"
@@ -161,14 +173,13 @@ class ClassifierRouter:
         }
         return out[:n], right
 
-    def figures(self, text: str) -> tuple[Outcomes, dict[tuple[int, int], float]]:
+    def figures(self, text: str) -> tuple[Outcomes, list[float | None]]:
         """:meth:`predict` as :func:`~cascade.routing._policy.choose` takes it: per tier
-        its outcomes' chances, per range of tiers with a head its chance of a right
-        answer."""
+        its outcomes' chances; per range of tiers (aligned) the chance of a right answer
+        its head gives, None where it has no head."""
         ps = self.model.class_probabilities(self.model.logits(text))
         tiers = [(p[a], p[b], p[c]) for p, (a, b, c) in zip(ps, self._at, strict=False)]
-        right = dict(zip(self._plans, [ps[h][i] for h, i in self._right_at], strict=True))
-        return tiers, right
+        return tiers, [None if at is None else ps[at[0]][at[1]] for at in self._right_at]
 
     def cluster(self, text: str) -> int:
         """The plan table's cluster of ``text``: its nearest centroid."""
@@ -235,7 +246,7 @@ class ClassifierRouter:
         )
 
     def choose(
-        self, tiers: Outcomes, right: Mapping[tuple[int, int], float], request: RouteRequest
+        self, tiers: Outcomes, right: Sequence[float | None], request: RouteRequest
     ) -> RouteDecision:
         return choose(
             tiers,

@@ -17,11 +17,21 @@ than assumes, by reporting the real engine's figures on held-out records.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, cast
 
 from ._decision import RouteDecision
 
-__all__ = ["Outcomes", "Plan", "Policy", "choose", "decide", "outcomes", "pass_chance", "plans"]
+__all__ = [
+    "Outcomes",
+    "Plan",
+    "Policy",
+    "aligned",
+    "choose",
+    "decide",
+    "outcomes",
+    "pass_chance",
+    "plans",
+]
 
 Policy = Literal["cascade", "single", "cheapest", "table"]
 """``cascade``: a range of tiers, validators escalate inside it; ``single``: one tier, no
@@ -54,7 +64,16 @@ def plans(
     cost. ``right`` (0-based ranges) overrides the chance of a right answer where a model
     predicts it for the range as a whole, which avoids assuming the tiers independent;
     ``cost`` likewise overrides the expected cost."""
-    return [Plan(*r) for r in _ranges(outcomes(probs), costs, right, cost)]
+    n = len(probs)
+    return [Plan(*r) for r in _ranges(outcomes(probs), costs, aligned(right, n), cost)]
+
+
+def aligned(right: Mapping[tuple[int, int], float] | None, n: int) -> list[float | None] | None:
+    """``right`` per range of ``n`` tiers in the order of :func:`plans` (by start, then
+    stop; None where it has none)."""
+    if not right:
+        return None
+    return [right.get((start, stop)) for start in range(n) for stop in range(start, n)]
 
 
 Outcomes = Sequence[tuple[float, float, float]]
@@ -73,14 +92,17 @@ def outcomes(probs: Sequence[Mapping[str, float]]) -> list[tuple[float, float, f
 def _ranges(
     tiers: Outcomes,
     costs: Sequence[float],
-    right: Mapping[tuple[int, int], float] | None,
+    right: Sequence[float | None] | None,
     cost: Mapping[tuple[int, int], float] | None,
 ) -> list[tuple[int, int, float, float]]:
-    """:func:`plans` as plain tuples (a decision is on the event loop: every call counts)."""
+    """:func:`plans` as plain tuples, ``right`` :func:`aligned` (a decision is on the event
+    loop: every operation counts)."""
     out: list[tuple[int, int, float, float]] = []
     n = len(tiers)
-    right = right or None
     cost = cost or None
+    # the chance of a right answer of the tiers alone, only where a model gives none for
+    # the range (a classifier has a head per range: then only the cost is summed)
+    every = right is not None and None not in right
     # each tier's figures once (a decision asks for every range: 10 for 4 tiers)
     hit: list[float] = []  # accepted and right
     passes: list[float] = []  # the chance the range goes on past the tier
@@ -88,29 +110,36 @@ def _ranges(
     for good, bad, late in tiers:
         accepted = good + bad
         rejected = 1.0 - accepted
-        hit.append(good)
         passes.append(max(0.0, rejected))
-        # the best rejected answer: the likeliest right one
-        fallbacks.append(late / rejected if rejected > 1e-9 else 0.0)
+        if not every:
+            hit.append(good)
+            # the best rejected answer: the likeliest right one
+            fallbacks.append(late / rejected if rejected > 1e-9 else 0.0)
+    fixed = cast("Sequence[float]", right) if every else ()
+    k = 0
     for start in range(n):
         # start..stop is start..stop-1 run one tier further: extend it, in the same order
         reach, p_right, spent, fallback = 1.0, 0.0, 0.0, 0.0
         for stop in range(start, n):
             spent += reach * costs[stop]
-            p_right += reach * hit[stop]
-            reach *= passes[stop]
-            if fallbacks[stop] > fallback:
-                fallback = fallbacks[stop]
-            chance = p_right + reach * fallback
-            if not chance < 1.0:  # as min(1.0, chance): NaN too gives 1.0
-                chance = 1.0
+            if every:
+                reach *= passes[stop]
+                chance = fixed[k]
+            else:
+                p_right += reach * hit[stop]
+                reach *= passes[stop]
+                if fallbacks[stop] > fallback:
+                    fallback = fallbacks[stop]
+                chance = p_right + reach * fallback
+                if not chance < 1.0:  # as min(1.0, chance): NaN too gives 1.0
+                    chance = 1.0
+                given = None if right is None else right[k]
+                if given is not None:
+                    chance = given
+            k += 1
             expected = spent  # not spent itself: the next range extends this one
-            if right is not None or cost is not None:
-                key = (start, stop)
-                if right is not None and key in right:
-                    chance = right[key]
-                if cost is not None and key in cost:
-                    expected = cost[key]
+            if cost is not None and (start, stop) in cost:
+                expected = cost[start, stop]
             out.append((start, stop, chance, expected))
     return out
 
@@ -133,7 +162,7 @@ def decide(
         policy=policy,
         cost_weight=cost_weight,
         min_pass=min_pass,
-        right=right,
+        right=aligned(right, len(probs)),
         cost=cost,
         router=router,
     )
@@ -146,12 +175,12 @@ def choose(
     policy: Policy = "cascade",
     cost_weight: float | None = None,
     min_pass: float = 0.5,
-    right: Mapping[tuple[int, int], float] | None = None,
+    right: Sequence[float | None] | None = None,
     cost: Mapping[tuple[int, int], float] | None = None,
     router: str,
 ) -> RouteDecision:
-    """:func:`decide` from each tier's :data:`Outcomes` (a learned router computes them
-    without a dictionary per tier)."""
+    """:func:`decide` from each tier's :data:`Outcomes` and ``right`` :func:`aligned` (a
+    learned router computes both without a dictionary)."""
     # pass_chance of each tier
     scores = tuple([round(good + late, 4) for good, _, late in tiers])
     if policy == "cheapest":
