@@ -302,13 +302,13 @@ async def test_a_prompt_is_featurised_off_the_event_loop_by_the_work_it_takes(
     chars = tmp_path / "chars.json"
     chars.write_bytes(encode_file(fit_classifier(training(), TIERS, char_ngrams=(2, 5))))
     threads: list[int] = []
-    vector = TextModel.vector
+    counts = TextModel._counts  # what featurises a text, for a decision or a vector
 
     def spy(self: TextModel, text: str) -> Any:
         threads.append(threading.get_ident())
-        return vector(self, text)
+        return counts(self, text)
 
-    monkeypatch.setattr(TextModel, "vector", spy)
+    monkeypatch.setattr(TextModel, "_counts", spy)
     prompt = " ".join(family(i) for i in range(20))[:1500]
     await ClassifierRouter(model=chars).route(request(prompt))
     await ClassifierRouter(model=model_file).route(request(prompt))

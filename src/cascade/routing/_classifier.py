@@ -33,8 +33,8 @@ from .._errors import ConfigError
 from ._decision import RouteDecision, RouteRequest
 from ._ensemble import EnsembleTable
 from ._modelfile import load_classifier
-from ._policy import Policy, decide
-from ._textmodel import Features
+from ._policy import Outcomes, Policy, choose
+from ._textmodel import OUTCOMES, Features
 
 __all__ = ["ClassifierRouter", "inline_chars", "prompt_text"]
 
@@ -107,6 +107,14 @@ def mismatch(tiers: Sequence[str], request: RouteRequest, name: str) -> RouteDec
     return None
 
 
+def aligned_heads(
+    heads: Mapping[tuple[int, int], tuple[int, int]], n: int
+) -> list[tuple[int, int] | None]:
+    """Per range of ``n`` tiers in the order of :func:`~cascade.routing._policy.plans`,
+    its (head, class) in ``heads`` or None."""
+    return [heads.get((start, stop)) for start in range(n) for stop in range(start, n)]
+
+
 class ClassifierRouter:
     """Routes by a TF-IDF + logistic-regression model read from ``model`` (JSON)."""
 
@@ -133,6 +141,23 @@ class ClassifierRouter:
         self.cost_weight = cost_weight if cost_weight is not None else self.file.cost_weight
         self.min_pass = float(min_pass)
         self.inline_chars = inline_chars(self.file.features)
+        # where each figure a decision needs sits in TextModel.class_probabilities' lists
+        # (-1: the head has no such class, its chance 0.0): per tier its head's accepted
+        # and right, accepted and wrong, rejected and right; per plan its head's right
+        n = len(self.file.tiers)
+        self._at = [
+            tuple(h.classes.index(c) if c in h.classes else -1 for c in OUTCOMES[:3])
+            for h in self.file.heads[:n]
+        ]
+        # and per range of tiers, in the order of _policy.plans, its head's right (None:
+        # the range has no head of its own)
+        heads = {
+            (start - 1, stop - 1): (n + i, h.classes.index("right") if "right" in h.classes else -1)
+            for i, ((start, stop), h) in enumerate(
+                zip(self.file.plans, self.file.heads[n:], strict=False)
+            )
+        }
+        self._right_at = aligned_heads(heads, n)
 
     def __repr__(self) -> str:
         return f"<ClassifierRouter {self.path!r} {self.policy} tiers={self.file.tiers}>"
@@ -147,6 +172,14 @@ class ClassifierRouter:
             for (start, stop), p in zip(plans, out[n : n + len(plans)], strict=True)
         }
         return out[:n], right
+
+    def figures(self, text: str) -> tuple[Outcomes, list[float | None]]:
+        """:meth:`predict` as :func:`~cascade.routing._policy.choose` takes it: per tier
+        its outcomes' chances; per range of tiers (aligned) the chance of a right answer
+        its head gives, None where it has no head."""
+        ps = self.model.class_probabilities(self.model.logits(text))
+        tiers = [(p[a], p[b], p[c]) for p, (a, b, c) in zip(ps, self._at, strict=False)]
+        return tiers, [None if at is None else ps[at[0]][at[1]] for at in self._right_at]
 
     def cluster(self, text: str) -> int:
         """The plan table's cluster of ``text``: its nearest centroid."""
@@ -172,10 +205,10 @@ class ClassifierRouter:
                 c = self.cluster(text)
             return self.from_table(c)
         if len(text) > self.inline_chars:
-            probs, right = await anyio.to_thread.run_sync(self.predict, text)
+            tiers, right = await anyio.to_thread.run_sync(self.figures, text)
         else:
-            probs, right = self.predict(text)
-        return self.decide(probs, right, request)
+            tiers, right = self.figures(text)
+        return self.choose(tiers, right, request)
 
     def from_ensemble(self, table: EnsembleTable, text: str) -> RouteDecision:
         """The bagged table's range for ``text``."""
@@ -212,14 +245,11 @@ class ClassifierRouter:
             router=self.name,
         )
 
-    def decide(
-        self,
-        probs: Sequence[Mapping[str, float]],
-        right: Mapping[tuple[int, int], float],
-        request: RouteRequest,
+    def choose(
+        self, tiers: Outcomes, right: Sequence[float | None], request: RouteRequest
     ) -> RouteDecision:
-        return decide(
-            probs,
+        return choose(
+            tiers,
             tier_costs(self.file.costs, request),
             policy=self.policy,
             cost_weight=self.cost_weight,

@@ -15,7 +15,7 @@ import re
 import stat
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import repeat
+from itertools import islice, repeat
 from typing import Annotated
 
 import msgspec
@@ -43,6 +43,14 @@ MAX_HEADS = MAX_TIERS + MAX_TIERS * (MAX_TIERS + 1) // 2 + 1
 """A head per tier, one per range of tiers, and the plan table's (the file's size bounds
 the numbers they hold)."""
 MAX_CHARS_LIMIT = 100_000
+MAX_WEIGHTS = 1 << 23
+"""Vocabulary terms x (the heads' coefficient rows + 1), at most: a loaded model holds them
+as one matrix of float64 (64 MiB). A file of realistic coefficients (~20 characters each)
+within ``MAX_FILE_BYTES`` holds under half as many."""
+MAX_MAGNITUDE = 1e100
+"""The largest idf value, coefficient or intercept a file may hold. Fitted models come
+nowhere near (scikit-learn's idf is at most 1 + ln(documents); a regularised fit's
+coefficients are tens); the bound keeps every product and sum of a decision finite."""
 
 OUTCOMES = ("accepted_right", "accepted_wrong", "rejected_right", "rejected_wrong")
 """What a tier alone does with a request: its validators accept or reject its answer, and
@@ -50,6 +58,23 @@ the answer is right or wrong."""
 
 _WORD = re.compile(r"\w\w+")  # no nested quantifiers: linear in the text
 _SPACE = re.compile(r"\s+")
+_INTP = np.dtype(np.intp)
+_FLOAT = np.dtype(np.float64)
+_NOT_WORD = bytes(i if re.match(r"\w", chr(i)) else 32 for i in range(256))
+"""For ASCII bytes: a word character (``\\w``: letters, digits, ``_``) as it is, any other
+a space."""
+
+
+def words_of(text: str) -> list[str]:
+    """``_WORD.findall(text)``: the runs of two or more word characters. An ASCII text (most
+    prompts) is cut without the regex, about twice as fast: its other characters become
+    spaces (``\\w`` of an ASCII character is ``[A-Za-z0-9_]``), then it is split and the
+    single characters are dropped."""
+    if text.isascii():
+        spaced = text.encode("ascii").translate(_NOT_WORD).decode("ascii")
+        return [word for word in spaced.split() if len(word) > 1]
+    return _WORD.findall(text)
+
 
 Gram = Annotated[int, Meta(ge=1, le=8)]
 
@@ -103,10 +128,11 @@ class TextModel:
 
     __slots__ = (
         "_chars",
-        "_coef",
         "_idf",
         "_intercept",
         "_rows",
+        "_shapes",
+        "_weights",
         "_words",
         "features",
         "heads",
@@ -126,19 +152,30 @@ class TextModel:
             elif term.startswith("c:"):
                 self._chars[term[2:]] = i
         self._idf = np.asarray(features.idf, dtype=np.float64)
-        # every head's rows in one matrix, so that a prediction indexes it once
-        rows = [h.coef for h in heads if len(h.classes) > 1]
+        rows = [r for h in heads if len(h.classes) > 1 for r in h.coef]
         width = len(features.vocabulary)
-        self._coef = np.asarray([r for rs in rows for r in rs], dtype=np.float64).reshape(-1, width)
-        self._intercept = np.asarray(
-            [b for h in heads if len(h.classes) > 1 for b in h.intercept], dtype=np.float64
-        )
+        # per term: idf x every head row's coefficient, then the idf itself. A text's
+        # logits are then one gather of its known terms' rows (each contiguous) and one
+        # product with their (1 + log count); its length, from the last column. Filled a
+        # row of the heads at a time: no second matrix of that size, even for a moment.
+        self._weights = np.empty((width, len(rows) + 1))
+        for r, row in enumerate(rows):
+            self._weights[:, r] = row
+        self._weights[:, : len(rows)] *= self._idf[:, None]
+        self._weights[:, len(rows)] = self._idf
+        self._intercept: list[float] = [
+            float(b) for h in heads if len(h.classes) > 1 for b in h.intercept
+        ]
         self._rows: list[tuple[int, int]] = []
         at = 0
         for h in heads:
             k = len(h.coef) if len(h.classes) > 1 else 0
             self._rows.append((at, at + k))
             at += k
+        # per head: 0 one class, 1 binary (one row), 2 softmax; and its rows
+        self._shapes = [
+            (0 if hi == lo else 1 if hi - lo == 1 else 2, lo, hi) for lo, hi in self._rows
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -166,14 +203,16 @@ class TextModel:
         (the loops run in C: ``map``, ``dict.get`` and ``Counter``'s counting)."""
         features = self.features
         text = text[: features.max_chars].lower()
-        words = _WORD.findall(text)
+        words = words_of(text)
         lo, hi = features.word_ngrams
         counts: Counter[int] = Counter()
         get = self._words.get
         for n in range(lo, hi + 1):
             # the n-grams as analyze joins them; an unknown one counts as -1, dropped below
             grams: Iterable[str] = words
-            if n > 1:
+            if n == 2:
+                grams = map(" ".join, zip(words, islice(words, 1, None), strict=False))
+            elif n > 2:
                 grams = map(" ".join, zip(*(words[k:] for k in range(n)), strict=False))
             counts.update(map(get, grams, repeat(-1)))
         if features.char_ngrams is not None:
@@ -187,42 +226,73 @@ class TextModel:
         counts.pop(-1, None)
         return counts
 
+    def logits(self, text: str) -> list[float]:
+        """Every head row's ``coef @ x + intercept`` for ``text``'s vector ``x``, the rows of
+        the heads of two or more classes in order: ``(idf x coef) @ (1 + log count)``
+        over its known terms, divided by the vector's length. Equal to the product with
+        :meth:`vector` up to rounding (its length is the same to the bit; the products
+        are taken in another order)."""
+        counts = self._counts(text)
+        if not counts:
+            return list(self._intercept)
+        # numpy's calls cost more than their arithmetic here: the fewest, dtypes prebuilt,
+        # take() for a gather (a third of indexing's cost), ndarray.dot for products
+        n = len(counts)
+        idx = np.fromiter(counts.keys(), _INTP, n)
+        tf = np.fromiter(counts.values(), _FLOAT, n)
+        np.log(tf, out=tf)
+        tf += 1.0
+        rows = self._weights.take(idx, 0)
+        z: list[float] = tf.dot(rows).tolist()
+        u = tf * rows[:, -1]  # the weights before scaling, as vector() has them
+        norm = math.sqrt(u.dot(u))
+        if norm > 0:
+            return [v / norm + b for v, b in zip(z, self._intercept, strict=False)]
+        return [v + b for v, b in zip(z, self._intercept, strict=False)]
+
     def predict(self, text: str) -> list[dict[str, float]]:
         """Per head, each class's probability."""
-        idx, w = self.vector(text)
-        zs: list[float] = (self._coef[:, idx] @ w + self._intercept).tolist()
-        out: list[dict[str, float]] = []
-        for head, (lo, hi) in zip(self.heads, self._rows, strict=True):
-            classes = head.classes
-            if len(classes) == 1:
-                out.append({classes[0]: 1.0})
-            elif hi - lo == 1:  # binary: one row, the second class's log-odds
-                z1 = zs[lo]
-                if not z1 > -500.0:  # as max(-500.0, z1): NaN too gives -500
-                    z1 = -500.0
-                elif z1 > 500.0:
-                    z1 = 500.0
-                p1 = 1.0 / (1.0 + math.exp(-z1))
-                out.append({classes[0]: 1.0 - p1, classes[1]: p1})
-            else:  # small heads: plain floats beat numpy's per-call overhead
+        return [
+            dict(zip(h.classes, p, strict=False))
+            for h, p in zip(self.heads, self.class_probabilities(self.logits(text)), strict=True)
+        ]
+
+    def class_probabilities(self, zs: Sequence[float]) -> list[list[float]]:
+        """Per head, its classes' probabilities in its order, from :meth:`logits`; each
+        list ends with an extra 0.0, the chance of a class the head does not have (index
+        -1), so that a reader looks a class up without a test."""
+        out: list[list[float]] = []
+        exp = math.exp
+        for kind, lo, hi in self._shapes:
+            if kind == 1:  # binary: one row, the second class's log-odds
+                x = zs[lo]
+                if not x > -500.0:  # as max(-500.0, x): NaN too gives -500
+                    x = -500.0
+                elif x > 500.0:
+                    x = 500.0
+                p1 = 1.0 / (1.0 + exp(-x))
+                out.append([1.0 - p1, p1, 0.0])
+            elif kind == 2:  # small heads: plain floats beat numpy's per-call overhead
                 z = zs[lo:hi]
                 top = max(z)
-                e = [math.exp(v - top) for v in z]
+                e = [exp(v - top) for v in z]
                 total = sum(e)
-                out.append({c: v / total for c, v in zip(classes, e, strict=True)})
+                p = [v / total for v in e]
+                p.append(0.0)
+                out.append(p)
+            else:  # one class: that class, certainly
+                out.append([1.0, 0.0])
         return out
 
     def likeliest(self, text: str, head: int) -> int:
-        """The index of head ``head``'s likeliest class for ``text`` (the first on a tie),
-        computing that head alone."""
+        """The index of head ``head``'s likeliest class for ``text`` (the first on a tie)."""
         lo, hi = self._rows[head]
         if hi == lo:
             return 0
-        idx, w = self.vector(text)
-        z = self._coef[lo:hi, idx] @ w + self._intercept[lo:hi]
+        z = self.logits(text)[lo:hi]
         if hi - lo == 1:  # binary: the second class's log-odds
             return int(z[0] > 0)
-        return int(np.argmax(z))
+        return max(range(hi - lo), key=z.__getitem__)  # the first of equals, as argmax
 
 
 # -- checks for a model read from a file -------------------------------------------------
@@ -244,8 +314,8 @@ def check_text_model(
         raise bad(f"idf has {len(features.idf)} values for {len(vocab)} terms")
     if len(set(vocab)) != len(vocab):
         raise bad("the vocabulary repeats a term")
-    if any(not (math.isfinite(v) and v >= 0) for v in features.idf):
-        raise bad("an idf value is negative or not finite")
+    if any(not 0 <= v <= MAX_MAGNITUDE for v in features.idf):  # NaN fails it too
+        raise bad(f"an idf value is negative, above {MAX_MAGNITUDE:g} or not a number")
     grams = {"word_ngrams": features.word_ngrams, "char_ngrams": features.char_ngrams or (1, 1)}
     for name, (lo, hi) in grams.items():
         if lo > hi:
@@ -268,8 +338,14 @@ def check_text_model(
             if len(row) != len(vocab):
                 raise bad(f"heads[{i}].coef[{r}] has {len(row)} values for {len(vocab)} terms")
         flat = [v for row in head.coef for v in row] + list(head.intercept)
-        if any(not math.isfinite(v) for v in flat):
-            raise bad(f"heads[{i}]: a coefficient is not finite")
+        if any(not -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE for v in flat):
+            raise bad(f"heads[{i}]: a coefficient is above {MAX_MAGNITUDE:g} or not a number")
+    rows = sum(len(h.coef) for h in heads if len(h.classes) > 1)
+    if len(vocab) * (rows + 1) > MAX_WEIGHTS:  # before any of it is allocated
+        raise bad(
+            f"{len(vocab)} terms x {rows + 1} coefficient rows is {len(vocab) * (rows + 1):,} "
+            f"weights (at most {MAX_WEIGHTS:,})"
+        )
     return TextModel(features, heads)
 
 
