@@ -265,9 +265,19 @@ async def test_concurrency_is_bounded(tmp_path: Path) -> None:
         tmp_path / "slow-ok",
         f"""
         import os, time
+        log, me = {str(log)!r}, str(os.getpid())
         start = time.monotonic()
-        time.sleep(0.15)
-        open(os.path.join({str(log)!r}, str(os.getpid())), "w").write(f"{{start}} {{time.monotonic()}}")
+        open(os.path.join(log, "s-" + me), "w").close()
+        # Wait (at most 10 s) until another compiler runs beside this one, so that the
+        # test does not depend on two of them happening to overlap in time.
+        for _ in range(1000):
+            names = os.listdir(log)
+            if sum(n.startswith("s-") for n in names) - sum(n.startswith("e-") for n in names) >= 2:
+                break
+            time.sleep(0.01)
+        time.sleep(0.05)
+        open(os.path.join(log, "t-" + me), "w").write(f"{{start}} {{time.monotonic()}}")
+        open(os.path.join(log, "e-" + me), "w").close()
     """,
     )
     v = CodeCompilesValidator(
@@ -276,7 +286,7 @@ async def test_concurrency_is_bounded(tmp_path: Path) -> None:
     verdicts = await asyncio.gather(*(v.validate(completion("x;"), CTX) for _ in range(6)))
     assert all(v.passed for v in verdicts)
     events = []
-    for f in log.iterdir():
+    for f in log.glob("t-*"):
         start, end = map(float, f.read_text().split())
         events += [(start, 1), (end, -1)]
     running = peak = 0
