@@ -196,3 +196,25 @@ def test_words_are_the_old_tokenizers(text: str, max_chars: int) -> None:
     got = TextModel(feats, model.heads)._counts(text + " the answer")
     want = OLD_TM.TextModel(feats, model.heads)._counts(text + " the answer")
     assert list(got.items()) == list(want.items())
+
+
+def test_a_fitted_file_over_the_weights_bound_is_not_written(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``fit_classifier`` never returns a file the loader refuses: over ``MAX_WEIGHTS``
+    (reachable through ``max_features`` with many tiers and mostly-zero coefficients,
+    a file under 64 MiB; the test lowers the cap) it is an InputError, not a file."""
+    import cascade.routing._textmodel as textmodel
+    from cascade import InputError
+    from cascade.routing._train import fit_classifier
+
+    from .test_routing_learned import TIERS, training
+
+    file = fit_classifier(training(), TIERS, fit_weight=False)
+    rows = sum(len(h.coef) for h in file.heads if len(h.classes) > 1)
+    weights = len(file.features.vocabulary) * (rows + 1)
+    monkeypatch.setattr(textmodel, "MAX_WEIGHTS", weights - 1)
+    with pytest.raises(InputError, match="coefficient rows"):
+        fit_classifier(training(), TIERS, fit_weight=False)
+    monkeypatch.setattr(textmodel, "MAX_WEIGHTS", weights)
+    fit_classifier(training(), TIERS, fit_weight=False)
