@@ -340,13 +340,22 @@ def check_text_model(
         flat = [v for row in head.coef for v in row] + list(head.intercept)
         if any(not -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE for v in flat):
             raise bad(f"heads[{i}]: a coefficient is above {MAX_MAGNITUDE:g} or not a number")
-    rows = sum(len(h.coef) for h in heads if len(h.classes) > 1)
-    if len(vocab) * (rows + 1) > MAX_WEIGHTS:  # before any of it is allocated
-        raise bad(
-            f"{len(vocab)} terms x {rows + 1} coefficient rows is {len(vocab) * (rows + 1):,} "
-            f"weights (at most {MAX_WEIGHTS:,})"
-        )
+    over = too_many_weights(len(vocab), heads)
+    if over:  # before any of it is allocated
+        raise bad(over)
     return TextModel(features, heads)
+
+
+def too_many_weights(terms: int, heads: Sequence[Head]) -> str | None:
+    """Why a model of ``terms`` terms and ``heads`` is over ``MAX_WEIGHTS`` (its matrix of
+    terms x rows), or None: the loader refuses it, so training never writes it."""
+    rows = sum(len(h.coef) for h in heads if len(h.classes) > 1)
+    if terms * (rows + 1) <= MAX_WEIGHTS:
+        return None
+    return (
+        f"{terms} terms x {rows + 1} coefficient rows is {terms * (rows + 1):,} weights "
+        f"(at most {MAX_WEIGHTS:,})"
+    )
 
 
 def read_model_file(path: str | os.PathLike[str], *, at: str) -> bytes:

@@ -38,7 +38,7 @@ from ._modelfile import (
     TierLabel,
 )
 from ._policy import decide
-from ._textmodel import OUTCOMES, Features, Head, TextModel, analyze
+from ._textmodel import OUTCOMES, Features, Head, TextModel, analyze, too_many_weights
 
 __all__ = [
     "COST_WEIGHTS",
@@ -292,6 +292,9 @@ def fit_classifier(
     ensemble: TableEnsemble | None = None
     with _one_thread():
         fitted = fit(rows)
+        over = too_many_weights(len(fitted.model.features.vocabulary), fitted.model.heads)
+        if over:  # a file the loader would refuse (fewer tiers or features)
+            raise InputError(f"the router would be too large to load: {over}", path="--out")
         if fit_weight:
             oof = _out_of_fold(rows, lambda part: fit(part).predict)
             weight, info = fit_cost_weight(rows, oof, costs)
