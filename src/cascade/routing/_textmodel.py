@@ -339,7 +339,8 @@ def check_text_model(
                 raise bad(f"heads[{i}].coef[{r}] has {len(row)} values for {len(vocab)} terms")
         flat = [v for row in head.coef for v in row] + list(head.intercept)
         if any(not -MAX_MAGNITUDE <= v <= MAX_MAGNITUDE for v in flat):
-            raise bad(f"heads[{i}]: a coefficient is above {MAX_MAGNITUDE:g} or not a number")
+            limit = f"{MAX_MAGNITUDE:g}"
+            raise bad(f"heads[{i}]: a coefficient of magnitude above {limit} or not a number")
     over = too_many_weights(len(vocab), heads)
     if over:  # before any of it is allocated
         raise bad(over)
