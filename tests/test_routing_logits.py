@@ -221,7 +221,9 @@ def test_a_coefficient_that_could_overflow_is_refused(tmp_path: Path) -> None:
         tiers=TIERS, costs=[0.0] * 3, features=model.features, heads=hs, plans=PLANS
     )
     path.write_bytes(encode_file(file))
-    with pytest.raises(ConfigError, match=r"heads\[2\]: a coefficient of magnitude above 1e\+100") as got:
+    with pytest.raises(
+        ConfigError, match=r"heads\[2\]: a coefficient of magnitude above 1e\+100"
+    ) as got:
         load_classifier(path, at="model")
     assert got.value.path == "model"
     path.write_bytes(data)
