@@ -28,6 +28,7 @@ import json
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -148,12 +149,53 @@ async def measure(router: Router, requests: list[RouteRequest], n: int) -> dict[
     }
 
 
+def synthetic_model2vec(folder: str, *, words: int = 30_000, dims: int = 256) -> None:
+    """A static model in model2vec's format of a published one's shape (potion-base-8M:
+    about 30k tokens of 256 dimensions), random vectors, a word-level tokenizer: what a
+    decision costs does not depend on what the vectors mean."""
+    import numpy as np
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    vocab = ["[UNK]", "[PAD]", *dict.fromkeys(WORDS)]
+    vocab += [f"w{i}" for i in range(words - len(vocab))]
+    tokenizer = Tokenizer(WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = Whitespace()
+    vectors = np.random.default_rng(14).standard_normal((len(vocab), dims)).astype(np.float32)
+    StaticModel(vectors=vectors, tokenizer=tokenizer, normalize=True).save_pretrained(folder)
+
+
+def semantic_table(folder: str, cache_size: int) -> dict[str, Any]:
+    """Four routes of five example texts each, on the model in ``folder``; ``cache_size``
+    texts' embeddings kept (0: every decision embeds its text)."""
+    rng = random.Random(7)
+    routes = [
+        {
+            "name": name,
+            "start_tier": start,
+            "examples": [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(5)],
+        }
+        for name, start in (("a", 1), ("b", 2), ("c", 3), ("d", 1))
+    ]
+    embedder = {"kind": "model2vec", "path": folder}
+    return {"kind": "semantic", "embedder": embedder, "routes": routes, "cache_size": cache_size}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--router", help="a JSON [router] table to measure too")
     parser.add_argument("--classifier", help="a cascade train-router file to measure too")
+    parser.add_argument(
+        "--model2vec",
+        nargs="?",
+        const="synthetic",
+        help="the semantic router on a local model2vec model too: a folder, or (no value) a "
+        "synthetic model of a real one's shape (30,000 words, 256 dimensions)",
+    )
     args = parser.parse_args()
     routers = dict(ROUTERS)
     if args.router:
@@ -177,6 +219,17 @@ async def main() -> None:
         for policy in policies:
             router = ClassifierRouter(model=args.classifier, policy=policy)  # type: ignore[arg-type]
             figures[f"classifier ({policy})"] = await measure(router, own, args.requests)
+    if args.model2vec:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = args.model2vec
+            if folder == "synthetic":
+                folder = str(Path(tmp) / "m2v")
+                synthetic_model2vec(folder)
+            for label, cache_size in (("uncached", 0), ("cached", 4096)):
+                router = build_router(semantic_table(folder, cache_size))
+                figures[f"semantic (model2vec, {label})"] = await measure(
+                    router, requests, args.requests
+                )
     if args.json:
         json.dump(figures, sys.stdout, indent=2)
         print()
