@@ -4,6 +4,7 @@ and the two load phases (sequential latency, concurrent throughput)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import select
 import statistics
@@ -37,6 +38,45 @@ _STOP_TIMEOUT_S = 5.0
 
 
 @contextmanager
+def listening_child(
+    cmd: list[str],
+    what: str,
+    *,
+    start_timeout_s: float = _START_TIMEOUT_S,
+    stop_timeout_s: float = _STOP_TIMEOUT_S,
+    stop_on_stdin_eof: bool = False,
+) -> Iterator[str]:
+    """Run ``cmd``, a child that prints ``listening on URL`` once it serves; yield the URL.
+
+    On exit (error or interrupt included) the child is stopped: first by closing its stdin
+    when ``stop_on_stdin_eof`` (it exits at EOF), then terminated, then killed, each
+    step given ``stop_timeout_s``.
+    """
+    stdin = subprocess.PIPE if stop_on_stdin_eof else None
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], start_timeout_s)
+        line = proc.stdout.readline().strip() if ready else ""
+        prefix = "listening on "
+        if not line.startswith(prefix):
+            raise RuntimeError(f"{what} did not start (exit {proc.poll()}): {line!r}")
+        yield line.removeprefix(prefix)
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(stop_timeout_s)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextmanager
 def fake_openai_server(text: str, *, latency_s: float = 0.0) -> Iterator[str]:
     """Run ``python -m cascade.testing openai`` in a child process; yield its ``/v1`` URL.
 
@@ -46,22 +86,8 @@ def fake_openai_server(text: str, *, latency_s: float = 0.0) -> Iterator[str]:
     cmd = [sys.executable, "-m", "cascade.testing", "openai", "--port", "0", "--text", text]
     if latency_s:
         cmd += ["--latency-s", str(latency_s)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], _START_TIMEOUT_S)
-        line = proc.stdout.readline().strip() if ready else ""
-        prefix = "listening on "
-        if not line.startswith(prefix):
-            raise RuntimeError(f"fake server did not start (exit {proc.poll()}): {line!r}")
-        yield line.removeprefix(prefix)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with listening_child(cmd, "fake server") as url:
+        yield url
 
 
 def _is_loopback(host: Any) -> bool:

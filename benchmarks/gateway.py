@@ -39,7 +39,6 @@ import json
 import os
 import platform
 import secrets
-import select
 import shutil
 import socket
 import statistics
@@ -58,6 +57,7 @@ from _fleet import (
     Client,
     Latency,
     install_loopback_guard,
+    listening_child,
     print_targets,
     sequential,
     throughput,
@@ -175,21 +175,14 @@ def bare_proxy_process(fleet: str, loop: str) -> Iterator[str]:
     """``_bare_proxy.py`` in front of the fleet, on the gateway's event loop: its /v1 URL."""
     here = Path(__file__).with_name("_bare_proxy.py")
     cmd = [sys.executable, str(here), fleet, "--loop", loop]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
-        line = proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"the bare proxy did not start (exit {proc.poll()}): {line!r}")
-        yield line.removeprefix("listening on ")
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            _stop(proc)
+    with listening_child(
+        cmd,
+        "the bare proxy",
+        start_timeout_s=START_TIMEOUT_S,
+        stop_timeout_s=STOP_TIMEOUT_S,
+        stop_on_stdin_eof=True,
+    ) as url:
+        yield url
 
 
 def litellm_executable(given: str | None) -> str | None:

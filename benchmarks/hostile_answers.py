@@ -29,16 +29,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import select
 import statistics
-import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from time import perf_counter
 from typing import Any
 
-from _fleet import install_loopback_guard
+from _fleet import install_loopback_guard, listening_child
 
 import cascade
 from cascade.testing import FakeOpenAIServer, Reply
@@ -98,21 +96,8 @@ async def _serve(size: int) -> None:
 def scripted_server(size: int) -> Iterator[str]:
     """This script in ``--serve`` mode in a child process; yields its ``/v1`` URL."""
     cmd = [sys.executable, __file__, "--serve", "--size", str(size)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30.0)
-        line = proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"fake server did not start (exit {proc.poll()}): {line!r}")
-        yield line.removeprefix("listening on ")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5.0)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with listening_child(cmd, "fake server", start_timeout_s=30.0) as url:
+        yield url
 
 
 # -- the phases --------------------------------------------------------------------------------

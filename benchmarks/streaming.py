@@ -30,7 +30,6 @@ import gc
 import json
 import platform
 import resource
-import select
 import statistics
 import subprocess
 import sys
@@ -47,7 +46,14 @@ from time import perf_counter
 from typing import Any
 
 import aiohttp
-from _fleet import Client, Throughput, install_loopback_guard, print_targets, throughput
+from _fleet import (
+    Client,
+    Throughput,
+    install_loopback_guard,
+    listening_child,
+    print_targets,
+    throughput,
+)
 from overhead import ANSWER, PROMPT, cascade_client, raw_aiohttp
 
 import cascade
@@ -129,27 +135,14 @@ async def serve() -> None:
 
 @contextmanager
 def server_process() -> Iterator[str]:
-    proc = subprocess.Popen(
+    with listening_child(
         [sys.executable, __file__, "--serve"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], START_TIMEOUT_S)
-        line = proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("listening on "):
-            raise RuntimeError(f"fake server did not start (exit {proc.poll()}): {line!r}")
-        yield line.removeprefix("listening on ")
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            proc.wait()
+        "fake server",
+        start_timeout_s=START_TIMEOUT_S,
+        stop_timeout_s=STOP_TIMEOUT_S,
+        stop_on_stdin_eof=True,
+    ) as url:
+        yield url
 
 
 # -- the clients -------------------------------------------------------------------------
