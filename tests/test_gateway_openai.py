@@ -4,6 +4,8 @@ JSON and SSE, raw responses for the headers) and ``curl``, against the fake flee
 from __future__ import annotations
 
 import json
+import random
+import re
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -212,3 +214,19 @@ async def test_curl_json_and_sse(gw: Running, openai_server: FakeOpenAIServer) -
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == ANSWER
     assert chunks[-1]["cascade"]["attempts"] == 1
+
+
+async def test_response_ids_are_random_and_no_seed_repeats_them(
+    gw: Running, openai_server: FakeOpenAIServer
+) -> None:
+    """128 random bits per id (as a uuid4's), from the gateway's own generator: an
+    application's ``random.seed`` does not make two responses share an id."""
+    openai_server.script("m1", Reply(text=ANSWER))
+    ids = []
+    async with client(gw) as c:
+        for _ in range(3):
+            random.seed(0)
+            completion = await c.chat.completions.create(model="cascade", messages=HI)
+            ids.append(completion.id)
+    assert len(set(ids)) == 3
+    assert all(re.fullmatch(r"chatcmpl-[0-9a-f]{32}", i) for i in ids), ids

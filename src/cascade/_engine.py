@@ -24,7 +24,7 @@ from ._telemetry import _conventions as conventions
 from ._types import Message, RequestOptions, Result, coerce_messages
 from .engine._core import Engine, Plan
 from .engine._events import Failed, Finished, StreamMode
-from .engine._stream import NO_SINK, Stream
+from .engine._stream import NO_SINK, ResultSink, Stream
 from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
@@ -219,6 +219,7 @@ class Cascade:
                 await provider.aclose()
         for pool in self._pools.values():
             await pool.close()
+        self._engine.close()
         if self._calls.shared is not None:
             await self._calls.shared.aclose()
 
@@ -318,6 +319,16 @@ class Cascade:
             return await self._engine.execute(plan, stream)
 
         return Stream(mode, start)
+
+    async def _answer(self, plan: Plan, sink: ResultSink) -> Finished | Failed:
+        """:meth:`run` of ``plan`` (:meth:`_plan`'s) in the caller's task, for a caller
+        that answers someone (the gateway's JSON responses): ``sink`` is handed the
+        result before the run writes its span and routing record, and keeps the
+        attempts. The last event is returned; what ``sink``'s answer raised is the
+        caller's to raise."""
+        if not self._open:
+            await self._open_for_run()
+        return await self._engine.execute(plan, sink)
 
     def _plan(
         self,

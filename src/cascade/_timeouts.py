@@ -28,7 +28,7 @@ import msgspec
 
 from ._clock import Cancellable, SupportsTimers
 
-__all__ = ["ClockLane", "Deadline", "TimeoutLane"]
+__all__ = ["ClockLane", "Deadline", "TimeoutLane", "expiring"]
 
 _ACTIVE: Final = 0
 _EXPIRING: Final = 1  # its task was cancelled by the timer: leaving raises TimeoutError
@@ -46,6 +46,12 @@ class Deadline(msgspec.Struct, eq=False):
     cancelling: int  # the task's cancel requests when the call started
     state: int = _ACTIVE
     timer: Cancellable | None = None  # its own timer (ClockLane only)
+
+
+def expiring(deadline: Deadline) -> bool:
+    """Whether ``deadline``'s time came and its task was cancelled for it (before
+    ``exit``: what ``asyncio.Timeout.expired()`` says)."""
+    return deadline.state == _EXPIRING
 
 
 def _leave(deadline: Deadline, exc: BaseException | None) -> bool:

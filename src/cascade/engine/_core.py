@@ -32,6 +32,7 @@ from .._judge import chosen
 from .._records import RunState, best_attempt, failed_record
 from .._telemetry import Telemetry
 from .._telemetry._spans import NOOP_RUN
+from .._timeouts import ClockLane, TimeoutLane, expiring
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
 from ..providers import Provider
 from ..resilience.limiter import LimiterTimeout
@@ -48,6 +49,9 @@ PIECE_CHARS = 4096
 """An accepted answer goes to a buffered stream in pieces of at most this many characters."""
 
 _MAX_DETAIL = 500  # as reasons on spans
+_MAX_LANES = 16
+"""Run deadline lengths with a lane each (a route's cap, a few per-call values); a run
+whose length finds none gets ``asyncio.timeout``'s timer of its own."""
 
 
 class Plan(msgspec.Struct, frozen=True, gc=False):
@@ -70,7 +74,7 @@ class RunCancelled(Exception):
 class Engine:
     """Runs requests through a Cascade's tiers (built and opened by the Cascade)."""
 
-    __slots__ = ("calls", "config", "router_timeout_s", "telemetry")
+    __slots__ = ("_lanes", "calls", "config", "router_timeout_s", "telemetry")
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class Engine:
         self.router_timeout_s = (
             config.router_timeout_s if router_timeout_s is None else router_timeout_s
         )
+        self._lanes: dict[float, TimeoutLane] = {}  # run deadlines, by length
 
     async def execute(self, plan: Plan, sink: Sink) -> Finished | Failed:
         """Run ``plan``, emitting its events to ``sink``; the last one is also returned.
@@ -97,7 +102,8 @@ class Engine:
         if sink is NO_SINK:
             run = RunState(perf_counter(), at)
         else:
-            run = RunState(perf_counter(), at, sink, sink.mode == "speculative", True)
+            mode = sink.mode  # None: a ResultSink, which keeps no event
+            run = RunState(perf_counter(), at, sink, mode == "speculative", mode is not None)
             sink.attach(run.attempts)
         trace = self.telemetry.run(
             run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
@@ -128,10 +134,11 @@ class Engine:
             run.cut_off(plan.msgs, exc, "cancelled")
             raise
         run.emit(end)
-        if run.sink is not NO_SINK:
+        sink = run.sink
+        if sink is not NO_SINK:
             # A reader takes the result before the run's span and routing record are
-            # written (a gateway sends its response first): one loop turn.
-            await asyncio.sleep(0)
+            # written (a gateway sends its response first).
+            await sink.taken(end)
         return end
 
     async def _within(self, run: RunState, plan: Plan) -> Result:
@@ -139,6 +146,28 @@ class Engine:
         deadline = plan.deadline
         if deadline is None:
             return await self._tiers(run, plan)
+        lane = self._lane(deadline)
+        if lane is not None:
+            # The deadline's lane: one loop timer for every run of this length (see
+            # _timeouts.py), asyncio.timeout's behaviour exactly.
+            at = lane.enter()
+            try:
+                result = await self._tiers(run, plan)
+            except BaseException as exc:
+                fired = expiring(at)
+                try:
+                    lane.exit(at, exc)  # TimeoutError (from exc) once the deadline passed
+                except TimeoutError:
+                    pass
+                else:
+                    if not (fired and isinstance(exc, TimeoutError)):
+                        raise  # not our deadline: a bug in a provider or validator
+                result = self._deadline_exceeded(run, deadline, plan.msgs)
+                if run.sink.mode is not None:
+                    await _release_fallback(run)
+                return result
+            lane.exit(at, None)
+            return result
         timeout = timeout_after(self.calls.timers, deadline)
         try:
             async with timeout:
@@ -306,6 +335,23 @@ class Engine:
                 run.tier_trace.limiter_wait(provider.name, perf_counter() - t0, acquired=True)
                 attempt = await calls.attempt(run, tier, provider, msgs, opts, waited)
         return attempt
+
+    def _lane(self, length: float) -> TimeoutLane | ClockLane | None:
+        """The lane of run deadlines of ``length`` (None: too many lengths already; the
+        run gets a timer of its own). On a clock that runs timers (``FakeClock``), a
+        timer on it."""
+        timers = self.calls.timers
+        if timers is not None:
+            return ClockLane(timers, length)
+        lane = self._lanes.get(length)
+        if lane is None and len(self._lanes) < _MAX_LANES:
+            lane = self._lanes[length] = TimeoutLane(length)
+        return lane
+
+    def close(self) -> None:
+        """The Cascade is closing: the deadlines' timers go with the runs under way."""
+        for lane in self._lanes.values():
+            lane.close()
 
     def _over_budget(
         self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float

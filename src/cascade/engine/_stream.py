@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from .._types import Attempt
 from ._events import Delta, Event, Failed, Finished, StreamMode
 
-__all__ = ["NO_SINK", "Sink", "Stream"]
+__all__ = ["NO_SINK", "ResultSink", "Sink", "Stream"]
 
 HIGH_WATER_CHARS = 8192
 """Text a reader may leave unread before the run waits for it: enough that a fast reader
@@ -42,6 +42,10 @@ class Sink(Protocol):
     def attach(self, attempts: Sequence[Attempt]) -> None:
         """The run's attempts, as they are recorded."""
 
+    def taken(self, end: Finished) -> Awaitable[None]:
+        """Awaited once the run emitted ``end``, before it writes its span and routing
+        record: the reader takes the result first (a gateway sends its response)."""
+
 
 class _NoSink:
     """What ``run()`` hands the engine: no deltas, nothing kept."""
@@ -58,8 +62,48 @@ class _NoSink:
     def attach(self, attempts: Sequence[Attempt]) -> None:
         pass
 
+    def taken(self, end: Finished) -> Awaitable[None]:  # pragma: no cover - never asked
+        return asyncio.sleep(0)
+
 
 NO_SINK: Sink = _NoSink()
+
+
+class ResultSink:
+    """The sink of a caller that wants the result alone, the run going on in the caller's
+    own task (the gateway's JSON answers): no events are kept and no text is sent
+    (``mode`` None). ``answer`` is awaited with the :class:`Finished` event before the
+    run writes its span and routing record, so a response goes out first, with no task
+    and no loop turn between the run and it. What ``answer`` raises (the client gone,
+    the request cancelled meanwhile) is kept in :attr:`error` for the caller to raise
+    once the run has returned: the run itself answered, and is recorded as it ended."""
+
+    __slots__ = ("_answer", "attempts", "error")
+    mode: StreamMode | None = None
+
+    def __init__(self, answer: Callable[[Finished], Awaitable[None]]) -> None:
+        self._answer = answer
+        self.attempts: Sequence[Attempt] = ()
+        """The run's attempts as they are recorded (every one, once it has returned)."""
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return f"<ResultSink {len(self.attempts)} attempts>"
+
+    def emit(self, event: Event) -> None:
+        pass
+
+    def offer(self, event: Delta) -> Awaitable[None] | None:  # pragma: no cover - no deltas
+        return None
+
+    def attach(self, attempts: Sequence[Attempt]) -> None:
+        self.attempts = attempts
+
+    async def taken(self, end: Finished) -> None:
+        try:
+            await self._answer(end)
+        except BaseException as exc:  # raised by the caller once the run has returned
+            self.error = exc
 
 
 class Stream:
@@ -123,6 +167,10 @@ class Stream:
     def attach(self, attempts: Sequence[Attempt]) -> None:
         """The run's list of attempts (the engine calls this as it starts)."""
         self._attempts = attempts
+
+    def taken(self, end: Finished) -> Awaitable[None]:
+        """One loop turn: the reader, woken by ``end``, takes it first."""
+        return asyncio.sleep(0)
 
     # -- the engine's side -----------------------------------------------------------------
 

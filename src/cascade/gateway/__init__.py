@@ -8,7 +8,9 @@ Or in a test, on a free port with an aiohttp runner of your own::
     gateway = build_gateway(load_gateway("cascade.toml"))
     runner = web.AppRunner(create_app(gateway), handler_cancellation=True)
 
-Every request runs through ``Cascade.stream()``: one execution path for JSON and SSE.
+Every request runs through the engine's one execution path (``Engine.execute``, the run
+behind ``Cascade.run()`` and ``Cascade.stream()``): SSE through ``Cascade.stream()``, a JSON
+answer in the handler's own task, sent as the run hands over its result.
 """
 
 from __future__ import annotations

@@ -4,12 +4,14 @@ Its key checked from the headers (``check_key``: a client without a valid key ho
 in-flight slot and has no body read) -> an in-flight slot -> the body read within
 ``max_body_bytes`` and ``body_timeout_s`` -> parsed by its :class:`~._wire.WireFormat` ->
 its route found by ``model`` and admitted by the key gate (``_gate.py``; an unknown
-model's 404 only after that) -> run as a stream (buffered unless the route is
-speculative) -> the JSON body, or SSE as the events come -> the gate settles what was
-spent, also when the client left or the run failed. A client that disconnects cancels the
-handler (``handler_cancellation``), which leaves the ``async with`` of the stream and so
-cancels the upstream call at once; a client that stops reading is cut off the same way
-once one write waited ``write_timeout_s`` (the connection is aborted). Once a response's
+model's 404 only after that) -> for a JSON answer, run in the handler's own task, the
+response sent as the run hands over its result (``ResultSink``); for SSE, run as a stream
+(buffered unless the route is speculative), sent as the events come -> the gate settles
+what was spent, also when the client left or the run failed. A client that disconnects
+cancels the handler (``handler_cancellation``), which cancels the run (or leaves the
+``async with`` of the stream) and so the upstream call at once; a client that stops
+reading is cut off the same way once one write waited ``write_timeout_s`` (the
+connection is aborted). Once a response's
 status line is sent, nothing starts a second one: a failure after it ends a stream with
 the format's error event, or aborts the connection. Every request gets a SERVER span (a
 child of the caller's ``traceparent``, the parent of ``cascade.run``) and one access-log
@@ -19,7 +21,7 @@ line.
 from __future__ import annotations
 
 import asyncio
-import os
+import random
 import time
 from collections.abc import AsyncGenerator
 from contextlib import AbstractContextManager, aclosing, nullcontext
@@ -35,8 +37,10 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from .._errors import CascadeError, InputError
 from .._types import Result
 from ..engine import Delta, Event, Failed, Finished, Stream
+from ..engine._core import Plan
+from ..engine._stream import ResultSink
 from ._errors import GatewayError, from_run_error, internal_error
-from ._gate import check_key
+from ._gate import OPEN_GATE, check_key
 from ._gateway import GATEWAY, Gateway
 from ._respond import (
     ClientGone,
@@ -52,6 +56,8 @@ from ._wire import GatewayRequest, RunInfo, WireFormat
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+    from ..validators import Validator
 
 __all__ = ["ACCESS_EVENT", "chat_handler"]
 
@@ -153,6 +159,11 @@ def chat_handler(wire: WireFormat) -> Any:
     return handle
 
 
+_ids = random.Random()
+"""Response ids: 128 random bits each, as a uuid4's, drawn without a system call (seeded
+from ``os.urandom`` once; its own generator, which no ``random.seed`` elsewhere resets)."""
+
+
 def _trace_id(span: Span) -> str | None:
     ctx = span.get_span_context()
     if not span.is_recording() or not ctx.is_valid:
@@ -221,7 +232,8 @@ async def _serve(
     access: _Access,
     trace_id: str | None,
 ) -> web.StreamResponse:
-    check_key(gateway.gate, request.headers)  # before a slot is taken or a byte read
+    gate = gateway.gate
+    check_key(gate, request.headers)  # before a slot is taken or a byte read
     if gateway.in_flight >= gateway.max_in_flight:
         raise GatewayError(
             429,
@@ -242,8 +254,12 @@ async def _serve(
         route = generation.find(req.model)
         if route is not None:
             access.route = route.name
-        admission = await gateway.gate.admit(request.headers, request=req, route=route)
-        stream: Stream | None = None
+        admission = (
+            None
+            if gate is OPEN_GATE
+            else await gate.admit(request.headers, request=req, route=route)
+        )
+        runs: Stream | ResultSink | None = None  # where the run's attempts are kept
         try:
             if route is None:
                 raise GatewayError(
@@ -253,48 +269,79 @@ async def _serve(
                     code="model_not_found",
                 )
             access.route = route.name
-            stream = _start(gateway, route, req)
             info = RunInfo(
-                id="chatcmpl-" + os.urandom(16).hex(),  # a uuid4's randomness, in one call
+                id="chatcmpl-" + format(_ids.getrandbits(128), "032x"),
                 created=int(time.time()),
                 route=route.name,
                 trace_id=trace_id,
             )
+            timeout_s = gateway.write_timeout_s
+            if not req.stream:
+                answered: list[web.Response] = []
+
+                async def answer(end: Finished) -> None:
+                    answered.append(await _json(request, wire, end, req, info, access, timeout_s))
+
+                runs = ResultSink(answer)
+                plan = _plan(gateway, route, req)
+                end = await route.cascade._answer(plan, runs)
+                if runs.error is not None:
+                    raise runs.error
+                if type(end) is Failed:
+                    raise from_run_error(end.error)
+                return answered[0]
+            runs = stream = _start(gateway, route, req)
             async with stream:
-                if req.stream:
-                    return await _sse(
-                        request, wire, stream, route, req, info, access, gateway.write_timeout_s
-                    )
-                return await _json(
-                    request, wire, stream, req, info, access, gateway.write_timeout_s
-                )
+                return await _sse(request, wire, stream, route, req, info, access, timeout_s)
         finally:
-            attempts = stream.attempts if stream is not None else ()
+            attempts = runs.attempts if runs is not None else ()
             access.cost_usd = sum(a.cost_usd for a in attempts)
             access.attempts = len(attempts)
             tokens = sum(a.input_tokens + a.output_tokens for a in attempts)
-            await gateway.gate.settle(admission, tokens=tokens, cost_usd=access.cost_usd)
+            if gate is not OPEN_GATE:  # it counts nothing: no coroutine to ask it to
+                await gate.settle(admission, tokens=tokens, cost_usd=access.cost_usd)
     finally:
         gateway.in_flight -= 1
         generation.leave()
 
 
-def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
+def _validators(gateway: Gateway, req: GatewayRequest) -> tuple[Validator, ...]:
+    """The request's own validators: its JSON Schema, if it asked for one."""
+    if req.json_schema is None:
+        return ()
+    return (gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+
+
+def _plan(gateway: Gateway, route: Route, req: GatewayRequest) -> Plan:
+    """The run of a JSON answer (see ``Cascade._answer``)."""
+    config = route.config
     try:
-        validators = (
-            ()
-            if req.json_schema is None
-            else (gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+        return route.cascade._plan(
+            req.messages,
+            req.options,
+            config.start_tier,
+            config.max_tier,
+            route.max_cost_usd,
+            route.deadline_s,
+            _validators(gateway, req),
         )
+    except InputError as exc:
+        raise from_run_error(exc) from None
+
+
+def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
+    """The run of a streamed answer."""
+    config = route.config
+    try:
         return route.cascade.stream(
             messages=req.messages,
             options=req.options,
-            start_tier=route.config.start_tier,
-            max_tier=route.config.max_tier,
+            start_tier=config.start_tier,
+            max_tier=config.max_tier,
             max_cost_usd=route.max_cost_usd,
             deadline_s=route.deadline_s,
-            mode=route.config.mode if req.stream else "buffered",
-            validators=validators,
+            mode=config.mode,
+            validators=_validators(gateway, req),
         )
     except InputError as exc:
         raise from_run_error(exc) from None
@@ -303,21 +350,14 @@ def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
 async def _json(
     request: web.Request,
     wire: WireFormat,
-    stream: Stream,
+    end: Finished,
     req: GatewayRequest,
     info: RunInfo,
     access: _Access,
     timeout_s: float,
 ) -> web.Response:
-    end: Finished | Failed | None = None
-    async for event in stream:
-        if type(event) is Finished or type(event) is Failed:
-            end = event
-            break  # the last event: answered before the run writes its record
-    if isinstance(end, Failed):
-        raise from_run_error(end.error)
-    if end is None:
-        raise internal_error()
+    """The JSON answer, sent as the run hands over its result (``ResultSink``): before
+    it writes its span and routing record."""
     result = end.result
     access.tier, access.model = result.tier, result.model
     headers = result_headers(route_name=info.route, result=result)

@@ -141,6 +141,8 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
 def header_value(text: str) -> str:
     """``text`` safe in a header: control characters (CR, LF...) percent-escaped. Config
     names cannot hold them; a model name an upstream reports might."""
+    if text.isprintable():  # no control character (nor other unprintable ones): as is
+        return text
     return _UNSAFE.sub(lambda m: f"%{ord(m[0]):02X}", text)
 
 

@@ -1,0 +1,155 @@
+"""``ResultSink``: the gateway's JSON answers run in the handler's own task, the response
+handed the result before the run writes its routing record, over real loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cascade import Cascade, Failed, Finished
+from cascade.engine._stream import ResultSink
+from cascade.testing import FakeOpenAIServer, Reply
+
+from .helpers import JSON_SCHEMA, USER, provider, tier
+from .leaks import eventually, in_use
+
+pytestmark = pytest.mark.anyio
+
+ANSWER = '{"answer": 42}'
+
+
+def two_tiers(url: str) -> dict[str, Any]:
+    return {
+        "tiers": [
+            tier("small", provider("a", url, "m1"), validators=[JSON_SCHEMA]),
+            tier("big", provider("b", url, "m2"), validators=[JSON_SCHEMA]),
+        ]
+    }
+
+
+def plan_of(c: Cascade) -> Any:
+    return c._plan(USER, None, None, None, None, None, ())
+
+
+async def test_the_answer_comes_before_the_routing_record(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("m1", Reply(text="not json"))
+    openai_server.script("m2", Reply(text=ANSWER))
+    order: list[str] = []
+
+    async def answer(end: Finished) -> None:
+        order.append(f"answer {end.result.text}")
+        await asyncio.sleep(0)  # a write that waits: the run must still wait for it
+        order.append("sent")
+
+    sink = ResultSink(answer)
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+        with capture_logs() as logs:
+            end = await c._answer(plan_of(c), sink)
+            order.extend(e["event"] for e in logs)
+    assert isinstance(end, Finished)
+    assert order == [f"answer {ANSWER}", "sent", "cascade.route"]
+    assert logs[0]["outcome"] == "accepted"
+    assert logs[0]["tier_path"] == ["small", "big"]
+    # every attempt is kept, the escalated one too
+    assert [a.outcome for a in sink.attempts] == ["rejected", "accepted"]
+    assert list(sink.attempts) == list(end.result.attempts)
+    assert sink.error is None
+
+
+async def test_what_the_answer_raises_is_kept_and_the_run_recorded_as_answered(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("m1", Reply(text=ANSWER))
+
+    class Gone(Exception):
+        pass
+
+    async def answer(end: Finished) -> None:
+        raise Gone
+
+    sink = ResultSink(answer)
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+        with capture_logs() as logs:
+            end = await c._answer(plan_of(c), sink)
+    assert isinstance(end, Finished)
+    assert isinstance(sink.error, Gone)
+    (record,) = logs
+    assert record["outcome"] == "accepted"  # the run answered; the client did not take it
+
+
+async def test_a_cancellation_while_answering_is_kept_for_the_caller(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """The handler cancelled while it writes the response (the client left): the run
+    still writes its record, then the caller raises the cancellation."""
+    openai_server.script("m1", Reply(text=ANSWER))
+    started = asyncio.Event()
+
+    async def answer(end: Finished) -> None:
+        started.set()
+        await asyncio.sleep(3600)  # a client that reads nothing
+
+    sink = ResultSink(answer)
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+
+        async def handler() -> None:
+            await c._answer(plan_of(c), sink)
+            if sink.error is not None:
+                raise sink.error
+
+        with capture_logs() as logs:
+            task = asyncio.get_running_loop().create_task(handler())
+            await asyncio.wait_for(started.wait(), 10)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    assert isinstance(sink.error, asyncio.CancelledError)
+    (record,) = logs
+    assert record["outcome"] == "accepted"
+
+
+async def test_a_cancellation_before_the_answer_cancels_the_call(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """The client left while the provider was still answering: the call is cut off at
+    once, its connection returned, and the attempt kept (cancelled) for the bill."""
+    openai_server.script("m1", Reply(text=ANSWER, fault="hang"))
+    answered: list[Finished] = []
+
+    async def answer(end: Finished) -> None:
+        answered.append(end)
+
+    sink = ResultSink(answer)
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+        task = asyncio.get_running_loop().create_task(c._answer(plan_of(c), sink))
+        await eventually(lambda: len(openai_server.requests) >= 1, "the call is under way")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: in_use(c) == 0, "its connection is returned")
+    assert answered == []
+    assert [a.outcome for a in sink.attempts] == ["cancelled"]
+
+
+async def test_a_run_that_fails_is_returned_not_answered(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    openai_server.script("m1", Reply(status=500))
+    openai_server.script("m2", Reply(status=500))
+    answered: list[Finished] = []
+
+    async def answer(end: Finished) -> None:
+        answered.append(end)
+
+    sink = ResultSink(answer)
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+        end = await c._answer(plan_of(c), sink)
+    assert isinstance(end, Failed)
+    assert answered == []
+    assert len(sink.attempts) >= 2
+    assert list(sink.attempts) == list(end.error.attempts)
