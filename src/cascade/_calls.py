@@ -139,8 +139,8 @@ class ProviderCalls:
         if on_text is None:
             on_text = flight.seen  # what a deadline cuts off is costed from this
         run.flights.append(flight)
-        if run.listening:
-            run.emit(
+        if run.listening:  # the sink's alone: the call's span is started below
+            run.sink.emit(
                 AttemptStarted(
                     tier=tier.index,
                     tier_name=tier.name,

@@ -195,8 +195,10 @@ class RunState(msgspec.Struct, eq=False):
     speculative: bool = False
     """Text goes to the sink as it arrives (else only the accepted answer's)."""
     listening: bool = False
-    """Whether any listener (the sink, or a trace: see :meth:`listen`) hears the
-    events; when none does, the engine builds none but the last."""
+    """Whether the sink hears every event (a :class:`~cascade.engine.Stream`). A trace
+    (see :meth:`listen`) hears only those it records: each attempt's, an escalation, the
+    router's decision and the last. When neither does, the engine builds none but the
+    last."""
     shown: int = 0
     """Characters of text sent as deltas and not retracted (speculative mode)."""
     attempts: list[Attempt] = []
@@ -224,13 +226,13 @@ class RunState(msgspec.Struct, eq=False):
         return cost
 
     def listen(self, trace: RunTrace) -> None:
-        """The run's trace, started: it hears every event from now on, unless it has
-        nothing to record (a run the sampler dropped, with no metrics or routing record
-        to write: its span is only kept current, by the ``with`` around the run)."""
+        """The run's trace, started: it hears the events it records from now on (see
+        :attr:`listening`), unless it has nothing to record (a run the sampler dropped,
+        with no metrics or routing record to write: its span is only kept current, by
+        the ``with`` around the run)."""
         if not trace.records:
             return
         self.trace = trace
-        self.listening = self.sink is not NO_SINK or trace is not NOOP_RUN
 
     def emit(self, event: Event) -> None:
         """Tell the run's listeners: its trace (spans, metrics, routing record), then the
@@ -246,7 +248,7 @@ class RunState(msgspec.Struct, eq=False):
         """Record a finished attempt: the one place an attempt is added to the run. Text
         the call showed (speculative mode) is retracted unless it was accepted."""
         self.attempts.append(attempt)
-        if self.listening:
+        if self.listening or self.trace is not NOOP_RUN:
             self.emit(AttemptFinished(attempt=attempt))
         if self.shown and attempt.outcome != "accepted":
             self.retract(attempt, attempt.error or attempt.outcome)

@@ -208,7 +208,7 @@ class Engine:
                     if draft is not None:
                         msgs = repair_messages(msgs, draft)
                         repair = True
-                if run.listening:
+                if run.listening or traced:
                     escalated = Escalated(
                         from_tier=left[0].index,
                         from_tier_name=left[0].name,
@@ -219,8 +219,8 @@ class Engine:
                         repair=repair,
                     )
                     run.emit(escalated)
-            if run.listening:
-                run.emit(TierStarted(tier=tier.index, tier_name=tier.name))
+            if run.listening:  # the sink's alone: a trace starts its tier span itself
+                sink.emit(TierStarted(tier=tier.index, tier_name=tier.name))
             first = len(attempts)
             # The tier's span; its outcome, and the escalation, come from its attempts.
             if traced:
