@@ -290,7 +290,7 @@ async def _serve(
                 plan = _plan(gateway, route, req)
                 end = await route.cascade._answer(plan, runs)
                 if runs.error is not None:
-                    raise runs.error
+                    raise runs.take_error()
                 if type(end) is Failed:
                     raise from_run_error(end.error)
                 return answered[0]
