@@ -105,6 +105,16 @@ class ResultSink:
         except BaseException as exc:  # raised by the caller once the run has returned
             self.error = exc
 
+    def take_error(self) -> BaseException:
+        """:attr:`error`, taken off the sink for the caller to raise (``raise
+        sink.take_error()``). Left there, it would hold itself: its traceback holds
+        :meth:`taken`'s frame, which holds the sink. That cycle (the response cut off, body
+        and all, in its frames) would wait for the garbage collector instead of going with
+        the request."""
+        error, self.error = self.error, None
+        assert error is not None
+        return error
+
 
 class Stream:
     """The events of one run as they happen: ``async for event in stream``.

@@ -21,6 +21,7 @@ line.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import time
 from collections.abc import AsyncGenerator
@@ -161,7 +162,10 @@ def chat_handler(wire: WireFormat) -> Any:
 
 _ids = random.Random()
 """Response ids: 128 random bits each, as a uuid4's, drawn without a system call (seeded
-from ``os.urandom`` once; its own generator, which no ``random.seed`` elsewhere resets)."""
+from ``os.urandom`` once; its own generator, which no ``random.seed`` elsewhere resets).
+Seeded again in a forked child, as ``random``'s own generator is: workers forked from one
+imported app (a pre-forking server) would otherwise hand out the same ids."""
+os.register_at_fork(after_in_child=_ids.seed)
 
 
 def _trace_id(span: Span) -> str | None:
@@ -286,7 +290,7 @@ async def _serve(
                 plan = _plan(gateway, route, req)
                 end = await route.cascade._answer(plan, runs)
                 if runs.error is not None:
-                    raise runs.error
+                    raise runs.take_error()
                 if type(end) is Failed:
                     raise from_run_error(end.error)
                 return answered[0]
