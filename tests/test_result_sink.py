@@ -4,6 +4,8 @@ handed the result before the run writes its routing record, over real loopback H
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -153,3 +155,31 @@ async def test_a_run_that_fails_is_returned_not_answered(
     assert answered == []
     assert len(sink.attempts) >= 2
     assert list(sink.attempts) == list(end.error.attempts)
+
+
+async def test_a_failed_run_leaves_no_cycle_holding_the_sink(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A failed run's state can be held in a cycle through its errors' tracebacks (the
+    frames of its calls); the caller's answer (and all it holds: the request, its body)
+    is not in it, and goes as the caller drops it, not at a collection."""
+    openai_server.script("m1", Reply(status=500))
+    openai_server.script("m2", Reply(status=500))
+
+    async with Cascade.from_dict(two_tiers(openai_server.url)) as c:
+        gc.collect()
+        gc.disable()
+        try:
+
+            async def answer(end: Finished) -> None:
+                pass
+
+            gone = weakref.ref(answer)  # held by the sink alone once this name goes
+            sink = ResultSink(answer)
+            del answer
+            end = await c._answer(plan_of(c), sink)
+            assert isinstance(end, Failed)
+            del sink, end
+            assert gone() is None
+        finally:
+            gc.enable()

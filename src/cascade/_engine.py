@@ -326,9 +326,12 @@ class Cascade:
         result before the run writes its span and routing record, and keeps the
         attempts. The last event is returned; what ``sink``'s answer raised is the
         caller's to raise."""
-        if not self._open:
-            await self._open_for_run()
-        return await self._engine.execute(plan, sink)
+        try:
+            if not self._open:
+                await self._open_for_run()
+            return await self._engine.execute(plan, sink)
+        finally:
+            sink.done()
 
     def _plan(
         self,

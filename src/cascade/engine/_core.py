@@ -108,20 +108,19 @@ class Engine:
         trace = self.telemetry.run(
             run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
         )
-        end: Finished | Failed
         try:
             if trace is NOOP_RUN:  # nothing is traced or measured: no span to end
-                end = await self._finish(run, plan)
-            else:
-                # The run's span (a child of the caller's), ended with its routing record:
-                # the trace sees the Finished event, or the error as the run leaves it.
-                with trace:
-                    run.listen(trace)
-                    end = await self._finish(run, plan)
+                return await self._finish(run, plan)
+            # The run's span (a child of the caller's), ended with its routing record:
+            # the trace sees the Finished event, or the error as the run leaves it.
+            with trace:
+                run.listen(trace)
+                return await self._finish(run, plan)
         except RunError as exc:
-            end = Failed(error=exc)
-            sink.emit(end)
-        return end
+            # Built and returned without a local: the error's traceback holds this frame,
+            # and a local holding the error would make a cycle of them (with the sink and
+            # everything the caller's answer holds) for the garbage collector to find.
+            return _failed(sink, exc)
 
     async def _finish(self, run: RunState, plan: Plan) -> Finished:
         """The run's tiers, to its Finished event (told to its listeners)."""
@@ -415,6 +414,12 @@ class Engine:
             f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
             attempts=run.attempts,
         )
+
+
+def _failed(sink: Sink, error: RunError) -> Failed:
+    end = Failed(error=error)
+    sink.emit(end)
+    return end
 
 
 async def _release_fallback(run: RunState) -> None:

@@ -69,6 +69,10 @@ class _NoSink:
 NO_SINK: Sink = _NoSink()
 
 
+async def _answered(end: Finished) -> None:
+    raise RuntimeError("a ResultSink answers once, during its run")
+
+
 class ResultSink:
     """The sink of a caller that wants the result alone, the run going on in the caller's
     own task (the gateway's JSON answers): no events are kept and no text is sent
@@ -98,6 +102,12 @@ class ResultSink:
 
     def attach(self, attempts: Sequence[Attempt]) -> None:
         self.attempts = attempts
+
+    def done(self) -> None:
+        """The run has returned: the answer is let go (a failed run's state can be held
+        in a cycle through its errors' tracebacks until a collection; the caller's
+        request, in the answer's closure, is not held with it)."""
+        self._answer = _answered
 
     async def taken(self, end: Finished) -> None:
         try:
