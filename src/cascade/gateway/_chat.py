@@ -161,8 +161,9 @@ def chat_handler(wire: WireFormat) -> Any:
 
 
 _ids = random.Random()
-"""Response ids: 128 random bits each, as a uuid4's, drawn without a system call (seeded
-from ``os.urandom`` once; its own generator, which no ``random.seed`` elsewhere resets).
+"""Response ids: 128 random bits each, drawn without a system call (seeded from
+``os.urandom`` once; its own generator, which no ``random.seed`` elsewhere resets). Unique,
+not unguessable (a Mersenne Twister): an id names a response, it grants nothing.
 Seeded again in a forked child, as ``random``'s own generator is: workers forked from one
 imported app (a pre-forking server) would otherwise hand out the same ids."""
 os.register_at_fork(after_in_child=_ids.seed)
