@@ -32,7 +32,7 @@ from .._errors import (
     ResponseTooLarge,
 )
 from .._headers import retry_after_s
-from .._sse import EventTooLarge, SSEDecoder, SSEEvent
+from .._sse import EventTooLarge, SSEDecoder, SSEEvent, plain_events
 from .._timeouts import ClockLane, TimeoutLane
 from .._types import Chunk, Message, RequestOptions
 from .._urls import hide_userinfo
@@ -247,11 +247,38 @@ class HTTPProvider:
                 for chunk in batch:
                     yield chunk
 
-    async def stream_batches(
+    def stream_batches(
         self, messages: tuple[Message, ...], options: RequestOptions
     ) -> AsyncGenerator[list[Chunk], None]:
         """The stream's chunks, those of one read together
         (:class:`~cascade.providers.SupportsBatches`)."""
+        return self._batches(messages, options, joined=False)
+
+    def stream_joined(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncGenerator[list[Chunk], None]:
+        """``stream_batches`` for a reader that joins each batch (``join_chunks``) and
+        reads the chunk it makes as it would read the batch's chunks one by one (the
+        engine's ``complete`` with no partial check and no speculative stream): a batch
+        may come as the one chunk of it, joined (its chunks not made), where the provider
+        has a way (``_join_plain``) to join the read more cheaply."""
+        return self._batches(messages, options, joined=True)
+
+    _joins_plain: ClassVar[bool] = False
+    """Whether ``_join_plain`` can join a read (a subclass that implements it)."""
+
+    def _join_plain(self, datas: list[bytes]) -> tuple[Chunk | None, Chunk | None] | None:
+        """A read whose events are each a lone data line (``SSEDecoder.feed_plain``), as
+        ``stream_joined`` yields it: ``(its chunks joined, or None for none; DONE when its
+        last event is the terminal one, else None)``, the same for ``complete`` as the
+        chunks of ``_chunks``. None when it cannot say (an error, a keep-alive, a body
+        that does not decode): the read then goes through ``_chunks``, which raises where
+        it should."""
+        return None
+
+    async def _batches(
+        self, messages: tuple[Message, ...], options: RequestOptions, *, joined: bool
+    ) -> AsyncGenerator[list[Chunk], None]:
         if not self._stream:
             yield [await self.complete_whole(messages, options)]
             return
@@ -265,6 +292,7 @@ class HTTPProvider:
                 state: dict[str, Any] = {}
                 received = 0
                 held = Held()
+                join_plain = self._join_plain if joined and self._joins_plain else None
                 # resp.content yields decoded bytes (after gzip, deflate, br), each read
                 # bounded by aiohttp's flow control: the stream's total is counted as it
                 # comes, so no more than the cap and one read is ever held. What the
@@ -276,7 +304,36 @@ class HTTPProvider:
                         raise self._too_large(received)
                     # no event this read completes can be worth a scan: none is checked
                     scan = len(raw) + decoder.pending_bytes > _SCAN_EVENT_BYTES
-                    chunks, end = self._chunks(decoder.feed(raw), state, limit, scan=scan)
+                    if join_plain is None:
+                        events = decoder.feed(raw)
+                    else:
+                        datas = decoder.feed_plain(raw)
+                        if datas is None:
+                            events = decoder.feed(raw)
+                        else:
+                            fast = None
+                            if not scan or max(map(len, datas)) <= _SCAN_EVENT_BYTES:
+                                fast = join_plain(datas)
+                            if fast is not None:
+                                one, terminal = fast
+                                if one is not None:
+                                    saved = held.chars, held.width, held.logprobs
+                                    if held.add(one) > limit:
+                                        held.chars, held.width, held.logprobs = saved
+                                        fast = None  # the chunks before the one past it
+                                    else:
+                                        if one.finish_reason is not None:
+                                            state[_FINISHED] = True
+                                        if one.output_tokens is not None:
+                                            state[_USAGE] = True
+                                        yield [one]
+                                if fast is not None:
+                                    if terminal is DONE:
+                                        await _drain(resp)
+                                        return
+                                    continue
+                            events = plain_events(datas)
+                    chunks, end = self._chunks(events, state, limit, scan=scan)
                     if chunks:
                         counted, cost = held.add_all(chunks, limit)
                         if counted < len(chunks):

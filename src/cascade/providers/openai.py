@@ -10,7 +10,14 @@ import msgspec
 
 from .._config import ProviderConfig
 from .._sse import SSEEvent
-from .._types import Chunk, Message, ReportedTokens, RequestOptions, estimate_text_tokens
+from .._types import (
+    Chunk,
+    Message,
+    ReportedTokens,
+    RequestOptions,
+    estimate_text_tokens,
+    join_chunks,
+)
 from ._http import DONE, HTTPProvider, post_whole
 from ._redact import Scrubber, redact, shorten
 from ._status import stream_status
@@ -259,6 +266,64 @@ class OpenAIProvider(HTTPProvider):
         except Exception as exc:
             return chunks, exc
         return chunks, end
+
+    _joins_plain = True
+
+    def _join_plain(self, datas: list[bytes]) -> tuple[Chunk | None, Chunk | None] | None:
+        """A read of lone data lines joined, in fewer steps than its chunks made and then
+        joined: each data decoded in one ``map``; of a plain event (one choice, a piece
+        of text and nothing else) only the text kept, no chunk made; the model (the last
+        one sent with a chunk, as ``join_chunks`` keeps it) scrubbed once. Anything the
+        event by event way would stop at (a keep-alive, ``[DONE]`` before the last event,
+        a body that does not decode, an error) is left to it."""
+        end = None
+        if datas[-1] == b"[DONE]":
+            datas = datas[:-1]
+            end = DONE
+        try:  # (a keep-alive's empty data, a [DONE] before the end: neither decodes)
+            decoded = list(map(_decode_chunk, datas))
+        except (msgspec.DecodeError, RecursionError):
+            return None
+        texts: list[str] = []
+        others: list[Chunk] = []
+        model = None
+        chunk_of = self._chunk_of
+        for one in decoded:
+            choices = one.choices
+            if len(choices) == 1 and one.usage is None and one.error is None:
+                # as _chunk_of: a piece of text and nothing else (most events)
+                choice = choices[0]
+                delta = choice.delta
+                if (
+                    delta is not None
+                    and choice.index == 0
+                    and choice.finish_reason is None
+                    and choice.logprobs is None
+                    and delta.refusal is None
+                    and one.object != "error"
+                ):
+                    if delta.content:
+                        texts.append(delta.content)
+                        if one.model:
+                            model = one.model
+                    continue
+            try:
+                chunk = chunk_of(one)
+            except Exception:
+                return None
+            if chunk is not None:
+                texts.append(chunk.text)
+                others.append(chunk)
+                if one.model:
+                    model = one.model
+        if not texts:  # (a text for each chunk, if empty)
+            return None, end
+        # A model scrubbed is empty only if it was: the last one sent, scrubbed.
+        if not others:
+            return Chunk(text="".join(texts), model=self._scrub(model)), end
+        joined = others[0] if len(others) == 1 else join_chunks(others)
+        text = "".join(texts)
+        return msgspec.structs.replace(joined, text=text, model=self._scrub(model)), end
 
     def _chunk_of(self, chunk: _StreamChunk) -> Chunk | None:
         """The chunk of one decoded event (None: nothing in it); raises for an error the
