@@ -245,10 +245,9 @@ async def complete(
         # is one chunk, one turn of this loop (not one per SSE event); an HTTP provider
         # may join a read without making its chunks.
         if joined_of(provider):
-            batches = provider.stream_joined(msgs, opts)  # type: ignore[attr-defined]
+            source = provider.stream_joined(msgs, opts)  # type: ignore[attr-defined]
         else:
-            batches = provider.stream_batches(msgs, opts)  # type: ignore[attr-defined]
-        source = _joined(batches)
+            source = _joined(provider.stream_batches(msgs, opts))  # type: ignore[attr-defined]
     else:
         source = provider.stream(msgs, opts)
     try:

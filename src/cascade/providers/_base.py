@@ -162,9 +162,10 @@ def batches_of(provider: object) -> bool:
 
 def joined_of(provider: object) -> bool:
     """Whether ``batches_of(provider)``, and its ``stream_joined`` (the HTTP providers'
-    ``stream_batches`` for a reader that joins each batch) reads as its ``stream_batches``
-    does: its class defines ``stream_joined`` no further up than ``stream_batches`` (a
-    subclass that overrides ``stream_batches`` is read through it)."""
+    batches of ``stream_batches`` each joined into one chunk, as the engine joins them)
+    reads as its ``stream_batches`` does: its class defines ``stream_joined`` no further
+    up than ``stream_batches`` (a subclass that overrides ``stream_batches`` is read
+    through it)."""
     return _batches(provider) == _JOINS
 
 

@@ -34,7 +34,7 @@ from .._errors import (
 from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent, plain_events
 from .._timeouts import ClockLane, TimeoutLane
-from .._types import Chunk, Message, RequestOptions
+from .._types import Chunk, Message, RequestOptions, join_chunks
 from .._urls import hide_userinfo
 from ._http_errors import status_error, translate
 from ._redact import redact, shorten
@@ -252,17 +252,16 @@ class HTTPProvider:
     ) -> AsyncGenerator[list[Chunk], None]:
         """The stream's chunks, those of one read together
         (:class:`~cascade.providers.SupportsBatches`)."""
-        return self._batches(messages, options, joined=False)
+        return self._read(messages, options, joined=False)
 
     def stream_joined(
         self, messages: tuple[Message, ...], options: RequestOptions
-    ) -> AsyncGenerator[list[Chunk], None]:
-        """``stream_batches`` for a reader that joins each batch (``join_chunks``) and
-        reads the chunk it makes as it would read the batch's chunks one by one (the
-        engine's ``complete`` with no partial check and no speculative stream): a batch
-        may come as the one chunk of it, joined (its chunks not made), where the provider
-        has a way (``_join_plain``) to join the read more cheaply."""
-        return self._batches(messages, options, joined=True)
+    ) -> AsyncGenerator[Chunk, None]:
+        """The batches of ``stream_batches``, each joined into one chunk (``join_chunks``;
+        a batch of one chunk as it is): what the engine's ``complete`` reads when nothing
+        looks at an answer chunk by chunk, one chunk a read. A read the provider can join
+        without making its chunks (``_join_plain``) is joined so."""
+        return self._read(messages, options, joined=True)
 
     _joins_plain: ClassVar[bool] = False
     """Whether ``_join_plain`` can join a read (a subclass that implements it)."""
@@ -276,11 +275,14 @@ class HTTPProvider:
         it should."""
         return None
 
-    async def _batches(
+    async def _read(
         self, messages: tuple[Message, ...], options: RequestOptions, *, joined: bool
-    ) -> AsyncGenerator[list[Chunk], None]:
+    ) -> AsyncGenerator[Any, None]:
+        """``stream_batches`` (each read's chunks in a list), or ``stream_joined`` (each
+        read's chunks joined)."""
         if not self._stream:
-            yield [await self.complete_whole(messages, options)]
+            whole = await self.complete_whole(messages, options)
+            yield whole if joined else [whole]
             return
         data = encode_body(self._body(messages, options, stream=True))
         try:
@@ -326,7 +328,7 @@ class HTTPProvider:
                                             state[_FINISHED] = True
                                         if one.output_tokens is not None:
                                             state[_USAGE] = True
-                                        yield [one]
+                                        yield one
                                 if fast is not None:
                                     if terminal is DONE:
                                         await _drain(resp)
@@ -338,14 +340,14 @@ class HTTPProvider:
                         counted, cost = held.add_all(chunks, limit)
                         if counted < len(chunks):
                             if counted:
-                                yield chunks[:counted]
+                                yield _one(chunks[:counted]) if joined else chunks[:counted]
                             raise self._too_large(cost, decoded=True)
                         finishes, outputs = zip(*map(_ENDING, chunks), strict=True)
                         if finishes.count(None) != len(chunks):
                             state[_FINISHED] = True
                         if outputs.count(None) != len(chunks):
                             state[_USAGE] = True
-                        yield chunks
+                        yield _one(chunks) if joined else chunks
                     if end is DONE:
                         await _drain(resp)
                         return
@@ -367,6 +369,11 @@ class HTTPProvider:
             error = translate(exc, provider=self.name, model=self.model, secret=self._secret)
         # Raised outside the except block: no __context__ chains back to aiohttp objects.
         raise error
+
+
+def _one(chunks: list[Chunk]) -> Chunk:
+    """A batch as ``stream_joined`` yields it."""
+    return chunks[0] if len(chunks) == 1 else join_chunks(chunks)
 
 
 async def post_whole(

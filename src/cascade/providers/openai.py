@@ -25,30 +25,35 @@ from ._status import stream_status
 __all__ = ["OpenAIProvider"]
 
 
-class _Message(msgspec.Struct):
+# The wire types below only hold what a body decodes to, which has no reference cycle: not
+# tracked by the garbage collector (cheaper to make, and a stream's many events do not
+# bring its collections on sooner).
+
+
+class _Message(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: str | None = None
 
 
-class _TokenLogprob(msgspec.Struct):
+class _TokenLogprob(msgspec.Struct, gc=False):
     logprob: float | None = None  # some servers send null for a token they cannot score
 
 
-class _Logprobs(msgspec.Struct):
+class _Logprobs(msgspec.Struct, gc=False):
     content: list[_TokenLogprob] | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     message: _Message
     finish_reason: str | None = None
     logprobs: _Logprobs | None = None
 
 
-class _PromptDetails(msgspec.Struct):
+class _PromptDetails(msgspec.Struct, gc=False):
     cached_tokens: ReportedTokens | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     # Bounded and integral, or the body is malformed: a negative or astronomic count
     # would make a call look free or overflow the cost.
     prompt_tokens: ReportedTokens = 0
@@ -63,31 +68,31 @@ class _Usage(msgspec.Struct):
         return min(details.cached_tokens, self.prompt_tokens)
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, gc=False):
     choices: list[_Choice]
     usage: _Usage | None = None
     model: str | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: str | None = None
 
 
-class _StreamChoice(msgspec.Struct):
+class _StreamChoice(msgspec.Struct, gc=False):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
     logprobs: _Logprobs | None = None
 
 
-class _StreamError(msgspec.Struct):
+class _StreamError(msgspec.Struct, gc=False):
     message: str = ""
     code: int | str | None = None
     type: str | None = None
 
 
-class _StreamChunk(msgspec.Struct):
+class _StreamChunk(msgspec.Struct, gc=False):
     choices: list[_StreamChoice] = []
     usage: _Usage | None = None
     model: str | None = None
