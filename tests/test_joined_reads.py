@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from itertools import pairwise
+from typing import Any
 
 import aiohttp
 import pytest
@@ -22,6 +23,7 @@ from cascade._attempt import complete
 from cascade._sse import EventTooLarge, SSEDecoder, SSEEvent, plain_events
 from cascade.providers import AnthropicProvider, OpenAIProvider, batches_of
 from cascade.providers._base import joined_of
+from cascade.providers.openai import _TEMPLATE
 
 from .test_chunk_batches import read_like_complete
 
@@ -149,8 +151,30 @@ EVENTS = {
     "not an object": b"[1, 2]",
     "keep-alive": b"",
     "done": b"[DONE]",
+    # the frame of "text" with other texts: cut out of it once a stream learned it
+    "text 2": _TEXT % (b"m", b"world"),
+    "text non-ascii": _TEXT % (b"m", b"w\xc3\xb6rld \xf0\x9f\x98\x80"),
+    "text escapes": _TEXT % (b"m", b'a\\"b\\n\\u00e9\\\\'),
+    "text del": _TEXT % (b"m", b"\x7f"),
+    "text empty": _TEXT % (b"m", b""),
+    "text quotes": _TEXT % (b"m", b'a","model":"z'),  # valid JSON, another text: "a"
+    "text control": _TEXT % (b"m", b"a\x01"),
+    "text bad utf-8": _TEXT % (b"m", b"\xc3"),
+    "text lone surrogate": _TEXT % (b"m", b"\\ud800"),
+    "text cut short": b'{"model":"m","choices":[{"index":0,"delta":{"content":"}}]}',
+    "text two keys": b'{"model":"m","choices":[{"index":0,"delta":{"content":"x","content":"y"}}]}',
+    "text escaped": _TEXT % (b"m", b"\\u0041"),  # not learned from (a backslash)
+    # a "content" key elsewhere too: not learned from (its frame would be the wrong one)
+    "decoy": b'{"model":"m","x":{"content":"hi"},"choices":[{"index":0,"delta":{"content":"hi"}}]}',
+    "decoy 2": b'{"model":"m","x":{"content":"ho"},"choices":[{"index":0,"delta":{"content":"hi"}}]}',
 }  # fmt: skip
-_NEVER_FAST = {"error", "object error", "bad usage", "malformed", "not an object", "keep-alive"}
+_MAY_DECLINE = {
+    *("error", "object error", "bad usage", "malformed", "not an object", "keep-alive"),
+    *("text quotes", "text control", "text bad utf-8", "text lone surrogate", "text cut short"),
+    # in the frame of "text" (once learned), what is in the text's place is no string's
+    # body alone: the read is decoded event by event
+    *("text two keys", "two choices"),
+}
 
 
 def _provider(session: aiohttp.ClientSession) -> OpenAIProvider:
@@ -160,18 +184,53 @@ def _provider(session: aiohttp.ClientSession) -> OpenAIProvider:
     return OpenAIProvider(config, session=session, api_key=KEY)
 
 
-@given(st.lists(st.sampled_from(sorted(EVENTS)), min_size=1, max_size=8))
-async def test_a_plain_read_joins_as_its_chunks(names: list[str]) -> None:
-    datas = [EVENTS[name] for name in names]
+@given(
+    st.lists(st.sampled_from(sorted(EVENTS)), min_size=1, max_size=4),
+    st.lists(st.sampled_from(sorted(EVENTS)), min_size=1, max_size=8),
+)
+async def test_a_plain_read_joins_as_its_chunks(first: list[str], names: list[str]) -> None:
+    """A read joined is its chunks joined: on its own, and after a first read of the
+    stream (which may have taught it the stream's text event)."""
     async with aiohttp.ClientSession() as session:
         provider = _provider(session)
-        chunks, end = provider._chunks(plain_events(datas), {}, 1 << 20, scan=False)
-        fast = provider._join_plain(list(datas))
+        _check_joined(provider, names, {})
+        state: dict[str, Any] = {}
+        provider._join_plain([EVENTS[name] for name in first], state)
+        _check_joined(provider, names, state)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EVENTS if n.startswith("text")))
+async def test_an_event_in_the_text_events_frame_reads_as_decoded(name: str) -> None:
+    """Once a stream learned its text event, an event in its frame (whatever is in the
+    text's place: escapes, a quote, bytes that are no UTF-8, nothing) reads as decoded."""
+    async with aiohttp.ClientSession() as session:
+        provider = _provider(session)
+        state: dict[str, Any] = {}
+        _check_joined(provider, ["text"], state)
+        assert _TEMPLATE in state
+        for names in ([name], [name, "text"], ["text 2", name, "finish", "usage"]):
+            _check_joined(provider, names, state)
+            _check_joined(provider, ["text", *names], {})  # learned in the same read
+
+
+async def test_a_stream_does_not_learn_a_text_event_with_another_content_key() -> None:
+    async with aiohttp.ClientSession() as session:
+        provider = _provider(session)
+        state: dict[str, Any] = {}
+        _check_joined(provider, ["decoy"], state)
+        assert _TEMPLATE not in state
+        _check_joined(provider, ["decoy 2", "decoy"], state)
+
+
+def _check_joined(provider: OpenAIProvider, names: list[str], state: dict[str, Any]) -> None:
+    datas = [EVENTS[name] for name in names]
+    chunks, end = provider._chunks(plain_events(datas), {}, 1 << 20, scan=False)
+    fast = provider._join_plain(list(datas), state)
     done_at = names.index("done") if "done" in names else len(names)
     if isinstance(end, Exception) or done_at < len(names) - 1:
         assert fast is None  # left to _chunks: it raises after the chunks before it
         return
-    if not _NEVER_FAST.intersection(names):
+    if not _MAY_DECLINE.intersection(names):
         assert fast is not None
     if fast is None:
         return
@@ -230,6 +289,21 @@ STREAMS = {
     "error event": [_data(*_TEXTS[:3]) + b"event: error\ndata: {}\n\n"],
     "malformed mid read": [_data(*_TEXTS[:3], b'{"choices":[', *_TEXTS[3:])],
     "key in model": [_data(*[_TEXT % (KEY.encode(), b"k")] * 4, _FINISH, _USAGE, b"[DONE]")],
+    "texts escaped and not ascii": [
+        _data(*[_TEXT % (b"m", t) for t in (b"a", b"\\n", b"\xc3\xa9", b'\\"q\\"', b"\x7f", b"b")]),
+        _data(
+            *[_TEXT % (b"m", t) for t in (b"c", b"\xf0\x9f\x98\x80", b"\\u00e9", b"d")], b"[DONE]"
+        ),
+    ],
+    "a text that is no string's body": [
+        _data(*_TEXTS[:3], _TEXT % (b"m", b'a","model":"z'), *_TEXTS[3:6], b"[DONE]")
+    ],
+    "a text event cut short": [
+        _data(
+            *_TEXTS[:3], b'{"model":"m","choices":[{"index":0,"delta":{"content":"}}]}', b"[DONE]"
+        )
+    ],
+    "a text with bad utf-8": [_data(*_TEXTS[:3]), _data(_TEXT % (b"m", b"\xc3"), b"[DONE]")],
     "refusal and logprobs": [
         _data(EVENTS["refusal"], EVENTS["logprobs"], EVENTS["second choice"], _FINISH, _USAGE),
         _data(b"[DONE]"),
@@ -345,9 +419,11 @@ async def test_a_read_worth_a_scan_is_scanned_before_it_is_decoded() -> None:
     joined: list[int] = []
 
     class Watched(OpenAIProvider):
-        def _join_plain(self, datas: list[bytes]) -> tuple[Chunk | None, Chunk | None] | None:
+        def _join_plain(
+            self, datas: list[bytes], state: dict[str, Any]
+        ) -> tuple[Chunk | None, Chunk | None] | None:
             joined.append(len(datas))
-            return super()._join_plain(datas)
+            return super()._join_plain(datas, state)
 
     big = _data(_TEXT % (b"m", b"L" * 70_000 + b"\\ud83d\\ude00"), b"[DONE]")
 

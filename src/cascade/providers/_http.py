@@ -266,13 +266,15 @@ class HTTPProvider:
     _joins_plain: ClassVar[bool] = False
     """Whether ``_join_plain`` can join a read (a subclass that implements it)."""
 
-    def _join_plain(self, datas: list[bytes]) -> tuple[Chunk | None, Chunk | None] | None:
+    def _join_plain(
+        self, datas: list[bytes], state: dict[str, Any]
+    ) -> tuple[Chunk | None, Chunk | None] | None:
         """A read whose events are each a lone data line (``SSEDecoder.feed_plain``), as
         ``stream_joined`` yields it: ``(its chunks joined, or None for none; DONE when its
         last event is the terminal one, else None)``, the same for ``complete`` as the
         chunks of ``_chunks``. None when it cannot say (an error, a keep-alive, a body
         that does not decode): the read then goes through ``_chunks``, which raises where
-        it should."""
+        it should. ``state``: the stream's, as ``_chunks`` gets it."""
         return None
 
     async def _read(
@@ -315,7 +317,7 @@ class HTTPProvider:
                         else:
                             fast = None
                             if not scan or max(map(len, datas)) <= _SCAN_EVENT_BYTES:
-                                fast = join_plain(datas)
+                                fast = join_plain(datas, state)
                             if fast is not None:
                                 one, terminal = fast
                                 if one is not None:

@@ -118,6 +118,64 @@ _EVENT_NAME = attrgetter("event")
 _PLAIN = {"message"}
 
 
+_TEMPLATE = "__text_event__"  # a stream's _Template, in its state
+_CONTENT_KEY = b'"content":'
+_VALUE = b'"content":"'
+_decode_str = msgspec.json.Decoder(str).decode
+
+
+class _Template:
+    """A stream's text event but for its text (most of a stream's events: the same id,
+    created time, model and frame, a different piece of text), learned from one decoded:
+    an event that is this prefix, then a JSON string's body, then this suffix decodes
+    as the learned one does, but for its text, which is that string. So its text is cut
+    out of it, not decoded with the rest.
+
+    Learned only from an event where that holds whatever the body: one with no backslash
+    (so every quote in it is a string's end, none escaped: its text is in it as is) and
+    one ``"content":`` key (the delta's: a duplicate key, or that key in another object
+    too, is not learned)."""
+
+    __slots__ = ("model", "prefix", "size", "start", "suffix")
+
+    def __init__(self, prefix: bytes, suffix: bytes, model: str | None) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+        self.start = len(prefix)
+        self.size = len(prefix) + len(suffix)
+        self.model = model
+
+    @classmethod
+    def of(cls, data: bytes, content: str, model: str | None) -> _Template | None:
+        """The template of ``data``, a plain text event that decoded to ``content``
+        (not empty) and ``model``; None if it cannot be one."""
+        if b"\\" in data or data.count(_CONTENT_KEY) != 1:
+            return None
+        start = data.find(_VALUE) + len(_VALUE)
+        end = start + len(raw := content.encode())
+        if start < len(_VALUE) or data[start:end] != raw or data[end : end + 1] != b'"':
+            return None
+        return cls(data[:start], data[end:], model)
+
+
+def _cut_texts(pieces: list[bytes]) -> str | None:
+    """The texts cut out of events (``_Template``), joined: as they are when plain ASCII
+    (nothing a JSON string holds escaped, nor a quote), else each decoded as a JSON
+    string (as within its event). None if one is not a string's body alone (its event
+    is then decoded, which tells what it is). Empties ``pieces``."""
+    joined = b"".join(pieces)
+    try:
+        if joined.isascii():
+            text = joined.decode("ascii")
+            if text.isprintable() and '"' not in text and "\\" not in text:
+                return text
+        return "".join([_decode_str(b'"' + piece + b'"') for piece in pieces])
+    except msgspec.DecodeError:
+        return None
+    finally:
+        pieces.clear()
+
+
 class OpenAIProvider(HTTPProvider):
     """A deployment behind an OpenAI-compatible chat completions endpoint.
 
@@ -274,26 +332,44 @@ class OpenAIProvider(HTTPProvider):
 
     _joins_plain = True
 
-    def _join_plain(self, datas: list[bytes]) -> tuple[Chunk | None, Chunk | None] | None:
+    def _join_plain(
+        self, datas: list[bytes], state: dict[str, Any]
+    ) -> tuple[Chunk | None, Chunk | None] | None:
         """A read of lone data lines joined, in fewer steps than its chunks made and then
-        joined: each data decoded in one ``map``; of a plain event (one choice, a piece
-        of text and nothing else) only the text kept, no chunk made; the model (the last
-        one sent with a chunk, as ``join_chunks`` keeps it) scrubbed once. Anything the
-        event by event way would stop at (a keep-alive, ``[DONE]`` before the last event,
-        a body that does not decode, an error) is left to it."""
+        joined. An event that is the stream's text event (``_Template``) but for its text
+        is not decoded: its text is cut out of it. Any other is decoded; of a plain one
+        (one choice, a piece of text and nothing else) only the text is kept, no chunk
+        made. The model (the last one sent with a chunk, as ``join_chunks`` keeps it) is
+        scrubbed once. Anything the event by event way would stop at (a keep-alive,
+        ``[DONE]`` before the last event, a body that does not decode, an error) is left
+        to it."""
         end = None
         if datas[-1] == b"[DONE]":
             datas = datas[:-1]
             end = DONE
-        try:  # (a keep-alive's empty data, a [DONE] before the end: neither decodes)
-            decoded = list(map(_decode_chunk, datas))
-        except (msgspec.DecodeError, RecursionError):
-            return None
+        template: _Template | None = state.get(_TEMPLATE)
+        prefix = suffix = b"\0"  # (no event starts with a NUL: none is the template's)
+        start = size = 0
+        if template is not None:
+            prefix, suffix = template.prefix, template.suffix
+            start, size = template.start, template.size
         texts: list[str] = []
+        pieces: list[bytes] = []  # texts cut out since the last one in texts
         others: list[Chunk] = []
         model = None
         chunk_of = self._chunk_of
-        for one in decoded:
+        for data in datas:
+            if data.startswith(prefix) and data.endswith(suffix) and len(data) >= size:
+                # the template's event: its text cut out of it
+                cut = data[start : len(data) - len(suffix)]
+                if cut:
+                    pieces.append(cut)
+                    model = template.model or model  # type: ignore[union-attr]
+                continue
+            try:  # (a keep-alive's empty data, a [DONE] before the end: neither decodes)
+                one = _decode_chunk(data)
+            except (msgspec.DecodeError, RecursionError):
+                return None
             choices = one.choices
             if len(choices) == 1 and one.usage is None and one.error is None:
                 # as _chunk_of: a piece of text and nothing else (most events)
@@ -307,20 +383,39 @@ class OpenAIProvider(HTTPProvider):
                     and delta.refusal is None
                     and one.object != "error"
                 ):
-                    if delta.content:
-                        texts.append(delta.content)
+                    content = delta.content
+                    if content:
+                        if pieces:
+                            if (cuts := _cut_texts(pieces)) is None:
+                                return None
+                            texts.append(cuts)
+                        texts.append(content)
                         if one.model:
                             model = one.model
+                        if template is None:
+                            template = _Template.of(data, content, one.model)
+                            if template is not None:
+                                state[_TEMPLATE] = template
+                                prefix, suffix = template.prefix, template.suffix
+                                start, size = template.start, template.size
                     continue
             try:
                 chunk = chunk_of(one)
             except Exception:
                 return None
             if chunk is not None:
+                if pieces:
+                    if (cuts := _cut_texts(pieces)) is None:
+                        return None
+                    texts.append(cuts)
                 texts.append(chunk.text)
                 others.append(chunk)
                 if one.model:
                     model = one.model
+        if pieces:
+            if (cuts := _cut_texts(pieces)) is None:
+                return None
+            texts.append(cuts)
         if not texts:  # (a text for each chunk, if empty)
             return None, end
         # A model scrubbed is empty only if it was: the last one sent, scrubbed.
