@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import aiohttp
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,6 +74,32 @@ def read_like_complete(chunks: list[Chunk]) -> tuple[object, ...]:
 def test_a_joined_batch_reads_as_its_chunks(chunks: list[Chunk]) -> None:
     joined = join_chunks(chunks)
     assert read_like_complete([joined]) == read_like_complete(chunks)
+
+
+def join_by_column(chunks: list[Chunk]) -> Chunk:
+    """``join_chunks`` as it was first written (by column): the one it must equal."""
+    fields: dict[str, object] = {}
+    columns = zip(*(msgspec.structs.astuple(c) for c in chunks), strict=True)
+    for name, column in zip(Chunk.__struct_fields__, columns, strict=True):
+        if name == "text":
+            fields[name] = "".join(column)
+        elif column.count(None) == len(column):
+            continue
+        elif name == "refusal":
+            fields[name] = "".join(v for v in column if v is not None)
+        elif name == "logprobs":
+            fields[name] = tuple(p for v in column if v for p in v)
+        elif name == "model":
+            fields[name] = next((v for v in reversed(column) if v), None)
+        else:
+            fields[name] = next(v for v in reversed(column) if v is not None)
+    return Chunk(**fields)  # type: ignore[arg-type]
+
+
+@given(chunks_st)
+def test_join_chunks_is_the_join_by_column(chunks: list[Chunk]) -> None:
+    assert join_chunks(chunks) == join_by_column(chunks)
+    assert join_chunks(chunks[:1]) == join_by_column(chunks[:1])
 
 
 @given(chunks_st, st.integers(min_value=0, max_value=60))

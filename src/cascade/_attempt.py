@@ -33,6 +33,7 @@ from ._types import (
     join_chunks,
 )
 from .providers import Provider, answers_whole, batches_of
+from .providers._base import joined_of
 from .resilience.quality import QualityBreaker
 from .validators import ValidationContext, Validator
 
@@ -241,8 +242,12 @@ async def complete(
     source: AsyncIterator[Chunk]
     if on_delta is None and not partial and batches_of(provider):
         # Nothing looks at the answer chunk by chunk: what one read of the stream brought
-        # is one chunk, one turn of this loop (not one per SSE event).
-        source = _joined(provider.stream_batches(msgs, opts))  # type: ignore[attr-defined]
+        # is one chunk, one turn of this loop (not one per SSE event); an HTTP provider
+        # may join a read without making its chunks.
+        if joined_of(provider):
+            source = provider.stream_joined(msgs, opts)  # type: ignore[attr-defined]
+        else:
+            source = _joined(provider.stream_batches(msgs, opts))  # type: ignore[attr-defined]
     else:
         source = provider.stream(msgs, opts)
     try:

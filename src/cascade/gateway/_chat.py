@@ -406,7 +406,7 @@ async def _sse(
                 if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
                     continue  # more is ready (or this is the end): one write for all of it
                 if response is None:
-                    response = await _prepare(request, stream, route, seen, info, access, timeout_s)
+                    response = _prepare(stream, route, seen, info, access)
                 await _write(request, response, pending, timeout_s)
     except GatewayError as exc:
         # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
@@ -427,26 +427,21 @@ async def _sse(
             raise error  # nothing sent yet: an error status, as for JSON
         pending.append(wire.sse_error(error))  # the status (200) is sent already
     if response is None:
-        response = await _prepare(request, stream, route, seen, info, access, timeout_s)
+        response = _prepare(stream, route, seen, info, access)
     await _write(request, response, pending, timeout_s, last=True)
     return response
 
 
-async def _prepare(
-    request: web.Request,
-    stream: Stream,
-    route: Route,
-    seen: _Seen,
-    info: RunInfo,
-    access: _Access,
-    timeout_s: float,
+def _prepare(
+    stream: Stream, route: Route, seen: _Seen, info: RunInfo, access: _Access
 ) -> web.StreamResponse:
+    """The stream's response, its headers as they stand now; its status line and headers
+    go out with its first write (``_write``: one ``send``)."""
     headers = _sse_headers(stream, route, seen)
     if info.trace_id is not None:
         headers["x-cascade-trace-id"] = info.trace_id
     response = _EventStream(headers=headers)
     access.response = response
-    await send(request, response, timeout_s=timeout_s)
     return response
 
 

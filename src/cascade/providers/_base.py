@@ -19,6 +19,7 @@ __all__ = [
     "batches_of",
     "build_provider",
     "check_provider_config",
+    "joined_of",
     "provider_kinds",
     "register_provider_kind",
 ]
@@ -144,7 +145,9 @@ def answers_whole(provider: object) -> bool:
     return found
 
 
-_BATCHES: dict[type, bool] = {}
+_BATCHES: dict[type, int] = {}
+_READS = 1  # reads its stream_batches
+_JOINS = 2  # and may read its stream_joined
 
 
 def batches_of(provider: object) -> bool:
@@ -154,20 +157,37 @@ def batches_of(provider: object) -> bool:
     instance. A subclass or a wrapper that overrides ``stream`` (to look at each chunk,
     to change them) is read through it: a ``stream_batches`` it inherits, or finds on the
     provider it wraps (``__getattr__``), would go around it."""
+    return _batches(provider) >= _READS
+
+
+def joined_of(provider: object) -> bool:
+    """Whether ``batches_of(provider)``, and its ``stream_joined`` (the HTTP providers'
+    batches of ``stream_batches`` each joined into one chunk, as the engine joins them)
+    reads as its ``stream_batches`` does: its class defines ``stream_joined`` no further
+    up than ``stream_batches`` (a subclass that overrides ``stream_batches`` is read
+    through it)."""
+    return _batches(provider) == _JOINS
+
+
+def _batches(provider: object) -> int:
     cls = type(provider)
     found = _BATCHES.get(cls)
     if found is None:
         found = _BATCHES[cls] = _own_batches(cls)
-    return found and "stream" not in getattr(provider, "__dict__", ())
+    return found if "stream" not in getattr(provider, "__dict__", ()) else 0
 
 
-def _own_batches(cls: type) -> bool:
+def _own_batches(cls: type) -> int:
     """Whether ``cls`` (not an attribute lookup it forwards) defines ``stream_batches``,
-    in the class that defines its ``stream`` or in one below it."""
+    in the class that defines its ``stream`` or in one below it (``_READS``), and
+    ``stream_joined`` there or below (``_JOINS``)."""
     owners: dict[str, int] = {}
     for depth, klass in enumerate(reversed(cls.__mro__)):  # the most derived one last
-        for name in ("stream", "stream_batches"):
+        for name in ("stream", "stream_batches", "stream_joined"):
             if name in vars(klass):
                 owners[name] = depth
     batches, stream = owners.get("stream_batches"), owners.get("stream")
-    return batches is not None and stream is not None and batches >= stream
+    if batches is None or stream is None or batches < stream:
+        return 0
+    joined = owners.get("stream_joined")
+    return _JOINS if joined is not None and joined >= batches else _READS

@@ -32,9 +32,9 @@ from .._errors import (
     ResponseTooLarge,
 )
 from .._headers import retry_after_s
-from .._sse import EventTooLarge, SSEDecoder, SSEEvent
+from .._sse import EventTooLarge, SSEDecoder, SSEEvent, plain_events
 from .._timeouts import ClockLane, TimeoutLane
-from .._types import Chunk, Message, RequestOptions
+from .._types import Chunk, Message, RequestOptions, join_chunks
 from .._urls import hide_userinfo
 from ._http_errors import status_error, translate
 from ._redact import redact, shorten
@@ -247,13 +247,44 @@ class HTTPProvider:
                 for chunk in batch:
                     yield chunk
 
-    async def stream_batches(
+    def stream_batches(
         self, messages: tuple[Message, ...], options: RequestOptions
     ) -> AsyncGenerator[list[Chunk], None]:
         """The stream's chunks, those of one read together
         (:class:`~cascade.providers.SupportsBatches`)."""
+        return self._read(messages, options, joined=False)
+
+    def stream_joined(
+        self, messages: tuple[Message, ...], options: RequestOptions
+    ) -> AsyncGenerator[Chunk, None]:
+        """The batches of ``stream_batches``, each joined into one chunk (``join_chunks``;
+        a batch of one chunk as it is): what the engine's ``complete`` reads when nothing
+        looks at an answer chunk by chunk, one chunk a read. A read the provider can join
+        without making its chunks (``_join_plain``) is joined so."""
+        return self._read(messages, options, joined=True)
+
+    _joins_plain: ClassVar[bool] = False
+    """Whether ``_join_plain`` can join a read (a subclass that implements it)."""
+
+    def _join_plain(
+        self, datas: list[bytes], state: dict[str, Any]
+    ) -> tuple[Chunk | None, Chunk | None] | None:
+        """A read whose events are each a lone data line (``SSEDecoder.feed_plain``), as
+        ``stream_joined`` yields it: ``(its chunks joined, or None for none; DONE when its
+        last event is the terminal one, else None)``, the same for ``complete`` as the
+        chunks of ``_chunks``. None when it cannot say (an error, a keep-alive, a body
+        that does not decode): the read then goes through ``_chunks``, which raises where
+        it should. ``state``: the stream's, as ``_chunks`` gets it."""
+        return None
+
+    async def _read(
+        self, messages: tuple[Message, ...], options: RequestOptions, *, joined: bool
+    ) -> AsyncGenerator[Any, None]:
+        """``stream_batches`` (each read's chunks in a list), or ``stream_joined`` (each
+        read's chunks joined)."""
         if not self._stream:
-            yield [await self.complete_whole(messages, options)]
+            whole = await self.complete_whole(messages, options)
+            yield whole if joined else [whole]
             return
         data = encode_body(self._body(messages, options, stream=True))
         try:
@@ -265,6 +296,7 @@ class HTTPProvider:
                 state: dict[str, Any] = {}
                 received = 0
                 held = Held()
+                join_plain = self._join_plain if joined and self._joins_plain else None
                 # resp.content yields decoded bytes (after gzip, deflate, br), each read
                 # bounded by aiohttp's flow control: the stream's total is counted as it
                 # comes, so no more than the cap and one read is ever held. What the
@@ -276,19 +308,48 @@ class HTTPProvider:
                         raise self._too_large(received)
                     # no event this read completes can be worth a scan: none is checked
                     scan = len(raw) + decoder.pending_bytes > _SCAN_EVENT_BYTES
-                    chunks, end = self._chunks(decoder.feed(raw), state, limit, scan=scan)
+                    if join_plain is None:
+                        events = decoder.feed(raw)
+                    else:
+                        datas = decoder.feed_plain(raw)
+                        if datas is None:
+                            events = decoder.feed(raw)
+                        else:
+                            fast = None
+                            if not scan or max(map(len, datas)) <= _SCAN_EVENT_BYTES:
+                                fast = join_plain(datas, state)
+                            if fast is not None:
+                                one, terminal = fast
+                                if one is not None:
+                                    saved = held.chars, held.width, held.logprobs
+                                    if held.add(one) > limit:
+                                        held.chars, held.width, held.logprobs = saved
+                                        fast = None  # the chunks before the one past it
+                                    else:
+                                        if one.finish_reason is not None:
+                                            state[_FINISHED] = True
+                                        if one.output_tokens is not None:
+                                            state[_USAGE] = True
+                                        yield one
+                                if fast is not None:
+                                    if terminal is DONE:
+                                        await _drain(resp)
+                                        return
+                                    continue
+                            events = plain_events(datas)
+                    chunks, end = self._chunks(events, state, limit, scan=scan)
                     if chunks:
                         counted, cost = held.add_all(chunks, limit)
                         if counted < len(chunks):
                             if counted:
-                                yield chunks[:counted]
+                                yield _one(chunks[:counted]) if joined else chunks[:counted]
                             raise self._too_large(cost, decoded=True)
                         finishes, outputs = zip(*map(_ENDING, chunks), strict=True)
                         if finishes.count(None) != len(chunks):
                             state[_FINISHED] = True
                         if outputs.count(None) != len(chunks):
                             state[_USAGE] = True
-                        yield chunks
+                        yield _one(chunks) if joined else chunks
                     if end is DONE:
                         await _drain(resp)
                         return
@@ -310,6 +371,11 @@ class HTTPProvider:
             error = translate(exc, provider=self.name, model=self.model, secret=self._secret)
         # Raised outside the except block: no __context__ chains back to aiohttp objects.
         raise error
+
+
+def _one(chunks: list[Chunk]) -> Chunk:
+    """A batch as ``stream_joined`` yields it."""
+    return chunks[0] if len(chunks) == 1 else join_chunks(chunks)
 
 
 async def post_whole(

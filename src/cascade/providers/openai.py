@@ -10,7 +10,14 @@ import msgspec
 
 from .._config import ProviderConfig
 from .._sse import SSEEvent
-from .._types import Chunk, Message, ReportedTokens, RequestOptions, estimate_text_tokens
+from .._types import (
+    Chunk,
+    Message,
+    ReportedTokens,
+    RequestOptions,
+    estimate_text_tokens,
+    join_chunks,
+)
 from ._http import DONE, HTTPProvider, post_whole
 from ._redact import Scrubber, redact, shorten
 from ._status import stream_status
@@ -18,30 +25,35 @@ from ._status import stream_status
 __all__ = ["OpenAIProvider"]
 
 
-class _Message(msgspec.Struct):
+# The wire types below only hold what a body decodes to, which has no reference cycle: not
+# tracked by the garbage collector (cheaper to make, and a stream's many events do not
+# bring its collections on sooner).
+
+
+class _Message(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: str | None = None
 
 
-class _TokenLogprob(msgspec.Struct):
+class _TokenLogprob(msgspec.Struct, gc=False):
     logprob: float | None = None  # some servers send null for a token they cannot score
 
 
-class _Logprobs(msgspec.Struct):
+class _Logprobs(msgspec.Struct, gc=False):
     content: list[_TokenLogprob] | None = None
 
 
-class _Choice(msgspec.Struct):
+class _Choice(msgspec.Struct, gc=False):
     message: _Message
     finish_reason: str | None = None
     logprobs: _Logprobs | None = None
 
 
-class _PromptDetails(msgspec.Struct):
+class _PromptDetails(msgspec.Struct, gc=False):
     cached_tokens: ReportedTokens | None = None
 
 
-class _Usage(msgspec.Struct):
+class _Usage(msgspec.Struct, gc=False):
     # Bounded and integral, or the body is malformed: a negative or astronomic count
     # would make a call look free or overflow the cost.
     prompt_tokens: ReportedTokens = 0
@@ -56,31 +68,31 @@ class _Usage(msgspec.Struct):
         return min(details.cached_tokens, self.prompt_tokens)
 
 
-class _Response(msgspec.Struct):
+class _Response(msgspec.Struct, gc=False):
     choices: list[_Choice]
     usage: _Usage | None = None
     model: str | None = None
 
 
-class _Delta(msgspec.Struct):
+class _Delta(msgspec.Struct, gc=False):
     content: str | None = None
     refusal: str | None = None
 
 
-class _StreamChoice(msgspec.Struct):
+class _StreamChoice(msgspec.Struct, gc=False):
     index: int = 0
     delta: _Delta | None = None
     finish_reason: str | None = None
     logprobs: _Logprobs | None = None
 
 
-class _StreamError(msgspec.Struct):
+class _StreamError(msgspec.Struct, gc=False):
     message: str = ""
     code: int | str | None = None
     type: str | None = None
 
 
-class _StreamChunk(msgspec.Struct):
+class _StreamChunk(msgspec.Struct, gc=False):
     choices: list[_StreamChoice] = []
     usage: _Usage | None = None
     model: str | None = None
@@ -104,6 +116,64 @@ _decode_chunk = msgspec.json.Decoder(_StreamChunk).decode
 _DATA = attrgetter("data")
 _EVENT_NAME = attrgetter("event")
 _PLAIN = {"message"}
+
+
+_TEMPLATE = "__text_event__"  # a stream's _Template, in its state
+_CONTENT_KEY = b'"content":'
+_VALUE = b'"content":"'
+_decode_str = msgspec.json.Decoder(str).decode
+
+
+class _Template:
+    """A stream's text event but for its text (most of a stream's events: the same id,
+    created time, model and frame, a different piece of text), learned from one decoded:
+    an event that is this prefix, then a JSON string's body, then this suffix decodes
+    as the learned one does, but for its text, which is that string. So its text is cut
+    out of it, not decoded with the rest.
+
+    Learned only from an event where that holds whatever the body: one with no backslash
+    (so every quote in it is a string's end, none escaped: its text is in it as is) and
+    one ``"content":`` key (the delta's: a duplicate key, or that key in another object
+    too, is not learned)."""
+
+    __slots__ = ("model", "prefix", "size", "start", "suffix")
+
+    def __init__(self, prefix: bytes, suffix: bytes, model: str | None) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+        self.start = len(prefix)
+        self.size = len(prefix) + len(suffix)
+        self.model = model
+
+    @classmethod
+    def of(cls, data: bytes, content: str, model: str | None) -> _Template | None:
+        """The template of ``data``, a plain text event that decoded to ``content``
+        (not empty) and ``model``; None if it cannot be one."""
+        if b"\\" in data or data.count(_CONTENT_KEY) != 1:
+            return None
+        start = data.find(_VALUE) + len(_VALUE)
+        end = start + len(raw := content.encode())
+        if start < len(_VALUE) or data[start:end] != raw or data[end : end + 1] != b'"':
+            return None
+        return cls(data[:start], data[end:], model)
+
+
+def _cut_texts(pieces: list[bytes]) -> str | None:
+    """The texts cut out of events (``_Template``), joined: as they are when plain ASCII
+    (nothing a JSON string holds escaped, nor a quote), else each decoded as a JSON
+    string (as within its event). None if one is not a string's body alone (its event
+    is then decoded, which tells what it is). Empties ``pieces``."""
+    joined = b"".join(pieces)
+    try:
+        if joined.isascii():
+            text = joined.decode("ascii")
+            if text.isprintable() and '"' not in text and "\\" not in text:
+                return text
+        return "".join([_decode_str(b'"' + piece + b'"') for piece in pieces])
+    except msgspec.DecodeError:
+        return None
+    finally:
+        pieces.clear()
 
 
 class OpenAIProvider(HTTPProvider):
@@ -259,6 +329,101 @@ class OpenAIProvider(HTTPProvider):
         except Exception as exc:
             return chunks, exc
         return chunks, end
+
+    _joins_plain = True
+
+    def _join_plain(
+        self, datas: list[bytes], state: dict[str, Any]
+    ) -> tuple[Chunk | None, Chunk | None] | None:
+        """A read of lone data lines joined, in fewer steps than its chunks made and then
+        joined. An event that is the stream's text event (``_Template``) but for its text
+        is not decoded: its text is cut out of it. Any other is decoded; of a plain one
+        (one choice, a piece of text and nothing else) only the text is kept, no chunk
+        made. The model (the last one sent with a chunk, as ``join_chunks`` keeps it) is
+        scrubbed once. Anything the event by event way would stop at (a keep-alive,
+        ``[DONE]`` before the last event, a body that does not decode, an error) is left
+        to it."""
+        end = None
+        if datas[-1] == b"[DONE]":
+            datas = datas[:-1]
+            end = DONE
+        template: _Template | None = state.get(_TEMPLATE)
+        prefix = suffix = b"\0"  # (no event starts with a NUL: none is the template's)
+        start = size = 0
+        if template is not None:
+            prefix, suffix = template.prefix, template.suffix
+            start, size = template.start, template.size
+        texts: list[str] = []
+        pieces: list[bytes] = []  # texts cut out since the last one in texts
+        others: list[Chunk] = []
+        model = None
+        chunk_of = self._chunk_of
+        for data in datas:
+            if data.startswith(prefix) and data.endswith(suffix) and len(data) >= size:
+                # the template's event: its text cut out of it
+                cut = data[start : len(data) - len(suffix)]
+                if cut:
+                    pieces.append(cut)
+                    model = template.model or model  # type: ignore[union-attr]
+                continue
+            try:  # (a keep-alive's empty data, a [DONE] before the end: neither decodes)
+                one = _decode_chunk(data)
+            except (msgspec.DecodeError, RecursionError):
+                return None
+            choices = one.choices
+            if len(choices) == 1 and one.usage is None and one.error is None:
+                # as _chunk_of: a piece of text and nothing else (most events)
+                choice = choices[0]
+                delta = choice.delta
+                if (
+                    delta is not None
+                    and choice.index == 0
+                    and choice.finish_reason is None
+                    and choice.logprobs is None
+                    and delta.refusal is None
+                    and one.object != "error"
+                ):
+                    content = delta.content
+                    if content:
+                        if pieces:
+                            if (cuts := _cut_texts(pieces)) is None:
+                                return None
+                            texts.append(cuts)
+                        texts.append(content)
+                        if one.model:
+                            model = one.model
+                        if template is None:
+                            template = _Template.of(data, content, one.model)
+                            if template is not None:
+                                state[_TEMPLATE] = template
+                                prefix, suffix = template.prefix, template.suffix
+                                start, size = template.start, template.size
+                    continue
+            try:
+                chunk = chunk_of(one)
+            except Exception:
+                return None
+            if chunk is not None:
+                if pieces:
+                    if (cuts := _cut_texts(pieces)) is None:
+                        return None
+                    texts.append(cuts)
+                texts.append(chunk.text)
+                others.append(chunk)
+                if one.model:
+                    model = one.model
+        if pieces:
+            if (cuts := _cut_texts(pieces)) is None:
+                return None
+            texts.append(cuts)
+        if not texts:  # (a text for each chunk, if empty)
+            return None, end
+        # A model scrubbed is empty only if it was: the last one sent, scrubbed.
+        if not others:
+            return Chunk(text="".join(texts), model=self._scrub(model)), end
+        joined = others[0] if len(others) == 1 else join_chunks(others)
+        text = "".join(texts)
+        return msgspec.structs.replace(joined, text=text, model=self._scrub(model)), end
 
     def _chunk_of(self, chunk: _StreamChunk) -> Chunk | None:
         """The chunk of one decoded event (None: nothing in it); raises for an error the
