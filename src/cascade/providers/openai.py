@@ -119,7 +119,7 @@ _PLAIN = {"message"}
 
 
 _TEMPLATE = "__text_event__"  # a stream's _Template, in its state
-_CONTENT_KEY = b'"content":'
+_CONTENT_KEY = b'"content"'  # the key, whatever spaces come before its colon
 _VALUE = b'"content":"'
 _decode_str = msgspec.json.Decoder(str).decode
 
@@ -133,8 +133,9 @@ class _Template:
 
     Learned only from an event where that holds whatever the body: one with no backslash
     (so every quote in it is a string's end, none escaped: its text is in it as is) and
-    one ``"content":`` key (the delta's: a duplicate key, or that key in another object
-    too, is not learned)."""
+    one ``"content"`` in it, the delta's key (a duplicate key, or that key in another
+    object too, is not learned: spaced before its colon, ``"content" :``, it is the same
+    key)."""
 
     __slots__ = ("model", "prefix", "size", "start", "suffix")
 
