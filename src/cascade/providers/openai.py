@@ -124,6 +124,26 @@ _VALUE = b'"content":"'
 _decode_str = msgspec.json.Decoder(str).decode
 
 
+def _text_delta(chunk: _StreamChunk) -> _Delta | None:
+    """The delta of an event that is a piece of text and nothing else (one choice, the
+    first, with no finish, logprobs, refusal, usage or error): most events. Else None."""
+    choices = chunk.choices
+    if len(choices) != 1 or chunk.usage is not None or chunk.error is not None:
+        return None
+    choice = choices[0]
+    delta = choice.delta
+    if (
+        delta is None
+        or choice.index != 0
+        or choice.finish_reason is not None
+        or choice.logprobs is not None
+        or delta.refusal is not None
+        or chunk.object == "error"
+    ):
+        return None
+    return delta
+
+
 class _Template:
     """A stream's text event but for its text (most of a stream's events: the same id,
     created time, model and frame, a different piece of text), learned from one decoded:
@@ -371,35 +391,24 @@ class OpenAIProvider(HTTPProvider):
                 one = _decode_chunk(data)
             except (msgspec.DecodeError, RecursionError):
                 return None
-            choices = one.choices
-            if len(choices) == 1 and one.usage is None and one.error is None:
-                # as _chunk_of: a piece of text and nothing else (most events)
-                choice = choices[0]
-                delta = choice.delta
-                if (
-                    delta is not None
-                    and choice.index == 0
-                    and choice.finish_reason is None
-                    and choice.logprobs is None
-                    and delta.refusal is None
-                    and one.object != "error"
-                ):
-                    content = delta.content
-                    if content:
-                        if pieces:
-                            if (cuts := _cut_texts(pieces)) is None:
-                                return None
-                            texts.append(cuts)
-                        texts.append(content)
-                        if one.model:
-                            model = one.model
-                        if template is None:
-                            template = _Template.of(data, content, one.model)
-                            if template is not None:
-                                state[_TEMPLATE] = template
-                                prefix, suffix = template.prefix, template.suffix
-                                start, size = template.start, template.size
-                    continue
+            delta = _text_delta(one)
+            if delta is not None:  # as _chunk_of: a piece of text and nothing else
+                content = delta.content
+                if content:
+                    if pieces:
+                        if (cuts := _cut_texts(pieces)) is None:
+                            return None
+                        texts.append(cuts)
+                    texts.append(content)
+                    if one.model:
+                        model = one.model
+                    if template is None:
+                        template = _Template.of(data, content, one.model)
+                        if template is not None:
+                            state[_TEMPLATE] = template
+                            prefix, suffix = template.prefix, template.suffix
+                            start, size = template.start, template.size
+                continue
             try:
                 chunk = chunk_of(one)
             except Exception:
@@ -429,22 +438,11 @@ class OpenAIProvider(HTTPProvider):
     def _chunk_of(self, chunk: _StreamChunk) -> Chunk | None:
         """The chunk of one decoded event (None: nothing in it); raises for an error the
         server reported in it."""
-        choices = chunk.choices
-        if len(choices) == 1 and chunk.usage is None and chunk.error is None:
-            # Most events: one choice with a piece of text and nothing else.
-            choice = choices[0]
-            delta = choice.delta
-            if (
-                delta is not None
-                and choice.index == 0
-                and choice.finish_reason is None
-                and choice.logprobs is None
-                and delta.refusal is None
-                and chunk.object != "error"
-            ):
-                if not delta.content:
-                    return None
-                return Chunk(text=delta.content, model=self._scrub(chunk.model))
+        delta = _text_delta(chunk)
+        if delta is not None:  # most events
+            if not delta.content:
+                return None
+            return Chunk(text=delta.content, model=self._scrub(chunk.model))
         if chunk.error is not None or chunk.object == "error":
             err = chunk.error or _StreamError()
             message = err.message or "error in stream"
