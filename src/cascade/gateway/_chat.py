@@ -11,11 +11,10 @@ what was spent, also when the client left or the run failed. A client that disco
 cancels the handler (``handler_cancellation``), which cancels the run (or leaves the
 ``async with`` of the stream) and so the upstream call at once; a client that stops
 reading is cut off the same way once one write waited ``write_timeout_s`` (the
-connection is aborted). Once a response's
-status line is sent, nothing starts a second one: a failure after it ends a stream with
-the format's error event, or aborts the connection. Every request gets a SERVER span (a
-child of the caller's ``traceparent``, the parent of ``cascade.run``) and one access-log
-line.
+connection is aborted). Once a response's status line is sent, nothing starts a second
+one: a failure after it ends a stream with the format's error event, or aborts the
+connection. Every request gets a SERVER span (a child of the caller's ``traceparent``, the
+parent of ``cascade.run``) and one access-log line.
 """
 
 from __future__ import annotations
