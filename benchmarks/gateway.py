@@ -77,6 +77,8 @@ STREAMS = 2000  # memory probe (500 with --quick)
 WAVE = 250  # memory probe: streams opened at once
 PROBE_LIMIT_S = 120.0
 START_TIMEOUT_S = 60.0  # the LiteLLM proxy takes a while to import
+LITELLM_KEEPALIVE_S = 2.0
+"""How long the client keeps an idle connection to the LiteLLM proxy: less than its 5 s."""
 STOP_TIMEOUT_S = 10.0
 
 BENCH_KEY = "sk-" + secrets.token_hex(16)  # every client sends it; only LiteLLM checks it
@@ -281,9 +283,14 @@ async def measure(
     aligned turn by turn) and c=64 throughputs per round."""
     samples: dict[str, dict[str, Any]] = {}
     connector = aiohttp.TCPConnector(limit=0)
+    # The LiteLLM proxy's server (uvicorn) closes a connection idle for 5 s; a client that
+    # keeps one 15 s (aiohttp's default) can send on one the server has just closed, and
+    # get ServerDisconnected (seen once, in a c=64 burst after the other targets' phases).
+    lite_connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=LITELLM_KEEPALIVE_S)
     timeout = aiohttp.ClientTimeout(total=120)
     async with (
         aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+        aiohttp.ClientSession(connector=lite_connector, timeout=timeout) as lite_session,
         AsyncExitStack() as stack,
     ):
         clients: dict[str, Client] = {}
@@ -292,7 +299,12 @@ async def measure(
                 # the fleet answers any model; through a gateway the model names the route
                 model = fmt if target in ("gateway", "litellm") else "bulk"
                 client = await stack.enter_async_context(
-                    openai_client(session, base, model, stream=fmt == "sse")
+                    openai_client(
+                        lite_session if target == "litellm" else session,
+                        base,
+                        model,
+                        stream=fmt == "sse",
+                    )
                 )
                 clients[f"{target}/{fmt}"] = client
                 samples[f"{target}/{fmt}"] = {"c1": [], "c64": []}
