@@ -183,3 +183,43 @@ async def test_a_failed_run_leaves_no_cycle_holding_the_sink(
             assert gone() is None
         finally:
             gc.enable()
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+async def test_a_text_stream_carries_text_withdrawals_and_the_end_only(
+    openai_server: FakeOpenAIServer, mode: str
+) -> None:
+    """What the gateway's OpenAI SSE reads: an escalated run's text (a withdrawal in
+    speculative mode) and its Finished event, and nothing else, not even the events a
+    trace still hears (here the routing record's)."""
+    openai_server.script("m1", Reply(text="not json", chunk_chars=3))
+    openai_server.script("m2", Reply(text=ANSWER, chunk_chars=3))
+    config = {
+        "tiers": [
+            tier("small", provider("a", openai_server.url, "m1", stream=True),
+                 validators=[JSON_SCHEMA]),
+            tier("big", provider("b", openai_server.url, "m2", stream=True),
+                 validators=[JSON_SCHEMA]),
+        ]
+    }  # fmt: skip
+    async with Cascade.from_dict(config) as c:
+        with capture_logs() as logs:
+            async with c._text_stream(plan_of(c), mode) as stream:  # type: ignore[arg-type]
+                events = [event async for event in stream]
+            async with c.stream(messages=USER, mode=mode) as full:  # type: ignore[arg-type]
+                every = [event async for event in full]
+    kinds = {type(e).__name__ for e in events}
+    expected = {"Delta", "Finished"} | ({"Retracted"} if mode == "speculative" else set())
+    assert kinds == expected
+    # the same ones as a full stream's (a Finished of its own: its latency differs)
+    assert [e for e in every[:-1] if type(e).__name__ in expected] == events[:-1]
+    assert {"TierStarted", "AttemptStarted", "AttemptFinished", "Escalated"} <= {
+        type(e).__name__ for e in every
+    }
+    assert [e["event"] for e in logs] == ["cascade.route", "cascade.route"]
+    text_run, full_run = (r["escalations"] for r in logs)
+    assert text_run == full_run != []  # the record heard the escalation all the same
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.result.text == ANSWER
+    assert [a.outcome for a in stream.attempts] == ["rejected", "accepted"]

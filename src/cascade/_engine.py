@@ -5,7 +5,7 @@ escalation, budget and deadline), and runs requests through it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -24,7 +24,7 @@ from ._telemetry import _conventions as conventions
 from ._types import Message, RequestOptions, Result, coerce_messages
 from .engine._core import Engine, Plan
 from .engine._events import Failed, Finished, StreamMode
-from .engine._stream import NO_SINK, ResultSink, Stream
+from .engine._stream import NO_SINK, ResultSink, Stream, TextStream
 from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
@@ -313,12 +313,24 @@ class Cascade:
             messages, options, start_tier, max_tier, max_cost_usd, deadline_s, validators
         )
 
+        return self._stream(plan, mode)
+
+    def _stream(self, plan: Plan, mode: StreamMode) -> Stream:
+        """:meth:`stream` of ``plan`` (:meth:`_plan`'s)."""
+        return Stream(mode, self._starter(plan))
+
+    def _text_stream(self, plan: Plan, mode: StreamMode) -> TextStream:
+        """:meth:`stream` of ``plan`` (:meth:`_plan`'s) for a reader of the answer's text
+        alone (the gateway's OpenAI SSE): see :class:`~cascade.engine._stream.TextStream`."""
+        return TextStream(mode, self._starter(plan))
+
+    def _starter(self, plan: Plan) -> Callable[[Stream], Coroutine[Any, Any, Finished | Failed]]:
         async def start(stream: Stream) -> Finished | Failed:
             if not self._open:
                 await self._open_for_run()
             return await self._engine.execute(plan, stream)
 
-        return Stream(mode, start)
+        return start
 
     async def _answer(self, plan: Plan, sink: ResultSink) -> Finished | Failed:
         """:meth:`run` of ``plan`` (:meth:`_plan`'s) in the caller's task, for a caller

@@ -102,8 +102,7 @@ class Engine:
         if sink is NO_SINK:
             run = RunState(perf_counter(), at)
         else:
-            mode = sink.mode  # None: a ResultSink, which keeps no event
-            run = RunState(perf_counter(), at, sink, mode == "speculative", mode is not None)
+            run = RunState(perf_counter(), at, sink, sink.mode == "speculative", sink.hears_all)
             sink.attach(run.attempts)
         trace = self.telemetry.run(
             run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline

@@ -11,9 +11,9 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from .._types import Attempt
-from ._events import Delta, Event, Failed, Finished, StreamMode
+from ._events import Delta, Event, Failed, Finished, Retracted, StreamMode
 
-__all__ = ["NO_SINK", "ResultSink", "Sink", "Stream"]
+__all__ = ["NO_SINK", "ResultSink", "Sink", "Stream", "TextStream"]
 
 HIGH_WATER_CHARS = 8192
 """Text a reader may leave unread before the run waits for it: enough that a fast reader
@@ -30,6 +30,12 @@ class Sink(Protocol):
 
     @property
     def mode(self) -> StreamMode | None: ...
+
+    @property
+    def hears_all(self) -> bool:
+        """Whether it takes every event (else the run builds only those that always go
+        out: text, withdrawals, the router's decision, the last)."""
+        ...
 
     def emit(self, event: Event) -> None:
         """Take an event (never blocks: the engine emits a few per attempt)."""
@@ -52,6 +58,7 @@ class _NoSink:
 
     __slots__ = ()
     mode = None
+    hears_all = False
 
     def emit(self, event: Event) -> None:
         pass
@@ -84,6 +91,7 @@ class ResultSink:
 
     __slots__ = ("_answer", "attempts", "error")
     mode: StreamMode | None = None
+    hears_all = False
 
     def __init__(self, answer: Callable[[Finished], Awaitable[None]]) -> None:
         self._answer = answer
@@ -150,6 +158,7 @@ class Stream:
         "_task",
         "mode",
     )
+    hears_all = True
 
     def __init__(
         self,
@@ -311,3 +320,19 @@ class Stream:
         for waiter in (self._ready, self._ending):
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+
+
+class TextStream(Stream):
+    """A :class:`Stream` of the answer's text, its withdrawals and the last event only
+    (:class:`Delta`, :class:`Retracted`, :class:`Finished`, :class:`Failed`): for a reader
+    that renders text (the gateway's OpenAI SSE). The run builds none of the other events
+    for it, and the reader is not woken for those a trace still hears (before the
+    provider's request is written, in particular)."""
+
+    __slots__ = ()
+    hears_all = False
+
+    def emit(self, event: Event) -> None:
+        kind = type(event)
+        if kind is Delta or kind is Retracted or kind is Finished or kind is Failed:
+            Stream.emit(self, event)

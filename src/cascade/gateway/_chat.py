@@ -294,7 +294,7 @@ async def _serve(
                 if type(end) is Failed:
                     raise from_run_error(end.error)
                 return answered[0]
-            runs = stream = _start(gateway, route, req)
+            runs = stream = _start(gateway, route, req, wire)
             async with stream:
                 return await _sse(request, wire, stream, route, req, info, access, timeout_s)
         finally:
@@ -317,7 +317,7 @@ def _validators(gateway: Gateway, req: GatewayRequest) -> tuple[Validator, ...]:
 
 
 def _plan(gateway: Gateway, route: Route, req: GatewayRequest) -> Plan:
-    """The run of a JSON answer (see ``Cascade._answer``)."""
+    """The run of a request, planned (bad input: a 400)."""
     config = route.config
     try:
         return route.cascade._plan(
@@ -333,22 +333,14 @@ def _plan(gateway: Gateway, route: Route, req: GatewayRequest) -> Plan:
         raise from_run_error(exc) from None
 
 
-def _start(gateway: Gateway, route: Route, req: GatewayRequest) -> Stream:
-    """The run of a streamed answer."""
-    config = route.config
-    try:
-        return route.cascade.stream(
-            messages=req.messages,
-            options=req.options,
-            start_tier=config.start_tier,
-            max_tier=config.max_tier,
-            max_cost_usd=route.max_cost_usd,
-            deadline_s=route.deadline_s,
-            mode=config.mode,
-            validators=_validators(gateway, req),
-        )
-    except InputError as exc:
-        raise from_run_error(exc) from None
+def _start(gateway: Gateway, route: Route, req: GatewayRequest, wire: WireFormat) -> Stream:
+    """The run of a streamed answer: a stream of the text alone for a format that reads
+    nothing else (``WireFormat.text_only``), else of every event."""
+    plan = _plan(gateway, route, req)
+    mode = route.config.mode
+    if wire.text_only:
+        return route.cascade._text_stream(plan, mode)
+    return route.cascade._stream(plan, mode)
 
 
 async def _json(

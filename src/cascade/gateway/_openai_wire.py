@@ -120,6 +120,7 @@ class OpenAIWire:
     """OpenAI Chat Completions, at ``/v1/chat/completions``."""
 
     path = "/v1/chat/completions"
+    text_only = True
 
     def __repr__(self) -> str:
         return f"<OpenAIWire {self.path}>"

@@ -87,6 +87,9 @@ class WireFormat(Protocol):
 
     path: str
     """Where the format is served, e.g. ``/v1/chat/completions``."""
+    text_only: bool
+    """Whether ``sse`` reads only ``Delta``, ``Retracted`` and ``Finished`` events (the
+    run's stream then carries no other)."""
 
     def parse(self, body: bytes, limits: Limits) -> GatewayRequest: ...
 
