@@ -311,7 +311,11 @@ async def measure(
                 for _ in range(20):  # warm up: connections, caches, the proxy's first call
                     await client.call()
         names = list(clients)
-        for r in range(rounds):
+        # Every round's c=1 phases before any c=64 burst: a proxy still working off a burst
+        # (the LiteLLM proxy's logging and bookkeeping went on after its bursts, and later
+        # rounds' c=1 figures of every target doubled in runs with it) would take the CPU
+        # from the targets timed at c=1.
+        for _ in range(rounds):
             for fmt in ("json", "sse"):
                 group = [f"{t}/{fmt}" for t in INTERLEAVED if f"{t}/{fmt}" in clients]
                 await interleaved(clients, group, turns=turns, samples=samples)
@@ -320,6 +324,7 @@ async def measure(
                     lite = clients[f"litellm/{fmt}"]
                     await sequential(lite, count=max(10, BLOCK // 10), into=latencies)
                     samples[f"litellm/{fmt}"]["c1"].append(latencies)
+        for r in range(rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 scale = 10 if name.startswith("litellm") else 1
