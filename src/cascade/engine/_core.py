@@ -161,19 +161,18 @@ class Engine:
                     if not (fired and isinstance(exc, TimeoutError)):
                         raise  # not our deadline: a bug in a provider or validator
                 result = self._deadline_exceeded(run, deadline, plan.msgs)
-                if run.sink.mode is not None:
-                    await _release_fallback(run)
+            else:
+                lane.exit(at, None)
                 return result
-            lane.exit(at, None)
-            return result
-        timeout = timeout_after(self.calls.timers, deadline)
-        try:
-            async with timeout:
-                return await self._tiers(run, plan)
-        except TimeoutError:
-            if not timeout.expired():
-                raise  # not our deadline: a bug in a provider or validator, not a timeout
-            result = self._deadline_exceeded(run, deadline, plan.msgs)
+        else:
+            timeout = timeout_after(self.calls.timers, deadline)
+            try:
+                async with timeout:
+                    return await self._tiers(run, plan)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise  # not our deadline: a bug in a provider or validator
+                result = self._deadline_exceeded(run, deadline, plan.msgs)
         if run.sink.mode is not None:
             await _release_fallback(run)  # the deadline's fallback answer, read at its pace
         return result
