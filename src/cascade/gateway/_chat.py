@@ -96,6 +96,8 @@ class _Access:
     error: str | None = None
     response: web.StreamResponse | None = None
     """The response whose status line was sent (or was being sent), if any."""
+    sent: bool = False
+    """Its last byte was written: a client leaving after it took the whole answer."""
 
 
 # -- chat --------------------------------------------------------------------------------
@@ -132,7 +134,10 @@ def chat_handler(wire: WireFormat) -> Any:
                 response = error_response(wire, exc)
                 access.error = exc.code or exc.type
             except asyncio.CancelledError:
-                access.status = 499  # the client closed the connection
+                # the client closed the connection: before its answer was whole (499), or
+                # after it (while the request settled what it spent): as answered
+                sent = access.response if access.sent else None
+                access.status = 499 if sent is None else sent.status
                 _finish(span, access, t0, trace_id)
                 raise
             except ClientGone as gone:
@@ -368,6 +373,7 @@ async def _json(
     # Sent here, not by aiohttp once the handler returns: within the write timeout, and
     # while the request still holds its slot.
     await send(request, response, last=True, timeout_s=timeout_s)
+    access.sent = True
     return response
 
 
@@ -420,6 +426,7 @@ async def _sse(
     if response is None:
         response = _prepare(stream, route, seen, info, access)
     await _write(request, response, pending, timeout_s, last=True)
+    access.sent = True
     return response
 
 

@@ -1,0 +1,114 @@
+"""The access log's status for a client that leaves after its whole answer was written:
+the request is still settling what it spent (its key's budget) when the connection
+closes and aiohttp cancels the handler. The line says what the client got (200), not
+499 (which says the client left before its answer was whole)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from cascade.testing import FakeOpenAIServer, Reply
+
+from .gateway import serving, write_config
+from .helpers import provider, tier
+from .leaks import eventually
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+class SlowSettle:
+    """A gate that admits everyone and takes its time settling (a shared store far away)."""
+
+    def __init__(self) -> None:
+        self.settling = asyncio.Event()
+        self.settled = 0
+
+    async def open(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    async def admit(self, headers: Mapping[str, str], *, request: Any, route: Any) -> None:
+        return None
+
+    async def settle(self, admission: Any, *, tokens: int, cost_usd: float) -> None:
+        self.settling.set()
+        await asyncio.sleep(30)  # cancelled when the client leaves
+        self.settled += 1
+
+
+async def read_whole(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One response, read to its end: a Content-Length body, or chunks to the last."""
+    status = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).split()[1])
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n") if b": " in line)
+    if b"Content-Length" in fields:
+        return status, await reader.readexactly(int(fields[b"Content-Length"]))
+    body = b""
+    while True:
+        size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).strip(), 16)
+        body += (await reader.readexactly(size + 2))[:-2]
+        if size == 0:
+            return status, body
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
+async def test_a_client_leaving_after_its_whole_answer_is_logged_as_answered(
+    openai_server: FakeOpenAIServer, tmp_path: Path, stream: bool
+) -> None:
+    openai_server.default = Reply(text="the answer")
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    gate = SlowSettle()
+    body = json.dumps({"model": "m1", "messages": HI, "stream": stream}).encode()
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config), gate=gate) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                writer.write(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body
+                )
+                await writer.drain()
+                status, got = await read_whole(reader)
+                await asyncio.wait_for(gate.settling.wait(), 10)
+            finally:
+                writer.close()
+            await eventually(lambda: gw.gateway.in_flight == 0, "the handler ended")
+    assert status == 200
+    assert (b"data: [DONE]" in got) if stream else json.loads(got)["choices"]
+    assert gate.settled == 0  # the handler was cancelled while settling
+    access = [e for e in logs if e["event"] == "gateway.request"]
+    assert [(e["status"], e.get("error"), e["stream"]) for e in access] == [(200, None, stream)]
+
+
+async def test_a_client_leaving_before_its_answer_is_still_499(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.default = Reply(text="slow", latency_s=5.0)
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    body = json.dumps({"model": "m1", "messages": HI, "stream": True}).encode()
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                writer.write(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body
+                )
+                await writer.drain()
+                await eventually(lambda: openai_server.active_requests == 1, "the call")
+            finally:
+                writer.close()
+            await eventually(lambda: gw.gateway.in_flight == 0, "the handler ended")
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [499]
