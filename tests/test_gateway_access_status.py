@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
@@ -112,3 +113,38 @@ async def test_a_client_leaving_before_its_answer_is_still_499(
                 writer.close()
             await eventually(lambda: gw.gateway.in_flight == 0, "the handler ended")
     assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [499]
+
+
+async def test_every_request_gets_one_access_line_and_never_the_clients_path(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The listing, the probes and refusals before a handler are logged as chat requests
+    are: one line each, the route's pattern as the path (a URL can hold anything)."""
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    pasted = "sk-pasted-into-the-url-0123456789"
+    with capture_logs() as logs:
+        async with (
+            serving(write_config(tmp_path / "c.toml", config)) as gw,
+            aiohttp.ClientSession() as session,
+        ):
+            for method, path in [
+                ("GET", "/v1/models"),
+                ("GET", f"/v1/models/{pasted}"),
+                ("GET", "/healthz"),
+                ("GET", "/readyz"),
+                ("GET", "/v1/chat/completions"),  # 405
+                ("GET", f"/{pasted}"),  # 404: no route
+            ]:
+                async with session.request(method, gw.url + path) as resp:
+                    await resp.read()
+    access = [e for e in logs if e["event"] == "gateway.request"]
+    assert [(e["method"], e["path"], e["status"], e.get("error")) for e in access] == [
+        ("GET", "/v1/models", 200, None),
+        ("GET", "/v1/models/{model}", 200, None),  # the default route answers any name
+        ("GET", "/healthz", 200, None),
+        ("GET", "/readyz", 200, None),
+        ("GET", "/v1/chat/completions", 405, "invalid_request_error"),
+        ("GET", None, 404, "not_found_error"),
+    ]
+    assert pasted not in repr(logs)
+    assert all(e["duration_ms"] >= 0 for e in access)

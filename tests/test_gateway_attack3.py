@@ -478,10 +478,15 @@ async def test_every_stages_error_is_openai_format_logged_once_without_a_key(
     assert "Traceback" not in text
     assert KEY not in text
     access = [e for e in logs if e["event"] == "gateway.request"]
-    # the guard refuses before any handler: only requests that reach one are logged
-    assert [e["status"] for e in access] == ([] if stage == "host" else [status])
+    # every request is logged once: the guard's refusals (before any handler ran) by
+    # the app's middleware, with the route's path and the refusal's code
+    assert [e["status"] for e in access] == [status]
+    assert access[0]["path"] == "/v1/chat/completions"
+    if code is not None:
+        assert access[0]["error"] == code
     spans = exporter.get_finished_spans()
-    assert len([s for s in spans if s.name.startswith("POST ")]) == len(access)
+    # the server span is the handler's: none for a request refused before it
+    assert len([s for s in spans if s.name.startswith("POST ")]) == (stage != "host")
     everything = repr(logs) + repr([(s.name, s.attributes, s.events) for s in spans])
     assert KEY not in everything
     assert "sk-not-a-key" not in everything

@@ -178,8 +178,13 @@ async def test_access_log_has_trace_route_status_cost_but_no_key_or_text(
             with pytest.raises(openai.NotFoundError):
                 await c.post("/nowhere", body={}, cast_to=object)
     access = [e for e in logs if e["event"] == "gateway.request"]
-    assert len(access) == 1  # one line per chat request
-    line = access[0]
+    assert len(access) == 2  # one line per request
+    line, nowhere = access
+    # a path no route serves: logged, but never as the client's own text
+    assert nowhere["status"] == 404
+    assert nowhere["path"] is None
+    assert nowhere["error"] == "not_found_error"
+    assert "nowhere" not in repr(nowhere)
     assert line["status"] == 200
     assert line["route"] == "cascade"
     assert line["cost_usd"] == pytest.approx(10e-6 + 10e-6)

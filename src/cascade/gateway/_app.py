@@ -2,19 +2,23 @@
 ``GET /v1/models`` (a valid key asked for, when keys are configured), ``/healthz`` and
 ``/readyz`` (never a key: probes), and every routing error (404, 405, 413) in the error
 format of the API its path belongs to. Requests a browser made for another site are
-refused first (``_guard.py``)."""
+refused first (``_guard.py``). Every request gets one access-log line: the chat routes
+write their own (``_chat.py``), the middleware every other one (the listing, the probes,
+refusals before a handler ran)."""
 
 from __future__ import annotations
 
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
+from time import perf_counter
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from ._anthropic_wire import AnthropicWire
-from ._chat import chat_handler
+from ._chat import ACCESS_EVENT, LOGGED, chat_handler
 from ._errors import GatewayError
 from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
@@ -24,6 +28,8 @@ from ._respond import ClientGone, error_response, send
 from ._wire import WireFormat
 
 __all__ = ["GATEWAY", "Gateway", "create_app", "default_wires"]
+
+log = structlog.get_logger("cascade.gateway")
 
 
 def default_wires() -> list[WireFormat]:
@@ -112,6 +118,27 @@ async def _readyz(request: web.Request) -> web.Response:
 # -- errors ------------------------------------------------------------------------------
 
 
+def _access(request: web.Request, status: int, error: str | None, t0: float) -> None:
+    """The access line of a request no chat handler logged. Its path is the route's
+    pattern (``/v1/models/{model}``), never the client's own text (which could hold
+    anything, a key pasted into a URL too): ``null`` for a path no route serves."""
+    resource = request.match_info.route.resource
+    if resource is not None:
+        path: str | None = resource.canonical
+    else:  # a method no route of the path takes (405), or a path no route serves
+        paths = {r.canonical for r in request.app.router.resources()}
+        path = request.path if request.path in paths else None
+    fields: dict[str, Any] = {
+        "method": request.method[:16],
+        "path": path,
+        "status": status,
+        "duration_ms": round((perf_counter() - t0) * 1000, 3),
+    }
+    if error is not None:
+        fields["error"] = error
+    log.info(ACCESS_EVENT, **fields)
+
+
 def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
     fallback: WireFormat | None = None
     for wire in wires:
@@ -129,11 +156,14 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
 
     @web.middleware
     async def front(request: web.Request, handler: Any) -> web.StreamResponse:
+        t0 = perf_counter()
+        error: str | None = None
         try:
             check_request(request, request.app[GATEWAY].allowed_hosts)
             response: web.StreamResponse = await handler(request)
         except GatewayError as exc:
             response = error_response(_wire_for(request.path, wires), exc)
+            error = exc.code or exc.type
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -143,7 +173,9 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
                 405: f"method {request.method} not allowed on {request.path[:200]}",
                 413: "the request body is too large",
             }.get(exc.status, exc.reason)
-            response = error_response(wire, GatewayError(exc.status, message))
+            refusal = GatewayError(exc.status, message)
+            response = error_response(wire, refusal)
+            error = refusal.code or refusal.type
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
         if not response.prepared:
@@ -154,6 +186,8 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
                 await send(
                     request, response, last=True, timeout_s=request.app[GATEWAY].write_timeout_s
                 )
+        if LOGGED not in request:
+            _access(request, response.status, error, t0)
         return response
 
     return front

@@ -59,10 +59,12 @@ if TYPE_CHECKING:
 
     from ..validators import Validator
 
-__all__ = ["ACCESS_EVENT", "chat_handler"]
+__all__ = ["ACCESS_EVENT", "LOGGED", "chat_handler"]
 
 log = structlog.get_logger("cascade.gateway")
 ACCESS_EVENT = "gateway.request"
+LOGGED = web.RequestKey("cascade_logged", bool)
+"""Set on a request whose handler writes its own access line (the middleware, the rest)."""
 
 _propagator = TraceContextTextMapPropagator()
 _UNTRACED = nullcontext(INVALID_SPAN)
@@ -112,6 +114,7 @@ def chat_handler(wire: WireFormat) -> Any:
         gateway = request.app[GATEWAY]
         t0 = perf_counter()
         access = _Access(method=request.method, path=wire.path)
+        request[LOGGED] = True  # every way out of this handler writes its line
         scope: AbstractContextManager[Span] = _UNTRACED
         if gateway.traced(request.headers):
             scope = gateway.tracer.start_as_current_span(
