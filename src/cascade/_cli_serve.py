@@ -7,7 +7,7 @@ import argparse
 import importlib.util
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -30,21 +30,25 @@ def access_log_to_stdout() -> LineWriter:
     (the routing record) to standard output, with trace ids; never keys or message text.
     The lines are written by a thread: a slow reader of the output drops lines (counted),
     it never holds a request."""
-    from .gateway._log_writer import LineWriter, UTCStamper, render_json
+    from ._telemetry._logs import write_directly
+    from .gateway._log_writer import DirectLines, LineWriter, UTCStamper, render_json
 
     writer = LineWriter(sys.stdout)
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        UTCStamper(),  # TimeStamper(fmt="iso")'s text, at half its cost
+        add_trace_ids,
+        structlog.processors.format_exc_info,
+        render_json,
+    ]
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            UTCStamper(),  # TimeStamper(fmt="iso")'s text, at half its cost
-            add_trace_ids,
-            structlog.processors.format_exc_info,
-            render_json,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         logger_factory=lambda *args: writer,  # the writer is the logger: a line, queued
         cache_logger_on_first_use=True,
     )
+    # cascade's own lines through the same processors, without a bound logger per line
+    write_directly(DirectLines(writer, processors))
     return writer
 
 

@@ -8,7 +8,7 @@ when the application has configured structlog (``structlog.is_configured()``, tr
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -19,11 +19,32 @@ if TYPE_CHECKING:
     from .._types import Attempt, RequestOptions, Result
     from ..engine._events import Routed
 
-__all__ = ["ROUTE_EVENT", "add_trace_ids", "route_record", "trace_ids"]
+__all__ = ["ROUTE_EVENT", "add_trace_ids", "emit", "route_record", "trace_ids", "write_directly"]
 
 log = structlog.get_logger("cascade")
 
 ROUTE_EVENT = "cascade.route"
+
+DirectWriter = Callable[[str, str, dict[str, Any]], bool]
+"""``(level, event, fields)``: the line written, or False for structlog to write it."""
+
+_direct: DirectWriter | None = None
+
+
+def write_directly(writer: DirectWriter | None) -> None:
+    """For ``cascade serve``, which configures structlog itself: cascade's own lines (the
+    routing record, the gateway's access lines) go to ``writer`` first, which writes them
+    as that configuration would without structlog's per-call machinery, or declines
+    (returns False) once structlog is configured otherwise. None: structlog alone."""
+    global _direct
+    _direct = writer
+
+
+def emit(logger: Any, level: str, event: str, fields: dict[str, Any]) -> None:
+    """``logger.<level>(event, **fields)``, or the same line by the direct writer."""
+    direct = _direct
+    if direct is None or not direct(level, event, fields):
+        getattr(logger, level)(event, **fields)
 
 
 def trace_ids(span: Span | None) -> dict[str, str]:
@@ -99,27 +120,27 @@ def route_record(
         }
     fields.update(trace_ids(span))
     if result is not None:
-        log.info(
-            ROUTE_EVENT,
-            outcome="accepted" if result.validated else "best",
-            tier=result.tier,
-            tier_name=result.tier_name,
-            provider=result.provider,
-            model=result.model,
-            input_tokens=result.usage.input_tokens,
-            output_tokens=result.usage.output_tokens,
-            cost_usd=result.cost_usd,
-            validated=result.validated,
+        record = {
+            "outcome": "accepted" if result.validated else "best",
+            "tier": result.tier,
+            "tier_name": result.tier_name,
+            "provider": result.provider,
+            "model": result.model,
+            "input_tokens": result.usage.input_tokens,
+            "output_tokens": result.usage.output_tokens,
+            "cost_usd": result.cost_usd,
+            "validated": result.validated,
             **fields,
-        )
+        }
+        emit(log, "info", ROUTE_EVENT, record)
     else:
-        log.warning(
-            ROUTE_EVENT,
-            outcome="error",
-            error_type=type(exc).__name__ if exc is not None else None,
-            error=str(exc)[:500] if exc is not None else None,
-            input_tokens=sum(a.input_tokens for a in attempts),
-            output_tokens=sum(a.output_tokens for a in attempts),
-            cost_usd=sum(a.cost_usd for a in attempts),
+        record = {
+            "outcome": "error",
+            "error_type": type(exc).__name__ if exc is not None else None,
+            "error": str(exc)[:500] if exc is not None else None,
+            "input_tokens": sum(a.input_tokens for a in attempts),
+            "output_tokens": sum(a.output_tokens for a in attempts),
+            "cost_usd": sum(a.cost_usd for a in attempts),
             **fields,
-        )
+        }
+        emit(log, "warning", ROUTE_EVENT, record)

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from .._telemetry._logs import emit
 from ._anthropic_wire import AnthropicWire
 from ._chat import ACCESS_EVENT, LOGGED, chat_handler
 from ._errors import GatewayError
@@ -136,7 +137,7 @@ def _access(request: web.Request, status: int, error: str | None, t0: float) -> 
     }
     if error is not None:
         fields["error"] = error
-    log.info(ACCESS_EVENT, **fields)
+    emit(log, "info", ACCESS_EVENT, fields)
 
 
 def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:

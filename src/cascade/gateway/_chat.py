@@ -35,6 +35,7 @@ from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .._errors import CascadeError, InputError
+from .._telemetry._logs import emit
 from .._types import Result
 from ..engine import Delta, Event, Failed, Finished, Stream
 from ..engine._core import Plan
@@ -207,7 +208,7 @@ def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> Non
         fields["error"] = access.error
     if trace_id is not None:
         fields["trace_id"] = trace_id
-    log.info(ACCESS_EVENT, **fields)
+    emit(log, "info", ACCESS_EVENT, fields)
 
 
 async def _read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
