@@ -63,6 +63,9 @@ class Gateway:
         self.draining = False
         self._schemas: dict[str, Validator] = {}
         self._retired: set[asyncio.Task[None]] = set()
+        self.reloading = asyncio.Lock()
+        """Held by a reload (SIGHUP) from reading the file to the swap: reloads apply in the
+        order their signals came."""
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"

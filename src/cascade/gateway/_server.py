@@ -24,6 +24,7 @@ import signal
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -35,7 +36,7 @@ from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
 from ._key_gate import KeyGate
-from ._routes import build_generation
+from ._routes import Generation, build_generation
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -174,11 +175,20 @@ async def _reload(gateway: Gateway, source: str) -> None:
     if gateway.rebuild is None:
         log.error("gateway.reload_failed", error="this gateway was not built to reload")
         return
-    try:
+    rebuild = gateway.rebuild
+
+    def build() -> tuple[LoadedConfig, Generation]:
         fresh = load_gateway(source)
-        generation = gateway.rebuild(fresh)
-    except CascadeError as exc:
-        log.error("gateway.reload_failed", error=str(exc)[:1000])
-        return
-    await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
+        return fresh, rebuild(fresh)
+
+    async with gateway.reloading:
+        try:
+            # In a worker thread: reading the files and building every route's cascade
+            # (a router file of up to 64 MiB decoded) would stop the loop for seconds,
+            # and every request with it.
+            fresh, generation = await anyio.to_thread.run_sync(build)
+        except CascadeError as exc:
+            log.error("gateway.reload_failed", error=str(exc)[:1000])
+            return
+        await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
