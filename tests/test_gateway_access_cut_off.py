@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from cascade.gateway import hash_key
 from cascade.testing import FakeOpenAIServer
 
 from .gateway import serving, write_config
@@ -127,3 +128,41 @@ async def test_a_plain_route_that_raises_gets_its_line_and_an_error_in_the_api_f
         ("/readyz", 500, "internal_error")
     ]
     assert [e["path"] for e in logs if e["event"] == "gateway.internal_error"] == ["/readyz"]
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_a_chat_refusal_the_client_never_reads_is_logged_499(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A chat request refused (401: no key) by a client that pipelines such requests and
+    reads nothing: the one whose answer the gateway could not write is logged 499, not
+    with the status it never got."""
+    keys = {"entries": [{"name": "k", "sha256": hash_key("sk-" + "k" * 40)}]}
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1"))],
+        "gateway": {"keys": keys, "write_timeout_s": 0.3, "idle_timeout_s": 60},
+    }
+    one = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+            loop = asyncio.get_running_loop()
+            sock = small_window()
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+                stop = loop.time() + 30
+                while loop.time() < stop:  # until the gateway cuts the connection
+                    try:
+                        sock.send(one * 64)
+                    except BlockingIOError:
+                        await asyncio.sleep(0.05)
+                    except OSError:
+                        break
+            finally:
+                sock.close()
+            await eventually(lambda: gw.gateway.in_flight == 0, "nothing in flight")
+    statuses = [e["status"] for e in access_lines(logs)]
+    assert statuses[-1] == 499
+    assert set(statuses[:-1]) == {401}

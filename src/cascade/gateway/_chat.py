@@ -162,6 +162,17 @@ def chat_handler(wire: WireFormat) -> Any:
                 response.headers.setdefault("x-cascade-trace-id", trace_id)
             if not access.status:
                 access.status = response.status
+            if not response.prepared:
+                # An error's answer, sent here (not by the middleware once the line is
+                # written): the line then says whether the client got it.
+                try:
+                    await send(request, response, last=True, timeout_s=gateway.write_timeout_s)
+                except ClientGone:  # its connection is aborted
+                    access.status = 499
+                except asyncio.CancelledError:  # it left while the answer was written
+                    access.status = 499
+                    _finish(span, access, t0, trace_id)
+                    raise
             _finish(span, access, t0, trace_id)
         return response
 
