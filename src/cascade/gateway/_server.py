@@ -172,6 +172,11 @@ def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
 
 
 async def _reload(gateway: Gateway, source: str) -> None:
+    """Read ``source`` again and swap its routes in: one reload at a time, in the order
+    they came. A reload asked for while another waits to start adds nothing (the waiting
+    one reads the file as it is once its turn comes): a storm of SIGHUPs builds twice at
+    most, not once per signal. Once the gateway drains (SIGTERM), nothing more is built
+    nor swapped in."""
     if gateway.rebuild is None:
         log.error("gateway.reload_failed", error="this gateway was not built to reload")
         return
@@ -181,7 +186,16 @@ async def _reload(gateway: Gateway, source: str) -> None:
         fresh = load_gateway(source)
         return fresh, rebuild(fresh)
 
-    async with gateway.reloading:
+    if gateway.reload_waiting:
+        return
+    gateway.reload_waiting = True
+    try:
+        await gateway.reloading.acquire()
+    finally:
+        gateway.reload_waiting = False
+    try:
+        if gateway.draining:
+            return
         try:
             # In a worker thread: reading the files and building every route's cascade
             # (a router file of up to 64 MiB decoded) would stop the loop for seconds,
@@ -190,5 +204,14 @@ async def _reload(gateway: Gateway, source: str) -> None:
         except CascadeError as exc:
             log.error("gateway.reload_failed", error=str(exc)[:1000])
             return
+        except Exception as exc:  # a plug-in's bug, a MemoryError: still a failed reload
+            log.exception(
+                "gateway.reload_failed", error_type=type(exc).__name__, error=str(exc)[:1000]
+            )
+            return
+        if gateway.draining:  # SIGTERM while it was built: the gateway is closing
+            return
         await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
+    finally:
+        gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
