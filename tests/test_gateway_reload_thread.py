@@ -12,6 +12,8 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from cascade import ConfigError
+from cascade.gateway import serve
 from cascade.gateway._config import LoadedConfig
 from cascade.gateway._routes import Generation
 from cascade.gateway._server import _reload
@@ -178,3 +180,44 @@ async def test_a_reload_still_to_come_when_the_gateway_drains_is_not_applied(
         assert gated.calls == 1
         assert [r.name for r in gateway.generation.routes] == ["start"]
     assert "gateway.reloaded" not in [e["event"] for e in logs]
+
+
+LOOP_BOUND = '''
+import asyncio
+
+import cascade
+
+
+@cascade.validator("loop_bound")
+class LoopBound:
+    """Takes the running loop when built (as an aiohttp.ClientSession made in __init__)."""
+
+    def __init__(self, name: str = "loop_bound") -> None:
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+
+    async def validate(self, completion, context):
+        return cascade.Verdict(validator=self.name, passed=True)
+'''
+
+
+async def test_what_cascade_serve_starts_with_it_can_reload(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A reload builds off the loop; so does the start: a plug-in that can only be built
+    on the loop fails when the gateway starts, not at every SIGHUP after it started."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "loop_bound.py").write_text(LOOP_BOUND)
+    config = {
+        "validator_paths": ["plugins"],
+        "tiers": [
+            tier("t", provider("a", openai_server.url, "m1"), validators=[{"name": "loop_bound"}])
+        ],
+    }
+    path = write_config(tmp_path / "c.toml", config)
+
+    def started(port: int) -> None:
+        raise AssertionError("it started: it would fail every reload")
+
+    with pytest.raises(ConfigError, match="no running event loop"):
+        await serve(path, port=0, ready=started)

@@ -125,7 +125,8 @@ async def serve(
     """Serve the config file at ``path`` until SIGTERM or SIGINT (see the module doc);
     ``ready`` gets the bound port once the gateway listens (``port = 0`` picks one)."""
     source = str(path)
-    gateway = build_gateway(load_gateway(source), **kwargs)
+    # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
+    gateway = await anyio.to_thread.run_sync(lambda: build_gateway(load_gateway(source), **kwargs))
     config = gateway.generation.loaded.gateway
     runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
     await runner.setup()
