@@ -124,7 +124,7 @@ def _access(request: web.Request, status: int, error: str | None, t0: float) -> 
     pattern (``/v1/models/{model}``), never the client's own text (which could hold
     anything, a key pasted into a URL too): ``null`` for a path no route serves."""
     fields: dict[str, Any] = {
-        "method": request.method[:16],
+        "method": request.method if request.method in _METHODS else "_OTHER",
         "path": _pattern(request),
         "status": status,
         "duration_ms": round((perf_counter() - t0) * 1000, 3),
@@ -132,6 +132,13 @@ def _access(request: web.Request, status: int, error: str | None, t0: float) -> 
     if error is not None:
         fields["error"] = error
     emit(log, "info", ACCESS_EVENT, fields)
+
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+"""The methods an access line names; any other is ``_OTHER`` (OpenTelemetry's
+``http.request.method``): aiohttp's pure-Python parser takes any token as a method."""
 
 
 def _pattern(request: web.Request) -> str | None:
