@@ -221,3 +221,17 @@ async def test_what_cascade_serve_starts_with_it_can_reload(
 
     with pytest.raises(ConfigError, match="no running event loop"):
         await serve(path, port=0, ready=started)
+
+
+async def test_a_failed_reload_names_its_file_as_a_failed_start_does(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        broken = config_for(openai_server.url, "next")
+        broken["tiers"][0]["providers"][0]["api_key_env"] = "CASCADE_TEST_NEVER_SET"
+        write_config(path, broken)
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+    [failed] = [e for e in logs if e["event"] == "gateway.reload_failed"]
+    assert failed["error"].startswith(f"{path}: tiers[0].providers[0].api_key_env")

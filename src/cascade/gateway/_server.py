@@ -72,8 +72,14 @@ def build_gateway(
         generation,
         gate=gate,
         tracer_provider=tracer_provider,
-        rebuild=lambda fresh: build_generation(fresh, **kwargs),
+        rebuild=lambda fresh: _rebuilt(fresh, kwargs),
     )
+
+
+def _rebuilt(loaded: LoadedConfig, kwargs: dict[str, Any]) -> Generation:
+    """A reload's routes, its errors naming the file as a start's do."""
+    with in_file(loaded.path):
+        return build_generation(loaded, **kwargs)
 
 
 def _gate_for(
