@@ -201,7 +201,7 @@ async def _reload(gateway: Gateway, source: str) -> None:
     finally:
         gateway.reload_waiting = False
     try:
-        if gateway.draining:
+        if _draining(gateway):
             return
         try:
             # In a worker thread: reading the files and building every route's cascade
@@ -216,9 +216,14 @@ async def _reload(gateway: Gateway, source: str) -> None:
                 "gateway.reload_failed", error_type=type(exc).__name__, error=str(exc)[:1000]
             )
             return
-        if gateway.draining:  # SIGTERM while it was built: the gateway is closing
+        if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
         await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
+
+
+def _draining(gateway: Gateway) -> bool:
+    """``gateway.draining``, read again after an ``await`` (SIGTERM sets it meanwhile)."""
+    return gateway.draining
