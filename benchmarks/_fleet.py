@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from time import perf_counter, process_time
 from typing import Any
 
+from _placement import let_others_run
+
 Call = Callable[[], Awaitable[object]]
 
 
@@ -141,11 +143,16 @@ class Latency:
         return cls(statistics.median(samples) * 1e3, p99 * 1e3, len(samples))
 
 
-async def sequential(client: Client, *, count: int, into: list[float]) -> None:
+async def sequential(
+    client: Client, *, count: int, into: list[float], yield_first: bool = False
+) -> None:
     """Time ``count`` calls one after the other (concurrency 1), appending seconds to ``into``;
-    then settle, untimed."""
+    then settle, untimed. ``yield_first``: before each call, the CPU to whatever else is
+    runnable (``_placement.let_others_run``): what the last call left to do is not timed."""
     call = client.call
     for _ in range(count):
+        if yield_first:
+            let_others_run()
         t0 = perf_counter()
         await call()
         into.append(perf_counter() - t0)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["family", "one_cpu", "placed", "wakeup_probe"]
+__all__ = ["family", "let_others_run", "one_cpu", "placed", "wakeup_probe"]
 
 _ECHO = """
 import os, socket, sys
@@ -47,6 +47,14 @@ def one_cpu() -> int | None:
         return None
     cpus = os.sched_getaffinity(0)
     return min(cpus) if len(cpus) > 1 else None
+
+
+def let_others_run() -> None:
+    """Give the CPU to whatever else is runnable (``os.sched_yield``) before a timed call:
+    on one CPU, what a proxy does after its answer (logs, spans, bookkeeping) would run
+    inside the next call's time, and so be charged to the next target in turn."""
+    if hasattr(os, "sched_yield"):
+        os.sched_yield()
 
 
 def family(pid: int) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -96,3 +97,38 @@ def test_lines_go_through_structlog_once_it_is_configured_otherwise(
     assert [json.loads(line)["event"] for line in served_logging.getvalue().splitlines()] == [
         "again"
     ]
+
+
+class Seeded(dict[str, Any]):
+    """A context that starts every logger's with a field of the application's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self["service"] = "app"
+
+
+@pytest.mark.parametrize("change", ["level", "logger_factory", "context_class"])
+def test_lines_go_through_structlog_once_the_rest_of_its_configuration_changes(
+    served_logging: io.StringIO, change: str
+) -> None:
+    """The processors are not all of structlog's configuration: an application that keeps
+    them and raises the level, sends the lines elsewhere, or gives its loggers a context of
+    its own gets cascade's lines as structlog would write them, not the gateway's way."""
+    writer = structlog.get_config()["logger_factory"]()
+    elsewhere = io.StringIO()
+    if change == "level":
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    elif change == "logger_factory":
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(elsewhere))
+    else:
+        structlog.configure(context_class=Seeded)
+    emit(structlog.get_logger("cascade.test"), "info", "ev", {"a": 1})
+    writer.close()
+    served = [json.loads(line) for line in served_logging.getvalue().splitlines()]
+    if change == "level":
+        assert served == []  # info is below the level now: structlog drops it
+    elif change == "logger_factory":
+        assert served == []
+        assert json.loads(elsewhere.getvalue())["event"] == "ev"
+    else:
+        assert [(e["event"], e.get("service")) for e in served] == [("ev", "app")]

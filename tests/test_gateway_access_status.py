@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,10 @@ from .leaks import eventually
 pytestmark = pytest.mark.anyio
 
 HI = [{"role": "user", "content": "Hi"}]
+LOOPS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
 
 
 class SlowSettle:
@@ -63,6 +68,7 @@ async def read_whole(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             return status, body
 
 
+@pytest.mark.parametrize("anyio_backend", LOOPS)
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
 async def test_a_client_leaving_after_its_whole_answer_is_logged_as_answered(
     openai_server: FakeOpenAIServer, tmp_path: Path, stream: bool
@@ -148,3 +154,41 @@ async def test_every_request_gets_one_access_line_and_never_the_clients_path(
     ]
     assert pasted not in repr(logs)
     assert all(e["duration_ms"] >= 0 for e in access)
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_a_client_leaving_with_its_json_answer_half_read_is_499(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The answer's last write returned (aiohttp waits only for the transport's buffer to
+    drain below its low mark, the rest in the socket's buffers) and the request is
+    settling, but the client read part of it and left, its unread bytes reset: it did not
+    get its answer."""
+    openai_server.default = Reply(text="x" * (6 << 20))
+    big = provider("a", openai_server.url, "m1", max_response_bytes=64 << 20)
+    config = {"tiers": [tier("t", big)]}
+    gate = SlowSettle()
+    body = json.dumps({"model": "m1", "messages": HI}).encode()
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config), gate=gate) as gw:
+            loop = asyncio.get_running_loop()
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            got = 0
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+                await loop.sock_sendall(
+                    sock,
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Content-Length: %d\r\n\r\n" % len(body) + body,
+                )
+                while not gate.settling.is_set():  # reading, until the request settles
+                    got += len(await asyncio.wait_for(loop.sock_recv(sock, 65536), 10))
+                # more is on its way: left unread, the close resets the connection
+                assert await asyncio.wait_for(loop.sock_recv(sock, 1), 10)
+            finally:
+                sock.close()
+            await eventually(lambda: gw.gateway.in_flight == 0, "the handler ended")
+    assert got < 6 << 20
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [499]

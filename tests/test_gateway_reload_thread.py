@@ -12,6 +12,8 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
+from cascade import ConfigError
+from cascade.gateway import serve
 from cascade.gateway._config import LoadedConfig
 from cascade.gateway._routes import Generation
 from cascade.gateway._server import _reload
@@ -82,3 +84,154 @@ async def test_reloads_apply_in_the_order_they_came(
             await anyio.sleep(0.05)
             release.set()
         assert [r.name for r in gateway.generation.routes] == ["fast"]
+
+
+async def test_a_reload_failing_with_any_error_is_logged_and_the_next_one_applies(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Not only a ConfigError: whatever a build raises (a plug-in's bug, a MemoryError
+    decoding a router file) is logged as a failed reload, the routes stay as they were,
+    and the next reload applies."""
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        assert gateway.rebuild is not None
+        rebuild = gateway.rebuild
+        fail = [True]
+
+        def flaky(fresh: LoadedConfig) -> Generation:
+            if fail.pop():
+                raise RuntimeError("a bug in a plug-in")
+            return rebuild(fresh)
+
+        gateway.rebuild = flaky
+        write_config(path, config_for(openai_server.url, "next"))
+        with capture_logs() as logs:
+            await _reload(gateway, str(path))
+            assert [r.name for r in gateway.generation.routes] == ["start"]
+            fail.append(False)
+            await _reload(gateway, str(path))
+        assert [r.name for r in gateway.generation.routes] == ["next"]
+    failed = [e for e in logs if e["event"] == "gateway.reload_failed"]
+    assert [(e["error_type"], e["error"]) for e in failed] == [
+        ("RuntimeError", "a bug in a plug-in")
+    ]
+    assert [e["event"] for e in logs][-1] == "gateway.reloaded"
+
+
+class Gated:
+    """A rebuild that waits for ``release`` on its first call and counts its calls."""
+
+    def __init__(self, rebuild: Any) -> None:
+        self.rebuild = rebuild
+        self.release = threading.Event()
+        self.calls = 0
+        self.started = threading.Event()
+
+    def __call__(self, fresh: LoadedConfig) -> Generation:
+        self.calls += 1
+        self.started.set()
+        assert self.release.wait(10)
+        return self.rebuild(fresh)  # type: ignore[no-any-return]
+
+
+async def test_a_reload_storm_builds_once_more_not_once_per_signal(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGHUPs while a reload builds: one more reload, which reads the file as it is
+    once the first is done, not one full build per signal (each of seconds, in turn)."""
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        gated = Gated(gateway.rebuild)
+        gateway.rebuild = gated
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_reload, gateway, str(path))
+            await anyio.to_thread.run_sync(gated.started.wait, 10)
+            for n in range(10):
+                write_config(path, config_for(openai_server.url, f"storm{n}"))
+                tg.start_soon(_reload, gateway, str(path))
+                await anyio.sleep(0)
+            gated.release.set()
+        assert gated.calls == 2
+        assert [r.name for r in gateway.generation.routes] == ["storm9"]
+
+
+async def test_a_reload_still_to_come_when_the_gateway_drains_is_not_applied(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGTERM during a slow reload: the one building is not swapped in (the gateway is
+    closing) and the one waiting does not build at all; the shutdown waits for no more
+    than the build under way."""
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        gated = Gated(gateway.rebuild)
+        gateway.rebuild = gated
+        write_config(path, config_for(openai_server.url, "late"))
+        with capture_logs() as logs:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_reload, gateway, str(path))
+                await anyio.to_thread.run_sync(gated.started.wait, 10)
+                tg.start_soon(_reload, gateway, str(path))
+                await anyio.sleep(0)
+                gateway.draining = True  # what SIGTERM does first
+                gated.release.set()
+        assert gated.calls == 1
+        assert [r.name for r in gateway.generation.routes] == ["start"]
+    assert "gateway.reloaded" not in [e["event"] for e in logs]
+
+
+LOOP_BOUND = '''
+import asyncio
+
+import cascade
+
+
+@cascade.validator("loop_bound")
+class LoopBound:
+    """Takes the running loop when built (as an aiohttp.ClientSession made in __init__)."""
+
+    def __init__(self, name: str = "loop_bound") -> None:
+        self.name = name
+        self.loop = asyncio.get_running_loop()
+
+    async def validate(self, completion, context):
+        return cascade.Verdict(validator=self.name, passed=True)
+'''
+
+
+async def test_what_cascade_serve_starts_with_it_can_reload(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A reload builds off the loop; so does the start: a plug-in that can only be built
+    on the loop fails when the gateway starts, not at every SIGHUP after it started."""
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "loop_bound.py").write_text(LOOP_BOUND)
+    config = {
+        "validator_paths": ["plugins"],
+        "tiers": [
+            tier("t", provider("a", openai_server.url, "m1"), validators=[{"name": "loop_bound"}])
+        ],
+    }
+    path = write_config(tmp_path / "c.toml", config)
+
+    def started(port: int) -> None:
+        raise AssertionError("it started: it would fail every reload")
+
+    with pytest.raises(ConfigError, match="no running event loop"):
+        await serve(path, port=0, ready=started)
+
+
+async def test_a_failed_reload_names_its_file_as_a_failed_start_does(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        broken = config_for(openai_server.url, "next")
+        broken["tiers"][0]["providers"][0]["api_key_env"] = "CASCADE_TEST_NEVER_SET"
+        write_config(path, broken)
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+    [failed] = [e for e in logs if e["event"] == "gateway.reload_failed"]
+    assert failed["error"].startswith(f"{path}: tiers[0].providers[0].api_key_env")

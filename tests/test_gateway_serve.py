@@ -233,3 +233,23 @@ def test_loop_uvloop_not_installed_is_an_input_error(monkeypatch: pytest.MonkeyP
     with pytest.raises(InputError, match="uvloop is not installed") as caught:
         _use_uvloop("uvloop")
     assert caught.value.path == "--loop"
+
+
+async def test_a_method_of_the_clients_own_is_never_logged_as_sent(
+    openai_server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiohttp's pure-Python parser (``AIOHTTP_NO_EXTENSIONS``, or where its C parser is
+    not built) takes any token as a method: the access line names an HTTP method, or
+    ``_OTHER`` (OpenTelemetry's word for the rest), never the client's own text."""
+    monkeypatch.setenv("AIOHTTP_NO_EXTENSIONS", "1")
+    path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
+    async with cascade_serve(path) as served:
+        for method in (b"SK-PROJ-0123456789AB", b"GET"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+            writer.write(method + b" /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await reader.readuntil(b"\r\n\r\n")
+            writer.close()
+        await eventually(lambda: served.events().count("gateway.request") == 2, "two access lines")
+    access = [line for line in served.lines if line["event"] == "gateway.request"]
+    assert [(e["method"], e["status"]) for e in access] == [("_OTHER", 405), ("GET", 200)]
+    assert "SK-PROJ" not in json.dumps(served.lines)

@@ -8,7 +8,7 @@ refusals before a handler ran)."""
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import time
 from collections.abc import Iterable, Sequence
 from time import perf_counter
@@ -20,7 +20,7 @@ from aiohttp import web
 from .._telemetry._logs import emit
 from ._anthropic_wire import AnthropicWire
 from ._chat import ACCESS_EVENT, LOGGED, chat_handler
-from ._errors import GatewayError
+from ._errors import GatewayError, internal_error
 from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
 from ._guard import check_request
@@ -123,21 +123,32 @@ def _access(request: web.Request, status: int, error: str | None, t0: float) -> 
     """The access line of a request no chat handler logged. Its path is the route's
     pattern (``/v1/models/{model}``), never the client's own text (which could hold
     anything, a key pasted into a URL too): ``null`` for a path no route serves."""
-    resource = request.match_info.route.resource
-    if resource is not None:
-        path: str | None = resource.canonical
-    else:  # a method no route of the path takes (405), or a path no route serves
-        paths = {r.canonical for r in request.app.router.resources()}
-        path = request.path if request.path in paths else None
     fields: dict[str, Any] = {
-        "method": request.method[:16],
-        "path": path,
+        "method": request.method if request.method in _METHODS else "_OTHER",
+        "path": _pattern(request),
         "status": status,
         "duration_ms": round((perf_counter() - t0) * 1000, 3),
     }
     if error is not None:
         fields["error"] = error
     emit(log, "info", ACCESS_EVENT, fields)
+
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+"""The methods an access line names; any other is ``_OTHER`` (OpenTelemetry's
+``http.request.method``): aiohttp's pure-Python parser takes any token as a method."""
+
+
+def _pattern(request: web.Request) -> str | None:
+    """The pattern of the route ``request`` was for, or None for a path no route serves."""
+    resource = request.match_info.route.resource
+    if resource is not None:
+        return resource.canonical
+    # a method no route of the path takes (405), or a path no route serves
+    paths = {r.canonical for r in request.app.router.resources()}
+    return request.path if request.path in paths else None
 
 
 def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
@@ -179,16 +190,29 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
             error = refusal.code or refusal.type
             if exc.status == 405 and "Allow" in exc.headers:
                 response.headers["Allow"] = exc.headers["Allow"]
+        except Exception:
+            # A bug: in the format of the path's API (not aiohttp's page), and logged.
+            log.exception("gateway.internal_error", path=_pattern(request))
+            failure = internal_error()
+            response = error_response(_wire_for(request.path, wires), failure)
+            error = failure.code
+        status = response.status
         if not response.prepared:
             # Sent here, within the write timeout, not by aiohttp once this returns (with
             # no timer): a client that pipelines small requests and reads nothing would
             # hold its connection forever once the socket's buffers were full.
-            with contextlib.suppress(ClientGone):  # its connection is aborted
+            try:
                 await send(
                     request, response, last=True, timeout_s=request.app[GATEWAY].write_timeout_s
                 )
+            except ClientGone:  # its connection is aborted: it did not get the answer
+                status = 499
+            except asyncio.CancelledError:  # it left while the answer was being written
+                if LOGGED not in request:
+                    _access(request, 499, error, t0)
+                raise
         if LOGGED not in request:
-            _access(request, response.status, error, t0)
+            _access(request, status, error, t0)
         return response
 
     return front

@@ -140,7 +140,7 @@ def chat_handler(wire: WireFormat) -> Any:
             except asyncio.CancelledError:
                 # the client closed the connection: before its answer was whole (499), or
                 # after it (while the request settled what it spent): as answered
-                sent = access.response if access.sent else None
+                sent = access.response if access.sent and _left_cleanly(request) else None
                 access.status = 499 if sent is None else sent.status
                 _finish(span, access, t0, trace_id)
                 raise
@@ -162,6 +162,17 @@ def chat_handler(wire: WireFormat) -> Any:
                 response.headers.setdefault("x-cascade-trace-id", trace_id)
             if not access.status:
                 access.status = response.status
+            if not response.prepared:
+                # An error's answer, sent here (not by the middleware once the line is
+                # written): the line then says whether the client got it.
+                try:
+                    await send(request, response, last=True, timeout_s=gateway.write_timeout_s)
+                except ClientGone:  # its connection is aborted
+                    access.status = 499
+                except asyncio.CancelledError:  # it left while the answer was written
+                    access.status = 499
+                    _finish(span, access, t0, trace_id)
+                    raise
             _finish(span, access, t0, trace_id)
         return response
 
@@ -182,6 +193,14 @@ def _trace_id(span: Span) -> str | None:
     if not span.is_recording() or not ctx.is_valid:
         return None
     return format(ctx.trace_id, "032x")
+
+
+def _left_cleanly(request: web.Request) -> bool:
+    """The client closed its connection (FIN), not reset it: a reset comes from a client
+    that closed with bytes of its answer unread (the last write returns once the
+    transport's buffer drains below its low mark; the rest is in the sockets' buffers)."""
+    exc = request.content.exception()  # what aiohttp's connection_lost handed the request
+    return exc is None or getattr(exc, "errno", None) is None  # "Connection lost": a FIN
 
 
 def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> None:

@@ -66,6 +66,8 @@ class Gateway:
         self.reloading = asyncio.Lock()
         """Held by a reload (SIGHUP) from reading the file to the swap: reloads apply in the
         order their signals came."""
+        self.reload_waiting = False
+        """A reload waits for ``reloading``: another signal needs no reload of its own."""
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"

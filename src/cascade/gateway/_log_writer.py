@@ -126,27 +126,38 @@ class DirectLines:
     """cascade's own lines (access lines, routing records) run through ``cascade serve``'s
     structlog processors and queued on its :class:`LineWriter`, as structlog would, less
     its per-line machinery (a logger bound per call, the level filter, the event dict
-    assembled): half the time of a line. Only while those processors are structlog's
-    configuration and for a level it lets through (info and up); otherwise it declines
-    and the line goes through structlog (an application or ``capture_logs`` that
-    configured it otherwise sees every line)."""
+    assembled): half the time of a line. Only while structlog's configuration is the one
+    in force when this was made (its processors, level filter, logger factory and context
+    class) and for a level it lets through (info and up); otherwise it declines and the
+    line goes through structlog (an application or ``capture_logs`` that configured it
+    otherwise sees every line)."""
 
-    __slots__ = ("_chain", "_processors", "_writer")
+    __slots__ = ("_chain", "_context", "_factory", "_processors", "_wrapper", "_writer")
 
     def __init__(self, writer: LineWriter, processors: list[Any]) -> None:
         self._writer = writer
         self._processors = processors
         self._chain = tuple(processors)  # capture_logs changes the list in place
+        config = structlog.get_config()
+        self._wrapper = config["wrapper_class"]
+        self._factory = config["logger_factory"]
+        self._context = config["context_class"]
 
     def __repr__(self) -> str:
         return f"<DirectLines to {self._writer!r}>"
 
     def __call__(self, level: str, event: str, fields: dict[str, Any]) -> bool:
         chain = self._chain
-        configured = structlog.get_config()["processors"]
+        config = structlog.get_config()
+        configured = config["processors"]
         if level not in _PASSING or configured is not self._processors:
             return False
-        if tuple(configured) != chain:
+        if (
+            config["wrapper_class"] is not self._wrapper  # another level filter
+            or config["logger_factory"] is not self._factory  # lines go elsewhere
+            or config["context_class"] is not self._context  # a context of its own
+            or tuple(configured) != chain
+        ):
             return False
         writer = self._writer
         event_dict: Any = dict(fields)  # as structlog's own: the caller's dict untouched

@@ -72,8 +72,14 @@ def build_gateway(
         generation,
         gate=gate,
         tracer_provider=tracer_provider,
-        rebuild=lambda fresh: build_generation(fresh, **kwargs),
+        rebuild=lambda fresh: _rebuilt(fresh, kwargs),
     )
+
+
+def _rebuilt(loaded: LoadedConfig, kwargs: dict[str, Any]) -> Generation:
+    """A reload's routes, its errors naming the file as a start's do."""
+    with in_file(loaded.path):
+        return build_generation(loaded, **kwargs)
 
 
 def _gate_for(
@@ -125,7 +131,8 @@ async def serve(
     """Serve the config file at ``path`` until SIGTERM or SIGINT (see the module doc);
     ``ready`` gets the bound port once the gateway listens (``port = 0`` picks one)."""
     source = str(path)
-    gateway = build_gateway(load_gateway(source), **kwargs)
+    # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
+    gateway = await anyio.to_thread.run_sync(lambda: build_gateway(load_gateway(source), **kwargs))
     config = gateway.generation.loaded.gateway
     runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
     await runner.setup()
@@ -172,6 +179,11 @@ def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
 
 
 async def _reload(gateway: Gateway, source: str) -> None:
+    """Read ``source`` again and swap its routes in: one reload at a time, in the order
+    they came. A reload asked for while another waits to start adds nothing (the waiting
+    one reads the file as it is once its turn comes): a storm of SIGHUPs builds twice at
+    most, not once per signal. Once the gateway drains (SIGTERM), nothing more is built
+    nor swapped in."""
     if gateway.rebuild is None:
         log.error("gateway.reload_failed", error="this gateway was not built to reload")
         return
@@ -181,7 +193,16 @@ async def _reload(gateway: Gateway, source: str) -> None:
         fresh = load_gateway(source)
         return fresh, rebuild(fresh)
 
-    async with gateway.reloading:
+    if gateway.reload_waiting:
+        return
+    gateway.reload_waiting = True
+    try:
+        await gateway.reloading.acquire()
+    finally:
+        gateway.reload_waiting = False
+    try:
+        if _draining(gateway):
+            return
         try:
             # In a worker thread: reading the files and building every route's cascade
             # (a router file of up to 64 MiB decoded) would stop the loop for seconds,
@@ -190,5 +211,19 @@ async def _reload(gateway: Gateway, source: str) -> None:
         except CascadeError as exc:
             log.error("gateway.reload_failed", error=str(exc)[:1000])
             return
+        except Exception as exc:  # a plug-in's bug, a MemoryError: still a failed reload
+            log.exception(
+                "gateway.reload_failed", error_type=type(exc).__name__, error=str(exc)[:1000]
+            )
+            return
+        if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
+            return
         await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
+    finally:
+        gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
+
+
+def _draining(gateway: Gateway) -> bool:
+    """``gateway.draining``, read again after an ``await`` (SIGTERM sets it meanwhile)."""
+    return gateway.draining
