@@ -155,14 +155,15 @@ class HeadSampler:
         if trace_id & _ID_MASK < self._root:  # TraceIdRatioBased's rule; never for -1
             return SAMPLE, trace_id
         span_id = random.getrandbits(64) or self._ids.generate_span_id()
-        if _FAST_CONTEXT:  # SpanContext(trace_id, span_id, False, flags, state), unchecked
-            span_context = _tuple_new(
+        if _FAST:  # NonRecordingSpan(SpanContext(...)), without their frames and checks
+            span = _object_new(NonRecordingSpan)
+            span._context = _tuple_new(
                 SpanContext, (trace_id, span_id, False, self._root_flags, _NO_STATE, True)
             )
         else:  # pragma: no cover - another API version
-            span_context = _local_context(trace_id, span_id, self._root_flags, _NO_STATE)
+            span = _non_recording(_local_context(trace_id, span_id, self._root_flags, _NO_STATE))
         values = context.copy()  # set_span_in_context's copy of the current context
-        values[SPAN_KEY] = _non_recording(span_context)  # type: ignore[index]
+        values[SPAN_KEY] = span  # type: ignore[index]
         return DROP, attach(Context(values))
 
     def _child(self, current: Context, parent: SpanContext) -> tuple[int, Any]:
@@ -190,11 +191,12 @@ class HeadSampler:
         preset = self._preset
         if not trace_id or preset is None:  # no preset: decide() samples no new trace
             return self.tracer.start_span(name, attributes=attributes)
-        preset.preset(trace_id)
+        local = preset._local  # preset() and clear(), without their frames
+        local.trace_id = trace_id
         try:
             return self.tracer.start_span(name, attributes=attributes)
         finally:
-            preset.clear()  # taken by start_span; never left for another span
+            local.trace_id = 0  # taken by start_span; never left for another span
 
 
 def _span_context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState) -> Any:
@@ -238,8 +240,8 @@ def _checked_non_recording() -> Any:
 _tuple_new = tuple.__new__
 _object_new = object.__new__
 _local_context = _checked_constructor()
-_FAST_CONTEXT: Final = _local_context is _span_context
 _non_recording = _checked_non_recording()
+_FAST: Final = _local_context is _span_context and _non_recording is _new_non_recording
 _NO_STATE: Final = DEFAULT_TRACE_STATE
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM: Final = TraceFlags(_RANDOM_FLAG or 0)
