@@ -129,3 +129,14 @@ def test_plain_values_skip_the_sdks_checks(monkeypatch: pytest.MonkeyPatch) -> N
     assert calls == [{"n": [1, 2]}]
     assert ours.attributes["path"] == ("t1", "t2") and ours.attributes["n"] == (1, 2)
     provider.shutdown()
+
+
+def test_a_sequence_is_one_tuple_for_every_span() -> None:
+    """The same tier path on two spans is one tuple: a span waiting in a batch processor's
+    queue holds no tuple of its own (one allocation less for the garbage collector)."""
+    first, second, provider = spans()
+    set_attributes(first, {"path": ["cheap", "strong"]})
+    set_attributes(second, {"path": ["cheap", "strong"]})
+    assert first.attributes["path"] == ("cheap", "strong")
+    assert first.attributes["path"] is second.attributes["path"]
+    provider.shutdown()

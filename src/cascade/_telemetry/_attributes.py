@@ -31,13 +31,27 @@ except ImportError:  # pragma: no cover - no SDK, or another layout
 _AS_IS: Final = frozenset({str, int, float, bool, type(None)})
 """Types the SDK's check returns unchanged (bytes too, which cascade never sets)."""
 _SEQUENCES: Final = frozenset({list, tuple})
+_STR: Final = frozenset({str})
+_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""The sequences stored, one tuple each (a tier path, finish reasons: few distinct ones),
+so that a span waiting in a batch processor's queue holds no tuple of its own: one
+allocation less for the garbage collector to count, each, until the span is exported."""
+_MAX_TUPLES: Final = 256
+
+
+def _shared(value: tuple[str, ...]) -> tuple[str, ...]:
+    found = _TUPLES.get(value)
+    if found is not None:
+        return found
+    if len(_TUPLES) < _MAX_TUPLES:
+        _TUPLES[value] = value
+    return value
 
 
 def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
     """``span.set_attributes(attributes)``, stored directly when that stores the same."""
-    if type(span) is _SdkSpan and _store(span, attributes):
-        return
-    span.set_attributes(attributes)
+    if type(span) is not _SdkSpan or not _store(span, attributes):
+        span.set_attributes(attributes)
 
 
 def _store(span: Any, attributes: Mapping[str, Any]) -> bool:
@@ -50,11 +64,11 @@ def _store(span: Any, attributes: Mapping[str, Any]) -> bool:
         kind = type(value)
         if kind in _AS_IS:
             continue
-        if kind not in _SEQUENCES or not all(type(v) is str for v in value):
+        if kind not in _SEQUENCES or not {*map(type, value)} <= _STR:
             return False
         if cleaned is None:
             cleaned = dict(attributes)
-        cleaned[key] = tuple(value)  # the SDK's copy: a tuple of the same strings
+        cleaned[key] = _shared(tuple(value))  # the SDK's copy: a tuple of the same strings
     if cleaned is not None:
         attributes = cleaned
     try:
