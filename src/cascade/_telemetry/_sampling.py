@@ -191,12 +191,11 @@ class HeadSampler:
         preset = self._preset
         if not trace_id or preset is None:  # no preset: decide() samples no new trace
             return self.tracer.start_span(name, attributes=attributes)
-        local = preset._local  # preset() and clear(), without their frames
-        local.trace_id = trace_id
+        preset.preset(trace_id)
         try:
             return self.tracer.start_span(name, attributes=attributes)
         finally:
-            local.trace_id = 0  # taken by start_span; never left for another span
+            preset.clear()  # taken by start_span; never left for another span
 
 
 def _span_context(trace_id: int, span_id: int, flags: TraceFlags, state: TraceState) -> Any:
