@@ -140,3 +140,18 @@ def test_a_sequence_is_one_tuple_for_every_span() -> None:
     assert first.attributes["path"] == ("cheap", "strong")
     assert first.attributes["path"] is second.attributes["path"]
     provider.shutdown()
+
+
+def test_a_long_sequence_is_not_kept() -> None:
+    """A provider's long finish reason is not kept for later spans (only short ones are
+    shared, and at most a few hundred)."""
+    from cascade._telemetry import _attributes
+
+    first, second, provider = spans()
+    long = ["x" * 1000]
+    set_attributes(first, {"reasons": long})
+    set_attributes(second, {"reasons": long})
+    assert first.attributes["reasons"] == second.attributes["reasons"] == ("x" * 1000,)
+    assert first.attributes["reasons"] is not second.attributes["reasons"]
+    assert ("x" * 1000,) not in _attributes._TUPLES
+    provider.shutdown()

@@ -37,13 +37,16 @@ _TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
 so that a span waiting in a batch processor's queue holds no tuple of its own: one
 allocation less for the garbage collector to count, each, until the span is exported."""
 _MAX_TUPLES: Final = 256
+_MAX_SHARED_CHARS: Final = 256
+"""A finish reason is the provider's text: a long one (or many distinct ones) is not kept
+beyond its spans."""
 
 
 def _shared(value: tuple[str, ...]) -> tuple[str, ...]:
     found = _TUPLES.get(value)
     if found is not None:
         return found
-    if len(_TUPLES) < _MAX_TUPLES:
+    if len(_TUPLES) < _MAX_TUPLES and sum(map(len, value)) <= _MAX_SHARED_CHARS:
         _TUPLES[value] = value
     return value
 
