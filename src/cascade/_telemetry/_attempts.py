@@ -20,6 +20,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from ..resilience.breaker import CircuitOpen
 from . import _conventions as conventions
 from . import _semconv as sc
+from ._attributes import set_attributes
 from ._content import input_messages, output_messages, verdict_reason
 from ._context import detach, use_span
 
@@ -415,7 +416,7 @@ class AttemptTrace:
         if span is not None:
             ending = self._ending
             if ending:
-                span.set_attributes(ending)
+                set_attributes(span, ending)
             # ERROR when it failed (set by _failed). Otherwise OK under OpenInference's
             # conventions (its instrumentations set it; a lost hedge stays unset), and
             # unset under GenAI's alone, as OpenTelemetry asks of instrumentation.

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import Token
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
 from opentelemetry.trace import ProxyTracer, Span, TracerProvider
 
@@ -179,6 +181,23 @@ class Telemetry:
         deadline_s: float | None = None,
     ) -> RunTrace:
         """Start the ``cascade.run`` span (a child of the caller's current span)."""
+        found = self.begin(attempts, options, max_cost_usd=max_cost_usd, deadline_s=deadline_s)
+        if type(found) is Token:
+            return DroppedRun(found)
+        return found
+
+    def begin(
+        self,
+        attempts: list[Attempt],
+        options: RequestOptions,
+        *,
+        max_cost_usd: float | None = None,
+        deadline_s: float | None = None,
+    ) -> RunTrace | Token[Context]:
+        """:meth:`run` as the engine takes it: a run the sampler dropped, with nothing
+        else to record, is only the token of its span made current (detach it, with
+        :func:`._context.detach`, when the run ends), with no object around it: the
+        common case under head sampling."""
         if not self.enabled:
             return NOOP_RUN
         span: Span | None = None
@@ -191,14 +210,18 @@ class Telemetry:
         # whatever is traced under the run (an instrumented HTTP client) inherits the
         # decision instead of starting traces of its own.
         if not (self._via_global and getattr(trace, "_TRACER_PROVIDER", self) is None):
-            if not self._head_known:
-                self._head = head_sampler(_real_tracer(self.tracer))
-                self._head_known = True
             head = self._head
+            if head is None and not self._head_known:
+                head = self._head = head_sampler(_real_tracer(self.tracer))
+                self._head_known = True
             verdict, value = _UNDECIDED if head is None else head.decide()
             if verdict == DROP:  # the SDK's non-recording span, made current by cascade
-                if self._idle():
-                    return DroppedRun(value)
+                if (  # self._idle(), inlined: once a run, for most runs
+                    self._meter_via_global
+                    and getattr(_metrics_api, "_METER_PROVIDER", self) is None
+                    and not structlog.is_configured()
+                ):
+                    return value  # type: ignore[no-any-return]
                 return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
             if verdict == SAMPLE:
@@ -207,7 +230,7 @@ class Telemetry:
             else:
                 span = self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
             if not span.is_recording() and self._idle():
-                return DroppedRun(use_span(span))
+                return use_span(span)
         elif self._idle():
             return NOOP_RUN
         if span is not None:

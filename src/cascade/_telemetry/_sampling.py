@@ -116,7 +116,7 @@ class PresetIds(IdGenerator):
 class HeadSampler:
     """The head-sampling decision of one SDK tracer, made by cascade (see module doc)."""
 
-    __slots__ = ("_ids", "_leaves", "_preset", "_root_flags", "tracer")
+    __slots__ = ("_ids", "_leaves", "_preset", "_root", "_root_flags", "tracer")
 
     def __init__(
         self,
@@ -132,6 +132,8 @@ class HeadSampler:
         else None (the tracer's generator is ``ids``, unwrapped)."""
         self._leaves = leaves
         """By parent: none, remote sampled, remote not, local sampled, local not."""
+        self._root = leaves[0]
+        assert self._root >= _ALL_DROPPED  # else head_sampler makes no HeadSampler
         self._root_flags = _RANDOM if ids.is_trace_id_random() else _NOT_SAMPLED
 
     def decide(self) -> tuple[int, Any]:
@@ -140,22 +142,26 @@ class HeadSampler:
         trace_id)``: start the run's span with :meth:`start` (``trace_id`` 0 under a
         parent, whose trace id the SDK takes); ``(SLOW, None)``: ask ``start_span``."""
         if not self.tracer._tracer_config.is_enabled:
-            return SLOW, None  # start_span's own shortcut: the parent's context, unchanged
+            return _ASK  # start_span's own shortcut: the parent's context, unchanged
         context = current()
         parent_span = context.get(SPAN_KEY)  # type: ignore[arg-type]
         if parent_span is not None and isinstance(parent_span, Span):
             parent = parent_span.get_span_context()
             if parent is not None and parent.is_valid:  # None: a new trace, as the SDK
                 return self._child(context, parent)
-        leaf = self._leaves[0]
-        if leaf < _ALL_DROPPED:
-            return SLOW, None
-        # RandomIdGenerator's draws, inlined (the SDK draws again on a zero id)
+        # A new trace: the root's leaf is a ratio's bound or all dropped (head_sampler).
+        # RandomIdGenerator's draws, inlined (the SDK draws again on a zero id).
         trace_id = random.getrandbits(128) or self._ids.generate_trace_id()
-        if trace_id & _ID_MASK < leaf:  # TraceIdRatioBased's rule; never for -1
+        if trace_id & _ID_MASK < self._root:  # TraceIdRatioBased's rule; never for -1
             return SAMPLE, trace_id
         span_id = random.getrandbits(64) or self._ids.generate_span_id()
-        span = NonRecordingSpan(_local_context(trace_id, span_id, self._root_flags, _NO_STATE))
+        if _FAST:  # NonRecordingSpan(SpanContext(...)), without their frames and checks
+            span = _object_new(NonRecordingSpan)
+            span._context = _tuple_new(
+                SpanContext, (trace_id, span_id, False, self._root_flags, _NO_STATE, True)
+            )
+        else:  # pragma: no cover - another API version
+            span = _non_recording(_local_context(trace_id, span_id, self._root_flags, _NO_STATE))
         values = context.copy()  # set_span_in_context's copy of the current context
         values[SPAN_KEY] = span  # type: ignore[index]
         return DROP, attach(Context(values))
@@ -168,7 +174,7 @@ class HeadSampler:
         else:
             leaf = self._leaves[3 if flags.sampled else 4]
         if leaf < _ALL_DROPPED:
-            return SLOW, None
+            return _ASK
         trace_id = parent.trace_id
         if trace_id & _ID_MASK < leaf:
             return SAMPLE, 0
@@ -176,7 +182,7 @@ class HeadSampler:
         span_id = random.getrandbits(64) or self._ids.generate_span_id()
         context = _local_context(trace_id, span_id, child_flags, parent.trace_state)
         values = current.copy()
-        values[SPAN_KEY] = NonRecordingSpan(context)  # type: ignore[index]
+        values[SPAN_KEY] = _non_recording(context)  # type: ignore[index]
         return DROP, attach(Context(values))
 
     def start(self, name: str, trace_id: int, attributes: dict[str, Any] | None) -> Any:
@@ -214,10 +220,31 @@ def _checked_constructor() -> Any:
     )
 
 
+def _new_non_recording(context: SpanContext) -> Any:
+    """``NonRecordingSpan(context)`` without its ``__init__``'s frame: what it sets."""
+    span = _object_new(NonRecordingSpan)
+    span._context = context
+    return span
+
+
+def _checked_non_recording() -> Any:
+    """:func:`_new_non_recording` if it makes what ``NonRecordingSpan`` does (the same
+    instance attributes), else the class itself."""
+    context = SpanContext(7, 9, False)
+    if vars(_new_non_recording(context)) == vars(NonRecordingSpan(context)):
+        return _new_non_recording
+    return NonRecordingSpan  # pragma: no cover - another API version
+
+
+_tuple_new = tuple.__new__
+_object_new = object.__new__
 _local_context = _checked_constructor()
+_non_recording = _checked_non_recording()
+_FAST: Final = _local_context is _span_context and _non_recording is _new_non_recording
 _NO_STATE: Final = DEFAULT_TRACE_STATE
 _NOT_SAMPLED: Final = TraceFlags(TraceFlags.DEFAULT)
 _RANDOM: Final = TraceFlags(_RANDOM_FLAG or 0)
+_ASK: Final = (SLOW, None)
 _LOCK = threading.Lock()
 
 

@@ -31,6 +31,7 @@ from ._attempts import (
     TierLike,
     error_type,
 )
+from ._attributes import set_attributes
 from ._content import escalation_detail
 from ._context import detach, use_span
 from ._logs import route_record
@@ -227,18 +228,19 @@ class RunTrace:
                     sc.CASCADE_ESCALATIONS: result.escalations,
                     sc.CASCADE_TIER_PATH: _tier_path(result.attempts),
                 }
-                span.set_attributes(attrs if tel.gen_ai else conventions.without_gen_ai(attrs))
+                set_attributes(span, attrs if tel.gen_ai else conventions.without_gen_ai(attrs))
                 span.set_status(_OK)  # an answer, accepted or the best one
             elif exc is not None:
                 attempts = getattr(exc, "attempts", None) or self.attempts
-                span.set_attributes(
+                set_attributes(
+                    span,
                     {
                         sc.CASCADE_OUTCOME: "error",
                         sc.ERROR_TYPE: error_type(exc),
                         sc.CASCADE_ATTEMPTS: len(attempts),
                         sc.CASCADE_COST_USD: sum(a.cost_usd for a in attempts),
                         sc.CASCADE_TIER_PATH: _tier_path(attempts),
-                    }
+                    },
                 )
                 # A cancellation's message is often empty: the status says it was one.
                 message = str(exc)[:MAX_TEXT] or error_type(exc)

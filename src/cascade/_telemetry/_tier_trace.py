@@ -19,6 +19,7 @@ from ._attempts import (
     error_type,
     start_attempt,
 )
+from ._attributes import set_attributes
 from ._context import detach, use_span
 
 if TYPE_CHECKING:
@@ -161,7 +162,7 @@ class TierTrace:
         self._run = None  # once
         span = self.span
         if span is not None:
-            span.set_attribute(sc.CASCADE_TIER_OUTCOME, outcome)
+            set_attributes(span, {sc.CASCADE_TIER_OUTCOME: outcome})
             failed = _FAILED_TIER.get(outcome)
             if failed is not None:
                 span.set_status(Status(StatusCode.ERROR, failed))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextvars import Token
 from time import perf_counter
 from typing import Literal
 
@@ -31,6 +32,7 @@ from .._hedge import race
 from .._judge import chosen
 from .._records import RunState, best_attempt, failed_record
 from .._telemetry import Telemetry
+from .._telemetry._context import detach
 from .._telemetry._spans import NOOP_RUN
 from .._timeouts import ClockLane, TimeoutLane, expiring
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
@@ -104,12 +106,19 @@ class Engine:
         else:
             run = RunState(perf_counter(), at, sink, sink.mode == "speculative", sink.hears_all)
             sink.attach(run.attempts)
-        trace = self.telemetry.run(
+        trace = self.telemetry.begin(
             run.attempts, plan.opts, max_cost_usd=plan.budget, deadline_s=deadline
         )
         try:
             if trace is NOOP_RUN:  # nothing is traced or measured: no span to end
                 return await self._finish(run, plan)
+            if type(trace) is Token:
+                # A run the sampler dropped, with nothing else to record: its span is
+                # current while the run lasts (what runs under it inherits the decision).
+                try:
+                    return await self._finish(run, plan)
+                finally:
+                    detach(trace)
             # The run's span (a child of the caller's), ended with its routing record:
             # the trace sees the Finished event, or the error as the run leaves it.
             with trace:

@@ -1,0 +1,100 @@
+"""Attributes set on a span that is under way, as ``Span.set_attributes`` sets them, for the
+values cascade itself makes (strings, numbers, booleans, sequences of strings).
+
+The SDK's ``set_attributes`` checks every value (``_clean_attribute_value``: a type test
+or three, abstract-class checks for a sequence, a new tuple) and stores each one with a
+call of its own: a few thousand instructions an attribute, some 16 of them at the end of
+every sampled run. For the SDK's own span whose limits cannot bite (no value length limit,
+room for every attribute), cascade stores the values the SDK would have stored, in the
+same order, under the same locks: a string, number, boolean or None as it is, a list or
+tuple of strings as a tuple. Anything else (another span class, a value of another type,
+limits that would truncate or drop, an ended span, another SDK layout) goes through
+``set_attributes`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from opentelemetry.trace import Span
+
+__all__ = ["set_attributes"]
+
+try:  # the SDK's classes, compared by identity: a subclass may store otherwise
+    from opentelemetry.attributes import BoundedAttributes as _Bounded
+    from opentelemetry.sdk.trace import _Span as _SdkSpan
+except ImportError:  # pragma: no cover - no SDK, or another layout
+    _SdkSpan = None  # type: ignore[assignment,misc]
+    _Bounded = None  # type: ignore[assignment,misc]
+
+_AS_IS: Final = frozenset({str, int, float, bool, type(None)})
+"""Types the SDK's check returns unchanged (bytes too, which cascade never sets)."""
+_SEQUENCES: Final = frozenset({list, tuple})
+_STR: Final = frozenset({str})
+_TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""The sequences stored, one tuple each (a tier path, finish reasons: few distinct ones),
+so that a span waiting in a batch processor's queue holds no tuple of its own: one
+allocation less for the garbage collector to count, each, until the span is exported."""
+_MAX_TUPLES: Final = 256
+_MAX_SHARED_CHARS: Final = 256
+"""A finish reason is the provider's text: a long one (or many distinct ones) is not kept
+beyond its spans."""
+
+
+def _shared(value: tuple[str, ...]) -> tuple[str, ...]:
+    found = _TUPLES.get(value)
+    if found is not None:
+        return found
+    if len(_TUPLES) < _MAX_TUPLES and sum(map(len, value)) <= _MAX_SHARED_CHARS:
+        _TUPLES[value] = value
+    return value
+
+
+def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
+    """``span.set_attributes(attributes)``, stored directly when that stores the same."""
+    if type(span) is not _SdkSpan or not _store(span, attributes):
+        span.set_attributes(attributes)
+
+
+def _store(span: Any, attributes: Mapping[str, Any]) -> bool:
+    """Store ``attributes`` on an SDK span as its ``set_attributes`` would; False (nothing
+    stored) when that is not certain."""
+    cleaned: dict[str, Any] | None = None
+    for key, value in attributes.items():
+        if type(key) is not str or not key:
+            return False  # the SDK drops it, with a warning
+        kind = type(value)
+        if kind in _AS_IS:
+            continue
+        if kind not in _SEQUENCES or not {*map(type, value)} <= _STR:
+            return False
+        if cleaned is None:
+            cleaned = dict(attributes)
+        cleaned[key] = _shared(tuple(value))  # the SDK's copy: a tuple of the same strings
+    if cleaned is not None:
+        attributes = cleaned
+    try:
+        with span._lock:
+            if span._end_time is not None:
+                return False  # set_attributes warns, and stores nothing
+            bounded = span._attributes
+            if (
+                type(bounded) is not _Bounded
+                or bounded._immutable
+                or bounded.max_value_len is not None
+                or (
+                    bounded.maxlen is not None
+                    and len(bounded._dict) + len(attributes) > bounded.maxlen
+                )
+            ):
+                return False
+            with bounded._lock:
+                stored = bounded._dict
+                for key, value in attributes.items():
+                    if key in stored:  # as _setitem_locked: a key set again moves last
+                        del stored[key]
+                    stored[key] = value
+    except AttributeError:  # pragma: no cover - another SDK layout
+        return False
+    return True
