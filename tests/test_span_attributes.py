@@ -155,3 +155,21 @@ def test_a_long_sequence_is_not_kept() -> None:
     assert first.attributes["reasons"] is not second.attributes["reasons"]
     assert ("x" * 1000,) not in _attributes._TUPLES
     provider.shutdown()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_an_sdk_of_another_layout_gets_its_own_set_attributes(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the import-time probe finds the SDK storing values otherwise (no type it
+    stores as is), every value goes through the SDK's own ``set_attributes``."""
+    from cascade._telemetry import _attributes
+
+    monkeypatch.setattr(_attributes, "_AS_IS", frozenset())
+    monkeypatch.setattr(_attributes, "_store", None)  # would raise if it were reached
+    theirs, ours, provider = spans()
+    for attrs in CASES[case]:
+        theirs.set_attributes(attrs)
+        set_attributes(ours, attrs)
+    assert stored(ours) == stored(theirs)
+    provider.shutdown()

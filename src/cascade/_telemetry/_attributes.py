@@ -28,8 +28,34 @@ except ImportError:  # pragma: no cover - no SDK, or another layout
     _SdkSpan = None  # type: ignore[assignment,misc]
     _Bounded = None  # type: ignore[assignment,misc]
 
-_AS_IS: Final = frozenset({str, int, float, bool, type(None)})
-"""Types the SDK's check returns unchanged (bytes too, which cascade never sets)."""
+
+def _as_is() -> frozenset[type]:
+    """The value types the installed SDK stores unchanged, found by storing one of each
+    in its own ``BoundedAttributes`` (an SDK that drops None, as some did, keeps it out:
+    then such a value goes through ``set_attributes``); nothing when its layout is not
+    the one :func:`_store` writes into."""
+    if _Bounded is None:  # pragma: no cover - no SDK
+        return frozenset()
+    try:
+        probe = _Bounded(immutable=False)
+        samples: dict[str, Any] = {"s": "x", "i": 1, "f": 1.5, "b": True, "n": None}
+        for key, value in samples.items():
+            probe[key] = value
+        kept = {type(v) for k, v in samples.items() if k in probe._dict and probe._dict[k] is v}
+        probe["t"] = ["a", "b"]
+        if probe._dict.get("t") != ("a", "b") or type(probe._lock).__name__ not in (
+            "lock",
+            "RLock",
+        ):
+            return frozenset()
+    except Exception:  # pragma: no cover - another SDK layout
+        return frozenset()
+    return frozenset(kept)
+
+
+_AS_IS: Final = _as_is()
+"""Types the SDK's check returns unchanged (bytes too, which cascade never sets); empty
+when its layout is not the expected one (every value then goes through ``set_attributes``)."""
 _SEQUENCES: Final = frozenset({list, tuple})
 _STR: Final = frozenset({str})
 _TUPLES: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -53,7 +79,7 @@ def _shared(value: tuple[str, ...]) -> tuple[str, ...]:
 
 def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
     """``span.set_attributes(attributes)``, stored directly when that stores the same."""
-    if type(span) is not _SdkSpan or not _store(span, attributes):
+    if type(span) is not _SdkSpan or not _AS_IS or not _store(span, attributes):
         span.set_attributes(attributes)
 
 
