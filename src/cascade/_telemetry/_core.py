@@ -230,7 +230,10 @@ class Telemetry:
             else:
                 span = self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
             if not span.is_recording() and self._idle():
-                return use_span(span)
+                token = use_span(span)
+                # The engine knows a dropped run by its contextvars Token; another runtime
+                # context's token (OTEL_PYTHON_CONTEXT) comes in the object that detaches it.
+                return token if type(token) is Token else DroppedRun(token)
         elif self._idle():
             return NOOP_RUN
         if span is not None:
