@@ -3,10 +3,12 @@ attributes stored on the SDK's span directly): cases its own tests left out."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +122,34 @@ def test_a_dropped_run_under_another_runtime_context(tmp_path: Path) -> None:
     # dropped: no span exported, a valid unsampled span current under the run
     assert dropped.split()[1:] == ["0", "True", "False"]
     assert sampled.split()[1:] == ["3", "True", "True"]
+
+
+def test_the_import_time_probe_logs_nothing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's attribute store is probed when cascade is imported; an SDK that drops a
+    None value with a warning (opentelemetry-sdk 1.39, the oldest cascade supports) is
+    probed without that warning reaching the application's logs (with no logging set up,
+    Python printed it on stderr: every ``import cascade``, every ``cascade`` command), and
+    None then goes through ``set_attributes``."""
+    from opentelemetry.attributes import BoundedAttributes
+
+    from cascade._telemetry import _attributes
+
+    class Bounded(BoundedAttributes):  # stores a value as opentelemetry-api 1.39 does
+        def __setitem__(self, key: str, value: Any) -> None:
+            if value is None:
+                logging.getLogger(__name__).warning(
+                    "Invalid type NoneType for attribute %r value.", key
+                )
+                return
+            super().__setitem__(key, value)
+
+    monkeypatch.setattr(_attributes, "_Bounded", Bounded)
+    with caplog.at_level(logging.DEBUG):
+        kept = _attributes._as_is()
+    assert [r.getMessage() for r in caplog.records] == []
+    assert str in kept and type(None) not in kept
+    # the probe's filter is gone: the logger's own warnings are logged again
+    logging.getLogger(__name__).warning("after")
+    assert [r.getMessage() for r in caplog.records] == ["after"]

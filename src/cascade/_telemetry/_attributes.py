@@ -14,6 +14,8 @@ limits that would truncate or drop, an ended span, another SDK layout) goes thro
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -36,6 +38,15 @@ def _as_is() -> frozenset[type]:
     the one :func:`_store` writes into."""
     if _Bounded is None:  # pragma: no cover - no SDK
         return frozenset()
+    # An SDK that drops None says so in a warning (1.39 does): the probe's own, kept out
+    # of the application's logs (with no logging set up, Python prints it on stderr).
+    log = logging.getLogger(_Bounded.__module__)
+    ident = threading.get_ident()
+
+    def others(record: logging.LogRecord) -> bool:
+        return record.thread not in (ident, None)
+
+    log.addFilter(others)
     try:
         probe = _Bounded(immutable=False)
         samples: dict[str, Any] = {"s": "x", "i": 1, "f": 1.5, "b": True, "n": None}
@@ -50,6 +61,8 @@ def _as_is() -> frozenset[type]:
             return frozenset()
     except Exception:  # pragma: no cover - another SDK layout
         return frozenset()
+    finally:
+        log.removeFilter(others)
     return frozenset(kept)
 
 
