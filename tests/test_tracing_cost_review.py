@@ -153,3 +153,28 @@ def test_the_import_time_probe_logs_nothing(
     # the probe's filter is gone: the logger's own warnings are logged again
     logging.getLogger(__name__).warning("after")
     assert [r.getMessage() for r in caplog.records] == ["after"]
+
+
+def test_a_non_recording_span_with_slots_falls_back_to_its_class(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The import-time check of the inlined ``NonRecordingSpan(context)`` falls back to the
+    class itself for an API whose span keeps its context in a slot (no instance dict),
+    rather than failing ``import cascade`` with vars()'s TypeError."""
+    from opentelemetry.trace import SpanContext
+
+    from cascade._telemetry import _sampling
+
+    class Slotted:  # NonRecordingSpan as an API with __slots__ throughout would make it
+        __slots__ = ("_context",)
+
+        def __init__(self, context: SpanContext) -> None:
+            self._context = context
+
+        def get_span_context(self) -> SpanContext:
+            return self._context
+
+    monkeypatch.setattr(_sampling, "NonRecordingSpan", Slotted)
+    made = _sampling._checked_non_recording()
+    span = made(SpanContext(7, 9, False))
+    assert type(span) is Slotted and span.get_span_context() == SpanContext(7, 9, False)

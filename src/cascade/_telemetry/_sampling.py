@@ -231,9 +231,11 @@ def _checked_non_recording() -> Any:
     """:func:`_new_non_recording` if it makes what ``NonRecordingSpan`` does (the same
     instance attributes), else the class itself."""
     context = SpanContext(7, 9, False)
-    if vars(_new_non_recording(context)) == vars(NonRecordingSpan(context)):
-        return _new_non_recording
-    return NonRecordingSpan  # pragma: no cover - another API version
+    try:
+        same = vars(_new_non_recording(context)) == vars(NonRecordingSpan(context))
+    except (TypeError, AttributeError):  # no instance dict (slots): another API version
+        same = False
+    return _new_non_recording if same else NonRecordingSpan
 
 
 _tuple_new = tuple.__new__
