@@ -19,6 +19,7 @@ from cascade.testing import FakeOpenAIServer, Reply
 from cascade.validators import CodeCompilesValidator
 
 from .helpers import USER, provider, tier
+from .leaks import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -251,8 +252,13 @@ async def test_a_cancelled_check_kills_the_compiler_and_cleans_up(tmp_path: Path
     """,
     )
     v = CodeCompilesValidator(language="python", command=[compiler, "{file}"], sandbox="off")
-    with pytest.raises(TimeoutError):  # as a run's deadline cancels it
-        await asyncio.wait_for(v.validate(completion("print(1)"), CTX), 0.5)
+    check = asyncio.create_task(v.validate(completion("print(1)"), CTX))
+    # cancelled once the compiler runs (its interpreter can take over 0.5 s to start on a
+    # loaded machine: a fixed timeout then cancelled it before it wrote a thing)
+    await eventually(lambda: seen.exists() and bool(seen.read_text()), "the compiler", within_s=30)
+    check.cancel()  # as a run's deadline cancels it
+    with pytest.raises(asyncio.CancelledError):
+        await check
     pid, cwd = seen.read_text().split()
     assert not _alive(int(pid)) and not Path(cwd).exists()
     assert "running 0/4" in repr(v)
