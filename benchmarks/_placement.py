@@ -4,11 +4,12 @@ them; and a probe of what a wake-up across CPUs costs on this machine.
 On the 2-vCPU KVM guests these benchmarks run on, a process woken on the other vCPU waits
 for the hypervisor to run that vCPU again: :func:`wakeup_probe` measures a loopback round
 trip between two processes, with a pause between calls as at concurrency 1 through a
-proxy, at 40-50 us on one CPU and 700-900 us across two. A proxy adds two such wake-ups
-to every call, so unpinned, a do-nothing aiohttp proxy's added latency moves between 0.5
-and 1.3 ms with the host's load. With every process on one CPU, a call's latency is the
-CPU time on its path (the proxy's whole work per request included: the client cannot run
-until the proxy yields the CPU) and no hypervisor wake-up.
+proxy, at 25-55 us on one CPU and 0.1-1.3 ms across two (most when the other vCPU
+idles). A proxy adds two such wake-ups to every call, so unpinned, a do-nothing aiohttp
+proxy's added latency moves between 0.5 and 1.3 ms with the host's load. With every
+process on one CPU, a call's latency is the CPU time on its path and no hypervisor
+wake-up; what a proxy does after its answer runs once the client has its answer, and
+:func:`let_others_run` lets it run, untimed, before the next call.
 
 Linux only (``os.sched_setaffinity``); elsewhere :func:`one_cpu` returns ``None`` and
 nothing is pinned.

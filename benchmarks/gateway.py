@@ -17,8 +17,9 @@ on the other vCPU waits for the hypervisor, 0.1-1.3 ms here (most when that vCPU
 against 0.04 ms on one CPU (the run prints its own probe of this, see ``_placement.py``),
 and any proxy adds two such wake-ups per call, so unpinned figures measure the host's load
 more than the proxy. On one CPU a call's latency is the CPU time on its path; the client
-yields the CPU before each timed call, so that what a proxy does after its answer is
-charged to that proxy's call, not to the next target's. The c=64 phases use every CPU.
+yields the CPU before each timed call, so that what a proxy does after its answer runs
+untimed between calls, not inside the next target's call (it is a cost in throughput,
+which the c=64 phases measure). The c=64 phases use every CPU.
 
 Concurrency 1, interleaved: call by call, the fleet direct, a bare aiohttp proxy
 (``_bare_proxy.py``: one more loopback hop through aiohttp's server and client, nothing
