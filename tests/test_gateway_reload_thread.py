@@ -21,6 +21,7 @@ from cascade.testing import FakeOpenAIServer
 
 from .gateway import serving, write_config
 from .helpers import provider, tier
+from .leaks import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -70,18 +71,20 @@ async def test_reloads_apply_in_the_order_they_came(
         assert gateway.rebuild is not None
         rebuild = gateway.rebuild
         release = threading.Event()
+        building = threading.Event()
 
         def gated(fresh: LoadedConfig) -> Generation:
             if fresh.gateway.routes and fresh.gateway.routes[0].name == "slow":
+                building.set()
                 assert release.wait(10)
             return rebuild(fresh)
 
         gateway.rebuild = gated
         async with anyio.create_task_group() as tg:
             tg.start_soon(_reload, gateway, str(slow))
-            await anyio.sleep(0.05)
+            await eventually(building.is_set, "the slow build under way")
             tg.start_soon(_reload, gateway, str(fast))
-            await anyio.sleep(0.05)
+            await eventually(lambda: gateway.reload_waiting, "the fast reload waiting")
             release.set()
         assert [r.name for r in gateway.generation.routes] == ["fast"]
 
