@@ -48,6 +48,13 @@ def small_window() -> socket.socket:
     return sock
 
 
+async def ask_for_the_listing(sock: socket.socket, port: int) -> None:
+    """Connect ``sock`` to the gateway on ``port`` and send ``GET /v1/models``."""
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+
+
 def access_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if e["event"] == "gateway.request"]
 
@@ -59,11 +66,9 @@ async def test_a_listing_the_client_never_reads_is_logged_499(
     config = many_models(openai_server.url, write_timeout_s=0.3)
     with capture_logs() as logs:
         async with serving(write_config(tmp_path / "c.toml", config)) as gw:
-            loop = asyncio.get_running_loop()
             sock = small_window()
             try:
-                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
-                await loop.sock_sendall(sock, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                await ask_for_the_listing(sock, gw.port)
                 # nothing read: write_timeout_s later the gateway cuts the connection
                 await eventually(lambda: bool(access_lines(logs)), "the access line", within_s=20)
             finally:
@@ -81,8 +86,7 @@ async def test_a_client_reset_while_its_listing_is_written_gets_one_line(
             loop = asyncio.get_running_loop()
             sock = small_window()
             try:
-                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
-                await loop.sock_sendall(sock, b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                await ask_for_the_listing(sock, gw.port)
                 assert await asyncio.wait_for(loop.sock_recv(sock, 1), 10)  # being written
             finally:
                 # SO_LINGER 0: the close is a reset, in the middle of the listing
