@@ -6,8 +6,8 @@ in-flight slot and has no body read) -> an in-flight slot -> the body read withi
 its route found by ``model`` and admitted by the key gate (``_gate.py``; an unknown
 model's 404 only after that) -> for a JSON answer, run in the handler's own task, the
 response sent as the run hands over its result (``ResultSink``); for SSE, run as a stream
-(buffered unless the route is speculative), sent as the events come -> the gate settles
-what was spent, also when the client left or the run failed. A client that disconnects
+(buffered unless the route is speculative), sent as the events come (``_sse.py``) -> the
+gate settles what was spent, also when the client left or the run failed. A client that disconnects
 cancels the handler (``handler_cancellation``), which cancels the run (or leaves the
 ``async with`` of the stream) and so the upstream call at once; a client that stops
 reading is cut off the same way once one write waited ``write_timeout_s`` (the
@@ -23,8 +23,7 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncGenerator
-from contextlib import AbstractContextManager, aclosing, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -34,10 +33,9 @@ from aiohttp import web
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from .._errors import CascadeError, InputError
+from .._errors import InputError
 from .._telemetry._logs import emit
-from .._types import Result
-from ..engine import Delta, Event, Failed, Finished, Stream
+from ..engine import Failed, Finished, Stream
 from ..engine._core import Plan
 from ..engine._stream import ResultSink
 from ._errors import GatewayError, from_run_error, internal_error
@@ -47,12 +45,11 @@ from ._respond import (
     ClientGone,
     abandon,
     error_response,
-    header_value,
     result_headers,
-    run_headers,
     send,
 )
 from ._routes import Route
+from ._sse import sse_answer
 from ._wire import GatewayRequest, RunInfo, WireFormat
 
 if TYPE_CHECKING:
@@ -70,17 +67,6 @@ LOGGED = web.RequestKey("cascade_logged", bool)
 _propagator = TraceContextTextMapPropagator()
 _UNTRACED = nullcontext(INVALID_SPAN)
 """A request's span when it gets none (``Gateway.traced``): its attributes go nowhere."""
-_MAX_PENDING = 64
-"""Most rendered events held for one write (the stream holds at most ~8 KiB of text)."""
-
-
-@dataclass(eq=False)
-class _Seen:
-    """What the app saw of a run's events on their way to the wire format."""
-
-    first: Delta | None = None
-    result: Result | None = None
-    error: CascadeError | None = None
 
 
 @dataclass(eq=False)
@@ -324,7 +310,7 @@ async def _serve(
                 return answered[0]
             runs = stream = _start(gateway, route, req, wire)
             async with stream:
-                return await _sse(request, wire, stream, route, req, info, access, timeout_s)
+                return await sse_answer(request, wire, stream, route, req, info, access, timeout_s)
         finally:
             attempts = runs.attempts if runs is not None else ()
             access.cost_usd = sum(a.cost_usd for a in attempts)
@@ -398,134 +384,3 @@ async def _json(
     await send(request, response, last=True, timeout_s=timeout_s)
     access.sent = True
     return response
-
-
-async def _sse(
-    request: web.Request,
-    wire: WireFormat,
-    stream: Stream,
-    route: Route,
-    req: GatewayRequest,
-    info: RunInfo,
-    access: _Access,
-    timeout_s: float,
-) -> web.StreamResponse:
-    seen = _Seen()
-    response: web.StreamResponse | None = None
-    pending: list[bytes] = []  # rendered, not yet written
-    try:
-        # Both generators closed here: a format's generator returns at the run's last
-        # event, and a ``_tap`` left suspended would be closed by the garbage collector's
-        # hook, through the loop's self-pipe (a syscall and a wake-up more per request).
-        async with (
-            aclosing(_tap(stream, seen)) as events,
-            aclosing(wire.sse(events, req, info)) as chunks,
-        ):
-            async for data in chunks:
-                pending.append(data)
-                if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
-                    continue  # more is ready (or this is the end): one write for all of it
-                if response is None:
-                    response = _prepare(stream, route, seen, info, access)
-                await _write(request, response, pending, timeout_s)
-    except GatewayError as exc:
-        # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
-        # the stream ends with that error, and leaving the ``async with`` cancels the run.
-        if response is None:
-            raise
-        seen.error = exc
-    if seen.result is not None:
-        access.tier, access.model = seen.result.tier, seen.result.model
-    error = None
-    if seen.error is not None:
-        error = from_run_error(seen.error)
-    elif seen.result is None:
-        error = internal_error()  # the stream ended without its last event: never a success
-    if error is not None:
-        access.error = error.code or error.type
-        if response is None:
-            raise error  # nothing sent yet: an error status, as for JSON
-        pending.append(wire.sse_error(error))  # the status (200) is sent already
-    if response is None:
-        response = _prepare(stream, route, seen, info, access)
-    await _write(request, response, pending, timeout_s, last=True)
-    access.sent = True
-    return response
-
-
-def _prepare(
-    stream: Stream, route: Route, seen: _Seen, info: RunInfo, access: _Access
-) -> web.StreamResponse:
-    """The stream's response, its headers as they stand now; its status line and headers
-    go out with its first write (``_write``: one ``send``)."""
-    headers = _sse_headers(stream, route, seen)
-    if info.trace_id is not None:
-        headers["x-cascade-trace-id"] = info.trace_id
-    response = _EventStream(headers=headers)
-    access.response = response
-    return response
-
-
-class _EventStream(web.StreamResponse):
-    """A stream whose status line and headers go out with its first bytes, in one
-    write (as aiohttp's ``web.Response`` sends them): ``prepare`` is always followed by a
-    write here, and two writes would wake the client twice (two TCP segments)."""
-
-    # aiohttp 3.14 reads it in prepare() (a version without it sends them at once).
-    _send_headers_immediately = False
-
-
-async def _write(
-    request: web.Request,
-    response: web.StreamResponse,
-    pending: list[bytes],
-    timeout_s: float,
-    *,
-    last: bool = False,
-) -> None:
-    """Write ``pending``; a client that stopped reading raises ``ClientGone``, which
-    leaving the stream turns into the run cancelled."""
-    data = b"".join(pending)
-    pending.clear()
-    await send(request, response, data, last=last, timeout_s=timeout_s)
-
-
-async def _tap(stream: Stream, seen: _Seen) -> AsyncGenerator[Event, None]:
-    """The run's events for the wire format, noting the first text and the end; the
-    ``Failed`` event ends the iteration instead (the app renders the error)."""
-    async for event in stream:
-        kind = type(event)
-        if kind is Delta:
-            if seen.first is None:
-                seen.first = event  # type: ignore[assignment]
-        elif kind is Finished:
-            seen.result = event.result  # type: ignore[union-attr]
-        elif kind is Failed:
-            seen.error = event.error  # type: ignore[union-attr]
-            return
-        yield event
-
-
-def _sse_headers(stream: Stream, route: Route, seen: _Seen) -> dict[str, str]:
-    """A stream's headers, sent with its first bytes. Buffered, the first text comes once
-    its answer was accepted (every attempt is then made): the headers are final.
-    Speculative, they are not known yet: only the last chunk's ``cascade`` field says."""
-    headers = {
-        "Content-Type": "text/event-stream",
-        "Cache-Control": "no-cache",
-        "X-Accel-Buffering": "no",  # a proxy in front (nginx) passes each event on at once
-        "x-cascade-mode": stream.mode,
-    }
-    if seen.result is not None:
-        return headers | result_headers(route_name=route.name, result=seen.result)
-    first = seen.first
-    if stream.mode == "buffered" and first is not None:
-        attempts = stream.attempts
-        model = next((a.model for a in reversed(attempts) if a.provider == first.provider), "")
-        tier_name = next((a.tier_name for a in attempts if a.tier == first.tier), "")
-        headers |= run_headers(
-            route.name, tier=first.tier, tier_name=tier_name, model=model, attempts=attempts
-        )
-    else:
-        headers["x-cascade-route"] = header_value(route.name)
-    return headers
