@@ -20,7 +20,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from ..resilience.breaker import CircuitOpen
 from . import _conventions as conventions
 from . import _semconv as sc
-from ._attributes import set_attributes
+from ._attributes import end_span, set_attributes
 from ._content import input_messages, output_messages, verdict_reason
 from ._context import detach, use_span
 
@@ -185,7 +185,7 @@ def start_attempt(
             attrs.update(conventions.input_attributes(prompt))
     if not info.gen_ai:
         attrs = conventions.without_gen_ai(attrs)
-    span = tel.tracer.start_span(info.span_name, kind=SpanKind.CLIENT, attributes=attrs)
+    span = tel.start_span(info.span_name, SpanKind.CLIENT, attrs)
     # Current while it lasts, so samples drawn during validation (and any instrumented
     # HTTP client) nest under it.
     token = use_span(span)
@@ -430,7 +430,7 @@ class AttemptTrace:
             if self._token is not None:
                 detach(self._token)
                 self._token = None
-            span.end()
+            end_span(span)
 
 
 NOOP_ATTEMPT = AttemptTrace(None, None, None, None)

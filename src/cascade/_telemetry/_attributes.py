@@ -21,14 +21,22 @@ from typing import Any, Final
 
 from opentelemetry.trace import Span
 
-__all__ = ["set_attributes"]
+from ._sampling import blind_to_attributes
+
+__all__ = ["end_span", "quiet_start", "set_attributes"]
 
 try:  # the SDK's classes, compared by identity: a subclass may store otherwise
     from opentelemetry.attributes import BoundedAttributes as _Bounded
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor as _Processors
+    from opentelemetry.sdk.trace import Tracer as _SdkTracer
     from opentelemetry.sdk.trace import _Span as _SdkSpan
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.util import BoundedList as _BoundedList
 except ImportError:  # pragma: no cover - no SDK, or another layout
+    _Processors = _SdkTracer = BatchSpanProcessor = SimpleSpanProcessor = None  # type: ignore[assignment,misc]
     _SdkSpan = None  # type: ignore[assignment,misc]
     _Bounded = None  # type: ignore[assignment,misc]
+    _BoundedList = None  # type: ignore[assignment,misc]
 
 
 def _as_is() -> frozenset[type]:
@@ -137,3 +145,118 @@ def _store(span: Any, attributes: Mapping[str, Any]) -> bool:
     except AttributeError:  # pragma: no cover - another SDK layout
         return False
     return True
+
+
+_logger = logging.getLogger("opentelemetry.sdk.trace")
+
+
+class _Ended(tuple):  # type: ignore[type-arg]
+    """No events, or no links, of a span about to end: what the SDK's ended span reads
+    (a sequence, no ``dropped`` count) without an empty list of its own per span."""
+
+    __slots__ = ()
+
+    def append(self, item: object) -> None:
+        # only between its swap and ``end`` (another thread adding to the span): the
+        # SDK's answer to adding to an ended span
+        _logger.warning("Tried calling %s on an ended span.", "append")
+
+
+_NONE: Final = _Ended()
+
+
+def _lists() -> bool:
+    """Whether the installed SDK's ended span reads ``_NONE`` as no events and no links
+    (as it reads its own empty lists); when not, spans end with their lists."""
+    if _BoundedList is None:  # pragma: no cover - no SDK
+        return False
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import ReadableSpan
+
+        probe = ReadableSpan("probe", resource=Resource.get_empty(), events=_NONE, links=_NONE)
+        return (
+            probe.events == ()
+            and probe.links == ()
+            and probe.dropped_events == 0
+            and probe.dropped_links == 0
+        )
+    except Exception:  # pragma: no cover - another SDK layout
+        return False
+
+
+_LISTS: Final = _lists()
+
+
+def _empty(found: object) -> bool:
+    return type(found) is _BoundedList and not found._dq and not found.dropped  # type: ignore[attr-defined]
+
+
+def end_span(span: Span, end_time: int | None = None) -> None:
+    """``span.end(end_time)``; an SDK span with no events and no links first drops its
+    two empty lists (each a list, a deque and a lock, all counted by the garbage
+    collector), so the span that waits in a batch processor's queue holds 6 collected
+    objects fewer: fewer young collections at a high rate of sampled runs."""
+    if type(span) is _SdkSpan and _LISTS:
+        try:
+            with span._lock:
+                if span._end_time is None and _empty(span._events) and _empty(span._links):
+                    span._events = span._links = _NONE
+        except AttributeError:  # pragma: no cover - another SDK layout
+            pass
+    span.end(end_time)
+
+
+class _Untouchable:
+    """A span no ``on_start`` may look at: any attribute read is noted."""
+
+    touched = False
+
+    def __getattribute__(self, name: str) -> Any:
+        type(self).touched = True
+        raise AttributeError(name)
+
+
+def _blind_processors(kinds: tuple[Any, ...] | None = None) -> frozenset[type]:
+    """Those of ``kinds`` (by default the SDK's batch and simple span processors) whose
+    ``on_start`` does nothing: found by calling it with a processor and a span it must not
+    touch."""
+    if kinds is None:
+        if _Processors is None:  # pragma: no cover - no SDK
+            return frozenset()
+        kinds = (BatchSpanProcessor, SimpleSpanProcessor)
+    blind: set[type] = set()
+    for kind in kinds:
+        _Untouchable.touched = False
+        probe = _Untouchable()
+        try:
+            kind.on_start(probe, probe)
+        except Exception:  # noqa: S112 - it touched something: not blind
+            continue
+        if not _Untouchable.touched:
+            blind.add(kind)
+    return frozenset(blind)
+
+
+_BLIND_PROCESSORS: Final = _blind_processors()
+
+
+def quiet_start(tracer: Any) -> bool:
+    """Whether nothing sees a span's attributes when ``tracer`` starts it: an SDK tracer
+    whose span processors are all the SDK's batch or simple ones (their ``on_start`` does
+    nothing; anything else may read the span) and whose sampler is one of the SDK's own
+    (which decide without the attributes, and hand them on as given: see
+    :func:`._sampling.blind_to_attributes`). Then a span can start with none and get them
+    through :func:`set_attributes`: for the values cascade sets, one store instead of the
+    SDK's check of each value (about 40k instructions for a call span's nine)."""
+    if _Processors is None or type(tracer) is not _SdkTracer:
+        return False
+    try:
+        processor = tracer.span_processor
+        return (
+            type(processor) is _Processors
+            and all(type(p) in _BLIND_PROCESSORS for p in processor._span_processors)
+            and blind_to_attributes(tracer.sampler)
+        )
+    except AttributeError:  # pragma: no cover - another SDK layout
+        return False

@@ -20,11 +20,12 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
-from opentelemetry.trace import ProxyTracer, Span, TracerProvider
+from opentelemetry.trace import ProxyTracer, Span, SpanKind, TracerProvider
 
 from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
+from ._attributes import quiet_start, set_attributes
 from ._context import use_span
 from ._metrics import Instruments, instruments_for
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
@@ -65,6 +66,7 @@ class Telemetry:
         "_head_known",
         "_meter_via_global",
         "_providers",
+        "_quiet",
         "_via_global",
         "capture_content",
         "enabled",
@@ -108,6 +110,9 @@ class Telemetry:
         self._breakers: Callable[[], Mapping[str, Any]] = dict
         self._head: HeadSampler | None = None
         self._head_known = False
+        self._quiet: tuple[Any, Any, bool] = (None, None, False)
+        """:func:`._attributes.quiet_start` of the tracer, for its span processors (the
+        provider's tuple of them, replaced when one is added) and sampler."""
         """Head sampling cascade decides itself (see :mod:`._sampling`): looked up at the
         first traced run (through the global API, the SDK may be set up after this)."""
 
@@ -224,11 +229,15 @@ class Telemetry:
                     return value  # type: ignore[no-any-return]
                 return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
+            later = attrs is not None and self.quiet_start()
             if verdict == SAMPLE:
                 assert head is not None
-                span = head.start(sc.SPAN_RUN, value, attrs)  # INTERNAL
-            else:
-                span = self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
+                span = head.start(sc.SPAN_RUN, value, None if later else attrs)  # INTERNAL
+            else:  # INTERNAL
+                span = self.tracer.start_span(sc.SPAN_RUN, attributes=None if later else attrs)
+            if later:
+                assert attrs is not None
+                set_attributes(span, attrs)
             if not span.is_recording() and self._idle():
                 token = use_span(span)
                 # The engine knows a dropped run by its contextvars Token; another runtime
@@ -243,6 +252,30 @@ class Telemetry:
             if not span.is_recording():
                 span = None
         return RunTrace(self, span, token, attempts, options)
+
+    def start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> Span:
+        """``self.tracer.start_span(name, kind=kind, attributes=attributes)``, the
+        attributes stored after the start when nothing sees them at it (:meth:`quiet_start`)."""
+        if self.quiet_start():
+            span = self.tracer.start_span(name, kind=kind)
+            set_attributes(span, attributes)
+            return span
+        return self.tracer.start_span(name, kind=kind, attributes=attributes)
+
+    def quiet_start(self) -> bool:
+        """Whether nothing sees a span's attributes at its start (see :func:`quiet_start`
+        in :mod:`._attributes`); looked up again when the tracer's processors change."""
+        tracer = _real_tracer(self.tracer)
+        try:
+            processors, sampler = tracer.span_processor._span_processors, tracer.sampler
+        except AttributeError:  # not the SDK's
+            return False
+        known = self._quiet
+        if known[0] is processors and known[1] is sampler:
+            return known[2]
+        quiet = quiet_start(tracer)
+        self._quiet = (processors, sampler, quiet)
+        return quiet
 
     def _run_attributes(
         self, options: RequestOptions, max_cost_usd: float | None, deadline_s: float | None

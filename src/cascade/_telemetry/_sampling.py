@@ -28,7 +28,15 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
 
 from ._context import SPAN_KEY, attach, current
 
-__all__ = ["DROP", "SAMPLE", "SLOW", "HeadSampler", "PresetIds", "head_sampler"]
+__all__ = [
+    "DROP",
+    "SAMPLE",
+    "SLOW",
+    "HeadSampler",
+    "PresetIds",
+    "blind_to_attributes",
+    "head_sampler",
+]
 
 try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
     from opentelemetry.sdk.trace import Tracer as _SdkTracer
@@ -277,6 +285,23 @@ def head_sampler(tracer: Any) -> HeadSampler | None:
     except AttributeError:  # pragma: no cover - another SDK layout
         return None
     return HeadSampler(tracer, inner, preset, leaves)
+
+
+def blind_to_attributes(sampler: Any) -> bool:
+    """Whether ``sampler`` is made of the SDK's own samplers alone, which decide without a
+    span's attributes and hand them on unchanged (a RECORD_ONLY static one too)."""
+    if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
+        return all(
+            _leaf(s) != SLOW or type(s) is StaticSampler
+            for s in (
+                sampler._root,
+                sampler._remote_parent_sampled,
+                sampler._remote_parent_not_sampled,
+                sampler._local_parent_sampled,
+                sampler._local_parent_not_sampled,
+            )
+        )
+    return _leaf(sampler) != SLOW or type(sampler) is StaticSampler
 
 
 def _leaves(sampler: Any) -> tuple[int, int, int, int, int] | None:

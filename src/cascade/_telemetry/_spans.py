@@ -31,7 +31,7 @@ from ._attempts import (
     TierLike,
     error_type,
 )
-from ._attributes import set_attributes
+from ._attributes import end_span, set_attributes
 from ._content import escalation_detail
 from ._context import detach, use_span
 from ._logs import route_record
@@ -199,9 +199,7 @@ class RunTrace:
         }
         if tel.openinference:
             attrs.update(conventions.CHAIN)
-        span = tel.tracer.start_span(
-            f"{sc.SPAN_TIER} {tier.name}", kind=SpanKind.INTERNAL, attributes=attrs
-        )
+        span = tel.start_span(f"{sc.SPAN_TIER} {tier.name}", SpanKind.INTERNAL, attrs)
         return TierTrace(self, tier, span, use_span(span) if current else None)
 
     def finish(self, exc: BaseException | None = None) -> None:
@@ -246,7 +244,7 @@ class RunTrace:
                 message = str(exc)[:MAX_TEXT] or error_type(exc)
                 span.set_status(Status(StatusCode.ERROR, message))
             self._detach()
-            span.end(self._ended_ns)
+            end_span(span, self._ended_ns)
         if not structlog.is_configured():
             return  # unconfigured structlog prints to stdout: see _logs.py
         try:

@@ -19,7 +19,7 @@ from ._attempts import (
     error_type,
     start_attempt,
 )
-from ._attributes import set_attributes
+from ._attributes import end_span, set_attributes
 from ._context import detach, use_span
 
 if TYPE_CHECKING:
@@ -171,7 +171,7 @@ class TierTrace:
             if self._token is not None:
                 detach(self._token)
                 self._token = None
-            span.end()
+            end_span(span)
 
 
 NOOP_TIER = TierTrace(None, None, None, None)
