@@ -170,3 +170,46 @@ async def test_a_chat_refusal_the_client_never_reads_is_logged_499(
     statuses = [e["status"] for e in access_lines(logs)]
     assert statuses[-1] == 499
     assert set(statuses[:-1]) == {401}
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_a_reset_while_a_bug_ends_a_stream_gets_its_line(
+    openai_server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug after a stream's first bytes ends it with the error event; a client that
+    resets while that event waits behind unread bytes is logged 499, not left out."""
+    from cascade.gateway import _sse
+
+    async def buggy(request: Any, response: Any, data: bytes, **_: Any) -> None:
+        await response.prepare(request)  # its status line goes with the first bytes
+        request.transport.write(b"x" * 8_000_000)  # more than the socket buffers hold
+        raise RuntimeError("a bug after the first bytes")
+
+    monkeypatch.setattr(_sse, "send", buggy)
+    openai_server.default = "42"
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    body = b'{"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+            loop = asyncio.get_running_loop()
+            sock = small_window()
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+                head = (
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                )
+                await loop.sock_sendall(sock, head.encode() + body)
+                assert await asyncio.wait_for(loop.sock_recv(sock, 1), 10)  # being written
+                await eventually(
+                    lambda: any(e["event"] == "gateway.internal_error" for e in logs), "the bug"
+                )
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+                sock.close()
+            await eventually(lambda: gw.gateway.in_flight == 0, "nothing in flight")
+            await eventually(lambda: bool(access_lines(logs)), "the access line", within_s=20)
+    lines = access_lines(logs)
+    assert [(e["path"], e["status"], e.get("error")) for e in lines] == [
+        ("/v1/chat/completions", 499, "internal_error")
+    ]

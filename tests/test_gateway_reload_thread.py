@@ -185,6 +185,56 @@ async def test_a_reload_still_to_come_when_the_gateway_drains_is_not_applied(
     assert "gateway.reloaded" not in [e["event"] for e in logs]
 
 
+async def test_a_build_abandoned_by_sigterm_is_not_waited_for(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGTERM cancels the build under way (``reload_build``): the reload returns while the
+    build is still blocked in its thread, swaps nothing in and says so."""
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        gated = Gated(gateway.rebuild)
+        gateway.rebuild = gated
+        write_config(path, config_for(openai_server.url, "late"))
+        with capture_logs() as logs:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_reload, gateway, str(path))
+                    await anyio.to_thread.run_sync(gated.started.wait, 10)
+                    assert gateway.reload_build is not None
+                    gateway.draining = True  # what SIGTERM does, then:
+                    gateway.reload_build.cancel()
+                assert not gated.release.is_set()  # the build still waits in its thread
+                assert gateway.reload_build is None
+                assert not gateway.reloading.locked()
+            finally:
+                gated.release.set()
+        assert [r.name for r in gateway.generation.routes] == ["start"]
+    assert [e["event"] for e in logs] == ["gateway.reload_abandoned"]
+
+
+async def test_a_reload_cancelled_from_outside_is_cancelled(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Only the build's own cancellation (SIGTERM's) ends a reload quietly: the reload's
+    task cancelled (its task group's) still ends cancelled."""
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        gated = Gated(gateway.rebuild)
+        gateway.rebuild = gated
+        try:
+            with anyio.CancelScope() as scope:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(_reload, gateway, str(path))
+                    await anyio.to_thread.run_sync(gated.started.wait, 10)
+                    scope.cancel()
+            assert scope.cancelled_caught
+            assert gateway.reload_build is None and not gateway.reloading.locked()
+        finally:
+            gated.release.set()
+
+
 LOOP_BOUND = '''
 import asyncio
 

@@ -193,6 +193,60 @@ async def test_sighup_reloads_without_dropping_requests(
         assert await asyncio.wait_for(served.proc.wait(), 30) == 0
 
 
+SLOW_BUILD = '''
+import os
+import time
+
+import cascade
+
+HERE = os.path.dirname(__file__)
+
+
+@cascade.validator("slow_build")
+class SlowBuild:
+    """Built slowly while the file ``block`` lies beside it (at most 60 s)."""
+
+    def __init__(self, name: str = "slow_build") -> None:
+        self.name = name
+        if os.path.exists(os.path.join(HERE, "block")):
+            open(os.path.join(HERE, "building"), "w").close()
+            for _ in range(600):
+                if not os.path.exists(os.path.join(HERE, "block")):
+                    break
+                time.sleep(0.1)
+            open(os.path.join(HERE, "built"), "w").close()
+
+    async def validate(self, completion, context):
+        return cascade.Verdict(validator=self.name, passed=True)
+'''
+
+
+async def test_sigterm_during_a_slow_reload_exits_without_waiting_for_it(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGHUP starts a build that will not end (a plug-in built slowly), then SIGTERM: the
+    process drains and exits while that build is still under way."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow_build.py").write_text(SLOW_BUILD)
+    cfg = config(openai_server.url, "m1", "r")
+    cfg["validator_paths"] = ["plugins"]
+    cfg["tiers"][0]["validators"] = [{"name": "slow_build"}]
+    path = write_config(tmp_path / "c.toml", cfg)
+    async with cascade_serve(path) as served:
+        (plugins / "block").touch()
+        try:
+            served.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: (plugins / "building").exists(), "the build under way")
+            served.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+            assert not (plugins / "built").exists()  # it exited before the build ended
+        finally:
+            (plugins / "block").unlink()
+    assert "gateway.reload_abandoned" in served.events()
+    assert "gateway.stopped" in served.events()
+
+
 async def test_a_header_too_long_is_refused_and_its_bytes_never_logged(
     openai_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:

@@ -140,7 +140,12 @@ def chat_handler(wire: WireFormat) -> Any:
                 if access.response is not None and access.response.prepared:
                     # The status line is out: a second response would corrupt the stream.
                     access.status = access.response.status
-                    await abandon(request, wire, access.response, gateway.write_timeout_s)
+                    try:
+                        await abandon(request, wire, access.response, gateway.write_timeout_s)
+                    except asyncio.CancelledError:  # it left while the error event waited
+                        access.status = 499
+                        _finish(span, access, t0, trace_id)
+                        raise
                     _finish(span, access, t0, trace_id)
                     return access.response
                 response = error_response(wire, internal_error())

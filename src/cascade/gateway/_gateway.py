@@ -68,6 +68,9 @@ class Gateway:
         order their signals came."""
         self.reload_waiting = False
         """A reload waits for ``reloading``: another signal needs no reload of its own."""
+        self.reload_build: asyncio.Future[Any] | None = None
+        """The reload's build under way (in a thread): SIGTERM cancels it, and the gateway
+        drains without waiting for routes it would not use."""
 
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"

@@ -3,7 +3,8 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 
 - SIGTERM / SIGINT: stop accepting connections, let the requests in flight finish (their
   streams included) for at most ``gateway.drain_timeout_s``, cancel what is left (each
-  cancel closes its upstream call), close the cascades, exit 0. ``/readyz`` answers 503
+  cancel closes its upstream call), close the cascades, exit 0. A reload's build under
+  way is abandoned, not waited for. ``/readyz`` answers 503
   from the signal on.
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
@@ -18,11 +19,13 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
+import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import structlog
@@ -45,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = ["app_runner", "build_gateway", "serve"]
 
 log = structlog.get_logger("cascade.gateway")
+_T = TypeVar("_T")
 
 
 def build_gateway(
@@ -165,6 +169,8 @@ async def serve(
                 loop.remove_signal_handler(sig)
         gateway.draining = True
         log.info("gateway.draining", in_flight=gateway.in_flight, timeout_s=config.drain_timeout_s)
+        if gateway.reload_build is not None:
+            gateway.reload_build.cancel()  # a build under way is not waited for
         for task in list(reloads):
             await task
     finally:
@@ -203,11 +209,18 @@ async def _reload(gateway: Gateway, source: str) -> None:
     try:
         if _draining(gateway):
             return
+        # In a thread: reading the files and building every route's cascade (a router
+        # file of up to 64 MiB decoded) would stop the loop for seconds, and every
+        # request with it.
+        building = gateway.reload_build = _in_a_thread(build)
         try:
-            # In a worker thread: reading the files and building every route's cascade
-            # (a router file of up to 64 MiB decoded) would stop the loop for seconds,
-            # and every request with it.
-            fresh, generation = await anyio.to_thread.run_sync(build)
+            fresh, generation = await building
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if building.cancelled() and task is not None and not task.cancelling():
+                log.info("gateway.reload_abandoned")  # SIGTERM: the gateway is closing
+                return
+            raise
         except CascadeError as exc:
             log.error("gateway.reload_failed", error=str(exc)[:1000])
             return
@@ -216,12 +229,41 @@ async def _reload(gateway: Gateway, source: str) -> None:
                 "gateway.reload_failed", error_type=type(exc).__name__, error=str(exc)[:1000]
             )
             return
+        finally:
+            gateway.reload_build = None
         if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
         await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
+
+
+def _in_a_thread(build: Callable[[], _T]) -> asyncio.Future[_T]:
+    """``build()`` in a daemon thread of its own, as a future of the running loop. Cancelling
+    the future abandons the build: its thread ends on its own or with the process, which
+    therefore never waits for it at exit (anyio's worker threads are not daemons)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def deliver(settle: Callable[[Any], None], value: Any) -> None:
+        def settled() -> None:
+            if not future.done():  # cancelled meanwhile: nobody waits for it
+                settle(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits either
+            loop.call_soon_threadsafe(settled)
+
+    def run() -> None:
+        try:
+            result = build()
+        except BaseException as exc:  # handed to the awaiting task
+            deliver(future.set_exception, exc)
+        else:
+            deliver(future.set_result, result)
+
+    threading.Thread(target=run, name="cascade-reload", daemon=True).start()
+    return future
 
 
 def _draining(gateway: Gateway) -> bool:
