@@ -40,7 +40,6 @@ __all__ = [
 
 try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
     from opentelemetry.sdk.trace import Tracer as _SdkTracer
-    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
     from opentelemetry.sdk.trace.id_generator import IdGenerator
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator as _RandomIds
     from opentelemetry.sdk.trace.sampling import (
@@ -53,10 +52,17 @@ try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
         TraceIdRatioBased,
     )
 
-    _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID)
-except (ImportError, AttributeError):  # pragma: no cover - no SDK, or another layout
-    _RANDOM_FLAG = None
+    _SAMPLERS = True
+except ImportError:  # pragma: no cover - no SDK, or another layout
+    _SAMPLERS = False
     IdGenerator = object  # type: ignore[assignment,misc]
+
+try:  # what head sampling needs besides (newer SDKs: 1.39 has neither)
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
+
+    _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID) if _SAMPLERS else None
+except (ImportError, AttributeError):
+    _RANDOM_FLAG = None
 
 DROP: Final = 0
 """The run is not sampled: cascade made its non-recording span."""
@@ -290,6 +296,8 @@ def head_sampler(tracer: Any) -> HeadSampler | None:
 def blind_to_attributes(sampler: Any) -> bool:
     """Whether ``sampler`` is made of the SDK's own samplers alone, which decide without a
     span's attributes and hand them on unchanged (a RECORD_ONLY static one too)."""
+    if not _SAMPLERS:  # pragma: no cover - no SDK, or another layout
+        return False
     if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
         return all(
             _leaf(s) != SLOW or type(s) is StaticSampler
