@@ -141,8 +141,8 @@ def test_adding_after_the_end_is_the_sdks_warning(caplog: pytest.LogCaptureFixtu
 
 
 def test_the_shared_empty_list_takes_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    """Reached only by another thread adding between the swap and the end: it warns as an
-    ended span does and stays empty (it is every ended span's)."""
+    """Reached only by code appending to an ended span's private list itself: it warns as
+    an ended span does and stays empty (it is every ended span's)."""
     caplog.set_level(logging.WARNING)
     _attributes._NONE.append("event")
     assert _attributes._NONE == ()

@@ -7,6 +7,18 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanContext, TraceFlags
+
+from cascade._telemetry._attributes import end_span
+
+LINKED = SpanContext(trace_id=7, span_id=9, is_remote=True, trace_flags=TraceFlags(1))
 
 _OLD_SDK = textwrap.dedent(
     """
@@ -56,3 +68,55 @@ def test_an_sdk_without_head_sampling_still_traces() -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["3", "a"]
+
+
+class _Between:
+    """A span's lock that, the first time it is let go, runs ``act`` (another thread
+    taking its turn there)."""
+
+    def __init__(self, lock: Any, act: Callable[[], None]) -> None:
+        self._inner = lock
+        self._act: Callable[[], None] | None = act
+
+    def __enter__(self) -> None:
+        self._inner.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.release()
+        act, self._act = self._act, None
+        if act is not None:
+            act()
+
+
+@pytest.mark.parametrize("what", ["event", "link"])
+def test_what_another_thread_adds_before_the_end_is_kept(
+    what: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An event or a link added while the span is not yet ended (its end time unset) is
+    the span's, even while ``end_span`` is under way: the lists may be swapped for the
+    shared empty one only once nothing can be added (the swap came before ``end``, in a
+    turn of the lock of its own: what another thread added in between was lost, with a
+    warning of a call the SDK does not make)."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    span = provider.get_tracer("t").start_span("raced")
+    added: list[bool] = []
+
+    def other_thread() -> None:
+        if span._end_time is None:  # type: ignore[attr-defined]
+            if what == "event":
+                span.add_event("between", {"k": "v"})
+            else:
+                span.add_link(LINKED, {"why": "between"})
+            added.append(True)
+
+    span._lock = _Between(span._lock, other_thread)  # type: ignore[attr-defined]
+    end_span(span)
+    (exported,) = exporter.get_finished_spans()
+    provider.shutdown()
+    if added:
+        assert [e.name for e in exported.events] + [link.context for link in exported.links] == [
+            "between" if what == "event" else LINKED
+        ]
+    assert not [r.getMessage() for r in caplog.records if "ended span" in r.getMessage()]
