@@ -7,16 +7,23 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import SpanContext, TraceFlags
 
+from cascade import Cascade, RequestOptions
 from cascade._telemetry._attributes import end_span
+from cascade.testing import FakeOpenAIServer
+
+from .helpers import USER, provider, tier
 
 LINKED = SpanContext(trace_id=7, span_id=9, is_remote=True, trace_flags=TraceFlags(1))
 
@@ -120,3 +127,57 @@ def test_what_another_thread_adds_before_the_end_is_kept(
             "between" if what == "event" else LINKED
         ]
     assert not [r.getMessage() for r in caplog.records if "ended span" in r.getMessage()]
+
+
+class _Seeing(SpanProcessor):
+    """Notes each span's attributes as its ``on_start`` finds them."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def on_start(self, span: Any, parent_context: Context | None = None) -> None:
+        self.seen.append((span.name, dict(span.attributes or {})))
+
+
+class _AddingMeanwhile(RandomIdGenerator):
+    """The SDK's ids; while the ``at``-th span id is drawn (inside ``start_span``, before
+    the processors' ``on_start``), another thread adds ``processor`` to ``provider``."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.provider: TracerProvider | None = None
+        self.processor = _Seeing()
+
+    def generate_span_id(self) -> int:
+        self.at -= 1
+        if self.at == 0:
+            assert self.provider is not None
+            adding = threading.Thread(
+                target=self.provider.add_span_processor, args=[self.processor]
+            )
+            adding.start()
+            adding.join(0.2)  # a lock held by the start: it adds after it
+        return super().generate_span_id()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("at", [1, 2, 3], ids=["run", "tier", "call"])
+async def test_a_processor_added_while_a_span_starts_sees_its_attributes(
+    openai_server: FakeOpenAIServer, at: int
+) -> None:
+    """A processor another thread adds while a span starts either sees it start with its
+    attributes or does not see it start, as with the SDK's ``start_span``: the span must
+    not start bare because the processors looked quiet just before."""
+    openai_server.default = '{"answer": 42}'
+    ids = _AddingMeanwhile(at)
+    tp = TracerProvider(id_generator=ids)
+    ids.provider = tp
+    tp.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    config = {"tiers": [tier("t", provider("p", openai_server.url, "m"))]}
+    try:
+        async with Cascade.from_dict(config, tracer_provider=tp, environ={}) as c:
+            await c.run(messages=USER, options=RequestOptions(metadata={"team": "a"}))
+    finally:
+        tp.shutdown()
+    bare = [name for name, attrs in ids.processor.seen if not attrs]
+    assert not bare
