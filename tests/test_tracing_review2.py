@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanContext, TraceFlags
 
 from cascade import Cascade, RequestOptions
@@ -181,3 +182,92 @@ async def test_a_processor_added_while_a_span_starts_sees_its_attributes(
         tp.shutdown()
     bare = [name for name, attrs in ids.processor.seen if not attrs]
     assert not bare
+
+
+async def _one_run(url: str, tp: TracerProvider) -> None:
+    config = {"tiers": [tier("t", provider("p", url, "m"))]}
+    try:
+        async with Cascade.from_dict(config, tracer_provider=tp, environ={}) as c:
+            await c.run(messages=USER, options=RequestOptions(metadata={"team": "a"}))
+    finally:
+        tp.shutdown()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["instance", "class"])
+async def test_a_patched_processor_start_sees_the_attributes(
+    openai_server: FakeOpenAIServer, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's simple processor, its ``on_start`` replaced (on the object, or on the
+    class after cascade's import-time probe), is not known to do nothing at a span's
+    start: it sees the span with its attributes, and what it sets there wins, as with
+    ``start_span`` (the span started bare, and cascade's attributes overwrote it)."""
+    openai_server.default = '{"answer": 42}'
+    exporter = InMemorySpanExporter()
+    processor = SimpleSpanProcessor(exporter)
+    seen: list[dict[str, Any]] = []
+
+    def on_start(*args: Any, **kwargs: Any) -> None:
+        span = args[-1] if where == "instance" else args[1]
+        seen.append(dict(span.attributes or {}))
+        span.set_attribute("cascade.tier.name", "tagged")
+
+    if where == "instance":
+        processor.on_start = on_start  # type: ignore[method-assign]
+    else:
+        monkeypatch.setattr(SimpleSpanProcessor, "on_start", on_start)
+    tp = TracerProvider()
+    tp.add_span_processor(processor)
+    await _one_run(openai_server.url, tp)
+    assert seen and all(seen)
+    tier_span = next(s for s in exporter.get_finished_spans() if s.name == "cascade.tier t")
+    assert tier_span.attributes is not None
+    assert tier_span.attributes["cascade.tier.name"] == "tagged"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["root", "delegate"])
+async def test_a_patched_sampler_is_asked_with_the_attributes(
+    openai_server: FakeOpenAIServer, where: str
+) -> None:
+    """The SDK's sampler, its ``should_sample`` replaced on the object: it is asked with
+    the span's attributes, as by ``start_span``."""
+    openai_server.default = '{"answer": 42}'
+    inner = TraceIdRatioBased(1.0)
+    sampler = ParentBased(inner)
+    patched = sampler if where == "root" else inner
+    asked: list[dict[str, Any]] = []
+    original = patched.should_sample
+
+    def should_sample(*args: Any, **kwargs: Any) -> Any:
+        asked.append(dict(kwargs.get("attributes") or (args[4] if len(args) > 4 else {}) or {}))
+        return original(*args, **kwargs)
+
+    patched.should_sample = should_sample  # type: ignore[method-assign]
+    tp = TracerProvider(sampler=sampler)
+    tp.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    await _one_run(openai_server.url, tp)
+    assert asked and all(asked)
+
+
+@pytest.mark.anyio
+async def test_a_wrapped_start_span_is_given_the_attributes(
+    openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK tracer's ``start_span`` wrapped (as an instrumentation may) after cascade's
+    import: the wrapper is handed each span's attributes, as without the quiet start."""
+    from opentelemetry.sdk.trace import Tracer
+
+    openai_server.default = '{"answer": 42}'
+    given: list[dict[str, Any]] = []
+    original = Tracer.start_span
+
+    def start_span(self: Tracer, name: str, *args: Any, **kwargs: Any) -> Any:
+        given.append(dict(kwargs.get("attributes") or {}))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Tracer, "start_span", start_span)
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    await _one_run(openai_server.url, tp)
+    assert len(given) == 3 and all(given)

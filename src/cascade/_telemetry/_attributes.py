@@ -261,7 +261,19 @@ def _blind_processors(kinds: tuple[Any, ...] | None = None) -> frozenset[type]:
     return frozenset(blind)
 
 
-_BLIND_PROCESSORS: Final = _blind_processors()
+_BLIND_PROCESSORS: Final[frozenset[Any]] = _blind_processors()
+_STARTS: Final = {kind: kind.on_start for kind in _BLIND_PROCESSORS}
+"""Their ``on_start`` as probed: one replaced since (on the class, or on a processor)
+may look at the span."""
+_START_SPAN: Final = None if _SdkTracer is None else _SdkTracer.start_span
+
+
+def _unpatched(found: Any, name: str, original: Any) -> bool:
+    """Whether ``found``'s method ``name`` is ``original``: not replaced on its class, nor
+    on the object itself."""
+    return getattr(type(found), name, None) is original and name not in getattr(
+        found, "__dict__", {name: None}
+    )
 
 
 def quiet_start(tracer: Any) -> bool:
@@ -277,8 +289,12 @@ def quiet_start(tracer: Any) -> bool:
     try:
         processor = tracer.span_processor
         return (
-            type(processor) is _Processors
-            and all(type(p) in _BLIND_PROCESSORS for p in processor._span_processors)
+            _unpatched(tracer, "start_span", _START_SPAN)
+            and type(processor) is _Processors
+            and all(
+                _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))
+                for p in processor._span_processors
+            )
             and blind_to_attributes(tracer.sampler)
         )
     except AttributeError:  # pragma: no cover - another SDK layout
