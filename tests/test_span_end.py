@@ -114,16 +114,18 @@ def held(span: ReadableSpan) -> int:
 
 
 def test_a_span_without_events_or_links_holds_no_lists() -> None:
+    """Two lists, their deques and their locks fewer (the attributes' lock stays: a
+    ``lock`` on 1.45, an ``RLock`` on 1.39, not counted there)."""
     ours, _ = ended(plain)
     theirs, _ = ended(plain, ours=False)
-    assert held(theirs) == 2 + 2 + 3  # two lists, their deques, their and attributes' locks
-    assert held(ours) == 1  # the attributes' lock
+    assert held(theirs) - held(ours) == 2 + 2 + 2
 
 
 @pytest.mark.parametrize("build", ["event", "link", "exception"])
 def test_a_span_with_events_or_links_keeps_its_lists(build: str) -> None:
     ours, _ = ended(BUILDS[build])
-    assert held(ours) == 7
+    theirs, _ = ended(BUILDS[build], ours=False)
+    assert held(ours) == held(theirs)
 
 
 def test_adding_after_the_end_is_the_sdks_warning(caplog: pytest.LogCaptureFixture) -> None:
@@ -139,8 +141,8 @@ def test_adding_after_the_end_is_the_sdks_warning(caplog: pytest.LogCaptureFixtu
 
 
 def test_the_shared_empty_list_takes_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    """Reached only by another thread adding between the swap and the end: it warns as an
-    ended span does and stays empty (it is every ended span's)."""
+    """Reached only by code appending to an ended span's private list itself: it warns as
+    an ended span does and stays empty (it is every ended span's)."""
     caplog.set_level(logging.WARNING)
     _attributes._NONE.append("event")
     assert _attributes._NONE == ()
@@ -159,7 +161,8 @@ def test_other_spans_end_as_they_would() -> None:
 def test_an_sdk_of_another_layout_ends_its_own_way(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_attributes, "_LISTS", False)
     ours, _ = ended(plain)
-    assert held(ours) == 7
+    theirs, _ = ended(plain, ours=False)
+    assert held(ours) == held(theirs)
 
 
 def test_an_ended_span_is_not_ended_again(caplog: pytest.LogCaptureFixture) -> None:

@@ -157,8 +157,9 @@ class _Ended(tuple):  # type: ignore[type-arg]
     __slots__ = ()
 
     def append(self, item: object) -> None:
-        # only between its swap and ``end`` (another thread adding to the span): the
-        # SDK's answer to adding to an ended span
+        # swapped in once the span's end time is set, when the SDK adds nothing more:
+        # only code appending to the private list itself gets here; the SDK's answer
+        # to adding to an ended span
         _logger.warning("Tried calling %s on an ended span.", "append")
 
 
@@ -196,15 +197,37 @@ def end_span(span: Span, end_time: int | None = None) -> None:
     """``span.end(end_time)``; an SDK span with no events and no links first drops its
     two empty lists (each a list, a deque and a lock, all counted by the garbage
     collector), so the span that waits in a batch processor's queue holds 6 collected
-    objects fewer: fewer young collections at a high rate of sampled runs."""
+    objects fewer: fewer young collections at a high rate of sampled runs.
+
+    The lists are swapped while ``end`` makes the span's readable copy (its
+    ``_readable_span``, shadowed for the call), once the end time is set: from then on the
+    SDK adds nothing to them, so an event or link another thread adds while the span is
+    still open is kept, as by ``end`` alone."""
     if type(span) is _SdkSpan and _LISTS:
         try:
-            with span._lock:
-                if span._end_time is None and _empty(span._events) and _empty(span._links):
-                    span._events = span._links = _NONE
+            state = span.__dict__
         except AttributeError:  # pragma: no cover - another SDK layout
-            pass
+            span.end(end_time)
+            return
+        state["_readable_span"] = _readable.__get__(span)
+        try:
+            span.end(end_time)
+        finally:
+            state.pop("_readable_span", None)
+        return
     span.end(end_time)
+
+
+def _readable(span: Any) -> Any:
+    """The SDK span's ``_readable_span``, its lists first swapped for ``_NONE`` when the
+    span has ended (nothing more can be added) with no events and no links."""
+    try:
+        with span._lock:
+            if span._end_time is not None and _empty(span._events) and _empty(span._links):
+                span._events = span._links = _NONE
+    except AttributeError:  # pragma: no cover - another SDK layout
+        pass
+    return _SdkSpan._readable_span(span)
 
 
 class _Untouchable:
@@ -238,7 +261,19 @@ def _blind_processors(kinds: tuple[Any, ...] | None = None) -> frozenset[type]:
     return frozenset(blind)
 
 
-_BLIND_PROCESSORS: Final = _blind_processors()
+_BLIND_PROCESSORS: Final[frozenset[Any]] = _blind_processors()
+_STARTS: Final = {kind: kind.on_start for kind in _BLIND_PROCESSORS}
+"""Their ``on_start`` as probed: one replaced since (on the class, or on a processor)
+may look at the span."""
+_START_SPAN: Final = None if _SdkTracer is None else _SdkTracer.start_span
+
+
+def _unpatched(found: Any, name: str, original: Any) -> bool:
+    """Whether ``found``'s method ``name`` is ``original``: not replaced on its class, nor
+    on the object itself."""
+    return getattr(type(found), name, None) is original and name not in getattr(
+        found, "__dict__", {name: None}
+    )
 
 
 def quiet_start(tracer: Any) -> bool:
@@ -254,8 +289,12 @@ def quiet_start(tracer: Any) -> bool:
     try:
         processor = tracer.span_processor
         return (
-            type(processor) is _Processors
-            and all(type(p) in _BLIND_PROCESSORS for p in processor._span_processors)
+            _unpatched(tracer, "start_span", _START_SPAN)
+            and type(processor) is _Processors
+            and all(
+                _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))
+                for p in processor._span_processors
+            )
             and blind_to_attributes(tracer.sampler)
         )
     except AttributeError:  # pragma: no cover - another SDK layout

@@ -110,11 +110,11 @@ class Telemetry:
         self._breakers: Callable[[], Mapping[str, Any]] = dict
         self._head: HeadSampler | None = None
         self._head_known = False
-        self._quiet: tuple[Any, Any, bool] = (None, None, False)
-        """:func:`._attributes.quiet_start` of the tracer, for its span processors (the
-        provider's tuple of them, replaced when one is added) and sampler."""
         """Head sampling cascade decides itself (see :mod:`._sampling`): looked up at the
         first traced run (through the global API, the SDK may be set up after this)."""
+        self._quiet: tuple[Any, Any, Any] = (None, None, None)
+        """:meth:`quiet_start` of the tracer, for its span processors (the provider's
+        tuple of them, replaced when one is added) and sampler."""
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
@@ -229,15 +229,16 @@ class Telemetry:
                     return value  # type: ignore[no-any-return]
                 return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
-            later = attrs is not None and self.quiet_start()
-            if verdict == SAMPLE:
-                assert head is not None
-                span = head.start(sc.SPAN_RUN, value, None if later else attrs)  # INTERNAL
-            else:  # INTERNAL
-                span = self.tracer.start_span(sc.SPAN_RUN, attributes=None if later else attrs)
-            if later:
+            lock = None if attrs is None else self.quiet_start()
+            if lock is not None:
                 assert attrs is not None
-                set_attributes(span, attrs)
+                with lock:  # see start_span
+                    if self.quiet_start() is lock:
+                        span = self._run_span(verdict, head, value, None)
+                if span is not None:
+                    set_attributes(span, attrs)
+            if span is None:
+                span = self._run_span(verdict, head, value, attrs)
             if not span.is_recording() and self._idle():
                 token = use_span(span)
                 # The engine knows a dropped run by its contextvars Token; another runtime
@@ -253,29 +254,49 @@ class Telemetry:
                 span = None
         return RunTrace(self, span, token, attempts, options)
 
+    def _run_span(
+        self, verdict: int, head: HeadSampler | None, value: Any, attrs: dict[str, Any] | None
+    ) -> Span:
+        if verdict == SAMPLE:
+            assert head is not None
+            return head.start(sc.SPAN_RUN, value, attrs)  # type: ignore[no-any-return]
+        return self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
+
     def start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> Span:
         """``self.tracer.start_span(name, kind=kind, attributes=attributes)``, the
-        attributes stored after the start when nothing sees them at it (:meth:`quiet_start`)."""
-        if self.quiet_start():
-            span = self.tracer.start_span(name, kind=kind)
-            set_attributes(span, attributes)
-            return span
+        attributes stored after the start when nothing sees them at it (:meth:`quiet_start`).
+
+        A span starts without them under the lock of the tracer's span processors, which
+        adding one takes: a processor another thread adds meanwhile comes after the start
+        (as it may with ``start_span``), instead of seeing the span start bare."""
+        lock = self.quiet_start()
+        if lock is not None:
+            with lock:
+                span = (
+                    self.tracer.start_span(name, kind=kind) if self.quiet_start() is lock else None
+                )
+            if span is not None:
+                set_attributes(span, attributes)
+                return span
         return self.tracer.start_span(name, kind=kind, attributes=attributes)
 
-    def quiet_start(self) -> bool:
-        """Whether nothing sees a span's attributes at its start (see :func:`quiet_start`
-        in :mod:`._attributes`); looked up again when the tracer's processors change."""
+    def quiet_start(self) -> Any:
+        """The lock of the tracer's span processors when nothing sees a span's attributes
+        at its start (see :func:`quiet_start` in :mod:`._attributes`), else None; looked up
+        again when the processors change. Asked again under the lock before a span starts
+        without its attributes (:meth:`start_span`)."""
         tracer = _real_tracer(self.tracer)
         try:
-            processors, sampler = tracer.span_processor._span_processors, tracer.sampler
+            processor = tracer.span_processor
+            processors, sampler = processor._span_processors, tracer.sampler
         except AttributeError:  # not the SDK's
-            return False
+            return None
         known = self._quiet
         if known[0] is processors and known[1] is sampler:
             return known[2]
-        quiet = quiet_start(tracer)
-        self._quiet = (processors, sampler, quiet)
-        return quiet
+        lock = getattr(processor, "_lock", None) if quiet_start(tracer) else None
+        self._quiet = (processors, sampler, lock)
+        return lock
 
     def _run_attributes(
         self, options: RequestOptions, max_cost_usd: float | None, deadline_s: float | None

@@ -40,7 +40,6 @@ __all__ = [
 
 try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
     from opentelemetry.sdk.trace import Tracer as _SdkTracer
-    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
     from opentelemetry.sdk.trace.id_generator import IdGenerator
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator as _RandomIds
     from opentelemetry.sdk.trace.sampling import (
@@ -53,10 +52,24 @@ try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
         TraceIdRatioBased,
     )
 
-    _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID)
-except (ImportError, AttributeError):  # pragma: no cover - no SDK, or another layout
-    _RANDOM_FLAG = None
+    _SAMPLERS = True
+    _BLIND_KINDS: tuple[Any, ...] = (
+        ParentBased,
+        ParentBasedTraceIdRatio,
+        StaticSampler,
+        TraceIdRatioBased,
+    )
+except ImportError:  # pragma: no cover - no SDK, or another layout
+    _SAMPLERS = False
+    _BLIND_KINDS = ()
     IdGenerator = object  # type: ignore[assignment,misc]
+
+try:  # what head sampling needs besides (newer SDKs: 1.39 has neither)
+    from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
+
+    _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID) if _SAMPLERS else None
+except (ImportError, AttributeError):
+    _RANDOM_FLAG = None
 
 DROP: Final = 0
 """The run is not sampled: cascade made its non-recording span."""
@@ -287,12 +300,28 @@ def head_sampler(tracer: Any) -> HeadSampler | None:
     return HeadSampler(tracer, inner, preset, leaves)
 
 
+_SHOULD: Final = {kind: kind.should_sample for kind in _BLIND_KINDS} if _SAMPLERS else {}
+"""Their ``should_sample`` as imported: one replaced since (on the class, or on a sampler)
+may look at the attributes."""
+
+
+def _own(sampler: Any) -> bool:
+    """Whether ``sampler`` decides with its class's ``should_sample`` as imported."""
+    kind = type(sampler)
+    return _SHOULD.get(kind, _own) is getattr(kind, "should_sample", None) and (
+        "should_sample" not in getattr(sampler, "__dict__", {"should_sample": None})
+    )
+
+
 def blind_to_attributes(sampler: Any) -> bool:
     """Whether ``sampler`` is made of the SDK's own samplers alone, which decide without a
-    span's attributes and hand them on unchanged (a RECORD_ONLY static one too)."""
+    span's attributes and hand them on unchanged (a RECORD_ONLY static one too), none of
+    their ``should_sample`` replaced."""
+    if not _SAMPLERS:  # pragma: no cover - no SDK, or another layout
+        return False
     if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
-        return all(
-            _leaf(s) != SLOW or type(s) is StaticSampler
+        return _own(sampler) and all(
+            (_leaf(s) != SLOW or type(s) is StaticSampler) and _own(s)
             for s in (
                 sampler._root,
                 sampler._remote_parent_sampled,
@@ -301,7 +330,7 @@ def blind_to_attributes(sampler: Any) -> bool:
                 sampler._local_parent_not_sampled,
             )
         )
-    return _leaf(sampler) != SLOW or type(sampler) is StaticSampler
+    return (_leaf(sampler) != SLOW or type(sampler) is StaticSampler) and _own(sampler)
 
 
 def _leaves(sampler: Any) -> tuple[int, int, int, int, int] | None:
