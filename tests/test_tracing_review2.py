@@ -4,6 +4,7 @@ _attributes.py``): what they must not change."""
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 from opentelemetry.context import Context
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, id_generator
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -140,38 +141,41 @@ class _Seeing(SpanProcessor):
         self.seen.append((span.name, dict(span.attributes or {})))
 
 
-class _AddingMeanwhile(RandomIdGenerator):
-    """The SDK's ids; while the ``at``-th span id is drawn (inside ``start_span``, before
-    the processors' ``on_start``), another thread adds ``processor`` to ``provider``."""
+class _AddingMeanwhile:
+    """The ``random`` the SDK's id generator draws from: while the ``at``-th 64-bit id
+    (a span id) is drawn (inside ``start_span``, before the processors' ``on_start``),
+    another thread adds ``processor`` to ``provider``."""
 
     def __init__(self, at: int) -> None:
         self.at = at
         self.provider: TracerProvider | None = None
         self.processor = _Seeing()
 
-    def generate_span_id(self) -> int:
-        self.at -= 1
-        if self.at == 0:
-            assert self.provider is not None
-            adding = threading.Thread(
-                target=self.provider.add_span_processor, args=[self.processor]
-            )
-            adding.start()
-            adding.join(0.2)  # a lock held by the start: it adds after it
-        return super().generate_span_id()
+    def getrandbits(self, bits: int) -> int:
+        if bits == 64:
+            self.at -= 1
+            if self.at == 0:
+                assert self.provider is not None
+                adding = threading.Thread(
+                    target=self.provider.add_span_processor, args=[self.processor]
+                )
+                adding.start()
+                adding.join(0.2)  # a lock held by the start: it adds after it
+        return random.getrandbits(bits)
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("at", [1, 2, 3], ids=["run", "tier", "call"])
 async def test_a_processor_added_while_a_span_starts_sees_its_attributes(
-    openai_server: FakeOpenAIServer, at: int
+    openai_server: FakeOpenAIServer, at: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A processor another thread adds while a span starts either sees it start with its
     attributes or does not see it start, as with the SDK's ``start_span``: the span must
     not start bare because the processors looked quiet just before."""
     openai_server.default = '{"answer": 42}'
     ids = _AddingMeanwhile(at)
-    tp = TracerProvider(id_generator=ids)
+    monkeypatch.setattr(id_generator, "random", ids)
+    tp = TracerProvider()  # the SDK's own ids: the quiet start is taken
     ids.provider = tp
     tp.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     config = {"tiers": [tier("t", provider("p", openai_server.url, "m"))]}
@@ -271,3 +275,40 @@ async def test_a_wrapped_start_span_is_given_the_attributes(
     tp.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
     await _one_run(openai_server.url, tp)
     assert len(given) == 3 and all(given)
+
+
+class _AddingHere(RandomIdGenerator):
+    """Ids of the application's own, which add a span processor while a span id is drawn
+    (in another thread, so that a lock held by the start shows as a wait, not a hang)."""
+
+    def __init__(self) -> None:
+        self.provider: TracerProvider | None = None
+        self.processor = _Seeing()
+        self.blocked = False
+
+    def generate_span_id(self) -> int:
+        if self.provider is not None:
+            provider, self.provider = self.provider, None
+            adding = threading.Thread(target=provider.add_span_processor, args=[self.processor])
+            adding.start()
+            adding.join(5)
+            self.blocked = adding.is_alive()  # the same call in this thread: a deadlock
+        return super().generate_span_id()
+
+
+@pytest.mark.anyio
+async def test_ids_of_the_applications_own_start_spans_as_start_span_does(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A span starts without its attributes only under the processors' lock, so only with
+    the SDK's own ids: an id generator of the application's may add a processor (or do
+    anything else) as the span starts, which under that lock, in the same thread, would
+    never return."""
+    openai_server.default = '{"answer": 42}'
+    ids = _AddingHere()
+    tp = TracerProvider(id_generator=ids)
+    ids.provider = tp
+    tp.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    await _one_run(openai_server.url, tp)
+    assert not ids.blocked
+    assert ids.processor.seen and all(attrs for _, attrs in ids.processor.seen)

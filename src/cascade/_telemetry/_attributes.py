@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from opentelemetry.trace import Span
 
-from ._sampling import blind_to_attributes
+from ._sampling import blind_to_attributes, sdk_ids
 
 __all__ = ["end_span", "quiet_start", "set_attributes"]
 
@@ -281,7 +281,9 @@ def quiet_start(tracer: Any) -> bool:
     whose span processors are all the SDK's batch or simple ones (their ``on_start`` does
     nothing; anything else may read the span) and whose sampler is one of the SDK's own
     (which decide without the attributes, and hand them on as given: see
-    :func:`._sampling.blind_to_attributes`). Then a span can start with none and get them
+    :func:`._sampling.blind_to_attributes`), its ids the SDK's own random ones (the start
+    runs under the processors' lock, where no code of the application's may run: one
+    that added a processor there would never return). Then a span can start with none and get them
     through :func:`set_attributes`: for the values cascade sets, one store instead of the
     SDK's check of each value (about 40k instructions for a call span's nine)."""
     if _Processors is None or type(tracer) is not _SdkTracer:
@@ -290,6 +292,7 @@ def quiet_start(tracer: Any) -> bool:
         processor = tracer.span_processor
         return (
             _unpatched(tracer, "start_span", _START_SPAN)
+            and sdk_ids(tracer.id_generator)
             and type(processor) is _Processors
             and all(
                 _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))

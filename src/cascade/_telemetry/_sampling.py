@@ -36,6 +36,7 @@ __all__ = [
     "PresetIds",
     "blind_to_attributes",
     "head_sampler",
+    "sdk_ids",
 ]
 
 try:  # the SDK's classes, compared by identity: a subclass may decide otherwise
@@ -310,6 +311,27 @@ def _own(sampler: Any) -> bool:
     kind = type(sampler)
     return _SHOULD.get(kind, _own) is getattr(kind, "should_sample", None) and (
         "should_sample" not in getattr(sampler, "__dict__", {"should_sample": None})
+    )
+
+
+_IDS: Final = (
+    (_RandomIds, _RandomIds.generate_span_id, _RandomIds.generate_trace_id) if _SAMPLERS else None
+)
+
+
+def sdk_ids(ids: Any) -> bool:
+    """Whether ``ids`` is the SDK's random id generator as imported (or cascade's
+    :class:`PresetIds` around it): no code of the application's runs when ids are drawn."""
+    if type(ids) is PresetIds:
+        ids = ids.inner
+    if _IDS is None or type(ids) is not _IDS[0]:
+        return False
+    state = getattr(ids, "__dict__", {})
+    return (
+        _IDS[0].generate_span_id is _IDS[1]
+        and _IDS[0].generate_trace_id is _IDS[2]
+        and "generate_span_id" not in state
+        and "generate_trace_id" not in state
     )
 
 
