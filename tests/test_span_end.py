@@ -140,13 +140,19 @@ def test_adding_after_the_end_is_the_sdks_warning(caplog: pytest.LogCaptureFixtu
     assert ours.events == () and ours.links == ()
 
 
-def test_the_shared_empty_list_takes_nothing(caplog: pytest.LogCaptureFixture) -> None:
-    """Reached only by code appending to an ended span's private list itself: it warns as
-    an ended span does and stays empty (it is every ended span's)."""
+@pytest.mark.parametrize(
+    ("shared", "word"), [("_NO_EVENTS", "_add_event"), ("_NO_LINKS", "_add_link")]
+)
+def test_the_shared_empty_list_takes_nothing(
+    shared: str, word: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reached only by another thread adding between the swap and the end: it warns as
+    the SDK does for an add after the end, and stays empty (it is every ended span's)."""
     caplog.set_level(logging.WARNING)
-    _attributes._NONE.append("event")
-    assert _attributes._NONE == ()
-    assert "on an ended span" in caplog.records[-1].getMessage()
+    empty = getattr(_attributes, shared)
+    empty.append("event")
+    assert empty == ()
+    assert caplog.records[-1].getMessage() == f"Tried calling {word} on an ended span."
 
 
 def test_other_spans_end_as_they_would() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from opentelemetry.trace import Span
 
@@ -155,27 +155,41 @@ class _Ended(tuple):  # type: ignore[type-arg]
     (a sequence, no ``dropped`` count) without an empty list of its own per span."""
 
     __slots__ = ()
+    adding: ClassVar[str]
 
     def append(self, item: object) -> None:
-        # swapped in once the span's end time is set, when the SDK adds nothing more:
-        # only code appending to the private list itself gets here; the SDK's answer
-        # to adding to an ended span
-        _logger.warning("Tried calling %s on an ended span.", "append")
+        # Another thread adding to the span between the swap and ``end``: refused as
+        # the SDK refuses an add once the span has ended, with its warning, as if the
+        # add had come just after the end (which a race between the two may always do).
+        _logger.warning("Tried calling %s on an ended span.", self.adding)
 
 
-_NONE: Final = _Ended()
+class _NoEvents(_Ended):
+    __slots__ = ()
+    adding = "_add_event"
+
+
+class _NoLinks(_Ended):
+    __slots__ = ()
+    adding = "_add_link"
+
+
+_NO_EVENTS: Final = _NoEvents()
+_NO_LINKS: Final = _NoLinks()
 
 
 def _lists() -> bool:
-    """Whether the installed SDK's ended span reads ``_NONE`` as no events and no links
-    (as it reads its own empty lists); when not, spans end with their lists."""
+    """Whether the installed SDK's ended span reads the shared empty lists as no events
+    and no links (as it reads its own empty ones); when not, spans end with their lists."""
     if _BoundedList is None:  # pragma: no cover - no SDK
         return False
     try:
         from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import ReadableSpan
 
-        probe = ReadableSpan("probe", resource=Resource.get_empty(), events=_NONE, links=_NONE)
+        probe = ReadableSpan(
+            "probe", resource=Resource.get_empty(), events=_NO_EVENTS, links=_NO_LINKS
+        )
         return (
             probe.events == ()
             and probe.links == ()
@@ -197,37 +211,18 @@ def end_span(span: Span, end_time: int | None = None) -> None:
     """``span.end(end_time)``; an SDK span with no events and no links first drops its
     two empty lists (each a list, a deque and a lock, all counted by the garbage
     collector), so the span that waits in a batch processor's queue holds 6 collected
-    objects fewer: fewer young collections at a high rate of sampled runs.
-
-    The lists are swapped while ``end`` makes the span's readable copy (its
-    ``_readable_span``, shadowed for the call), once the end time is set: from then on the
-    SDK adds nothing to them, so an event or link another thread adds while the span is
-    still open is kept, as by ``end`` alone."""
+    objects fewer: fewer young collections at a high rate of sampled runs. An event or
+    link another thread adds between the swap and the end is refused as after the end
+    (see :class:`_Ended`)."""
     if type(span) is _SdkSpan and _LISTS:
         try:
-            state = span.__dict__
+            with span._lock:
+                if span._end_time is None and _empty(span._events) and _empty(span._links):
+                    span._events = _NO_EVENTS
+                    span._links = _NO_LINKS
         except AttributeError:  # pragma: no cover - another SDK layout
-            span.end(end_time)
-            return
-        state["_readable_span"] = _readable.__get__(span)
-        try:
-            span.end(end_time)
-        finally:
-            state.pop("_readable_span", None)
-        return
+            pass
     span.end(end_time)
-
-
-def _readable(span: Any) -> Any:
-    """The SDK span's ``_readable_span``, its lists first swapped for ``_NONE`` when the
-    span has ended (nothing more can be added) with no events and no links."""
-    try:
-        with span._lock:
-            if span._end_time is not None and _empty(span._events) and _empty(span._links):
-                span._events = span._links = _NONE
-    except AttributeError:  # pragma: no cover - another SDK layout
-        pass
-    return _SdkSpan._readable_span(span)
 
 
 class _Untouchable:

@@ -229,11 +229,12 @@ class Telemetry:
                     return value  # type: ignore[no-any-return]
                 return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
-            lock = None if attrs is None else self.quiet_start()
-            if lock is not None:
+            quiet = None if attrs is None else self.quiet_start()
+            if quiet is not None:
                 assert attrs is not None
+                processor, processors, lock = quiet
                 with lock:  # see start_span
-                    if self.quiet_start() is lock:
+                    if processor._span_processors is processors:
                         span = self._run_span(verdict, head, value, None)
                 if span is not None:
                     set_attributes(span, attrs)
@@ -267,24 +268,28 @@ class Telemetry:
         attributes stored after the start when nothing sees them at it (:meth:`quiet_start`).
 
         A span starts without them under the lock of the tracer's span processors, which
-        adding one takes: a processor another thread adds meanwhile comes after the start
-        (as it may with ``start_span``), instead of seeing the span start bare."""
-        lock = self.quiet_start()
-        if lock is not None:
+        adding one takes, their tuple checked again under it: a processor another thread
+        adds meanwhile comes after the start (as it may with ``start_span``), instead of
+        seeing the span start bare."""
+        quiet = self.quiet_start()
+        if quiet is not None:
+            processor, processors, lock = quiet
             with lock:
                 span = (
-                    self.tracer.start_span(name, kind=kind) if self.quiet_start() is lock else None
+                    self.tracer.start_span(name, kind=kind)
+                    if processor._span_processors is processors
+                    else None
                 )
-            if span is not None:
+            if span is not None:  # stored outside the lock: a warning's handler is the app's
                 set_attributes(span, attributes)
                 return span
         return self.tracer.start_span(name, kind=kind, attributes=attributes)
 
-    def quiet_start(self) -> Any:
-        """The lock of the tracer's span processors when nothing sees a span's attributes
-        at its start (see :func:`quiet_start` in :mod:`._attributes`), else None; looked up
-        again when the processors change. Asked again under the lock before a span starts
-        without its attributes (:meth:`start_span`)."""
+    def quiet_start(self) -> tuple[Any, tuple[Any, ...], Any] | None:
+        """When nothing sees a span's attributes at its start (see :func:`quiet_start` in
+        :mod:`._attributes`): the tracer's span processor, its tuple of processors as
+        found, and its lock (see :meth:`start_span`); else None. Looked up again when the
+        processors or the sampler change."""
         tracer = _real_tracer(self.tracer)
         try:
             processor = tracer.span_processor
@@ -293,10 +298,11 @@ class Telemetry:
             return None
         known = self._quiet
         if known[0] is processors and known[1] is sampler:
-            return known[2]
+            return known[2]  # type: ignore[no-any-return]
         lock = getattr(processor, "_lock", None) if quiet_start(tracer) else None
-        self._quiet = (processors, sampler, lock)
-        return lock
+        quiet = None if lock is None else (processor, processors, lock)
+        self._quiet = (processors, sampler, quiet)
+        return quiet
 
     def _run_attributes(
         self, options: RequestOptions, max_cost_usd: float | None, deadline_s: float | None
