@@ -146,8 +146,9 @@ def test_adding_after_the_end_is_the_sdks_warning(caplog: pytest.LogCaptureFixtu
 def test_the_shared_empty_list_takes_nothing(
     shared: str, word: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Reached only by another thread adding between the swap and the end: it warns as
-    the SDK does for an add after the end, and stays empty (it is every ended span's)."""
+    """Appended to other than by an SDK span's own add (which gets a list of its own
+    again): it warns as the SDK does for an add after the end, and stays empty (it is
+    every ended span's)."""
     caplog.set_level(logging.WARNING)
     empty = getattr(_attributes, shared)
     empty.append("event")

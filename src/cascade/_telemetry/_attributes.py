@@ -15,6 +15,7 @@ limits that would truncate or drop, an ended span, another SDK layout) goes thro
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
@@ -156,22 +157,34 @@ class _Ended(tuple):  # type: ignore[type-arg]
 
     __slots__ = ()
     adding: ClassVar[str]
+    attribute: ClassVar[str]
 
     def append(self, item: object) -> None:
-        # Another thread adding to the span between the swap and ``end``: refused as
-        # the SDK refuses an add once the span has ended, with its warning, as if the
-        # add had come just after the end (which a race between the two may always do).
+        # Another thread adding to the span between the swap and ``end`` (the SDK's
+        # ``_add_event`` / ``_add_link``, under the span's lock, the span still open):
+        # the span gets a list of its own again and keeps the add, as if it had come just
+        # before the end. Never a warning here: it would run the application's log
+        # handlers under the span's lock, the span still recording (one that copies the
+        # record onto the span would wait for that lock for ever).
+        span = sys._getframe(1).f_locals.get("self")
+        if type(span) is _SdkSpan and getattr(span, self.attribute, None) is self:
+            fresh = span._new_events() if self is _NO_EVENTS else span._new_links(())
+            setattr(span, self.attribute, fresh)
+            fresh.append(item)
+            return
         _logger.warning("Tried calling %s on an ended span.", self.adding)
 
 
 class _NoEvents(_Ended):
     __slots__ = ()
     adding = "_add_event"
+    attribute = "_events"
 
 
 class _NoLinks(_Ended):
     __slots__ = ()
     adding = "_add_link"
+    attribute = "_links"
 
 
 _NO_EVENTS: Final = _NoEvents()
@@ -212,7 +225,7 @@ def end_span(span: Span, end_time: int | None = None) -> None:
     two empty lists (each a list, a deque and a lock, all counted by the garbage
     collector), so the span that waits in a batch processor's queue holds 6 collected
     objects fewer: fewer young collections at a high rate of sampled runs. An event or
-    link another thread adds between the swap and the end is refused as after the end
+    link another thread adds between the swap and the end is kept, as before the end
     (see :class:`_Ended`)."""
     if type(span) is _SdkSpan and _LISTS:
         try:
