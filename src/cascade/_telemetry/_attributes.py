@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Final
 
 from opentelemetry.trace import Span
 
-from ._sampling import blind_to_attributes, sdk_ids
+from ._sampling import blind_to_attributes, default_context, no_self_metrics, sdk_ids
 
 __all__ = ["end_span", "quiet_start", "set_attributes"]
 
@@ -168,7 +168,7 @@ class _Ended(tuple):  # type: ignore[type-arg]
         # record onto the span would wait for that lock for ever).
         span = sys._getframe(1).f_locals.get("self")
         if type(span) is _SdkSpan and getattr(span, self.attribute, None) is self:
-            fresh = span._new_events() if self is _NO_EVENTS else span._new_links(())
+            fresh: Any = span._new_events() if self is _NO_EVENTS else span._new_links(())  # type: ignore[no-untyped-call]
             setattr(span, self.attribute, fresh)
             fresh.append(item)
             return
@@ -289,11 +289,13 @@ def quiet_start(tracer: Any) -> bool:
     whose span processors are all the SDK's batch or simple ones (their ``on_start`` does
     nothing; anything else may read the span) and whose sampler is one of the SDK's own
     (which decide without the attributes, and hand them on as given: see
-    :func:`._sampling.blind_to_attributes`), its ids the SDK's own random ones (the start
-    runs under the processors' lock, where no code of the application's may run: one
-    that added a processor there would never return). Then a span can start with none and get them
-    through :func:`set_attributes`: for the values cascade sets, one store instead of the
-    SDK's check of each value (about 40k instructions for a call span's nine)."""
+    :func:`._sampling.blind_to_attributes`), its ids the SDK's own random ones, no span
+    self-metrics (recorded to the application's meter provider) and the API's default
+    runtime context (the start runs under the processors' lock, where no code of the
+    application's may run: one that added a processor there would never return). Then a
+    span can start with none and get them through :func:`set_attributes`: for the values
+    cascade sets, one store instead of the SDK's check of each value (about 40k
+    instructions for a call span's nine)."""
     if _Processors is None or type(tracer) is not _SdkTracer:
         return False
     try:
@@ -301,6 +303,8 @@ def quiet_start(tracer: Any) -> bool:
         return (
             _unpatched(tracer, "start_span", _START_SPAN)
             and sdk_ids(tracer.id_generator)
+            and no_self_metrics(tracer)
+            and default_context()
             and type(processor) is _Processors
             and all(
                 _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))

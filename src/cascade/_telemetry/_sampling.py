@@ -22,6 +22,7 @@ import random
 import threading
 from typing import Any, Final
 
+from opentelemetry import context as _otel_context
 from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, TraceFlags
 from opentelemetry.trace.span import DEFAULT_TRACE_STATE, TraceState
@@ -35,7 +36,9 @@ __all__ = [
     "HeadSampler",
     "PresetIds",
     "blind_to_attributes",
+    "default_context",
     "head_sampler",
+    "no_self_metrics",
     "sdk_ids",
 ]
 
@@ -65,12 +68,19 @@ except ImportError:  # pragma: no cover - no SDK, or another layout
     _BLIND_KINDS = ()
     IdGenerator = object  # type: ignore[assignment,misc]
 
+_NO_METRICS: Any = None
 try:  # what head sampling needs besides (newer SDKs: 1.39 has neither)
     from opentelemetry.sdk.trace._tracer_metrics import NoOpTracerMetrics as _NoMetrics
 
+    _NO_METRICS = _NoMetrics
     _RANDOM_FLAG: int | None = int(TraceFlags.RANDOM_TRACE_ID) if _SAMPLERS else None
 except (ImportError, AttributeError):
     _RANDOM_FLAG = None
+
+try:
+    from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext as _CONTEXTS
+except ImportError:  # pragma: no cover - another API layout
+    _CONTEXTS = None  # type: ignore[assignment,misc]
 
 DROP: Final = 0
 """The run is not sampled: cascade made its non-recording span."""
@@ -333,6 +343,19 @@ def sdk_ids(ids: Any) -> bool:
         and "generate_span_id" not in state
         and "generate_trace_id" not in state
     )
+
+
+def no_self_metrics(tracer: Any) -> bool:
+    """Whether ``tracer`` records none of the SDK's span self-metrics: their instruments are
+    the meter provider's, code of the application's (an SDK without them, as 1.39, none)."""
+    found = getattr(tracer, "_tracer_metrics", None)
+    return found is None or (_NO_METRICS is not None and type(found) is _NO_METRICS)
+
+
+def default_context() -> bool:
+    """Whether the API's runtime context is its default one (a context variable), not one
+    of the application's (``OTEL_PYTHON_CONTEXT``), whose code ``start_span`` would run."""
+    return _CONTEXTS is not None and type(_otel_context._RUNTIME_CONTEXT) is _CONTEXTS
 
 
 def blind_to_attributes(sampler: Any) -> bool:
