@@ -167,3 +167,47 @@ async def test_an_applications_runtime_context_is_not_asked_under_the_processors
         tp.shutdown()
     assert len(exporter.get_finished_spans()) == 3
     assert held and not any(held)
+
+
+@pytest.mark.anyio
+async def test_a_build_raising_stop_iteration_is_a_failed_reload(
+    openai_server: FakeOpenAIServer, tmp_path: Any
+) -> None:
+    """A build that raises StopIteration (a plug-in's ``next()`` on an empty iterator): a
+    failed reload, logged, the next one applies, as from anyio's worker thread (which hands
+    it on as a RuntimeError). A future cannot take a StopIteration: it never settled, the
+    reload waited for ever holding the reload lock, and no SIGHUP reloaded again."""
+    import anyio
+    from structlog.testing import capture_logs
+
+    from cascade.gateway._server import _reload
+
+    from .gateway import serving, write_config
+    from .test_gateway_reload_thread import config_for
+
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        assert gateway.rebuild is not None
+        rebuild = gateway.rebuild
+        fail = [True]
+
+        def flaky(fresh: Any) -> Any:
+            if fail.pop():
+                next(iter(()))
+            return rebuild(fresh)
+
+        gateway.rebuild = flaky
+        write_config(path, config_for(openai_server.url, "next"))
+        with capture_logs() as logs:
+            with anyio.fail_after(10):
+                await _reload(gateway, str(path))
+            assert [r.name for r in gateway.generation.routes] == ["start"]
+            assert not gateway.reloading.locked()
+            fail.append(False)
+            with anyio.fail_after(10):
+                await _reload(gateway, str(path))
+        assert [r.name for r in gateway.generation.routes] == ["next"]
+    failed = [e for e in logs if e["event"] == "gateway.reload_failed"]
+    assert [e["error_type"] for e in failed] == ["RuntimeError"]
+    assert [e["event"] for e in logs][-1] == "gateway.reloaded"

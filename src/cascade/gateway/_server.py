@@ -258,6 +258,10 @@ def _in_a_thread(build: Callable[[], _T]) -> asyncio.Future[_T]:
         try:
             result = build()
         except BaseException as exc:  # handed to the awaiting task
+            if isinstance(exc, StopIteration):  # which a future refuses: as anyio hands it
+                wrapped = RuntimeError("coroutine raised StopIteration")
+                wrapped.__cause__ = exc
+                exc = wrapped
             deliver(future.set_exception, exc)
         else:
             deliver(future.set_result, result)
