@@ -211,3 +211,40 @@ async def test_a_build_raising_stop_iteration_is_a_failed_reload(
     failed = [e for e in logs if e["event"] == "gateway.reload_failed"]
     assert [e["error_type"] for e in failed] == ["RuntimeError"]
     assert [e["event"] for e in logs][-1] == "gateway.reloaded"
+
+
+@pytest.mark.anyio
+async def test_a_reload_that_cannot_start_its_thread_is_a_failed_reload(
+    openai_server: FakeOpenAIServer, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread to be had (a process at its limit of threads): a failed reload, logged as
+    such (as when anyio's worker thread could not start), not an exception out of the
+    reload's task that no one logs."""
+    from structlog.testing import capture_logs
+
+    from cascade.gateway import _server
+
+    from .gateway import serving, write_config
+    from .test_gateway_reload_thread import config_for
+
+    class NoThread:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    async with serving(path) as gw:
+        gateway = gw.gateway
+        write_config(path, config_for(openai_server.url, "next"))
+        monkeypatch.setattr(_server.threading, "Thread", NoThread)
+        with capture_logs() as logs:
+            await _server._reload(gateway, str(path))
+        monkeypatch.undo()
+        assert [r.name for r in gateway.generation.routes] == ["start"]
+        assert gateway.reload_build is None and not gateway.reloading.locked()
+    failed = [e for e in logs if e["event"] == "gateway.reload_failed"]
+    assert [(e["error_type"], e["error"]) for e in failed] == [
+        ("RuntimeError", "can't start new thread")
+    ]

@@ -212,8 +212,8 @@ async def _reload(gateway: Gateway, source: str) -> None:
         # In a thread: reading the files and building every route's cascade (a router
         # file of up to 64 MiB decoded) would stop the loop for seconds, and every
         # request with it.
-        building = gateway.reload_build = _in_a_thread(build)
         try:
+            building = gateway.reload_build = _in_a_thread(build)
             fresh, generation = await building
         except asyncio.CancelledError:
             task = asyncio.current_task()
