@@ -5,6 +5,8 @@ and the loop serves every request meanwhile); reloads apply in the order they ca
 from __future__ import annotations
 
 import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from structlog.testing import capture_logs
 
 from cascade import ConfigError
 from cascade.gateway import serve
+from cascade.gateway._app import Gateway
 from cascade.gateway._config import LoadedConfig
 from cascade.gateway._routes import Generation
 from cascade.gateway._server import _reload
@@ -138,16 +141,23 @@ class Gated:
         return self.rebuild(fresh)  # type: ignore[no-any-return]
 
 
+@asynccontextmanager
+async def gated_reloads(url: str, tmp_path: Path) -> AsyncIterator[tuple[Gateway, Gated, Path]]:
+    """A gateway serving the route ``start`` whose reloads build through :class:`Gated`,
+    and its config file."""
+    path = write_config(tmp_path / "c.toml", config_for(url, "start"))
+    async with serving(path) as gw:
+        gated = Gated(gw.gateway.rebuild)
+        gw.gateway.rebuild = gated
+        yield gw.gateway, gated, path
+
+
 async def test_a_reload_storm_builds_once_more_not_once_per_signal(
     openai_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
     """SIGHUPs while a reload builds: one more reload, which reads the file as it is
     once the first is done, not one full build per signal (each of seconds, in turn)."""
-    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
-    async with serving(path) as gw:
-        gateway = gw.gateway
-        gated = Gated(gateway.rebuild)
-        gateway.rebuild = gated
+    async with gated_reloads(openai_server.url, tmp_path) as (gateway, gated, path):
         async with anyio.create_task_group() as tg:
             tg.start_soon(_reload, gateway, str(path))
             await anyio.to_thread.run_sync(gated.started.wait, 10)
@@ -166,11 +176,7 @@ async def test_a_reload_still_to_come_when_the_gateway_drains_is_not_applied(
     """SIGTERM during a slow reload: the one building is not swapped in (the gateway is
     closing) and the one waiting does not build at all; the shutdown waits for no more
     than the build under way."""
-    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
-    async with serving(path) as gw:
-        gateway = gw.gateway
-        gated = Gated(gateway.rebuild)
-        gateway.rebuild = gated
+    async with gated_reloads(openai_server.url, tmp_path) as (gateway, gated, path):
         write_config(path, config_for(openai_server.url, "late"))
         with capture_logs() as logs:
             async with anyio.create_task_group() as tg:
@@ -190,11 +196,7 @@ async def test_a_build_abandoned_by_sigterm_is_not_waited_for(
 ) -> None:
     """SIGTERM cancels the build under way (``reload_build``): the reload returns while the
     build is still blocked in its thread, swaps nothing in and says so."""
-    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
-    async with serving(path) as gw:
-        gateway = gw.gateway
-        gated = Gated(gateway.rebuild)
-        gateway.rebuild = gated
+    async with gated_reloads(openai_server.url, tmp_path) as (gateway, gated, path):
         write_config(path, config_for(openai_server.url, "late"))
         with capture_logs() as logs:
             try:
@@ -218,11 +220,7 @@ async def test_a_reload_cancelled_from_outside_is_cancelled(
 ) -> None:
     """Only the build's own cancellation (SIGTERM's) ends a reload quietly: the reload's
     task cancelled (its task group's) still ends cancelled."""
-    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
-    async with serving(path) as gw:
-        gateway = gw.gateway
-        gated = Gated(gateway.rebuild)
-        gateway.rebuild = gated
+    async with gated_reloads(openai_server.url, tmp_path) as (gateway, gated, path):
         try:
             with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as tg:
