@@ -4,8 +4,7 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 - SIGTERM / SIGINT: stop accepting connections, let the requests in flight finish (their
   streams included) for at most ``gateway.drain_timeout_s``, cancel what is left (each
   cancel closes its upstream call), close the cascades, exit 0. A reload's build under
-  way is abandoned, not waited for. ``/readyz`` answers 503
-  from the signal on.
+  way is abandoned, not waited for. ``/readyz`` answers 503 from the signal on.
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
