@@ -13,12 +13,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from cascade import Cascade, RequestOptions
 from cascade._telemetry._attributes import end_span
 from cascade.testing import FakeOpenAIServer
 
-from .helpers import USER, provider, tier
-from .test_tracing_review2 import LINKED, _Between
+from .test_tracing_review2 import LINKED, _Between, _one_run
 
 
 class _MirrorToSpan(logging.Handler):
@@ -121,12 +119,7 @@ async def test_the_sdks_self_metrics_are_not_recorded_under_the_processors_lock(
     tp = TracerProvider(meter_provider=meters)
     tp.add_span_processor(SimpleSpanProcessor(exporter))
     meters.lock[0] = tp._active_span_processor._lock
-    config = {"tiers": [tier("t", provider("p", openai_server.url, "m"))]}
-    try:
-        async with Cascade.from_dict(config, tracer_provider=tp, environ={}) as c:
-            await c.run(messages=USER, options=RequestOptions(metadata={"team": "a"}))
-    finally:
-        tp.shutdown()
+    await _one_run(openai_server.url, tp)
     assert len(exporter.get_finished_spans()) == 3
     assert meters.held and not any(meters.held)
 
@@ -159,12 +152,7 @@ async def test_an_applications_runtime_context_is_not_asked_under_the_processors
     tp = TracerProvider()
     tp.add_span_processor(SimpleSpanProcessor(exporter))
     lock[0] = tp._active_span_processor._lock
-    config = {"tiers": [tier("t", provider("p", openai_server.url, "m"))]}
-    try:
-        async with Cascade.from_dict(config, tracer_provider=tp, environ={}) as c:
-            await c.run(messages=USER, options=RequestOptions(metadata={"team": "a"}))
-    finally:
-        tp.shutdown()
+    await _one_run(openai_server.url, tp)
     assert len(exporter.get_finished_spans()) == 3
     assert held and not any(held)
 
