@@ -229,17 +229,13 @@ class Telemetry:
                     return value  # type: ignore[no-any-return]
                 return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
-            quiet = None if attrs is None else self.quiet_start()
-            if quiet is not None:
-                assert attrs is not None
-                processor, processors, lock = quiet
-                with lock:  # see start_span
-                    if processor._span_processors is processors:
-                        span = self._run_span(verdict, head, value, None)
-                if span is not None:
-                    set_attributes(span, attrs)
-            if span is None:
-                span = self._run_span(verdict, head, value, attrs)
+            sampled = head if verdict == SAMPLE else None
+            if attrs is not None:  # INTERNAL, as head.start's
+                span = self.start_span(sc.SPAN_RUN, SpanKind.INTERNAL, attrs, sampled, value)
+            elif sampled is not None:
+                span = sampled.start(sc.SPAN_RUN, value, None)
+            else:
+                span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
             if not span.is_recording() and self._idle():
                 token = use_span(span)
                 # The engine knows a dropped run by its contextvars Token; another runtime
@@ -255,35 +251,39 @@ class Telemetry:
                 span = None
         return RunTrace(self, span, token, attempts, options)
 
-    def _run_span(
-        self, verdict: int, head: HeadSampler | None, value: Any, attrs: dict[str, Any] | None
+    def start_span(
+        self,
+        name: str,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+        head: HeadSampler | None = None,
+        trace_id: int = 0,
     ) -> Span:
-        if verdict == SAMPLE:
-            assert head is not None
-            return head.start(sc.SPAN_RUN, value, attrs)  # type: ignore[no-any-return]
-        return self.tracer.start_span(sc.SPAN_RUN, attributes=attrs)  # INTERNAL
+        """``self.tracer.start_span(name, kind=kind, attributes=attributes)`` (with ``head``:
+        ``head.start(name, trace_id, attributes)``, a run it sampled), the attributes
+        stored after the start when nothing sees them at it (:meth:`quiet_start`).
 
-    def start_span(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> Span:
-        """``self.tracer.start_span(name, kind=kind, attributes=attributes)``, the
-        attributes stored after the start when nothing sees them at it (:meth:`quiet_start`).
-
-        A span starts without them under the lock of the tracer's span processors, which
-        adding one takes, their tuple checked again under it: a processor another thread
-        adds meanwhile comes after the start (as it may with ``start_span``), instead of
-        seeing the span start bare."""
+        Such a span starts under the lock of the tracer's span processors, which adding
+        one takes, their tuple checked again under it: a processor another thread adds
+        meanwhile comes after the start (as it may with ``start_span``), instead of seeing
+        the span start bare. The attributes are stored outside the lock: a warning's
+        handler is the application's."""
         quiet = self.quiet_start()
         if quiet is not None:
             processor, processors, lock = quiet
             with lock:
-                span = (
-                    self.tracer.start_span(name, kind=kind)
-                    if processor._span_processors is processors
-                    else None
-                )
-            if span is not None:  # stored outside the lock: a warning's handler is the app's
+                if processor._span_processors is not processors:
+                    span = None
+                elif head is None:
+                    span = self.tracer.start_span(name, kind=kind)
+                else:
+                    span = head.start(name, trace_id, None)
+            if span is not None:
                 set_attributes(span, attributes)
                 return span
-        return self.tracer.start_span(name, kind=kind, attributes=attributes)
+        if head is None:
+            return self.tracer.start_span(name, kind=kind, attributes=attributes)
+        return head.start(name, trace_id, attributes)  # type: ignore[no-any-return]
 
     def quiet_start(self) -> tuple[Any, tuple[Any, ...], Any] | None:
         """When nothing sees a span's attributes at its start (see :func:`quiet_start` in
