@@ -24,7 +24,7 @@ from opentelemetry.trace import Span
 
 from ._sampling import blind_to_attributes, default_context, no_self_metrics, sdk_ids
 
-__all__ = ["end_span", "quiet_start", "set_attributes"]
+__all__ = ["as_stored", "end_span", "quiet_start", "set_attributes"]
 
 try:  # the SDK's classes, compared by identity: a subclass may store otherwise
     from opentelemetry.attributes import BoundedAttributes as _Bounded
@@ -105,23 +105,32 @@ def set_attributes(span: Span, attributes: Mapping[str, Any]) -> None:
         span.set_attributes(attributes)
 
 
-def _store(span: Any, attributes: Mapping[str, Any]) -> bool:
-    """Store ``attributes`` on an SDK span as its ``set_attributes`` would; False (nothing
-    stored) when that is not certain."""
+def as_stored(attributes: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """``attributes`` as the SDK's check stores them (the same mapping when it stores
+    every value as it is); None when that is not certain (a value of another type, a key
+    it drops with a warning)."""
     cleaned: dict[str, Any] | None = None
     for key, value in attributes.items():
         if type(key) is not str or not key:
-            return False  # the SDK drops it, with a warning
+            return None  # the SDK drops it, with a warning
         kind = type(value)
         if kind in _AS_IS:
             continue
         if kind not in _SEQUENCES or not {*map(type, value)} <= _STR:
-            return False
+            return None
         if cleaned is None:
             cleaned = dict(attributes)
         cleaned[key] = _shared(tuple(value))  # the SDK's copy: a tuple of the same strings
-    if cleaned is not None:
-        attributes = cleaned
+    return attributes if cleaned is None else cleaned
+
+
+def _store(span: Any, attributes: Mapping[str, Any]) -> bool:
+    """Store ``attributes`` on an SDK span as its ``set_attributes`` would; False (nothing
+    stored) when that is not certain."""
+    found = as_stored(attributes)
+    if found is None:
+        return False
+    attributes = found
     try:
         with span._lock:
             if span._end_time is not None:

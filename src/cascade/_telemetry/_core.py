@@ -27,6 +27,7 @@ from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
 from ._attributes import quiet_start, set_attributes
 from ._context import use_span
+from ._light import LightPlan, light_plan
 from ._metrics import Instruments, instruments_for
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
 from ._spans import NOOP_RUN, DroppedRun, RunTrace
@@ -44,6 +45,7 @@ __all__ = ["Telemetry"]
 _OFF = frozenset({"off", "0", "false", "no", "none"})
 _ON = frozenset({"1", "true", "yes", "on", "span_only", "span_and_event"})
 _UNDECIDED: tuple[int, Any] = (SLOW, None)
+_NO_ATTRIBUTES: dict[str, Any] = {}  # never changed: a light span copies what it gets
 
 
 class Telemetry:
@@ -230,12 +232,7 @@ class Telemetry:
                 return RunTrace(self, None, value, attempts, options)  # metrics only
             attrs = self._run_attributes(options, max_cost_usd, deadline_s)
             sampled = head if verdict == SAMPLE else None
-            if attrs is not None:  # INTERNAL, as head.start's
-                span = self.start_span(sc.SPAN_RUN, SpanKind.INTERNAL, attrs, sampled, value)
-            elif sampled is not None:
-                span = sampled.start(sc.SPAN_RUN, value, None)
-            else:
-                span = self.tracer.start_span(sc.SPAN_RUN)  # INTERNAL
+            span = self.start_span(sc.SPAN_RUN, SpanKind.INTERNAL, attrs, sampled, value)
             if not span.is_recording() and self._idle():
                 token = use_span(span)
                 # The engine knows a dropped run by its contextvars Token; another runtime
@@ -255,22 +252,31 @@ class Telemetry:
         self,
         name: str,
         kind: SpanKind,
-        attributes: dict[str, Any],
+        attributes: dict[str, Any] | None,
         head: HeadSampler | None = None,
         trace_id: int = 0,
     ) -> Span:
         """``self.tracer.start_span(name, kind=kind, attributes=attributes)`` (with ``head``:
-        ``head.start(name, trace_id, attributes)``, a run it sampled), the attributes
-        stored after the start when nothing sees them at it (:meth:`quiet_start`).
+        ``head.start(name, trace_id, attributes)``, a run it sampled). When nothing sees
+        the span but the processors' ``on_end`` (:meth:`quiet_start`), a light span
+        (:mod:`._light`) where its sampling decision is known here; else the SDK's, its
+        attributes stored after the start when nothing sees them at it.
 
         Such a span starts under the lock of the tracer's span processors, which adding
         one takes, their tuple checked again under it: a processor another thread adds
         meanwhile comes after the start (as it may with ``start_span``), instead of seeing
         the span start bare. The attributes are stored outside the lock: a warning's
-        handler is the application's."""
+        handler is the application's. (A light span calls no processor at its start.)"""
         quiet = self.quiet_start()
         if quiet is not None:
-            processor, processors, lock = quiet
+            processor, processors, lock, light = quiet
+            if light is not None:
+                found = light.start(
+                    name, kind, attributes or _NO_ATTRIBUTES, sampled=head is not None,
+                    trace_id=trace_id,
+                )  # fmt: skip
+                if found is not None:
+                    return found
             with lock:
                 if processor._span_processors is not processors:
                     span = None
@@ -279,17 +285,19 @@ class Telemetry:
                 else:
                     span = head.start(name, trace_id, None)
             if span is not None:
-                set_attributes(span, attributes)
+                if attributes:
+                    set_attributes(span, attributes)
                 return span
         if head is None:
             return self.tracer.start_span(name, kind=kind, attributes=attributes)
         return head.start(name, trace_id, attributes)  # type: ignore[no-any-return]
 
-    def quiet_start(self) -> tuple[Any, tuple[Any, ...], Any] | None:
+    def quiet_start(self) -> tuple[Any, tuple[Any, ...], Any, LightPlan | None] | None:
         """When nothing sees a span's attributes at its start (see :func:`quiet_start` in
         :mod:`._attributes`): the tracer's span processor, its tuple of processors as
-        found, and its lock (see :meth:`start_span`); else None. Looked up again when the
-        processors or the sampler change."""
+        found, its lock (see :meth:`start_span`) and the plan of its light spans (None
+        when they cannot be: see :func:`._light.light_plan`); else None. Looked up again
+        when the processors or the sampler change."""
         tracer = _real_tracer(self.tracer)
         try:
             processor = tracer.span_processor
@@ -300,7 +308,11 @@ class Telemetry:
         if known[0] is processors and known[1] is sampler:
             return known[2]  # type: ignore[no-any-return]
         lock = getattr(processor, "_lock", None) if quiet_start(tracer) else None
-        quiet = None if lock is None else (processor, processors, lock)
+        quiet = (
+            None
+            if lock is None
+            else (processor, processors, lock, light_plan(tracer, processor, processors))
+        )
         self._quiet = (processors, sampler, quiet)
         return quiet
 

@@ -1,0 +1,520 @@
+"""A sampled span that cascade starts and ends itself, exactly as the SDK would have, when
+nothing but the span processors' ``on_end`` ever sees the SDK's span object.
+
+The SDK's span costs far more than what it exports: a start through the tracer (the
+current span, the sampler, ids, the span context, a ``_Span`` with four locks, an
+attribute store, two event and link lists) and, at the end, a readable copy of it. Of a
+sampled run's cost at concurrency 64 (three spans), that is most: about 120k instructions
+a span against 30k for building the readable span the processors get.
+
+For the tracers :func:`._attributes.quiet_start` accepts (the SDK's tracer, samplers, ids,
+batch and simple span processors, none of their methods replaced), whose decision for
+the span is known without asking the sampler (a run head sampling sampled, or a span
+whose sampler leaf for its parent samples everything, as ``ParentBased`` does for a
+sampled parent by default), whose span limits cannot change what cascade stores, and whose
+installed SDK builds the same readable span this way (:func:`_probe`), a span starts as a
+:class:`LightSpan`: its span context (the same draws of the same random ids, flags and
+trace state the SDK would give it), its name, kind, parent, start time, attributes and
+status. At its end it hands the processors the ``ReadableSpan`` the SDK's span would have
+made.
+
+Anything else done to it (an event, a link, a renamed span, an exception recorded, a
+status given otherwise, attributes the SDK would check or limit, an attribute read by
+the application, an end after a processor was added) first makes it the SDK's own span,
+with what it holds so far (:meth:`LightSpan.sdk_span`), which then does that, as it would
+have done from the start. The live span is the current span of the run's context, so an
+application that looks at it gets the API's ``Span`` (not an instance of the SDK's
+classes) whose every method and attribute behaves as the SDK span's.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import threading
+from collections.abc import Mapping, Sequence
+from time import time_ns
+from typing import Any, Final
+
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+
+from ._attributes import (
+    _AS_IS,
+    _LISTS,
+    _NO_EVENTS,
+    _NO_LINKS,
+    _unpatched,
+    _Untouchable,
+    as_stored,
+)
+from ._context import SPAN_KEY, current
+from ._sampling import _ALL_SAMPLED, _FAST, _RANDOM_FLAG, _leaves, _local_context
+
+__all__ = ["LightPlan", "LightSpan", "light_plan"]
+
+try:
+    from opentelemetry.attributes import BoundedAttributes as _Bounded
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import _Span as _SdkSpan
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+except ImportError:  # pragma: no cover - no SDK
+    _SdkSpan = None  # type: ignore[assignment,misc]
+
+_LOCK: Final = threading.Lock()
+"""Guards a light span's change into the SDK's (another thread may touch the span, as the
+current span of a context it was handed) against its own fast paths."""
+_getrandbits = random.getrandbits
+
+
+def _no_op_on_ending() -> bool:
+    """Whether the SDK's batch and simple span processors do nothing in ``_on_ending``
+    (which the SDK calls with the live span just before ``on_end``; an SDK without it, as
+    older ones, calls nothing): found by calling it with a span it must not touch."""
+    for kind in (BatchSpanProcessor, SimpleSpanProcessor):
+        ending = getattr(kind, "_on_ending", None)
+        if ending is None:
+            continue
+        _Untouchable.touched = False
+        probe = _Untouchable()
+        try:
+            ending(probe, probe)
+        except Exception:
+            return False
+        if _Untouchable.touched:
+            return False
+    return True
+
+
+_ENDINGS: Final = (
+    {kind: getattr(kind, "_on_ending", None) for kind in (BatchSpanProcessor, SimpleSpanProcessor)}
+    if _SdkSpan is not None
+    else {}
+)
+"""Their ``_on_ending`` as imported (None: the SDK has none)."""
+
+_DEFAULT_STATUS: Any = None
+_SDK_KWARGS: tuple[str, ...] = ()
+
+
+class LightPlan:
+    """What a tracer's light spans need, as found when its processors and sampler were
+    checked (:func:`light_plan`); stale once its processors change (see
+    :meth:`LightSpan.end`)."""
+
+    __slots__ = (
+        "flags",
+        "leaves",
+        "maxlen",
+        "processor",
+        "processors",
+        "random_ids",
+        "tracer",
+    )
+
+    def __init__(self, tracer: Any, processor: Any, processors: tuple[Any, ...]) -> None:
+        self.tracer = tracer
+        self.processor = processor
+        self.processors = processors
+        leaves = _leaves(tracer.sampler)
+        assert leaves is not None  # quiet_start accepted the sampler
+        self.leaves = leaves
+        self.maxlen: int | None = tracer._span_limits.max_span_attributes
+        self.random_ids = bool(tracer.id_generator.is_trace_id_random())
+        self.flags = (_SAMPLED, _SAMPLED_RANDOM)
+
+    def start(self, name: str, kind: SpanKind, attributes: Mapping[str, Any], *, sampled: bool,
+              trace_id: int = 0) -> LightSpan | None:  # fmt: skip
+        """The span the SDK's tracer would start now (the current context its parent), or
+        None when its decision is not known here (then the caller asks the SDK).
+        ``sampled``: head sampling sampled it, in the trace ``trace_id`` (0: the
+        parent's)."""
+        config = getattr(self.tracer, "_tracer_config", None)
+        if config is not None and not config.is_enabled:
+            return None
+        stored = as_stored(attributes)
+        if stored is None or (self.maxlen is not None and len(stored) > self.maxlen):
+            return None
+        found = current().get(SPAN_KEY)  # type: ignore[arg-type]
+        parent = None
+        if found is not None:
+            if not isinstance(found, Span):
+                return None
+            parent = found.get_span_context()
+            if type(parent) is not SpanContext:
+                return None  # the SDK's TypeError, or another class: its business
+            if not parent.is_valid:
+                parent = None
+        if parent is None:
+            if trace_id:
+                pass  # head sampling's draw
+            elif sampled or self.leaves[0] != _ALL_SAMPLED:
+                return None
+            else:  # RandomIdGenerator.generate_trace_id's draw (again on zero)
+                trace_id = _getrandbits(128) or self.tracer.id_generator.generate_trace_id()
+            random_ids = self.random_ids
+            state = DEFAULT_TRACE_STATE
+        else:
+            if trace_id:
+                return None  # decided for a new trace, now under a parent
+            if not sampled:
+                flags = parent.trace_flags
+                if parent.is_remote:
+                    leaf = self.leaves[1 if flags.sampled else 2]
+                else:
+                    leaf = self.leaves[3 if flags.sampled else 4]
+                if leaf != _ALL_SAMPLED:
+                    return None
+            trace_id = parent.trace_id
+            random_ids = parent.trace_flags.random_trace_id
+            state = parent.trace_state
+        span_id = _getrandbits(64) or self.tracer.id_generator.generate_span_id()
+        context = _local_context(trace_id, span_id, self.flags[random_ids], state)
+        return LightSpan(self, name, context, parent, kind, dict(stored))
+
+
+class LightSpan(Span):
+    """A sampled span that becomes a ``ReadableSpan`` for the span processors at its end
+    without the SDK's span object (see the module doc); anything else done to it first
+    makes it that object (:meth:`sdk_span`)."""
+
+    __slots__ = (
+        "_attrs",
+        "_context",
+        "_end_time",
+        "_kind",
+        "_name",
+        "_parent",
+        "_plan",
+        "_real",
+        "_resource",
+        "_start_time",
+        "_status",
+    )
+
+    def __init__(
+        self,
+        plan: LightPlan,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        attributes: dict[str, Any],
+    ) -> None:
+        self._plan = plan
+        self._name = name
+        self._context = context
+        self._parent = parent
+        self._kind = kind
+        self._attrs = attributes
+        self._resource = plan.tracer.resource  # the SDK's span keeps the one of its start
+        self._status = _DEFAULT_STATUS
+        self._real: Any = None
+        self._end_time: int | None = None
+        self._start_time = time_ns()
+
+    # What cascade does to its spans, without the SDK's span object.
+
+    def get_span_context(self) -> SpanContext:
+        return self._context
+
+    def is_recording(self) -> bool:
+        real = self._real
+        return self._end_time is None if real is None else bool(real.is_recording())
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        stored = as_stored(attributes)
+        if stored is not None:
+            with _LOCK:
+                mine = self._attrs
+                maxlen = self._plan.maxlen
+                if (
+                    self._real is None
+                    and self._end_time is None
+                    and (maxlen is None or len(mine) + len(stored) <= maxlen)
+                ):
+                    for key, value in stored.items():
+                        if key in mine:  # as the SDK's store: a key set again moves last
+                            del mine[key]
+                        mine[key] = value
+                    return
+        self.sdk_span().set_attributes(attributes)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.sdk_span().set_attribute(key, value)
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        if type(status) is Status and description is None:
+            with _LOCK:
+                if self._real is None and self._end_time is None:
+                    # The SDK's rule: an OK status is final; UNSET changes nothing.
+                    if (
+                        self._status.status_code is not StatusCode.OK
+                        and status.status_code is not StatusCode.UNSET
+                    ):
+                        self._status = status
+                    return
+        self.sdk_span().set_status(status, description)
+
+    def end(self, end_time: int | None = None) -> None:
+        plan = self._plan
+        with _LOCK:
+            fast = (
+                self._real is None
+                and self._end_time is None
+                and plan.processor._span_processors is plan.processors
+            )
+            if fast:
+                self._end_time = end_time if end_time is not None else time_ns()
+        if not fast:  # the SDK ends it, or says it had ended
+            self.sdk_span().end(end_time)
+            return
+        attributes = _Bounded(plan.maxlen, None, immutable=True, max_value_len=None)
+        attributes._dict = self._attrs
+        tracer = plan.tracer
+        plan.processor.on_end(
+            ReadableSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                resource=self._resource,
+                attributes=attributes,
+                events=_NO_EVENTS,
+                links=_NO_LINKS,
+                kind=self._kind,
+                status=self._status,
+                start_time=self._start_time,
+                end_time=self._end_time,
+                instrumentation_info=tracer.instrumentation_info,
+                instrumentation_scope=tracer._instrumentation_scope,
+            )
+        )
+
+    # Everything else: the SDK's span does it.
+
+    def sdk_span(self) -> Any:
+        """The SDK's span this one stands for, made now (once) with what it holds: what
+        ``start_span`` would have started, its attributes and status as set, ended if it
+        has ended (without ``on_end``: the processors had the span)."""
+        with _LOCK:
+            found = self._real
+            if found is not None:
+                return found
+            plan = self._plan
+            tracer = plan.tracer
+            real: Any = _SdkSpan(
+                name=self._name,
+                context=self._context,
+                parent=self._parent,
+                sampler=tracer.sampler,
+                resource=self._resource,
+                span_processor=plan.processor,
+                kind=self._kind,
+                instrumentation_info=tracer.instrumentation_info,
+                limits=tracer._span_limits,
+                instrumentation_scope=tracer._instrumentation_scope,
+                **dict.fromkeys(_SDK_KWARGS),  # type: ignore[arg-type]
+            )
+            real._start_time = self._start_time  # started: on_start, blind, saw nothing
+            real._attributes._dict.update(self._attrs)
+            real._status = self._status
+            if self._end_time is not None:
+                real._end_time = self._end_time
+                real._attributes._immutable = True
+            self._real = real
+            return real
+
+    def add_event(
+        self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
+    ) -> None:
+        self.sdk_span().add_event(name, attributes, timestamp)
+
+    def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:
+        self.sdk_span().add_link(context, attributes)
+
+    def update_name(self, name: str) -> None:
+        self.sdk_span().update_name(name)
+
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Mapping[str, Any] | None = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
+        self.sdk_span().record_exception(exception, attributes, timestamp, escaped)
+
+    def __getattr__(self, name: str) -> Any:
+        # A read the API's Span has no name for (``attributes``, ``name``, ``parent``...):
+        # the SDK span's. Never for this class's own slots, set in __init__.
+        if name.startswith("__") or name in LightSpan.__slots__:
+            raise AttributeError(name)
+        return getattr(self.sdk_span(), name)
+
+    def __repr__(self) -> str:
+        return repr(self.sdk_span())
+
+
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_SAMPLED_RANDOM: Final = TraceFlags(TraceFlags.SAMPLED | (_RANDOM_FLAG or 0))
+
+
+def _probe() -> bool:
+    """Whether light spans of this SDK end as its own spans do: spans started and ended
+    both ways, as a sampled root and as a child of a local and of a remote parent with a
+    trace state, give the same readable spans (every field, the attributes' store with
+    its limits), and a light span made the SDK's one carries what it held."""
+    global _DEFAULT_STATUS, _SDK_KWARGS
+    if (
+        _SdkSpan is None
+        or not _AS_IS
+        or not _LISTS
+        or not _FAST
+        or _RANDOM_FLAG is None
+        or SPAN_KEY is None
+        or not _no_op_on_ending()
+    ):
+        return False
+    try:
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+        from opentelemetry.trace.span import TraceState
+
+        _DEFAULT_STATUS = inspect.signature(ReadableSpan).parameters["status"].default
+        parameters = inspect.signature(_SdkSpan).parameters
+        _SDK_KWARGS = ("record_end_metrics",) if "record_end_metrics" in parameters else ()
+
+        ended: list[Any] = []
+
+        class Keep(SpanExporter):
+            def export(self, spans: Sequence[Any]) -> SpanExportResult:
+                ended.extend(spans)
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider(shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(Keep()))
+        tracer: Any = provider.get_tracer("cascade.probe", "1")
+        processor = tracer.span_processor
+        plan = LightPlan(tracer, processor, processor._span_processors)
+        attrs: dict[str, Any] = {"s": "x", "i": 1, "f": 0.5, "b": True, "t": ("a", "b")}
+        ok = Status(StatusCode.OK)
+        remote = SpanContext(7, 9, True, TraceFlags(_SAMPLED_RANDOM), TraceState([("k", "v")]))
+        parent: Any
+        for parent in (None, "local", remote):
+            token = None
+            outer = None
+            if parent == "local":
+                outer = tracer.start_span("outer")
+                token = otel_context.attach(trace.set_span_in_context(outer))
+            elif parent is not None:
+                token = otel_context.attach(
+                    trace.set_span_in_context(trace.NonRecordingSpan(parent))
+                )
+            try:
+                sdk: Any = tracer.start_span("probe", kind=SpanKind.CLIENT, attributes=attrs)
+                sdk.set_status(ok)
+                light = plan.start("probe", SpanKind.CLIENT, attrs, sampled=False)
+                if light is None:
+                    return False
+                light.set_attributes({"s": "y"})
+                sdk.set_attributes({"s": "y"})
+                light.set_status(ok)
+                light._start_time = sdk._start_time
+                light._context = _local_context(
+                    sdk.context.trace_id,
+                    sdk.context.span_id,
+                    light._context.trace_flags,
+                    light._context.trace_state,
+                )
+                when = time_ns()
+                sdk.end(when)
+                light.end(when)
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
+                if outer is not None:
+                    outer.end()
+            theirs, mine = [s for s in ended if s.name == "probe"][-2:]
+            if not _same(mine, theirs):
+                return False
+        # Made the SDK's own midway: what it held, then the SDK's own doing.
+        light = plan.start("probe", SpanKind.CLIENT, attrs, sampled=False)
+        if light is None:
+            return False
+        light.set_status(ok)
+        light.add_event("e", {"k": 1})
+        light.end()
+        made = ended[-1]
+        provider.shutdown()
+        return (
+            dict(made.attributes) == {**attrs}
+            and made.status is ok
+            and [e.name for e in made.events] == ["e"]
+            and made.start_time == light._start_time
+        )
+    except Exception:  # pragma: no cover - another SDK layout
+        return False
+
+
+def _same(mine: Any, theirs: Any) -> bool:
+    """Whether two readable spans carry the same: every instance field (the attribute
+    store's content, order, limits and drop count)."""
+    a, b = vars(mine), vars(theirs)
+    if a.keys() != b.keys() or type(mine) is not type(theirs):
+        return False
+    for key, value in a.items():
+        other = b[key]
+        if key == "_attributes":
+            if type(value) is not type(other) or list(value.items()) != list(other.items()):
+                return False
+            if any(
+                getattr(value, name) != getattr(other, name)
+                for name in ("maxlen", "dropped", "max_value_len", "_immutable")
+            ):
+                return False
+            if type(value._dict) is not type(other._dict):
+                return False
+        elif key in ("_events", "_links"):  # the SDK's empty lists, or the shared ones
+            listed: Any = value
+            if tuple(listed) or tuple(other) or getattr(listed, "dropped", 0):
+                return False
+        elif key == "_context":
+            if tuple(value) != tuple(other) or type(value) is not type(other):
+                return False
+        elif value is not other and value != other:
+            return False
+    return True
+
+
+LIGHT: Final = _probe()
+"""Whether this SDK's spans can be light ones (:func:`_probe`)."""
+
+
+def light_plan(tracer: Any, processor: Any, processors: tuple[Any, ...]) -> LightPlan | None:
+    """A :class:`LightPlan` for a tracer :func:`._attributes.quiet_start` accepted, when
+    its limits cannot change the values cascade stores (no length limit) and this SDK's
+    spans can be light (:data:`LIGHT`)."""
+    if not LIGHT:
+        return None
+    try:
+        if tracer._span_limits.max_span_attribute_length is not None:
+            return None
+        if type(processor).on_end is not _MULTI_ON_END or "on_end" in vars(processor):
+            return None
+        if not all(
+            _unpatched(p, "_on_ending", _ENDINGS.get(type(p), _Untouchable)) for p in processors
+        ):
+            return None  # one of theirs replaced: it may look at the live span
+        return LightPlan(tracer, processor, processors)
+    except AttributeError:  # pragma: no cover - another SDK layout
+        return None
+
+
+try:
+    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor as _Multi
+
+    _MULTI_ON_END: Any = _Multi.on_end
+except ImportError:  # pragma: no cover - no SDK
+    _MULTI_ON_END = None
