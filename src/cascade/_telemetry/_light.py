@@ -478,7 +478,8 @@ def _same(mine: Any, theirs: Any) -> bool:
                 return False
         elif key in ("_events", "_links"):  # the SDK's empty lists, or the shared ones
             listed: Any = value
-            if tuple(listed) or tuple(other) or getattr(listed, "dropped", 0):
+            dropped: int = getattr(listed, "dropped", 0)
+            if dropped or tuple(listed) or tuple(other):
                 return False
         elif key == "_context":
             if tuple(value) != tuple(other) or type(value) is not type(other):
