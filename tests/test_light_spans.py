@@ -39,7 +39,7 @@ class Subclassed(SimpleSpanProcessor):
 
 
 def test_this_sdk_has_light_spans() -> None:
-    assert _light.LIGHT
+    assert _light.light_enabled()
 
 
 def telemetry(**kwargs: Any) -> tuple[Telemetry, TracerProvider, InMemorySpanExporter]:
@@ -280,3 +280,48 @@ def test_a_light_span_reads_as_the_sdks() -> None:
         span.no_such_thing  # noqa: B018
     span.end()
     tp.shutdown()
+
+
+def test_an_exception_leaving_with_span_is_recorded_as_by_the_sdks() -> None:
+    forms = []
+    for processor in (SimpleSpanProcessor, Subclassed):
+        tel, tp, exporter = telemetry(processor=processor)
+        span = tel.start_span("s", SpanKind.INTERNAL, {"a": 1})
+        with pytest.raises(ValueError), span:
+            raise ValueError("boom")
+        (got,) = exporter.get_finished_spans()
+        forms.append((shape([got]), got.status.description))
+        tp.shutdown()
+    assert forms[0] == forms[1]
+    assert forms[0][0][0][8] is StatusCode.ERROR and forms[0][0][0][10][0][0] == "exception"
+
+
+@pytest.mark.parametrize("where", ["span processor", "processor"])
+def test_an_on_ending_replaced_at_any_time_sees_the_live_span(where: str) -> None:
+    """``_on_ending`` (SDK 1.4x) gets the live span before ``on_end``: one replaced on the
+    provider's span processor or on one of its processors, even after spans were
+    light, gets it again."""
+    tel, tp, exporter = telemetry()
+    first = tel.start_span("first", SpanKind.INTERNAL, {"a": 1})
+    assert type(first) is LightSpan
+    first.end()
+    seen: list[str] = []
+    multi = tp._active_span_processor
+    target = multi if where == "span processor" else multi._span_processors[0]
+    if not hasattr(target, "_on_ending"):
+        pytest.skip("this SDK has no _on_ending")
+    target._on_ending = lambda span: seen.append(type(span).__name__)
+    second = tel.start_span("second", SpanKind.INTERNAL, {"a": 1})
+    second.end()
+    assert seen == ["_Span"]
+    assert [s.name for s in exporter.get_finished_spans()] == ["first", "second"]
+    tp.shutdown()
+
+
+def test_the_check_of_the_sdk_leaves_the_applications_random_sequence_alone() -> None:
+    _light._LIGHT.clear()
+    random.seed(7)
+    expected = random.random()
+    random.seed(7)
+    assert _light.light_enabled()
+    assert random.random() == expected

@@ -44,6 +44,7 @@ from ._attributes import (
     _LISTS,
     _NO_EVENTS,
     _NO_LINKS,
+    _STARTS,
     _unpatched,
     _Untouchable,
     as_stored,
@@ -64,7 +65,6 @@ except ImportError:  # pragma: no cover - no SDK
 _LOCK: Final = threading.Lock()
 """Guards a light span's change into the SDK's (another thread may touch the span, as the
 current span of a context it was handed) against its own fast paths."""
-_getrandbits = random.getrandbits
 
 
 def _no_op_on_ending() -> bool:
@@ -130,7 +130,9 @@ class LightPlan:
         ``sampled``: head sampling sampled it, in the trace ``trace_id`` (0: the
         parent's)."""
         config = getattr(self.tracer, "_tracer_config", None)
-        if config is not None and not config.is_enabled:
+        if (config is not None and not config.is_enabled) or not unchanged(
+            self.processor, self.processors
+        ):
             return None
         stored = as_stored(attributes)
         if stored is None or (self.maxlen is not None and len(stored) > self.maxlen):
@@ -151,7 +153,7 @@ class LightPlan:
             elif sampled or self.leaves[0] != _ALL_SAMPLED:
                 return None
             else:  # RandomIdGenerator.generate_trace_id's draw (again on zero)
-                trace_id = _getrandbits(128) or self.tracer.id_generator.generate_trace_id()
+                trace_id = random.getrandbits(128) or self.tracer.id_generator.generate_trace_id()
             random_ids = self.random_ids
             state = DEFAULT_TRACE_STATE
         else:
@@ -168,7 +170,7 @@ class LightPlan:
             trace_id = parent.trace_id
             random_ids = parent.trace_flags.random_trace_id
             state = parent.trace_state
-        span_id = _getrandbits(64) or self.tracer.id_generator.generate_span_id()
+        span_id = random.getrandbits(64) or self.tracer.id_generator.generate_span_id()
         context = _local_context(trace_id, span_id, self.flags[random_ids], state)
         return LightSpan(self, name, context, parent, kind, dict(stored))
 
@@ -263,6 +265,7 @@ class LightSpan(Span):
                 self._real is None
                 and self._end_time is None
                 and plan.processor._span_processors is plan.processors
+                and unchanged(plan.processor, plan.processors)
             )
             if fast:
                 self._end_time = end_time if end_time is not None else time_ns()
@@ -343,6 +346,14 @@ class LightSpan(Span):
         escaped: bool = False,
     ) -> None:
         self.sdk_span().record_exception(exception, attributes, timestamp, escaped)
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        """As the SDK span's: an exception leaving ``with span:`` is recorded on it (by
+        the SDK's span this one then becomes), and the span ends."""
+        if exc_val is None:
+            self.end()
+            return
+        self.sdk_span().__exit__(exc_type, exc_val, exc_tb)
 
     def __getattr__(self, name: str) -> Any:
         # A read the API's Span has no name for (``attributes``, ``name``, ``parent``...):
@@ -489,33 +500,59 @@ def _same(mine: Any, theirs: Any) -> bool:
     return True
 
 
-LIGHT: Final = _probe()
-"""Whether this SDK's spans can be light ones (:func:`_probe`)."""
+_LIGHT: list[bool] = []
+_PROBING: Final = threading.Lock()
+
+
+def light_enabled() -> bool:
+    """Whether this SDK's spans can be light ones (:func:`_probe`, run once, when the
+    first tracer is looked at: not at import; the global ``random`` state its ids drew
+    from is put back, so an application's seeded sequence is unchanged)."""
+    if not _LIGHT:
+        with _PROBING:
+            if not _LIGHT:
+                state = random.getstate()
+                try:
+                    _LIGHT.append(_probe())
+                finally:
+                    random.setstate(state)
+    return _LIGHT[0]
 
 
 def light_plan(tracer: Any, processor: Any, processors: tuple[Any, ...]) -> LightPlan | None:
     """A :class:`LightPlan` for a tracer :func:`._attributes.quiet_start` accepted, when
     its limits cannot change the values cascade stores (no length limit) and this SDK's
-    spans can be light (:data:`LIGHT`)."""
-    if not LIGHT:
+    spans can be light (:func:`light_enabled`)."""
+    if not light_enabled():
         return None
     try:
         if tracer._span_limits.max_span_attribute_length is not None:
             return None
         if type(processor).on_end is not _MULTI_ON_END or "on_end" in vars(processor):
             return None
-        if not all(
-            _unpatched(p, "_on_ending", _ENDINGS.get(type(p), _Untouchable)) for p in processors
-        ):
-            return None  # one of theirs replaced: it may look at the live span
+        if not unchanged(processor, processors):
+            return None
         return LightPlan(tracer, processor, processors)
     except AttributeError:  # pragma: no cover - another SDK layout
         return None
+
+
+def unchanged(processor: Any, processors: tuple[Any, ...]) -> bool:
+    """Whether no ``_on_ending`` that would see the live span (the span processor's own,
+    or one of its processors') and no ``on_start`` that would see it start was replaced
+    since import: checked at every light span's start and end, as one may be replaced at
+    any time."""
+    return _unpatched(processor, "_on_ending", _MULTI_ON_ENDING) and all(
+        _unpatched(p, "_on_ending", _ENDINGS.get(type(p), _Untouchable))
+        and _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))
+        for p in processors
+    )
 
 
 try:
     from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor as _Multi
 
     _MULTI_ON_END: Any = _Multi.on_end
+    _MULTI_ON_ENDING: Any = getattr(_Multi, "_on_ending", None)
 except ImportError:  # pragma: no cover - no SDK
-    _MULTI_ON_END = None
+    _MULTI_ON_END = _MULTI_ON_ENDING = None
