@@ -325,3 +325,16 @@ def test_the_check_of_the_sdk_leaves_the_applications_random_sequence_alone() ->
     random.seed(7)
     assert _light.light_enabled()
     assert random.random() == expected
+
+
+def test_the_check_of_the_sdk_looks_past_the_callers_current_span() -> None:
+    """The first traced run may come under a span of the application's (not sampled,
+    say): the check builds its spans as new traces all the same."""
+    _light._LIGHT.clear()
+    dropped = SpanContext(5, 6, True, TraceFlags(TraceFlags.DEFAULT))
+    token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(dropped)))
+    try:
+        assert _light.light_enabled()
+        assert trace.get_current_span().get_span_context() is dropped
+    finally:
+        otel_context.detach(token)

@@ -367,12 +367,16 @@ def light_enabled() -> bool:
     if not _LIGHT:
         with _PROBING:
             if not _LIGHT:
-                state = random.getstate()
-                try:
-                    from ._light_check import probe
+                from opentelemetry import context as otel_context
 
+                from ._light_check import probe
+
+                state = random.getstate()
+                token = otel_context.attach(otel_context.Context())  # not the caller's span
+                try:
                     _LIGHT.append(probe())
                 finally:
+                    otel_context.detach(token)
                     random.setstate(state)
     return _LIGHT[0]
 
