@@ -296,11 +296,14 @@ def test_an_exception_leaving_with_span_is_recorded_as_by_the_sdks() -> None:
     assert forms[0][0][0][8] is StatusCode.ERROR and forms[0][0][0][10][0][0] == "exception"
 
 
+@pytest.mark.parametrize("on", ["object", "class"])
 @pytest.mark.parametrize("where", ["span processor", "processor"])
-def test_an_on_ending_replaced_at_any_time_sees_the_live_span(where: str) -> None:
+def test_an_on_ending_replaced_at_any_time_sees_the_live_span(
+    where: str, on: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``_on_ending`` (SDK 1.4x) gets the live span before ``on_end``: one replaced on the
-    provider's span processor or on one of its processors, even after spans were
-    light, gets it again."""
+    provider's span processor or on one of its processors (the object or its class),
+    after spans were light, even while a light span is open, gets it at its end."""
     tel, tp, exporter = telemetry()
     first = tel.start_span("first", SpanKind.INTERNAL, {"a": 1})
     assert type(first) is LightSpan
@@ -310,11 +313,70 @@ def test_an_on_ending_replaced_at_any_time_sees_the_live_span(where: str) -> Non
     target = multi if where == "span processor" else multi._span_processors[0]
     if not hasattr(target, "_on_ending"):
         pytest.skip("this SDK has no _on_ending")
-    target._on_ending = lambda span: seen.append(type(span).__name__)
+    open_span = tel.start_span("open", SpanKind.INTERNAL, {"a": 1})
+    assert type(open_span) is LightSpan
+    if on == "object":
+        target._on_ending = lambda span: seen.append(type(span).__name__)
+    else:
+        monkeypatch.setattr(
+            type(target), "_on_ending", lambda self, span: seen.append(type(span).__name__)
+        )
+    open_span.end()
     second = tel.start_span("second", SpanKind.INTERNAL, {"a": 1})
     second.end()
-    assert seen == ["_Span"]
+    assert seen == ["_Span", "_Span"]
+    assert [s.name for s in exporter.get_finished_spans()] == ["first", "open", "second"]
+    tp.shutdown()
+
+
+@pytest.mark.parametrize("on", ["object", "class"])
+def test_an_on_start_replaced_after_light_spans_sees_the_next_start(
+    on: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A processor's ``on_start`` replaced after spans were light (the tracer's plan
+    made): the next span is the SDK's, started with its attributes, as ``on_start``
+    sees it."""
+    tel, tp, exporter = telemetry()
+    first = tel.start_span("first", SpanKind.INTERNAL, {"a": 1})
+    assert type(first) is LightSpan
+    first.end()
+    seen: list[dict[str, Any]] = []
+    target = tp._active_span_processor._span_processors[0]
+
+    def on_start(span: Any, parent_context: Any = None) -> None:
+        seen.append(dict(span.attributes or {}))
+
+    if on == "object":
+        target.on_start = on_start  # type: ignore[method-assign]
+    else:
+        monkeypatch.setattr(
+            type(target), "on_start", lambda self, span, parent_context=None: on_start(span)
+        )
+    second = tel.start_span("second", SpanKind.INTERNAL, {"a": 1})
+    assert type(second) is not LightSpan
+    second.end()
+    assert seen == [{"a": 1}]
     assert [s.name for s in exporter.get_finished_spans()] == ["first", "second"]
+    tp.shutdown()
+
+
+def test_a_start_span_wrapped_after_light_spans_starts_the_next() -> None:
+    """The tracer's ``start_span`` wrapped (by an instrumentation) after spans were
+    light: the next span is started through it."""
+    tel, tp, exporter = telemetry()
+    tel.start_span("first", SpanKind.INTERNAL, {"a": 1}).end()
+    tracer = tel.tracer
+    original = tracer.start_span
+    wrapped: list[str] = []
+
+    def start_span(name: str, *args: Any, **kwargs: Any) -> Any:
+        wrapped.append(name)
+        return original(name, *args, **kwargs)
+
+    tracer.start_span = start_span  # type: ignore[method-assign]
+    tel.start_span("second", SpanKind.INTERNAL, {"a": 1}).end()
+    assert wrapped == ["second"]
+    assert [dict(s.attributes or {}) for s in exporter.get_finished_spans()] == [{"a": 1}] * 2
     tp.shutdown()
 
 

@@ -25,7 +25,7 @@ from opentelemetry.trace import ProxyTracer, Span, SpanKind, TracerProvider
 from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
-from ._attributes import quiet_start, set_attributes
+from ._attributes import quiet_start, same_methods, set_attributes, start_checks
 from ._context import use_span
 from ._light import LightPlan, light_plan
 from ._metrics import Instruments, instruments_for
@@ -269,7 +269,7 @@ class Telemetry:
         handler is the application's. (A light span calls no processor at its start.)"""
         quiet = self.quiet_start()
         if quiet is not None:
-            processor, processors, lock, light = quiet
+            processor, processors, lock, light, starts = quiet
             if light is not None:
                 found = light.start(
                     name, kind, attributes or _NO_ATTRIBUTES, sampled=head is not None,
@@ -277,8 +277,8 @@ class Telemetry:
                 )  # fmt: skip
                 if found is not None:
                     return found
-            with lock:
-                if processor._span_processors is not processors:
+            with lock:  # an on_start replaced since the check would see a bare span
+                if processor._span_processors is not processors or not same_methods(starts):
                     span = None
                 elif head is None:
                     span = self.tracer.start_span(name, kind=kind)
@@ -292,7 +292,9 @@ class Telemetry:
             return self.tracer.start_span(name, kind=kind, attributes=attributes)
         return head.start(name, trace_id, attributes)  # type: ignore[no-any-return]
 
-    def quiet_start(self) -> tuple[Any, tuple[Any, ...], Any, LightPlan | None] | None:
+    def quiet_start(
+        self,
+    ) -> tuple[Any, tuple[Any, ...], Any, LightPlan | None, tuple[Any, ...]] | None:
         """When nothing sees a span's attributes at its start (see :func:`quiet_start` in
         :mod:`._attributes`): the tracer's span processor, its tuple of processors as
         found, its lock (see :meth:`start_span`) and the plan of its light spans (None
@@ -311,7 +313,13 @@ class Telemetry:
         quiet = (
             None
             if lock is None
-            else (processor, processors, lock, light_plan(tracer, processor, processors))
+            else (
+                processor,
+                processors,
+                lock,
+                light_plan(tracer, processor, processors),
+                start_checks(tracer, processors),
+            )
         )
         self._quiet = (processors, sampler, quiet)
         return quiet
