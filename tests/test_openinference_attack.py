@@ -21,6 +21,8 @@ from opentelemetry.trace import StatusCode
 
 from cascade import Cascade, CascadeError, Config, ConfigError, Delta, Finished
 from cascade._telemetry import _semconv as sc
+from cascade._telemetry._content import MAX_CAPTURED, input_messages
+from cascade._types import Message
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
 from .gateway import serving, write_config
@@ -252,6 +254,56 @@ async def test_hostile_prompt_with_content_capture(
     sent = json.loads(chat[sc.INPUT_VALUE])[0]["parts"][0]["content"]
     # what UTF-8 can carry is kept as it was; a lone surrogate is replaced
     assert sent == content.encode("utf-8", "replace").decode()
+
+
+async def test_a_huge_prompt_and_answer_are_captured_cut(
+    spans: Spans, openai_server: FakeOpenAIServer
+) -> None:
+    """An 800,000-character prompt over three messages and a 300,000-character answer,
+    content captured under both conventions: the run answers in full, and each captured
+    attribute holds at most MAX_CAPTURED characters of text, valid JSON, the cut marked
+    with what was left out (the messages after it are not listed)."""
+    answer = "a" * 300_000
+    openai_server.script("m", answer)
+    config = {"tiers": [tier("t", provider("p", openai_server.url, "m"))]}
+    messages = [
+        {"role": "system", "content": "s" * 10},
+        {"role": "user", "content": "u" * 799_980},
+        {"role": "user", "content": "v" * 10},
+    ]
+    async with spans.cascade(config, capture_content=True) as c:
+        assert (await c.run(messages=messages)).text == answer
+    chat = attrs(spans.named("chat m")[0])
+    limit = MAX_CAPTURED + 100  # the marker
+    for name in (sc.GEN_AI_INPUT_MESSAGES, sc.INPUT_VALUE, sc.GEN_AI_OUTPUT_MESSAGES):
+        assert len(chat[name]) <= limit
+    sent = json.loads(chat[sc.GEN_AI_INPUT_MESSAGES])
+    assert [m["role"] for m in sent] == ["system", "user"]
+    assert sent[0]["parts"][0]["content"] == "s" * 10
+    cut = sent[1]["parts"][0]["content"]
+    kept = len(cut) - len(cut.lstrip("u"))
+    assert 0 < kept < MAX_CAPTURED
+    assert cut[kept:] == f"…[{799_980 - kept} more characters, 1 more message not captured]"
+    (said,) = json.loads(chat[sc.GEN_AI_OUTPUT_MESSAGES])
+    assert said["parts"][0]["content"].endswith(" more characters not captured]")
+    assert chat[sc.OUTPUT_VALUE] == "a" * MAX_CAPTURED + (
+        f"…[{300_000 - MAX_CAPTURED} more characters not captured]"
+    )
+
+
+def test_many_small_messages_are_captured_up_to_the_limit() -> None:
+    """100,000 one-character messages: the captured JSON lists as many as the limit
+    lets it (each counted with its role and JSON), the last one saying how many more."""
+    many = [Message(role="user", content="x")] * 100_000
+    sent = json.loads(input_messages(many))
+    assert 100 < len(sent) < MAX_CAPTURED // 40
+    assert sent[-1]["parts"][0]["content"] == (
+        f"…[1 more characters, {100_000 - len(sent)} more messages not captured]"
+    )
+    assert (
+        json.loads(input_messages(many[:3]))
+        == [{"role": "user", "parts": [{"type": "text", "content": "x"}]}] * 3
+    )
 
 
 # --- the gateway ---------------------------------------------------------------------------

@@ -16,19 +16,39 @@ text and stay as they are.
 Captured text goes out as UTF-8 (:func:`utf8`): a lone surrogate, which a Python str may
 hold but no JSON encoder nor OTLP exporter takes, is replaced rather than failing the run
 or the export of every span in its batch.
+
+Captured text is bounded (:data:`MAX_CAPTURED`): a prompt is whatever a caller (a gateway's
+client) sends, and a span waits in the batch processor's queue (2,048 spans by default)
+until it is exported. Uncapped, an 8 MB prompt held 8 MB per call span (twice in OTLP
+with OpenInference's names too), made the span larger than a collector takes (4 MiB by
+default: the whole batch refused) and was encoded on the event loop at every call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 if TYPE_CHECKING:
     from .._types import Attempt, Completion, Message, Verdict
 
-__all__ = ["escalation_detail", "input_messages", "output_messages", "utf8", "verdict_reason"]
+__all__ = [
+    "MAX_CAPTURED",
+    "captured_text",
+    "escalation_detail",
+    "input_messages",
+    "output_messages",
+    "utf8",
+    "verdict_reason",
+]
+
+MAX_CAPTURED: Final = 32_768
+"""Characters of prompts or answers one span attribute carries, counting each message's
+role and about 40 characters of JSON around it: text past it is cut, the cut marked in the
+text itself (:func:`_within`), later messages left out."""
+_PER_MESSAGE: Final = 40  # the JSON around one message's content, about
 
 _encode = msgspec.json.Encoder().encode
 
@@ -64,37 +84,76 @@ def utf8(text: str) -> str:
     return text
 
 
+def _within(texts: Iterable[tuple[str, str]], count: int, limit: int) -> list[str]:
+    """The contents of ``count`` messages, given as ``(role, content)``, as
+    :data:`MAX_CAPTURED` lets a span carry them: whole while they fit ``limit``; the
+    first that does not is cut, and ends with what was left out (``…[N more characters,
+    M more messages not captured]``); the messages after it are not listed."""
+    kept: list[str] = []
+    left = limit
+    for role, content in texts:
+        cost = len(role) + len(content) + _PER_MESSAGE
+        if cost <= left:
+            kept.append(content)
+            left -= cost
+            continue
+        kept.append(_cut(content, max(left - len(role) - _PER_MESSAGE, 0), count - len(kept) - 1))
+        break
+    return kept
+
+
+def _cut(text: str, cut: int, more: int = 0) -> str:
+    """``text``'s first ``cut`` characters, and what was left out of it (and after it)."""
+    also = f", {more} more message{'s' if more != 1 else ''}" if more else ""
+    return f"{text[:cut]}…[{len(text) - cut} more characters{also} not captured]"
+
+
+def captured_text(text: str) -> str:
+    """One captured text (an answer, as OpenInference's ``output.value``): at most
+    :data:`MAX_CAPTURED` characters of it, the cut marked as :func:`_within` marks it,
+    and as UTF-8 can carry it."""
+    return utf8(text if len(text) <= MAX_CAPTURED else _cut(text, MAX_CAPTURED))
+
+
 def input_messages(messages: Sequence[Message]) -> str:
-    """Captured prompts, as the GenAI conventions' ``gen_ai.input.messages`` JSON."""
+    """Captured prompts, as the GenAI conventions' ``gen_ai.input.messages`` JSON (at most
+    :data:`MAX_CAPTURED` characters of them)."""
+    contents = _within(((m.role, m.content) for m in messages), len(messages), MAX_CAPTURED)
     try:
-        return _encode_input(messages, str)
+        return _encode_input(messages, contents, str)
     except UnicodeEncodeError:  # captured content never fails a run
-        return _encode_input(messages, utf8)
+        return _encode_input(messages, contents, utf8)
 
 
-def _encode_input(messages: Sequence[Message], text: Callable[[str], str]) -> str:
+def _encode_input(
+    messages: Sequence[Message], contents: list[str], text: Callable[[str], str]
+) -> str:
     return _encode(
         [
-            {"role": text(m.role), "parts": [{"type": "text", "content": text(m.content)}]}
-            for m in messages
+            {"role": text(m.role), "parts": [{"type": "text", "content": text(content)}]}
+            for m, content in zip(messages, contents, strict=False)
         ]
     ).decode()
 
 
 def output_messages(completions: Sequence[Completion]) -> str:
-    """Captured answers, as ``gen_ai.output.messages`` JSON."""
+    """Captured answers, as ``gen_ai.output.messages`` JSON (at most
+    :data:`MAX_CAPTURED` characters of them)."""
+    contents = _within((("assistant", c.text) for c in completions), len(completions), MAX_CAPTURED)
     try:
-        return _encode_output(completions, str)
+        return _encode_output(completions, contents, str)
     except UnicodeEncodeError:
-        return _encode_output(completions, utf8)
+        return _encode_output(completions, contents, utf8)
 
 
-def _encode_output(completions: Sequence[Completion], text: Callable[[str], str]) -> str:
+def _encode_output(
+    completions: Sequence[Completion], contents: list[str], text: Callable[[str], str]
+) -> str:
     messages = []
-    for c in completions:
+    for c, content in zip(completions, contents, strict=False):
         message: dict[str, Any] = {
             "role": "assistant",
-            "parts": [{"type": "text", "content": text(c.text)}],
+            "parts": [{"type": "text", "content": text(content)}],
         }
         if c.finish_reason is not None:
             message["finish_reason"] = text(c.finish_reason)

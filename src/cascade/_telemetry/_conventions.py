@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .._errors import ConfigError
 from . import _semconv as sc
-from ._content import utf8
+from ._content import captured_text
 
 if TYPE_CHECKING:
     from .._config import ProviderConfig
@@ -187,7 +187,8 @@ def output_attributes(completions: Sequence[Completion], messages_json: str) -> 
     """A call's answer, for content capture: its text, or with several choices the GenAI
     output messages' JSON."""
     if len(completions) == 1:
-        return {sc.OUTPUT_VALUE: utf8(completions[0].text), sc.OUTPUT_MIME_TYPE: sc.MIME_TEXT}
+        text = captured_text(completions[0].text)
+        return {sc.OUTPUT_VALUE: text, sc.OUTPUT_MIME_TYPE: sc.MIME_TEXT}
     return {sc.OUTPUT_VALUE: messages_json, sc.OUTPUT_MIME_TYPE: sc.MIME_JSON}
 
 
