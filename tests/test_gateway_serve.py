@@ -165,6 +165,36 @@ async def test_sigterm_cuts_off_what_outlives_the_drain_timeout(
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+async def test_a_second_sigterm_cuts_the_drain_short(
+    openai_server: FakeOpenAIServer, tmp_path: Path, loop: str
+) -> None:
+    """A second SIGTERM while requests drain ends the drain there (not after
+    ``drain_timeout_s``): the call in flight is cut, its upstream call closed, and the
+    gateway closes and exits 0, logging the cut."""
+    openai_server.script("m1", Reply(fault="hang"))
+    path = write_config(
+        tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_timeout_s=600)
+    )
+    async with cascade_serve(path, "--loop", loop) as served, client(served) as c:
+        call = asyncio.create_task(c.chat.completions.create(model="r", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: openai_server.active_requests == 1, "the call under way")
+        served.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: "gateway.draining" in served.events(), "draining")
+        assert served.proc.returncode is None
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 60) == 0  # not 600 s
+        with pytest.raises(openai.APIConnectionError):
+            await call
+    await eventually(lambda: openai_server.active_requests == 0, "the upstream call closed")
+    events = served.events()
+    cut = next(line for line in served.lines if line.get("event") == "gateway.drain_cut")
+    assert cut["in_flight"] == 1
+    assert events.index("gateway.draining") < events.index("gateway.drain_cut")
+    assert events[-1] == "gateway.stopped"
+    assert "Traceback" not in served.stderr
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 async def test_sighup_reloads_without_dropping_requests(
     openai_server: FakeOpenAIServer, tmp_path: Path, loop: str
 ) -> None:

@@ -4,7 +4,10 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 - SIGTERM / SIGINT: stop accepting connections, let the requests in flight finish (their
   streams included) for at most ``gateway.drain_timeout_s``, cancel what is left (each
   cancel closes its upstream call), close the cascades, exit 0. A reload's build under
-  way is abandoned, not waited for. ``/readyz`` answers 503 from the signal on.
+  way is abandoned, not waited for. ``/readyz`` answers 503 from the signal on. A second
+  SIGTERM or SIGINT ends the drain at once (``gateway.drain_cut``: every connection
+  closed, its run cancelled, then the same close and exit 0); a third one takes the
+  signal's default action.
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
@@ -140,6 +143,7 @@ async def serve(
     runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
     await runner.setup()
     scrub = _NoRequestBytes()
+    cleaned = False
     aiohttp_log = logging.getLogger("aiohttp.server")
     aiohttp_log.addFilter(scrub)
     try:
@@ -158,24 +162,48 @@ async def serve(
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
+        def cut() -> None:  # a second SIGTERM or SIGINT while draining
+            for sig in (signal.SIGTERM, signal.SIGINT):  # a third: the default action
+                loop.remove_signal_handler(sig)
+            _cut_drain(gateway, runner)
+
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
+        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         try:
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, cut)
+            gateway.draining = True
+            log.info(
+                "gateway.draining", in_flight=gateway.in_flight, timeout_s=config.drain_timeout_s
+            )
+            if gateway.reload_build is not None:
+                gateway.reload_build.cancel()  # a build under way is not waited for
+            for task in list(reloads):
+                await task
+            cleaned = True  # (the cut stays the handler while the drain lasts)
+            await runner.cleanup()  # stop accepting, wait for requests in flight, close
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in handled:
                 loop.remove_signal_handler(sig)
-        gateway.draining = True
-        log.info("gateway.draining", in_flight=gateway.in_flight, timeout_s=config.drain_timeout_s)
-        if gateway.reload_build is not None:
-            gateway.reload_build.cancel()  # a build under way is not waited for
-        for task in list(reloads):
-            await task
     finally:
-        await runner.cleanup()  # stop accepting, wait for requests in flight, close
+        if not cleaned:  # serving failed, or was cancelled
+            await runner.cleanup()
         aiohttp_log.removeFilter(scrub)
     log.info("gateway.stopped")
+
+
+def _cut_drain(gateway: Gateway, runner: web.AppRunner) -> None:
+    """End the drain now: close every connection, which cancels its request's run (and
+    so its upstream call: ``handler_cancellation``); the runner's cleanup then closes the
+    cascades as after a drain that timed out."""
+    log.warning("gateway.drain_cut", in_flight=gateway.in_flight)
+    server = runner.server
+    for connection in list(server.connections) if server is not None else ():
+        connection.force_close()
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
