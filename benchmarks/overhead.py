@@ -153,9 +153,10 @@ TRACING_LABELS = {
 }
 
 
-def traced_client(kind: str, sink: str) -> Factory:
+def traced_client(kind: str, sink: str, *, validate: bool = False) -> Factory:
     """cascade.run with the OpenTelemetry SDK set up one way (passed to the Cascade: the
-    global providers stay unset, so the ``no_sdk`` client really has none)."""
+    global providers stay unset, so the ``no_sdk`` client really has none); ``validate``:
+    the first tier's answers checked by ``json_schema``."""
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.metrics import MeterProvider
@@ -210,7 +211,7 @@ def traced_client(kind: str, sink: str) -> Factory:
                 # be dropped with it.
                 assert tracer_provider is not None
                 start = tracer_provider.get_tracer("floor").start_as_current_span
-                async with cascade_client(validate=False)(url) as client:
+                async with cascade_client(validate=validate)(url) as client:
 
                     async def call() -> str:
                         with start("run") as run:
@@ -222,7 +223,7 @@ def traced_client(kind: str, sink: str) -> Factory:
                     yield Client(call, settle=settle)
                 return
             async with cascade_client(
-                validate=False, tracer_provider=tracer_provider, meter_provider=meter_provider
+                validate=validate, tracer_provider=tracer_provider, meter_provider=meter_provider
             )(url) as client:
                 yield Client(client.call, settle=settle)
         finally:
@@ -257,12 +258,12 @@ PHASES = {
 SLOW_SERVER_S = 0.1
 
 
-def tracing_factory(name: str, sink: str) -> Factory:
+def tracing_factory(name: str, sink: str, *, validate: bool = False) -> Factory:
     if name == "uninstrumented":
-        return cascade_client(validate=False, environ={"CASCADE_TELEMETRY": "off"})
+        return cascade_client(validate=validate, environ={"CASCADE_TELEMETRY": "off"})
     if name == "no_sdk":
-        return cascade_client(validate=False)
-    return traced_client(name, sink)
+        return cascade_client(validate=validate)
+    return traced_client(name, sink, validate=validate)
 
 
 async def measure_tracing(

@@ -2,7 +2,7 @@
 callgrind: the deterministic figure behind issue #15's targets, where wall-clock ratios
 move with the machine's load.
 
-    python benchmarks/trace_instructions.py [--requests N] [--warmup W] [NAME ...]
+    python benchmarks/trace_instructions.py [--requests N] [--warmup W] [--validate] [NAME ...]
 
 NAMEs: ``uninstrumented``, ``no_sdk``, ``dropped`` (the SDK with ``ALWAYS_OFF``: every run
 dropped), ``sdk_batch`` (every trace), ``sdk_floor`` (three bare SDK spans),
@@ -13,6 +13,8 @@ one fake server in a child process, at concurrency 64: ``--warmup`` calls, then
 batch processor's export thread counts too) and ``random`` seeded, so two checkouts sample
 the same runs at 10%. With both ``dropped`` and ``sdk_batch``, a 10% client's figure is
 also given rescaled to exactly 10% of runs sampled (it counts the runs it exported).
+``--validate``: every client's first tier checks its answers with ``json_schema`` (each
+call span then carries a verdict event), as most cascades do.
 """
 
 from __future__ import annotations
@@ -60,16 +62,16 @@ async def burst(call: Callable[[], Awaitable[object]], n: int) -> None:
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-def factory(name: str) -> Any:
+def factory(name: str, *, validate: bool) -> Any:
     if name != "dropped":
-        return tracing_factory(name, SINK)
+        return tracing_factory(name, SINK, validate=validate)
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 
     @asynccontextmanager
     async def dropped(url: str) -> Any:
         provider = TracerProvider(sampler=ALWAYS_OFF)
-        async with cascade_client(validate=False, tracer_provider=provider)(url) as client:
+        async with cascade_client(validate=validate, tracer_provider=provider)(url) as client:
             yield client
         provider.shutdown()
 
@@ -103,10 +105,10 @@ def control(*args: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-async def inside(name: str, url: str, *, requests: int, warmup: int) -> None:
+async def inside(name: str, url: str, *, requests: int, warmup: int, validate: bool) -> None:
     """Under valgrind: one client's warm-up, then its measured burst."""
     exported = count_exported_runs()
-    async with factory(name)(url) as client:
+    async with factory(name, validate=validate)(url) as client:
         client: Client
         await burst(client.call, warmup)
         await client.settle()
@@ -148,6 +150,7 @@ def run_one(name: str, url: str, args: argparse.Namespace) -> tuple[float, int, 
             str(args.requests),
             "--warmup",
             str(args.warmup),
+            *(["--validate"] if args.validate else []),
         ]
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         total = 0
@@ -166,11 +169,20 @@ def main() -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"of {', '.join(NAMES)}")
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--validate", action="store_true", help="json_schema on tier 1")
     parser.add_argument("--inside", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inside:
-        asyncio.run(inside(args.inside, args.url, requests=args.requests, warmup=args.warmup))
+        asyncio.run(
+            inside(
+                args.inside,
+                args.url,
+                requests=args.requests,
+                warmup=args.warmup,
+                validate=args.validate,
+            )
+        )
         return
     names = args.names or list(DEFAULT)
     unknown = sorted(set(names) - set(NAMES))

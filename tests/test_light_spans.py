@@ -195,6 +195,88 @@ def test_what_else_is_done_to_a_light_span_the_sdks_span_does(
     assert logs[0] == logs[1] and any("ended span" in m for m in logs[0])
 
 
+def event_forms(span: ReadableSpan) -> list[tuple[Any, ...]]:
+    return [
+        (
+            type(e),
+            e.name,
+            e.timestamp,
+            [(k, type(v), v) for k, v in (e.attributes or {}).items()],
+            e.dropped_attributes,
+        )
+        for e in span.events
+    ]
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [SpanLimits(), SpanLimits(max_events=2), SpanLimits(max_event_attributes=1)],
+    ids=["default", "two events", "one attribute"],
+)
+def test_events_on_a_light_span_are_the_sdks(limits: SpanLimits) -> None:
+    """Events (an escalation's, a verdict's) keep a span light while its limits drop
+    nothing, and end as the SDK's span's events: names, times, attributes (a list of
+    strings stored as a tuple), what the limits dropped."""
+    forms = []
+    for processor in (SimpleSpanProcessor, Subclassed):
+        tel, tp, exporter = telemetry(processor=processor, span_limits=limits)
+        span = tel.start_span("s", SpanKind.INTERNAL, {"a": 1})
+        span.add_event("first", {"k": 1, "l": ["x", "y"]}, timestamp=5)
+        span.add_event("second", None, timestamp=6)
+        if processor is SimpleSpanProcessor and limits.max_event_attributes is None:
+            assert type(span) is LightSpan and span._real is None  # still light
+        span.add_event("third", {"k": 2.5}, timestamp=7)
+        span.end()
+        span.add_event("late", {"k": 3})  # the SDK warns, and keeps nothing
+        (got,) = exporter.get_finished_spans()
+        forms.append((shape([got]), event_forms(got), got.dropped_events))
+        tp.shutdown()
+    assert forms[0] == forms[1]
+    assert [f[1] for f in forms[0][1]] == (
+        ["second", "third"] if limits.max_events == 2 else ["first", "second", "third"]
+    )
+
+
+async def test_a_validated_runs_spans_stay_light(openai_server: FakeOpenAIServer) -> None:
+    """A run whose answer is validated and escalated (its call spans get a verdict event
+    each, its run span an escalation event): no span becomes the SDK's."""
+    openai_server.default = ANSWER
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    made: list[str] = []
+    original = LightSpan.sdk_span
+
+    def sdk_span(self: LightSpan) -> Any:
+        made.append(self._name)
+        return original(self)
+
+    schema = {"type": "object", "required": ["missing"]}
+    cfg = {
+        "tiers": [
+            tier("small", provider("s", openai_server.url, "m1"),
+                 validators=[{"name": "json_schema", "schema": schema}]),
+            tier("large", provider("l", openai_server.url, "m2"),
+                 validators=[{"name": "json_schema", "schema": {"type": "object"}}]),
+        ],
+    }  # fmt: skip
+    LightSpan.sdk_span = sdk_span  # type: ignore[method-assign]
+    try:
+        async with Cascade.from_dict(cfg, tracer_provider=tp, environ={}) as c:
+            result = await c.run(messages=USER)
+    finally:
+        LightSpan.sdk_span = original  # type: ignore[method-assign]
+    assert result.tier_name == "large"
+    spans = exporter.get_finished_spans()
+    assert sorted(s.name for s in spans) == sorted(
+        ["cascade.run", "cascade.tier small", "cascade.tier large", "chat m1", "chat m2"]
+    )
+    events = {s.name: [e.name for e in s.events] for s in spans}
+    assert events["chat m1"] and events["chat m2"] and events["cascade.run"]
+    assert made == []
+    tp.shutdown()
+
+
 def test_after_its_end_a_light_span_says_so_as_the_sdks_does(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -56,12 +56,13 @@ __all__ = ["LightPlan", "LightSpan", "light_plan"]
 
 try:
     from opentelemetry.attributes import BoundedAttributes as _Bounded
-    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace import _Span as _SdkSpan
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 except ImportError:  # pragma: no cover - no SDK
     _SdkSpan = None  # type: ignore[assignment,misc]
 
+_NO_ATTRIBUTES: Final[Mapping[str, Any]] = {}  # never changed
 _LOCK: Final = threading.Lock()
 """Guards a light span's change into the SDK's (another thread may touch the span, as the
 current span of a context it was handed) against its own fast paths."""
@@ -92,8 +93,10 @@ class LightPlan:
 
     __slots__ = (
         "endings",
+        "event_attributes",
         "flags",
         "leaves",
+        "max_events",
         "maxlen",
         "processor",
         "processors",
@@ -109,7 +112,10 @@ class LightPlan:
         leaves = _leaves(tracer.sampler)
         assert leaves is not None  # quiet_start accepted the sampler
         self.leaves = leaves
-        self.maxlen: int | None = tracer._span_limits.max_span_attributes
+        limits = tracer._span_limits
+        self.maxlen: int | None = limits.max_span_attributes
+        self.max_events: int | None = limits.max_events
+        self.event_attributes: int | None = limits.max_event_attributes
         self.random_ids = bool(tracer.id_generator.is_trace_id_random())
         self.flags = (_SAMPLED, _SAMPLED_RANDOM)
         # What unchanged() checks, as (object, the method's name, the method as imported):
@@ -184,6 +190,7 @@ class LightSpan(Span):
         "_attrs",
         "_context",
         "_end_time",
+        "_events",
         "_kind",
         "_name",
         "_parent",
@@ -213,6 +220,7 @@ class LightSpan(Span):
         self._status = _DEFAULT_STATUS
         self._real: Any = None
         self._end_time: int | None = None
+        self._events: list[Any] | None = None
         self._start_time = time_ns()
 
     # What cascade does to its spans, without the SDK's span object.
@@ -282,7 +290,7 @@ class LightSpan(Span):
                 parent=self._parent,
                 resource=self._resource,
                 attributes=attributes,
-                events=_NO_EVENTS,
+                events=_NO_EVENTS if self._events is None else tuple(self._events),
                 links=_NO_LINKS,
                 kind=self._kind,
                 status=self._status,
@@ -320,6 +328,8 @@ class LightSpan(Span):
             )
             real._start_time = self._start_time  # started: on_start, blind, saw nothing
             real._attributes._dict.update(self._attrs)
+            for event in self._events or ():  # fewer than its limit: none dropped
+                real._events.append(event)
             real._status = self._status
             if self._end_time is not None:
                 real._end_time = self._end_time
@@ -330,6 +340,23 @@ class LightSpan(Span):
     def add_event(
         self, name: str, attributes: Mapping[str, Any] | None = None, timestamp: int | None = None
     ) -> None:
+        """As the SDK span's (an escalation, a verdict): the event it would store, kept
+        until the end while the limits drop nothing."""
+        stored = as_stored(attributes) if attributes else _NO_ATTRIBUTES
+        plan = self._plan
+        limit = plan.event_attributes
+        if stored is not None and (limit is None or len(stored) <= limit):
+            bounded = _Bounded(limit, None, immutable=True, max_value_len=None)
+            bounded._dict = dict(stored)
+            event = Event(name, bounded, timestamp)
+            with _LOCK:
+                if self._real is None and self._end_time is None:
+                    events = self._events
+                    if events is None:
+                        events = self._events = []
+                    if plan.max_events is None or len(events) < plan.max_events:
+                        events.append(event)
+                        return
         self.sdk_span().add_event(name, attributes, timestamp)
 
     def add_link(self, context: SpanContext, attributes: Mapping[str, Any] | None = None) -> None:

@@ -98,6 +98,9 @@ def probe() -> bool:
                     return False
                 light.set_attributes({"s": "y"})
                 sdk.set_attributes({"s": "y"})
+                for span in (sdk, light):
+                    span.add_event("e", {"k": 1, "l": ["a", "b"], "b": False}, 5)
+                    span.add_event("bare", None, 6)
                 light.set_status(ok)
                 light._start_time = sdk._start_time
                 light._context = _local_context(
@@ -145,19 +148,18 @@ def _same(mine: Any, theirs: Any) -> bool:
     for key, value in a.items():
         other = b[key]
         if key == "_attributes":
-            if type(value) is not type(other) or list(value.items()) != list(other.items()):
+            if not _same_store(value, other):
                 return False
-            if any(
-                getattr(value, name) != getattr(other, name)
-                for name in ("maxlen", "dropped", "max_value_len", "_immutable")
+        elif key == "_events":
+            if getattr(value, "dropped", 0) != getattr(other, "dropped", 0) or len(value) != len(
+                other
             ):
                 return False
-            if type(value._dict) is not type(other._dict):
+            if not all(map(_same_event, value, other)):
                 return False
-        elif key in ("_events", "_links"):  # the SDK's empty lists, or the shared ones
+        elif key == "_links":  # the SDK's empty list, or the shared one
             listed: Any = value
-            dropped: int = getattr(listed, "dropped", 0)
-            if dropped or tuple(listed) or tuple(other):
+            if getattr(listed, "dropped", 0) or tuple(listed) or tuple(other):
                 return False
         elif key == "_context":
             if tuple(value) != tuple(other) or type(value) is not type(other):
@@ -165,3 +167,29 @@ def _same(mine: Any, theirs: Any) -> bool:
         elif value is not other and value != other:
             return False
     return True
+
+
+def _same_store(mine: Any, theirs: Any) -> bool:
+    """Whether two attribute stores hold the same, in the same order, with the same
+    limits, drop count and kind of dict."""
+    if type(mine) is not type(theirs) or list(mine.items()) != list(theirs.items()):
+        return False
+    if any(
+        getattr(mine, name) != getattr(theirs, name)
+        for name in ("maxlen", "dropped", "max_value_len", "_immutable")
+    ):
+        return False
+    return type(mine._dict) is type(theirs._dict)
+
+
+def _same_event(mine: Any, theirs: Any) -> bool:
+    """Whether two span events are the same: every instance field."""
+    a, b = vars(mine), vars(theirs)
+    if a.keys() != b.keys() or type(mine) is not type(theirs):
+        return False
+    return all(
+        _same_store(value, b[key])
+        if key == "_attributes"
+        else (value is b[key] or (value == b[key] and type(value) is type(b[key])))
+        for key, value in a.items()
+    )
