@@ -270,7 +270,10 @@ class Cascade:
             await self._open_for_run()
         end = await self._engine.execute(plan, NO_SINK)
         if isinstance(end, Failed):
-            raise end.error
+            try:
+                raise end.error
+            finally:  # the error's traceback holds this frame: no local may hold the error
+                del end
         return end.result
 
     def stream(
@@ -324,11 +327,14 @@ class Cascade:
         alone (the gateway's OpenAI SSE): see :class:`~cascade.engine._stream.TextStream`."""
         return TextStream(mode, self._starter(plan))
 
-    def _starter(self, plan: Plan) -> Callable[[Stream], Coroutine[Any, Any, Finished | Failed]]:
-        async def start(stream: Stream) -> Finished | Failed:
+    def _starter(self, plan: Plan) -> Callable[[Stream], Coroutine[Any, Any, None]]:
+        async def start(stream: Stream) -> None:
             if not self._open:
                 await self._open_for_run()
-            return await self._engine.execute(plan, stream)
+            # The last event reaches the reader through the stream. Not the task's result
+            # too: a Failed event's error holds (through its traceback) the run, which
+            # holds the stream, which holds this task: a cycle.
+            await self._engine.execute(plan, stream)
 
         return start
 

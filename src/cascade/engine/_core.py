@@ -140,6 +140,10 @@ class Engine:
             exc = RunCancelled("cancelled: the caller stopped the run")
             run.cut_off(plan.msgs, exc, "cancelled")
             raise
+        finally:
+            # The provider error's traceback holds the frames (and so this run) it left:
+            # kept here, it made a cycle of them for the garbage collector to find.
+            run.last_error = None
         run.emit(end)
         sink = run.sink
         if sink is not NO_SINK:

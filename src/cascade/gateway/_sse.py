@@ -83,8 +83,11 @@ async def sse_answer(
         error = internal_error()  # the stream ended without its last event: never a success
     if error is not None:
         access.error = error.code or error.type
-        if response is None:
-            raise error  # nothing sent yet: an error status, as for JSON
+        if response is None:  # nothing sent yet: an error status, as for JSON
+            try:
+                raise error
+            finally:  # the error's traceback holds this frame: no local may hold it
+                del error
         pending.append(wire.sse_error(error))  # the status (200) is sent already
     if response is None:
         response = _prepare(stream, route, seen, info, access)
