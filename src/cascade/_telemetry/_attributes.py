@@ -22,7 +22,16 @@ from typing import Any, ClassVar, Final
 
 from opentelemetry.trace import Span
 
-from ._sampling import blind_to_attributes, default_context, no_self_metrics, sdk_ids
+from ._sampling import (
+    _IDS,
+    _SHOULD,
+    PresetIds,
+    blind_to_attributes,
+    default_context,
+    no_self_metrics,
+    samplers,
+    sdk_ids,
+)
 
 __all__ = ["as_stored", "end_span", "quiet_start", "set_attributes"]
 
@@ -283,6 +292,7 @@ _STARTS: Final = {kind: kind.on_start for kind in _BLIND_PROCESSORS}
 """Their ``on_start`` as probed: one replaced since (on the class, or on a processor)
 may look at the span."""
 _START_SPAN: Final = None if _SdkTracer is None else _SdkTracer.start_span
+_MULTI_ON_START: Final = None if _Processors is None else _Processors.on_start
 
 
 def _unpatched(found: Any, name: str, original: Any) -> bool:
@@ -307,14 +317,30 @@ def same_methods(checks: tuple[tuple[Any, str, Any], ...]) -> bool:
     return True
 
 
-def start_checks(tracer: Any, processors: tuple[Any, ...]) -> tuple[tuple[Any, str, Any], ...]:
-    """What :func:`same_methods` checks before a quiet start by ``tracer`` under its
-    ``processors`` (which :func:`quiet_start` accepted): that the tracer's ``start_span``
-    and their ``on_start`` are still the SDK's, replaced on neither the object nor its
-    class since (an instrumentation may wrap them at any time)."""
+_NEVER: Final = object()
+"""No method is this: a check of an object that was not the SDK's always fails."""
+
+
+def start_checks(
+    tracer: Any, processor: Any, processors: tuple[Any, ...], sampler: Any, ids: Any
+) -> tuple[tuple[Any, str, Any], ...]:
+    """What :func:`same_methods` checks before a quiet start by ``tracer`` (which
+    :func:`quiet_start` accepted) under its span ``processor`` and its ``processors``,
+    ``sampler`` and id generator ``ids`` (as found with them): that everything the SDK
+    calls at a span's start is still the SDK's, replaced on neither the object nor its
+    class since (an instrumentation may wrap them at any time): the tracer's
+    ``start_span``, the span processor's and the processors' ``on_start``, the
+    samplers' ``should_sample`` (which see the attributes) and the ids' draws. One found
+    other than :func:`quiet_start` accepted (another thread changed it meanwhile) never
+    passes."""
+    inner = ids.inner if type(ids) is PresetIds else ids
     return (
         (tracer, "start_span", _START_SPAN),
-        *((p, "on_start", _STARTS[type(p)]) for p in processors),
+        (processor, "on_start", _MULTI_ON_START),
+        *((p, "on_start", _STARTS.get(type(p), _NEVER)) for p in processors),
+        *((s, "should_sample", _SHOULD.get(type(s), _NEVER)) for s in samplers(sampler)),
+        (inner, "generate_span_id", _IDS[1] if _IDS is not None else _NEVER),
+        (inner, "generate_trace_id", _IDS[2] if _IDS is not None else _NEVER),
     )
 
 
@@ -340,6 +366,7 @@ def quiet_start(tracer: Any) -> bool:
             and no_self_metrics(tracer)
             and default_context()
             and type(processor) is _Processors
+            and _unpatched(processor, "on_start", _MULTI_ON_START)
             and all(
                 _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))
                 for p in processor._span_processors

@@ -114,9 +114,9 @@ class Telemetry:
         self._head_known = False
         """Head sampling cascade decides itself (see :mod:`._sampling`): looked up at the
         first traced run (through the global API, the SDK may be set up after this)."""
-        self._quiet: tuple[Any, Any, Any] = (None, None, None)
+        self._quiet: tuple[Any, Any, Any, Any] = (None, None, None, None)
         """:meth:`quiet_start` of the tracer, for its span processors (the provider's
-        tuple of them, replaced when one is added) and sampler."""
+        tuple of them, replaced when one is added), sampler and id generator."""
 
     def __repr__(self) -> str:
         state = "on" if self.enabled else "off"
@@ -298,30 +298,26 @@ class Telemetry:
         """When nothing sees a span's attributes at its start (see :func:`quiet_start` in
         :mod:`._attributes`): the tracer's span processor, its tuple of processors as
         found, its lock (see :meth:`start_span`) and the plan of its light spans (None
-        when they cannot be: see :func:`._light.light_plan`); else None. Looked up again
-        when the processors or the sampler change."""
+        when they cannot be: see :func:`._light.light_plan`) and what is checked before
+        each span (:func:`._attributes.start_checks`); else None. Looked up again when
+        the processors, the sampler or the id generator change."""
         tracer = _real_tracer(self.tracer)
         try:
             processor = tracer.span_processor
             processors, sampler = processor._span_processors, tracer.sampler
+            ids = tracer.id_generator
         except AttributeError:  # not the SDK's
             return None
         known = self._quiet
-        if known[0] is processors and known[1] is sampler:
-            return known[2]  # type: ignore[no-any-return]
+        if known[0] is processors and known[1] is sampler and known[2] is ids:
+            return known[3]  # type: ignore[no-any-return]
         lock = getattr(processor, "_lock", None) if quiet_start(tracer) else None
-        quiet = (
-            None
-            if lock is None
-            else (
-                processor,
-                processors,
-                lock,
-                light_plan(tracer, processor, processors),
-                start_checks(tracer, processors),
-            )
-        )
-        self._quiet = (processors, sampler, quiet)
+        quiet = None
+        if lock is not None:
+            starts = start_checks(tracer, processor, processors, sampler, ids)
+            light = light_plan(tracer, processor, processors, starts)
+            quiet = (processor, processors, lock, light, starts)
+        self._quiet = (processors, sampler, ids, quiet)
         return quiet
 
     def _run_attributes(

@@ -47,7 +47,6 @@ from ._attributes import (
     _Untouchable,
     as_stored,
     same_methods,
-    start_checks,
 )
 from ._context import SPAN_KEY, current
 from ._sampling import _ALL_SAMPLED, _RANDOM_FLAG, _leaves, _local_context
@@ -105,7 +104,8 @@ class LightPlan:
         "tracer",
     )
 
-    def __init__(self, tracer: Any, processor: Any, processors: tuple[Any, ...]) -> None:
+    def __init__(self, tracer: Any, processor: Any, processors: tuple[Any, ...],
+                 starts: tuple[tuple[Any, str, Any], ...]) -> None:  # fmt: skip
         self.tracer = tracer
         self.processor = processor
         self.processors = processors
@@ -118,10 +118,11 @@ class LightPlan:
         self.event_attributes: int | None = limits.max_event_attributes
         self.random_ids = bool(tracer.id_generator.is_trace_id_random())
         self.flags = (_SAMPLED, _SAMPLED_RANDOM)
-        # What unchanged() checks, as (object, the method's name, the method as imported):
-        # on_start before a light span starts, _on_ending before one ends (none on an
-        # SDK without _on_ending, which calls none).
-        self.starts = start_checks(tracer, processors)
+        # What same_methods() checks, as (object, the method's name, the method as
+        # imported): what the SDK calls at a span's start (start_checks) before a light
+        # span starts, _on_ending before one ends (none on an SDK without _on_ending,
+        # which calls none).
+        self.starts = starts
         self.endings = (
             (
                 (processor, "_on_ending", _MULTI_ON_ENDING),
@@ -422,10 +423,16 @@ def light_enabled() -> bool:
     return _LIGHT[0]
 
 
-def light_plan(tracer: Any, processor: Any, processors: tuple[Any, ...]) -> LightPlan | None:
+def light_plan(
+    tracer: Any,
+    processor: Any,
+    processors: tuple[Any, ...],
+    starts: tuple[tuple[Any, str, Any], ...],
+) -> LightPlan | None:
     """A :class:`LightPlan` for a tracer :func:`._attributes.quiet_start` accepted, when
     its limits cannot change the values cascade stores (no length limit) and this SDK's
-    spans can be light (:func:`light_enabled`)."""
+    spans can be light (:func:`light_enabled`). ``starts``: what a light span checks at
+    its start (:func:`._attributes.start_checks`)."""
     if not light_enabled():
         return None
     try:
@@ -435,7 +442,7 @@ def light_plan(tracer: Any, processor: Any, processors: tuple[Any, ...]) -> Ligh
             return None
         if not unchanged(processor, processors):
             return None
-        return LightPlan(tracer, processor, processors)
+        return LightPlan(tracer, processor, processors, starts)
     except AttributeError:  # pragma: no cover - another SDK layout
         return None
 

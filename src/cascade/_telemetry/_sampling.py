@@ -39,6 +39,7 @@ __all__ = [
     "default_context",
     "head_sampler",
     "no_self_metrics",
+    "samplers",
     "sdk_ids",
 ]
 
@@ -376,6 +377,23 @@ def blind_to_attributes(sampler: Any) -> bool:
             )
         )
     return (_leaf(sampler) != SLOW or type(sampler) is StaticSampler) and _own(sampler)
+
+
+def samplers(sampler: Any) -> tuple[Any, ...]:
+    """``sampler`` and, a parent-based one, the samplers it asks (each once): those whose
+    ``should_sample`` the SDK calls."""
+    if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
+        found = {id(sampler): sampler}
+        for s in (
+            sampler._root,
+            sampler._remote_parent_sampled,
+            sampler._remote_parent_not_sampled,
+            sampler._local_parent_sampled,
+            sampler._local_parent_not_sampled,
+        ):
+            found.setdefault(id(s), s)
+        return tuple(found.values())
+    return (sampler,)
 
 
 def _leaves(sampler: Any) -> tuple[int, int, int, int, int] | None:
