@@ -322,23 +322,30 @@ _NEVER: Final = object()
 
 
 def start_checks(
-    tracer: Any, processor: Any, processors: tuple[Any, ...], sampler: Any, ids: Any
+    tracer: Any, processor: Any, processors: tuple[Any, ...], sampler: Any
 ) -> tuple[tuple[Any, str, Any], ...]:
     """What :func:`same_methods` checks before a quiet start by ``tracer`` (which
-    :func:`quiet_start` accepted) under its span ``processor`` and its ``processors``,
-    ``sampler`` and id generator ``ids`` (as found with them): that everything the SDK
-    calls at a span's start is still the SDK's, replaced on neither the object nor its
+    :func:`quiet_start` accepted) under its span ``processor`` and its ``processors`` and
+    ``sampler`` (as found with them): that everything the SDK calls at a span's start and
+    that sees its attributes is still the SDK's, replaced on neither the object nor its
     class since (an instrumentation may wrap them at any time): the tracer's
-    ``start_span``, the span processor's and the processors' ``on_start``, the
-    samplers' ``should_sample`` (which see the attributes) and the ids' draws. One found
-    other than :func:`quiet_start` accepted (another thread changed it meanwhile) never
-    passes."""
-    inner = ids.inner if type(ids) is PresetIds else ids
+    ``start_span``, the span processor's and the processors' ``on_start`` and the
+    samplers' ``should_sample``. One found other than :func:`quiet_start` accepted
+    (another thread changed it meanwhile) never passes."""
     return (
         (tracer, "start_span", _START_SPAN),
         (processor, "on_start", _MULTI_ON_START),
         *((p, "on_start", _STARTS.get(type(p), _NEVER)) for p in processors),
         *((s, "should_sample", _SHOULD.get(type(s), _NEVER)) for s in samplers(sampler)),
+    )
+
+
+def id_checks(ids: Any) -> tuple[tuple[Any, str, Any], ...]:
+    """What :func:`same_methods` checks, with :func:`start_checks`, before a light span
+    (which draws its ids as the SDK's id generator ``ids`` does, without it): that its
+    draws are still the SDK's. (A quiet start's ids are the SDK's own draws.)"""
+    inner = ids.inner if type(ids) is PresetIds else ids
+    return (
         (inner, "generate_span_id", _IDS[1] if _IDS is not None else _NEVER),
         (inner, "generate_trace_id", _IDS[2] if _IDS is not None else _NEVER),
     )

@@ -25,7 +25,7 @@ from opentelemetry.trace import ProxyTracer, Span, SpanKind, TracerProvider
 from . import _conventions as conventions
 from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
-from ._attributes import quiet_start, same_methods, set_attributes, start_checks
+from ._attributes import id_checks, quiet_start, same_methods, set_attributes, start_checks
 from ._context import use_span
 from ._light import LightPlan, light_plan
 from ._metrics import Instruments, instruments_for
@@ -314,8 +314,8 @@ class Telemetry:
         lock = getattr(processor, "_lock", None) if quiet_start(tracer) else None
         quiet = None
         if lock is not None:
-            starts = start_checks(tracer, processor, processors, sampler, ids)
-            light = light_plan(tracer, processor, processors, starts)
+            starts = start_checks(tracer, processor, processors, sampler)
+            light = light_plan(tracer, processor, processors, (*starts, *id_checks(ids)))
             quiet = (processor, processors, lock, light, starts)
         self._quiet = (processors, sampler, ids, quiet)
         return quiet

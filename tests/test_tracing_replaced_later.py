@@ -1,5 +1,5 @@
-"""Review 26 (commit 3ef38b6): what the quiet start and light spans still cache after a
-tracer's first span. Each test compares cascade's ``Telemetry.start_span`` with the plain
+"""What the quiet start and light spans must not cache after a tracer's first span (found
+by a hostile review). Each test compares cascade's ``Telemetry.start_span`` with the plain
 SDK's ``tracer.start_span(name, kind=..., attributes=...)`` after the application replaced
 something the SDK calls at a span's start: the span processor's own ``on_start``, the
 sampler's ``should_sample``, the tracer's id generator."""
