@@ -93,6 +93,7 @@ class LightPlan:
     __slots__ = (
         "endings",
         "event_attributes",
+        "event_length",
         "flags",
         "leaves",
         "max_events",
@@ -116,6 +117,10 @@ class LightPlan:
         self.maxlen: int | None = limits.max_span_attributes
         self.max_events: int | None = limits.max_events
         self.event_attributes: int | None = limits.max_event_attributes
+        # An event's values are cut at the global length limit, not the span's (which a
+        # light plan has none of): SpanLimits(max_attribute_length=n,
+        # max_span_attribute_length=SpanLimits.UNSET) cuts only events.
+        self.event_length: int | None = limits.max_attribute_length
         self.random_ids = bool(tracer.id_generator.is_trace_id_random())
         self.flags = (_SAMPLED, _SAMPLED_RANDOM)
         # What same_methods() checks, as (object, the method's name, the method as
@@ -346,8 +351,13 @@ class LightSpan(Span):
         stored = as_stored(attributes) if attributes else _NO_ATTRIBUTES
         plan = self._plan
         limit = plan.event_attributes
-        if stored is not None and (limit is None or len(stored) <= limit):
-            bounded = _Bounded(limit, None, immutable=True, max_value_len=None)
+        length = plan.event_length
+        if (
+            stored is not None
+            and (limit is None or len(stored) <= limit)
+            and (length is None or _within(stored, length))
+        ):
+            bounded = _Bounded(limit, None, immutable=True, max_value_len=length)
             bounded._dict = dict(stored)
             event = Event(name, bounded, timestamp)
             with _LOCK:
@@ -392,6 +402,18 @@ class LightSpan(Span):
 
     def __repr__(self) -> str:
         return repr(self.sdk_span())
+
+
+def _within(stored: Mapping[str, Any], length: int) -> bool:
+    """Whether no string in ``stored`` (as :func:`as_stored` gives them: strings, or
+    tuples of strings) is longer than ``length`` (the SDK would cut it, and warn)."""
+    for value in stored.values():
+        if type(value) is str:
+            if len(value) > length:
+                return False
+        elif type(value) is tuple and any(len(item) > length for item in value):
+            return False
+    return True
 
 
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
