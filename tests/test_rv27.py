@@ -64,8 +64,69 @@ def test_light_events_are_cut_at_the_global_length_limit_as_the_sdks() -> None:
     """SpanLimits(max_attribute_length=5, max_span_attribute_length=UNSET): the span's own
     attributes have no length limit (the span is light) but its events' do; the SDK cuts
     an event's strings at 5 (and warns); the light span kept them whole."""
-    limits = dict(max_attribute_length=5, max_span_attribute_length=SpanLimits.UNSET)
+    limits: dict[str, Any] = {
+        "max_attribute_length": 5,
+        "max_span_attribute_length": SpanLimits.UNSET,
+    }
     light = _events_as_exported(light=True, limits=SpanLimits(**limits))
     sdk = _events_as_exported(light=False, limits=SpanLimits(**limits))
     assert sdk[0][0][2][0] == ("s", str, "xxxxx")
     assert light == sdk
+
+
+# --- captured content: at most MAX_CAPTURED characters (and the cut's marker) -----------------
+
+LIMIT = 32_768 + 100  # MAX_CAPTURED and the marker, as test_openinference_attack allows
+
+
+def test_many_empty_messages_are_captured_within_the_limit() -> None:
+    """A million empty messages: each message's JSON is ~55 characters, counted as 44;
+    the captured JSON was 41,031 characters."""
+    import json
+
+    from cascade._telemetry._content import input_messages
+    from cascade._types import Message
+
+    sent = input_messages([Message(role="user", content="")] * 1_000_000)
+    assert len(sent) <= LIMIT
+    last = json.loads(sent)[-1]["parts"][0]["content"]
+    assert last.endswith(f"{1_000_000 - len(json.loads(sent))} more messages not captured]")
+
+
+@pytest.mark.parametrize("char", ["\x00", '"', "\\", "\n"])
+def test_json_escapes_are_counted_in_the_limit(char: str) -> None:
+    """40,000 control characters (or quotes): each is up to six characters of JSON; the
+    captured attribute was up to 196,436 characters."""
+    import json
+
+    from cascade._telemetry._content import input_messages, output_messages
+    from cascade._types import Completion, Message
+
+    sent = input_messages([Message(role="user", content=char * 40_000)])
+    assert len(sent) <= LIMIT
+    content = json.loads(sent)[0]["parts"][0]["content"]
+    kept = len(content) - len(content.lstrip(char))
+    assert content[kept:] == f"…[{40_000 - kept} more characters not captured]"
+    said = output_messages(
+        [Completion(text=char * 40_000, provider="p", model="m", finish_reason="stop")] * 2
+    )
+    assert len(said) <= LIMIT
+    json.loads(said)
+
+
+def test_a_huge_finish_reason_is_not_captured_whole() -> None:
+    """The provider's finish reason sat whole in the captured answers' JSON (and
+    ``output.value`` with several choices): a 1 MB one made a 1 MB attribute."""
+    import json
+
+    from cascade._telemetry._content import output_messages
+    from cascade._telemetry._conventions import output_attributes
+    from cascade._types import Completion
+
+    choices = [
+        Completion(text="y" * 100, provider="p", model="m", finish_reason="r" * 1_000_000)
+    ] * 3
+    said = output_messages(choices)
+    assert len(said) <= LIMIT
+    assert [m["parts"][0]["content"] for m in json.loads(said)] == ["y" * 100] * 3
+    assert all(len(v) <= LIMIT for v in output_attributes(choices, said).values())

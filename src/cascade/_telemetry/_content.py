@@ -46,9 +46,15 @@ __all__ = [
 
 MAX_CAPTURED: Final = 32_768
 """Characters of prompts or answers one span attribute carries, counting each message's
-role and about 40 characters of JSON around it: text past it is cut, the cut marked in the
-text itself (:func:`_within`), later messages left out."""
-_PER_MESSAGE: Final = 40  # the JSON around one message's content, about
+role and the JSON around it (escapes included): text past it is cut, the cut marked in
+the text itself (:func:`_within`, up to :data:`_MARKER` characters more), later messages
+left out."""
+_PER_MESSAGE: Final = len('{"role":"","parts":[{"type":"text","content":""}]},')
+_PER_FINISH: Final = len(',"finish_reason":""')
+_MAX_FINISH: Final = 100
+"""Characters of a finish reason (the provider's text) a captured answer carries."""
+_MARKER: Final = 100
+"""What the cut's marker may add past :data:`MAX_CAPTURED`."""
 
 _encode = msgspec.json.Encoder().encode
 
@@ -84,20 +90,20 @@ def utf8(text: str) -> str:
     return text
 
 
-def _within(texts: Iterable[tuple[str, str]], count: int, limit: int) -> list[str]:
-    """The contents of ``count`` messages, given as ``(role, content)``, as
+def _within(texts: Iterable[tuple[int, str]], count: int, limit: int) -> list[str]:
+    """The contents of ``count`` messages, given as ``(JSON around it, content)``, as
     :data:`MAX_CAPTURED` lets a span carry them: whole while they fit ``limit``; the
     first that does not is cut, and ends with what was left out (``…[N more characters,
     M more messages not captured]``); the messages after it are not listed."""
     kept: list[str] = []
     left = limit
-    for role, content in texts:
-        cost = len(role) + len(content) + _PER_MESSAGE
+    for around, content in texts:
+        cost = around + len(content)
         if cost <= left:
             kept.append(content)
             left -= cost
             continue
-        kept.append(_cut(content, max(left - len(role) - _PER_MESSAGE, 0), count - len(kept) - 1))
+        kept.append(_cut(content, max(left - around, 0), count - len(kept) - 1))
         break
     return kept
 
@@ -118,11 +124,32 @@ def captured_text(text: str) -> str:
 def input_messages(messages: Sequence[Message]) -> str:
     """Captured prompts, as the GenAI conventions' ``gen_ai.input.messages`` JSON (at most
     :data:`MAX_CAPTURED` characters of them)."""
-    contents = _within(((m.role, m.content) for m in messages), len(messages), MAX_CAPTURED)
-    try:
-        return _encode_input(messages, contents, str)
-    except UnicodeEncodeError:  # captured content never fails a run
-        return _encode_input(messages, contents, utf8)
+
+    def encoded(budget: int) -> str:
+        contents = _within(
+            ((_PER_MESSAGE + len(m.role), m.content) for m in messages), len(messages), budget
+        )
+        try:
+            return _encode_input(messages, contents, str)
+        except UnicodeEncodeError:  # captured content never fails a run
+            return _encode_input(messages, contents, utf8)
+
+    return _bounded(encoded)
+
+
+def _bounded(encoded: Callable[[int], str]) -> str:
+    """``encoded(budget)`` for the largest budget tried whose JSON fits
+    :data:`MAX_CAPTURED` (and the marker): JSON escapes (a quote, a control character:
+    up to six characters for one) may make it longer than its budget; then again with a
+    budget that much smaller (a few times at most, each at most MAX_CAPTURED's work)."""
+    budget = MAX_CAPTURED
+    found = encoded(budget)
+    for _ in range(4):
+        if len(found) <= MAX_CAPTURED + _MARKER or budget == 0:
+            break
+        budget = max(0, budget * MAX_CAPTURED // len(found) - _MARKER)
+        found = encoded(budget)
+    return found
 
 
 def _encode_input(
@@ -139,11 +166,20 @@ def _encode_input(
 def output_messages(completions: Sequence[Completion]) -> str:
     """Captured answers, as ``gen_ai.output.messages`` JSON (at most
     :data:`MAX_CAPTURED` characters of them)."""
-    contents = _within((("assistant", c.text) for c in completions), len(completions), MAX_CAPTURED)
-    try:
-        return _encode_output(completions, contents, str)
-    except UnicodeEncodeError:
-        return _encode_output(completions, contents, utf8)
+
+    def around(c: Completion) -> int:
+        reason = c.finish_reason
+        extra = 0 if reason is None else _PER_FINISH + min(len(reason), _MAX_FINISH)
+        return _PER_MESSAGE + len("assistant") + extra
+
+    def encoded(budget: int) -> str:
+        contents = _within(((around(c), c.text) for c in completions), len(completions), budget)
+        try:
+            return _encode_output(completions, contents, str)
+        except UnicodeEncodeError:
+            return _encode_output(completions, contents, utf8)
+
+    return _bounded(encoded)
 
 
 def _encode_output(
@@ -156,6 +192,6 @@ def _encode_output(
             "parts": [{"type": "text", "content": text(content)}],
         }
         if c.finish_reason is not None:
-            message["finish_reason"] = text(c.finish_reason)
+            message["finish_reason"] = text(c.finish_reason[:_MAX_FINISH])
         messages.append(message)
     return _encode(messages).decode()
