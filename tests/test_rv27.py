@@ -3,6 +3,7 @@ garbage cycles after failed runs."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -16,6 +17,10 @@ from cascade._telemetry._core import Telemetry
 from cascade._telemetry._light import LightSpan
 
 pytestmark = pytest.mark.anyio
+
+_UVLOOP = pytest.mark.skipif(
+    importlib.util.find_spec("uvloop") is None, reason="uvloop is not installed"
+)
 
 
 class Subclassed(SimpleSpanProcessor):
@@ -130,3 +135,40 @@ def test_a_huge_finish_reason_is_not_captured_whole() -> None:
     assert len(said) <= LIMIT
     assert [m["parts"][0]["content"] for m in json.loads(said)] == ["y" * 100] * 3
     assert all(len(v) <= LIMIT for v in output_attributes(choices, said).values())
+
+
+# --- cascade serve: signals while draining ------------------------------------------------
+
+
+@pytest.mark.parametrize("loop", ["asyncio", pytest.param("uvloop", marks=_UVLOOP)])
+async def test_a_sighup_while_draining_neither_kills_nor_cuts_the_drain(
+    openai_server: Any, tmp_path: Any, loop: str
+) -> None:
+    """SIGTERM, then SIGHUP while a request drains: SIGHUP's handler was removed at the
+    first signal, so its default action killed the process (exit -1), the request in
+    flight lost and nothing closed. It is ignored while draining, logged."""
+    import asyncio
+    import signal
+
+    from cascade.testing import Reply
+
+    from .gateway import write_config
+    from .leaks import eventually
+    from .test_gateway_serve import HI, cascade_serve, client, config
+
+    openai_server.script("m1", Reply(text="finished", latency_s=1.5))
+    path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
+    async with cascade_serve(path, "--loop", loop) as served, client(served) as c:
+        call = asyncio.create_task(c.chat.completions.create(model="r", messages=HI))  # type: ignore[arg-type]
+        await eventually(lambda: openai_server.active_requests == 1, "the slow call under way")
+        served.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: "gateway.draining" in served.events(), "draining")
+        served.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: "gateway.reload_ignored" in served.events(), "ignored")
+        assert (await call).choices[0].message.content == "finished"
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    events = served.events()
+    assert events[-1] == "gateway.stopped"
+    assert [line["status"] for line in served.lines if line.get("event") == "gateway.request"] == [
+        200
+    ]

@@ -7,7 +7,7 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   way is abandoned, not waited for. ``/readyz`` answers 503 from the signal on. A second
   SIGTERM or SIGINT ends the drain at once (``gateway.drain_cut``: every connection
   closed, its run cancelled, then the same close and exit 0); a third one takes the
-  signal's default action.
+  signal's default action. A SIGHUP while draining is ignored (``gateway.reload_ignored``).
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
@@ -162,6 +162,9 @@ async def serve(
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
+        def hup_while_draining() -> None:  # its default action would kill the process
+            log.info("gateway.reload_ignored", reason="draining")
+
         def cut() -> None:  # a second SIGTERM or SIGINT while draining
             for sig in (signal.SIGTERM, signal.SIGINT):  # a third: the default action
                 loop.remove_signal_handler(sig)
@@ -173,7 +176,7 @@ async def serve(
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         try:
             await stop.wait()
-            loop.remove_signal_handler(signal.SIGHUP)
+            loop.add_signal_handler(signal.SIGHUP, hup_while_draining)
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, cut)
             gateway.draining = True
