@@ -172,3 +172,109 @@ async def test_a_sighup_while_draining_neither_kills_nor_cuts_the_drain(
     assert [line["status"] for line in served.lines if line.get("event") == "gateway.request"] == [
         200
     ]
+
+
+# --- no garbage cycles: the run's frames, errors and tasks -----------------------------------
+# Python 3.11's selector transports make a cycle of their own when closed (a bound method on
+# the transport): a call cut off (a timeout, a deadline, a reader that left) leaves one.
+# What is checked here is that nothing of cascade's (frames, errors, tasks, the run, the
+# stream) is in a cycle.
+
+
+def _cascade_garbage() -> list[str]:
+    import gc
+    import types
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        gc.collect()
+    finally:
+        gc.set_debug(0)
+    found = []
+    for o in gc.garbage:
+        if isinstance(o, types.FrameType):
+            found.append(f"frame {o.f_code.co_qualname}")
+        elif isinstance(o, BaseException) or type(o).__name__ in ("Task", "RunState", "Stream"):
+            found.append(type(o).__name__)
+    gc.garbage.clear()
+    return found
+
+
+def _gc_configs(url: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    from .helpers import JSON_SCHEMA, provider, tier
+
+    return {
+        "provider timeout": (
+            {"tiers": [tier("t", provider("a", url, "hang", timeout_s=0.05))]},
+            {},
+        ),
+        "streamed provider timeout": (
+            {"tiers": [tier("t", provider("a", url, "hang", timeout_s=0.05, stream=True))]},
+            {},
+        ),
+        "budget exceeded": (
+            {
+                "tiers": [
+                    tier("t", provider("a", url, "prose"), validators=[JSON_SCHEMA]),
+                    tier("u", provider("b", url, "ok")),
+                ]
+            },
+            {"max_cost_usd": 1e-9},
+        ),
+        "deadline": ({"tiers": [tier("t", provider("a", url, "slow"))]}, {"deadline_s": 0.05}),
+    }
+
+
+@pytest.mark.parametrize("how", ["run", "stream", "left early"])
+@pytest.mark.parametrize(
+    "case", ["provider timeout", "streamed provider timeout", "budget exceeded", "deadline"]
+)
+async def test_no_frame_error_or_task_of_a_failed_run_in_a_cycle(
+    openai_server: Any, case: str, how: str
+) -> None:
+    """A provider that timed out (the provider's translated error held by a local of the
+    frame its traceback holds: post_whole, stream), a stream left early whose last event,
+    unread, was Failed (the engine's frames held the stream), a stream left early that
+    cancelled its run (the stream held its task, whose CancelledError's traceback holds
+    the run's frames, which hold the stream): each a cycle, frames, run and all."""
+    import gc
+    import sys
+
+    from cascade import Cascade, CascadeError
+    from cascade.testing import Reply
+
+    if how == "left early" and case.endswith("timeout") and sys.version_info < (3, 12):
+        pytest.skip("cancelled while connecting: Python 3.11's sock_connect makes a cycle")
+
+    from .helpers import USER
+
+    openai_server.default = '{"answer": 42}'
+    openai_server.script("prose", *[Reply(text="not json")] * 50)
+    openai_server.script("slow", *[Reply(text="x", latency_s=0.3)] * 50)
+    openai_server.script("hang", *[Reply(fault="hang")] * 50)
+    cfg, kw = _gc_configs(openai_server.url)[case]
+
+    async def one(c: Cascade) -> None:
+        try:
+            if how == "run":
+                await c.run(messages=USER, **kw)
+                return
+            async with c.stream(messages=USER, **kw) as events:
+                async for _ in events:
+                    if how == "left early":
+                        break
+        except CascadeError:
+            pass
+
+    async with Cascade.from_dict(cfg, environ={}) as c:
+        for _ in range(2):
+            await one(c)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                await one(c)
+            found = _cascade_garbage()
+        finally:
+            gc.enable()
+    assert found == [], "; ".join(found)

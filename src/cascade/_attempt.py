@@ -337,7 +337,10 @@ async def complete(
             phase=phase,
         )
         error.received_chars = _received(parts, refusal)
-        raise error from None
+        try:
+            raise error from None
+        finally:  # the error's traceback holds this frame: no local may hold the error
+            del error
     text = parts[0] if len(parts) == 1 else "".join(parts)
     # The pieces go once joined, before the logprobs are copied into their tuple: the
     # answer is then held once, as max_response_bytes counts it (providers/_sizes.py).

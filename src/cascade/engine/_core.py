@@ -128,7 +128,13 @@ class Engine:
             # Built and returned without a local: the error's traceback holds this frame,
             # and a local holding the error would make a cycle of them (with the sink and
             # everything the caller's answer holds) for the garbage collector to find.
-            return _failed(sink, exc)
+            # Nor may the frames hold the sink (here, and through the run in the frames
+            # below): a stream whose reader left early keeps the Failed event unread.
+            run.sink = NO_SINK
+            try:
+                return _failed(sink, exc)
+            finally:
+                del sink
 
     async def _finish(self, run: RunState, plan: Plan) -> Finished:
         """The run's tiers, to its Finished event (told to its listeners)."""
@@ -192,7 +198,8 @@ class Engine:
 
     async def _tiers(self, run: RunState, plan: Plan) -> Result:
         attempts = run.attempts
-        sink = run.sink
+        # No local holds the sink: a failed run's error holds this frame (its traceback),
+        # and a stream whose reader left early holds the error (unread): a cycle.
         traced = run.trace is not NOOP_RUN  # else every span of the run is a no-op
         # a tier left unaccepted: it, why, the detail, where its attempts start
         left: tuple[Tier, EscalationReason, str, int] | None = None
@@ -230,7 +237,7 @@ class Engine:
                     )
                     run.emit(escalated)
             if run.listening:  # the sink's alone: a trace starts its tier span itself
-                sink.emit(TierStarted(tier=tier.index, tier_name=tier.name))
+                run.sink.emit(TierStarted(tier=tier.index, tier_name=tier.name))
             first = len(attempts)
             # The tier's span; its outcome, and the escalation, come from its attempts.
             if traced:
@@ -245,7 +252,7 @@ class Engine:
                     run.tier_trace.end(tier_outcome(attempts, first)[0])
             if attempt is not None and attempt.outcome == "accepted":
                 result = run.result(attempt, validated=True)
-                if sink.mode is not None:
+                if run.sink.mode is not None:
                     await _release(run, attempt)
                 return result
             outcome, detail = tier_outcome(attempts, first)
@@ -262,7 +269,7 @@ class Engine:
                     reason = "rejected"
                 left = (tier, reason, detail, first)
         result = self._exhausted(run)
-        if sink.mode is not None:
+        if run.sink.mode is not None:
             await _release_fallback(run)
         return result
 

@@ -147,6 +147,7 @@ class Stream:
 
     __slots__ = (
         "_attempts",
+        "_closed",
         "_drained",
         "_ended",
         "_ending",
@@ -176,10 +177,14 @@ class Stream:
         self._attempts: Sequence[Attempt] = ()
         self._raised = False
         self._ended = False  # the last event was emitted: the run is only bookkeeping
+        self._closed = False  # its async with block has been left
 
     def __repr__(self) -> str:
         task = self._task
-        state = "new" if task is None else "done" if task.done() else "running"
+        if self._closed:
+            state = "done"
+        else:
+            state = "new" if task is None else "done" if task.done() else "running"
         return f"<Stream {self.mode} {state}, {len(self._attempts)} attempts>"
 
     @property
@@ -245,10 +250,18 @@ class Stream:
     ) -> None:
         await self.aclose()
         task = self._task
+        # The task, once done: a cancelled task's CancelledError holds through its
+        # traceback the run's frames, which hold this stream: kept here, a cycle of them.
+        # What the reader left unread stays readable (then StopAsyncIteration).
+        self._task = None
+        self._closed = True
         if exc is None and task is not None and not task.cancelled():
             error = task.exception()
             if error is not None and not self._raised:
-                raise error  # a bug in the run the reader never read up to
+                try:
+                    raise error  # a bug in the run the reader never read up to
+                finally:
+                    del error, task
 
     def __aiter__(self) -> Stream:
         return self
@@ -258,6 +271,8 @@ class Stream:
         while not events:
             task = self._task
             if task is None:
+                if self._closed:
+                    raise StopAsyncIteration
                 raise RuntimeError("use the Stream inside its async with block")
             if self._ready is not None:
                 raise RuntimeError("anext(): another task is already reading this Stream")
@@ -314,7 +329,10 @@ class Stream:
         if not task.cancelled():
             task.exception()  # retrieved: a reader that left early has seen enough
         if interrupted is not None:
-            raise interrupted
+            try:
+                raise interrupted
+            finally:  # its traceback holds this frame: no local may hold it
+                del interrupted
 
     def _wake(self, task: asyncio.Task[object]) -> None:
         for waiter in (self._ready, self._ending):

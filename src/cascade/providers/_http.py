@@ -354,7 +354,10 @@ class HTTPProvider:
                         await _drain(resp)
                         return
                     if isinstance(end, Exception):
-                        raise end
+                        try:
+                            raise end
+                        finally:  # as below: no local may hold the error
+                            del end
                 last = decoder.flush()
                 if last is not None and self._event(last, state) is DONE:
                     return
@@ -370,7 +373,10 @@ class HTTPProvider:
         except Exception as exc:
             error = translate(exc, provider=self.name, model=self.model, secret=self._secret)
         # Raised outside the except block: no __context__ chains back to aiohttp objects.
-        raise error
+        try:
+            raise error
+        finally:  # the error's traceback holds this frame: no local may hold the error
+            del error
 
 
 def _one(chunks: list[Chunk]) -> Chunk:
@@ -409,7 +415,10 @@ async def post_whole(
         error = translate(
             exc, provider=provider.name, model=provider.model, secret=provider._secret
         )
-    raise error
+    try:
+        raise error
+    finally:  # the error's traceback holds this frame: no local may hold the error
+        del error
 
 
 async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> bytes:
