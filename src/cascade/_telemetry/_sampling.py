@@ -367,14 +367,7 @@ def blind_to_attributes(sampler: Any) -> bool:
         return False
     if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
         return _own(sampler) and all(
-            (_leaf(s) != SLOW or type(s) is StaticSampler) and _own(s)
-            for s in (
-                sampler._root,
-                sampler._remote_parent_sampled,
-                sampler._remote_parent_not_sampled,
-                sampler._local_parent_sampled,
-                sampler._local_parent_not_sampled,
-            )
+            (_leaf(s) != SLOW or type(s) is StaticSampler) and _own(s) for s in _delegates(sampler)
         )
     return (_leaf(sampler) != SLOW or type(sampler) is StaticSampler) and _own(sampler)
 
@@ -384,16 +377,21 @@ def samplers(sampler: Any) -> tuple[Any, ...]:
     ``should_sample`` the SDK calls."""
     if type(sampler) in (ParentBased, ParentBasedTraceIdRatio):
         found = {id(sampler): sampler}
-        for s in (
-            sampler._root,
-            sampler._remote_parent_sampled,
-            sampler._remote_parent_not_sampled,
-            sampler._local_parent_sampled,
-            sampler._local_parent_not_sampled,
-        ):
+        for s in _delegates(sampler):
             found.setdefault(id(s), s)
         return tuple(found.values())
     return (sampler,)
+
+
+def _delegates(sampler: Any) -> tuple[Any, ...]:
+    """The samplers a parent-based ``sampler`` asks: for a root, then for each parent."""
+    return (
+        sampler._root,
+        sampler._remote_parent_sampled,
+        sampler._remote_parent_not_sampled,
+        sampler._local_parent_sampled,
+        sampler._local_parent_not_sampled,
+    )
 
 
 def _leaves(sampler: Any) -> tuple[int, int, int, int, int] | None:
