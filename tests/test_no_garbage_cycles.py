@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from cascade import Cascade, CascadeError
+from cascade import Cascade, CascadeError, Failed
 from cascade.testing import FakeOpenAIServer, Reply
 
 from .gateway import serving, write_config
@@ -116,4 +116,44 @@ async def test_a_gateway_request_leaves_no_cycle(
             found = gc.collect()
         finally:
             gc.enable()
+    assert found == 0
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+@pytest.mark.parametrize("how", ["run", "stream"])
+async def test_a_surfaced_error_leaves_no_cycle(
+    openai_server: FakeOpenAIServer, how: str, mode: str
+) -> None:
+    """A streamed call's 400, surfaced (``on_error.status_4xx = "surface"``): the
+    RequestRejected, read from a stream in either mode or raised by ``run()``."""
+    openai_server.script("400", *[Reply(status=400)] * 50)
+    surfaced = {"on_error": {"status_4xx": "surface"}}
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "400", stream=True,
+                                          retry=surfaced))]}  # fmt: skip
+    seen: list[str] = []
+
+    async def one(c: Cascade) -> None:
+        try:
+            if how == "run":
+                await c.run(messages=USER)
+                return
+            async with c.stream(messages=USER, mode=mode) as events:  # type: ignore[arg-type]
+                async for event in events:
+                    if isinstance(event, Failed):
+                        seen.append(type(event.error).__name__)
+        except CascadeError as exc:
+            seen.append(type(exc).__name__)
+
+    async with Cascade.from_dict(config, environ={}) as c:
+        for _ in range(3):
+            await one(c)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(5):
+                await one(c)
+            found = gc.collect()
+        finally:
+            gc.enable()
+    assert set(seen) == {"RequestRejected"}
     assert found == 0
