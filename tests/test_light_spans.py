@@ -27,6 +27,7 @@ from cascade._telemetry._light import LightSpan
 from cascade.testing import FakeOpenAIServer
 
 from .helpers import USER, provider, tier
+from .sdk_features import LIGHT_SPANS
 
 pytestmark = pytest.mark.anyio
 
@@ -38,6 +39,7 @@ class Subclassed(SimpleSpanProcessor):
     """The SDK's processor, subclassed: no quiet start, so no light spans."""
 
 
+@LIGHT_SPANS
 def test_this_sdk_has_light_spans() -> None:
     assert _light.light_enabled()
 
@@ -50,6 +52,7 @@ def telemetry(**kwargs: Any) -> tuple[Telemetry, TracerProvider, InMemorySpanExp
     return Telemetry(tracer_provider=tp, environ={}), tp, exporter
 
 
+@LIGHT_SPANS
 def test_a_quiet_tracer_starts_light_spans_and_another_the_sdks() -> None:
     tel, tp, _ = telemetry()
     assert type(tel.start_span("s", SpanKind.CLIENT, {"a": 1})) is LightSpan
@@ -317,6 +320,7 @@ def test_limits_that_bite_are_the_sdks() -> None:
     assert forms[0][0][7] == 2 and forms[0][1][7] == 2  # dropped
 
 
+@LIGHT_SPANS
 def test_a_processor_added_while_a_light_span_is_open_gets_it() -> None:
     tel, tp, first = telemetry()
     span = tel.start_span("s", SpanKind.INTERNAL, {"a": 1})
@@ -378,6 +382,7 @@ def test_an_exception_leaving_with_span_is_recorded_as_by_the_sdks() -> None:
     assert forms[0][0][0][8] is StatusCode.ERROR and forms[0][0][0][10][0][0] == "exception"
 
 
+@LIGHT_SPANS
 @pytest.mark.parametrize("on", ["object", "class"])
 @pytest.mark.parametrize("where", ["span processor", "processor"])
 def test_an_on_ending_replaced_at_any_time_sees_the_live_span(
@@ -411,6 +416,7 @@ def test_an_on_ending_replaced_at_any_time_sees_the_live_span(
     tp.shutdown()
 
 
+@LIGHT_SPANS
 @pytest.mark.parametrize("on", ["object", "class"])
 def test_an_on_start_replaced_after_light_spans_sees_the_next_start(
     on: str, monkeypatch: pytest.MonkeyPatch
@@ -462,6 +468,7 @@ def test_a_start_span_wrapped_after_light_spans_starts_the_next() -> None:
     tp.shutdown()
 
 
+@LIGHT_SPANS
 def test_the_check_of_the_sdk_leaves_the_applications_random_sequence_alone() -> None:
     _light._LIGHT.clear()
     random.seed(7)
@@ -471,6 +478,7 @@ def test_the_check_of_the_sdk_leaves_the_applications_random_sequence_alone() ->
     assert random.random() == expected
 
 
+@LIGHT_SPANS
 def test_the_check_of_the_sdk_looks_past_the_callers_current_span() -> None:
     """The first traced run may come under a span of the application's (not sampled,
     say): the check builds its spans as new traces all the same."""

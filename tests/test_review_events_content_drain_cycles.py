@@ -16,6 +16,8 @@ from opentelemetry.trace import SpanKind
 from cascade._telemetry._core import Telemetry
 from cascade._telemetry._light import LightSpan
 
+from .sdk_features import LIGHT_SPANS
+
 pytestmark = pytest.mark.anyio
 
 _UVLOOP = pytest.mark.skipif(
@@ -65,6 +67,7 @@ def _events_as_exported(*, light: bool, limits: SpanLimits) -> tuple[Any, list[s
     return forms, logged
 
 
+@LIGHT_SPANS
 def test_light_events_are_cut_at_the_global_length_limit_as_the_sdks() -> None:
     """SpanLimits(max_attribute_length=5, max_span_attribute_length=UNSET): the span's own
     attributes have no length limit (the span is light) but its events' do; the SDK cuts

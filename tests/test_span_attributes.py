@@ -70,7 +70,8 @@ def test_limits_that_bite_are_the_sdks(
     caplog.clear()
     for a in attrs:
         set_attributes(ours, a)
-    assert their_logs and [r.getMessage() for r in caplog.records] == their_logs
+    # (the SDK warns of these limits from 1.4x on; before, neither does)
+    assert [r.getMessage() for r in caplog.records] == their_logs
     assert stored(ours) == stored(theirs)
     provider.shutdown()
 
