@@ -1,9 +1,12 @@
-"""Counting what a run leaves behind: tasks, pooled connections, server connections."""
+"""Counting what a run leaves behind: tasks, pooled connections, server connections,
+garbage cycles."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import gc
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import aiohttp
 
@@ -11,6 +14,29 @@ from cascade import Cascade
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer
 
 Server = FakeOpenAIServer | FakeAnthropicServer
+T = TypeVar("T")
+
+
+async def cycles_after(
+    call: Callable[[], Awaitable[object]],
+    *,
+    warm: int = 3,
+    runs: int = 5,
+    collect: Callable[[], T] = gc.collect,  # type: ignore[assignment]
+) -> T:
+    """What ``collect`` finds (by default the number of objects only a garbage collection
+    frees) after ``runs`` calls made with the collector off, after ``warm`` calls
+    (connections, caches, a breaker opening)."""
+    for _ in range(warm):
+        await call()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(runs):
+            await call()
+        return collect()
+    finally:
+        gc.enable()
 
 
 async def eventually(

@@ -8,7 +8,6 @@ traceback, and the frames it holds reach back up to the run."""
 
 from __future__ import annotations
 
-import gc
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from cascade.testing import FakeOpenAIServer, Reply
 
 from .gateway import serving, write_config
 from .helpers import JSON_SCHEMA, USER, provider, tier
+from .leaks import cycles_after
 
 pytestmark = pytest.mark.anyio
 
@@ -75,16 +75,7 @@ async def test_a_run_leaves_no_cycle(
     tracing.add_span_processor(SimpleSpanProcessor(exporter))
     extra: dict[str, Any] = {"tracer_provider": tracing} if traced else {}
     async with Cascade.from_dict(configs(openai_server.url)[case], environ={}, **extra) as c:
-        for _ in range(3):  # warm: connections, caches, the breaker opening
-            await one(c, how)
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(5):
-                await one(c, how)
-            found = gc.collect()
-        finally:
-            gc.enable()
+        found = await cycles_after(lambda: one(c, how))
     assert found == 0
     assert bool(exporter.get_finished_spans()) is traced
 
@@ -106,16 +97,7 @@ async def test_a_gateway_request_leaves_no_cycle(
             async with http.post(f"{g.base_url}/chat/completions", json=body) as resp:
                 await resp.read()
 
-        for _ in range(3):
-            await one()
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(5):
-                await one()
-            found = gc.collect()
-        finally:
-            gc.enable()
+        found = await cycles_after(one)
     assert found == 0
 
 
@@ -145,15 +127,6 @@ async def test_a_surfaced_error_leaves_no_cycle(
             seen.append(type(exc).__name__)
 
     async with Cascade.from_dict(config, environ={}) as c:
-        for _ in range(3):
-            await one(c)
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(5):
-                await one(c)
-            found = gc.collect()
-        finally:
-            gc.enable()
+        found = await cycles_after(lambda: one(c))
     assert set(seen) == {"RequestRejected"}
     assert found == 0

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind
 from cascade._telemetry._core import Telemetry
 from cascade._telemetry._light import LightSpan
 
+from .leaks import cycles_after
 from .sdk_features import LIGHT_SPANS
 
 pytestmark = pytest.mark.anyio
@@ -240,7 +241,6 @@ async def test_no_frame_error_or_task_of_a_failed_run_in_a_cycle(
     unread, was Failed (the engine's frames held the stream), a stream left early that
     cancelled its run (the stream held its task, whose CancelledError's traceback holds
     the run's frames, which hold the stream): each a cycle, frames, run and all."""
-    import gc
     import sys
 
     from cascade import Cascade, CascadeError
@@ -270,14 +270,5 @@ async def test_no_frame_error_or_task_of_a_failed_run_in_a_cycle(
             pass
 
     async with Cascade.from_dict(cfg, environ={}) as c:
-        for _ in range(2):
-            await one(c)
-        gc.collect()
-        gc.disable()
-        try:
-            for _ in range(3):
-                await one(c)
-            found = _cascade_garbage()
-        finally:
-            gc.enable()
+        found = await cycles_after(lambda: one(c), warm=2, runs=3, collect=_cascade_garbage)
     assert found == [], "; ".join(found)

@@ -27,7 +27,7 @@ from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
 from ._attributes import id_checks, quiet_start, same_methods, set_attributes, start_checks
 from ._context import use_span
-from ._light import LightPlan, light_plan
+from ._light import _NO_ATTRIBUTES, LightPlan, light_plan
 from ._metrics import Instruments, instruments_for
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
 from ._spans import NOOP_RUN, DroppedRun, RunTrace
@@ -45,7 +45,6 @@ __all__ = ["Telemetry"]
 _OFF = frozenset({"off", "0", "false", "no", "none"})
 _ON = frozenset({"1", "true", "yes", "on", "span_only", "span_and_event"})
 _UNDECIDED: tuple[int, Any] = (SLOW, None)
-_NO_ATTRIBUTES: dict[str, Any] = {}  # never changed: a light span copies what it gets
 
 
 class Telemetry:

@@ -42,8 +42,6 @@ from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from ._attributes import (
     _NO_EVENTS,
     _NO_LINKS,
-    _STARTS,
-    _unpatched,
     _Untouchable,
     as_stored,
     same_methods,
@@ -131,7 +129,7 @@ class LightPlan:
         self.endings = (
             (
                 (processor, "_on_ending", _MULTI_ON_ENDING),
-                *((p, "_on_ending", _ENDINGS[type(p)]) for p in processors),
+                *((p, "_on_ending", _ENDINGS.get(type(p), _Untouchable)) for p in processors),
             )
             if _MULTI_ON_ENDING is not None
             else ()
@@ -355,7 +353,7 @@ class LightSpan(Span):
         if (
             stored is not None
             and (limit is None or len(stored) <= limit)
-            and (length is None or _within(stored, length))
+            and (length is None or _uncut(stored, length))
         ):
             bounded = _Bounded(limit, None, immutable=True, max_value_len=length)
             bounded._dict = dict(stored)
@@ -404,7 +402,7 @@ class LightSpan(Span):
         return repr(self.sdk_span())
 
 
-def _within(stored: Mapping[str, Any], length: int) -> bool:
+def _uncut(stored: Mapping[str, Any], length: int) -> bool:
     """Whether no string in ``stored`` (as :func:`as_stored` gives them: strings, or
     tuples of strings) is longer than ``length`` (the SDK would cut it, and warn)."""
     for value in stored.values():
@@ -462,24 +460,12 @@ def light_plan(
             return None
         if type(processor).on_end is not _MULTI_ON_END or "on_end" in vars(processor):
             return None
-        if not unchanged(processor, processors):
-            return None
-        return LightPlan(tracer, processor, processors, starts)
+        plan = LightPlan(tracer, processor, processors, starts)
+        # No _on_ending that would see the live span replaced (quiet_start checked the
+        # on_start ones): checked again at each light span's end, as at any time.
+        return plan if same_methods(plan.endings) else None
     except AttributeError:  # pragma: no cover - another SDK layout
         return None
-
-
-def unchanged(processor: Any, processors: tuple[Any, ...]) -> bool:
-    """Whether no ``_on_ending`` that would see the live span (the span processor's own,
-    or one of its processors') and no ``on_start`` that would see it start was replaced
-    since import. Checked when a plan is made; as one may be replaced at any time, a
-    light span checks ``on_start`` again at its start and ``_on_ending`` at its end
-    (:func:`._attributes.same_methods`, the same check at about a tenth of the cost)."""
-    return _unpatched(processor, "_on_ending", _MULTI_ON_ENDING) and all(
-        _unpatched(p, "_on_ending", _ENDINGS.get(type(p), _Untouchable))
-        and _unpatched(p, "on_start", _STARTS.get(type(p), _Untouchable))
-        for p in processors
-    )
 
 
 try:
