@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cascade._telemetry._light import light_enabled
+from cascade._telemetry._light_plan import light_enabled
 from cascade._telemetry._sampling import _RANDOM_FLAG
 
 HEAD_SAMPLING = _RANDOM_FLAG is not None

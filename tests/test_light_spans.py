@@ -21,7 +21,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from opentelemetry.trace.span import TraceFlags, TraceState
 
 from cascade import Cascade, RequestOptions
-from cascade._telemetry import _light
+from cascade._telemetry import _light_plan
 from cascade._telemetry._core import Telemetry
 from cascade._telemetry._light import LightSpan
 from cascade.testing import FakeOpenAIServer
@@ -41,7 +41,7 @@ class Subclassed(SimpleSpanProcessor):
 
 @LIGHT_SPANS
 def test_this_sdk_has_light_spans() -> None:
-    assert _light.light_enabled()
+    assert _light_plan.light_enabled()
 
 
 def telemetry(**kwargs: Any) -> tuple[Telemetry, TracerProvider, InMemorySpanExporter]:
@@ -470,11 +470,11 @@ def test_a_start_span_wrapped_after_light_spans_starts_the_next() -> None:
 
 @LIGHT_SPANS
 def test_the_check_of_the_sdk_leaves_the_applications_random_sequence_alone() -> None:
-    _light._LIGHT.clear()
+    _light_plan._LIGHT.clear()
     random.seed(7)
     expected = random.random()
     random.seed(7)
-    assert _light.light_enabled()
+    assert _light_plan.light_enabled()
     assert random.random() == expected
 
 
@@ -482,11 +482,11 @@ def test_the_check_of_the_sdk_leaves_the_applications_random_sequence_alone() ->
 def test_the_check_of_the_sdk_looks_past_the_callers_current_span() -> None:
     """The first traced run may come under a span of the application's (not sampled,
     say): the check builds its spans as new traces all the same."""
-    _light._LIGHT.clear()
+    _light_plan._LIGHT.clear()
     dropped = SpanContext(5, 6, True, TraceFlags(TraceFlags.DEFAULT))
     token = otel_context.attach(trace.set_span_in_context(NonRecordingSpan(dropped)))
     try:
-        assert _light.light_enabled()
+        assert _light_plan.light_enabled()
         assert trace.get_current_span().get_span_context() is dropped
     finally:
         otel_context.detach(token)

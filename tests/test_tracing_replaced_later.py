@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import SpanKind
 
-from cascade._telemetry import _light
+from cascade._telemetry import _light_plan
 from cascade._telemetry._core import Telemetry
 from cascade._telemetry._light import LightSpan
 
@@ -73,7 +73,7 @@ def _run(mode: str, mutate: Mutate, monkeypatch: pytest.MonkeyPatch) -> tuple[An
 
 
 def _same_as_the_sdks(mutate: Mutate, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
-    if mode == "light" and not _light.light_enabled():
+    if mode == "light" and not _light_plan.light_enabled():
         pytest.skip("this SDK has no light spans")
     expected = _run("sdk", mutate, monkeypatch)
     assert _run(mode, mutate, monkeypatch) == expected

@@ -27,7 +27,8 @@ from . import _semconv as sc
 from ._attempts import ProviderInfo, ProviderLike, TierLike
 from ._attributes import id_checks, quiet_start, same_methods, set_attributes, start_checks
 from ._context import use_span
-from ._light import _NO_ATTRIBUTES, LightPlan, light_plan
+from ._light import _NO_ATTRIBUTES
+from ._light_plan import LightPlan, light_plan
 from ._metrics import Instruments, instruments_for
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
 from ._spans import NOOP_RUN, DroppedRun, RunTrace
@@ -297,7 +298,7 @@ class Telemetry:
         """When nothing sees a span's attributes at its start (see :func:`quiet_start` in
         :mod:`._attributes`): the tracer's span processor, its tuple of processors as
         found, its lock (see :meth:`start_span`) and the plan of its light spans (None
-        when they cannot be: see :func:`._light.light_plan`) and what is checked before
+        when they cannot be: see :func:`._light_plan.light_plan`) and what is checked before
         each span (:func:`._attributes.start_checks`); else None. Looked up again when
         the processors, the sampler or the id generator change."""
         tracer = _real_tracer(self.tracer)

@@ -12,8 +12,9 @@ batch and simple span processors, none of their methods replaced), whose decisio
 the span is known without asking the sampler (a run head sampling sampled, or a span
 whose sampler leaf for its parent samples everything, as ``ParentBased`` does for a
 sampled parent by default), whose span limits cannot change what cascade stores, and whose
-installed SDK builds the same readable span this way (:func:`_probe`), a span starts as a
-:class:`LightSpan`: its span context (the same draws of the same random ids, flags and
+installed SDK builds the same readable span this way (:func:`._light_check.probe`), a span
+starts as a :class:`LightSpan` (what is checked once a tracer, and what at a span's start:
+:mod:`._light_plan`): its span context (the same draws of the same random ids, flags and
 trace state the SDK would give it), its name, kind, parent, start time, attributes and
 status. At its end it hands the processors the ``ReadableSpan`` the SDK's span would have
 made.
@@ -30,32 +31,24 @@ classes) whose every method and attribute behaves as the SDK span's.
 from __future__ import annotations
 
 import inspect
-import random
 import threading
 from collections.abc import Mapping
 from time import time_ns
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace.span import DEFAULT_TRACE_STATE
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 
-from ._attributes import (
-    _NO_EVENTS,
-    _NO_LINKS,
-    _Untouchable,
-    as_stored,
-    same_methods,
-)
-from ._context import SPAN_KEY, current
-from ._sampling import _ALL_SAMPLED, _RANDOM_FLAG, _leaves, _local_context
+from ._attributes import _NO_EVENTS, _NO_LINKS, as_stored, same_methods
 
-__all__ = ["LightPlan", "LightSpan", "light_plan"]
+if TYPE_CHECKING:
+    from ._light_plan import LightPlan
+
+__all__ = ["LightSpan"]
 
 try:
     from opentelemetry.attributes import BoundedAttributes as _Bounded
     from opentelemetry.sdk.trace import Event, ReadableSpan
     from opentelemetry.sdk.trace import _Span as _SdkSpan
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 except ImportError:  # pragma: no cover - no SDK
     _SdkSpan = None  # type: ignore[assignment,misc]
 
@@ -64,13 +57,6 @@ _LOCK: Final = threading.Lock()
 """Guards a light span's change into the SDK's (another thread may touch the span, as the
 current span of a context it was handed) against its own fast paths."""
 
-
-_ENDINGS: Final = (
-    {kind: getattr(kind, "_on_ending", None) for kind in (BatchSpanProcessor, SimpleSpanProcessor)}
-    if _SdkSpan is not None
-    else {}
-)
-"""Their ``_on_ending`` as imported (None: the SDK has none)."""
 
 _DEFAULT_STATUS: Any = None
 _SDK_KWARGS: tuple[str, ...] = ()
@@ -81,108 +67,6 @@ if _SdkSpan is not None:
             _SDK_KWARGS = ("record_end_metrics",)
     except (TypeError, ValueError, KeyError):  # pragma: no cover - another SDK layout
         _SdkSpan = None  # type: ignore[assignment,misc]
-
-
-class LightPlan:
-    """What a tracer's light spans need, as found when its processors and sampler were
-    checked (:func:`light_plan`); stale once its processors change (see
-    :meth:`LightSpan.end`)."""
-
-    __slots__ = (
-        "endings",
-        "event_attributes",
-        "event_length",
-        "flags",
-        "leaves",
-        "max_events",
-        "maxlen",
-        "processor",
-        "processors",
-        "random_ids",
-        "starts",
-        "tracer",
-    )
-
-    def __init__(self, tracer: Any, processor: Any, processors: tuple[Any, ...],
-                 starts: tuple[tuple[Any, str, Any], ...]) -> None:  # fmt: skip
-        self.tracer = tracer
-        self.processor = processor
-        self.processors = processors
-        leaves = _leaves(tracer.sampler)
-        assert leaves is not None  # quiet_start accepted the sampler
-        self.leaves = leaves
-        limits = tracer._span_limits
-        self.maxlen: int | None = limits.max_span_attributes
-        self.max_events: int | None = limits.max_events
-        self.event_attributes: int | None = limits.max_event_attributes
-        # An event's values are cut at the global length limit, not the span's (which a
-        # light plan has none of): SpanLimits(max_attribute_length=n,
-        # max_span_attribute_length=SpanLimits.UNSET) cuts only events.
-        self.event_length: int | None = limits.max_attribute_length
-        self.random_ids = bool(tracer.id_generator.is_trace_id_random())
-        self.flags = (_SAMPLED, _SAMPLED_RANDOM)
-        # What same_methods() checks, as (object, the method's name, the method as
-        # imported): what the SDK calls at a span's start (start_checks) before a light
-        # span starts, _on_ending before one ends (none on an SDK without _on_ending,
-        # which calls none).
-        self.starts = starts
-        self.endings = (
-            (
-                (processor, "_on_ending", _MULTI_ON_ENDING),
-                *((p, "_on_ending", _ENDINGS.get(type(p), _Untouchable)) for p in processors),
-            )
-            if _MULTI_ON_ENDING is not None
-            else ()
-        )
-
-    def start(self, name: str, kind: SpanKind, attributes: Mapping[str, Any], *, sampled: bool,
-              trace_id: int = 0) -> LightSpan | None:  # fmt: skip
-        """The span the SDK's tracer would start now (the current context its parent), or
-        None when its decision is not known here (then the caller asks the SDK).
-        ``sampled``: head sampling sampled it, in the trace ``trace_id`` (0: the
-        parent's)."""
-        config = getattr(self.tracer, "_tracer_config", None)
-        if (config is not None and not config.is_enabled) or not same_methods(self.starts):
-            return None
-        stored = as_stored(attributes)
-        if stored is None or (self.maxlen is not None and len(stored) > self.maxlen):
-            return None
-        found = current().get(SPAN_KEY)  # type: ignore[arg-type]
-        parent = None
-        if found is not None:
-            if not isinstance(found, Span):
-                return None
-            parent = found.get_span_context()
-            if type(parent) is not SpanContext:
-                return None  # the SDK's TypeError, or another class: its business
-            if not parent.is_valid:
-                parent = None
-        if parent is None:
-            if trace_id:
-                pass  # head sampling's draw
-            elif sampled or self.leaves[0] != _ALL_SAMPLED:
-                return None
-            else:  # RandomIdGenerator.generate_trace_id's draw (again on zero)
-                trace_id = random.getrandbits(128) or self.tracer.id_generator.generate_trace_id()
-            random_ids = self.random_ids
-            state = DEFAULT_TRACE_STATE
-        else:
-            if trace_id:
-                return None  # decided for a new trace, now under a parent
-            if not sampled:
-                flags = parent.trace_flags
-                if parent.is_remote:
-                    leaf = self.leaves[1 if flags.sampled else 2]
-                else:
-                    leaf = self.leaves[3 if flags.sampled else 4]
-                if leaf != _ALL_SAMPLED:
-                    return None
-            trace_id = parent.trace_id
-            random_ids = parent.trace_flags.random_trace_id
-            state = parent.trace_state
-        span_id = random.getrandbits(64) or self.tracer.id_generator.generate_span_id()
-        context = _local_context(trace_id, span_id, self.flags[random_ids], state)
-        return LightSpan(self, name, context, parent, kind, dict(stored))
 
 
 class LightSpan(Span):
@@ -412,66 +296,3 @@ def _uncut(stored: Mapping[str, Any], length: int) -> bool:
         elif type(value) is tuple and any(len(item) > length for item in value):
             return False
     return True
-
-
-_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
-_SAMPLED_RANDOM: Final = TraceFlags(TraceFlags.SAMPLED | (_RANDOM_FLAG or 0))
-
-
-_LIGHT: list[bool] = []
-_PROBING: Final = threading.Lock()
-
-
-def light_enabled() -> bool:
-    """Whether this SDK's spans can be light ones (:func:`._light_check.probe`, run once, when the
-    first tracer is looked at: not at import; the global ``random`` state its ids drew
-    from is put back, so an application's seeded sequence is unchanged)."""
-    if not _LIGHT:
-        with _PROBING:
-            if not _LIGHT:
-                from opentelemetry import context as otel_context
-
-                from ._light_check import probe
-
-                state = random.getstate()
-                token = otel_context.attach(otel_context.Context())  # not the caller's span
-                try:
-                    _LIGHT.append(probe())
-                finally:
-                    otel_context.detach(token)
-                    random.setstate(state)
-    return _LIGHT[0]
-
-
-def light_plan(
-    tracer: Any,
-    processor: Any,
-    processors: tuple[Any, ...],
-    starts: tuple[tuple[Any, str, Any], ...],
-) -> LightPlan | None:
-    """A :class:`LightPlan` for a tracer :func:`._attributes.quiet_start` accepted, when
-    its limits cannot change the values cascade stores (no length limit) and this SDK's
-    spans can be light (:func:`light_enabled`). ``starts``: what a light span checks at
-    its start (:func:`._attributes.start_checks`)."""
-    if not light_enabled():
-        return None
-    try:
-        if tracer._span_limits.max_span_attribute_length is not None:
-            return None
-        if type(processor).on_end is not _MULTI_ON_END or "on_end" in vars(processor):
-            return None
-        plan = LightPlan(tracer, processor, processors, starts)
-        # No _on_ending that would see the live span replaced (quiet_start checked the
-        # on_start ones): checked again at each light span's end, as at any time.
-        return plan if same_methods(plan.endings) else None
-    except AttributeError:  # pragma: no cover - another SDK layout
-        return None
-
-
-try:
-    from opentelemetry.sdk.trace import SynchronousMultiSpanProcessor as _Multi
-
-    _MULTI_ON_END: Any = _Multi.on_end
-    _MULTI_ON_ENDING: Any = getattr(_Multi, "_on_ending", None)
-except ImportError:  # pragma: no cover - no SDK
-    _MULTI_ON_END = _MULTI_ON_ENDING = None

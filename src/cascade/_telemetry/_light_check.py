@@ -1,5 +1,5 @@
 """The check that light spans (:mod:`._light`) end, on the installed SDK, as its own spans
-do: run once, at the first traced run (:func:`._light.light_enabled`)."""
+do: run once, at the first traced run (:func:`._light_plan.light_enabled`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from . import _light
 from ._attributes import _AS_IS, _LISTS, _Untouchable
 from ._context import SPAN_KEY
-from ._light import _SAMPLED_RANDOM, LightPlan
+from ._light_plan import _SAMPLED_RANDOM, LightPlan
 from ._sampling import _FAST, _RANDOM_FLAG, _local_context
 
 __all__ = ["probe"]
