@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.sampling import (
 
 from cascade import Cascade, RequestOptions
 from cascade._telemetry import _attributes
-from cascade._telemetry._sampling import blind_to_attributes
+from cascade._telemetry._sdk_own import blind_to_attributes
 from cascade.testing import FakeOpenAIServer
 
 from .helpers import USER, provider, tier

@@ -22,10 +22,10 @@ from typing import Any, ClassVar, Final
 
 from opentelemetry.trace import Span
 
-from ._sampling import (
+from ._sampling import PresetIds
+from ._sdk_own import (
     _IDS,
     _SHOULD,
-    PresetIds,
     blind_to_attributes,
     default_context,
     no_self_metrics,
@@ -356,7 +356,7 @@ def quiet_start(tracer: Any) -> bool:
     whose span processors are all the SDK's batch or simple ones (their ``on_start`` does
     nothing; anything else may read the span) and whose sampler is one of the SDK's own
     (which decide without the attributes, and hand them on as given: see
-    :func:`._sampling.blind_to_attributes`), its ids the SDK's own random ones, no span
+    :func:`._sdk_own.blind_to_attributes`), its ids the SDK's own random ones, no span
     self-metrics (recorded to the application's meter provider) and the API's default
     runtime context (the start runs under the processors' lock, where no code of the
     application's may run: one that added a processor there would never return). Then a
