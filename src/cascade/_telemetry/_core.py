@@ -24,12 +24,12 @@ from opentelemetry.trace import ProxyTracer, Span, SpanKind, TracerProvider
 
 from . import _conventions as conventions
 from . import _semconv as sc
-from ._attempts import ProviderInfo, ProviderLike, TierLike
 from ._attributes import id_checks, quiet_start, same_methods, set_attributes, start_checks
 from ._context import use_span
 from ._light import _NO_ATTRIBUTES
 from ._light_plan import LightPlan, light_plan
 from ._metrics import Instruments, instruments_for
+from ._provider_info import ProviderInfo, ProviderLike, TierLike
 from ._sampling import DROP, SAMPLE, SLOW, HeadSampler, head_sampler
 from ._spans import NOOP_RUN, DroppedRun, RunTrace
 

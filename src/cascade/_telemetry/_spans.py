@@ -28,13 +28,13 @@ from ._attempts import (
     MAX_TEXT,
     NOOP_ATTEMPT,
     AttemptTrace,
-    TierLike,
     error_type,
 )
 from ._attributes import end_span, set_attributes
 from ._content import escalation_detail
 from ._context import detach, use_span
 from ._logs import route_record
+from ._provider_info import TierLike
 from ._tier_trace import NOOP_TIER, TierTrace
 
 if TYPE_CHECKING:

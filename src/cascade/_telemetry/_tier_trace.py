@@ -14,13 +14,12 @@ from . import _semconv as sc
 from ._attempts import (
     NOOP_ATTEMPT,
     AttemptTrace,
-    ProviderLike,
-    TierLike,
     error_type,
     start_attempt,
 )
 from ._attributes import end_span, set_attributes
 from ._context import detach, use_span
+from ._provider_info import ProviderLike, TierLike
 
 if TYPE_CHECKING:
     from .._types import Message, RequestOptions
