@@ -2,22 +2,16 @@
 
 Python goes through :func:`compile` (``_pycheck.py``), in-process for a short source, else
 in a child interpreter; other languages through a syntax-only command (``node --check``,
-``gcc -fsyntax-only``, ``bash -n``, your own). A child runs inside a bubblewrap sandbox
-where one starts (``_sandbox.py``), killed after ``timeout_s``.
+``gcc -fsyntax-only``, ``bash -n``, your own). A child (``_compiler.py``) runs inside a
+bubblewrap sandbox where one starts (``_sandbox.py``), killed after ``timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import math
 import os
-import re
-import resource
 import shutil
-import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Literal
@@ -28,17 +22,10 @@ import structlog
 from .._errors import ConfigError
 from .._types import Completion, Verdict
 from . import _pycheck
+from ._compiler import run_compiler
 from ._fences import Fence, fences, layout
 from ._registry import ValidationContext, validator
-from ._sandbox import (
-    SANDBOX_DIR,
-    bwrap_argv,
-    c_include_problem,
-    only_answer_lines,
-    pass_source,
-    probe,
-    python_paths,
-)
+from ._sandbox import c_include_problem, probe, python_paths
 
 __all__ = ["CodeCompilesValidator"]
 
@@ -71,21 +58,12 @@ _SHELLS = frozenset({"bash", "powershell"})
 _ALIAS = {tag: group[0] for group in _LANGUAGES for tag in group}
 _TAGS = {group[0]: frozenset(group) for group in _LANGUAGES}
 
-# A line that starts an import or export statement (not import() or import.meta); linear:
-# no quantifier can reach past its own line.
-_ES_MODULE = re.compile(r"^[ \t]*(?:import[ \t]*[\w{*\"']|export[ \t{*])", re.M)
-_NODE_NOISE = re.compile(r"^(?:[ \t]+at .*|Node\.js v[\d.]+)$", re.M)
-
 # compile() holds the GIL and grows faster than the source (nested lambdas: ~8 ms at this
 # size, ~0.3 s at 8 KiB): longer sources compile in a child interpreter, killed on timeout.
 _INLINE_CHARS = 1024
 _MAX_SOURCE = 200_000  # characters of code
 _MAX_TEXT = 2 * _MAX_SOURCE  # characters of answer searched for code
 _LOOP_CHARS = 16_384  # longer answers are searched for code in a worker thread
-_MEMORY_LIMIT = 1 << 30  # bytes of address space for a compiler (`#include "/dev/zero"`)
-_FILE_LIMIT = 16 << 20  # bytes a compiler may write
-_MAX_OUTPUT = 64 * 1024  # compiler output kept for the reason; the rest is drained
-_MAX_REASON = 1000
 _MAX_TIMEOUT_S = 3600.0
 _C_FAMILY = frozenset({"c", "cpp"})
 Sandbox = Literal["auto", "bwrap", "off"]
@@ -231,13 +209,6 @@ class CodeCompilesValidator:
             f"running {self._running}/{self.max_concurrency}>"
         )
 
-    def _limits(self) -> None:
-        """In the child, before exec: bound memory, CPU time and output file size."""
-        cpu = math.ceil(self.timeout_s) + 1
-        resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT, _MEMORY_LIMIT))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (_FILE_LIMIT, _FILE_LIMIT))
-
     async def validate(self, completion: Completion, context: ValidationContext) -> Verdict:
         text = completion.text
         if len(text) > _MAX_TEXT:
@@ -278,7 +249,18 @@ class CodeCompilesValidator:
         async with self._slots:
             self._running += 1
             try:
-                error = await self._run_compiler(self.command, code, sandboxed=mode == "bwrap")
+                error = await run_compiler(
+                    self.command,
+                    code,
+                    suffix=self.suffix,
+                    env=self._env,
+                    timeout_s=self.timeout_s,
+                    bwrap=self._bwrap,
+                    binds=self._binds,
+                    masks=self._masks,
+                    c_family=self.language in _C_FAMILY,
+                    sandboxed=mode == "bwrap",
+                )
             finally:
                 self._running -= 1
         return self._verdict(error is None, error or "", code)
@@ -346,75 +328,6 @@ class CodeCompilesValidator:
             return None, f"the {self.language} code is empty"
         return code, ""
 
-    # -- compiling -------------------------------------------------------------------------
-
-    async def _run_compiler(
-        self, command: tuple[str, ...], code: str, *, sandboxed: bool
-    ) -> str | None:
-        # A few microseconds of local file I/O, kept on the loop so that a cancelled run
-        # (its deadline) can never leak the directory or the descriptor.
-        tmp = fd = None
-        suffix = self.suffix
-        if suffix == ".js" and _ES_MODULE.search(code):
-            # node --check (v20) exits 0 on a .js file whose import statement precedes a
-            # syntax error: an ES module is checked as one.
-            suffix = ".mjs"
-        try:
-            if sandboxed:
-                assert self._bwrap is not None
-                path = f"{SANDBOX_DIR}/answer{suffix}"
-                fd = pass_source(code)
-                tool = None if command[0] in self._binds else command[0]
-                argv = bwrap_argv(
-                    self._bwrap, (fd, path), tool=tool, binds=self._binds, masks=self._masks
-                )
-                argv.append("--")
-                cwd = None
-            else:
-                tmp = cwd = tempfile.mkdtemp(prefix="cascade-code-")
-                path = os.path.join(tmp, "answer" + suffix)
-                _write(path, code)
-                argv = []
-            argv += (arg.replace("{file}", path) for arg in command)
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=cwd,
-                env=self._env,
-                start_new_session=True,  # its own process group, killed as one on timeout
-                preexec_fn=self._limits,
-                pass_fds=() if fd is None else (fd,),
-            )
-            try:
-                async with asyncio.timeout(self.timeout_s) as limit:
-                    out, err = await asyncio.gather(_read(proc.stdout), _read(proc.stderr))
-                    status = await proc.wait()
-            except TimeoutError:
-                if not limit.expired():
-                    raise
-                return f"compiler timed out after {self.timeout_s:g}s"
-            finally:
-                if proc.returncode is None:  # timed out, or the run was cancelled
-                    _kill_group(proc.pid)
-                    await proc.wait()
-        finally:
-            if fd is not None:
-                os.close(fd)
-            if tmp is not None:
-                shutil.rmtree(tmp, ignore_errors=True)
-        if status == 0:
-            return None
-        output = (err or out).decode("utf-8", "replace").replace(path, "<answer>")
-        if self.language in _C_FAMILY:
-            output = only_answer_lines(output, "<answer>")
-        output = _NODE_NOISE.sub("", output).strip()
-        if not output:
-            how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-            output = f"compiler {how}"
-        return output if len(output) <= _MAX_REASON else output[:_MAX_REASON] + " ..."
-
     def _verdict(self, passed: bool, reason: str, code: str | None = None) -> Verdict:
         return Verdict(
             validator=self.name,
@@ -427,24 +340,3 @@ class CodeCompilesValidator:
 
 def _strings(value: object) -> bool:
     return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-
-
-def _write(path: str, code: str) -> None:
-    with open(path, "w", encoding="utf-8", errors="surrogatepass") as f:
-        f.write(code)
-
-
-async def _read(stream: asyncio.StreamReader | None) -> bytes:
-    """Everything ``stream`` sends, keeping the first ``_MAX_OUTPUT`` bytes."""
-    if stream is None:
-        return b""
-    kept = bytearray()
-    while chunk := await stream.read(65536):
-        if len(kept) < _MAX_OUTPUT:
-            kept += chunk[: _MAX_OUTPUT - len(kept)]
-    return bytes(kept)
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # already gone
-        os.killpg(pid, signal.SIGKILL)
