@@ -181,3 +181,67 @@ async def test_redis_down_falls_back_to_the_local_budget(redis_server: RedisServ
         with pytest.raises(GatewayDenied) as info:
             await keys.admit(KEY, estimated_tokens=1)
         assert info.value.code == "insufficient_quota"
+
+
+async def _until_available(state: SharedState) -> None:
+    for _ in range(400):  # the sync loop reconnects every sync_interval_s (0.05 s here)
+        if state.available:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("Redis did not come back")
+
+
+async def _blip(state: SharedState, server: RedisServer) -> None:
+    """Redis stops answering: the next call times out and the state goes down."""
+    server.pause()
+    assert await state.run(lambda client: client.ping()) is None
+    assert not state.available
+
+
+async def test_a_settlement_made_while_redis_was_down_reaches_it_once_back(
+    redis_server: RedisServer,
+) -> None:
+    """A reservation held in Redis and settled while Redis was down must not stay held
+    there once it is back (it would refuse the key for the rest of the day)."""
+    state = SharedState(
+        redis_url=redis_server.url, key_prefix=_prefix(), timeout_s=0.2, sync_interval_s=0.05
+    )
+    async with state:
+        keys = replica(state, FakeClock(), usd_per_day=1.0)
+        big = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=1.5)
+        await _blip(state, redis_server)
+        await keys.settle(big, tokens=1, cost_usd=0.1)  # it cost far less than it held
+        redis_server.resume()
+        await _until_available(state)
+        second = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)
+        await keys.settle(second, tokens=1, cost_usd=0.1)
+        await state.flush()
+        assert keys.spent_today("team") == pytest.approx(0.2)
+
+
+async def test_spend_made_while_redis_was_down_reaches_the_other_replicas(
+    redis_server: RedisServer,
+) -> None:
+    """Each replica holds the budget on its own spend while Redis is down; once it is
+    back, what was spent meanwhile counts for every replica."""
+    prefix = _prefix()
+    a, b = (
+        SharedState(
+            redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+        )
+        for _ in range(2)
+    )
+    async with a, b:
+        clock = FakeClock()
+        one, two = replica(a, clock, usd_per_day=1.0), replica(b, clock, usd_per_day=1.0)
+        await _blip(a, redis_server)
+        during = await one.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)  # local
+        settled = await one.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)
+        await one.settle(settled, tokens=1, cost_usd=0.6)  # settled while down
+        redis_server.resume()
+        await _until_available(a)
+        await one.settle(during, tokens=1, cost_usd=0.6)  # admitted while down, settled after
+        await a.flush()
+        with pytest.raises(GatewayDenied) as info:  # 1.2 spent of 1.0, all told
+            await two.admit(KEY, estimated_tokens=1)
+        assert info.value.code == "insufficient_quota"
