@@ -442,3 +442,23 @@ async def test_a_budget_held_by_requests_in_flight_is_not_spent_for_the_day() ->
     spent = await denied(keys, KEY)
     assert spent.retry_after_s == pytest.approx(DAY - 3600)
     assert spent.should_retry is False
+
+
+@pytest.mark.parametrize("wait", [1e12, float("inf"), float("nan"), -5.0, 0.0, 1e-9])
+def test_retry_after_is_a_whole_number_of_seconds_from_1_to_a_day(wait: float) -> None:
+    """Whatever wait a 429 carries (a limit of one request a century, a bug's inf or
+    NaN), ``Retry-After`` is an integer from 1 to 86400 and rendering it never raises."""
+    header = GatewayDenied(
+        status=429, code="rate_limit_exceeded", message="m", retry_after_s=wait
+    ).retry_after_header
+    assert header is not None
+    assert header.isdigit()
+    assert 1 <= int(header) <= 86400
+
+
+async def test_a_tiny_per_minute_limit_gives_a_bounded_retry_after() -> None:
+    keys = keys_for(entry(requests_per_minute=1e-9))
+    await keys.admit(KEY, estimated_tokens=1)
+    over = await denied(keys, KEY)
+    assert over.retry_after_header is not None
+    assert 1 <= int(over.retry_after_header) <= 86400

@@ -245,3 +245,21 @@ async def test_spend_made_while_redis_was_down_reaches_the_other_replicas(
         with pytest.raises(GatewayDenied) as info:  # 1.2 spent of 1.0, all told
             await two.admit(KEY, estimated_tokens=1)
         assert info.value.code == "insufficient_quota"
+
+
+@pytest.mark.parametrize("limits", [{"requests_per_minute": 1e-9}, {"tokens_per_minute": 1e-9}])
+async def test_a_tiny_per_minute_limit_keeps_redis_up(
+    states: tuple[SharedState, SharedState], limits: dict[str, float]
+) -> None:
+    """A rate the shared script cannot take as is (one request in two thousand years)
+    must not make every call to it an error, each one taking the shared state down (and
+    every key's budget with it back to per-replica)."""
+    a, _ = states
+    keys = replica(a, FakeClock(), **limits)
+    with capture_logs() as logs:
+        await keys.admit(KEY, estimated_tokens=1)
+        with pytest.raises(GatewayDenied):
+            await keys.admit(KEY, estimated_tokens=1)
+    assert a.available
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
