@@ -263,3 +263,35 @@ async def test_a_tiny_per_minute_limit_keeps_redis_up(
     assert a.available
     assert not [e for e in logs if e["log_level"] == "warning"]
 
+
+async def test_a_record_of_the_wrong_type_is_replaced_not_an_outage(
+    states: tuple[SharedState, SharedState], redis_url: str
+) -> None:
+    """A string where a key's spend or rate-limit hash belongs (an older version, another
+    tenant on the prefix) is a malformed record: reset and logged once, not a script
+    error that takes the shared state down at every request of that key."""
+    a, _ = states
+    keys = replica(a, FakeClock(), usd_per_day=1.0, requests_per_minute=100)
+    day = int((MIDNIGHT + 3600) // DAY)
+    spend, limit = a.key("spend", f"team:{day}"), a.key("limit", "gateway-key:team")
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.set(spend, "garbage")
+        await client.set(limit, "garbage")
+        with capture_logs() as logs:
+            for _ in range(3):
+                admission = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.1)
+                assert a.available
+                await keys.settle(admission, tokens=1, cost_usd=0.1)
+                await a.flush()
+        assert not [e for e in logs if "unavailable" in e["event"]]
+        reset = sorted(e["key"] for e in logs if e["event"].startswith("reset a malformed"))
+        assert reset == sorted([spend, limit])
+        for key in (spend, limit):
+            assert await client.type(key) == b"hash"
+            assert await client.ttl(key) > 0
+        assert float(await client.hget(spend, "spent") or 0) == pytest.approx(0.3)
+    finally:
+        await client.aclose()
