@@ -295,3 +295,23 @@ async def test_a_record_of_the_wrong_type_is_replaced_not_an_outage(
         assert float(await client.hget(spend, "spent") or 0) == pytest.approx(0.3)
     finally:
         await client.aclose()
+
+
+async def test_a_day_spent_past_the_record_bound_stays_spent(
+    states: tuple[SharedState, SharedState],
+) -> None:
+    """A settlement that takes the shared spend past the bound the script trusts (1e15:
+    the most one reservation may hold, on top of a spent budget) must not turn the record
+    into "garbage" that the next request resets to nothing spent."""
+    a, b = states
+    clock = FakeClock()
+    one, two = replica(a, clock, usd_per_day=1e12), replica(b, clock, usd_per_day=1e12)
+    first = await one.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.5e12)
+    await one.settle(first, tokens=1, cost_usd=0.5e12)
+    huge = await one.admit(KEY, estimated_tokens=1, estimated_cost_usd=1e300)
+    await one.settle(huge, tokens=1, cost_usd=huge.reserved_usd)  # its client left
+    await a.flush()
+    with capture_logs() as logs, pytest.raises(GatewayDenied) as info:
+        await two.admit(KEY, estimated_tokens=1)
+    assert info.value.code == "insufficient_quota"
+    assert not [e for e in logs if e["event"].startswith("reset a malformed")]

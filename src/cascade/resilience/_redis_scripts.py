@@ -308,15 +308,16 @@ local spent = stored('spent')
 local reserved = stored('reserved')
 local function fmt(x) return string.format('%.17g', x) end
 local status = 'ok'
+-- sums stay within the bound a read trusts: past it they would read as garbage, reset to 0
 if op == 'reserve' then
   if spent + reserved < tonumber(ARGV[2]) then
-    reserved = reserved + tonumber(ARGV[3])
+    reserved = math.min(reserved + tonumber(ARGV[3]), 1e15)
   else
     status = 'over'
   end
 else
   reserved = math.max(0, reserved - tonumber(ARGV[3]))
-  spent = spent + tonumber(ARGV[4])
+  spent = math.min(spent + tonumber(ARGV[4]), 1e15)
 end
 if status == 'ok' or #dropped > 0 then
   redis.call('HSET', key, 'spent', fmt(spent), 'reserved', fmt(reserved))
