@@ -372,3 +372,33 @@ async def test_two_gateway_processes_keep_one_budget_and_one_provider_quota(
     assert statuses.count(200) == fleet.request_count - 1
     assert statuses.count(200) >= 2  # the quota was there to use
     assert set(statuses) - {200} <= {429, 502}
+
+
+async def test_a_reload_that_changes_the_keys_says_they_need_a_restart(
+    tmp_path: Path, fleet: FakeOpenAIServer
+) -> None:
+    """Keys stay as they were at start; a SIGHUP after a key was removed from the file
+    (revoked) must not pass for done: the reload warns that the keys need a restart,
+    naming no key nor hash."""
+    from cascade.gateway._server import _reload
+
+    path = write_config(
+        tmp_path / "c.toml", config(fleet.url, key("team", KEY), key("gone", OTHER))
+    )
+    async with serving(path) as gw:
+        write_config(path, config(fleet.url, key("team", KEY)))
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+        warned = [e for e in logs if e["log_level"] == "warning"]
+        assert [e["event"] for e in warned] == ["gateway.keys_not_reloaded"]
+        assert KEY not in str(logs)
+        assert hash_key(OTHER) not in str(logs)
+        sdk = client(gw.base_url, OTHER)
+        try:
+            await ask(sdk)  # still admitted: as the warning says, until a restart
+        finally:
+            await sdk.close()
+        with capture_logs() as logs:  # the same keys as at start: nothing to say
+            write_config(path, config(fleet.url, key("team", KEY), key("gone", OTHER)))
+            await _reload(gw.gateway, str(path))
+        assert [e["event"] for e in logs] == ["gateway.reloaded"]
