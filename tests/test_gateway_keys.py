@@ -422,3 +422,43 @@ async def test_hostile_costs_are_bounded(cost: float) -> None:
     spent = keys.spent_today("team")
     assert spent is not None
     assert 0.0 <= spent <= 1e15
+
+
+async def test_a_budget_held_by_requests_in_flight_is_not_spent_for_the_day() -> None:
+    """Refused while the day's budget is only *reserved* by requests still running, a
+    client is told to retry soon, not at midnight with ``x-should-retry: false``: those
+    requests may cost far less than they hold."""
+    keys = keys_for(entry(usd_per_day=1.0), epoch_s=MIDNIGHT + 3600)
+    big = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=5.0)
+    held = await denied(keys, KEY, estimated_cost_usd=0.01)
+    assert held.status == 429
+    assert held.retry_after_s is not None
+    assert 0 < held.retry_after_s <= 60
+    assert held.should_retry is not False
+    assert "in flight" in held.message
+    await keys.settle(big, tokens=1, cost_usd=0.01)
+    done = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=2.0)
+    await keys.settle(done, tokens=1, cost_usd=1.5)  # now spent for the day
+    spent = await denied(keys, KEY)
+    assert spent.retry_after_s == pytest.approx(DAY - 3600)
+    assert spent.should_retry is False
+
+
+@pytest.mark.parametrize("wait", [1e12, float("inf"), float("nan"), -5.0, 0.0, 1e-9])
+def test_retry_after_is_a_whole_number_of_seconds_from_1_to_a_day(wait: float) -> None:
+    """Whatever wait a 429 carries (a limit of one request a century, a bug's inf or
+    NaN), ``Retry-After`` is an integer from 1 to 86400 and rendering it never raises."""
+    header = GatewayDenied(
+        status=429, code="rate_limit_exceeded", message="m", retry_after_s=wait
+    ).retry_after_header
+    assert header is not None
+    assert header.isdigit()
+    assert 1 <= int(header) <= 86400
+
+
+async def test_a_tiny_per_minute_limit_gives_a_bounded_retry_after() -> None:
+    keys = keys_for(entry(requests_per_minute=1e-9))
+    await keys.admit(KEY, estimated_tokens=1)
+    over = await denied(keys, KEY)
+    assert over.retry_after_header is not None
+    assert 1 <= int(over.retry_after_header) <= 86400

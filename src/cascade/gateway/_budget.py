@@ -17,9 +17,13 @@ adds its excess to that bound.
 Redis (``{prefix}:spend:{key name}:{day}``, a TTL to the end of that day), so every
 replica keeps one budget. The local counters are charged as well: while Redis is down
 (or before it answers) each replica holds the budget on its own spend, so N replicas may
-spend up to N budgets until it is back. A record in Redis that does not parse is taken as
-0, rewritten, and logged once. Settlements go to Redis in the background (tracked by the
-state: ``flush()`` / ``aclose()`` wait for them), so a cancelled request still settles.
+spend up to N budgets until it is back. What they spent meanwhile, and the reservations
+settled meanwhile, wait in memory (one sum per day) and go to Redis with the next
+settlement or reservation of the key once it answers again: a short outage neither hides
+that spend from the other replicas nor leaves reservations held in Redis for the rest of
+the day. A record in Redis that does not parse is taken as 0, rewritten, and logged
+once. Settlements go to Redis in the background (tracked by the state: ``flush()`` /
+``aclose()`` wait for them), so a cancelled request still settles.
 A request cancelled while its reservation is on its way to Redis may leave that
 reservation there (nobody can tell whether the script ran): it then holds back at most
 its estimate, until the day's record expires.
@@ -29,7 +33,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
@@ -96,7 +101,16 @@ class Reservation:
 class DayBudget:
     """One key's USD budget per UTC day (see the module docstring for the bound)."""
 
-    __slots__ = ("_day", "_days", "_reserved", "_shared", "_spent", "name", "usd_per_day")
+    __slots__ = (
+        "_day",
+        "_days",
+        "_reserved",
+        "_shared",
+        "_spent",
+        "_unsent",
+        "name",
+        "usd_per_day",
+    )
 
     def __init__(
         self, name: str, usd_per_day: float, *, days: UtcDays, shared: SharedState | None
@@ -110,6 +124,8 @@ class DayBudget:
         self._day = days.day()
         self._spent = 0.0
         self._reserved = 0.0
+        # settlements Redis has not had yet (it was down): (day, held, cost)
+        self._unsent: tuple[int, float, float] | None = None
 
     def _roll(self) -> int:
         day = self._days.day()
@@ -135,6 +151,10 @@ class DayBudget:
         """Reserve ``estimate_usd`` of today's budget, or ``None`` when nothing is left."""
         estimate = min(max(float(estimate_usd), 0.0), _MAX_USD)
         day = self._roll()
+        if self._unsent is not None:  # Redis has it before this reservation is checked
+            send = self._take_unsent()
+            if send is not None:
+                await send()
         if self._spent + self._reserved >= self.usd_per_day:
             return None
         # Held locally before Redis is awaited: a request arriving meanwhile (Redis slow,
@@ -173,14 +193,48 @@ class DayBudget:
         if self._roll() == reservation.day:
             self._reserved = max(0.0, self._reserved - reservation.amount)
             self._spent += cost
-        if reservation.shared and self._shared is not None:
-            state, key = self._shared, self._key(reservation.day)
-            args = ("settle", "0", repr(reservation.amount), repr(cost), self._ttl_ms())
+        if self._shared is not None:
+            # a reservation made while Redis was down is not held there, but its cost counts
+            held = reservation.amount if reservation.shared else 0.0
+            self._unsend(reservation.day, held, cost)
+            self._send_unsent()
 
-            async def send() -> None:
-                self._read(key, await state.script("spend", [key], *args))
+    def _unsend(self, day: int, held: float, cost: float) -> None:
+        """Keep a settlement for Redis until it answers (today's only: a day's record
+        expires with it)."""
+        if day != self._roll():
+            return
+        if self._unsent is not None and self._unsent[0] == day:
+            held, cost = held + self._unsent[1], cost + self._unsent[2]
+        self._unsent = (day, min(held, _MAX_USD), min(cost, _MAX_USD))
 
-            state.spawn(send)
+    def _send_unsent(self) -> None:
+        """Send the settlements Redis has not had, in the background, if it is up."""
+        unsent, send = self._unsent, self._take_unsent()
+        if send is not None and self._shared is not None and not self._shared.spawn(send):
+            self._unsent = unsent  # no event loop to send it from: kept for later
+
+    def _take_unsent(self) -> Callable[[], Coroutine[Any, Any, None]] | None:
+        """What sends the settlements Redis has not had (now taken), or ``None`` when
+        there are none or Redis is down."""
+        state, unsent = self._shared, self._unsent
+        if state is None or unsent is None or not state.available:
+            return None
+        self._unsent = None
+        day, held, cost = unsent
+        if day != self._roll() or not (held or cost):
+            return None
+        key = self._key(day)
+        args = ("settle", "0", repr(held), repr(cost), self._ttl_ms())
+
+        async def send() -> None:
+            if not state.available:  # down since: nothing was sent, keep it for later
+                self._unsend(day, held, cost)
+                return
+            # a call that fails may or may not have run: it is not sent again
+            self._read(key, await state.script("spend", [key], *args))
+
+        return send
 
     def _read(self, key: str, reply: object) -> str | None:
         """The script's status ("ok" / "over"), updating the local view of the spend;

@@ -26,6 +26,9 @@ from ..resilience.limiter import LimiterTimeout
 
 __all__ = ["GatewayError", "from_run_error", "internal_error"]
 
+_MAX_RETRY_AFTER_S = 86400
+"""The longest ``Retry-After``: a key's daily budget refills within a day, and no wait
+longer than that is worth telling a client (a limit of one request a year)."""
 _CAPACITY = frozenset({"RateLimited", "LimiterTimeout"})
 
 _TYPES = {
@@ -75,10 +78,13 @@ class GatewayError(CascadeError):
 
     @property
     def retry_after_header(self) -> str | None:
-        """``Retry-After`` in whole seconds (rounded up, at least 1), if any."""
+        """``Retry-After`` in whole seconds (rounded up, from 1 to a day), if any."""
         if self.retry_after_s is None:
             return None
-        return str(max(1, math.ceil(self.retry_after_s)))
+        wait = self.retry_after_s
+        if math.isnan(wait):
+            return "1"
+        return str(max(1, math.ceil(min(wait, _MAX_RETRY_AFTER_S))))
 
 
 def internal_error() -> GatewayError:

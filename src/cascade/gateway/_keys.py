@@ -13,8 +13,9 @@ A request presents its key as ``Authorization: Bearer <key>`` (OpenAI clients) o
 provider: 401 for a missing or unknown key, 403 for a route or model the key may not use,
 429 when the key is over its requests or tokens per minute (``Retry-After``: when the
 budget has refilled enough) or over its USD budget for the day (``Retry-After``: the next
-UTC midnight). :meth:`GatewayKeys.settle` charges what the request used, also when it
-failed or its client went away.
+UTC midnight; a second when the budget is only held by the key's requests in flight).
+:meth:`GatewayKeys.settle` charges what the request used, also when it failed or its
+client went away.
 
 The per-minute limits are :class:`~cascade.resilience.limiter.RateLimiter` buckets (a
 minute's worth, refilling continuously), and the daily budget a
@@ -70,6 +71,8 @@ log = structlog.get_logger("cascade")
 MAX_HEADER_CHARS: Final = MAX_KEY_CHARS + 16
 """The longest ``Authorization`` or ``x-api-key`` header read."""
 _MAX_TOKENS: Final = 10**12
+_HELD_RETRY_S: Final = 1.0
+"""``Retry-After`` when the day's budget is only held by requests in flight."""
 ANONYMOUS: Final = "(anonymous)"
 """The name requests without a key share (no configured name can take it)."""
 
@@ -348,6 +351,15 @@ class GatewayKeys:
             reservation = await key.budget.reserve(cost)
             if reservation is None:
                 self._denied(key, "insufficient_quota")
+                if key.budget.spent < key.budget.usd_per_day:
+                    # Only held by requests in flight, which may cost far less than they
+                    # reserved: worth retrying soon, not at midnight.
+                    raise GatewayDenied(
+                        status=429,
+                        code="insufficient_quota",
+                        message="this key's budget for the day is held by its requests in flight",
+                        retry_after_s=min(_HELD_RETRY_S, self._days.until_next_day()),
+                    )
                 raise GatewayDenied(
                     status=429,
                     code="insufficient_quota",

@@ -12,7 +12,8 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
   last request is done (or ``drain_timeout_s`` later). The listening address, body limit
-  and keys stay as they were at start: those need a restart.
+  and keys stay as they were at start: those need a restart (a reload that changes the
+  keys says so: ``gateway.keys_not_reloaded``).
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -41,6 +42,7 @@ from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
 from ._key_gate import KeyGate
+from ._keys_config import KeysConfig
 from ._routes import Generation, build_generation
 
 if TYPE_CHECKING:
@@ -78,14 +80,24 @@ def build_gateway(
         generation,
         gate=gate,
         tracer_provider=tracer_provider,
-        rebuild=lambda fresh: _rebuilt(fresh, kwargs),
+        rebuild=lambda fresh: _rebuilt(fresh, kwargs, keys=loaded.gateway.keys),
     )
 
 
-def _rebuilt(loaded: LoadedConfig, kwargs: dict[str, Any]) -> Generation:
-    """A reload's routes, its errors naming the file as a start's do."""
+def _rebuilt(
+    loaded: LoadedConfig, kwargs: dict[str, Any], *, keys: KeysConfig | None
+) -> Generation:
+    """A reload's routes, its errors naming the file as a start's do. Keys in the file
+    other than those in effect (``keys``) are not applied: said, not silently kept (a
+    key removed from the file to revoke it would go on working)."""
     with in_file(loaded.path):
-        return build_generation(loaded, **kwargs)
+        generation = build_generation(loaded, **kwargs)
+    if loaded.gateway.keys != keys:
+        log.warning(
+            "gateway.keys_not_reloaded",
+            reason="[gateway.keys] changed: keys and their limits need a restart",
+        )
+    return generation
 
 
 def _gate_for(

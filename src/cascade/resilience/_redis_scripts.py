@@ -46,7 +46,8 @@ MAX_SPAN_S: Final = 1e9
 # ARGV[2..4] requests: T (0 = not limited), tau, cost;  ARGV[5..7] tokens: the same;
 # ARGV[8]  span (take and adjust)
 # Returns {wait, dropped}: strings, the wait in seconds and the comma-separated names of
-# the fields dropped as garbage ("" when none).
+# the fields dropped as garbage ("" when none; "record" for a key that was not a hash,
+# deleted).
 LIMIT_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -71,6 +72,14 @@ elseif op == 'take' or op == 'adjust' then
 else
   return redis.error_reply('ERR cascade: unknown op')
 end
+local dropped = {}
+local kind = redis.call('TYPE', key)
+if type(kind) == 'table' then kind = kind.ok end
+if kind ~= 'hash' and kind ~= 'none' then
+  -- not a hash (garbage, another tenant): every H* call would be an error
+  redis.call('DEL', key)
+  dropped[1] = 'record'
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function fmt(x) return string.format('%.6f', x) end
@@ -90,10 +99,9 @@ if op == 'block' then
     redis.call('HSET', key, 'blocked', fmt(block_until))
   end
   expire()
-  return {'0', ''}
+  return {'0', table.concat(dropped, ',')}
 end
 local span = tonumber(ARGV[8])
-local dropped = {}
 local function stored(field, far)
   local raw = redis.call('HGET', key, field)
   local x = tonumber(raw)
@@ -261,7 +269,8 @@ return left
 #          "settle":  take ARGV[3] off reserved (never below 0) and add ARGV[4] to spent
 # ARGV[5]  the TTL in milliseconds
 # Returns {status ("ok" / "over"), spent, reserved, dropped}: strings; dropped names the
-# fields found unusable (not a number, negative, or beyond 1e15) and taken as 0.
+# fields found unusable (not a number, negative, or beyond 1e15) and taken as 0, or is
+# "record" for a key that was not a hash (replaced).
 SPEND_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -278,6 +287,12 @@ if num(2, 1e15) == nil or num(3, 1e15) == nil or num(4, 1e15) == nil
   return redis.error_reply('ERR cascade: bad spend arguments')
 end
 local dropped = {}
+local kind = redis.call('TYPE', key)
+if type(kind) == 'table' then kind = kind.ok end
+if kind ~= 'hash' and kind ~= 'none' then
+  redis.call('DEL', key)
+  dropped[1] = 'record'
+end
 local function stored(field)
   local raw = redis.call('HGET', key, field)
   if raw == false then return 0 end
@@ -293,15 +308,16 @@ local spent = stored('spent')
 local reserved = stored('reserved')
 local function fmt(x) return string.format('%.17g', x) end
 local status = 'ok'
+-- sums stay within the bound a read trusts: past it they would read as garbage, reset to 0
 if op == 'reserve' then
   if spent + reserved < tonumber(ARGV[2]) then
-    reserved = reserved + tonumber(ARGV[3])
+    reserved = math.min(reserved + tonumber(ARGV[3]), 1e15)
   else
     status = 'over'
   end
 else
   reserved = math.max(0, reserved - tonumber(ARGV[3]))
-  spent = spent + tonumber(ARGV[4])
+  spent = math.min(spent + tonumber(ARGV[4]), 1e15)
 end
 if status == 'ok' or #dropped > 0 then
   redis.call('HSET', key, 'spent', fmt(spent), 'reserved', fmt(reserved))

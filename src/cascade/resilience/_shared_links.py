@@ -195,9 +195,16 @@ class SharedLimit:
         self._state = state
         self.key = state.key("limit", name)
         # GCRA emission intervals, seconds per unit; 0 for a budget that is not limited
-        self._requests_t = 0.0 if requests_per_minute is None else 60.0 / requests_per_minute
-        self._tokens_t = 0.0 if tokens_per_minute is None else 60.0 / tokens_per_minute
-        self._burst_s = burst_s
+        # The script refuses an interval or burst past MAX_SPAN_S (about 31 years), and a
+        # refused call takes the state down: a rarer one is shared as that (the local
+        # bucket, checked first, keeps the real one).
+        self._requests_t = (
+            0.0 if requests_per_minute is None else min(60.0 / requests_per_minute, MAX_SPAN_S)
+        )
+        self._tokens_t = (
+            0.0 if tokens_per_minute is None else min(60.0 / tokens_per_minute, MAX_SPAN_S)
+        )
+        self._burst_s = min(burst_s, MAX_SPAN_S)
         # no charge leaves more refill than this owed (the script drops a record beyond it)
         self._span_s = min(debt_span_s(burst_s, max_wait_s), MAX_SPAN_S)
 
