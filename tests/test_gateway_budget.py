@@ -404,12 +404,6 @@ async def test_a_reload_that_changes_the_keys_says_they_need_a_restart(
         assert [e["event"] for e in logs] == ["gateway.reloaded"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request reserves one call per tier (the dearest provider's price), but a "
-    "validator that samples (self_consistency), a hedge or a failover makes more calls "
-    "of the tier: the day's spend passes the budget by more than one reservation",
-)
 async def test_a_sampling_tier_keeps_the_day_within_one_reservation_of_the_budget(
     tmp_path: Path, fleet: FakeOpenAIServer
 ) -> None:
@@ -451,3 +445,33 @@ async def test_a_sampling_tier_keeps_the_day_within_one_reservation_of_the_budge
         assert gate.reserved
         assert spent is not None
         assert spent <= budget + max(gate.reserved)
+
+
+def test_a_reservation_counts_every_call_a_tier_may_pay_for(tmp_path: Path) -> None:
+    """One call per tier, times self_consistency's samples, twice when the tier hedges."""
+    from types import SimpleNamespace
+
+    from cascade import Message, RequestOptions
+    from cascade._types import estimate_prompt_tokens
+    from cascade.gateway import load_gateway
+    from cascade.gateway._key_gate import max_cost_usd
+    from cascade.gateway._routes import build_generation
+
+    url = "http://127.0.0.1:9/v1"
+    price = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 2.0}
+    plain = tier("plain", provider("a", url, "m", **price))
+    sampled = tier(
+        "sampled",
+        provider("b", url, "m", **price),
+        validators=[{"name": "self_consistency", "samples": 5, "min_agreement": 0.6}],
+    )
+    hedged = {**tier("hedged", provider("c", url, "m", **price)), "hedge": {"after_s": 1.0}}
+    path = write_config(tmp_path / "c.toml", {"tiers": [plain, sampled, hedged]})
+    route = build_generation(load_gateway(path)).routes[0]
+    request = SimpleNamespace(
+        messages=(Message(role="user", content="x" * 400),),
+        options=RequestOptions(max_tokens=100),
+    )
+    prompt = estimate_prompt_tokens(request.messages)
+    one = route.cascade.config.tiers[0].providers[0].cost_usd(prompt, 100)
+    assert max_cost_usd(route, request) == pytest.approx(one * (1 + 5 + 2))  # type: ignore[arg-type]

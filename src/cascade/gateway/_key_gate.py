@@ -5,7 +5,8 @@ A request is admitted once it is parsed and its route found, before the route's 
 runs: a refused request (401, 403, 429) reaches no provider. It reserves, from its key's
 daily budget, what it could cost at most as far as the prices say: for every tier its
 route may try, the dearest provider's price for the prompt and ``max_tokens`` (else the
-provider's or the cascade's output estimate), capped at the route's ``max_cost_usd``. So
+provider's or the cascade's output estimate), times the calls one answer of the tier may
+pay for (``self_consistency``'s samples, a hedge), capped at the route's ``max_cost_usd``. So
 the day's spend passes the budget by at most one request's reservation (see
 ``_budget.py``), the engine's own estimate of a call aside.
 
@@ -33,10 +34,12 @@ from .._clock import Clock, SystemClock
 from .._config import Config
 from .._types import estimate_prompt_tokens
 from ..resilience.shared import SharedState
+from ..validators.consistency import SelfConsistencyValidator
 from ._keys import Admission, GatewayKeys, api_key_from_headers
 from ._keys_config import KeysConfig
 
 if TYPE_CHECKING:
+    from .._attempt import Tier
     from ._routes import Route
     from ._wire import GatewayRequest
 
@@ -50,15 +53,27 @@ def max_cost_usd(route: Route, request: GatewayRequest) -> float:
     first = _tier(route.config.start_tier, names, 0)
     last = _tier(route.config.max_tier, names, len(names) - 1)
     prompt = estimate_prompt_tokens(request.messages)
+    built = route.cascade._tiers
     total = 0.0
-    for tier in config.tiers[first : last + 1]:
+    for index, tier in enumerate(config.tiers[first : last + 1], start=first):
         dearest = 0.0
         for p in tier.providers:
             out = request.options.max_tokens or p.max_tokens or config.estimate_output_tokens
             dearest = max(dearest, p.cost_usd(prompt, out))
-        total += dearest
+        total += dearest * _calls(built[index])
     cap = route.max_cost_usd if route.max_cost_usd is not None else config.max_cost_usd
     return total if cap is None else min(total, cap)
+
+
+def _calls(tier: Tier) -> int:
+    """The most calls one answer of ``tier`` is billed for: every sample a
+    ``self_consistency`` validator may draw (its ``samples``, the first answer included),
+    twice over when the tier hedges (the hedge and the call it raced are both costed)."""
+    samples = max(
+        (v.samples for v in tier.validators if isinstance(v, SelfConsistencyValidator)),
+        default=1,
+    )
+    return samples * (1 if tier.hedge is None else 2)
 
 
 def _client_left() -> bool:
