@@ -4,6 +4,7 @@ and the loop serves every request meanwhile); reloads apply in the order they ca
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -286,3 +287,52 @@ async def test_a_failed_reload_names_its_file_as_a_failed_start_does(
             await _reload(gw.gateway, str(path))
     [failed] = [e for e in logs if e["event"] == "gateway.reload_failed"]
     assert failed["error"].startswith(f"{path}: tiers[0].providers[0].api_key_env")
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["opened", "cancelled"])
+async def test_routes_a_reload_opens_while_the_gateway_drains_are_closed_not_swapped_in(
+    openai_server: FakeOpenAIServer, tmp_path: Path, cancelled: bool
+) -> None:
+    """SIGTERM while a reload's swap opens the new routes (a ``[shared]`` Redis that
+    does not answer): whether the open then ends (timed out) or is cancelled (as
+    ``serve`` cancels the reloads left once drained), the routes are closed, not
+    swapped in."""
+    from .test_gateway_serve import Silent
+
+    silent = Silent()
+    silent.server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    try:
+        async with serving(path) as gw:
+            gateway = gw.gateway
+            assert gateway.rebuild is not None
+            rebuild = gateway.rebuild
+            built: list[Generation] = []
+
+            def recording(fresh: LoadedConfig) -> Generation:
+                built.append(rebuild(fresh))
+                return built[-1]
+
+            gateway.rebuild = recording
+            cfg = config_for(openai_server.url, "next")
+            cfg["shared"] = {
+                "redis_url": f"redis://127.0.0.1:{silent.port}/0",
+                "timeout_s": 10 if cancelled else 0.2,
+            }
+            write_config(path, cfg)
+            with capture_logs() as logs:
+                task = asyncio.create_task(_reload(gateway, str(path)))
+                async with asyncio.timeout(30):
+                    await silent.asked.wait()  # the swap opens the new routes
+                gateway.draining = True  # what SIGTERM does first
+                if cancelled:
+                    task.cancel()
+                async with asyncio.timeout(30):
+                    await asyncio.gather(task, return_exceptions=True)
+            assert [r.name for r in gateway.generation.routes] == ["start"]
+            [generation] = built
+            assert all(c._closed for c in generation.cascades)
+        assert "gateway.reloaded" not in [e["event"] for e in logs]
+    finally:
+        silent.server.close()
+        await silent.server.wait_closed()

@@ -88,15 +88,26 @@ class Gateway:
             or "traceparent" in headers
         )
 
-    async def swap(self, generation: Generation, *, wait_s: float) -> None:
+    async def swap(self, generation: Generation, *, wait_s: float) -> bool:
         """Serve ``generation`` (opened) from now on; the old one closes once its
-        requests are done (at most ``wait_s`` later), without holding the caller."""
-        await generation.open()
+        requests are done (at most ``wait_s`` later), without holding the caller. False,
+        ``generation`` closed, if the gateway started draining while it opened (a
+        ``[shared]`` Redis that does not answer holds it for up to its ``timeout_s``):
+        nothing more is swapped in; also closed if its opening fails or is cancelled."""
+        try:
+            await generation.open()
+        except BaseException:
+            await generation.aclose()
+            raise
+        if self.draining:
+            await generation.aclose()
+            return False
         old, self.generation = self.generation, generation
         self._schemas.clear()
         task = asyncio.get_running_loop().create_task(old.aclose(wait_s=wait_s))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
+        return True
 
     async def aclose(self) -> None:
         for task in list(self._retired):

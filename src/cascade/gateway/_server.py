@@ -8,6 +8,8 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   SIGTERM or SIGINT ends the drain at once (``gateway.drain_cut``: every connection
   closed, its run cancelled, then the same close and exit 0); a third one takes the
   signal's default action. A SIGHUP while draining is ignored (``gateway.reload_ignored``).
+  A reload opening its routes (the swap) holds neither: the listener closes at once, and
+  the reload is cancelled once the drain is over (the routes it opened are closed).
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
@@ -185,10 +187,12 @@ async def serve(
             )
             if gateway.reload_build is not None:
                 gateway.reload_build.cancel()  # a build under way is not waited for
-            for task in list(reloads):
-                await task
             cleaned = True  # (the cut stays the handler while the drain lasts)
             await runner.cleanup()  # stop accepting, wait for requests in flight, close
+            # Nor is a swap under way (opening its routes): cancelled, it closes them.
+            for task in list(reloads):
+                task.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
@@ -263,7 +267,8 @@ async def _reload(gateway: Gateway, source: str) -> None:
             gateway.reload_build = None
         if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
-        await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
+        if not await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s):
+            return  # SIGTERM while it opened: closed, not swapped in
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
