@@ -336,3 +336,52 @@ async def test_routes_a_reload_opens_while_the_gateway_drains_are_closed_not_swa
     finally:
         silent.server.close()
         await silent.server.wait_closed()
+
+
+async def test_a_reload_applies_the_request_limits_and_names_what_needs_a_restart(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The ``[gateway]`` settings each request reads (``allowed_hosts``, ``max_messages``,
+    ``max_in_flight``, the body and write timeouts) apply from the reload on, as its
+    routes do; those fixed at start (the body limit, the idle and drain timeouts, the
+    keys) stay, and the reload says which of them changed (``gateway.reload_kept``)
+    instead of claiming them applied."""
+    import aiohttp
+
+    openai_server.script("m1", "an answer")
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    body = {"model": "next", "messages": [{"role": "user", "content": "Hi"}] * 2}
+    async with serving(path) as gw, aiohttp.ClientSession() as session:
+
+        async def status(host: str) -> int:
+            url = f"{gw.url}/v1/chat/completions"
+            async with session.post(url, json=body, headers={"Host": host}) as resp:
+                return resp.status
+
+        assert await status("api.example.com") == 403  # loopback: only IPs and localhost
+        cfg = config_for(openai_server.url, "next")
+        cfg["gateway"] |= {
+            "allowed_hosts": ["api.example.com"],
+            "max_in_flight": 7,
+            "body_timeout_s": 3.0,
+            "write_timeout_s": 4.0,
+            "idle_timeout_s": 5.0,
+            "max_body_bytes": 4096,
+        }
+        write_config(path, cfg)
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+        assert await status("api.example.com") == 200
+        gateway = gw.gateway
+        assert (gateway.max_in_flight, gateway.body_timeout_s, gateway.write_timeout_s) == (
+            7,
+            3.0,
+            4.0,
+        )
+        cfg["gateway"]["max_messages"] = 1
+        write_config(path, cfg)
+        await _reload(gw.gateway, str(path))
+        assert await status("127.0.0.1") == 400  # two messages, one allowed
+    events = [e["event"] for e in logs]
+    assert events == ["gateway.reload_kept", "gateway.reloaded"]
+    assert logs[0]["fields"] == ["idle_timeout_s", "max_body_bytes"]

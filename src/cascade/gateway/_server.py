@@ -13,8 +13,12 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
-  last request is done (or ``drain_timeout_s`` later). The listening address, body limit
-  and keys stay as they were at start: those need a restart.
+  last request is done (or ``drain_timeout_s`` later); the ``[gateway]`` limits each
+  request reads (``allowed_hosts``, ``max_in_flight``, ``max_messages``, the schema
+  limits, ``body_timeout_s``, ``write_timeout_s``) apply from then on too. The listening
+  address, ``max_body_bytes``, ``idle_timeout_s``, ``drain_timeout_s`` and the keys stay
+  as they were at start (``gateway.reload_kept`` names those the file changed): those
+  need a restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -42,6 +46,7 @@ from .._errors import CascadeError
 from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
+from ._gateway import RESTART_ONLY
 from ._key_gate import KeyGate
 from ._routes import Generation, build_generation
 
@@ -267,8 +272,12 @@ async def _reload(gateway: Gateway, source: str) -> None:
             gateway.reload_build = None
         if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
+        before = gateway.generation.loaded.gateway
         if not await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s):
             return  # SIGTERM while it opened: closed, not swapped in
+        kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
+        if kept:
+            log.warning("gateway.reload_kept", fields=kept, reason="read at start only")
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
