@@ -402,3 +402,57 @@ async def test_sigterm_while_a_reload_swaps_in_stops_accepting_at_once(
     assert "gateway.reloaded" not in served.events()
     assert served.events()[-1] == "gateway.stopped"
     assert "Unclosed" not in served.stderr
+
+
+async def test_a_sighup_while_the_gateway_starts_is_a_reload_once_it_listens(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGHUP's default action kills the process: one that comes while the routes are
+    first built (seconds, for a large router file or a slow plug-in) must not, and the
+    file changed meanwhile is read again once the gateway listens."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow_build.py").write_text(SLOW_BUILD)
+    openai_server.script("m2", Reply(text="new"))
+    cfg = config(openai_server.url, "m1", "one")
+    cfg["validator_paths"] = ["plugins"]
+    cfg["tiers"][0]["validators"] = [{"name": "slow_build"}]
+    path = write_config(tmp_path / "c.toml", cfg)
+    (plugins / "block").touch()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cascade._cli",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(proc)
+    reader = asyncio.create_task(served.collect())
+    try:
+        await eventually(lambda: (plugins / "building").exists(), "the start's build under way")
+        cfg["tiers"][0]["providers"][0]["model"] = "m2"
+        write_config(path, cfg)
+        proc.send_signal(signal.SIGHUP)
+        (plugins / "block").unlink()
+        started = served.listening.is_set
+        await eventually(
+            lambda: started() or proc.returncode is not None, "started, or killed", within_s=30
+        )
+        assert proc.returncode is None, "the SIGHUP killed it"
+        await eventually(lambda: "gateway.reloaded" in served.events(), "reloaded")
+        async with client(served) as c:
+            new = await c.chat.completions.create(model="one", messages=HI)  # type: ignore[arg-type]
+        assert new.choices[0].message.content == "new"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        (plugins / "block").unlink(missing_ok=True)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await reader

@@ -144,11 +144,22 @@ async def serve(
     """Serve the config file at ``path`` until SIGTERM or SIGINT (see the module doc);
     ``ready`` gets the bound port once the gateway listens (``port = 0`` picks one)."""
     source = str(path)
-    # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
-    gateway = await anyio.to_thread.run_sync(lambda: build_gateway(load_gateway(source), **kwargs))
-    config = gateway.generation.loaded.gateway
-    runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
+    # SIGHUP's default action kills the process: one while the routes are first built
+    # (seconds, for a large router file) is a reload once the gateway listens.
+    hups: list[None] = []
+    loop.add_signal_handler(signal.SIGHUP, hups.append, None)
+    try:
+        # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
+        gateway = await anyio.to_thread.run_sync(
+            lambda: build_gateway(load_gateway(source), **kwargs)
+        )
+        config = gateway.generation.loaded.gateway
+        runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
+        await runner.setup()
+    except BaseException:
+        loop.remove_signal_handler(signal.SIGHUP)
+        raise
     scrub = _NoRequestBytes()
     cleaned = False
     aiohttp_log = logging.getLogger("aiohttp.server")
@@ -157,7 +168,6 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
-        loop = asyncio.get_running_loop()
         log.info("gateway.listening", host=host, port=bound, config=source, loop=_loop_name(loop))
         if ready is not None:
             ready(bound)
@@ -181,6 +191,8 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if hups:
+            on_hup()
         try:
             await stop.wait()
             loop.add_signal_handler(signal.SIGHUP, hup_while_draining)
@@ -202,6 +214,7 @@ async def serve(
             for sig in handled:
                 loop.remove_signal_handler(sig)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)  # (if serving failed before the rest)
         if not cleaned:  # serving failed, or was cancelled
             await runner.cleanup()
         aiohttp_log.removeFilter(scrub)
