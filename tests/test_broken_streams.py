@@ -69,6 +69,13 @@ CASES = [
         False,
     ),
     Case("reset_before_headers", Reply(fault="reset"), "ProviderConnectionError", "", False),
+    Case(
+        "terminator_without_finish",
+        Reply(text=ANSWER, fault="done_early"),
+        "ProviderConnectionError",
+        "without a finish reason",
+        True,
+    ),
 ]
 
 

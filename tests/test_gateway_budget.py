@@ -390,7 +390,8 @@ async def test_a_reload_that_changes_the_keys_says_they_need_a_restart(
         with capture_logs() as logs:
             await _reload(gw.gateway, str(path))
         warned = [e for e in logs if e["log_level"] == "warning"]
-        assert [e["event"] for e in warned] == ["gateway.keys_not_reloaded"]
+        assert [e["event"] for e in warned] == ["gateway.reload_kept"]
+        assert warned[0]["fields"] == ["keys"]
         assert KEY not in str(logs)
         assert hash_key(OTHER) not in str(logs)
         sdk = client(gw.base_url, OTHER)
@@ -398,6 +399,9 @@ async def test_a_reload_that_changes_the_keys_says_they_need_a_restart(
             await ask(sdk)  # still admitted: as the warning says, until a restart
         finally:
             await sdk.close()
+        with capture_logs() as logs:  # the same file again: the keys still differ from start
+            await _reload(gw.gateway, str(path))
+        assert [e["event"] for e in logs] == ["gateway.reload_kept", "gateway.reloaded"]
         with capture_logs() as logs:  # the same keys as at start: nothing to say
             write_config(path, config(fleet.url, key("team", KEY), key("gone", OTHER)))
             await _reload(gw.gateway, str(path))

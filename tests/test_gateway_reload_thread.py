@@ -4,6 +4,7 @@ and the loop serves every request meanwhile); reloads apply in the order they ca
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -286,3 +287,101 @@ async def test_a_failed_reload_names_its_file_as_a_failed_start_does(
             await _reload(gw.gateway, str(path))
     [failed] = [e for e in logs if e["event"] == "gateway.reload_failed"]
     assert failed["error"].startswith(f"{path}: tiers[0].providers[0].api_key_env")
+
+
+@pytest.mark.parametrize("cancelled", [False, True], ids=["opened", "cancelled"])
+async def test_routes_a_reload_opens_while_the_gateway_drains_are_closed_not_swapped_in(
+    openai_server: FakeOpenAIServer, tmp_path: Path, cancelled: bool
+) -> None:
+    """SIGTERM while a reload's swap opens the new routes (a ``[shared]`` Redis that
+    does not answer): whether the open then ends (timed out) or is cancelled (as
+    ``serve`` cancels the reloads left once drained), the routes are closed, not
+    swapped in."""
+    from .test_gateway_serve import Silent
+
+    silent = Silent()
+    silent.server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    try:
+        async with serving(path) as gw:
+            gateway = gw.gateway
+            assert gateway.rebuild is not None
+            rebuild = gateway.rebuild
+            built: list[Generation] = []
+
+            def recording(fresh: LoadedConfig) -> Generation:
+                built.append(rebuild(fresh))
+                return built[-1]
+
+            gateway.rebuild = recording
+            cfg = config_for(openai_server.url, "next")
+            cfg["shared"] = {
+                "redis_url": f"redis://127.0.0.1:{silent.port}/0",
+                "timeout_s": 10 if cancelled else 0.2,
+            }
+            write_config(path, cfg)
+            with capture_logs() as logs:
+                task = asyncio.create_task(_reload(gateway, str(path)))
+                async with asyncio.timeout(30):
+                    await silent.asked.wait()  # the swap opens the new routes
+                gateway.draining = True  # what SIGTERM does first
+                if cancelled:
+                    task.cancel()
+                async with asyncio.timeout(30):
+                    await asyncio.gather(task, return_exceptions=True)
+            assert [r.name for r in gateway.generation.routes] == ["start"]
+            [generation] = built
+            assert all(c._closed for c in generation.cascades)
+        assert "gateway.reloaded" not in [e["event"] for e in logs]
+    finally:
+        silent.server.close()
+        await silent.server.wait_closed()
+
+
+async def test_a_reload_applies_the_request_limits_and_names_what_needs_a_restart(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """The ``[gateway]`` settings each request reads (``allowed_hosts``, ``max_messages``,
+    ``max_in_flight``, the body and write timeouts) apply from the reload on, as its
+    routes do; those fixed at start (the body limit, the idle and drain timeouts, the
+    keys) stay, and the reload says which of them changed (``gateway.reload_kept``)
+    instead of claiming them applied."""
+    import aiohttp
+
+    openai_server.script("m1", "an answer")
+    path = write_config(tmp_path / "c.toml", config_for(openai_server.url, "start"))
+    body = {"model": "next", "messages": [{"role": "user", "content": "Hi"}] * 2}
+    async with serving(path) as gw, aiohttp.ClientSession() as session:
+
+        async def status(host: str) -> int:
+            url = f"{gw.url}/v1/chat/completions"
+            async with session.post(url, json=body, headers={"Host": host}) as resp:
+                return resp.status
+
+        assert await status("api.example.com") == 403  # loopback: only IPs and localhost
+        cfg = config_for(openai_server.url, "next")
+        cfg["gateway"] |= {
+            "allowed_hosts": ["api.example.com"],
+            "max_in_flight": 7,
+            "body_timeout_s": 3.0,
+            "write_timeout_s": 4.0,
+            "idle_timeout_s": 5.0,
+            "max_body_bytes": 4096,
+        }
+        write_config(path, cfg)
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+        assert await status("api.example.com") == 200
+        gateway = gw.gateway
+        assert (gateway.max_in_flight, gateway.body_timeout_s, gateway.write_timeout_s) == (
+            7,
+            3.0,
+            4.0,
+        )
+        cfg["gateway"]["max_messages"] = 1
+        write_config(path, cfg)
+        await _reload(gw.gateway, str(path))
+        assert await status("127.0.0.1") == 400  # two messages, one allowed
+    events = [e["event"] for e in logs]
+    assert events == ["gateway.reload_kept", "gateway.reloaded"]
+    assert logs[0]["fields"] == ["idle_timeout_s", "max_body_bytes"]

@@ -5,12 +5,15 @@ dropping the requests in flight."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import json
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +340,119 @@ async def test_a_method_of_the_clients_own_is_never_logged_as_sent(
     access = [line for line in served.lines if line["event"] == "gateway.request"]
     assert [(e["method"], e["status"]) for e in access] == [("_OTHER", 405), ("GET", 200)]
     assert "SK-PROJ" not in json.dumps(served.lines)
+
+
+class Silent:
+    """A TCP listener that takes connections and never answers (a Redis that hangs)."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+        """A client connected and sent its first command."""
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while await reader.read(65536):
+                self.asked.set()
+        writer.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+def logged_at(line: dict[str, Any]) -> float:
+    """A log line's timestamp, in seconds since the epoch."""
+    return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+async def test_sigterm_while_a_reload_swaps_in_stops_accepting_at_once(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGTERM while a reload opens its new routes (here: connecting to a ``[shared]``
+    Redis that does not answer, for up to its ``timeout_s``): the listener closes before
+    that open is over, not once the swap is done; routes opened after SIGTERM are not
+    swapped in, and are closed before the exit."""
+    silent = Silent()
+    silent.server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
+    try:
+        path = write_config(tmp_path / "c.toml", config(openai_server.url, "m1", "r"))
+        async with cascade_serve(path) as served:
+            cfg = config(openai_server.url, "m1", "r")
+            cfg["shared"] = {"redis_url": f"redis://127.0.0.1:{silent.port}/0", "timeout_s": 10}
+            write_config(path, cfg)
+            served.proc.send_signal(signal.SIGHUP)
+            async with asyncio.timeout(30):
+                await silent.asked.wait()  # the swap opens the new routes
+            served.proc.send_signal(signal.SIGTERM)
+            loop = asyncio.get_running_loop()
+            stop = loop.time() + 30
+            while not await refused(served.port):
+                assert loop.time() < stop, "still accepting after SIGTERM"
+                await asyncio.sleep(0.02)
+            stopped_accepting = time.time()
+            assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    finally:
+        silent.server.close()
+        await silent.server.wait_closed()
+    # (without the fix: the open timed out, was logged, then the listener closed)
+    opened = [x for x in served.lines if x["event"].startswith("shared state unavailable")]
+    assert all(stopped_accepting < logged_at(x) for x in opened), "accepting until swapped"
+    assert "gateway.reloaded" not in served.events()
+    assert served.events()[-1] == "gateway.stopped"
+    assert "Unclosed" not in served.stderr
+
+
+async def test_a_sighup_while_the_gateway_starts_is_a_reload_once_it_listens(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGHUP's default action kills the process: one that comes while the routes are
+    first built (seconds, for a large router file or a slow plug-in) must not, and the
+    file changed meanwhile is read again once the gateway listens."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "slow_build.py").write_text(SLOW_BUILD)
+    openai_server.script("m2", Reply(text="new"))
+    cfg = config(openai_server.url, "m1", "one")
+    cfg["validator_paths"] = ["plugins"]
+    cfg["tiers"][0]["validators"] = [{"name": "slow_build"}]
+    path = write_config(tmp_path / "c.toml", cfg)
+    (plugins / "block").touch()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cascade._cli",
+        "serve",
+        "--config",
+        str(path),
+        "--port",
+        "0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    served = Served(proc)
+    reader = asyncio.create_task(served.collect())
+    try:
+        await eventually(lambda: (plugins / "building").exists(), "the start's build under way")
+        cfg["tiers"][0]["providers"][0]["model"] = "m2"
+        write_config(path, cfg)
+        proc.send_signal(signal.SIGHUP)
+        (plugins / "block").unlink()
+        started = served.listening.is_set
+        await eventually(
+            lambda: started() or proc.returncode is not None, "started, or killed", within_s=30
+        )
+        assert proc.returncode is None, "the SIGHUP killed it"
+        await eventually(lambda: "gateway.reloaded" in served.events(), "reloaded")
+        async with client(served) as c:
+            new = await c.chat.completions.create(model="one", messages=HI)  # type: ignore[arg-type]
+        assert new.choices[0].message.content == "new"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        (plugins / "block").unlink(missing_ok=True)
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        await reader

@@ -28,6 +28,7 @@ BREAKS = {
     "cut": Reply(text=ANSWER, fault="drop", chunk_chars=4),
     "error_event": Reply(text=ANSWER, fault="error_event", status=503, chunk_chars=4),
     "malformed": Reply(text=ANSWER, fault="malformed", chunk_chars=4),
+    "done_early": Reply(text=ANSWER, fault="done_early", chunk_chars=4),
 }
 
 

@@ -377,6 +377,7 @@ async def test_stream_drains_so_the_connection_is_reused(
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await resp.write(b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}}]}\n\n')
+        await resp.write(b'data: {"choices": [{"index": 0, "finish_reason": "stop"}]}\n\n')
         await resp.write(b"data: [DONE]\n\n")
         await anyio.sleep(0.02)  # the chunked terminator comes a moment after [DONE]
         await resp.write_eof()

@@ -13,7 +13,7 @@ from opentelemetry import trace
 
 from .._errors import ConfigError, InputError
 from ..validators import JsonSchemaValidator, Validator
-from ._config import LoadedConfig
+from ._config import GatewayConfig, LoadedConfig
 from ._gate import OPEN_GATE, Gate
 from ._routes import Generation
 from ._wire import Limits
@@ -21,9 +21,13 @@ from ._wire import Limits
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = ["GATEWAY", "Gateway"]
+__all__ = ["GATEWAY", "RESTART_ONLY", "Gateway"]
 
 _SCHEMA_CACHE = 128  # validators of recent request schemas, by schema text
+
+RESTART_ONLY = ("drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
+"""The ``[gateway]`` settings read once at start (the server's and the app's, and the
+keys' counters): a reload keeps them, and says so when the file changed one."""
 
 
 class Gateway:
@@ -42,19 +46,10 @@ class Gateway:
 
         self.generation = generation
         self.gate = gate
-        gw = generation.loaded.gateway
-        self.limits = Limits(
-            max_messages=gw.max_messages,
-            max_schema_bytes=gw.max_schema_bytes,
-            max_schema_depth=gw.max_schema_depth,
-        )
-        self.max_in_flight = gw.max_in_flight
-        self.body_timeout_s = gw.body_timeout_s
-        self.write_timeout_s = gw.write_timeout_s
-        self.allowed_hosts = (
-            None if gw.allowed_hosts is None else frozenset(h.lower() for h in gw.allowed_hosts)
-        )
-        self.max_body_bytes = gw.max_body_bytes
+        self.at_start = generation.loaded.gateway
+        """The ``[gateway]`` table read at start: its ``RESTART_ONLY`` settings stay."""
+        self._apply(generation.loaded.gateway)
+        self.max_body_bytes = generation.loaded.gateway.max_body_bytes
         self.rebuild = rebuild
         """Builds the routes of a config file read again (SIGHUP), as at start."""
         self.tracer = trace.get_tracer("cascade.gateway", __version__, tracer_provider)
@@ -72,6 +67,21 @@ class Gateway:
         """The reload's build under way (in a thread): SIGTERM cancels it, and the gateway
         drains without waiting for routes it would not use."""
 
+    def _apply(self, gw: GatewayConfig) -> None:
+        """The ``[gateway]`` settings each request reads: set at start, and again by
+        each reload (those read once at start are in ``RESTART_ONLY``)."""
+        self.limits = Limits(
+            max_messages=gw.max_messages,
+            max_schema_bytes=gw.max_schema_bytes,
+            max_schema_depth=gw.max_schema_depth,
+        )
+        self.max_in_flight = gw.max_in_flight
+        self.body_timeout_s = gw.body_timeout_s
+        self.write_timeout_s = gw.write_timeout_s
+        self.allowed_hosts = (
+            None if gw.allowed_hosts is None else frozenset(h.lower() for h in gw.allowed_hosts)
+        )
+
     def __repr__(self) -> str:
         state = "draining" if self.draining else "serving"
         return f"<Gateway {state}, {self.in_flight} in flight, {self.generation!r}>"
@@ -88,15 +98,27 @@ class Gateway:
             or "traceparent" in headers
         )
 
-    async def swap(self, generation: Generation, *, wait_s: float) -> None:
+    async def swap(self, generation: Generation, *, wait_s: float) -> bool:
         """Serve ``generation`` (opened) from now on; the old one closes once its
-        requests are done (at most ``wait_s`` later), without holding the caller."""
-        await generation.open()
+        requests are done (at most ``wait_s`` later), without holding the caller. False,
+        ``generation`` closed, if the gateway started draining while it opened (a
+        ``[shared]`` Redis that does not answer holds it for up to its ``timeout_s``):
+        nothing more is swapped in; also closed if its opening fails or is cancelled."""
+        try:
+            await generation.open()
+        except BaseException:
+            await generation.aclose()
+            raise
+        if self.draining:
+            await generation.aclose()
+            return False
         old, self.generation = self.generation, generation
+        self._apply(generation.loaded.gateway)
         self._schemas.clear()
         task = asyncio.get_running_loop().create_task(old.aclose(wait_s=wait_s))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
+        return True
 
     async def aclose(self) -> None:
         for task in list(self._retired):

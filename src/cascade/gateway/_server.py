@@ -8,12 +8,17 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   SIGTERM or SIGINT ends the drain at once (``gateway.drain_cut``: every connection
   closed, its run cancelled, then the same close and exit 0); a third one takes the
   signal's default action. A SIGHUP while draining is ignored (``gateway.reload_ignored``).
+  A reload opening its routes (the swap) holds neither: the listener closes at once, and
+  the reload is cancelled once the drain is over (the routes it opened are closed).
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
-  last request is done (or ``drain_timeout_s`` later). The listening address, body limit
-  and keys stay as they were at start: those need a restart (a reload that changes the
-  keys says so: ``gateway.keys_not_reloaded``).
+  last request is done (or ``drain_timeout_s`` later); the ``[gateway]`` limits each
+  request reads (``allowed_hosts``, ``max_in_flight``, ``max_messages``, the schema
+  limits, ``body_timeout_s``, ``write_timeout_s``) apply from then on too. The listening
+  address, ``max_body_bytes``, ``idle_timeout_s``, ``drain_timeout_s`` and the keys stay
+  as they were at start (``gateway.reload_kept`` names those the file changed): those
+  need a restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -41,8 +46,8 @@ from .._errors import CascadeError
 from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
+from ._gateway import RESTART_ONLY
 from ._key_gate import KeyGate
-from ._keys_config import KeysConfig
 from ._routes import Generation, build_generation
 
 if TYPE_CHECKING:
@@ -80,24 +85,14 @@ def build_gateway(
         generation,
         gate=gate,
         tracer_provider=tracer_provider,
-        rebuild=lambda fresh: _rebuilt(fresh, kwargs, keys=loaded.gateway.keys),
+        rebuild=lambda fresh: _rebuilt(fresh, kwargs),
     )
 
 
-def _rebuilt(
-    loaded: LoadedConfig, kwargs: dict[str, Any], *, keys: KeysConfig | None
-) -> Generation:
-    """A reload's routes, its errors naming the file as a start's do. Keys in the file
-    other than those in effect (``keys``) are not applied: said, not silently kept (a
-    key removed from the file to revoke it would go on working)."""
+def _rebuilt(loaded: LoadedConfig, kwargs: dict[str, Any]) -> Generation:
+    """A reload's routes, its errors naming the file as a start's do."""
     with in_file(loaded.path):
-        generation = build_generation(loaded, **kwargs)
-    if loaded.gateway.keys != keys:
-        log.warning(
-            "gateway.keys_not_reloaded",
-            reason="[gateway.keys] changed: keys and their limits need a restart",
-        )
-    return generation
+        return build_generation(loaded, **kwargs)
 
 
 def _gate_for(
@@ -149,11 +144,22 @@ async def serve(
     """Serve the config file at ``path`` until SIGTERM or SIGINT (see the module doc);
     ``ready`` gets the bound port once the gateway listens (``port = 0`` picks one)."""
     source = str(path)
-    # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
-    gateway = await anyio.to_thread.run_sync(lambda: build_gateway(load_gateway(source), **kwargs))
-    config = gateway.generation.loaded.gateway
-    runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
+    # SIGHUP's default action kills the process: one while the routes are first built
+    # (seconds, for a large router file) is a reload once the gateway listens.
+    hups: list[None] = []
+    loop.add_signal_handler(signal.SIGHUP, hups.append, None)
+    try:
+        # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
+        gateway = await anyio.to_thread.run_sync(
+            lambda: build_gateway(load_gateway(source), **kwargs)
+        )
+        config = gateway.generation.loaded.gateway
+        runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
+        await runner.setup()
+    except BaseException:
+        loop.remove_signal_handler(signal.SIGHUP)
+        raise
     scrub = _NoRequestBytes()
     cleaned = False
     aiohttp_log = logging.getLogger("aiohttp.server")
@@ -162,7 +168,6 @@ async def serve(
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0][1] if runner.addresses else port
-        loop = asyncio.get_running_loop()
         log.info("gateway.listening", host=host, port=bound, config=source, loop=_loop_name(loop))
         if ready is not None:
             ready(bound)
@@ -186,6 +191,8 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        if hups:
+            on_hup()
         try:
             await stop.wait()
             loop.add_signal_handler(signal.SIGHUP, hup_while_draining)
@@ -197,14 +204,17 @@ async def serve(
             )
             if gateway.reload_build is not None:
                 gateway.reload_build.cancel()  # a build under way is not waited for
-            for task in list(reloads):
-                await task
             cleaned = True  # (the cut stays the handler while the drain lasts)
             await runner.cleanup()  # stop accepting, wait for requests in flight, close
+            # Nor is a swap under way (opening its routes): cancelled, it closes them.
+            for task in list(reloads):
+                task.cancel()
+            await asyncio.gather(*reloads, return_exceptions=True)
         finally:
             for sig in handled:
                 loop.remove_signal_handler(sig)
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)  # (if serving failed before the rest)
         if not cleaned:  # serving failed, or was cancelled
             await runner.cleanup()
         aiohttp_log.removeFilter(scrub)
@@ -275,7 +285,12 @@ async def _reload(gateway: Gateway, source: str) -> None:
             gateway.reload_build = None
         if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
-        await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s)
+        before = gateway.at_start  # what is in effect: not what the last reload read
+        if not await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s):
+            return  # SIGTERM while it opened: closed, not swapped in
+        kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
+        if kept:
+            log.warning("gateway.reload_kept", fields=kept, reason="read at start only")
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])

@@ -194,6 +194,16 @@ class HTTPProvider:
             shown = shorten(got, self._secret, 100) if got else "no Content-Type"
             raise self._error(f"expected text/event-stream, got {shown}")
 
+    def _whole_at_terminal(self, state: dict[str, Any]) -> None:
+        """The terminal event came (``[DONE]``, ``message_stop``): the answer is whole
+        only if its finish reason came before it. A proxy that lost its upstream mid-answer
+        may still end the stream so: that is a broken stream, as a cut is."""
+        if not state.get(_FINISHED):
+            raise self._error(
+                "stream ended without a finish reason (its terminal event came first)",
+                ProviderConnectionError,
+            )
+
     def _status_error(
         self, message: str, status: int, *, code: object = None, kind: object = None
     ) -> ProviderStatusError:
@@ -333,6 +343,7 @@ class HTTPProvider:
                                         yield one
                                 if fast is not None:
                                     if terminal is DONE:
+                                        self._whole_at_terminal(state)
                                         await _drain(resp)
                                         return
                                     continue
@@ -351,6 +362,7 @@ class HTTPProvider:
                             state[_USAGE] = True
                         yield _one(chunks) if joined else chunks
                     if end is DONE:
+                        self._whole_at_terminal(state)
                         await _drain(resp)
                         return
                     if isinstance(end, Exception):
@@ -360,6 +372,7 @@ class HTTPProvider:
                             del end
                 last = decoder.flush()
                 if last is not None and self._event(last, state) is DONE:
+                    self._whole_at_terminal(state)
                     return
                 if state.get(_FINISHED) and state.get(_USAGE):
                     # Ended cleanly (the body's own end, not a cut) after the finish reason

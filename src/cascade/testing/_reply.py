@@ -57,9 +57,11 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     #: ``no_done``, streaming, every event but the terminator (OpenAI's ``data: [DONE]``,
     #: Anthropic's ``message_stop``), then a clean end of body; ``wrong_content_type``,
     #: streaming, the whole JSON body (``application/json``, or the ``Content-Type`` of
-    #: ``headers``) as a server that ignores ``stream`` sends it; ``context_length`` and
-    #: ``content_filter``, a 400 with the API's own body for a prompt too long for the
-    #: model and for a content-policy refusal.
+    #: ``headers``) as a server that ignores ``stream`` sends it; ``done_early``, streaming,
+    #: the first delta then the terminator, without a finish reason or usage (a proxy that
+    #: lost its upstream mid-answer and ends the stream as if it were done);
+    #: ``context_length`` and ``content_filter``, a 400 with the API's own body for a
+    #: prompt too long for the model and for a content-policy refusal.
     fault: (
         Literal[
             "drop",
@@ -74,6 +76,7 @@ class Reply(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             "trickle",
             "reset",
             "no_done",
+            "done_early",
             "wrong_content_type",
             "context_length",
             "content_filter",

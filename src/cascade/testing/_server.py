@@ -425,6 +425,8 @@ class FakeServer(ABC):
         events = self._sse_events(call, reply)
         if reply.fault == "no_done":  # the terminator is the last event of both formats
             events = events._replace(tail=events.tail[:-1])
+        elif reply.fault == "done_early":
+            events = events._replace(deltas=events.deltas[:1], tail=events.tail[-1:])
         return await send_sse(
             request,
             headers,
