@@ -14,6 +14,7 @@ from cascade import (
     InputError,
     RequestOptions,
 )
+from cascade._types import coerce_messages, estimate_prompt_tokens
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, FakeRequest, Reply
 
 from .helpers import JSON_SCHEMA, USER, provider, tier
@@ -195,6 +196,28 @@ async def test_budget_skips_tiers_it_cannot_afford(openai_server: FakeOpenAIServ
         with pytest.raises(BudgetExceeded) as info:
             await c.run(messages=USER, max_cost_usd=0.0)
     assert [a.outcome for a in info.value.attempts] == ["skipped"] * 3
+
+
+async def test_budget_counts_every_call_a_tier_pays_for(openai_server: FakeOpenAIServer) -> None:
+    """A tier's estimate is one call times self_consistency's samples (twice when it
+    hedges): a budget for one call but not five skips the sampling tier."""
+    url = openai_server.url
+    openai_server.script("m1", "7")
+    price = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0, "max_tokens": 100}
+    vote = {"name": "self_consistency", "samples": 5, "min_agreement": 0.6}
+    cfg = {"tiers": [tier("voting", provider("v", url, "m1", **price), validators=[vote])]}
+    async with Cascade.from_dict(cfg) as c:
+        one = (
+            c.config.tiers[0]
+            .providers[0]
+            .cost_usd(estimate_prompt_tokens(coerce_messages(USER)), 100)
+        )
+        with pytest.raises(BudgetExceeded) as info:
+            await c.run(messages=USER, max_cost_usd=one * 4.5)
+        assert info.value.attempts[0].outcome == "skipped"
+        assert openai_server.request_count == 0
+        result = await c.run(messages=USER, max_cost_usd=one * 5.5)
+    assert result.validated and [a.outcome for a in result.attempts] == ["accepted"]
 
 
 async def test_deadline_raises_with_in_flight_attempt(openai_server: FakeOpenAIServer) -> None:

@@ -53,11 +53,24 @@ class PartialCheck(Protocol):
     def check_partial(self, text: str, context: ValidationContext) -> Verdict | None: ...
 
 
+def calls_per_answer(validators: tuple[Validator, ...], hedged: bool) -> int:
+    """The most provider calls one answer is billed for: every sample a
+    ``self_consistency`` validator may draw (its ``samples``, the first answer included),
+    twice over when the tier hedges (the hedge and the call it raced are both costed)."""
+    from .validators.consistency import SelfConsistencyValidator
+
+    samples = max(
+        (v.samples for v in validators if isinstance(v, SelfConsistencyValidator)), default=1
+    )
+    return samples * (2 if hedged else 1)
+
+
 class Tier:
     """A tier as the engine runs it: its providers, validators and variants."""
 
     __slots__ = (
         "accept_refusals",
+        "calls",
         "hedge",
         "index",
         "mode",
@@ -96,6 +109,9 @@ class Tier:
             if callable(getattr(v, "check_partial", None)) and getattr(v, "early_reject", True)
         )
         self.hedge = config.hedge
+        self.calls = calls_per_answer(validators, config.hedge is not None)
+        """The most provider calls one answer of this tier is billed for (what
+        ``max_cost_usd`` and a gateway key's reservation count)."""
         self.accept_refusals = config.accept_refusals
         self.repair = config.repair
         self.quality: QualityBreaker | None = None

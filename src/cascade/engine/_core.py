@@ -378,7 +378,7 @@ class Engine:
         out_tokens = (
             opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
         )
-        estimate = provider.config.cost_usd(in_tokens, out_tokens)
+        estimate = provider.config.cost_usd(in_tokens, out_tokens) * tier.calls
         if estimate <= left:
             return None
         return Attempt(

@@ -34,12 +34,10 @@ from .._clock import Clock, SystemClock
 from .._config import Config
 from .._types import estimate_prompt_tokens
 from ..resilience.shared import SharedState
-from ..validators.consistency import SelfConsistencyValidator
 from ._keys import Admission, GatewayKeys, api_key_from_headers
 from ._keys_config import KeysConfig
 
 if TYPE_CHECKING:
-    from .._attempt import Tier
     from ._routes import Route
     from ._wire import GatewayRequest
 
@@ -60,20 +58,9 @@ def max_cost_usd(route: Route, request: GatewayRequest) -> float:
         for p in tier.providers:
             out = request.options.max_tokens or p.max_tokens or config.estimate_output_tokens
             dearest = max(dearest, p.cost_usd(prompt, out))
-        total += dearest * _calls(built[index])
+        total += dearest * built[index].calls
     cap = route.max_cost_usd if route.max_cost_usd is not None else config.max_cost_usd
     return total if cap is None else min(total, cap)
-
-
-def _calls(tier: Tier) -> int:
-    """The most calls one answer of ``tier`` is billed for: every sample a
-    ``self_consistency`` validator may draw (its ``samples``, the first answer included),
-    twice over when the tier hedges (the hedge and the call it raced are both costed)."""
-    samples = max(
-        (v.samples for v in tier.validators if isinstance(v, SelfConsistencyValidator)),
-        default=1,
-    )
-    return samples * (1 if tier.hedge is None else 2)
 
 
 def _client_left() -> bool:
