@@ -17,6 +17,7 @@ import anyio
 import msgspec
 
 from cascade import Cascade, Message, RequestOptions, load_config
+from cascade._build import build_tiers
 from cascade._config import Config
 from cascade._eval import _accuracy, _cost, run_all
 from cascade._progress import Progress
@@ -62,7 +63,8 @@ def spread(items: Sequence[T], n: int) -> list[T]:
 def requests(config: Config, texts: Sequence[str], budget: float | None) -> list[RouteRequest]:
     """A RouteRequest per text, its tiers' estimates as the engine makes them
     (``engine/_route.py``: the prompt's estimated tokens and the output estimate at each
-    tier's first provider's prices)."""
+    tier's first provider's prices, times the calls one of its answers pays for)."""
+    calls = [t.calls for t in build_tiers(config)]
     out = []
     for text in texts:
         messages = (Message(role="user", content=text),)
@@ -73,7 +75,9 @@ def requests(config: Config, texts: Sequence[str], budget: float | None) -> list
             out_tokens = p.max_tokens or config.estimate_output_tokens
             infos.append(
                 TierInfo(
-                    index=i + 1, name=tier.name, est_cost_usd=p.cost_usd(in_tokens, out_tokens)
+                    index=i + 1,
+                    name=tier.name,
+                    est_cost_usd=p.cost_usd(in_tokens, out_tokens) * calls[i],
                 )
             )
         out.append(

@@ -167,8 +167,8 @@ def _what(exc: Exception, timeout_s: float) -> str:
 def _tier_infos(
     tiers: Sequence[Tier], msgs: tuple[Message, ...], opts: RequestOptions, out_default: int
 ) -> tuple[TierInfo, ...]:
-    """Each tier as a router sees it: this request's cost at its first provider's prices
-    (the estimate the budget check makes)."""
+    """Each tier as a router sees it: this request's cost at its first provider's prices,
+    times the calls one answer pays for (the estimate the budget check makes)."""
     in_tokens = estimate_prompt_tokens(msgs)
     infos = []
     for tier in tiers:
@@ -178,7 +178,7 @@ def _tier_infos(
             TierInfo(
                 index=tier.index,
                 name=tier.name,
-                est_cost_usd=config.cost_usd(in_tokens, out_tokens),
+                est_cost_usd=config.cost_usd(in_tokens, out_tokens) * tier.calls,
             )
         )
     return tuple(infos)

@@ -71,7 +71,9 @@ class TierInfo(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     est_cost_usd: float
     """This request at the tier's first provider's prices (prompt estimate plus the
-    estimated output tokens)."""
+    estimated output tokens), times the calls one answer of the tier pays for
+    (``self_consistency``'s samples, twice when the tier hedges): what ``max_cost_usd``
+    checks."""
 
 
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
