@@ -13,6 +13,7 @@ from opentelemetry import trace
 
 from .._errors import ConfigError, InputError
 from ..validators import JsonSchemaValidator, Validator
+from ..validators._offload import Overrun, off_loop
 from ._config import LoadedConfig
 from ._gate import OPEN_GATE, Gate
 from ._routes import Generation
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 __all__ = ["GATEWAY", "Gateway"]
 
 _SCHEMA_CACHE = 128  # validators of recent request schemas, by schema text
+_SCHEMA_BUILD_S = 10.0
+"""Longest a request's schema may take to check and build (waiting for a thread
+included): the work is bounded (the schema's size, and ``JsonSchemaValidator``'s probes),
+this only bounds the wait."""
 
 
 class Gateway:
@@ -103,23 +108,36 @@ class Gateway:
             await task
         await self.generation.aclose()
 
-    def schema_validator(
+    async def schema_validator(
         self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
     ) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
-        schema is a 400 naming the field."""
+        schema is a 400 naming the field. Built off the event loop (a 64 KiB schema's
+        check holds its thread for about half a second; a client can send a new one each
+        time), on the validators' low-priority threads."""
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         found = self._schemas.get(key)
         if found is not None:
             return found
         try:
-            built = JsonSchemaValidator(schema=schema, name="response_format")
+            built: Validator = await off_loop(
+                _build_schema_validator,
+                schema,
+                what="checking the request's JSON Schema",
+                limit_s=_SCHEMA_BUILD_S,
+            )
         except ConfigError as exc:
             raise InputError(exc.message, path=param) from None
+        except Overrun as exc:
+            raise InputError(str(exc), path=param) from None
         if len(self._schemas) >= _SCHEMA_CACHE:
             self._schemas.pop(next(iter(self._schemas)))
         self._schemas[key] = built
         return built
+
+
+def _build_schema_validator(schema: dict[str, Any]) -> Validator:
+    return JsonSchemaValidator(schema=schema, name="response_format")
 
 
 GATEWAY = web.AppKey("cascade_gateway", Gateway)

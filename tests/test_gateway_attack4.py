@@ -1,0 +1,161 @@
+"""A hostile client's request bodies against the gateway (a fourth pass): what a request
+may ask of the gateway's own CPU (its ``response_format`` schema) and of its arithmetic
+(numbers no model takes). Each test is an attack that should fail to hurt it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cascade import ConfigError
+from cascade.testing import FakeOpenAIServer
+from cascade.validators import JsonSchemaValidator
+
+from .gateway import Running, serving, write_config
+from .helpers import provider, tier
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "Hi"}]
+KEY = "sk-attack4"
+
+
+def one_tier(url: str, **gateway: Any) -> dict[str, Any]:
+    return {"tiers": [tier("t", provider("a", url, "m1"))], "gateway": gateway or None}
+
+
+async def post(gw: Running, path: str, body: dict[str, Any], **headers: str) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(f"{gw.url}{path}", json=body, headers=headers) as r,
+    ):
+        return r.status, json.loads(await r.read())
+
+
+@pytest.fixture
+async def gw(openai_server: FakeOpenAIServer, tmp_path: Path) -> AsyncIterator[Running]:
+    openai_server.default = "ok"
+    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url))) as g:
+        yield g
+
+
+# -- a schema whose references fan out ---------------------------------------------------
+
+
+def fanned(width: int, depth: int, *, applicator: str = "allOf") -> dict[str, Any]:
+    """A schema of ``depth`` definitions, each referring ``width`` times to the next: a
+    kilobyte of JSON, ``width ** depth`` subschemas for a validator to walk."""
+    defs: dict[str, Any] = {
+        f"d{d}": {applicator: [{"$ref": f"#/$defs/d{d + 1}"}] * width} for d in range(depth)
+    }
+    defs[f"d{depth}"] = {"type": ["object", "array", "string", "number", "boolean", "null"]}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+FANS = [
+    pytest.param(fanned(10, 5), id="allOf"),
+    pytest.param(fanned(10, 5, applicator="oneOf"), id="oneOf"),
+    pytest.param({**fanned(10, 5), "unevaluatedProperties": False}, id="unevaluated"),
+]
+
+
+@pytest.mark.parametrize("schema", FANS)
+def test_a_schema_whose_references_fan_out_is_refused_when_built(schema: dict[str, Any]) -> None:
+    """Building the validator checks the schema's references on trivial answers (to
+    catch a reference that loops): that check's work is bounded, not ``10 ** 5``
+    subschemas walked on the caller's thread (the gateway's event loop)."""
+    assert len(json.dumps(schema)) < 2048
+    with pytest.raises(ConfigError, match="references") as caught:
+        JsonSchemaValidator(schema=schema)
+    assert caught.value.path == "schema"
+
+
+def test_recursive_schemas_of_real_use_are_still_built() -> None:
+    tree = {
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                    "parent": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]},
+                },
+                "required": ["name"],
+                "unevaluatedProperties": False,
+            }
+        },
+        "$ref": "#/$defs/node",
+    }
+    JsonSchemaValidator(schema=tree)
+    # many references, each walked once: wide, not fanned out
+    wide = {
+        "$defs": {f"d{i}": {"type": "string", "maxLength": i + 1} for i in range(500)},
+        "anyOf": [{"$ref": f"#/$defs/d{i}"} for i in range(500)],
+    }
+    JsonSchemaValidator(schema=wide)
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/chat/completions", "response_format"),
+        ("/v1/messages", "output_config"),
+    ],
+)
+async def test_a_fanned_out_schema_in_a_request_is_400_and_reaches_no_provider(
+    gw: Running, openai_server: FakeOpenAIServer, path: str, field: str
+) -> None:
+    """A 1.4 KB schema held the event loop (every request of every client) for 12 s
+    before it was refused or served; ``fanned(8, 6)`` for 40 s."""
+    schema = fanned(10, 5)
+    body: dict[str, Any] = {"model": "cascade", "messages": HI}
+    if field == "response_format":
+        body[field] = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+        param = "response_format.json_schema.schema"
+    else:
+        body[field] = {"format": {"type": "json_schema", "schema": schema}}
+        body["max_tokens"] = 16
+        param = "output_config.format.schema"
+    status, answer = await post(gw, path, body)
+    assert status == 400, answer
+    if field == "response_format":
+        assert answer["error"]["param"] == param
+        assert "references" in answer["error"]["message"]
+    else:
+        assert answer["error"]["type"] == "invalid_request_error"
+        assert answer["error"]["message"].startswith(param + ":")
+    assert openai_server.request_count == 0
+
+
+async def test_a_requests_schema_is_built_off_the_event_loop(
+    gw: Running, openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking a schema against its draft's meta-schema is linear, but a 64 KiB one holds
+    the thread for ~0.5 s; a client sending a new one each time (the cache is by schema
+    text) would stall every other request's stream that long: it is built elsewhere."""
+    from cascade.gateway import _gateway
+
+    built_on: list[int] = []
+
+    class Recorded(JsonSchemaValidator):
+        def __init__(self, **kwargs: Any) -> None:
+            built_on.append(threading.get_ident())
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(_gateway, "JsonSchemaValidator", Recorded)
+    schemas = [{"type": "object", "properties": {"a": {"type": "number"}}}, fanned(2, 2)]
+    for schema in schemas:
+        rf = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+        status, answer = await post(
+            gw, "/v1/chat/completions", {"model": "cascade", "messages": HI, "response_format": rf}
+        )
+        assert status == 200, answer
+    assert len(built_on) == 2
+    assert threading.get_ident() not in built_on
