@@ -12,8 +12,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from cascade import ConfigError
+from cascade._types import MAX_REPORTED_TOKENS
+from cascade.gateway import hash_key
 from cascade.testing import FakeOpenAIServer
 from cascade.validators import JsonSchemaValidator
 
@@ -159,3 +162,45 @@ async def test_a_requests_schema_is_built_off_the_event_loop(
         assert status == 200, answer
     assert len(built_on) == 2
     assert threading.get_ident() not in built_on
+
+
+# -- numbers no model takes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize(
+    "value",
+    [pytest.param(10**400, id="1e400"), pytest.param(MAX_REPORTED_TOKENS + 1, id="over-1e9")],
+)
+async def test_a_max_tokens_no_model_takes_is_400_not_a_logged_500(
+    openai_server: FakeOpenAIServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    field: str,
+    value: int,
+) -> None:
+    """``max_tokens = 10**400`` (any JSON integer msgspec reads) reached the key gate's
+    price estimate, whose float overflowed: a 500 and a traceback in the operator's log
+    for any client with a key that has a budget. It is bounded as /v1/messages bounds it."""
+    openai_server.default = "ok"
+    entry = {"name": "k", "sha256": hash_key(KEY), "usd_per_day": 5.0}
+    config = one_tier(openai_server.url, keys={"entries": [entry]})
+    body = {"model": "cascade", "messages": HI, field: value}
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+            status, answer = await post(
+                gw, "/v1/chat/completions", body, Authorization=f"Bearer {KEY}"
+            )
+            ok, _ = await post(
+                gw,
+                "/v1/chat/completions",
+                {**body, field: MAX_REPORTED_TOKENS},
+                Authorization=f"Bearer {KEY}",
+            )
+    assert status == 400, answer
+    assert answer["error"]["param"] == field
+    assert answer["error"]["type"] == "invalid_request_error"
+    assert ok == 200
+    assert not [e for e in logs if e["event"] == "gateway.internal_error"]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert openai_server.request_count == 1
