@@ -4,6 +4,7 @@ may ask of the gateway's own CPU (its ``response_format`` schema) and of its ari
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -204,3 +205,113 @@ async def test_a_max_tokens_no_model_takes_is_400_not_a_logged_500(
     assert not [e for e in logs if e["event"] == "gateway.internal_error"]
     assert not [r for r in caplog.records if r.exc_info]
     assert openai_server.request_count == 1
+
+
+# -- Expect: 100-continue ----------------------------------------------------------------
+
+
+def head(path: str, length: int, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines += [*extra, f"Content-Length: {length}", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def status_line(reader: asyncio.StreamReader) -> int:
+    line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+    return int(line.split()[1])
+
+
+async def answer_of(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    status = await status_line(reader)
+    fields = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in fields.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
+
+
+@pytest.mark.parametrize(
+    ("length", "extra", "status"),
+    [
+        pytest.param(10**9, (f"Authorization: Bearer {KEY}",), 413, id="over-the-limit"),
+        pytest.param(64, (), 401, id="no-key"),
+        pytest.param(64, ("Authorization: Bearer sk-wrong",), 401, id="wrong-key"),
+        pytest.param(64, (f"Authorization: Bearer {KEY}", "Origin: http://evil.test"), 403,
+                     id="cross-origin"),
+    ],
+)  # fmt: skip
+async def test_a_request_refused_on_its_headers_gets_no_100_continue(
+    openai_server: FakeOpenAIServer,
+    tmp_path: Path,
+    length: int,
+    extra: tuple[str, ...],
+    status: int,
+) -> None:
+    """aiohttp answered ``Expect: 100-continue`` before any check: a client with no key,
+    or a 1 GB body, was told to send it, and the gateway then read and dropped it. The
+    100 now comes when the gateway is about to read the body."""
+    entry = {"name": "k", "sha256": hash_key(KEY)}
+    config = one_tier(openai_server.url, keys={"entries": [entry]})
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                writer.write(head("/v1/chat/completions", length, "Expect: 100-continue", *extra))
+                await writer.drain()
+                got, body = await answer_of(reader)
+            finally:
+                writer.close()
+    assert got == status
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [status]
+    assert openai_server.request_count == 0
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_request_that_will_be_read_gets_100_continue_then_its_answer(
+    gw: Running, openai_server: FakeOpenAIServer, path: str
+) -> None:
+    body: dict[str, Any] = {"model": "cascade", "messages": HI, "max_tokens": 8}
+    payload = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(head(path, len(payload), "Expect: 100-continue"))
+        await writer.drain()
+        assert await status_line(reader) == 100
+        assert await asyncio.wait_for(reader.readuntil(b"\r\n"), 10) == b"\r\n"
+        writer.write(payload)
+        await writer.drain()
+        status, _answer = await answer_of(reader)
+    finally:
+        writer.close()
+    assert status == 200
+    assert openai_server.request_count == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "fields"),
+    [
+        ("/v1/chat/completions", {"message", "type", "param", "code"}),
+        ("/v1/messages", {"type", "message"}),
+    ],
+)
+async def test_an_expectation_other_than_100_continue_is_417_in_the_api_format(
+    gw: Running, openai_server: FakeOpenAIServer, path: str, fields: set[str]
+) -> None:
+    """aiohttp's own 417 was text/plain, sent before the gateway's middleware: no
+    access-log line."""
+    payload = json.dumps({"model": "cascade", "messages": HI, "max_tokens": 8}).encode()
+    with capture_logs() as logs:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(head(path, len(payload), "Expect: something-else") + payload)
+            await writer.drain()
+            status, answer = await answer_of(reader)
+        finally:
+            writer.close()
+    assert status == 417
+    assert set(answer["error"]) == fields
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [417]
+    assert openai_server.request_count == 0

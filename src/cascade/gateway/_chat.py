@@ -29,7 +29,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -228,6 +228,11 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
         if request.content.is_eof():
             return await request.read()  # it came with the headers: nothing to wait for
         async with asyncio.timeout(timeout_s):
+            if request.headers.get("Expect") is not None and request.version == HttpVersion11:
+                # the client waits for this to send its body: sent only now, once its
+                # headers passed every check (aiohttp's own expect handler sends it at once)
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # the response proper has not started
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise GatewayError(
