@@ -165,6 +165,23 @@ async def test_a_requests_schema_is_built_off_the_event_loop(
     assert threading.get_ident() not in built_on
 
 
+async def test_a_schema_the_gateway_has_no_thread_for_is_503_not_the_clients_400(
+    gw: Running, openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build waits for one of a few shared threads, for a while: busy threads are
+    the gateway's state, not a fault of the request (no time left at all, here)."""
+    from cascade.gateway import _gateway
+
+    monkeypatch.setattr(_gateway, "_SCHEMA_BUILD_S", 0.0)
+    rf = {"type": "json_schema", "json_schema": {"name": "s", "schema": fanned(10, 3)}}
+    status, answer = await post(
+        gw, "/v1/chat/completions", {"model": "cascade", "messages": HI, "response_format": rf}
+    )
+    assert status == 503, answer
+    assert answer["error"]["code"] == "server_busy"
+    assert openai_server.request_count == 0
+
+
 # -- numbers no model takes -------------------------------------------------------------
 
 

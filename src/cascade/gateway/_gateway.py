@@ -15,6 +15,7 @@ from .._errors import ConfigError, InputError
 from ..validators import JsonSchemaValidator, Validator
 from ..validators._offload import Overrun, off_loop
 from ._config import LoadedConfig
+from ._errors import GatewayError
 from ._gate import OPEN_GATE, Gate
 from ._routes import Generation
 from ._wire import Limits
@@ -112,9 +113,10 @@ class Gateway:
         self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
     ) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
-        schema is a 400 naming the field. Built off the event loop (a 64 KiB schema's
-        check holds its thread for about half a second; a client can send a new one each
-        time), on the validators' low-priority threads."""
+        schema is a 400 naming the field, a build that waited too long for a thread a 503.
+        Built off the event loop (a 64 KiB schema's check holds its thread for about half
+        a second; a client can send a new one each time), on the validators' low-priority
+        threads."""
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         found = self._schemas.get(key)
         if found is not None:
@@ -128,8 +130,13 @@ class Gateway:
             )
         except ConfigError as exc:
             raise InputError(exc.message, path=param) from None
-        except Overrun as exc:
-            raise InputError(str(exc), path=param) from None
+        except Overrun:  # the threads are busy (or the machine is): not the request's fault
+            raise GatewayError(
+                503,
+                "the gateway is too busy to check the request's JSON Schema now",
+                code="server_busy",
+                retry_after_s=1.0,
+            ) from None
         if len(self._schemas) >= _SCHEMA_CACHE:
             self._schemas.pop(next(iter(self._schemas)))
         self._schemas[key] = built
