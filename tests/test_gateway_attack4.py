@@ -23,6 +23,7 @@ from cascade.validators import JsonSchemaValidator
 
 from .gateway import Running, serving, write_config
 from .helpers import provider, tier
+from .leaks import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -41,6 +42,28 @@ async def post(gw: Running, path: str, body: dict[str, Any], **headers: str) -> 
         session.post(f"{gw.url}{path}", json=body, headers=headers) as r,
     ):
         return r.status, json.loads(await r.read())
+
+
+def head(path: str, length: int, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
+    lines += [*extra, f"Content-Length: {length}", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def status_line(reader: asyncio.StreamReader) -> int:
+    line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+    return int(line.split()[1])
+
+
+async def answer_of(reader: asyncio.StreamReader) -> tuple[int, Any]:
+    status = await status_line(reader)
+    fields = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in fields.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    return status, json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
 
 
 @pytest.fixture
@@ -182,6 +205,23 @@ async def test_a_schema_the_gateway_has_no_thread_for_is_503_not_the_clients_400
     assert openai_server.request_count == 0
 
 
+async def test_a_client_that_leaves_while_its_schema_is_built_is_499_once(
+    gw: Running, openai_server: FakeOpenAIServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "s", "schema": fanned(10, 3)}}
+    payload = json.dumps({"model": "cascade", "messages": HI, "response_format": rf}).encode()
+    with capture_logs() as logs:
+        _reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(head("/v1/chat/completions", len(payload)) + payload)
+        await writer.drain()
+        await eventually(lambda: gw.gateway.in_flight == 1, "the request in flight")
+        writer.close()
+        await eventually(lambda: gw.gateway.in_flight == 0, "the slot freed")
+        await eventually(lambda: openai_server.active_requests == 0, "no upstream call left")
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [499]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 # -- numbers no model takes -------------------------------------------------------------
 
 
@@ -225,28 +265,6 @@ async def test_a_max_tokens_no_model_takes_is_400_not_a_logged_500(
 
 
 # -- Expect: 100-continue ----------------------------------------------------------------
-
-
-def head(path: str, length: int, *extra: str) -> bytes:
-    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json"]
-    lines += [*extra, f"Content-Length: {length}", "", ""]
-    return "\r\n".join(lines).encode()
-
-
-async def status_line(reader: asyncio.StreamReader) -> int:
-    line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
-    return int(line.split()[1])
-
-
-async def answer_of(reader: asyncio.StreamReader) -> tuple[int, Any]:
-    status = await status_line(reader)
-    fields = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in fields.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    return status, json.loads(await asyncio.wait_for(reader.readexactly(length), 10))
 
 
 @pytest.mark.parametrize(
