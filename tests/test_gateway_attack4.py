@@ -222,6 +222,43 @@ async def test_a_client_that_leaves_while_its_schema_is_built_is_499_once(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+PATTERNS = [
+    pytest.param({"type": "string", "pattern": "a{4294967296}"}, id="pattern"),
+    pytest.param({"patternProperties": {"a{99999999999999999999}": {}}}, id="patternProperties"),
+    pytest.param(
+        {"type": "object", "propertyNames": {"pattern": "(?:x{4294967296})?"}}, id="propertyNames"
+    ),
+]
+
+
+@pytest.mark.parametrize("schema", PATTERNS)
+def test_a_pattern_python_cannot_compile_is_a_config_error(schema: dict[str, Any]) -> None:
+    """``re.compile("a{4294967296}")`` raises OverflowError, not ``re.error``: jsonschema's
+    check of the ``regex`` format let it through, out of the validator's constructor."""
+    with pytest.raises(ConfigError, match="invalid JSON Schema") as caught:
+        JsonSchemaValidator(schema=schema)
+    assert caught.value.path == "schema"
+
+
+@pytest.mark.parametrize("schema", PATTERNS)
+async def test_a_pattern_python_cannot_compile_is_400_not_a_logged_500(
+    gw: Running,
+    openai_server: FakeOpenAIServer,
+    caplog: pytest.LogCaptureFixture,
+    schema: dict[str, Any],
+) -> None:
+    rf = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    with capture_logs() as logs:
+        status, answer = await post(
+            gw, "/v1/chat/completions", {"model": "cascade", "messages": HI, "response_format": rf}
+        )
+    assert status == 400, answer
+    assert answer["error"]["param"] == "response_format.json_schema.schema"
+    assert not [e for e in logs if e["event"] == "gateway.internal_error"]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert openai_server.request_count == 0
+
+
 # -- numbers no model takes -------------------------------------------------------------
 
 

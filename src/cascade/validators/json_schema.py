@@ -195,6 +195,12 @@ class JsonSchemaValidator:
                 f"invalid JSON Schema{' at ' + where if where else ''}: {exc.message}",
                 path="schema",
             ) from None
+        except OverflowError as exc:
+            # re.compile("a{4294967296}") raises it, not re.error: the regex format's
+            # check in jsonschema lets it through
+            raise ConfigError(
+                f"invalid JSON Schema: a pattern does not compile ({exc})", path="schema"
+            ) from None
         self._validator = cls(schema, registry=_NO_RETRIEVAL)
         # A quick yes for the simplest schemas (draft 4 on), else the full validator's word.
         self._quick = None if cls is jsonschema.Draft3Validator else quick_check(schema)
