@@ -223,6 +223,9 @@ async def test_a_client_that_leaves_while_its_schema_is_built_is_499_once(
 
 
 PATTERNS = [
+    pytest.param({"$id": "http://[", "$ref": "#"}, id="id-not-a-uri"),
+    pytest.param({"$defs": {"x": {"$id": "http://[::1/", "$ref": "#"}}}, id="inner-id-not-a-uri"),
+    pytest.param({"$id": "http://x/", "$ref": "http://[x"}, id="ref-not-a-uri"),
     pytest.param({"type": "string", "pattern": "a{4294967296}"}, id="pattern"),
     pytest.param({"patternProperties": {"a{99999999999999999999}": {}}}, id="patternProperties"),
     pytest.param(
@@ -232,16 +235,17 @@ PATTERNS = [
 
 
 @pytest.mark.parametrize("schema", PATTERNS)
-def test_a_pattern_python_cannot_compile_is_a_config_error(schema: dict[str, Any]) -> None:
-    """``re.compile("a{4294967296}")`` raises OverflowError, not ``re.error``: jsonschema's
-    check of the ``regex`` format let it through, out of the validator's constructor."""
+def test_a_schema_python_cannot_read_is_a_config_error(schema: dict[str, Any]) -> None:
+    """``re.compile("a{4294967296}")`` raises OverflowError, not ``re.error`` (jsonschema's
+    check of the ``regex`` format let it through), and ``urljoin`` a ValueError for an
+    ``$id`` such as ``http://[``: both came out of the validator's constructor."""
     with pytest.raises(ConfigError, match="invalid JSON Schema") as caught:
         JsonSchemaValidator(schema=schema)
-    assert caught.value.path == "schema"
+    assert caught.value.path.startswith("schema")
 
 
 @pytest.mark.parametrize("schema", PATTERNS)
-async def test_a_pattern_python_cannot_compile_is_400_not_a_logged_500(
+async def test_a_schema_python_cannot_read_is_400_not_a_logged_500(
     gw: Running,
     openai_server: FakeOpenAIServer,
     caplog: pytest.LogCaptureFixture,

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from functools import cache
 from typing import Any, Final
-from urllib.parse import urldefrag, urljoin
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import jsonschema
 import referencing
@@ -79,10 +79,11 @@ class _Walk:
             if "$schema" in node and node is not schema:
                 self.drafts.append((f"{where}.$schema", node["$schema"]))
             if isinstance(node.get(id_key), str):
-                base = urldefrag(urljoin(base, node[id_key])).url
+                base = urldefrag(_join(base, node[id_key], f"{where}.{id_key}")).url
             for key in _REFS:
                 if isinstance(node.get(key), str):
-                    self.refs.append((f"{where}.{key}", node[key], urljoin(base, node[key])))
+                    at = f"{where}.{key}"
+                    self.refs.append((at, node[key], _join(base, node[key], at)))
             for key, value in node.items():
                 if key in _NAMED and isinstance(value, dict):
                     stack.extend((v, f"{where}.{key}.{k}", base) for k, v in value.items())
@@ -90,6 +91,19 @@ class _Walk:
                     stack.extend((v, f"{where}.{key}[{n}]", base) for n, v in enumerate(value))
                 elif key in _ONE:
                     stack.append((value, f"{where}.{key}", base))
+
+
+def _join(base: str, reference: str, where: str) -> str:
+    """``reference`` resolved against ``base``; ConfigError at ``where`` when either is
+    not a URI urllib can read (``http://[``: an unclosed IPv6 literal)."""
+    try:
+        joined = urljoin(base, reference)
+        urlsplit(joined)  # urljoin returns a reference as is against no base: read it
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid JSON Schema: {reference[:100]!r} is not a URI ({exc})", path=where
+        ) from None
+    return joined
 
 
 def _refuse(uri: str) -> Any:
