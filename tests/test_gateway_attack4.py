@@ -222,10 +222,15 @@ async def test_a_client_that_leaves_while_its_schema_is_built_is_499_once(
     assert not [r for r in caplog.records if r.exc_info]
 
 
+DRAFT3 = "http://json-schema.org/draft-03/schema#"
 PATTERNS = [
     pytest.param({"$id": "http://[", "$ref": "#"}, id="id-not-a-uri"),
     pytest.param({"$defs": {"x": {"$id": "http://[::1/", "$ref": "#"}}}, id="inner-id-not-a-uri"),
     pytest.param({"$id": "http://x/", "$ref": "http://[x"}, id="ref-not-a-uri"),
+    pytest.param(
+        {"$schema": DRAFT3, "$ref": "#/definitions/x", "definitions": {"x": {"extends": "y"}}},
+        id="draft3-extends-a-string",
+    ),
     pytest.param({"type": "string", "pattern": "a{4294967296}"}, id="pattern"),
     pytest.param({"patternProperties": {"a{99999999999999999999}": {}}}, id="patternProperties"),
     pytest.param(
@@ -237,8 +242,9 @@ PATTERNS = [
 @pytest.mark.parametrize("schema", PATTERNS)
 def test_a_schema_python_cannot_read_is_a_config_error(schema: dict[str, Any]) -> None:
     """``re.compile("a{4294967296}")`` raises OverflowError, not ``re.error`` (jsonschema's
-    check of the ``regex`` format let it through), and ``urljoin`` a ValueError for an
-    ``$id`` such as ``http://[``: both came out of the validator's constructor."""
+    check of the ``regex`` format let it through), ``urljoin`` a ValueError for an ``$id``
+    such as ``http://[``, and ``referencing`` an AttributeError for a draft 3 ``extends``
+    that is a string: all came out of the validator's constructor."""
     with pytest.raises(ConfigError, match="invalid JSON Schema") as caught:
         JsonSchemaValidator(schema=schema)
     assert caught.value.path.startswith("schema")

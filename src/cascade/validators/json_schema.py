@@ -194,6 +194,16 @@ class JsonSchemaValidator:
             raise ConfigError(
                 "invalid JSON Schema: nested too deeply to check", path="schema"
             ) from None
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # jsonschema and referencing read what their meta-schema let through in ways
+            # of their own (a draft 3 "extends" that is a string: AttributeError), and a
+            # schema can come from any client of a gateway
+            raise ConfigError(
+                f"invalid JSON Schema: it cannot be read ({type(exc).__name__}: {exc})"[:300],
+                path="schema",
+            ) from None
         self.name = name
         self.schema = schema
         self.early_reject = early_reject
