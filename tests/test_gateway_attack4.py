@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -397,3 +398,73 @@ async def test_an_expectation_other_than_100_continue_is_417_in_the_api_format(
     assert set(answer["error"]) == fields
     assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [417]
     assert openai_server.request_count == 0
+
+
+# -- a compressed body the gateway will not read -----------------------------------------
+
+
+def gzip_bomb(mib: int) -> bytes:
+    """A JSON body of ``mib`` MiB (spaces, mostly), gzip-compressed about 1000 to 1."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    spaces = b" " * (1 << 20)
+    parts = [packer.compress(b'{"model": "cascade", "messages": [], "pad": "')]
+    parts += [packer.compress(spaces) for _ in range(mib)]
+    return b"".join([*parts, packer.compress(b'"}'), packer.flush()])
+
+
+@pytest.mark.parametrize(
+    ("path", "extra", "status"),
+    [
+        pytest.param("/v1/chat/completions", (), 401, id="no-key"),
+        pytest.param("/v1/messages", ("Origin: http://evil.test",), 403, id="cross-origin"),
+        pytest.param("/v2/nothing", (), 404, id="unknown-path"),
+    ],
+)
+async def test_a_compressed_body_refused_unread_is_not_decompressed_to_be_dropped(
+    openai_server: FakeOpenAIServer,
+    tmp_path: Path,
+    path: str,
+    extra: tuple[str, ...],
+    status: int,
+) -> None:
+    """aiohttp reads what is left of a request body after the answer, to keep the
+    connection ("lingering"): through the decompressor, on the event loop. A 64 KB gzip
+    bomb refused before its body was read (no key needed) cost 64 MiB of inflating on
+    the loop, a 1 MB one ~0.3 s. The gateway now closes such a connection instead."""
+    entry = {"name": "k", "sha256": hash_key(KEY)}
+    config = one_tier(openai_server.url, keys={"entries": [entry]})
+    bomb = gzip_bomb(64)
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(head(path, len(bomb), "Content-Encoding: gzip", *extra) + bomb)
+            await writer.drain()
+            got, _answer = await answer_of(reader)
+            rest = await asyncio.wait_for(reader.read(), 5)  # closed, not kept alive
+        finally:
+            writer.close()
+    assert got == status
+    assert rest == b""
+    assert openai_server.request_count == 0
+
+
+async def test_a_plain_body_refused_unread_keeps_its_connection(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Reading what is left of an uncompressed body costs nothing but the bytes: the
+    connection stays open for the next request, as before."""
+    openai_server.default = "ok"
+    entry = {"name": "k", "sha256": hash_key(KEY)}
+    config = one_tier(openai_server.url, keys={"entries": [entry]})
+    payload = json.dumps({"model": "cascade", "messages": HI}).encode()
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(head("/v1/chat/completions", len(payload)) + payload)
+            first, _ = await answer_of(reader)
+            auth = f"Authorization: Bearer {KEY}"
+            writer.write(head("/v1/chat/completions", len(payload), auth) + payload)
+            second, _ = await answer_of(reader)
+        finally:
+            writer.close()
+    assert (first, second) == (401, 200)
