@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import threading
 import zlib
 from collections.abc import AsyncIterator
@@ -19,12 +21,12 @@ from structlog.testing import capture_logs
 from cascade import ConfigError
 from cascade._types import MAX_REPORTED_TOKENS
 from cascade.gateway import hash_key
-from cascade.testing import FakeOpenAIServer
+from cascade.testing import FakeOpenAIServer, Reply
 from cascade.validators import JsonSchemaValidator
 
 from .gateway import Running, serving, write_config
 from .helpers import provider, tier
-from .leaks import eventually
+from .leaks import eventually, in_use
 
 pytestmark = pytest.mark.anyio
 
@@ -468,3 +470,54 @@ async def test_a_plain_body_refused_unread_keeps_its_connection(
         finally:
             writer.close()
     assert (first, second) == (401, 200)
+
+
+# -- a client that leaves, at any moment, in either format --------------------------------
+
+
+@pytest.mark.parametrize("close", ["fin", "rst"])
+@pytest.mark.parametrize("moment", ["upstream_wait", "mid_stream"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_client_that_leaves_cancels_its_upstream_call_in_either_format(
+    openai_server: FakeOpenAIServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    moment: str,
+    close: str,
+) -> None:
+    """The answer stalls after its first text (speculative: that text is sent): a client
+    closing (FIN) or resetting (RST) while the call is under way, or once text reached it,
+    ends the upstream call at once, leaves no pooled connection in use, one 499 line."""
+    openai_server.default = Reply(text="word " * 4, fault="stall", chunk_delay_s=0.05)
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", stream=True))],
+        "gateway": {"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]},
+    }
+    body = {"model": "cascade", "messages": HI, "max_tokens": 8, "stream": moment == "mid_stream"}
+    payload = json.dumps(body).encode()
+    with capture_logs() as logs:
+        async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+            cascade = gw.gateway.generation.cascades[0]
+            sock = socket.socket()
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            try:
+                writer.write(head(path, len(payload)) + payload)
+                await writer.drain()
+                await eventually(lambda: openai_server.active_requests == 1, "the upstream call")
+                if moment == "mid_stream":
+                    seen = b""
+                    while b"word" not in seen:
+                        seen += await asyncio.wait_for(reader.read(4096), 10)
+                if close == "rst":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            finally:
+                writer.close()
+            await eventually(lambda: openai_server.active_requests == 0, "the call cancelled")
+            await eventually(lambda: gw.gateway.in_flight == 0, "the slot freed")
+            await eventually(lambda: in_use(cascade) == 0, "no pooled connection in use")
+    assert [e["status"] for e in logs if e["event"] == "gateway.request"] == [499]
+    assert openai_server.request_count == 1
+    assert not [r for r in caplog.records if r.exc_info]
