@@ -15,7 +15,7 @@ from time import perf_counter
 from typing import Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from .._telemetry._logs import emit
 from ._anthropic_wire import AnthropicWire
@@ -49,12 +49,15 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
         middlewares=[_front_middleware(formats)],
     )
     app[GATEWAY] = gateway
+    # Expect is the middleware's (417) and the chat handler's (100 Continue), not
+    # aiohttp's: its own sends 100 before any check, and its 417 skips the middleware.
     for wire in formats:
-        app.router.add_post(wire.path, chat_handler(wire))
-    app.router.add_get("/v1/models", _models)
-    app.router.add_get("/v1/models/{model:.+}", _model)  # a name may hold "/"
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
+        app.router.add_post(wire.path, chat_handler(wire), expect_handler=_expect_later)
+    app.router.add_get("/v1/models", _models, expect_handler=_expect_later)
+    # a name may hold "/"
+    app.router.add_get("/v1/models/{model:.+}", _model, expect_handler=_expect_later)
+    app.router.add_get("/healthz", _healthz, expect_handler=_expect_later)
+    app.router.add_get("/readyz", _readyz, expect_handler=_expect_later)
 
     async def open_routes(app: web.Application) -> None:
         await app[GATEWAY].gate.open()
@@ -67,6 +70,22 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
     app.on_startup.append(open_routes)
     app.on_cleanup.append(close)
     return app
+
+
+async def _expect_later(request: web.Request) -> None:
+    """Nothing yet: an ``Expect`` is answered once the request passed its checks."""
+
+
+def _check_expect(request: web.Request) -> None:
+    """Raise ``GatewayError`` (417) for an expectation other than ``100-continue``
+    (which the chat handler answers when it reads the body: ``_chat.py``)."""
+    expect = request.headers.get("Expect")
+    if expect is None or request.version != HttpVersion11:
+        return
+    if expect.strip().lower() != "100-continue":
+        raise GatewayError(
+            417, "the only expectation served is Expect: 100-continue", code="expectation_failed"
+        )
 
 
 # -- plain routes ------------------------------------------------------------------------
@@ -172,6 +191,7 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
         error: str | None = None
         try:
             check_request(request, request.app[GATEWAY].allowed_hosts)
+            _check_expect(request)
             response: web.StreamResponse = await handler(request)
         except GatewayError as exc:
             response = error_response(_wire_for(request.path, wires), exc)
@@ -213,6 +233,19 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
                 raise
         if LOGGED not in request:
             _access(request, status, error, t0)
+        _forgo_compressed_rest(request)
         return response
 
     return front
+
+
+def _forgo_compressed_rest(request: web.Request) -> None:
+    """A compressed body the request left unread (refused before it was read, or cut at
+    the limit) is not read to be dropped: aiohttp's lingering would inflate what is left
+    of it on the event loop (a 1 MB gzip bomb refused with a 401 is 1 GiB to inflate).
+    The connection closes after the answer instead; a plain body is left to aiohttp."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("", "identity") or request.content.is_eof():
+        return
+    request.protocol.close()  # ignores what arrives from now on; closes after this request
+    request.content.feed_eof()  # nothing left to linger over

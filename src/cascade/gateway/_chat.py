@@ -29,7 +29,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from opentelemetry.trace import INVALID_SPAN, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -228,6 +228,11 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
         if request.content.is_eof():
             return await request.read()  # it came with the headers: nothing to wait for
         async with asyncio.timeout(timeout_s):
+            if request.headers.get("Expect") is not None and request.version == HttpVersion11:
+                # the client waits for this to send its body: sent only now, once its
+                # headers passed every check (aiohttp's own expect handler sends it at once)
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                request.writer.output_size = 0  # the response proper has not started
             return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise GatewayError(
@@ -299,6 +304,7 @@ async def _serve(
                 trace_id=trace_id,
             )
             timeout_s = gateway.write_timeout_s
+            validators = await _validators(gateway, req)
             if not req.stream:
                 answered: list[web.Response] = []
 
@@ -306,14 +312,14 @@ async def _serve(
                     answered.append(await _json(request, wire, end, req, info, access, timeout_s))
 
                 runs = ResultSink(answer)
-                plan = _plan(gateway, route, req)
+                plan = _plan(route, req, validators)
                 end = await route.cascade._answer(plan, runs)
                 if runs.error is not None:
                     raise runs.take_error()
                 if type(end) is Failed:
                     raise from_run_error(end.error)
                 return answered[0]
-            runs = stream = _start(gateway, route, req, wire)
+            runs = stream = _start(route, req, wire, validators)
             async with stream:
                 return await sse_answer(request, wire, stream, route, req, info, access, timeout_s)
         finally:
@@ -328,14 +334,18 @@ async def _serve(
         generation.leave()
 
 
-def _validators(gateway: Gateway, req: GatewayRequest) -> tuple[Validator, ...]:
-    """The request's own validators: its JSON Schema, if it asked for one."""
+async def _validators(gateway: Gateway, req: GatewayRequest) -> tuple[Validator, ...]:
+    """The request's own validators: its JSON Schema, if it asked for one (a bad one:
+    a 400)."""
     if req.json_schema is None:
         return ()
-    return (gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+    try:
+        return (await gateway.schema_validator(req.json_schema, param=req.json_schema_param),)
+    except InputError as exc:
+        raise from_run_error(exc) from None
 
 
-def _plan(gateway: Gateway, route: Route, req: GatewayRequest) -> Plan:
+def _plan(route: Route, req: GatewayRequest, validators: tuple[Validator, ...]) -> Plan:
     """The run of a request, planned (bad input: a 400)."""
     config = route.config
     try:
@@ -346,16 +356,18 @@ def _plan(gateway: Gateway, route: Route, req: GatewayRequest) -> Plan:
             config.max_tier,
             route.max_cost_usd,
             route.deadline_s,
-            _validators(gateway, req),
+            validators,
         )
     except InputError as exc:
         raise from_run_error(exc) from None
 
 
-def _start(gateway: Gateway, route: Route, req: GatewayRequest, wire: WireFormat) -> Stream:
+def _start(
+    route: Route, req: GatewayRequest, wire: WireFormat, validators: tuple[Validator, ...]
+) -> Stream:
     """The run of a streamed answer: a stream of the text alone for a format that reads
     nothing else (``WireFormat.text_only``), else of every event."""
-    plan = _plan(gateway, route, req)
+    plan = _plan(route, req, validators)
     mode = route.config.mode
     if wire.text_only:
         return route.cascade._text_stream(plan, mode)

@@ -13,7 +13,9 @@ from opentelemetry import trace
 
 from .._errors import ConfigError, InputError
 from ..validators import JsonSchemaValidator, Validator
+from ..validators._offload import Overrun, off_loop
 from ._config import GatewayConfig, LoadedConfig
+from ._errors import GatewayError
 from ._gate import OPEN_GATE, Gate
 from ._routes import Generation
 from ._wire import Limits
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 __all__ = ["GATEWAY", "RESTART_ONLY", "Gateway"]
 
 _SCHEMA_CACHE = 128  # validators of recent request schemas, by schema text
+_SCHEMA_BUILD_S = 10.0
+"""Longest a request's schema may take to check and build (waiting for a thread
+included): the work is bounded (the schema's size, and ``JsonSchemaValidator``'s probes),
+this only bounds the wait."""
 
 RESTART_ONLY = ("drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
 """The ``[gateway]`` settings read once at start (the server's and the app's, and the
@@ -125,23 +131,42 @@ class Gateway:
             await task
         await self.generation.aclose()
 
-    def schema_validator(
+    async def schema_validator(
         self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
     ) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
-        schema is a 400 naming the field."""
+        schema is a 400 naming the field, a build that waited too long for a thread a 503.
+        Built off the event loop (a 64 KiB schema's check holds its thread for about half
+        a second; a client can send a new one each time), on the validators' low-priority
+        threads."""
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         found = self._schemas.get(key)
         if found is not None:
             return found
         try:
-            built = JsonSchemaValidator(schema=schema, name="response_format")
+            built: Validator = await off_loop(
+                _build_schema_validator,
+                schema,
+                what="checking the request's JSON Schema",
+                limit_s=_SCHEMA_BUILD_S,
+            )
         except ConfigError as exc:
             raise InputError(exc.message, path=param) from None
+        except Overrun:  # the threads are busy (or the machine is): not the request's fault
+            raise GatewayError(
+                503,
+                "the gateway is too busy to check the request's JSON Schema now",
+                code="server_busy",
+                retry_after_s=1.0,
+            ) from None
         if len(self._schemas) >= _SCHEMA_CACHE:
             self._schemas.pop(next(iter(self._schemas)))
         self._schemas[key] = built
         return built
+
+
+def _build_schema_validator(schema: dict[str, Any]) -> Validator:
+    return JsonSchemaValidator(schema=schema, name="response_format")
 
 
 GATEWAY = web.AppKey("cascade_gateway", Gateway)

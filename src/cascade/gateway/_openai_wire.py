@@ -3,7 +3,7 @@
 Served: ``model`` (the route), ``messages`` (``system``, ``developer`` as system,
 ``user``, ``assistant``; content a string or text parts), ``stream`` and
 ``stream_options.include_usage``, ``n`` (1 only: a cascade returns one validated answer),
-``max_tokens`` / ``max_completion_tokens``, ``temperature``, ``stop``, ``seed``,
+``max_tokens`` / ``max_completion_tokens`` (at most 1e9), ``temperature``, ``stop``, ``seed``,
 ``response_format`` (``json_schema`` adds the schema as a validator of every tier, and is
 sent upstream as is). Refused with a 400 naming the field: tools and function calling,
 audio, ``logprobs``; other fields (``user``, ``top_p``, ``metadata``...) are ignored.
@@ -32,7 +32,13 @@ import msgspec
 from msgspec import Meta
 
 from .._errors import InputError
-from .._types import Message, RequestOptions, Result, estimate_prompt_tokens
+from .._types import (
+    MAX_REPORTED_TOKENS,
+    Message,
+    RequestOptions,
+    Result,
+    estimate_prompt_tokens,
+)
 from ..engine import Delta, Event, Finished, Retracted
 from ._errors import GatewayError
 from ._wire import GatewayRequest, Limits, RunInfo, check_schema, summary
@@ -219,8 +225,14 @@ class OpenAIWire:
         max_tokens = (
             req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         )
-        if max_tokens is not None and max_tokens < 1:
-            raise InputError(f"expected an integer >= 1, got {max_tokens}", path=field)
+        if max_tokens is not None and not 1 <= max_tokens <= MAX_REPORTED_TOKENS:
+            # as /v1/messages bounds it: 10**400 would overflow every estimate made of it
+            got = str(max_tokens)
+            raise InputError(
+                f"expected an integer from 1 to {MAX_REPORTED_TOKENS}, got "
+                + (got if len(got) <= 24 else f"{got[:12]}... ({len(got)} digits)"),
+                path=field,
+            )
         t = req.temperature
         if t is not None and not 0 <= t <= 2:
             raise InputError(f"expected 0 <= temperature <= 2, got {t}", path="temperature")

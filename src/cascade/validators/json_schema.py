@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
-from urllib.parse import urldefrag, urljoin
+from collections.abc import Callable
+from contextvars import ContextVar
+from functools import cache
+from typing import Any, Final
+from urllib.parse import urldefrag, urljoin, urlsplit
 
 import jsonschema
 import referencing
@@ -25,6 +28,11 @@ __all__ = ["JsonSchemaValidator", "extract_json"]
 _INLINE_CHARS = 16 * 1024  # answers up to this size are checked on the loop (~ms)
 _INLINE_ITEMS = 64  # uniqueItems compares every pair: more items than this go elsewhere
 _PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})  # a $ref cycle loops on one of these
+_PROBE_STEPS: Final = 20_000
+"""The most keyword checks the probes of a schema with references may take together. A
+schema's own size bounds the work without references; with them, a kilobyte of definitions
+that each refer ten times to the next is ``10 ** depth`` subschemas for any answer, and
+the probes run where the validator is built (~16 us a step: 0.3 s at most)."""
 
 
 # Where a schema holds subschemas (every draft's applicators); anything else (``const``,
@@ -71,10 +79,11 @@ class _Walk:
             if "$schema" in node and node is not schema:
                 self.drafts.append((f"{where}.$schema", node["$schema"]))
             if isinstance(node.get(id_key), str):
-                base = urldefrag(urljoin(base, node[id_key])).url
+                base = urldefrag(_join(base, node[id_key], f"{where}.{id_key}")).url
             for key in _REFS:
                 if isinstance(node.get(key), str):
-                    self.refs.append((f"{where}.{key}", node[key], urljoin(base, node[key])))
+                    at = f"{where}.{key}"
+                    self.refs.append((at, node[key], _join(base, node[key], at)))
             for key, value in node.items():
                 if key in _NAMED and isinstance(value, dict):
                     stack.extend((v, f"{where}.{key}.{k}", base) for k, v in value.items())
@@ -82,6 +91,19 @@ class _Walk:
                     stack.extend((v, f"{where}.{key}[{n}]", base) for n, v in enumerate(value))
                 elif key in _ONE:
                     stack.append((value, f"{where}.{key}", base))
+
+
+def _join(base: str, reference: str, where: str) -> str:
+    """``reference`` resolved against ``base``; ConfigError at ``where`` when either is
+    not a URI urllib can read (``http://[``: an unclosed IPv6 literal)."""
+    try:
+        joined = urljoin(base, reference)
+        urlsplit(joined)  # urljoin returns a reference as is against no base: read it
+    except ValueError as exc:
+        raise ConfigError(
+            f"invalid JSON Schema: {reference[:100]!r} is not a URI ({exc})", path=where
+        ) from None
+    return joined
 
 
 def _refuse(uri: str) -> Any:
@@ -93,6 +115,33 @@ def _refuse(uri: str) -> Any:
 _NO_RETRIEVAL = referencing.Registry(retrieve=_refuse)  # type: ignore[call-arg]
 
 
+class _Overspent(Exception):
+    """A probe took more than its keyword checks."""
+
+
+_steps_left: ContextVar[list[int]] = ContextVar("cascade_schema_probe_steps")
+
+
+@cache
+def _counting(cls: Any) -> Any:
+    """``cls`` (a jsonschema validator class) whose every keyword check takes one of the
+    steps left (:data:`_steps_left`), raising :class:`_Overspent` past the last."""
+
+    def counted(check: Callable[..., Any]) -> Callable[..., Any]:
+        def step(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
+            left = _steps_left.get()
+            left[0] -= 1
+            if left[0] < 0:
+                raise _Overspent
+            return check(validator, value, instance, schema)
+
+        return step
+
+    return jsonschema.validators.extend(
+        cls, {name: counted(check) for name, check in cls.VALIDATORS.items()}
+    )
+
+
 @validator("json_schema")
 class JsonSchemaValidator:
     """Accepts an answer whose JSON validates against ``schema`` (Draft 2020-12 unless the
@@ -102,7 +151,9 @@ class JsonSchemaValidator:
     A bad schema raises ConfigError when the validator is built (a subschema's own
     ``$schema`` must name the schema's draft), and so does a ``$ref`` outside the schema
     (``https://...``, ``other.json``): references are never fetched, from the network or
-    from files; put shared definitions under ``$defs``.
+    from files; put shared definitions under ``$defs``. So does a schema whose references
+    fan out (definitions that each refer many times to the next: exponential work for any
+    answer), found by checking trivial answers in a bounded number of steps.
 
     A large answer (over 16 KiB), or any answer under a schema with costly keywords
     (``pattern``, ``patternProperties``, ``$ref``: a recursive schema can be exponential in
@@ -143,6 +194,16 @@ class JsonSchemaValidator:
             raise ConfigError(
                 "invalid JSON Schema: nested too deeply to check", path="schema"
             ) from None
+        except ConfigError:
+            raise
+        except Exception as exc:
+            # jsonschema and referencing read what their meta-schema let through in ways
+            # of their own (a draft 3 "extends" that is a string: AttributeError), and a
+            # schema can come from any client of a gateway
+            raise ConfigError(
+                f"invalid JSON Schema: it cannot be read ({type(exc).__name__}: {exc})"[:300],
+                path="schema",
+            ) from None
         self.name = name
         self.schema = schema
         self.early_reject = early_reject
@@ -157,6 +218,12 @@ class JsonSchemaValidator:
             raise ConfigError(
                 f"invalid JSON Schema{' at ' + where if where else ''}: {exc.message}",
                 path="schema",
+            ) from None
+        except OverflowError as exc:
+            # re.compile("a{4294967296}") raises it, not re.error: the regex format's
+            # check in jsonschema lets it through
+            raise ConfigError(
+                f"invalid JSON Schema: a pattern does not compile ({exc})", path="schema"
             ) from None
         self._validator = cls(schema, registry=_NO_RETRIEVAL)
         # A quick yes for the simplest schemas (draft 4 on), else the full validator's word.
@@ -185,7 +252,7 @@ class JsonSchemaValidator:
                 )
                 raise ConfigError(f"invalid JSON Schema: $ref {ref!r} {why}", path=where) from None
         if walk.refs:
-            self._probe()
+            self._probe(cls, schema)
         # a reference makes a schema recursive, and a recursive one can be exponential in
         # the answer's nesting (oneOf over nodes with children): its every check is offloaded
         self._always_offload = bool(walk.refs) or bool(
@@ -194,20 +261,32 @@ class JsonSchemaValidator:
         self._unique_items = "uniqueItems" in walk.keywords
         self._schema_text = json.dumps(schema, sort_keys=True, separators=(",", ":"))
 
-    def _probe(self) -> None:
-        """A schema whose references loop (``$ref`` to itself in place) or that the static
-        check could not follow fails here on a trivial answer, not at every run."""
-        for probe in _PROBES:
-            try:
-                self._validator.is_valid(probe)
-            except RecursionError:
-                raise ConfigError(
-                    "invalid JSON Schema: its $ref references loop without end", path="schema"
-                ) from None
-            except referencing.exceptions.Unresolvable as exc:
-                raise ConfigError(
-                    f"invalid JSON Schema: a $ref does not resolve ({exc})"[:300], path="schema"
-                ) from None
+    def _probe(self, cls: Any, schema: dict[str, Any]) -> None:
+        """A schema whose references loop (``$ref`` to itself in place), fan out (each
+        definition referring many times to the next: exponential work for any answer), or
+        that the static check could not follow fails here on a trivial answer, not at
+        every run. The probes take at most :data:`_PROBE_STEPS` keyword checks."""
+        counted = _counting(cls)(schema, registry=_NO_RETRIEVAL)
+        token = _steps_left.set([_PROBE_STEPS])
+        try:
+            for probe in _PROBES:
+                counted.is_valid(probe)
+        except _Overspent:
+            raise ConfigError(
+                "invalid JSON Schema: its $ref references fan out (checking a trivial answer "
+                f"takes over {_PROBE_STEPS} steps): refer to each definition from fewer places",
+                path="schema",
+            ) from None
+        except RecursionError:
+            raise ConfigError(
+                "invalid JSON Schema: its $ref references loop without end", path="schema"
+            ) from None
+        except referencing.exceptions.Unresolvable as exc:
+            raise ConfigError(
+                f"invalid JSON Schema: a $ref does not resolve ({exc})"[:300], path="schema"
+            ) from None
+        finally:
+            _steps_left.reset(token)
 
     def __repr__(self) -> str:
         return f"<JsonSchemaValidator {self.name!r}>"
