@@ -304,7 +304,7 @@ async def _serve(
                 trace_id=trace_id,
             )
             timeout_s = gateway.write_timeout_s
-            validators = await _validators(gateway, req)
+            validators = () if req.json_schema is None else await _validators(gateway, req)
             if not req.stream:
                 answered: list[web.Response] = []
 
