@@ -197,7 +197,7 @@ class DayBudget:
             # a reservation made while Redis was down is not held there, but its cost counts
             held = reservation.amount if reservation.shared else 0.0
             self._unsend(reservation.day, held, cost)
-            self._send_unsent()
+            self.send_unsent()
 
     def _unsend(self, day: int, held: float, cost: float) -> None:
         """Keep a settlement for Redis until it answers (today's only: a day's record
@@ -208,8 +208,10 @@ class DayBudget:
             held, cost = held + self._unsent[1], cost + self._unsent[2]
         self._unsent = (day, min(held, _MAX_USD), min(cost, _MAX_USD))
 
-    def _send_unsent(self) -> None:
-        """Send the settlements Redis has not had, in the background, if it is up."""
+    def send_unsent(self) -> None:
+        """Send the settlements Redis has not had, in the background, if it is up (the
+        state's ``flush()`` / ``aclose()`` wait for it): what a replica that stops kept
+        while Redis was down still reaches it."""
         unsent, send = self._unsent, self._take_unsent()
         if send is not None and self._shared is not None and not self._shared.spawn(send):
             self._unsent = unsent  # no event loop to send it from: kept for later
