@@ -54,14 +54,13 @@ class PartialCheck(Protocol):
 
 
 def calls_per_answer(validators: tuple[Validator, ...], hedged: bool) -> int:
-    """The most provider calls one answer is billed for: every sample a
-    ``self_consistency`` validator may draw (its ``samples``, the first answer included),
-    twice over when the tier hedges (the hedge and the call it raced are both costed)."""
+    """The most provider calls one answer is billed for: the answer, and every further
+    sample each ``self_consistency`` validator may draw (its ``samples`` less the answer:
+    each draws its own), twice over when the tier hedges (the hedge and the call it raced
+    are both costed)."""
     from .validators.consistency import SelfConsistencyValidator
 
-    samples = max(
-        (v.samples for v in validators if isinstance(v, SelfConsistencyValidator)), default=1
-    )
+    samples = 1 + sum(v.samples - 1 for v in validators if isinstance(v, SelfConsistencyValidator))
     return samples * (2 if hedged else 1)
 
 
@@ -125,6 +124,7 @@ class Tier:
         """This tier for one request that brings validators of its own."""
         tier = copy.copy(self)
         tier.required = self.required + validators
+        tier.calls = calls_per_answer(self.validators + tier.required, self.hedge is not None)
         return tier
 
     def starting_with(self, variant: str) -> Tier:
