@@ -268,6 +268,20 @@ async def test_budget_counts_the_samples_of_every_sampling_validator(
     assert result.validated and openai_server.request_count == 5
 
 
+async def test_budget_does_not_count_a_hedge_a_tier_of_one_provider_cannot_send(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A hedge goes to a sibling provider: a hedged tier with one provider makes one call
+    per answer, and a budget for it runs the tier."""
+    openai_server.script("m1", "7")
+    price = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0, "max_tokens": 100}
+    alone = tier("alone", provider("p", openai_server.url, "m1", **price))
+    alone["hedge"] = {"after_s": 0.05}
+    async with Cascade.from_dict({"tiers": [alone]}) as c:
+        result = await c.run(messages=USER, max_cost_usd=_one_call(c) * 1.5)
+    assert [a.outcome for a in result.attempts] == ["accepted"]
+
+
 async def test_deadline_raises_with_in_flight_attempt(openai_server: FakeOpenAIServer) -> None:
     openai_server.script("m1", Reply(fault="hang"))
     async with Cascade.from_dict(three_tiers(openai_server.url, on_exhausted="error")) as c:

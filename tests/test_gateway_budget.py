@@ -469,8 +469,13 @@ def test_a_reservation_counts_every_call_a_tier_may_pay_for(tmp_path: Path) -> N
         provider("b", url, "m", **price),
         validators=[{"name": "self_consistency", "samples": 5, "min_agreement": 0.6}],
     )
-    hedged = {**tier("hedged", provider("c", url, "m", **price)), "hedge": {"after_s": 1.0}}
-    path = write_config(tmp_path / "c.toml", {"tiers": [plain, sampled, hedged]})
+    hedged = {
+        **tier("hedged", provider("c", url, "m", **price), provider("d", url, "m", **price)),
+        "hedge": {"after_s": 1.0},
+    }
+    # a hedge goes to a sibling: with no sibling, one call
+    alone = {**tier("alone", provider("e", url, "m", **price)), "hedge": {"after_s": 1.0}}
+    path = write_config(tmp_path / "c.toml", {"tiers": [plain, sampled, hedged, alone]})
     route = build_generation(load_gateway(path)).routes[0]
     request = SimpleNamespace(
         messages=(Message(role="user", content="x" * 400),),
@@ -478,4 +483,4 @@ def test_a_reservation_counts_every_call_a_tier_may_pay_for(tmp_path: Path) -> N
     )
     prompt = estimate_prompt_tokens(request.messages)
     one = route.cascade.config.tiers[0].providers[0].cost_usd(prompt, 100)
-    assert max_cost_usd(route, request) == pytest.approx(one * (1 + 5 + 2))  # type: ignore[arg-type]
+    assert max_cost_usd(route, request) == pytest.approx(one * (1 + 5 + 2 + 1))  # type: ignore[arg-type]
