@@ -484,3 +484,26 @@ def test_a_reservation_counts_every_call_a_tier_may_pay_for(tmp_path: Path) -> N
     prompt = estimate_prompt_tokens(request.messages)
     one = route.cascade.config.tiers[0].providers[0].cost_usd(prompt, 100)
     assert max_cost_usd(route, request) == pytest.approx(one * (1 + 5 + 2 + 1))  # type: ignore[arg-type]
+
+
+async def test_a_reload_that_changes_the_keys_redis_says_it_needs_a_restart(
+    tmp_path: Path, fleet: FakeOpenAIServer, redis_url: str
+) -> None:
+    """The keys' counters live in the [shared] Redis read at start: a reload that points
+    [shared] elsewhere moves the routes' breakers and limits there, but not the keys'
+    budgets, and must say so rather than pass for done."""
+    from cascade.gateway._server import _reload
+
+    def shared(prefix: str) -> dict[str, Any]:
+        return {"redis_url": redis_url, "key_prefix": prefix}
+
+    prefix = f"cascade-test-{uuid.uuid4().hex[:8]}"
+    path = write_config(
+        tmp_path / "c.toml", config(fleet.url, key("team", KEY), shared=shared(prefix))
+    )
+    async with serving(path) as gw:
+        write_config(path, config(fleet.url, key("team", KEY), shared=shared(prefix + "-b")))
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+        warned = [e for e in logs if e["event"] == "gateway.reload_kept"]
+        assert [e["fields"] for e in warned] == [["shared"]]
