@@ -220,6 +220,68 @@ async def test_budget_counts_every_call_a_tier_pays_for(openai_server: FakeOpenA
     assert result.validated and [a.outcome for a in result.attempts] == ["accepted"]
 
 
+def _one_call(c: Cascade) -> float:
+    return (
+        c.config.tiers[0].providers[0].cost_usd(estimate_prompt_tokens(coerce_messages(USER)), 100)
+    )
+
+
+async def test_budget_counts_the_samples_of_a_requests_own_validators(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A request's own self_consistency validator (``run(validators=...)``) draws its
+    samples from every tier's answer: the budget check counts them too."""
+    from cascade.validators.consistency import SelfConsistencyValidator
+
+    openai_server.script("m1", "7")
+    price = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0, "max_tokens": 100}
+    cfg = {"tiers": [tier("plain", provider("p", openai_server.url, "m1", **price))]}
+    vote = SelfConsistencyValidator(samples=5, min_agreement=0.6, early_stop=False)
+    async with Cascade.from_dict(cfg) as c:
+        with pytest.raises(BudgetExceeded) as info:
+            await c.run(messages=USER, max_cost_usd=_one_call(c) * 4.5, validators=[vote])
+        assert info.value.attempts[0].outcome == "skipped"
+        assert openai_server.request_count == 0
+
+
+async def test_budget_counts_the_samples_of_every_sampling_validator(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """Two self_consistency validators each draw their own samples (the first answer is
+    both's): 1 + 2 + 2 calls, not the larger validator's 3."""
+    openai_server.script("m1", "7")
+    price = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0, "max_tokens": 100}
+    price["batch_samples"] = False  # a call per sample: the server counts them
+    votes = [
+        {"name": "self_consistency", "samples": 3, "early_stop": False},
+        {"name": "self_consistency", "samples": 3, "early_stop": False, "extractor": "last_number"},
+    ]
+    cfg = {
+        "tiers": [tier("voting", provider("v", openai_server.url, "m1", **price), validators=votes)]
+    }
+    async with Cascade.from_dict(cfg) as c:
+        with pytest.raises(BudgetExceeded) as info:
+            await c.run(messages=USER, max_cost_usd=_one_call(c) * 4.5)
+        assert info.value.attempts[0].outcome == "skipped"
+        assert openai_server.request_count == 0
+        result = await c.run(messages=USER, max_cost_usd=_one_call(c) * 5.5)
+    assert result.validated and openai_server.request_count == 5
+
+
+async def test_budget_does_not_count_a_hedge_a_tier_of_one_provider_cannot_send(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A hedge goes to a sibling provider: a hedged tier with one provider makes one call
+    per answer, and a budget for it runs the tier."""
+    openai_server.script("m1", "7")
+    price = {"input_cost_per_mtok": 1.0, "output_cost_per_mtok": 1.0, "max_tokens": 100}
+    alone = tier("alone", provider("p", openai_server.url, "m1", **price))
+    alone["hedge"] = {"after_s": 0.05}
+    async with Cascade.from_dict({"tiers": [alone]}) as c:
+        result = await c.run(messages=USER, max_cost_usd=_one_call(c) * 1.5)
+    assert [a.outcome for a in result.attempts] == ["accepted"]
+
+
 async def test_deadline_raises_with_in_flight_attempt(openai_server: FakeOpenAIServer) -> None:
     openai_server.script("m1", Reply(fault="hang"))
     async with Cascade.from_dict(three_tiers(openai_server.url, on_exhausted="error")) as c:

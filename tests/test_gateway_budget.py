@@ -469,8 +469,13 @@ def test_a_reservation_counts_every_call_a_tier_may_pay_for(tmp_path: Path) -> N
         provider("b", url, "m", **price),
         validators=[{"name": "self_consistency", "samples": 5, "min_agreement": 0.6}],
     )
-    hedged = {**tier("hedged", provider("c", url, "m", **price)), "hedge": {"after_s": 1.0}}
-    path = write_config(tmp_path / "c.toml", {"tiers": [plain, sampled, hedged]})
+    hedged = {
+        **tier("hedged", provider("c", url, "m", **price), provider("d", url, "m", **price)),
+        "hedge": {"after_s": 1.0},
+    }
+    # a hedge goes to a sibling: with no sibling, one call
+    alone = {**tier("alone", provider("e", url, "m", **price)), "hedge": {"after_s": 1.0}}
+    path = write_config(tmp_path / "c.toml", {"tiers": [plain, sampled, hedged, alone]})
     route = build_generation(load_gateway(path)).routes[0]
     request = SimpleNamespace(
         messages=(Message(role="user", content="x" * 400),),
@@ -478,4 +483,27 @@ def test_a_reservation_counts_every_call_a_tier_may_pay_for(tmp_path: Path) -> N
     )
     prompt = estimate_prompt_tokens(request.messages)
     one = route.cascade.config.tiers[0].providers[0].cost_usd(prompt, 100)
-    assert max_cost_usd(route, request) == pytest.approx(one * (1 + 5 + 2))  # type: ignore[arg-type]
+    assert max_cost_usd(route, request) == pytest.approx(one * (1 + 5 + 2 + 1))  # type: ignore[arg-type]
+
+
+async def test_a_reload_that_changes_the_keys_redis_says_it_needs_a_restart(
+    tmp_path: Path, fleet: FakeOpenAIServer, redis_url: str
+) -> None:
+    """The keys' counters live in the [shared] Redis read at start: a reload that points
+    [shared] elsewhere moves the routes' breakers and limits there, but not the keys'
+    budgets, and must say so rather than pass for done."""
+    from cascade.gateway._server import _reload
+
+    def shared(prefix: str) -> dict[str, Any]:
+        return {"redis_url": redis_url, "key_prefix": prefix}
+
+    prefix = f"cascade-test-{uuid.uuid4().hex[:8]}"
+    path = write_config(
+        tmp_path / "c.toml", config(fleet.url, key("team", KEY), shared=shared(prefix))
+    )
+    async with serving(path) as gw:
+        write_config(path, config(fleet.url, key("team", KEY), shared=shared(prefix + "-b")))
+        with capture_logs() as logs:
+            await _reload(gw.gateway, str(path))
+        warned = [e for e in logs if e["event"] == "gateway.reload_kept"]
+        assert [e["fields"] for e in warned] == [["shared"]]

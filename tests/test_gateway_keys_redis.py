@@ -344,3 +344,68 @@ async def test_a_reservation_whose_reply_was_lost_is_released(
         await state.flush()
         # 0.02 spent of 1.0: room for another request of 0.5
         await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.5)
+
+
+async def test_settlements_kept_while_redis_was_down_reach_it_at_shutdown(
+    redis_server: RedisServer,
+) -> None:
+    """A replica that stops (a deploy, a scale-down) once Redis is back sends what it
+    kept while Redis was down: the reservation it held there is released and its spend
+    counted, though no request of that key came in between."""
+    from cascade.gateway._key_gate import KeyGate
+
+    prefix = _prefix()
+    state = SharedState(
+        redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+    )
+    await state.open()
+    clock = FakeClock()
+    keys = replica(state, clock, usd_per_day=1.0)
+    gate = KeyGate(keys, shared=state)
+    try:
+        big = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=1.5)
+        await _blip(state, redis_server)
+        await keys.settle(big, tokens=1, cost_usd=0.1)  # kept: Redis is down
+        redis_server.resume()
+        await _until_available(state)
+    finally:
+        await gate.aclose()
+    other = SharedState(redis_url=redis_server.url, key_prefix=prefix, timeout_s=2.0)
+    async with other:
+        two = replica(other, clock, usd_per_day=1.0)
+        # 0.1 spent, nothing held: room for a request of 0.5
+        await two.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.5)
+        assert two.spent_today("team") == pytest.approx(0.1)
+
+
+async def test_a_request_that_leaves_while_its_key_catches_up_loses_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """The settlements kept while Redis was down go out with the key's next reservation:
+    that request's client leaving meanwhile must not drop them (they are the key's, not
+    the request's)."""
+    prefix = _prefix()
+    state = SharedState(
+        redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+    )
+    async with state:
+        keys = replica(state, FakeClock(), usd_per_day=1.0)
+        big = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=1.5)
+        await _blip(state, redis_server)
+        await keys.settle(big, tokens=1, cost_usd=0.1)  # kept: Redis is down
+        redis_server.resume()
+        await _until_available(state)
+        # no idle connection left: the next call connects first
+        await state.run(lambda client: client.connection_pool.disconnect())
+        leaving = asyncio.ensure_future(keys.admit(KEY, estimated_tokens=1))
+        await asyncio.sleep(0)  # under way: connecting to send what the key kept
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await state.flush()
+    other = SharedState(redis_url=redis_server.url, key_prefix=prefix, timeout_s=2.0)
+    async with other:
+        two = replica(other, FakeClock(), usd_per_day=1.0)
+        # 0.1 spent, nothing held: room for a request of 0.5
+        await two.admit(KEY, estimated_tokens=1, estimated_cost_usd=0.5)
+        assert two.spent_today("team") == pytest.approx(0.1)

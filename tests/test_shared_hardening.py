@@ -197,6 +197,41 @@ async def test_a_key_of_the_wrong_type_does_not_take_the_others_down(
     assert not _events(logs, DOWN)
 
 
+async def test_a_breaker_key_of_the_wrong_type_is_replaced_not_an_outage(
+    redis_url: str,  # noqa: F811
+    client: Any,
+) -> None:
+    """A string where a breaker's hash belongs (an older version, another tenant on the
+    prefix), or a hash where its probe lease belongs: the breaker's writes replace it, as
+    the limit and spend scripts do, instead of a WRONGTYPE error that takes the whole
+    shared state down (every limit and budget local) at each of the breaker's outcomes."""
+    prefix = _prefix()
+    with capture_logs() as logs:
+        state = await _state(redis_url, prefix)
+        try:
+            breaker = AsyncBreaker("q", fail_max=5, shared=state)
+            await client.set(f"{prefix}:breaker:q", "not a hash")
+            breaker.admit().failure()
+            await state.flush()
+            assert state.available
+            assert await client.type(f"{prefix}:breaker:q") == "hash"
+            assert await client.hget(f"{prefix}:breaker:q", "failures") == "1"
+            await client.hset(f"{prefix}:probe:q", mapping={"not": "a lease"})
+            clock = FakeClock()
+            probing = AsyncBreaker("q", fail_max=1, reset_timeout_s=10, clock=clock, shared=state)
+            probing.force_open(0)
+            permit = await probing.acquire()
+            assert permit.probe
+            await state.flush()
+            assert state.available
+            assert await client.get(f"{prefix}:probe:q") == state.token
+            permit.release()
+            await state.flush()
+        finally:
+            await state.aclose()
+    assert not _events(logs, DOWN)
+
+
 @pytest.mark.parametrize(
     "value",
     [

@@ -54,14 +54,13 @@ class PartialCheck(Protocol):
 
 
 def calls_per_answer(validators: tuple[Validator, ...], hedged: bool) -> int:
-    """The most provider calls one answer is billed for: every sample a
-    ``self_consistency`` validator may draw (its ``samples``, the first answer included),
-    twice over when the tier hedges (the hedge and the call it raced are both costed)."""
+    """The most provider calls one answer is billed for: the answer, and every further
+    sample each ``self_consistency`` validator may draw (its ``samples`` less the answer:
+    each draws its own), twice over when the tier may hedge (the hedge and the call it
+    raced are both costed; a tier of one provider has no sibling to hedge to)."""
     from .validators.consistency import SelfConsistencyValidator
 
-    samples = max(
-        (v.samples for v in validators if isinstance(v, SelfConsistencyValidator)), default=1
-    )
+    samples = 1 + sum(v.samples - 1 for v in validators if isinstance(v, SelfConsistencyValidator))
     return samples * (2 if hedged else 1)
 
 
@@ -72,6 +71,7 @@ class Tier:
         "accept_refusals",
         "calls",
         "hedge",
+        "hedges",
         "index",
         "mode",
         "name",
@@ -109,7 +109,9 @@ class Tier:
             if callable(getattr(v, "check_partial", None)) and getattr(v, "early_reject", True)
         )
         self.hedge = config.hedge
-        self.calls = calls_per_answer(validators, config.hedge is not None)
+        # a hedge goes to a sibling: a tier of one provider never sends one
+        self.hedges = config.hedge is not None and len(config.providers) > 1
+        self.calls = calls_per_answer(validators, self.hedges)
         """The most provider calls one answer of this tier is billed for (what
         ``max_cost_usd`` and a gateway key's reservation count)."""
         self.accept_refusals = config.accept_refusals
@@ -125,6 +127,7 @@ class Tier:
         """This tier for one request that brings validators of its own."""
         tier = copy.copy(self)
         tier.required = self.required + validators
+        tier.calls = calls_per_answer(self.validators + tier.required, self.hedges)
         return tier
 
     def starting_with(self, variant: str) -> Tier:

@@ -31,6 +31,7 @@ its estimate, until the day's record expires.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Coroutine
@@ -152,9 +153,11 @@ class DayBudget:
         estimate = min(max(float(estimate_usd), 0.0), _MAX_USD)
         day = self._roll()
         if self._unsent is not None:  # Redis has it before this reservation is checked
-            send = self._take_unsent()
-            if send is not None:
-                await send()
+            sending = self.send_unsent()
+            if sending is not None:
+                # The key's, not this request's: a client leaving meanwhile does not
+                # cancel it (nor could it tell whether Redis had it then).
+                await asyncio.wait((sending,))
         if self._spent + self._reserved >= self.usd_per_day:
             return None
         # Held locally before Redis is awaited: a request arriving meanwhile (Redis slow,
@@ -197,7 +200,7 @@ class DayBudget:
             # a reservation made while Redis was down is not held there, but its cost counts
             held = reservation.amount if reservation.shared else 0.0
             self._unsend(reservation.day, held, cost)
-            self._send_unsent()
+            self.send_unsent()
 
     def _unsend(self, day: int, held: float, cost: float) -> None:
         """Keep a settlement for Redis until it answers (today's only: a day's record
@@ -208,11 +211,17 @@ class DayBudget:
             held, cost = held + self._unsent[1], cost + self._unsent[2]
         self._unsent = (day, min(held, _MAX_USD), min(cost, _MAX_USD))
 
-    def _send_unsent(self) -> None:
-        """Send the settlements Redis has not had, in the background, if it is up."""
+    def send_unsent(self) -> asyncio.Task[None] | None:
+        """Send the settlements Redis has not had, in the background, if it is up (the
+        state's ``flush()`` / ``aclose()`` wait for it): what a replica that stops kept
+        while Redis was down still reaches it. Returns the sending task, if any."""
         unsent, send = self._unsent, self._take_unsent()
-        if send is not None and self._shared is not None and not self._shared.spawn(send):
+        if send is None or self._shared is None:
+            return None
+        task = self._shared.spawn(send)
+        if task is None:
             self._unsent = unsent  # no event loop to send it from: kept for later
+        return task
 
     def _take_unsent(self) -> Callable[[], Coroutine[Any, Any, None]] | None:
         """What sends the settlements Redis has not had (now taken), or ``None`` when

@@ -54,6 +54,8 @@ class Gateway:
         self.gate = gate
         self.at_start = generation.loaded.gateway
         """The ``[gateway]`` table read at start: its ``RESTART_ONLY`` settings stay."""
+        self.shared_at_start = generation.loaded.config.shared
+        """The ``[shared]`` table read at start: the key gate's counters stay there."""
         self._apply(generation.loaded.gateway)
         self.max_body_bytes = generation.loaded.gateway.max_body_bytes
         self.rebuild = rebuild

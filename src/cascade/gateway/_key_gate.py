@@ -118,8 +118,11 @@ class KeyGate:
             await self._shared.open()
 
     async def aclose(self) -> None:
-        """Let the settlements under way reach Redis (within its timeout), disconnect."""
+        """Let the settlements under way reach Redis (within its timeout), those kept
+        while it was down included, disconnect."""
         if self._shared is not None:
+            self.keys.send_unsent()
+            await self._shared.flush()  # (a closed state sends nothing more)
             await self._shared.aclose()
 
     async def admit(

@@ -400,6 +400,13 @@ class GatewayKeys:
         if admission._reservation is not None and key is not None and key.budget is not None:
             key.budget.settle(admission._reservation, cost_usd)
 
+    def send_unsent(self) -> None:
+        """Send the budgets' settlements kept while Redis was down, if it is up again
+        (in the background: the shared state's ``aclose()`` waits for them)."""
+        for key in (*self._by_index.values(), self._anonymous):
+            if key is not None and key.budget is not None:
+                key.budget.send_unsent()
+
     def _denied(self, key: _Key, code: str) -> None:
         log.info("gateway request denied", key=key.name, code=code)
 

@@ -16,9 +16,9 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   last request is done (or ``drain_timeout_s`` later); the ``[gateway]`` limits each
   request reads (``allowed_hosts``, ``max_in_flight``, ``max_messages``, the schema
   limits, ``body_timeout_s``, ``write_timeout_s``) apply from then on too. The listening
-  address, ``max_body_bytes``, ``idle_timeout_s``, ``drain_timeout_s`` and the keys stay
-  as they were at start (``gateway.reload_kept`` names those the file changed): those
-  need a restart.
+  address, ``max_body_bytes``, ``idle_timeout_s``, ``drain_timeout_s``, the keys and the
+  ``[shared]`` Redis of their counters stay as they were at start (``gateway.reload_kept``
+  names those the file changed): those need a restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -289,6 +289,8 @@ async def _reload(gateway: Gateway, source: str) -> None:
         if not await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s):
             return  # SIGTERM while it opened: closed, not swapped in
         kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
+        if isinstance(gateway.gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
+            kept.append("shared")  # the routes move to it; the keys' budgets do not
         if kept:
             log.warning("gateway.reload_kept", fields=kept, reason="read at start only")
     finally:

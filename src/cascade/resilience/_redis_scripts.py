@@ -167,7 +167,8 @@ return {'0', table.concat(dropped, ',')}
 #          "open": a replica's breaker opened on its own (a failed probe): publish it
 #          "close": a replica's probe succeeded: publish closed
 #          "ok": a success: the consecutive count starts again
-# Returns {state, epoch, seconds until half-open (string), failures}.
+# Returns {state, epoch, seconds until half-open (string), failures}. A key that is not a
+# hash (an older version, another tenant) is replaced (the poll logs it once).
 BREAKER_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -179,6 +180,12 @@ end
 if fail_max == nil or fail_max ~= fail_max or fail_max < 1 or fail_max > 1e9
     or window == nil or window ~= window or window < 0 or window > 1e9 then
   return redis.error_reply('ERR cascade: bad breaker arguments')
+end
+local kind = redis.call('TYPE', key)
+if type(kind) == 'table' then kind = kind.ok end
+if kind ~= 'hash' and kind ~= 'none' then
+  -- not a hash (garbage, another tenant): every H* call would be an error
+  redis.call('DEL', key)
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -231,6 +238,7 @@ return {'closed', epoch, '0', 0}
 # ARGV[1]  "take": SET NX PX ARGV[3] milliseconds. Returns 0 when the caller holds the
 #                  lease (now, or already), else the milliseconds it is held elsewhere.
 #          "drop": delete the lease if the caller holds it.
+# A key that is not a string (not a lease) is deleted first.
 PROBE_LUA: Final = """
 local key = KEYS[1]
 local op = ARGV[1]
@@ -240,6 +248,11 @@ if ms == nil or ms ~= ms or ms < 1 or ms > 86400000 then
   return redis.error_reply('ERR cascade: bad lease time')
 end
 ms = math.floor(ms)
+local kind = redis.call('TYPE', key)
+if type(kind) == 'table' then kind = kind.ok end
+if kind ~= 'string' and kind ~= 'none' then
+  redis.call('DEL', key)  -- not a lease (garbage, another tenant): GET would be an error
+end
 local holder = redis.call('GET', key)
 if op == 'drop' then
   if holder == token then redis.call('DEL', key) end

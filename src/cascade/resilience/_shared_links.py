@@ -76,7 +76,7 @@ class SharedBreaker:
         if now < self._elsewhere_until:
             return self._elsewhere_until - now
         if not self._taking:
-            self._taking = self._state.spawn(self.take_lease)
+            self._taking = self._state.spawn(self.take_lease) is not None
         return 0.0
 
     async def take_lease(self) -> None:

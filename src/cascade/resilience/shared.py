@@ -319,19 +319,19 @@ class SharedState:
             return None
         return await self.run(lambda client: script(keys=keys, args=list(args), client=client))
 
-    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> bool:
-        """Run ``make()`` in the background, tracked (``aclose`` waits for it); skipped
-        (``False``) when Redis is down or there is no running loop."""
+    def spawn(self, make: Callable[[], Coroutine[Any, Any, None]]) -> asyncio.Task[None] | None:
+        """Run ``make()`` in the background, tracked (``aclose`` waits for it): its task;
+        skipped (``None``) when Redis is down or there is no running loop."""
         if not self.available:
-            return False
+            return None
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return False
+            return None
         task = loop.create_task(make())
         self._tasks.add(task)
         task.add_done_callback(self._done)
-        return True
+        return task
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -72,8 +72,8 @@ class TierInfo(msgspec.Struct, frozen=True, kw_only=True):
     est_cost_usd: float
     """This request at the tier's first provider's prices (prompt estimate plus the
     estimated output tokens), times the calls one answer of the tier pays for
-    (``self_consistency``'s samples, twice when the tier hedges): what ``max_cost_usd``
-    checks."""
+    (every ``self_consistency`` validator's samples, twice when the tier may hedge): what
+    ``max_cost_usd`` checks."""
 
 
 class RouteRequest(msgspec.Struct, frozen=True, kw_only=True):
