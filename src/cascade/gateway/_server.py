@@ -286,7 +286,7 @@ async def _reload(gateway: Gateway, source: str) -> None:
         if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
         before = gateway.at_start  # what is in effect: not what the last reload read
-        if not await gateway.swap(generation, wait_s=fresh.gateway.drain_timeout_s):
+        if not await gateway.swap(generation, wait_s=gateway.at_start.drain_timeout_s):
             return  # SIGTERM while it opened: closed, not swapped in
         kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
         if isinstance(gateway.gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
