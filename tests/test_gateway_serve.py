@@ -69,7 +69,9 @@ class Served:
 
 
 @asynccontextmanager
-async def cascade_serve(path: Path, *args: str) -> AsyncIterator[Served]:
+async def cascade_serve(path: Path, *args: str, listening: bool = True) -> AsyncIterator[Served]:
+    """``cascade serve`` on ``path`` (killed at the end if still running); with
+    ``listening``, once it listens."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -86,8 +88,9 @@ async def cascade_serve(path: Path, *args: str) -> AsyncIterator[Served]:
     served = Served(proc)
     reader = asyncio.create_task(served.collect())
     try:
-        async with asyncio.timeout(30):
-            await served.listening.wait()
+        if listening:
+            async with asyncio.timeout(30):
+                await served.listening.wait()
         yield served
     finally:
         if proc.returncode is None:
@@ -419,40 +422,24 @@ async def test_a_sighup_while_the_gateway_starts_is_a_reload_once_it_listens(
     cfg["tiers"][0]["validators"] = [{"name": "slow_build"}]
     path = write_config(tmp_path / "c.toml", cfg)
     (plugins / "block").touch()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cascade._cli",
-        "serve",
-        "--config",
-        str(path),
-        "--port",
-        "0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    served = Served(proc)
-    reader = asyncio.create_task(served.collect())
-    try:
-        await eventually(lambda: (plugins / "building").exists(), "the start's build under way")
-        cfg["tiers"][0]["providers"][0]["model"] = "m2"
-        write_config(path, cfg)
-        proc.send_signal(signal.SIGHUP)
-        (plugins / "block").unlink()
-        started = served.listening.is_set
-        await eventually(
-            lambda: started() or proc.returncode is not None, "started, or killed", within_s=30
-        )
-        assert proc.returncode is None, "the SIGHUP killed it"
-        await eventually(lambda: "gateway.reloaded" in served.events(), "reloaded")
-        async with client(served) as c:
-            new = await c.chat.completions.create(model="one", messages=HI)  # type: ignore[arg-type]
-        assert new.choices[0].message.content == "new"
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
-    finally:
-        (plugins / "block").unlink(missing_ok=True)
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
-        await reader
+    async with cascade_serve(path, listening=False) as served:
+        proc = served.proc
+        try:
+            await eventually(lambda: (plugins / "building").exists(), "the start's build under way")
+            cfg["tiers"][0]["providers"][0]["model"] = "m2"
+            write_config(path, cfg)
+            proc.send_signal(signal.SIGHUP)
+            (plugins / "block").unlink()
+            started = served.listening.is_set
+            await eventually(
+                lambda: started() or proc.returncode is not None, "started, or killed", within_s=30
+            )
+            assert proc.returncode is None, "the SIGHUP killed it"
+            await eventually(lambda: "gateway.reloaded" in served.events(), "reloaded")
+            async with client(served) as c:
+                new = await c.chat.completions.create(model="one", messages=HI)  # type: ignore[arg-type]
+            assert new.choices[0].message.content == "new"
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            (plugins / "block").unlink(missing_ok=True)
