@@ -24,15 +24,19 @@ that spend from the other replicas nor leaves reservations held in Redis for the
 the day. A record in Redis that does not parse is taken as 0, rewritten, and logged
 once. Settlements go to Redis in the background (tracked by the state: ``flush()`` /
 ``aclose()`` wait for them), so a cancelled request still settles.
-A request cancelled while its reservation is on its way to Redis may leave that
-reservation there (nobody can tell whether the script ran): it then holds back at most
-its estimate, until the day's record expires.
+Each reservation in Redis has an id (a field of the day's record), which its settlement
+releases: also when the reserve's reply never came (Redis slow past ``timeout_s``), and
+when the settlement arrives before the late reserve runs (it then holds nothing). A
+reservation nobody settles (a replica that stopped without settling, a request cancelled
+while its reserve was on its way) is dropped :data:`HOLD_S` after it was made, when it
+would otherwise refuse a request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Final
@@ -52,6 +56,9 @@ log = structlog.get_logger("cascade")
 DAY_S: Final = 86400
 _MAX_USD: Final = 1e15  # the spend script treats larger values as garbage
 _TTL_SLACK_S: Final = 60.0  # a day's record outlives its day by this much (within MAX_TTL)
+HOLD_S: Final = 3600.0
+"""How long Redis keeps a reservation no settlement released (a replica that stopped
+without settling, a reply lost): dropped after that when a request would be refused."""
 
 
 class UtcDays:
@@ -88,15 +95,24 @@ class UtcDays:
 class Reservation:
     """What one admitted request holds of a budget: ``amount`` USD on ``day``."""
 
-    __slots__ = ("amount", "day", "shared")
+    __slots__ = ("amount", "day", "id", "shared")
 
-    def __init__(self, day: int, amount: float, *, shared: bool) -> None:
+    def __init__(self, day: int, amount: float, *, shared: bool | None, id: str = "") -> None:
         self.day = day
         self.amount = amount
-        self.shared = shared  # reserved in Redis too: settle it there
+        self.shared = shared
+        """True: held in Redis too (its reserve answered); None: nobody knows (its reply
+        never came: it may run later); False: not sent (Redis was down)."""
+        self.id = id
 
     def __repr__(self) -> str:
         return f"<Reservation ${self.amount:.6g} day={self.day} shared={self.shared}>"
+
+    def release(self) -> str | None:
+        """What a settlement sends Redis to release this reservation, if anything."""
+        if self.shared is None:
+            return "u:" + self.id
+        return "h:" + self.id if self.shared else None
 
 
 class DayBudget:
@@ -125,8 +141,8 @@ class DayBudget:
         self._day = days.day()
         self._spent = 0.0
         self._reserved = 0.0
-        # settlements Redis has not had yet (it was down): (day, held, cost)
-        self._unsent: tuple[int, float, float] | None = None
+        # settlements Redis has not had yet (it was down): (day, releases, cost)
+        self._unsent: tuple[int, tuple[str, ...], float] | None = None
 
     def _roll(self) -> int:
         day = self._days.day()
@@ -163,8 +179,11 @@ class DayBudget:
         # Held locally before Redis is awaited: a request arriving meanwhile (Redis slow,
         # or hanging until timeout_s) sees it, so the check and the hold stay one step.
         self._reserved += estimate
-        shared = False
+        shared: bool | None = False
+        rid = ""
         if self._shared is not None:
+            rid = os.urandom(8).hex()
+            sent = self._shared.available
             try:
                 reply = await self._shared.script(
                     "spend",
@@ -174,6 +193,8 @@ class DayBudget:
                     repr(estimate),
                     "0",
                     self._ttl_ms(),
+                    rid,
+                    str(int(HOLD_S * 1000)),
                 )
             except BaseException:
                 self._unhold(day, estimate)
@@ -182,8 +203,9 @@ class DayBudget:
             if status == "over":
                 self._unhold(day, estimate)
                 return None
-            shared = status == "ok"
-        return Reservation(day, estimate, shared=shared)
+            # no answer from a Redis that was up: the script may have run (or run later)
+            shared = True if status == "ok" else None if sent else False
+        return Reservation(day, estimate, shared=shared, id=rid)
 
     def _unhold(self, day: int, amount: float) -> None:
         if self._roll() == day:  # a new day started meanwhile: its holds start at 0
@@ -198,18 +220,18 @@ class DayBudget:
             self._spent += cost
         if self._shared is not None:
             # a reservation made while Redis was down is not held there, but its cost counts
-            held = reservation.amount if reservation.shared else 0.0
-            self._unsend(reservation.day, held, cost)
+            release = reservation.release()
+            self._unsend(reservation.day, () if release is None else (release,), cost)
             self.send_unsent()
 
-    def _unsend(self, day: int, held: float, cost: float) -> None:
+    def _unsend(self, day: int, releases: tuple[str, ...], cost: float) -> None:
         """Keep a settlement for Redis until it answers (today's only: a day's record
         expires with it)."""
         if day != self._roll():
             return
         if self._unsent is not None and self._unsent[0] == day:
-            held, cost = held + self._unsent[1], cost + self._unsent[2]
-        self._unsent = (day, min(held, _MAX_USD), min(cost, _MAX_USD))
+            releases, cost = self._unsent[1] + releases, cost + self._unsent[2]
+        self._unsent = (day, releases, min(cost, _MAX_USD))
 
     def send_unsent(self) -> asyncio.Task[None] | None:
         """Send the settlements Redis has not had, in the background, if it is up (the
@@ -230,15 +252,16 @@ class DayBudget:
         if state is None or unsent is None or not state.available:
             return None
         self._unsent = None
-        day, held, cost = unsent
-        if day != self._roll() or not (held or cost):
+        day, releases, cost = unsent
+        if day != self._roll() or not (releases or cost):
             return None
         key = self._key(day)
-        args = ("settle", "0", repr(held), repr(cost), self._ttl_ms())
+        hold_ms = str(int(HOLD_S * 1000))
+        args = ("settle", hold_ms, "0", repr(cost), self._ttl_ms(), *releases)
 
         async def send() -> None:
             if not state.available:  # down since: nothing was sent, keep it for later
-                self._unsend(day, held, cost)
+                self._unsend(day, releases, cost)
                 return
             # a call that fails may or may not have run: it is not sent again
             self._read(key, await state.script("spend", [key], *args))

@@ -278,8 +278,16 @@ return left
 # MAX_TTL seconds (the caller asks for the rest of its period).
 #
 # ARGV[1]  "reserve": admit when spent + reserved < ARGV[2] (the budget), then add ARGV[3]
-#                     (the estimate) to reserved; else change nothing
-#          "settle":  take ARGV[3] off reserved (never below 0) and add ARGV[4] to spent
+#                     (the estimate) to reserved and keep it as the field r:{ARGV[6]} (the
+#                     reservation's id) until ARGV[7] ms from now; else change nothing. A
+#                     reserve finding x:{id} (settled before it ran: its reply was lost)
+#                     holds nothing. Before refusing, holds past their time are dropped
+#                     and reserved is counted again from the r: fields (a replica that
+#                     stopped without settling holds nothing for longer).
+#          "settle":  add ARGV[4] to spent, take ARGV[3] off reserved (never below 0),
+#                     and release each reservation ARGV[6..] names: "h:{id}" (its
+#                     reserve answered) or "u:{id}" (its reply never came: if it has not
+#                     run yet, x:{id} tells it not to hold, until ARGV[2] ms from now)
 # ARGV[5]  the TTL in milliseconds
 # Returns {status ("ok" / "over"), spent, reserved, dropped}: strings; dropped names the
 # fields found unusable (not a number, negative, or beyond 1e15) and taken as 0, or is
@@ -322,17 +330,72 @@ local reserved = stored('reserved')
 local function fmt(x) return string.format('%.17g', x) end
 local status = 'ok'
 -- sums stay within the bound a read trusts: past it they would read as garbage, reset to 0
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function held(raw)  -- a hold's "amount|until" (ms): its amount, or nil once past
+  local amount, till = string.match(raw, '^([^|]+)|(%d+)$')
+  amount, till = tonumber(amount), tonumber(till)
+  if amount == nil or till == nil or amount ~= amount or amount < 0 or amount > 1e15
+      or till <= now then
+    return nil
+  end
+  return amount
+end
+local recounted = false
 if op == 'reserve' then
+  local id = ARGV[6]
+  if id == nil or #id == 0 or #id > 64 or num(7, 86400000) == nil then
+    return redis.error_reply('ERR cascade: bad reservation')
+  end
+  if redis.call('HDEL', key, 'x:' .. id) == 1 then
+    return {'ok', fmt(spent), fmt(reserved), table.concat(dropped, ',')}  -- settled already
+  end
+  if spent + reserved >= tonumber(ARGV[2]) then
+    -- before refusing: drop the holds past their time, count reserved again from the rest
+    recounted = true
+    local total = 0
+    local all = redis.call('HGETALL', key)
+    for i = 1, #all, 2 do
+      local field = all[i]
+      local kind = string.sub(field, 1, 2)
+      if kind == 'r:' or kind == 'x:' then
+        local amount = held(all[i + 1])
+        if amount == nil then
+          redis.call('HDEL', key, field)
+        elseif kind == 'r:' then
+          total = total + amount
+        end
+      end
+    end
+    reserved = math.min(total, 1e15)
+  end
   if spent + reserved < tonumber(ARGV[2]) then
     reserved = math.min(reserved + tonumber(ARGV[3]), 1e15)
+    redis.call('HSET', key, 'r:' .. id,
+      fmt(tonumber(ARGV[3])) .. '|' .. string.format('%d', now + tonumber(ARGV[7])))
   else
     status = 'over'
   end
 else
   reserved = math.max(0, reserved - tonumber(ARGV[3]))
   spent = math.min(spent + tonumber(ARGV[4]), 1e15)
+  for i = 6, #ARGV do
+    local kind, id = string.sub(ARGV[i], 1, 2), string.sub(ARGV[i], 3)
+    if #id > 0 and #id <= 64 and (kind == 'h:' or kind == 'u:') then
+      local raw = redis.call('HGET', key, 'r:' .. id)
+      if raw then
+        local amount = tonumber(string.match(raw, '^([^|]+)|')) or 0
+        if amount == amount and amount > 0 then
+          reserved = math.max(0, reserved - math.min(amount, 1e15))
+        end
+        redis.call('HDEL', key, 'r:' .. id)
+      elseif kind == 'u:' then
+        redis.call('HSET', key, 'x:' .. id, '0|' .. string.format('%d', now + tonumber(ARGV[2])))
+      end
+    end
+  end
 end
-if status == 'ok' or #dropped > 0 then
+if status == 'ok' or recounted or #dropped > 0 then
   redis.call('HSET', key, 'spent', fmt(spent), 'reserved', fmt(reserved))
 end
 if status == 'ok' or #dropped > 0 or redis.call('PTTL', key) == -1 then
