@@ -266,6 +266,43 @@ async def test_502_when_every_provider_fails(gw: Running, openai_server: FakeOpe
         assert caught.value.status_code == 502
 
 
+@pytest.mark.parametrize("status", [400, 422])
+async def test_400_when_every_provider_refuses_the_request_as_written(
+    gw: Running, openai_server: FakeOpenAIServer, status: int
+) -> None:
+    """A request no provider takes as written (a seed past 64 bits, say) is the client's
+    to fix: a 400 quoting the last refusal, not a 502 outage."""
+    openai_server.script("m1", Reply(status=status, error_message="seed: integer too large"))
+    async with client(gw) as c:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 400
+    error = error_of(caught.value)
+    assert error["code"] == "upstream_invalid_request"
+    assert "seed: integer too large" in error["message"]
+
+
+async def test_502_when_the_providers_refuse_for_other_reasons(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A provider's 401 (the operator's key) or a mix of 400 and 5xx is not the client's
+    request: 502."""
+    config = {
+        "tiers": [
+            tier("t1", provider("a", openai_server.url, "m1")),
+            tier("t2", provider("b", openai_server.url, "m2")),
+        ]
+    }
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        for first, second in ((400, 500), (401, 401)):
+            openai_server.script("m1", Reply(status=first))
+            openai_server.script("m2", Reply(status=second))
+            with pytest.raises(openai.InternalServerError) as caught:
+                await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+            assert caught.value.status_code == 502
+            assert error_of(caught.value)["code"] == "all_providers_failed"
+
+
 async def test_502_when_no_answer_passes_and_on_exhausted_is_error(
     openai_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from typing import Literal
 import msgspec
 
 from ._attempt import InFlight, Tier
-from ._errors import ProviderError
+from ._errors import ProviderError, ProviderStatusError
 from ._judge import chosen
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
 from ._types import (
@@ -88,6 +88,7 @@ def failed_record(
         outcome=outcome,
         error_type=type(exc).__name__,
         error=str(exc),
+        status=exc.status if isinstance(exc, ProviderStatusError) else None,
         latency_s=perf_counter() - t0,
         cost_usd=cost,
         input_tokens=in_tokens,

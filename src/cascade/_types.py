@@ -231,6 +231,9 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     cost and tokens are included above."""
     hedge: bool = False
     """This call was started as a hedge: its sibling had no first token in time."""
+    status: int | None = None
+    """The HTTP status the provider failed this call with (``ProviderStatusError`` and
+    its subclasses: 400, 429, 500...); None otherwise."""
 
     @property
     def score(self) -> float:

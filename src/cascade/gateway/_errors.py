@@ -87,6 +87,10 @@ class GatewayError(CascadeError):
         return str(max(1, math.ceil(min(wait, _MAX_RETRY_AFTER_S))))
 
 
+_INVALID = frozenset({400, 422})
+"""A provider's statuses for a request it cannot take as written."""
+
+
 def internal_error() -> GatewayError:
     return GatewayError(500, "internal error in the gateway (logged)", code="internal_error")
 
@@ -98,7 +102,9 @@ def from_run_error(exc: CascadeError) -> GatewayError:
     the prompt) 400 ``content_filter``; ``DeadlineExceeded`` 504; ``AllProvidersFailed``
     where every provider answered 429 or was refused by its own rate limiter (capacity,
     not an outage) 429 with the providers' Retry-After (or the limiter's wait); any
-    other ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted = "error"``) and
+    ``AllProvidersFailed`` where every provider answered 400 or 422 (the request, as the
+    client wrote it, is not one they take) 400 ``upstream_invalid_request``; any other
+    ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted = "error"``) and
     ``BudgetExceeded`` 502.
     """
     if isinstance(exc, GatewayError):
@@ -126,6 +132,14 @@ def from_run_error(exc: CascadeError) -> GatewayError:
                 "every provider is rate limited",
                 code="upstream_rate_limited",
                 retry_after_s=1.0 if wait is None else wait,
+            )
+        # every provider refused it as malformed (a seed past 64 bits, a field a model
+        # does not take): the client's request, not an outage
+        if failed and all(a.status in _INVALID for a in failed):
+            return GatewayError(
+                400,
+                f"every provider refused the request: {failed[-1].error}"[:1000],
+                code="upstream_invalid_request",
             )
         return GatewayError(502, str(exc)[:1000], code="all_providers_failed")
     if isinstance(exc, CascadeExhausted):
