@@ -29,10 +29,11 @@ _INLINE_CHARS = 16 * 1024  # answers up to this size are checked on the loop (~m
 _INLINE_ITEMS = 64  # uniqueItems compares every pair: more items than this go elsewhere
 _PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})  # a $ref cycle loops on one of these
 _PROBE_STEPS: Final = 20_000
-"""The most keyword checks the probes of a schema with references may take together. A
-schema's own size bounds the work without references; with them, a kilobyte of definitions
-that each refer ten times to the next is ``10 ** depth`` subschemas for any answer, and
-the probes run where the validator is built (~16 us a step: 0.3 s at most)."""
+"""The most keyword checks the probes of a schema with references may take together (a
+check over a list, ``allOf`` or ``enum``, takes one more per item). A schema's own size
+bounds the work without references; with them, a kilobyte of definitions that each refer
+ten times to the next is ``10 ** depth`` subschemas for any answer, and the probes run
+where the validator is built (~16 us a step: 0.3 s at most)."""
 
 
 # Where a schema holds subschemas (every draft's applicators); anything else (``const``,
@@ -125,12 +126,14 @@ _steps_left: ContextVar[list[int]] = ContextVar("cascade_schema_probe_steps")
 @cache
 def _counting(cls: Any) -> Any:
     """``cls`` (a jsonschema validator class) whose every keyword check takes one of the
-    steps left (:data:`_steps_left`), raising :class:`_Overspent` past the last."""
+    steps left (:data:`_steps_left`), and one more per item of a list it reads, raising
+    :class:`_Overspent` past the last."""
 
     def counted(check: Callable[..., Any]) -> Callable[..., Any]:
         def step(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
             left = _steps_left.get()
-            left[0] -= 1
+            # a check over a list (allOf of many {}, a long enum) is a check per item
+            left[0] -= 1 + len(value) if type(value) is list else 1
             if left[0] < 0:
                 raise _Overspent
             return check(validator, value, instance, schema)
