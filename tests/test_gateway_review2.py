@@ -13,7 +13,19 @@ from typing import Any
 import pytest
 
 from cascade import ConfigError
+from cascade.gateway import GatewayDenied
+from cascade.resilience.shared import SharedState
+from cascade.testing import FakeClock
 from cascade.validators import JsonSchemaValidator
+
+from . import test_shared_redis as _redis
+from .test_gateway_keys_redis import KEY as GW_KEY
+from .test_gateway_keys_redis import replica
+from .test_shared_redis import RedisServer, _prefix
+
+# the fixtures that start (or find) a redis-server
+redis_bin = _redis.redis_bin
+redis_server = _redis.redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBES: list[Any] = [None, True, 0, "", [], {}]
@@ -80,3 +92,45 @@ def test_a_schema_whose_probes_pay_for_long_lists_is_refused_when_built(
     counting under the 20,000 steps the probes may take."""
     with pytest.raises(ConfigError, match="fan out"):
         JsonSchemaValidator(schema=schema)
+
+
+# -- budget reservations with ids in Redis -----------------------------------------------
+
+
+async def _calls(state: SharedState, command: str) -> int:
+    stats = await state.run(lambda client: client.info("commandstats"))
+    assert stats is not None
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+@pytest.mark.anyio
+async def test_a_refused_reservation_reads_every_hold_only_when_one_may_be_over(
+    redis_server: RedisServer,
+) -> None:
+    """A reserve that Redis refuses dropped the holds past their time first, reading the
+    whole day's record (HGETALL and a Lua loop: 55 ms of Redis for 20,000 requests in
+    flight) at every refusal, though no hold could be past for an hour: a key held by its
+    requests in flight on one replica made each of its requests on another replica block
+    Redis for every key and breaker. The record now says when the first hold may end."""
+    prefix = _prefix()
+    a, b = (SharedState(redis_url=redis_server.url, key_prefix=prefix, timeout_s=2.0) for _ in "ab")
+    async with a, b:
+        clock = FakeClock()
+        one, two = replica(a, clock, usd_per_day=0.5), replica(b, clock, usd_per_day=0.5)
+        held = []
+        for _ in range(60):  # 50 holds of 0.01 take the whole 0.5
+            try:
+                held.append(await one.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=0.01))
+            except GatewayDenied:
+                break
+        assert len(held) >= 50
+        before = await _calls(b, "hgetall")
+        for _ in range(20):  # two holds nothing itself: each goes to Redis, refused there
+            with pytest.raises(GatewayDenied) as info:
+                await two.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=0.01)
+            assert info.value.code == "insufficient_quota"
+        assert await _calls(b, "hgetall") == before
+        for admission in held:  # released: room again
+            await one.settle(admission, tokens=1, cost_usd=0.0)
+        await a.flush()
+        await two.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=0.01)
