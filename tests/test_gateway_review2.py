@@ -3,6 +3,7 @@ each test is an attack that should fail to hurt the gateway."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -134,3 +135,34 @@ async def test_a_refused_reservation_reads_every_hold_only_when_one_may_be_over(
             await one.settle(admission, tokens=1, cost_usd=0.0)
         await a.flush()
         await two.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=0.01)
+
+
+@pytest.mark.anyio
+async def test_a_request_cancelled_while_its_reserve_is_on_its_way_holds_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """A client leaving while its reservation is on its way to Redis (slow, or just the
+    round trip) left it held there for an hour (HOLD_S): the reservation has an id, and
+    its release goes out as a lost reply's does."""
+    prefix = _prefix()
+    a, b = (SharedState(redis_url=redis_server.url, key_prefix=prefix, timeout_s=5.0) for _ in "ab")
+    async with a, b:
+        clock = FakeClock()
+        one, two = replica(a, clock, usd_per_day=1.0), replica(b, clock, usd_per_day=1.0)
+        await one.settle(await one.admit(GW_KEY, estimated_tokens=1), tokens=1, cost_usd=0.0)
+        await a.flush()  # a connection to Redis, idle: the reserve is written at once
+        redis_server.pause()  # the reserve waits in the socket; it runs once Redis resumes
+        try:
+            leaving = asyncio.ensure_future(
+                one.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=1.5)
+            )
+            await asyncio.sleep(0.2)
+            assert not leaving.done()
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+        finally:
+            redis_server.resume()
+        await asyncio.wait_for(a.flush(), 10)
+        # nothing held: room for a request of 0.5 on the other replica
+        await two.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=0.5)
