@@ -4,6 +4,7 @@ each test is an attack that should fail to hurt the gateway."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -14,12 +15,15 @@ from typing import Any
 import pytest
 
 from cascade import ConfigError
-from cascade.gateway import GatewayDenied
+from cascade.gateway import GatewayDenied, hash_key
 from cascade.resilience.shared import SharedState
-from cascade.testing import FakeClock
+from cascade.testing import FakeClock, FakeOpenAIServer
 from cascade.validators import JsonSchemaValidator
 
 from . import test_shared_redis as _redis
+from .gateway import serving, write_config
+from .test_gateway_attack4 import HI, answer_of, head, one_tier, status_line
+from .test_gateway_attack4 import KEY as A4_KEY
 from .test_gateway_keys_redis import KEY as GW_KEY
 from .test_gateway_keys_redis import replica
 from .test_shared_redis import RedisServer, _prefix
@@ -166,3 +170,66 @@ async def test_a_request_cancelled_while_its_reserve_is_on_its_way_holds_nothing
         await asyncio.wait_for(a.flush(), 10)
         # nothing held: room for a request of 0.5 on the other replica
         await two.admit(GW_KEY, estimated_tokens=1, estimated_cost_usd=0.5)
+
+
+# -- Expect: 100-continue answered with a final status -----------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_request_refused_before_its_100_continue_does_not_take_the_next_request_as_its_body(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A client that sent ``Expect: 100-continue`` and got a final answer instead of the
+    100 does not send its body (curl, RFC 9110 10.1.1): the gateway kept the connection
+    and waited for that body, so the next request on it was read as the last one's body
+    (no answer, or another request's bytes taken as this one's). Such a connection now
+    closes after the answer, as when a body is left unread for any reason the client
+    cannot see."""
+    entry = {"name": "k", "sha256": hash_key(A4_KEY)}
+    config = one_tier(openai_server.url, keys={"entries": [entry]})
+    payload = json.dumps({"model": "cascade", "messages": HI}).encode()
+    async with serving(write_config(tmp_path / "c.toml", config)) as gw:
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(head("/v1/chat/completions", len(payload), "Expect: 100-continue"))
+            await writer.drain()
+            first = await status_line(reader)
+            fields = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(fields.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            await asyncio.wait_for(reader.readexactly(length), 10)
+            # the body is not sent (no 100 came); the client's next request, on this one
+            auth = f"Authorization: Bearer {A4_KEY}"
+            writer.write(head("/v1/chat/completions", len(payload), auth) + payload)
+            await writer.drain()
+            try:
+                second = (await answer_of(reader))[0]
+            except (asyncio.IncompleteReadError, ConnectionError):
+                second = None  # closed after the first answer: the client sends it anew
+            except TimeoutError:
+                second = -1  # read as the first request's body: no answer comes
+        finally:
+            writer.close()
+    assert first == 401
+    assert b"connection: close" in fields.lower()  # the client is told
+    assert second is None
+
+
+@pytest.mark.anyio
+async def test_a_request_whose_body_followed_its_100_continue_keeps_its_connection(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.default = "ok"
+    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url))) as gw:
+        payload = json.dumps({"model": "cascade", "messages": HI, "max_tokens": 8}).encode()
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        try:
+            writer.write(head("/v1/chat/completions", len(payload), "Expect: 100-continue"))
+            assert await status_line(reader) == 100
+            assert await asyncio.wait_for(reader.readuntil(b"\r\n"), 10) == b"\r\n"
+            writer.write(payload)
+            first, _ = await answer_of(reader)
+            writer.write(head("/v1/chat/completions", len(payload)) + payload)
+            second, _ = await answer_of(reader)
+        finally:
+            writer.close()
+    assert (first, second) == (200, 200)
