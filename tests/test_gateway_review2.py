@@ -65,6 +65,52 @@ def test_a_schema_pattern_is_not_run_by_the_probes_that_build_it() -> None:
     assert done.stdout.strip() == "built"
 
 
+D3 = "http://json-schema.org/draft-03/schema#"
+EVIL = "^(a+)+$"  # exponential on "aaa...a!" in re
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        pytest.param({"$schema": D3, "extends": {"type": "string", "pattern": EVIL}}, id="extends"),
+        pytest.param({"$schema": D3, "type": [{"type": "string", "pattern": EVIL}]}, id="type"),
+        pytest.param({"$schema": D3, "disallow": [{"type": "string", "pattern": "^(a+)+b$"}]},
+                     id="disallow"),
+    ],
+)  # fmt: skip
+def test_a_draft3_pattern_meets_an_answer_off_the_event_loop(schema: dict[str, Any]) -> None:
+    """A draft 3 schema holds subschemas where later drafts do not (``extends``, ``type``,
+    ``disallow``): a ``pattern`` there was not seen, and every answer was checked on the
+    event loop with Python's re, which holds the GIL: an answer of 40 "a" and a "!"
+    froze the gateway for hours (a prompt asks the model to write it). Run in a child:
+    a GIL held for hours cannot be interrupted in-process."""
+    code = textwrap.dedent(
+        f"""
+        import asyncio, json
+        import cascade
+        from cascade import Completion
+        from cascade.validators import JsonSchemaValidator, ValidationContext
+        ctx = ValidationContext(
+            messages=(), options=cascade.RequestOptions(), tier=1, tier_name="t"
+        )
+        v = JsonSchemaValidator(schema=json.loads({json.dumps(json.dumps(schema))}),
+                                time_limit_s=1.0)
+        answer = Completion(text=json.dumps("a" * 40 + "!"), provider="p", model="m")
+        verdict = asyncio.run(v.validate(answer, ctx))
+        print("passed" if verdict.passed else "rejected")
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the answer was checked against the pattern on the event loop for 30 s")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() in ("passed", "rejected")
+
+
 def wide(n: int) -> dict[str, Any]:
     """Definitions ``30 x 30`` references deep over one that lists ``n`` empty subschemas:
     each of the probes' keyword checks is cheap to count, the last one is ``n`` checks."""

@@ -59,6 +59,10 @@ _NAMED = frozenset(
     {"$defs", "definitions", "dependencies", "dependentSchemas", "patternProperties", "properties"}
 )
 _REFS = ("$ref", "$dynamicRef", "$recursiveRef")
+# draft 3 holds subschemas in "extends" (one or a list), "type" and "disallow" (lists of
+# names and subschemas): data in later drafts
+_DRAFT3_ONE = _ONE | {"extends"}
+_DRAFT3_MANY = _MANY | {"extends", "type", "disallow"}
 
 
 class _Walk:
@@ -67,7 +71,8 @@ class _Walk:
     resolves against (the nearest ``$id`` around it), and every subschema's own
     ``$schema`` with its config path."""
 
-    def __init__(self, schema: dict[str, Any], id_key: str) -> None:
+    def __init__(self, schema: dict[str, Any], id_key: str, *, draft3: bool = False) -> None:
+        one, many = (_DRAFT3_ONE, _DRAFT3_MANY) if draft3 else (_ONE, _MANY)
         self.keywords: set[str] = set()
         self.refs: list[tuple[str, str, str]] = []  # (path, reference, absolute reference)
         self.drafts: list[tuple[str, object]] = []  # (path, $schema) below the root
@@ -88,9 +93,9 @@ class _Walk:
             for key, value in node.items():
                 if key in _NAMED and isinstance(value, dict):
                     stack.extend((v, f"{where}.{key}.{k}", base) for k, v in value.items())
-                elif key in _MANY and isinstance(value, list):
+                elif key in many and isinstance(value, list):
                     stack.extend((v, f"{where}.{key}[{n}]", base) for n, v in enumerate(value))
-                elif key in _ONE:
+                elif key in one:
                     stack.append((value, f"{where}.{key}", base))
 
 
@@ -240,7 +245,9 @@ class JsonSchemaValidator:
         # A quick yes for the simplest schemas (draft 4 on), else the full validator's word.
         self._quick = None if cls is jsonschema.Draft3Validator else quick_check(schema)
         old_drafts = (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
-        walk = _Walk(schema, "id" if cls in old_drafts else "$id")
+        walk = _Walk(
+            schema, "id" if cls in old_drafts else "$id", draft3=cls is jsonschema.Draft3Validator
+        )
         for where, uri in walk.drafts:
             # jsonschema validates a subschema with a $schema of its own in that draft, and
             # some mixtures crash it (a draft 3 subschema over boolean schemas): one draft
