@@ -68,6 +68,7 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
         await app[GATEWAY].gate.aclose()
 
     app.on_startup.append(open_routes)
+    app.on_response_prepare.append(_tell_closing)
     app.on_cleanup.append(close)
     return app
 
@@ -233,19 +234,35 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
                 raise
         if LOGGED not in request:
             _access(request, status, error, t0)
-        _forgo_compressed_rest(request)
+        _forgo_rest(request)
         return response
 
     return front
 
 
-def _forgo_compressed_rest(request: web.Request) -> None:
-    """A compressed body the request left unread (refused before it was read, or cut at
-    the limit) is not read to be dropped: aiohttp's lingering would inflate what is left
-    of it on the event loop (a 1 MB gzip bomb refused with a 401 is 1 GiB to inflate).
-    The connection closes after the answer instead; a plain body is left to aiohttp."""
+def _forgoes_rest(request: web.Request) -> bool:
+    """Whether the body the request left unread (refused before it was read, or cut at the
+    limit) is not to be read to be dropped, the connection closing after the answer
+    instead: when it is compressed (aiohttp's lingering would inflate what is left of it
+    on the event loop: a 1 MB gzip bomb refused with a 401 is 1 GiB to inflate), or was
+    to follow a 100 Continue (a client whose final answer came first does not send it:
+    lingering took its next request on the connection for that body). A plain body is
+    left to aiohttp, which keeps the connection."""
+    if request.content.is_eof():
+        return False
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding in ("", "identity") or request.content.is_eof():
-        return
-    request.protocol.close()  # ignores what arrives from now on; closes after this request
-    request.content.feed_eof()  # nothing left to linger over
+    expecting = "Expect" in request.headers and request.version == HttpVersion11
+    return encoding not in ("", "identity") or expecting
+
+
+async def _tell_closing(request: web.Request, response: web.StreamResponse) -> None:
+    """An answer after which the connection closes (:func:`_forgoes_rest`) says so."""
+    if _forgoes_rest(request):
+        response.force_close()
+        response.headers["Connection"] = "close"  # its headers are made: set it too
+
+
+def _forgo_rest(request: web.Request) -> None:
+    if _forgoes_rest(request):
+        request.protocol.close()  # ignores what arrives from now on; closes after this
+        request.content.feed_eof()  # nothing left to linger over

@@ -27,9 +27,9 @@ once. Settlements go to Redis in the background (tracked by the state: ``flush()
 Each reservation in Redis has an id (a field of the day's record), which its settlement
 releases: also when the reserve's reply never came (Redis slow past ``timeout_s``), and
 when the settlement arrives before the late reserve runs (it then holds nothing). A
-reservation nobody settles (a replica that stopped without settling, a request cancelled
-while its reserve was on its way) is dropped :data:`HOLD_S` after it was made, when it
-would otherwise refuse a request.
+reservation nobody settles (a replica that stopped without settling) is dropped
+:data:`HOLD_S` after it was made, when it would otherwise refuse a request; a request
+cancelled while its reserve was on its way releases it as one whose reply was lost.
 """
 
 from __future__ import annotations
@@ -198,6 +198,9 @@ class DayBudget:
                 )
             except BaseException:
                 self._unhold(day, estimate)
+                if sent:  # it may have run, or run later: released as a lost reply is
+                    self._unsend(day, ("u:" + rid,), 0.0)
+                    self.send_unsent()
                 raise
             status = self._read(self._key(day), reply)
             if status == "over":

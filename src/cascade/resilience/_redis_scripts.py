@@ -283,7 +283,8 @@ return left
 #                     reserve finding x:{id} (settled before it ran: its reply was lost)
 #                     holds nothing. Before refusing, holds past their time are dropped
 #                     and reserved is counted again from the r: fields (a replica that
-#                     stopped without settling holds nothing for longer).
+#                     stopped without settling holds nothing for longer), when the field
+#                     "due" says a hold may be past (not at every refusal: O(fields)).
 #          "settle":  add ARGV[4] to spent, take ARGV[3] off reserved (never below 0),
 #                     and release each reservation ARGV[6..] names: "h:{id}" (its
 #                     reserve answered) or "u:{id}" (its reply never came: if it has not
@@ -342,6 +343,15 @@ local function held(raw)  -- a hold's "amount|until" (ms): its amount, or nil on
   return amount
 end
 local recounted = false
+-- 'due': when the first hold (r: or x:) may be past its time (at most a second late): a
+-- refusal reads every hold only then (or when no hold was made since the last reading:
+-- a record of a few fields), not at each refused request
+local function hold_until(till)
+  local due = tonumber(redis.call('HGET', key, 'due') or '')
+  if due == nil or due ~= due or till < due then
+    redis.call('HSET', key, 'due', string.format('%d', till))
+  end
+end
 if op == 'reserve' then
   local id = ARGV[6]
   if id == nil or #id == 0 or #id > 64 or num(7, 86400000) == nil then
@@ -350,10 +360,11 @@ if op == 'reserve' then
   if redis.call('HDEL', key, 'x:' .. id) == 1 then
     return {'ok', fmt(spent), fmt(reserved), table.concat(dropped, ',')}  -- settled already
   end
-  if spent + reserved >= tonumber(ARGV[2]) then
+  local due = tonumber(redis.call('HGET', key, 'due') or '')
+  if spent + reserved >= tonumber(ARGV[2]) and (due == nil or not (due > now)) then
     -- before refusing: drop the holds past their time, count reserved again from the rest
     recounted = true
-    local total = 0
+    local total, first = 0, nil
     local all = redis.call('HGETALL', key)
     for i = 1, #all, 2 do
       local field = all[i]
@@ -362,17 +373,25 @@ if op == 'reserve' then
         local amount = held(all[i + 1])
         if amount == nil then
           redis.call('HDEL', key, field)
-        elseif kind == 'r:' then
-          total = total + amount
+        else
+          local till = tonumber(string.match(all[i + 1], '|(%d+)$'))
+          if first == nil or till < first then first = till end
+          if kind == 'r:' then total = total + amount end
         end
       end
     end
     reserved = math.min(total, 1e15)
+    if first == nil then
+      redis.call('HDEL', key, 'due')
+    else
+      redis.call('HSET', key, 'due', string.format('%d', math.max(first, now + 1000)))
+    end
   end
   if spent + reserved < tonumber(ARGV[2]) then
     reserved = math.min(reserved + tonumber(ARGV[3]), 1e15)
-    redis.call('HSET', key, 'r:' .. id,
-      fmt(tonumber(ARGV[3])) .. '|' .. string.format('%d', now + tonumber(ARGV[7])))
+    local till = now + math.floor(tonumber(ARGV[7]))
+    redis.call('HSET', key, 'r:' .. id, fmt(tonumber(ARGV[3])) .. '|' .. string.format('%d', till))
+    hold_until(till)
   else
     status = 'over'
   end
@@ -390,7 +409,9 @@ else
         end
         redis.call('HDEL', key, 'r:' .. id)
       elseif kind == 'u:' then
-        redis.call('HSET', key, 'x:' .. id, '0|' .. string.format('%d', now + tonumber(ARGV[2])))
+        local till = now + math.floor(tonumber(ARGV[2]))
+        redis.call('HSET', key, 'x:' .. id, '0|' .. string.format('%d', till))
+        hold_until(till)
       end
     end
   end

@@ -29,10 +29,11 @@ _INLINE_CHARS = 16 * 1024  # answers up to this size are checked on the loop (~m
 _INLINE_ITEMS = 64  # uniqueItems compares every pair: more items than this go elsewhere
 _PROBES: tuple[Any, ...] = (None, True, 0, "", [], {})  # a $ref cycle loops on one of these
 _PROBE_STEPS: Final = 20_000
-"""The most keyword checks the probes of a schema with references may take together. A
-schema's own size bounds the work without references; with them, a kilobyte of definitions
-that each refer ten times to the next is ``10 ** depth`` subschemas for any answer, and
-the probes run where the validator is built (~16 us a step: 0.3 s at most)."""
+"""The most keyword checks the probes of a schema with references may take together (a
+check over a list, ``allOf`` or ``enum``, takes one more per item). A schema's own size
+bounds the work without references; with them, a kilobyte of definitions that each refer
+ten times to the next is ``10 ** depth`` subschemas for any answer, and the probes run
+where the validator is built (~16 us a step: 0.3 s at most)."""
 
 
 # Where a schema holds subschemas (every draft's applicators); anything else (``const``,
@@ -58,6 +59,10 @@ _NAMED = frozenset(
     {"$defs", "definitions", "dependencies", "dependentSchemas", "patternProperties", "properties"}
 )
 _REFS = ("$ref", "$dynamicRef", "$recursiveRef")
+# draft 3 holds subschemas in "extends" (one or a list), "type" and "disallow" (lists of
+# names and subschemas): data in later drafts
+_DRAFT3_ONE = _ONE | {"extends"}
+_DRAFT3_MANY = _MANY | {"extends", "type", "disallow"}
 
 
 class _Walk:
@@ -66,7 +71,8 @@ class _Walk:
     resolves against (the nearest ``$id`` around it), and every subschema's own
     ``$schema`` with its config path."""
 
-    def __init__(self, schema: dict[str, Any], id_key: str) -> None:
+    def __init__(self, schema: dict[str, Any], id_key: str, *, draft3: bool = False) -> None:
+        one, many = (_DRAFT3_ONE, _DRAFT3_MANY) if draft3 else (_ONE, _MANY)
         self.keywords: set[str] = set()
         self.refs: list[tuple[str, str, str]] = []  # (path, reference, absolute reference)
         self.drafts: list[tuple[str, object]] = []  # (path, $schema) below the root
@@ -87,9 +93,9 @@ class _Walk:
             for key, value in node.items():
                 if key in _NAMED and isinstance(value, dict):
                     stack.extend((v, f"{where}.{key}.{k}", base) for k, v in value.items())
-                elif key in _MANY and isinstance(value, list):
+                elif key in many and isinstance(value, list):
                     stack.extend((v, f"{where}.{key}[{n}]", base) for n, v in enumerate(value))
-                elif key in _ONE:
+                elif key in one:
                     stack.append((value, f"{where}.{key}", base))
 
 
@@ -125,21 +131,31 @@ _steps_left: ContextVar[list[int]] = ContextVar("cascade_schema_probe_steps")
 @cache
 def _counting(cls: Any) -> Any:
     """``cls`` (a jsonschema validator class) whose every keyword check takes one of the
-    steps left (:data:`_steps_left`), raising :class:`_Overspent` past the last."""
+    steps left (:data:`_steps_left`), and one more per item of a list it reads, raising
+    :class:`_Overspent` past the last."""
 
     def counted(check: Callable[..., Any]) -> Callable[..., Any]:
         def step(validator: Any, value: Any, instance: Any, schema: Any) -> Any:
             left = _steps_left.get()
-            left[0] -= 1
+            # a check over a list (allOf of many {}, a long enum) is a check per item
+            left[0] -= 1 + len(value) if type(value) is list else 1
             if left[0] < 0:
                 raise _Overspent
             return check(validator, value, instance, schema)
 
         return step
 
-    return jsonschema.validators.extend(
-        cls, {name: counted(check) for name, check in cls.VALIDATORS.items()}
-    )
+    checks = {name: counted(check) for name, check in cls.VALIDATORS.items()}
+    if "pattern" in checks:
+        # Python's re holds the GIL, the event loop's too, and a short pattern can be
+        # exponential on a probe's "" ("(|)" * 40 + "(?=a)"): the probes take every
+        # string as matching (answers meet patterns in a killable worker process)
+        checks["pattern"] = counted(_no_pattern)
+    return jsonschema.validators.extend(cls, checks)
+
+
+def _no_pattern(validator: Any, value: Any, instance: Any, schema: Any) -> None:
+    return None
 
 
 @validator("json_schema")
@@ -229,7 +245,9 @@ class JsonSchemaValidator:
         # A quick yes for the simplest schemas (draft 4 on), else the full validator's word.
         self._quick = None if cls is jsonschema.Draft3Validator else quick_check(schema)
         old_drafts = (jsonschema.Draft3Validator, jsonschema.Draft4Validator)
-        walk = _Walk(schema, "id" if cls in old_drafts else "$id")
+        walk = _Walk(
+            schema, "id" if cls in old_drafts else "$id", draft3=cls is jsonschema.Draft3Validator
+        )
         for where, uri in walk.drafts:
             # jsonschema validates a subschema with a $schema of its own in that draft, and
             # some mixtures crash it (a draft 3 subschema over boolean schemas): one draft
