@@ -279,3 +279,28 @@ async def test_a_request_whose_body_followed_its_100_continue_keeps_its_connecti
         finally:
             writer.close()
     assert (first, second) == (200, 200)
+
+
+@pytest.mark.anyio
+async def test_a_refused_schema_sent_again_costs_no_second_build(
+    tmp_path: Path, openai_server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A schema refused when built (here: its probes would fan out) costs a thread up to
+    a second of work; a client resending it gets the same 400 from the cache."""
+    from cascade import InputError
+    from cascade.gateway import _gateway
+
+    builds: list[int] = []
+    build = _gateway._build_schema_validator
+
+    def counting(schema: dict[str, Any]) -> Any:
+        builds.append(1)
+        return build(schema)
+
+    monkeypatch.setattr(_gateway, "_build_schema_validator", counting)
+    async with serving(write_config(tmp_path / "c.toml", one_tier(openai_server.url))) as gw:
+        for _ in range(3):
+            with pytest.raises(InputError, match="fan out") as caught:
+                await gw.gateway.schema_validator(wide(1000))
+            assert caught.value.path == "response_format.json_schema.schema"
+    assert len(builds) == 1

@@ -64,7 +64,7 @@ class Gateway:
         self._tracer_via_global = tracer_provider is None
         self.in_flight = 0
         self.draining = False
-        self._schemas: dict[str, Validator] = {}
+        self._schemas: dict[str, Validator | str] = {}  # a validator, or why it was refused
         self._retired: set[asyncio.Task[None]] = set()
         self.reloading = asyncio.Lock()
         """Held by a reload (SIGHUP) from reading the file to the swap: reloads apply in the
@@ -137,13 +137,16 @@ class Gateway:
         self, schema: dict[str, Any], *, param: str = "response_format.json_schema.schema"
     ) -> Validator:
         """A json_schema validator for a request's schema (cached by its text); a bad
-        schema is a 400 naming the field, a build that waited too long for a thread a 503.
+        schema is a 400 naming the field (its refusal cached too: sent again, it costs no
+        second build), a build that waited too long for a thread a 503.
         Built off the event loop (a 64 KiB schema's check holds its thread for about half
         a second; a client can send a new one each time), on the validators' low-priority
         threads."""
         key = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         found = self._schemas.get(key)
         if found is not None:
+            if isinstance(found, str):  # refused before: the same 400, not the same work
+                raise InputError(found, path=param)
             return found
         try:
             built: Validator = await off_loop(
@@ -153,6 +156,7 @@ class Gateway:
                 limit_s=_SCHEMA_BUILD_S,
             )
         except ConfigError as exc:
+            self._remember(key, exc.message)
             raise InputError(exc.message, path=param) from None
         except Overrun:  # the threads are busy (or the machine is): not the request's fault
             raise GatewayError(
@@ -161,10 +165,13 @@ class Gateway:
                 code="server_busy",
                 retry_after_s=1.0,
             ) from None
+        self._remember(key, built)
+        return built
+
+    def _remember(self, key: str, outcome: Validator | str) -> None:
         if len(self._schemas) >= _SCHEMA_CACHE:
             self._schemas.pop(next(iter(self._schemas)))
-        self._schemas[key] = built
-        return built
+        self._schemas[key] = outcome
 
 
 def _build_schema_validator(schema: dict[str, Any]) -> Validator:
