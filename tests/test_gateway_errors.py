@@ -15,10 +15,13 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
+from cascade import AllProvidersFailed, Attempt
 from cascade.engine import Event
 from cascade.gateway import GatewayError, build_gateway, create_app, load_gateway
+from cascade.gateway._errors import from_run_error
 from cascade.gateway._openai_wire import OpenAIWire
 from cascade.gateway._wire import GatewayRequest, RunInfo
+from cascade.resilience.quality import QUALITY_OPEN
 from cascade.testing import FakeClock, FakeOpenAIServer, Reply
 
 from .gateway import Running, serving, write_config
@@ -301,6 +304,35 @@ async def test_502_when_the_providers_refuse_for_other_reasons(
                 await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
             assert caught.value.status_code == 502
             assert error_of(caught.value)["code"] == "all_providers_failed"
+
+
+def test_502_when_a_tier_refused_with_400_and_another_was_not_tried() -> None:
+    """A tier skipped (its quality breaker open) never saw the request: "every provider
+    refused it" does not hold, and the skip is passing (a retry may be served), so a 400
+    the client must not retry would be wrong: 502, as before."""
+    skipped = Attempt(
+        tier=1,
+        tier_name="t1",
+        provider="a",
+        model="m1",
+        outcome="skipped",
+        error_type=QUALITY_OPEN,
+        error="quality breaker open; next probe in 30s",
+    )
+    refused = Attempt(
+        tier=2,
+        tier_name="t2",
+        provider="b",
+        model="m2",
+        outcome="failed",
+        error_type="ContextLengthExceeded",
+        error="b (m2): HTTP 400: prompt is too long",
+        status=400,
+    )
+    error = from_run_error(AllProvidersFailed("every provider failed", attempts=[skipped, refused]))
+    assert (error.status, error.code) == (502, "all_providers_failed")
+    alone = from_run_error(AllProvidersFailed("every provider failed", attempts=[refused]))
+    assert (alone.status, alone.code) == (400, "upstream_invalid_request")
 
 
 async def test_502_when_no_answer_passes_and_on_exhausted_is_error(

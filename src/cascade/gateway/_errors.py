@@ -102,8 +102,9 @@ def from_run_error(exc: CascadeError) -> GatewayError:
     the prompt) 400 ``content_filter``; ``DeadlineExceeded`` 504; ``AllProvidersFailed``
     where every provider answered 429 or was refused by its own rate limiter (capacity,
     not an outage) 429 with the providers' Retry-After (or the limiter's wait); any
-    ``AllProvidersFailed`` where every provider answered 400 or 422 (the request, as the
-    client wrote it, is not one they take) 400 ``upstream_invalid_request``; any other
+    ``AllProvidersFailed`` where every provider answered 400 or 422 and no tier was
+    skipped (the request, as the client wrote it, is not one they take) 400
+    ``upstream_invalid_request``; any other
     ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted = "error"``) and
     ``BudgetExceeded`` 502.
     """
@@ -134,8 +135,10 @@ def from_run_error(exc: CascadeError) -> GatewayError:
                 retry_after_s=1.0 if wait is None else wait,
             )
         # every provider refused it as malformed (a seed past 64 bits, a field a model
-        # does not take): the client's request, not an outage
-        if failed and all(a.status in _INVALID for a in failed):
+        # does not take): the client's request, not an outage. A tier skipped (its
+        # quality breaker open) never saw it: not every provider refused it
+        skipped = any(a.outcome == "skipped" for a in exc.attempts)
+        if failed and not skipped and all(a.status in _INVALID for a in failed):
             return GatewayError(
                 400,
                 f"every provider refused the request: {failed[-1].error}"[:1000],
