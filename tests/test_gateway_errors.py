@@ -22,7 +22,7 @@ from cascade.gateway._errors import from_run_error
 from cascade.gateway._openai_wire import OpenAIWire
 from cascade.gateway._wire import GatewayRequest, RunInfo
 from cascade.resilience.quality import QUALITY_OPEN
-from cascade.testing import FakeClock, FakeOpenAIServer, Reply
+from cascade.testing import FakeAnthropicServer, FakeClock, FakeOpenAIServer, Reply
 
 from .gateway import Running, serving, write_config
 from .helpers import provider, tier
@@ -304,6 +304,26 @@ async def test_502_when_the_providers_refuse_for_other_reasons(
                 await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
             assert caught.value.status_code == 502
             assert error_of(caught.value)["code"] == "all_providers_failed"
+
+
+async def test_502_when_the_400_is_the_operators_account(
+    anthropic_server: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """Anthropic refuses with a 400 ``invalid_request_error`` when the operator's credit
+    runs out: every request fails so, and none is the client's to fix. An outage (502),
+    not a 400 the client would not retry and no 5xx alert would see."""
+    broke = (
+        "Your credit balance is too low to access the Anthropic API. "
+        "Please go to Plans & Billing to upgrade or purchase credits."
+    )
+    config = one_tier(anthropic_server.url)
+    config["tiers"][0]["providers"][0]["kind"] = "anthropic"
+    anthropic_server.script("m1", Reply(status=400, error_message=broke))
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert caught.value.status_code == 502
+    assert error_of(caught.value)["code"] == "all_providers_failed"
 
 
 def test_502_when_a_tier_refused_with_400_and_another_was_not_tried() -> None:

@@ -22,6 +22,7 @@ from .._errors import (
     RequestRejected,
     RunError,
 )
+from .._types import Attempt
 from ..resilience.limiter import LimiterTimeout
 
 __all__ = ["GatewayError", "from_run_error", "internal_error"]
@@ -89,6 +90,19 @@ class GatewayError(CascadeError):
 
 _INVALID = frozenset({400, 422})
 """A provider's statuses for a request it cannot take as written."""
+_ACCOUNT = ("your credit balance is too low", "api key not valid")
+"""Words of a 400 about the operator's account, not the request: Anthropic's when the
+credit runs out, Gemini's for a bad key. Such a refusal is an outage (502)."""
+_OPENING = 200  # characters of a refusal looked at for them
+
+
+def _refused_as_written(attempt: Attempt) -> bool:
+    """``attempt`` failed with a 400 or 422 about the request, not the account."""
+    if attempt.status not in _INVALID:
+        return False
+    said = (attempt.error or "").partition(f"HTTP {attempt.status}: ")[2]
+    opening = said[:_OPENING].lower()
+    return not any(words in opening for words in _ACCOUNT)
 
 
 def internal_error() -> GatewayError:
@@ -102,9 +116,9 @@ def from_run_error(exc: CascadeError) -> GatewayError:
     the prompt) 400 ``content_filter``; ``DeadlineExceeded`` 504; ``AllProvidersFailed``
     where every provider answered 429 or was refused by its own rate limiter (capacity,
     not an outage) 429 with the providers' Retry-After (or the limiter's wait); any
-    ``AllProvidersFailed`` where every provider answered 400 or 422 and no tier was
-    skipped (the request, as the client wrote it, is not one they take) 400
-    ``upstream_invalid_request``; any other
+    ``AllProvidersFailed`` where every provider answered 400 or 422 about the request
+    (not the operator's account) and no tier was skipped (the request, as the client
+    wrote it, is not one they take) 400 ``upstream_invalid_request``; any other
     ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted = "error"``) and
     ``BudgetExceeded`` 502.
     """
@@ -138,7 +152,7 @@ def from_run_error(exc: CascadeError) -> GatewayError:
         # does not take): the client's request, not an outage. A tier skipped (its
         # quality breaker open) never saw it: not every provider refused it
         skipped = any(a.outcome == "skipped" for a in exc.attempts)
-        if failed and not skipped and all(a.status in _INVALID for a in failed):
+        if failed and not skipped and all(_refused_as_written(a) for a in failed):
             return GatewayError(
                 400,
                 f"every provider refused the request: {failed[-1].error}"[:1000],
