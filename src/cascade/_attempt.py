@@ -36,6 +36,7 @@ from .providers import Provider, answers_whole, batches_of
 from .providers._base import joined_of
 from .resilience.quality import QualityBreaker
 from .validators import ValidationContext, Validator
+from .validators.consistency import SelfConsistencyValidator
 
 __all__ = ["InFlight", "PartialCheck", "Tier", "complete", "whole_answer", "whole_completion"]
 
@@ -58,8 +59,6 @@ def calls_per_answer(validators: tuple[Validator, ...], hedged: bool) -> int:
     sample each ``self_consistency`` validator may draw (its ``samples`` less the answer:
     each draws its own), twice over when the tier may hedge (the hedge and the call it
     raced are both costed; a tier of one provider has no sibling to hedge to)."""
-    from .validators.consistency import SelfConsistencyValidator
-
     samples = 1 + sum(v.samples - 1 for v in validators if isinstance(v, SelfConsistencyValidator))
     return samples * (2 if hedged else 1)
 

@@ -23,6 +23,7 @@ from .._errors import (
     RunError,
 )
 from .._types import Attempt
+from ..providers._status import about_account
 from ..resilience.limiter import LimiterTimeout
 
 __all__ = ["GatewayError", "from_run_error", "internal_error"]
@@ -90,19 +91,13 @@ class GatewayError(CascadeError):
 
 _INVALID = frozenset({400, 422})
 """A provider's statuses for a request it cannot take as written."""
-_ACCOUNT = ("your credit balance is too low", "api key not valid")
-"""Words of a 400 about the operator's account, not the request: Anthropic's when the
-credit runs out, Gemini's for a bad key. Such a refusal is an outage (502)."""
-_OPENING = 200  # characters of a refusal looked at for them
 
 
 def _refused_as_written(attempt: Attempt) -> bool:
     """``attempt`` failed with a 400 or 422 about the request, not the account."""
     if attempt.status not in _INVALID:
         return False
-    said = (attempt.error or "").partition(f"HTTP {attempt.status}: ")[2]
-    opening = said[:_OPENING].lower()
-    return not any(words in opening for words in _ACCOUNT)
+    return not about_account((attempt.error or "").partition(f"HTTP {attempt.status}: ")[2])
 
 
 def internal_error() -> GatewayError:

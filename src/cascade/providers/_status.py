@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from .._errors import ContentFiltered, ContextLengthExceeded, ProviderStatusError, RateLimited
 
-__all__ = ["status_class"]
+__all__ = ["about_account", "status_class"]
 
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 _CONTEXT_OPENINGS = ("prompt is too long", "this model's maximum context length is")
@@ -30,6 +30,8 @@ _FILTER_OPENINGS = ("output blocked by content filtering policy",)
 _FLAGGED_CODE = "invalid_prompt"  # also for prompts invalid for other reasons: see _FLAGGED
 _FLAGGED = "invalid prompt: your prompt was flagged as potentially violating"
 _OPENING = 120  # characters of a message looked at: the documented words come first
+_ACCOUNT = ("your credit balance is too low", "api key not valid")
+_ACCOUNT_OPENING = 200  # characters of a refusal looked at for them
 
 
 def status_class(
@@ -71,3 +73,11 @@ def _opening(message: str, kind: object) -> str:
     if isinstance(kind, str) and kind and text.startswith(f"{kind}:"):
         text = text[len(kind) + 1 :].lstrip()
     return text.casefold()
+
+
+def about_account(message: str) -> bool:
+    """Whether a 400's ``message`` is about the operator's account, not the request:
+    Anthropic's when the credit runs out, Gemini's for a bad key (a 400 each). Such a
+    refusal is an outage for whoever sent the request."""
+    opening = message[:_ACCOUNT_OPENING].lower()
+    return any(words in opening for words in _ACCOUNT)
