@@ -1,7 +1,8 @@
 """One chat request through the gateway, whatever its wire format.
 
-Its key checked from the headers (``check_key``: a client without a valid key holds no
-in-flight slot and has no body read) -> an in-flight slot -> the body read within
+Its key checked from the headers and counted in the key's requests in flight
+(``enter_key``: a client without a valid key, or whose key is at its ``max_in_flight``,
+holds no in-flight slot and has no body read) -> an in-flight slot -> the body read within
 ``max_body_bytes`` and ``body_timeout_s`` -> parsed by its :class:`~._wire.WireFormat` ->
 its route found by ``model`` and admitted by the key gate (``_gate.py``; an unknown
 model's 404 only after that) -> for a JSON answer, run in the handler's own task, the
@@ -39,7 +40,7 @@ from ..engine import Failed, Finished, Stream
 from ..engine._core import Plan
 from ..engine._stream import ResultSink
 from ._errors import GatewayError, from_run_error, internal_error
-from ._gate import OPEN_GATE, check_key
+from ._gate import OPEN_GATE, enter_key
 from ._gateway import GATEWAY, Gateway
 from ._respond import (
     ClientGone,
@@ -261,14 +262,29 @@ async def _serve(
     trace_id: str | None,
 ) -> web.StreamResponse:
     gate = gateway.gate
-    check_key(gate, request.headers)  # before a slot is taken or a byte read
-    if gateway.in_flight >= gateway.max_in_flight:
-        raise GatewayError(
-            429,
-            "the gateway is at its limit of requests in flight",
-            code="gateway_busy",
-            retry_after_s=1.0,
-        )
+    held = enter_key(gate, request.headers)  # before a slot is taken or a byte read
+    try:
+        if gateway.in_flight >= gateway.max_in_flight:
+            raise GatewayError(
+                429,
+                "the gateway is at its limit of requests in flight",
+                code="gateway_busy",
+                retry_after_s=1.0,
+            )
+        return await _serve_held(request, gateway, wire, access, trace_id)
+    finally:
+        if held is not None:
+            held.leave()
+
+
+async def _serve_held(
+    request: web.Request,
+    gateway: Gateway,
+    wire: WireFormat,
+    access: _Access,
+    trace_id: str | None,
+) -> web.StreamResponse:
+    gate = gateway.gate
     gateway.in_flight += 1
     generation = gateway.generation
     generation.enter()

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ._routes import Route
     from ._wire import GatewayRequest
 
-__all__ = ["OPEN_GATE", "Gate", "OpenGate"]
+__all__ = ["OPEN_GATE", "Gate", "Held", "OpenGate", "check_key", "enter_key"]
 
 
 class Gate(Protocol):
@@ -91,6 +91,26 @@ def check_key(gate: Gate, headers: Mapping[str, str]) -> Callable[[str, str], bo
     if isinstance(gate, KeyGate):  # the keyed gate is the only one that asks for a key
         return gate.check_headers(headers)
     return _any_model
+
+
+def enter_key(gate: Gate, headers: Mapping[str, str]) -> Held | None:
+    """:func:`check_key` for a request about to be served, which also counts it in its
+    key's requests in flight: ``GatewayError`` (429 ``key_busy``) when the key is at its
+    ``max_in_flight``. Returns what to ``leave()`` once the request is over (``None``:
+    nothing counted)."""
+    if gate is OPEN_GATE:
+        return None
+    from ._key_gate import KeyGate
+
+    if isinstance(gate, KeyGate):
+        return gate.enter(headers)
+    return None
+
+
+class Held(Protocol):
+    """A request counted in flight by its key."""
+
+    def leave(self) -> None: ...
 
 
 def _any_model(route: str, model: str) -> bool:

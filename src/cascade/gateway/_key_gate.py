@@ -34,7 +34,7 @@ from .._clock import Clock, SystemClock
 from .._config import Config
 from .._types import estimate_prompt_tokens
 from ..resilience.shared import SharedState
-from ._keys import Admission, GatewayKeys, api_key_from_headers
+from ._keys import Admission, GatewayKeys, _Key, api_key_from_headers
 from ._keys_config import KeysConfig
 
 if TYPE_CHECKING:
@@ -112,6 +112,12 @@ class KeyGate:
         """The key of ``headers`` is one this gate knows (401 otherwise); nothing counted.
         Returns whether that key may ask a route (its name) for a model name."""
         return self.keys.check(api_key_from_headers(headers))
+
+    def enter(self, headers: Mapping[str, str]) -> _Key:
+        """:meth:`check_headers` for a request about to be served: counted in its key's
+        requests in flight (429 ``key_busy`` at its ``max_in_flight``) until the returned
+        key's ``leave()``."""
+        return self.keys.enter(api_key_from_headers(headers))
 
     async def open(self) -> None:
         if self._shared is not None:

@@ -140,7 +140,16 @@ def _checked(key: str) -> str:
 class _Key:
     """One configured key, resolved: its limits and its state."""
 
-    __slots__ = ("budget", "digest", "limiter", "models", "name", "routes")
+    __slots__ = (
+        "budget",
+        "digest",
+        "in_flight",
+        "limiter",
+        "max_in_flight",
+        "models",
+        "name",
+        "routes",
+    )
 
     def __init__(
         self,
@@ -170,9 +179,15 @@ class _Key:
         )
         usd = limits.usd_per_day
         self.budget = None if usd is None else DayBudget(name, usd, days=days, shared=shared)
+        self.max_in_flight = limits.max_in_flight
+        self.in_flight = 0
 
     def __repr__(self) -> str:
         return f"<gateway key {self.name!r}>"
+
+    def leave(self) -> None:
+        """A request :meth:`GatewayKeys.enter` counted is over."""
+        self.in_flight -= 1
 
     def may_use(self, route: str, model: str) -> bool:
         """Whether this key may ask ``route`` for ``model`` (what :meth:`GatewayKeys.admit`
@@ -302,6 +317,22 @@ class GatewayKeys:
         needed): a lookup with no I/O that counts nothing; :meth:`admit` checks the rest.
         Returns whether the key may ask a route (its name) for a model name."""
         return self._find(api_key).may_use
+
+    def enter(self, api_key: str | None) -> _Key:
+        """:meth:`check`, and a request of the key counted in flight until its
+        ``leave()``:
+        ``GatewayDenied`` (429 ``key_busy``) when the key has ``max_in_flight`` already."""
+        key = self._find(api_key)
+        if key.max_in_flight is not None and key.in_flight >= key.max_in_flight:
+            self._denied(key, "key_busy")
+            raise GatewayDenied(
+                status=429,
+                code="key_busy",
+                message="this key is at its limit of requests in flight",
+                retry_after_s=1.0,
+            )
+        key.in_flight += 1
+        return key
 
     def _find(self, api_key: str | None) -> _Key:
         if api_key is None:

@@ -50,6 +50,11 @@ class KeyLimits(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     when admitted and settled to the tokens it used."""
     usd_per_day: _Usd | None = None
     """USD per UTC day, at the cascade's prices; 0 denies every request."""
+    max_in_flight: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    """Requests of this key one gateway process serves at once, counted from the moment
+    its key is checked (its body still arriving included); one more gets 429
+    ``key_busy`` with ``Retry-After: 1``. Per process, not shared through Redis: one
+    tenant cannot take every slot of ``gateway.max_in_flight``."""
     routes: _Names | None = None
     """The route names this key may use (default: every route)."""
     models: _Names | None = None
