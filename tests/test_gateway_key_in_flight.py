@@ -134,23 +134,24 @@ async def test_the_sdk_sees_key_busy_as_a_rate_limit(
     openai_server.script(
         "m1", Reply(text="slow", latency_s=30), Reply(text="slow", latency_s=30), "quick"
     )
-    async with serving(write_config(tmp_path / "c.toml", config(openai_server.url))) as gw:
-        async with openai.AsyncOpenAI(
-            base_url=gw.base_url, api_key=GREEDY, max_retries=0
-        ) as client:
-            slow = [
-                asyncio.create_task(client.chat.completions.create(model="cascade", messages=HI))  # type: ignore[arg-type]
-                for _ in range(2)
-            ]
-            try:
-                await eventually(lambda: openai_server.active_requests == 2, "two slow calls")
-                with pytest.raises(openai.RateLimitError) as caught:
-                    await client.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
-                assert caught.value.code == "key_busy"
-            finally:
-                for task in slow:
-                    task.cancel()
-                await asyncio.gather(*slow, return_exceptions=True)
+    path = write_config(tmp_path / "c.toml", config(openai_server.url))
+    async with (
+        serving(path) as gw,
+        openai.AsyncOpenAI(base_url=gw.base_url, api_key=GREEDY, max_retries=0) as client,
+    ):
+        slow = [
+            asyncio.create_task(client.chat.completions.create(model="cascade", messages=HI))  # type: ignore[arg-type]
+            for _ in range(2)
+        ]
+        try:
+            await eventually(lambda: openai_server.active_requests == 2, "two slow calls")
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+            assert caught.value.code == "key_busy"
+        finally:
+            for task in slow:
+                task.cancel()
+            await asyncio.gather(*slow, return_exceptions=True)
 
 
 def test_max_in_flight_is_checked_in_the_config(tmp_path: Path) -> None:

@@ -153,21 +153,75 @@ async def test_sigterm_drains_requests_in_flight_then_exits(
     assert [line["status"] for line in access] == [200]
 
 
+def access_lines(served: Served) -> list[dict[str, Any]]:
+    return [line for line in served.lines if line.get("event") == "gateway.request"]
+
+
 async def test_sigterm_cuts_off_what_outlives_the_drain_timeout(
     openai_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
+    """What is left when ``drain_timeout_s`` is over gets a 503 ``shutting_down`` with
+    ``Retry-After: 1`` (an SDK retries it, on another replica behind a balancer), not a
+    connection closed under it; its upstream call is closed, the access line says so."""
     openai_server.script("m1", Reply(fault="hang"))
     path = write_config(
         tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_timeout_s=0.2)
     )
     async with cascade_serve(path) as served, client(served) as c:
-        call = asyncio.create_task(c.chat.completions.create(model="r", messages=HI))  # type: ignore[arg-type]
+        call = asyncio.create_task(
+            c.chat.completions.with_raw_response.create(model="r", messages=HI)  # type: ignore[arg-type]
+        )
         await eventually(lambda: openai_server.active_requests == 1, "the call under way")
         served.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.proc.wait(), 30) == 0
-        with pytest.raises(openai.APIConnectionError):
+        with pytest.raises(openai.InternalServerError) as caught:
             await call
+    assert caught.value.status_code == 503
+    assert caught.value.code == "shutting_down"
+    assert caught.value.response.headers["retry-after"] == "1"
     await eventually(lambda: openai_server.active_requests == 0, "the upstream call closed")
+    cut = next(line for line in served.lines if line.get("event") == "gateway.drain_cut")
+    assert (cut["in_flight"], cut["reason"]) == (1, "timeout")
+    [line] = access_lines(served)
+    assert (line["status"], line["error"]) == (503, "shutting_down")
+    assert served.events()[-1] == "gateway.stopped"
+    assert "Traceback" not in served.stderr
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+async def test_a_stream_the_drain_gives_up_on_ends_with_an_error_event(
+    openai_server: FakeOpenAIServer, tmp_path: Path, mode: str
+) -> None:
+    """A stream whose status line is out when the drain gives up ends with its format's
+    error event (the SDK raises), never as a truncated success."""
+    openai_server.script("m1", Reply(text="never finished", fault="stall"))
+    cfg = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", stream=True))],
+        "gateway": {"routes": [{"name": "r", "mode": mode}], "drain_timeout_s": 0.3},
+    }
+    path = write_config(tmp_path / "c.toml", cfg)
+    async with cascade_serve(path) as served, client(served) as c:
+        texts: list[str] = []
+
+        async def read() -> None:
+            stream = await c.chat.completions.create(model="r", messages=HI, stream=True)  # type: ignore[arg-type]
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    texts.append(chunk.choices[0].delta.content)
+
+        reading = asyncio.create_task(read())
+        await eventually(lambda: openai_server.active_requests == 1, "the call under way")
+        if mode == "speculative":
+            await eventually(lambda: bool(texts), "the first delta relayed")
+        served.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(openai.APIError, match="shutting down"):
+            await asyncio.wait_for(reading, 30)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    await eventually(lambda: openai_server.active_requests == 0, "the upstream call closed")
+    [line] = access_lines(served)
+    # buffered: nothing was sent before the answer, so a 503; speculative: the 200 was out
+    status = 503 if mode == "buffered" else 200
+    assert (line["status"], line["error"]) == (status, "shutting_down")
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -189,12 +243,13 @@ async def test_a_second_sigterm_cuts_the_drain_short(
         assert served.proc.returncode is None
         served.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(served.proc.wait(), 60) == 0  # not 600 s
-        with pytest.raises(openai.APIConnectionError):
+        with pytest.raises(openai.InternalServerError) as caught:
             await call
+        assert caught.value.code == "shutting_down"
     await eventually(lambda: openai_server.active_requests == 0, "the upstream call closed")
     events = served.events()
     cut = next(line for line in served.lines if line.get("event") == "gateway.drain_cut")
-    assert cut["in_flight"] == 1
+    assert (cut["in_flight"], cut["reason"]) == (1, "signal")
     assert events.index("gateway.draining") < events.index("gateway.drain_cut")
     assert events[-1] == "gateway.stopped"
     assert "Traceback" not in served.stderr
@@ -443,3 +498,30 @@ async def test_a_sighup_while_the_gateway_starts_is_a_reload_once_it_listens(
             assert await asyncio.wait_for(proc.wait(), 30) == 0
         finally:
             (plugins / "block").unlink(missing_ok=True)
+
+
+async def test_sigterm_while_the_routes_are_first_built_exits_0(tmp_path: Path) -> None:
+    """SIGTERM before the gateway listens (its config still being read and built, which
+    a large router file makes seconds) is not the signal's default action (exit -15):
+    nothing is in flight, the build is abandoned, and the process exits 0."""
+    import os
+
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo)  # its reader (the build) waits for a writer, then for bytes
+    async with cascade_serve(fifo, listening=False) as served:
+        writer = None
+        try:
+            stop = asyncio.get_running_loop().time() + 30
+            while writer is None:  # open for writing succeeds once the build reads it
+                try:
+                    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:
+                    assert asyncio.get_running_loop().time() < stop, "the build never read"
+                    await asyncio.sleep(0.02)
+            served.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        finally:
+            if writer is not None:
+                os.close(writer)
+    assert served.events()[-1] == "gateway.stopped"
+    assert "Traceback" not in served.stderr

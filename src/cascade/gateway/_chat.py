@@ -39,7 +39,7 @@ from .._telemetry._logs import emit
 from ..engine import Failed, Finished, Stream
 from ..engine._core import Plan
 from ..engine._stream import ResultSink
-from ._errors import GatewayError, from_run_error, internal_error
+from ._errors import GatewayError, from_run_error, internal_error, shutting_down
 from ._gate import OPEN_GATE, enter_key
 from ._gateway import GATEWAY, Gateway
 from ._respond import (
@@ -119,18 +119,35 @@ def chat_handler(wire: WireFormat) -> Any:
             )
         with scope as span:
             trace_id = _trace_id(span)
+            write_s = gateway.write_timeout_s
             try:
                 response = await _serve(request, gateway, wire, access, trace_id)
             except GatewayError as exc:
                 response = error_response(wire, exc)
                 access.error = exc.code or exc.type
             except asyncio.CancelledError:
-                # the client closed the connection: before its answer was whole (499), or
-                # after it (while the request settled what it spent): as answered
-                sent = access.response if access.sent and _left_cleanly(request) else None
-                access.status = 499 if sent is None else sent.status
-                _finish(span, access, t0, trace_id)
-                raise
+                if not gateway.cut or access.sent or not _connected(request):
+                    # the client closed the connection: before its answer was whole
+                    # (499), or after it (while the request settled what it spent): as
+                    # answered
+                    sent = access.response if access.sent and _left_cleanly(request) else None
+                    access.status = 499 if sent is None else sent.status
+                    _finish(span, access, t0, trace_id)
+                    raise
+                # The drain gave up on it (its run, and so its upstream call, is
+                # cancelled): it is told so, briefly, rather than cut off.
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                failure = shutting_down()
+                access.error = failure.code
+                write_s = min(write_s, _CUT_WRITE_S)
+                if access.response is not None and access.response.prepared:
+                    access.status = access.response.status
+                    await abandon(request, wire, access.response, write_s, failure)
+                    _finish(span, access, t0, trace_id)
+                    return access.response
+                response = error_response(wire, failure)
             except ClientGone as gone:
                 access.status = 499
                 _finish(span, access, t0, trace_id)
@@ -158,7 +175,7 @@ def chat_handler(wire: WireFormat) -> Any:
                 # An error's answer, sent here (not by the middleware once the line is
                 # written): the line then says whether the client got it.
                 try:
-                    await send(request, response, last=True, timeout_s=gateway.write_timeout_s)
+                    await send(request, response, last=True, timeout_s=write_s)
                 except ClientGone:  # its connection is aborted
                     access.status = 499
                 except asyncio.CancelledError:  # it left while the answer was written
@@ -170,6 +187,10 @@ def chat_handler(wire: WireFormat) -> Any:
 
     return handle
 
+
+_CUT_WRITE_S = 1.0
+"""Longest a request the drain gave up on takes to send its 503 (or its stream's error
+event): the drain's end waits for it."""
 
 _ids = random.Random()
 """Response ids: 128 random bits each, drawn without a system call (seeded from
@@ -185,6 +206,12 @@ def _trace_id(span: Span) -> str | None:
     if not span.is_recording() or not ctx.is_valid:
         return None
     return format(ctx.trace_id, "032x")
+
+
+def _connected(request: web.Request) -> bool:
+    """The request's connection is still open (the client has not left)."""
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def _left_cleanly(request: web.Request) -> bool:
@@ -285,7 +312,11 @@ async def _serve_held(
     trace_id: str | None,
 ) -> web.StreamResponse:
     gate = gateway.gate
+    if gateway.cut:  # (a request the drain's cut found still queued on its connection)
+        raise shutting_down()
     gateway.in_flight += 1
+    task = asyncio.current_task()
+    gateway.requests.add(task)  # type: ignore[arg-type]  # (a handler runs in a task)
     generation = gateway.generation
     generation.enter()
     try:
@@ -347,7 +378,10 @@ async def _serve_held(
                 await gate.settle(admission, tokens=tokens, cost_usd=access.cost_usd)
     finally:
         gateway.in_flight -= 1
+        gateway.requests.discard(task)
         generation.leave()
+        if gateway.draining and not gateway.in_flight:
+            gateway.drained.set()
 
 
 async def _validators(gateway: Gateway, req: GatewayRequest) -> tuple[Validator, ...]:

@@ -104,6 +104,17 @@ def internal_error() -> GatewayError:
     return GatewayError(500, "internal error in the gateway (logged)", code="internal_error")
 
 
+def shutting_down() -> GatewayError:
+    """What a request still in flight when the drain gives up gets: the gateway is
+    stopping, another replica (or this one restarted) will serve it."""
+    return GatewayError(
+        503,
+        "the gateway is shutting down; retry the request",
+        code="shutting_down",
+        retry_after_s=1.0,
+    )
+
+
 def from_run_error(exc: CascadeError) -> GatewayError:
     """The status a run's error answers with.
 

@@ -63,7 +63,16 @@ class Gateway:
         self.tracer = trace.get_tracer("cascade.gateway", __version__, tracer_provider)
         self._tracer_via_global = tracer_provider is None
         self.in_flight = 0
+        self.requests: set[asyncio.Task[Any]] = set()
+        """The tasks of the chat requests in flight (``in_flight`` of them): those a
+        drain that gives up cancels."""
         self.draining = False
+        self.drained = asyncio.Event()
+        """Set once the gateway drains and no chat request is left in flight."""
+        self.cut = False
+        """The drain gave up (``drain_timeout_s``, or a second SIGTERM): each request
+        still in flight, cancelled, answers 503 ``shutting_down`` (a stream already
+        started ends with its format's error event)."""
         self._schemas: dict[str, Validator | str] = {}  # a validator, or why it was refused
         self._retired: set[asyncio.Task[None]] = set()
         self.reloading = asyncio.Lock()

@@ -120,15 +120,20 @@ def abort(request: web.Request) -> None:
 
 
 async def abandon(
-    request: web.Request, wire: WireFormat, response: web.StreamResponse, timeout_s: float
+    request: web.Request,
+    wire: WireFormat,
+    response: web.StreamResponse,
+    timeout_s: float,
+    error: GatewayError | None = None,
 ) -> None:
-    """End a response whose status line was sent, after a failure of the gateway's own:
-    a stream with the format's error event, anything else by aborting the connection
-    (the client sees a broken response, never a success nor a second response)."""
+    """End a response whose status line was sent, after a failure of the gateway's own
+    (``error``, by default an internal error): a stream with the format's error event,
+    anything else by aborting the connection (the client sees a broken response, never a
+    success nor a second response)."""
     if response.content_type == "text/event-stream":
         try:
             async with asyncio.timeout(timeout_s):
-                await response.write_eof(wire.sse_error(internal_error()))
+                await response.write_eof(wire.sse_error(error or internal_error()))
         except Exception:  # the connection is dropped either way
             abort(request)
         return

@@ -2,12 +2,13 @@
 SIGTERM and reloading on SIGHUP (``cascade serve``).
 
 - SIGTERM / SIGINT: stop accepting connections, let the requests in flight finish (their
-  streams included) for at most ``gateway.drain_timeout_s``, cancel what is left (each
-  cancel closes its upstream call), close the cascades, exit 0. A reload's build under
-  way is abandoned, not waited for. ``/readyz`` answers 503 from the signal on. A second
-  SIGTERM or SIGINT ends the drain at once (``gateway.drain_cut``: every connection
-  closed, its run cancelled, then the same close and exit 0); a third one takes the
-  signal's default action. A SIGHUP while draining is ignored (``gateway.reload_ignored``).
+  streams included) for at most ``gateway.drain_timeout_s``, then give up on what is left
+  (``gateway.drain_cut``, see ``_drain``): each is cancelled, which closes its upstream
+  call, and answers 503 ``shutting_down`` (a stream already started: its format's error
+  event); close the cascades, exit 0. A reload's build under way is abandoned, not
+  waited for. ``/readyz`` answers 503 from the signal on. A second SIGTERM or SIGINT
+  gives up at once; a third one takes the signal's default action. A SIGHUP while
+  draining is ignored (``gateway.reload_ignored``).
   A reload opening its routes (the swap) holds neither: the listener closes at once, and
   the reload is cancelled once the drain is over (the routes it opened are closed).
 - SIGHUP: read the config file again and build every route's cascade from it; if that
@@ -35,7 +36,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -149,16 +149,30 @@ async def serve(
     # (seconds, for a large router file) is a reload once the gateway listens.
     hups: list[None] = []
     loop.add_signal_handler(signal.SIGHUP, hups.append, None)
+    # Nor is a SIGTERM then a reason for its default action (exit -15): nothing is in
+    # flight, the build is abandoned, and the process exits 0.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
         # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
-        gateway = await anyio.to_thread.run_sync(
-            lambda: build_gateway(load_gateway(source), **kwargs)
+        built = await _unless(
+            stop, _in_a_thread(lambda: build_gateway(load_gateway(source), **kwargs))
         )
+        if built is None:
+            log.info("gateway.stopped", reason="signal before listening")
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            return
+        gateway = built
         config = gateway.generation.loaded.gateway
-        runner = app_runner(gateway, shutdown_timeout=config.drain_timeout_s)
+        # The drain itself is _drain's; aiohttp's shutdown then only waits for what the
+        # cut left answering (and the listing, the probes), twice this at most.
+        runner = app_runner(gateway, shutdown_timeout=_CLOSE_S)
         await runner.setup()
     except BaseException:
-        loop.remove_signal_handler(signal.SIGHUP)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
         raise
     scrub = _NoRequestBytes()
     cleaned = False
@@ -171,7 +185,7 @@ async def serve(
         log.info("gateway.listening", host=host, port=bound, config=source, loop=_loop_name(loop))
         if ready is not None:
             ready(bound)
-        stop = asyncio.Event()
+        cut_now = asyncio.Event()
         reloads: set[asyncio.Task[None]] = set()
 
         def on_hup() -> None:
@@ -185,7 +199,7 @@ async def serve(
         def cut() -> None:  # a second SIGTERM or SIGINT while draining
             for sig in (signal.SIGTERM, signal.SIGINT):  # a third: the default action
                 loop.remove_signal_handler(sig)
-            _cut_drain(gateway, runner)
+            cut_now.set()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -205,7 +219,8 @@ async def serve(
             if gateway.reload_build is not None:
                 gateway.reload_build.cancel()  # a build under way is not waited for
             cleaned = True  # (the cut stays the handler while the drain lasts)
-            await runner.cleanup()  # stop accepting, wait for requests in flight, close
+            await _drain(gateway, runner, config.drain_timeout_s, cut_now)
+            await runner.cleanup()  # close the connections left, then the cascades
             # Nor is a swap under way (opening its routes): cancelled, it closes them.
             for task in list(reloads):
                 task.cancel()
@@ -214,21 +229,51 @@ async def serve(
             for sig in handled:
                 loop.remove_signal_handler(sig)
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)  # (if serving failed before the rest)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # (if serving failed
+            loop.remove_signal_handler(sig)  # before the rest)
         if not cleaned:  # serving failed, or was cancelled
             await runner.cleanup()
         aiohttp_log.removeFilter(scrub)
     log.info("gateway.stopped")
 
 
-def _cut_drain(gateway: Gateway, runner: web.AppRunner) -> None:
-    """End the drain now: close every connection, which cancels its request's run (and
-    so its upstream call: ``handler_cancellation``); the runner's cleanup then closes the
-    cascades as after a drain that timed out."""
-    log.warning("gateway.drain_cut", in_flight=gateway.in_flight)
+_CLOSE_S = 2.0
+"""How long aiohttp's shutdown, after the drain, waits for a handler (twice at most): a
+request the drain gave up on sends its 503 within a second (``_chat._CUT_WRITE_S``)."""
+
+
+async def _drain(
+    gateway: Gateway, runner: web.AppRunner, timeout_s: float, cut_now: asyncio.Event
+) -> None:
+    """Stop accepting, let the chat requests in flight finish for at most ``timeout_s``
+    (or until ``cut_now``: a second SIGTERM), then give up on those left: each is
+    cancelled (its run, and so its upstream call, with it) and answers 503
+    ``shutting_down`` with ``Retry-After: 1`` (a stream already started ends with its
+    format's error event), which an SDK retries, on another replica behind a balancer.
+    Before, aiohttp's own shutdown waited up to twice the timeout, then closed the
+    connections: an answer cut short, or no answer at all."""
+    for site in list(runner.sites):
+        await site.stop()
     server = runner.server
-    for connection in list(server.connections) if server is not None else ():
-        connection.force_close()
+    if server is not None:
+        server.pre_shutdown()  # idle keep-alive connections close; busy ones after this
+    if gateway.in_flight:
+        waits = [
+            asyncio.ensure_future(gateway.drained.wait()),
+            asyncio.ensure_future(cut_now.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+    if not gateway.in_flight:
+        return
+    reason = "signal" if cut_now.is_set() else "timeout"
+    log.warning("gateway.drain_cut", in_flight=gateway.in_flight, reason=reason)
+    gateway.cut = True
+    for task in list(gateway.requests):
+        task.cancel()
 
 
 def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
@@ -296,6 +341,18 @@ async def _reload(gateway: Gateway, source: str) -> None:
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
+
+
+async def _unless(stop: asyncio.Event, work: asyncio.Future[_T]) -> _T | None:
+    """``work``'s result, or ``None`` once ``stop`` is set first (``work`` cancelled)."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((work, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not work.done():
+            work.cancel()
+    return work.result() if work.done() and not work.cancelled() else None
 
 
 def _in_a_thread(build: Callable[[], _T]) -> asyncio.Future[_T]:
