@@ -443,10 +443,15 @@ def _completion(
     cache_write: int | None,
     refusal: list[str] | None,
 ) -> Completion:
-    """The call's Completion; counts the provider did not report are estimated."""
-    if in_tokens is None:  # the provider reported no usage: estimate, ~4 characters a token
-        in_tokens = estimate_prompt_tokens(msgs)
-    if out_tokens is None:
+    """The call's Completion; counts the provider did not report are estimated, and so
+    are counts of zero for a prompt or an answer that has text: no model reads or writes
+    text for free, and a zero would make the call cost nothing (a key's daily budget that
+    never moves, a cost-aware router misled)."""
+    if in_tokens is None or (in_tokens == 0 and not cache_read and not cache_write):
+        in_tokens = estimate_prompt_tokens(msgs)  # ~4 characters a token
+    # (Anthropic counts cached prompt tokens apart: 0 beside them is the whole prompt read
+    # from its cache.)
+    if not out_tokens:
         out_tokens = estimate_text_tokens(len(text) + sum(len(r) for r in refusal or ()))
     return Completion(
         text=text,

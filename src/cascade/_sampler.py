@@ -141,7 +141,7 @@ class Sampler:
         out = []
         for i, (sample, chunk) in enumerate(zip(samples, kept, strict=False)):
             prompt = chunk.input_tokens
-            if prompt is None:  # no usage reported: the prompt once, on the first answer
+            if not prompt:  # no usage reported (or 0): the prompt once, on the first answer
                 prompt = estimate_prompt_tokens(msgs) if i == 0 else 0
             output = _output_tokens(chunk) + (unasked if i == 0 else 0)
             completion = Completion(
@@ -183,8 +183,8 @@ class Sampler:
 
 
 def _output_tokens(chunk: Chunk) -> int:
-    """The tokens a chunk reports, else an estimate from its text."""
-    if chunk.output_tokens is None:
+    """The tokens a chunk reports, else (none, or 0 for text) an estimate from its text."""
+    if not chunk.output_tokens:
         return estimate_text_tokens(chunk.text)
     return chunk.output_tokens
 
