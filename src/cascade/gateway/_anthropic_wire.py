@@ -151,6 +151,7 @@ class AnthropicWire:
     official ``anthropic`` SDK speaks (``messages.create``, ``messages.stream``)."""
 
     path = "/v1/messages"
+    request_id_header = "request-id"
     text_only = False  # message_start names the model of the call (AttemptStarted)
 
     def __repr__(self) -> str:

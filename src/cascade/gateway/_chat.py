@@ -76,7 +76,11 @@ class _Access:
 
     method: str
     path: str
+    request_id: str
+    """``req_`` and 32 hex digits: sent as the API's request-id header, logged."""
     status: int = 0
+    key: str | None = None
+    """The configured name of the request's gateway key (never the key)."""
     route: str | None = None
     stream: bool = False
     tier: int | None = None
@@ -101,7 +105,11 @@ def chat_handler(wire: WireFormat) -> Any:
     async def handle(request: web.Request) -> web.StreamResponse:
         gateway = request.app[GATEWAY]
         t0 = perf_counter()
-        access = _Access(method=request.method, path=wire.path)
+        access = _Access(
+            method=request.method,
+            path=wire.path,
+            request_id="req_" + format(_ids.getrandbits(128), "032x"),
+        )
         request[LOGGED] = True  # every way out of this handler writes its line
         scope: AbstractContextManager[Span] = _UNTRACED
         if gateway.traced(request.headers):
@@ -169,6 +177,7 @@ def chat_handler(wire: WireFormat) -> Any:
                 response = error_response(wire, internal_error())
             if trace_id is not None:
                 response.headers.setdefault("x-cascade-trace-id", trace_id)
+            response.headers.setdefault(wire.request_id_header, access.request_id)
             if not access.status:
                 access.status = response.status
             if not response.prepared:
@@ -224,6 +233,7 @@ def _left_cleanly(request: web.Request) -> bool:
 
 def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> None:
     span.set_attribute("http.response.status_code", access.status)
+    span.set_attribute("cascade.request_id", access.request_id)
     if access.route is not None:
         span.set_attribute("cascade.route", access.route)
     if access.status >= 500:
@@ -233,6 +243,8 @@ def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> Non
         "method": access.method,
         "path": access.path,
         "status": access.status,
+        "request_id": access.request_id,
+        "key": access.key,
         "route": access.route,
         "stream": access.stream,
         "duration_ms": round((perf_counter() - t0) * 1000, 3),
@@ -290,6 +302,8 @@ async def _serve(
 ) -> web.StreamResponse:
     gate = gateway.gate
     held = enter_key(gate, request.headers)  # before a slot is taken or a byte read
+    if held is not None:
+        access.key = held.name
     try:
         if gateway.in_flight >= gateway.max_in_flight:
             raise GatewayError(
@@ -438,6 +452,7 @@ async def _json(
     result = end.result
     access.tier, access.model = result.tier, result.model
     headers = result_headers(route_name=info.route, result=result)
+    headers[wire.request_id_header] = access.request_id
     if info.trace_id is not None:
         headers["x-cascade-trace-id"] = info.trace_id
     response = web.Response(

@@ -110,6 +110,11 @@ def enter_key(gate: Gate, headers: Mapping[str, str]) -> Held | None:
 class Held(Protocol):
     """A request counted in flight by its key."""
 
+    @property
+    def name(self) -> str:
+        """The key's configured name (for the access log; never the key)."""
+        ...
+
     def leave(self) -> None: ...
 
 

@@ -126,6 +126,7 @@ class OpenAIWire:
     """OpenAI Chat Completions, at ``/v1/chat/completions``."""
 
     path = "/v1/chat/completions"
+    request_id_header = "x-request-id"
     text_only = True
 
     def __repr__(self) -> str:

@@ -66,7 +66,7 @@ async def sse_answer(
                 if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
                     continue  # more is ready (or this is the end): one write for all of it
                 if response is None:
-                    response = _prepare(stream, route, seen, info, access)
+                    response = _prepare(wire, stream, route, seen, info, access)
                 await _write(request, response, pending, timeout_s)
     except GatewayError as exc:
         # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
@@ -90,18 +90,19 @@ async def sse_answer(
                 del error
         pending.append(wire.sse_error(error))  # the status (200) is sent already
     if response is None:
-        response = _prepare(stream, route, seen, info, access)
+        response = _prepare(wire, stream, route, seen, info, access)
     await _write(request, response, pending, timeout_s, last=True)
     access.sent = True
     return response
 
 
 def _prepare(
-    stream: Stream, route: Route, seen: _Seen, info: RunInfo, access: _Access
+    wire: WireFormat, stream: Stream, route: Route, seen: _Seen, info: RunInfo, access: _Access
 ) -> web.StreamResponse:
     """The stream's response, its headers as they stand now; its status line and headers
     go out with its first write (``_write``: one ``send``)."""
     headers = _sse_headers(stream, route, seen)
+    headers[wire.request_id_header] = access.request_id
     if info.trace_id is not None:
         headers["x-cascade-trace-id"] = info.trace_id
     response = _EventStream(headers=headers)

@@ -87,6 +87,9 @@ class WireFormat(Protocol):
 
     path: str
     """Where the format is served, e.g. ``/v1/chat/completions``."""
+    request_id_header: str
+    """The response header the API's SDK reads the request id from (OpenAI's
+    ``x-request-id``, Anthropic's ``request-id``: an SDK object's ``_request_id``)."""
     text_only: bool
     """Whether ``sse`` reads only ``Delta``, ``Retracted`` and ``Finished`` events (the
     run's stream then carries no other)."""
