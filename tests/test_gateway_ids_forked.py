@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from cascade.gateway import _chat
+from cascade.gateway import _access
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
@@ -16,7 +16,7 @@ def test_a_forked_worker_draws_response_ids_of_its_own() -> None:
     pid = os.fork()
     if pid == 0:  # the child: its first id, to the parent
         try:
-            os.write(write, format(_chat._ids.getrandbits(128), "032x").encode())
+            os.write(write, format(_access._ids.getrandbits(128), "032x").encode())
         finally:
             os._exit(0)
     os.close(write)
@@ -25,6 +25,6 @@ def test_a_forked_worker_draws_response_ids_of_its_own() -> None:
     finally:
         os.close(read)
         os.waitpid(pid, 0)
-    mine = format(_chat._ids.getrandbits(128), "032x")
+    mine = format(_access._ids.getrandbits(128), "032x")
     assert len(child) == 32
     assert child != mine

@@ -18,8 +18,9 @@ import structlog
 from aiohttp import HttpVersion11, web
 
 from .._telemetry._logs import emit
+from ._access import ACCESS_EVENT, LOGGED
 from ._anthropic_wire import AnthropicWire
-from ._chat import ACCESS_EVENT, LOGGED, chat_handler
+from ._chat import chat_handler
 from ._errors import GatewayError, internal_error
 from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
@@ -79,7 +80,7 @@ async def _expect_later(request: web.Request) -> None:
 
 def _check_expect(request: web.Request) -> None:
     """Raise ``GatewayError`` (417) for an expectation other than ``100-continue``
-    (which the chat handler answers when it reads the body: ``_chat.py``)."""
+    (which the chat request answers when it reads the body: ``_serve.py``)."""
     expect = request.headers.get("Expect")
     if expect is None or request.version != HttpVersion11:
         return

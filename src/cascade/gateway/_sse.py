@@ -1,5 +1,5 @@
 """A streamed chat answer (``stream: true``), sent as the run's events come: the SSE half
-of ``_chat.py``'s request path."""
+of ``_serve.py``'s request path."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from ._routes import Route
 from ._wire import GatewayRequest, RunInfo, WireFormat
 
 if TYPE_CHECKING:
-    from ._chat import _Access
+    from ._access import _Access
 
 __all__ = ["sse_answer"]
 
