@@ -90,90 +90,83 @@ async def serve_chat(
                 code="gateway_busy",
                 retry_after_s=1.0,
             )
-        return await _serve_held(request, gateway, wire, access, trace_id)
+        if gateway.cut:  # (a request the drain's cut found still queued on its connection)
+            raise shutting_down()
+        gateway.in_flight += 1
+        task = asyncio.current_task()
+        gateway.requests.add(task)  # type: ignore[arg-type]  # (a handler runs in a task)
+        generation = gateway.generation
+        generation.enter()
+        try:
+            body = await _read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
+            try:
+                req = wire.parse(body, gateway.limits)
+            except InputError as exc:
+                raise from_run_error(exc) from None
+            access.stream = req.stream
+            route = generation.find(req.model)
+            if route is not None:
+                access.route = route.name
+            admission = (
+                None
+                if gate is OPEN_GATE
+                else await gate.admit(request.headers, request=req, route=route)
+            )
+            runs: Stream | ResultSink | None = None  # where the run's attempts are kept
+            try:
+                if route is None:
+                    raise GatewayError(
+                        404,
+                        f"no route serves the model {req.model[:200]!r}",
+                        param="model",
+                        code="model_not_found",
+                    )
+                access.route = route.name
+                info = RunInfo(
+                    id="chatcmpl-" + format(_ids.getrandbits(128), "032x"),
+                    created=int(time.time()),
+                    route=route.name,
+                    trace_id=trace_id,
+                )
+                timeout_s = gateway.write_timeout_s
+                validators = () if req.json_schema is None else await _validators(gateway, req)
+                if not req.stream:
+                    answered: list[web.Response] = []
+
+                    async def answer(end: Finished) -> None:
+                        answered.append(
+                            await _json(request, wire, end, req, info, access, timeout_s)
+                        )
+
+                    runs = ResultSink(answer)
+                    plan = _plan(route, req, validators)
+                    end = await route.cascade._answer(plan, runs)
+                    if runs.error is not None:
+                        raise runs.take_error()
+                    if type(end) is Failed:
+                        raise from_run_error(end.error)
+                    return answered[0]
+                runs = stream = _start(route, req, wire, validators)
+                async with stream:
+                    return await sse_answer(
+                        request, wire, stream, route, req, info, access, timeout_s
+                    )
+            finally:
+                attempts = runs.attempts if runs is not None else ()
+                access.cost_usd = sum(a.cost_usd for a in attempts)
+                access.attempts = len(attempts)
+                tokens = sum(a.input_tokens + a.output_tokens for a in attempts)
+                if gate is not OPEN_GATE:  # it counts nothing: no coroutine to ask it to
+                    await gate.settle(admission, tokens=tokens, cost_usd=access.cost_usd)
+        finally:
+            gateway.in_flight -= 1
+            gateway.requests.discard(task)
+            generation.leave()
+            if gateway.draining and not gateway.in_flight:
+                gateway.drained.set()
     finally:
         if held is not None:
             held.leave()
-
-
-async def _serve_held(
-    request: web.Request,
-    gateway: Gateway,
-    wire: WireFormat,
-    access: _Access,
-    trace_id: str | None,
-) -> web.StreamResponse:
-    gate = gateway.gate
-    if gateway.cut:  # (a request the drain's cut found still queued on its connection)
-        raise shutting_down()
-    gateway.in_flight += 1
-    task = asyncio.current_task()
-    gateway.requests.add(task)  # type: ignore[arg-type]  # (a handler runs in a task)
-    generation = gateway.generation
-    generation.enter()
-    try:
-        body = await _read_body(request, gateway.max_body_bytes, gateway.body_timeout_s)
-        try:
-            req = wire.parse(body, gateway.limits)
-        except InputError as exc:
-            raise from_run_error(exc) from None
-        access.stream = req.stream
-        route = generation.find(req.model)
-        if route is not None:
-            access.route = route.name
-        admission = (
-            None
-            if gate is OPEN_GATE
-            else await gate.admit(request.headers, request=req, route=route)
-        )
-        runs: Stream | ResultSink | None = None  # where the run's attempts are kept
-        try:
-            if route is None:
-                raise GatewayError(
-                    404,
-                    f"no route serves the model {req.model[:200]!r}",
-                    param="model",
-                    code="model_not_found",
-                )
-            access.route = route.name
-            info = RunInfo(
-                id="chatcmpl-" + format(_ids.getrandbits(128), "032x"),
-                created=int(time.time()),
-                route=route.name,
-                trace_id=trace_id,
-            )
-            timeout_s = gateway.write_timeout_s
-            validators = () if req.json_schema is None else await _validators(gateway, req)
-            if not req.stream:
-                answered: list[web.Response] = []
-
-                async def answer(end: Finished) -> None:
-                    answered.append(await _json(request, wire, end, req, info, access, timeout_s))
-
-                runs = ResultSink(answer)
-                plan = _plan(route, req, validators)
-                end = await route.cascade._answer(plan, runs)
-                if runs.error is not None:
-                    raise runs.take_error()
-                if type(end) is Failed:
-                    raise from_run_error(end.error)
-                return answered[0]
-            runs = stream = _start(route, req, wire, validators)
-            async with stream:
-                return await sse_answer(request, wire, stream, route, req, info, access, timeout_s)
-        finally:
-            attempts = runs.attempts if runs is not None else ()
-            access.cost_usd = sum(a.cost_usd for a in attempts)
-            access.attempts = len(attempts)
-            tokens = sum(a.input_tokens + a.output_tokens for a in attempts)
-            if gate is not OPEN_GATE:  # it counts nothing: no coroutine to ask it to
-                await gate.settle(admission, tokens=tokens, cost_usd=access.cost_usd)
-    finally:
-        gateway.in_flight -= 1
-        gateway.requests.discard(task)
-        generation.leave()
-        if gateway.draining and not gateway.in_flight:
-            gateway.drained.set()
 
 
 async def _validators(gateway: Gateway, req: GatewayRequest) -> tuple[Validator, ...]:
