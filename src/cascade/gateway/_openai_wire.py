@@ -475,7 +475,7 @@ def _refuse_unserved(values: tuple[Any, ...]) -> None:
             raise GatewayError(
                 400,
                 f"{name} is not supported by the cascade gateway"
-                + (f" (only {only}, the default, is accepted)" if only else ""),
+                + (f" (only {only}, the API's default, is accepted)" if only else ""),
                 param=name,
                 code="unsupported_parameter",
             )
