@@ -237,3 +237,27 @@ async def test_a_messages_default_or_bookkeeping_field_changes_nothing_upstream(
         msg = await c.messages.create(**args)
     assert msg.content[0].text == ANSWER  # type: ignore[union-attr]
     assert sent(openai_server) == {"model": "m1", "messages": HI, "max_tokens": 64}
+
+
+async def test_an_unknown_fields_name_is_clipped_in_the_error(gw: Running) -> None:
+    long = "k" * 100_000
+    async with oai(gw) as c:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await c.chat.completions.create(
+                model="cascade",
+                messages=HI,  # type: ignore[arg-type]
+                extra_body={long: 1},
+            )
+        body = caught.value.body
+        assert isinstance(body, dict)
+        assert body["param"].startswith("kkk")
+        assert len(body["param"]) < 100
+    async with ant(gw) as a:
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            await a.messages.create(
+                model="cascade", max_tokens=8, messages=HI, extra_body={long: 1}
+            )
+        error = refused.value.body
+        assert isinstance(error, dict)
+        assert error["error"]["message"].startswith("kkk")
+        assert len(error["error"]["message"]) < 200

@@ -38,6 +38,8 @@ MAX_BLOCKS: Final = 1024
 MAX_STOP_SEQUENCES: Final = 16
 """The most ``stop_sequences``, each of at most 1024 characters."""
 _MAX_MODEL_CHARS: Final = 256
+_MAX_NAME_CHARS: Final = 64
+"""The most characters of an unknown field's name an error echoes."""
 
 
 class _Block(msgspec.Struct, frozen=True):
@@ -169,8 +171,9 @@ def _input_error(text: str) -> InputError:
     path = match.group(1) if match else ""
     message = text[: match.start()] if match else text
     field = _FIELD.search(message)
-    if field:  # a missing or unknown field: name it, not its parent object
-        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    if field:  # a missing or unknown field: name it (clipped), not its parent object
+        name = field.group(1)[:_MAX_NAME_CHARS]
+        path = f"{path}.{name}" if path else name
         message = "unknown field" if "unknown" in message else "field required"
     return InputError(message, path=path)
 

@@ -172,6 +172,7 @@ _FINISH = {
 }
 _MESSAGE_EXTRAS = ("name", "refusal", "audio", "tool_call_id")
 _UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
+_MAX_NAME_CHARS = 64
 _MAX_STOPS = 16
 _MAX_STOP_CHARS = 1024
 
@@ -202,7 +203,7 @@ class OpenAIWire:
             param = where.rstrip("`").lstrip(".") or None
             unknown = _UNKNOWN.fullmatch(message)
             if unknown is not None:  # name the field itself, as OpenAI does
-                field = unknown.group(1)
+                field = unknown.group(1)[:_MAX_NAME_CHARS]  # the client's own key: clipped
                 param = f"{param}.{field}" if param else field
                 raise GatewayError(
                     400, "unknown field", param=param, code="unknown_parameter"
