@@ -4,8 +4,9 @@ Served: ``model`` (the route), ``messages`` (``system``, ``developer`` as system
 ``user``, ``assistant``; content a string or text parts), ``stream`` and
 ``stream_options.include_usage``, ``n`` (1 only: a cascade returns one validated answer),
 ``max_tokens`` / ``max_completion_tokens`` (at most 1e9), ``temperature``, ``stop``, ``seed``,
-``response_format`` (``json_schema`` adds the schema as a validator of every tier, and is
-sent upstream as is).
+``response_format`` (sent upstream as is; ``json_schema`` adds the schema as a validator of
+every tier, ``json_object`` the schema ``{"type": "object"}``, so a provider without the
+field, Anthropic's, is held to it too).
 
 Accepted and ignored, as they cannot change the answer: ``user``, ``safety_identifier``,
 ``metadata``, ``prompt_cache_key``, ``prompt_cache_retention``, ``prompt_cache_options``,
@@ -337,6 +338,8 @@ class OpenAIWire:
         fmt = req.response_format
         if fmt is not None and fmt.type == "json_object":
             response_format = {"type": "json_object"}
+            # a validator too: a provider without response_format (Anthropic's) ignores it
+            schema = {"type": "object"}
         elif fmt is not None and fmt.type == "json_schema":
             spec = fmt.json_schema
             if spec is None or spec.schema is _UNSET:
