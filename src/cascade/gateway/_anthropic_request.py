@@ -7,10 +7,13 @@ string or text blocks, each message's blocks joined into one string), ``temperat
 ``json_schema`` format: every tier's answer must pass that schema, and it is sent
 upstream as an OpenAI-style ``response_format``).
 
-Accepted and ignored: ``metadata``, ``top_p``, ``top_k``, ``service_tier``,
-``cache_control``, ``container``, ``inference_geo``, ``output_config.effort``,
-``thinking`` of type ``disabled``. Refused with a 400 naming the field: tools, images,
-documents and every other non-text block, extended thinking, and any unknown field.
+Accepted and ignored, as they cannot change the answer: ``metadata``, ``service_tier``,
+``cache_control``, ``container``, ``top_p`` of 1, ``tools`` of ``[]``, ``tool_choice`` of
+type ``none``, ``thinking`` of type ``disabled``. Refused with a 400 naming the field:
+tools, images, documents and every other non-text block, extended thinking, ``top_p``
+below 1, ``top_k``, ``output_config.effort``, ``inference_geo`` (cascade does not choose
+where its providers run), and any unknown field: a field dropped would give the client an
+answer to a question it did not ask.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ MAX_BLOCKS: Final = 1024
 MAX_STOP_SEQUENCES: Final = 16
 """The most ``stop_sequences``, each of at most 1024 characters."""
 _MAX_MODEL_CHARS: Final = 256
+_MAX_NAME_CHARS: Final = 64
+"""The most characters of an unknown field's name an error echoes."""
 
 
 class _Block(msgspec.Struct, frozen=True):
@@ -59,6 +64,10 @@ class _Metadata(msgspec.Struct, frozen=True):
 class _Thinking(msgspec.Struct, frozen=True):
     type: str
     budget_tokens: int | None = None
+
+
+class _ToolChoice(msgspec.Struct, frozen=True):
+    type: str
 
 
 class _Format(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -86,18 +95,18 @@ class _Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ) = None
     stream: bool | None = None
     output_config: _OutputConfig | None = None
-    # Accepted, not carried: cascade has no such option, or it is Anthropic's business.
+    # Accepted, not carried: the provider's bookkeeping, which cannot change the answer.
     metadata: _Metadata | None = None
-    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
-    top_k: Annotated[int, Meta(ge=0)] | None = None
     service_tier: str | None = None
     cache_control: dict[str, str] | None = None
     container: str | None = None
+    # Refused with a reason rather than as unknown fields (see _refuse_unsupported).
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    top_k: Annotated[int, Meta(ge=0)] | None = None
     inference_geo: str | None = None
-    # Refused with a reason rather than as unknown fields: cascade carries text only.
     thinking: _Thinking | None = None
     tools: list[msgspec.Raw] | None = None
-    tool_choice: msgspec.Raw | None = None
+    tool_choice: _ToolChoice | None = None
 
 
 _decode_body = msgspec.json.Decoder(_Body).decode
@@ -162,8 +171,9 @@ def _input_error(text: str) -> InputError:
     path = match.group(1) if match else ""
     message = text[: match.start()] if match else text
     field = _FIELD.search(message)
-    if field:  # a missing or unknown field: name it, not its parent object
-        path = f"{path}.{field.group(1)}" if path else field.group(1)
+    if field:  # a missing or unknown field: name it (clipped), not its parent object
+        name = field.group(1)[:_MAX_NAME_CHARS]
+        path = f"{path}.{name}" if path else name
         message = "unknown field" if "unknown" in message else "field required"
     return InputError(message, path=path)
 
@@ -171,10 +181,22 @@ def _input_error(text: str) -> InputError:
 def _refuse_unsupported(body: _Body) -> None:
     if body.tools:
         raise InputError("tools are not supported by this gateway", path="tools")
-    if body.tool_choice is not None:
+    if body.tool_choice is not None and body.tool_choice.type != "none":
         raise InputError("tools are not supported by this gateway", path="tool_choice")
     if body.thinking is not None and body.thinking.type != "disabled":
         raise InputError("extended thinking is not supported by this gateway", path="thinking")
+    if body.top_p is not None and body.top_p != 1:
+        raise InputError("top_p is not supported by this gateway (only 1)", path="top_p")
+    if body.top_k is not None:
+        raise InputError("top_k is not supported by this gateway", path="top_k")
+    if body.output_config is not None and body.output_config.effort is not None:
+        raise InputError("effort is not supported by this gateway", path="output_config.effort")
+    if body.inference_geo is not None:
+        raise InputError(
+            "inference_geo is not supported by this gateway: it does not choose where "
+            "its providers run",
+            path="inference_geo",
+        )
 
 
 def _text(content: str | list[_Block], path: str) -> str:
