@@ -2,7 +2,7 @@
 
 A service pointed at ``cascade serve`` sends what ``openai``'s ``chat.completions.create``
 and ``anthropic``'s ``messages.create`` let it send. A field the gateway would drop
-(``logit_bias``, ``top_p``, ``reasoning_effort``...) gives that service a different answer
+(``logit_bias``, ``top_k``, ``reasoning_effort``...) gives that service a different answer
 than it asked for without it knowing: it is a 400 naming the field (``param``), and no
 provider is called. A field whose value is the API's default, or whose only effect is the
 provider's bookkeeping (``user``, ``metadata``, prompt-cache hints), is accepted and
@@ -64,7 +64,7 @@ _PRIOR = {"role": "assistant", "content": "no"}
         ({"frequency_penalty": 0.5}, "frequency_penalty"),
         ({"presence_penalty": -1.0}, "presence_penalty"),
         ({"logit_bias": {"50256": -100}}, "logit_bias"),
-        ({"top_p": 0.1}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
         ({"top_logprobs": 3}, "top_logprobs"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
         ({"verbosity": "low"}, "verbosity"),
@@ -193,7 +193,7 @@ async def test_a_json_schema_goes_upstream_as_the_client_wrote_it(
 @pytest.mark.parametrize(
     ("kwargs", "param", "says"),
     [
-        ({"extra_body": {"top_p": 0.1}}, "top_p", "top_p"),
+        ({"extra_body": {"top_p": 1.5}}, "top_p", "<= 1.0"),
         ({"extra_body": {"top_k": 5}}, "top_k", "top_k"),
         ({"output_config": {"effort": "low"}}, "output_config.effort", "effort"),
         ({"inference_geo": "us"}, "inference_geo", "inference_geo"),
@@ -327,3 +327,47 @@ async def test_a_temperature_above_what_the_provider_takes_is_not_clamped_silent
             await c.chat.completions.create(model="cascade", messages=HI, temperature=1.5)  # type: ignore[arg-type]
     assert isinstance(caught.value.body, dict)
     assert caught.value.body["param"] == "temperature"
+
+
+# -- top_p: honoured on both paths, to both kinds of provider ---------------------------------
+
+
+@pytest.mark.parametrize("path", ["chat", "messages"])
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_top_p_reaches_every_kind_of_provider(
+    openai_server: FakeOpenAIServer,
+    anthropic_server: FakeAnthropicServer,
+    tmp_path: Path,
+    path: str,
+    kind: str,
+) -> None:
+    server: FakeOpenAIServer | FakeAnthropicServer = (
+        openai_server if kind == "openai" else anthropic_server
+    )
+    server.default = Reply(text=ANSWER)
+    config = {"tiers": [tier("t", provider("a", server.url, "m1", kind=kind))]}
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        for top_p in (0.25, 1):  # 1, the default, is not sent on
+            if path == "chat":
+                async with oai(g) as c:
+                    await c.chat.completions.create(model="cascade", messages=HI, top_p=top_p)  # type: ignore[arg-type]
+            else:
+                async with ant(g) as c:
+                    await c.messages.create(
+                        model="cascade",
+                        max_tokens=64,
+                        messages=HI,  # type: ignore[arg-type]
+                        extra_body={"top_p": top_p},  # (the SDK's create has no top_p now)
+                    )
+    first, second = (r.body for r in server.requests)
+    assert first["top_p"] == 0.25
+    assert "top_p" not in second
+
+
+def test_request_options_bound_top_p() -> None:
+    from cascade import InputError, RequestOptions
+
+    assert RequestOptions(top_p=0.5).top_p == 0.5
+    for bad in (1.5, -0.1, float("nan")):
+        with pytest.raises(InputError, match="top_p"):
+            RequestOptions(top_p=bad)

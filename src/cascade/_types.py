@@ -59,6 +59,7 @@ class RequestOptions(
     """
 
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     n: Annotated[int, Meta(ge=1, le=128)] | None = None
     stop: tuple[str, ...] | None = None
@@ -73,6 +74,9 @@ class RequestOptions(
         t, m, n = self.temperature, self.max_tokens, self.n
         if t is not None and not 0 <= t <= 2:
             raise InputError(f"expected 0 <= temperature <= 2, got {t}", path="temperature")
+        p = self.top_p
+        if p is not None and not 0 <= p <= 1:
+            raise InputError(f"expected 0 <= top_p <= 1, got {p}", path="top_p")
         if m is not None and m < 1:
             raise InputError(f"expected max_tokens >= 1, got {m}", path="max_tokens")
         if n is not None and not 1 <= n <= 128:

@@ -73,6 +73,8 @@ def start_attempt(
         attrs[sc.GEN_AI_REQUEST_MAX_TOKENS] = max_tokens
     if options.temperature is not None:
         attrs[sc.GEN_AI_REQUEST_TEMPERATURE] = options.temperature
+    if options.top_p is not None:
+        attrs[sc.GEN_AI_REQUEST_TOP_P] = options.top_p
     if options.seed is not None:
         attrs[sc.GEN_AI_REQUEST_SEED] = options.seed
     if options.stop:

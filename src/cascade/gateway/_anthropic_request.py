@@ -3,17 +3,17 @@
 Carried: ``model`` (the route), ``max_tokens`` (required, as Anthropic requires it),
 ``system`` (a string or text blocks), ``messages`` (``user`` / ``assistant``, content a
 string or text blocks, each message's blocks joined into one string), ``temperature``
-(0 to 1), ``stop_sequences``, ``stream``, and ``output_config.format`` (a
-``json_schema`` format: every tier's answer must pass that schema, and it is sent
-upstream as an OpenAI-style ``response_format``).
+(0 to 1), ``top_p`` (1, the default, is not sent on), ``stop_sequences``, ``stream``, and
+``output_config.format`` (a ``json_schema`` format: every tier's answer must pass that
+schema, and it is sent upstream as an OpenAI-style ``response_format``).
 
 Accepted and ignored, as they cannot change the answer: ``metadata``, ``service_tier``,
-``cache_control``, ``container``, ``top_p`` of 1, ``tools`` of ``[]``, ``tool_choice`` of
-type ``none``, ``thinking`` of type ``disabled``. Refused with a 400 naming the field:
-tools, images, documents and every other non-text block, extended thinking, ``top_p``
-below 1, ``top_k``, ``output_config.effort``, ``inference_geo`` (cascade does not choose
-where its providers run), and any unknown field: a field dropped would give the client an
-answer to a question it did not ask.
+``cache_control``, ``container``, ``tools`` of ``[]``, ``tool_choice`` of type ``none``,
+``thinking`` of type ``disabled``. Refused with a 400 naming the field: tools, images,
+documents and every other non-text block, extended thinking, ``top_k``,
+``output_config.effort``, ``inference_geo`` (cascade does not choose where its providers
+run), and any unknown field: a field dropped would give the client an answer to a
+question it did not ask.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ class _Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     service_tier: str | None = None
     cache_control: dict[str, str] | None = None
     container: str | None = None
-    # Refused with a reason rather than as unknown fields (see _refuse_unsupported).
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    # Refused with a reason rather than as unknown fields (see _refuse_unsupported).
     top_k: Annotated[int, Meta(ge=0)] | None = None
     inference_geo: str | None = None
     thinking: _Thinking | None = None
@@ -151,6 +151,7 @@ def parse_request(raw: bytes, limits: Limits) -> GatewayRequest:
     options = RequestOptions(
         max_tokens=body.max_tokens,
         temperature=body.temperature,
+        top_p=None if body.top_p == 1 else body.top_p,  # the default: not sent
         stop=None if not body.stop_sequences else tuple(body.stop_sequences),
         response_format=response_format,
     )
@@ -185,8 +186,6 @@ def _refuse_unsupported(body: _Body) -> None:
         raise InputError("tools are not supported by this gateway", path="tool_choice")
     if body.thinking is not None and body.thinking.type != "disabled":
         raise InputError("extended thinking is not supported by this gateway", path="thinking")
-    if body.top_p is not None and body.top_p != 1:
-        raise InputError("top_p is not supported by this gateway (only 1)", path="top_p")
     if body.top_k is not None:
         raise InputError("top_k is not supported by this gateway", path="top_k")
     if body.output_config is not None and body.output_config.effort is not None:

@@ -3,14 +3,15 @@
 Served: ``model`` (the route), ``messages`` (``system``, ``developer`` as system,
 ``user``, ``assistant``; content a string or text parts), ``stream`` and
 ``stream_options.include_usage``, ``n`` (1 only: a cascade returns one validated answer),
-``max_tokens`` / ``max_completion_tokens`` (at most 1e9), ``temperature``, ``stop``, ``seed``,
+``max_tokens`` / ``max_completion_tokens`` (at most 1e9), ``temperature``, ``top_p`` (1,
+the default, is not sent on), ``stop``, ``seed``,
 ``response_format`` (sent upstream as is; ``json_schema`` adds the schema as a validator of
 every tier, ``json_object`` the schema ``{"type": "object"}``, so a provider without the
 field, Anthropic's, is held to it too).
 
 Accepted and ignored, as they cannot change the answer: ``user``, ``safety_identifier``,
 ``metadata``, ``prompt_cache_key``, ``prompt_cache_retention``, ``prompt_cache_options``,
-``parallel_tool_calls``, and the API's default value of a field not served (``top_p`` 1,
+``parallel_tool_calls``, and the API's default value of a field not served (
 ``frequency_penalty`` / ``presence_penalty`` 0, ``logit_bias`` {}, ``top_logprobs`` 0,
 ``tools`` [], ``tool_choice`` "none", ``store`` false, ``service_tier`` "auto" or
 "default", ``stream_options.include_obfuscation`` false). Any other value of those, and
@@ -107,6 +108,7 @@ class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
+    top_p: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     response_format: _ResponseFormat | None = None
@@ -128,7 +130,6 @@ class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
-    top_p: float | None = None
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
     logit_bias: Any = None
@@ -149,7 +150,6 @@ _DEFAULTS: dict[str, tuple[Any, ...]] = {
     "audio": (),
     "modalities": (["text"],),
     "prediction": (),
-    "top_p": (1,),
     "frequency_penalty": (0,),
     "presence_penalty": (0,),
     "logit_bias": ({},),
@@ -325,6 +325,11 @@ class OpenAIWire:
         t = req.temperature
         if t is not None and not 0 <= t <= 2:
             raise InputError(f"expected 0 <= temperature <= 2, got {t}", path="temperature")
+        top_p = req.top_p
+        if top_p is not None and not 0 <= top_p <= 1:
+            raise InputError(f"expected 0 <= top_p <= 1, got {top_p}", path="top_p")
+        if top_p == 1:  # the default: not sent (some models refuse it beside temperature)
+            top_p = None
         stop: tuple[str, ...] | None = None
         if req.stop is not None:
             stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
@@ -350,6 +355,7 @@ class OpenAIWire:
         options = RequestOptions(
             max_tokens=max_tokens,
             temperature=t,
+            top_p=top_p,
             stop=stop,
             seed=req.seed,
             response_format=response_format,

@@ -170,6 +170,8 @@ class AnthropicProvider(HTTPProvider):
             body["system"] = "\n\n".join(system)
         if options.temperature is not None:
             body["temperature"] = min(options.temperature, 1.0)  # Anthropic's range is [0, 1]
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
         if options.stop is not None:
             body["stop_sequences"] = options.stop
         if stream:

@@ -229,6 +229,8 @@ class OpenAIProvider(HTTPProvider):
             body[self._max_tokens_field] = max_tokens
         if options.temperature is not None:
             body["temperature"] = options.temperature
+        if options.top_p is not None:
+            body["top_p"] = options.top_p
         if options.n is not None:
             body["n"] = options.n
         if options.stop is not None:
