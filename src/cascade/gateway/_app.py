@@ -4,7 +4,8 @@
 format of the API its path belongs to. Requests a browser made for another site are
 refused first (``_guard.py``). Every request gets one access-log line: the chat routes
 write their own (``_chat.py``), the middleware every other one (the listing, the probes,
-refusals before a handler ran)."""
+refusals before a handler ran), the connection those aiohttp's HTTP parser refuses
+(``_protocol.py``)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
 from ._guard import check_request
 from ._openai_wire import OpenAIWire
+from ._protocol import WIRES
 from ._respond import ClientGone, error_response, send
 from ._wire import WireFormat
 
@@ -50,6 +52,7 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
         middlewares=[_front_middleware(formats)],
     )
     app[GATEWAY] = gateway
+    app[WIRES] = tuple(formats)  # a request aiohttp's parser refuses: _protocol.py
     # Expect is the middleware's (417) and the chat handler's (100 Continue), not
     # aiohttp's: its own sends 100 before any check, and its 417 skips the middleware.
     for wire in formats:
