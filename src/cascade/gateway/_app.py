@@ -27,7 +27,6 @@ from ._gate import check_key
 from ._gateway import GATEWAY, Gateway
 from ._guard import check_request
 from ._openai_wire import OpenAIWire
-from ._protocol import WIRES
 from ._respond import ClientGone, error_response, send
 from ._wire import WireFormat
 
@@ -52,7 +51,6 @@ def create_app(gateway: Gateway, *, wires: Sequence[WireFormat] | None = None) -
         middlewares=[_front_middleware(formats)],
     )
     app[GATEWAY] = gateway
-    app[WIRES] = tuple(formats)  # a request aiohttp's parser refuses: _protocol.py
     # Expect is the middleware's (417) and the chat handler's (100 Continue), not
     # aiohttp's: its own sends 100 before any check, and its 417 skips the middleware.
     for wire in formats:
