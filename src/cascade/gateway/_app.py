@@ -4,7 +4,8 @@
 format of the API its path belongs to. Requests a browser made for another site are
 refused first (``_guard.py``). Every request gets one access-log line: the chat routes
 write their own (``_chat.py``), the middleware every other one (the listing, the probes,
-refusals before a handler ran)."""
+refusals before a handler ran), the connection those aiohttp's HTTP parser refuses
+(``_protocol.py``)."""
 
 from __future__ import annotations
 

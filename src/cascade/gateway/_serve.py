@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .._errors import InputError
 from ..engine import Failed, Finished, Stream
@@ -60,10 +61,12 @@ async def _read_body(request: web.Request, limit: int, timeout_s: float) -> byte
         raise GatewayError(
             408, "the request body took too long to arrive", code="body_timeout"
         ) from None
-    except web.RequestPayloadError:
-        # Its Content-Encoding did not decode: the client's error, not the gateway's.
-        # What is left of the body cannot be read (aiohttp would log a traceback trying,
-        # then answer the request a second time): the connection closes after the 400.
+    except (web.RequestPayloadError, HttpProcessingError):
+        # Its Content-Encoding did not decode, or its chunked framing is invalid (aiohttp's
+        # pure-Python parser fails the body with its own error, which quotes the bytes):
+        # the client's error, not the gateway's. What is left of the body cannot be read
+        # (aiohttp would log a traceback trying, then answer the request a second time):
+        # the connection closes after the 400.
         request.content.feed_eof()
         request.protocol.close()
         raise GatewayError(

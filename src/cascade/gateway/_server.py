@@ -48,6 +48,7 @@ from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
 from ._gateway import RESTART_ONLY
 from ._key_gate import KeyGate
+from ._protocol import GatewayRunner
 from ._routes import Generation, build_generation
 
 if TYPE_CHECKING:
@@ -105,8 +106,9 @@ def _gate_for(
 
 
 def app_runner(gateway: Gateway, *, shutdown_timeout: float) -> web.AppRunner:
-    """The aiohttp runner of ``gateway``'s app, as ``cascade serve`` runs it."""
-    return web.AppRunner(
+    """The aiohttp runner of ``gateway``'s app, as ``cascade serve`` runs it: a request
+    aiohttp's parser refuses is answered in the API's error format (``_protocol.py``)."""
+    return GatewayRunner(
         create_app(gateway),
         handle_signals=False,
         access_log=None,  # the gateway writes its own access log (no keys, no text)
