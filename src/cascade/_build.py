@@ -8,9 +8,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ._attempt import Tier
 from ._config import Config
 from ._errors import ConfigError
+from ._tier import Tier
 from .providers import check_provider_config, provider_kinds
 from .validators import build_validator
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 import msgspec
 
-from ._attempt import Tier
 from ._build import build_tiers, provider_keys
 from ._calls import ProviderCalls
 from ._clock import Clock
@@ -21,6 +20,7 @@ from ._config import Config, in_file, load_config
 from ._errors import ConfigError, InputError
 from ._telemetry import Telemetry
 from ._telemetry import _conventions as conventions
+from ._tier import Tier
 from ._types import Message, RequestOptions, Result, coerce_messages
 from .engine._core import Engine, Plan
 from .engine._events import Failed, Finished, StreamMode

@@ -17,7 +17,6 @@ from time import perf_counter
 
 import msgspec
 
-from .._attempt import Tier
 from .._calls import ProviderCalls
 from .._clock import timeout_after
 from .._config import Config
@@ -30,6 +29,7 @@ from .._records import RunState, best_attempt, failed_record
 from .._telemetry import Telemetry
 from .._telemetry._context import detach
 from .._telemetry._spans import NOOP_RUN
+from .._tier import Tier
 from .._timeouts import ClockLane, TimeoutLane, expiring
 from .._types import Attempt, Message, RequestOptions, Result
 from ..providers import Provider

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .._attempt import Tier
 from .._config import Config
 from .._errors import AllProvidersFailed, BudgetExceeded, CascadeExhausted, DeadlineExceeded
 from .._records import RunState, best_attempt
+from .._tier import Tier
 from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
 from ..resilience.quality import QUALITY_OPEN, QualityBreaker
 

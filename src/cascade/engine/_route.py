@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .._attempt import Tier
 from .._clock import timeout_after
 from .._config import ProviderConfig, TierConfig
+from .._tier import Tier
 from .._types import Completion, Message, RequestOptions, estimate_prompt_tokens
 from ..routing import RouteDecision, Router, RouteRequest, TierInfo
 from ..routing._params import warn_failed
