@@ -21,7 +21,8 @@ from .._types import (
     estimate_text_tokens,
     join_chunks,
 )
-from ._http import DONE, HTTPProvider, post_whole
+from ._http import DONE, HTTPProvider
+from ._http_whole import post_whole
 from ._openai_decode import (
     _answered,
     _cut_texts,
