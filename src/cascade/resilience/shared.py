@@ -51,9 +51,10 @@ import structlog
 from .._clock import timeout_after
 from .._errors import ConfigError
 from .._headers import MAX_WAIT_S
-from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA, SPEND_LUA
+from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
 from ._redis_url import _query_password, redact_url
 from ._shared_links import SharedBreaker, SharedLimit, parse_record
+from ._spend_script import SPEND_LUA
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
