@@ -1,6 +1,7 @@
 """Turning a Config into what the engine runs, checking everything that can be checked
 before the first request: provider kinds and their own settings, API key variables,
-validator names, parameters and weights."""
+validator names, parameters and weights, the router and the providers it names; and each
+provider's share of the connections."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from ._attempt import Tier
 from ._config import Config
 from ._errors import ConfigError
+from ._tier import Tier
 from .providers import check_provider_config, provider_kinds
+from .routing import Router, UsesProviders, build_router
 from .validators import build_validator
 
-__all__ = ["DEFAULT_KEY_ENV", "build_tiers", "provider_keys"]
+__all__ = ["DEFAULT_KEY_ENV", "build_tiers", "connection_shares", "provider_keys", "the_router"]
 
 DEFAULT_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 """The variable a provider of these kinds reads its key from when it names none."""
@@ -98,3 +100,43 @@ def _weight(spec: Mapping[str, Any], *, path: str) -> float:
     ):
         raise ConfigError(f"expected a finite number >= 0, got {weight!r}", path=path)
     return float(weight)
+
+
+def the_router(config: Config, given: Router | None) -> Router | None:
+    """The router passed in (which wins over config's ``[router]``), else the one the
+    config's table names, built and checked now; the providers it calls must exist."""
+    if given is not None:
+        if not isinstance(given, Router):
+            raise ConfigError(
+                f"expected a Router (a `name` and async `route(request)`), got "
+                f"{type(given).__name__}",
+                path="router",
+            )
+        found, path = given, "router"
+    elif config.router is not None:
+        found, path = build_router(config.router, path="router"), "router"
+    else:
+        return None
+    if isinstance(found, UsesProviders):
+        names = {p.name for t in config.tiers for p in t.providers}
+        for where, name in found.providers_used().items():
+            if name not in names:
+                known = ", ".join(sorted(names))
+                raise ConfigError(
+                    f"no provider named {name!r} in the cascade (its providers: {known})",
+                    path=f"{path}.{where}" if where else path,
+                )
+    return found
+
+
+def connection_shares(config: Config) -> dict[str, int]:
+    """Each provider's connection pool size: its ``max_connections``, else an equal share
+    of what the cascade's ``max_connections`` leaves after the providers that set theirs
+    (at least 1)."""
+    providers = [p for t in config.tiers for p in t.providers]
+    fixed = sum(p.max_connections for p in providers if p.max_connections is not None)
+    rest = sum(1 for p in providers if p.max_connections is None)
+    share = max(1, (config.max_connections - fixed) // rest) if rest else 1
+    return {
+        p.name: p.max_connections if p.max_connections is not None else share for p in providers
+    }

@@ -11,8 +11,6 @@ from typing import Literal
 
 from ._attempt import (
     InFlight,
-    PartialCheck,
-    Tier,
     arrived,
     complete,
     whole_answer,
@@ -25,6 +23,7 @@ from ._judge import judge, refused
 from ._records import RunState, attempt_record, quota_used
 from ._sampler import Sampler
 from ._telemetry._spans import NOOP_TIER
+from ._tier import PartialCheck, Tier
 from ._types import (
     Attempt,
     Chunk,

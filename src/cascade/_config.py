@@ -147,7 +147,7 @@ class SharedConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     give it in one place."""
 
     def __repr__(self) -> str:
-        from .resilience.shared import redact_url
+        from .resilience._redis_url import redact_url
 
         return (
             f"SharedConfig(redis_url={redact_url(self.redis_url)!r}, "

@@ -13,14 +13,14 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 import msgspec
 
-from ._attempt import Tier
-from ._build import build_tiers, provider_keys
+from ._build import build_tiers, connection_shares, provider_keys, the_router
 from ._calls import ProviderCalls
 from ._clock import Clock
 from ._config import Config, in_file, load_config
 from ._errors import ConfigError, InputError
 from ._telemetry import Telemetry
 from ._telemetry import _conventions as conventions
+from ._tier import Tier
 from ._types import Message, RequestOptions, Result, coerce_messages
 from .engine._core import Engine, Plan
 from .engine._events import Failed, Finished, StreamMode
@@ -29,7 +29,7 @@ from .providers import build_provider
 from .providers.replay import resolve_datasets
 from .resilience import AsyncBreaker, BreakerListener
 from .resilience.quality import QualityBreaker
-from .routing import Router, UsesProviders, build_router, resolve_router_paths
+from .routing import Router, resolve_router_paths
 from .validators import Validator
 from .validators._plugins import load_validator_folder
 
@@ -107,7 +107,7 @@ class Cascade:
         self.config = config
         self._keys = provider_keys(config, env)
         self._tiers = build_tiers(config)
-        self._router = _the_router(config, router)
+        self._router = the_router(config, router)
         self._telemetry = Telemetry(
             tracer_provider=tracer_provider,
             meter_provider=meter_provider,
@@ -417,43 +417,3 @@ class Cascade:
     def breakers(self) -> Mapping[str, AsyncBreaker]:
         """Each provider's circuit breaker, by provider name (state, counts, ``repr``)."""
         return MappingProxyType(self._calls.breakers)
-
-
-def _the_router(config: Config, given: Router | None) -> Router | None:
-    """The router passed in (which wins over config's ``[router]``), else the one the
-    config's table names, built and checked now; the providers it calls must exist."""
-    if given is not None:
-        if not isinstance(given, Router):
-            raise ConfigError(
-                f"expected a Router (a `name` and async `route(request)`), got "
-                f"{type(given).__name__}",
-                path="router",
-            )
-        found, path = given, "router"
-    elif config.router is not None:
-        found, path = build_router(config.router, path="router"), "router"
-    else:
-        return None
-    if isinstance(found, UsesProviders):
-        names = {p.name for t in config.tiers for p in t.providers}
-        for where, name in found.providers_used().items():
-            if name not in names:
-                known = ", ".join(sorted(names))
-                raise ConfigError(
-                    f"no provider named {name!r} in the cascade (its providers: {known})",
-                    path=f"{path}.{where}" if where else path,
-                )
-    return found
-
-
-def connection_shares(config: Config) -> dict[str, int]:
-    """Each provider's connection pool size: its ``max_connections``, else an equal share
-    of what the cascade's ``max_connections`` leaves after the providers that set theirs
-    (at least 1)."""
-    providers = [p for t in config.tiers for p in t.providers]
-    fixed = sum(p.max_connections for p in providers if p.max_connections is not None)
-    rest = sum(1 for p in providers if p.max_connections is None)
-    share = max(1, (config.max_connections - fixed) // rest) if rest else 1
-    return {
-        p.name: p.max_connections if p.max_connections is not None else share for p in providers
-    }

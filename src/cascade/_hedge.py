@@ -16,11 +16,12 @@ from collections.abc import Sequence
 from time import perf_counter
 from typing import Any
 
-from ._attempt import InFlight, Tier
+from ._attempt import InFlight
 from ._calls import ProviderCalls
 from ._clock import SupportsTimers, timeout_after
 from ._config import HedgeConfig
 from ._records import RunState, failed_record
+from ._tier import Tier
 from ._types import Attempt, Message, RequestOptions
 from .providers import Provider
 from .resilience.limiter import Lease

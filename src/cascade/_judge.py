@@ -11,7 +11,7 @@ from ._types import Completion, Verdict
 from .validators import ValidationContext, Validator
 
 if TYPE_CHECKING:
-    from ._attempt import Tier
+    from ._tier import Tier
 
 __all__ = ["chosen", "judge", "refused"]
 

@@ -12,10 +12,11 @@ from typing import Literal
 
 import msgspec
 
-from ._attempt import InFlight, Tier
+from ._attempt import InFlight
 from ._errors import ProviderError, ProviderStatusError
 from ._judge import chosen
 from ._telemetry import NOOP_RUN, NOOP_TIER, RunTrace, TierTrace
+from ._tier import Tier
 from ._types import (
     Attempt,
     Completion,

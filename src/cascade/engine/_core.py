@@ -4,7 +4,8 @@ within a tier, validators, escalation, budget and deadline.
 :meth:`Engine.execute` runs one request and tells its :class:`~._stream.Sink` everything
 that happens (:mod:`._events`), ending with :class:`~._events.Finished` or
 :class:`~._events.Failed`. ``Cascade.run`` and ``Cascade.stream`` are both this one path:
-``run`` hands it a sink that keeps nothing and returns the last event's result.
+``run`` hands it a sink that keeps nothing and returns the last event's result. What a
+tier or a run comes to without an accepted answer is :mod:`._outcomes`'s.
 """
 
 from __future__ import annotations
@@ -13,19 +14,13 @@ import asyncio
 from collections.abc import Sequence
 from contextvars import Token
 from time import perf_counter
-from typing import Literal
 
 import msgspec
 
-from .._attempt import Tier
 from .._calls import ProviderCalls
 from .._clock import timeout_after
 from .._config import Config
 from .._errors import (
-    AllProvidersFailed,
-    BudgetExceeded,
-    CascadeExhausted,
-    DeadlineExceeded,
     RunError,
 )
 from .._hedge import race
@@ -34,13 +29,15 @@ from .._records import RunState, best_attempt, failed_record
 from .._telemetry import Telemetry
 from .._telemetry._context import detach
 from .._telemetry._spans import NOOP_RUN
+from .._tier import Tier
 from .._timeouts import ClockLane, TimeoutLane, expiring
-from .._types import Attempt, Message, RequestOptions, Result, estimate_prompt_tokens
+from .._types import Attempt, Message, RequestOptions, Result
 from ..providers import Provider
 from ..resilience.limiter import LimiterTimeout
 from ..resilience.quality import QUALITY_OPEN, QualityBreaker
 from ..routing import Router
 from ._events import Delta, Escalated, EscalationReason, Failed, Finished, TierStarted
+from ._outcomes import deadline_exceeded, exhausted, over_budget, quality_skip, tier_outcome
 from ._repair import rejected_draft, repair_messages
 from ._route import ask_router
 from ._stream import NO_SINK, Sink
@@ -50,7 +47,6 @@ __all__ = ["Engine", "Plan", "tier_outcome"]
 PIECE_CHARS = 4096
 """An accepted answer goes to a buffered stream in pieces of at most this many characters."""
 
-_MAX_DETAIL = 500  # as reasons on spans
 _MAX_LANES = 16
 """Run deadline lengths with a lane each (a route's cap, a few per-call values); a run
 whose length finds none gets ``asyncio.timeout``'s timer of its own."""
@@ -179,7 +175,7 @@ class Engine:
                 else:
                     if not (fired and isinstance(exc, TimeoutError)):
                         raise  # not our deadline: a bug in a provider or validator
-                result = self._deadline_exceeded(run, deadline, plan.msgs)
+                result = deadline_exceeded(run, deadline, plan.msgs, self.config)
             else:
                 lane.exit(at, None)
                 return result
@@ -191,7 +187,7 @@ class Engine:
             except TimeoutError:
                 if not timeout.expired():
                     raise  # not our deadline: a bug in a provider or validator
-                result = self._deadline_exceeded(run, deadline, plan.msgs)
+                result = deadline_exceeded(run, deadline, plan.msgs, self.config)
         if run.sink.mode is not None:
             await _release_fallback(run)  # the deadline's fallback answer, read at its pace
         return result
@@ -268,7 +264,7 @@ class Engine:
                 elif outcome == "rejected":
                     reason = "rejected"
                 left = (tier, reason, detail, first)
-        result = self._exhausted(run)
+        result = exhausted(run, self.config)
         if run.sink.mode is not None:
             await _release_fallback(run)
         return result
@@ -286,7 +282,7 @@ class Engine:
         admission = quality.admit()
         if admission is None:
             run.tier_trace.quality_skipped(quality.state, quality.retry_in_s())
-            run.record(_quality_skip(tier, quality))
+            run.record(quality_skip(tier, quality))
             return None
         probe = admission == "probe"
         passed: bool | None = None
@@ -310,7 +306,7 @@ class Engine:
         opts, calls = plan.opts, self.calls
         limiters = calls.limiters
         if plan.budget is not None:
-            skip = self._over_budget(tier, msgs, opts, plan.budget - run.spent)
+            skip = over_budget(tier, msgs, opts, plan.budget - run.spent, self.config)
             if skip is not None:
                 run.record(skip)
                 return None
@@ -370,69 +366,6 @@ class Engine:
         for lane in self._lanes.values():
             lane.close()
 
-    def _over_budget(
-        self, tier: Tier, msgs: tuple[Message, ...], opts: RequestOptions, left: float
-    ) -> Attempt | None:
-        provider = tier.providers[0]
-        in_tokens = estimate_prompt_tokens(msgs)
-        out_tokens = (
-            opts.max_tokens or provider.config.max_tokens or self.config.estimate_output_tokens
-        )
-        estimate = provider.config.cost_usd(in_tokens, out_tokens) * tier.calls
-        if estimate <= left:
-            return None
-        return Attempt(
-            tier=tier.index,
-            tier_name=tier.name,
-            provider=provider.name,
-            model=provider.model,
-            outcome="skipped",
-            error_type="BudgetExceeded",
-            error=f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left",
-        )
-
-    def _exhausted(self, run: RunState) -> Result:
-        best = best_attempt(run.attempts)
-        if best is not None:
-            if self.config.on_exhausted == "best":
-                return run.result(best, validated=False)
-            raise CascadeExhausted(
-                f"no answer passed validation in {len(run.attempts)} attempts",
-                attempts=run.attempts,
-            )
-        if any(a.outcome == "rejected" for a in run.attempts):
-            raise CascadeExhausted(  # only early-rejected fragments: nothing to fall back on
-                f"no answer passed validation in {len(run.attempts)} attempts",
-                attempts=run.attempts,
-            )
-        if any(a.outcome == "skipped" and a.error_type != QUALITY_OPEN for a in run.attempts):
-            raise BudgetExceeded(
-                "no affordable tier produced an answer within max_cost_usd", attempts=run.attempts
-            )
-        tried = [a for a in run.attempts if a.tier]  # not the router's own calls
-        if tried and all(a.error_type == QUALITY_OPEN for a in tried):
-            raise AllProvidersFailed(
-                f"every tier was skipped: its quality breaker is open ({len(tried)} tiers)",
-                attempts=run.attempts,
-            )
-        raise AllProvidersFailed(
-            f"every provider failed ({len(run.attempts)} attempts); last: {run.last_error}",
-            attempts=run.attempts,
-        ) from run.last_error
-
-    def _deadline_exceeded(
-        self, run: RunState, deadline: float, msgs: tuple[Message, ...]
-    ) -> Result:
-        exc = DeadlineExceeded(f"deadline of {deadline}s reached", attempts=())
-        run.cut_off(msgs, exc, "failed")
-        best = best_attempt(run.attempts)
-        if best is not None and self.config.on_exhausted == "best":
-            return run.result(best, validated=False)
-        raise DeadlineExceeded(
-            f"deadline of {deadline}s reached after {len(run.attempts)} attempts",
-            attempts=run.attempts,
-        )
-
 
 def _failed(sink: Sink, error: RunError) -> Failed:
     end = Failed(error=error)
@@ -464,49 +397,3 @@ async def _release(run: RunState, attempt: Attempt) -> None:
         wait = offer(Delta(text=text[i : i + PIECE_CHARS], tier=tier, provider=provider))
         if wait is not None:
             await wait
-
-
-def _quality_skip(tier: Tier, quality: QualityBreaker) -> Attempt:
-    """The record of a tier skipped because its quality breaker is open."""
-    provider = tier.providers[0]
-    rate = quality.pass_rate
-    seen = "" if rate is None else f": {rate:.0%} of its last {quality.samples} answers passed"
-    if quality.state == "open":
-        when = f"next probe in {quality.retry_in_s():.3g}s"
-    else:
-        when = "a probe is under way"
-    return Attempt(
-        tier=tier.index,
-        tier_name=tier.name,
-        provider=provider.name,
-        model=provider.model,
-        outcome="skipped",
-        error_type=QUALITY_OPEN,
-        error=f"quality breaker {quality.state}{seen}; {when}",
-    )
-
-
-def tier_outcome(
-    attempts: list[Attempt], first: int
-) -> tuple[Literal["accepted", "rejected", "skipped", "failed", "none"], str]:
-    """A tier's outcome from the attempts it added (from ``first`` on), and why: the
-    failing validators' reasons, or the last error."""
-    if len(attempts) > first and attempts[-1].outcome == "accepted":
-        return "accepted", ""  # the common case, without a copy of the list
-    found: Literal["accepted", "rejected", "skipped", "failed", "none"] = "none"
-    detail = ""
-    for a in attempts[first:]:
-        outcome = a.outcome
-        if outcome == "cancelled":
-            continue  # a hedge that lost: not why the tier escalated
-        if outcome == "accepted":
-            return "accepted", ""
-        if outcome == "rejected":
-            if found != "rejected":
-                found = "rejected"
-                failing = [v for v in a.verdicts if not v.passed]
-                detail = "; ".join(f"{v.validator}: {v.reason}" for v in failing)
-        elif found in ("none", "failed", "skipped"):
-            found = outcome
-            detail = a.error or a.error_type or ""
-    return found, detail[:_MAX_DETAIL]

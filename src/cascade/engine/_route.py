@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from .._attempt import Tier
 from .._clock import timeout_after
 from .._config import ProviderConfig, TierConfig
+from .._tier import Tier
 from .._types import Completion, Message, RequestOptions, estimate_prompt_tokens
 from ..routing import RouteDecision, Router, RouteRequest, TierInfo
 from ..routing._params import warn_failed
 from ._events import Routed
+from ._outcomes import tier_outcome
 
 if TYPE_CHECKING:
     from .._calls import ProviderCalls
@@ -238,6 +239,4 @@ class _Calling:
 
     def end(self) -> None:
         if self._trace:
-            from ._core import tier_outcome
-
             self._run.tier_trace.end(tier_outcome(self._run.attempts, 0)[0])

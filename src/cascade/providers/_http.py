@@ -1,11 +1,11 @@
 """Shared HTTP mechanism of the built-in providers.
 
 :class:`HTTPProvider` does one POST per call and turns the response into chunks: a JSON
-body parsed whole, or SSE events parsed as they come off the socket. Subclasses supply the
-wire format (URL, headers, body, parsing). Every third-party failure is translated (by
-``_http_errors``) into the CascadeError tree, and the translated error carries no
-reference to aiohttp's objects (whose ``request_info`` holds the request headers, and so
-the API key).
+body parsed whole (``_http_whole.post_whole``), or SSE events parsed as they come off the
+socket. Subclasses supply the wire format (URL, headers, body, parsing). Every
+third-party failure is translated (by ``_http_errors``) into the CascadeError tree, and
+the translated error carries no reference to aiohttp's objects (whose ``request_info``
+holds the request headers, and so the API key).
 """
 
 from __future__ import annotations
@@ -14,17 +14,15 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine
 from contextlib import aclosing
 from operator import attrgetter
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import aiohttp
-import msgspec
 
 from .._clock import SupportsTimers
 from .._config import ProviderConfig
 from .._errors import (
     CascadeError,
     ConfigError,
-    InputError,
     MalformedResponse,
     ProviderConnectionError,
     ProviderError,
@@ -33,19 +31,18 @@ from .._errors import (
 )
 from .._headers import retry_after_s
 from .._sse import EventTooLarge, SSEDecoder, SSEEvent, plain_events
-from .._timeouts import ClockLane, TimeoutLane
+from .._timeouts import TimeoutLane
 from .._types import Chunk, Message, RequestOptions, join_chunks
 from .._urls import hide_userinfo
 from ._http_errors import status_error, translate
+from ._http_whole import encode_body, post_whole
 from ._redact import redact, shorten
-from ._sizes import OBJECT_BYTES, Held, json_cost
+from ._sizes import Held, json_cost
 from ._status import status_class
 
 __all__ = [
     "DONE",
     "HTTPProvider",
-    "post_whole",
-    "read_body",
     "redact",
     "retry_after_s",
     "status_error",
@@ -53,33 +50,16 @@ __all__ = [
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token: a header name
-_MAX_DECODED_PER_BYTE = 4 + OBJECT_BYTES
-"""The most ``json_cost`` can count per byte of body (a character at 4 bytes, an object per
-byte): a body under ``limit`` / this needs no scan."""
 _MAX_DRAIN = 65536
-_READ_BYTES = 65536
 _SCAN_EVENT_BYTES = 65536  # a smaller SSE event cannot decode to much: not worth a scan
-_encode = msgspec.json.Encoder().encode
-
-T = TypeVar("T")
 
 DONE = Chunk(finish_reason="__done__")
+"""Returned by ``_event`` for the stream's terminal event."""
 
 # Keys of a stream's state that the base class keeps: a finish reason and the usage came.
 _FINISHED = "__finished__"
 _USAGE = "__usage__"
 _ENDING = attrgetter("finish_reason", "output_tokens")
-
-
-def encode_body(body: dict[str, Any]) -> bytes:
-    """The request body as JSON; input that cannot be encoded is the caller's error."""
-    try:
-        return _encode(body)
-    except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
-        raise InputError(f"cannot encode the request: {exc}") from None
-
-
-"""Returned by ``_event`` for the stream's terminal event."""
 
 
 class HTTPProvider:
@@ -395,83 +375,6 @@ class HTTPProvider:
 def _one(chunks: list[Chunk]) -> Chunk:
     """A batch as ``stream_joined`` yields it."""
     return chunks[0] if len(chunks) == 1 else join_chunks(chunks)
-
-
-async def post_whole(
-    provider: HTTPProvider, body: dict[str, Any], parse: Callable[[bytes], T]
-) -> T:
-    """One non-streaming POST, its body parsed by ``parse``; errors translated as in
-    ``HTTPProvider.stream``."""
-    data = encode_body(body)
-    timers = provider.timers
-    lane = provider.timeouts if timers is None else ClockLane(timers, provider.config.timeout_s)
-    try:
-        deadline = lane.enter()  # timeout_s, as asyncio.timeout would (see _timeouts.py)
-        try:
-            async with provider._post(data) as resp:
-                await provider._check(resp)
-                limit = provider.config.max_response_bytes
-                if _small_and_plain(resp, limit):
-                    # aiohttp reads no more than Content-Length bytes of a body it does not
-                    # decode, so one read() is bounded.
-                    raw = _decoded_within(provider, await resp.read(), limit)
-                else:
-                    raw = await read_body(provider, resp)
-        except BaseException as exc:
-            lane.exit(deadline, exc)  # TimeoutError if timeout_s ran out
-            raise
-        lane.exit(deadline, None)
-        return parse(raw)
-    except CascadeError:
-        raise
-    except Exception as exc:
-        error = translate(
-            exc, provider=provider.name, model=provider.model, secret=provider._secret
-        )
-    try:
-        raise error
-    finally:  # the error's traceback holds this frame: no local may hold the error
-        del error
-
-
-async def read_body(provider: HTTPProvider, resp: aiohttp.ClientResponse) -> bytes:
-    """The whole (decoded) body, read in bounded pieces; ``ResponseTooLarge`` as soon as
-    it passes the provider's ``max_response_bytes``, holding at most that and one read,
-    or when what it decodes to could take more than that (see ``_sizes.json_cost``)."""
-    limit = provider.config.max_response_bytes
-    parts: list[bytes] = []
-    received = 0
-    while True:
-        piece = await resp.content.read(_READ_BYTES)
-        if not piece:
-            break
-        received += len(piece)
-        if received > limit:
-            raise provider._too_large(received)
-        parts.append(piece)
-    body = parts[0] if len(parts) == 1 else b"".join(parts)
-    del parts  # the pieces go before the body is scanned and decoded
-    return _decoded_within(provider, body, limit)
-
-
-def _small_and_plain(resp: aiohttp.ClientResponse, limit: int) -> bool:
-    """A body of a Content-Length within one read and the cap, not encoded (the common
-    small answer)."""
-    length = resp.content_length
-    return (
-        length is not None
-        and length <= min(_READ_BYTES, limit)
-        and "Content-Encoding" not in resp.headers
-    )
-
-
-def _decoded_within(provider: HTTPProvider, body: bytes, limit: int) -> bytes:
-    """``body``, unless what it decodes to could take more than ``limit``."""
-    if len(body) * _MAX_DECODED_PER_BYTE > limit:  # else it cannot decode past the cap
-        cost = json_cost(body)
-        if cost > limit:
-            raise provider._too_large(cost, decoded=True)
-    return body
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

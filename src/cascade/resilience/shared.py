@@ -44,16 +44,17 @@ import os
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import structlog
 
 from .._clock import timeout_after
 from .._errors import ConfigError
 from .._headers import MAX_WAIT_S
-from .._urls import hide_userinfo
-from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA, SPEND_LUA
+from ._redis_scripts import BREAKER_LUA, LIMIT_LUA, PROBE_LUA
+from ._redis_url import _query_password, redact_url
 from ._shared_links import SharedBreaker, SharedLimit, parse_record
+from ._spend_script import SPEND_LUA
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -67,23 +68,6 @@ __all__ = ["SharedBreaker", "SharedLimit", "SharedState", "redact_url"]
 log = structlog.get_logger("cascade")
 
 _T = TypeVar("_T")
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (userinfo or ``?password=``) replaced by ``***``."""
-    url = hide_userinfo(url, keep_user=True)
-    try:
-        parts = urlsplit(url)
-        query = parts.query
-        if "password" in query.lower():
-            pairs = parse_qsl(query, keep_blank_values=True)
-            redacted = [(k, "***" if k.lower() == "password" else v) for k, v in pairs]
-            query = urlencode(redacted, safe="*")
-        if query == parts.query:
-            return url
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<redis url>"
 
 
 def _reraise_swallowed_cancel(task: asyncio.Task[Any] | None, cancels: int) -> None:
@@ -462,10 +446,3 @@ class SharedState:
             f"<SharedState {self.url} {status} breakers={len(self._breakers)} "
             f"limits={len(self._limits)} pending={len(self._tasks)}>"
         )
-
-
-def _query_password(url: str) -> bool:
-    try:
-        return any(k.lower() == "password" and v for k, v in parse_qsl(urlsplit(url).query))
-    except ValueError:
-        return False
