@@ -115,3 +115,42 @@ async def test_a_key_busy_429_names_its_key_on_the_access_line(
     busy = [e for e in access_lines(logs) if e.get("error") == "key_busy"]
     assert [(e["status"], e["key"]) for e in busy] == [(429, "team")]
     assert busy[0]["request_id"] == headers["x-request-id"]
+
+
+# -- request ids -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "header"), [("/v1/chat/completions", "x-request-id"), ("/v1/messages", "request-id")]
+)
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Expect": "something-else"}, 417),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Origin": "http://evil.example"}, 403),
+    ],
+)
+async def test_a_chat_refusal_before_the_handler_carries_a_request_id(
+    openai_server: FakeOpenAIServer,
+    tmp_path: Path,
+    path: str,
+    header: str,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    """"Every chat response, errors included, carries a request id": also the refusals the
+    middleware answers before the chat handler runs, and their access line names it."""
+    path_ = write_config(tmp_path / "c.toml", keyed(openai_server.url))
+    body = {"model": "m", "max_tokens": 10, "messages": HI}
+    with capture_logs() as logs:
+        async with served(path_) as gw:
+            got, answer_headers, answer = await post(
+                gw.url, body, path=path, Authorization=f"Bearer {KEY}", **headers
+            )
+    assert got == status, answer
+    request_id = answer_headers.get(header)
+    assert request_id is not None and request_id.startswith("req_"), answer_headers
+    [line] = access_lines(logs)
+    assert line["request_id"] == request_id
+    assert openai_server.request_count == 0
