@@ -154,3 +154,128 @@ async def test_a_chat_refusal_before_the_handler_carries_a_request_id(
     [line] = access_lines(logs)
     assert line["request_id"] == request_id
     assert openai_server.request_count == 0
+
+
+# -- the drain's cut ---------------------------------------------------------------------
+
+
+def hung_tiers(url: str, how: str) -> list[dict[str, Any]]:
+    if how == "hedged":
+        both = tier("t", provider("a", url, "m1"), provider("b", url, "m1"))
+        return [{**both, "hedge": {"after_s": 0.05}}]
+    if how == "sampled":
+        return [
+            tier(
+                "t",
+                provider("a", url, "m1"),
+                validators=[{"name": "self_consistency", "samples": 3, "min_agreement": 1.0}],
+            )
+        ]
+    return [tier("t", provider("a", url, "m1"))]
+
+
+@pytest.mark.parametrize("how", ["plain", "hedged", "sampled"])
+async def test_the_cut_answers_every_request_in_flight_and_frees_every_slot(
+    openai_server: FakeOpenAIServer, tmp_path: Path, how: str
+) -> None:
+    openai_server.default = Reply(fault="hang")
+    cfg = keyed(openai_server.url, max_in_flight=50)
+    cfg["tiers"] = hung_tiers(openai_server.url, how)
+    path = write_config(tmp_path / "c.toml", cfg)
+    calls = {"plain": 1, "hedged": 2, "sampled": 1}[how] * 20  # (samples: one call with n)
+    with capture_logs() as logs:
+        async with served(path) as gw:
+            auth = {"Authorization": f"Bearer {KEY}"}
+            asks = [
+                asyncio.create_task(post(gw.url, {"model": "m", "messages": HI}, **auth))
+                for _ in range(20)
+            ]
+            await eventually(lambda: openai_server.active_requests == calls, "the calls")
+            await gw.cut()
+            answers = await asyncio.wait_for(asyncio.gather(*asks), 10)
+            await eventually(lambda: gw.gateway.in_flight == 0, "nothing in flight")
+            assert key_slots(gw.gateway) == 0
+    for status, headers, body in answers:
+        assert status == 503, body
+        assert b"shutting_down" in body
+        assert headers["Retry-After"] == "1"
+        assert headers["x-request-id"].startswith("req_")
+    lines = access_lines(logs)
+    assert [(e["status"], e.get("error"), e["key"]) for e in lines] == [
+        (503, "shutting_down", "team")
+    ] * 20
+    await eventually(lambda: openai_server.active_requests == 0, "the upstream calls closed")
+
+
+async def test_a_cut_while_the_body_trickles_answers_503(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url, body_timeout_s=30.0))
+    with capture_logs() as logs:
+        async with served(path) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            try:
+                writer.write(
+                    b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    b"Authorization: Bearer " + KEY.encode() + b"\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                    b'{"model": '
+                )
+                await writer.drain()
+                await eventually(lambda: gw.gateway.in_flight == 1, "the body arriving")
+                await gw.cut()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            finally:
+                writer.close()
+            assert head.startswith(b"HTTP/1.1 503 "), head
+            assert b"x-request-id: req_" in head.lower()
+            await eventually(lambda: gw.gateway.in_flight == 0, "nothing in flight")
+            assert key_slots(gw.gateway) == 0
+    [line] = access_lines(logs)
+    assert (line["status"], line["error"]) == (503, "shutting_down")
+
+
+async def test_a_reset_while_the_cut_ends_a_stream_gets_its_line(
+    openai_server: FakeOpenAIServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cut ends a stream whose status line is out with its error event; a client that
+    resets while that event waits behind unread bytes is logged 499 (as the internal
+    error's ``abandon`` is), not left without a line."""
+    from cascade.gateway import _sse
+
+    async def stuck(request: Any, response: Any, data: bytes, **_: Any) -> None:
+        await response.prepare(request)  # its status line goes with the first bytes
+        request.transport.write(b"x" * 8_000_000)  # more than the socket buffers hold
+        await asyncio.Event().wait()  # a write that waits for the client (until the cut)
+
+    monkeypatch.setattr(_sse, "send", stuck)
+    openai_server.default = "42"
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url))
+    body = json.dumps({"model": "m", "stream": True, "messages": HI}).encode()
+    with capture_logs() as logs:
+        async with served(path) as gw:
+            loop = asyncio.get_running_loop()
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+                head = (
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Authorization: Bearer {KEY}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                )
+                await loop.sock_sendall(sock, head.encode() + body)
+                assert await asyncio.wait_for(loop.sock_recv(sock, 1), 10)  # being written
+                await gw.cut()
+                await asyncio.sleep(0.1)  # the error event waits behind the unread bytes
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00" * 2)
+                sock.close()
+            await eventually(lambda: gw.gateway.in_flight == 0, "nothing in flight")
+            await eventually(lambda: bool(access_lines(logs)), "the access line", within_s=5)
+            assert key_slots(gw.gateway) == 0
+    lines = access_lines(logs)
+    assert [(e["status"], e.get("error"), e["key"]) for e in lines] == [
+        (499, "shutting_down", "team")
+    ]

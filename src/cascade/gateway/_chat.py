@@ -101,7 +101,12 @@ def chat_handler(wire: WireFormat) -> Any:
                 write_s = min(write_s, _CUT_WRITE_S)
                 if access.response is not None and access.response.prepared:
                     access.status = access.response.status
-                    await abandon(request, wire, access.response, write_s, failure)
+                    try:
+                        await abandon(request, wire, access.response, write_s, failure)
+                    except asyncio.CancelledError:  # it left while the error event waited
+                        access.status = 499
+                        _finish(span, access, t0, trace_id)
+                        raise
                     _finish(span, access, t0, trace_id)
                     return access.response
                 response = error_response(wire, failure)
