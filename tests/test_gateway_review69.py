@@ -279,3 +279,44 @@ async def test_a_reset_while_the_cut_ends_a_stream_gets_its_line(
     assert [(e["status"], e.get("error"), e["key"]) for e in lines] == [
         (499, "shutting_down", "team")
     ]
+
+
+# -- signals to a real ``cascade serve`` -------------------------------------------------
+
+
+async def test_sigterm_while_the_start_opens_its_routes_exits_without_listening(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """SIGTERM after the routes are built but while they open (here: a ``[shared]`` Redis
+    that takes connections and never answers, for up to its ``timeout_s``): nothing is in
+    flight, so the process exits 0 at once, never starting to listen after the signal."""
+    import signal
+    import time
+
+    from .test_gateway_serve import Silent, cascade_serve, config
+
+    silent = Silent()
+    silent.server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
+    try:
+        cfg = config(openai_server.url, "m1", "r")
+        cfg["gateway"]["keys"] = keyed(openai_server.url)["gateway"]["keys"]
+        cfg["shared"] = {"redis_url": f"redis://127.0.0.1:{silent.port}/0", "timeout_s": 10}
+        path = write_config(tmp_path / "c.toml", cfg)
+        async with cascade_serve(path, listening=False) as served:
+            await eventually(
+                lambda: silent.asked.is_set() or served.proc.returncode is not None,
+                "the start opens its routes",
+                within_s=30,
+            )
+            assert served.proc.returncode is None, served.lines
+            served.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+            waited = time.monotonic() - signalled
+    finally:
+        silent.server.close()
+        await silent.server.wait_closed()
+    assert "gateway.listening" not in served.events(), f"listened after SIGTERM ({waited:.1f} s)"
+    assert served.events()[-1] == "gateway.stopped"
+    assert "Traceback" not in served.stderr
+    assert "Unclosed" not in served.stderr
