@@ -320,3 +320,119 @@ async def test_sigterm_while_the_start_opens_its_routes_exits_without_listening(
     assert served.events()[-1] == "gateway.stopped"
     assert "Traceback" not in served.stderr
     assert "Unclosed" not in served.stderr
+
+
+# -- zero usage --------------------------------------------------------------------------
+
+SAY = [{"role": "user", "content": "Say something about the weather, please. " * 10}]
+TEXT = "It is sunny, with a light breeze from the west. " * 4  # 192 characters: ~48 tokens
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": 500},
+        },
+    ],
+)
+async def test_samples_of_one_call_with_zero_usage_are_estimated(
+    openai_server: FakeOpenAIServer, usage: dict[str, Any]
+) -> None:
+    """``self_consistency``'s samples from one call (``n``) reported as free: estimated,
+    the prompt once; a cache count beside a zero OpenAI prompt changes nothing (OpenAI's
+    ``prompt_tokens`` holds its cached part)."""
+    from cascade import Cascade
+
+    openai_server.default = Reply(text=TEXT, usage=usage)
+    cfg = {
+        "tiers": [
+            tier(
+                "a",
+                provider("a", openai_server.url, "m1"),
+                validators=[{"name": "self_consistency", "samples": 3, "min_agreement": 0.5}],
+            )
+        ]
+    }
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=SAY)
+    [attempt] = result.attempts
+    assert attempt.completion is not None
+    answers = [attempt.completion, *attempt.samples]
+    assert len(answers) >= 2
+    assert openai_server.request_count == 2  # the first answer, then one call with n
+    for answer in answers:
+        assert answer.input_tokens >= 100  # 420 characters of prompt, once per call
+        assert answer.output_tokens == len(TEXT) // 4
+    assert result.cost_usd > 0
+
+
+async def test_a_cut_of_many_requests_answers_each_and_exits(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Hundreds of requests in flight when the drain gives up: each gets its 503 on its
+    own connection, half of them streams, and the process exits 0."""
+    import signal
+
+    from .test_gateway_serve import cascade_serve, config
+
+    openai_server.default = Reply(fault="hang")
+    count = 300
+    path = write_config(
+        tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_timeout_s=0.5)
+    )
+    async with cascade_serve(path) as served:
+        url = f"http://127.0.0.1:{served.port}"
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def ask(i: int) -> tuple[int, bytes]:
+                body = {"model": "r", "messages": HI, "stream": i % 2 == 1}
+                async with session.post(url + "/v1/chat/completions", json=body) as r:
+                    return r.status, await r.read()
+
+            asks = [asyncio.create_task(ask(i)) for i in range(count)]
+            await eventually(
+                lambda: openai_server.active_requests == count, "every call", within_s=30
+            )
+            served.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+            answers = await asyncio.wait_for(asyncio.gather(*asks, return_exceptions=True), 10)
+    failed = [a for a in answers if isinstance(a, BaseException) or a[0] != 503]
+    assert not failed, failed[:3]
+    assert all(b"shutting_down" in a[1] for a in answers if not isinstance(a, BaseException))
+    lines = [x for x in served.lines if x.get("event") == "gateway.request"]
+    assert len(lines) == count
+    assert {(x["status"], x.get("error")) for x in lines} == {(503, "shutting_down")}
+    assert "Traceback" not in served.stderr
+
+
+# -- the drain's last answers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["answered", "cut"])
+async def test_an_answer_sent_while_draining_says_connection_close(
+    openai_server: FakeOpenAIServer, tmp_path: Path, ending: str
+) -> None:
+    """The gateway closes each connection after the answer it sends while draining: the
+    answer says so (``Connection: close``), or a client's pool reuses the connection for
+    its next request, which then meets the close (``Server disconnected``)."""
+    reply = Reply(text="done", latency_s=0.5) if ending == "answered" else Reply(fault="hang")
+    openai_server.default = reply
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url))
+    async with served(path) as gw:
+        auth = {"Authorization": f"Bearer {KEY}"}
+        ask = asyncio.create_task(post(gw.url, {"model": "m", "messages": HI}, **auth))
+        await eventually(lambda: openai_server.active_requests == 1, "the call")
+        gw.gateway.draining = True
+        cut = asyncio.Event()
+        drain = asyncio.create_task(_drain(gw.gateway, gw.runner, 10.0, cut))
+        if ending == "cut":
+            cut.set()  # a second SIGTERM
+        status, headers, body = await asyncio.wait_for(ask, 10)
+        await asyncio.wait_for(drain, 10)
+    assert status == (200 if ending == "answered" else 503), body
+    assert headers.get("Connection", "").lower() == "close", headers

@@ -276,8 +276,10 @@ def _forgoes_rest(request: web.Request) -> bool:
 
 
 async def _tell_closing(request: web.Request, response: web.StreamResponse) -> None:
-    """An answer after which the connection closes (:func:`_forgoes_rest`) says so."""
-    if _forgoes_rest(request):
+    """An answer after which the connection closes (:func:`_forgoes_rest`, or any answer
+    while the gateway drains) says so: a client's pool then does not send its next
+    request on a connection closing under it."""
+    if request.app[GATEWAY].draining or _forgoes_rest(request):
         response.force_close()
         response.headers["Connection"] = "close"  # its headers are made: set it too
 
