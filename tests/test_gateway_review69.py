@@ -156,6 +156,26 @@ async def test_a_chat_refusal_before_the_handler_carries_a_request_id(
     assert openai_server.request_count == 0
 
 
+async def test_a_request_id_the_client_sends_is_neither_echoed_nor_logged(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    openai_server.default = "hello"
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url))
+    spoof = {"x-request-id": "req_" + "0" * 32, "request-id": "req_" + "1" * 32}
+    with capture_logs() as logs:
+        async with served(path) as gw:
+            auth = {"Authorization": f"Bearer {KEY}", **spoof}
+            status, headers, _ = await post(gw.url, {"model": "m", "messages": HI}, **auth)
+            refused = await post(gw.url, {"model": "m", "messages": HI}, **spoof)
+    assert status == 200
+    assert refused[0] == 401
+    ids = [headers["x-request-id"], refused[1]["x-request-id"]]
+    assert not set(ids) & set(spoof.values())
+    assert "request-id" not in headers  # (the other API's header is not sent either)
+    assert [e["request_id"] for e in access_lines(logs)] == ids
+    assert not any(v in json.dumps(logs) for v in spoof.values())
+
+
 # -- the drain's cut ---------------------------------------------------------------------
 
 
@@ -284,8 +304,9 @@ async def test_a_reset_while_the_cut_ends_a_stream_gets_its_line(
 # -- signals to a real ``cascade serve`` -------------------------------------------------
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "auto"])
 async def test_sigterm_while_the_start_opens_its_routes_exits_without_listening(
-    openai_server: FakeOpenAIServer, tmp_path: Path
+    openai_server: FakeOpenAIServer, tmp_path: Path, loop: str
 ) -> None:
     """SIGTERM after the routes are built but while they open (here: a ``[shared]`` Redis
     that takes connections and never answers, for up to its ``timeout_s``): nothing is in
@@ -302,7 +323,7 @@ async def test_sigterm_while_the_start_opens_its_routes_exits_without_listening(
         cfg["gateway"]["keys"] = keyed(openai_server.url)["gateway"]["keys"]
         cfg["shared"] = {"redis_url": f"redis://127.0.0.1:{silent.port}/0", "timeout_s": 10}
         path = write_config(tmp_path / "c.toml", cfg)
-        async with cascade_serve(path, listening=False) as served:
+        async with cascade_serve(path, "--loop", loop, listening=False) as served:
             await eventually(
                 lambda: silent.asked.is_set() or served.proc.returncode is not None,
                 "the start opens its routes",
@@ -436,3 +457,63 @@ async def test_an_answer_sent_while_draining_says_connection_close(
         await asyncio.wait_for(drain, 10)
     assert status == (200 if ending == "answered" else 503), body
     assert headers.get("Connection", "").lower() == "close", headers
+
+
+# -- a key's slots come back, however the request ends -------------------------------------
+
+
+async def raw(port: int, head: bytes, body: bytes = b"", *, leave: bool = False) -> bytes:
+    """Send ``head`` and ``body`` on a connection of their own; the first line of the
+    answer (``leave``: read the first bytes, then reset the connection)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 10)
+        if leave:
+            writer.transport.abort()
+        return line
+    finally:
+        writer.close()
+
+
+def head_of(path: str, body: bytes, *extra: str) -> bytes:
+    lines = [
+        f"POST {path} HTTP/1.1",
+        "Host: 127.0.0.1",
+        f"Authorization: Bearer {KEY}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        *extra,
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_every_ending_gives_the_key_its_slot_back(
+    openai_server: FakeOpenAIServer, tmp_path: Path, path: str
+) -> None:
+    openai_server.default = Reply(text="never finished", fault="stall")
+    cfg = keyed(openai_server.url, max_in_flight=1, body_timeout_s=0.2, max_body_bytes=2000)
+    cfg["tiers"] = [tier("t", provider("a", openai_server.url, "m1", stream=True))]
+    cfg["gateway"]["routes"] = [{"name": "r", "mode": "speculative"}]
+    streamed = json.dumps(
+        {"model": "r", "max_tokens": 10, "stream": True, "messages": HI}
+    ).encode()
+    async with served(write_config(tmp_path / "c.toml", cfg)) as gw:
+        # a stream the client abandons
+        line = await raw(gw.port, head_of(path, streamed), streamed, leave=True)
+        assert line.startswith(b"HTTP/1.1 200"), line
+        await eventually(lambda: key_slots(gw.gateway) == 0, "abandoned stream")
+        # a body that never comes whole (408), one too large (413), one that is not JSON
+        line = await raw(gw.port, head_of(path, b"x" * 100), b"{")
+        assert line.startswith(b"HTTP/1.1 408"), line
+        line = await raw(gw.port, head_of(path, b"x" * 5000), b"")
+        assert line.startswith(b"HTTP/1.1 413"), line
+        line = await raw(gw.port, head_of(path, b"not json"), b"not json")
+        assert line.startswith(b"HTTP/1.1 400"), line
+        # an Expect: 100-continue the client gives up on before its body
+        line = await raw(gw.port, head_of(path, streamed, "Expect: 100-continue"), leave=True)
+        assert line.startswith(b"HTTP/1.1 100"), line
+        await eventually(lambda: key_slots(gw.gateway) == 0, "every ending")
+        assert gw.gateway.in_flight == 0
