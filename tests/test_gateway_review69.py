@@ -139,7 +139,7 @@ async def test_a_chat_refusal_before_the_handler_carries_a_request_id(
     headers: dict[str, str],
     status: int,
 ) -> None:
-    """"Every chat response, errors included, carries a request id": also the refusals the
+    """ "Every chat response, errors included, carries a request id": also the refusals the
     middleware answers before the chat handler runs, and their access line names it."""
     path_ = write_config(tmp_path / "c.toml", keyed(openai_server.url))
     body = {"model": "m", "max_tokens": 10, "messages": HI}
@@ -497,9 +497,7 @@ async def test_every_ending_gives_the_key_its_slot_back(
     cfg = keyed(openai_server.url, max_in_flight=1, body_timeout_s=0.2, max_body_bytes=2000)
     cfg["tiers"] = [tier("t", provider("a", openai_server.url, "m1", stream=True))]
     cfg["gateway"]["routes"] = [{"name": "r", "mode": "speculative"}]
-    streamed = json.dumps(
-        {"model": "r", "max_tokens": 10, "stream": True, "messages": HI}
-    ).encode()
+    streamed = json.dumps({"model": "r", "max_tokens": 10, "stream": True, "messages": HI}).encode()
     async with served(write_config(tmp_path / "c.toml", cfg)) as gw:
         # a stream the client abandons
         line = await raw(gw.port, head_of(path, streamed), streamed, leave=True)
