@@ -21,11 +21,16 @@ from cascade.gateway import Gateway, build_gateway, hash_key, load_gateway
 from cascade.gateway._server import _CLOSE_S, _drain, app_runner
 from cascade.testing import FakeOpenAIServer, Reply
 
+from . import test_shared_redis as _redis
 from .gateway import write_config
 from .helpers import provider, tier
 from .leaks import eventually
 
 pytestmark = pytest.mark.anyio
+
+# the fixtures that start a redis-server of a test's own
+redis_bin = _redis.redis_bin
+redis_server = _redis.redis_server
 
 HI = [{"role": "user", "content": "Hi"}]
 KEY = "sk-review-0123456789"
@@ -515,3 +520,93 @@ async def test_every_ending_gives_the_key_its_slot_back(
         assert line.startswith(b"HTTP/1.1 100"), line
         await eventually(lambda: key_slots(gw.gateway) == 0, "every ending")
         assert gw.gateway.in_flight == 0
+
+
+async def test_clients_leaving_as_the_drain_gives_up_each_get_one_line(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Clients that reset their connections around the moment the drain gives up (some
+    before, some after the cut's cancel): each request gets one access line, 499 or 503,
+    nothing raises in the gateway, and it exits 0."""
+    import random
+    import signal
+
+    from .test_gateway_serve import cascade_serve, config
+
+    openai_server.default = Reply(fault="hang")
+    count = 60
+    path = write_config(
+        tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_timeout_s=0.3)
+    )
+    body = json.dumps({"model": "r", "messages": HI}).encode()
+    head = (
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    rng = random.Random(69)
+    async with cascade_serve(path) as served:
+        conns = [await asyncio.open_connection("127.0.0.1", served.port) for _ in range(count)]
+        for _, writer in conns:
+            writer.write(head + body)
+        await eventually(lambda: openai_server.active_requests == count, "every call")
+        served.proc.send_signal(signal.SIGTERM)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+
+        async def leave(writer: asyncio.StreamWriter, at: float) -> None:
+            await asyncio.sleep(max(0.0, start + at - loop.time()))
+            writer.transport.abort()
+
+        # the cut comes about 0.3 s after the signal
+        await asyncio.gather(*(leave(w, 0.25 + rng.random() * 0.1) for _, w in conns[: count // 2]))
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        for _, writer in conns:
+            writer.close()
+    lines = [x for x in served.lines if x.get("event") == "gateway.request"]
+    assert len(lines) == count
+    assert {x["status"] for x in lines} <= {499, 503}
+    assert sum(x["status"] == 503 for x in lines) >= count // 2
+    assert "Traceback" not in served.stderr
+    assert "Task exception was never retrieved" not in served.stderr
+
+
+async def test_a_cut_while_requests_wait_on_a_paused_redis_in_admission(
+    openai_server: FakeOpenAIServer, tmp_path: Path, redis_server: Any
+) -> None:
+    """Requests waiting in the key gate's admission on a ``[shared]`` Redis that stopped
+    answering (SIGSTOP) when the drain gives up: each gets its 503, and the process exits
+    0 within the Redis ``timeout_s`` bound, not hanging on the paused Redis."""
+    import signal
+    import time
+
+    from .test_gateway_serve import cascade_serve, config
+
+    openai_server.default = "hello"
+    cfg = config(openai_server.url, "m1", "r", drain_timeout_s=0.3)
+    keys = keyed(openai_server.url, max_in_flight=10)["gateway"]["keys"]
+    keys["entries"][0]["usd_per_day"] = 100.0
+    cfg["gateway"]["keys"] = keys
+    cfg["shared"] = {"redis_url": redis_server.url, "key_prefix": "r69", "timeout_s": 3}
+    path = write_config(tmp_path / "c.toml", cfg)
+    async with cascade_serve(path) as served:
+        url = f"http://127.0.0.1:{served.port}"
+        auth = {"Authorization": f"Bearer {KEY}"}
+        status, _, body = await post(url, {"model": "r", "messages": HI}, **auth)
+        assert status == 200, body  # Redis up: admitted through it
+        redis_server.pause()
+        try:
+            asks = [
+                asyncio.create_task(post(url, {"model": "r", "messages": HI}, **auth))
+                for _ in range(5)
+            ]
+            await asyncio.sleep(0.3)  # each waits for Redis in its admission
+            served.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+            took = time.monotonic() - signalled
+            answers = await asyncio.wait_for(asyncio.gather(*asks), 10)
+        finally:
+            redis_server.resume()
+    assert [a[0] for a in answers] == [503] * 5, answers
+    assert took < 15, took
+    assert "Traceback" not in served.stderr
