@@ -23,7 +23,7 @@ from .._telemetry._logs import emit
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["ACCESS_EVENT", "LOGGED"]
+__all__ = ["ACCESS_EVENT", "LOGGED", "new_request_id"]
 
 log = structlog.get_logger("cascade.gateway")
 ACCESS_EVENT = "gateway.request"
@@ -62,6 +62,11 @@ not unguessable (a Mersenne Twister): an id names a response, it grants nothing.
 Seeded again in a forked child, as ``random``'s own generator is: workers forked from one
 imported app (a pre-forking server) would otherwise hand out the same ids."""
 os.register_at_fork(after_in_child=_ids.seed)
+
+
+def new_request_id() -> str:
+    """A chat request's id: ``req_`` and 32 hex digits."""
+    return "req_" + format(_ids.getrandbits(128), "032x")
 
 
 def _finish(span: Span, access: _Access, t0: float, trace_id: str | None) -> None:

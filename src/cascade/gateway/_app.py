@@ -19,7 +19,7 @@ import structlog
 from aiohttp import HttpVersion11, web
 
 from .._telemetry._logs import emit
-from ._access import ACCESS_EVENT, LOGGED
+from ._access import ACCESS_EVENT, LOGGED, new_request_id
 from ._anthropic_wire import AnthropicWire
 from ._chat import chat_handler
 from ._errors import GatewayError, internal_error
@@ -141,7 +141,13 @@ async def _readyz(request: web.Request) -> web.Response:
 # -- errors ------------------------------------------------------------------------------
 
 
-def _access(request: web.Request, status: int, error: str | None, t0: float) -> None:
+def _access(
+    request: web.Request,
+    status: int,
+    error: str | None,
+    t0: float,
+    request_id: str | None = None,
+) -> None:
     """The access line of a request no chat handler logged. Its path is the route's
     pattern (``/v1/models/{model}``), never the client's own text (which could hold
     anything, a key pasted into a URL too): ``null`` for a path no route serves."""
@@ -151,6 +157,8 @@ def _access(request: web.Request, status: int, error: str | None, t0: float) -> 
         "status": status,
         "duration_ms": round((perf_counter() - t0) * 1000, 3),
     }
+    if request_id is not None:
+        fields["request_id"] = request_id
     if error is not None:
         fields["error"] = error
     emit(log, "info", ACCESS_EVENT, fields)
@@ -181,6 +189,11 @@ def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
         fallback = fallback or wire
     assert fallback is not None
     return fallback
+
+
+def _chat_wire(path: str, wires: Iterable[WireFormat]) -> WireFormat | None:
+    """The wire format whose chat path ``path`` is, if any."""
+    return next((wire for wire in wires if wire.path == path), None)
 
 
 def _front_middleware(wires: list[WireFormat]) -> Any:
@@ -220,6 +233,12 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
             response = error_response(_wire_for(request.path, wires), failure)
             error = failure.code
         status = response.status
+        request_id = None
+        if LOGGED not in request and not response.prepared and request.method == "POST":
+            chat = _chat_wire(request.path, wires)
+            if chat is not None:  # a chat request refused before its handler ran: an id too
+                request_id = new_request_id()
+                response.headers[chat.request_id_header] = request_id
         if not response.prepared:
             # Sent here, within the write timeout, not by aiohttp once this returns (with
             # no timer): a client that pipelines small requests and reads nothing would
@@ -232,10 +251,10 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
                 status = 499
             except asyncio.CancelledError:  # it left while the answer was being written
                 if LOGGED not in request:
-                    _access(request, 499, error, t0)
+                    _access(request, 499, error, t0, request_id)
                 raise
         if LOGGED not in request:
-            _access(request, status, error, t0)
+            _access(request, status, error, t0, request_id)
         _forgo_rest(request)
         return response
 
@@ -258,8 +277,10 @@ def _forgoes_rest(request: web.Request) -> bool:
 
 
 async def _tell_closing(request: web.Request, response: web.StreamResponse) -> None:
-    """An answer after which the connection closes (:func:`_forgoes_rest`) says so."""
-    if _forgoes_rest(request):
+    """An answer after which the connection closes (:func:`_forgoes_rest`, or any answer
+    while the gateway drains) says so: a client's pool then does not send its next
+    request on a connection closing under it."""
+    if request.app[GATEWAY].draining or _forgoes_rest(request):
         response.force_close()
         response.headers["Connection"] = "close"  # its headers are made: set it too
 

@@ -24,7 +24,7 @@ from aiohttp import web
 from opentelemetry.trace import INVALID_SPAN, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from ._access import LOGGED, _Access, _finish, _ids
+from ._access import LOGGED, _Access, _finish, new_request_id
 from ._errors import GatewayError, internal_error, shutting_down
 from ._gateway import GATEWAY
 from ._respond import ClientGone, abandon, error_response, send
@@ -57,7 +57,7 @@ def chat_handler(wire: WireFormat) -> Any:
         access = _Access(
             method=request.method,
             path=wire.path,
-            request_id="req_" + format(_ids.getrandbits(128), "032x"),
+            request_id=new_request_id(),
         )
         request[LOGGED] = True  # every way out of this handler writes its line
         scope: AbstractContextManager[Span] = _UNTRACED
@@ -101,7 +101,12 @@ def chat_handler(wire: WireFormat) -> Any:
                 write_s = min(write_s, _CUT_WRITE_S)
                 if access.response is not None and access.response.prepared:
                     access.status = access.response.status
-                    await abandon(request, wire, access.response, write_s, failure)
+                    try:
+                        await abandon(request, wire, access.response, write_s, failure)
+                    except asyncio.CancelledError:  # it left while the error event waited
+                        access.status = 499
+                        _finish(span, access, t0, trace_id)
+                        raise
                     _finish(span, access, t0, trace_id)
                     return access.response
                 response = error_response(wire, failure)

@@ -79,7 +79,8 @@ ANONYMOUS: Final = "(anonymous)"
 
 class GatewayDenied(GatewayError):
     """A request the gateway refuses before running it: ``status`` (401, 403, 429),
-    an OpenAI-style error ``code``, and for 429 the seconds until it may be retried."""
+    an OpenAI-style error ``code``, and for 429 the seconds until it may be retried;
+    ``key``, the configured name of the key refused, when it is known (never the key)."""
 
     code: str
 
@@ -91,10 +92,12 @@ class GatewayDenied(GatewayError):
         message: str,
         retry_after_s: float | None = None,
         should_retry: bool | None = None,
+        key: str | None = None,
     ) -> None:
         super().__init__(
             status, message, code=code, retry_after_s=retry_after_s, should_retry=should_retry
         )
+        self.key = key
 
     def __repr__(self) -> str:
         return f"GatewayDenied(status={self.status}, code={self.code!r})"
@@ -330,6 +333,7 @@ class GatewayKeys:
                 code="key_busy",
                 message="this key is at its limit of requests in flight",
                 retry_after_s=1.0,
+                key=key.name,  # (named on the access line, as its other 429s are)
             )
         key.in_flight += 1
         return key

@@ -29,6 +29,7 @@ from ._access import _Access, _ids
 from ._errors import GatewayError, from_run_error, shutting_down
 from ._gate import OPEN_GATE, enter_key
 from ._gateway import Gateway
+from ._keys import GatewayDenied
 from ._respond import result_headers, send
 from ._routes import Route
 from ._sse import sse_answer
@@ -82,7 +83,11 @@ async def serve_chat(
     trace_id: str | None,
 ) -> web.StreamResponse:
     gate = gateway.gate
-    held = enter_key(gate, request.headers)  # before a slot is taken or a byte read
+    try:
+        held = enter_key(gate, request.headers)  # before a slot is taken or a byte read
+    except GatewayDenied as exc:
+        access.key = exc.key  # a key at its max_in_flight: its line names it
+        raise
     if held is not None:
         access.key = held.name
     try:

@@ -171,7 +171,19 @@ async def serve(
         # The drain itself is _drain's; aiohttp's shutdown then only waits for what the
         # cut left answering (and the listing, the probes), twice this at most.
         runner = app_runner(gateway, shutdown_timeout=_CLOSE_S)
-        await runner.setup()
+        # Nor is the routes' opening waited for (a [shared] Redis that does not answer
+        # holds it for up to its timeout_s, the key gate's and the routes' each).
+        setup = asyncio.ensure_future(runner.setup())
+        await _unless(stop, setup)
+        if not setup.done():  # (cancelled by the signal, not yet unwound)
+            await asyncio.wait((setup,))
+            # what the app's cleanup closes (its startup did not end: nor will its cleanup)
+            await gateway.aclose()
+            await gateway.gate.aclose()
+            log.info("gateway.stopped", reason="signal before listening")
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            return
     except BaseException:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
