@@ -370,6 +370,8 @@ async def test_both_sdks_raise_the_refusal_as_their_apis_error(gateway: Running)
         with pytest.raises(anthropic.APIStatusError) as ant:
             await aclient.messages.create(model="cascade", max_tokens=5, messages=[])
     assert oai.value.status_code == ant.value.status_code == 431
+    assert oai.value.request_id is not None and oai.value.request_id.startswith("req_")
+    assert ant.value.request_id is not None and ant.value.request_id.startswith("req_")
     assert oai.value.code == "headers_too_large"
     assert "too large" in oai.value.message and "too large" in ant.value.message
     assert SECRET.decode() not in oai.value.message + ant.value.message

@@ -109,3 +109,29 @@ async def test_a_key_budget_moves_when_the_upstream_reports_zero_tokens(
         gate = gw.gateway.gate
         assert isinstance(gate, KeyGate)
         assert (gate.keys.spent_today("team") or 0.0) > 0
+
+
+async def test_refused_samples_reported_as_free_are_estimated(
+    openai_server: FakeOpenAIServer,
+) -> None:
+    """A refusal's text is billed as output like an answer's: a sample that refused,
+    reported with zero tokens, is estimated from its refusal."""
+    refusal = "I cannot help with that request, sorry. " * 4
+    openai_server.script(
+        "m1", Reply(text=TEXT, usage=OPENAI_ZERO), Reply(refusal=refusal, usage=OPENAI_ZERO)
+    )
+    cfg = {
+        "tiers": [
+            tier(
+                "a",
+                provider("a", openai_server.url, "m1"),
+                validators=[{"name": "self_consistency", "samples": 3, "min_agreement": 0.5}],
+            )
+        ],
+    }
+    async with Cascade.from_dict(cfg) as c:
+        result = await c.run(messages=USER)
+    [attempt] = result.attempts
+    samples = list(attempt.samples)
+    assert samples, attempt
+    assert all(s.output_tokens == len(refusal) // 4 for s in samples), samples

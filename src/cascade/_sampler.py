@@ -183,9 +183,10 @@ class Sampler:
 
 
 def _output_tokens(chunk: Chunk) -> int:
-    """The tokens a chunk reports, else (none, or 0 for text) an estimate from its text."""
+    """The tokens a chunk reports, else (none, or 0 for text) an estimate from its text
+    and its refusal's (both billed)."""
     if not chunk.output_tokens:
-        return estimate_text_tokens(chunk.text)
+        return estimate_text_tokens(len(chunk.text) + len(chunk.refusal or ""))
     return chunk.output_tokens
 
 

@@ -33,7 +33,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from .._telemetry._logs import emit
-from ._access import ACCESS_EVENT
+from ._access import ACCESS_EVENT, new_request_id
 from ._errors import GatewayError
 
 __all__ = ["GatewayRunner"]
@@ -110,13 +110,19 @@ class _Connection(web.RequestHandler):
                 "code": refusal.code,
             },
         }
+        request_id = new_request_id()
         response = web.Response(
-            status=refusal.status, body=msgspec.json.encode(body), content_type="application/json"
+            status=refusal.status,
+            body=msgspec.json.encode(body),
+            content_type="application/json",
+            # the header of each API's SDK: which one sent it is not known
+            headers={"x-request-id": request_id, "request-id": request_id},
         )
         response.force_close()
         fields: dict[str, Any] = {
             "method": "_OTHER",
             "path": None,
+            "request_id": request_id,
             "status": refusal.status,
             "error": refusal.code,
         }
