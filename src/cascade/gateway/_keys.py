@@ -39,9 +39,8 @@ from .._clock import Clock
 from .._errors import ConfigError
 from ..resilience.limiter import Lease, RateLimiter
 from ._budget import DayBudget, Reservation, UtcDays
-from ._errors import GatewayError
+from ._key_headers import GatewayDenied, _unauthorized, api_key_from_headers
 from ._keys_config import (
-    KEY_CHARS,
     MAX_KEY_CHARS,
     MAX_KEYS,
     KeyEntry,
@@ -68,76 +67,11 @@ __all__ = [
 
 log = structlog.get_logger("cascade")
 
-MAX_HEADER_CHARS: Final = MAX_KEY_CHARS + 16
-"""The longest ``Authorization`` or ``x-api-key`` header read."""
 _MAX_TOKENS: Final = 10**12
 _HELD_RETRY_S: Final = 1.0
 """``Retry-After`` when the day's budget is only held by requests in flight."""
 ANONYMOUS: Final = "(anonymous)"
 """The name requests without a key share (no configured name can take it)."""
-
-
-class GatewayDenied(GatewayError):
-    """A request the gateway refuses before running it: ``status`` (401, 403, 429),
-    an OpenAI-style error ``code``, and for 429 the seconds until it may be retried;
-    ``key``, the configured name of the key refused, when it is known (never the key)."""
-
-    code: str
-
-    def __init__(
-        self,
-        *,
-        status: int,
-        code: str,
-        message: str,
-        retry_after_s: float | None = None,
-        should_retry: bool | None = None,
-        key: str | None = None,
-    ) -> None:
-        super().__init__(
-            status, message, code=code, retry_after_s=retry_after_s, should_retry=should_retry
-        )
-        self.key = key
-
-    def __repr__(self) -> str:
-        return f"GatewayDenied(status={self.status}, code={self.code!r})"
-
-
-def _unauthorized(message: str, code: str = "invalid_api_key") -> GatewayDenied:
-    return GatewayDenied(status=401, code=code, message=message)
-
-
-def api_key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The key a request presents (``Authorization: Bearer`` or ``x-api-key``), ``None``
-    when it presents none; :class:`GatewayDenied` (401) when a header is malformed, too
-    long, or the two headers name different keys. ``headers`` is case-insensitive
-    (aiohttp's) or lower-case."""
-    auth = headers.get("authorization")
-    other = headers.get("x-api-key")
-    key = None
-    if auth is not None:
-        if len(auth) > MAX_HEADER_CHARS:
-            raise _unauthorized("the Authorization header is too long")
-        scheme, _, value = auth.strip().partition(" ")
-        if scheme.lower() != "bearer":
-            raise _unauthorized("expected 'Authorization: Bearer <key>'")
-        key = _checked(value.strip())
-    if other is not None:
-        if len(other) > MAX_HEADER_CHARS:
-            raise _unauthorized("the x-api-key header is too long")
-        presented = _checked(other.strip())
-        if key is not None and not hmac.compare_digest(presented, key):
-            raise _unauthorized("Authorization and x-api-key hold different keys")
-        key = presented
-    return key
-
-
-def _checked(key: str) -> str:
-    if not key:
-        raise _unauthorized("the API key is empty")
-    if len(key) > MAX_KEY_CHARS or not KEY_CHARS.fullmatch(key):
-        raise _unauthorized("malformed API key")
-    return key
 
 
 class _Key:
