@@ -116,3 +116,16 @@ async def test_a_key_refused_for_its_limits_is_named_on_its_line(
     assert (line["key"], line["status"], line["error"]) == ("team-a", 429, "insufficient_quota")
     assert line["request_id"] == caught.value.request_id
     assert openai_server.request_count == 0
+
+
+async def test_the_response_id_and_the_request_id_share_their_digits(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """One random draw a request: ``chatcmpl-<hex>`` and ``req_<hex>`` name the same one."""
+    openai_server.default = Reply(text="hello")
+    async with (
+        serving(write_config(tmp_path / "c.toml", config(openai_server.url))) as gw,
+        openai.AsyncOpenAI(base_url=gw.base_url, api_key=KEY, max_retries=0) as client,
+    ):
+        completion = await client.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert completion._request_id == "req_" + completion.id.removeprefix("chatcmpl-")

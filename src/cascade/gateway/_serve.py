@@ -25,7 +25,7 @@ from .._errors import InputError
 from ..engine import Failed, Finished, Stream
 from ..engine._core import Plan
 from ..engine._stream import ResultSink
-from ._access import _Access, _ids
+from ._access import _Access
 from ._errors import GatewayError, from_run_error, shutting_down
 from ._gate import OPEN_GATE, enter_key
 from ._gateway import Gateway
@@ -131,7 +131,7 @@ async def serve_chat(
                     )
                 access.route = route.name
                 info = RunInfo(
-                    id="chatcmpl-" + format(_ids.getrandbits(128), "032x"),
+                    id="chatcmpl-" + access.request_id[4:],  # one draw: the request id's digits
                     created=int(time.time()),
                     route=route.name,
                     trace_id=trace_id,
