@@ -73,3 +73,22 @@ async def test_speculative_anthropic_a_rejection_before_its_text_was_sent_is_not
         message = await stream.get_final_message()
     assert text == ANSWER
     assert message.content[0].type == "text"
+
+
+def test_check_says_ok_only_for_a_file_whose_gateway_table_is_valid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: ``cascade check FILE`` checks its ``[gateway]`` table and routes too. A bad
+    one is exit 2 naming the field, and nothing says the file is OK (it printed
+    ``FILE: OK, 1 tiers`` on stdout, then the error)."""
+    from cascade._cli import main
+
+    config = {
+        "tiers": [tier("t", provider("a", "http://127.0.0.1:9/v1", "m"))],
+        "gateway": {"max_in_flight": 0},
+    }
+    path = write_config(tmp_path / "c.toml", config)
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "gateway.max_in_flight" in err
+    assert "OK" not in out
