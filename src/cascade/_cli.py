@@ -280,6 +280,13 @@ def _check(path: str) -> int:
     # Building checks kinds, API key variables and validators, and resolves relative paths.
     with in_file(path):
         config = Cascade.from_config(path).config
+    routes = None
+    if config.gateway is not None:
+        from .gateway import build_gateway, load_gateway
+
+        # every route's cascade built, as `cascade serve` does, nothing opened: before
+        # anything is printed, so that a bad [gateway] table is not preceded by "OK"
+        routes = build_gateway(load_gateway(path)).generation.routes
     print(f"{path}: OK, {len(config.tiers)} tiers, on_exhausted = {config.on_exhausted!r}")
     for i, tier in enumerate(config.tiers, 1):
         names = ", ".join(str(v["name"]) for v in tier.validators) or "none"
@@ -290,11 +297,7 @@ def _check(path: str) -> int:
                 f"(${p.input_cost_per_mtok:g}/${p.output_cost_per_mtok:g} per Mtok in/out, "
                 f"timeout {p.timeout_s:g}s{', stream' if p.stream else ''})"
             )
-    if config.gateway is not None:
-        from .gateway import build_gateway, load_gateway
-
-        # every route's cascade built, as `cascade serve` does, nothing opened
-        routes = build_gateway(load_gateway(path)).generation.routes
+    if routes is not None:
         print(f"gateway: routes {', '.join(repr(r.name) for r in routes)}")
     return 0
 

@@ -22,7 +22,7 @@ import msgspec
 from .._types import Result
 from ..engine import AttemptStarted, Delta, Event, Finished, Retracted
 from ._anthropic_request import parse_request
-from ._errors import GatewayError
+from ._errors import WITHDRAWN, GatewayError
 from ._wire import GatewayRequest, Limits, RunInfo, summary
 
 __all__ = ["AnthropicSSE", "AnthropicWire", "error_type", "stop_reason"]
@@ -199,7 +199,7 @@ class AnthropicWire:
                     502,
                     f"the answer being streamed was withdrawn ({event.reason[:200]}); "
                     "Anthropic's format cannot replace text already sent: retry the request",
-                    code="answer_withdrawn",
+                    code=WITHDRAWN,
                 )
             elif kind is Finished:
                 assert isinstance(event, Finished)

@@ -26,7 +26,11 @@ from .._types import Attempt
 from ..providers._status import about_account
 from ..resilience.limiter import LimiterTimeout
 
-__all__ = ["GatewayError", "from_run_error", "internal_error"]
+__all__ = ["WITHDRAWN", "GatewayError", "from_run_error", "internal_error"]
+
+WITHDRAWN = "answer_withdrawn"
+"""The code of a speculative stream's error once the answer whose text was sent is
+withdrawn (the format, or the client, cannot take that text back)."""
 
 _MAX_RETRY_AFTER_S = 86400
 """The longest ``Retry-After``: a key's daily budget refills within a day, and no wait

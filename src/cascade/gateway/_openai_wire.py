@@ -27,7 +27,7 @@ from .._types import (
     Result,
 )
 from ..engine import Delta, Event, Finished, Retracted
-from ._errors import GatewayError
+from ._errors import WITHDRAWN, GatewayError
 from ._openai_request import parse_request
 from ._wire import GatewayRequest, RunInfo, summary
 
@@ -137,7 +137,7 @@ class OpenAIWire:
                         f"the answer being streamed was withdrawn ({event.reason[:200]}); "
                         "send stream_options.cascade_retractions = true to receive "
                         "withdrawals and the next answer, or retry the request",
-                        code="answer_withdrawn",
+                        code=WITHDRAWN,
                     )
                 retracted = {
                     "chars": event.chars,

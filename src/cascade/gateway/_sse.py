@@ -13,7 +13,7 @@ from aiohttp import web
 from .._errors import CascadeError
 from .._types import Result
 from ..engine import Delta, Event, Failed, Finished, Stream
-from ._errors import GatewayError, from_run_error, internal_error
+from ._errors import WITHDRAWN, GatewayError, from_run_error, internal_error
 from ._respond import header_value, result_headers, run_headers, send
 from ._routes import Route
 from ._wire import GatewayRequest, RunInfo, WireFormat
@@ -57,17 +57,25 @@ async def sse_answer(
         # Both generators closed here: a format's generator returns at the run's last
         # event, and a ``_tap`` left suspended would be closed by the garbage collector's
         # hook, through the loop's self-pipe (a syscall and a wake-up more per request).
-        async with (
-            aclosing(_tap(stream, seen)) as events,
-            aclosing(wire.sse(events, req, info)) as chunks,
-        ):
-            async for data in chunks:
-                pending.append(data)
-                if (stream.ready or seen.result is not None) and len(pending) < _MAX_PENDING:
-                    continue  # more is ready (or this is the end): one write for all of it
-                if response is None:
-                    response = _prepare(wire, stream, route, seen, info, access)
-                await _write(request, response, pending, timeout_s)
+        async with aclosing(_tap(stream, seen)) as events:
+            while True:
+                try:
+                    async with aclosing(wire.sse(events, req, info)) as chunks:
+                        async for data in chunks:
+                            pending.append(data)
+                            ready = stream.ready or seen.result is not None
+                            if ready and len(pending) < _MAX_PENDING:
+                                continue  # more is ready (or the end): one write for all
+                            if response is None:
+                                response = _prepare(wire, stream, route, seen, info, access)
+                            await _write(request, response, pending, timeout_s)
+                    break
+                except GatewayError as exc:
+                    if response is not None or exc.code != WITHDRAWN:
+                        raise
+                    # The answer withdrawn was rendered, not sent: the client saw none of
+                    # it, so the format's stream starts afresh with the next answer.
+                    pending.clear()
     except GatewayError as exc:
         # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
         # the stream ends with that error, and leaving the ``async with`` cancels the run.
