@@ -525,3 +525,65 @@ async def test_sigterm_while_the_routes_are_first_built_exits_0(tmp_path: Path) 
                 os.close(writer)
     assert served.events()[-1] == "gateway.stopped"
     assert "Traceback" not in served.stderr
+
+
+async def test_drain_delay_keeps_serving_with_readyz_503_then_drains(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """``drain_delay_s``: after SIGTERM the gateway still accepts and serves (a balancer
+    that has not yet seen ``/readyz`` turn 503 still sends here), each answer closing its
+    connection; then the listener closes and the drain goes on as without it."""
+    import aiohttp
+
+    openai_server.default = Reply(text="still served")
+    path = write_config(
+        tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_delay_s=600)
+    )
+    async with cascade_serve(path) as served, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{served.port}"
+        served.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: "gateway.drain_delay" in served.events(), "the delay begun")
+        async with session.get(f"{url}/readyz") as ready:
+            assert ready.status == 503
+            assert (await ready.json())["status"] == "draining"
+        async with session.post(
+            f"{url}/v1/chat/completions", json={"model": "r", "messages": HI}
+        ) as answered:
+            assert answered.status == 200
+            assert answered.headers["Connection"] == "close"
+            assert (await answered.json())["choices"][0]["message"]["content"] == "still served"
+        assert not await refused(served.port)
+        served.proc.send_signal(signal.SIGTERM)  # a second one ends the wait (not 600 s)
+        assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+    events = served.events()
+    assert events.index("gateway.draining") < events.index("gateway.drain_delay")
+    assert events[-1] == "gateway.stopped"
+    assert "Traceback" not in served.stderr
+
+
+async def test_a_request_started_in_the_drain_delay_is_drained_not_cut(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Requests that ended during the delay (the count touched 0) do not make the drain
+    think it is over: one still in flight when the delay ends is waited for."""
+    import aiohttp
+
+    openai_server.script("m1", Reply(text="quick"), Reply(text="slow", latency_s=4.0))
+    path = write_config(
+        tmp_path / "c.toml", config(openai_server.url, "m1", "r", drain_delay_s=2.5)
+    )
+    body = {"model": "r", "messages": HI}
+    async with cascade_serve(path) as served, aiohttp.ClientSession() as session:
+        url = f"http://127.0.0.1:{served.port}/v1/chat/completions"
+        served.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: "gateway.drain_delay" in served.events(), "the delay begun")
+        async with session.post(url, json=body) as quick:
+            assert quick.status == 200
+        slow = asyncio.create_task(session.post(url, json=body))
+        await eventually(lambda: openai_server.active_requests == 1, "the slow call under way")
+        response = await asyncio.wait_for(slow, 30)
+        assert response.status == 200, await response.text()
+        assert (await response.json())["choices"][0]["message"]["content"] == "slow"
+        response.release()
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    assert "gateway.drain_cut" not in served.events()

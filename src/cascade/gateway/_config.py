@@ -5,6 +5,7 @@ One file configures the cascade (``[[tiers]]``) and the gateway in front of it::
     [gateway]
     max_body_bytes = 4194304
     max_deadline_s = 120
+    drain_delay_s = 0           # SIGTERM: /readyz 503, still serving, this long first
     drain_timeout_s = 30
 
     [[gateway.routes]]
@@ -112,6 +113,11 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     on every address."""
     max_in_flight: Annotated[int, Meta(ge=1)] = 4096
     """Requests served at once; more get 429 with ``Retry-After: 1``."""
+    drain_delay_s: Annotated[float, Meta(ge=0, le=3600)] = 0.0
+    """On SIGTERM, before the drain: keep accepting and serving this long while
+    ``/readyz`` answers 503 and every response says ``Connection: close``, so that a load
+    balancer (a Kubernetes Service's endpoints) stops sending here before the listener
+    closes; a second SIGTERM ends the wait (and the drain) at once."""
     drain_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     """On SIGTERM: stop accepting, let requests in flight finish for this long, then cut
     them off and close. Also how long a reload (SIGHUP) waits for the old cascade's

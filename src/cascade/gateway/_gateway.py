@@ -31,7 +31,7 @@ _SCHEMA_BUILD_S = 10.0
 included): the work is bounded (the schema's size, and ``JsonSchemaValidator``'s probes),
 this only bounds the wait."""
 
-RESTART_ONLY = ("drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
+RESTART_ONLY = ("drain_delay_s", "drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
 """The ``[gateway]`` settings read once at start (the server's and the app's, and the
 keys' counters): a reload keeps them, and says so when the file changed one."""
 

@@ -1,13 +1,15 @@
 """Running the gateway: building it from a config file, serving it on a port, draining on
 SIGTERM and reloading on SIGHUP (``cascade serve``).
 
-- SIGTERM / SIGINT: stop accepting connections, let the requests in flight finish (their
+- SIGTERM / SIGINT: with ``gateway.drain_delay_s``, first go on serving that long
+  (``/readyz`` 503, every answer ``Connection: close``: a load balancer leaves); then
+  stop accepting connections, let the requests in flight finish (their
   streams included) for at most ``gateway.drain_timeout_s``, then give up on what is left
   (``gateway.drain_cut``, see ``_drain``): each is cancelled, which closes its upstream
   call, and answers 503 ``shutting_down`` (a stream already started: its format's error
   event); close the cascades, exit 0. A reload's build under way is abandoned, not
   waited for. ``/readyz`` answers 503 from the signal on. A second SIGTERM or SIGINT
-  gives up at once; a third one takes the signal's default action. A SIGHUP while
+  ends the delay and gives up at once; a third one takes the signal's default action. A SIGHUP while
   draining is ignored (``gateway.reload_ignored``).
   A reload opening its routes (the swap) holds neither: the listener closes at once, and
   the reload is cancelled once the drain is over (the routes it opened are closed).
@@ -17,7 +19,7 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   last request is done (or ``drain_timeout_s`` later); the ``[gateway]`` limits each
   request reads (``allowed_hosts``, ``max_in_flight``, ``max_messages``, the schema
   limits, ``body_timeout_s``, ``write_timeout_s``) apply from then on too. The listening
-  address, ``max_body_bytes``, ``idle_timeout_s``, ``drain_timeout_s``, the keys and the
+  address, ``max_body_bytes``, ``idle_timeout_s``, the drain's delay and timeout, the keys and the
   ``[shared]`` Redis of their counters stay as they were at start (``gateway.reload_kept``
   names those the file changed): those need a restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
@@ -233,6 +235,10 @@ async def serve(
             if gateway.reload_build is not None:
                 gateway.reload_build.cancel()  # a build under way is not waited for
             cleaned = True  # (the cut stays the handler while the drain lasts)
+            if config.drain_delay_s > 0:  # still serving, /readyz 503: the balancer leaves
+                log.info("gateway.drain_delay", delay_s=config.drain_delay_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cut_now.wait(), config.drain_delay_s)
             await _drain(gateway, runner, config.drain_timeout_s, cut_now)
             await runner.cleanup()  # close the connections left, then the cascades
             # Nor is a swap under way (opening its routes): cancelled, it closes them.
@@ -271,6 +277,7 @@ async def _drain(
     server = runner.server
     if server is not None:
         server.pre_shutdown()  # idle keep-alive connections close; busy ones after this
+    gateway.drained.clear()  # (set whenever the count touched 0 during drain_delay_s)
     if gateway.in_flight:
         waits = [
             asyncio.ensure_future(gateway.drained.wait()),
