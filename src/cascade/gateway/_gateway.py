@@ -13,6 +13,7 @@ from opentelemetry import trace
 
 from .._errors import ConfigError, InputError
 from ..validators import JsonSchemaValidator, Validator
+from ..validators._json_extract import whole_json
 from ..validators._offload import Overrun, off_loop
 from ._config import GatewayConfig, LoadedConfig
 from ._errors import GatewayError
@@ -183,8 +184,16 @@ class Gateway:
         self._schemas[key] = outcome
 
 
+class _AnswerIsJson(JsonSchemaValidator):
+    """A request's schema (``response_format``, ``output_config.format``): the answer must
+    be the JSON value itself, as both APIs promise (the client's ``json.loads`` of the
+    content), not text or a fence around a value that passes."""
+
+    find_json = staticmethod(whole_json)
+
+
 def _build_schema_validator(schema: dict[str, Any]) -> Validator:
-    return JsonSchemaValidator(schema=schema, name="response_format")
+    return _AnswerIsJson(schema=schema, name="response_format")
 
 
 GATEWAY = web.AppKey("cascade_gateway", Gateway)

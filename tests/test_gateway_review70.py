@@ -1,0 +1,237 @@
+"""Review of the request handling landed together: field strictness, ``top_p``, parse
+refusals, request ids and the ``json_object`` validator, attacked as a hostile client and
+as real-world clients (LangChain, LlamaIndex, the Vercel AI SDK, the OpenAI Agents SDK)
+send their requests.
+
+Regressions found:
+
+- A ``response_format`` (``json_object``, ``json_schema``) or ``output_config.format``
+  answer had only to *contain* JSON: prose around it, a Markdown fence, or two objects
+  passed the validator and were returned as the content, which the client's
+  ``json.loads`` (the SDKs' ``parse``) then failed on. Both APIs promise content that is
+  the JSON value itself.
+- A line too long was classified 414 or 431 by how its quoted text started: with the C
+  parser, an absolute-form or ``*`` request target too long was a 431 and a header value
+  starting with ``/`` or ``GET `` a 414; with the pure-Python parser, a method with a
+  ``-`` (``M-SEARCH``) made its request line a 431.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
+
+from .gateway import Running, serving, write_config
+from .helpers import provider, tier
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "Hi"}]
+GOOD = '{"answer": 42}'
+
+
+@pytest.fixture
+async def claude(anthropic_server: FakeAnthropicServer, tmp_path: Path) -> AsyncIterator[Running]:
+    """Two tiers of Anthropic-format providers: no ``response_format`` upstream, so their
+    answers are whatever the model writes."""
+    url = anthropic_server.url
+    config = {
+        "tiers": [
+            tier("small", provider("a", url, "c1", kind="anthropic")),
+            tier("big", provider("b", url, "c2", kind="anthropic")),
+        ]
+    }
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        yield g
+
+
+# -- a JSON answer is the JSON, not text around it -------------------------------------------
+
+WRAPPED = {
+    "prose": 'Sure! Here is the JSON you asked for: {"answer": 41}',
+    "fence": '```json\n{"answer": 41}\n```',
+    "two_objects": '{"answer": 41} or maybe {"answer": 40}',
+    "trailing_prose": '{"answer": 41}\nHope this helps!',
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("wrapped", list(WRAPPED))
+async def test_json_object_text_around_the_json_is_not_an_answer(
+    claude: Running, anthropic_server: FakeAnthropicServer, wrapped: str, stream: bool
+) -> None:
+    anthropic_server.script("c1", Reply(text=WRAPPED[wrapped]))
+    anthropic_server.script("c2", Reply(text=GOOD))
+    args: dict[str, Any] = {
+        "model": "cascade",
+        "messages": HI,
+        "response_format": {"type": "json_object"},
+    }
+    async with openai.AsyncOpenAI(
+        base_url=claude.base_url, api_key="k", max_retries=0, timeout=20
+    ) as c:
+        if stream:
+            chunks = await c.chat.completions.create(**args, stream=True)
+            content = "".join([x.choices[0].delta.content or "" async for x in chunks if x.choices])
+        else:
+            content = (await c.chat.completions.create(**args)).choices[0].message.content or ""
+    assert json.loads(content) == {"answer": 42}  # what the client does with it
+    assert anthropic_server.request_count == 2  # the wrapped answer escalated
+
+
+async def test_a_json_schema_answer_is_the_json_on_both_apis(
+    claude: Running, anthropic_server: FakeAnthropicServer
+) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}},
+        "required": ["answer"],
+    }
+    anthropic_server.script("c1", Reply(text=WRAPPED["fence"]), Reply(text=WRAPPED["prose"]))
+    anthropic_server.script("c2", Reply(text=GOOD))
+    async with openai.AsyncOpenAI(
+        base_url=claude.base_url, api_key="k", max_retries=0, timeout=20
+    ) as c:
+        completion = await c.chat.completions.create(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": schema, "strict": True},
+            },
+        )
+    assert json.loads(completion.choices[0].message.content or "") == {"answer": 42}
+    async with anthropic.AsyncAnthropic(
+        base_url=claude.url, api_key="k", max_retries=0, timeout=20
+    ) as a:
+        msg = await a.messages.create(
+            model="cascade",
+            max_tokens=64,
+            messages=HI,  # type: ignore[arg-type]
+            extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}},
+        )
+    assert json.loads(msg.content[0].text) == {"answer": 42}  # type: ignore[union-attr]
+    assert anthropic_server.request_count == 4
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '  {"answer": 42}\n',  # blanks around one JSON value are still that value
+        '{"big": "' + "v" * 40_000 + '"}',  # checked off the loop (over 16 KiB)
+    ],
+    ids=["blanks", "big"],
+)
+async def test_a_json_answer_alone_passes_on_the_first_tier(
+    claude: Running, anthropic_server: FakeAnthropicServer, answer: str
+) -> None:
+    anthropic_server.script("c1", Reply(text=answer))
+    async with openai.AsyncOpenAI(
+        base_url=claude.base_url, api_key="k", max_retries=0, timeout=20
+    ) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+            response_format={"type": "json_object"},
+        )
+    assert raw.headers["x-cascade-tier"] == "1"
+    assert raw.parse().choices[0].message.content == answer
+
+
+async def test_a_big_answer_wrapped_in_prose_escalates_too(
+    claude: Running, anthropic_server: FakeAnthropicServer
+) -> None:
+    """Over 16 KiB the schema is checked in a worker process, which finds the JSON in the
+    text: the answer is still not the JSON."""
+    big = '{"big": "' + "v" * 40_000 + '"}'
+    anthropic_server.script("c1", Reply(text="Here you go:\n" + big))
+    anthropic_server.script("c2", Reply(text=GOOD))
+    async with openai.AsyncOpenAI(
+        base_url=claude.base_url, api_key="k", max_retries=0, timeout=20
+    ) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+            response_format={"type": "json_object"},
+        )
+    assert raw.headers["x-cascade-tier"] == "2"
+    assert raw.parse().choices[0].message.content == GOOD
+
+
+# -- what real-world clients send by default -------------------------------------------------
+
+
+@pytest.fixture
+async def gw(openai_server: FakeOpenAIServer, tmp_path: Path) -> AsyncIterator[Running]:
+    openai_server.default = Reply(text="42")
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        yield g
+
+
+CLIENT_BODIES: dict[str, dict[str, Any]] = {
+    # langchain-openai ChatOpenAI (older releases: n and temperature always sent)
+    "langchain": {"stream": False, "n": 1, "temperature": 0.7},
+    "langchain_stream": {
+        "stream": True,
+        "n": 1,
+        "temperature": 0.7,
+        "stream_options": {"include_usage": True},
+    },
+    # llama-index-llms-openai: temperature 0.1, stream false, system first
+    "llamaindex": {
+        "stream": False,
+        "temperature": 0.1,
+        "messages": [{"role": "system", "content": "Be brief."}, *HI],
+    },
+    # the Vercel AI SDK (openai-compatible provider) streaming: include_usage
+    "vercel_ai": {"stream": True, "stream_options": {"include_usage": True}},
+    # the OpenAI Agents SDK at a non-OpenAI base URL: system instructions, a text part
+    "agents_sdk": {
+        "messages": [
+            {"content": "You are helpful.", "role": "system"},
+            {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+        ],
+    },
+    # OpenAI's own defaults, spelled out (a client that sends every field it has)
+    "explicit_defaults": {
+        "top_p": 1,
+        "presence_penalty": 0,
+        "frequency_penalty": 0.0,
+        "n": 1,
+        "logit_bias": {},
+        "logprobs": False,
+        "store": False,
+        "parallel_tool_calls": True,
+        "service_tier": "auto",
+        "response_format": {"type": "text"},
+        "stream_options": None,
+        "tools": None,
+        "user": None,
+    },
+}
+
+
+@pytest.mark.parametrize("client", list(CLIENT_BODIES))
+async def test_real_world_clients_default_bodies_are_served(
+    gw: Running, openai_server: FakeOpenAIServer, client: str
+) -> None:
+    body: dict[str, Any] = {"model": "cascade", "messages": HI, **CLIENT_BODIES[client]}
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0) as c:
+        raw = await c.chat.completions.with_raw_response.create(
+            model="cascade",
+            messages=body.pop("messages"),
+            extra_body={k: v for k, v in body.items() if k != "model"},
+        )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-request-id"].startswith("req_")
+    sent = openai_server.requests[0].body
+    assert "top_p" not in sent and "presence_penalty" not in sent  # defaults not sent on
