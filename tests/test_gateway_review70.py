@@ -18,7 +18,9 @@ Regressions found:
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ from cascade.testing import FakeAnthropicServer, FakeOpenAIServer, Reply
 
 from .gateway import Running, serving, write_config
 from .helpers import provider, tier
+from .test_gateway_parse_errors import HEAD, SECRET, check_format, send
+from .test_gateway_serve import cascade_serve
 
 pytestmark = pytest.mark.anyio
 
@@ -235,3 +239,88 @@ async def test_real_world_clients_default_bodies_are_served(
     assert raw.headers["x-request-id"].startswith("req_")
     sent = openai_server.requests[0].body
     assert "top_p" not in sent and "presence_penalty" not in sent  # defaults not sent on
+
+
+# -- 414 for the request line, 431 for a header: whatever the line starts with -------------
+
+LONG = SECRET + b"u" * 9000
+LINES: dict[str, tuple[bytes, int]] = {
+    "absolute_form_target": (
+        b"POST http://127.0.0.1/v1/messages?k=" + LONG + b" HTTP/1.1\r\n" + HEAD + b"\r\n",
+        414,
+    ),
+    "asterisk_target": (b"OPTIONS *" + LONG + b" HTTP/1.1\r\n" + HEAD + b"\r\n", 414),
+    "method_with_a_dash": (b"M-SEARCH /" + LONG + b" HTTP/1.1\r\n" + HEAD + b"\r\n", 414),
+    "header_value_like_a_path": (
+        b"POST /v1/messages HTTP/1.1\r\n" + HEAD + b"X-Forwarded-Uri: /" + LONG + b"\r\n\r\n",
+        431,
+    ),
+    "header_value_like_a_request_line": (
+        b"POST /v1/messages HTTP/1.1\r\n" + HEAD + b"X-Note: GET /" + LONG + b"\r\n\r\n",
+        431,
+    ),
+    "origin_form_target": (b"POST /v1/messages?" + LONG + b" HTTP/1.1\r\n" + HEAD + b"\r\n", 414),
+    "header_value": (
+        b"POST /v1/messages HTTP/1.1\r\n" + HEAD + b"x-api-key: " + LONG + b"\r\n\r\n",
+        431,
+    ),
+}
+
+
+@pytest.mark.parametrize("parser", ["c", "python"])
+async def test_a_line_too_long_is_414_for_the_request_line_and_431_for_a_header(
+    openai_server: FakeOpenAIServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    parser: str,
+) -> None:
+    if parser == "python":
+        monkeypatch.setenv("AIOHTTP_NO_EXTENSIONS", "1")
+    config = {"tiers": [tier("t", provider("a", openai_server.url, "m1"))]}
+    got: dict[str, int] = {}
+    async with cascade_serve(write_config(tmp_path / "c.toml", config)) as served:
+        for name, (request, _) in LINES.items():
+            answer = await send(served.port, request)
+            got[name] = answer.status
+            # JSON both SDKs read, the connection closed, no byte of the line echoed
+            check_format(answer, answer.status, json.loads(answer.body)["error"]["code"])
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+    assert got == {name: status for name, (_, status) in LINES.items()}
+    logged = served.stderr + json.dumps(served.lines)
+    assert SECRET.decode() not in logged
+
+
+def test_aiohttps_parsers_quote_the_line_as_the_classification_expects() -> None:
+    """What ``_protocol._is_request_line`` builds on, checked loudly on both parsers: the C
+    parser quotes a request target too long in a ``bytearray`` and a header's value in
+    ``bytes``; the pure-Python one quotes the whole line."""
+    from aiohttp import http_parser
+    from aiohttp.http_exceptions import LineTooLong
+
+    from cascade.gateway._protocol import _is_request_line
+
+    loop = asyncio.new_event_loop()
+    try:
+        parsers: list[Any] = [http_parser.HttpRequestParserPy]
+        if hasattr(http_parser, "HttpRequestParserC"):
+            parsers.append(http_parser.HttpRequestParserC)
+        for cls in parsers:
+            quoted = []
+            for request, _ in LINES.values():
+                parser = cls(object(), loop, 2**16, max_line_size=8190, max_field_size=8190)
+                with pytest.raises(LineTooLong) as caught:
+                    parser.feed_data(request)
+                quoted.append(caught.value.args[0])
+            is_c = cls is not http_parser.HttpRequestParserPy
+            targets = [isinstance(q, bytearray) for q in quoted]
+            assert targets == (
+                [s == 414 for _, s in LINES.values()] if is_c else [False] * len(LINES)
+            )
+            if is_c == (http_parser.HttpRequestParser is not http_parser.HttpRequestParserPy):
+                # the parser this process's connections use: classified as sent
+                assert [_is_request_line(q) for q in quoted] == [
+                    s == 414 for _, s in LINES.values()
+                ]
+    finally:
+        loop.close()
