@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from .._errors import InputError
 from .._types import MAX_REPORTED_TOKENS, Message, RequestOptions, estimate_prompt_tokens
-from ._wire import GatewayRequest, Limits, check_schema
+from ._wire import QUIET_BYTES, GatewayRequest, Limits, check_schema, decode_quietly
 
 __all__ = ["MAX_BLOCKS", "MAX_MESSAGES", "MAX_STOP_SEQUENCES", "parse_request"]
 
@@ -125,7 +125,7 @@ def parse_request(raw: bytes, limits: Limits) -> GatewayRequest:
     nested deeper than the decoder goes is a 400 too).
     """
     try:
-        body = _decode_body(raw)
+        body = _decode_body(raw) if len(raw) <= QUIET_BYTES else decode_quietly(_decode_body, raw)
     except msgspec.ValidationError as exc:
         raise _input_error(str(exc)) from None
     except msgspec.DecodeError as exc:

@@ -33,7 +33,7 @@ from msgspec import Meta
 from .._errors import InputError
 from .._types import MAX_REPORTED_TOKENS, Message, RequestOptions, estimate_prompt_tokens
 from ._errors import GatewayError
-from ._wire import GatewayRequest, Limits, check_schema
+from ._wire import QUIET_BYTES, GatewayRequest, Limits, check_schema, decode_quietly
 
 __all__ = ["parse_request"]
 
@@ -151,13 +151,13 @@ _MAX_NAME_CHARS = 64
 _MAX_STOPS = 16
 _MAX_STOP_CHARS = 1024
 
-_decoder = msgspec.json.Decoder(_Request)
+_decode = msgspec.json.Decoder(_Request).decode
 
 
 def parse_request(body: bytes, limits: Limits) -> GatewayRequest:
     """``body`` as a request (a ``GatewayError`` 400 naming the field otherwise)."""
     try:
-        req = _decoder.decode(body)
+        req = _decode(body) if len(body) <= QUIET_BYTES else decode_quietly(_decode, body)
     except msgspec.ValidationError as exc:
         message, _, where = str(exc).partition(" - at `$")
         param = where.rstrip("`").lstrip(".") or None
