@@ -384,3 +384,48 @@ def test_a_big_body_is_decoded_with_no_collection_running(field: str) -> None:
         gc.callbacks.remove(count)
     assert gc.isenabled()
     assert len(collections) <= 1  # (the young objects', once their decoding is done)
+
+
+# -- a client's own text is never echoed whole in a 400 --------------------------------------
+
+_LONG = "k" * 100_000
+_CHAT = {"model": "cascade", "messages": HI}
+_MSGS = {"model": "cascade", "max_tokens": 8, "messages": HI}
+ECHOES: dict[str, tuple[str, dict[str, Any]]] = {
+    # an unknown key with a backtick slipped past the clip of its name
+    "key_with_a_backtick": ("chat", {**_CHAT, "a`" + _LONG: 1}),
+    "key_ending_in_a_backtick": ("chat", {**_CHAT, _LONG + "`": 1}),
+    "message_key_with_a_backtick": (
+        "chat",
+        {**_CHAT, "messages": [{"role": "user", "content": "Hi", "a`" + _LONG: 1}]},
+    ),
+    "key_starting_with_a_backtick": ("messages", {**_MSGS, "`" + _LONG: 1}),
+    # msgspec quotes an enum value it refuses
+    "response_format_type": ("chat", {**_CHAT, "response_format": {"type": _LONG}}),
+    "role": ("messages", {**_MSGS, "messages": [{"role": _LONG, "content": "Hi"}]}),
+    "format_type": (
+        "messages",
+        {**_MSGS, "output_config": {"format": {"type": _LONG, "schema": {}}}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(ECHOES))
+async def test_a_400_never_echoes_the_clients_text_whole(
+    gw: Running, openai_server: FakeOpenAIServer, case: str
+) -> None:
+    import aiohttp
+
+    path, body = ECHOES[case]
+    url = gw.base_url + ("/chat/completions" if path == "chat" else "/messages")
+    async with aiohttp.ClientSession() as session, session.post(url, json=body) as response:
+        answer = await response.read()
+    assert response.status == 400, answer[:300]
+    assert len(answer) < 1000, answer[:300]
+    error = json.loads(answer)["error"]
+    assert error["type"] == "invalid_request_error"
+    if case.startswith(("key", "message_key")):  # still named as unknown, clipped
+        named = error["param"] if path == "chat" else error["message"].partition(":")[0]
+        assert "kkkk" in named and len(named) < 100, named
+        assert error.get("code", "unknown_parameter") == "unknown_parameter"
+    assert openai_server.request_count == 0
