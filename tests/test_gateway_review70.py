@@ -407,6 +407,29 @@ ECHOES: dict[str, tuple[str, dict[str, Any]]] = {
         "messages",
         {**_MSGS, "output_config": {"format": {"type": _LONG, "schema": {}}}},
     ),
+    # jsonschema quotes the schema's value it refuses (the schema is at most 64 KiB)
+    "schema_value": (
+        "chat",
+        {
+            **_CHAT,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": {"type": "z" * 60_000}},
+            },
+        },
+    ),
+    "schema_key": (
+        "messages",
+        {
+            **_MSGS,
+            "output_config": {
+                "format": {
+                    "type": "json_schema",
+                    "schema": {"properties": {"p" * 60_000: {"type": 5}}},
+                }
+            },
+        },
+    ),
 }
 
 

@@ -31,6 +31,8 @@ _SCHEMA_BUILD_S = 10.0
 """Longest a request's schema may take to check and build (waiting for a thread
 included): the work is bounded (the schema's size, and ``JsonSchemaValidator``'s probes),
 this only bounds the wait."""
+_MAX_REFUSAL_CHARS = 300
+"""The most characters of a refused schema's message a 400 echoes (it quotes the schema)."""
 
 RESTART_ONLY = ("drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
 """The ``[gateway]`` settings read once at start (the server's and the app's, and the
@@ -166,8 +168,10 @@ class Gateway:
                 limit_s=_SCHEMA_BUILD_S,
             )
         except ConfigError as exc:
-            self._remember(key, exc.message)
-            raise InputError(exc.message, path=param) from None
+            # it quotes the schema (a value it refuses, the keys on the way to it): cut
+            message = exc.message[:_MAX_REFUSAL_CHARS]
+            self._remember(key, message)
+            raise InputError(message, path=param) from None
         except Overrun:  # the threads are busy (or the machine is): not the request's fault
             raise GatewayError(
                 503,
