@@ -188,16 +188,13 @@ class Gateway:
         self._schemas[key] = outcome
 
 
-class _AnswerIsJson(JsonSchemaValidator):
-    """A request's schema (``response_format``, ``output_config.format``): the answer must
-    be the JSON value itself, as both APIs promise (the client's ``json.loads`` of the
-    content), not text or a fence around a value that passes."""
-
-    find_json = staticmethod(whole_json)
-
-
 def _build_schema_validator(schema: dict[str, Any]) -> Validator:
-    return _AnswerIsJson(schema=schema, name="response_format")
+    built = JsonSchemaValidator(schema=schema, name="response_format")
+    # a request's schema (response_format, output_config.format): the answer must be the
+    # JSON value itself, as both APIs promise (the client's json.loads of the content),
+    # not text or a fence around a value that passes
+    built.find_json = whole_json
+    return built
 
 
 GATEWAY = web.AppKey("cascade_gateway", Gateway)
