@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from .._errors import InputError
 from .._types import MAX_REPORTED_TOKENS, Message, RequestOptions, estimate_prompt_tokens
-from ._wire import GatewayRequest, Limits, check_schema
+from ._wire import QUIET_BYTES, GatewayRequest, Limits, check_schema, decode_quietly
 
 __all__ = ["MAX_BLOCKS", "MAX_MESSAGES", "MAX_STOP_SEQUENCES", "parse_request"]
 
@@ -113,7 +113,9 @@ _decode_body = msgspec.json.Decoder(_Body).decode
 
 # msgspec's messages end in " - at `$.messages[0].content`"; the path is the field's.
 _AT = re.compile(r" - at `\$\.?([^`]*)`$")
-_FIELD = re.compile(r"(?:missing required|contains unknown) field `([^`]+)`")
+_FIELD = ("Object missing required field `", "Object contains unknown field `")
+_MAX_MESSAGE_CHARS: Final = 200
+"""The most characters of msgspec's message an error echoes (it quotes an enum value)."""
 
 
 def parse_request(raw: bytes, limits: Limits) -> GatewayRequest:
@@ -125,7 +127,7 @@ def parse_request(raw: bytes, limits: Limits) -> GatewayRequest:
     nested deeper than the decoder goes is a 400 too).
     """
     try:
-        body = _decode_body(raw)
+        body = _decode_body(raw) if len(raw) <= QUIET_BYTES else decode_quietly(_decode_body, raw)
     except msgspec.ValidationError as exc:
         raise _input_error(str(exc)) from None
     except msgspec.DecodeError as exc:
@@ -171,11 +173,14 @@ def _input_error(text: str) -> InputError:
     match = _AT.search(text)
     path = match.group(1) if match else ""
     message = text[: match.start()] if match else text
-    field = _FIELD.search(message)
-    if field:  # a missing or unknown field: name it (clipped), not its parent object
-        name = field.group(1)[:_MAX_NAME_CHARS]
+    prefix = next((p for p in _FIELD if message.startswith(p)), None)
+    if prefix is not None and message.endswith("`"):
+        # a missing or unknown field: name it (the client's key: clipped), not its parent
+        name = message[len(prefix) : -1][:_MAX_NAME_CHARS]
         path = f"{path}.{name}" if path else name
-        message = "unknown field" if "unknown" in message else "field required"
+        message = "field required" if prefix is _FIELD[0] else "unknown field"
+    elif len(message) > _MAX_MESSAGE_CHARS:
+        message = message[:_MAX_MESSAGE_CHARS] + "..."
     return InputError(message, path=path)
 
 

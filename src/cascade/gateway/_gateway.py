@@ -13,6 +13,7 @@ from opentelemetry import trace
 
 from .._errors import ConfigError, InputError
 from ..validators import JsonSchemaValidator, Validator
+from ..validators._json_extract import whole_json
 from ..validators._offload import Overrun, off_loop
 from ._config import GatewayConfig, LoadedConfig
 from ._errors import GatewayError
@@ -30,6 +31,8 @@ _SCHEMA_BUILD_S = 10.0
 """Longest a request's schema may take to check and build (waiting for a thread
 included): the work is bounded (the schema's size, and ``JsonSchemaValidator``'s probes),
 this only bounds the wait."""
+_MAX_REFUSAL_CHARS = 300
+"""The most characters of a refused schema's message a 400 echoes (it quotes the schema)."""
 
 RESTART_ONLY = ("drain_delay_s", "drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
 """The ``[gateway]`` settings read once at start (the server's and the app's, and the
@@ -165,8 +168,10 @@ class Gateway:
                 limit_s=_SCHEMA_BUILD_S,
             )
         except ConfigError as exc:
-            self._remember(key, exc.message)
-            raise InputError(exc.message, path=param) from None
+            # it quotes the schema (a value it refuses, the keys on the way to it): cut
+            message = exc.message[:_MAX_REFUSAL_CHARS]
+            self._remember(key, message)
+            raise InputError(message, path=param) from None
         except Overrun:  # the threads are busy (or the machine is): not the request's fault
             raise GatewayError(
                 503,
@@ -184,7 +189,12 @@ class Gateway:
 
 
 def _build_schema_validator(schema: dict[str, Any]) -> Validator:
-    return JsonSchemaValidator(schema=schema, name="response_format")
+    built = JsonSchemaValidator(schema=schema, name="response_format")
+    # a request's schema (response_format, output_config.format): the answer must be the
+    # JSON value itself, as both APIs promise (the client's json.loads of the content),
+    # not text or a fence around a value that passes
+    built.find_json = whole_json
+    return built
 
 
 GATEWAY = web.AppKey("cascade_gateway", Gateway)

@@ -24,7 +24,6 @@ naming it: a field dropped would give the client an answer to a question it did 
 from __future__ import annotations
 
 import operator
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -33,7 +32,7 @@ from msgspec import Meta
 from .._errors import InputError
 from .._types import MAX_REPORTED_TOKENS, Message, RequestOptions, estimate_prompt_tokens
 from ._errors import GatewayError
-from ._wire import GatewayRequest, Limits, check_schema
+from ._wire import QUIET_BYTES, GatewayRequest, Limits, check_schema, decode_quietly
 
 __all__ = ["parse_request"]
 
@@ -146,28 +145,35 @@ _unserved = operator.attrgetter(*_DEFAULTS)  # one C call for the usual answer: 
 _NONE_UNSERVED = (None,) * len(_DEFAULTS)
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _MESSAGE_EXTRAS = ("name", "refusal", "audio", "tool_call_id")
-_UNKNOWN = re.compile(r"Object contains unknown field `([^`]+)`")
+_UNKNOWN = "Object contains unknown field `"
 _MAX_NAME_CHARS = 64
+_MAX_MESSAGE_CHARS = 200
 _MAX_STOPS = 16
 _MAX_STOP_CHARS = 1024
 
-_decoder = msgspec.json.Decoder(_Request)
+_decode = msgspec.json.Decoder(_Request).decode
 
 
 def parse_request(body: bytes, limits: Limits) -> GatewayRequest:
     """``body`` as a request (a ``GatewayError`` 400 naming the field otherwise)."""
     try:
-        req = _decoder.decode(body)
+        req = _decode(body) if len(body) <= QUIET_BYTES else decode_quietly(_decode, body)
     except msgspec.ValidationError as exc:
-        message, _, where = str(exc).partition(" - at `$")
+        # msgspec's "<message> - at `$<path>`": the path names fields and indices only,
+        # the message may quote the client's text (a key, an enum value) whole
+        message, at, where = str(exc).rpartition(" - at `$")
+        if not at:
+            message, where = where, ""
         param = where.rstrip("`").lstrip(".") or None
-        unknown = _UNKNOWN.fullmatch(message)
-        if unknown is not None:  # name the field itself, as OpenAI does
-            field = unknown.group(1)[:_MAX_NAME_CHARS]  # the client's own key: clipped
+        if message.startswith(_UNKNOWN) and message.endswith("`"):
+            # name the field itself, as OpenAI does: the client's own key, clipped
+            field = message[len(_UNKNOWN) : -1][:_MAX_NAME_CHARS]
             param = f"{param}.{field}" if param else field
             raise GatewayError(
                 400, "unknown field", param=param, code="unknown_parameter"
             ) from None
+        if len(message) > _MAX_MESSAGE_CHARS:
+            message = message[:_MAX_MESSAGE_CHARS] + "..."
         raise GatewayError(400, message, param=param, code="invalid_value") from None
     except msgspec.DecodeError as exc:
         raise GatewayError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None

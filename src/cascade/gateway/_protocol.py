@@ -31,6 +31,7 @@ import msgspec
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
 from .._telemetry._logs import emit
 from ._access import ACCESS_EVENT, new_request_id
@@ -41,10 +42,10 @@ __all__ = ["GatewayRunner"]
 log = structlog.get_logger("cascade.gateway")
 
 _TOO_MANY_HEADERS = "Too many headers received"  # aiohttp's message, both parsers
-_REQUEST_LINE = re.compile(r"(?:bytearray\()?b['\"](?:/|[A-Z]+ )")
-"""How the line of a ``LineTooLong`` starts when it is the request line: its target (C
-parser) or its method (pure-Python parser), as aiohttp quotes it in the exception's first
-argument; a header line starts with its name."""
+_PURE_PYTHON_PARSER = HttpRequestParser is HttpRequestParserPy  # as aiohttp's connections
+_METHOD_FIRST = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+"""How the pure-Python parser's request line starts (a method token and a space), quoted
+in a ``LineTooLong``; a header line starts with its name and a colon."""
 
 
 class GatewayRunner(web.AppRunner):
@@ -71,8 +72,7 @@ class _Server(web.Server):
 def _refusal(status: int, exc: HttpProcessingError) -> GatewayError:
     """The gateway's error for aiohttp's refusal ``exc`` (answered ``status`` by aiohttp)."""
     if isinstance(exc, LineTooLong):
-        line = str(exc.args[0]) if exc.args else ""
-        if _REQUEST_LINE.match(line):
+        if _is_request_line(exc.args[0] if exc.args else b""):
             return GatewayError(414, "the request line is too long", code="uri_too_long")
         return GatewayError(431, "a request header field is too large", code="headers_too_large")
     if exc.message == _TOO_MANY_HEADERS:
@@ -82,6 +82,17 @@ def _refusal(status: int, exc: HttpProcessingError) -> GatewayError:
         f"the request is not valid HTTP/1.1 ({type(exc).__name__})",
         code="malformed_request",
     )
+
+
+def _is_request_line(line: object) -> bool:
+    """Whether the line a ``LineTooLong`` quotes is the request line, not a header's. The
+    C parser quotes the request target from its buffer (a ``bytearray``: ``/...``,
+    ``http://...``, ``*...``) and a header's name or value as ``bytes`` (a value may start
+    like a target or a request line); the pure-Python parser quotes the whole line, the
+    request line starting with its method."""
+    if not _PURE_PYTHON_PARSER:
+        return isinstance(line, bytearray)
+    return isinstance(line, bytes | bytearray) and _METHOD_FIRST.match(line) is not None
 
 
 class _Connection(web.RequestHandler):

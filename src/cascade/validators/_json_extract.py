@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["extract_json"]
+__all__ = ["extract_json", "whole_json"]
 
 # possessive blanks: a fence followed by 20,000 spaces must not backtrack over them
 _FENCE = re.compile(r"```[ \t]*+(?:json|JSON|json5)?[ \t]*+\r?\n(.*?)```", re.S)
@@ -105,6 +105,27 @@ def extract_json(text: str) -> Any:
             continue
         return value
     raise ValueError("no JSON value found in the answer")
+
+
+def whole_json(text: str) -> Any:
+    """The one JSON value ``text`` is (blanks around it aside), as an API that promises
+    JSON output gives it: no prose, fence or second value around it. Raises ValueError
+    otherwise.
+
+    >>> whole_json(' {"a": 1}\\n')
+    {'a': 1}
+    """
+    stripped = text.strip()
+    try:
+        return _decode(stripped)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    except UnicodeEncodeError:  # a lone surrogate: a str the json module reads
+        try:
+            return json.loads(stripped)
+        except (ValueError, RecursionError):
+            pass
+    raise ValueError("the answer is not one JSON value alone (text or a fence around it)")
 
 
 def _try(candidate: str, budget: _Budget, *, decoded: bool = False) -> Any:

@@ -306,6 +306,11 @@ class JsonSchemaValidator:
         finally:
             _steps_left.reset(token)
 
+    find_json: Callable[[str], Any] = staticmethod(extract_json)
+    """How the JSON is found in an answer (ValueError when it is not there): anywhere in
+    it, a fenced or embedded value too; a subclass may ask for the whole answer
+    (:func:`~._json_extract.whole_json`)."""
+
     def __repr__(self) -> str:
         return f"<JsonSchemaValidator {self.name!r}>"
 
@@ -329,11 +334,14 @@ class JsonSchemaValidator:
                 return Verdict(
                     validator=self.name, passed=False, score=0.0, reason=outcome["no_json"]
                 )
-            if outcome["valid"]:
-                return Verdict(validator=self.name, passed=True, parsed=extract_json(text))
-            return self._rejected(None, outcome["where"], outcome["message"])
+            if not outcome["valid"]:
+                return self._rejected(None, outcome["where"], outcome["message"])
+            try:  # the worker found the JSON anywhere in the answer
+                return Verdict(validator=self.name, passed=True, parsed=self.find_json(text))
+            except ValueError as exc:
+                return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
         try:
-            value = extract_json(text)
+            value = self.find_json(text)
         except ValueError as exc:
             return Verdict(validator=self.name, passed=False, score=0.0, reason=str(exc))
         quick = self._quick
