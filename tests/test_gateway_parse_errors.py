@@ -375,3 +375,26 @@ async def test_both_sdks_raise_the_refusal_as_their_apis_error(gateway: Running)
     assert oai.value.code == "headers_too_large"
     assert "too large" in oai.value.message and "too large" in ant.value.message
     assert SECRET.decode() not in oai.value.message + ant.value.message
+
+
+async def test_an_aiohttp_without_the_servers_internals_still_serves(
+    gateway: Running, monkeypatch: pytest.MonkeyPatch, openai_server: FakeOpenAIServer
+) -> None:
+    """Should a later aiohttp rename what ``GatewayRunner`` reads, the gateway starts all
+    the same (a warning; parse refusals in aiohttp's text), rather than not at all."""
+    from cascade.gateway import _protocol
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise AttributeError("'Server' object has no attribute '_kwargs'")
+
+    monkeypatch.setattr(_protocol, "_Server", broken)
+    from cascade.gateway._server import app_runner
+
+    runner = app_runner(gateway.gateway, shutdown_timeout=1)
+    with capture_logs() as logs:
+        await runner.setup()
+    try:
+        assert type(runner.server) is web.Server
+        assert any(e["event"] == "gateway.parse_refusals_plain" for e in logs)
+    finally:
+        await runner.cleanup()

@@ -56,12 +56,18 @@ class GatewayRunner(web.AppRunner):
         # aiohttp builds its Server (and the app's startup) here; the same server, its
         # connections being _Connection. aiohttp offers no public hook for either.
         made = await super()._make_server()
-        return _Server(
-            made.request_handler,
-            request_factory=made.request_factory,
-            handler_cancellation=made.handler_cancellation,
-            **made._kwargs,
-        )
+        try:
+            return _Server(
+                made.request_handler,
+                request_factory=made.request_factory,
+                handler_cancellation=made.handler_cancellation,
+                **made._kwargs,
+            )
+        except (AttributeError, TypeError) as exc:  # an aiohttp that changed these
+            # The gateway still serves; only a refusal by the parser is aiohttp's own
+            # plain text again (its bytes still scrubbed from the log).
+            log.warning("gateway.parse_refusals_plain", error=repr(exc)[:200])
+            return made
 
 
 class _Server(web.Server):
