@@ -9,6 +9,10 @@ Regressions found:
   JSON, which the client's ``json.loads`` (``JSON.parse``) then failed on; and an answer
   with a lone surrogate was read by the json module, which takes ``NaN`` and
   ``Infinity``: not JSON either.
+- A speculative stream with ``stream_options.cascade_retractions`` sent the text of an
+  answer rejected before the gateway wrote a byte (held back, more being ready), then its
+  retraction: only the plain stream dropped it. And an answer withdrawn after some of its
+  text was written had the text held back since written before the error event.
 """
 
 from __future__ import annotations
@@ -94,3 +98,114 @@ async def test_a_json_answer_between_unicode_blanks_escalates(
         )
     assert json.loads(completion.choices[0].message.content or "") == {"answer": 42}
     assert anthropic_server.request_count == 2
+
+
+# -- a speculative answer withdrawn before its text was written --------------------------------
+
+QUESTION = [{"role": "user", "content": "What is 6 * 7? Answer as JSON."}]
+
+
+def _speculative(url: str, *models: str, kind: str = "openai") -> dict[str, Any]:
+    from .helpers import JSON_SCHEMA
+
+    return {
+        "tiers": [
+            tier(
+                f"t{i}", provider(f"p{i}", url, m, kind=kind, stream=True), validators=[JSON_SCHEMA]
+            )
+            for i, m in enumerate(models)
+        ],
+        "gateway": {"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]},
+    }
+
+
+# One chunk each, read with the rest of the answer: rejected before the gateway wrote it.
+# (A stream that breaks after its first chunk may have been written already: timing.)
+REJECTED = {
+    "not_json": Reply(text="not json"),
+    "prose": Reply(text="The answer is 42.", chunk_chars=64),
+}
+
+
+@pytest.mark.parametrize("retractions", [False, True], ids=["plain", "retractions"])
+@pytest.mark.parametrize("first", list(REJECTED))
+async def test_speculative_openai_no_text_of_an_answer_withdrawn_before_it_was_written(
+    openai_server: Any, tmp_path: Path, first: str, retractions: bool
+) -> None:
+    """Answers rejected (or broken) before the gateway wrote a byte: the client sees none
+    of their text, retractions opted in or not, over several escalations."""
+    openai_server.script("m1", REJECTED[first])
+    openai_server.script("m2", Reply(text="still not json", chunk_chars=64))
+    openai_server.script("m3", Reply(text=GOOD))
+    path = write_config(tmp_path / "c.toml", _speculative(openai_server.url, "m1", "m2", "m3"))
+    extra = {"stream_options": {"cascade_retractions": True}} if retractions else {}
+    async with (
+        serving(path) as gw,
+        openai.AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0, timeout=30) as c,
+    ):
+        stream = await c.chat.completions.create(
+            model="cascade",
+            messages=QUESTION,  # type: ignore[arg-type]
+            stream=True,
+            extra_body=extra,
+        )
+        chunks = [chunk async for chunk in stream]
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == GOOD
+    assert not any((ch.model_extra or {}).get("cascade", {}).get("retracted") for ch in chunks)
+    roles = [ch.choices[0].delta.role for ch in chunks if ch.choices and ch.choices[0].delta.role]
+    assert roles == ["assistant"]
+
+
+@pytest.mark.parametrize("first", list(REJECTED))
+async def test_speculative_anthropic_no_text_of_an_answer_withdrawn_before_it_was_written(
+    anthropic_server: FakeAnthropicServer, tmp_path: Path, first: str
+) -> None:
+    import anthropic
+
+    anthropic_server.script("m1", REJECTED[first])
+    anthropic_server.script("m2", Reply(text="still not json", chunk_chars=64))
+    anthropic_server.script("m3", Reply(text=GOOD))
+    config = _speculative(anthropic_server.url, "m1", "m2", "m3", kind="anthropic")
+    path = write_config(tmp_path / "c.toml", config)
+    async with (
+        serving(path) as gw,
+        anthropic.AsyncAnthropic(base_url=gw.url, api_key="k", max_retries=0, timeout=30) as a,
+        a.messages.stream(model="cascade", max_tokens=64, messages=QUESTION) as stream,  # type: ignore[arg-type]
+    ):
+        text = "".join([piece async for piece in stream.text_stream])
+        message = await stream.get_final_message()
+    assert text == GOOD
+    assert message.content[0].type == "text"
+    assert message.model == "m3"  # message_start names the model of the answer sent
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_speculative_withdrawn_after_text_was_sent_drops_the_text_held_back(
+    openai_server: Any, anthropic_server: FakeAnthropicServer, tmp_path: Path, kind: str
+) -> None:
+    """Text was written, then the answer's last chunk came with its end and was held back
+    (more was ready: one write for all) when it was withdrawn: the stream ends with the
+    ``answer_withdrawn`` error, without that last chunk."""
+    import aiohttp
+
+    server = openai_server if kind == "openai" else anthropic_server
+    server.script("m1", Reply(text="SHOWNxxxHELDBACK", chunk_chars=8, chunk_delay_s=0.5))
+    server.script("m2", Reply(text=GOOD))
+    path = write_config(tmp_path / "c.toml", _speculative(server.url, "m1", "m2", kind=kind))
+    if kind == "openai":
+        where, body = "/v1/chat/completions", {"model": "cascade", "stream": True}
+    else:
+        where, body = "/v1/messages", {"model": "cascade", "stream": True, "max_tokens": 64}
+    async with (
+        serving(path) as gw,
+        aiohttp.ClientSession() as session,
+        session.post(
+            gw.url + where, json={**body, "messages": QUESTION}, timeout=aiohttp.ClientTimeout(30)
+        ) as response,
+    ):
+        assert response.status == 200
+        sent = (await response.read()).decode()
+    assert "SHOWNxxx" in sent
+    assert "answer_withdrawn" in sent or "withdrawn" in sent
+    assert "HELDBACK" not in sent
