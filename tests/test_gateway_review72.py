@@ -120,10 +120,12 @@ def _speculative(url: str, *models: str, kind: str = "openai") -> dict[str, Any]
 
 
 # One chunk each, read with the rest of the answer: rejected before the gateway wrote it.
-# (A stream that breaks after its first chunk may have been written already: timing.)
+# Broken streams too, whose end comes with their text (one that breaks after a pause
+# may have been written already: timing).
 REJECTED = {
     "not_json": Reply(text="not json"),
     "prose": Reply(text="The answer is 42.", chunk_chars=64),
+    "done_early": Reply(text='{"answer": 41}', chunk_chars=64, fault="done_early"),
 }
 
 
@@ -209,3 +211,36 @@ async def test_speculative_withdrawn_after_text_was_sent_drops_the_text_held_bac
     assert "SHOWNxxx" in sent
     assert "answer_withdrawn" in sent or "withdrawn" in sent
     assert "HELDBACK" not in sent
+
+
+# -- a large body decoded with the garbage collector paused ----------------------------------
+
+
+def test_decode_quietly_leaves_the_collector_as_it_found_it() -> None:
+    """Checked, no defect: re-enabled after a decode that raises (a bad body, a
+    ``BaseException``), and left disabled when the application had disabled it."""
+    import gc
+
+    import msgspec
+
+    from cascade.gateway._wire import decode_quietly
+
+    def interrupted(body: bytes) -> object:
+        assert not gc.isenabled()
+        raise KeyboardInterrupt
+
+    assert gc.isenabled()
+    with pytest.raises(msgspec.DecodeError):
+        decode_quietly(msgspec.json.decode, b"[" * 10)
+    assert gc.isenabled()
+    with pytest.raises(KeyboardInterrupt):
+        decode_quietly(interrupted, b"[]")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert decode_quietly(msgspec.json.decode, b"[[]]") == [[]]
+        with pytest.raises(msgspec.DecodeError):
+            decode_quietly(msgspec.json.decode, b"{")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
