@@ -244,3 +244,75 @@ def test_decode_quietly_leaves_the_collector_as_it_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# -- drain_delay_s ---------------------------------------------------------------------------
+
+
+async def test_drain_delay_keep_alive_and_sighup_then_a_second_sigterm_cuts_a_stream(
+    openai_server: Any, tmp_path: Path
+) -> None:
+    """Checked, no defect: a keep-alive connection opened before SIGTERM is answered in
+    the delay with ``Connection: close`` and closed; a SIGHUP in the delay is ignored; a
+    stream requested in the delay, its upstream call under way, is cut by a second SIGTERM
+    (which ends the delay) with a 503 ``shutting_down`` closing its connection (exit 0)."""
+    import asyncio
+    import signal
+
+    from .leaks import eventually
+    from .test_gateway_serve import cascade_serve, config
+
+    openai_server.default = Reply(text="ok")
+    path = write_config(
+        tmp_path / "c.toml",
+        config(openai_server.url, "m1", "r", drain_delay_s=600, drain_timeout_s=60),
+    )
+
+    def post(body: dict[str, Any]) -> bytes:
+        data = json.dumps(body).encode()
+        return (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(data)
+        ) + data
+
+    plain = {"model": "r", "messages": HI}
+    async with cascade_serve(path) as served:
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        stream_reader = stream_writer = None
+        try:
+            writer.write(post(plain))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert b"Connection: close" not in head
+            await asyncio.wait_for(reader.readexactly(_length(head)), 10)
+            served.proc.send_signal(signal.SIGTERM)
+            await eventually(lambda: "gateway.drain_delay" in served.events(), "the delay")
+            writer.write(post(plain))  # on the connection kept alive
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200") and b"Connection: close" in head
+            await asyncio.wait_for(reader.readexactly(_length(head)), 10)
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed after it
+            served.proc.send_signal(signal.SIGHUP)
+            await eventually(lambda: "gateway.reload_ignored" in served.events(), "ignored")
+            openai_server.script("m1", Reply(text="ok" * 20, latency_s=30))
+            stream_reader, stream_writer = await asyncio.open_connection("127.0.0.1", served.port)
+            stream_writer.write(post({**plain, "stream": True}))
+            await eventually(lambda: openai_server.active_requests == 1, "the call under way")
+            served.proc.send_signal(signal.SIGTERM)  # a second one: the delay ends, cut
+            answer = await asyncio.wait_for(stream_reader.read(), 20)
+            assert answer.startswith(b"HTTP/1.1 503") and b"Connection: close" in answer
+            assert b"shutting_down" in answer
+            assert await asyncio.wait_for(served.proc.wait(), 30) == 0
+        finally:
+            for w in (writer, stream_writer):
+                if w is not None:
+                    w.close()
+    assert "gateway.drain_cut" in served.events()
+    assert "Traceback" not in served.stderr
+
+
+def _length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError(head)
