@@ -65,6 +65,44 @@ def test_whole_json_takes_every_json_value_with_json_blanks(text: str) -> None:
     assert whole_json(text) == json.loads(text)
 
 
+# An object with an escaped lone surrogate (JSON; msgspec refuses it) and an array in it.
+LONE = '{"a": "\\ud800", "pad": "' + "x" * 20_000 + '", "list": [1, 2]}'
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="extract_json (the config's json_schema validator, and the schema worker's "
+    "finder) takes the inner [1, 2] of a whole object msgspec refuses for its escaped lone "
+    "surrogate: the fix reworks its scan budget (an answer with any \\u escape)",
+)
+def test_extract_json_of_a_whole_object_with_an_escaped_lone_surrogate_is_the_object() -> None:
+    assert extract_json(LONE) == json.loads(LONE)
+
+
+async def test_a_big_whole_answer_is_not_judged_by_a_value_inside_it(
+    anthropic_server: FakeAnthropicServer, tmp_path: Path
+) -> None:
+    """Over 16 KiB the worker finds the JSON with ``extract_json``, which takes the inner
+    ``[1, 2]`` of ``LONE`` (above): ``whole_json`` must go on refusing ``LONE`` (were it
+    read by the json module, the object would pass an array schema)."""
+    with pytest.raises(ValueError):
+        whole_json(LONE)
+    anthropic_server.script("c1", Reply(text=LONE))
+    anthropic_server.script("c2", Reply(text="[3]"))
+    path = write_config(tmp_path / "c.toml", _claude(anthropic_server.url))
+    schema = {"type": "array"}
+    async with (
+        serving(path) as gw,
+        openai.AsyncOpenAI(base_url=gw.base_url, api_key="k", max_retries=0, timeout=30) as c,
+    ):
+        completion = await c.chat.completions.create(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+            response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}},
+        )
+    assert completion.choices[0].message.content == "[3]"
+
+
 def _claude(url: str) -> dict[str, Any]:
     return {
         "tiers": [
