@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .._errors import CascadeError
 from .._types import Result
-from ..engine import Delta, Event, Failed, Finished, Stream
+from ..engine import Delta, Event, Failed, Finished, Retracted, Stream
 from ._errors import WITHDRAWN, GatewayError, from_run_error, internal_error
 from ._respond import header_value, result_headers, run_headers, send
 from ._routes import Route
@@ -34,6 +34,8 @@ class _Seen:
     first: Delta | None = None
     result: Result | None = None
     error: CascadeError | None = None
+    sent: bool = False
+    """Whether the response was prepared (its first bytes are being written)."""
 
 
 async def sse_answer(
@@ -57,30 +59,35 @@ async def sse_answer(
         # Both generators closed here: a format's generator returns at the run's last
         # event, and a ``_tap`` left suspended would be closed by the garbage collector's
         # hook, through the loop's self-pipe (a syscall and a wake-up more per request).
-        async with aclosing(_tap(stream, seen)) as events:
-            while True:
-                try:
-                    async with aclosing(wire.sse(events, req, info)) as chunks:
-                        async for data in chunks:
-                            pending.append(data)
-                            ready = stream.ready or seen.result is not None
-                            if ready and len(pending) < _MAX_PENDING:
-                                continue  # more is ready (or the end): one write for all
-                            if response is None:
-                                response = _prepare(wire, stream, route, seen, info, access)
-                            await _write(request, response, pending, timeout_s)
-                    break
-                except GatewayError as exc:
-                    if response is not None or exc.code != WITHDRAWN:
-                        raise
-                    # The answer withdrawn was rendered, not sent: the client saw none of
-                    # it, so the format's stream starts afresh with the next answer.
-                    pending.clear()
+        while True:
+            try:
+                async with (
+                    aclosing(_tap(stream, seen)) as events,
+                    aclosing(wire.sse(events, req, info)) as chunks,
+                ):
+                    async for data in chunks:
+                        pending.append(data)
+                        ready = stream.ready or seen.result is not None
+                        if ready and len(pending) < _MAX_PENDING:
+                            continue  # more is ready (or the end): one write for all
+                        if response is None:
+                            response = _prepare(wire, stream, route, seen, info, access)
+                        await _write(request, response, pending, timeout_s)
+                break
+            except GatewayError as exc:
+                if response is not None or exc.code != WITHDRAWN:
+                    raise
+                # The answer withdrawn was rendered, not sent: the client saw none of
+                # it, so the format's stream starts afresh with the next answer (the
+                # run's stream goes on where it was).
+                pending.clear()
     except GatewayError as exc:
         # The format cannot carry what the run did (Anthropic's cannot withdraw text sent):
         # the stream ends with that error, and leaving the ``async with`` cancels the run.
         if response is None:
             raise
+        if exc.code == WITHDRAWN:
+            pending.clear()  # the withdrawn answer's text held back: not sent after all
         seen.error = exc
     if seen.result is not None:
         access.tier, access.model = seen.result.tier, seen.result.model
@@ -115,6 +122,7 @@ def _prepare(
         headers["x-cascade-trace-id"] = info.trace_id
     response = _EventStream(headers=headers)
     access.response = response
+    seen.sent = True
     return response
 
 
@@ -144,7 +152,9 @@ async def _write(
 
 async def _tap(stream: Stream, seen: _Seen) -> AsyncGenerator[Event, None]:
     """The run's events for the wire format, noting the first text and the end; the
-    ``Failed`` event ends the iteration instead (the app renders the error)."""
+    ``Failed`` event ends the iteration instead (the app renders the error), and a
+    ``Retracted`` one before any byte was written raises ``WITHDRAWN`` (the app drops
+    what was rendered and taps the stream afresh)."""
     async for event in stream:
         kind = type(event)
         if kind is Delta:
@@ -155,6 +165,10 @@ async def _tap(stream: Stream, seen: _Seen) -> AsyncGenerator[Event, None]:
         elif kind is Failed:
             seen.error = event.error  # type: ignore[union-attr]
             return
+        elif kind is Retracted and not seen.sent:
+            # Nothing was written: the withdrawn answer's text held back is dropped, and
+            # the format starts afresh (a retraction of nothing shown is not sent either).
+            raise GatewayError(502, "the answer was withdrawn before it was sent", code=WITHDRAWN)
         yield event
 
 

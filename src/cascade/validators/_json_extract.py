@@ -115,17 +115,22 @@ def whole_json(text: str) -> Any:
     >>> whole_json(' {"a": 1}\\n')
     {'a': 1}
     """
-    stripped = text.strip()
+    # Not ``text.strip()``: only JSON's blanks, which both decoders skip (a value between
+    # U+2028s or NBSPs is not JSON: the client's ``json.loads`` fails on it).
     try:
-        return _decode(stripped)
+        return _decode(text)
     except (msgspec.DecodeError, RecursionError):
         pass
     except UnicodeEncodeError:  # a lone surrogate: a str the json module reads
         try:
-            return json.loads(stripped)
+            return json.loads(text, parse_constant=_not_json)  # (NaN, Infinity: not JSON)
         except (ValueError, RecursionError):
             pass
     raise ValueError("the answer is not one JSON value alone (text or a fence around it)")
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _try(candidate: str, budget: _Budget, *, decoded: bool = False) -> Any:
