@@ -398,3 +398,29 @@ async def test_an_aiohttp_without_the_servers_internals_still_serves(
         assert any(e["event"] == "gateway.parse_refusals_plain" for e in logs)
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("path", [CHAT, MESSAGES])
+async def test_a_content_encoding_the_gateway_cannot_decode_is_a_415(
+    gateway: Running, openai_server: FakeOpenAIServer, path: str
+) -> None:
+    """``br`` without the brotli package: 415, not a 400 calling the request invalid HTTP."""
+    try:
+        import brotli  # type: ignore[import-not-found]  # noqa: F401
+
+        pytest.skip("brotli is installed: br decodes")
+    except ImportError:
+        pass
+    body = b'{"model": "cascade", "messages": []}'
+    request = (
+        _line(path)
+        + HEAD
+        + b"Content-Encoding: br\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    with capture_logs() as logs:
+        answer = await send(gateway.port, request)
+    check_format(answer, 415, "unsupported_encoding")
+    [line] = access_lines(logs)
+    assert (line["status"], line["error"]) == (415, "unsupported_encoding")
+    assert openai_server.request_count == 0

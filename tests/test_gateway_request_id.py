@@ -129,3 +129,24 @@ async def test_the_response_id_and_the_request_id_share_their_digits(
     ):
         completion = await client.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
     assert completion._request_id == "req_" + completion.id.removeprefix("chatcmpl-")
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_405_on_a_chat_path_carries_a_request_id(
+    openai_server: FakeOpenAIServer, tmp_path: Path, method: str, path: str
+) -> None:
+    import aiohttp
+
+    header = "x-request-id" if path == "/v1/chat/completions" else "request-id"
+    with capture_logs() as logs:
+        async with (
+            serving(write_config(tmp_path / "c.toml", config(openai_server.url))) as gw,
+            aiohttp.ClientSession() as session,
+            session.request(method, f"{gw.url}{path}") as r,
+        ):
+            assert r.status == 405
+            request_id = r.headers.get(header)
+    assert request_id is not None and REQUEST_ID.fullmatch(request_id)
+    [line] = access(logs)
+    assert (line["status"], line["request_id"]) == (405, request_id)

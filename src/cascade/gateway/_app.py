@@ -234,9 +234,10 @@ def _front_middleware(wires: list[WireFormat]) -> Any:
             error = failure.code
         status = response.status
         request_id = None
-        if LOGGED not in request and not response.prepared and request.method == "POST":
+        if LOGGED not in request and not response.prepared:
             chat = _chat_wire(request.path, wires)
-            if chat is not None:  # a chat request refused before its handler ran: an id too
+            if chat is not None:  # a request to a chat path refused before its handler ran
+                # (403, 417, a 405 for a method other than POST): an id too
                 request_id = new_request_id()
                 response.headers[chat.request_id_header] = request_id
         if not response.prepared:

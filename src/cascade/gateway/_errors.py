@@ -46,6 +46,7 @@ _TYPES = {
     408: "invalid_request_error",
     413: "invalid_request_error",
     414: "invalid_request_error",
+    415: "invalid_request_error",
     417: "invalid_request_error",
     431: "invalid_request_error",
     429: "rate_limit_error",

@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 import structlog
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 from aiohttp.http_parser import HttpRequestParser, HttpRequestParserPy
 
 from .._telemetry._logs import emit
@@ -81,6 +81,10 @@ def _refusal(status: int, exc: HttpProcessingError) -> GatewayError:
         if _is_request_line(exc.args[0] if exc.args else b""):
             return GatewayError(414, "the request line is too long", code="uri_too_long")
         return GatewayError(431, "a request header field is too large", code="headers_too_large")
+    if isinstance(exc, ContentEncodingError):  # (br without the brotli package, say)
+        return GatewayError(
+            415, "the request's Content-Encoding is not supported", code="unsupported_encoding"
+        )
     if exc.message == _TOO_MANY_HEADERS:
         return GatewayError(431, "the request has too many header fields", code="headers_too_large")
     return GatewayError(
