@@ -34,14 +34,22 @@ def over_budget(
     estimate = provider.config.cost_usd(in_tokens, out_tokens) * tier.calls
     if estimate <= left:
         return None
+    return _skipped(
+        tier, "BudgetExceeded", f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left"
+    )
+
+
+def _skipped(tier: Tier, error_type: str, error: str) -> Attempt:
+    """The record of ``tier`` skipped (at its first provider), and why."""
+    provider = tier.providers[0]
     return Attempt(
         tier=tier.index,
         tier_name=tier.name,
         provider=provider.name,
         model=provider.model,
         outcome="skipped",
-        error_type="BudgetExceeded",
-        error=f"estimated ${estimate:.6f} exceeds the ${max(left, 0.0):.6f} left",
+        error_type=error_type,
+        error=error,
     )
 
 
@@ -49,15 +57,11 @@ def exhausted(run: RunState, config: Config) -> Result:
     """No tier accepted an answer: the best rejected one (``on_exhausted = "best"``),
     else the error that says why."""
     best = best_attempt(run.attempts)
-    if best is not None:
-        if config.on_exhausted == "best":
-            return run.result(best, validated=False)
+    if best is not None and config.on_exhausted == "best":
+        return run.result(best, validated=False)
+    # (no best but a rejection: only early-rejected fragments, nothing to fall back on)
+    if best is not None or any(a.outcome == "rejected" for a in run.attempts):
         raise CascadeExhausted(
-            f"no answer passed validation in {len(run.attempts)} attempts",
-            attempts=run.attempts,
-        )
-    if any(a.outcome == "rejected" for a in run.attempts):
-        raise CascadeExhausted(  # only early-rejected fragments: nothing to fall back on
             f"no answer passed validation in {len(run.attempts)} attempts",
             attempts=run.attempts,
         )
@@ -95,22 +99,13 @@ def deadline_exceeded(
 
 def quality_skip(tier: Tier, quality: QualityBreaker) -> Attempt:
     """The record of a tier skipped because its quality breaker is open."""
-    provider = tier.providers[0]
     rate = quality.pass_rate
     seen = "" if rate is None else f": {rate:.0%} of its last {quality.samples} answers passed"
     if quality.state == "open":
         when = f"next probe in {quality.retry_in_s():.3g}s"
     else:
         when = "a probe is under way"
-    return Attempt(
-        tier=tier.index,
-        tier_name=tier.name,
-        provider=provider.name,
-        model=provider.model,
-        outcome="skipped",
-        error_type=QUALITY_OPEN,
-        error=f"quality breaker {quality.state}{seen}; {when}",
-    )
+    return _skipped(tier, QUALITY_OPEN, f"quality breaker {quality.state}{seen}; {when}")
 
 
 def tier_outcome(

@@ -100,15 +100,9 @@ def chat_handler(wire: WireFormat) -> Any:
                 access.error = failure.code
                 write_s = min(write_s, _CUT_WRITE_S)
                 if access.response is not None and access.response.prepared:
-                    access.status = access.response.status
-                    try:
-                        await abandon(request, wire, access.response, write_s, failure)
-                    except asyncio.CancelledError:  # it left while the error event waited
-                        access.status = 499
-                        _finish(span, access, t0, trace_id)
-                        raise
-                    _finish(span, access, t0, trace_id)
-                    return access.response
+                    return await _abandon(
+                        request, wire, access, failure, write_s, span, t0, trace_id
+                    )
                 response = error_response(wire, failure)
             except ClientGone as gone:
                 access.status = 499
@@ -116,19 +110,14 @@ def chat_handler(wire: WireFormat) -> Any:
                 return gone.response
             except Exception:
                 log.exception("gateway.internal_error", path=wire.path, trace_id=trace_id)
-                access.error = "internal_error"
+                failure = internal_error()
+                access.error = failure.code
                 if access.response is not None and access.response.prepared:
                     # The status line is out: a second response would corrupt the stream.
-                    access.status = access.response.status
-                    try:
-                        await abandon(request, wire, access.response, gateway.write_timeout_s)
-                    except asyncio.CancelledError:  # it left while the error event waited
-                        access.status = 499
-                        _finish(span, access, t0, trace_id)
-                        raise
-                    _finish(span, access, t0, trace_id)
-                    return access.response
-                response = error_response(wire, internal_error())
+                    return await _abandon(
+                        request, wire, access, failure, write_s, span, t0, trace_id
+                    )
+                response = error_response(wire, failure)
             if trace_id is not None:
                 response.headers.setdefault("x-cascade-trace-id", trace_id)
             response.headers.setdefault(wire.request_id_header, access.request_id)
@@ -149,6 +138,31 @@ def chat_handler(wire: WireFormat) -> Any:
         return response
 
     return handle
+
+
+async def _abandon(
+    request: web.Request,
+    wire: WireFormat,
+    access: _Access,
+    error: GatewayError,
+    timeout_s: float,
+    span: Span,
+    t0: float,
+    trace_id: str | None,
+) -> web.StreamResponse:
+    """End the response whose status line is out with ``error`` (``abandon``), and write
+    its line: its status as sent, or 499 if the client left while the error waited."""
+    response = access.response
+    assert response is not None
+    access.status = response.status
+    try:
+        await abandon(request, wire, response, timeout_s, error)
+    except asyncio.CancelledError:  # it left while the error event waited
+        access.status = 499
+        _finish(span, access, t0, trace_id)
+        raise
+    _finish(span, access, t0, trace_id)
+    return response
 
 
 _CUT_WRITE_S = 1.0

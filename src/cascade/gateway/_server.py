@@ -159,37 +159,16 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        # Built off the loop, as a reload is (see _reload): what starts can be reloaded.
-        built = await _unless(
-            stop, _in_a_thread(lambda: build_gateway(load_gateway(source), **kwargs))
-        )
-        if built is None:
-            log.info("gateway.stopped", reason="signal before listening")
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            return
-        gateway = built
-        config = gateway.generation.loaded.gateway
-        # The drain itself is _drain's; aiohttp's shutdown then only waits for what the
-        # cut left answering (and the listing, the probes), twice this at most.
-        runner = app_runner(gateway, shutdown_timeout=_CLOSE_S)
-        # Nor is the routes' opening waited for (a [shared] Redis that does not answer
-        # holds it for up to its timeout_s, the key gate's and the routes' each).
-        setup = asyncio.ensure_future(runner.setup())
-        await _unless(stop, setup)
-        if not setup.done():  # (cancelled by the signal, not yet unwound)
-            await asyncio.wait((setup,))
-            # what the app's cleanup closes (its startup did not end: nor will its cleanup)
-            await gateway.aclose()
-            await gateway.gate.aclose()
-            log.info("gateway.stopped", reason="signal before listening")
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
-            return
+        started = await _start(source, stop, kwargs)
     except BaseException:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
+        _forget_signals(loop)
         raise
+    if started is None:
+        _forget_signals(loop)
+        log.info("gateway.stopped", reason="signal before listening")
+        return
+    gateway, runner = started
+    config = gateway.generation.loaded.gateway
     scrub = _NoRequestBytes()
     cleaned = False
     aiohttp_log = logging.getLogger("aiohttp.server")
@@ -220,41 +199,66 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, on_hup)
-        handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         if hups:
             on_hup()
-        try:
-            await stop.wait()
-            loop.add_signal_handler(signal.SIGHUP, hup_while_draining)
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, cut)
-            gateway.draining = True
-            log.info(
-                "gateway.draining", in_flight=gateway.in_flight, timeout_s=config.drain_timeout_s
-            )
-            if gateway.reload_build is not None:
-                gateway.reload_build.cancel()  # a build under way is not waited for
-            cleaned = True  # (the cut stays the handler while the drain lasts)
-            if config.drain_delay_s > 0:  # still serving, /readyz 503: the balancer leaves
-                log.info("gateway.drain_delay", delay_s=config.drain_delay_s)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cut_now.wait(), config.drain_delay_s)
-            await _drain(gateway, runner, config.drain_timeout_s, cut_now)
-            await runner.cleanup()  # close the connections left, then the cascades
-            # Nor is a swap under way (opening its routes): cancelled, it closes them.
-            for task in list(reloads):
-                task.cancel()
-            await asyncio.gather(*reloads, return_exceptions=True)
-        finally:
-            for sig in handled:
-                loop.remove_signal_handler(sig)
+        await stop.wait()
+        loop.add_signal_handler(signal.SIGHUP, hup_while_draining)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, cut)
+        gateway.draining = True
+        log.info("gateway.draining", in_flight=gateway.in_flight, timeout_s=config.drain_timeout_s)
+        if gateway.reload_build is not None:
+            gateway.reload_build.cancel()  # a build under way is not waited for
+        cleaned = True  # (the cut stays the handler while the drain lasts)
+        if config.drain_delay_s > 0:  # still serving, /readyz 503: the balancer leaves
+            log.info("gateway.drain_delay", delay_s=config.drain_delay_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(cut_now.wait(), config.drain_delay_s)
+        await _drain(gateway, runner, config.drain_timeout_s, cut_now)
+        await runner.cleanup()  # close the connections left, then the cascades
+        # Nor is a swap under way (opening its routes): cancelled, it closes them.
+        for task in list(reloads):
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # (if serving failed
-            loop.remove_signal_handler(sig)  # before the rest)
+        _forget_signals(loop)
         if not cleaned:  # serving failed, or was cancelled
             await runner.cleanup()
         aiohttp_log.removeFilter(scrub)
     log.info("gateway.stopped")
+
+
+async def _start(
+    source: str, stop: asyncio.Event, kwargs: dict[str, Any]
+) -> tuple[Gateway, web.AppRunner] | None:
+    """The gateway of ``source`` built (off the loop, as a reload is: what starts can be
+    reloaded) and its app set up; ``None`` when ``stop`` came first (a SIGTERM before the
+    gateway listens), what was opened closed again."""
+    gateway = await _unless(
+        stop, _in_a_thread(lambda: build_gateway(load_gateway(source), **kwargs))
+    )
+    if gateway is None:
+        return None
+    # The drain itself is _drain's; aiohttp's shutdown then only waits for what the cut
+    # left answering (and the listing, the probes), twice this at most.
+    runner = app_runner(gateway, shutdown_timeout=_CLOSE_S)
+    # Nor is the routes' opening waited for (a [shared] Redis that does not answer holds
+    # it for up to its timeout_s, the key gate's and the routes' each).
+    setup = asyncio.ensure_future(runner.setup())
+    await _unless(stop, setup)
+    if not setup.done():  # (cancelled by the signal, not yet unwound)
+        await asyncio.wait((setup,))
+        # what the app's cleanup closes (its startup did not end: nor will its cleanup)
+        await gateway.aclose()
+        await gateway.gate.aclose()
+        return None
+    return gateway, runner
+
+
+def _forget_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """The signals ``serve`` handles back to their default actions."""
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.remove_signal_handler(sig)
 
 
 _CLOSE_S = 2.0
