@@ -101,11 +101,29 @@ async def _models(request: web.Request) -> web.Response:
     generation = request.app[GATEWAY].generation
     created = int(time.time())
     data = [
-        {"id": name, "object": "model", "created": created, "owned_by": "cascade"}
+        _model_object(name, created)
         for name in generation.model_names()
         if (route := generation.find(name)) is not None and may_use(route.name, name)
     ]
-    return web.json_response({"object": "list", "data": data})
+    # Anthropic's pager reads has_more and the ids: one page, the last
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    listing = {"object": "list", "data": data, "has_more": False}
+    return web.json_response(listing | {"first_id": first, "last_id": last})
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    """A model as both APIs list it: OpenAI's ``object``, ``created``, ``owned_by``, and
+    Anthropic's ``type``, ``display_name``, ``created_at`` (each SDK ignores the other's)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": "cascade",
+        "type": "model",
+        "display_name": name,
+        "created_at": stamp,
+    }
 
 
 async def _model(request: web.Request) -> web.Response:
@@ -119,10 +137,7 @@ async def _model(request: web.Request) -> web.Response:
         raise GatewayError(
             404, f"no route serves the model {name[:200]!r}", param="model", code="model_not_found"
         )
-    created = int(time.time())
-    return web.json_response(
-        {"id": name, "object": "model", "created": created, "owned_by": "cascade"}
-    )
+    return web.json_response(_model_object(name, int(time.time())))
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -182,9 +197,12 @@ def _pattern(request: web.Request) -> str | None:
 
 
 def _wire_for(path: str, wires: Iterable[WireFormat]) -> WireFormat:
+    """The format whose API ``path`` belongs to: its chat path or a path under it (an
+    endpoint not served, such as Anthropic's ``/v1/messages/count_tokens``: the SDK
+    reads the error in its own format); else the first format's."""
     fallback: WireFormat | None = None
     for wire in wires:
-        if wire.path == path:
+        if path == wire.path or path.startswith(wire.path + "/"):
             return wire
         fallback = fallback or wire
     assert fallback is not None

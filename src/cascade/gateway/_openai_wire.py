@@ -117,15 +117,19 @@ class OpenAIWire:
             }
             return b"data: " + _encode(body) + b"\n\n"
 
+        # Every chunk names the model its text came from, as OpenAI's do: the SDK's
+        # stream helper keeps the first chunk's (``get_final_completion().model``).
+        models = info.models
         started = False
         async for event in events:
             kind = type(event)
             if kind is Delta:
                 assert isinstance(event, Delta)
-                piece = chunk({"content": event.text})
+                model = models.get(event.provider, request.model)
+                piece = chunk({"content": event.text}, model=model)
                 if not started:
                     started = True
-                    piece = chunk({"role": "assistant", "content": ""}) + piece
+                    piece = chunk({"role": "assistant", "content": ""}, model=model) + piece
                 yield piece
             elif kind is Retracted:
                 assert isinstance(event, Retracted)
@@ -145,11 +149,16 @@ class OpenAIWire:
                     "provider": event.provider,
                     "reason": event.reason,
                 }
-                yield chunk(None, cascade={"retracted": retracted})
+                model = models.get(event.provider, request.model)
+                yield chunk(None, model=model, cascade={"retracted": retracted})
             elif kind is Finished:
                 assert isinstance(event, Finished)
                 result = event.result
-                out = b"" if started else chunk({"role": "assistant", "content": ""})
+                out = (
+                    b""
+                    if started
+                    else chunk({"role": "assistant", "content": ""}, model=result.model)
+                )
                 done = summary(result, info)
                 finish = _finish_reason(result.finish_reason)
                 if request.include_usage:

@@ -19,11 +19,16 @@ __all__ = ["Generation", "Route", "build_generation"]
 class Route:
     """A route and the Cascade that answers it."""
 
-    __slots__ = ("cascade", "config", "deadline_s", "max_cost_usd")
+    __slots__ = ("cascade", "config", "deadline_s", "max_cost_usd", "models")
 
     def __init__(self, config: RouteConfig, cascade: Cascade, max_deadline_s: float) -> None:
         self.config = config
         self.cascade = cascade
+        self.models: dict[str, str] = {
+            p.name: p.model for t in cascade.config.tiers for p in t.providers
+        }
+        """Each provider's model, by the provider's name (unique in a cascade): what a
+        stream's chunks name as their text arrives."""
         own = config.deadline_s if config.deadline_s is not None else cascade.config.deadline_s
         self.deadline_s = max_deadline_s if own is None else min(own, max_deadline_s)
         self.max_cost_usd = config.max_cost_usd

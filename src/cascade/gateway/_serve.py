@@ -135,6 +135,7 @@ async def serve_chat(
                     created=int(time.time()),
                     route=route.name,
                     trace_id=trace_id,
+                    models=route.models,
                 )
                 timeout_s = gateway.write_timeout_s
                 validators = () if req.json_schema is None else await _validators(gateway, req)

@@ -14,7 +14,7 @@ errors. OpenAI's is :mod:`._openai_wire`; Anthropic's plugs in the same way.
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Final, Protocol, TypeVar
 
 import msgspec
@@ -82,6 +82,9 @@ class RunInfo(msgspec.Struct, frozen=True, kw_only=True):
     route: str
     trace_id: str | None = None
     """The W3C trace id (32 hex digits) when the request is traced."""
+    models: Mapping[str, str] = msgspec.field(default_factory=dict)
+    """The route's providers' models, by provider name (``Delta.provider``): the model a
+    stream's text came from, for formats that name it on every chunk."""
 
 
 class WireFormat(Protocol):

@@ -1,0 +1,170 @@
+"""helper-74's review: the official SDKs' higher-level helpers against ``cascade serve``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pydantic
+import pytest
+
+from cascade.testing import FakeOpenAIServer, Reply
+
+from .gateway import Running, serving, write_config
+from .helpers import JSON_SCHEMA, provider, tier
+
+pytestmark = pytest.mark.anyio
+
+HI = [{"role": "user", "content": "What is 6 * 7? Answer as JSON."}]
+GOOD = '{"answer": 42}'
+
+
+class Answer(pydantic.BaseModel):
+    answer: int
+
+
+def fleet(url: str, **top: Any) -> dict[str, Any]:
+    common = {"stream": True, "retry": {"attempts": 1}}
+    return {
+        "tiers": [
+            tier("small", provider("a", url, "m1", **common), validators=[JSON_SCHEMA]),
+            tier("big", provider("b", url, "m2", **common), validators=[JSON_SCHEMA]),
+        ],
+        **top,
+    }
+
+
+@pytest.fixture
+async def gw(openai_server: FakeOpenAIServer, tmp_path: Path) -> AsyncIterator[Running]:
+    async with serving(write_config(tmp_path / "c.toml", fleet(openai_server.url))) as g:
+        yield g
+
+
+def oai(gw: Running) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.base_url, api_key="sk-test", max_retries=0)
+
+
+def ant(gw: Running) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=gw.url, api_key="sk-test", max_retries=0)
+
+
+async def test_stream_helper_final_completion_names_the_answering_model(
+    gw: Running, openai_server: FakeOpenAIServer
+) -> None:
+    """``chat.completions.stream``'s final completion takes ``model`` from the first chunk
+    (the SDK's accumulator never updates it): every chunk names the model that answered,
+    as ``create()``'s JSON does, not the route's name the client sent."""
+    openai_server.script("m1", Reply(text="not json"), Reply(text="not json"))
+    openai_server.script("m2", Reply(text=GOOD, chunk_chars=3), Reply(text=GOOD, chunk_chars=3))
+    async with oai(gw) as c:
+        done = await c.chat.completions.parse(model="cascade", messages=HI, response_format=Answer)
+        async with c.chat.completions.stream(
+            model="cascade",
+            messages=HI,
+            response_format=Answer,
+            stream_options={"include_usage": True},
+        ) as stream:
+            kinds = [event.type async for event in stream]
+            final = await stream.get_final_completion()
+    assert done.model == "m2"
+    assert done.choices[0].message.parsed == Answer(answer=42)
+    assert kinds[-2:] == ["content.done", "chunk"]
+    assert final.model == done.model
+    assert final.id == done.id.replace(done.id[9:], final.id[9:])  # chatcmpl-<hex>
+    assert final.choices[0].message.parsed == Answer(answer=42)
+    assert final.choices[0].finish_reason == "stop"
+    assert final.usage is not None
+    assert done.usage is not None
+    assert final.usage.total_tokens == done.usage.total_tokens
+
+
+async def test_anthropic_stream_helper_final_message(
+    gw: Running, openai_server: FakeOpenAIServer
+) -> None:
+    openai_server.script("m1", Reply(text="not json"))
+    openai_server.script("m2", Reply(text=GOOD, input_tokens=7, output_tokens=4, chunk_chars=3))
+    async with (
+        ant(gw) as a,
+        a.messages.stream(model="cascade", max_tokens=100, messages=HI) as stream,  # type: ignore[arg-type]
+    ):
+        pieces = [piece async for piece in stream.text_stream]
+        final = await stream.get_final_message()
+        text = await stream.get_final_text()
+    assert "".join(pieces) == text == GOOD
+    assert final.model == "m2"
+    assert final.stop_reason == "end_turn"
+    assert final.id.startswith("msg_")
+    assert final.content[0].type == "text"
+    assert final.usage.output_tokens > 0
+    assert final.usage.input_tokens > 0
+
+
+async def test_anthropic_count_tokens_is_a_404_in_anthropic_format(gw: Running) -> None:
+    """``messages.count_tokens`` (and any path under ``/v1/messages/``) is not served: a
+    404 in Anthropic's error format, not OpenAI's."""
+    async with ant(gw) as a:
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            await a.messages.count_tokens(model="cascade", messages=HI)  # type: ignore[arg-type]
+        with pytest.raises(anthropic.NotFoundError) as batches:
+            await a.messages.batches.list()
+    for exc in (caught.value, batches.value):
+        body = exc.body
+        assert isinstance(body, dict)
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "not_found_error"
+        assert "/v1/messages/" in body["error"]["message"]
+
+
+async def test_models_list_in_both_sdks(gw: Running) -> None:
+    """``models.list()`` through both SDKs: each finds the fields its API's listing has
+    (Anthropic's ``type``, ``display_name``, ``created_at``; OpenAI's ``object``,
+    ``created``, ``owned_by``), and Anthropic's pager stops after the one page."""
+    async with oai(gw) as c:
+        ids = [m.id async for m in c.models.list()]
+        one = await c.models.retrieve("cascade")
+    assert ids == ["cascade"]
+    assert (one.object, one.owned_by) == ("model", "cascade")
+    async with ant(gw) as a:
+        infos = [m async for m in a.models.list()]
+        info = await a.models.retrieve("cascade")
+    assert [m.id for m in infos] == ["cascade"]
+    for m in (*infos, info):
+        assert m.type == "model"
+        assert m.display_name == "cascade"
+        assert m.created_at.year >= 2024
+
+
+def speculative_fleet(url: str) -> dict[str, Any]:
+    return fleet(url, gateway={"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]})
+
+
+async def test_speculative_stream_helper_with_retractions_accumulates_the_withdrawn_text(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """What the README says of the SDK's stream helper on a speculative route with
+    ``cascade_retractions``: the helper cannot apply a withdrawal, so its accumulated
+    content holds the withdrawn text and the next answer; the last chunk's ``cascade``
+    says which answer stands, and each chunk names the model its text came from."""
+    openai_server.script("m1", Reply(text='{"answer": "x"}', chunk_chars=2, chunk_delay_s=0.02))
+    openai_server.script("m2", Reply(text=GOOD, chunk_chars=3))
+    path = write_config(tmp_path / "c.toml", speculative_fleet(openai_server.url))
+    async with serving(path) as g, oai(g) as c:
+        async with c.chat.completions.stream(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+            stream_options={"include_usage": True, "cascade_retractions": True},  # type: ignore[typeddict-unknown-key]
+        ) as stream:
+            chunks = [e.chunk async for e in stream if e.type == "chunk"]
+            final = await stream.get_final_completion()
+    withdrawn = [ch for ch in chunks if "retracted" in (ch.model_extra or {}).get("cascade", {})]
+    assert len(withdrawn) == 1
+    assert withdrawn[0].model == "m1"
+    after = chunks[chunks.index(withdrawn[0]) + 1 :]
+    assert "".join(ch.choices[0].delta.content or "" for ch in after if ch.choices) == GOOD
+    assert {ch.model for ch in after} == {"m2"}
+    assert final.choices[0].message.content == '{"answer": "x"}' + GOOD
+    assert final.model == "m1"  # the first chunk's: the helper never updates it
+    assert (chunks[-1].model_extra or {})["cascade"]["model"] == "m2"
