@@ -138,7 +138,9 @@ async def test_models_list_in_both_sdks(gw: Running) -> None:
 
 
 def speculative_fleet(url: str) -> dict[str, Any]:
-    return fleet(url, gateway={"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]})
+    return fleet(
+        url, gateway={"routes": [{"name": "cascade", "default": True, "mode": "speculative"}]}
+    )
 
 
 async def test_speculative_stream_helper_with_retractions_accumulates_the_withdrawn_text(
@@ -151,14 +153,17 @@ async def test_speculative_stream_helper_with_retractions_accumulates_the_withdr
     openai_server.script("m1", Reply(text='{"answer": "x"}', chunk_chars=2, chunk_delay_s=0.02))
     openai_server.script("m2", Reply(text=GOOD, chunk_chars=3))
     path = write_config(tmp_path / "c.toml", speculative_fleet(openai_server.url))
-    async with serving(path) as g, oai(g) as c:
-        async with c.chat.completions.stream(
+    async with (
+        serving(path) as g,
+        oai(g) as c,
+        c.chat.completions.stream(
             model="cascade",
             messages=HI,  # type: ignore[arg-type]
             stream_options={"include_usage": True, "cascade_retractions": True},  # type: ignore[typeddict-unknown-key]
-        ) as stream:
-            chunks = [e.chunk async for e in stream if e.type == "chunk"]
-            final = await stream.get_final_completion()
+        ) as stream,
+    ):
+        chunks = [e.chunk async for e in stream if e.type == "chunk"]
+        final = await stream.get_final_completion()
     withdrawn = [ch for ch in chunks if "retracted" in (ch.model_extra or {}).get("cascade", {})]
     assert len(withdrawn) == 1
     assert withdrawn[0].model == "m1"
@@ -168,3 +173,42 @@ async def test_speculative_stream_helper_with_retractions_accumulates_the_withdr
     assert final.choices[0].message.content == '{"answer": "x"}' + GOOD
     assert final.model == "m1"  # the first chunk's: the helper never updates it
     assert (chunks[-1].model_extra or {})["cascade"]["model"] == "m2"
+
+
+# -- SIGHUP while requests are in flight -------------------------------------------------
+
+
+async def test_a_request_outliving_drain_timeout_after_a_reload_finishes_on_its_cascade(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A reload closes the old cascades once their last request is done: a request that
+    started on them and runs longer than ``drain_timeout_s`` after the reload (a long
+    answer, well within its deadline) still finishes there, JSON and SSE."""
+    import asyncio
+
+    from cascade.gateway._server import _reload
+
+    from .leaks import eventually
+
+    slow = Reply(text=GOOD, chunk_chars=1, chunk_delay_s=0.12)  # about 1.7 s
+    openai_server.script("m1", slow, slow)
+    openai_server.script("m3", Reply(text=GOOD))
+    old = fleet(openai_server.url, gateway={"drain_timeout_s": 0.5})
+    path = write_config(tmp_path / "c.toml", old)
+    async with serving(path) as g, oai(g) as c:
+
+        async def stream() -> str:
+            chunks = await c.chat.completions.create(model="cascade", messages=HI, stream=True)  # type: ignore[arg-type]
+            return "".join([ch.choices[0].delta.content or "" async for ch in chunks if ch.choices])
+
+        as_json = asyncio.create_task(c.chat.completions.create(model="cascade", messages=HI))  # type: ignore[arg-type]
+        as_sse = asyncio.create_task(stream())
+        await eventually(lambda: openai_server.active_requests == 2, "both calls under way")
+        write_config(path, {"tiers": [tier("only", provider("c", openai_server.url, "m3"))]})
+        await _reload(g.gateway, str(path))
+        fresh = await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        assert fresh.model == "m3"  # the new config, at once
+        done, text = await as_json, await as_sse
+    assert text == GOOD
+    assert done.choices[0].message.content == GOOD
+    assert done.model == "m1"

@@ -118,9 +118,11 @@ class Gateway:
             or "traceparent" in headers
         )
 
-    async def swap(self, generation: Generation, *, wait_s: float) -> bool:
+    async def swap(self, generation: Generation, *, wait_s: float | None = None) -> bool:
         """Serve ``generation`` (opened) from now on; the old one closes once its
-        requests are done (at most ``wait_s`` later), without holding the caller. False,
+        requests are done (at most ``wait_s`` later: by default, the longest a request
+        admitted before the swap may still take, :meth:`longest_request_s`, so that none
+        has its cascade closed under it), without holding the caller. False,
         ``generation`` closed, if the gateway started draining while it opened (a
         ``[shared]`` Redis that does not answer holds it for up to its ``timeout_s``):
         nothing more is swapped in; also closed if its opening fails or is cancelled."""
@@ -133,12 +135,24 @@ class Gateway:
             await generation.aclose()
             return False
         old, self.generation = self.generation, generation
+        if wait_s is None:
+            wait_s = self.longest_request_s(old)  # with the limits it was admitted under
         self._apply(generation.loaded.gateway)
         self._schemas.clear()
         task = asyncio.get_running_loop().create_task(old.aclose(wait_s=wait_s))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
         return True
+
+    def longest_request_s(self, generation: Generation) -> float:
+        """The longest a chat request on ``generation`` may take from its start: its
+        body (``body_timeout_s``), its schema's validator, its run (its route's deadline,
+        at most ``max_deadline_s``), its last write (``write_timeout_s``), and a margin.
+        A retired generation waits this long for its requests (a SIGTERM's drain cuts
+        them sooner): not ``drain_timeout_s``, which would close the cascade of a long
+        answer under it, a reload failing a request the README says it finishes."""
+        deadline = max((route.deadline_s for route in generation.routes), default=0.0)
+        return self.body_timeout_s + _SCHEMA_BUILD_S + deadline + self.write_timeout_s + 5.0
 
     async def aclose(self) -> None:
         for task in list(self._retired):

@@ -16,12 +16,13 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
 - SIGHUP: read the config file again and build every route's cascade from it; if that
   fails, log why and keep serving the old config; else swap the routes at once (requests
   that started keep the cascade they started on) and close the old cascades once their
-  last request is done (or ``drain_timeout_s`` later); the ``[gateway]`` limits each
-  request reads (``allowed_hosts``, ``max_in_flight``, ``max_messages``, the schema
-  limits, ``body_timeout_s``, ``write_timeout_s``) apply from then on too. The listening
-  address, ``max_body_bytes``, ``idle_timeout_s``, the drain's delay and timeout, the keys and the
-  ``[shared]`` Redis of their counters stay as they were at start (``gateway.reload_kept``
-  names those the file changed): those need a restart.
+  last request is done (each is bounded by its deadline: ``Gateway.longest_request_s``);
+  the ``[gateway]`` limits each request reads (``allowed_hosts``, ``max_in_flight``,
+  ``max_messages``, the schema limits, ``body_timeout_s``, ``write_timeout_s``) apply
+  from then on too. The listening address, ``max_body_bytes``, ``idle_timeout_s``, the
+  drain's delay and timeout, the keys and the ``[shared]`` Redis of their counters stay
+  as they were at start (``gateway.reload_kept`` names those the file changed): those
+  need a restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -356,7 +357,7 @@ async def _reload(gateway: Gateway, source: str) -> None:
         if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
         before = gateway.at_start  # what is in effect: not what the last reload read
-        if not await gateway.swap(generation, wait_s=gateway.at_start.drain_timeout_s):
+        if not await gateway.swap(generation):
             return  # SIGTERM while it opened: closed, not swapped in
         kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
         if isinstance(gateway.gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
