@@ -212,3 +212,93 @@ async def test_a_request_outliving_drain_timeout_after_a_reload_finishes_on_its_
     assert text == GOOD
     assert done.choices[0].message.content == GOOD
     assert done.model == "m1"
+
+
+# -- secrecy, traced -------------------------------------------------------------------
+
+KEY = "sk-gw-SECRETSECRET-0123456789"
+PROVIDER_KEY = "sk-prov-UPSTREAMSECRET-987654"
+
+
+async def test_no_key_in_spans_logs_or_error_bodies_on_the_error_paths(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Traced, with gateway keys: an upstream that quotes the provider's Authorization
+    back (a 401, and a 400 the gateway quotes as ``upstream_invalid_request``), a wrong
+    key, malformed ``Authorization`` headers, a key in the query string, in ``x-api-key``
+    on ``/v1/messages``: no gateway key nor provider key in any span, span event, log
+    line or error body; the upstream is sent the provider's key, never the client's."""
+    import json
+
+    import aiohttp
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from structlog.testing import capture_logs
+
+    from cascade.gateway import hash_key
+    from cascade.testing import FakeRequest
+
+    def quoting(status: int) -> Any:
+        def reply(request: FakeRequest) -> Reply:
+            auth = request.headers.get("authorization", "")
+            return Reply(status=status, error_message=f"Incorrect API key provided: {auth}")
+
+        return reply
+
+    openai_server.respond("m1", quoting(401))
+    openai_server.respond("m4", quoting(400))
+    once = {"api_key_env": "PK", "retry": {"attempts": 1}}
+    four = {"tiers": [tier("t", provider("d", openai_server.url, "m4", **once))]}
+    write_config(tmp_path / "four.toml", four)
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", **once))],
+        "gateway": {
+            "keys": {"entries": [{"name": "team", "sha256": hash_key(KEY)}]},
+            "routes": [
+                {"name": "cascade", "default": True},
+                {"name": "four", "config": "four.toml"},
+            ],
+        },
+    }
+    path = write_config(tmp_path / "c.toml", config)
+    exporter = InMemorySpanExporter()
+    tracing = TracerProvider()
+    tracing.add_span_processor(SimpleSpanProcessor(exporter))
+    chat = {"model": "cascade", "messages": HI}
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    anthropic_body = {"model": "cascade", "max_tokens": 5, "messages": HI}
+    sent: list[tuple[str, dict[str, str], dict[str, Any], int]] = [
+        ("/v1/chat/completions", bearer, chat, 502),
+        ("/v1/chat/completions", bearer, {**chat, "model": "four"}, 400),
+        ("/v1/chat/completions", {"Authorization": f"Bearer {KEY}x"}, chat, 401),
+        ("/v1/chat/completions", {"Authorization": f"Basic {KEY}"}, chat, 401),
+        ("/v1/chat/completions", {"Authorization": f"Bearer  {KEY} more"}, chat, 401),
+        ("/v1/chat/completions", {"Authorization": KEY}, chat, 401),
+        (f"/v1/chat/completions?api_key={KEY}", {}, chat, 401),
+        (f"/v1/chat/completions?api_key={KEY}", bearer, chat, 502),
+        ("/v1/messages", {"x-api-key": KEY + "z"}, anthropic_body, 401),
+        ("/v1/messages", {"x-api-key": KEY}, anthropic_body, 502),
+    ]
+    bodies: list[str] = []
+    with capture_logs() as logs:
+        async with (
+            serving(path, tracer_provider=tracing, environ={"PK": PROVIDER_KEY}) as g,
+            aiohttp.ClientSession() as session,
+        ):
+            for url, headers, body, status in sent:
+                async with session.post(g.url + url, headers=headers, data=json.dumps(body)) as r:
+                    bodies.append(f"{dict(r.headers)} {await r.text()}")
+                    assert r.status == status, (url, headers, bodies[-1])
+    tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    assert len([s for s in spans if s.name.startswith("POST ")]) == len(sent)
+    seen = [(s.name, dict(s.attributes or {}), s.status.description) for s in spans] + [
+        (e.name, dict(e.attributes or {})) for s in spans for e in s.events
+    ]
+    everything = repr(seen) + repr(logs) + "\n".join(bodies)
+    assert "Incorrect API key provided: Bearer ***" in everything  # quoted, redacted
+    assert "SECRETSECRET" not in everything
+    assert "UPSTREAMSECRET" not in everything
+    upstream = {r.headers["authorization"] for r in openai_server.requests}
+    assert upstream == {f"Bearer {PROVIDER_KEY}"}
