@@ -374,12 +374,12 @@ async def test_two_gateway_processes_keep_one_budget_and_one_provider_quota(
     assert set(statuses) - {200} <= {429, 502}
 
 
-async def test_a_reload_that_changes_the_keys_says_they_need_a_restart(
+async def test_a_reload_revokes_a_removed_key_and_keeps_a_changed_limit_for_a_restart(
     tmp_path: Path, fleet: FakeOpenAIServer
 ) -> None:
-    """Keys stay as they were at start; a SIGHUP after a key was removed from the file
-    (revoked) must not pass for done: the reload warns that the keys need a restart,
-    naming no key nor hash."""
+    """A SIGHUP after a key was removed from the file (revoked) revokes it at once; a
+    key whose limits changed keeps those it was built with, and the reload says the keys
+    need a restart, naming no key nor hash."""
     from cascade.gateway._server import _reload
 
     path = write_config(
@@ -389,23 +389,26 @@ async def test_a_reload_that_changes_the_keys_says_they_need_a_restart(
         write_config(path, config(fleet.url, key("team", KEY)))
         with capture_logs() as logs:
             await _reload(gw.gateway, str(path))
+        assert [e["event"] for e in logs] == ["gateway.keys_reloaded", "gateway.reloaded"]
+        assert logs[0]["revoked"] == ["gone"]
+        assert hash_key(OTHER) not in str(logs)
+        sdk = client(gw.base_url, OTHER)
+        try:
+            with pytest.raises(openai.AuthenticationError):
+                await ask(sdk)
+        finally:
+            await sdk.close()
+        with capture_logs() as logs:  # the same file again: nothing changes
+            await _reload(gw.gateway, str(path))
+        assert [e["event"] for e in logs] == ["gateway.reloaded"]
+        with capture_logs() as logs:  # a limit changed: kept until a restart
+            write_config(path, config(fleet.url, key("team", KEY, usd_per_day=1.0)))
+            await _reload(gw.gateway, str(path))
         warned = [e for e in logs if e["log_level"] == "warning"]
         assert [e["event"] for e in warned] == ["gateway.reload_kept"]
         assert warned[0]["fields"] == ["keys"]
         assert KEY not in str(logs)
-        assert hash_key(OTHER) not in str(logs)
-        sdk = client(gw.base_url, OTHER)
-        try:
-            await ask(sdk)  # still admitted: as the warning says, until a restart
-        finally:
-            await sdk.close()
-        with capture_logs() as logs:  # the same file again: the keys still differ from start
-            await _reload(gw.gateway, str(path))
-        assert [e["event"] for e in logs] == ["gateway.reload_kept", "gateway.reloaded"]
-        with capture_logs() as logs:  # the same keys as at start: nothing to say
-            write_config(path, config(fleet.url, key("team", KEY), key("gone", OTHER)))
-            await _reload(gw.gateway, str(path))
-        assert [e["event"] for e in logs] == ["gateway.reloaded"]
+        assert hash_key(KEY) not in str(logs)
 
 
 async def test_a_sampling_tier_keeps_the_day_within_one_reservation_of_the_budget(

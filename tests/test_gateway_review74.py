@@ -302,3 +302,105 @@ async def test_no_key_in_spans_logs_or_error_bodies_on_the_error_paths(
     assert "UPSTREAMSECRET" not in everything
     upstream = {r.headers["authorization"] for r in openai_server.requests}
     assert upstream == {f"Bearer {PROVIDER_KEY}"}
+
+
+# -- keys on a reload --------------------------------------------------------------------
+
+
+def keyed(url: str, *entries: tuple[str, str], **limits: Any) -> dict[str, Any]:
+    from cascade.gateway import hash_key
+
+    keys = [{"name": n, "sha256": hash_key(raw), **limits} for n, raw in entries]
+    return fleet(url, gateway={"keys": {"entries": keys}})
+
+
+async def test_a_reload_revokes_removed_keys_adds_new_ones_and_rotates_under_a_name(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A key removed from the file (revoked: leaked) stops working at the SIGHUP, not at
+    the next restart; its request under way finishes. A key added works at once; a key
+    given a new hash under its name works instead of the old one. A changed limit still
+    needs a restart (``gateway.reload_kept``). No key in the logs."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from cascade.gateway._server import _reload
+
+    from .leaks import eventually
+
+    team, gone, new, rotated = (f"sk-h74-{n}-0123456789" for n in ("team", "gone", "new", "rot"))
+    openai_server.default = GOOD
+    openai_server.script("m1", Reply(text=GOOD, latency_s=1.0))
+    path = write_config(
+        tmp_path / "c.toml", keyed(openai_server.url, ("team", team), ("gone", gone))
+    )
+    async with serving(path) as g:
+
+        def sdk(key: str) -> openai.AsyncOpenAI:
+            return openai.AsyncOpenAI(base_url=g.base_url, api_key=key, max_retries=0)
+
+        async with sdk(gone) as leaked, sdk(team) as ok, sdk(new) as added:
+            under_way = asyncio.create_task(
+                leaked.chat.completions.create(model="cascade", messages=HI)
+            )  # type: ignore[arg-type]
+            await eventually(lambda: openai_server.active_requests == 1, "the slow call")
+            write_config(path, keyed(openai_server.url, ("team", team), ("added", new)))
+            with capture_logs() as logs:
+                await _reload(g.gateway, str(path))
+            with pytest.raises(openai.AuthenticationError):
+                await leaked.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+            with pytest.raises(openai.AuthenticationError):
+                await leaked.models.list()
+            assert (await under_way).choices[0].message.content == GOOD  # admitted before
+            assert (await ok.chat.completions.create(model="cascade", messages=HI)).model  # type: ignore[arg-type]
+            assert (await added.chat.completions.create(model="cascade", messages=HI)).model  # type: ignore[arg-type]
+            events = [e for e in logs if e["event"] == "gateway.keys_reloaded"]
+            assert [(e["added"], e["revoked"], e["rotated"]) for e in events] == [
+                (["added"], ["gone"], [])
+            ]
+            assert "gateway.reload_kept" not in [e["event"] for e in logs]
+            # a new hash under the name "team": the old key stops, the new one works
+            write_config(path, keyed(openai_server.url, ("team", rotated), ("added", new)))
+            with capture_logs() as logs:
+                await _reload(g.gateway, str(path))
+            with pytest.raises(openai.AuthenticationError):
+                await ok.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+            async with sdk(rotated) as again:
+                assert (await again.chat.completions.create(model="cascade", messages=HI)).model  # type: ignore[arg-type]
+            assert [e.get("rotated") for e in logs if e["event"] == "gateway.keys_reloaded"] == [
+                ["team"]
+            ]
+            # a changed limit: kept until a restart, and said so
+            limited = keyed(openai_server.url, ("team", rotated), ("added", new), usd_per_day=1.0)
+            write_config(path, limited)
+            with capture_logs() as logs:
+                await _reload(g.gateway, str(path))
+            kept = [e for e in logs if e["event"] == "gateway.reload_kept"]
+            assert [e["fields"] for e in kept] == [["keys"]]
+    text = repr(logs)
+    for raw in (team, gone, new, rotated):
+        assert raw not in text
+
+
+async def test_a_reload_naming_a_key_variable_not_set_is_refused_and_the_keys_kept(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    from structlog.testing import capture_logs
+
+    from cascade.gateway._server import _reload
+
+    raw = "sk-h74-env-0123456789"
+    openai_server.default = GOOD
+    entries = [{"name": "ci", "env": "H74_KEY"}]
+    start = fleet(openai_server.url, gateway={"keys": {"entries": entries}})
+    path = write_config(tmp_path / "c.toml", start)
+    async with serving(path, environ={"H74_KEY": raw}) as g:
+        entries.append({"name": "more", "env": "H74_NEVER_SET"})
+        write_config(path, fleet(openai_server.url, gateway={"keys": {"entries": entries}}))
+        with capture_logs() as logs:
+            await _reload(g.gateway, str(path))
+        assert [e["event"] for e in logs] == ["gateway.reload_failed"]
+        assert "gateway.keys.entries[1].env" in logs[0]["error"]
+        async with openai.AsyncOpenAI(base_url=g.base_url, api_key=raw, max_retries=0) as c:
+            assert (await c.chat.completions.create(model="cascade", messages=HI)).model  # type: ignore[arg-type]

@@ -36,7 +36,8 @@ _MAX_REFUSAL_CHARS = 300
 
 RESTART_ONLY = ("drain_delay_s", "drain_timeout_s", "idle_timeout_s", "keys", "max_body_bytes")
 """The ``[gateway]`` settings read once at start (the server's and the app's, and the
-keys' counters): a reload keeps them, and says so when the file changed one."""
+keys' counters): a reload keeps them, and says so when the file changed one. Of ``keys``,
+a reload applies the keys listed (added, revoked, rotated), not their limits."""
 
 
 class Gateway:

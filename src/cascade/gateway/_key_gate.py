@@ -21,7 +21,9 @@ reservation is the most the request could have cost, the figure the key was admi
 The gate keeps its own :class:`~cascade.resilience.shared.SharedState` on the config
 file's ``[shared]`` Redis (the same scripts and key prefix as the breakers and limiters,
 one connection of its own): the keys' counters then outlive a config reload (SIGHUP),
-which replaces the cascades and their shared state but never the keys.
+which replaces the cascades and their shared state; a reload adds and revokes keys (and
+rotates a key's hash under its name), keeping each remaining key's counters
+(``GatewayKeys.reload``).
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from .._clock import Clock, SystemClock
 from .._config import Config
 from .._types import estimate_prompt_tokens
 from ..resilience.shared import SharedState
-from ._keys import Admission, GatewayKeys, _Key, api_key_from_headers
-from ._keys_config import KeysConfig
+from ._keys import Admission, GatewayKeys, _Key, api_key_from_headers, resolved_keys
+from ._keys_config import KeyLimits, KeysConfig
 
 if TYPE_CHECKING:
     from ._routes import Route
@@ -81,11 +83,19 @@ def _tier(ref: int | str | None, names: list[str], default: int) -> int:
 class KeyGate:
     """Admits requests by their gateway key (``[gateway.keys]``); see the module doc."""
 
-    __slots__ = ("_shared", "keys")
+    __slots__ = ("_environ", "_shared", "keys")
 
-    def __init__(self, keys: GatewayKeys, *, shared: SharedState | None = None) -> None:
+    def __init__(
+        self,
+        keys: GatewayKeys,
+        *,
+        shared: SharedState | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.keys = keys
         self._shared = shared
+        self._environ = environ
+        """Where ``env`` entries are read, at start and by each reload."""
 
     @classmethod
     def from_config(
@@ -106,7 +116,12 @@ class KeyGate:
         built = GatewayKeys.from_config(
             keys, clock=clock or SystemClock(), shared=shared, environ=environ
         )
-        return cls(built, shared=shared)
+        return cls(built, shared=shared, environ=environ)
+
+    def resolve(self, keys: KeysConfig) -> list[tuple[str, bytes, KeyLimits]]:
+        """The keys of a config file read again, resolved as at start (a reload's build:
+        a missing ``env`` variable fails the reload)."""
+        return resolved_keys(keys, self._environ)
 
     def check_headers(self, headers: Mapping[str, str]) -> Callable[[str, str], bool]:
         """The key of ``headers`` is one this gate knows (401 otherwise); nothing counted.

@@ -31,6 +31,7 @@ import math
 import os
 import secrets
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import structlog
@@ -58,11 +59,13 @@ __all__ = [
     "Admission",
     "GatewayDenied",
     "GatewayKeys",
+    "KeyChanges",
     "KeyEntry",
     "KeyLimits",
     "KeysConfig",
     "api_key_from_headers",
     "hash_key",
+    "resolved_keys",
 ]
 
 log = structlog.get_logger("cascade")
@@ -82,6 +85,7 @@ class _Key:
         "digest",
         "in_flight",
         "limiter",
+        "limits",
         "max_in_flight",
         "models",
         "name",
@@ -100,6 +104,7 @@ class _Key:
     ) -> None:
         self.name = name
         self.digest = digest
+        self.limits = limits
         self.routes = None if limits.routes is None else frozenset(limits.routes)
         self.models = None if limits.models is None else frozenset(limits.models)
         rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
@@ -167,6 +172,44 @@ class Admission:
         return f"<Admission key={self.key_name!r} settled={self.settled}>"
 
 
+def resolved_keys(
+    config: KeysConfig, environ: Mapping[str, str] | None = None
+) -> list[tuple[str, bytes, KeyLimits]]:
+    """Each key of ``config``: its name, SHA-256 and limits. An ``env`` entry is read from
+    ``environ`` (``os.environ`` by default) and hashed, its raw value dropped; a missing
+    or malformed variable, or a key listed twice, is a :class:`~cascade.ConfigError`
+    naming the entry."""
+    env = os.environ if environ is None else environ
+    keys: list[tuple[str, bytes, KeyLimits]] = []
+    seen: dict[bytes, int] = {}
+    for i, entry in enumerate(config.entries):
+        path = f"gateway.keys.entries[{i}]"
+        if entry.sha256 is not None:
+            digest = bytes.fromhex(entry.sha256)
+        else:
+            assert entry.env is not None
+            digest = env_digest(env, entry.env, path=f"{path}.env")
+        if digest in seen:
+            field = "env" if entry.sha256 is None else "sha256"
+            raise ConfigError(f"the same key as entries[{seen[digest]}]", path=f"{path}.{field}")
+        seen[digest] = i
+        keys.append((entry.name, digest, merged_limits(config.defaults, entry)))
+    return keys
+
+
+@dataclass(eq=False)
+class KeyChanges:
+    """What a reload did to the keys (their names only): :meth:`GatewayKeys.reload`."""
+
+    added: list[str] = field(default_factory=list)
+    revoked: list[str] = field(default_factory=list)
+    rotated: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    """Keys whose limits (or name) the file changed: kept as they were until a restart."""
+    settings_kept: bool = False
+    """``required`` or ``defaults`` changed: kept until a restart."""
+
+
 class GatewayKeys:
     """The gateway's keys and their limits, built once per gateway from ``KeysConfig``.
 
@@ -177,7 +220,16 @@ class GatewayKeys:
     >>> await keys.settle(admission, tokens=used, cost_usd=result.cost_usd)  # doctest: +SKIP
     """
 
-    __slots__ = ("_anonymous", "_by_index", "_days", "_secret", "_shared", "required")
+    __slots__ = (
+        "_anonymous",
+        "_by_index",
+        "_clock",
+        "_days",
+        "_secret",
+        "_shared",
+        "defaults",
+        "required",
+    )
 
     def __init__(
         self,
@@ -192,7 +244,9 @@ class GatewayKeys:
         if len(keys) > MAX_KEYS:
             raise ValueError(f"at most {MAX_KEYS} keys")
         self.required = required
+        self.defaults = defaults
         self._shared = shared
+        self._clock = clock
         self._days = UtcDays(clock, epoch_s=epoch_s)
         # Keys are found by an HMAC of their hash under a secret of this process's: how
         # long a lookup takes then says nothing about the stored hashes.
@@ -220,31 +274,57 @@ class GatewayKeys:
         """The keys of ``config``; an ``env`` entry is read from ``environ``
         (``os.environ`` by default), hashed, and its raw value dropped. A missing or
         malformed variable is a :class:`~cascade.ConfigError` naming the entry."""
-        env = os.environ if environ is None else environ
-        keys: list[tuple[str, bytes, KeyLimits]] = []
-        seen: dict[bytes, int] = {}
-        for i, entry in enumerate(config.entries):
-            path = f"gateway.keys.entries[{i}]"
-            if entry.sha256 is not None:
-                digest = bytes.fromhex(entry.sha256)
-            else:
-                assert entry.env is not None
-                digest = env_digest(env, entry.env, path=f"{path}.env")
-            if digest in seen:
-                field = "env" if entry.sha256 is None else "sha256"
-                raise ConfigError(
-                    f"the same key as entries[{seen[digest]}]", path=f"{path}.{field}"
-                )
-            seen[digest] = i
-            keys.append((entry.name, digest, merged_limits(config.defaults, entry)))
         return cls(
-            keys,
+            resolved_keys(config, environ),
             required=config.required,
             defaults=config.defaults,
             clock=clock,
             epoch_s=epoch_s,
             shared=shared,
         )
+
+    def reload(self, config: KeysConfig, keys: list[tuple[str, bytes, KeyLimits]]) -> KeyChanges:
+        """The keys of a config file read again (SIGHUP; ``keys`` from
+        :func:`resolved_keys`): a key no longer listed stops working at once (its requests
+        under way finish), a new one works, a key given a new hash under its name (a
+        rotation) works instead of the old one with the old one's counters. Keys keep the
+        limits they were built with: a changed limit (and ``required``, ``defaults``)
+        needs a restart, and is reported in ``KeyChanges.kept`` (counters rebuilt by a
+        reload would start the day afresh)."""
+        if len(keys) > MAX_KEYS:
+            raise ValueError(f"at most {MAX_KEYS} keys")
+        current = {key.digest: key for key in self._by_index.values()}
+        by_name = {key.name: key for key in current.values()}
+        listed = {digest for _, digest, _ in keys}
+        changes = KeyChanges()
+        by_index: dict[bytes, _Key] = {}
+        for name, digest, limits in keys:
+            key = current.get(digest)
+            if key is None:
+                old = by_name.get(name)
+                if old is not None and old.digest not in listed:  # rotated
+                    key = old
+                    key.digest = digest
+                    changes.rotated.append(name)
+                else:
+                    key = _Key(
+                        name,
+                        digest,
+                        limits,
+                        clock=self._clock,
+                        days=self._days,
+                        shared=self._shared,
+                    )
+                    changes.added.append(name)
+            if key.name != name or key.limits != limits:
+                changes.kept.append(key.name)
+            by_index[self._index(digest)] = key
+        kept_names = {key.name for key in by_index.values()}
+        changes.revoked = sorted(n for n in by_name if n not in kept_names)
+        if config.required != self.required or config.defaults != self.defaults:
+            changes.settings_kept = True
+        self._by_index = by_index
+        return changes
 
     def _index(self, digest: bytes) -> bytes:
         return hmac.new(self._secret, digest, hashlib.sha256).digest()

@@ -19,10 +19,11 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   last request is done (each is bounded by its deadline: ``Gateway.longest_request_s``);
   the ``[gateway]`` limits each request reads (``allowed_hosts``, ``max_in_flight``,
   ``max_messages``, the schema limits, ``body_timeout_s``, ``write_timeout_s``) apply
-  from then on too. The listening address, ``max_body_bytes``, ``idle_timeout_s``, the
-  drain's delay and timeout, the keys and the ``[shared]`` Redis of their counters stay
-  as they were at start (``gateway.reload_kept`` names those the file changed): those
-  need a restart.
+  from then on too. Keys follow the file (added, revoked, rotated under their name:
+  ``GatewayKeys.reload``). The listening address, ``max_body_bytes``, ``idle_timeout_s``,
+  the drain's delay and timeout, the keys' limits (a keys table added or removed whole
+  too) and the ``[shared]`` Redis of their counters stay as they were at start
+  (``gateway.reload_kept`` names those the file changed): those need a restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -317,10 +318,16 @@ async def _reload(gateway: Gateway, source: str) -> None:
         log.error("gateway.reload_failed", error="this gateway was not built to reload")
         return
     rebuild = gateway.rebuild
+    gate = gateway.gate
 
-    def build() -> tuple[LoadedConfig, Generation]:
+    def build() -> tuple[LoadedConfig, Generation, list[Any] | None]:
         fresh = load_gateway(source)
-        return fresh, rebuild(fresh)
+        keys = fresh.gateway.keys
+        resolved = None
+        if isinstance(gate, KeyGate) and keys is not None:
+            with in_file(fresh.path):  # a missing env variable fails the reload
+                resolved = gate.resolve(keys)
+        return fresh, rebuild(fresh), resolved
 
     if gateway.reload_waiting:
         return
@@ -337,7 +344,7 @@ async def _reload(gateway: Gateway, source: str) -> None:
         # request with it.
         try:
             building = gateway.reload_build = _in_a_thread(build)
-            fresh, generation = await building
+            fresh, generation, resolved = await building
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if building.cancelled() and task is not None and not task.cancelling():
@@ -360,7 +367,21 @@ async def _reload(gateway: Gateway, source: str) -> None:
         if not await gateway.swap(generation):
             return  # SIGTERM while it opened: closed, not swapped in
         kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
-        if isinstance(gateway.gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
+        if isinstance(gate, KeyGate) and fresh.gateway.keys is not None:
+            assert resolved is not None
+            # keys are added, revoked and rotated at once; only a limit waits for a restart
+            kept = [f for f in kept if f != "keys"]
+            changes = gate.keys.reload(fresh.gateway.keys, resolved)
+            if changes.added or changes.revoked or changes.rotated:
+                log.info(
+                    "gateway.keys_reloaded",
+                    added=changes.added,
+                    revoked=changes.revoked,
+                    rotated=changes.rotated,
+                )
+            if changes.kept or changes.settings_kept:
+                kept.append("keys")  # limits: the counters stay as they were built
+        if isinstance(gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
             kept.append("shared")  # the routes move to it; the keys' budgets do not
         if kept:
             log.warning("gateway.reload_kept", fields=kept, reason="read at start only")
