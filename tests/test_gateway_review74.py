@@ -404,3 +404,36 @@ async def test_a_reload_naming_a_key_variable_not_set_is_refused_and_the_keys_ke
         assert "gateway.keys.entries[1].env" in logs[0]["error"]
         async with openai.AsyncOpenAI(base_url=g.base_url, api_key=raw, max_retries=0) as c:
             assert (await c.chat.completions.create(model="cascade", messages=HI)).model  # type: ignore[arg-type]
+
+
+# -- a refusal, streamed ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+async def test_a_streamed_refusal_reaches_the_sdk_as_its_json_does(
+    openai_server: FakeOpenAIServer, tmp_path: Path, mode: str
+) -> None:
+    """A model's refusal (OpenAI's ``message.refusal``) is in the JSON answer; streamed,
+    it was dropped: an empty answer with ``finish_reason: stop``, as if the model had
+    answered nothing. It goes as ``delta.refusal``, as OpenAI streams it, so the stream
+    helper's ``refusal.done`` event and final message carry it."""
+    refusing = Reply(refusal="I can't help with that.")
+    openai_server.script("m1", refusing, refusing, refusing)
+    routes = [{"name": "cascade", "default": True, "mode": mode}]
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", stream=True))],
+        "gateway": {"routes": routes},
+    }
+    path = write_config(tmp_path / "c.toml", config)
+    async with serving(path) as g, oai(g) as c:
+        done = await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        chunks = await c.chat.completions.create(model="cascade", messages=HI, stream=True)  # type: ignore[arg-type]
+        refused = "".join([ch.choices[0].delta.refusal or "" async for ch in chunks if ch.choices])
+        async with c.chat.completions.stream(model="cascade", messages=HI) as stream:  # type: ignore[arg-type]
+            kinds = [event.type async for event in stream]
+            final = await stream.get_final_completion()
+    assert done.choices[0].message.refusal == "I can't help with that."
+    assert refused == done.choices[0].message.refusal
+    assert "refusal.done" in kinds
+    assert final.choices[0].message.refusal == done.choices[0].message.refusal
+    assert final.choices[0].finish_reason == done.choices[0].finish_reason

@@ -159,6 +159,8 @@ class OpenAIWire:
                     if started
                     else chunk({"role": "assistant", "content": ""}, model=result.model)
                 )
+                if result.refusal is not None:  # as OpenAI streams one: delta.refusal
+                    out += chunk({"refusal": result.refusal}, model=result.model)
                 done = summary(result, info)
                 finish = _finish_reason(result.finish_reason)
                 if request.include_usage:
