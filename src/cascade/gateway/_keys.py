@@ -28,28 +28,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
-import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 import structlog
 
 from .._clock import Clock
-from .._errors import ConfigError
 from ..resilience.limiter import Lease, RateLimiter
 from ._budget import DayBudget, Reservation, UtcDays
 from ._key_headers import GatewayDenied, _unauthorized, api_key_from_headers
 from ._keys_config import (
     MAX_KEY_CHARS,
     MAX_KEYS,
+    KeyChanges,
     KeyEntry,
     KeyLimits,
     KeysConfig,
-    env_digest,
     hash_key,
-    merged_limits,
+    resolved_keys,
 )
 
 if TYPE_CHECKING:
@@ -170,44 +167,6 @@ class Admission:
 
     def __repr__(self) -> str:
         return f"<Admission key={self.key_name!r} settled={self.settled}>"
-
-
-def resolved_keys(
-    config: KeysConfig, environ: Mapping[str, str] | None = None
-) -> list[tuple[str, bytes, KeyLimits]]:
-    """Each key of ``config``: its name, SHA-256 and limits. An ``env`` entry is read from
-    ``environ`` (``os.environ`` by default) and hashed, its raw value dropped; a missing
-    or malformed variable, or a key listed twice, is a :class:`~cascade.ConfigError`
-    naming the entry."""
-    env = os.environ if environ is None else environ
-    keys: list[tuple[str, bytes, KeyLimits]] = []
-    seen: dict[bytes, int] = {}
-    for i, entry in enumerate(config.entries):
-        path = f"gateway.keys.entries[{i}]"
-        if entry.sha256 is not None:
-            digest = bytes.fromhex(entry.sha256)
-        else:
-            assert entry.env is not None
-            digest = env_digest(env, entry.env, path=f"{path}.env")
-        if digest in seen:
-            field = "env" if entry.sha256 is None else "sha256"
-            raise ConfigError(f"the same key as entries[{seen[digest]}]", path=f"{path}.{field}")
-        seen[digest] = i
-        keys.append((entry.name, digest, merged_limits(config.defaults, entry)))
-    return keys
-
-
-@dataclass(eq=False)
-class KeyChanges:
-    """What a reload did to the keys (their names only): :meth:`GatewayKeys.reload`."""
-
-    added: list[str] = field(default_factory=list)
-    revoked: list[str] = field(default_factory=list)
-    rotated: list[str] = field(default_factory=list)
-    kept: list[str] = field(default_factory=list)
-    """Keys whose limits (or name) the file changed: kept as they were until a restart."""
-    settings_kept: bool = False
-    """``required`` or ``defaults`` changed: kept until a restart."""
 
 
 class GatewayKeys:
