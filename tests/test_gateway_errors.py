@@ -511,3 +511,56 @@ def test_a_header_value_never_carries_a_line_break() -> None:
 
     assert header_value("small\r\nX-Injected: 1") == "small%0D%0AX-Injected: 1"
     assert header_value("gpt-4o") == "gpt-4o"
+
+
+async def test_a_502_a_retry_cannot_mend_tells_the_sdks_not_to_retry(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Every tier's answer rejected (``on_exhausted = "error"``): the SDKs retry a 502 twice
+    by default, running the whole cascade again each time at its full price, for the same
+    rejections. ``x-should-retry: false``, which they obey, keeps it to one run."""
+    config = {
+        "on_exhausted": "error",
+        "tiers": [
+            tier(
+                "t",
+                provider("a", openai_server.url, "m1"),
+                validators=[{"name": "json_schema", "schema": {"type": "object"}}],
+            )
+        ],
+    }
+    openai_server.script("m1", Reply(text="not json"))
+    async with serving(write_config(tmp_path / "c.toml", config)) as g:
+        sdk = openai.AsyncOpenAI(base_url=g.base_url, api_key="k")  # the SDK's own retries
+        async with sdk:
+            with pytest.raises(openai.InternalServerError) as caught:
+                await sdk.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert error_of(caught.value)["code"] == "cascade_exhausted"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert openai_server.request_count == 1
+
+
+async def test_a_502_over_the_budget_tells_the_sdks_not_to_retry(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """No tier fits the run's ``max_cost_usd``: the same request meets the same budget."""
+    config = one_tier(openai_server.url, max_cost_usd=1e-12)
+    async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert error_of(caught.value)["code"] == "budget_exceeded"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert openai_server.request_count == 0
+
+
+async def test_a_502_of_an_outage_may_be_retried(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Every provider failing is an outage a retry may outlast: the SDKs' own rule."""
+    openai_server.script("m1", Reply(status=500))
+    path = write_config(tmp_path / "c.toml", one_tier(openai_server.url))
+    async with serving(path) as g, client(g) as c:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert error_of(caught.value)["code"] == "all_providers_failed"
+    assert "x-should-retry" not in caught.value.response.headers

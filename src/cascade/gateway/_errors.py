@@ -135,7 +135,7 @@ def from_run_error(exc: CascadeError) -> GatewayError:
     (not the operator's account) and no tier was skipped (the request, as the client
     wrote it, is not one they take) 400 ``upstream_invalid_request``; any other
     ``AllProvidersFailed``, ``CascadeExhausted`` (``on_exhausted = "error"``) and
-    ``BudgetExceeded`` 502.
+    ``BudgetExceeded`` 502, the last two with ``x-should-retry: false``.
     """
     if isinstance(exc, GatewayError):
         return exc
@@ -174,10 +174,12 @@ def from_run_error(exc: CascadeError) -> GatewayError:
                 code="upstream_invalid_request",
             )
         return GatewayError(502, str(exc)[:1000], code="all_providers_failed")
+    # The SDKs retry a 502 twice by default: each retry of these runs the cascade again,
+    # at its price, to meet the same validators or the same budget (x-should-retry: false)
     if isinstance(exc, CascadeExhausted):
-        return GatewayError(502, str(exc), code="cascade_exhausted")
+        return GatewayError(502, str(exc), code="cascade_exhausted", should_retry=False)
     if isinstance(exc, BudgetExceeded):
-        return GatewayError(502, str(exc), code="budget_exceeded")
+        return GatewayError(502, str(exc), code="budget_exceeded", should_retry=False)
     if isinstance(exc, RunError):
         return GatewayError(502, str(exc)[:1000], code="run_failed")
     return internal_error()
