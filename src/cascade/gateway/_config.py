@@ -120,8 +120,8 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     closes; a second SIGTERM ends the wait (and the drain) at once."""
     drain_timeout_s: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     """On SIGTERM: stop accepting, let requests in flight finish for this long, then cut
-    them off and close. Also how long a reload (SIGHUP) waits for the old cascade's
-    requests before closing it anyway."""
+    them off and close. (A reload, SIGHUP, closes the old cascades once their requests
+    are done, waiting as long as one of them may take: ``Gateway.longest_request_s``.)"""
     keys: KeysConfig | None = None
     """Gateway API keys (as SHA-256 hashes), their requests and tokens per minute and
     USD per day (see :class:`~cascade.gateway.KeysConfig`); none: the gateway asks for no

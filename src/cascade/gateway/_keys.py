@@ -184,6 +184,7 @@ class GatewayKeys:
         "_by_index",
         "_clock",
         "_days",
+        "_retired",
         "_secret",
         "_shared",
         "defaults",
@@ -219,6 +220,10 @@ class GatewayKeys:
             if required
             else _Key(ANONYMOUS, b"", defaults, clock=clock, days=self._days, shared=shared)
         )
+        self._retired: dict[str, _Key] = {}
+        """Keys a reload revoked, by name (the latest ``MAX_KEYS``): listed again, a name
+        goes on with its counters (its day, its minute, its requests in flight) as a
+        rotated key does, and their settlements kept while Redis was down still go."""
 
     @classmethod
     def from_config(
@@ -246,10 +251,12 @@ class GatewayKeys:
         """The keys of a config file read again (SIGHUP; ``keys`` from
         :func:`resolved_keys`): a key no longer listed stops working at once (its requests
         under way finish), a new one works, a key given a new hash under its name (a
-        rotation) works instead of the old one with the old one's counters. Keys keep the
-        limits they were built with: a changed limit (and ``required``, ``defaults``)
-        needs a restart, and is reported in ``KeyChanges.kept`` (counters rebuilt by a
-        reload would start the day afresh)."""
+        rotation) works instead of the old one with the old one's counters. A name this
+        process knew (revoked by an earlier reload) listed again goes on with its counters
+        too, as in a shared Redis (where they are kept by name): removing a key and
+        listing it again starts no new day. Keys keep the limits they were built with: a
+        changed limit (and ``required``, ``defaults``) needs a restart, and is reported in
+        ``KeyChanges.kept`` (counters rebuilt by a reload would start the day afresh)."""
         if len(keys) > MAX_KEYS:
             raise ValueError(f"at most {MAX_KEYS} keys")
         current = {key.digest: key for key in self._by_index.values()}
@@ -266,20 +273,31 @@ class GatewayKeys:
                     key.digest = digest
                     changes.rotated.append(name)
                 else:
-                    key = _Key(
-                        name,
-                        digest,
-                        limits,
-                        clock=self._clock,
-                        days=self._days,
-                        shared=self._shared,
-                    )
+                    key = self._retired.pop(name, None) if old is None else None
+                    if key is not None:  # listed again: its counters go on
+                        key.digest = digest
+                    else:
+                        key = _Key(
+                            name,
+                            digest,
+                            limits,
+                            clock=self._clock,
+                            days=self._days,
+                            shared=self._shared,
+                        )
                     changes.added.append(name)
             if key.name != name or key.limits != limits:
                 changes.kept.append(key.name)
             by_index[self._index(digest)] = key
-        kept_names = {key.name for key in by_index.values()}
+        kept = set(by_index.values())
+        kept_names = {key.name for key in kept}
         changes.revoked = sorted(n for n in by_name if n not in kept_names)
+        for key in current.values():
+            if key not in kept:
+                self._retired.pop(key.name, None)  # (its place: the latest)
+                self._retired[key.name] = key
+        while len(self._retired) > MAX_KEYS:
+            del self._retired[next(iter(self._retired))]
         if config.required != self.required or config.defaults != self.defaults:
             changes.settings_kept = True
         self._by_index = by_index
@@ -411,7 +429,7 @@ class GatewayKeys:
     def send_unsent(self) -> None:
         """Send the budgets' settlements kept while Redis was down, if it is up again
         (in the background: the shared state's ``aclose()`` waits for them)."""
-        for key in (*self._by_index.values(), self._anonymous):
+        for key in (*self._by_index.values(), *self._retired.values(), self._anonymous):
             if key is not None and key.budget is not None:
                 key.budget.send_unsent()
 
