@@ -25,6 +25,7 @@ pytestmark = pytest.mark.anyio
 
 redis_bin = _redis.redis_bin
 redis_url = _redis.redis_url
+redis_server = _redis.redis_server
 
 HI = [{"role": "user", "content": "What is 6 * 7? Answer as JSON."}]
 GOOD = '{"answer": 42}'
@@ -120,3 +121,39 @@ async def test_a_key_listed_again_keeps_its_requests_in_flight_and_budget(
     finally:
         if state is not None:
             await asyncio.wait_for(state.aclose(), 10)
+
+
+async def test_a_revoked_keys_settlement_made_while_redis_was_down_still_reaches_it(
+    redis_server: Any,
+) -> None:
+    """A request of a key the reload revoked settles while Redis is down: what it spent
+    waits in memory, and goes to Redis with the gate's last ``send_unsent()`` (at
+    shutdown) as a listed key's does. It stayed behind: the other replicas, where the key
+    may still be listed, never counted that spend, and its reservation stayed held."""
+    from .test_gateway_keys_redis import _blip, _until_available
+
+    prefix = _prefix()
+    a, b = (
+        SharedState(
+            redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+        )
+        for _ in range(2)
+    )
+    async with a, b:
+        start = _config(("team", TEAM), usd_per_day=1.0)
+        one, two = (
+            GatewayKeys.from_config(start, clock=FakeClock(), shared=s, epoch_s=MIDNIGHT + 3600)
+            for s in (a, b)
+        )
+        under_way = await one.admit(TEAM, estimated_tokens=1, estimated_cost_usd=0.1)
+        removed = _config(("other", OTHER), usd_per_day=1.0)
+        one.reload(removed, resolved_keys(removed))  # revoked on this replica only
+        await _blip(a, redis_server)
+        await one.settle(under_way, tokens=1, cost_usd=1.5)  # kept: Redis is down
+        redis_server.resume()
+        await _until_available(a)
+        one.send_unsent()  # (the gate's aclose)
+        await a.flush()
+        with pytest.raises(GatewayDenied) as info:  # 1.5 spent of 1.0, all told
+            await two.admit(TEAM, estimated_tokens=1)
+        assert info.value.code == "insufficient_quota"
