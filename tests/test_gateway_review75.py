@@ -82,20 +82,22 @@ def _config(*entries: tuple[str, str], **limits: Any) -> KeysConfig:
     )
 
 
+@pytest.mark.parametrize("how", ["listed_again", "rotated"])
 @pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
-async def test_a_key_listed_again_keeps_its_requests_in_flight_and_budget(
-    shared: bool, request: pytest.FixtureRequest
+async def test_a_key_listed_again_or_rotated_keeps_its_in_flight_minute_and_day(
+    shared: bool, how: str, request: pytest.FixtureRequest
 ) -> None:
-    """Removed and listed again while one of its requests is under way: that request
-    still counts against its ``max_in_flight``, and what it holds of the day's budget
-    and what was spent still count (in memory as in Redis)."""
+    """Removed and listed again (two reloads), or rotated (one), while one of its
+    requests is under way: that request still counts against its ``max_in_flight``, the
+    minute's requests and the day's spend and reservation still count (in memory as in
+    Redis); the old key of a rotation is refused. Listed again, they started afresh."""
     state = None
     if shared:
         url = request.getfixturevalue("redis_url")
         state = SharedState(redis_url=url, key_prefix=_prefix(), timeout_s=2.0)
         await state.open()
     try:
-        limits = {"usd_per_day": 1.0, "max_in_flight": 1}
+        limits = {"usd_per_day": 1.0, "max_in_flight": 1, "requests_per_minute": 3}
         start = _config(("team", TEAM), **limits)
         keys = GatewayKeys.from_config(
             start, clock=FakeClock(), shared=state, epoch_s=MIDNIGHT + 3600
@@ -104,19 +106,35 @@ async def test_a_key_listed_again_keeps_its_requests_in_flight_and_budget(
         await keys.settle(spent, tokens=1, cost_usd=0.6)
         held = keys.enter(TEAM)  # under way, holding the rest of the day
         holding = await keys.admit(TEAM, estimated_tokens=1, estimated_cost_usd=0.4)
-        removed = _config(("other", OTHER), **limits)
-        assert keys.reload(removed, resolved_keys(removed)).revoked == ["team"]
-        changes = keys.reload(start, resolved_keys(start))
-        assert (changes.added, changes.kept, changes.settings_kept) == (["team"], [], False)
+        new = TEAM
+        if how == "rotated":
+            new = "sk-h75-team-rotated-0123456789"
+            rotated = _config(("team", new), **limits)
+            assert keys.reload(rotated, resolved_keys(rotated)).rotated == ["team"]
+            with pytest.raises(GatewayDenied) as old:
+                keys.enter(TEAM)
+            assert old.value.status == 401
+        else:
+            removed = _config(("other", OTHER), **limits)
+            assert keys.reload(removed, resolved_keys(removed)).revoked == ["team"]
+            changes = keys.reload(start, resolved_keys(start))
+            assert (changes.added, changes.kept, changes.settings_kept) == (["team"], [], False)
         with pytest.raises(GatewayDenied) as busy:
-            keys.enter(TEAM)
+            keys.enter(new)
         assert busy.value.code == "key_busy"
         with pytest.raises(GatewayDenied) as spent_up:
-            await keys.admit(TEAM, estimated_tokens=1, estimated_cost_usd=0.01)
+            await keys.admit(new, estimated_tokens=1, estimated_cost_usd=0.01)
         assert spent_up.value.code == "insufficient_quota"
         held.leave()
         await keys.settle(holding, tokens=1, cost_usd=0.3)
-        keys.enter(TEAM).leave()
+        if state is not None:
+            await state.flush()  # (a settlement goes to Redis in the background)
+        keys.enter(new).leave()
+        third = await keys.admit(new, estimated_tokens=1)  # the minute's third request
+        await keys.settle(third, tokens=1, cost_usd=0.0)
+        with pytest.raises(GatewayDenied) as minute:
+            await keys.admit(new, estimated_tokens=1)
+        assert minute.value.code == "rate_limit_exceeded"
         assert keys.spent_today("team") == pytest.approx(0.9)
     finally:
         if state is not None:
@@ -157,3 +175,49 @@ async def test_a_revoked_keys_settlement_made_while_redis_was_down_still_reaches
         with pytest.raises(GatewayDenied) as info:  # 1.5 spent of 1.0, all told
             await two.admit(TEAM, estimated_tokens=1)
         assert info.value.code == "insufficient_quota"
+
+
+# -- a key revoked or rotated while a request's body arrives ------------------------------
+
+
+@pytest.mark.parametrize("change", ["revoked", "rotated"])
+async def test_a_request_whose_key_goes_while_its_body_arrives_is_not_admitted(
+    openai_server: FakeOpenAIServer, tmp_path: Path, change: str
+) -> None:
+    """The key is checked with the headers, the request admitted once its body is in: a
+    reload that revokes (or rotates) the key in between leaves the request a 401, not a
+    run, and the key's in-flight count where it was."""
+    import json
+
+    import aiohttp
+
+    from cascade.gateway._server import _reload
+
+    from .leaks import eventually
+
+    openai_server.default = GOOD
+    limits = {"max_in_flight": 1}
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM), **limits))
+    body = json.dumps({"model": "cascade", "messages": HI}).encode()
+    go_on = asyncio.Event()
+
+    async def trickle() -> Any:
+        yield body[:10]
+        await go_on.wait()
+        yield body[10:]
+
+    after = ("team", OTHER) if change == "rotated" else ("other", OTHER)
+    async with serving(path) as g, aiohttp.ClientSession() as session:
+        headers = {"Authorization": f"Bearer {TEAM}", "Content-Type": "application/json"}
+        sent = asyncio.ensure_future(
+            session.post(g.base_url + "/chat/completions", data=trickle(), headers=headers)
+        )
+        await eventually(lambda: g.gateway.in_flight == 1, "the request reading its body")
+        write_config(path, keyed(openai_server.url, after, **limits))
+        await _reload(g.gateway, str(path))
+        go_on.set()
+        async with await sent as response:
+            assert response.status == 401, await response.text()
+        async with openai.AsyncOpenAI(base_url=g.base_url, api_key=OTHER, max_retries=0) as c:
+            await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+    assert openai_server.request_count == 1
