@@ -14,7 +14,7 @@ import pytest
 from cascade.gateway import GatewayDenied, GatewayKeys, KeyEntry, KeysConfig, hash_key
 from cascade.gateway._keys_config import resolved_keys
 from cascade.resilience.shared import SharedState
-from cascade.testing import FakeClock, FakeOpenAIServer
+from cascade.testing import FakeClock, FakeOpenAIServer, Reply
 
 from . import test_shared_redis as _redis
 from .gateway import serving, write_config
@@ -221,3 +221,47 @@ async def test_a_request_whose_key_goes_while_its_body_arrives_is_not_admitted(
         async with openai.AsyncOpenAI(base_url=g.base_url, api_key=OTHER, max_retries=0) as c:
             await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
     assert openai_server.request_count == 1
+
+
+# -- a retired generation's wait and shutdown --------------------------------------------
+
+
+async def test_sigterm_after_reloads_is_not_held_by_the_old_cascades_wait(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A retired generation waits up to ``longest_request_s`` (minutes here: a route
+    without a deadline, at ``max_deadline_s``) for a request that stalls upstream; three
+    SIGHUPs retire three generations under it. SIGTERM still drains within
+    ``drain_timeout_s`` (the stalled request cut with its 503) and the process exits: the
+    old cascades' wait holds neither the drain nor the exit."""
+    import signal
+
+    from .leaks import eventually
+    from .test_gateway_serve import cascade_serve, client
+
+    stall = Reply(text="{", fault="stall", chunk_delay_s=0.05)
+    openai_server.script("m1", stall)
+    openai_server.default = GOOD
+    config = {
+        "tiers": [tier("t", provider("a", openai_server.url, "m1", stream=True, timeout_s=900))],
+        "gateway": {"drain_timeout_s": 0.5, "max_deadline_s": 600},
+    }
+    path = write_config(tmp_path / "c.toml", config)
+    async with cascade_serve(path) as served, client(served) as c:
+        under_way = asyncio.ensure_future(
+            c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+        )
+        await eventually(lambda: openai_server.active_requests == 1, "the stalled call")
+        for n in range(1, 4):
+            served.proc.send_signal(signal.SIGHUP)
+            await eventually(
+                lambda n=n: served.events().count("gateway.reloaded") == n,  # type: ignore[misc]
+                "the reload",
+                within_s=30,
+            )
+        served.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(served.proc.wait(), 60) == 0
+        with pytest.raises(openai.APIStatusError) as cut:
+            await under_way
+        assert cut.value.status_code == 503
+    assert "gateway.drain_cut" in served.events()
