@@ -265,3 +265,58 @@ async def test_sigterm_after_reloads_is_not_held_by_the_old_cascades_wait(
             await under_way
         assert cut.value.status_code == 503
     assert "gateway.drain_cut" in served.events()
+
+
+# -- the model each chunk names, through a failover mid-stream ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["buffered", "speculative"])
+async def test_chunks_name_the_model_of_their_text_through_a_failover_mid_stream(
+    openai_server: FakeOpenAIServer, tmp_path: Path, mode: str
+) -> None:
+    """The first provider of a tier drops its stream after some text; the second answers.
+    Speculative (with ``cascade_retractions``): the dropped text's chunks and its
+    withdrawal name the first model, the answer's chunks the second. Buffered: only the
+    answer is streamed, every chunk names its model, and so does the stream helper's final
+    completion (it keeps the first chunk's)."""
+    openai_server.script("m1", Reply(text='{"answer": 4', chunk_chars=3, fault="drop"))
+    openai_server.script("m2", Reply(text=GOOD, chunk_chars=3))
+    once = {"stream": True, "retry": {"attempts": 1}}
+    config = {
+        "tiers": [
+            tier(
+                "t",
+                provider("a", openai_server.url, "m1", **once),
+                provider("b", openai_server.url, "m2", **once),
+            )
+        ],
+        "gateway": {"routes": [{"name": "cascade", "default": True, "mode": mode}]},
+    }
+    path = write_config(tmp_path / "c.toml", config)
+    options = {"include_usage": True, "cascade_retractions": True}
+    async with (
+        serving(path) as g,
+        openai.AsyncOpenAI(base_url=g.base_url, api_key="k", max_retries=0) as c,
+        c.chat.completions.stream(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+            stream_options=options,  # type: ignore[arg-type]
+        ) as stream,
+    ):
+        chunks = [e.chunk async for e in stream if e.type == "chunk"]
+        final = await stream.get_final_completion()
+    models = [ch.model for ch in chunks]
+    assert (chunks[-1].model_extra or {})["cascade"]["model"] == "m2"
+    if mode == "buffered":
+        assert set(models) == {"m2"}
+        assert final.model == "m2"
+        assert final.choices[0].message.content == GOOD
+    else:
+        withdrawn = [
+            i
+            for i, ch in enumerate(chunks)
+            if "retracted" in (ch.model_extra or {}).get("cascade", {})
+        ]
+        assert len(withdrawn) == 1
+        assert set(models[: withdrawn[0] + 1]) == {"m1"}
+        assert set(models[withdrawn[0] + 1 :]) == {"m2"}
