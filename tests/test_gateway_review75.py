@@ -320,3 +320,46 @@ async def test_chunks_name_the_model_of_their_text_through_a_failover_mid_stream
         assert len(withdrawn) == 1
         assert set(models[: withdrawn[0] + 1]) == {"m1"}
         assert set(models[withdrawn[0] + 1 :]) == {"m2"}
+
+
+# -- a revocation and SIGTERM --------------------------------------------------------------
+
+
+async def test_a_reload_revokes_keys_even_when_sigterm_comes_while_its_routes_open(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """A SIGHUP that revokes a leaked key, then SIGTERM while the reload opens its routes
+    (a ``[shared]`` Redis that does not answer): the routes are not swapped in, but the
+    keys are the file's all the same. The key kept working on the draining gateway, which
+    still serves (``drain_delay_s``, the requests queued on its connections), and a SIGHUP
+    while draining is ignored: the leak could not be stopped there."""
+    from cascade.gateway._server import _reload
+
+    from .test_gateway_serve import Silent
+
+    openai_server.default = GOOD
+    silent = Silent()
+    silent.server = await asyncio.start_server(silent.handle, "127.0.0.1", 0)
+    path = write_config(
+        tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM), ("leaked", OTHER))
+    )
+    try:
+        async with (
+            serving(path) as g,
+            openai.AsyncOpenAI(base_url=g.base_url, api_key=OTHER, max_retries=0) as leaked,
+        ):
+            fresh = keyed(openai_server.url, ("team", TEAM))
+            fresh["shared"] = {"redis_url": f"redis://127.0.0.1:{silent.port}/0", "timeout_s": 0.5}
+            write_config(path, fresh)
+            reload = asyncio.create_task(_reload(g.gateway, str(path)))
+            async with asyncio.timeout(30):
+                await silent.asked.wait()  # the swap opens the new routes
+            g.gateway.draining = True  # what SIGTERM does first
+            async with asyncio.timeout(30):
+                await reload
+            with pytest.raises(openai.AuthenticationError):
+                await leaked.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+            assert [r.name for r in g.gateway.generation.routes] == ["cascade"]
+    finally:
+        silent.server.close()
+        await silent.server.wait_closed()

@@ -20,10 +20,12 @@ SIGTERM and reloading on SIGHUP (``cascade serve``).
   the ``[gateway]`` limits each request reads (``allowed_hosts``, ``max_in_flight``,
   ``max_messages``, the schema limits, ``body_timeout_s``, ``write_timeout_s``) apply
   from then on too. Keys follow the file (added, revoked, rotated under their name:
-  ``GatewayKeys.reload``). The listening address, ``max_body_bytes``, ``idle_timeout_s``,
-  the drain's delay and timeout, the keys' limits (a keys table added or removed whole
-  too) and the ``[shared]`` Redis of their counters stay as they were at start
-  (``gateway.reload_kept`` names those the file changed): those need a restart.
+  ``GatewayKeys.reload``) as soon as it is read, before the new routes open (and even if
+  SIGTERM comes before they are swapped in). The listening address, ``max_body_bytes``,
+  ``idle_timeout_s``, the drain's delay and timeout, the keys' limits (a keys table
+  added or removed whole too) and the ``[shared]`` Redis of their counters stay as they
+  were at start (``gateway.reload_kept`` names those the file changed): those need a
+  restart.
 - A connection with no request in a handler is closed after ``gateway.idle_timeout_s``:
   idle between requests, or still sending its request line and headers (aiohttp's
   keep-alive timer, which runs from the connection's start).
@@ -361,16 +363,14 @@ async def _reload(gateway: Gateway, source: str) -> None:
             return
         finally:
             gateway.reload_build = None
-        if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
-            return
-        before = gateway.at_start  # what is in effect: not what the last reload read
-        if not await gateway.swap(generation):
-            return  # SIGTERM while it opened: closed, not swapped in
-        kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
+        changes = None
         if isinstance(gate, KeyGate) and fresh.gateway.keys is not None:
             assert resolved is not None
-            # keys are added, revoked and rotated at once; only a limit waits for a restart
-            kept = [f for f in kept if f != "keys"]
+            # Keys are added, revoked and rotated at once, whatever becomes of the routes:
+            # not after they open (a [shared] Redis that does not answer holds that up),
+            # nor only if they are swapped in (a SIGTERM meanwhile): a draining gateway
+            # still serves (drain_delay_s, requests queued on its connections) and ignores
+            # a SIGHUP, so a leaked key revoked now would otherwise work to the end.
             changes = gate.keys.reload(fresh.gateway.keys, resolved)
             if changes.added or changes.revoked or changes.rotated:
                 log.info(
@@ -379,6 +379,14 @@ async def _reload(gateway: Gateway, source: str) -> None:
                     revoked=changes.revoked,
                     rotated=changes.rotated,
                 )
+        if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
+            return
+        before = gateway.at_start  # what is in effect: not what the last reload read
+        if not await gateway.swap(generation):
+            return  # SIGTERM while it opened: closed, not swapped in
+        kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
+        if changes is not None:
+            kept = [f for f in kept if f != "keys"]  # only a limit waits for a restart
             if changes.kept or changes.settings_kept:
                 kept.append("keys")  # limits: the counters stay as they were built
         if isinstance(gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
