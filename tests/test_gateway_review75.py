@@ -363,3 +363,35 @@ async def test_a_reload_revokes_keys_even_when_sigterm_comes_while_its_routes_op
     finally:
         silent.server.close()
         await silent.server.wait_closed()
+
+
+async def test_many_sighups_in_a_row_leave_the_keys_of_the_last_file(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Twenty reloads asked for at once while the file changes under them (the key
+    rotated back and forth, another added and removed): the reloads coalesce, and the
+    keys in effect once they are done are those of the file as it was last written."""
+    from cascade.gateway._server import _reload
+
+    openai_server.default = GOOD
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM)))
+    rotated = "sk-h75-team-rotated-0123456789"
+    async with serving(path) as g:
+        tasks = []
+        for n in range(20):
+            entries = [("team", rotated if n % 2 else TEAM)]
+            if n % 3 == 0:
+                entries.append(("other", OTHER))
+            write_config(path, keyed(openai_server.url, *entries))
+            tasks.append(asyncio.create_task(_reload(g.gateway, str(path))))
+            await asyncio.sleep(0)
+        async with asyncio.timeout(60):
+            await asyncio.gather(*tasks)
+        # the last file: team under the rotated key (n = 19), no "other"
+        for raw, works in ((rotated, True), (TEAM, False), (OTHER, False)):
+            async with openai.AsyncOpenAI(base_url=g.base_url, api_key=raw, max_retries=0) as c:
+                if works:
+                    await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+                else:
+                    with pytest.raises(openai.AuthenticationError):
+                        await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
