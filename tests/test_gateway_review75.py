@@ -395,3 +395,28 @@ async def test_many_sighups_in_a_row_leave_the_keys_of_the_last_file(
                 else:
                     with pytest.raises(openai.AuthenticationError):
                         await c.chat.completions.create(model="cascade", messages=HI)  # type: ignore[arg-type]
+
+
+async def test_a_reload_that_keeps_a_keys_limits_names_that_key(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """One key's limit changed among several: ``gateway.reload_kept`` says ``keys``, and
+    which key keeps the limits it was built with (a name, never a key nor its hash). It
+    named none: among thousands of keys, the operator could not tell which to check."""
+    from structlog.testing import capture_logs
+
+    from cascade.gateway._server import _reload
+
+    path = write_config(
+        tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM), ("other", OTHER))
+    )
+    async with serving(path) as g:
+        changed = keyed(openai_server.url, ("team", TEAM), ("other", OTHER))
+        changed["gateway"]["keys"]["entries"][1]["usd_per_day"] = 1.0
+        write_config(path, changed)
+        with capture_logs() as logs:
+            await _reload(g.gateway, str(path))
+    [kept] = [e for e in logs if e["event"] == "gateway.reload_kept"]
+    assert kept["fields"] == ["keys"]
+    assert kept["keys"] == ["other"]
+    assert hash_key(OTHER) not in repr(logs)

@@ -392,7 +392,9 @@ async def _reload(gateway: Gateway, source: str) -> None:
         if isinstance(gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
             kept.append("shared")  # the routes move to it; the keys' budgets do not
         if kept:
-            log.warning("gateway.reload_kept", fields=kept, reason="read at start only")
+            named = {} if changes is None or not changes.kept else {"keys": changes.kept}
+            # (the keys whose limits stay: their names, as the access lines give them)
+            log.warning("gateway.reload_kept", fields=kept, reason="read at start only", **named)
     finally:
         gateway.reloading.release()
     log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
