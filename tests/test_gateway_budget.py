@@ -380,7 +380,7 @@ async def test_a_reload_revokes_a_removed_key_and_keeps_a_changed_limit_for_a_re
     """A SIGHUP after a key was removed from the file (revoked) revokes it at once; a
     key whose limits changed keeps those it was built with, and the reload says the keys
     need a restart, naming no key nor hash."""
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     path = write_config(
         tmp_path / "c.toml", config(fleet.url, key("team", KEY), key("gone", OTHER))
@@ -495,7 +495,7 @@ async def test_a_reload_that_changes_the_keys_redis_says_it_needs_a_restart(
     """The keys' counters live in the [shared] Redis read at start: a reload that points
     [shared] elsewhere moves the routes' breakers and limits there, but not the keys'
     budgets, and must say so rather than pass for done."""
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     def shared(prefix: str) -> dict[str, Any]:
         return {"redis_url": redis_url, "key_prefix": prefix}

@@ -19,8 +19,8 @@ from cascade import ConfigError
 from cascade.gateway import serve
 from cascade.gateway._app import Gateway
 from cascade.gateway._config import LoadedConfig
+from cascade.gateway._reload import reload_config as _reload
 from cascade.gateway._routes import Generation
-from cascade.gateway._server import _reload
 from cascade.testing import FakeOpenAIServer
 
 from .gateway import serving, write_config

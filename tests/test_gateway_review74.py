@@ -186,7 +186,7 @@ async def test_a_request_outliving_drain_timeout_after_a_reload_finishes_on_its_
     answer, well within its deadline) still finishes there, JSON and SSE."""
     import asyncio
 
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     from .leaks import eventually
 
@@ -325,7 +325,7 @@ async def test_a_reload_revokes_removed_keys_adds_new_ones_and_rotates_under_a_n
 
     from structlog.testing import capture_logs
 
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     from .leaks import eventually
 
@@ -388,7 +388,7 @@ async def test_a_reload_naming_a_key_variable_not_set_is_refused_and_the_keys_ke
 ) -> None:
     from structlog.testing import capture_logs
 
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     raw = "sk-h74-env-0123456789"
     openai_server.default = GOOD

@@ -51,7 +51,7 @@ async def test_a_key_removed_then_listed_again_keeps_its_day_and_minute(
     later reload is the same key: its day's budget and its requests per minute go on
     where they were, as a rotation's do (and as they do in a shared Redis, by name). They
     started afresh: two SIGHUPs gave a tenant a new day's budget."""
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     openai_server.default = GOOD
     limits = {"requests_per_minute": 2}
@@ -191,7 +191,7 @@ async def test_a_request_whose_key_goes_while_its_body_arrives_is_not_admitted(
 
     import aiohttp
 
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     from .leaks import eventually
 
@@ -333,7 +333,7 @@ async def test_a_reload_revokes_keys_even_when_sigterm_comes_while_its_routes_op
     keys are the file's all the same. The key kept working on the draining gateway, which
     still serves (``drain_delay_s``, the requests queued on its connections), and a SIGHUP
     while draining is ignored: the leak could not be stopped there."""
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     from .test_gateway_serve import Silent
 
@@ -371,7 +371,7 @@ async def test_many_sighups_in_a_row_leave_the_keys_of_the_last_file(
     """Twenty reloads asked for at once while the file changes under them (the key
     rotated back and forth, another added and removed): the reloads coalesce, and the
     keys in effect once they are done are those of the file as it was last written."""
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     openai_server.default = GOOD
     path = write_config(tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM)))
@@ -405,7 +405,7 @@ async def test_a_reload_that_keeps_a_keys_limits_names_that_key(
     named none: among thousands of keys, the operator could not tell which to check."""
     from structlog.testing import capture_logs
 
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     path = write_config(
         tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM), ("other", OTHER))

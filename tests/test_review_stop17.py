@@ -168,7 +168,7 @@ async def test_a_build_raising_stop_iteration_is_a_failed_reload(
     import anyio
     from structlog.testing import capture_logs
 
-    from cascade.gateway._server import _reload
+    from cascade.gateway._reload import reload_config as _reload
 
     from .gateway import serving, write_config
     from .test_gateway_reload_thread import config_for
@@ -210,7 +210,7 @@ async def test_a_reload_that_cannot_start_its_thread_is_a_failed_reload(
     reload's task that no one logs."""
     from structlog.testing import capture_logs
 
-    from cascade.gateway import _server
+    from cascade.gateway import _reload as reloading
 
     from .gateway import serving, write_config
     from .test_gateway_reload_thread import config_for
@@ -226,9 +226,9 @@ async def test_a_reload_that_cannot_start_its_thread_is_a_failed_reload(
     async with serving(path) as gw:
         gateway = gw.gateway
         write_config(path, config_for(openai_server.url, "next"))
-        monkeypatch.setattr(_server.threading, "Thread", NoThread)
+        monkeypatch.setattr(reloading.threading, "Thread", NoThread)
         with capture_logs() as logs:
-            await _server._reload(gateway, str(path))
+            await reloading.reload_config(gateway, str(path))
         monkeypatch.undo()
         assert [r.name for r in gateway.generation.routes] == ["start"]
         assert gateway.reload_build is None and not gateway.reloading.locked()

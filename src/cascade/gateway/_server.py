@@ -38,7 +38,6 @@ import contextlib
 import logging
 import os
 import signal
-import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -48,13 +47,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from .._clock import Clock
 from .._config import in_file
-from .._errors import CascadeError
 from ._app import Gateway, create_app
 from ._config import LoadedConfig, load_gateway
 from ._gate import OPEN_GATE, Gate
-from ._gateway import RESTART_ONLY
 from ._key_gate import KeyGate
 from ._protocol import GatewayRunner
+from ._reload import in_a_thread, reload_config
 from ._routes import Generation, build_generation
 
 if TYPE_CHECKING:
@@ -188,7 +186,7 @@ async def serve(
         reloads: set[asyncio.Task[None]] = set()
 
         def on_hup() -> None:
-            task = loop.create_task(_reload(gateway, source))
+            task = loop.create_task(reload_config(gateway, source))
             reloads.add(task)
             task.add_done_callback(reloads.discard)
 
@@ -239,7 +237,7 @@ async def _start(
     reloaded) and its app set up; ``None`` when ``stop`` came first (a SIGTERM before the
     gateway listens), what was opened closed again."""
     gateway = await _unless(
-        stop, _in_a_thread(lambda: build_gateway(load_gateway(source), **kwargs))
+        stop, in_a_thread(lambda: build_gateway(load_gateway(source), **kwargs))
     )
     if gateway is None:
         return None
@@ -310,96 +308,6 @@ def _loop_name(loop: asyncio.AbstractEventLoop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
-async def _reload(gateway: Gateway, source: str) -> None:
-    """Read ``source`` again and swap its routes in: one reload at a time, in the order
-    they came. A reload asked for while another waits to start adds nothing (the waiting
-    one reads the file as it is once its turn comes): a storm of SIGHUPs builds twice at
-    most, not once per signal. Once the gateway drains (SIGTERM), nothing more is built
-    nor swapped in."""
-    if gateway.rebuild is None:
-        log.error("gateway.reload_failed", error="this gateway was not built to reload")
-        return
-    rebuild = gateway.rebuild
-    gate = gateway.gate
-
-    def build() -> tuple[LoadedConfig, Generation, list[Any] | None]:
-        fresh = load_gateway(source)
-        keys = fresh.gateway.keys
-        resolved = None
-        if isinstance(gate, KeyGate) and keys is not None:
-            with in_file(fresh.path):  # a missing env variable fails the reload
-                resolved = gate.resolve(keys)
-        return fresh, rebuild(fresh), resolved
-
-    if gateway.reload_waiting:
-        return
-    gateway.reload_waiting = True
-    try:
-        await gateway.reloading.acquire()
-    finally:
-        gateway.reload_waiting = False
-    try:
-        if _draining(gateway):
-            return
-        # In a thread: reading the files and building every route's cascade (a router
-        # file of up to 64 MiB decoded) would stop the loop for seconds, and every
-        # request with it.
-        try:
-            building = gateway.reload_build = _in_a_thread(build)
-            fresh, generation, resolved = await building
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if building.cancelled() and task is not None and not task.cancelling():
-                log.info("gateway.reload_abandoned")  # SIGTERM: the gateway is closing
-                return
-            raise
-        except CascadeError as exc:
-            log.error("gateway.reload_failed", error=str(exc)[:1000])
-            return
-        except Exception as exc:  # a plug-in's bug, a MemoryError: still a failed reload
-            log.exception(
-                "gateway.reload_failed", error_type=type(exc).__name__, error=str(exc)[:1000]
-            )
-            return
-        finally:
-            gateway.reload_build = None
-        changes = None
-        if isinstance(gate, KeyGate) and fresh.gateway.keys is not None:
-            assert resolved is not None
-            # Keys are added, revoked and rotated at once, whatever becomes of the routes:
-            # not after they open (a [shared] Redis that does not answer holds that up),
-            # nor only if they are swapped in (a SIGTERM meanwhile): a draining gateway
-            # still serves (drain_delay_s, requests queued on its connections) and ignores
-            # a SIGHUP, so a leaked key revoked now would otherwise work to the end.
-            changes = gate.keys.reload(fresh.gateway.keys, resolved)
-            if changes.added or changes.revoked or changes.rotated:
-                log.info(
-                    "gateway.keys_reloaded",
-                    added=changes.added,
-                    revoked=changes.revoked,
-                    rotated=changes.rotated,
-                )
-        if _draining(gateway):  # SIGTERM while it was built: the gateway is closing
-            return
-        before = gateway.at_start  # what is in effect: not what the last reload read
-        if not await gateway.swap(generation):
-            return  # SIGTERM while it opened: closed, not swapped in
-        kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
-        if changes is not None:
-            kept = [f for f in kept if f != "keys"]  # only a limit waits for a restart
-            if changes.kept or changes.settings_kept:
-                kept.append("keys")  # limits: the counters stay as they were built
-        if isinstance(gate, KeyGate) and fresh.config.shared != gateway.shared_at_start:
-            kept.append("shared")  # the routes move to it; the keys' budgets do not
-        if kept:
-            named = {} if changes is None or not changes.kept else {"keys": changes.kept}
-            # (the keys whose limits stay: their names, as the access lines give them)
-            log.warning("gateway.reload_kept", fields=kept, reason="read at start only", **named)
-    finally:
-        gateway.reloading.release()
-    log.info("gateway.reloaded", routes=[r.name for r in generation.routes])
-
-
 async def _unless(stop: asyncio.Event, work: asyncio.Future[_T]) -> _T | None:
     """``work``'s result, or ``None`` once ``stop`` is set first (``work`` cancelled)."""
     stopping = asyncio.ensure_future(stop.wait())
@@ -410,39 +318,3 @@ async def _unless(stop: asyncio.Event, work: asyncio.Future[_T]) -> _T | None:
         if not work.done():
             work.cancel()
     return work.result() if work.done() and not work.cancelled() else None
-
-
-def _in_a_thread(build: Callable[[], _T]) -> asyncio.Future[_T]:
-    """``build()`` in a daemon thread of its own, as a future of the running loop. Cancelling
-    the future abandons the build: its thread ends on its own or with the process, which
-    therefore never waits for it at exit (anyio's worker threads are not daemons)."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[_T] = loop.create_future()
-
-    def deliver(settle: Callable[[Any], None], value: Any) -> None:
-        def settled() -> None:
-            if not future.done():  # cancelled meanwhile: nobody waits for it
-                settle(value)
-
-        with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits either
-            loop.call_soon_threadsafe(settled)
-
-    def run() -> None:
-        try:
-            result = build()
-        except BaseException as exc:  # handed to the awaiting task
-            if isinstance(exc, StopIteration):  # which a future refuses: as anyio hands it
-                wrapped = RuntimeError("coroutine raised StopIteration")
-                wrapped.__cause__ = exc
-                exc = wrapped
-            deliver(future.set_exception, exc)
-        else:
-            deliver(future.set_result, result)
-
-    threading.Thread(target=run, name="cascade-reload", daemon=True).start()
-    return future
-
-
-def _draining(gateway: Gateway) -> bool:
-    """``gateway.draining``, read again after an ``await`` (SIGTERM sets it meanwhile)."""
-    return gateway.draining
