@@ -321,7 +321,7 @@ def two_gateways(
         key("quota", OTHER),
         limits={"requests_per_minute": 3},
         deadline_s=2.0,
-        shared={"redis_url": redis_url, "key_prefix": prefix},
+        shared={"redis_url": redis_url, "key_prefix": prefix, "timeout_s": _redis.UP_TIMEOUT_S},
     )
     path = write_config(tmp_path / "c.toml", cfg)
     one = Served(path, tmp_path / "one.log")

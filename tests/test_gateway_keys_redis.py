@@ -240,6 +240,10 @@ async def test_spend_made_while_redis_was_down_reaches_the_other_replicas(
         await one.settle(settled, tokens=1, cost_usd=0.6)  # settled while down
         redis_server.resume()
         await _until_available(a)
+        # b's own polls may have timed out too while Redis was paused (each replica finds out
+        # on its own, and comes back on its own): until b is back, two would admit on its local
+        # budget, which knows nothing of one's spend
+        await _until_available(b)
         await one.settle(during, tokens=1, cost_usd=0.6)  # admitted while down, settled after
         await a.flush()
         with pytest.raises(GatewayDenied) as info:  # 1.2 spent of 1.0, all told

@@ -15,7 +15,7 @@ from cascade._clock import FakeClock
 from cascade.resilience.limiter import LimiterTimeout, RateLimiter
 from cascade.resilience.shared import SharedState
 
-from .test_shared_redis import _prefix, redis_bin, redis_url  # noqa: F401 (fixtures)
+from .test_shared_redis import UP_TIMEOUT_S, _prefix, redis_bin, redis_url  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +96,9 @@ async def client(redis_url: str) -> AsyncIterator[Any]:  # noqa: F811
 
 @pytest.fixture
 async def state(redis_url: str) -> AsyncIterator[SharedState]:  # noqa: F811
-    s = SharedState(redis_url=redis_url, key_prefix=_prefix(), sync_interval_s=0.05)
+    s = SharedState(
+        redis_url=redis_url, key_prefix=_prefix(), timeout_s=UP_TIMEOUT_S, sync_interval_s=0.05
+    )
     await s.open()
     try:
         yield s

@@ -23,6 +23,7 @@ from .helpers import USER
 from .test_shared_redis import (  # noqa: F401 (fixtures)
     BACK,
     DOWN,
+    UP_TIMEOUT_S,
     RedisServer,
     _events,
     _prefix,
@@ -51,7 +52,9 @@ async def client(redis_url: str) -> AsyncIterator[Any]:  # noqa: F811
 
 
 async def _state(url: str, prefix: str) -> SharedState:
-    state = SharedState(redis_url=url, key_prefix=prefix, sync_interval_s=0.05)
+    state = SharedState(
+        redis_url=url, key_prefix=prefix, timeout_s=UP_TIMEOUT_S, sync_interval_s=0.05
+    )
     await state.open()
     return state
 
