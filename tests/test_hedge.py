@@ -6,12 +6,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import cascade
-from cascade import Cascade, Chunk, ConfigError, HedgeConfig, ProviderConnectionError
+from cascade import (
+    AttemptFinished,
+    Cascade,
+    Chunk,
+    ConfigError,
+    Finished,
+    HedgeConfig,
+    ProviderConnectionError,
+)
 from cascade._hedge import hedge_delay
 from cascade.providers import register_provider_kind
 from cascade.testing import FakeOpenAIServer, Reply
@@ -219,18 +228,31 @@ def scripted(*names: str, **extra: Any) -> dict[str, Any]:
 
 
 async def test_a_kept_call_that_breaks_gives_the_cancelled_one_another_turn() -> None:
+    a_cancelled = asyncio.Event()  # the call b beat is on the run's record, cancelled
+
     async def healthy_but_slow() -> AsyncIterator[Chunk]:
         await asyncio.sleep(0.2)
         yield Chunk(text="42", finish_reason="stop", input_tokens=10, output_tokens=1)
 
     async def fast_then_broken() -> AsyncIterator[Chunk]:
         yield Chunk(text="4")
-        await asyncio.sleep(0.01)
+        # It breaks once the call it beat is recorded (which ends first is otherwise up to
+        # the clock: b broke 10 ms after its text, and a loop that stalled as long recorded
+        # b's failure before a's cancellation).
+        with anyio.fail_after(5):
+            await a_cancelled.wait()
         raise ProviderConnectionError("dropped", provider="b", model="b")
 
     _Scripted.streams = {"a": healthy_but_slow, "b": fast_then_broken}
-    async with Cascade.from_dict(scripted("a", "b", on_outage="error")) as c:
-        result = await c.run(messages=USER)
+    async with (
+        Cascade.from_dict(scripted("a", "b", on_outage="error")) as c,
+        c.stream(messages=USER) as stream,
+    ):
+        async for event in stream:
+            if isinstance(event, AttemptFinished) and event.attempt.outcome == "cancelled":
+                a_cancelled.set()
+            if isinstance(event, Finished):
+                result = event.result
     assert (result.provider, result.text) == ("a", "42")
     assert [(a.provider, a.outcome) for a in result.attempts] == [
         ("a", "cancelled"),
