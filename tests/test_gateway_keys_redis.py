@@ -5,7 +5,8 @@ fail, ``CASCADE_TEST_REDIS_URL`` names one to use)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from cascade.resilience.shared import SharedState
 from cascade.testing import FakeClock
 
 from . import test_shared_redis as _redis
-from .test_shared_redis import RedisServer, _prefix
+from .test_shared_redis import UP_TIMEOUT_S, RedisServer, _prefix
 
 pytestmark = pytest.mark.anyio
 
@@ -191,10 +192,23 @@ async def _until_available(state: SharedState) -> None:
     raise AssertionError("Redis did not come back")
 
 
+@contextmanager
+def _impatient(state: SharedState) -> Iterator[None]:
+    """The calls made within give up on Redis after 0.2 s (a paused one, to take the state
+    down quickly); the others keep ``UP_TIMEOUT_S``: 0.2 s throughout, a loop that stalled
+    as long once Redis was back took the state down again."""
+    state.timeout_s = 0.2
+    try:
+        yield
+    finally:
+        state.timeout_s = UP_TIMEOUT_S
+
+
 async def _blip(state: SharedState, server: RedisServer) -> None:
     """Redis stops answering: the next call times out and the state goes down."""
     server.pause()
-    assert await state.run(lambda client: client.ping()) is None
+    with _impatient(state):
+        assert await state.run(lambda client: client.ping()) is None
     assert not state.available
 
 
@@ -204,7 +218,10 @@ async def test_a_settlement_made_while_redis_was_down_reaches_it_once_back(
     """A reservation held in Redis and settled while Redis was down must not stay held
     there once it is back (it would refuse the key for the rest of the day)."""
     state = SharedState(
-        redis_url=redis_server.url, key_prefix=_prefix(), timeout_s=0.2, sync_interval_s=0.05
+        redis_url=redis_server.url,
+        key_prefix=_prefix(),
+        timeout_s=UP_TIMEOUT_S,
+        sync_interval_s=0.05,
     )
     async with state:
         keys = replica(state, FakeClock(), usd_per_day=1.0)
@@ -227,7 +244,10 @@ async def test_spend_made_while_redis_was_down_reaches_the_other_replicas(
     prefix = _prefix()
     a, b = (
         SharedState(
-            redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+            redis_url=redis_server.url,
+            key_prefix=prefix,
+            timeout_s=UP_TIMEOUT_S,
+            sync_interval_s=0.05,
         )
         for _ in range(2)
     )
@@ -325,13 +345,17 @@ async def test_a_reservation_whose_reply_was_lost_is_released(
     redis_server: RedisServer,
 ) -> None:
     state = SharedState(
-        redis_url=redis_server.url, key_prefix=_prefix(), timeout_s=0.2, sync_interval_s=0.05
+        redis_url=redis_server.url,
+        key_prefix=_prefix(),
+        timeout_s=UP_TIMEOUT_S,
+        sync_interval_s=0.05,
     )
     async with state:
         keys = replica(state, FakeClock(), usd_per_day=1.0)
         await keys.settle(await keys.admit(KEY, estimated_tokens=1), tokens=1, cost_usd=0.0)
         redis_server.pause()  # the script waits in the socket; it runs once Redis resumes
-        slow = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=1.5)
+        with _impatient(state):
+            slow = await keys.admit(KEY, estimated_tokens=1, estimated_cost_usd=1.5)
         assert not state.available
         redis_server.resume()
         await _until_available(state)
@@ -354,7 +378,7 @@ async def test_settlements_kept_while_redis_was_down_reach_it_at_shutdown(
 
     prefix = _prefix()
     state = SharedState(
-        redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+        redis_url=redis_server.url, key_prefix=prefix, timeout_s=UP_TIMEOUT_S, sync_interval_s=0.05
     )
     await state.open()
     clock = FakeClock()
@@ -384,7 +408,7 @@ async def test_a_request_that_leaves_while_its_key_catches_up_loses_nothing(
     the request's)."""
     prefix = _prefix()
     state = SharedState(
-        redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+        redis_url=redis_server.url, key_prefix=prefix, timeout_s=UP_TIMEOUT_S, sync_interval_s=0.05
     )
     async with state:
         keys = replica(state, FakeClock(), usd_per_day=1.0)
