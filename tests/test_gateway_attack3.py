@@ -591,8 +591,7 @@ async def test_pipelined_small_answers_to_a_client_that_never_reads_are_cut_off(
                 try:
                     sent += sock.send(one * 64)
                 except BlockingIOError:
-                    await asyncio.sleep(0.05)
-                    if not select_writable(sock):
+                    if not await writable(sock, within_s=0.5):
                         break
                 except OSError:
                     break
@@ -616,7 +615,17 @@ async def sending_until_refused(sock: socket.socket, *, within_s: float) -> None
         await asyncio.sleep(0.05)
 
 
-def select_writable(sock: socket.socket) -> bool:
-    import select
-
-    return bool(select.select([], [sock], [], 0.5)[1])
+async def writable(sock: socket.socket, *, within_s: float) -> bool:
+    """Whether ``sock`` can take more within ``within_s`` seconds, the loop (the gateway's
+    too) running meanwhile: a ``select`` that blocked the loop froze the server it waited
+    on, and a server slow to read (a loaded machine) was taken for one that stopped, before
+    the client had sent enough to fill the server's writes (then never cut off)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_writer(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready, within_s)
+    finally:
+        loop.remove_writer(sock.fileno())
+    return ready.done()
