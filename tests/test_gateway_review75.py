@@ -149,11 +149,17 @@ async def test_a_revoked_keys_settlement_made_while_redis_was_down_still_reaches
     shutdown) as a listed key's does. It stayed behind: the other replicas, where the key
     may still be listed, never counted that spend, and its reservation stayed held."""
     from .test_gateway_keys_redis import _blip, _until_available
+    from .test_shared_redis import UP_TIMEOUT_S
 
     prefix = _prefix()
+    # (a 0.2 s timeout only for _blip's call to the paused Redis: a loop stall must not
+    # take either state down once it is back, nor b's poll while it is paused)
     a, b = (
         SharedState(
-            redis_url=redis_server.url, key_prefix=prefix, timeout_s=0.2, sync_interval_s=0.05
+            redis_url=redis_server.url,
+            key_prefix=prefix,
+            timeout_s=UP_TIMEOUT_S,
+            sync_interval_s=0.05,
         )
         for _ in range(2)
     )
@@ -170,6 +176,7 @@ async def test_a_revoked_keys_settlement_made_while_redis_was_down_still_reaches
         await one.settle(under_way, tokens=1, cost_usd=1.5)  # kept: Redis is down
         redis_server.resume()
         await _until_available(a)
+        await _until_available(b)  # b's own local budget would let the request through
         one.send_unsent()  # (the gate's aclose)
         await a.flush()
         with pytest.raises(GatewayDenied) as info:  # 1.5 spent of 1.0, all told
