@@ -97,7 +97,17 @@ async def reload_config(gateway: Gateway, source: str) -> None:
         if draining(gateway):  # SIGTERM while it was built: the gateway is closing
             return
         before = gateway.at_start  # what is in effect: not what the last reload read
-        if not await gateway.swap(generation):
+        try:
+            swapped = await gateway.swap(generation)
+        except Exception as exc:  # its routes did not open (closed again): the old serve
+            log.exception(
+                "gateway.reload_failed",
+                error_type=type(exc).__name__,
+                error=str(exc)[:1000],
+                keys_applied=changes is not None,  # (the file's keys are in effect)
+            )
+            return
+        if not swapped:
             return  # SIGTERM while it opened: closed, not swapped in
         kept = [f for f in RESTART_ONLY if getattr(fresh.gateway, f) != getattr(before, f)]
         if changes is not None:
