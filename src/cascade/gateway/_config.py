@@ -125,7 +125,9 @@ class GatewayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     keys: KeysConfig | None = None
     """Gateway API keys (as SHA-256 hashes), their requests and tokens per minute and
     USD per day (see :class:`~cascade.gateway.KeysConfig`); none: the gateway asks for no
-    key. Read at start: a reload (SIGHUP) keeps the keys and their counters."""
+    key. A reload (SIGHUP) applies the keys listed (added, revoked, rotated under their
+    name, each keeping its counters: ``GatewayKeys.reload``); their limits, ``required``
+    and ``defaults`` are read at start only."""
 
     def __post_init__(self) -> None:
         seen: dict[str, str] = {}
