@@ -427,3 +427,65 @@ async def test_a_reload_that_keeps_a_keys_limits_names_that_key(
     assert kept["fields"] == ["keys"]
     assert kept["keys"] == ["other"]
     assert hash_key(OTHER) not in repr(logs)
+
+
+# -- a key handed to another name (helper-76) ---------------------------------------------
+
+
+@pytest.mark.parametrize("own_new_key", [True, False], ids=["name_rekeyed", "renamed"])
+def test_a_reload_that_lists_a_key_under_another_name_is_refused_whole(
+    own_new_key: bool,
+) -> None:
+    """``team``'s key listed under ``other`` (handed to another tenant, or the entry
+    renamed): applied live, the key would go on counting and logging as ``team`` until a
+    restart (``other``'s spend on ``team``'s budget), and with ``team`` given a new key
+    too, two keys would count apart under one name. The reload is refused, naming the
+    entry, and nothing changes; names only in the message, never a key or a hash."""
+    from cascade import ConfigError
+
+    NEW = "sk-h76-new-0123456789"
+    keys = GatewayKeys.from_config(_config(("team", TEAM)), clock=FakeClock())
+    entries = [("other", TEAM)] + ([("team", NEW)] if own_new_key else [])
+    fresh = _config(*entries)
+    with pytest.raises(ConfigError) as info:
+        keys.reload(fresh, resolved_keys(fresh))
+    assert info.value.path == "gateway.keys.entries[0]"
+    assert "'team'" in str(info.value) and "'other'" in str(info.value)
+    assert TEAM not in str(info.value) and hash_key(TEAM) not in str(info.value)
+    # nothing applied: team's key works as team, the new one does not
+    assert keys.check(TEAM)("cascade", "m")
+    assert keys.enter(TEAM).name == "team"
+    with pytest.raises(GatewayDenied):
+        keys.enter(NEW)
+
+
+async def test_a_refused_key_table_is_a_failed_reload_and_the_old_config_serves(
+    openai_server: FakeOpenAIServer, tmp_path: Path
+) -> None:
+    """Through SIGHUP's path: the refusal is ``gateway.reload_failed`` naming the entry,
+    and neither the keys nor the routes of that file apply."""
+    from structlog.testing import capture_logs
+
+    from cascade.gateway._reload import reload_config as _reload
+
+    openai_server.default = GOOD
+    path = write_config(tmp_path / "c.toml", keyed(openai_server.url, ("team", TEAM)))
+    async with (
+        serving(path) as g,
+        openai.AsyncOpenAI(base_url=g.base_url, api_key=TEAM, max_retries=0) as sdk,
+    ):
+        routes = [r.name for r in g.gateway.generation.routes]
+        fresh = keyed(openai_server.url, ("other", TEAM))
+        fresh["gateway"]["routes"] = [{"name": "renamed", "models": ["*"]}]
+        write_config(path, fresh)
+        with capture_logs() as logs:
+            await _reload(g.gateway, str(path))
+        failed = [e for e in logs if e["event"] == "gateway.reload_failed"]
+        assert len(failed) == 1 and "gateway.keys.entries[0]" in failed[0]["error"]
+        assert not any(e["event"] == "gateway.reloaded" for e in logs)
+        assert [r.name for r in g.gateway.generation.routes] == routes
+        answer = await sdk.chat.completions.with_raw_response.create(
+            model="cascade",
+            messages=HI,  # type: ignore[arg-type]
+        )
+        assert answer.headers["x-cascade-route"] == routes[0]

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Final
 import structlog
 
 from .._clock import Clock
+from .._errors import ConfigError
 from ..resilience.limiter import Lease, RateLimiter
 from ._budget import DayBudget, Reservation, UtcDays
 from ._key_headers import GatewayDenied, _unauthorized, api_key_from_headers
@@ -256,10 +257,23 @@ class GatewayKeys:
         too, as in a shared Redis (where they are kept by name): removing a key and
         listing it again starts no new day. Keys keep the limits they were built with: a
         changed limit (and ``required``, ``defaults``) needs a restart, and is reported in
-        ``KeyChanges.kept`` (counters rebuilt by a reload would start the day afresh)."""
+        ``KeyChanges.kept`` (counters rebuilt by a reload would start the day afresh). A
+        key listed under another name than its own is a :class:`~cascade.ConfigError`
+        naming the entry, and nothing changes."""
         if len(keys) > MAX_KEYS:
             raise ValueError(f"at most {MAX_KEYS} keys")
         current = {key.digest: key for key in self._by_index.values()}
+        for i, (name, digest, _) in enumerate(keys):
+            # A key under another name would go on counting (and being logged) as the
+            # name it has until a restart; with that name given a new key as well, two
+            # keys would count apart under one name. Refused before anything changes.
+            found = current.get(digest)
+            if found is not None and found.name != name:
+                raise ConfigError(
+                    f"the key of {found.name!r} is listed under {name!r}: a key takes "
+                    "another name only at a restart (give a new tenant a new key)",
+                    path=f"gateway.keys.entries[{i}]",
+                )
         by_name = {key.name: key for key in current.values()}
         listed = {digest for _, digest, _ in keys}
         changes = KeyChanges()

@@ -86,7 +86,12 @@ async def reload_config(gateway: Gateway, source: str) -> None:
             # nor only if they are swapped in (a SIGTERM meanwhile): a draining gateway
             # still serves (drain_delay_s, requests queued on its connections) and ignores
             # a SIGHUP, so a leaked key revoked now would otherwise work to the end.
-            changes = gate.keys.reload(fresh.gateway.keys, resolved)
+            try:
+                with in_file(fresh.path):
+                    changes = gate.keys.reload(fresh.gateway.keys, resolved)
+            except CascadeError as exc:  # a key under another name: nothing applied
+                log.error("gateway.reload_failed", error=str(exc)[:1000])
+                return
             if changes.added or changes.revoked or changes.rotated:
                 log.info(
                     "gateway.keys_reloaded",
