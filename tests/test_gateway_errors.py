@@ -37,6 +37,13 @@ def one_tier(url: str, **extra: Any) -> dict[str, Any]:
     return {"tiers": [tier("t", provider("a", url, "m1"))], **extra}
 
 
+def exhausting(url: str) -> dict[str, Any]:
+    """One tier whose answers must be a JSON object, and no fallback to a rejected one."""
+    schema = {"name": "json_schema", "schema": {"type": "object"}}
+    tiers = [tier("t", provider("a", url, "m1"), validators=[schema])]
+    return {"on_exhausted": "error", "tiers": tiers}
+
+
 @pytest.fixture
 async def gw(openai_server: FakeOpenAIServer, tmp_path: Path) -> AsyncIterator[Running]:
     config = one_tier(openai_server.url, gateway={"max_body_bytes": 4096, "max_messages": 8})
@@ -358,16 +365,7 @@ def test_502_when_a_tier_refused_with_400_and_another_was_not_tried() -> None:
 async def test_502_when_no_answer_passes_and_on_exhausted_is_error(
     openai_server: FakeOpenAIServer, tmp_path: Path
 ) -> None:
-    config = {
-        "on_exhausted": "error",
-        "tiers": [
-            tier(
-                "t",
-                provider("a", openai_server.url, "m1"),
-                validators=[{"name": "json_schema", "schema": {"type": "object"}}],
-            )
-        ],
-    }
+    config = exhausting(openai_server.url)
     openai_server.script("m1", Reply(text="not json"))
     async with serving(write_config(tmp_path / "c.toml", config)) as g, client(g) as c:
         with pytest.raises(openai.InternalServerError) as caught:
@@ -519,16 +517,7 @@ async def test_a_502_a_retry_cannot_mend_tells_the_sdks_not_to_retry(
     """Every tier's answer rejected (``on_exhausted = "error"``): the SDKs retry a 502 twice
     by default, running the whole cascade again each time at its full price, for the same
     rejections. ``x-should-retry: false``, which they obey, keeps it to one run."""
-    config = {
-        "on_exhausted": "error",
-        "tiers": [
-            tier(
-                "t",
-                provider("a", openai_server.url, "m1"),
-                validators=[{"name": "json_schema", "schema": {"type": "object"}}],
-            )
-        ],
-    }
+    config = exhausting(openai_server.url)
     openai_server.script("m1", Reply(text="not json"))
     async with serving(write_config(tmp_path / "c.toml", config)) as g:
         sdk = openai.AsyncOpenAI(base_url=g.base_url, api_key="k")  # the SDK's own retries

@@ -184,6 +184,14 @@ async def test_redis_down_falls_back_to_the_local_budget(redis_server: RedisServ
         assert info.value.code == "insufficient_quota"
 
 
+def quick_syncing(url: str, prefix: str) -> SharedState:
+    """A shared state that notices Redis back within 0.05 s (its sync loop), with
+    ``UP_TIMEOUT_S`` (a paused Redis's call: ``_blip``'s own 0.2 s)."""
+    return SharedState(
+        redis_url=url, key_prefix=prefix, timeout_s=UP_TIMEOUT_S, sync_interval_s=0.05
+    )
+
+
 async def _until_available(state: SharedState) -> None:
     for _ in range(400):  # the sync loop reconnects every sync_interval_s (0.05 s here)
         if state.available:
@@ -242,15 +250,7 @@ async def test_spend_made_while_redis_was_down_reaches_the_other_replicas(
     """Each replica holds the budget on its own spend while Redis is down; once it is
     back, what was spent meanwhile counts for every replica."""
     prefix = _prefix()
-    a, b = (
-        SharedState(
-            redis_url=redis_server.url,
-            key_prefix=prefix,
-            timeout_s=UP_TIMEOUT_S,
-            sync_interval_s=0.05,
-        )
-        for _ in range(2)
-    )
+    a, b = (quick_syncing(redis_server.url, prefix) for _ in range(2))
     async with a, b:
         clock = FakeClock()
         one, two = replica(a, clock, usd_per_day=1.0), replica(b, clock, usd_per_day=1.0)

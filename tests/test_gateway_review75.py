@@ -148,21 +148,12 @@ async def test_a_revoked_keys_settlement_made_while_redis_was_down_still_reaches
     waits in memory, and goes to Redis with the gate's last ``send_unsent()`` (at
     shutdown) as a listed key's does. It stayed behind: the other replicas, where the key
     may still be listed, never counted that spend, and its reservation stayed held."""
-    from .test_gateway_keys_redis import _blip, _until_available
-    from .test_shared_redis import UP_TIMEOUT_S
+    from .test_gateway_keys_redis import _blip, _until_available, quick_syncing
 
     prefix = _prefix()
     # (a 0.2 s timeout only for _blip's call to the paused Redis: a loop stall must not
     # take either state down once it is back, nor b's poll while it is paused)
-    a, b = (
-        SharedState(
-            redis_url=redis_server.url,
-            key_prefix=prefix,
-            timeout_s=UP_TIMEOUT_S,
-            sync_interval_s=0.05,
-        )
-        for _ in range(2)
-    )
+    a, b = (quick_syncing(redis_server.url, prefix) for _ in range(2))
     async with a, b:
         start = _config(("team", TEAM), usd_per_day=1.0)
         one, two = (
