@@ -7,8 +7,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, settings
 
 from cascade.testing import FakeAnthropicServer, FakeOpenAIServer
+
+# No wall-clock limits in the property tests either: hypothesis's default 200 ms deadline
+# per example (and its too-slow health check) failed a test whose examples make real
+# loopback reads on a loop that stalled (a busy CI machine). A test's own @settings wins.
+settings.register_profile("cascade", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("cascade")
 
 
 @pytest.fixture

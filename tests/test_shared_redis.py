@@ -563,3 +563,31 @@ async def test_config_with_shared_table_builds_shared_breakers_and_limiters(
         assert (await c.run(messages=USER)).provider == "a"
     assert "closed" in repr(shared) and not shared.available
     assert isinstance(c.config.shared, cascade.SharedConfig)
+
+
+async def test_closing_through_a_stalled_loop_does_not_raise(redis_url: str) -> None:
+    """redis-py bounds each connection's close by the connect timeout (``timeout_s``): a
+    loop that stalls longer than that while the state closes (a busy process shutting
+    down) made ``aclose()`` raise redis's TimeoutError, out of ``Cascade.aclose()`` and
+    the gateway's cleanup, leaving what was to close after it. Closing must close.
+    (Whether a stall lands between the close and its wake-up depends on the loop's turn
+    order: five closes, of which about half raised.)"""
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        state = SharedState(redis_url=redis_url, key_prefix=_prefix(), timeout_s=0.05)
+        await state.open()
+        assert await state.run(lambda client: client.ping()) is not None
+        closing = asyncio.Event()
+        closing.set()
+
+        def stall(turns: Iterator[int], closing: asyncio.Event = closing) -> None:
+            if closing.is_set() and next(turns, None) is not None:
+                time.sleep(0.08)  # longer than timeout_s, every loop turn
+                loop.call_soon(stall, turns)
+
+        loop.call_soon(stall, iter(range(40)))  # bounded: 40 turns of 0.08 s at most
+        try:
+            await state.aclose()  # no TimeoutError
+        finally:
+            closing.clear()
+        assert not state.available
