@@ -275,19 +275,20 @@ class GatewayKeys:
                     path=f"gateway.keys.entries[{i}]",
                 )
         by_name = {key.name: key for key in current.values()}
-        listed = {digest for _, digest, _ in keys}
         changes = KeyChanges()
         by_index: dict[bytes, _Key] = {}
         for name, digest, limits in keys:
             key = current.get(digest)
             if key is None:
+                # (names are unique in a file, and its old hash under another name was
+                # refused above: a known name with a new hash is a rotation)
                 old = by_name.get(name)
-                if old is not None and old.digest not in listed:  # rotated
+                if old is not None:  # rotated
                     key = old
                     key.digest = digest
                     changes.rotated.append(name)
                 else:
-                    key = self._retired.pop(name, None) if old is None else None
+                    key = self._retired.pop(name, None)
                     if key is not None:  # listed again: its counters go on
                         key.digest = digest
                     else:
@@ -300,7 +301,7 @@ class GatewayKeys:
                             shared=self._shared,
                         )
                     changes.added.append(name)
-            if key.name != name or key.limits != limits:
+            if key.limits != limits:  # (a key under another name: refused above)
                 changes.kept.append(key.name)
             by_index[self._index(digest)] = key
         kept = set(by_index.values())

@@ -181,6 +181,6 @@ class KeyChanges:
     revoked: list[str] = field(default_factory=list)
     rotated: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)
-    """Keys whose limits (or name) the file changed: kept as they were until a restart."""
+    """Keys whose limits the file changed: kept as they were until a restart."""
     settings_kept: bool = False
     """``required`` or ``defaults`` changed: kept until a restart."""
